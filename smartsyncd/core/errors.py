@@ -1,0 +1,91 @@
+"""Errors raised by the pure core; the web layer maps each to an HTTP status and JSON body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SyncError(Exception):
+    """A refusal with a stable machine-readable code and a human message.
+
+    ``status`` is the HTTP status the web layer answers with; ``details`` are extra JSON fields
+    (for example the offending ``path``).
+    """
+
+    code = "bad_request"
+    status = 400
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        body.update(self.details)
+        return body
+
+
+class BadRequest(SyncError):
+    code = "bad_request"
+    status = 400
+
+
+class InvalidPath(SyncError):
+    """A path breaks a path rule; ``details['path']`` names it."""
+
+    code = "invalid_path"
+    status = 400
+
+
+class PathClash(SyncError):
+    """A name case-folds (after NFC) equal to another live name in the same folder."""
+
+    code = "path_clash"
+    status = 409
+
+
+class MissingChunks(SyncError):
+    """A manifest names chunks the engagement does not hold; ``details['chunks']`` lists them."""
+
+    code = "missing_chunks"
+    status = 409
+
+
+class UnknownContent(SyncError):
+    """A put names content the server has no manifest for and none was sent."""
+
+    code = "unknown_content"
+    status = 409
+
+
+class BadChunk(SyncError):
+    """An uploaded chunk does not hash to its name, or is malformed or too large."""
+
+    code = "bad_chunk"
+    status = 400
+
+
+class NotFound(SyncError):
+    code = "not_found"
+    status = 404
+
+
+class Forbidden(SyncError):
+    code = "forbidden"
+    status = 403
+
+
+class AuthFailed(SyncError):
+    code = "auth_failed"
+    status = 401
+
+
+class RateLimited(SyncError):
+    code = "rate_limited"
+    status = 429
+
+
+class TooLarge(SyncError):
+    code = "too_large"
+    status = 413

@@ -1,0 +1,102 @@
+"""Shared value types of the sync model: chunks, manifests, file states, changes, commit outcomes.
+
+Everything here is an immutable dataclass with no behaviour that touches I/O. Hashes are
+lowercase hex BLAKE3-256 strings on every interface (JSON, storage API); storage may keep them as
+32-byte blobs internally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+ChangeKind = Literal["put", "delete"]
+Role = Literal["reader", "editor", "admin"]
+ROLES: tuple[Role, ...] = ("reader", "editor", "admin")
+
+# Commit outcome statuses (see docs/protocol.md, "commit"):
+#   applied   - written at the proposed path with a new sequence number
+#   unchanged - the path already holds exactly this (content, or tombstone); nothing written
+#   conflict  - base was stale: the proposed content was written to a conflict copy path
+#   stale     - a delete whose base was stale: nothing deleted, the newer version stays
+Status = Literal["applied", "unchanged", "conflict", "stale"]
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One chunk of a file: its BLAKE3 hash (hex) and its uncompressed length."""
+
+    hash: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The ordered chunk list of one file content; ``content`` is its content id."""
+
+    content: str
+    size: int
+    chunks: tuple[ChunkRef, ...]
+
+
+@dataclass(frozen=True)
+class FileState:
+    """The server's current record for one path. ``content is None`` means a tombstone."""
+
+    path: str
+    seq: int
+    content: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class ProposedChange:
+    """One change a client asks to commit.
+
+    ``base`` is the sequence number of the version the client edited (``None`` for a file the
+    client believes is new). For a put, ``content`` and ``size`` name the new content; for a
+    delete both are ignored (``content is None``, ``size == 0``).
+    """
+
+    path: str
+    kind: ChangeKind
+    base: int | None
+    content: str | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The server's decision for one proposed change (before sequence numbers are assigned).
+
+    ``write_path`` is where something is written (the proposed path, or the conflict copy path),
+    ``None`` when nothing is written. ``prev_seq`` is the version at ``write_path`` that the write
+    replaces (``None`` when the path is new or was never seen).
+    """
+
+    path: str
+    status: Status
+    write_path: str | None
+    kind: ChangeKind
+    content: str | None
+    size: int
+    prev_seq: int | None
+    current_seq: int | None = None  # for unchanged/stale: the server's current version
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record of an engagement's change log."""
+
+    seq: int
+    path: str
+    kind: ChangeKind
+    content: str | None
+    size: int
+    prev_seq: int | None
+    user: str
+    session: str | None
+    time: datetime
+    conflict_of: str | None = None  # for a conflict copy: the path the edit was meant for
+    batch: str | None = None
