@@ -89,3 +89,17 @@ class RateLimited(SyncError):
 class TooLarge(SyncError):
     code = "too_large"
     status = 413
+
+
+class SessionExpired(SyncError):
+    """Bearer token missing, unknown, expired or ended: sign in again."""
+
+    code = "session_expired"
+    status = 401
+
+
+class Unavailable(SyncError):
+    """Database or storage unreachable; clients retry and never read this as a deletion."""
+
+    code = "unavailable"
+    status = 503
