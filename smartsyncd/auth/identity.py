@@ -31,6 +31,12 @@ class SignInRefused(Exception):
         self.reason = reason
 
 
+class UnknownUser(SignInRefused):
+    """This backend does not know the user at all: the next backend may try.
+
+    Any other ``SignInRefused`` means the backend knows the user and refused (stop there)."""
+
+
 class BackendUnavailable(Exception):
     """The backend could not decide (directory unreachable): try the next backend, or 503."""
 
