@@ -1,0 +1,78 @@
+"""Tests for pack files: layout, self-describing records, ranged reads, crash-safe writing."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import blake3
+import pytest
+import zstandard
+
+from smartsyncd.storage.durable import FileOps
+from smartsyncd.storage.packs import MAGIC, PackStore
+
+
+def _chunk(data: bytes, codec: int = 0) -> tuple[str, int, int, bytes]:
+    payload = zstandard.ZstdCompressor().compress(data) if codec == 1 else data
+    return blake3.blake3(data).hexdigest(), codec, len(data), payload
+
+
+def test_write_and_read_back(tmp_path) -> None:
+    store = PackStore(str(tmp_path / "chunks"))
+    store.prepare()
+    raw_a, raw_b = b"a" * 1000, os.urandom(300)
+    chunks = [_chunk(raw_a, 1), _chunk(raw_b, 0)]
+    pack = store.write_pack(7, chunks)
+
+    path = store.path_for(7, pack.name)
+    assert path == str(tmp_path / "chunks" / "7" / pack.name[:2] / f"{pack.name}.pack")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert blake3.blake3(data).hexdigest() == pack.name
+    assert data.startswith(MAGIC) and len(data) == pack.size
+
+    a, b = pack.entries
+    assert a.codec == 1 and a.raw_size == 1000 and a.stored_size == len(chunks[0][3])
+    stored_a = store.read_range(7, pack.name, a.offset, a.stored_size)
+    assert zstandard.ZstdDecompressor().decompress(stored_a) == raw_a
+    assert store.read_range(7, pack.name, b.offset, b.stored_size) == raw_b
+    # the record header before each payload names the chunk: packs describe themselves
+    header = data[b.offset - 41 : b.offset]
+    assert struct.unpack(">32sBII", header) == (bytes.fromhex(b.hash), 0, 300, 300)
+    # no temp files left behind
+    assert [n for n in os.listdir(tmp_path / "chunks" / "7") if n.endswith(".tmp")] == []
+
+
+def test_short_read_is_an_error(tmp_path) -> None:
+    store = PackStore(str(tmp_path))
+    pack = store.write_pack(1, [_chunk(b"xyz")])
+    with pytest.raises(OSError):
+        store.read_range(1, pack.name, pack.entries[0].offset, 100)
+    with pytest.raises(OSError):
+        store.read_range(1, "0" * 64, 0, 1)
+
+
+def test_failed_write_leaves_no_pack(tmp_path) -> None:
+    class FailingRename(FileOps):
+        def rename(self, src: str, dst: str) -> None:
+            raise OSError(28, "No space left on device")
+
+    store = PackStore(str(tmp_path), ops=FailingRename())
+    with pytest.raises(OSError):
+        store.write_pack(1, [_chunk(b"data")])
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
+    assert leftovers == []
+
+
+def test_bad_pack_name_refused(tmp_path) -> None:
+    store = PackStore(str(tmp_path))
+    with pytest.raises(ValueError):
+        store.path_for(1, "../../etc/passwd")
+
+
+def test_probe(tmp_path) -> None:
+    store = PackStore(str(tmp_path / "root"))
+    store.prepare()
+    store.probe()
+    assert os.listdir(tmp_path / "root") == []
