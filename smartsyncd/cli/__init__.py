@@ -1,0 +1,1 @@
+"""Command-line entry points: ``smartsync`` (client) and ``smartsync-admin`` (server metadata)."""

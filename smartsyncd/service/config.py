@@ -1,0 +1,248 @@
+"""Server configuration: the ini file, embedded defaults and command-line overrides.
+
+``load_config`` turns an optional ini file plus command-line overrides into one immutable
+``ServerConfig``. Rules:
+
+- No file: every default applies; the data folder is ``./data`` relative to the working
+  directory.
+- Relative paths in the file resolve against the file's folder (so a config file can be moved
+  with its data); relative paths on the command line resolve against the working directory.
+- Command-line values override the file.
+- A bad value raises ``twisted.python.usage.UsageError`` naming ``[section] key`` (twistd and
+  ``smartsync-admin`` print it as a usage error).
+
+The daemon and ``smartsync-admin`` share this module so both find the same data folder.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.python.usage import UsageError
+
+DEFAULT_LISTEN = "ssl:8443"
+DEFAULT_DATA_DIR = "data"
+KNOWN_BACKENDS = ("local", "ldap")
+
+# Keys each section accepts; anything else is refused so a typo is not silently ignored.
+_KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "server": frozenset(
+        {
+            "data_dir",
+            "listen",
+            "tls_cert",
+            "tls_key",
+            "request_timeout",
+            "session_lifetime_days",
+            "session_refresh_minutes",
+        }
+    ),
+    "database": frozenset({"url"}),
+    "storage": frozenset({"path"}),
+    "auth": frozenset({"backends"}),
+    "limits": frozenset({"login_failures_per_user", "login_failures_per_address"}),
+    "log": frozenset({"json_file"}),
+}
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the daemon and the admin command need, with absolute paths."""
+
+    data_dir: str
+    listen: str = DEFAULT_LISTEN
+    tls_cert: str | None = None  # None: DATA/tls/cert.pem, created on first start
+    tls_key: str | None = None
+    request_timeout: float = 120.0
+    session_lifetime_days: float = 30.0
+    session_refresh_minutes: float = 15.0
+    database_url: str | None = None  # None: SQLite in the data folder
+    storage_path: str | None = None  # None: DATA/chunks
+    auth_backends: tuple[str, ...] = ("local",)
+    ldap: Any = None  # smartsyncd.auth.ldap.LdapConfig when [ldap] is configured
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
+    json_log_file: str | None = None
+    config_file: str | None = None
+    ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def tls_dir(self) -> str:
+        return os.path.join(self.data_dir, "tls")
+
+    @property
+    def cert_path(self) -> str:
+        return self.tls_cert or os.path.join(self.tls_dir, "cert.pem")
+
+    @property
+    def key_path(self) -> str:
+        return self.tls_key or os.path.join(self.tls_dir, "key.pem")
+
+    @property
+    def self_signed(self) -> bool:
+        """True when the certificate is the data folder's own (created when missing)."""
+        return self.tls_cert is None
+
+
+def _convert(label: str, raw: str, convert: Callable[[str], _T]) -> _T:
+    try:
+        return convert(raw)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{label}: bad value {raw!r}: {e}") from None
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _backends(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
+    if not names:
+        raise ValueError("name at least one backend")
+    for n in names:
+        if n not in KNOWN_BACKENDS:
+            raise ValueError(f"unknown backend {n!r} (known: {', '.join(KNOWN_BACKENDS)})")
+    if len(set(names)) != len(names):
+        raise ValueError("a backend is listed twice")
+    return names
+
+
+def check_listen(listen: str) -> str:
+    """Refuse endpoint strings that are not TLS; returns the string stripped."""
+    listen = listen.strip()
+    kind = listen.split(":", 1)[0].lower()
+    if kind != "ssl":
+        raise ValueError(
+            f"{listen!r} is not a TLS endpoint: smartsyncd listens with TLS only "
+            "(use e.g. ssl:8443 or ssl:8443:interface=127.0.0.1)"
+        )
+    if ":" not in listen or not listen.split(":", 2)[1]:
+        raise ValueError(f"{listen!r} names no port (e.g. ssl:8443)")
+    if "sslmethod=" in listen.lower():
+        raise ValueError("sslmethod is not configurable: the server always requires TLS 1.2+")
+    return listen
+
+
+def _resolve(path: str, base: str) -> str:
+    return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
+
+def _read_ini(path: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except configparser.Error as e:
+        raise UsageError(f"config file {path}: {e}") from None
+    for section in parser.sections():
+        if section == "ldap":
+            continue  # its keys are checked by LdapConfig.from_section
+        known = _KNOWN_KEYS.get(section)
+        if known is None:
+            raise UsageError(f"config file {path}: unknown section [{section}]")
+        for key in parser[section]:
+            if key not in known:
+                raise UsageError(f"config file {path}: unknown key [{section}] {key}")
+    return parser
+
+
+def load_config(
+    config_file: str | None = None,
+    *,
+    data_dir: str | None = None,
+    listen: str | None = None,
+    cwd: str | None = None,
+) -> ServerConfig:
+    """Read ``config_file`` (optional), apply the command-line overrides, check every value."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+    values: dict[str, Any] = {}
+    ldap_section: dict[str, str] = {}
+    config_path: str | None = None
+
+    if config_file is not None:
+        config_path = _resolve(config_file, cwd)
+        parser = _read_ini(config_path)
+        base = os.path.dirname(config_path)
+
+        def get(section: str, key: str) -> str | None:
+            if parser.has_option(section, key):
+                raw = parser.get(section, key).strip()
+                return raw or None
+            return None
+
+        if (v := get("server", "data_dir")) is not None:
+            values["data_dir"] = _resolve(v, base)
+        if (v := get("server", "listen")) is not None:
+            values["listen"] = _convert("[server] listen", v, check_listen)
+        for key in ("tls_cert", "tls_key"):
+            if (v := get("server", key)) is not None:
+                values[key] = _resolve(v, base)
+        for key in ("request_timeout", "session_lifetime_days", "session_refresh_minutes"):
+            if (v := get("server", key)) is not None:
+                values[key] = _convert(f"[server] {key}", v, _positive_float)
+        if (v := get("database", "url")) is not None:
+            values["database_url"] = _convert("[database] url", v, _database_url)
+        if (v := get("storage", "path")) is not None:
+            values["storage_path"] = _resolve(v, base)
+        if (v := get("auth", "backends")) is not None:
+            values["auth_backends"] = _convert("[auth] backends", v, _backends)
+        for key in ("login_failures_per_user", "login_failures_per_address"):
+            if (v := get("limits", key)) is not None:
+                values[key] = _convert(f"[limits] {key}", v, _positive_int)
+        if (v := get("log", "json_file")) is not None:
+            values["json_log_file"] = _resolve(v, base)
+        if parser.has_section("ldap"):
+            ldap_section = dict(parser["ldap"])
+            values["ldap"] = _ldap_config(ldap_section, base)
+
+    if data_dir is not None:
+        values["data_dir"] = _resolve(data_dir, cwd)
+    if listen is not None:
+        values["listen"] = _convert("--listen", listen, check_listen)
+    values.setdefault("data_dir", _resolve(DEFAULT_DATA_DIR, cwd))
+
+    if ("tls_cert" in values) != ("tls_key" in values):
+        raise UsageError("[server] tls_cert and tls_key: set both (or neither, for self-signed)")
+    if "ldap" in values.get("auth_backends", ()) and values.get("ldap") is None:
+        raise UsageError("[auth] backends: 'ldap' is listed but there is no [ldap] section")
+
+    return ServerConfig(config_file=config_path, ldap_section=ldap_section, **values)
+
+
+def _database_url(raw: str) -> str:
+    if raw.startswith("sqlite:"):
+        return raw
+    if raw.startswith(("postgresql://", "postgres://")):
+        return raw
+    raise ValueError("expected sqlite:PATH or postgresql://...")
+
+
+def _ldap_config(section: Mapping[str, str], base: str) -> Any:
+    try:
+        from smartsyncd.auth.ldap import LdapConfig
+    except ImportError as e:  # the directory backend is not installed in this build
+        raise UsageError(f"[ldap]: directory sign-in is not available: {e}") from None
+    try:
+        return LdapConfig.from_section(section, base)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        prefix = "" if message.startswith("[ldap]") else "[ldap] "
+        raise UsageError(f"{prefix}{message}") from None

@@ -1,0 +1,87 @@
+"""``twistd smartsync``: command-line options and the service tree (wiring only).
+
+The tree: an optional JSON log observer, the CPU thread pool (2 threads: chunk verification,
+password hashing), and ``SmartsyncServer`` (store, web application, TLS listener). A start
+that fails stops the reactor and makes twistd exit with status 1.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.error import ReactorNotRunning
+from twisted.python import usage
+
+from smartsyncd.service.config import ServerConfig, load_config
+from smartsyncd.service.logs import JsonLogService
+from smartsyncd.service.pools import ThreadPoolService
+from smartsyncd.service.server import SmartsyncServer
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--data-dir DIR] [--listen ENDPOINT] [--port-file FILE]"
+    longdesc = (
+        "Run the smartsyncd sync server. With no options: data in ./data, SQLite metadata, a "
+        "self-signed certificate made on first start, listening on ssl:8443. Command-line "
+        "options override the config file (see conf/smartsync.ini)."
+    )
+    optParameters = [
+        ["config", "c", None, "config file (ini; see conf/smartsync.ini)"],
+        ["data-dir", "d", None, "data folder (default: ./data)"],
+        ["listen", "l", None, "Twisted endpoint string, TLS only (default: ssl:8443)"],
+        ["port-file", None, None, "write the bound port number here once listening"],
+    ]
+
+    server_config: ServerConfig
+
+    def postOptions(self) -> None:
+        self.server_config = load_config(
+            self["config"], data_dir=self["data-dir"], listen=self["listen"]
+        )
+        if self["port-file"] is not None:
+            self["port-file"] = os.path.abspath(self["port-file"])
+
+
+def _exit_after_shutdown(reactor: Any, code: int = 1) -> None:
+    """Stop the reactor; when twistd has cleaned up (pid file, logs), exit with ``code``.
+
+    twistd always exits 0 after a normal reactor stop; a failed start must not look like a
+    clean shutdown to systemd or a test harness.
+    """
+
+    def hard_exit() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream must not hide the exit code
+                pass
+        os._exit(code)
+
+    atexit.register(hard_exit)
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    config = options.server_config
+    top = MultiService()
+    if config.json_log_file is not None:
+        JsonLogService(config.json_log_file).setServiceParent(top)
+    cpu = ThreadPoolService(reactor, name="cpu", min_threads=0, max_threads=2)
+    cpu.setServiceParent(top)
+    SmartsyncServer(
+        config,
+        reactor,
+        cpu.run_blocking,
+        port_file=options["port-file"],
+        on_fatal=lambda: _exit_after_shutdown(reactor),
+    ).setServiceParent(top)
+    return top
