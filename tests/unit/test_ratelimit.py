@@ -9,10 +9,14 @@ from smartsyncd.auth.ratelimit import LoginRateLimiter
 from smartsyncd.core.errors import RateLimited
 
 
-def make(per_user: int = 3, per_address: int = 5, window: float = 60.0, **kw) -> tuple[Clock, LoginRateLimiter]:
+def make(
+    per_user: int = 3, per_address: int = 5, window: float = 60.0, **kw
+) -> tuple[Clock, LoginRateLimiter]:
     clock = Clock()
     clock.advance(1_000_000)
-    return clock, LoginRateLimiter(clock, per_user=per_user, per_address=per_address, window=window, **kw)
+    return clock, LoginRateLimiter(
+        clock, per_user=per_user, per_address=per_address, window=window, **kw
+    )
 
 
 def test_user_limited_after_n_failures_and_reset_after_window() -> None:

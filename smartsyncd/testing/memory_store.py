@@ -1,0 +1,187 @@
+"""A public in-memory test fake of ``ServerStore``: users, engagements, grants and sessions.
+
+Only the account/grant/session part is implemented (enough for auth and web tests); the chunk,
+manifest and change-log methods raise ``NotImplementedError``. Set ``unavailable = True`` to make
+every call raise ``Unavailable`` as a database outage would. Not for production use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from smartsyncd.auth.acl import max_role
+from smartsyncd.core.errors import BadRequest, NotFound, Unavailable
+from smartsyncd.core.model import Change, FileState, Manifest, ProposedChange, Role
+from smartsyncd.storage.api import (
+    CommitResult,
+    EngagementRecord,
+    FsckProblem,
+    Grant,
+    PrincipalKind,
+    PutManifest,
+    SessionRecord,
+    StoredChunk,
+    UserRecord,
+    VerifiedChunk,
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryServerStore:
+    """Dictionaries behind the ``ServerStore`` account, grant and session methods."""
+
+    def __init__(self, now: Callable[[], datetime] = _utcnow) -> None:
+        self._now = now
+        self.users: dict[str, UserRecord] = {}
+        self.engagements: dict[str, EngagementRecord] = {}
+        self.grants: dict[tuple[str, PrincipalKind, str], Grant] = {}
+        self.sessions: dict[str, SessionRecord] = {}  # by token_hash
+        self.unavailable = False
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise Unavailable("database unavailable")
+
+    # users
+    async def add_user(self, name: str, password_hash: str | None) -> UserRecord:
+        self._check()
+        if name in self.users:
+            raise BadRequest(f"user {name!r} already exists", user=name)
+        record = UserRecord(name=name, password_hash=password_hash, created_at=self._now())
+        self.users[name] = record
+        return record
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        self._check()
+        record = self.users.get(name)
+        if record is None:
+            raise NotFound(f"no user {name!r}", user=name)
+        self.users[name] = UserRecord(
+            name=record.name,
+            password_hash=password_hash,
+            created_at=record.created_at,
+            disabled=record.disabled,
+        )
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        self._check()
+        return self.users.get(name)
+
+    async def list_users(self) -> list[UserRecord]:
+        self._check()
+        return sorted(self.users.values(), key=lambda u: u.name)
+
+    # engagements and grants
+    async def create_engagement(self, name: str, title: str) -> EngagementRecord:
+        self._check()
+        if name in self.engagements:
+            raise BadRequest(f"engagement {name!r} already exists", engagement=name)
+        record = EngagementRecord(
+            id=len(self.engagements) + 1, name=name, title=title, created_at=self._now(), head=0
+        )
+        self.engagements[name] = record
+        return record
+
+    async def get_engagement(self, name: str) -> EngagementRecord | None:
+        self._check()
+        return self.engagements.get(name)
+
+    async def list_engagements(self) -> list[EngagementRecord]:
+        self._check()
+        return sorted(self.engagements.values(), key=lambda e: e.name)
+
+    async def grant(self, grant: Grant) -> None:
+        self._check()
+        if grant.engagement not in self.engagements:
+            raise NotFound(f"no engagement {grant.engagement!r}", engagement=grant.engagement)
+        self.grants[(grant.engagement, grant.kind, grant.principal)] = grant
+
+    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
+        self._check()
+        return self.grants.pop((engagement, kind, principal), None) is not None
+
+    async def list_grants(self, engagement: str | None = None) -> list[Grant]:
+        self._check()
+        return [g for g in self.grants.values() if engagement is None or g.engagement == engagement]
+
+    async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
+        self._check()
+        members = set(groups)
+        return max_role(
+            g.role
+            for g in self.grants.values()
+            if g.engagement == engagement
+            and (
+                (g.kind == "user" and g.principal == user)
+                or (g.kind == "group" and g.principal in members)
+            )
+        )
+
+    # sessions
+    async def create_session(self, session: SessionRecord) -> None:
+        self._check()
+        if session.token_hash in self.sessions:
+            raise BadRequest("session already exists")
+        self.sessions[session.token_hash] = session
+
+    async def get_session(self, token_hash: str) -> SessionRecord | None:
+        self._check()
+        return self.sessions.get(token_hash)
+
+    async def update_session(self, session: SessionRecord) -> None:
+        self._check()
+        # Like an SQL UPDATE: a session ended meanwhile stays ended.
+        if session.token_hash in self.sessions:
+            self.sessions[session.token_hash] = session
+
+    async def delete_session(self, token_hash: str) -> None:
+        self._check()
+        self.sessions.pop(token_hash, None)
+
+    # not implemented by this fake
+    async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
+        raise NotImplementedError
+
+    async def store_chunks(
+        self, engagement_id: int, chunks: Sequence[VerifiedChunk]
+    ) -> tuple[int, int]:
+        raise NotImplementedError
+
+    async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
+        raise NotImplementedError
+
+    async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None:
+        raise NotImplementedError
+
+    async def commit(
+        self,
+        engagement_id: int,
+        user: str,
+        session: str | None,
+        batch: str,
+        changes: Sequence[ProposedChange],
+        manifests: dict[str, PutManifest],
+        now: datetime,
+    ) -> CommitResult:
+        raise NotImplementedError
+
+    async def changes_since(
+        self, engagement_id: int, since: int, limit: int
+    ) -> tuple[int, list[Change]]:
+        raise NotImplementedError
+
+    async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:
+        raise NotImplementedError
+
+    async def head(self, engagement_id: int) -> int:
+        raise NotImplementedError
+
+    async def check_health(self) -> dict[str, str]:
+        return {"database": "error" if self.unavailable else "ok", "storage": "ok"}
+
+    async def fsck(self) -> list[FsckProblem]:
+        return []

@@ -1,0 +1,133 @@
+"""Local accounts: password checks, refusals, and that unknown users cost a verification too."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThreadPool
+
+from smartsyncd.auth import local as local_mod
+from smartsyncd.auth.identity import Identity, SignInRefused, UnknownUser
+from smartsyncd.auth.local import LocalAuthenticator
+from smartsyncd.auth.passwords import hash_password
+from smartsyncd.storage.api import UserRecord
+from smartsyncd.testing.memory_store import MemoryServerStore
+
+
+class CountingRunner:
+    """Runs blocking functions inline and records which ran (stands in for the thread pool)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def __call__(self, f: Any, *args: Any) -> Any:
+        self.calls.append(f.__name__)
+        return f(*args)
+
+
+@pytest.fixture
+def store() -> MemoryServerStore:
+    return MemoryServerStore()
+
+
+async def add(
+    store: MemoryServerStore, name: str, password: str | None, disabled: bool = False
+) -> None:
+    await store.add_user(name, hash_password(password) if password is not None else None)
+    if disabled:
+        rec = store.users[name]
+        store.users[name] = UserRecord(rec.name, rec.password_hash, rec.created_at, disabled=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_right_password_signs_in_without_groups(store: MemoryServerStore) -> None:
+    await add(store, "alice", "s3cret-Pass")
+    auth = LocalAuthenticator(store, CountingRunner())
+    identity = await auth.authenticate("alice", "s3cret-Pass")
+    assert identity == Identity(user="alice", groups=frozenset(), backend="local")
+    assert auth.name == "local"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_refused_not_unknown(store: MemoryServerStore) -> None:
+    await add(store, "alice", "s3cret-Pass")
+    auth = LocalAuthenticator(store, CountingRunner())
+    with pytest.raises(SignInRefused) as info:
+        await auth.authenticate("alice", "wrong")
+    assert not isinstance(info.value, UnknownUser)
+    assert info.value.reason == "wrong password"
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_password_refused_before_the_store_is_asked(store: MemoryServerStore) -> None:
+    await add(store, "alice", "s3cret-Pass")
+    store.unavailable = True  # any store access would now raise Unavailable
+    runner = CountingRunner()
+    auth = LocalAuthenticator(store, runner)
+    with pytest.raises(SignInRefused) as info:
+        await auth.authenticate("alice", "")
+    assert info.value.reason == "empty password"
+    assert runner.calls == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_user_runs_a_dummy_verification(store: MemoryServerStore) -> None:
+    runner = CountingRunner()
+    auth = LocalAuthenticator(store, runner)
+    with pytest.raises(UnknownUser) as info:
+        await auth.authenticate("mallory", "guess")
+    assert info.value.reason == "unknown user"
+    assert runner.calls == ["_dummy_verify"]
+    assert local_mod._dummy_hash is not None and local_mod._dummy_hash.startswith("scrypt$")
+
+
+@pytest_twisted.ensureDeferred
+async def test_disabled_account_refused_even_with_right_password(store: MemoryServerStore) -> None:
+    await add(store, "bob", "pw-of-bob", disabled=True)
+    runner = CountingRunner()
+    auth = LocalAuthenticator(store, runner)
+    with pytest.raises(SignInRefused) as info:
+        await auth.authenticate("bob", "pw-of-bob")
+    assert not isinstance(info.value, UnknownUser)
+    assert info.value.reason == "account disabled"
+    assert runner.calls == ["verify_password"]  # same work as any other attempt
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_without_password_cannot_sign_in_locally(store: MemoryServerStore) -> None:
+    await add(store, "dirk", None)
+    auth = LocalAuthenticator(store, CountingRunner())
+    with pytest.raises(UnknownUser) as info:  # a directory backend may still know dirk
+        await auth.authenticate("dirk", "anything")
+    assert info.value.reason == "no local password"
+
+
+@pytest_twisted.ensureDeferred
+async def test_verification_runs_in_a_real_thread_pool(store: MemoryServerStore) -> None:
+    await add(store, "alice", "s3cret-Pass")
+    run = functools.partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    auth = LocalAuthenticator(store, run)
+    assert (await auth.authenticate("alice", "s3cret-Pass")).user == "alice"
+    with pytest.raises(SignInRefused):
+        await auth.authenticate("alice", "nope")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_keeps_identity_until_account_is_disabled_or_removed(
+    store: MemoryServerStore,
+) -> None:
+    await add(store, "alice", "s3cret-Pass")
+    auth = LocalAuthenticator(store, CountingRunner())
+    identity = await auth.authenticate("alice", "s3cret-Pass")
+    assert await auth.refresh(identity) == identity
+    rec = store.users["alice"]
+    store.users["alice"] = UserRecord(rec.name, rec.password_hash, rec.created_at, disabled=True)
+    with pytest.raises(SignInRefused):
+        await auth.refresh(identity)
+    del store.users["alice"]
+    with pytest.raises(SignInRefused):
+        await auth.refresh(identity)
