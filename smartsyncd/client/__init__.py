@@ -1,0 +1,66 @@
+"""The embeddable smartsyncd client: a treq-based connection (``ServerAPI``), TLS trust
+policies, per-user settings, and the sync engine (``SyncCopy``) that the ``smartsync`` CLI
+and a desktop app drive.
+
+Quick use::
+
+    api = ServerAPI("https://files.example:8443", reactor=reactor,
+                    policy=PinnedPolicy("AB:CD:..."))
+    await api.login("alice", password)
+    copy = await SyncCopy.clone(api, "acme-2026", "/home/alice/acme")
+    report = await copy.sync(api)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smartsyncd.client.backoff import Backoff
+from smartsyncd.client.errors import (
+    AuthError,
+    ClientError,
+    ConflictsLeft,
+    NetworkError,
+    ProtocolError,
+    ServerRefused,
+    SessionExpired,
+    TrustError,
+    UsageError,
+)
+from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.progress import NullProgress, Progress, RichProgress
+from smartsyncd.client.trust import CAPolicy, PinnedPolicy, fetch_fingerprint, normalize_fingerprint
+from smartsyncd.client.userconfig import UserConfig, config_dir
+
+__all__ = [
+    "AuthError",
+    "Backoff",
+    "CAPolicy",
+    "ClientError",
+    "ConflictsLeft",
+    "NetworkError",
+    "NullProgress",
+    "PinnedPolicy",
+    "Progress",
+    "ProtocolError",
+    "RichProgress",
+    "ServerAPI",
+    "ServerRefused",
+    "SessionExpired",
+    "SyncCopy",
+    "TrustError",
+    "UsageError",
+    "UserConfig",
+    "config_dir",
+    "fetch_fingerprint",
+    "normalize_fingerprint",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The engine imports this package's modules; loading it lazily avoids an import cycle.
+    if name == "SyncCopy":
+        from smartsyncd.client.engine import SyncCopy
+
+        return SyncCopy
+    raise AttributeError(name)

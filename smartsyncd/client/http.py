@@ -1,0 +1,677 @@
+"""The client's connection to one server: every call of docs/protocol.md as an async method.
+
+``ServerAPI`` is built on treq over a persistent connection pool with a caller-chosen TLS policy
+(:mod:`smartsyncd.client.trust`). Every call is idempotent (a commit carries its batch key), so
+transport failures and 502/503/504 are retried with backoff and full jitter; after
+``max_attempts`` they surface as :class:`NetworkError`. An error is never read as "no changes"
+or "not found": every refusal becomes an exception (see :mod:`smartsyncd.client.errors`).
+
+Answers are parsed strictly into ``core.model`` types; a malformed answer is a
+:class:`ProtocolError`. ``bytes_sent``/``bytes_received`` count request and response bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import _newclient
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+
+from smartsyncd.client.backoff import Backoff, retrying
+from smartsyncd.client.errors import (
+    AuthError,
+    NetworkError,
+    ProtocolError,
+    ServerRefused,
+    SessionExpired,
+    TrustError,
+)
+from smartsyncd.client.progress import Progress
+from smartsyncd.core.chunking import MAX_CHUNK
+from smartsyncd.core.chunkstream import compress_chunk, decode_to_raw, encode_records
+from smartsyncd.core.errors import SyncError
+from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
+from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
+
+log = Logger()
+
+PROTOCOL_VERSION = 1
+JSON_TYPE = b"application/json"
+CHUNKS_TYPE = b"application/x-smartsync-chunks"
+UPLOAD_BODY_LIMIT = 8 * 1024 * 1024
+FETCH_DATA_LIMIT = 16 * 1024 * 1024
+CHUNKS_PER_REQUEST = 4096
+MISSING_PER_REQUEST = 10000
+RECORD_HEADER = 41  # hash 32 + codec 1 + raw_len 4 + payload_len 4
+LONG_POLL_CAP = 60.0
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+ChunkWanted = str | ChunkRef | tuple[str, int]
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    net_error.ConnectError,
+    net_error.ConnectionLost,
+    net_error.ConnectionDone,
+    _newclient.ResponseFailed,
+    _newclient.RequestTransmissionFailed,
+    _newclient.RequestNotSent,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP answer, body fully read."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class ServerAPI:
+    """Async calls to one smartsyncd server (``base_url`` like ``https://host:8443``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        reactor: Any,
+        policy: IPolicyForHTTPS,
+        token: str | None = None,
+        relogin: Callable[[], Awaitable[str]] | None = None,
+        backoff: Backoff | None = None,
+        max_attempts: int = 8,
+        progress: Progress | None = None,
+        bwlimit: int | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy
+        self.token = token
+        self.relogin = relogin
+        self.backoff = backoff or Backoff()
+        self.max_attempts = max_attempts
+        # Only ``advance`` is called (per uploaded/fetched batch); the owner starts and
+        # finishes tasks.
+        self.progress = progress
+        self.bwlimit = bwlimit
+        self.timeout = timeout
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.requests = 0
+        self._reactor = reactor
+        self._bw_free_at = 0.0
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        self._pool.retryAutomatically = False  # we retry ourselves, with backoff
+        agent: Any = Agent(reactor, contextFactory=policy, pool=self._pool)
+        self._http = HTTPClient(agent)
+
+    async def close(self) -> None:
+        """Close pooled connections (call before stopping the reactor)."""
+        await self._pool.closeCachedConnections()
+
+    # -- sessions and information ------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        """``GET /v1/info`` (no sign-in needed); checks the server speaks protocol 1."""
+        data = _object(await self._json("GET", "/v1/info", auth=False), "info")
+        protocols = data.get("protocol")
+        if not isinstance(protocols, list) or PROTOCOL_VERSION not in protocols:
+            raise ProtocolError(
+                f"server speaks protocol versions {protocols!r}; this client speaks "
+                f"{PROTOCOL_VERSION}"
+            )
+        return data
+
+    async def login(self, user: str, password: str) -> str:
+        """Sign in; stores and returns the session token."""
+        if not password:
+            raise AuthError("sign-in failed: empty password")
+        data = _object(
+            await self._json(
+                "POST", "/v1/login", body={"user": user, "password": password}, auth=False
+            ),
+            "login",
+        )
+        token = _get(data, "token", str, "login")
+        if not token:
+            raise ProtocolError("login answer has an empty token")
+        self.token = token
+        log.info("signed in to {url} as {user}", url=self.base_url, user=user)
+        return token
+
+    async def logout(self) -> None:
+        """End the session on the server and forget the token."""
+        await self._request("POST", "/v1/logout", relogin=False)
+        self.token = None
+
+    async def session(self) -> dict[str, Any]:
+        return _object(await self._json("GET", "/v1/session"), "session")
+
+    async def list_engagements(self) -> list[dict[str, Any]]:
+        data = _object(await self._json("GET", "/v1/engagements"), "engagements")
+        items = _get(data, "engagements", list, "engagements")
+        return [_object(item, "engagement") for item in items]
+
+    async def engagement(self, name: str) -> dict[str, Any]:
+        return _object(await self._json("GET", _eng(name)), "engagement")
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    async def snapshot(self, eng: str) -> tuple[int, list[FileState]]:
+        """Live files at the head: ``(head, files)``."""
+        data = _object(await self._json("GET", _eng(eng, "snapshot")), "snapshot")
+        head = _get(data, "head", int, "snapshot")
+        files = [_file_state(item) for item in _get(data, "files", list, "snapshot")]
+        return head, files
+
+    async def changes(
+        self, eng: str, since: int, limit: int = 5000, wait: float = 0
+    ) -> tuple[int, list[Change], bool]:
+        """Changes with ``seq > since``: ``(head, changes, more)``; long-polls when ``wait``."""
+        wait = max(0.0, min(float(wait), LONG_POLL_CAP))
+        params = {"since": str(since), "limit": str(limit)}
+        if wait:
+            params["wait"] = f"{wait:g}"
+        data = _object(
+            await self._json(
+                "GET", _eng(eng, "changes"), params=params, timeout=self.timeout + wait
+            ),
+            "changes",
+        )
+        head = _get(data, "head", int, "changes")
+        changes = [_change(item) for item in _get(data, "changes", list, "changes")]
+        more = _get(data, "more", bool, "changes")
+        seqs = [c.seq for c in changes]
+        if seqs != sorted(seqs) or (seqs and seqs[0] <= since):
+            raise ProtocolError("changes answer is out of order or repeats old changes")
+        return head, changes, more
+
+    async def manifest(self, eng: str, content: str, base: Manifest | None = None) -> Manifest:
+        """The chunk list of ``content``, fetched as a delta against ``base`` when given."""
+        params = {"base": base.content} if base is not None else None
+        data = _object(
+            await self._json("GET", _eng(eng, "manifests", content), params=params), "manifest"
+        )
+        size = _get(data, "size", int, "manifest")
+        try:
+            if "delta" in data:
+                delta = _object(data["delta"], "manifest delta")
+                if base is None or delta.get("base") != base.content:
+                    raise ProtocolError("manifest delta names a base this client did not ask for")
+                chunks = apply_delta(base.chunks, delta.get("ops"))
+            else:
+                chunks = chunks_from_json(data.get("chunks"))
+        except SyncError as exc:
+            raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
+        if content_id(chunks) != content or sum(c.size for c in chunks) != size:
+            raise ProtocolError(f"server sent a manifest that does not match content {content}")
+        return Manifest(content=content, size=size, chunks=tuple(chunks))
+
+    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+        """Download chunks (raw bytes by hash), each verified against its hash.
+
+        Items may be plain hashes or ``(hash, size)``/``ChunkRef``; sizes pack requests up to
+        16 MiB (an unknown size counts as the largest chunk).
+        """
+        wanted: dict[str, int] = {}
+        for item in hashes:
+            digest, size = _wanted(item)
+            wanted.setdefault(digest, size)
+        result: dict[str, bytes] = {}
+        for batch in _fetch_batches(wanted):
+            reply = await self._request(
+                "POST",
+                _eng(eng, "chunks", "fetch"),
+                body={"chunks": batch},
+                expect=CHUNKS_TYPE,
+            )
+            try:
+                raw = await self._in_thread(decode_to_raw, reply.body, CHUNKS_PER_REQUEST)
+            except SyncError as exc:
+                raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
+            absent = [h for h in batch if h not in raw]
+            if absent:
+                raise ProtocolError(f"server left out {len(absent)} requested chunk(s)")
+            for digest in batch:
+                result[digest] = raw[digest]
+            if self.progress is not None:
+                self.progress.advance(sum(len(raw[h]) for h in batch))
+        return result
+
+    # -- push ----------------------------------------------------------------------------------
+
+    async def missing_chunks(self, eng: str, hashes: Iterable[str]) -> list[str]:
+        """Which of ``hashes`` the server lacks (order kept, duplicates dropped)."""
+        unique = list(dict.fromkeys(hashes))
+        missing: list[str] = []
+        for start in range(0, len(unique), MISSING_PER_REQUEST):
+            batch = unique[start : start + MISSING_PER_REQUEST]
+            data = _object(
+                await self._json("POST", _eng(eng, "chunks", "missing"), body={"chunks": batch}),
+                "missing",
+            )
+            answer = _get(data, "missing", list, "missing")
+            asked = set(batch)
+            if not all(isinstance(h, str) and h in asked for h in answer):
+                raise ProtocolError("missing-chunks answer names chunks that were not asked")
+            missing.extend(answer)
+        return missing
+
+    async def upload_chunks(self, eng: str, chunks: Iterable[tuple[str, bytes]]) -> int:
+        """Upload chunks given as ``(hash, raw bytes)``; returns request body bytes sent.
+
+        Chunks are zstd-compressed in a thread and packed up to 8 MiB / 4096 per request; the
+        next request is packed while the previous one is on the wire.
+        """
+        path = _eng(eng, "chunks")
+        sent = 0
+        in_flight: Deferred[int] | None = None
+        try:
+            for batch in _upload_batches(chunks):
+                body = await self._in_thread(_encode_upload, batch)
+                if in_flight is not None:
+                    waiting, in_flight = in_flight, None
+                    sent += await waiting
+                raw_total = sum(len(raw) for _, raw in batch)
+                in_flight = Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
+            if in_flight is not None:
+                waiting, in_flight = in_flight, None
+                sent += await waiting
+        finally:
+            if in_flight is not None:
+                in_flight.addErrback(lambda _: None)
+                in_flight.cancel()
+        return sent
+
+    async def _post_chunks(self, path: str, body: bytes, raw_total: int) -> int:
+        reply = await self._request("POST", path, data=body, content_type=CHUNKS_TYPE)
+        _object(_decode_json(reply), "upload")
+        if self.progress is not None:
+            self.progress.advance(raw_total)
+        return len(body)
+
+    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
+        data = _object(
+            await self._json(
+                "POST", _eng(eng, "commit"), body={"batch": batch, "changes": changes}
+            ),
+            "commit",
+        )
+        _get(data, "head", int, "commit")
+        results = _get(data, "results", list, "commit")
+        if len(results) != len(changes):
+            raise ProtocolError("commit answer has a different number of results than changes")
+        for item in results:
+            _get(_object(item, "commit result"), "status", str, "commit result")
+        return data
+
+    # -- transport -------------------------------------------------------------------------------
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        reply = await self._request(
+            method, path, body=body, params=params, auth=auth, timeout=timeout
+        )
+        return _decode_json(reply)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        data: bytes | None = None,
+        content_type: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        relogin: bool = True,
+        timeout: float | None = None,
+        expect: bytes = JSON_TYPE,
+    ) -> Reply:
+        """One call with retries; on ``session_expired`` sign in again once and repeat."""
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            content_type = JSON_TYPE
+        relogged = False
+        while True:
+            try:
+                return await retrying(
+                    self._reactor,
+                    lambda: self._attempt(
+                        method, path, data, content_type, params, auth, timeout, expect
+                    ),
+                    attempts=self.max_attempts,
+                    is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
+                    backoff=self.backoff,
+                )
+            except SessionExpired:
+                if not (auth and relogin and self.relogin is not None) or relogged:
+                    raise
+                relogged = True
+                log.info("session expired at {url}; signing in again", url=self.base_url)
+                self.token = await self.relogin()
+            except NetworkError as exc:
+                if exc.retryable:
+                    raise NetworkError(
+                        f"{exc} (gave up after {self.max_attempts} attempts)"
+                    ) from exc
+                raise
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: bytes | None,
+        params: Mapping[str, str] | None,
+        auth: bool,
+        timeout: float | None,
+        expect: bytes,
+    ) -> Reply:
+        headers: dict[bytes, list[bytes]] = {b"Accept": [expect]}
+        if auth and self.token:
+            headers[b"Authorization"] = [b"Bearer " + self.token.encode("ascii")]
+        if content_type is not None:
+            headers[b"Content-Type"] = [content_type]
+        self.requests += 1
+        exchange = Deferred.fromCoroutine(
+            self._exchange(method, self.base_url + path, headers, data, params)
+        )
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            exchange.cancel()
+
+        limit = self.timeout if timeout is None else timeout
+        timer = self._reactor.callLater(limit, expire)
+        try:
+            reply = await exchange
+        except CancelledError:
+            if not timed_out:
+                raise  # the caller cancelled the whole operation
+            raise NetworkError(
+                f"{self.base_url}: no answer to {method} {path} within {limit:g}s",
+                retryable=True,
+            ) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            if timer.active():
+                timer.cancel()
+        self.bytes_sent += len(data or b"")
+        self.bytes_received += len(reply.body)
+        await self._throttle(len(data or b"") + len(reply.body))
+        _raise_for_status(reply, self.base_url)
+        return reply
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: dict[bytes, list[bytes]],
+        data: bytes | None,
+        params: Mapping[str, str] | None,
+    ) -> Reply:
+        response = await self._http.request(
+            method,
+            url,
+            headers=Headers(headers),
+            data=data,
+            params=dict(params) if params else None,
+            allow_redirects=False,  # a redirect must never carry the bearer token elsewhere
+            reactor=self._reactor,
+        )
+        body = await response.content()
+        ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        return Reply(response.code, body, ctype.decode("latin-1"))
+
+    def _transport_error(self, exc: BaseException) -> NetworkError:
+        if _is_tls_failure(exc):
+            describe = getattr(self.policy, "failure_message", None)
+            presented = getattr(self.policy, "presented", None)
+            if callable(describe) and (presented is not None or _is_verify_failure(exc)):
+                return TrustError(describe(self.base_url), presented=presented)
+            return TrustError(f"TLS handshake with {self.base_url} failed: {_describe(exc)}")
+        return NetworkError(f"cannot reach {self.base_url}: {_describe(exc)}", retryable=True)
+
+    async def _throttle(self, nbytes: int) -> None:
+        if not self.bwlimit:
+            return
+        now = self._reactor.seconds()
+        self._bw_free_at = max(now, self._bw_free_at) + nbytes / self.bwlimit
+        if self._bw_free_at > now:
+            await deferLater(self._reactor, self._bw_free_at - now, lambda: None)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _eng(name: str, *rest: str) -> str:
+    return "/v1/engagements/" + "/".join(quote(part, safe="") for part in (name, *rest))
+
+
+def _raise_for_status(reply: Reply, url: str) -> None:
+    if 200 <= reply.status < 300:
+        return
+    code, message, details = _error_fields(reply)
+    if reply.status in RETRY_STATUSES:
+        raise NetworkError(
+            f"{url} is unavailable (HTTP {reply.status}{': ' + message if message else ''})",
+            retryable=True,
+        )
+    if reply.status == 401:
+        if code == "session_expired":
+            raise SessionExpired(
+                f"session at {url} expired or ended; run 'smartsync login {url}'"
+            )
+        raise AuthError(f"sign-in failed: {message or 'user name or password not accepted'}")
+    raise ServerRefused(
+        code or f"http_{reply.status}", message or f"HTTP {reply.status}", reply.status, details
+    )
+
+
+def _error_fields(reply: Reply) -> tuple[str | None, str, dict[str, Any]]:
+    try:
+        data = json.loads(reply.body)
+    except ValueError:
+        return None, "", {}
+    if not isinstance(data, dict):
+        return None, "", {}
+    code = data.get("error")
+    message = data.get("message")
+    details = {k: v for k, v in data.items() if k not in ("error", "message")}
+    return (
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else "",
+        details,
+    )
+
+
+def _decode_json(reply: Reply) -> Any:
+    try:
+        return json.loads(reply.body)
+    except ValueError as exc:
+        raise ProtocolError(f"server answered HTTP {reply.status} without valid JSON") from exc
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} answer is not a JSON object")
+    return value
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type, what: str, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    # bool is an int in Python; the protocol never uses one for the other.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{what}: field {key!r} is missing or not {kind.__name__}")
+    return value
+
+
+def _file_state(item: Any) -> FileState:
+    data = _object(item, "snapshot file")
+    return FileState(
+        path=_get(data, "path", str, "snapshot file"),
+        seq=_get(data, "seq", int, "snapshot file"),
+        content=_get(data, "content", str, "snapshot file"),
+        size=_get(data, "size", int, "snapshot file"),
+    )
+
+
+def _change(item: Any) -> Change:
+    data = _object(item, "change")
+    kind = data.get("kind")
+    if kind not in ("put", "delete"):
+        raise ProtocolError(f"change has unknown kind {kind!r}")
+    content = _get(data, "content", str, "change", optional=True)
+    if kind == "put" and content is None:
+        raise ProtocolError("a put change has no content")
+    return Change(
+        seq=_get(data, "seq", int, "change"),
+        path=_get(data, "path", str, "change"),
+        kind=kind,
+        content=content,
+        size=_get(data, "size", int, "change"),
+        prev_seq=_get(data, "prev_seq", int, "change", optional=True),
+        user=_get(data, "user", str, "change"),
+        session=_get(data, "session", str, "change", optional=True),
+        time=_parse_time(_get(data, "time", str, "change")),
+        conflict_of=_get(data, "conflict_of", str, "change", optional=True),
+        batch=_get(data, "batch", str, "change", optional=True),
+    )
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ProtocolError(f"change time {text!r} is not ISO 8601") from exc
+    if when.tzinfo is None:
+        raise ProtocolError(f"change time {text!r} has no time zone")
+    return when.astimezone(UTC)
+
+
+def _wanted(item: ChunkWanted) -> tuple[str, int]:
+    if isinstance(item, str):
+        return item, MAX_CHUNK
+    if isinstance(item, ChunkRef):
+        return item.hash, item.size
+    digest, size = item
+    return digest, size
+
+
+def _fetch_batches(wanted: Mapping[str, int]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    total = 0
+    for digest, size in wanted.items():
+        size = min(max(size, 0), MAX_CHUNK)
+        if batch and (total + size > FETCH_DATA_LIMIT or len(batch) >= CHUNKS_PER_REQUEST):
+            yield batch
+            batch, total = [], 0
+        batch.append(digest)
+        total += size
+    if batch:
+        yield batch
+
+
+def _upload_batches(chunks: Iterable[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    # Compression never grows a record (raw is sent when zstd does not help), so packing by raw
+    # size plus record headers keeps every body within the limit.
+    batch: list[tuple[str, bytes]] = []
+    total = 0
+    for digest, raw in chunks:
+        cost = len(raw) + RECORD_HEADER
+        if batch and (total + cost > UPLOAD_BODY_LIMIT or len(batch) >= CHUNKS_PER_REQUEST):
+            yield batch
+            batch, total = [], 0
+        batch.append((digest, raw))
+        total += cost
+    if batch:
+        yield batch
+
+
+def _encode_upload(batch: list[tuple[str, bytes]]) -> bytes:
+    records = []
+    for digest, raw in batch:
+        codec, payload = compress_chunk(raw)
+        records.append((digest, codec, len(raw), payload))
+    return encode_records(records)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (treq/Agent keep reasons as Failure lists)."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Failure):
+            item = item.value
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo.extend(getattr(item, "reasons", None) or [])
+        todo.extend(x for x in (item.__cause__, item.__context__) if x is not None)
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    return any(
+        isinstance(e, SSL.Error) or type(e).__name__ == "VerificationError" for e in _causes(exc)
+    )
+
+
+def _is_verify_failure(exc: BaseException) -> bool:
+    for e in _causes(exc):
+        if type(e).__name__ == "VerificationError":
+            return True
+        if isinstance(e, SSL.Error) and "certificate verify failed" in str(e):
+            return True
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    for e in _causes(exc):
+        if isinstance(e, net_error.ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, net_error.DNSLookupError):
+            return "host name not found"
+        if isinstance(e, net_error.TimeoutError):
+            return "connection timed out"
+        if isinstance(e, SSL.Error):
+            return f"TLS error {e}"
+    if isinstance(exc, _newclient.ResponseNeverReceived | _newclient.ResponseFailed):
+        return "connection lost before the answer arrived"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,244 @@
+"""How the client decides to trust a server's TLS certificate.
+
+Two policies, both ``IPolicyForHTTPS`` for ``twisted.web.client.Agent``:
+
+- :class:`PinnedPolicy` (trust on first use): only a leaf certificate whose SHA-256 fingerprint
+  equals the pinned one is accepted, checked in OpenSSL's verify callback on every connection.
+- :class:`CAPolicy`: the chain must lead to a certificate in a CA file and the host name (or IP)
+  must match the certificate (service-identity), as for any HTTPS client.
+
+:func:`fetch_fingerprint` performs a bare TLS handshake (no HTTP, nothing secret sent) to show a
+user the fingerprint before it is pinned. TLS 1.2 is the lowest version offered.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from OpenSSL import SSL, crypto
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+)
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from smartsyncd.client.errors import NetworkError, UsageError
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+PROBE_TIMEOUT = 15.0
+
+
+def normalize_fingerprint(s: str) -> str:
+    """``"ab:cd..."``, ``"ABCD..."`` or ``"SHA256:..."`` -> ``"AB:CD:..."`` (SHA-256, 32 bytes)."""
+    text = s.strip()
+    if text.lower().startswith("sha256:") or text.lower().startswith("sha256="):
+        text = text[7:]
+    hexits = text.replace(":", "").replace(" ", "")
+    if not _HEX64.fullmatch(hexits):
+        raise UsageError(
+            f"{s!r} is not a SHA-256 fingerprint (64 hex digits, colons optional)"
+        )
+    hexits = hexits.upper()
+    return ":".join(hexits[i : i + 2] for i in range(0, 64, 2))
+
+
+def cert_fingerprint(cert: crypto.X509 | bytes) -> str:
+    """SHA-256 fingerprint of a certificate (pyOpenSSL X509 or DER bytes), colon form."""
+    x509 = cert if isinstance(cert, crypto.X509) else crypto.load_certificate(
+        crypto.FILETYPE_ASN1, cert
+    )
+    return x509.digest("sha256").decode("ascii").upper()
+
+
+def _hostname_text(hostname: bytes | str) -> str:
+    return hostname.decode("ascii") if isinstance(hostname, bytes) else hostname
+
+
+def _base_context() -> SSL.Context:
+    # CertificateOptions gives Twisted's vetted cipher list and protocol options.
+    return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2).getContext()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _LeafCheckingCreator:
+    """Makes client connections whose verify callback judges only the leaf certificate."""
+
+    def __init__(self, context: SSL.Context, hostname: str, judge: Any) -> None:
+        self._context = context
+        self._hostname = hostname
+        self._judge = judge  # (fingerprint) -> bool
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        if not (isIPAddress(self._hostname) or isIPv6Address(self._hostname)):
+            connection.set_tlsext_host_name(self._hostname.encode("idna"))
+        judge = self._judge
+
+        def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int, ok: int) -> bool:
+            if depth != 0:
+                # The chain does not matter for a pin: the leaf is compared byte for byte.
+                return True
+            return bool(judge(cert_fingerprint(cert)))
+
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class PinnedPolicy:
+    """Accept only the server certificate with this SHA-256 fingerprint.
+
+    ``presented`` records the last fingerprint refused, so an error can show what the server
+    sent instead.
+    """
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = normalize_fingerprint(fingerprint)
+        self.presented: str | None = None
+        self._context = _base_context()
+
+    def _judge(self, seen: str) -> bool:
+        if seen == self.fingerprint:
+            return True
+        self.presented = seen
+        return False
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        creator: Any = _LeafCheckingCreator(self._context, _hostname_text(hostname), self._judge)
+        return cast(IOpenSSLClientConnectionCreator, creator)
+
+    def failure_message(self, url: str) -> str:
+        seen = f" (it now presents {self.presented})" if self.presented else ""
+        return (
+            f"certificate changed: {url} does not present the pinned certificate "
+            f"{self.fingerprint}{seen}. If the server's certificate was replaced on purpose, "
+            f"confirm the new fingerprint with its administrator and run "
+            f"'smartsync login {url} --trust-fingerprint NEW'"
+        )
+
+
+@implementer(IPolicyForHTTPS)
+class CAPolicy:
+    """Verify the server's chain against the certificates in ``ca_file`` and its host name."""
+
+    def __init__(self, ca_file: str | Path) -> None:
+        self.ca_file = str(ca_file)
+        try:
+            pem = Path(ca_file).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read CA file {ca_file}: {exc.strerror}") from exc
+        blocks = re.findall(
+            rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.DOTALL
+        )
+        if not blocks:
+            raise UsageError(f"CA file {ca_file} holds no PEM certificate")
+        try:
+            certs = [Certificate.loadPEM(block) for block in blocks]
+        except (crypto.Error, ValueError) as exc:
+            raise UsageError(f"CA file {ca_file} holds a damaged certificate") from exc
+        self._root = trustRootFromCertificates(certs)
+        self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        host = _hostname_text(hostname)
+        creator = self._creators.get(host)
+        if creator is None:
+            creator = optionsForClientTLS(
+                host,
+                trustRoot=self._root,
+                extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+            )
+            self._creators[host] = creator
+        return creator
+
+    def failure_message(self, url: str) -> str:
+        return (
+            f"certificate not trusted: {url} presents a certificate that does not chain to "
+            f"{self.ca_file} or does not name this host"
+        )
+
+
+@implementer(IHandshakeListener)
+class _Probe(Protocol):
+    def __init__(self) -> None:
+        self.result: defer.Deferred[str] = defer.Deferred()
+
+    def handshakeCompleted(self) -> None:
+        transport: Any = self.transport
+        cert = transport.getPeerCertificate()
+        if not self.result.called:
+            if cert is None:
+                self.result.errback(NetworkError("server sent no certificate"))
+            else:
+                self.result.callback(cert_fingerprint(cert))
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if not self.result.called:
+            self.result.errback(reason)
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """Host and port of an ``https://`` URL (port 443 by default)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise UsageError(f"server URL must look like https://HOST[:PORT], not {url!r}")
+    try:
+        return parts.hostname, parts.port or 443
+    except ValueError as exc:
+        raise UsageError(f"bad port in server URL {url!r}") from exc
+
+
+async def fetch_fingerprint(reactor: Any, url: str, timeout: float = PROBE_TIMEOUT) -> str:
+    """Connect with TLS, accept any certificate, return its SHA-256 fingerprint; send nothing."""
+    host, port = split_url(url)
+    creator: Any = _LeafCheckingCreator(_base_context(), host, lambda fp: True)
+    tcp: Any = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint = wrapClientTLS(creator, tcp)
+    probe = _Probe()
+    clock: Any = reactor
+    connecting = connectProtocol(endpoint, probe)
+    timed_out = False
+
+    def on_timeout() -> None:
+        nonlocal timed_out
+        timed_out = True
+        if not connecting.called:
+            connecting.cancel()
+        elif probe.transport is not None:
+            transport: Any = probe.transport
+            transport.abortConnection()
+
+    timer = clock.callLater(timeout, on_timeout)
+    try:
+        await connecting
+        return await probe.result
+    except NetworkError:
+        raise
+    except Exception as exc:
+        why = "timed out" if timed_out else _reason(exc)
+        raise NetworkError(f"cannot reach {url}: {why}") from exc
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__

@@ -1,0 +1,172 @@
+"""Per-user client settings: pinned server fingerprints, CA files, users and session tokens.
+
+Lives in ``$XDG_CONFIG_HOME/smartsync/config.json`` (default ``~/.config/smartsync``); the folder
+is 0700 and the file 0600 because it holds bearer tokens. Writes are atomic (temp file, fsync,
+rename, fsync the folder), so a crash leaves either the old or the new file, never half of one.
+The file is small and read/written by the CLI before or between network calls, so plain blocking
+I/O is used here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from smartsyncd.client.errors import UsageError
+
+CONFIG_FILE = "config.json"
+_VERSION = 1
+
+
+def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The user's smartsync config folder, created with mode 0700 when missing."""
+    if override is not None:
+        path = Path(override)
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or ""
+        root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".config"
+        path = root / "smartsync"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def server_key(url: str) -> str:
+    """The canonical form of a server URL used as the settings key (``https://host:port``)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise UsageError(f"server URL must look like https://HOST[:PORT], not {url!r}")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"bad port in server URL {url!r}") from exc
+    netloc = host if port in (None, 443) else f"{host}:{port}"
+    return urlunsplit(("https", netloc, "", "", ""))
+
+
+@dataclass
+class ServerSettings:
+    """What the user's config records about one server."""
+
+    url: str
+    fingerprint: str | None = None
+    ca_file: str | None = None
+    user: str | None = None
+    token: str | None = None
+
+
+class UserConfig:
+    """The settings file, loaded in memory; call :meth:`save` to persist changes."""
+
+    def __init__(self, directory: Path, servers: dict[str, ServerSettings] | None = None) -> None:
+        self.directory = directory
+        self.servers: dict[str, ServerSettings] = servers or {}
+
+    @property
+    def path(self) -> Path:
+        return self.directory / CONFIG_FILE
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str] | None = None) -> UserConfig:
+        """Read the config (an absent file is an empty config; a damaged one is an error)."""
+        folder = config_dir(directory)
+        path = folder / CONFIG_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls(folder)
+        try:
+            data = json.loads(raw)
+            servers = {
+                server_key(url): ServerSettings(
+                    url=server_key(url),
+                    fingerprint=_opt_str(entry, "fingerprint"),
+                    ca_file=_opt_str(entry, "ca_file"),
+                    user=_opt_str(entry, "user"),
+                    token=_opt_str(entry, "token"),
+                )
+                for url, entry in data["servers"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError, UsageError) as exc:
+            raise UsageError(f"settings file {path} is damaged ({exc}); fix or remove it") from exc
+        return cls(folder, servers)
+
+    def server(self, url: str) -> ServerSettings:
+        """The settings for ``url`` (a fresh, unsaved entry when the server is new)."""
+        key = server_key(url)
+        return self.servers.get(key) or ServerSettings(url=key)
+
+    def _entry(self, url: str) -> ServerSettings:
+        key = server_key(url)
+        return self.servers.setdefault(key, ServerSettings(url=key))
+
+    def pin(self, url: str, fingerprint: str) -> None:
+        self._entry(url).fingerprint = fingerprint
+
+    def set_ca_file(self, url: str, ca_file: str | None) -> None:
+        self._entry(url).ca_file = ca_file
+
+    def set_token(self, url: str, user: str, token: str) -> None:
+        entry = self._entry(url)
+        entry.user = user
+        entry.token = token
+
+    def forget_token(self, url: str) -> None:
+        key = server_key(url)
+        if key in self.servers:
+            self.servers[key].token = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": _VERSION,
+            "servers": {
+                key: {k: v for k, v in asdict(entry).items() if k != "url" and v is not None}
+                for key, entry in sorted(self.servers.items())
+            },
+        }
+
+    def save(self) -> None:
+        """Write the file atomically with mode 0600."""
+        data = (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
+        write_private_file(self.path, data)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably; the file is readable by its owner only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crashed run with the same pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _opt_str(entry: dict[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} must be a string")
+    return value
