@@ -1,0 +1,142 @@
+"""Crash-safe local file operations for the sync client (all blocking: call them on a thread).
+
+Writes go to a temp file in the target's folder (``.~smartsync-*``, skipped by the scanner), are
+fsynced, renamed over the target and the folder is fsynced: after a crash the path holds either
+the old or the new content, never a torn mix. Moves to a conflict copy never replace an existing
+file. A failed fsync is not retried on the same descriptor: the error propagates.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+
+TEMP_PREFIX = ".~smartsync-"
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_parents(root: Path, target: Path) -> None:
+    """Create the folders between ``root`` and ``target`` durably (fsync each new folder's
+    parent)."""
+    missing: list[Path] = []
+    parent = target.parent
+    while parent != root and not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass
+        fsync_dir(folder.parent)
+
+
+def temp_path_for(target: Path) -> Path:
+    return target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}.tmp"
+
+
+def open_temp(root: Path, target: Path) -> tuple[Path, BinaryIO]:
+    """Open a new temp file beside ``target`` (creating its folders) for writing."""
+    make_parents(root, target)
+    temp = temp_path_for(target)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    return temp, os.fdopen(fd, "wb")
+
+
+def finish_temp(temp: Path, handle: BinaryIO, target: Path) -> os.stat_result:
+    """fsync and close the temp file, rename it over ``target``, fsync the folder.
+
+    Returns the stat of the final file.
+    """
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())
+    finally:
+        handle.close()
+    os.replace(temp, target)
+    fsync_dir(target.parent)
+    return os.stat(target)
+
+
+def discard_temp(temp: Path, handle: BinaryIO | None = None) -> None:
+    if handle is not None:
+        handle.close()
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically and durably (target's folder must exist)."""
+    temp, handle = open_temp(target.parent, target)
+    try:
+        handle.write(data)
+    except BaseException:
+        discard_temp(temp, handle)
+        raise
+    finish_temp(temp, handle, target)
+
+
+def move_no_replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, refusing (FileExistsError) when ``dst`` exists; fsync both
+    folders. Uses link + unlink so an existing ``dst`` is never replaced."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "conflict copy name taken", str(dst)) from None
+        # file systems without hard links: check, then rename (a small race, never a replace
+        # of a file that existed at the check)
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "conflict copy name taken", str(dst)) from None
+        os.rename(src, dst)
+    else:
+        os.unlink(src)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def remove_file(root: Path, target: Path) -> None:
+    """Delete ``target`` durably, then remove folders left empty up to ``root``."""
+    os.unlink(target)
+    fsync_dir(target.parent)
+    parent = target.parent
+    while parent != root and root in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        fsync_dir(parent.parent)
+        parent = parent.parent
+
+
+def read_chunk(path: Path, offset: int, size: int, expect: str) -> bytes | None:
+    """Read ``size`` bytes at ``offset``; return them only if they hash to ``expect``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError:
+        return None
+    if len(data) != size or blake3.blake3(data).hexdigest() != expect:
+        return None
+    return data
+
+
+def same_stat(st: os.stat_result, size: int, mtime_ns: int, inode: int) -> bool:
+    return st.st_size == size and st.st_mtime_ns == mtime_ns and st.st_ino == inode

@@ -1,0 +1,272 @@
+"""The client's durable local state: ``DIR/.smartsync/state.sqlite3`` and the root marker.
+
+SQLite in WAL mode with ``synchronous=FULL``: a row saying "this file is synced at seq N" is only
+written after the file itself is durable, and it must survive a power loss. Tables:
+
+- ``meta``: server_url, engagement, user, copy_id, last_seq, pending batch id and digest;
+- ``files``: the synced base per path (seq, content id, size), the (size, mtime_ns, inode) stat
+  cache that lets a no-op scan skip reading files, and the encoded manifest (``chunks``) so the
+  next edit can send a delta and reuse unchanged chunks.
+
+The marker ``DIR/.smartsync/copy.json`` names the engagement, server and copy id. Every method
+here blocks: the engine calls them on a thread (the connection is shared across threads, one
+call at a time, guarded by a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from smartsyncd.client.localfs import atomic_write_bytes, fsync_dir
+from smartsyncd.core.manifest import decode_binary, encode_binary
+from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.planner import BaseEntry
+
+STATE_DIR = ".smartsync"
+STATE_FILE = "state.sqlite3"
+MARKER_FILE = "copy.json"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    content TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    chunks BLOB
+);
+"""
+
+
+class StateError(Exception):
+    """The local state is missing or does not belong to this folder."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRecord(BaseEntry):
+    """A synced file: the base version plus the stat cache and its chunk list."""
+
+    path: str
+    mtime_ns: int
+    inode: int
+    chunks: tuple[ChunkRef, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CopyMeta:
+    server_url: str
+    engagement: str
+    user: str
+    copy_id: str
+
+
+def state_dir(directory: Path) -> Path:
+    return directory / STATE_DIR
+
+
+def marker_path(directory: Path) -> Path:
+    return directory / STATE_DIR / MARKER_FILE
+
+
+def read_marker(directory: Path) -> dict[str, str]:
+    """Return the marker's fields; raise ``StateError`` when the folder or marker is missing."""
+    if not directory.is_dir():
+        raise StateError(f"sync folder {directory} is missing (unmounted or removed?)")
+    path = marker_path(directory)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise StateError(
+            f"{directory} has no {STATE_DIR}/{MARKER_FILE} marker: not a sync copy, or the "
+            "folder was emptied; refusing to sync (nothing is deleted)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise StateError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("engagement", "server", "copy_id")
+    ):
+        raise StateError(f"{path} is damaged")
+    return {k: data[k] for k in ("engagement", "server", "copy_id")}
+
+
+class ClientState:
+    """The SQLite state of one sync copy. Create with ``create`` or ``open``."""
+
+    def __init__(self, directory: Path, conn: sqlite3.Connection) -> None:
+        self.directory = directory
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    @classmethod
+    def create(cls, directory: Path, meta: CopyMeta) -> ClientState:
+        """Create ``DIR/.smartsync`` with a fresh database and the marker (durably)."""
+        sdir = state_dir(directory)
+        sdir.mkdir(parents=True, exist_ok=False)
+        fsync_dir(directory)
+        conn = cls._connect(sdir / STATE_FILE)
+        state = cls(directory, conn)
+        state._set_many(
+            {
+                "server_url": meta.server_url,
+                "engagement": meta.engagement,
+                "user": meta.user,
+                "copy_id": meta.copy_id,
+                "last_seq": "0",
+            }
+        )
+        marker = {"engagement": meta.engagement, "server": meta.server_url,
+                  "copy_id": meta.copy_id}
+        atomic_write_bytes(marker_path(directory), json.dumps(marker, indent=2).encode())
+        fsync_dir(sdir)
+        return state
+
+    @classmethod
+    def open(cls, directory: Path) -> ClientState:
+        """Open an existing copy; the marker must be present and match the database."""
+        marker = read_marker(directory)
+        db = state_dir(directory) / STATE_FILE
+        if not db.is_file():
+            raise StateError(f"{db} is missing: the sync state of this copy is gone")
+        state = cls(directory, cls._connect(db))
+        state.check_marker(marker)
+        return state
+
+    def check_marker(self, marker: dict[str, str] | None = None) -> None:
+        """Raise ``StateError`` unless the folder's marker names this copy."""
+        if marker is None:
+            marker = read_marker(self.directory)
+        if marker["copy_id"] != self.meta().copy_id:
+            raise StateError(
+                f"{marker_path(self.directory)} belongs to another copy "
+                f"({marker['copy_id']}); refusing to sync"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    def _get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_many(self, values: dict[str, str | None]) -> None:
+        with self._lock, _transaction(self._conn):
+            for key, value in values.items():
+                if value is None:
+                    self._conn.execute("DELETE FROM meta WHERE key=?", (key,))
+                else:
+                    self._conn.execute(
+                        "INSERT INTO meta(key, value) VALUES(?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value),
+                    )
+
+    def meta(self) -> CopyMeta:
+        values = {k: self._get(k) for k in ("server_url", "engagement", "user", "copy_id")}
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            raise StateError(f"sync state is damaged: missing {', '.join(missing)}")
+        return CopyMeta(**{k: str(v) for k, v in values.items()})
+
+    @property
+    def last_seq(self) -> int:
+        value = self._get("last_seq")
+        return int(value) if value is not None else 0
+
+    def set_last_seq(self, seq: int) -> None:
+        self._set_many({"last_seq": str(int(seq))})
+
+    def pending_batch(self) -> tuple[str, str] | None:
+        """The (batch id, digest of its changes) sent but not yet answered, if any."""
+        batch, digest = self._get("pending_batch"), self._get("pending_digest")
+        if batch is None or digest is None:
+            return None
+        return batch, digest
+
+    def set_pending_batch(self, batch: str, digest: str) -> None:
+        self._set_many({"pending_batch": batch, "pending_digest": digest})
+
+    def clear_pending_batch(self) -> None:
+        self._set_many({"pending_batch": None, "pending_digest": None})
+
+    # -- files --------------------------------------------------------------------------------
+
+    def get(self, path: str) -> FileRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT path, seq, content, size, mtime_ns, inode, chunks FROM files WHERE path=?",
+                (path,),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def all_files(self) -> dict[str, FileRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT path, seq, content, size, mtime_ns, inode, chunks FROM files"
+            ).fetchall()
+        return {row[0]: _record(row) for row in rows}
+
+    def update(
+        self, put: Iterable[FileRecord] = (), delete: Iterable[str] = (),
+        last_seq: int | None = None,
+    ) -> None:
+        """Write file rows, drop others and optionally move last_seq, in one transaction."""
+        with self._lock, _transaction(self._conn):
+            for rec in put:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO files(path, seq, content, size, mtime_ns, inode, "
+                    "chunks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rec.path, rec.seq, rec.content, rec.size, rec.mtime_ns, rec.inode,
+                        None if rec.chunks is None else encode_binary(rec.chunks),
+                    ),
+                )
+            for path in delete:
+                self._conn.execute("DELETE FROM files WHERE path=?", (path,))
+            if last_seq is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('last_seq', ?)",
+                    (str(int(last_seq)),),
+                )
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (autocommit connection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _record(row: tuple) -> FileRecord:
+    path, seq, content, size, mtime_ns, inode, chunks = row
+    return FileRecord(
+        path=path, seq=seq, content=content, size=size, mtime_ns=mtime_ns, inode=inode,
+        chunks=None if chunks is None else tuple(decode_binary(bytes(chunks))),
+    )
+

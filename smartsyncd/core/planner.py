@@ -1,0 +1,233 @@
+"""The client's sync planner: a pure function of (local scan, synced base, remote changes).
+
+Three trees, as in Dropbox's rewritten engine: what is on disk now (``local``), what was last
+synced (``base``), and what the server changed since (``remote``). The plan says what to push,
+what to pull, and which local edits must first be moved to a conflict copy. No I/O: the engine
+re-checks every file on disk before it touches it.
+
+Safety rules encoded here:
+- a path in ``base`` but not in ``local`` is a local delete only when the scan was complete;
+- a locally modified (or new) file is never overwritten or deleted: a remote change to it makes
+  it a conflict (moved aside, then the remote version written); a remote delete of it keeps it
+  and pushes it again as a new file (edit beats delete);
+- a rename is a delete plus a put of known content: no chunks move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from smartsyncd.core.model import Change
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    """A file found on disk by the scanner: its content id and size."""
+
+    content: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BaseEntry:
+    """The last synced version of a path: server sequence number, content id, size."""
+
+    seq: int
+    content: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PushPut:
+    """Send the local content of ``path``; ``base`` is the version it was edited from."""
+
+    path: str
+    base: int | None
+    content: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PushDelete:
+    path: str
+    base: int
+
+
+@dataclass(frozen=True)
+class PullWrite:
+    """Write the remote version ``seq`` of ``path`` (``base_content``: the local old version)."""
+
+    path: str
+    seq: int
+    content: str
+    size: int
+    base_content: str | None
+
+
+@dataclass(frozen=True)
+class PullDelete:
+    """Delete the local (unmodified) file at ``path``: the server deleted it at ``seq``."""
+
+    path: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """The local file already equals the remote version: record it as synced at ``seq``."""
+
+    path: str
+    seq: int
+    content: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """The local edit of ``path`` was hit by a remote change: move the local file to a conflict
+    copy, then apply ``remote`` (a write; for a remote delete nothing is planned as a conflict)."""
+
+    path: str
+    remote: PullWrite
+
+
+@dataclass
+class Plan:
+    push_puts: list[PushPut] = field(default_factory=list)
+    push_deletes: list[PushDelete] = field(default_factory=list)
+    pull_writes: list[PullWrite] = field(default_factory=list)
+    pull_deletes: list[PullDelete] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    adopt: list[Adopt] = field(default_factory=list)
+    # base rows to drop without touching the disk (the path is gone on both sides, or a remote
+    # delete hit a local edit that is kept and will be pushed again as a new file)
+    forget: list[str] = field(default_factory=list)
+
+    @property
+    def push_empty(self) -> bool:
+        return not (self.push_puts or self.push_deletes)
+
+    @property
+    def pull_empty(self) -> bool:
+        return not (
+            self.pull_writes or self.pull_deletes or self.conflicts or self.adopt or self.forget
+        )
+
+
+class LocalState(Enum):
+    ABSENT = "absent"  # not on disk and never synced
+    UNCHANGED = "unchanged"
+    MODIFIED = "modified"
+    NEW = "new"
+    DELETED = "deleted"
+    UNKNOWN = "unknown"  # synced before, not seen by an incomplete scan: never a delete
+
+
+def local_state(
+    local: LocalEntry | None, base: BaseEntry | None, *, complete: bool = True
+) -> LocalState:
+    """Classify one path by comparing the disk with the synced base."""
+    if base is None:
+        return LocalState.ABSENT if local is None else LocalState.NEW
+    if local is None:
+        return LocalState.DELETED if complete else LocalState.UNKNOWN
+    if local.content == base.content:
+        return LocalState.UNCHANGED
+    return LocalState.MODIFIED
+
+
+def last_remote(remote: Sequence[Change]) -> dict[str, Change]:
+    """The newest change per path (changes arrive in sequence order; be robust anyway)."""
+    newest: dict[str, Change] = {}
+    for change in remote:
+        seen = newest.get(change.path)
+        if seen is None or change.seq > seen.seq:
+            newest[change.path] = change
+    return newest
+
+
+def plan(
+    local: Mapping[str, LocalEntry],
+    base: Mapping[str, BaseEntry],
+    remote: Sequence[Change],
+    *,
+    complete: bool = True,
+) -> Plan:
+    """Compute what to push and pull. ``complete`` says the scan saw every folder."""
+    result = Plan()
+    newest = last_remote(remote)
+    for path in sorted(set(local) | set(base) | set(newest)):
+        entry = local.get(path)
+        synced = base.get(path)
+        state = local_state(entry, synced, complete=complete)
+        change = newest.get(path)
+        if change is not None and synced is not None and change.seq <= synced.seq:
+            change = None  # already have it (e.g. our own commit)
+        if change is None:
+            _plan_push(result, path, state, entry, synced)
+        else:
+            _plan_pull(result, path, state, entry, synced, change)
+    return result
+
+
+def _plan_push(
+    result: Plan,
+    path: str,
+    state: LocalState,
+    entry: LocalEntry | None,
+    synced: BaseEntry | None,
+) -> None:
+    if state is LocalState.MODIFIED:
+        assert entry is not None and synced is not None
+        result.push_puts.append(PushPut(path, synced.seq, entry.content, entry.size))
+    elif state is LocalState.NEW:
+        assert entry is not None
+        result.push_puts.append(PushPut(path, None, entry.content, entry.size))
+    elif state is LocalState.DELETED:
+        assert synced is not None
+        result.push_deletes.append(PushDelete(path, synced.seq))
+
+
+def _plan_pull(
+    result: Plan,
+    path: str,
+    state: LocalState,
+    entry: LocalEntry | None,
+    synced: BaseEntry | None,
+    change: Change,
+) -> None:
+    edited = state in (LocalState.MODIFIED, LocalState.NEW)
+    if change.kind == "put":
+        if change.content is None:
+            return  # malformed remote record: change nothing
+        if edited:
+            assert entry is not None
+            if entry.content == change.content:
+                result.adopt.append(Adopt(path, change.seq, change.content, change.size))
+            else:
+                write = PullWrite(
+                    path, change.seq, change.content, change.size,
+                    synced.content if synced else None,
+                )
+                result.conflicts.append(Conflict(path, write))
+            return
+        # unchanged, deleted here (remote edit beats local delete), absent, or unknown (the
+        # engine re-checks the disk before writing and moves any unexpected file aside)
+        result.pull_writes.append(
+            PullWrite(
+                path, change.seq, change.content, change.size,
+                synced.content if synced else None,
+            )
+        )
+        return
+    # remote delete
+    if state is LocalState.UNCHANGED:
+        result.pull_deletes.append(PullDelete(path, change.seq))
+    elif state is LocalState.MODIFIED:
+        # edit beats delete: keep the file; without a base it is pushed as a new file
+        result.forget.append(path)
+    elif state in (LocalState.DELETED, LocalState.UNKNOWN):
+        result.forget.append(path)
+    # NEW or ABSENT: nothing synced here; a new local file is pushed as new
