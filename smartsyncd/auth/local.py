@@ -41,6 +41,10 @@ class LocalAuthenticator:
             raise SignInRefused("empty password")
         if not user:
             raise UnknownUser("empty user name")
+        if len(user) > 256 or not user.isprintable():
+            # Such a name cannot be stored; do not hand it to SQL either.
+            await self._run_blocking(_dummy_verify, password)
+            raise UnknownUser("malformed user name")
         record = await self._store.get_user(user)
         if record is None:
             await self._run_blocking(_dummy_verify, password)

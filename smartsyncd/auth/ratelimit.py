@@ -11,6 +11,7 @@ failed are evicted first).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -18,6 +19,16 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IReactorTime
 
 from smartsyncd.core.errors import RateLimited
+
+_MAX_KEY_CHARS = 256
+
+
+def _bounded(key: str) -> str:
+    """Long keys (a megabyte "user name") are tracked by digest so memory stays bounded."""
+    if len(key) <= _MAX_KEY_CHARS:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return "sha256:" + digest
 
 
 class _Window:
@@ -85,7 +96,7 @@ class LoginRateLimiter:
 
     @staticmethod
     def _user_key(user: str) -> str:
-        return user.casefold()
+        return _bounded(user.casefold())
 
     def check(self, user: str, address: str) -> None:
         """Raise ``RateLimited`` (with ``retry_after`` seconds) if either key is over its limit."""
@@ -94,7 +105,7 @@ class LoginRateLimiter:
             w
             for w in (
                 self._users.retry_after(self._user_key(user), now),
-                self._addresses.retry_after(address, now),
+                self._addresses.retry_after(_bounded(address), now),
             )
             if w is not None
         ]
@@ -107,7 +118,7 @@ class LoginRateLimiter:
     def record_failure(self, user: str, address: str) -> None:
         now = self._seconds()
         self._users.record(self._user_key(user), now)
-        self._addresses.record(address, now)
+        self._addresses.record(_bounded(address), now)
 
     def record_success(self, user: str, address: str) -> None:
         """A good sign-in clears the user's failures (the address keeps its count)."""

@@ -35,7 +35,19 @@ SLIDE_GRANULARITY = timedelta(minutes=1)
 REFRESH_RETRY = timedelta(minutes=1)
 _MAX_RETRY_ENTRIES = 100_000
 
+# Longer names cannot be accounts (the store refuses them); refuse before asking any backend.
+MAX_USER_NAME = 256
+
 SESSION_EXPIRED_MESSAGE = "session expired or unknown; sign in again"
+
+
+def _loggable(text: str) -> str:
+    """A client-supplied name made safe for one log line: bounded, control characters escaped."""
+    if len(text) > 100:
+        text = text[:100] + "..."
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def hash_token(token: str) -> str:
@@ -75,8 +87,8 @@ class SessionManager:
         self._limiter.record_failure(user, address)
         self.log.info(
             "sign-in refused for {user} from {address}: {reason}",
-            user=user,
-            address=address,
+            user=_loggable(user),
+            address=_loggable(address),
             reason=reason,
         )
         return AuthFailed("sign-in failed")
@@ -89,6 +101,8 @@ class SessionManager:
         self._limiter.check(user, address)
         if not user or not password:
             raise self._refuse(user, address, "empty user name or password")
+        if len(user) > MAX_USER_NAME or not user.isprintable():
+            raise self._refuse(user, address, "malformed user name")
 
         identity: Identity | None = None
         backend_name = ""
@@ -137,7 +151,7 @@ class SessionManager:
         self.log.info(
             "sign-in {user} from {address} via {backend}",
             user=identity.user,
-            address=address,
+            address=_loggable(address),
             backend=backend_name,
             session=record.id,
         )

@@ -131,3 +131,12 @@ async def test_refresh_keeps_identity_until_account_is_disabled_or_removed(
     del store.users["alice"]
     with pytest.raises(SignInRefused):
         await auth.refresh(identity)
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_user_names_never_reach_the_store(store: MemoryServerStore) -> None:
+    store.unavailable = True  # a store lookup would raise Unavailable
+    auth = LocalAuthenticator(store, CountingRunner())
+    for name in ("a" * 257, "alice\nroot", "\ud800"):
+        with pytest.raises(UnknownUser):
+            await auth.authenticate(name, "pw")

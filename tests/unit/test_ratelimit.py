@@ -101,3 +101,15 @@ def test_invalid_configuration() -> None:
         LoginRateLimiter(Clock(), per_user=0)
     with pytest.raises(ValueError):
         LoginRateLimiter(Clock(), window=0)
+
+
+def test_huge_keys_are_stored_as_digests() -> None:
+    _clock, limiter = make(per_user=2)
+    big = "x" * 1_000_000
+    limiter.record_failure(big, big)
+    limiter.record_failure(big.upper(), big)
+    assert all(len(k) <= 256 for k in limiter._users.keys)
+    assert all(len(k) <= 256 for k in limiter._addresses.keys)
+    with pytest.raises(RateLimited):
+        limiter.check(big, "elsewhere")
+    limiter.check("x" * 999_999, "elsewhere")

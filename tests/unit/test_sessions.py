@@ -359,3 +359,19 @@ async def test_no_password_or_token_in_any_logged_event(events) -> None:
     assert "sign-in refused for ghost from 192.0.2.99: ldap: unknown user" in text
     for secret in (secret_ok, secret_bad, token, hash_token(token)):
         assert secret not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_user_names_refused_before_any_backend_and_logged_safely(
+    events,
+) -> None:
+    ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
+    env = Env(ldap)
+    for name in ("a" * 257, "alice\nsign-in root from 10.0.0.1 via local"):
+        with pytest.raises(AuthFailed):
+            await env.manager.sign_in(name, "pw", ADDR)
+    assert ldap.calls == []
+    lines = [formatEvent(e) for e in events]
+    assert not any("\n" in line for line in lines)
+    assert all(len(line) < 300 for line in lines)
+    assert any("alice\\nsign-in root" in line for line in lines)
