@@ -1,0 +1,221 @@
+"""Scan a sync folder: which files exist, and the content id of each (blocking; run on a thread).
+
+For each file the (size, mtime_ns, inode) triple is compared with the synced base; when equal
+the file is reported unchanged with the base's content id *without opening it*, which is what
+makes a no-op sync of thousands of files cheap. Otherwise the file is cut with FastCDC and each
+chunk hashed. Files are opened only through the ``open_file`` hook (tests count the calls).
+
+Unreadable folders make the scan *incomplete*: the planner then plans no deletes, because a
+file we could not see is unknown, never deleted. Names that break the path rules, symlinks,
+special files, case twins and files that keep changing while read are skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
+from smartsyncd.client.state import STATE_DIR, FileRecord
+from smartsyncd.core.chunking import chunk_hash, make_chunker
+from smartsyncd.core.errors import InvalidPath
+from smartsyncd.core.manifest import make_manifest
+from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.paths import fold_key, normalize_path
+from smartsyncd.core.planner import LocalEntry
+
+OpenFile = Callable[[str], BinaryIO]
+
+
+def _open_binary(path: str) -> BinaryIO:
+    return open(path, "rb")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScannedFile(LocalEntry):
+    """A file on disk: content id and size (planner view), plus stat and chunks.
+
+    ``chunks`` is None for a file found unchanged (take them from the base row);
+    ``hashed`` says the file was read this scan.
+    """
+
+    path: str
+    mtime_ns: int
+    inode: int
+    chunks: tuple[ChunkRef, ...] | None = None
+    hashed: bool = False
+
+
+@dataclass
+class ScanResult:
+    entries: dict[str, ScannedFile] = field(default_factory=dict)
+    complete: bool = True
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders/files
+
+    @property
+    def changed(self) -> list[str]:
+        return [p for p, e in self.entries.items() if e.hashed]
+
+
+class FileChanging(Exception):
+    """The file changed while it was read."""
+
+
+class Scanner:
+    """Scans ``root`` against the synced base rows."""
+
+    def __init__(self, root: Path, *, open_file: OpenFile = _open_binary, retries: int = 1) -> None:
+        self.root = root
+        self.open_file = open_file
+        self.retries = retries
+
+    # -- whole-folder scan ---------------------------------------------------------------------
+
+    def scan(self, base: Mapping[str, FileRecord]) -> ScanResult:
+        result = ScanResult()
+        found: list[tuple[str, os.stat_result]] = []
+        self._walk(self.root, "", found, result)
+        for path, st in self._drop_case_twins(found, base, result):
+            self._examine(path, st, base.get(path), result)
+        return result
+
+    def _walk(
+        self, folder: Path, prefix: str, found: list[tuple[str, os.stat_result]],
+        result: ScanResult,
+    ) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            result.complete = False
+            result.errors.append((prefix or ".", f"cannot list folder: {e.strerror}"))
+            return
+        for entry in entries:
+            name = entry.name
+            if not prefix and name == STATE_DIR:
+                continue
+            if name.startswith(TEMP_PREFIX):
+                continue
+            rel = f"{prefix}{name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                result.complete = False
+                result.errors.append((rel, f"cannot stat: {e.strerror}"))
+                continue
+            if statmod.S_ISLNK(st.st_mode):
+                result.skipped.append((rel, "symbolic link (not synced)"))
+                continue
+            try:
+                normal = normalize_path(rel)
+            except InvalidPath as e:
+                result.skipped.append((rel, e.message))
+                continue
+            if normal != rel:
+                result.skipped.append((rel, "name is not NFC-normalized; rename it to sync it"))
+                continue
+            if statmod.S_ISDIR(st.st_mode):
+                self._walk(Path(entry.path), rel + "/", found, result)
+            elif statmod.S_ISREG(st.st_mode):
+                found.append((rel, st))
+            else:
+                result.skipped.append((rel, "not a regular file (not synced)"))
+
+    @staticmethod
+    def _drop_case_twins(
+        found: list[tuple[str, os.stat_result]], base: Mapping[str, FileRecord],
+        result: ScanResult,
+    ) -> list[tuple[str, os.stat_result]]:
+        """Keep one name per fold key (the synced one, else the first); skip the others: the
+        server would refuse the whole batch with path_clash."""
+        by_key: dict[str, list[tuple[str, os.stat_result]]] = {}
+        for item in found:
+            by_key.setdefault(fold_key(item[0]), []).append(item)
+        kept: list[tuple[str, os.stat_result]] = []
+        for group in by_key.values():
+            if len(group) == 1:
+                kept.append(group[0])
+                continue
+            group.sort(key=lambda item: (item[0] not in base, item[0]))
+            kept.append(group[0])
+            for path, _ in group[1:]:
+                result.skipped.append((path, f"differs from {group[0][0]!r} only in case"))
+        return kept
+
+    # -- single files ----------------------------------------------------------------------
+
+    def check(self, path: str, record: FileRecord | None) -> ScannedFile | None:
+        """Look at one path now: None if it does not exist; raises OSError if unreadable
+        and ``FileChanging`` if it keeps changing."""
+        full = self.root / path
+        try:
+            st = os.stat(full, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        if not statmod.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if record is not None and same_stat(st, record.size, record.mtime_ns, record.inode):
+            return _unchanged(path, st, record)
+        return self._hash(path, st)
+
+    def _examine(
+        self, path: str, st: os.stat_result, record: FileRecord | None, result: ScanResult
+    ) -> None:
+        if record is not None and same_stat(st, record.size, record.mtime_ns, record.inode):
+            result.entries[path] = _unchanged(path, st, record)
+            return
+        try:
+            result.entries[path] = self._hash(path, st)
+        except FileChanging:
+            result.skipped.append((path, "changing while being read; retried next sync"))
+            if record is not None:
+                # we know it exists: report it as the base so nothing reads it as deleted
+                result.entries[path] = _unchanged(path, st, record)
+        except OSError as e:
+            result.complete = False
+            result.errors.append((path, f"cannot read: {e.strerror or e}"))
+
+    def _hash(self, path: str, st: os.stat_result) -> ScannedFile:
+        full = str(self.root / path)
+        for _attempt in range(self.retries + 1):
+            chunks: list[ChunkRef] = []
+            with self.open_file(full) as f:
+                before = os.fstat(f.fileno())
+                if before.st_size:
+                    for chunk in make_chunker().cut_stream(f):
+                        chunks.append(ChunkRef(chunk_hash(chunk.data), chunk.length))
+                after = os.stat(full, follow_symlinks=False)
+            if (
+                same_stat(after, before.st_size, before.st_mtime_ns, before.st_ino)
+                and sum(c.size for c in chunks) == before.st_size
+            ):
+                manifest = make_manifest(chunks)
+                return ScannedFile(
+                    content=manifest.content, size=manifest.size, path=path,
+                    mtime_ns=before.st_mtime_ns, inode=before.st_ino,
+                    chunks=manifest.chunks, hashed=True,
+                )
+        raise FileChanging(path)
+
+    # -- cheap change detection (watch) -----------------------------------------------------
+
+    def signature(self) -> frozenset[tuple[str, int, int, int]]:
+        """(path, size, mtime_ns, inode) of every file: compare two to see a local change
+        without reading any file."""
+        found: list[tuple[str, os.stat_result]] = []
+        self._walk(self.root, "", found, ScanResult())
+        return frozenset((p, st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found)
+
+
+def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile:
+    return ScannedFile(
+        content=record.content, size=record.size, path=path, mtime_ns=st.st_mtime_ns,
+        inode=st.st_ino, chunks=record.chunks, hashed=False,
+    )
