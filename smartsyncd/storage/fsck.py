@@ -1,0 +1,140 @@
+"""Consistency check of a store: metadata against itself, and chunk rows against pack bytes.
+
+For every engagement:
+- every manifest decodes, hashes to its content id, and matches its recorded size and count;
+- every chunk a manifest names has a chunk row (``missing_chunk``);
+- every chunk row's pack file exists (``missing_pack``) and its byte range decompresses
+  (capped, as for uploads) to ``raw_size`` bytes that hash to the chunk name (``bad_chunk``);
+- every live file's content has a manifest (``missing_manifest``);
+- the change log holds exactly the seqs 1..head (``bad_log``).
+
+Nothing is repaired: metadata pointing at missing data is an alarm for an operator, never a reason
+to delete the entry. SQL runs on the store's DB thread, pack reads on its file pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from smartsyncd.core import manifest
+from smartsyncd.core.chunkstream import verify_records
+from smartsyncd.core.errors import SyncError
+from smartsyncd.storage.api import FsckProblem
+from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.sqlstore import MetadataDB
+
+if TYPE_CHECKING:
+    from smartsyncd.storage.sqlstore import SqlServerStore
+
+ChunkRow = tuple[str, str, int, int, int, int]  # hash, pack, offset, stored_size, codec, raw_size
+
+
+def check_metadata(db: MetadataDB, engagement_id: int, name: str, head: int) -> list[FsckProblem]:
+    """The database-only checks for one engagement (run on the DB thread)."""
+
+    def tx() -> list[FsckProblem]:
+        problems: list[FsckProblem] = []
+
+        def report(kind: str, detail: str) -> None:
+            problems.append(FsckProblem(engagement=name, kind=kind, detail=detail))
+
+        have = {
+            bytes(r[0]) for r in db.all("SELECT hash FROM chunks WHERE engagement_id = ?", (engagement_id,))
+        }
+        contents: set[bytes] = set()
+        for content, size, count, body in db.all(
+            "SELECT content, size, chunk_count, body FROM manifests WHERE engagement_id = ?",
+            (engagement_id,),
+        ):
+            content = bytes(content)
+            contents.add(content)
+            try:
+                chunks = manifest.decode_binary(bytes(body))
+            except (SyncError, ValueError) as e:
+                report("bad_manifest", f"manifest {content.hex()} does not decode: {e}")
+                continue
+            if manifest.content_id(chunks) != content.hex():
+                report("bad_manifest", f"manifest {content.hex()} does not hash to its id")
+            if sum(c.size for c in chunks) != size or len(chunks) != count:
+                report("bad_manifest", f"manifest {content.hex()} size or count does not match")
+            for c in chunks:
+                if bytes.fromhex(c.hash) not in have:
+                    report("missing_chunk", f"manifest {content.hex()} needs chunk {c.hash}")
+
+        for path, content in db.all(
+            "SELECT path, content FROM files WHERE engagement_id = ? AND content IS NOT NULL",
+            (engagement_id,),
+        ):
+            if bytes(content) not in contents:
+                report("missing_manifest", f"{path!r} has content {bytes(content).hex()} without a manifest")
+
+        seqs = [int(r[0]) for r in db.all("SELECT seq FROM changes WHERE engagement_id = ? ORDER BY seq", (engagement_id,))]
+        if seqs != list(range(1, head + 1)):
+            gaps = sorted(set(range(1, head + 1)) - set(seqs))[:10]
+            extra = [s for s in seqs if s < 1 or s > head][:10]
+            report("bad_log", f"change log is not 1..{head}: {len(seqs)} records, missing {gaps}, beyond head {extra}")
+        row = db.one("SELECT MAX(seq) FROM files WHERE engagement_id = ?", (engagement_id,))
+        if row[0] is not None and int(row[0]) > head:
+            report("bad_log", f"a file records seq {row[0]} beyond head {head}")
+        return problems
+
+    return db.read(tx)
+
+
+def chunk_rows(db: MetadataDB, engagement_id: int) -> list[ChunkRow]:
+    rows = db.all(
+        "SELECT hash, pack_id, pack_offset, stored_size, codec, raw_size FROM chunks"
+        " WHERE engagement_id = ? ORDER BY pack_id, pack_offset",
+        (engagement_id,),
+    )
+    return [(bytes(r[0]).hex(), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
+
+def check_packs(packs: PackStore, engagement_id: int, name: str, rows: Sequence[ChunkRow]) -> list[FsckProblem]:
+    """Read and verify every chunk's bytes (run on the file pool)."""
+    problems: list[FsckProblem] = []
+    by_pack: dict[str, list[ChunkRow]] = defaultdict(list)
+    for row in rows:
+        by_pack[row[1]].append(row)
+    for pack, members in by_pack.items():
+        path = packs.path_for(engagement_id, pack)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            problems.append(FsckProblem(name, "missing_pack", f"pack {pack} ({len(members)} chunks) is missing"))
+            continue
+        except OSError as e:
+            problems.append(FsckProblem(name, "unreadable_pack", f"pack {pack}: {e}"))
+            continue
+        try:
+            for chunk_hash, _, offset, stored_size, codec, raw_size in members:
+                payload = os.pread(fd, stored_size, offset)
+                try:
+                    if len(payload) != stored_size:
+                        raise ValueError("pack is truncated")
+                    verify_records([(chunk_hash, codec, raw_size, payload)])
+                except (SyncError, ValueError) as e:
+                    problems.append(
+                        FsckProblem(name, "bad_chunk", f"chunk {chunk_hash} in pack {pack}: {_message(e)}")
+                    )
+        finally:
+            os.close(fd)
+    return problems
+
+
+def _message(e: Exception) -> str:
+    return e.message if isinstance(e, SyncError) else str(e)
+
+
+async def check_store(store: SqlServerStore) -> list[FsckProblem]:
+    """Run every check over every engagement; an empty list means the store is consistent."""
+    problems: list[FsckProblem] = []
+    engagements: list[Any] = await store.run_db(MetadataDB.engagement_ids)
+    for engagement_id, name, head in engagements:
+        problems += await store.run_db(check_metadata, engagement_id, name, head)
+        rows = await store.run_db(chunk_rows, engagement_id)
+        problems += await store.run_file(check_packs, engagement_id, name, rows)
+    return problems

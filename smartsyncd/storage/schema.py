@@ -1,0 +1,175 @@
+"""Versioned schema of the metadata database, and ``migrate(conn, dialect)``.
+
+Migrations are numbered; ``schema_version`` holds the highest one applied. ``migrate`` applies
+the missing ones, each in its own write transaction together with its version row, so a crash
+mid-migration leaves the previous version intact, and two daemons migrating at once serialize
+on the write lock (the second finds nothing to do). A database newer than this code is refused.
+
+The SQL is plain and portable; the few type names that differ between SQLite and PostgreSQL are
+``{id_pk}`` (an auto-numbered primary key), ``{blob}`` (hashes and content ids are 32-byte
+blobs) and ``{fold_text}`` (the fold key column, compared bytewise so range scans work), filled
+in from the ``Dialect``. Column names avoid SQL keywords (``user_name``, ``pack_offset``,
+``committed_at``, ``group_ids``, ``session_id``).
+
+Tables:
+- users: local accounts (LDAP users are not listed here).
+- engagements: ``head`` is the last sequence number of the change log (0 when empty).
+- grants: (engagement, kind user|group, principal) -> role; ``display_name`` for admins.
+- sessions: keyed by the token's hash (the token itself is never stored); ``group_ids`` JSON.
+- packs / chunks: where each chunk's payload lives (pack, offset, stored size, codec); chunks are
+  per engagement, never shared.
+- manifests: the chunk list of each content (``core.manifest.encode_binary``), per engagement.
+- changes: the change log, one row per accepted change, seq 1..head without gaps.
+- files: the head state per path (tombstones stay with ``content`` NULL), with ``fold_key``
+  (case/normalization key) indexed for clash checks and folder spelling lookups.
+- batches: the stored answer for each commit batch key (idempotent retries).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smartsyncd.storage.sqlstore import Dialect
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE users (
+                name TEXT PRIMARY KEY,
+                password_hash TEXT,
+                created_at TEXT NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE engagements (
+                id {id_pk},
+                name TEXT NOT NULL UNIQUE,
+                title TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                head BIGINT NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE grants (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id) ON DELETE CASCADE,
+                kind TEXT NOT NULL CHECK (kind IN ('user', 'group')),
+                principal TEXT NOT NULL,
+                display_name TEXT NOT NULL,
+                role TEXT NOT NULL CHECK (role IN ('reader', 'editor', 'admin')),
+                PRIMARY KEY (engagement_id, kind, principal)
+            )""",
+            "CREATE INDEX grants_principal ON grants (kind, principal)",
+            """CREATE TABLE sessions (
+                token_hash TEXT PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                user_name TEXT NOT NULL,
+                group_ids TEXT NOT NULL,
+                backend TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                refreshed_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX sessions_user ON sessions (user_name)",
+            "CREATE INDEX sessions_expiry ON sessions (expires_at)",
+            """CREATE TABLE packs (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                id TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (engagement_id, id)
+            )""",
+            """CREATE TABLE chunks (
+                engagement_id BIGINT NOT NULL,
+                hash {blob} NOT NULL,
+                pack_id TEXT NOT NULL,
+                pack_offset BIGINT NOT NULL,
+                stored_size INTEGER NOT NULL,
+                codec INTEGER NOT NULL,
+                raw_size INTEGER NOT NULL,
+                PRIMARY KEY (engagement_id, hash),
+                FOREIGN KEY (engagement_id, pack_id) REFERENCES packs (engagement_id, id)
+            )""",
+            "CREATE INDEX chunks_pack ON chunks (engagement_id, pack_id)",
+            """CREATE TABLE manifests (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                content {blob} NOT NULL,
+                size BIGINT NOT NULL,
+                chunk_count INTEGER NOT NULL,
+                body {blob} NOT NULL,
+                PRIMARY KEY (engagement_id, content)
+            )""",
+            """CREATE TABLE changes (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                seq BIGINT NOT NULL,
+                path TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('put', 'delete')),
+                content {blob},
+                size BIGINT NOT NULL,
+                prev_seq BIGINT,
+                user_name TEXT NOT NULL,
+                session_id TEXT,
+                committed_at TEXT NOT NULL,
+                conflict_of TEXT,
+                batch TEXT,
+                PRIMARY KEY (engagement_id, seq)
+            )""",
+            """CREATE TABLE files (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                path TEXT NOT NULL,
+                fold_key {fold_text} NOT NULL,
+                seq BIGINT NOT NULL,
+                content {blob},
+                size BIGINT NOT NULL,
+                PRIMARY KEY (engagement_id, path)
+            )""",
+            "CREATE INDEX files_fold ON files (engagement_id, fold_key)",
+            """CREATE TABLE batches (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                batch TEXT NOT NULL,
+                result TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (engagement_id, batch)
+            )""",
+        ],
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer smartsyncd; refuse rather than misread it."""
+
+
+def current_version(conn: Any, dialect: Dialect) -> int:
+    if not dialect.table_exists(conn, "schema_version"):
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: Any, dialect: Dialect) -> int:
+    """Bring the database up to ``LATEST_VERSION``; return the version it is at now.
+
+    ``conn`` must be in autocommit mode (transactions are explicit).
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+    for version, statements in MIGRATIONS:
+        conn.execute(dialect.begin_write)
+        try:
+            found = current_version(conn, dialect)
+            if found > LATEST_VERSION:
+                raise SchemaTooNew(
+                    f"database schema version {found} is newer than this smartsyncd "
+                    f"supports ({LATEST_VERSION}); upgrade smartsyncd"
+                )
+            if found >= version:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in statements:
+                conn.execute(statement.format(**dialect.types))
+            conn.execute(dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return current_version(conn, dialect)

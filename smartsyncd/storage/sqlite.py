@@ -1,0 +1,117 @@
+"""SQLite: the dialect, the connection settings, and ``open_server_store``.
+
+SQLite is the default metadata database: one file, ``<data_dir>/metadata.sqlite3``, on a local
+disk (never on NFS: its locking is not reliable there). Settings, and why:
+
+- ``journal_mode=WAL``: readers do not block the writer.
+- ``synchronous=FULL``: a committed transaction survives power loss (NORMAL can lose the last
+  commits in WAL mode, and a lost commit is an acknowledged change gone).
+- ``foreign_keys=ON``: rows cannot point at engagements or packs that do not exist.
+- ``busy_timeout``: another process (the admin CLI) holding the lock briefly is waited for.
+- autocommit mode (``isolation_level=None``): transactions are explicit; writes start with
+  ``BEGIN IMMEDIATE`` so the write lock is taken up front and a commit cannot fail half-way on
+  lock upgrade.
+
+The connection is created, used and closed on the store's single DB thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from smartsyncd.core.errors import Unavailable
+from smartsyncd.storage.durable import ensure_dir
+from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.schema import migrate
+from smartsyncd.storage.sqlstore import Dialect, MetadataDB, SqlServerStore
+
+log = Logger(namespace="smartsyncd.storage")
+
+SQLITE = Dialect(
+    name="sqlite",
+    types={"id_pk": "INTEGER PRIMARY KEY", "blob": "BLOB", "fold_text": "TEXT"},
+    begin_write="BEGIN IMMEDIATE",
+    begin_read="BEGIN",
+    lock_engagement=None,  # BEGIN IMMEDIATE already serializes writers
+    table_exists_sql="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    unavailable_errors=(sqlite3.OperationalError,),
+    integrity_errors=(sqlite3.IntegrityError,),
+)
+
+DB_FILENAME = "metadata.sqlite3"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect_sqlite(path: str) -> sqlite3.Connection:
+    """Open ``path`` with the settings above (blocking: call it on the DB thread)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"could not enable WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _sqlite_path(data_dir: str, database_url: str | None) -> str:
+    if database_url is None or database_url == "":
+        return os.path.join(data_dir, DB_FILENAME)
+    if database_url.startswith("sqlite:///"):
+        return database_url[len("sqlite://") :]
+    raise ValueError(f"unsupported database url scheme: {database_url.split(':', 1)[0]!r} (only SQLite for now)")
+
+
+async def open_server_store(
+    data_dir: str,
+    *,
+    reactor: Any,
+    database_url: str | None = None,
+    storage_path: str | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> SqlServerStore:
+    """Open (creating and migrating as needed) the store for ``data_dir``.
+
+    ``now`` supplies record timestamps (created_at); the default is the system clock in UTC.
+    Raises ``Unavailable`` when the database or the storage folder cannot be opened.
+    """
+    db_path = _sqlite_path(data_dir, database_url)
+    packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
+    db_pool = ThreadPool(minthreads=1, maxthreads=1, name="smartsyncd-db")
+    file_pool = ThreadPool(minthreads=2, maxthreads=4, name="smartsyncd-files")
+    db_pool.start()
+    file_pool.start()
+
+    def open_db() -> MetadataDB:
+        ensure_dir(os.path.dirname(os.path.abspath(db_path)))
+        conn = connect_sqlite(db_path)
+        try:
+            migrate(conn, SQLITE)
+        except BaseException:
+            conn.close()
+            raise
+        return MetadataDB(conn, SQLITE)
+
+    try:
+        await deferToThreadPool(reactor, file_pool, packs.prepare)
+        meta = await deferToThreadPool(reactor, db_pool, open_db)
+    except BaseException as e:
+        db_pool.stop()
+        file_pool.stop()
+        if isinstance(e, sqlite3.OperationalError | OSError):
+            raise Unavailable(f"cannot open the store: {e}") from e
+        raise
+    log.info("metadata store open: {path}, chunks under {root}", path=db_path, root=packs.root)
+    return SqlServerStore(reactor=reactor, db=meta, packs=packs, db_pool=db_pool, file_pool=file_pool, clock=now)

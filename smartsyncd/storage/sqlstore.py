@@ -1,0 +1,1034 @@
+"""The metadata store's domain logic in portable SQL, and the async ``SqlServerStore``.
+
+Two layers:
+
+- ``MetadataDB``: synchronous methods on one DB-API connection (autocommit mode; transactions
+  are explicit). It must only ever be used from the store's single DB thread (SQLite connections
+  belong to the thread that opened them). The SQL is plain with ``?`` placeholders; everything
+  that differs between databases (connecting, pragmas, the write-transaction statement, locking
+  the engagement row, type names, which driver errors mean "unreachable") is in a ``Dialect``
+  (``storage/sqlite.py`` defines the SQLite one; PostgreSQL comes later).
+- ``SqlServerStore``: implements ``storage.api.ServerStore``. Every method is a coroutine that
+  runs the SQL on the DB pool (exactly one thread) and pack I/O on the file pool
+  (``deferToThreadPool``), so the reactor thread never blocks.
+
+Commit (``MetadataDB.commit``) is one write transaction: idempotency lookup by (engagement, batch)
+-> the stored answer, replayed; else ``core.commit_rules.plan_commit`` over a ``HeadView`` backed
+by the ``files`` table; then every written put's manifest is resolved (known content, a full
+chunk list, or a delta against a known manifest), checked (content id, size, every chunk present)
+and stored; sequence numbers head+1.. are assigned in outcome order; changes are inserted, files
+upserted (tombstones stay as rows with NULL content), the head advanced and the answer stored.
+Any error rolls everything back: a batch is applied whole or not at all.
+
+Chunk upload (``SqlServerStore.store_chunks``): drop chunks already present, write the rest as one
+pack (fsynced, see ``packs``), then record the pack and chunk rows in one transaction; only then
+does the caller acknowledge. A crash between leaves an orphan pack, never a dangling row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from smartsyncd.core import manifest
+from smartsyncd.core.errors import (
+    BadRequest,
+    MissingChunks,
+    NotFound,
+    SyncError,
+    Unavailable,
+    UnknownContent,
+)
+from smartsyncd.core.model import ROLES, Change, ChunkRef, FileState, Manifest, ProposedChange, Role
+from smartsyncd.core.paths import fold_key
+from smartsyncd.storage.api import (
+    CommitResult,
+    CommitResultItem,
+    EngagementRecord,
+    FsckProblem,
+    Grant,
+    PrincipalKind,
+    PutManifest,
+    SessionRecord,
+    StoredChunk,
+    UserRecord,
+    VerifiedChunk,
+)
+from smartsyncd.storage.packs import PackStore
+
+T = TypeVar("T")
+log = Logger(namespace="smartsyncd.storage")
+
+_ENGAGEMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_IN_BATCH = 500  # hashes per IN (...) query: well under every database's parameter limit
+_MAX_BATCH_KEY = 200
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between database engines; the domain SQL itself does not."""
+
+    name: str
+    types: Mapping[str, str]  # {id_pk}, {blob}, {fold_text} in schema.py
+    begin_write: str  # starts a transaction that holds the write lock from the start
+    begin_read: str
+    lock_engagement: str | None  # row lock for commit where begin_write does not serialize
+    table_exists_sql: str  # one ? parameter: the table name
+    unavailable_errors: tuple[type[BaseException], ...]  # driver errors meaning "unreachable"
+    integrity_errors: tuple[type[BaseException], ...]
+    placeholder: str = "?"
+    binary: Callable[[bytes], Any] = field(default=bytes)
+
+    def sql(self, query: str) -> str:
+        return query if self.placeholder == "?" else query.replace("?", self.placeholder)
+
+    def table_exists(self, conn: Any, name: str) -> bool:
+        return conn.execute(self.sql(self.table_exists_sql), (name,)).fetchone() is not None
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _ts(value: datetime) -> str:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise BadRequest("times must be timezone-aware datetimes")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _hash_bytes(value: object, what: str = "hash") -> bytes:
+    if not manifest.is_hash(value):
+        raise BadRequest(f"{what} must be 64 lowercase hex characters", value=str(value)[:80])
+    assert isinstance(value, str)
+    return bytes.fromhex(value)
+
+
+def _hex(value: Any) -> str | None:
+    return None if value is None else bytes(value).hex()
+
+
+def _text(value: object, what: str, max_len: int = 256) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_len or _CONTROL.search(value):
+        raise BadRequest(f"{what} must be a non-empty string of at most {max_len} characters")
+    return value
+
+
+def _chunks_of(items: Sequence[T], size: int = _IN_BATCH) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _user(row: Any) -> UserRecord:
+    return UserRecord(name=row[0], password_hash=row[1], created_at=_dt(row[2]), disabled=bool(row[3]))
+
+
+def _engagement(row: Any) -> EngagementRecord:
+    return EngagementRecord(id=int(row[0]), name=row[1], title=row[2], created_at=_dt(row[3]), head=int(row[4]))
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord(
+        token_hash=row[0],
+        id=row[1],
+        user=row[2],
+        groups=tuple(json.loads(row[3])),
+        backend=row[4],
+        created_at=_dt(row[5]),
+        expires_at=_dt(row[6]),
+        refreshed_at=_dt(row[7]),
+    )
+
+
+_CHANGE_COLUMNS = (
+    "seq, path, kind, content, size, prev_seq, user_name, session_id, committed_at, conflict_of, batch"
+)
+
+
+def _change(row: Any) -> Change:
+    return Change(
+        seq=int(row[0]),
+        path=row[1],
+        kind=row[2],
+        content=_hex(row[3]),
+        size=int(row[4]),
+        prev_seq=None if row[5] is None else int(row[5]),
+        user=row[6],
+        session=row[7],
+        time=_dt(row[8]),
+        conflict_of=row[9],
+        batch=row[10],
+    )
+
+
+def _result_to_json(result: CommitResult) -> str:
+    return json.dumps(
+        {
+            "head": result.head,
+            "results": [
+                {
+                    "path": r.path,
+                    "status": r.status,
+                    "seq": r.seq,
+                    "conflict_path": r.conflict_path,
+                    "current_seq": r.current_seq,
+                }
+                for r in result.results
+            ],
+        }
+    )
+
+
+def _result_from_json(text: str) -> CommitResult:
+    data = json.loads(text)
+    return CommitResult(
+        head=data["head"],
+        results=tuple(CommitResultItem(**item) for item in data["results"]),
+        changes=(),
+        replayed=True,
+    )
+
+
+# ----------------------------------------------------------------------------- head view
+
+
+class SqlHeadView:
+    """``core.commit_rules.HeadView`` over the ``files`` table, inside the commit transaction."""
+
+    def __init__(self, db: MetadataDB, engagement_id: int) -> None:
+        self._db = db
+        self._id = engagement_id
+
+    def state(self, path: str) -> FileState | None:
+        row = self._db.one(
+            "SELECT seq, content, size FROM files WHERE engagement_id = ? AND path = ?",
+            (self._id, path),
+        )
+        if row is None:
+            return None
+        return FileState(path=path, seq=int(row[0]), content=_hex(row[1]), size=int(row[2]))
+
+    def live_path_with_key(self, key: str) -> str | None:
+        row = self._db.one(
+            "SELECT path FROM files WHERE engagement_id = ? AND fold_key = ?"
+            " AND content IS NOT NULL ORDER BY path LIMIT 1",
+            (self._id, key),
+        )
+        return None if row is None else str(row[0])
+
+    def folder_spelling(self, key: str) -> str | None:
+        if not key:
+            return ""
+        # Live files below the folder have fold keys in [key + "/", key + "0"): "0" follows "/".
+        row = self._db.one(
+            "SELECT path FROM files WHERE engagement_id = ? AND fold_key >= ? AND fold_key < ?"
+            " AND content IS NOT NULL ORDER BY fold_key LIMIT 1",
+            (self._id, key + "/", key + "0"),
+        )
+        if row is None:
+            return None
+        # casefold may change a segment's length (ß -> ss) but never the segment count.
+        return "/".join(str(row[0]).split("/")[: key.count("/") + 1])
+
+
+# ----------------------------------------------------------------------- synchronous layer
+
+
+class MetadataDB:
+    """Domain operations on one connection; use only from the DB thread."""
+
+    def __init__(self, conn: Any, dialect: Dialect) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    # -- plumbing
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self.dialect.sql(query), tuple(params))
+
+    def one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        return self.execute(query, params).fetchone()
+
+    def all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.execute(query, params).fetchall())
+
+    def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(self.dialect.sql(query), [tuple(r) for r in rows])
+
+    def write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one write transaction: commit on return, roll back on any error."""
+        self.conn.execute(self.dialect.begin_write)
+        try:
+            result = fn()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return result
+
+    def read(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one read transaction (a consistent view across its queries)."""
+        self.conn.execute(self.dialect.begin_read)
+        try:
+            return fn()
+        finally:
+            self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def ping(self) -> None:
+        self.one("SELECT 1")
+
+    def engagement_head(self, engagement_id: int) -> int:
+        if not isinstance(engagement_id, int) or isinstance(engagement_id, bool):
+            raise BadRequest("engagement id must be an integer")
+        row = self.one("SELECT head FROM engagements WHERE id = ?", (engagement_id,))
+        if row is None:
+            raise NotFound(f"no engagement with id {engagement_id}")
+        return int(row[0])
+
+    def _engagement_id(self, name: str) -> int:
+        row = self.one("SELECT id FROM engagements WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no engagement named {name!r}", engagement=name)
+        return int(row[0])
+
+    # -- users
+
+    def add_user(self, name: str, password_hash: str | None, now: datetime) -> UserRecord:
+        _text(name, "user name")
+        if password_hash is not None:
+            _text(password_hash, "password hash", 1024)
+
+        def tx() -> UserRecord:
+            cur = self.execute(
+                "INSERT INTO users (name, password_hash, created_at, disabled) VALUES (?, ?, ?, 0)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, password_hash, _ts(now)),
+            )
+            if cur.rowcount != 1:
+                raise BadRequest(f"user {name!r} already exists", user=name)
+            return _user(self.one("SELECT name, password_hash, created_at, disabled FROM users WHERE name = ?", (name,)))
+
+        return self.write(tx)
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        _text(password_hash, "password hash", 1024)
+
+        def tx() -> None:
+            cur = self.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
+            if cur.rowcount != 1:
+                raise NotFound(f"no user named {name!r}", user=name)
+
+        self.write(tx)
+
+    def get_user(self, name: str) -> UserRecord | None:
+        row = self.one("SELECT name, password_hash, created_at, disabled FROM users WHERE name = ?", (name,))
+        return None if row is None else _user(row)
+
+    def list_users(self) -> list[UserRecord]:
+        return [_user(r) for r in self.all("SELECT name, password_hash, created_at, disabled FROM users ORDER BY name")]
+
+    # -- engagements and grants
+
+    def create_engagement(self, name: str, title: str, now: datetime) -> EngagementRecord:
+        if not isinstance(name, str) or not _ENGAGEMENT_NAME.match(name):
+            raise BadRequest(
+                "engagement names are 1-100 characters of letters, digits, '.', '_' and '-',"
+                " starting with a letter or digit",
+                engagement=str(name)[:100],
+            )
+        if not isinstance(title, str) or len(title) > 500 or _CONTROL.search(title):
+            raise BadRequest("engagement title must be a string of at most 500 characters")
+
+        def tx() -> EngagementRecord:
+            cur = self.execute(
+                "INSERT INTO engagements (name, title, created_at, head) VALUES (?, ?, ?, 0)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, title, _ts(now)),
+            )
+            if cur.rowcount != 1:
+                raise BadRequest(f"engagement {name!r} already exists", engagement=name)
+            found = self.get_engagement(name)
+            assert found is not None
+            return found
+
+        return self.write(tx)
+
+    def get_engagement(self, name: str) -> EngagementRecord | None:
+        row = self.one("SELECT id, name, title, created_at, head FROM engagements WHERE name = ?", (name,))
+        return None if row is None else _engagement(row)
+
+    def list_engagements(self) -> list[EngagementRecord]:
+        rows = self.all("SELECT id, name, title, created_at, head FROM engagements ORDER BY name")
+        return [_engagement(r) for r in rows]
+
+    def grant(self, grant: Grant) -> None:
+        if grant.kind not in ("user", "group"):
+            raise BadRequest("grant kind must be 'user' or 'group'")
+        if grant.role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+        _text(grant.principal, "principal")
+        display = grant.display_name or grant.principal
+        _text(display, "display name")
+
+        def tx() -> None:
+            engagement_id = self._engagement_id(grant.engagement)
+            self.execute(
+                "INSERT INTO grants (engagement_id, kind, principal, display_name, role)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (engagement_id, kind, principal)"
+                " DO UPDATE SET display_name = excluded.display_name, role = excluded.role",
+                (engagement_id, grant.kind, grant.principal, display, grant.role),
+            )
+
+        self.write(tx)
+
+    def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
+        def tx() -> bool:
+            engagement_id = self._engagement_id(engagement)
+            cur = self.execute(
+                "DELETE FROM grants WHERE engagement_id = ? AND kind = ? AND principal = ?",
+                (engagement_id, kind, principal),
+            )
+            return bool(cur.rowcount == 1)
+
+        return self.write(tx)
+
+    def list_grants(self, engagement: str | None) -> list[Grant]:
+        query = (
+            "SELECT e.name, g.kind, g.principal, g.display_name, g.role FROM grants g"
+            " JOIN engagements e ON e.id = g.engagement_id"
+        )
+        params: tuple[Any, ...] = ()
+        if engagement is not None:
+            params = (self._engagement_id(engagement),)
+            query += " WHERE g.engagement_id = ?"
+        rows = self.all(query + " ORDER BY e.name, g.kind, g.principal", params)
+        return [Grant(engagement=r[0], kind=r[1], principal=r[2], display_name=r[3], role=r[4]) for r in rows]
+
+    def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
+        row = self.one("SELECT id FROM engagements WHERE name = ?", (engagement,))
+        if row is None:
+            return None
+        engagement_id = int(row[0])
+        roles = [
+            r[0]
+            for r in self.all(
+                "SELECT role FROM grants WHERE engagement_id = ? AND kind = 'user' AND principal = ?",
+                (engagement_id, user),
+            )
+        ]
+        group_list = list(dict.fromkeys(groups))
+        for part in _chunks_of(group_list):
+            marks = ", ".join("?" for _ in part)
+            roles += [
+                r[0]
+                for r in self.all(
+                    "SELECT role FROM grants WHERE engagement_id = ? AND kind = 'group'"
+                    f" AND principal IN ({marks})",
+                    (engagement_id, *part),
+                )
+            ]
+        ranked = [r for r in ROLES if r in roles]
+        return ranked[-1] if ranked else None
+
+    # -- sessions
+
+    def create_session(self, s: SessionRecord) -> None:
+        def tx() -> None:
+            cur = self.execute(
+                "INSERT INTO sessions (token_hash, id, user_name, group_ids, backend, created_at,"
+                " expires_at, refreshed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    _text(s.token_hash, "token hash"),
+                    _text(s.id, "session id"),
+                    _text(s.user, "user"),
+                    json.dumps(list(s.groups)),
+                    s.backend,
+                    _ts(s.created_at),
+                    _ts(s.expires_at),
+                    _ts(s.refreshed_at),
+                ),
+            )
+            if cur.rowcount != 1:
+                raise BadRequest("session already exists")
+
+        self.write(tx)
+
+    def get_session(self, token_hash: str) -> SessionRecord | None:
+        row = self.one(
+            "SELECT token_hash, id, user_name, group_ids, backend, created_at, expires_at,"
+            " refreshed_at FROM sessions WHERE token_hash = ?",
+            (token_hash,),
+        )
+        return None if row is None else _session(row)
+
+    def update_session(self, s: SessionRecord) -> None:
+        def tx() -> None:
+            cur = self.execute(
+                "UPDATE sessions SET user_name = ?, group_ids = ?, backend = ?, expires_at = ?,"
+                " refreshed_at = ? WHERE token_hash = ?",
+                (s.user, json.dumps(list(s.groups)), s.backend, _ts(s.expires_at), _ts(s.refreshed_at), s.token_hash),
+            )
+            if cur.rowcount != 1:
+                raise NotFound("no such session")
+
+        self.write(tx)
+
+    def delete_session(self, token_hash: str) -> None:
+        self.write(lambda: self.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,)))
+
+    # -- chunks and manifests
+
+    def present_chunks(self, engagement_id: int, hashes: Sequence[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for part in _chunks_of(list(hashes)):
+            marks = ", ".join("?" for _ in part)
+            rows = self.all(
+                f"SELECT hash FROM chunks WHERE engagement_id = ? AND hash IN ({marks})",
+                (engagement_id, *(self.dialect.binary(h) for h in part)),
+            )
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
+    def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
+        wanted = list(dict.fromkeys(hashes))
+        raw = [_hash_bytes(h, "chunk hash") for h in wanted]
+
+        def tx() -> list[str]:
+            self.engagement_head(engagement_id)
+            present = self.present_chunks(engagement_id, raw)
+            return [h for h, b in zip(wanted, raw, strict=True) if b not in present]
+
+        return self.read(tx)
+
+    def record_pack(
+        self,
+        engagement_id: int,
+        pack_name: str,
+        pack_size: int,
+        entries: Sequence[tuple[str, int, int, int, int]],
+        now: datetime,
+    ) -> int:
+        """Insert a written pack and its chunks (hash, codec, raw_size, offset, stored_size).
+
+        Returns how many chunk rows were new (another upload may have won a race for some).
+        """
+
+        def tx() -> int:
+            self.engagement_head(engagement_id)
+            self.execute(
+                "INSERT INTO packs (engagement_id, id, size, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (engagement_id, id) DO NOTHING",
+                (engagement_id, pack_name, pack_size, _ts(now)),
+            )
+            stored = 0
+            for chunk_hash, codec, raw_size, offset, stored_size in entries:
+                cur = self.execute(
+                    "INSERT INTO chunks (engagement_id, hash, pack_id, pack_offset, stored_size,"
+                    " codec, raw_size) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (engagement_id, hash) DO NOTHING",
+                    (
+                        engagement_id,
+                        self.dialect.binary(bytes.fromhex(chunk_hash)),
+                        pack_name,
+                        offset,
+                        stored_size,
+                        codec,
+                        raw_size,
+                    ),
+                )
+                stored += max(cur.rowcount, 0)
+            return stored
+
+        return self.write(tx)
+
+    def chunk_locations(self, engagement_id: int, hashes: Sequence[str]) -> dict[str, tuple[str, int, int, int, int]]:
+        """hash -> (pack, offset, stored_size, codec, raw_size); NotFound lists unknown ones."""
+        wanted = list(dict.fromkeys(hashes))
+        raw = [_hash_bytes(h, "chunk hash") for h in wanted]
+
+        def tx() -> dict[str, tuple[str, int, int, int, int]]:
+            self.engagement_head(engagement_id)
+            found: dict[str, tuple[str, int, int, int, int]] = {}
+            for part in _chunks_of(raw):
+                marks = ", ".join("?" for _ in part)
+                rows = self.all(
+                    "SELECT hash, pack_id, pack_offset, stored_size, codec, raw_size FROM chunks"
+                    f" WHERE engagement_id = ? AND hash IN ({marks})",
+                    (engagement_id, *(self.dialect.binary(h) for h in part)),
+                )
+                for r in rows:
+                    found[bytes(r[0]).hex()] = (r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]))
+            unknown = [h for h in wanted if h not in found]
+            if unknown:
+                raise NotFound(f"{len(unknown)} chunk(s) unknown", chunks=unknown)
+            return found
+
+        return self.read(tx)
+
+    def _manifest_row(self, engagement_id: int, content: str) -> Any:
+        return self.one(
+            "SELECT size, body FROM manifests WHERE engagement_id = ? AND content = ?",
+            (engagement_id, self.dialect.binary(bytes.fromhex(content))),
+        )
+
+    def get_manifest(self, engagement_id: int, content: str) -> Manifest | None:
+        _hash_bytes(content, "content id")
+
+        def tx() -> Manifest | None:
+            self.engagement_head(engagement_id)
+            row = self._manifest_row(engagement_id, content)
+            if row is None:
+                return None
+            return Manifest(content=content, size=int(row[0]), chunks=manifest.decode_binary(bytes(row[1])))
+
+        return self.read(tx)
+
+    # -- the change log
+
+    def head(self, engagement_id: int) -> int:
+        return self.engagement_head(engagement_id)
+
+    def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]:
+        if not isinstance(since, int) or since < 0:
+            raise BadRequest("since must be a non-negative integer")
+        if not isinstance(limit, int) or limit < 1:
+            raise BadRequest("limit must be a positive integer")
+
+        def tx() -> tuple[int, list[Change]]:
+            head = self.engagement_head(engagement_id)
+            rows = self.all(
+                f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE engagement_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (engagement_id, since, limit),
+            )
+            return head, [_change(r) for r in rows]
+
+        return self.read(tx)
+
+    def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:
+        def tx() -> tuple[int, list[FileState]]:
+            head = self.engagement_head(engagement_id)
+            rows = self.all(
+                "SELECT path, seq, content, size FROM files WHERE engagement_id = ?"
+                " AND content IS NOT NULL ORDER BY path",
+                (engagement_id,),
+            )
+            files = [FileState(path=r[0], seq=int(r[1]), content=_hex(r[2]), size=int(r[3])) for r in rows]
+            return head, files
+
+        return self.read(tx)
+
+    def commit(
+        self,
+        engagement_id: int,
+        user: str,
+        session: str | None,
+        batch: str,
+        changes: Sequence[ProposedChange],
+        manifests: Mapping[str, PutManifest],
+        now: datetime,
+    ) -> CommitResult:
+        _text(batch, "batch", _MAX_BATCH_KEY)
+        _text(user, "user")
+        when = _ts(now)
+        return self.write(lambda: self._commit_tx(engagement_id, user, session, batch, changes, manifests, now, when))
+
+    def _commit_tx(
+        self,
+        engagement_id: int,
+        user: str,
+        session: str | None,
+        batch: str,
+        changes: Sequence[ProposedChange],
+        manifests: Mapping[str, PutManifest],
+        now: datetime,
+        when: str,
+    ) -> CommitResult:
+        head = self.engagement_head(engagement_id)
+        if self.dialect.lock_engagement:
+            self.execute(self.dialect.lock_engagement, (engagement_id,))
+            head = self.engagement_head(engagement_id)
+        previous = self.one(
+            "SELECT result FROM batches WHERE engagement_id = ? AND batch = ?", (engagement_id, batch)
+        )
+        if previous is not None:
+            return _result_from_json(previous[0])
+
+        from smartsyncd.core import commit_rules  # lands in parallel; import at top once it has
+
+        outcomes = commit_rules.plan_commit(changes, SqlHeadView(self, engagement_id), user, now)
+        new_manifests = self._resolve_manifests(engagement_id, outcomes, manifests)
+
+        results: list[CommitResultItem] = []
+        written: list[Change] = []
+        seq = head
+        for o in outcomes:
+            if o.write_path is None:
+                results.append(CommitResultItem(path=o.path, status=o.status, seq=None, current_seq=o.current_seq))
+                continue
+            seq += 1
+            is_put = o.kind == "put"
+            written.append(
+                Change(
+                    seq=seq,
+                    path=o.write_path,
+                    kind=o.kind,
+                    content=o.content if is_put else None,
+                    size=o.size if is_put else 0,
+                    prev_seq=o.prev_seq,
+                    user=user,
+                    session=session,
+                    time=now,
+                    conflict_of=o.path if o.status == "conflict" else None,
+                    batch=batch,
+                )
+            )
+            results.append(
+                CommitResultItem(
+                    path=o.path,
+                    status=o.status,
+                    seq=seq,
+                    conflict_path=o.write_path if o.status == "conflict" else None,
+                    current_seq=o.current_seq,
+                )
+            )
+
+        binary = self.dialect.binary
+        self.executemany(
+            "INSERT INTO manifests (engagement_id, content, size, chunk_count, body)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (engagement_id, content) DO NOTHING",
+            [
+                (engagement_id, binary(bytes.fromhex(c)), size, len(chunks), binary(manifest.encode_binary(chunks)))
+                for c, (size, chunks) in new_manifests.items()
+            ],
+        )
+        self.executemany(
+            f"INSERT INTO changes (engagement_id, {_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    engagement_id,
+                    c.seq,
+                    c.path,
+                    c.kind,
+                    None if c.content is None else binary(bytes.fromhex(c.content)),
+                    c.size,
+                    c.prev_seq,
+                    c.user,
+                    c.session,
+                    when,
+                    c.conflict_of,
+                    c.batch,
+                )
+                for c in written
+            ],
+        )
+        self.executemany(
+            "INSERT INTO files (engagement_id, path, fold_key, seq, content, size) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (engagement_id, path) DO UPDATE SET fold_key = excluded.fold_key,"
+            " seq = excluded.seq, content = excluded.content, size = excluded.size",
+            [
+                (
+                    engagement_id,
+                    c.path,
+                    fold_key(c.path),
+                    c.seq,
+                    None if c.content is None else binary(bytes.fromhex(c.content)),
+                    c.size,
+                )
+                for c in written
+            ],
+        )
+        self.execute("UPDATE engagements SET head = ? WHERE id = ?", (seq, engagement_id))
+        result = CommitResult(head=seq, results=tuple(results), changes=tuple(written))
+        self.execute(
+            "INSERT INTO batches (engagement_id, batch, result, created_at) VALUES (?, ?, ?, ?)",
+            (engagement_id, batch, _result_to_json(result), when),
+        )
+        return result
+
+    def _resolve_manifests(
+        self,
+        engagement_id: int,
+        outcomes: Sequence[Any],
+        manifests: Mapping[str, PutManifest],
+    ) -> dict[str, tuple[int, tuple[ChunkRef, ...]]]:
+        """The manifests this batch must add (content -> (size, chunks)), all checked."""
+        new: dict[str, tuple[int, tuple[ChunkRef, ...]]] = {}
+        for o in outcomes:
+            if o.write_path is None or o.kind != "put" or o.content is None:
+                continue
+            content: str = o.content
+            if content in new:
+                known_size: int | None = new[content][0]
+            else:
+                row = self._manifest_row(engagement_id, content)
+                known_size = None if row is None else int(row[0])
+            if known_size is not None:
+                if known_size != o.size:
+                    raise BadRequest(
+                        f"size {o.size} does not match content {content} ({known_size} bytes)", path=o.path
+                    )
+                continue
+            sent = manifests.get(o.path)
+            if sent is None:
+                raise UnknownContent(
+                    f"the server has no manifest for the content of {o.path!r}; send it", path=o.path
+                )
+            if sent.content != content:
+                raise BadRequest("the manifest sent is for a different content", path=o.path)
+            chunks = self._sent_chunks(engagement_id, o.path, sent, new)
+            if manifest.content_id(chunks) != content:
+                raise BadRequest("the manifest does not hash to the content id", path=o.path)
+            if sum(c.size for c in chunks) != o.size:
+                raise BadRequest("the manifest's chunk sizes do not add up to the size", path=o.path)
+            new[content] = (o.size, chunks)
+
+        wanted = list(dict.fromkeys(c.hash for _, chunks in new.values() for c in chunks))
+        present = self.present_chunks(engagement_id, [bytes.fromhex(h) for h in wanted])
+        missing = [h for h in wanted if bytes.fromhex(h) not in present]
+        if missing:
+            raise MissingChunks(f"{len(missing)} chunk(s) must be uploaded first", chunks=missing)
+        return new
+
+    def _sent_chunks(
+        self,
+        engagement_id: int,
+        path: str,
+        sent: PutManifest,
+        new: Mapping[str, tuple[int, tuple[ChunkRef, ...]]],
+    ) -> tuple[ChunkRef, ...]:
+        if sent.chunks is not None:
+            for c in sent.chunks:
+                if not manifest.is_hash(c.hash) or not isinstance(c.size, int) or c.size <= 0:
+                    raise BadRequest("a manifest entry is malformed", path=path)
+            return tuple(sent.chunks)
+        if sent.delta_base is None or sent.delta_ops is None:
+            raise BadRequest("a put manifest needs a chunk list or a delta", path=path)
+        _hash_bytes(sent.delta_base, "delta base")
+        if sent.delta_base in new:
+            base: tuple[ChunkRef, ...] = new[sent.delta_base][1]
+        else:
+            row = self._manifest_row(engagement_id, sent.delta_base)
+            if row is None:
+                raise UnknownContent(
+                    f"the delta base {sent.delta_base} of {path!r} is unknown; send the full manifest",
+                    path=path,
+                )
+            base = manifest.decode_binary(bytes(row[1]))
+        return manifest.apply_delta(base, sent.delta_ops)
+
+    # -- fsck support (read-only)
+
+    def engagement_ids(self) -> list[tuple[int, str, int]]:
+        return [(int(r[0]), r[1], int(r[2])) for r in self.all("SELECT id, name, head FROM engagements ORDER BY id")]
+
+
+# ------------------------------------------------------------------------------ async layer
+
+
+class SqlServerStore:
+    """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorThreads,
+        db: MetadataDB,
+        packs: PackStore,
+        db_pool: ThreadPool,
+        file_pool: ThreadPool,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._meta = db
+        self.packs = packs
+        self._db_pool = db_pool
+        self._file_pool = file_pool
+        self._closed = False
+        self._now = clock or (lambda: datetime.now(UTC))
+
+    # -- running work off the reactor
+
+    async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(meta, *args)`` on the DB thread, mapping driver outages to ``Unavailable``."""
+        if self._closed:
+            raise Unavailable("the metadata store is closed")
+        result: T = await deferToThreadPool(self._reactor, self._db_pool, self._guard_db, fn, *args)
+        return result
+
+    def _guard_db(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(self._meta, *args)
+        except SyncError:
+            raise
+        except self._meta.dialect.unavailable_errors as e:
+            log.warn("database error: {error}", error=repr(e))
+            raise Unavailable("the database is unavailable") from e
+
+    async def run_file(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(packs, *args)`` on the file pool, mapping OS errors to ``Unavailable``."""
+        if self._closed:
+            raise Unavailable("the chunk store is closed")
+        result: T = await deferToThreadPool(self._reactor, self._file_pool, self._guard_file, fn, *args)
+        return result
+
+    def _guard_file(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(self.packs, *args)
+        except OSError as e:
+            log.warn("chunk storage error: {error}", error=repr(e))
+            raise Unavailable("chunk storage is unavailable") from e
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await deferToThreadPool(self._reactor, self._db_pool, self._meta.close)
+        finally:
+            self._closed = True
+            self._db_pool.stop()
+            self._file_pool.stop()
+
+    # -- users
+
+    async def add_user(self, name: str, password_hash: str | None) -> UserRecord:
+        return await self.run_db(MetadataDB.add_user, name, password_hash, self._now())
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        await self.run_db(MetadataDB.set_password, name, password_hash)
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        return await self.run_db(MetadataDB.get_user, name)
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self.run_db(MetadataDB.list_users)
+
+    # -- engagements and grants
+
+    async def create_engagement(self, name: str, title: str) -> EngagementRecord:
+        return await self.run_db(MetadataDB.create_engagement, name, title, self._now())
+
+    async def get_engagement(self, name: str) -> EngagementRecord | None:
+        return await self.run_db(MetadataDB.get_engagement, name)
+
+    async def list_engagements(self) -> list[EngagementRecord]:
+        return await self.run_db(MetadataDB.list_engagements)
+
+    async def grant(self, grant: Grant) -> None:
+        await self.run_db(MetadataDB.grant, grant)
+
+    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
+        return await self.run_db(MetadataDB.revoke, engagement, kind, principal)
+
+    async def list_grants(self, engagement: str | None = None) -> list[Grant]:
+        return await self.run_db(MetadataDB.list_grants, engagement)
+
+    async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
+        return await self.run_db(MetadataDB.role_for, engagement, user, tuple(groups))
+
+    # -- sessions
+
+    async def create_session(self, session: SessionRecord) -> None:
+        await self.run_db(MetadataDB.create_session, session)
+
+    async def get_session(self, token_hash: str) -> SessionRecord | None:
+        return await self.run_db(MetadataDB.get_session, token_hash)
+
+    async def update_session(self, session: SessionRecord) -> None:
+        await self.run_db(MetadataDB.update_session, session)
+
+    async def delete_session(self, token_hash: str) -> None:
+        await self.run_db(MetadataDB.delete_session, token_hash)
+
+    # -- chunks and manifests
+
+    async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
+        return await self.run_db(MetadataDB.missing_chunks, engagement_id, tuple(hashes))
+
+    async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]:
+        unique = list({c.hash: c for c in chunks}.values())
+        missing = set(await self.missing_chunks(engagement_id, [c.hash for c in unique]))
+        to_write = [(c.hash, c.codec, c.raw_size, c.payload) for c in unique if c.hash in missing]
+        if not to_write:
+            return 0, len(chunks)
+        pack = await self.run_file(PackStore.write_pack, engagement_id, to_write)
+        entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
+        stored = await self.run_db(MetadataDB.record_pack, engagement_id, pack.name, pack.size, entries, self._now())
+        return stored, len(chunks) - stored
+
+    async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
+        where = await self.run_db(MetadataDB.chunk_locations, engagement_id, tuple(hashes))
+
+        def read_all(packs: PackStore) -> dict[str, bytes]:
+            # Sorted by (pack, offset): sequential reads within each pack.
+            order = sorted(where.items(), key=lambda kv: (kv[1][0], kv[1][1]))
+            return {h: packs.read_range(engagement_id, loc[0], loc[1], loc[2]) for h, loc in order}
+
+        payloads = await self.run_file(read_all)
+        return [
+            StoredChunk(hash=h, codec=where[h][3], raw_size=where[h][4], payload=payloads[h]) for h in hashes
+        ]
+
+    async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None:
+        return await self.run_db(MetadataDB.get_manifest, engagement_id, content)
+
+    # -- the change log
+
+    async def commit(
+        self,
+        engagement_id: int,
+        user: str,
+        session: str | None,
+        batch: str,
+        changes: Sequence[ProposedChange],
+        manifests: dict[str, PutManifest],
+        now: datetime,
+    ) -> CommitResult:
+        return await self.run_db(
+            MetadataDB.commit, engagement_id, user, session, batch, tuple(changes), dict(manifests), now
+        )
+
+    async def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]:
+        return await self.run_db(MetadataDB.changes_since, engagement_id, since, limit)
+
+    async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:
+        return await self.run_db(MetadataDB.snapshot, engagement_id)
+
+    async def head(self, engagement_id: int) -> int:
+        return await self.run_db(MetadataDB.head, engagement_id)
+
+    # -- operations
+
+    async def check_health(self) -> dict[str, str]:
+        health = {"database": "ok", "storage": "ok"}
+        try:
+            await self.run_db(MetadataDB.ping)
+        except Exception as e:
+            log.warn("health check: database failed: {error}", error=repr(e))
+            health["database"] = "error"
+        try:
+            await self.run_file(PackStore.probe)
+        except Exception as e:
+            log.warn("health check: storage failed: {error}", error=repr(e))
+            health["storage"] = "error"
+        return health
+
+    async def fsck(self) -> list[FsckProblem]:
+        from smartsyncd.storage.fsck import check_store
+
+        return await check_store(self)
