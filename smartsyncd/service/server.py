@@ -141,6 +141,7 @@ class SmartsyncServer(Service):
             reactor=self._reactor,
             database_url=config.database_url,
             storage_path=config.storage_path,
+            now=self._now,
         )
         if self._stopping:
             return

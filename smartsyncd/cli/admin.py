@@ -1,0 +1,418 @@
+"""``smartsync-admin``: manage the server's metadata directly (users, engagements, grants, fsck).
+
+It opens the same store as the daemon (same config file parsing and defaults, so
+``--config``/``--data-dir`` find the same data) and can run while the daemon runs: SQLite in
+WAL mode lets both write. Exit codes: 0 ok, 1 failure (unknown name, duplicate, damage found by
+fsck), 2 usage. A user mistake gets one line on stderr, never a traceback.
+
+Passwords are read before the reactor starts (``--password-stdin``, else two ``getpass``
+prompts) and hashed in a thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from twisted.python.usage import UsageError
+
+from smartsyncd.core.errors import SyncError
+from smartsyncd.core.model import ROLES
+from smartsyncd.service.config import ServerConfig, load_config
+
+PROG = "smartsync-admin"
+ENGAGEMENT_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
+USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
+
+
+class AdminError(Exception):
+    """A failure to report as one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage smartsyncd's users, engagements and grants; check the store.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", metavar="FILE", help="the daemon's config file (ini)")
+    where.add_argument(
+        "--data-dir", metavar="DIR", help="the daemon's data folder (default ./data)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    user = commands.add_parser("user", help="local user accounts").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    add = user.add_parser("add", help="add a local user (asks for a password)")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    passwd = user.add_parser("passwd", help="set a local user's password")
+    passwd.add_argument("name")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    user.add_parser("list", help="list local users")
+
+    engagement = commands.add_parser("engagement", help="engagements").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    create = engagement.add_parser("create", help="create an engagement")
+    create.add_argument("name", help="1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)")
+    create.add_argument("--title", help="a readable title (default: the name)")
+    engagement.add_parser("list", help="list engagements")
+
+    grant = commands.add_parser("grant", help="give a user or group a role on an engagement")
+    grant.add_argument("engagement")
+    who = grant.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="U")
+    who.add_argument("--group", metavar="G", help="a local group name, or a directory group")
+    grant.add_argument("--role", required=True, choices=ROLES)
+
+    revoke = commands.add_parser("revoke", help="take a user's or group's role away")
+    revoke.add_argument("engagement")
+    who = revoke.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="U")
+    who.add_argument("--group", metavar="G")
+
+    grants = commands.add_parser("grants", help="list grants (of one engagement, or all)")
+    grants.add_argument("engagement", nargs="?")
+
+    commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right")
+    return parser
+
+
+def check_engagement_name(name: str) -> str:
+    if not ENGAGEMENT_NAME.fullmatch(name):
+        raise AdminError(
+            f"invalid engagement name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - "
+            "and do not start with '.'",
+            code=2,
+        )
+    return name
+
+
+def check_user_name(name: str) -> str:
+    if not USER_NAME.fullmatch(name):
+        raise AdminError(
+            f"invalid user name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ @ - "
+            "starting with a letter, digit or _",
+            code=2,
+        )
+    return name
+
+
+def read_password(from_stdin: bool, stdin: TextIO | None = None) -> str:
+    """The new password: one line from stdin, or typed twice at a prompt. Empty is refused."""
+    if from_stdin:
+        line = (stdin or sys.stdin).readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        password = getpass.getpass("New password: ")
+        if password and getpass.getpass("Repeat the password: ") != password:
+            raise AdminError("the passwords do not match; nothing changed")
+    if not password:
+        raise AdminError("empty password refused; nothing changed")
+    return password
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Validate names before anything is opened (exit 2 on a bad one)."""
+    if args.command == "engagement" and args.action == "create":
+        check_engagement_name(args.name)
+    if args.command == "user" and args.action == "add":
+        check_user_name(args.name)
+
+
+def _needs_existing_data(args: argparse.Namespace) -> bool:
+    return not (
+        (args.command == "user" and args.action == "add")
+        or (args.command == "engagement" and args.action == "create")
+    )
+
+
+class Admin:
+    """The commands, against an open store (``out`` receives the normal output)."""
+
+    def __init__(self, store: Any, config: ServerConfig, reactor: Any, out: TextIO) -> None:
+        self.store = store
+        self.config = config
+        self.reactor = reactor
+        self.out = out
+        self._ldap: Any = None
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+
+    def _directory(self) -> Any:
+        if self.config.ldap is None:
+            return None
+        if self._ldap is None:
+            from smartsyncd.auth.ldap import LdapAuthenticator
+
+            self._ldap = LdapAuthenticator(self.config.ldap, self.reactor)
+        return self._ldap
+
+    async def run(self, args: argparse.Namespace, password: str | None) -> int:
+        if args.command == "user":
+            if args.action == "add":
+                return await self.user_add(args.name, password or "")
+            if args.action == "passwd":
+                return await self.user_passwd(args.name, password or "")
+            return await self.user_list()
+        if args.command == "engagement":
+            if args.action == "create":
+                return await self.engagement_create(args.name, args.title)
+            return await self.engagement_list()
+        if args.command == "grant":
+            return await self.grant(args.engagement, args.user, args.group, args.role)
+        if args.command == "revoke":
+            return await self.revoke(args.engagement, args.user, args.group)
+        if args.command == "grants":
+            return await self.grants(args.engagement)
+        return await self.fsck()
+
+    async def _hash(self, password: str) -> str:
+        from twisted.internet.threads import deferToThread
+
+        from smartsyncd.auth.passwords import hash_password
+
+        result: str = await deferToThread(hash_password, password)
+        return result
+
+    async def user_add(self, name: str, password: str) -> int:
+        if await self.store.get_user(name) is not None:
+            raise AdminError(
+                f"user {name!r} already exists (change the password with: user passwd)"
+            )
+        await self.store.add_user(name, await self._hash(password))
+        self.say(f"added user {name}")
+        return 0
+
+    async def user_passwd(self, name: str, password: str) -> int:
+        if await self.store.get_user(name) is None:
+            raise AdminError(f"unknown user {name!r}")
+        await self.store.set_password(name, await self._hash(password))
+        self.say(f"password of {name} changed")
+        return 0
+
+    async def user_list(self) -> int:
+        users = await self.store.list_users()
+        for u in sorted(users, key=lambda u: u.name):
+            state = "disabled" if u.disabled else ("active" if u.password_hash else "no password")
+            self.say(f"{u.name}\t{state}\tcreated {u.created_at:%Y-%m-%d %H:%M}")
+        if not users:
+            self.say("(no users)")
+        return 0
+
+    async def engagement_create(self, name: str, title: str | None) -> int:
+        if await self.store.get_engagement(name) is not None:
+            raise AdminError(f"engagement {name!r} already exists")
+        await self.store.create_engagement(name, title if title is not None else name)
+        self.say(f"created engagement {name}")
+        return 0
+
+    async def engagement_list(self) -> int:
+        engagements = await self.store.list_engagements()
+        for e in sorted(engagements, key=lambda e: e.name):
+            self.say(f"{e.name}\thead {e.head}\t{e.title}")
+        if not engagements:
+            self.say("(no engagements)")
+        return 0
+
+    async def _engagement(self, name: str) -> Any:
+        record = await self.store.get_engagement(name)
+        if record is None:
+            raise AdminError(f"unknown engagement {name!r}")
+        return record
+
+    async def _user_principal(self, name: str) -> str:
+        if await self.store.get_user(name) is not None:
+            return name
+        directory = self._directory()
+        if directory is None:
+            raise AdminError(f"unknown user {name!r} (add it with: {PROG} user add {name})")
+        try:
+            canonical: str = await directory.lookup_user(name)
+        except Exception as e:  # noqa: BLE001 - any directory failure is one line for the admin
+            raise AdminError(f"user {name!r} not found in the directory: {_describe(e)}") from None
+        return canonical
+
+    async def _group_principal(self, name: str) -> tuple[str, str]:
+        directory = self._directory()
+        if directory is None:
+            return name, name
+        try:
+            group_id, display = await directory.lookup_group(name)
+        except Exception as e:  # noqa: BLE001 - any directory failure is one line for the admin
+            raise AdminError(f"group {name!r}: directory lookup failed: {_describe(e)}") from None
+        return group_id, display
+
+    async def grant(self, engagement: str, user: str | None, group: str | None, role: str) -> int:
+        from smartsyncd.storage.api import Grant
+
+        await self._engagement(engagement)
+        if user is not None:
+            principal = await self._user_principal(user)
+            record = Grant(engagement, "user", principal, principal, role)  # type: ignore[arg-type]
+        else:
+            assert group is not None
+            group_id, display = await self._group_principal(group)
+            record = Grant(engagement, "group", group_id, display, role)  # type: ignore[arg-type]
+        await self.store.grant(record)
+        shown = record.display_name
+        if record.principal != record.display_name:
+            shown += f" ({record.principal})"
+        self.say(f"granted {role} on {engagement} to {record.kind} {shown}")
+        return 0
+
+    async def revoke(self, engagement: str, user: str | None, group: str | None) -> int:
+        await self._engagement(engagement)
+        if user is not None:
+            kind, wanted = "user", user
+        else:
+            assert group is not None
+            kind, wanted = "group", group
+        # Match the stored id or the display name, so a directory group needs no lookup.
+        matches = [
+            g
+            for g in await self.store.list_grants(engagement)
+            if g.kind == kind
+            and (g.principal == wanted or g.display_name.casefold() == wanted.casefold())
+        ]
+        if not matches:
+            raise AdminError(f"{kind} {wanted!r} has no grant on {engagement!r}")
+        for g in matches:
+            await self.store.revoke(engagement, kind, g.principal)
+            self.say(f"revoked {g.role} on {engagement} from {kind} {g.display_name}")
+        return 0
+
+    async def grants(self, engagement: str | None) -> int:
+        if engagement is not None:
+            await self._engagement(engagement)
+        rows = await self.store.list_grants(engagement)
+        for g in sorted(rows, key=lambda g: (g.engagement, g.kind, g.display_name)):
+            shown = g.display_name
+            if g.principal != g.display_name:
+                shown += f" ({g.principal})"
+            self.say(f"{g.engagement}\t{g.kind}\t{shown}\t{g.role}")
+        if not rows:
+            self.say("(no grants)")
+        return 0
+
+    async def fsck(self) -> int:
+        problems = await self.store.fsck()
+        for p in problems:
+            self.say(f"{p.engagement}: {p.kind}: {p.detail}")
+        if problems:
+            self.say(f"fsck: {len(problems)} problem(s) found")
+            return 1
+        self.say("fsck: no problems found")
+        return 0
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SyncError):
+        return error.message
+    reason = getattr(error, "reason", None)
+    return str(reason or error) or type(error).__name__
+
+
+async def run_admin(
+    reactor: Any,
+    args: argparse.Namespace,
+    config: ServerConfig,
+    password: str | None,
+    out: TextIO,
+) -> int:
+    """Open the store, run one command, close the store; returns the exit status."""
+    from smartsyncd.storage.sqlite import open_server_store
+
+    if (
+        config.database_url is None
+        and _needs_existing_data(args)
+        and not os.path.exists(os.path.join(config.data_dir, "metadata.sqlite3"))
+    ):
+        raise AdminError(
+            f"no server data in {config.data_dir} (check --data-dir/--config, or create a "
+            "user or engagement first)"
+        )
+    try:
+        store = await open_server_store(
+            config.data_dir,
+            reactor=reactor,
+            database_url=config.database_url,
+            storage_path=config.storage_path,
+        )
+    except Exception as e:  # noqa: BLE001 - reported as one line: where and why
+        raise AdminError(
+            f"cannot open the server data in {config.data_dir}: {_describe(e)}"
+        ) from None
+    try:
+        return await Admin(store, config, reactor, out).run(args, password)
+    except SyncError as e:
+        raise AdminError(e.message) from None
+    finally:
+        await store.close()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console entry point (``smartsync-admin``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with argparse's message on a usage error
+    try:
+        config = load_config(args.config, data_dir=args.data_dir)
+        _check_args(args)
+        password = None
+        if args.command == "user" and args.action in ("add", "passwd"):
+            password = read_password(args.password_stdin)
+    except UsageError as e:
+        _fail(str(e), 2)
+    except AdminError as e:
+        _fail(e.message, e.code)
+    except (KeyboardInterrupt, EOFError):
+        _fail("interrupted; nothing changed", 1)
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    # Warnings and errors from the store or the directory go to stderr; info stays quiet.
+    stderr_observer: Any = textFileLogObserver(sys.stderr)
+    warnings_only: Any = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer: Any = FilteringLogObserver(stderr_observer, [warnings_only])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    async def run(reactor: Any) -> None:
+        try:
+            code = await run_admin(reactor, args, config, password, sys.stdout)
+        except AdminError as e:
+            _fail(e.message, e.code)
+        sys.stdout.flush()
+        if code:
+            raise SystemExit(code)
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
