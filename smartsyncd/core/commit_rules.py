@@ -1,0 +1,263 @@
+"""The server's decision for one commit batch: which changes apply, conflict, or are stale.
+
+``plan_commit`` is pure: it reads the head state through ``HeadView`` and returns one
+``Outcome`` per proposal, in order; storage assigns sequence numbers to the outcomes that write
+(``write_path`` set) in that order, inside the same transaction. Any refusal raises before an
+outcome is returned, so a refused batch applies nothing. Nothing is ever lost: a stale edit
+becomes a conflict copy, an edit of a deleted file is applied (edit beats delete), and a stale
+delete deletes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from smartsyncd.core.conflicts import conflict_name
+from smartsyncd.core.errors import BadRequest, PathClash
+from smartsyncd.core.manifest import is_hash
+from smartsyncd.core.model import FileState, Outcome, ProposedChange
+from smartsyncd.core.paths import ancestors, fold_key, normalize_path
+
+MAX_CHANGES = 10000
+
+
+class HeadView(Protocol):
+    """The server's head state as the rules need it."""
+
+    def state(self, path: str) -> FileState | None:
+        """The record at exactly this NFC path (live or tombstone); ``None`` if never seen."""
+        ...
+
+    def live_path_with_key(self, key: str) -> str | None:
+        """The live file whose ``fold_key`` is ``key``, if any."""
+        ...
+
+    def folder_spelling(self, key: str) -> str | None:
+        """The spelling of the folder with fold key ``key`` that holds live files, if any."""
+        ...
+
+
+@dataclass
+class _Batch:
+    """The batch's own effects so far, layered over the head (later changes see earlier ones)."""
+
+    head: HeadView
+    live: dict[str, str | None] = field(default_factory=dict)  # fold key -> live path or None
+    folders: dict[str, str] = field(default_factory=dict)  # fold key -> spelling
+    reserved: set[str] = field(default_factory=set)  # fold keys no conflict copy may take
+    stale_deletes: set[str] = field(default_factory=set)  # fold keys of refused (stale) deletes
+    _head_folders: dict[str, str | None] = field(default_factory=dict)
+
+    def live_path_with_key(self, key: str) -> str | None:
+        if key in self.live:
+            return self.live[key]
+        return self.head.live_path_with_key(key)
+
+    def folder_spelling(self, key: str) -> str | None:
+        # Deletes earlier in the batch do not empty folders here: a folder that might still
+        # hold files keeps its spelling (conservative: refuse rather than guess).
+        if key in self.folders:
+            return self.folders[key]
+        if key not in self._head_folders:  # many files of a batch share folders
+            self._head_folders[key] = self.head.folder_spelling(key)
+        return self._head_folders[key]
+
+    def write_file(self, path: str) -> None:
+        self.live[fold_key(path)] = path
+        for folder in ancestors(path):
+            self.folders.setdefault(fold_key(folder), folder)
+
+    def delete_file(self, path: str) -> None:
+        self.live[fold_key(path)] = None
+
+
+def _validate(proposals: Sequence[ProposedChange], max_changes: int) -> list[str]:
+    """Check shapes and paths; return the NFC paths. Raises before anything is decided."""
+    if len(proposals) > max_changes:
+        raise BadRequest(f"a commit may hold at most {max_changes} changes, got {len(proposals)}")
+    paths: list[str] = []
+    by_key: dict[str, list[int]] = {}
+    for i, p in enumerate(proposals):
+        path = normalize_path(p.path)
+        if p.kind not in ("put", "delete"):
+            raise BadRequest(f"change {i} has unknown kind {p.kind!r}", path=path)
+        if p.base is not None and (not isinstance(p.base, int) or isinstance(p.base, bool)):
+            raise BadRequest(f"change {i}: base must be an integer or null", path=path)
+        if p.base is not None and p.base < 0:
+            raise BadRequest(f"change {i}: base must not be negative", path=path)
+        if p.kind == "put":
+            if not is_hash(p.content):
+                raise BadRequest(f"put of {path!r} needs a 64-hex content id", path=path)
+            if not isinstance(p.size, int) or isinstance(p.size, bool) or p.size < 0:
+                raise BadRequest(f"put of {path!r} needs a size >= 0", path=path)
+        elif p.base is None:
+            raise BadRequest(f"delete of {path!r} needs the base version it deletes", path=path)
+        paths.append(path)
+        by_key.setdefault(fold_key(path), []).append(i)
+    for indexes in by_key.values():
+        if len(indexes) == 1:
+            continue
+        first, *rest = indexes
+        # The one allowed pair: a case-only rename, delete of one spelling then put of another.
+        rename = (
+            len(indexes) == 2
+            and proposals[first].kind == "delete"
+            and proposals[rest[0]].kind == "put"
+            and paths[first] != paths[rest[0]]
+        )
+        if not rename:
+            path = paths[rest[0]]
+            raise BadRequest(f"path {path!r} appears more than once in the batch", path=path)
+    return paths
+
+
+def _check_clashes(path: str, batch: _Batch) -> None:
+    """Refuse a new file whose name or folders clash with live names of another spelling."""
+    existing = batch.live_path_with_key(fold_key(path))
+    if existing is not None and existing != path:
+        raise PathClash(
+            f"{path!r} differs only in case or normalization from {existing!r}",
+            path=path,
+            existing=existing,
+        )
+    if existing == path:
+        return  # an edit of a live file: its folders already exist with this spelling
+    folder = batch.folder_spelling(fold_key(path))
+    if folder is not None:
+        raise PathClash(f"{path!r} is the name of an existing folder", path=path, existing=folder)
+    for anc in ancestors(path):
+        key = fold_key(anc)
+        file_there = batch.live_path_with_key(key)
+        if file_there is not None:
+            raise PathClash(
+                f"folder {anc!r} of {path!r} is an existing file", path=path, existing=file_there
+            )
+        spelling = batch.folder_spelling(key)
+        if spelling is not None and spelling != anc:
+            raise PathClash(
+                f"folder {anc!r} of {path!r} exists as {spelling!r}", path=path, existing=spelling
+            )
+
+
+def _conflict_path(path: str, user: str, now: datetime, batch: _Batch) -> str:
+    def taken(candidate: str) -> bool:
+        key = fold_key(candidate)
+        return (
+            key in batch.reserved
+            or batch.live_path_with_key(key) is not None
+            or batch.folder_spelling(key) is not None
+            # a tombstone there would make prev_seq wrong: pick a never-used name
+            or batch.head.state(candidate) is not None
+        )
+
+    return conflict_name(path, user, now, taken)
+
+
+def plan_commit(
+    proposals: Sequence[ProposedChange],
+    head: HeadView,
+    user: str,
+    now: datetime,
+    max_changes: int = MAX_CHANGES,
+) -> list[Outcome]:
+    """Decide every proposal of one batch, in order; raise (deciding nothing) on a refusal."""
+    paths = _validate(proposals, max_changes)
+    batch = _Batch(head=head, reserved={fold_key(p) for p in paths})
+    outcomes: list[Outcome] = []
+    for p, path in zip(proposals, paths, strict=True):
+        current = head.state(path)
+        if p.kind == "delete":
+            outcomes.append(_plan_delete(p, path, current, batch))
+        else:
+            outcomes.append(_plan_put(p, path, current, batch, user, now))
+    return outcomes
+
+
+def _plan_delete(p: ProposedChange, path: str, current: FileState | None, batch: _Batch) -> Outcome:
+    if current is None or current.content is None:
+        seq = None if current is None else current.seq
+        return Outcome(path, "unchanged", None, "delete", None, 0, None, current_seq=seq)
+    if p.base != current.seq:
+        batch.stale_deletes.add(fold_key(path))
+        return Outcome(path, "stale", None, "delete", None, 0, None, current_seq=current.seq)
+    batch.delete_file(path)
+    return Outcome(path, "applied", path, "delete", None, 0, current.seq)
+
+
+def _plan_put(
+    p: ProposedChange,
+    path: str,
+    current: FileState | None,
+    batch: _Batch,
+    user: str,
+    now: datetime,
+) -> Outcome:
+    live = current is not None and current.content is not None
+    if current is not None and live and p.content == current.content:
+        return Outcome(
+            path, "unchanged", None, "put", p.content, p.size, None, current_seq=current.seq
+        )
+    key = fold_key(path)
+    twin = batch.live_path_with_key(key)
+    renamed_over_edit = key in batch.stale_deletes and twin is not None and twin != path
+    if not renamed_over_edit:
+        _check_clashes(path, batch)
+    # A case-only rename whose delete was stale (the file was edited meanwhile): keep the
+    # renamed content as a conflict copy instead of refusing the whole batch.
+    if renamed_over_edit or (current is not None and live and p.base != current.seq):
+        copy = _conflict_path(path, user, now, batch)
+        batch.write_file(copy)
+        batch.reserved.add(fold_key(copy))
+        return Outcome(path, "conflict", copy, "put", p.content, p.size, None)
+    batch.write_file(path)
+    prev = None if current is None else current.seq  # a tombstone: edit beats delete
+    return Outcome(path, "applied", path, "put", p.content, p.size, prev)
+
+
+class MemoryHead:
+    """``HeadView`` over a dict of path -> ``FileState``; applies outcomes like storage does."""
+
+    def __init__(self, files: Mapping[str, FileState] | Iterable[FileState] = ()) -> None:
+        states = files.values() if isinstance(files, Mapping) else files
+        self.files: dict[str, FileState] = {s.path: s for s in states}
+        self.head = max((s.seq for s in self.files.values()), default=0)
+
+    def state(self, path: str) -> FileState | None:
+        return self.files.get(path)
+
+    def live_path_with_key(self, key: str) -> str | None:
+        matches = sorted(
+            s.path for s in self.files.values() if s.content is not None and fold_key(s.path) == key
+        )
+        return matches[0] if matches else None
+
+    def folder_spelling(self, key: str) -> str | None:
+        spellings = sorted(
+            anc
+            for s in self.files.values()
+            if s.content is not None
+            for anc in ancestors(s.path)
+            if fold_key(anc) == key
+        )
+        return spellings[0] if spellings else None
+
+    def live(self) -> dict[str, FileState]:
+        """The live files by path (no tombstones)."""
+        return {p: s for p, s in self.files.items() if s.content is not None}
+
+    def apply(self, outcomes: Sequence[Outcome]) -> list[int | None]:
+        """Give each writing outcome the next sequence number and record it; return the seqs."""
+        seqs: list[int | None] = []
+        for o in outcomes:
+            if o.write_path is None:
+                seqs.append(None)
+                continue
+            self.head += 1
+            content = o.content if o.kind == "put" else None
+            size = o.size if o.kind == "put" else 0
+            self.files[o.write_path] = FileState(o.write_path, self.head, content, size)
+            seqs.append(self.head)
+        return seqs
