@@ -39,7 +39,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from smartsyncd.core import manifest
+from smartsyncd.core import commit_rules, manifest
 from smartsyncd.core.errors import (
     BadRequest,
     MissingChunks,
@@ -668,8 +668,6 @@ class MetadataDB:
         )
         if previous is not None:
             return _result_from_json(previous[0])
-
-        from smartsyncd.core import commit_rules  # lands in parallel; import at top once it has
 
         outcomes = commit_rules.plan_commit(changes, SqlHeadView(self, engagement_id), user, now)
         new_manifests = self._resolve_manifests(engagement_id, outcomes, manifests)

@@ -16,8 +16,24 @@ import pytest
 import pytest_twisted
 import zstandard
 
-from smartsyncd.core.errors import BadRequest, NotFound, Unavailable
-from smartsyncd.storage.api import Grant, SessionRecord, VerifiedChunk
+from smartsyncd.core.errors import (
+    BadRequest,
+    InvalidPath,
+    MissingChunks,
+    NotFound,
+    PathClash,
+    Unavailable,
+    UnknownContent,
+)
+from smartsyncd.core.manifest import content_id, make_delta
+from smartsyncd.core.model import ChunkRef, ProposedChange
+from smartsyncd.storage.api import (
+    CommitResultItem,
+    Grant,
+    PutManifest,
+    SessionRecord,
+    VerifiedChunk,
+)
 from smartsyncd.storage.sqlite import DB_FILENAME, open_server_store
 from smartsyncd.storage.sqlstore import SqlServerStore
 
@@ -267,3 +283,309 @@ async def test_unopenable_database_is_unavailable(tmp_path) -> None:
     (tmp_path / DB_FILENAME).mkdir()  # a folder where the database file should be
     with pytest.raises(Unavailable):
         await open_server_store(str(tmp_path), reactor=reactor)
+
+
+# --------------------------------------------------------------------------------- commit
+
+
+def content_of(*chunks: VerifiedChunk) -> tuple[str, int, tuple[ChunkRef, ...]]:
+    refs = tuple(ChunkRef(c.hash, c.raw_size) for c in chunks)
+    return content_id(refs), sum(c.raw_size for c in chunks), refs
+
+
+async def upload_file(store, eid: int, *raw: bytes) -> tuple[str, int, tuple[ChunkRef, ...]]:
+    chunks = [chunk(r) for r in raw]
+    await store.store_chunks(eid, chunks)
+    return content_of(*chunks)
+
+
+def put(path: str, base: int | None, content: str, size: int) -> ProposedChange:
+    return ProposedChange(path=path, kind="put", base=base, content=content, size=size)
+
+
+def full(content: str, refs: tuple[ChunkRef, ...]) -> PutManifest:
+    return PutManifest(content=content, chunks=refs)
+
+
+async def commit(store, eid, batch, changes, manifests=None, user="alice", now=T0):
+    return await store.commit(eid, user, "sess-1", batch, changes, manifests or {}, now)
+
+
+async def state(store, eid) -> tuple[int, dict[str, tuple[int, str | None]], int]:
+    head, files = await store.snapshot(eid)
+    _, log = await store.changes_since(eid, 0, 10_000)
+    return head, {f.path: (f.seq, f.content) for f in files}, len(log)
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_applied_and_log(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"version one")
+    r = await commit(store, e.id, "b1", [put("Working papers/B-1 Cash.xlsx", None, c1, s1)], {"Working papers/B-1 Cash.xlsx": full(c1, refs1)})
+    assert not r.replayed and r.head == 1
+    assert r.results == (CommitResultItem("Working papers/B-1 Cash.xlsx", "applied", 1),)
+    assert [(c.seq, c.path, c.kind, c.content, c.size, c.prev_seq) for c in r.changes] == [
+        (1, "Working papers/B-1 Cash.xlsx", "put", c1, s1, None)
+    ]
+    head, changes = await store.changes_since(e.id, 0, 100)
+    assert head == 1 and list(r.changes) == changes
+    ch = changes[0]
+    assert (ch.user, ch.session, ch.time, ch.batch, ch.conflict_of) == ("alice", "sess-1", T0, "b1", None)
+    assert await store.head(e.id) == 1
+    assert (await store.get_engagement("acme")).head == 1
+    m = await store.get_manifest(e.id, c1)
+    assert m is not None and m.chunks == refs1 and m.size == s1
+    assert await store.get_manifest(e.id, "f" * 64) is None
+
+    # edit with the right base: applied, prev_seq links the versions
+    c2, s2, refs2 = await upload_file(store, e.id, b"version two!")
+    r = await commit(store, e.id, "b2", [put("Working papers/B-1 Cash.xlsx", 1, c2, s2)], {"Working papers/B-1 Cash.xlsx": full(c2, refs2)})
+    assert r.results[0].status == "applied" and r.results[0].seq == 2
+    assert r.changes[0].prev_seq == 1
+    assert await state(store, e.id) == (2, {"Working papers/B-1 Cash.xlsx": (2, c2)}, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_unchanged_conflict_stale(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"one")
+    c2, s2, refs2 = await upload_file(store, e.id, b"two")
+    c3, s3, refs3 = await upload_file(store, e.id, b"three")
+    await commit(store, e.id, "b1", [put("a.txt", None, c1, s1)], {"a.txt": full(c1, refs1)})
+    # the same content again (another copy made the same edit): unchanged, nothing written
+    r = await commit(store, e.id, "b2", [put("a.txt", None, c1, s1)])
+    assert r.results == (CommitResultItem("a.txt", "unchanged", None, current_seq=1),)
+    assert r.head == 1 and r.changes == ()
+    # edit on base 1 applied, then another edit on base 1 becomes a conflict copy
+    await commit(store, e.id, "b3", [put("a.txt", 1, c2, s2)], {"a.txt": full(c2, refs2)})
+    r = await commit(store, e.id, "b4", [put("a.txt", 1, c3, s3)], {"a.txt": full(c3, refs3)}, user="bob")
+    item = r.results[0]
+    assert item.status == "conflict" and item.seq == 3
+    assert item.conflict_path == "a (conflict bob 2026-11-26 1530).txt"
+    assert r.changes[0].path == item.conflict_path and r.changes[0].conflict_of == "a.txt"
+    # a delete of a version no longer current is stale: nothing deleted
+    r = await commit(store, e.id, "b5", [ProposedChange("a.txt", "delete", 1)])
+    assert r.results == (CommitResultItem("a.txt", "stale", None, current_seq=2),)
+    head, files, log_len = await state(store, e.id)
+    assert head == 3 and log_len == 3
+    assert files == {"a.txt": (2, c2), item.conflict_path: (3, c3)}
+    # a delete of the current version: a tombstone, gone from the snapshot
+    r = await commit(store, e.id, "b6", [ProposedChange("a.txt", "delete", 2)])
+    assert r.results[0].status == "applied" and r.changes[0].content is None and r.changes[0].prev_seq == 2
+    head, files, _ = await state(store, e.id)
+    assert head == 4 and "a.txt" not in files
+    # edit of the deleted file is applied (edit beats delete)
+    r = await commit(store, e.id, "b7", [put("a.txt", 1, c1, s1)])
+    assert r.results[0].status == "applied" and r.changes[0].prev_seq == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_rename_copy_and_case_rename(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"content")
+    await commit(store, e.id, "b1", [put("a.txt", None, c1, s1)], {"a.txt": full(c1, refs1)})
+    # known content: only the path travels
+    r = await commit(store, e.id, "b2", [ProposedChange("a.txt", "delete", 1), put("Dir/b.txt", None, c1, s1)])
+    assert [x.status for x in r.results] == ["applied", "applied"]
+    # case-only rename in one batch
+    r = await commit(store, e.id, "b3", [ProposedChange("Dir/b.txt", "delete", 3), put("Dir/B.txt", None, c1, s1)])
+    assert [x.status for x in r.results] == ["applied", "applied"]
+    head, files, _ = await state(store, e.id)
+    assert files == {"Dir/B.txt": (5, c1)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_path_clashes_change_nothing(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"content")
+    await commit(store, e.id, "b1", [put("Folder/report.xlsx", None, c1, s1)], {"Folder/report.xlsx": full(c1, refs1)})
+    before = await state(store, e.id)
+    with pytest.raises(PathClash) as info:
+        await commit(store, e.id, "b2", [put("new.txt", None, c1, s1), put("Folder/REPORT.xlsx", None, c1, s1)])
+    assert info.value.details == {"path": "Folder/REPORT.xlsx", "existing": "Folder/report.xlsx"}
+    with pytest.raises(PathClash) as info:
+        await commit(store, e.id, "b3", [put("folder/other.txt", None, c1, s1)])
+    assert info.value.details["existing"] == "Folder"
+    with pytest.raises(PathClash):
+        await commit(store, e.id, "b4", [put("FOLDER", None, c1, s1)])
+    with pytest.raises(InvalidPath):
+        await commit(store, e.id, "b5", [put("a/../b", None, c1, s1)])
+    assert await state(store, e.id) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_missing_chunks_lists_all_and_changes_nothing(store) -> None:
+    e = await store.create_engagement("acme", "")
+    have = chunk(b"uploaded")
+    await store.store_chunks(e.id, [have])
+    lack1, lack2 = chunk(b"not uploaded 1"), chunk(b"not uploaded 2")
+    ca, sa, ra = content_of(have, lack1)
+    cb, sb, rb = content_of(lack2, have)
+    with pytest.raises(MissingChunks) as info:
+        await commit(
+            store, e.id, "b1", [put("a", None, ca, sa), put("b", None, cb, sb)], {"a": full(ca, ra), "b": full(cb, rb)}
+        )
+    assert sorted(info.value.details["chunks"]) == sorted([lack1.hash, lack2.hash])
+    assert await state(store, e.id) == (0, {}, 0)
+    assert await store.get_manifest(e.id, ca) is None
+    # upload and retry with the same batch key: now it applies
+    await store.store_chunks(e.id, [lack1, lack2])
+    r = await commit(store, e.id, "b1", [put("a", None, ca, sa), put("b", None, cb, sb)], {"a": full(ca, ra), "b": full(cb, rb)})
+    assert not r.replayed and r.head == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_unknown_content_and_bad_manifests(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"content")
+    with pytest.raises(UnknownContent) as info:
+        await commit(store, e.id, "b1", [put("x.txt", None, c1, s1)])
+    assert info.value.details == {"path": "x.txt"}
+    c2, s2, refs2 = await upload_file(store, e.id, b"other")
+    # manifest that does not hash to the content id
+    with pytest.raises(BadRequest, match="content id"):
+        await commit(store, e.id, "b2", [put("x.txt", None, c1, s1)], {"x.txt": PutManifest(content=c1, chunks=refs2)})
+    # size that does not match the chunks
+    with pytest.raises(BadRequest, match="size"):
+        await commit(store, e.id, "b3", [put("x.txt", None, c1, s1 + 1)], {"x.txt": full(c1, refs1)})
+    # one good put and one bad one: nothing of the batch applied
+    with pytest.raises(BadRequest):
+        await commit(
+            store,
+            e.id,
+            "b4",
+            [put("good.txt", None, c2, s2), put("x.txt", None, c1, s1)],
+            {"good.txt": full(c2, refs2), "x.txt": PutManifest(content=c1)},
+        )
+    assert await state(store, e.id) == (0, {}, 0)
+    assert await store.get_manifest(e.id, c2) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_delta_manifest(store) -> None:
+    e = await store.create_engagement("acme", "")
+    parts = [os.urandom(100) for _ in range(5)]
+    c1, s1, refs1 = await upload_file(store, e.id, *parts)
+    await commit(store, e.id, "b1", [put("big.bin", None, c1, s1)], {"big.bin": full(c1, refs1)})
+    edited = chunk(b"edited middle part")
+    await store.store_chunks(e.id, [edited])
+    new_refs = refs1[:2] + (ChunkRef(edited.hash, edited.raw_size),) + refs1[3:]
+    c2, s2 = content_id(new_refs), sum(r.size for r in new_refs)
+    ops = tuple(tuple(op) for op in make_delta(refs1, new_refs))
+    pm = PutManifest(content=c2, delta_base=c1, delta_ops=ops)
+    r = await commit(store, e.id, "b2", [put("big.bin", 1, c2, s2)], {"big.bin": pm})
+    assert r.results[0].status == "applied"
+    m = await store.get_manifest(e.id, c2)
+    assert m is not None and m.chunks == new_refs and m.size == s2
+    # a delta against an unknown base cannot be resolved
+    c3 = content_id(refs1[:1])
+    with pytest.raises(UnknownContent):
+        await commit(
+            store, e.id, "b3", [put("big.bin", 2, c3, refs1[0].size)],
+            {"big.bin": PutManifest(content=c3, delta_base="e" * 64, delta_ops=(("copy", 0, 1),))},
+        )
+    # malformed ops
+    with pytest.raises(BadRequest):
+        await commit(
+            store, e.id, "b4", [put("big.bin", 2, c3, refs1[0].size)],
+            {"big.bin": PutManifest(content=c3, delta_base=c1, delta_ops=(("copy", 4, 9),))},
+        )
+    assert await store.head(e.id) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_idempotent_replay(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"one")
+    c2, s2, refs2 = await upload_file(store, e.id, b"two")
+    await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
+    batch = [put("a", None, c2, s2), put("b", None, c2, s2)]  # "a" conflicts: base None on a live file
+    first = await commit(store, e.id, "retry-me", batch, {"a": full(c2, refs2)}, user="bob")
+    before = await state(store, e.id)
+    again = await commit(store, e.id, "retry-me", batch, {"a": full(c2, refs2)}, user="bob", now=T0 + timedelta(hours=1))
+    assert again.replayed and again.changes == ()
+    assert again.results == first.results and again.head == first.head
+    assert await state(store, e.id) == before
+    # the key is per engagement
+    other = await store.create_engagement("other", "")
+    await store.store_chunks(other.id, [chunk(b"two")])
+    r = await commit(store, other.id, "retry-me", [put("b", None, c2, s2)], {"b": full(c2, refs2)})
+    assert not r.replayed
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_bad_input(store) -> None:
+    e = await store.create_engagement("acme", "")
+    with pytest.raises(NotFound):
+        await commit(store, e.id + 50, "b", [])
+    with pytest.raises(BadRequest):
+        await commit(store, e.id, "", [])
+    with pytest.raises(BadRequest):
+        await commit(store, e.id, "b", [], now=datetime(2026, 1, 1))  # naive time
+    r = await commit(store, e.id, "empty", [])
+    assert r.head == 0 and r.results == ()
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_since_pages(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"x")
+    await commit(store, e.id, "b1", [put(f"f{i}", None, c1, s1) for i in range(7)], {"f0": full(c1, refs1)})
+    head, page = await store.changes_since(e.id, 0, 3)
+    assert head == 7 and [c.seq for c in page] == [1, 2, 3]
+    head, page = await store.changes_since(e.id, 6, 3)
+    assert [c.seq for c in page] == [7]
+    assert await store.changes_since(e.id, 7, 3) == (7, [])
+    with pytest.raises(BadRequest):
+        await store.changes_since(e.id, -1, 3)
+    with pytest.raises(BadRequest):
+        await store.changes_since(e.id, 0, 0)
+
+
+# ----------------------------------------------------------------------------------- fsck
+
+
+async def populated(store) -> int:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"alpha " * 500, b"beta")
+    await store.store_chunks(e.id, [chunk(b"gamma " * 1000, codec=1)])
+    await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
+    return e.id
+
+
+def pack_files(tmp_path) -> list[str]:
+    root = tmp_path / "data" / "chunks"
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".pack"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_fsck_clean(store) -> None:
+    await populated(store)
+    assert await store.fsck() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_fsck_reports_corrupt_byte(store, tmp_path) -> None:
+    await populated(store)
+    path = pack_files(tmp_path)[-1]
+    with open(path, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    problems = await store.fsck()
+    assert [(p.engagement, p.kind) for p in problems] == [("acme", "bad_chunk")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_fsck_reports_missing_pack_and_log_gap(store, tmp_path) -> None:
+    eid = await populated(store)
+    os.unlink(pack_files(tmp_path)[0])
+    conn = sqlite3.connect(tmp_path / "data" / DB_FILENAME)
+    try:
+        conn.execute("UPDATE engagements SET head = 2 WHERE id = ?", (eid,))
+        conn.commit()
+    finally:
+        conn.close()
+    kinds = sorted(p.kind for p in await store.fsck())
+    assert kinds == ["bad_log", "missing_pack"]
