@@ -1,0 +1,96 @@
+"""The one error mapping of the HTTP adapter.
+
+``SyncError`` -> its status and JSON body; routing misses -> 404/405 JSON (and an unknown
+``/vN/`` -> 400 ``unsupported_protocol``); anything else -> 500 ``internal_error`` with the
+traceback logged on the server and never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from smartsyncd.core.errors import SyncError
+
+log = Logger(namespace="smartsyncd.web")
+
+SUPPORTED_PROTOCOLS = [1]
+_VERSION_SEGMENT = re.compile(r"^v([0-9]+)$")
+
+
+def json_bytes(body: Any) -> bytes:
+    """Compact UTF-8 JSON, the encoding of every response body."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def send_json(request: Request, body: Any, status: int = 200) -> bytes:
+    """Set status and content type; return the encoded body for Klein to write."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json_bytes(body)
+
+
+def _path_text(request: Request) -> str:
+    return request.path.decode("utf-8", "replace")  # type: ignore[attr-defined, no-any-return]
+
+
+def requested_version(request: Request) -> int | None:
+    """The N of a ``/vN/...`` request path, or None when the first segment is not ``vN``."""
+    first = _path_text(request).lstrip("/").split("/", 1)[0]
+    match = _VERSION_SEGMENT.match(first)
+    return int(match.group(1)) if match and len(first) < 12 else None
+
+
+def error_response(request: Request, failure: Failure) -> bytes:
+    """Turn any failure of a handler into a JSON answer (Klein ``handle_errors`` target)."""
+    exc = failure.value
+    method = request.method.decode("ascii", "replace")
+    path = _path_text(request)
+    if isinstance(exc, SyncError):
+        body = exc.to_json()
+        log.info(
+            "refused {method} {url}: {code} {status}{file}",
+            method=method,
+            url=path,
+            code=exc.code,
+            status=exc.status,
+            file=f" path={exc.details['path']!r}" if "path" in exc.details else "",
+        )
+        if exc.code == "rate_limited" and "retry_after" in exc.details:
+            request.setHeader(b"retry-after", str(exc.details["retry_after"]).encode("ascii"))
+        return send_json(request, body, exc.status)
+    if isinstance(exc, NotFound):
+        version = requested_version(request)
+        if version is not None and version not in SUPPORTED_PROTOCOLS:
+            return send_json(
+                request,
+                {
+                    "error": "unsupported_protocol",
+                    "message": f"protocol version {version} is not supported",
+                    "supported": SUPPORTED_PROTOCOLS,
+                },
+                400,
+            )
+        return send_json(request, {"error": "not_found", "message": f"no such resource: {path}"}, 404)
+    if isinstance(exc, MethodNotAllowed):
+        allowed = sorted(exc.valid_methods or ())
+        if allowed:
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        return send_json(
+            request,
+            {"error": "method_not_allowed", "message": f"{method} is not allowed here", "allowed": allowed},
+            405,
+        )
+    if isinstance(exc, HTTPException) and exc.code is not None and 400 <= exc.code < 500:
+        return send_json(request, {"error": "bad_request", "message": exc.description or ""}, exc.code)
+    log.failure("internal error answering {method} {url}", failure, method=method, url=path)
+    return send_json(
+        request, {"error": "internal_error", "message": "internal server error"}, 500
+    )
