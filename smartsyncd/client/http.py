@@ -403,7 +403,27 @@ class ServerAPI:
         exchange = Deferred.fromCoroutine(
             self._exchange(method, self.base_url + path, headers, data, params)
         )
+        # Cancelling an Agent request fails it with ResponseNeverReceived, which looks like a
+        # network error; the flags tell a timeout (retry) from a caller's cancel (stop).
         timed_out = False
+        cancelled = False
+
+        def cancel_by_caller(_: Deferred[Reply]) -> None:
+            nonlocal cancelled
+            cancelled = True
+            exchange.cancel()
+
+        waiter: Deferred[Reply] = Deferred(cancel_by_caller)
+
+        def relay(result: Any) -> None:
+            if waiter.called:
+                return  # already failed by the cancel; drop the late result
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+        exchange.addBoth(relay)
 
         def expire() -> None:
             nonlocal timed_out
@@ -413,16 +433,18 @@ class ServerAPI:
         limit = self.timeout if timeout is None else timeout
         timer = self._reactor.callLater(limit, expire)
         try:
-            reply = await exchange
-        except CancelledError:
-            if not timed_out:
-                raise  # the caller cancelled the whole operation
-            raise NetworkError(
-                f"{self.base_url}: no answer to {method} {path} within {limit:g}s",
-                retryable=True,
-            ) from None
-        except _TRANSPORT_ERRORS as exc:
-            raise self._transport_error(exc) from exc
+            reply = await waiter
+        except Exception as exc:
+            if cancelled:
+                raise CancelledError() from exc
+            if timed_out:
+                raise NetworkError(
+                    f"{self.base_url}: no answer to {method} {path} within {limit:g}s",
+                    retryable=True,
+                ) from None
+            if isinstance(exc, _TRANSPORT_ERRORS):
+                raise self._transport_error(exc) from exc
+            raise
         finally:
             if timer.active():
                 timer.cancel()
