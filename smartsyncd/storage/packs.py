@@ -101,14 +101,21 @@ class PackStore:
 
     def read_range(self, engagement_id: int, name: str, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at ``offset``; raise OSError if the pack is gone or too short."""
+        return self.read_ranges(engagement_id, name, [(offset, size)])[0]
+
+    def read_ranges(self, engagement_id: int, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Read several (offset, size) ranges of one pack, opening it once, in the given order."""
         fd = os.open(self.path_for(engagement_id, name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
         try:
-            data = os.pread(fd, size, offset)
+            out = []
+            for offset, size in ranges:
+                data = os.pread(fd, size, offset)
+                if len(data) != size:
+                    raise OSError(f"pack {name} is truncated at offset {offset}")
+                out.append(data)
+            return out
         finally:
             os.close(fd)
-        if len(data) != size:
-            raise OSError(f"pack {name} is truncated at offset {offset}")
-        return data
 
     def exists(self, engagement_id: int, name: str) -> bool:
         return os.path.isfile(self.path_for(engagement_id, name))

@@ -265,7 +265,11 @@ class MetadataDB:
         return list(self.execute(query, params).fetchall())
 
     def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
-        self.conn.executemany(self.dialect.sql(query), [tuple(r) for r in rows])
+        cur = self.conn.cursor()  # DB-API: executemany lives on cursors (psycopg has no conn.executemany)
+        try:
+            cur.executemany(self.dialect.sql(query), [tuple(r) for r in rows])
+        finally:
+            cur.close()
 
     def write(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one write transaction: commit on return, roll back on any error."""
@@ -973,9 +977,14 @@ class SqlServerStore:
         where = await self.run_db(MetadataDB.chunk_locations, engagement_id, tuple(hashes))
 
         def read_all(packs: PackStore) -> dict[str, bytes]:
-            # Sorted by (pack, offset): sequential reads within each pack.
-            order = sorted(where.items(), key=lambda kv: (kv[1][0], kv[1][1]))
-            return {h: packs.read_range(engagement_id, loc[0], loc[1], loc[2]) for h, loc in order}
+            by_pack: dict[str, list[tuple[str, int, int]]] = {}
+            for h, (pack, offset, stored_size, _, _) in where.items():
+                by_pack.setdefault(pack, []).append((h, offset, stored_size))
+            out: dict[str, bytes] = {}
+            for pack, wanted in by_pack.items():
+                data = packs.read_ranges(engagement_id, pack, [(o, n) for _, o, n in wanted])
+                out.update(zip([h for h, _, _ in wanted], data, strict=True))
+            return out
 
         payloads = await self.run_file(read_all)
         return [

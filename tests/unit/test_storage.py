@@ -589,3 +589,43 @@ async def test_fsck_reports_missing_pack_and_log_gap(store, tmp_path) -> None:
         conn.close()
     kinds = sorted(p.kind for p in await store.fsck())
     assert kinds == ["bad_log", "missing_pack"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_failing_late_rolls_back_everything(store, tmp_path) -> None:
+    """A failure after the change rows were inserted (here: the last insert) undoes them all."""
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"one")
+    conn = sqlite3.connect(tmp_path / "data" / DB_FILENAME)
+    try:
+        conn.execute(
+            "CREATE TRIGGER fail_batch BEFORE INSERT ON batches"
+            " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+        conn.commit()
+        with pytest.raises(sqlite3.IntegrityError, match="injected"):
+            await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
+        assert await state(store, e.id) == (0, {}, 0)
+        assert await store.get_manifest(e.id, c1) is None
+        conn.execute("DROP TRIGGER fail_batch")
+        conn.commit()
+    finally:
+        conn.close()
+    r = await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
+    assert r.head == 1 and not r.replayed
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_uploads_of_the_same_chunks(store) -> None:
+    from twisted.internet.defer import Deferred, gatherResults
+
+    e = await store.create_engagement("acme", "")
+    chunks = [chunk(os.urandom(1000)) for _ in range(20)]
+    results = await gatherResults(
+        [Deferred.fromCoroutine(store.store_chunks(e.id, chunks)) for _ in range(4)]
+    )
+    assert sum(stored for stored, _ in results) == 20
+    assert all(stored + present == 20 for stored, present in results)
+    got = await store.read_chunks(e.id, [c.hash for c in chunks])
+    assert [g.payload for g in got] == [c.payload for c in chunks]
+    assert await store.fsck() == []
