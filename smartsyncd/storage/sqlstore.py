@@ -48,7 +48,16 @@ from smartsyncd.core.errors import (
     Unavailable,
     UnknownContent,
 )
-from smartsyncd.core.model import ROLES, Change, ChunkRef, FileState, Manifest, ProposedChange, Role
+from smartsyncd.core.model import (
+    ROLES,
+    Change,
+    ChunkRef,
+    FileState,
+    Manifest,
+    Outcome,
+    ProposedChange,
+    Role,
+)
 from smartsyncd.core.paths import fold_key
 from smartsyncd.storage.api import (
     CommitResult,
@@ -674,7 +683,7 @@ class MetadataDB:
             return _result_from_json(previous[0])
 
         outcomes = commit_rules.plan_commit(changes, SqlHeadView(self, engagement_id), user, now)
-        new_manifests = self._resolve_manifests(engagement_id, outcomes, manifests)
+        new_manifests = self._resolve_manifests(engagement_id, changes, outcomes, manifests)
 
         results: list[CommitResultItem] = []
         written: list[Change] = []
@@ -766,12 +775,13 @@ class MetadataDB:
     def _resolve_manifests(
         self,
         engagement_id: int,
-        outcomes: Sequence[Any],
+        proposals: Sequence[ProposedChange],
+        outcomes: Sequence[Outcome],
         manifests: Mapping[str, PutManifest],
     ) -> dict[str, tuple[int, tuple[ChunkRef, ...]]]:
         """The manifests this batch must add (content -> (size, chunks)), all checked."""
         new: dict[str, tuple[int, tuple[ChunkRef, ...]]] = {}
-        for o in outcomes:
+        for proposal, o in zip(proposals, outcomes, strict=True):
             if o.write_path is None or o.kind != "put" or o.content is None:
                 continue
             content: str = o.content
@@ -786,7 +796,8 @@ class MetadataDB:
                         f"size {o.size} does not match content {content} ({known_size} bytes)", path=o.path
                     )
                 continue
-            sent = manifests.get(o.path)
+            # keyed by the path as sent; o.path is its NFC form
+            sent = manifests.get(o.path) or manifests.get(proposal.path)
             if sent is None:
                 raise UnknownContent(
                     f"the server has no manifest for the content of {o.path!r}; send it", path=o.path

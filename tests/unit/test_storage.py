@@ -629,3 +629,14 @@ async def test_concurrent_uploads_of_the_same_chunks(store) -> None:
     got = await store.read_chunks(e.id, [c.hash for c in chunks])
     assert [g.payload for g in got] == [c.payload for c in chunks]
     assert await store.fsck() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_nfd_path_is_stored_nfc(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"umlaut")
+    nfd = "Bu\u0308ro.txt"
+    r = await commit(store, e.id, "b1", [put(nfd, None, c1, s1)], {nfd: full(c1, refs1)})
+    assert r.results[0].status == "applied"
+    _, files, _ = await state(store, e.id)
+    assert list(files) == ["B\u00fcro.txt"]
