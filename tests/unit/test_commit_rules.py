@@ -6,11 +6,13 @@ from datetime import UTC, datetime
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smartsyncd.core.commit_rules import MemoryHead, plan_commit
 from smartsyncd.core.errors import BadRequest, InvalidPath, PathClash
 from smartsyncd.core.model import FileState, Outcome, ProposedChange
-from smartsyncd.core.paths import normalize_path
+from smartsyncd.core.paths import fold_key, normalize_path
 
 NOW = datetime(2026, 11, 26, 15, 30, tzinfo=UTC)
 
@@ -286,3 +288,50 @@ def test_outcomes_keep_proposal_order() -> None:
     ]
     assert head.apply([]) == []
     assert head.head == 7
+
+
+# ---------------------------------------------------------------- randomized: nothing is lost
+
+_PATHS = ["a.txt", "A.txt", "d/x", "D/x", "d", "e/f/g"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_random_batches_lose_nothing(data: st.DataObject) -> None:
+    head = MemoryHead()
+    known: list[dict[str, int]] = [{}, {}, {}]  # each copy's base per path
+    content_no = 0
+    for _ in range(data.draw(st.integers(1, 12))):
+        copy = data.draw(st.integers(0, 2))
+        if data.draw(st.booleans()):  # pull: the copy learns the head
+            known[copy] = {p: s.seq for p, s in head.files.items()}
+        proposals: list[ProposedChange] = []
+        for path in data.draw(st.lists(st.sampled_from(_PATHS), max_size=3, unique=True)):
+            base = known[copy].get(path)
+            if base is not None and data.draw(st.booleans()):
+                proposals.append(delete(path, base))
+            else:
+                content_no += 1
+                proposals.append(put(path, base, content_no % 4))
+        before = dict(head.files)
+        try:
+            outcomes = plan_commit(proposals, head, f"user{copy}", NOW)
+        except (PathClash, BadRequest):
+            assert head.files == before
+            continue
+        for p, o in zip(proposals, outcomes, strict=True):
+            replaced = before.get(o.write_path) if o.write_path else None
+            if replaced is not None and replaced.content is not None:
+                # a live version is only replaced by someone who had seen it
+                assert o.status == "applied" and p.base == replaced.seq
+            if o.kind == "put" and o.status != "unchanged":
+                assert o.write_path is not None
+        seqs = head.apply(outcomes)
+        for o, seq in zip(outcomes, seqs, strict=True):
+            if o.write_path is not None and seq is not None:
+                known[copy][o.write_path] = seq
+            if o.kind == "put":
+                # whatever the status, the proposed content is live somewhere afterwards
+                assert any(s.content == o.content for s in head.live().values())
+        keys = [fold_key(p) for p in head.live()]
+        assert len(keys) == len(set(keys)), "case twins among live files"
