@@ -15,6 +15,7 @@ from smartsyncd.auth.identity import Identity, SignInRefused, UnknownUser
 from smartsyncd.auth.local import LocalAuthenticator
 from smartsyncd.auth.passwords import hash_password
 from smartsyncd.storage.api import UserRecord
+from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.testing.memory_store import MemoryServerStore
 
 
@@ -29,22 +30,53 @@ class CountingRunner:
         return f(*args)
 
 
-@pytest.fixture
-def store() -> MemoryServerStore:
-    return MemoryServerStore()
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+async def store(request: Any, tmp_path: Any) -> Any:
+    if request.param == "memory":
+        yield MemoryServerStore()
+        return
+    real = await open_server_store(str(tmp_path), reactor=reactor)
+    yield real
+    await real.close()
 
 
-async def add(
-    store: MemoryServerStore, name: str, password: str | None, disabled: bool = False
-) -> None:
-    await store.add_user(name, hash_password(password) if password is not None else None)
-    if disabled:
+async def set_disabled(store: Any, name: str) -> None:
+    """The store API has no 'disable' call (admin tooling edits the row); do the same here."""
+    if isinstance(store, MemoryServerStore):
         rec = store.users[name]
         store.users[name] = UserRecord(rec.name, rec.password_hash, rec.created_at, disabled=True)
+        return
+    await store.run_db(
+        lambda m: m.write(
+            lambda: m.execute("UPDATE users SET disabled = 1 WHERE name = ?", (name,))
+        )
+    )
+
+
+async def remove_user(store: Any, name: str) -> None:
+    if isinstance(store, MemoryServerStore):
+        del store.users[name]
+        return
+    await store.run_db(
+        lambda m: m.write(lambda: m.execute("DELETE FROM users WHERE name = ?", (name,)))
+    )
+
+
+async def add(store: Any, name: str, password: str | None, disabled: bool = False) -> None:
+    await store.add_user(name, hash_password(password) if password is not None else None)
+    if disabled:
+        await set_disabled(store, name)
+
+
+class UnreachableStore:
+    """Fails the test if anything asks it for a user."""
+
+    async def get_user(self, name: str) -> None:
+        raise AssertionError(f"the store was asked for {name!r}")
 
 
 @pytest_twisted.ensureDeferred
-async def test_right_password_signs_in_without_groups(store: MemoryServerStore) -> None:
+async def test_right_password_signs_in_without_groups(store: Any) -> None:
     await add(store, "alice", "s3cret-Pass")
     auth = LocalAuthenticator(store, CountingRunner())
     identity = await auth.authenticate("alice", "s3cret-Pass")
@@ -53,7 +85,7 @@ async def test_right_password_signs_in_without_groups(store: MemoryServerStore) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_password_is_refused_not_unknown(store: MemoryServerStore) -> None:
+async def test_wrong_password_is_refused_not_unknown(store: Any) -> None:
     await add(store, "alice", "s3cret-Pass")
     auth = LocalAuthenticator(store, CountingRunner())
     with pytest.raises(SignInRefused) as info:
@@ -63,11 +95,9 @@ async def test_wrong_password_is_refused_not_unknown(store: MemoryServerStore) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_empty_password_refused_before_the_store_is_asked(store: MemoryServerStore) -> None:
-    await add(store, "alice", "s3cret-Pass")
-    store.unavailable = True  # any store access would now raise Unavailable
+async def test_empty_password_refused_before_the_store_is_asked() -> None:
     runner = CountingRunner()
-    auth = LocalAuthenticator(store, runner)
+    auth = LocalAuthenticator(UnreachableStore(), runner)  # type: ignore[arg-type]
     with pytest.raises(SignInRefused) as info:
         await auth.authenticate("alice", "")
     assert info.value.reason == "empty password"
@@ -75,7 +105,7 @@ async def test_empty_password_refused_before_the_store_is_asked(store: MemorySer
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_user_runs_a_dummy_verification(store: MemoryServerStore) -> None:
+async def test_unknown_user_runs_a_dummy_verification(store: Any) -> None:
     runner = CountingRunner()
     auth = LocalAuthenticator(store, runner)
     with pytest.raises(UnknownUser) as info:
@@ -86,7 +116,7 @@ async def test_unknown_user_runs_a_dummy_verification(store: MemoryServerStore) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_disabled_account_refused_even_with_right_password(store: MemoryServerStore) -> None:
+async def test_disabled_account_refused_even_with_right_password(store: Any) -> None:
     await add(store, "bob", "pw-of-bob", disabled=True)
     runner = CountingRunner()
     auth = LocalAuthenticator(store, runner)
@@ -98,7 +128,7 @@ async def test_disabled_account_refused_even_with_right_password(store: MemorySe
 
 
 @pytest_twisted.ensureDeferred
-async def test_account_without_password_cannot_sign_in_locally(store: MemoryServerStore) -> None:
+async def test_account_without_password_cannot_sign_in_locally(store: Any) -> None:
     await add(store, "dirk", None)
     auth = LocalAuthenticator(store, CountingRunner())
     with pytest.raises(UnknownUser) as info:  # a directory backend may still know dirk
@@ -107,7 +137,7 @@ async def test_account_without_password_cannot_sign_in_locally(store: MemoryServ
 
 
 @pytest_twisted.ensureDeferred
-async def test_verification_runs_in_a_real_thread_pool(store: MemoryServerStore) -> None:
+async def test_verification_runs_in_a_real_thread_pool(store: Any) -> None:
     await add(store, "alice", "s3cret-Pass")
     run = functools.partial(deferToThreadPool, reactor, reactor.getThreadPool())
     auth = LocalAuthenticator(store, run)
@@ -118,25 +148,23 @@ async def test_verification_runs_in_a_real_thread_pool(store: MemoryServerStore)
 
 @pytest_twisted.ensureDeferred
 async def test_refresh_keeps_identity_until_account_is_disabled_or_removed(
-    store: MemoryServerStore,
+    store: Any,
 ) -> None:
     await add(store, "alice", "s3cret-Pass")
     auth = LocalAuthenticator(store, CountingRunner())
     identity = await auth.authenticate("alice", "s3cret-Pass")
     assert await auth.refresh(identity) == identity
-    rec = store.users["alice"]
-    store.users["alice"] = UserRecord(rec.name, rec.password_hash, rec.created_at, disabled=True)
+    await set_disabled(store, "alice")
     with pytest.raises(SignInRefused):
         await auth.refresh(identity)
-    del store.users["alice"]
+    await remove_user(store, "alice")
     with pytest.raises(SignInRefused):
         await auth.refresh(identity)
 
 
 @pytest_twisted.ensureDeferred
-async def test_malformed_user_names_never_reach_the_store(store: MemoryServerStore) -> None:
-    store.unavailable = True  # a store lookup would raise Unavailable
-    auth = LocalAuthenticator(store, CountingRunner())
+async def test_malformed_user_names_never_reach_the_store() -> None:
+    auth = LocalAuthenticator(UnreachableStore(), CountingRunner())  # type: ignore[arg-type]
     for name in ("a" * 257, "alice\nroot", "\ud800"):
         with pytest.raises(UnknownUser):
             await auth.authenticate(name, "pw")

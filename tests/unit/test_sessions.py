@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -18,6 +19,7 @@ from smartsyncd.auth.passwords import hash_password
 from smartsyncd.auth.ratelimit import LoginRateLimiter
 from smartsyncd.auth.sessions import SessionManager, hash_token
 from smartsyncd.core.errors import AuthFailed, RateLimited, SessionExpired, Unavailable
+from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.testing.memory_store import MemoryServerStore
 
 START = 1_795_000_000.0  # late 2026
@@ -60,18 +62,30 @@ async def sync_runner(f: Any, *args: Any) -> Any:
 
 
 class Env:
-    def __init__(
+    """A clock, a store (memory fake or real SQLite), a limiter and the manager under test."""
+
+    def __init__(self, kind: str, tmp_path: Any) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.limiter = LoginRateLimiter(self.clock, per_user=3, per_address=10, window=300.0)
+        self.store: Any = None
+        self.manager: SessionManager
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
+
+    async def open(
         self,
         *backends: Any,
         lifetime: timedelta = timedelta(days=30),
         refresh_interval: timedelta = timedelta(minutes=15),
-    ) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.store = MemoryServerStore(
-            now=lambda: datetime.fromtimestamp(self.clock.seconds(), UTC)
-        )
-        self.limiter = LoginRateLimiter(self.clock, per_user=3, per_address=10, window=300.0)
+    ) -> Env:
+        if self.kind == "memory":
+            self.store = MemoryServerStore(now=self.now)
+        else:
+            self.store = await open_server_store(str(self.tmp_path), reactor=reactor, now=self.now)
         self.manager = SessionManager(
             self.store,
             list(backends),
@@ -80,9 +94,34 @@ class Env:
             lifetime=lifetime,
             refresh_interval=refresh_interval,
         )
+        return self
 
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.seconds(), UTC)
+    async def session_count(self) -> int:
+        if self.kind == "memory":
+            return len(self.store.sessions)
+        row = await self.store.run_db(lambda m: m.one("SELECT COUNT(*) FROM sessions"))
+        return int(row[0])
+
+    async def stored_bytes(self) -> bytes:
+        """Everything the store holds, as raw bytes (database file and WAL for SQLite)."""
+        if self.kind == "memory":
+            return repr(self.store.sessions).encode()
+        return b"".join(p.read_bytes() for p in sorted(self.tmp_path.rglob("*")) if p.is_file())
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+async def make_env(request: Any, tmp_path: Any) -> Any:
+    envs: list[Env] = []
+
+    async def make(*backends: Any, **kw: Any) -> Env:
+        env = await Env(request.param, tmp_path / str(len(envs))).open(*backends, **kw)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        if env.kind == "sqlite":
+            await env.store.close()
 
 
 @pytest.fixture
@@ -100,9 +139,9 @@ def logged(events: list[dict]) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sign_in_stores_only_the_token_hash_and_resolves() -> None:
+async def test_sign_in_stores_only_the_token_hash_and_resolves(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw-alice", {"S-1-5-21-1", "S-1-5-21-2"})})
-    env = Env(ldap)
+    env = await make_env(ldap)
     token, record = await env.manager.sign_in("alice", "pw-alice", ADDR)
     assert len(token) >= 43  # 32 random bytes, url-safe base64
     assert record.token_hash == hashlib.sha256(token.encode()).hexdigest() == hash_token(token)
@@ -111,22 +150,23 @@ async def test_sign_in_stores_only_the_token_hash_and_resolves() -> None:
     assert record.created_at == record.refreshed_at == env.now()
     assert record.expires_at == env.now() + timedelta(days=30)
     assert len(record.id) == 16 and record.id not in token
-    assert list(env.store.sessions) == [record.token_hash]
-    assert token not in repr(env.store.sessions)
+    assert token.encode() not in await env.stored_bytes()
+    assert await env.session_count() == 1
+    assert await env.store.get_session(record.token_hash) == record
     assert await env.manager.resolve(token) == record
 
 
 @pytest_twisted.ensureDeferred
-async def test_tokens_are_unique_per_sign_in() -> None:
-    env = Env(RecordingBackend("ldap", {"alice": ("pw", set())}))
+async def test_tokens_are_unique_per_sign_in(make_env) -> None:
+    env = await make_env(RecordingBackend("ldap", {"alice": ("pw", set())}))
     t1, r1 = await env.manager.sign_in("alice", "pw", ADDR)
     t2, r2 = await env.manager.sign_in("alice", "pw", ADDR)
-    assert t1 != t2 and r1.id != r2.id and len(env.store.sessions) == 2
+    assert t1 != t2 and r1.id != r2.id and await env.session_count() == 2
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_password_and_unknown_user_fail_the_same_way() -> None:
-    env = Env(RecordingBackend("ldap", {"alice": ("pw", set())}))
+async def test_wrong_password_and_unknown_user_fail_the_same_way(make_env) -> None:
+    env = await make_env(RecordingBackend("ldap", {"alice": ("pw", set())}))
     with pytest.raises(AuthFailed) as wrong:
         await env.manager.sign_in("alice", "nope", ADDR)
     with pytest.raises(AuthFailed) as unknown:
@@ -136,13 +176,13 @@ async def test_wrong_password_and_unknown_user_fail_the_same_way() -> None:
         == unknown.value.to_json()
         == {"error": "auth_failed", "message": "sign-in failed"}
     )
-    assert env.store.sessions == {}
+    assert await env.session_count() == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_empty_password_or_user_refused_before_any_backend() -> None:
+async def test_empty_password_or_user_refused_before_any_backend(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
-    env = Env(ldap)
+    env = await make_env(ldap)
     for user, password in (("alice", ""), ("", "pw"), ("", "")):
         with pytest.raises(AuthFailed):
             await env.manager.sign_in(user, password, ADDR)
@@ -150,10 +190,10 @@ async def test_empty_password_or_user_refused_before_any_backend() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_user_falls_through_to_the_next_backend() -> None:
+async def test_unknown_user_falls_through_to_the_next_backend(make_env) -> None:
     env_store_user = "alice"
     ldap = RecordingBackend("ldap", {"dana": ("pw-dana", {"S-1-5-21-9"})})
-    env = Env()
+    env = await make_env()
     local = LocalAuthenticator(env.store, sync_runner)
     env.manager = SessionManager(env.store, [local, ldap], env.clock, env.limiter)
     await env.store.add_user(env_store_user, hash_password("pw-alice"))
@@ -172,30 +212,30 @@ async def test_unknown_user_falls_through_to_the_next_backend() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_refusal_by_a_backend_that_knows_the_user_stops() -> None:
+async def test_refusal_by_a_backend_that_knows_the_user_stops(make_env) -> None:
     first = RecordingBackend("ldap", {"alice": ("old-pw", set())})
     second = RecordingBackend("ldap2", {"alice": ("pw", set())})
-    env = Env(first, second)
+    env = await make_env(first, second)
     with pytest.raises(AuthFailed):
         await env.manager.sign_in("alice", "pw", ADDR)
     assert second.calls == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_unavailable_backend_lets_the_next_try() -> None:
+async def test_unavailable_backend_lets_the_next_try(make_env) -> None:
     first = RecordingBackend("dc1", {"alice": ("pw", {"g"})})
     second = RecordingBackend("dc2", {"alice": ("pw", {"g"})})
     first.unavailable = True
-    env = Env(first, second)
+    env = await make_env(first, second)
     _token, rec = await env.manager.sign_in("alice", "pw", ADDR)
     assert rec.backend == "dc2"
 
 
 @pytest_twisted.ensureDeferred
-async def test_all_backends_unavailable_is_unavailable_not_a_failure() -> None:
+async def test_all_backends_unavailable_is_unavailable_not_a_failure(make_env) -> None:
     a, b = RecordingBackend("dc1"), RecordingBackend("dc2")
     a.unavailable = b.unavailable = True
-    env = Env(a, b)
+    env = await make_env(a, b)
     for _ in range(5):  # more than per_user: outages must not lock anyone out
         with pytest.raises(Unavailable):
             await env.manager.sign_in("alice", "pw", ADDR)
@@ -207,9 +247,9 @@ async def test_all_backends_unavailable_is_unavailable_not_a_failure() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_rate_limited_after_failures_and_reset_after_window() -> None:
+async def test_rate_limited_after_failures_and_reset_after_window(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
-    env = Env(ldap)
+    env = await make_env(ldap)
     for _ in range(3):
         with pytest.raises(AuthFailed):
             await env.manager.sign_in("alice", "bad", ADDR)
@@ -224,8 +264,8 @@ async def test_rate_limited_after_failures_and_reset_after_window() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_unknown_and_ended_tokens_are_session_expired() -> None:
-    env = Env(RecordingBackend("ldap", {"alice": ("pw", set())}))
+async def test_missing_unknown_and_ended_tokens_are_session_expired(make_env) -> None:
+    env = await make_env(RecordingBackend("ldap", {"alice": ("pw", set())}))
     for token in (None, "", "not-a-token"):
         with pytest.raises(SessionExpired) as info:
             await env.manager.resolve(token)
@@ -235,7 +275,7 @@ async def test_missing_unknown_and_ended_tokens_are_session_expired() -> None:
         }
     token, _rec = await env.manager.sign_in("alice", "pw", ADDR)
     await env.manager.sign_out(token)
-    assert env.store.sessions == {}
+    assert await env.session_count() == 0
     with pytest.raises(SessionExpired):
         await env.manager.resolve(token)
     await env.manager.sign_out(token)  # idempotent
@@ -243,8 +283,8 @@ async def test_missing_unknown_and_ended_tokens_are_session_expired() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_session_expires_without_use_and_slides_with_use() -> None:
-    env = Env(
+async def test_session_expires_without_use_and_slides_with_use(make_env) -> None:
+    env = await make_env(
         RecordingBackend("ldap", {"alice": ("pw", set())}),
         lifetime=timedelta(hours=1),
         refresh_interval=timedelta(days=1),
@@ -253,25 +293,25 @@ async def test_session_expires_without_use_and_slides_with_use() -> None:
 
     env.clock.advance(30)  # under a minute: no write
     assert (await env.manager.resolve(token)).expires_at == rec.expires_at
-    assert env.store.sessions[rec.token_hash].expires_at == rec.expires_at
+    assert (await env.store.get_session(rec.token_hash)).expires_at == rec.expires_at
 
     env.clock.advance(50 * 60)
     slid = await env.manager.resolve(token)
     assert slid.expires_at == env.now() + timedelta(hours=1)
-    assert env.store.sessions[rec.token_hash].expires_at == slid.expires_at
+    assert (await env.store.get_session(rec.token_hash)).expires_at == slid.expires_at
 
     env.clock.advance(3600 - 1)
     await env.manager.resolve(token)  # still alive: the slide kept it
     env.clock.advance(3600)
     with pytest.raises(SessionExpired):
         await env.manager.resolve(token)
-    assert env.store.sessions == {}  # the expired session was removed
+    assert await env.session_count() == 0  # the expired session was removed
 
 
 @pytest_twisted.ensureDeferred
-async def test_refresh_interval_rereads_groups_and_a_refusal_ends_the_session() -> None:
+async def test_refresh_interval_rereads_groups_and_a_refusal_ends_the_session(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", {"S-old"})})
-    env = Env(ldap, refresh_interval=timedelta(minutes=15))
+    env = await make_env(ldap, refresh_interval=timedelta(minutes=15))
     token, rec = await env.manager.sign_in("alice", "pw", ADDR)
     ldap.users["alice"] = ("pw", {"S-new", "S-other"})
 
@@ -283,7 +323,7 @@ async def test_refresh_interval_rereads_groups_and_a_refusal_ends_the_session() 
     fresh = await env.manager.resolve(token)
     assert fresh.groups == ("S-new", "S-other")
     assert fresh.refreshed_at == env.now()
-    assert env.store.sessions[rec.token_hash].groups == ("S-new", "S-other")
+    assert (await env.store.get_session(rec.token_hash)).groups == ("S-new", "S-other")
     assert ldap.calls.count(("refresh", "alice")) == 1
 
     env.clock.advance(60)  # within the interval again: no directory traffic
@@ -294,13 +334,15 @@ async def test_refresh_interval_rereads_groups_and_a_refusal_ends_the_session() 
     env.clock.advance(15 * 60)
     with pytest.raises(SessionExpired):
         await env.manager.resolve(token)
-    assert env.store.sessions == {}
+    assert await env.session_count() == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_refresh_with_directory_down_keeps_old_groups_and_retries_later(events) -> None:
+async def test_refresh_with_directory_down_keeps_old_groups_and_retries_later(
+    make_env, events
+) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", {"S-old"})})
-    env = Env(ldap, refresh_interval=timedelta(minutes=15))
+    env = await make_env(ldap, refresh_interval=timedelta(minutes=15))
     token, rec = await env.manager.sign_in("alice", "pw", ADDR)
     ldap.users["alice"] = ("pw", {"S-new"})
     ldap.refresh_error = BackendUnavailable("dc1 timed out")
@@ -322,9 +364,9 @@ async def test_refresh_with_directory_down_keeps_old_groups_and_retries_later(ev
 
 
 @pytest_twisted.ensureDeferred
-async def test_session_of_a_backend_no_longer_configured_ends() -> None:
+async def test_session_of_a_backend_no_longer_configured_ends(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
-    env = Env(ldap)
+    env = await make_env(ldap)
     token, _rec = await env.manager.sign_in("alice", "pw", ADDR)
     other = SessionManager(env.store, [RecordingBackend("local")], env.clock, env.limiter)
     env.clock.advance(16 * 60)
@@ -333,10 +375,10 @@ async def test_session_of_a_backend_no_longer_configured_ends() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_password_or_token_in_any_logged_event(events) -> None:
+async def test_no_password_or_token_in_any_logged_event(make_env, events) -> None:
     secret_ok, secret_bad = "Ok-Pa55word-7731", "Bad-Guess-4410"
     ldap = RecordingBackend("ldap", {"alice": (secret_ok, {"g"})})
-    env = Env(ldap)
+    env = await make_env(ldap)
     token, _ = await env.manager.sign_in("alice", secret_ok, ADDR)
     for _ in range(3):
         with pytest.raises(AuthFailed):
@@ -363,10 +405,10 @@ async def test_no_password_or_token_in_any_logged_event(events) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_malformed_user_names_refused_before_any_backend_and_logged_safely(
-    events,
+    make_env, events
 ) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
-    env = Env(ldap)
+    env = await make_env(ldap)
     for name in ("a" * 257, "alice\nsign-in root from 10.0.0.1 via local"):
         with pytest.raises(AuthFailed):
             await env.manager.sign_in(name, "pw", ADDR)
