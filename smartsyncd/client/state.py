@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartsyncd.client.errors import UsageError
 from smartsyncd.client.localfs import atomic_write_bytes, fsync_dir
 from smartsyncd.core.manifest import decode_binary, encode_binary
 from smartsyncd.core.model import ChunkRef
@@ -45,8 +46,8 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 
-class StateError(Exception):
-    """The local state is missing or does not belong to this folder."""
+class StateError(UsageError):
+    """The local state is missing or does not belong to this folder: sync stops (exit 2)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,836 @@
+"""The client's sync engine: one local copy of an engagement (``SyncCopy``).
+
+``clone`` materializes the server's snapshot; ``sync`` pushes local changes then pulls remote
+ones; ``status`` says what would move; ``watch`` syncs continuously. Decisions come from the
+pure planner (core/planner.py); this module does the I/O around it:
+
+- push: scan, plan, ask the server which chunks it lacks and upload only those, then commit with
+  a batch key persisted *before* sending (a retry after a lost answer reuses it). Modified files
+  travel as a manifest delta against their base; content the server already has (a rename)
+  travels as nothing but its id.
+- pull: changes since ``last_seq`` page by page; each file is re-checked against its base right
+  before it is replaced, and an unpushed local edit is moved to a conflict copy first. New
+  versions are assembled in a temp file from local chunks where possible (verified by hash) and
+  fetched chunks otherwise, fsynced and renamed. ``last_seq`` moves only after the files are
+  durable.
+- errors are never deletions: a missing marker or folder stops the sync, an unreadable file is
+  "unknown", and an exception leaves files as they are.
+
+Blocking work (scanning, hashing, file writes, SQLite) runs through ``run_blocking`` (a thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from twisted.internet.defer import Deferred, race
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from smartsyncd.client.errors import NetworkError, ProtocolError, ServerRefused, UsageError
+from smartsyncd.client.localfs import (
+    discard_temp,
+    finish_temp,
+    fsync_dir,
+    move_no_replace,
+    open_temp,
+    read_chunk,
+    remove_file,
+    same_stat,
+)
+from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
+from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.core.conflicts import conflict_name
+from smartsyncd.core.errors import InvalidPath
+from smartsyncd.core.manifest import chunks_to_json, make_delta
+from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
+from smartsyncd.core.paths import normalize_path
+from smartsyncd.core.planner import LocalEntry, PullWrite, plan
+
+log = Logger()
+
+RunBlocking = Callable[..., Awaitable[Any]]
+WINDOW_BYTES = 8 * 1024 * 1024  # assemble/fetch/upload in windows of this many raw bytes
+CHANGES_PAGE = 5000
+_CONFLICT_RE = re.compile(r" \(conflict .+ \d{4}-\d{2}-\d{2} \d{4}(?: \d+)?\)[^/()]*$")
+
+
+class Progress(Protocol):
+    def start(self, task: str, total_bytes: int) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _NoProgress:
+    def start(self, task: str, total_bytes: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class Server(Protocol):
+    """The part of ``smartsyncd.client.http.ServerAPI`` the engine uses."""
+
+    base_url: str
+
+    async def session(self) -> dict[str, Any]: ...
+
+    async def snapshot(self, eng: str) -> tuple[int, list[FileState]]: ...
+
+    async def changes(
+        self, eng: str, since: int, limit: int = 5000, wait: float = 0
+    ) -> tuple[int, list[Change], bool]: ...
+
+    async def manifest(
+        self, eng: str, content: str, base: Manifest | None = None
+    ) -> Manifest: ...
+
+    async def missing_chunks(self, eng: str, hashes: Iterable[str]) -> list[str]: ...
+
+    async def upload_chunks(self, eng: str, chunks: Iterable[tuple[str, bytes]]) -> int: ...
+
+    async def fetch_chunks(self, eng: str, hashes: Iterable[Any]) -> dict[str, bytes]: ...
+
+    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+
+@dataclass
+class SyncReport:
+    """What one sync (or clone) did."""
+
+    uploaded: int = 0  # files committed (applied)
+    bytes_sent: int = 0  # chunk upload bytes on the wire
+    downloaded: int = 0  # files written from the server
+    bytes_received: int = 0  # raw bytes of fetched chunks
+    deleted_remote: int = 0
+    deleted_local: int = 0
+    conflicts: list[str] = field(default_factory=list)  # conflict copies made this time
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    conflicts_left: int = 0  # conflict copies present in the folder
+    last_seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        return data
+
+
+@dataclass
+class StatusReport:
+    """What a sync would move now (nothing is changed to find out)."""
+
+    to_upload: list[str] = field(default_factory=list)
+    to_delete_remote: list[str] = field(default_factory=list)
+    to_download: list[str] = field(default_factory=list)
+    to_delete_local: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # local edits a remote change hits
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    conflicts_left: int = 0
+    last_seq: int = 0
+    head: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.to_upload or self.to_delete_remote or self.to_download
+            or self.to_delete_local or self.conflicts
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        data["clean"] = self.clean
+        return data
+
+
+class _ChunkChanged(Exception):
+    """A chunk to upload could not be read back with its hash: the file changed since the
+    scan."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _offsets(chunks: Iterable[ChunkRef]) -> Iterator[tuple[ChunkRef, int]]:
+    offset = 0
+    for chunk in chunks:
+        yield chunk, offset
+        offset += chunk.size
+
+
+def _windows(chunks: tuple[ChunkRef, ...], limit: int) -> Iterator[list[ChunkRef]]:
+    window: list[ChunkRef] = []
+    size = 0
+    for chunk in chunks:
+        if window and size + chunk.size > limit:
+            yield window
+            window, size = [], 0
+        window.append(chunk)
+        size += chunk.size
+    if window:
+        yield window
+
+
+def _remote_path_ok(path: str) -> bool:
+    """A path from the server must be a valid relative path before it touches the disk."""
+    try:
+        return normalize_path(path) == path
+    except InvalidPath:
+        return False
+
+
+def _default_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]
+
+
+class SyncCopy:
+    """One local copy of an engagement in ``directory``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        state: ClientState,
+        *,
+        clock: IReactorTime | None = None,
+        run_blocking: RunBlocking | None = None,
+        scanner: Scanner | None = None,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.state = state
+        meta = state.meta()
+        self.server_url = meta.server_url
+        self.engagement = meta.engagement
+        self.user = meta.user
+        self.copy_id = meta.copy_id
+        self.clock = clock or _default_clock()
+        self._run: RunBlocking = run_blocking or deferToThread
+        self.scanner = scanner or Scanner(directory)
+        self.window_bytes = window_bytes
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        *,
+        clock: IReactorTime | None = None,
+        run_blocking: RunBlocking | None = None,
+        scanner: Scanner | None = None,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> SyncCopy:
+        """Open an existing copy (refuses a folder without its marker or state)."""
+        path = Path(directory).absolute()
+        return cls(
+            path, ClientState.open(path), clock=clock, run_blocking=run_blocking,
+            scanner=scanner, window_bytes=window_bytes,
+        )
+
+    @classmethod
+    async def clone(
+        cls,
+        api: Server,
+        engagement: str,
+        directory: str | Path,
+        *,
+        progress: Progress | None = None,
+        clock: IReactorTime | None = None,
+        run_blocking: RunBlocking | None = None,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> SyncCopy:
+        """Create a copy of ``engagement`` in a new or empty ``directory``."""
+        run: RunBlocking = run_blocking or deferToThread
+        path = Path(directory).absolute()
+        await run(_prepare_empty_dir, path)
+        head, files = await api.snapshot(engagement)  # checks access before anything is created
+        session = await api.session()
+        user = session.get("user") if isinstance(session, dict) else None
+        meta = CopyMeta(api.base_url, engagement, str(user or ""), str(uuid.uuid4()))
+        state = await run(ClientState.create, path, meta)
+        copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes)
+        prog = progress or _NoProgress()
+        report = SyncReport()
+        live = [f for f in files if f.content is not None]
+        prog.start("download", sum(f.size for f in live))
+        index: dict[str, tuple[str, int, int]] = {}
+        try:
+            for f in sorted(live, key=lambda f: f.path):
+                assert f.content is not None
+                if not _remote_path_ok(f.path):
+                    report.skipped.append((f.path, "server sent an invalid path; not written"))
+                    continue
+                write = PullWrite(f.path, f.seq, f.content, f.size, None)
+                await copy._write_remote(api, write, None, index, report, prog)
+        finally:
+            prog.finish()
+        await run(state.update, (), (), head)
+        log.info(
+            "cloned {engagement} into {directory}: {files} files at sequence {head}",
+            engagement=engagement, directory=str(path), files=report.downloaded, head=head,
+        )
+        return copy
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        seconds: Callable[[], float] = self.clock.seconds  # type: ignore[misc]
+        return datetime.fromtimestamp(seconds(), UTC)
+
+    def close(self) -> None:
+        self.state.close()
+
+    def conflicts(self) -> list[str]:
+        """Conflict copy files present in the folder (blocking: a folder walk)."""
+        return sorted(p for p, *_ in self.scanner.signature() if _CONFLICT_RE.search(p))
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    async def sync(self, api: Server, *, progress: Progress | None = None) -> SyncReport:
+        """Push local changes, then pull remote ones."""
+        prog = progress or _NoProgress()
+        report = SyncReport()
+        await self._run(self.state.check_marker)
+        base: dict[str, FileRecord] = await self._run(self.state.all_files)
+        scan: ScanResult = await self._run(self.scanner.scan, base)
+        report.skipped.extend(scan.skipped)
+        report.skipped.extend(scan.errors)
+        await self._push(api, scan, base, report, prog)
+        await self._pull(api, report, prog)
+        report.conflicts_left = len(await self._run(self.conflicts))
+        report.last_seq = await self._run(lambda: self.state.last_seq)
+        log.info(
+            "sync of {engagement}: {uploaded} up ({bytes_sent} bytes), {downloaded} down, "
+            "{conflicts} new conflict copies, {skipped} skipped",
+            engagement=self.engagement, uploaded=report.uploaded, bytes_sent=report.bytes_sent,
+            downloaded=report.downloaded, conflicts=len(report.conflicts),
+            skipped=len(report.skipped),
+        )
+        return report
+
+    async def status(self, api: Server) -> StatusReport:
+        """What would move (no file, state or server record is changed)."""
+        await self._run(self.state.check_marker)
+        base: dict[str, FileRecord] = await self._run(self.state.all_files)
+        scan: ScanResult = await self._run(self.scanner.scan, base)
+        last_seq: int = await self._run(lambda: self.state.last_seq)
+        changes: list[Change] = []
+        since, head = last_seq, last_seq
+        while True:
+            head, page, more = await api.changes(self.engagement, since, CHANGES_PAGE)
+            changes.extend(page)
+            if not page or not more:
+                break
+            since = page[-1].seq
+        p = plan(scan.entries, base, changes, complete=scan.complete)
+        return StatusReport(
+            to_upload=[x.path for x in p.push_puts],
+            to_delete_remote=[x.path for x in p.push_deletes],
+            to_download=[x.path for x in p.pull_writes],
+            to_delete_local=[x.path for x in p.pull_deletes],
+            conflicts=[x.path for x in p.conflicts],
+            skipped=scan.skipped + scan.errors,
+            conflicts_left=len(await self._run(self.conflicts)),
+            last_seq=last_seq,
+            head=head,
+        )
+
+    # -- push ----------------------------------------------------------------------------------
+
+    async def _push(
+        self, api: Server, scan: ScanResult, base: dict[str, FileRecord], report: SyncReport,
+        prog: Progress,
+    ) -> None:
+        p = plan(scan.entries, base, [], complete=scan.complete)
+        excluded: set[str] = set()
+        full: set[str] = set()  # paths to send with a full manifest (server lacks the base)
+        for _attempt in range(5):
+            puts = [x for x in p.push_puts if x.path not in excluded]
+            deletes = [x for x in p.push_deletes if x.path not in excluded]
+            if not puts and not deletes:
+                return
+            changes: list[dict[str, Any]] = []
+            wanted: dict[str, tuple[str, int, int]] = {}
+            known = {r.content for r in base.values()}
+            for put in puts:
+                entry = scan.entries[put.path]
+                old = base.get(put.path)
+                chunks = entry.chunks if entry.chunks is not None else (old.chunks if old else None)
+                item: dict[str, Any] = {
+                    "path": put.path, "kind": "put", "base": put.base,
+                    "content": put.content, "size": put.size,
+                }
+                if chunks is None:
+                    excluded.add(put.path)
+                    continue
+                send: Iterable[tuple[ChunkRef, int]] = ()
+                if put.content in known and put.path not in full:
+                    pass  # the server has this content (rename, copy): only the id travels
+                elif old is not None and old.chunks is not None and put.path not in full:
+                    item["delta"] = {"base": old.content, "ops": make_delta(old.chunks, chunks)}
+                    had = {c.hash for c in old.chunks}
+                    send = [(c, o) for c, o in _offsets(chunks) if c.hash not in had]
+                else:
+                    item["manifest"] = chunks_to_json(chunks)
+                    send = _offsets(chunks)
+                for chunk, offset in send:
+                    wanted.setdefault(chunk.hash, (put.path, offset, chunk.size))
+                changes.append(item)
+            for delete in deletes:
+                changes.append({"path": delete.path, "kind": "delete", "base": delete.base})
+            if not changes:
+                return
+            try:
+                report.bytes_sent += await self._upload(api, wanted, prog)
+            except _ChunkChanged as e:
+                excluded.add(e.path)
+                report.skipped.append((e.path, "changed while syncing; sent next time"))
+                continue
+            # a folder emptied or unmounted since the scan must never turn into deletes
+            await self._run(self.state.check_marker)
+            batch = await self._run(self._batch_key, changes)
+            try:
+                answer = await api.commit(self.engagement, batch, changes)
+            except ServerRefused as e:
+                await self._run(self.state.clear_pending_batch)  # nothing was applied
+                path = e.details.get("path")
+                sent_paths = {c["path"] for c in changes}
+                if (
+                    e.code in ("invalid_path", "path_clash")
+                    and isinstance(path, str) and path in sent_paths
+                ):
+                    excluded.add(path)
+                    report.skipped.append((path, e.message))
+                    log.warn("server refused {path}: {why}", path=path, why=e.message)
+                    continue
+                if e.code in ("unknown_content", "missing_chunks"):
+                    full.update(x.path for x in puts if path in (None, x.path))
+                    continue
+                raise
+            await self._apply_results(answer, changes, scan, base, report)
+            await self._run(self.state.clear_pending_batch)
+            return
+        raise UsageError("push did not settle after several attempts; try again")
+
+    def _batch_key(self, changes: list[dict[str, Any]]) -> str:
+        """The idempotency key: reused when the same changes are sent again after a lost
+        answer; persisted before the commit is sent."""
+        digest = hashlib.sha256(json.dumps(changes, sort_keys=True).encode()).hexdigest()
+        pending = self.state.pending_batch()
+        if pending is not None and pending[1] == digest:
+            return pending[0]
+        batch = str(uuid.uuid4())
+        self.state.set_pending_batch(batch, digest)
+        return batch
+
+    async def _upload(
+        self, api: Server, wanted: Mapping[str, tuple[str, int, int]], prog: Progress
+    ) -> int:
+        """Upload the chunks the server lacks; returns bytes sent. Asking first is what makes
+        an interrupted upload resume where it stopped."""
+        if not wanted:
+            return 0
+        missing = await api.missing_chunks(self.engagement, list(wanted))
+        if not missing:
+            return 0
+        total = sum(wanted[h][2] for h in missing)
+        prog.start("upload", total)
+        sent = 0
+        try:
+            window: list[str] = []
+            size = 0
+            batches: list[list[str]] = []
+            for digest in missing:
+                if window and size + wanted[digest][2] > self.window_bytes:
+                    batches.append(window)
+                    window, size = [], 0
+                window.append(digest)
+                size += wanted[digest][2]
+            if window:
+                batches.append(window)
+            for batch in batches:
+                data = await self._run(self._read_for_upload, [(h, wanted[h]) for h in batch])
+                sent += await api.upload_chunks(self.engagement, data)
+                prog.advance(sum(len(raw) for _, raw in data))
+        finally:
+            prog.finish()
+        return sent
+
+    def _read_for_upload(
+        self, items: list[tuple[str, tuple[str, int, int]]]
+    ) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        for digest, (path, offset, size) in items:
+            data = read_chunk(self.directory / path, offset, size, digest)
+            if data is None:
+                raise _ChunkChanged(path)
+            out.append((digest, data))
+        return out
+
+    async def _apply_results(
+        self, answer: dict[str, Any], changes: list[dict[str, Any]], scan: ScanResult,
+        base: dict[str, FileRecord], report: SyncReport,
+    ) -> None:
+        puts: list[FileRecord] = []
+        drops: list[str] = []
+        for item, change in zip(answer["results"], changes, strict=True):
+            path = change["path"]
+            status = item.get("status")
+            if change["kind"] == "delete":
+                if status in ("applied", "unchanged"):
+                    drops.append(path)
+                    report.deleted_remote += status == "applied"
+                continue  # stale: the pull brings the newer version back
+            entry = scan.entries[path]
+            old = base.get(path)
+            chunks = entry.chunks if entry.chunks is not None else (old.chunks if old else None)
+
+            def record(seq: int, at: str, entry: ScannedFile = entry,
+                       chunks: tuple[ChunkRef, ...] | None = chunks) -> FileRecord:
+                return FileRecord(
+                    path=at, seq=seq, content=entry.content, size=entry.size,
+                    mtime_ns=entry.mtime_ns, inode=entry.inode, chunks=chunks,
+                )
+
+            if status == "applied" and isinstance(item.get("seq"), int):
+                puts.append(record(item["seq"], path))
+                report.uploaded += 1
+            elif status == "unchanged" and isinstance(item.get("current_seq"), int):
+                puts.append(record(item["current_seq"], path))
+            elif status == "conflict" and isinstance(item.get("seq"), int):
+                cpath = item.get("conflict_path")
+                if not isinstance(cpath, str) or not _remote_path_ok(cpath):
+                    raise ProtocolError("commit answer has an invalid conflict_path")
+                report.conflicts.append(cpath)
+                log.info("conflict: {path} kept as {conflict_path}", path=path,
+                         conflict_path=cpath)
+                # our version now lives at cpath on the server: move the local file there too,
+                # so the pull writes the other version at path without a second copy
+                moved = await self._run(self._move_if_unchanged, path, cpath, entry)
+                if moved:
+                    puts.append(record(item["seq"], cpath))
+                    drops.append(path)
+        await self._run(self.state.update, puts, drops)
+
+    def _move_if_unchanged(self, path: str, target: str, entry: ScannedFile) -> bool:
+        source = self.directory / path
+        try:
+            st = os.stat(source, follow_symlinks=False)
+        except OSError:
+            return False
+        if not same_stat(st, entry.size, entry.mtime_ns, entry.inode):
+            return False  # edited again: the pull will make a local conflict copy instead
+        try:
+            move_no_replace(source, self.directory / target)
+        except OSError:
+            return False
+        return True
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
+        since: int = await self._run(lambda: self.state.last_seq)
+        while True:
+            _head, changes, more = await api.changes(self.engagement, since, CHANGES_PAGE)
+            if not changes:
+                return
+            await self._run(self.state.check_marker)
+            await self._apply_changes(api, changes, report, prog)
+            since = changes[-1].seq
+            await self._run(self.state.update, (), (), since)  # after the files are durable
+            if not more:
+                return
+
+    async def _apply_changes(
+        self, api: Server, changes: list[Change], report: SyncReport, prog: Progress
+    ) -> None:
+        valid = []
+        for change in changes:
+            if _remote_path_ok(change.path):
+                valid.append(change)
+            else:
+                report.skipped.append((change.path, "server sent an invalid path; not written"))
+        base: dict[str, FileRecord] = await self._run(self.state.all_files)
+        paths = {c.path for c in valid}
+        local = await self._run(self._check_paths, paths, base)
+        p = plan(local, {k: base[k] for k in paths if k in base}, valid, complete=True)
+
+        updates: list[FileRecord] = []
+        for adopt in p.adopt:
+            entry = local[adopt.path]
+            if isinstance(entry, ScannedFile):
+                updates.append(FileRecord(
+                    path=adopt.path, seq=adopt.seq, content=adopt.content, size=adopt.size,
+                    mtime_ns=entry.mtime_ns, inode=entry.inode, chunks=entry.chunks,
+                ))
+        await self._run(self.state.update, updates, p.forget)
+
+        writes = [c.remote for c in p.conflicts] + p.pull_writes
+        deletes = p.pull_deletes
+        # a delete of a file that is a folder of a new write must happen first
+        folders = {a for w in writes for a in _ancestors(w.path)}
+        early = [d for d in deletes if d.path in folders]
+        for d in early:
+            await self._remove(d.path, base.get(d.path), report)
+        if writes:
+            index = await self._run(self._chunk_index, base)
+            total = sum(w.size for w in writes)
+            prog.start("download", total)
+            try:
+                for w in sorted(writes, key=lambda w: w.path):
+                    await self._write_remote(api, w, base.get(w.path), index, report, prog)
+            finally:
+                prog.finish()
+        for d in deletes:
+            if d not in early:
+                await self._remove(d.path, base.get(d.path), report)
+
+    def _check_paths(
+        self, paths: Iterable[str], base: Mapping[str, FileRecord]
+    ) -> dict[str, LocalEntry]:
+        out: dict[str, LocalEntry] = {}
+        for path in paths:
+            try:
+                entry = self.scanner.check(path, base.get(path))
+            except FileChanging:
+                # being written right now: treat as a local edit (never overwritten)
+                out[path] = LocalEntry(content="changing", size=-1)
+                continue
+            if entry is not None:
+                out[path] = entry
+        return out
+
+    def _chunk_index(self, base: Mapping[str, FileRecord]) -> dict[str, tuple[str, int, int]]:
+        """Where each chunk of a synced file sits locally: hash -> (path, offset, size)."""
+        index: dict[str, tuple[str, int, int]] = {}
+        for record in base.values():
+            if record.chunks:
+                for chunk, offset in _offsets(record.chunks):
+                    index.setdefault(chunk.hash, (record.path, offset, chunk.size))
+        return index
+
+    async def _write_remote(
+        self, api: Server, write: PullWrite, old: FileRecord | None,
+        index: dict[str, tuple[str, int, int]], report: SyncReport, prog: Progress,
+    ) -> None:
+        base_manifest = (
+            Manifest(old.content, old.size, old.chunks)
+            if old is not None and old.chunks is not None else None
+        )
+        manifest = await api.manifest(self.engagement, write.content, base=base_manifest)
+        if manifest.size != write.size:
+            raise ProtocolError(f"manifest of {write.path} does not match its size")
+        target = self.directory / write.path
+        temp, handle = await self._run(open_temp, self.directory, target)
+        try:
+            for window in _windows(manifest.chunks, self.window_bytes):
+                local = await self._run(self._read_local, window, index)
+                need = list({c.hash: c for c in window if c.hash not in local}.values())
+                fetched = await api.fetch_chunks(self.engagement, need) if need else {}
+                report.bytes_received += sum(len(v) for v in fetched.values())
+                await self._run(_write_window, handle, window, local, fetched)
+                prog.advance(sum(c.size for c in window))
+            st, moved_to = await self._run(self._install, temp, handle, write.path, old)
+        except BaseException:
+            await self._run(discard_temp, temp, handle)
+            raise
+        if moved_to is not None:
+            report.conflicts.append(moved_to)
+            log.info("local edit of {path} kept as {conflict_path}", path=write.path,
+                     conflict_path=moved_to)
+        record = FileRecord(
+            path=write.path, seq=write.seq, content=write.content, size=write.size,
+            mtime_ns=st.st_mtime_ns, inode=st.st_ino, chunks=manifest.chunks,
+        )
+        await self._run(self.state.update, [record], ())
+        for chunk, offset in _offsets(manifest.chunks):
+            index.setdefault(chunk.hash, (write.path, offset, chunk.size))
+        report.downloaded += 1
+
+    def _read_local(
+        self, window: list[ChunkRef], index: Mapping[str, tuple[str, int, int]]
+    ) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for chunk in window:
+            if chunk.hash in found or chunk.hash not in index:
+                continue
+            path, offset, size = index[chunk.hash]
+            data = read_chunk(self.directory / path, offset, size, chunk.hash)
+            if data is not None:
+                found[chunk.hash] = data
+        return found
+
+    def _install(
+        self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None
+    ) -> tuple[os.stat_result, str | None]:
+        """Replace ``path`` with the finished temp file; an unpushed local edit (or an
+        unexpected file) is first moved to a conflict copy. Returns (stat, conflict copy)."""
+        moved_to: str | None = None
+        try:
+            current: LocalEntry | None = self.scanner.check(path, old)
+        except FileChanging:
+            current = LocalEntry(content="changing", size=-1)
+        if current is not None and (old is None or current.content != old.content):
+            moved_to = conflict_name(path, self.user, self._now(), self._taken)
+            move_no_replace(self.directory / path, self.directory / moved_to)
+        return finish_temp(temp, handle, self.directory / path), moved_to
+
+    def _taken(self, candidate: str) -> bool:
+        return os.path.lexists(self.directory / candidate) or self.state.get(candidate) is not None
+
+    async def _remove(self, path: str, old: FileRecord | None, report: SyncReport) -> None:
+        removed = await self._run(self._remove_if_unchanged, path, old)
+        report.deleted_local += removed
+        await self._run(self.state.update, (), [path])
+
+    def _remove_if_unchanged(self, path: str, old: FileRecord | None) -> bool:
+        try:
+            current = self.scanner.check(path, old)
+        except FileChanging:
+            return False
+        if current is None or old is None or current.content != old.content:
+            return False  # gone already, or edited: kept (pushed again as a new file)
+        remove_file(self.directory, self.directory / path)
+        return True
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        api: Server,
+        stop: Deferred[Any],
+        on_report: Callable[[SyncReport], object],
+        *,
+        progress: Progress | None = None,
+        poll_interval: float = 1.0,
+        long_poll: float = 30.0,
+        retry_delay: float = 5.0,
+    ) -> None:
+        """Sync, then wait for a server notification or a local change, and repeat until
+        ``stop`` fires. Network errors are retried; a missing folder or marker ends the watch
+        with that error."""
+        stopped: Deferred[None] = Deferred()
+
+        def on_stop(result: object) -> object:
+            if not stopped.called:
+                stopped.callback(None)
+            return result
+
+        stop.addBoth(on_stop)
+        while not stopped.called:
+            try:
+                on_report(await self.sync(api, progress=progress))
+            except NetworkError as e:
+                log.warn("sync failed, retrying: {why}", why=str(e))
+                await self._wait(self._sleep(retry_delay), stopped)
+                continue
+            signature = await self._run(self.scanner.signature)
+            while not stopped.called:
+                remote = Deferred.fromCoroutine(self._remote_news(api, long_poll, retry_delay))
+                local = Deferred.fromCoroutine(self._local_news(signature, poll_interval))
+                which = await self._wait_any([remote, local], stopped)
+                if which is None:
+                    return
+                _index, news = which
+                if isinstance(news, Exception):
+                    raise news
+                if news:
+                    break
+
+    async def _remote_news(
+        self, api: Server, wait: float, retry_delay: float
+    ) -> bool | Exception:
+        """True when the server has changes for us (long-poll). Errors other than network
+        trouble are returned, not raised: a race ignores a failing contender."""
+        since: int = await self._run(lambda: self.state.last_seq)
+        try:
+            _head, changes, _more = await api.changes(self.engagement, since, 1, wait=wait)
+        except NetworkError as e:
+            log.warn("waiting for server changes failed: {why}", why=str(e))
+            await self._sleep(retry_delay)
+            return False
+        except Exception as e:
+            return e
+        return bool(changes)
+
+    async def _local_news(self, signature: frozenset, interval: float) -> bool:
+        while True:
+            await self._sleep(interval)
+            if await self._run(self.scanner.signature) != signature:
+                return True
+
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        return deferLater(self.clock, seconds, lambda: None)
+
+    async def _wait(self, d: Deferred[Any], stopped: Deferred[None]) -> None:
+        await self._wait_any([d], stopped)
+
+    async def _wait_any(
+        self, ds: list[Deferred[Any]], stopped: Deferred[None]
+    ) -> tuple[int, Any] | None:
+        """The first of ``ds`` to succeed as (index, result), or None when stopped first; the
+        others are cancelled."""
+        stop_copy: Deferred[None] = Deferred()
+
+        def relay(result: object) -> object:
+            if not stop_copy.called:
+                stop_copy.callback(None)
+            return result
+
+        stopped.addBoth(relay)
+        index, result = await race([*ds, stop_copy])
+        if index == len(ds):
+            return None
+        return index, result
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _write_window(
+    handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
+    fetched: Mapping[str, bytes],
+) -> None:
+    for chunk in window:
+        data = local.get(chunk.hash)
+        if data is None:
+            data = fetched[chunk.hash]
+        if len(data) != chunk.size:
+            raise ProtocolError(f"chunk {chunk.hash} has the wrong size")
+        handle.write(data)
+
+
+def _prepare_empty_dir(path: Path) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{path} exists and is not a folder")
+        if any(path.iterdir()):
+            raise UsageError(f"{path} is not empty: clone into a new or empty folder")
+        return
+    path.mkdir(parents=True)
+    fsync_dir(path.parent)
+
+
+__all__ = ["SyncCopy", "SyncReport", "StatusReport", "StateError"]

@@ -1,0 +1,385 @@
+"""The sync engine against the real server wired in-process (SmartsyncServer over TLS on
+loopback, real SQLite store, real ServerAPI): clone, push/pull, deltas, conflicts, safety."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from smartsyncd.auth.passwords import hash_password
+from smartsyncd.client.engine import SyncCopy
+from smartsyncd.client.errors import UsageError
+from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.state import StateError, marker_path
+from smartsyncd.client.trust import PinnedPolicy
+from smartsyncd.service.config import ServerConfig
+from smartsyncd.service.server import SmartsyncServer
+from smartsyncd.storage.api import Grant
+
+ENG = "acme-2026"
+
+
+class Server:
+    def __init__(self, service: SmartsyncServer) -> None:
+        self.service = service
+        self.apis: list[ServerAPI] = []
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.service.port.getHost().port}"
+
+    async def api(self, user: str = "alice") -> ServerAPI:
+        assert self.service.certificate is not None
+        api = ServerAPI(
+            self.url, reactor=reactor, policy=PinnedPolicy(self.service.certificate.fingerprint)
+        )
+        await api.login(user, "secret-pw")
+        self.apis.append(api)
+        return api
+
+
+async def _start(tmp_path: Path) -> Server:
+    config = ServerConfig(
+        data_dir=str(tmp_path / "server"), listen="ssl:0:interface=127.0.0.1"
+    )
+    service = SmartsyncServer(config, reactor, deferToThread)
+    service.startService()
+    assert service.started is not None
+    await service.started
+    store = service.store
+    for user in ("alice", "bob"):
+        await store.add_user(user, hash_password("secret-pw"))
+    await store.create_engagement(ENG, "Acme audit 2026")
+    for user in ("alice", "bob"):
+        await store.grant(Grant(ENG, "user", user, user, "editor"))
+    return Server(service)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv: Server = pytest_twisted.blockon(Deferred.fromCoroutine(_start(tmp_path)))
+    yield srv
+    for api in srv.apis:
+        pytest_twisted.blockon(Deferred.fromCoroutine(api.close()))
+    pytest_twisted.blockon(srv.service.stopService())
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and ".smartsync" in dirnames:
+            dirnames.remove(".smartsync")
+        for name in filenames:
+            full = Path(dirpath) / name
+            out[str(full.relative_to(root))] = full.read_bytes()
+    return out
+
+
+class CountingAPI(ServerAPI):
+    """Counts chunk uploads/fetches; optionally fails after ``fail_after`` upload requests."""
+
+    fail_after: int | None = None
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.uploads = 0
+        self.fetched: list[str] = []
+
+    async def upload_chunks(self, eng: str, chunks: Any) -> int:
+        if self.fail_after is not None and self.uploads >= self.fail_after:
+            from smartsyncd.client.errors import NetworkError
+
+            raise NetworkError("connection lost (injected)")
+        self.uploads += 1
+        return await super().upload_chunks(eng, chunks)
+
+    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
+        hashes = list(hashes)
+        self.fetched.extend(h if isinstance(h, str) else getattr(h, "hash", None) or h[0] for h in hashes)
+        return await super().fetch_chunks(eng, hashes)
+
+
+async def counting_api(server: Server, user: str = "alice") -> CountingAPI:
+    assert server.service.certificate is not None
+    api = CountingAPI(
+        server.url, reactor=reactor, policy=PinnedPolicy(server.service.certificate.fingerprint)
+    )
+    await api.login(user, "secret-pw")
+    server.apis.append(api)
+    return api
+
+
+@pytest_twisted.ensureDeferred
+async def test_clone_sync_and_converge(server: Server, tmp_path: Path) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    (tmp_path / "a" / "Working papers").mkdir()
+    (tmp_path / "a" / "Working papers" / "B-1 Cash.xlsx").write_bytes(os.urandom(100_000))
+    (tmp_path / "a" / "empty.txt").write_bytes(b"")
+    (tmp_path / "a" / "note.txt").write_bytes(b"hello")
+    report = await a.sync(a_api)
+    assert report.uploaded == 3 and report.bytes_sent > 100_000
+
+    report = await b.sync(b_api)
+    assert report.downloaded == 3
+    assert files_of(tmp_path / "b") == files_of(tmp_path / "a")
+
+    # b deletes one, edits one; a pulls both
+    (tmp_path / "b" / "note.txt").unlink()
+    (tmp_path / "b" / "empty.txt").write_bytes(b"now with text")
+    report = await b.sync(b_api)
+    assert report.deleted_remote == 1 and report.uploaded == 1
+    report = await a.sync(a_api)
+    assert report.deleted_local == 1 and report.downloaded == 1
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+    assert not (tmp_path / "a" / "note.txt").exists()
+
+    # a later clone sees the same tree
+    c = await SyncCopy.clone(await server.api("alice"), ENG, tmp_path / "c")
+    assert files_of(tmp_path / "c") == files_of(tmp_path / "a")
+    assert c.conflicts() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_sends_a_delta_and_pull_fetches_only_new_chunks(
+    server: Server, tmp_path: Path
+) -> None:
+    a_api, b_api = await counting_api(server, "alice"), await counting_api(server, "bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    big = bytearray(os.urandom(3_000_000))
+    (tmp_path / "a" / "big.bin").write_bytes(big)
+    await a.sync(a_api)
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+
+    big[1_500_000] ^= 0xFF  # a one-byte edit in the middle
+    (tmp_path / "a" / "big.bin").write_bytes(big)
+    report = await a.sync(a_api)
+    assert report.uploaded == 1
+    assert 0 < report.bytes_sent < 600_000  # about one or two chunks, not 3 MB
+
+    before = len(b_api.fetched)
+    report = await b.sync(b_api)
+    assert report.downloaded == 1
+    assert (tmp_path / "b" / "big.bin").read_bytes() == bytes(big)
+    assert 1 <= len(b_api.fetched) - before <= 3  # the rest came from the old local file
+    assert report.bytes_received < 800_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_rename_moves_no_chunks(server: Server, tmp_path: Path) -> None:
+    a_api, b_api = await counting_api(server, "alice"), await counting_api(server, "bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "draft.docx").write_bytes(os.urandom(500_000))
+    await a.sync(a_api)
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    fetched_at_clone = len(b_api.fetched)
+
+    (tmp_path / "a" / "final").mkdir()
+    os.rename(tmp_path / "a" / "draft.docx", tmp_path / "a" / "final" / "report.docx")
+    uploads = a_api.uploads
+    report = await a.sync(a_api)
+    assert report.bytes_sent == 0 and a_api.uploads == uploads
+    assert report.uploaded == 1 and report.deleted_remote == 1
+
+    report = await b.sync(b_api)
+    assert len(b_api.fetched) == fetched_at_clone  # assembled from the local old file
+    assert files_of(tmp_path / "b") == files_of(tmp_path / "a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_edits_make_a_conflict_copy_and_lose_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "B-1.xlsx").write_bytes(b"original")
+    await a.sync(a_api)
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+
+    (tmp_path / "a" / "B-1.xlsx").write_bytes(b"alice's numbers")
+    (tmp_path / "b" / "B-1.xlsx").write_bytes(b"bob's numbers")
+    await a.sync(a_api)
+    report = await b.sync(b_api)
+    assert len(report.conflicts) == 1
+    conflict = report.conflicts[0]
+    assert conflict.startswith("B-1 (conflict bob ") and conflict.endswith(").xlsx")
+    assert report.conflicts_left == 1
+    await a.sync(a_api)
+    for root in (tmp_path / "a", tmp_path / "b"):
+        assert files_of(root) == {"B-1.xlsx": b"alice's numbers", conflict: b"bob's numbers"}
+    assert a.conflicts() == b.conflicts() == [conflict]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_never_overwrites_an_unpushed_local_edit(
+    server: Server, tmp_path: Path
+) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "memo.txt").write_bytes(b"v1")
+    await a.sync(a_api)
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    (tmp_path / "a" / "memo.txt").write_bytes(b"v2 from alice")
+    await a.sync(a_api)
+
+    # bob edits after his last sync; pull alone (status, then the pull half of sync) must keep it
+    (tmp_path / "b" / "memo.txt").write_bytes(b"bob's unpushed edit")
+    status = await b.status(b_api)
+    assert status.conflicts == ["memo.txt"]
+    assert (tmp_path / "b" / "memo.txt").read_bytes() == b"bob's unpushed edit"
+    from smartsyncd.client.engine import SyncReport, _NoProgress
+
+    report = SyncReport()
+    await b._pull(b_api, report, _NoProgress())
+    assert len(report.conflicts) == 1
+    kept = tmp_path / "b" / report.conflicts[0]
+    assert kept.read_bytes() == b"bob's unpushed edit"
+    assert (tmp_path / "b" / "memo.txt").read_bytes() == b"v2 from alice"
+    # the local conflict copy is pushed next round
+    await b.sync(b_api)
+    await a.sync(a_api)
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+
+
+@pytest_twisted.ensureDeferred
+async def test_remote_delete_keeps_a_local_edit(server: Server, tmp_path: Path) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "x.txt").write_bytes(b"one")
+    await a.sync(a_api)
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    (tmp_path / "a" / "x.txt").unlink()
+    await a.sync(a_api)
+    (tmp_path / "b" / "x.txt").write_bytes(b"bob edited")
+    await b.sync(b_api)  # edit beats delete
+    assert (tmp_path / "b" / "x.txt").read_bytes() == b"bob edited"
+    await a.sync(a_api)
+    assert (tmp_path / "a" / "x.txt").read_bytes() == b"bob edited"
+
+
+@pytest_twisted.ensureDeferred
+async def test_interrupted_upload_resumes_with_only_missing_chunks(
+    server: Server, tmp_path: Path
+) -> None:
+    api = await counting_api(server)
+    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy.window_bytes = 512 * 1024
+    for i in range(4):
+        (tmp_path / "a" / f"f{i}.bin").write_bytes(os.urandom(1_000_000))
+    api.fail_after = 3
+    from smartsyncd.client.errors import NetworkError
+
+    with pytest.raises(NetworkError):
+        await copy.sync(api)
+    assert api.uploads == 3
+    sent_before = api.bytes_sent
+    assert 0 < sent_before < 4_000_000
+
+    api.fail_after = None
+    report = await copy.sync(api)
+    assert report.uploaded == 4
+    # random data does not compress: the two syncs together sent about 4 MB, not more
+    assert sent_before + report.bytes_sent < 4_000_000 + 64 * 1024
+    assert report.bytes_sent < 4_000_000 - sent_before + 64 * 1024
+    b = await SyncCopy.clone(await server.api("bob"), ENG, tmp_path / "b")
+    assert files_of(tmp_path / "b") == files_of(tmp_path / "a")
+    assert b.conflicts() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_emptied_folder_refuses_and_server_keeps_files(
+    server: Server, tmp_path: Path
+) -> None:
+    api = await server.api()
+    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "keep.txt").write_bytes(b"precious")
+    await copy.sync(api)
+    for name in os.listdir(tmp_path / "a"):
+        if name != ".smartsync":
+            os.unlink(tmp_path / "a" / name)
+    marker_path(tmp_path / "a").unlink()
+    with pytest.raises(StateError):
+        await copy.sync(api)
+    with pytest.raises(StateError):
+        SyncCopy.open(tmp_path / "a")
+    _head, files = await api.snapshot(ENG)
+    assert [f.path for f in files] == ["keep.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_clone_refuses_a_non_empty_folder(server: Server, tmp_path: Path) -> None:
+    api = await server.api()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_bytes(b"x")
+    with pytest.raises(UsageError, match="not empty"):
+        await SyncCopy.clone(api, ENG, tmp_path / "busy")
+    assert files_of(tmp_path / "busy") == {"x": b"x"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_and_noop_sync_reads_no_file(server: Server, tmp_path: Path) -> None:
+    api = await server.api()
+    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    for i in range(50):
+        (tmp_path / "a" / f"n{i}.txt").write_bytes(b"%d" % i)
+    await copy.sync(api)
+    opened: list[str] = []
+
+    def counting_open(path: str) -> Any:
+        opened.append(path)
+        return open(path, "rb")
+
+    from smartsyncd.client.scanner import Scanner
+
+    again = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
+    report = await again.sync(api)
+    assert opened == []
+    assert (report.uploaded, report.downloaded, report.bytes_sent) == (0, 0, 0)
+    status = await again.status(api)
+    assert status.clean and status.to_json()["clean"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_syncs_remote_and_local_changes_until_stopped(
+    server: Server, tmp_path: Path
+) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    reports: list[Any] = []
+    stop: Deferred[None] = Deferred()
+    watching = Deferred.fromCoroutine(
+        b.watch(b_api, stop, reports.append, poll_interval=0.05, long_poll=5)
+    )
+    await wait_for(lambda: len(reports) >= 1)
+    (tmp_path / "a" / "from-a.txt").write_bytes(b"remote news")
+    await a.sync(a_api)
+    await wait_for(lambda: (tmp_path / "b" / "from-a.txt").exists())
+    (tmp_path / "b" / "from-b.txt").write_bytes(b"local news")
+    await wait_for(lambda: any(r.uploaded for r in reports))
+    stop.callback(None)
+    await watching
+    await a.sync(a_api)
+    assert (tmp_path / "a" / "from-b.txt").read_bytes() == b"local news"
+
+
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    """Poll a real condition on the reactor with a deadline (no fixed sleep)."""
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    while not condition():
+        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
