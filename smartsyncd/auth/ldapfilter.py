@@ -20,9 +20,13 @@ def escape_filter_value(value: str) -> str:
     """Escape ``value`` for use as an assertion value inside an LDAP filter (RFC 4515).
 
     Backslash, ``*``, ``(``, ``)`` and NUL become ``\\5c``, ``\\2a``, ``\\28``, ``\\29`` and
-    ``\\00``; everything else (including non-ASCII, sent as UTF-8) is kept as is.
+    ``\\00``; other control characters are written as ``\\XX`` too (ldaptor's filter parser
+    would otherwise expand a tab into spaces). Everything else, non-ASCII included, is kept.
     """
-    return "".join(_SPECIAL.get(ch, ch) for ch in value)
+    return "".join(
+        _SPECIAL.get(ch) or (f"\\{ord(ch):02x}" if ord(ch) < 0x20 or ch == "\x7f" else ch)
+        for ch in value
+    )
 
 
 def parse_filter(text: str) -> pureldap.LDAPFilter:
