@@ -174,6 +174,9 @@ class CAPolicy:
         )
 
 
+TrustPolicy = PinnedPolicy | CAPolicy
+
+
 @implementer(IHandshakeListener)
 class _Probe(Protocol):
     def __init__(self) -> None:
