@@ -79,14 +79,14 @@ class Scanner:
     def scan(self, base: Mapping[str, FileRecord]) -> ScanResult:
         result = ScanResult()
         found: list[tuple[str, os.stat_result]] = []
-        self._walk(self.root, "", found, result)
+        self._walk(self.root, "", found, result, base)
         for path, st in self._drop_case_twins(found, base, result):
             self._examine(path, st, base.get(path), result)
         return result
 
     def _walk(
         self, folder: Path, prefix: str, found: list[tuple[str, os.stat_result]],
-        result: ScanResult,
+        result: ScanResult, known: Mapping[str, object] | None = None,
     ) -> None:
         try:
             with os.scandir(folder) as it:
@@ -111,16 +111,17 @@ class Scanner:
             if statmod.S_ISLNK(st.st_mode):
                 result.skipped.append((rel, "symbolic link (not synced)"))
                 continue
-            try:
-                normal = normalize_path(rel)
-            except InvalidPath as e:
-                result.skipped.append((rel, e.message))
-                continue
-            if normal != rel:
-                result.skipped.append((rel, "name is not NFC-normalized; rename it to sync it"))
-                continue
+            if known is None or rel not in known:  # a synced path was valid already
+                try:
+                    normal = normalize_path(rel)
+                except InvalidPath as e:
+                    result.skipped.append((rel, e.message))
+                    continue
+                if normal != rel:
+                    result.skipped.append((rel, "name is not NFC-normalized; rename it to sync it"))
+                    continue
             if statmod.S_ISDIR(st.st_mode):
-                self._walk(Path(entry.path), rel + "/", found, result)
+                self._walk(Path(entry.path), rel + "/", found, result, known)
             elif statmod.S_ISREG(st.st_mode):
                 found.append((rel, st))
             else:
@@ -135,7 +136,10 @@ class Scanner:
         server would refuse the whole batch with path_clash."""
         by_key: dict[str, list[tuple[str, os.stat_result]]] = {}
         for item in found:
-            by_key.setdefault(fold_key(item[0]), []).append(item)
+            path = item[0]
+            # paths here are NFC already; for ASCII casefold is lower()
+            key = path.lower() if path.isascii() else fold_key(path)
+            by_key.setdefault(key, []).append(item)
         kept: list[tuple[str, os.stat_result]] = []
         for group in by_key.values():
             if len(group) == 1:

@@ -383,3 +383,50 @@ async def wait_for(condition: Any, timeout: float = 10.0) -> None:
         await deferLater(reactor, 0.02, lambda: None)
 
 
+
+
+class LostAnswerAPI(ServerAPI):
+    """The commit reaches the server but its answer is lost once (fault injection)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.lose_next = False
+        self.batches: list[str] = []
+
+    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+        self.batches.append(batch)
+        answer = await super().commit(eng, batch, changes)
+        if self.lose_next:
+            self.lose_next = False
+            from smartsyncd.client.errors import NetworkError
+
+            raise NetworkError("connection lost before the answer arrived (injected)")
+        return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_after_a_lost_commit_answer_reuses_the_batch_key(
+    server: Server, tmp_path: Path
+) -> None:
+    assert server.service.certificate is not None
+    api = LostAnswerAPI(
+        server.url, reactor=reactor, policy=PinnedPolicy(server.service.certificate.fingerprint)
+    )
+    await api.login("alice", "secret-pw")
+    server.apis.append(api)
+    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "ledger.csv").write_bytes(b"1,2,3\n")
+    api.lose_next = True
+    from smartsyncd.client.errors import NetworkError
+
+    with pytest.raises(NetworkError):
+        await copy.sync(api)
+    assert copy.state.pending_batch() is not None  # persisted before sending
+    report = await copy.sync(api)
+    assert api.batches[0] == api.batches[1]  # same key: the server replays its first answer
+    assert report.uploaded == 1 and report.conflicts == []
+    assert copy.state.pending_batch() is None
+    _head, files = await api.snapshot(ENG)
+    assert [(f.path, f.seq) for f in files] == [("ledger.csv", 1)]
+    again = await copy.sync(api)
+    assert (again.uploaded, again.downloaded, again.conflicts) == (0, 0, [])
