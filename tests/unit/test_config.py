@@ -1,0 +1,198 @@
+"""Config parsing: defaults, file values, relative paths, command-line overrides, bad values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from twisted.python.usage import UsageError
+
+from smartsyncd.service.config import ServerConfig, check_listen, load_config
+from smartsyncd.service.tap import Options
+from smartsyncd.service.tls import generate_self_signed
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    config = load_config(cwd=str(tmp_path))
+    assert config == ServerConfig(data_dir=str(tmp_path / "data"))
+    assert config.listen == "ssl:8443"
+    assert config.cert_path == str(tmp_path / "data" / "tls" / "cert.pem")
+    assert config.key_path == str(tmp_path / "data" / "tls" / "key.pem")
+    assert config.self_signed
+    assert config.auth_backends == ("local",)
+    assert (config.login_failures_per_user, config.login_failures_per_address) == (5, 20)
+    assert config.database_url is None and config.storage_path is None
+    assert config.json_log_file is None
+
+
+def test_shipped_example_config_loads_to_the_defaults(tmp_path: Path) -> None:
+    shipped = Path(__file__).parents[2] / "conf" / "smartsync.ini"
+    config = load_config(str(shipped), cwd=str(tmp_path))
+    assert config == ServerConfig(data_dir=str(tmp_path / "data"), config_file=str(shipped))
+
+
+FULL = """\
+[server]
+data_dir = srv/data
+listen = ssl:9443:interface=127.0.0.1
+tls_cert = certs/c.pem
+tls_key = /abs/k.pem
+request_timeout = 45.5
+session_lifetime_days = 7
+session_refresh_minutes = 5
+
+[database]
+url = postgresql://sync:secret@db.example/smartsync
+
+[storage]
+path = /mnt/chunks
+
+[auth]
+backends = local
+
+[limits]
+login_failures_per_user = 3
+login_failures_per_address = 50
+
+[log]
+json_file = logs/events.json
+"""
+
+
+def test_every_file_value_is_read_and_paths_resolve_against_the_files_folder(
+    tmp_path: Path,
+) -> None:
+    conf = write(tmp_path / "etc" / "smartsync.ini", FULL)
+    config = load_config(conf, cwd=str(tmp_path / "elsewhere"))
+    etc = tmp_path / "etc"
+    assert config.data_dir == str(etc / "srv" / "data")
+    assert config.listen == "ssl:9443:interface=127.0.0.1"
+    assert config.tls_cert == str(etc / "certs" / "c.pem")
+    assert config.tls_key == "/abs/k.pem"
+    assert not config.self_signed
+    assert config.request_timeout == 45.5
+    assert config.session_lifetime_days == 7
+    assert config.session_refresh_minutes == 5
+    assert config.database_url == "postgresql://sync:secret@db.example/smartsync"
+    assert config.storage_path == "/mnt/chunks"
+    assert config.login_failures_per_user == 3
+    assert config.login_failures_per_address == 50
+    assert config.json_log_file == str(etc / "logs" / "events.json")
+    assert config.config_file == conf
+
+
+def test_command_line_overrides_the_file_and_resolves_against_the_working_folder(
+    tmp_path: Path,
+) -> None:
+    conf = write(tmp_path / "etc" / "smartsync.ini", FULL)
+    config = load_config(
+        conf, data_dir="mydata", listen="ssl:0:interface=127.0.0.1", cwd=str(tmp_path / "wd")
+    )
+    assert config.data_dir == str(tmp_path / "wd" / "mydata")
+    assert config.listen == "ssl:0:interface=127.0.0.1"
+    assert config.request_timeout == 45.5  # the rest of the file still applies
+
+
+def test_twistd_options_parse_into_a_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    options = Options()
+    options.parseOptions(["--data-dir", "d", "--listen", "ssl:1234", "--port-file", "p"])
+    assert options.server_config.data_dir == str(tmp_path / "d")
+    assert options.server_config.listen == "ssl:1234"
+    assert options["port-file"] == str(tmp_path / "p")
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "tcp:8443",
+        "tcp6:8443",
+        "unix:/tmp/sock",
+        "TCP:0",
+        "ssl",
+        "ssl:",
+        "ssl:0:sslmethod=TLSv1_METHOD",
+    ],
+)
+def test_non_tls_or_unsafe_listen_strings_are_refused(listen: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--listen"):
+        load_config(listen=listen, cwd=str(tmp_path))
+    with pytest.raises(ValueError):
+        check_listen(listen)
+
+
+def test_twistd_options_refuse_plain_tcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="TLS only"):
+        Options().parseOptions(["--listen", "tcp:0"])
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\nrequest_timeout = soon\n", "[server] request_timeout"),
+        ("[server]\nrequest_timeout = -1\n", "[server] request_timeout"),
+        ("[server]\nrequest_timeout = nan\n", "[server] request_timeout"),
+        ("[server]\nsession_lifetime_days = 0\n", "[server] session_lifetime_days"),
+        ("[server]\nlisten = tcp:8443\n", "[server] listen"),
+        ("[server]\ntls_cert = c.pem\n", "tls_cert and tls_key"),
+        ("[limits]\nlogin_failures_per_user = 0\n", "[limits] login_failures_per_user"),
+        ("[limits]\nlogin_failures_per_address = 2.5\n", "[limits] login_failures_per_address"),
+        ("[auth]\nbackends = local, kerberos\n", "[auth] backends"),
+        ("[auth]\nbackends = ,\n", "[auth] backends"),
+        ("[auth]\nbackends = local,local\n", "[auth] backends"),
+        ("[auth]\nbackends = local, ldap\n", "[auth] backends"),
+        ("[database]\nurl = mysql://x\n", "[database] url"),
+        ("[server]\ndatadir = x\n", "[server] datadir"),
+        ("[sever]\ndata_dir = x\n", "[sever]"),
+        ("no section header\n", "smartsync.ini"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_key(text: str, named: str, tmp_path: Path) -> None:
+    conf = write(tmp_path / "smartsync.ini", text)
+    with pytest.raises(UsageError) as raised:
+        load_config(conf, cwd=str(tmp_path))
+    assert named in str(raised.value)
+
+
+def test_a_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot read config file"):
+        load_config(str(tmp_path / "absent.ini"), cwd=str(tmp_path))
+
+
+def test_empty_values_mean_the_default(tmp_path: Path) -> None:
+    conf = write(tmp_path / "c.ini", "[server]\nlisten =\ndata_dir =\n[database]\nurl =\n")
+    config = load_config(conf, cwd=str(tmp_path))
+    assert config.listen == "ssl:8443"
+    assert config.data_dir == str(tmp_path / "data")
+    assert config.database_url is None
+
+
+def test_ldap_section_is_handed_to_the_directory_backend(tmp_path: Path) -> None:
+    cert_pem, _key = generate_self_signed(["dc1.firm.example"], [], datetime.now(UTC))
+    (tmp_path / "ca.pem").write_bytes(cert_pem)
+    conf = write(
+        tmp_path / "c.ini",
+        "[auth]\nbackends = local, ldap\n[ldap]\nurls = ldaps://dc1.firm.example\n"
+        "base_dn = DC=firm,DC=example\nca_file = ca.pem\n",
+    )
+    config = load_config(conf, cwd=str(tmp_path))
+    assert config.auth_backends == ("local", "ldap")
+    assert config.ldap is not None
+    assert config.ldap.urls == ["ldaps://dc1.firm.example"]
+    assert config.ldap.ca_file == str(tmp_path / "ca.pem")
+
+
+def test_a_bad_ldap_value_is_a_usage_error(tmp_path: Path) -> None:
+    conf = write(tmp_path / "c.ini", "[ldap]\nurls = ftp://dc1\nbase_dn = DC=x\n")
+    with pytest.raises(UsageError, match=r"\[ldap\]"):
+        load_config(conf, cwd=str(tmp_path))
