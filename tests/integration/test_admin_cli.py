@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from blake3 import blake3
 from daemon import Daemon, admin_command
+from twisted.internet import reactor
 
-from smartsyncd.cli.admin import main
+from smartsyncd.auth.ldap import LdapConfig
+from smartsyncd.cli.admin import Admin, AdminError, main
 from smartsyncd.core.manifest import content_id
 from smartsyncd.core.model import ChunkRef
+from smartsyncd.service.config import load_config
+from smartsyncd.storage.api import Grant
+from smartsyncd.storage.sqlite import open_server_store
+from smartsyncd.testing.ldapserver import firm_directory, make_test_pki, start_directory
 
 pytestmark = pytest.mark.integration
 
@@ -234,3 +243,47 @@ def test_config_file_finds_the_same_data_as_the_daemon(tmp_path: Path) -> None:
         timeout=60,
     )
     assert ok(listing).startswith("e1\t")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest_twisted.ensureDeferred
+async def test_group_grants_store_the_directory_id_with_the_name(tmp_path: Path) -> None:
+    # In-process against the in-memory directory fixture (a real LDAP server on loopback).
+    pki = make_test_pki(str(tmp_path / "pki"))
+    server = start_directory(reactor, firm_directory(), pki=pki)
+    store = await open_server_store(str(tmp_path / "data"), reactor=reactor)
+    try:
+        ldap = LdapConfig(
+            urls=[server.url],
+            base_dn="DC=firm,DC=example",
+            ca_file=pki.ca_file,
+            bind_dn="CN=SmartSync Service,CN=Users,DC=firm,DC=example",
+            bind_password="svc-secret",
+            netbios_domain="FIRM",
+            upn_suffix="firm.example",
+            group_mode="memberof",
+            timeout=2.0,
+            connect_timeout=2.0,
+        )
+        config = replace(load_config(data_dir=str(tmp_path / "data")), ldap=ldap)
+        out = io.StringIO()
+        admin = Admin(store, config, reactor, out)
+        await admin.engagement_create("acme-2026", None)
+        await admin.grant("acme-2026", None, "Audit Team", "reader")
+        await admin.grant("acme-2026", "FIRM\\Alice", None, "editor")  # a directory-only user
+        assert sorted(await store.list_grants("acme-2026"), key=lambda g: g.kind) == [
+            Grant("acme-2026", "group", "S-1-5-21-1000-2000-3000-2001", "Audit Team", "reader"),
+            Grant("acme-2026", "user", "alice", "alice", "editor"),
+        ]
+        assert "(S-1-5-21-1000-2000-3000-2001)" in out.getvalue()
+
+        with pytest.raises(AdminError, match="No Such Group"):
+            await admin.grant("acme-2026", None, "No Such Group", "reader")
+        with pytest.raises(AdminError, match="not found in the directory"):
+            await admin.grant("acme-2026", "nobody", None, "reader")
+        # Revoking by the display name needs no directory lookup.
+        await admin.revoke("acme-2026", None, "audit team")
+        assert [g.kind for g in await store.list_grants("acme-2026")] == ["user"]
+    finally:
+        await store.close()
+        await server.stop()
