@@ -63,6 +63,9 @@ log = Logger()
 RunBlocking = Callable[..., Awaitable[Any]]
 WINDOW_BYTES = 8 * 1024 * 1024  # assemble/fetch/upload in windows of this many raw bytes
 CHANGES_PAGE = 5000
+# an mtime this close to "now" may not change on a quick same-size edit (coarse file system
+# timestamps): such files are re-read once on the next scan
+RACY_NS = 1_000_000_000
 _CONFLICT_RE = re.compile(r" \(conflict .+ \d{4}-\d{2}-\d{2} \d{4}(?: \d+)?\)[^/()]*$")
 
 
@@ -293,9 +296,19 @@ class SyncCopy:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _now(self) -> datetime:
+    def _cache_mtime(self, mtime_ns: int) -> int:
+        """The mtime to keep in the stat cache, or -1 when it is too recent to trust: a
+        same-size edit within the file system's timestamp granularity would keep the same
+        mtime ("racily clean", as git calls it), so such a file is re-read once next time."""
+        now_ns = int(self._seconds() * 1_000_000_000)
+        return mtime_ns if now_ns - mtime_ns >= RACY_NS else -1
+
+    def _seconds(self) -> float:
         seconds: Callable[[], float] = self.clock.seconds  # type: ignore[misc]
-        return datetime.fromtimestamp(seconds(), UTC)
+        return seconds()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._seconds(), UTC)
 
     def close(self) -> None:
         self.state.close()
@@ -315,6 +328,7 @@ class SyncCopy:
         scan: ScanResult = await self._run(self.scanner.scan, base)
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
+        await self._refresh_stat_cache(scan, base)
         await self._push(api, scan, base, report, prog)
         await self._pull(api, report, prog)
         report.conflicts_left = len(await self._run(self.conflicts))
@@ -327,6 +341,23 @@ class SyncCopy:
             skipped=len(report.skipped),
         )
         return report
+
+    async def _refresh_stat_cache(self, scan: ScanResult, base: dict[str, FileRecord]) -> None:
+        """Files read this scan whose content is the synced one (touched, or racily clean):
+        remember their stat so the next scan need not read them again."""
+        fresh: list[FileRecord] = []
+        for path, entry in scan.entries.items():
+            old = base.get(path)
+            if entry.hashed and old is not None and entry.content == old.content:
+                record = FileRecord(
+                    path=path, seq=old.seq, content=old.content, size=old.size,
+                    mtime_ns=self._cache_mtime(entry.mtime_ns), inode=entry.inode,
+                    chunks=entry.chunks,
+                )
+                fresh.append(record)
+                base[path] = record
+        if fresh:
+            await self._run(self.state.update, fresh, ())
 
     async def status(self, api: Server) -> StatusReport:
         """What would move (no file, state or server record is changed)."""
@@ -509,7 +540,8 @@ class SyncCopy:
                        chunks: tuple[ChunkRef, ...] | None = chunks) -> FileRecord:
                 return FileRecord(
                     path=at, seq=seq, content=entry.content, size=entry.size,
-                    mtime_ns=entry.mtime_ns, inode=entry.inode, chunks=chunks,
+                    mtime_ns=self._cache_mtime(entry.mtime_ns), inode=entry.inode,
+                    chunks=chunks,
                 )
 
             if status == "applied" and isinstance(item.get("seq"), int):
@@ -581,7 +613,8 @@ class SyncCopy:
             if isinstance(entry, ScannedFile):
                 updates.append(FileRecord(
                     path=adopt.path, seq=adopt.seq, content=adopt.content, size=adopt.size,
-                    mtime_ns=entry.mtime_ns, inode=entry.inode, chunks=entry.chunks,
+                    mtime_ns=self._cache_mtime(entry.mtime_ns), inode=entry.inode,
+                    chunks=entry.chunks,
                 ))
         await self._run(self.state.update, updates, p.forget)
 
@@ -660,7 +693,8 @@ class SyncCopy:
                      conflict_path=moved_to)
         record = FileRecord(
             path=write.path, seq=write.seq, content=write.content, size=write.size,
-            mtime_ns=st.st_mtime_ns, inode=st.st_ino, chunks=manifest.chunks,
+            mtime_ns=self._cache_mtime(st.st_mtime_ns), inode=st.st_ino,
+            chunks=manifest.chunks,
         )
         await self._run(self.state.update, [record], ())
         for chunk, offset in _offsets(manifest.chunks):

@@ -331,6 +331,7 @@ async def test_open_and_noop_sync_reads_no_file(server: Server, tmp_path: Path) 
     copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
     for i in range(50):
         (tmp_path / "a" / f"n{i}.txt").write_bytes(b"%d" % i)
+        backdate(tmp_path / "a" / f"n{i}.txt")
     await copy.sync(api)
     opened: list[str] = []
 
@@ -430,3 +431,57 @@ async def test_retry_after_a_lost_commit_answer_reuses_the_batch_key(
     assert [(f.path, f.seq) for f in files] == [("ledger.csv", 1)]
     again = await copy.sync(api)
     assert (again.uploaded, again.downloaded, again.conflicts) == (0, 0, [])
+
+
+def backdate(path: Path, seconds: int = 60) -> None:
+    """Make a file look written a while ago (outside the racy-mtime window)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 1_000_000_000))
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_size_edit_with_an_unchanged_mtime_is_still_seen(
+    server: Server, tmp_path: Path
+) -> None:
+    """A coarse file system clock can give a quick same-size edit the same mtime: a file
+    recorded right after it was written is re-read on the next scan."""
+    api = await server.api()
+    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    target = tmp_path / "a" / "cash.csv"
+    target.write_bytes(b"100")
+    await copy.sync(api)
+    recorded = target.stat()
+    target.write_bytes(b"999")  # same size, same inode...
+    os.utime(target, ns=(recorded.st_atime_ns, recorded.st_mtime_ns))  # ...same mtime
+    report = await copy.sync(api)
+    assert report.uploaded == 1
+    _head, files = await api.snapshot(ENG)
+    b = await SyncCopy.clone(await server.api("bob"), ENG, tmp_path / "b")
+    assert (tmp_path / "b" / "cash.csv").read_bytes() == b"999"
+    assert len(files) == 1 and b.conflicts() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_touched_file_is_read_once_then_cached(server: Server, tmp_path: Path) -> None:
+    api = await server.api()
+    opened: list[str] = []
+
+    def counting_open(path: str) -> Any:
+        opened.append(path)
+        return open(path, "rb")
+
+    from smartsyncd.client.scanner import Scanner
+
+    await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
+    target = tmp_path / "a" / "memo.txt"
+    target.write_bytes(b"text")
+    backdate(target, 120)
+    await copy.sync(api)
+    backdate(target, 60)  # touched: new mtime, same content
+    opened.clear()
+    report = await copy.sync(api)
+    assert report.uploaded == 0 and len(opened) == 1
+    opened.clear()
+    await copy.sync(api)
+    assert opened == []
