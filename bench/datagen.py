@@ -27,6 +27,14 @@ def write_big_file(path: Path, size: int, seed: int = 1) -> None:
             left -= n
 
 
+def _newer_mtime(path: Path) -> None:
+    """Move the mtime 2 s past its old value: an edit within the same second as the previous
+    write would otherwise look unchanged to rsync's quick check (size + whole-second mtime)."""
+    st = os.stat(path)
+    later = st.st_mtime_ns + 2_000_000_000
+    os.utime(path, ns=(later, later))
+
+
 def flip_byte_in_middle(path: Path) -> None:
     with open(path, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
@@ -34,16 +42,19 @@ def flip_byte_in_middle(path: Path) -> None:
         b = f.read(1)
         f.seek(size // 2)
         f.write(bytes([b[0] ^ 0xFF]))
+    _newer_mtime(path)
 
 
 def insert_at_start(path: Path, n: int = 100, seed: int = 7) -> None:
     data = path.read_bytes()
     path.write_bytes(random_bytes(n, seed) + data)
+    _newer_mtime(path)
 
 
 def append(path: Path, n: int = MiB, seed: int = 8) -> None:
     with open(path, "ab") as f:
         f.write(random_bytes(n, seed))
+    _newer_mtime(path)
 
 
 def write_small_files(root: Path, count: int = 10_000, size: int = 4096, folders: int = 100,
@@ -63,6 +74,7 @@ def edit_small_files(root: Path, count: int = 10, seed: int = 3) -> None:
         at = rng.randrange(len(data) - 100)
         data[at:at + 100] = rng.randbytes(100)
         path.write_bytes(bytes(data))
+        _newer_mtime(path)
 
 
 def write_csv(path: Path, size: int = 64 * MiB, seed: int = 4) -> None:
@@ -92,3 +104,4 @@ def edit_csv_rows(path: Path, fraction: float = 0.01, seed: int = 5) -> None:
         fields[3] = f"{rng.randrange(0, 10**6) / 100:.2f}"
         lines[i] = ",".join(fields) + "\n"
     path.write_text("".join(lines))
+    _newer_mtime(path)
