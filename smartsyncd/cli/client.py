@@ -55,6 +55,7 @@ exit codes:
   4  network or trust problem (server unreachable after retries; unknown or changed
      certificate)
   5  the server refused the request (the message says why)
+  130 interrupted (Ctrl-C) before the command finished
 
 Settings, session tokens and pinned certificate fingerprints are kept in
 $XDG_CONFIG_HOME/smartsync (default ~/.config/smartsync), readable by you only.
@@ -345,8 +346,10 @@ async def _first_contact(session: Session, url: str) -> str:
         f"The server {url} presents a certificate with SHA-256 fingerprint\n"
         f"  {fingerprint}\n"
         f"Compare it with the one your administrator gave you.\n"
+        f"Trust this server and remember it? [y/N] "
     )
-    answer = await deferToThread(input, "Trust this server and remember it? [y/N] ")
+    sys.stderr.flush()  # the prompt goes to stderr so --json output on stdout stays clean
+    answer = await deferToThread(sys.stdin.readline)
     if answer.strip().lower() not in ("y", "yes"):
         raise TrustError(f"certificate of {url} not accepted", presented=fingerprint)
     return fingerprint
@@ -478,12 +481,15 @@ async def cmd_watch(session: Session) -> int:
     copy, api = await _open_copy(session)
     stop: Deferred[None] = Deferred()
 
+
     def on_report(report: Any) -> None:
         data = report.to_json() if hasattr(report, "to_json") else {"report": str(report)}
         # --json: one object per line (one per sync round).
         session.out.result(describe_report("sync", data), data)
 
-    watching = Deferred.fromCoroutine(copy.watch(api, stop, on_report))
+    watching = Deferred.fromCoroutine(
+        copy.watch(api, stop, on_report, progress=session.progress)
+    )
 
     def shutdown() -> Deferred[None]:
         # Ctrl-C / SIGTERM: ask the engine to finish the current step and stop.

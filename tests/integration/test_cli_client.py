@@ -212,3 +212,130 @@ def test_usage_errors_exit_2(client: Client) -> None:
     fp = client.run("login", "https://x.example", "--user", "a", "--trust-fingerprint", "12",
                     "--password-stdin", input="p\n")
     assert fp.returncode == 2 and "fingerprint" in fp.stderr
+
+
+def new_engagement(server: Daemon, name: str) -> None:
+    for args in [("engagement", "create", name), ("grant", name, "--user", "alice",
+                                                    "--role", "editor")]:
+        done = server.admin(*args)
+        assert done.returncode == 0, done.stderr
+
+
+def test_clone_sync_status_conflicts_through_the_cli(
+    server: Daemon, client: Client, tmp_path: Path
+) -> None:
+    new_engagement(server, "beta-2026")
+    assert login(client, server, "--trust-fingerprint", server.fingerprint).returncode == 0
+    a, b = tmp_path / "a", tmp_path / "b"
+    cloned = client.run("clone", f"{server.url}/beta-2026", str(a))
+    assert cloned.returncode == 0, cloned.stderr
+    (a / "Working papers").mkdir()
+    (a / "Working papers" / "B-1 Cash.txt").write_text("cash 100\n")
+
+    pushed = client.run("--json", "sync", str(a))
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["uploaded"] == 1
+
+    assert client.run("clone", f"{server.url}/beta-2026", str(b)).returncode == 0
+    assert (b / "Working papers" / "B-1 Cash.txt").read_text() == "cash 100\n"
+    status = client.run("status", str(b), "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["clean"] is True
+    none = client.run("conflicts", str(b))
+    assert (none.returncode, none.stdout.strip()) == (0, "No conflict copies.")
+
+    # Concurrent edits: the second sync keeps both versions and says a conflict is left.
+    (a / "Working papers" / "B-1 Cash.txt").write_text("cash 150\n")
+    (b / "Working papers" / "B-1 Cash.txt").write_text("cash 175\n")
+    assert client.run("sync", str(a)).returncode == 0
+    second = client.run("sync", str(b))
+    assert second.returncode == 1, second.stderr
+    listed = client.run("--json", "conflicts", str(b))
+    assert listed.returncode == 1
+    names = json.loads(listed.stdout)["conflicts"]
+    assert len(names) == 1 and "(conflict alice" in names[0]
+    contents = {p.read_text() for p in (b / "Working papers").iterdir()}
+    assert contents == {"cash 150\n", "cash 175\n"}  # nothing lost
+
+
+def test_server_refusal_and_bad_copy_folder(
+    server: Daemon, client: Client, tmp_path: Path
+) -> None:
+    assert login(client, server, "--trust-fingerprint", server.fingerprint).returncode == 0
+    missing = client.run("clone", f"{server.url}/no-such-engagement", str(tmp_path / "x"))
+    assert missing.returncode == 5, missing.stderr
+    assert "not_found" in missing.stderr and "Traceback" not in missing.stderr
+    not_a_copy = client.run("sync", str(tmp_path))
+    assert not_a_copy.returncode == 2, not_a_copy.stderr
+    assert len(not_a_copy.stderr.strip().splitlines()) == 1
+    bad_source = client.run("clone", server.url, str(tmp_path / "y"))
+    assert bad_source.returncode == 2 and "URL/ENGAGEMENT" in bad_source.stderr
+
+
+def test_watch_pulls_remote_changes_and_stops_cleanly(
+    server: Daemon, client: Client, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    new_engagement(server, "gamma-2026")
+    assert login(client, server, "--trust-fingerprint", server.fingerprint).returncode == 0
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        assert client.run("clone", f"{server.url}/gamma-2026", str(d)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "SMARTSYNC_PASSWORD"}
+    env.update({"HOME": str(client.home), "XDG_CONFIG_HOME": str(client.home / "xdg")})
+    watcher = subprocess.Popen(
+        [*smartsync_command(), "--config-dir", str(client.config), "--json", "watch", str(a)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        (b / "memo.txt").write_text("from b\n")
+        assert client.run("sync", str(b)).returncode == 0
+        deadline = time.monotonic() + 60
+        while not (a / "memo.txt").exists() and time.monotonic() < deadline:
+            assert watcher.poll() is None, watcher.stderr.read() if watcher.stderr else ""
+            time.sleep(0.1)  # polling a real file system condition, bounded by the deadline
+        assert (a / "memo.txt").read_text() == "from b\n"
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert "Traceback" not in err
+    reports = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert any(r.get("downloaded") for r in reports)
+
+
+def test_interactive_first_contact_asks_and_pins(server: Daemon, client: Client) -> None:
+    """On a terminal the fingerprint is shown and pinned once the person answers yes."""
+    import pty
+    import select
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "SMARTSYNC_PASSWORD"}
+    env.update({"HOME": str(client.home), "XDG_CONFIG_HOME": str(client.home / "xdg")})
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*smartsync_command(), "--config-dir", str(client.config), "login", server.url,
+         "--user", "alice", "--password-stdin"],
+        stdin=slave, stderr=slave, stdout=subprocess.PIPE, env=env, text=True,
+    )
+    os.close(slave)
+    seen = b""
+    try:
+        os.write(master, (PASSWORD + "\n").encode())
+        deadline = time.monotonic() + 60
+        while b"[y/N]" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                seen += os.read(master, 4096)
+        assert server.fingerprint.encode() in seen
+        os.write(master, b"y\n")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    assert "Signed in" in out
+    assert client.settings()["servers"][server.url]["fingerprint"] == server.fingerprint
