@@ -49,6 +49,7 @@ from smartsyncd.client.localfs import (
     remove_file,
     same_stat,
 )
+from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.core.conflicts import conflict_name
@@ -67,25 +68,6 @@ CHANGES_PAGE = 5000
 # timestamps): such files are re-read once on the next scan
 RACY_NS = 1_000_000_000
 _CONFLICT_RE = re.compile(r" \(conflict .+ \d{4}-\d{2}-\d{2} \d{4}(?: \d+)?\)[^/()]*$")
-
-
-class Progress(Protocol):
-    def start(self, task: str, total_bytes: int) -> None: ...
-
-    def advance(self, nbytes: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class _NoProgress:
-    def start(self, task: str, total_bytes: int) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 class Server(Protocol):
@@ -272,7 +254,7 @@ class SyncCopy:
         meta = CopyMeta(api.base_url, engagement, str(user or ""), str(uuid.uuid4()))
         state = await run(ClientState.create, path, meta)
         copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes)
-        prog = progress or _NoProgress()
+        prog = progress or NullProgress()
         report = SyncReport()
         live = [f for f in files if f.content is not None]
         prog.start("download", sum(f.size for f in live))
@@ -321,7 +303,7 @@ class SyncCopy:
 
     async def sync(self, api: Server, *, progress: Progress | None = None) -> SyncReport:
         """Push local changes, then pull remote ones."""
-        prog = progress or _NoProgress()
+        prog = progress or NullProgress()
         report = SyncReport()
         await self._run(self.state.check_marker)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)

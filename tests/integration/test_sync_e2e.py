@@ -15,9 +15,10 @@ from daemon import Daemon, running_daemon
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from smartsyncd.client.engine import SyncCopy, SyncReport, _NoProgress
+from smartsyncd.client.engine import SyncCopy, SyncReport
 from smartsyncd.client.errors import NetworkError
 from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.progress import NullProgress
 from smartsyncd.client.scanner import Scanner
 from smartsyncd.client.state import StateError, marker_path
 from smartsyncd.client.trust import PinnedPolicy
@@ -204,7 +205,7 @@ async def test_pulled_change_never_overwrites_an_unpushed_local_edit(
     # bob's edit lands after his scan would have run: only the pull sees it
     (tmp_path / "b" / "memo.txt").write_bytes(b"bob unpushed")
     report = SyncReport()
-    await b._pull(b_api, report, _NoProgress())
+    await b._pull(b_api, report, NullProgress())
     assert len(report.conflicts) == 1
     assert (tmp_path / "b" / report.conflicts[0]).read_bytes() == b"bob unpushed"
     assert (tmp_path / "b" / "memo.txt").read_bytes() == b"alice v2"

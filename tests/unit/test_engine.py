@@ -236,10 +236,11 @@ async def test_pull_never_overwrites_an_unpushed_local_edit(
     status = await b.status(b_api)
     assert status.conflicts == ["memo.txt"]
     assert (tmp_path / "b" / "memo.txt").read_bytes() == b"bob's unpushed edit"
-    from smartsyncd.client.engine import SyncReport, _NoProgress
+    from smartsyncd.client.engine import SyncReport
+    from smartsyncd.client.progress import NullProgress
 
     report = SyncReport()
-    await b._pull(b_api, report, _NoProgress())
+    await b._pull(b_api, report, NullProgress())
     assert len(report.conflicts) == 1
     kept = tmp_path / "b" / report.conflicts[0]
     assert kept.read_bytes() == b"bob's unpushed edit"
