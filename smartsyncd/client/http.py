@@ -60,6 +60,7 @@ MISSING_PER_REQUEST = 10000
 RECORD_HEADER = 41  # hash 32 + codec 1 + raw_len 4 + payload_len 4
 LONG_POLL_CAP = 60.0
 RETRY_STATUSES = frozenset({502, 503, 504})
+PARALLEL_REQUESTS = 4  # chunk transfers on the wire at once
 
 ChunkWanted = str | ChunkRef | tuple[str, int]
 
@@ -235,25 +236,43 @@ class ServerAPI:
             digest, size = _wanted(item)
             wanted.setdefault(digest, size)
         result: dict[str, bytes] = {}
-        for batch in _fetch_batches(wanted):
-            reply = await self._request(
-                "POST",
-                _eng(eng, "chunks", "fetch"),
-                body={"chunks": batch},
-                expect=CHUNKS_TYPE,
-            )
-            try:
-                raw = await self._in_thread(decode_to_raw, reply.body, CHUNKS_PER_REQUEST)
-            except SyncError as exc:
-                raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
-            absent = [h for h in batch if h not in raw]
-            if absent:
-                raise ProtocolError(f"server left out {len(absent)} requested chunk(s)")
+        in_flight: list[tuple[list[str], Deferred[dict[str, bytes]]]] = []
+
+        def collect(batch: list[str], raw: dict[str, bytes]) -> None:
             for digest in batch:
                 result[digest] = raw[digest]
             if self.progress is not None:
                 self.progress.advance(sum(len(raw[h]) for h in batch))
+
+        try:
+            for batch in _fetch_batches(wanted):
+                while len(in_flight) >= PARALLEL_REQUESTS:
+                    done, waiting = in_flight.pop(0)
+                    collect(done, await waiting)
+                in_flight.append((batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch))))
+            while in_flight:
+                done, waiting = in_flight.pop(0)
+                collect(done, await waiting)
+        finally:
+            for _, pending in in_flight:
+                pending.addErrback(lambda _: None)
+                pending.cancel()
         return result
+
+    async def _fetch_batch(self, eng: str, batch: list[str]) -> dict[str, bytes]:
+        reply = await self._request(
+            "POST", _eng(eng, "chunks", "fetch"), body={"chunks": batch}, expect=CHUNKS_TYPE
+        )
+        try:
+            raw: dict[str, bytes] = await self._in_thread(
+                decode_to_raw, reply.body, CHUNKS_PER_REQUEST
+            )
+        except SyncError as exc:
+            raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
+        absent = [h for h in batch if h not in raw]
+        if absent:
+            raise ProtocolError(f"server left out {len(absent)} requested chunk(s)")
+        return raw
 
     # -- push ----------------------------------------------------------------------------------
 
@@ -277,27 +296,28 @@ class ServerAPI:
     async def upload_chunks(self, eng: str, chunks: Iterable[tuple[str, bytes]]) -> int:
         """Upload chunks given as ``(hash, raw bytes)``; returns request body bytes sent.
 
-        Chunks are zstd-compressed in a thread and packed up to 8 MiB / 4096 per request; the
-        next request is packed while the previous one is on the wire.
+        Chunks are zstd-compressed in a thread and packed up to 8 MiB / 4096 per request; two
+        requests are on the wire at once (so the server verifies one while the next arrives)
+        and the next one is packed meanwhile.
         """
         path = _eng(eng, "chunks")
         sent = 0
-        in_flight: Deferred[int] | None = None
+        in_flight: list[Deferred[int]] = []
         try:
             for batch in _upload_batches(chunks):
                 body = await self._in_thread(_encode_upload, batch)
-                if in_flight is not None:
-                    waiting, in_flight = in_flight, None
-                    sent += await waiting
+                while len(in_flight) >= PARALLEL_REQUESTS:
+                    sent += await in_flight.pop(0)
                 raw_total = sum(len(raw) for _, raw in batch)
-                in_flight = Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
-            if in_flight is not None:
-                waiting, in_flight = in_flight, None
-                sent += await waiting
+                in_flight.append(
+                    Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
+                )
+            while in_flight:
+                sent += await in_flight.pop(0)
         finally:
-            if in_flight is not None:
-                in_flight.addErrback(lambda _: None)
-                in_flight.cancel()
+            for pending in in_flight:  # only left after a failure: stop the rest quietly
+                pending.addErrback(lambda _: None)
+                pending.cancel()
         return sent
 
     async def _post_chunks(self, path: str, body: bytes, raw_total: int) -> int:

@@ -565,3 +565,18 @@ async def test_caller_cancel_stops_without_retry(server: Server) -> None:
         await call  # fails at once: a cancel is not a network error to retry
     await api.close()
     assert api.requests == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_bandwidth_limit_paces_requests(server: Server) -> None:
+    server.script.handler = lambda seen: (200, {"stored": 1, "present": 0})
+    api = server.api(bwlimit=200_000)  # bytes per second
+    blob = os.urandom(60_000)
+    started = reactor.seconds()
+    await closing(api, api.upload_chunks("e", [(chunk_hash(blob), blob)]))
+    # about 60 kB sent at 200 kB/s: the call may not finish before ~0.3 s have passed
+    assert reactor.seconds() - started >= api.bytes_sent / 200_000 * 0.95
+    unlimited = server.api()
+    started = reactor.seconds()
+    await closing(unlimited, unlimited.upload_chunks("e", [(chunk_hash(blob), blob)]))
+    assert reactor.seconds() - started < api.bytes_sent / 200_000
