@@ -44,9 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Manage smartsyncd's users, engagements and grants; check the store.",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", metavar="FILE", help="the daemon's config file (ini)")
-    where.add_argument(
+    parser.add_argument("--config", metavar="FILE", help="the daemon's config file (ini)")
+    parser.add_argument(
         "--data-dir", metavar="DIR", help="the daemon's data folder (default ./data)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

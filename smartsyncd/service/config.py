@@ -38,7 +38,6 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "tls_key",
             "request_timeout",
             "session_lifetime_days",
-            "session_refresh_minutes",
         }
     ),
     "database": frozenset({"url"}),
@@ -61,7 +60,6 @@ class ServerConfig:
     tls_key: str | None = None
     request_timeout: float = 120.0
     session_lifetime_days: float = 30.0
-    session_refresh_minutes: float = 15.0
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
     auth_backends: tuple[str, ...] = ("local",)
@@ -195,7 +193,7 @@ def load_config(
         for key in ("tls_cert", "tls_key"):
             if (v := get("server", key)) is not None:
                 values[key] = _resolve(v, base)
-        for key in ("request_timeout", "session_lifetime_days", "session_refresh_minutes"):
+        for key in ("request_timeout", "session_lifetime_days"):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
         if (v := get("database", "url")) is not None:

@@ -162,7 +162,10 @@ class SmartsyncServer(Service):
             self._reactor,
             limiter,
             lifetime=timedelta(days=config.session_lifetime_days),
-            refresh_interval=timedelta(minutes=config.session_refresh_minutes),
+            # group membership is the directory's: local accounts have none to re-read
+            refresh_interval=timedelta(
+                minutes=config.ldap.refresh_interval if config.ldap else 15.0
+            ),
         )
         api = SyncAPI(
             self.store, sessions, ChangeNotifier(self._reactor), self._reactor, self._run_blocking

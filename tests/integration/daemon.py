@@ -244,9 +244,11 @@ class Daemon:
     def admin(
         self, *args: str, input: str | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real ``smartsync-admin --data-dir DATA ARGS...``."""
+        """Run the real ``smartsync-admin [--config FILE] --data-dir DATA ARGS...``: the same
+        configuration as the daemon (so ``grant --group`` asks the same directory)."""
+        config = ["--config", str(self.config_path)] if self.config_path else []
         return subprocess.run(
-            [*admin_command(), "--data-dir", str(self.data_dir), *args],
+            [*admin_command(), *config, "--data-dir", str(self.data_dir), *args],
             input=input if input is not None else "",
             capture_output=True,
             text=True,

@@ -46,7 +46,6 @@ tls_cert = certs/c.pem
 tls_key = /abs/k.pem
 request_timeout = 45.5
 session_lifetime_days = 7
-session_refresh_minutes = 5
 
 [database]
 url = postgresql://sync:secret@db.example/smartsync
@@ -79,7 +78,6 @@ def test_every_file_value_is_read_and_paths_resolve_against_the_files_folder(
     assert not config.self_signed
     assert config.request_timeout == 45.5
     assert config.session_lifetime_days == 7
-    assert config.session_refresh_minutes == 5
     assert config.database_url == "postgresql://sync:secret@db.example/smartsync"
     assert config.storage_path == "/mnt/chunks"
     assert config.login_failures_per_user == 3
