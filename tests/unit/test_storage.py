@@ -34,6 +34,7 @@ from smartsyncd.storage.api import (
     SessionRecord,
     VerifiedChunk,
 )
+from smartsyncd.storage.schema import SchemaTooNew
 from smartsyncd.storage.sqlite import DB_FILENAME, open_server_store
 from smartsyncd.storage.sqlstore import SqlServerStore
 
@@ -640,3 +641,19 @@ async def test_commit_nfd_path_is_stored_nfc(store) -> None:
     assert r.results[0].status == "applied"
     _, files, _ = await state(store, e.id)
     assert list(files) == ["B\u00fcro.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_schema_is_refused(tmp_path) -> None:
+    from twisted.internet import reactor
+
+    s = await open_server_store(str(tmp_path), reactor=reactor)
+    await s.close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    try:
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(SchemaTooNew, match="newer"):
+        await open_server_store(str(tmp_path), reactor=reactor)
