@@ -1,0 +1,504 @@
+"""The Klein application implementing docs/protocol.md v1.
+
+``SyncAPI`` gets everything it needs injected (store, sessions, notifier, clock, a runner for CPU
+work) and holds no sync rules: it parses and checks requests, asks the store, and shapes JSON.
+Every engagement route goes through ``_engagement_route``: bearer token -> session ->
+engagement + role (an engagement the user has no role on is answered exactly like an unknown
+one) -> ``acl.allows(role, operation)``. Every failure goes through ``errors.error_response``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, cast
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+import smartsyncd
+from smartsyncd.auth.acl import allows
+from smartsyncd.auth.sessions import SessionManager
+from smartsyncd.core import chunking, chunkstream, manifest
+from smartsyncd.core.errors import BadRequest, Forbidden, NotFound, TooLarge
+from smartsyncd.core.model import Change, ProposedChange, Role
+from smartsyncd.core.paths import normalize_path
+from smartsyncd.storage.api import (
+    CommitResult,
+    EngagementRecord,
+    PutManifest,
+    ServerStore,
+    SessionRecord,
+)
+from smartsyncd.web.bodies import (
+    LimitedRequest,
+    expect_object,
+    get_int,
+    get_list,
+    get_str,
+    parse_json,
+    query_float,
+    query_int,
+    query_str,
+    read_body,
+    read_json,
+)
+from smartsyncd.web.errors import error_response, json_bytes, send_json
+from smartsyncd.web.notify import ChangeNotifier
+
+log = Logger(namespace="smartsyncd.web")
+
+MiB = 1024 * 1024
+CHUNKS_CONTENT_TYPE = b"application/x-smartsync-chunks"
+_HASH = re.compile(r"[0-9a-f]{64}")
+_BEARER = re.compile(r"Bearer ([A-Za-z0-9._~+/=-]{1,512})", re.IGNORECASE)
+# Chunks are read from the store in slices so a fetch over the response cap stops early.
+_FETCH_SLICE = 128
+_RECORD_HEADER = 41
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-endpoint limits (docs/protocol.md "Limits"); /v1/info publishes some of them."""
+
+    json_body: int = 64 * MiB
+    small_json: int = 1 * MiB
+    chunk_body: int = 32 * MiB
+    chunks_per_request: int = 4096
+    missing_per_request: int = 10000
+    changes_per_commit: int = 10000
+    max_wait: float = 60.0
+    changes_page: int = 5000
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is asking, about which engagement, with which role (the auth check's result)."""
+
+    session: SessionRecord
+    engagement: EngagementRecord
+    role: Role
+
+
+@dataclass(frozen=True)
+class ParsedCommit:
+    batch: str
+    changes: tuple[ProposedChange, ...]
+    manifests: dict[str, PutManifest]
+
+
+def iso_utc(when: datetime, micro: bool = True) -> str:
+    """``2026-11-26T15:30:12.345678Z`` (naive datetimes are taken as UTC)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    raw = request.requestHeaders.getRawHeaders(b"authorization")
+    if not raw:
+        return None
+    match = _BEARER.fullmatch(raw[0].decode("latin-1").strip())
+    return match.group(1) if match else None
+
+
+def _hash(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _HASH.fullmatch(value):
+        raise BadRequest(f"field {field!r} must be a 64-character lowercase hex hash", field=field)
+    return value
+
+
+def _hash_list(body: Any, limit: int) -> list[str]:
+    obj = expect_object(body)
+    items = get_list(obj, "chunks", max_len=limit)
+    return [_hash(h, f"chunks[{i}]") for i, h in enumerate(items)]
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    return {
+        "seq": change.seq,
+        "path": change.path,
+        "kind": change.kind,
+        "content": change.content,
+        "size": change.size,
+        "prev_seq": change.prev_seq,
+        "user": change.user,
+        "session": change.session,
+        "time": iso_utc(change.time),
+        "conflict_of": change.conflict_of,
+    }
+
+
+def _with_field(e: BadRequest, field: str) -> BadRequest:
+    return BadRequest(e.message, **{**e.details, "field": field})
+
+
+def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
+    """Parse and type-check a commit body (pure; the caller may run it off the reactor).
+
+    Unknown keys are ignored; a wrong type is a BadRequest naming the field; paths are
+    normalized (InvalidPath names the path). Delta ops are kept raw: storage applies them.
+    """
+    obj = expect_object(parse_json(body))
+    batch = get_str(obj, "batch", max_len=128, non_empty=True)
+    items = get_list(obj, "changes", max_len=limits.changes_per_commit)
+    changes: list[ProposedChange] = []
+    manifests: dict[str, PutManifest] = {}
+    for i, raw in enumerate(items):
+        f = f"changes[{i}]"
+        item = expect_object(raw, f)
+        path = normalize_path(get_str(item, "path", f"{f}.path"))
+        kind = get_str(item, "kind", f"{f}.kind")
+        base = get_int(item, "base", f"{f}.base", minimum=0, nullable=True)
+        if kind == "delete":
+            changes.append(ProposedChange(path=path, kind="delete", base=base))
+            continue
+        if kind != "put":
+            raise BadRequest(f"field '{f}.kind' must be \"put\" or \"delete\"", field=f"{f}.kind")
+        content = _hash(item.get("content"), f"{f}.content")
+        size = get_int(item, "size", f"{f}.size", minimum=0)
+        assert size is not None
+        changes.append(ProposedChange(path=path, kind="put", base=base, content=content, size=size))
+        full, delta = item.get("manifest"), item.get("delta")
+        if full is not None and delta is not None:
+            raise BadRequest(f"{f} has both 'manifest' and 'delta'", field=f)
+        if full is not None:
+            try:
+                chunks = manifest.chunks_from_json(full, field=f"{f}.manifest")
+            except BadRequest as e:
+                raise _with_field(e, f"{f}.manifest") from None
+            manifests[path] = PutManifest(content=content, chunks=chunks)
+        elif delta is not None:
+            d = expect_object(delta, f"{f}.delta")
+            delta_base = _hash(d.get("base"), f"{f}.delta.base")
+            ops = get_list(d, "ops", f"{f}.delta.ops")
+            manifests[path] = PutManifest(content=content, delta_base=delta_base, delta_ops=tuple(ops))
+    return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests)
+
+
+def _engagement_route(
+    app: Klein, operation: str, *route_args: Any, **route_kwargs: Any
+) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+    """Like ``app.route``, but the handler gets an ``Access`` instead of the engagement name,
+    after the session, visibility and role checks for ``operation`` passed."""
+
+    def decorator(f: Callable[..., Awaitable[Any]]) -> Any:
+        @app.route(*route_args, **route_kwargs)
+        @wraps(f)
+        async def handler(self: SyncAPI, request: Request, eng: str, **kwargs: Any) -> Any:
+            access = await self.authorize(request, eng, operation)
+            return await f(self, request, access, **kwargs)
+
+        return handler
+
+    return decorator
+
+
+class SyncAPI:
+    """The HTTP interface of the sync server (see docs/protocol.md)."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        store: ServerStore,
+        sessions: SessionManager,
+        notifier: ChangeNotifier,
+        clock: IReactorTime,
+        run_blocking: Callable[..., Awaitable[Any]],
+        limits: Limits = Limits(),
+        server_version: str = smartsyncd.__version__,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._notifier = notifier
+        self.clock = clock
+        # zope interface methods confuse mypy without the mypy-zope plugin
+        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._run_blocking = run_blocking
+        self.limits = limits
+        self._version = server_version
+        self._now = now or self._clock_now
+
+    def _clock_now(self) -> datetime:
+        return datetime.fromtimestamp(self._seconds(), UTC)
+
+    def resource(self) -> IResource:
+        """The twisted.web resource serving this API."""
+        return cast(IResource, self.app.resource())
+
+    @app.handle_errors(Exception)
+    def _error(self, request: Request, failure: Failure) -> bytes:
+        return error_response(request, failure)
+
+    # -- auth ------------------------------------------------------------------------------
+
+    async def authorize(self, request: Request, name: str, operation: str) -> Access:
+        """Session, then the engagement if this user may see it, then the role check."""
+        session = await self._sessions.resolve(bearer_token(request))
+        engagement = await self._store.get_engagement(name)
+        role = None
+        if engagement is not None:
+            role = await self._store.role_for(name, session.user, session.groups)
+        if engagement is None or role is None:
+            # Same answer whether it does not exist or is not visible: no hint which.
+            raise NotFound("no such engagement")
+        if not allows(role, operation):
+            raise Forbidden(f"role {role!r} may not {operation} in engagement {name!r}")
+        return Access(session=session, engagement=engagement, role=role)
+
+    # -- server information ----------------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz(self, request: Request) -> bytes:
+        try:
+            checks = dict(await self._store.check_health())
+        except Exception:
+            log.failure("health check failed", level=LogLevel.warn)
+            checks = {"database": "error", "storage": "error"}
+        healthy = all(v == "ok" for v in checks.values())
+        return send_json(request, {"status": "ok" if healthy else "error", **checks}, 200 if healthy else 503)
+
+    @app.route("/v1/info", methods=["GET"])
+    def info(self, request: Request) -> bytes:
+        return send_json(
+            request,
+            {
+                "server": "smartsyncd",
+                "version": self._version,
+                "protocol": [1],
+                "chunking": {
+                    "algorithm": "fastcdc",
+                    "min": chunking.MIN_CHUNK,
+                    "avg": chunking.AVG_CHUNK,
+                    "max": chunking.MAX_CHUNK,
+                },
+                "limits": {
+                    "json_body": self.limits.json_body,
+                    "chunk_body": self.limits.chunk_body,
+                    "chunks_per_request": self.limits.chunks_per_request,
+                },
+            },
+        )
+
+    # -- sessions --------------------------------------------------------------------------
+
+    @app.route("/v1/login", methods=["POST"])
+    async def login(self, request: Request) -> bytes:
+        body = expect_object(read_json(request, self.limits.small_json))
+        user = get_str(body, "user", max_len=256)
+        password = get_str(body, "password", max_len=4096)
+        address = str(getattr(request.getClientAddress(), "host", "unknown"))
+        token, session = await self._sessions.sign_in(user, password, address)
+        return send_json(
+            request,
+            {"token": token, "user": session.user, "expires_at": iso_utc(session.expires_at, False)},
+        )
+
+    @app.route("/v1/logout", methods=["POST"])
+    async def logout(self, request: Request) -> bytes:
+        token = bearer_token(request)
+        await self._sessions.resolve(token)
+        assert token is not None  # resolve refuses a missing token
+        await self._sessions.sign_out(token)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/v1/session", methods=["GET"])
+    async def session(self, request: Request) -> bytes:
+        session = await self._sessions.resolve(bearer_token(request))
+        return send_json(
+            request,
+            {
+                "user": session.user,
+                "groups": list(session.groups),
+                "expires_at": iso_utc(session.expires_at, False),
+            },
+        )
+
+    # -- engagements -----------------------------------------------------------------------
+
+    @app.route("/v1/engagements", methods=["GET"])
+    async def engagements(self, request: Request) -> bytes:
+        session = await self._sessions.resolve(bearer_token(request))
+        visible = []
+        for e in await self._store.list_engagements():
+            role = await self._store.role_for(e.name, session.user, session.groups)
+            if role is not None and allows(role, "read"):
+                visible.append({"name": e.name, "title": e.title, "role": role, "head": e.head})
+        return send_json(request, {"engagements": visible})
+
+    @_engagement_route(app, "read", "/v1/engagements/<eng>", methods=["GET"])
+    async def engagement(self, request: Request, access: Access) -> bytes:
+        e = access.engagement
+        return send_json(request, {"name": e.name, "title": e.title, "role": access.role, "head": e.head})
+
+    # -- pull ------------------------------------------------------------------------------
+
+    @_engagement_route(app, "read", "/v1/engagements/<eng>/snapshot", methods=["GET"])
+    async def snapshot(self, request: Request, access: Access) -> bytes:
+        head, files = await self._store.snapshot(access.engagement.id)
+        return send_json(
+            request,
+            {
+                "head": head,
+                "files": [
+                    {"path": f.path, "seq": f.seq, "content": f.content, "size": f.size}
+                    for f in files
+                    if f.content is not None
+                ],
+            },
+        )
+
+    @_engagement_route(app, "read", "/v1/engagements/<eng>/changes", methods=["GET"])
+    async def changes(self, request: Request, access: Access) -> bytes:
+        since = query_int(request, "since", 0, 0)
+        limit = min(query_int(request, "limit", self.limits.changes_page, 1), self.limits.changes_page)
+        wait = min(query_float(request, "wait", 0.0, 0.0, 1e9), self.limits.max_wait)
+        eid = access.engagement.id
+        head, changes = await self._store.changes_since(eid, since, limit)
+        if not changes and wait > 0:
+            await self._notifier.wait(eid, since, wait)
+            head, changes = await self._store.changes_since(eid, since, limit)
+        more = bool(changes) and changes[-1].seq < head
+        return send_json(
+            request, {"head": head, "changes": [change_json(c) for c in changes], "more": more}
+        )
+
+    @_engagement_route(
+        app, "read", "/v1/engagements/<eng>/manifests/<content>", methods=["GET"]
+    )
+    async def manifest(self, request: Request, access: Access, content: str) -> bytes:
+        content = _hash(content, "content")
+        base = query_str(request, "base")
+        eid = access.engagement.id
+        found = await self._store.get_manifest(eid, content)
+        if found is None:
+            raise NotFound(f"no manifest for content {content}", content=content)
+        full = manifest.chunks_to_json(found.chunks)
+        if base is not None and _hash(base, "base") != content:
+            base_manifest = await self._store.get_manifest(eid, base)
+            if base_manifest is not None:
+                ops = manifest.make_delta(base_manifest.chunks, found.chunks)
+                if len(json_bytes(ops)) < len(json_bytes(full)):
+                    return send_json(
+                        request,
+                        {"content": content, "size": found.size, "delta": {"base": base, "ops": ops}},
+                    )
+        return send_json(request, {"content": content, "size": found.size, "chunks": full})
+
+    @_engagement_route(app, "read", "/v1/engagements/<eng>/chunks/fetch", methods=["POST"])
+    async def fetch_chunks(self, request: Request, access: Access) -> bytes:
+        wanted = _hash_list(read_json(request, self.limits.small_json), self.limits.chunks_per_request)
+        unique = list(dict.fromkeys(wanted))
+        cap = self.limits.chunk_body
+        found: dict[str, tuple[int, int, bytes]] = {}
+        total = 0
+        for start in range(0, len(unique), _FETCH_SLICE):
+            for chunk in await self._store.read_chunks(access.engagement.id, unique[start : start + _FETCH_SLICE]):
+                found[chunk.hash] = (chunk.codec, chunk.raw_size, chunk.payload)
+                total += _RECORD_HEADER + len(chunk.payload)
+            if total > cap:
+                raise TooLarge(
+                    f"the requested chunks are over the response limit of {cap} bytes; ask for fewer",
+                    limit=cap,
+                )
+        unknown = [h for h in unique if h not in found]
+        if unknown:
+            raise NotFound(f"{len(unknown)} unknown chunk(s)", chunks=unknown)
+        body = chunkstream.encode_records((h, *found[h]) for h in wanted)
+        if len(body) > cap:  # duplicates in the request
+            raise TooLarge(f"response over the limit of {cap} bytes; ask for fewer", limit=cap)
+        request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
+        return body
+
+    # -- push ------------------------------------------------------------------------------
+
+    @_engagement_route(app, "write", "/v1/engagements/<eng>/chunks/missing", methods=["POST"])
+    async def missing_chunks(self, request: Request, access: Access) -> bytes:
+        wanted = _hash_list(read_json(request, self.limits.small_json), self.limits.missing_per_request)
+        missing = await self._store.missing_chunks(access.engagement.id, list(dict.fromkeys(wanted)))
+        return send_json(request, {"missing": missing})
+
+    @_engagement_route(app, "write", "/v1/engagements/<eng>/chunks", methods=["POST"])
+    async def upload_chunks(self, request: Request, access: Access) -> bytes:
+        body = read_body(request, self.limits.chunk_body)
+        records = chunkstream.decode_records(body, max_records=self.limits.chunks_per_request)
+        verified = await self._run_blocking(chunkstream.verify_records, records)
+        stored, present = await self._store.store_chunks(access.engagement.id, verified)
+        log.info(
+            "chunks for {engagement} from {user}: {stored} stored, {present} present",
+            engagement=access.engagement.name,
+            user=access.session.user,
+            stored=stored,
+            present=present,
+        )
+        return send_json(request, {"stored": stored, "present": present})
+
+    @_engagement_route(app, "write", "/v1/engagements/<eng>/commit", methods=["POST"])
+    async def commit(self, request: Request, access: Access) -> bytes:
+        body = read_body(request, self.limits.json_body)
+        if len(body) > self.limits.small_json:
+            parsed: ParsedCommit = await self._run_blocking(parse_commit, body, self.limits)
+        else:
+            parsed = parse_commit(body, self.limits)
+        eng = access.engagement
+        user = access.session.user
+        result = await self._store.commit(
+            eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now()
+        )
+        self._notifier.notify(eng.id, result.head)
+        self._log_commit(eng.name, user, parsed.batch, result)
+        return send_json(request, {"head": result.head, "results": [_result_json(r) for r in result.results]})
+
+    def _log_commit(self, engagement: str, user: str, batch: str, result: CommitResult) -> None:
+        if result.changes:
+            log.info(
+                "commit {engagement} by {user}: seq {first}-{last}, {files} files, {bytes} bytes",
+                engagement=engagement,
+                user=user,
+                first=result.changes[0].seq,
+                last=result.changes[-1].seq,
+                files=len(result.changes),
+                bytes=sum(c.size for c in result.changes if c.kind == "put"),
+                batch=batch,
+            )
+        else:
+            log.info(
+                "commit {engagement} by {user}: nothing written (replayed={replayed})",
+                engagement=engagement,
+                user=user,
+                replayed=result.replayed,
+                batch=batch,
+            )
+        for item in result.results:
+            if item.status == "conflict":
+                log.info(
+                    "conflict in {engagement}: {path} by {user} kept as {conflict_path}",
+                    engagement=engagement,
+                    path=item.path,
+                    user=user,
+                    conflict_path=item.conflict_path,
+                )
+
+
+def _result_json(item: Any) -> dict[str, Any]:
+    return {k: v for k, v in asdict(item).items() if v is not None or k == "seq"}
+
+
+def make_site(api: SyncAPI, *, timeout: float = 120) -> Site:
+    """The twisted.web Site for ``api``: body caps, idle timeout, no version in ``Server``."""
+    site = Site(api.resource(), reactor=api.clock, timeout=timeout)
+    site.requestFactory = LimitedRequest  # type: ignore[assignment]
+    site.displayTracebacks = False
+    return site

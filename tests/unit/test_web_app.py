@@ -1,0 +1,675 @@
+"""The HTTP adapter end to end: StubTreq over SyncAPI.resource(), a real SQLite store, real
+sessions with local accounts, and a Clock for time, long-polls and session expiry."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_twisted
+import zstandard
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from smartsyncd.auth.local import LocalAuthenticator
+from smartsyncd.auth.passwords import hash_password
+from smartsyncd.auth.ratelimit import LoginRateLimiter
+from smartsyncd.auth.sessions import SessionManager
+from smartsyncd.core import chunking, chunkstream, manifest
+from smartsyncd.core.model import ChunkRef
+from smartsyncd.storage.api import Grant
+from smartsyncd.storage.sqlite import open_server_store
+from smartsyncd.web.app import Limits, SyncAPI, make_site
+from smartsyncd.web.notify import ChangeNotifier
+
+START = 1_795_000_000.0  # 2026-11-18
+LIMITS = Limits(json_body=2_000_000, small_json=100_000, chunk_body=600_000)
+
+
+def observe(d: Deferred) -> list[Any]:
+    """A list that gets ``d``'s result once it has one (the result still flows on)."""
+    seen: list[Any] = []
+
+    def record(result: Any) -> Any:
+        seen.append(result)
+        return result
+
+    d.addBoth(record)
+    return seen
+
+
+def run_now(f: Any, *args: Any) -> Deferred:
+    return maybeDeferred(f, *args)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Env:
+    api: SyncAPI
+    stub: StubTreq
+    clock: Clock
+    notifier: ChangeNotifier
+    store: Any
+    alpha: int
+
+    def start(
+        self, method: str, path: str, *, token: str | None = None, body: Any = None, data: bytes | None = None
+    ) -> Deferred:
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        return self.stub.request(method, "https://sync.example" + path, headers=headers, data=data)
+
+    async def settle(self, d: Deferred, deadline: float = 10.0) -> Any:
+        """Pump the in-memory connection until ``d`` has a result (store work runs in real
+        threads, so this polls with a deadline)."""
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        end = time.monotonic() + deadline
+        while not outcome:
+            self.stub.flush()
+            if outcome:
+                break
+            assert time.monotonic() < end, "request did not finish in time"
+            await deferLater(reactor, 0.002, lambda: None)
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+
+    async def reply(self, d: Deferred) -> Reply:
+        response = await self.settle(d)
+        body = await self.settle(response.content())
+        return Reply(response.code, response.headers, body)
+
+    async def call(self, method: str, path: str, **kw: Any) -> Reply:
+        return await self.reply(self.start(method, path, **kw))
+
+    async def login(self, user: str, password: str = "pw-" + "x" * 8) -> str:
+        r = await self.call("POST", "/v1/login", body={"user": user, "password": password})
+        assert r.status == 200, r.body
+        return str(r.json()["token"])
+
+    async def wait_for(self, condition: Any, deadline: float = 10.0) -> None:
+        end = time.monotonic() + deadline
+        while not condition():
+            self.stub.flush()
+            assert time.monotonic() < end, "condition not reached in time"
+            await deferLater(reactor, 0.002, lambda: None)
+
+
+PASSWORD = "pw-" + "x" * 8
+
+
+@pytest_twisted.async_yield_fixture
+async def env(tmp_path: Any) -> AsyncIterator[Env]:
+    clock = Clock()
+    clock.advance(START)
+    store = await open_server_store(str(tmp_path), reactor=reactor)
+    pw = hash_password(PASSWORD)
+    for name in ("alice", "rita", "eve"):
+        await store.add_user(name, pw)
+    alpha = await store.create_engagement("alpha", "Alpha Ltd 2026")
+    await store.create_engagement("beta", "Beta Inc")
+    await store.grant(Grant("alpha", "user", "alice", "alice", "editor"))
+    await store.grant(Grant("alpha", "user", "rita", "rita", "reader"))
+    await store.grant(Grant("beta", "user", "eve", "eve", "admin"))
+    sessions = SessionManager(store, [LocalAuthenticator(store, run_now)], clock, LoginRateLimiter(clock))
+    notifier = ChangeNotifier(clock)
+    api = SyncAPI(store, sessions, notifier, clock, run_now, limits=LIMITS)
+    try:
+        yield Env(api, StubTreq(api.resource()), clock, notifier, store, alpha.id)
+    finally:
+        await store.close()
+
+
+def chunk_of(data: bytes) -> tuple[ChunkRef, tuple[str, int, int, bytes]]:
+    h = chunking.chunk_hash(data)
+    codec, payload = chunkstream.compress_chunk(data)
+    return ChunkRef(h, len(data)), (h, codec, len(data), payload)
+
+
+def put(path: str, chunks: list[ChunkRef], base: int | None = None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "kind": "put",
+        "base": base,
+        "content": manifest.content_id(chunks),
+        "size": sum(c.size for c in chunks),
+        "manifest": manifest.chunks_to_json(chunks),
+    }
+
+
+async def upload(env: Env, token: str, *datas: bytes) -> list[ChunkRef]:
+    pairs = [chunk_of(d) for d in datas]
+    r = await env.call(
+        "POST", "/v1/engagements/alpha/chunks", token=token, data=chunkstream.encode_records(p[1] for p in pairs)
+    )
+    assert r.status == 200, r.body
+    return [p[0] for p in pairs]
+
+
+# -- sign-in -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_good_bad_and_empty_password(env: Env) -> None:
+    r = await env.call("POST", "/v1/login", body={"user": "alice", "password": PASSWORD})
+    assert r.status == 200
+    body = r.json()
+    assert body["user"] == "alice" and body["expires_at"].endswith("Z") and len(body["token"]) >= 40
+    s = await env.call("GET", "/v1/session", token=body["token"])
+    assert s.status == 200 and s.json()["user"] == "alice"
+
+    bad = await env.call("POST", "/v1/login", body={"user": "alice", "password": "wrong"})
+    unknown = await env.call("POST", "/v1/login", body={"user": "nobody", "password": "wrong"})
+    empty = await env.call("POST", "/v1/login", body={"user": "alice", "password": ""})
+    for r in (bad, unknown, empty):
+        assert r.status == 401
+        assert r.json()["error"] == "auth_failed"
+    # no user enumeration: the same answer for a known and an unknown user
+    assert bad.body == unknown.body
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "body", [{"user": "alice"}, {"user": 1, "password": "x"}, ["alice", "pw"], "x"]
+)
+async def test_login_with_wrong_types_is_bad_request(env: Env, body: Any) -> None:
+    r = await env.call("POST", "/v1/login", body=body)
+    assert r.status == 400
+    assert r.json()["error"] == "bad_request"
+
+
+@pytest_twisted.ensureDeferred
+async def test_logout_ends_the_session(env: Env) -> None:
+    token = await env.login("alice")
+    r = await env.call("POST", "/v1/logout", token=token)
+    assert r.status == 204
+    r = await env.call("GET", "/v1/session", token=token)
+    assert r.status == 401 and r.json()["error"] == "session_expired"
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_expires_with_the_clock(env: Env) -> None:
+    token = await env.login("alice")
+    env.clock.advance(31 * 86400)
+    r = await env.call("GET", "/v1/engagements/alpha", token=token)
+    assert r.status == 401 and r.json()["error"] == "session_expired"
+
+
+AUTHED = [
+    ("POST", "/v1/logout"),
+    ("GET", "/v1/session"),
+    ("GET", "/v1/engagements"),
+    ("GET", "/v1/engagements/alpha"),
+    ("GET", "/v1/engagements/alpha/snapshot"),
+    ("GET", "/v1/engagements/alpha/changes?since=0"),
+    ("GET", "/v1/engagements/alpha/manifests/" + "a" * 64),
+    ("POST", "/v1/engagements/alpha/chunks/fetch"),
+    ("POST", "/v1/engagements/alpha/chunks/missing"),
+    ("POST", "/v1/engagements/alpha/chunks"),
+    ("POST", "/v1/engagements/alpha/commit"),
+]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(("method", "path"), AUTHED)
+async def test_every_endpoint_needs_a_valid_token(env: Env, method: str, path: str) -> None:
+    body = {"chunks": []} if method == "POST" else None
+    for token in (None, "not-a-real-token", "x" * 600):
+        r = await env.call(method, path, token=token, body=body)
+        assert r.status == 401, (path, token, r.body)
+        assert r.json()["error"] == "session_expired"
+
+
+# -- visibility and roles ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_invisible_engagement_looks_exactly_like_an_unknown_one(env: Env) -> None:
+    token = await env.login("alice")
+    hidden = await env.call("GET", "/v1/engagements/beta/snapshot", token=token)
+    unknown = await env.call("GET", "/v1/engagements/nosuch/snapshot", token=token)
+    assert hidden.status == unknown.status == 404
+    assert hidden.body == unknown.body
+    assert hidden.json()["error"] == "not_found"
+    listing = await env.call("GET", "/v1/engagements", token=token)
+    assert listing.json() == {
+        "engagements": [{"name": "alpha", "title": "Alpha Ltd 2026", "role": "editor", "head": 0}]
+    }
+    one = await env.call("GET", "/v1/engagements/alpha", token=token)
+    assert one.json() == {"name": "alpha", "title": "Alpha Ltd 2026", "role": "editor", "head": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_reader_may_pull_but_not_push(env: Env) -> None:
+    token = await env.login("rita")
+    assert (await env.call("GET", "/v1/engagements/alpha/snapshot", token=token)).status == 200
+    for path, body in [
+        ("/v1/engagements/alpha/commit", {"batch": "b1", "changes": []}),
+        ("/v1/engagements/alpha/chunks/missing", {"chunks": []}),
+    ]:
+        r = await env.call("POST", path, token=token, body=body)
+        assert r.status == 403 and r.json()["error"] == "forbidden"
+    _, rec = chunk_of(b"reader data" * 100)
+    r = await env.call(
+        "POST", "/v1/engagements/alpha/chunks", token=token, data=chunkstream.encode_records([rec])
+    )
+    assert r.status == 403
+    assert await env.store.missing_chunks(env.alpha, [rec[0]]) == [rec[0]]
+
+
+# -- chunks ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_then_missing_reports_none_and_fetch_returns_them(env: Env) -> None:
+    token = await env.login("alice")
+    datas = [b"a" * 50_000, os.urandom(20_000)]
+    hashes = [chunking.chunk_hash(d) for d in datas]
+    r = await env.call("POST", "/v1/engagements/alpha/chunks/missing", token=token, body={"chunks": hashes})
+    assert r.json() == {"missing": hashes}
+    pairs = [chunk_of(d) for d in datas]
+    body = chunkstream.encode_records(p[1] for p in pairs)
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token, data=body)
+    assert r.status == 200 and r.json() == {"stored": 2, "present": 0}
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token, data=body)
+    assert r.json() == {"stored": 0, "present": 2}
+    r = await env.call("POST", "/v1/engagements/alpha/chunks/missing", token=token, body={"chunks": hashes})
+    assert r.json() == {"missing": []}
+
+    reader = await env.login("rita")
+    r = await env.call(
+        "POST", "/v1/engagements/alpha/chunks/fetch", token=reader, body={"chunks": hashes[::-1]}
+    )
+    assert r.status == 200
+    assert r.headers.getRawHeaders("content-type") == ["application/x-smartsync-chunks"]
+    raw = chunkstream.decode_to_raw(r.body)
+    assert [raw[h] for h in hashes] == datas
+    assert [rec[0] for rec in chunkstream.decode_records(r.body)] == hashes[::-1]
+
+    r = await env.call(
+        "POST", "/v1/engagements/alpha/chunks/fetch", token=reader, body={"chunks": [hashes[0], "b" * 64]}
+    )
+    assert r.status == 404 and r.json()["chunks"] == ["b" * 64]
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_hash_chunk_refuses_the_whole_upload(env: Env) -> None:
+    token = await env.login("alice")
+    _, good = chunk_of(b"good chunk" * 1000)
+    _, bad = chunk_of(b"bad chunk" * 1000)
+    forged = ("c" * 64, bad[1], bad[2], bad[3])
+    r = await env.call(
+        "POST", "/v1/engagements/alpha/chunks", token=token, data=chunkstream.encode_records([good, forged])
+    )
+    assert r.status == 400
+    assert r.json()["error"] == "bad_chunk" and r.json()["chunk"] == "c" * 64
+    assert await env.store.missing_chunks(env.alpha, [good[0]]) == [good[0]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_zstd_bomb_is_refused(env: Env) -> None:
+    token = await env.login("alice")
+    frame = zstandard.ZstdCompressor().compress(b"\0" * (100 * 1024 * 1024))
+    record = (chunking.chunk_hash(b"\0" * 262144), 1, 262144, frame)
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token, data=chunkstream.encode_records([record]))
+    assert r.status in (400, 413)
+    assert r.json()["error"] in ("bad_chunk", "too_large")
+    assert await env.store.missing_chunks(env.alpha, [record[0]]) == [record[0]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_over_the_endpoint_limit_are_413(env: Env) -> None:
+    token = await env.login("alice")
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token, data=b"\0" * (LIMITS.chunk_body + 1))
+    assert r.status == 413 and r.json() == {
+        "error": "too_large",
+        "message": f"request body over the limit of {LIMITS.chunk_body} bytes",
+        "limit": LIMITS.chunk_body,
+    }
+    r = await env.call("POST", "/v1/login", data=b" " * (LIMITS.small_json + 1))
+    assert r.status == 413
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_over_the_response_cap_is_413(env: Env) -> None:
+    token = await env.login("alice")
+    refs = []
+    for _ in range(3):  # incompressible 256 KiB chunks: 3 of them exceed the 600 KB cap
+        refs += await upload(env, token, os.urandom(chunking.MAX_CHUNK))
+    hashes = [c.hash for c in refs]
+    r = await env.call("POST", "/v1/engagements/alpha/chunks/fetch", token=token, body={"chunks": hashes})
+    assert r.status == 413 and r.json()["limit"] == LIMITS.chunk_body
+    r = await env.call("POST", "/v1/engagements/alpha/chunks/fetch", token=token, body={"chunks": hashes[:2]})
+    assert r.status == 200
+
+
+# -- JSON input --------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_and_deep_json_is_400(env: Env) -> None:
+    token = await env.login("alice")
+    for data in (b"{not json", b"[" * 10_000 + b"]" * 10_000, b'{"batch": "x", "changes": ' + b"[" * 40 + b"]" * 40 + b"}"):
+        r = await env.call("POST", "/v1/engagements/alpha/commit", token=token, data=data)
+        assert r.status == 400 and r.json()["error"] == "bad_request", data[:40]
+    r = await env.call("POST", "/v1/login", data=b"[" * 100_000)
+    assert r.status == 400
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"path": 3, "kind": "put"}, "changes[0].path"),
+        ({"path": "a.txt", "kind": "move", "base": None}, "changes[0].kind"),
+        ({"path": "a.txt", "kind": "delete", "base": "4"}, "changes[0].base"),
+        ({"path": "a.txt", "kind": "put", "base": None, "content": "zz", "size": 1}, "changes[0].content"),
+        ({"path": "a.txt", "kind": "put", "base": None, "content": "a" * 64, "size": True}, "changes[0].size"),
+        (
+            {"path": "a.txt", "kind": "put", "base": None, "content": "a" * 64, "size": 1, "manifest": [["a" * 64]]},
+            "changes[0].manifest",
+        ),
+    ],
+)
+async def test_commit_wrong_types_name_the_field(env: Env, change: dict, field: str) -> None:
+    token = await env.login("alice")
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=token, body={"batch": "b", "changes": [change]})
+    assert r.status == 400, r.body
+    assert r.json()["error"] == "bad_request"
+    assert r.json()["field"] == field
+    assert await env.store.head(env.alpha) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_batch_key_is_checked(env: Env) -> None:
+    token = await env.login("alice")
+    for batch in ("", "x" * 129, 5, None):
+        r = await env.call("POST", "/v1/engagements/alpha/commit", token=token, body={"batch": batch, "changes": []})
+        assert r.status == 400 and r.json()["field"] == "batch"
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_path_is_named_and_nothing_applied(env: Env) -> None:
+    token = await env.login("alice")
+    refs = await upload(env, token, b"x" * 20_000)
+    changes = [put("ok.txt", refs), put("bad/../x.txt", refs)]
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=token, body={"batch": "b1", "changes": changes})
+    assert r.status == 400
+    assert r.json()["error"] == "invalid_path" and r.json()["path"] == "bad/../x.txt"
+    assert await env.store.head(env.alpha) == 0
+
+
+# -- commit, pull, long-poll -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_applied_then_conflict_and_pull(env: Env, caplog: Any) -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        alice = await env.login("alice")
+        v1 = await upload(env, alice, b"version one " * 3000)
+        v2 = await upload(env, alice, b"version two " * 3000)
+        r = await env.call(
+            "POST",
+            "/v1/engagements/alpha/commit",
+            token=alice,
+            body={"batch": "batch-1", "changes": [put("Working papers/B-1 Cash.xlsx", v1)]},
+        )
+        assert r.status == 200, r.body
+        assert r.json() == {
+            "head": 1,
+            "results": [{"path": "Working papers/B-1 Cash.xlsx", "status": "applied", "seq": 1}],
+        }
+        # a second "new" file at the same path: the proposed content becomes a conflict copy
+        r = await env.call(
+            "POST",
+            "/v1/engagements/alpha/commit",
+            token=alice,
+            body={"batch": "batch-2", "changes": [put("Working papers/B-1 Cash.xlsx", v2)]},
+        )
+        result = r.json()["results"][0]
+        assert result["status"] == "conflict" and result["seq"] == 2
+        assert result["conflict_path"].startswith("Working papers/B-1 Cash (conflict alice 2026-")
+        # replaying a batch returns the first answer and writes nothing
+        again = await env.call(
+            "POST",
+            "/v1/engagements/alpha/commit",
+            token=alice,
+            body={"batch": "batch-2", "changes": [put("Working papers/B-1 Cash.xlsx", v2)]},
+        )
+        assert again.json() == r.json()
+        assert await env.store.head(env.alpha) == 2
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+    reader = await env.login("rita")
+    snap = (await env.call("GET", "/v1/engagements/alpha/snapshot", token=reader)).json()
+    assert snap["head"] == 2
+    assert {f["path"] for f in snap["files"]} == {"Working papers/B-1 Cash.xlsx", result["conflict_path"]}
+    changes = (await env.call("GET", "/v1/engagements/alpha/changes?since=0&limit=1", token=reader)).json()
+    assert changes["head"] == 2 and changes["more"] is True
+    [c] = changes["changes"]
+    assert c["seq"] == 1 and c["kind"] == "put" and c["user"] == "alice" and c["time"].endswith("Z")
+    assert c["content"] == manifest.content_id(v1) and c["conflict_of"] is None
+    rest = (await env.call("GET", "/v1/engagements/alpha/changes?since=1", token=reader)).json()
+    assert [c["seq"] for c in rest["changes"]] == [2] and rest["more"] is False
+    assert rest["changes"][0]["conflict_of"] == "Working papers/B-1 Cash.xlsx"
+
+    texts = [e.get("log_format", "") for e in events]
+    assert any(t.startswith("commit {engagement} by {user}: seq {first}-{last}") for t in texts)
+    commit_events = [e for e in events if e.get("log_format", "").startswith("commit {engagement}")]
+    assert commit_events[0]["first"] == 1 and commit_events[0]["files"] == 1
+    assert any(e.get("conflict_path") == result["conflict_path"] for e in events)
+    dumped = repr(events)
+    assert alice not in dumped and reader not in dumped and PASSWORD not in dumped
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_full_and_as_delta(env: Env) -> None:
+    alice = await env.login("alice")
+    datas = [bytes([i]) * 9000 + os.urandom(100) for i in range(20)]
+    base = await upload(env, alice, *datas)
+    new_chunk = await upload(env, alice, b"edited " * 2000)
+    edited = base[:10] + new_chunk + base[11:]
+    body = {"batch": "m1", "changes": [put("a.xlsx", base)]}
+    assert (await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)).status == 200
+    body = {"batch": "m2", "changes": [put("a.xlsx", edited, base=1)]}
+    assert (await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)).status == 200
+
+    base_id, new_id = manifest.content_id(base), manifest.content_id(edited)
+    full = (await env.call("GET", f"/v1/engagements/alpha/manifests/{new_id}", token=alice)).json()
+    assert full["chunks"] == manifest.chunks_to_json(edited) and full["size"] == sum(c.size for c in edited)
+    d = (await env.call("GET", f"/v1/engagements/alpha/manifests/{new_id}?base={base_id}", token=alice)).json()
+    assert "chunks" not in d and d["delta"]["base"] == base_id
+    assert manifest.apply_delta(base, d["delta"]["ops"]) == tuple(edited)
+    unknown_base = (await env.call("GET", f"/v1/engagements/alpha/manifests/{new_id}?base={'d' * 64}", token=alice)).json()
+    assert unknown_base["chunks"] == full["chunks"]
+    r = await env.call("GET", f"/v1/engagements/alpha/manifests/{'e' * 64}", token=alice)
+    assert r.status == 404
+    r = await env.call("GET", "/v1/engagements/alpha/manifests/NOTAHASH", token=alice)
+    assert r.status == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_with_a_delta_manifest(env: Env) -> None:
+    alice = await env.login("alice")
+    base = await upload(env, alice, b"one" * 5000, b"two" * 5000)
+    extra = await upload(env, alice, b"three" * 5000)
+    body = {"batch": "d1", "changes": [put("x.docx", base)]}
+    assert (await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)).status == 200
+    new = base + extra
+    change = put("x.docx", new, base=1)
+    del change["manifest"]
+    change["delta"] = {"base": manifest.content_id(base), "ops": manifest.make_delta(base, new)}
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "d2", "changes": [change]})
+    assert r.status == 200, r.body
+    assert r.json()["results"][0] == {"path": "x.docx", "status": "applied", "seq": 2}
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_is_woken_by_a_commit(env: Env) -> None:
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    refs = await upload(env, alice, b"payload " * 4000)
+    poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=30", token=reader)
+    answered = observe(poll)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 1)
+    assert answered == []
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "lp", "changes": [put("n.txt", refs)]})
+    assert r.status == 200
+    got = (await env.reply(poll)).json()
+    assert got["head"] == 1 and [c["path"] for c in got["changes"]] == ["n.txt"]
+    assert env.notifier.waiting(env.alpha) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_times_out_with_the_clock(env: Env) -> None:
+    reader = await env.login("rita")
+    poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=10", token=reader)
+    answered = observe(poll)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 1)
+    env.clock.advance(9)
+    env.stub.flush()
+    assert answered == []
+    assert env.notifier.waiting(env.alpha) == 1
+    env.clock.advance(1)
+    got = await env.reply(poll)
+    assert got.status == 200 and got.json() == {"head": 0, "changes": [], "more": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_wait_is_capped_at_max_wait(env: Env) -> None:
+    reader = await env.login("rita")
+    poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=3600", token=reader)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 1)
+    env.clock.advance(LIMITS.max_wait)
+    assert (await env.reply(poll)).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_unregisters_the_waiter(env: Env) -> None:
+    reader = await env.login("rita")
+    poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=30", token=reader)
+    poll.addErrback(lambda f: None)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 1)
+    poll.cancel()
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 0)
+    # its timer went with it (only the session manager's own calls may remain)
+    assert not [c for c in env.clock.getDelayedCalls() if c.func == env.notifier._expire]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "query", ["since=-1", "since=x", "limit=0", "wait=-1", "wait=abc", "since=1e3"]
+)
+async def test_changes_query_arguments_are_checked(env: Env, query: str) -> None:
+    reader = await env.login("rita")
+    r = await env.call("GET", f"/v1/engagements/alpha/changes?{query}", token=reader)
+    assert r.status == 400 and r.json()["error"] == "bad_request"
+
+
+# -- routing, errors, server information -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_routing_misses_are_json(env: Env) -> None:
+    r = await env.call("GET", "/v1/nothing-here")
+    assert r.status == 404 and r.json()["error"] == "not_found"
+    r = await env.call("DELETE", "/v1/login")
+    assert r.status == 405 and r.json()["error"] == "method_not_allowed"
+    assert "POST" in r.headers.getRawHeaders("allow")[0]
+    for path in ("/v2/info", "/v0/engagements", "/v17"):
+        r = await env.call("GET", path)
+        assert r.status == 400 and r.json()["error"] == "unsupported_protocol"
+        assert r.json()["supported"] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_info_and_healthz_need_no_token(env: Env) -> None:
+    info = await env.call("GET", "/v1/info")
+    assert info.json() == {
+        "server": "smartsyncd",
+        "version": "0.1.0",
+        "protocol": [1],
+        "chunking": {"algorithm": "fastcdc", "min": 8192, "avg": 32768, "max": 262144},
+        "limits": {"json_body": LIMITS.json_body, "chunk_body": LIMITS.chunk_body, "chunks_per_request": 4096},
+    }
+    health = await env.call("GET", "/healthz")
+    assert health.status == 200 and health.json() == {"status": "ok", "database": "ok", "storage": "ok"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_is_503_when_a_part_fails(env: Env, monkeypatch: Any) -> None:
+    async def sick() -> dict[str, str]:
+        return {"database": "error", "storage": "ok"}
+
+    monkeypatch.setattr(env.store, "check_health", sick)
+    r = await env.call("GET", "/healthz")
+    assert r.status == 503 and r.json() == {"status": "error", "database": "error", "storage": "ok"}
+
+
+@pytest.mark.allow_logged_errors
+@pytest_twisted.ensureDeferred
+async def test_a_bug_is_500_json_without_a_traceback(env: Env, monkeypatch: Any) -> None:
+    async def broken(engagement_id: int) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(env.store, "snapshot", broken)
+    token = await env.login("alice")
+    r = await env.call("GET", "/v1/engagements/alpha/snapshot", token=token)
+    assert r.status == 500
+    assert r.json() == {"error": "internal_error", "message": "internal server error"}
+    assert b"secret" not in r.body and b"Traceback" not in r.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_make_site_caps_bodies_times_out_idle_connections_and_hides_versions(env: Env) -> None:
+    site = make_site(env.api, timeout=77)
+    assert site.timeOut == 77
+    proto = site.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
+    proto.makeConnection(transport)
+    proto.dataReceived(b"GET /v1/info HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, body = transport.value().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nServer: smartsyncd\r\n" in head and b"Twisted" not in head
+    transport.clear()
+    proto.dataReceived(
+        b"POST /v1/engagements/alpha/commit HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert transport.disconnecting
+    proto.connectionLost(Failure(ConnectionDone()))
+
+    idle = site.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40001))
+    idle_transport = StringTransport()
+    idle.makeConnection(idle_transport)
+    env.clock.advance(78)
+    assert idle_transport.disconnecting
