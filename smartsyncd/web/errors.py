@@ -88,8 +88,11 @@ def error_response(request: Request, failure: Failure) -> bytes:
             {"error": "method_not_allowed", "message": f"{method} is not allowed here", "allowed": allowed},
             405,
         )
-    if isinstance(exc, HTTPException) and exc.code is not None and 400 <= exc.code < 500:
-        return send_json(request, {"error": "bad_request", "message": exc.description or ""}, exc.code)
+    if isinstance(exc, HTTPException):
+        # Other routing answers (a redirect for a trailing slash, ...): no redirects here.
+        code = exc.code if exc.code is not None and 400 <= exc.code < 500 else 404
+        error = "not_found" if code == 404 else "bad_request"
+        return send_json(request, {"error": error, "message": f"no such resource: {path}"}, code)
     log.failure("internal error answering {method} {url}", failure, method=method, url=path)
     return send_json(
         request, {"error": "internal_error", "message": "internal server error"}, 500

@@ -673,3 +673,49 @@ async def test_make_site_caps_bodies_times_out_idle_connections_and_hides_versio
     idle.makeConnection(idle_transport)
     env.clock.advance(78)
     assert idle_transport.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_failed_sign_ins_are_rate_limited(env: Env) -> None:
+    for _ in range(5):
+        r = await env.call("POST", "/v1/login", body={"user": "alice", "password": "guess"})
+        assert r.status == 401
+    r = await env.call("POST", "/v1/login", body={"user": "alice", "password": PASSWORD})
+    assert r.status == 429 and r.json()["error"] == "rate_limited"
+    assert int(r.headers.getRawHeaders("retry-after")[0]) == r.json()["retry_after"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_delete_and_unchanged_results(env: Env) -> None:
+    alice = await env.login("alice")
+    refs = await upload(env, alice, b"kept " * 5000)
+    body = {"batch": "s1", "changes": [put("keep.txt", refs)]}
+    assert (await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)).status == 200
+    body = {"batch": "s2", "changes": [put("keep.txt", refs, base=1)]}
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)
+    assert r.json() == {
+        "head": 1,
+        "results": [{"path": "keep.txt", "status": "unchanged", "seq": None, "current_seq": 1}],
+    }
+    body = {"batch": "s3", "changes": [{"path": "keep.txt", "kind": "delete", "base": 7}]}
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)
+    assert r.json()["results"] == [{"path": "keep.txt", "status": "stale", "seq": None, "current_seq": 1}]
+    snap = (await env.call("GET", "/v1/engagements/alpha/snapshot", token=alice)).json()
+    assert [f["path"] for f in snap["files"]] == ["keep.txt"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_ahead_of_the_server_is_answered_at_once(env: Env) -> None:
+    reader = await env.login("rita")
+    r = await env.call("GET", "/v1/engagements/alpha/changes?since=40&wait=30", token=reader)
+    assert r.json() == {"head": 0, "changes": [], "more": False}
+    assert env.notifier.waiting(env.alpha) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_trailing_slash_and_wrong_method_on_engagement_routes(env: Env) -> None:
+    token = await env.login("alice")
+    r = await env.call("GET", "/v1/engagements/", token=token)
+    assert r.status == 404 and r.json()["error"] == "not_found"
+    r = await env.call("GET", "/v1/engagements/alpha/commit", token=token)
+    assert r.status == 405 and r.json()["error"] == "method_not_allowed"
