@@ -643,7 +643,16 @@ async def test_a_bug_is_500_json_without_a_traceback(env: Env, monkeypatch: Any)
 
     monkeypatch.setattr(env.store, "snapshot", broken)
     token = await env.login("alice")
-    r = await env.call("GET", "/v1/engagements/alpha/snapshot", token=token)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        r = await env.call("GET", "/v1/engagements/alpha/snapshot", token=token)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    # the server log has the traceback; the client gets none of it
+    [logged] = [e for e in events if "failure" in e]
+    assert logged["failure"].check(RuntimeError)
+    assert token not in repr(events)
     assert r.status == 500
     assert r.json() == {"error": "internal_error", "message": "internal server error"}
     assert b"secret" not in r.body and b"Traceback" not in r.body
@@ -719,3 +728,33 @@ async def test_trailing_slash_and_wrong_method_on_engagement_routes(env: Env) ->
     assert r.status == 404 and r.json()["error"] == "not_found"
     r = await env.call("GET", "/v1/engagements/alpha/commit", token=token)
     assert r.status == 405 and r.json()["error"] == "method_not_allowed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_commit_is_parsed_off_the_reactor_and_applied(env: Env) -> None:
+    parsed_in_runner: list[str] = []
+
+    def recording_runner(f: Any, *args: Any) -> Deferred:
+        parsed_in_runner.append(f.__name__)
+        return maybeDeferred(f, *args)
+
+    env.api._run_blocking = recording_runner
+    alice = await env.login("alice")
+    refs = await upload(env, alice, b"shared " * 3000)
+    changes = [put(f"folder {i // 100}/copy {i}.txt", refs) for i in range(1500)]
+    body = {"batch": "big", "changes": changes}
+    assert len(json.dumps(body)) > LIMITS.small_json
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)
+    assert r.status == 200, r.body
+    assert r.json()["head"] == 1500
+    assert {x["status"] for x in r.json()["results"]} == {"applied"}
+    assert "parse_commit" in parsed_in_runner
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_changes_in_one_commit_is_413(env: Env) -> None:
+    alice = await env.login("alice")
+    changes = [{"path": f"f{i}", "kind": "delete", "base": 1} for i in range(10_001)]
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "many", "changes": changes})
+    assert r.status == 413 and r.json()["limit"] == 10_000
+    assert await env.store.head(env.alpha) == 0
