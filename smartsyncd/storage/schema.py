@@ -7,8 +7,13 @@ on the write lock (the second finds nothing to do). A database newer than this c
 
 The SQL is plain and portable; the few type names that differ between SQLite and PostgreSQL are
 ``{id_pk}`` (an auto-numbered primary key), ``{blob}`` (hashes and content ids are 32-byte
-blobs) and ``{fold_text}`` (the fold key column, compared bytewise so range scans work), filled
-in from the ``Dialect``. Column names avoid SQL keywords (``user_name``, ``pack_offset``,
+blobs), ``{fold_text}`` (the fold key column, compared bytewise so range scans work) and
+``{path_text}`` (paths, ordered bytewise as SQLite does, not by the server's locale), filled
+in from the ``Dialect``. SQLite gets exactly the DDL it always had.
+
+Several daemons may start at once against one PostgreSQL database: ``migrate`` holds the
+dialect's ``migration_lock`` (a PostgreSQL advisory lock) for its whole run, so one daemon
+migrates and the others wait, then find nothing to do. DDL is transactional there too. Column names avoid SQL keywords (``user_name``, ``pack_offset``,
 ``committed_at``, ``group_ids``, ``session_id``).
 
 Tables:
@@ -100,7 +105,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """CREATE TABLE changes (
                 engagement_id BIGINT NOT NULL REFERENCES engagements (id),
                 seq BIGINT NOT NULL,
-                path TEXT NOT NULL,
+                path {path_text} NOT NULL,
                 kind TEXT NOT NULL CHECK (kind IN ('put', 'delete')),
                 content {blob},
                 size BIGINT NOT NULL,
@@ -114,7 +119,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
             """CREATE TABLE files (
                 engagement_id BIGINT NOT NULL REFERENCES engagements (id),
-                path TEXT NOT NULL,
+                path {path_text} NOT NULL,
                 fold_key {fold_text} NOT NULL,
                 seq BIGINT NOT NULL,
                 content {blob},
@@ -152,6 +157,17 @@ def migrate(conn: Any, dialect: Dialect) -> int:
 
     ``conn`` must be in autocommit mode (transactions are explicit).
     """
+    if dialect.migration_lock:
+        conn.execute(dialect.migration_lock)
+        try:
+            return _migrate(conn, dialect)
+        finally:
+            assert dialect.migration_unlock is not None
+            conn.execute(dialect.migration_unlock)
+    return _migrate(conn, dialect)
+
+
+def _migrate(conn: Any, dialect: Dialect) -> int:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
     for version, statements in MIGRATIONS:
         conn.execute(dialect.begin_write)

@@ -37,7 +37,7 @@ log = Logger(namespace="smartsyncd.storage")
 
 SQLITE = Dialect(
     name="sqlite",
-    types={"id_pk": "INTEGER PRIMARY KEY", "blob": "BLOB", "fold_text": "TEXT"},
+    types={"id_pk": "INTEGER PRIMARY KEY", "blob": "BLOB", "fold_text": "TEXT", "path_text": "TEXT"},
     begin_write="BEGIN IMMEDIATE",
     begin_read="BEGIN",
     lock_engagement=None,  # BEGIN IMMEDIATE already serializes writers
@@ -71,7 +71,7 @@ def _sqlite_path(data_dir: str, database_url: str | None) -> str:
         return os.path.join(data_dir, DB_FILENAME)
     if database_url.startswith("sqlite:///"):
         return database_url[len("sqlite://") :]
-    raise ValueError(f"unsupported database url scheme: {database_url.split(':', 1)[0]!r} (only SQLite for now)")
+    raise ValueError(f"unsupported database url scheme: {database_url.split(':', 1)[0]!r} (sqlite:/// or postgresql://)")
 
 
 async def open_server_store(
@@ -86,7 +86,14 @@ async def open_server_store(
 
     ``now`` supplies record timestamps (created_at); the default is the system clock in UTC.
     Raises ``Unavailable`` when the database or the storage folder cannot be opened.
+    A ``postgresql://`` URL opens the PostgreSQL store instead (``storage/postgres.py``).
     """
+    if database_url is not None and database_url.startswith(("postgresql://", "postgres://")):
+        from smartsyncd.storage.postgres import open_postgres_store
+
+        return await open_postgres_store(
+            database_url, data_dir=data_dir, reactor=reactor, storage_path=storage_path, now=now
+        )
     db_path = _sqlite_path(data_dir, database_url)
     packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
     db_pool = ThreadPool(minthreads=1, maxthreads=1, name="smartsyncd-db")

@@ -3,14 +3,16 @@
 Two layers:
 
 - ``MetadataDB``: synchronous methods on one DB-API connection (autocommit mode; transactions
-  are explicit). It must only ever be used from the store's single DB thread (SQLite connections
+  are explicit). It must only ever be used from the DB thread that owns it (SQLite connections
   belong to the thread that opened them). The SQL is plain with ``?`` placeholders; everything
   that differs between databases (connecting, pragmas, the write-transaction statement, locking
   the engagement row, type names, which driver errors mean "unreachable") is in a ``Dialect``
-  (``storage/sqlite.py`` defines the SQLite one; PostgreSQL comes later).
+  (``storage/sqlite.py`` defines the SQLite one, ``storage/postgres.py`` the PostgreSQL one).
 - ``SqlServerStore``: implements ``storage.api.ServerStore``. Every method is a coroutine that
-  runs the SQL on the DB pool (exactly one thread) and pack I/O on the file pool
-  (``deferToThreadPool``), so the reactor thread never blocks.
+  runs the SQL on the DB pool and pack I/O on the file pool (``deferToThreadPool``), so the
+  reactor thread never blocks. SQLite: one DB thread, one connection. PostgreSQL: N DB threads,
+  each with its own connection (opened on first use, replaced when broken); commits serialize
+  on the engagement row (``SELECT ... FOR UPDATE``), so several daemons can share the database.
 
 Commit (``MetadataDB.commit``) is one write transaction: idempotency lookup by (engagement, batch)
 -> the stored answer, replayed; else ``core.commit_rules.plan_commit`` over a ``HeadView`` backed
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +100,17 @@ class Dialect:
     integrity_errors: tuple[type[BaseException], ...]
     placeholder: str = "?"
     binary: Callable[[bytes], Any] = field(default=bytes)
+    # Several daemons (PostgreSQL): a lock held around ``schema.migrate`` so migrations run
+    # once, and a statement run inside a commit that wakes the other daemons' long-polls
+    # (one ? parameter: "<engagement id>:<new head>"; delivered only if the commit is).
+    migration_lock: str | None = None
+    migration_unlock: str | None = None
+    notify_commit: str | None = None
+    # Driver errors after which the whole transaction may simply run again (deadlock,
+    # serialization failure): the store retries those a few times before giving up.
+    retry_errors: tuple[type[BaseException], ...] = ()
+    # Whether a connection is unusable after an error (then the store opens a new one).
+    is_broken: Callable[[Any], bool] = field(default=lambda conn: False)
 
     def sql(self, query: str) -> str:
         return query if self.placeholder == "?" else query.replace("?", self.placeholder)
@@ -765,6 +779,8 @@ class MetadataDB:
             ],
         )
         self.execute("UPDATE engagements SET head = ? WHERE id = ?", (seq, engagement_id))
+        if self.dialect.notify_commit and seq > head:
+            self.execute(self.dialect.notify_commit, (f"{engagement_id}:{seq}",))
         result = CommitResult(head=seq, results=tuple(results), changes=tuple(written))
         self.execute(
             "INSERT INTO batches (engagement_id, batch, result, created_at) VALUES (?, ?, ?, ?)",
@@ -861,19 +877,40 @@ class SqlServerStore:
         self,
         *,
         reactor: IReactorThreads,
-        db: MetadataDB,
+        db: MetadataDB | None,
         packs: PackStore,
         db_pool: ThreadPool,
         file_pool: ThreadPool,
         clock: Callable[[], datetime] | None = None,
+        connect: Callable[[], MetadataDB] | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
+        """``db``: the one connection, used by the DB pool's single thread (SQLite).
+
+        Or ``db=None`` and ``connect``: each DB pool thread opens its own connection on first
+        use and replaces it when the driver reports it broken (PostgreSQL: N threads, N
+        connections, a database restart heals itself).
+        """
+        if (db is None) == (connect is None):
+            raise ValueError("give either db or connect")
         self._reactor = reactor
         self._meta = db
+        self._connect = connect
+        self._dialect: Dialect = db.dialect if db is not None else dialect  # type: ignore[assignment]
+        if self._dialect is None:
+            raise ValueError("connect needs a dialect")
+        self._local = threading.local()
+        self._opened: list[MetadataDB] = []
+        self._opened_lock = threading.Lock()
         self.packs = packs
         self._db_pool = db_pool
         self._file_pool = file_pool
         self._closed = False
         self._now = clock or (lambda: datetime.now(UTC))
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
 
     # -- running work off the reactor
 
@@ -884,14 +921,50 @@ class SqlServerStore:
         result: T = await deferToThreadPool(self._reactor, self._db_pool, self._guard_db, fn, *args)
         return result
 
-    def _guard_db(self, fn: Callable[..., T], *args: Any) -> T:
+    def _thread_db(self) -> MetadataDB:
+        if self._meta is not None:
+            return self._meta
+        meta: MetadataDB | None = getattr(self._local, "meta", None)
+        if meta is None:
+            assert self._connect is not None
+            meta = self._connect()
+            self._local.meta = meta
+            with self._opened_lock:
+                self._opened.append(meta)
+        return meta
+
+    def _drop_thread_db(self, meta: MetadataDB) -> None:
+        self._local.meta = None
+        with self._opened_lock:
+            if meta in self._opened:
+                self._opened.remove(meta)
         try:
-            return fn(self._meta, *args)
-        except SyncError:
-            raise
-        except self._meta.dialect.unavailable_errors as e:
-            log.warn("database error: {error}", error=repr(e))
-            raise Unavailable("the database is unavailable") from e
+            meta.close()
+        except Exception as e:  # noqa: BLE001 - it is broken already; a new one replaces it
+            log.debug("closing a broken connection: {error}", error=repr(e))
+
+    def _guard_db(self, fn: Callable[..., T], *args: Any) -> T:
+        dialect = self._dialect
+        attempt = 0
+        while True:
+            attempt += 1
+            meta: MetadataDB | None = None
+            try:
+                meta = self._thread_db()
+                return fn(meta, *args)
+            except SyncError:
+                raise
+            except dialect.retry_errors as e:
+                # The transaction was rolled back as a whole (deadlock, serialization): rerun.
+                if attempt >= 5:
+                    log.warn("database conflict, giving up: {error}", error=repr(e))
+                    raise Unavailable("the database is busy; retry") from e
+                log.info("database conflict, retrying: {error}", error=repr(e))
+            except dialect.unavailable_errors as e:
+                log.warn("database error: {error}", error=repr(e))
+                if meta is not None and self._meta is None and dialect.is_broken(meta.conn):
+                    self._drop_thread_db(meta)
+                raise Unavailable("the database is unavailable") from e
 
     async def run_file(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(packs, *args)`` on the file pool, mapping OS errors to ``Unavailable``."""
@@ -911,11 +984,23 @@ class SqlServerStore:
         if self._closed:
             return
         try:
-            await deferToThreadPool(self._reactor, self._db_pool, self._meta.close)
+            if self._meta is not None:
+                await deferToThreadPool(self._reactor, self._db_pool, self._meta.close)
+            else:
+                await deferToThreadPool(self._reactor, self._db_pool, self._close_opened)
         finally:
             self._closed = True
             self._db_pool.stop()
             self._file_pool.stop()
+
+    def _close_opened(self) -> None:
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for meta in opened:
+            try:
+                meta.close()
+            except Exception as e:  # noqa: BLE001 - closing; nothing more to do with it
+                log.debug("closing a connection: {error}", error=repr(e))
 
     # -- users
 

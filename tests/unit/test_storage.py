@@ -1,15 +1,21 @@
-"""The ServerStore test-suite: real SQLite in tmp_path, real pack files.
+"""The ServerStore test-suite, run against both metadata backends with real pack files.
 
-Every test takes the ``store`` fixture, parametrized by backend so a PostgreSQL store can join
-later without changing the tests.
+Every test runs twice (the ``backend`` fixture's params): on SQLite in tmp_path, and on a fresh
+database in a real PostgreSQL 15 cluster started once per session (tests/integration/pg.py; it
+fails the run with its log if it cannot start). Tests touch the database underneath only
+through ``backend.raw(...)``, so the same test checks both.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -38,14 +44,71 @@ from smartsyncd.storage.schema import SchemaTooNew
 from smartsyncd.storage.sqlite import DB_FILENAME, open_server_store
 from smartsyncd.storage.sqlstore import SqlServerStore
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+from pg import PgCluster  # noqa: E402
+
 T0 = datetime(2026, 11, 26, 15, 30, tzinfo=UTC)
 
 
-@pytest_twisted.async_yield_fixture(params=["sqlite"])
-async def store(request, tmp_path) -> AsyncIterator[SqlServerStore]:
-    from twisted.internet import reactor
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
-    s = await open_server_store(str(tmp_path / "data"), reactor=reactor, now=lambda: T0)
+
+@dataclass
+class Backend:
+    """One metadata backend for one test: where its data lives and raw access underneath."""
+
+    name: str
+    data_dir: Path
+    url: str | None  # None: SQLite in data_dir
+
+    async def open(self, **kwargs: Any) -> SqlServerStore:
+        from twisted.internet import reactor
+
+        return await open_server_store(str(self.data_dir), reactor=reactor, database_url=self.url, **kwargs)
+
+    @property
+    def integrity_or_raise(self) -> type[BaseException]:
+        """What a failing trigger raises through the store (the driver's own error)."""
+        if self.url is None:
+            return sqlite3.IntegrityError
+        import psycopg
+
+        return psycopg.Error
+
+    def raw(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement directly on the database (committed) and return its rows."""
+        if self.url is None:
+            conn = sqlite3.connect(self.data_dir / DB_FILENAME)
+            try:
+                rows = conn.execute(statement, params).fetchall()
+                conn.commit()
+                return rows
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as pg:
+            cur = pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", tmp_path / "data", None)
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return Backend("postgresql", tmp_path / "data", cluster.fresh_url())
+
+
+@pytest_twisted.async_yield_fixture()
+async def store(backend) -> AsyncIterator[SqlServerStore]:
+    s = await backend.open(now=lambda: T0)
     try:
         yield s
     finally:
@@ -61,26 +124,22 @@ def chunk(data: bytes, codec: int = 0) -> VerifiedChunk:
 
 
 @pytest_twisted.ensureDeferred
-async def test_open_creates_wal_database(store, tmp_path) -> None:
-    db_file = tmp_path / "data" / DB_FILENAME
-    assert db_file.exists()
-    conn = sqlite3.connect(db_file)
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] >= 1
-    finally:
-        conn.close()
+async def test_open_creates_and_migrates_the_database(store, backend, tmp_path) -> None:
+    assert backend.raw("SELECT MAX(version) FROM schema_version")[0][0] >= 1
+    if backend.name == "sqlite":
+        assert (tmp_path / "data" / DB_FILENAME).exists()
+        assert backend.raw("PRAGMA journal_mode")[0][0] == "wal"
+    else:
+        assert not (tmp_path / "data" / DB_FILENAME).exists()
     assert (tmp_path / "data" / "chunks").is_dir()
 
 
 @pytest_twisted.ensureDeferred
-async def test_reopen_keeps_data(tmp_path) -> None:
-    from twisted.internet import reactor
-
-    s = await open_server_store(str(tmp_path), reactor=reactor)
+async def test_reopen_keeps_data(backend) -> None:
+    s = await backend.open()
     await s.add_user("alice", "hash1")
     await s.close()
-    s = await open_server_store(str(tmp_path), reactor=reactor)
+    s = await backend.open()
     try:
         user = await s.get_user("alice")
         assert user is not None and user.password_hash == "hash1"
@@ -267,10 +326,8 @@ async def test_health(store, tmp_path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_closed_store_is_unavailable(tmp_path) -> None:
-    from twisted.internet import reactor
-
-    s = await open_server_store(str(tmp_path), reactor=reactor)
+async def test_closed_store_is_unavailable(backend) -> None:
+    s = await backend.open()
     await s.close()
     with pytest.raises(Unavailable):
         await s.list_users()
@@ -579,39 +636,39 @@ async def test_fsck_reports_corrupt_byte(store, tmp_path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_fsck_reports_missing_pack_and_log_gap(store, tmp_path) -> None:
+async def test_fsck_reports_missing_pack_and_log_gap(store, backend, tmp_path) -> None:
     eid = await populated(store)
     os.unlink(pack_files(tmp_path)[0])
-    conn = sqlite3.connect(tmp_path / "data" / DB_FILENAME)
-    try:
-        conn.execute("UPDATE engagements SET head = 2 WHERE id = ?", (eid,))
-        conn.commit()
-    finally:
-        conn.close()
+    backend.raw("UPDATE engagements SET head = 2 WHERE id = ?", (eid,))
     kinds = sorted(p.kind for p in await store.fsck())
     assert kinds == ["bad_log", "missing_pack"]
 
 
+FAILING_TRIGGER = {
+    "sqlite": [
+        "CREATE TRIGGER fail_batch BEFORE INSERT ON batches"
+        " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION fail_batch() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+        "CREATE TRIGGER fail_batch BEFORE INSERT ON batches FOR EACH ROW EXECUTE FUNCTION fail_batch()",
+    ],
+}
+
+
 @pytest_twisted.ensureDeferred
-async def test_commit_failing_late_rolls_back_everything(store, tmp_path) -> None:
+async def test_commit_failing_late_rolls_back_everything(store, backend) -> None:
     """A failure after the change rows were inserted (here: the last insert) undoes them all."""
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"one")
-    conn = sqlite3.connect(tmp_path / "data" / DB_FILENAME)
-    try:
-        conn.execute(
-            "CREATE TRIGGER fail_batch BEFORE INSERT ON batches"
-            " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-        )
-        conn.commit()
-        with pytest.raises(sqlite3.IntegrityError, match="injected"):
-            await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
-        assert await state(store, e.id) == (0, {}, 0)
-        assert await store.get_manifest(e.id, c1) is None
-        conn.execute("DROP TRIGGER fail_batch")
-        conn.commit()
-    finally:
-        conn.close()
+    for statement in FAILING_TRIGGER[backend.name]:
+        backend.raw(statement)
+    with pytest.raises(backend.integrity_or_raise, match="injected"):
+        await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
+    assert await state(store, e.id) == (0, {}, 0)
+    assert await store.get_manifest(e.id, c1) is None
+    backend.raw("DROP TRIGGER fail_batch" + (" ON batches" if backend.name == "postgresql" else ""))
     r = await commit(store, e.id, "b1", [put("a", None, c1, s1)], {"a": full(c1, refs1)})
     assert r.head == 1 and not r.replayed
 
@@ -644,16 +701,100 @@ async def test_commit_nfd_path_is_stored_nfc(store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_newer_schema_is_refused(tmp_path) -> None:
-    from twisted.internet import reactor
-
-    s = await open_server_store(str(tmp_path), reactor=reactor)
+async def test_newer_schema_is_refused(backend) -> None:
+    s = await backend.open()
     await s.close()
-    conn = sqlite3.connect(tmp_path / DB_FILENAME)
-    try:
-        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
-        conn.commit()
-    finally:
-        conn.close()
+    backend.raw("INSERT INTO schema_version (version) VALUES (99)")
     with pytest.raises(SchemaTooNew, match="newer"):
-        await open_server_store(str(tmp_path), reactor=reactor)
+        await backend.open()
+
+
+# ------------------------------------------------------------- several daemons on PostgreSQL
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgres_stores_opening_together_migrate_once(pg_cluster, tmp_path) -> None:
+    """Four stores (four daemons starting at once) on one fresh database: all open, one schema."""
+    from twisted.internet.defer import Deferred, gatherResults
+
+    url = pg_cluster.url(pg_cluster.create_database())
+    backend = Backend("postgresql", tmp_path / "data", url)
+    stores = await gatherResults([Deferred.fromCoroutine(backend.open()) for _ in range(4)])
+    try:
+        assert backend.raw("SELECT version FROM schema_version ORDER BY version") == [(1,)]
+        assert await stores[0].create_engagement("acme", "")
+        assert [e.name for e in await stores[3].list_engagements()] == ["acme"]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgres_concurrent_commits_from_two_stores_have_no_gap_or_duplicate(
+    pg_cluster, tmp_path
+) -> None:
+    """Two stores (two daemons, 4 connections each) commit 40 batches to one engagement at once."""
+    from twisted.internet.defer import Deferred, gatherResults
+
+    url = pg_cluster.url(pg_cluster.create_database())
+    a = await Backend("postgresql", tmp_path / "data", url).open()
+    b = await Backend("postgresql", tmp_path / "data", url).open()
+    try:
+        e = await a.create_engagement("acme", "")
+        c1, s1, refs1 = await upload_file(a, e.id, b"shared content")
+
+        async def one(store, i: int):
+            path = f"f{i:03d}.txt"
+            return await commit(store, e.id, f"batch-{i}", [put(path, None, c1, s1)], {path: full(c1, refs1)})
+
+        results = await gatherResults(
+            [Deferred.fromCoroutine(one(a if i % 2 else b, i)) for i in range(40)]
+        )
+        seqs = sorted(r.results[0].seq for r in results)
+        assert seqs == list(range(1, 41))
+        head, changes = await b.changes_since(e.id, 0, 100)
+        assert head == 40 and [c.seq for c in changes] == list(range(1, 41))
+        assert len({c.path for c in changes}) == 40
+        # the same batch retried through the other store applies nothing again
+        again = await one(a, 0)
+        assert again.replayed and (again.head, again.results) == (results[0].head, results[0].results)
+        assert await a.head(e.id) == 40
+        assert await a.fsck() == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgres_connections_are_replaced_after_the_server_drops_them(pg_cluster, tmp_path) -> None:
+    """A database restart (here: every session terminated) heals without reopening the store."""
+    url = pg_cluster.url(pg_cluster.create_database())
+    backend = Backend("postgresql", tmp_path / "data", url)
+    s = await backend.open()
+    try:
+        await s.add_user("alice", "h")
+        dbname = url.rsplit("/", 1)[1]
+        pg_cluster.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+        )
+        outcomes = []
+        for _ in range(8):  # each DB thread finds its dead connection at most once
+            try:
+                outcomes.append((await s.get_user("alice")) is not None)
+            except Unavailable:
+                outcomes.append(False)
+        assert outcomes[-1] is True
+        assert await s.check_health() == {"database": "ok", "storage": "ok"}
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_postgres_is_unavailable(tmp_path) -> None:
+    from pg import free_port
+
+    backend = Backend("postgresql", tmp_path / "data", f"postgresql://nobody:secret@127.0.0.1:{free_port()}/x")
+    with pytest.raises(Unavailable) as caught:
+        await backend.open()
+    assert "secret" not in str(caught.value)
