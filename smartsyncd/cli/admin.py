@@ -2,7 +2,8 @@
 
 It opens the same store as the daemon (same config file parsing and defaults, so
 ``--config``/``--data-dir`` find the same data) and can run while the daemon runs: SQLite in
-WAL mode lets both write. Exit codes: 0 ok, 1 failure (unknown name, duplicate, damage found by
+WAL mode lets both write; PostgreSQL serves every daemon and this tool alike. ``db upgrade``
+creates the schema or applies pending migrations (what every daemon also does when it starts). Exit codes: 0 ok, 1 failure (unknown name, duplicate, damage found by
 fsck), 2 usage. A user mistake gets one line on stderr, never a traceback.
 
 Passwords are read before the reactor starts (``--password-stdin``, else two ``getpass``
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     grants.add_argument("engagement", nargs="?")
 
     commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right")
+
+    db = commands.add_parser("db", help="the metadata database").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    db.add_parser(
+        "upgrade",
+        help="create the schema or apply pending migrations (safe while daemons start)",
+    )
     return parser
 
 
@@ -138,6 +147,7 @@ def _needs_existing_data(args: argparse.Namespace) -> bool:
     return not (
         (args.command == "user" and args.action == "add")
         or (args.command == "engagement" and args.action == "create")
+        or args.command == "db"
     )
 
 
@@ -180,6 +190,8 @@ class Admin:
             return await self.revoke(args.engagement, args.user, args.group)
         if args.command == "grants":
             return await self.grants(args.engagement)
+        if args.command == "db":
+            return await self.db_upgrade()
         return await self.fsck()
 
     async def _hash(self, password: str) -> str:
@@ -308,6 +320,18 @@ class Admin:
             self.say(f"{g.engagement}\t{g.kind}\t{shown}\t{g.role}")
         if not rows:
             self.say("(no grants)")
+        return 0
+
+    async def db_upgrade(self) -> int:
+        # Opening the store already migrated it (under the database's migration lock).
+        from smartsyncd.service.server import describe_database
+        from smartsyncd.storage.schema import LATEST_VERSION, current_version
+
+        version = await self.store.run_db(lambda meta: current_version(meta.conn, meta.dialect))
+        self.say(
+            f"database schema at version {version} (this smartsyncd: {LATEST_VERSION}); "
+            f"{describe_database(self.config)}"
+        )
         return 0
 
     async def fsck(self) -> int:

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from OpenSSL import SSL
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
@@ -121,7 +122,10 @@ class ServerAPI:
         self._pool.maxPersistentPerHost = 4
         self._pool.retryAutomatically = False  # we retry ourselves, with backoff
         agent: Any = Agent(reactor, contextFactory=policy, pool=self._pool)
-        self._http = HTTPClient(agent)
+        # Cookies are kept for the life of this object: a load balancer's sticky-session
+        # cookie (HAProxy's SERVERID) keeps every request on one server until it fails.
+        self.cookies = IndexableCookieJar()
+        self._http = HTTPClient(agent, cookiejar=self.cookies)
 
     async def close(self) -> None:
         """Close pooled connections (call before stopping the reactor)."""

@@ -3,7 +3,9 @@
 Start order (in ``startService``, after the reactor runs): TLS certificate (made on first
 start), store (async open: migrations run in its own threads), sign-in backends and sessions,
 the Klein application, then the listening port (and the port file, written after the bind).
-Stop order is the reverse: stop listening, then close the store.
+With PostgreSQL metadata a ``PgNotifyBridge`` (``service/pgnotify.py``) also starts: commits
+made by other daemons wake this daemon's long-polls.
+Stop order is the reverse: stop listening, stop the bridge, then close the store.
 
 A start that fails (store cannot open, port in use, bad certificate) logs one critical line
 saying why and calls ``on_fatal`` (the daemon stops the reactor and exits non-zero) rather than
@@ -94,6 +96,7 @@ class SmartsyncServer(Service):
         self.port: Any = None  # IListeningPort once listening
         self.certificate: CertificateInfo | None = None
         self.started: Deferred[None] | None = None
+        self.notify_bridge: Any = None  # PgNotifyBridge when the metadata is in PostgreSQL
         self._stopping = False
         self.setName("smartsyncd")
 
@@ -167,9 +170,16 @@ class SmartsyncServer(Service):
                 minutes=config.ldap.refresh_interval if config.ldap else 15.0
             ),
         )
-        api = SyncAPI(
-            self.store, sessions, ChangeNotifier(self._reactor), self._reactor, self._run_blocking
-        )
+        notifier = ChangeNotifier(self._reactor)
+        if config.database_url is not None and config.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            # Commits on the other daemons wake the long-polls waiting here.
+            from smartsyncd.service.pgnotify import PgNotifyBridge
+
+            self.notify_bridge = PgNotifyBridge(config.database_url, notifier.notify, self._reactor)
+            self.notify_bridge.startService()
+        api = SyncAPI(self.store, sessions, notifier, self._reactor, self._run_blocking)
         site = make_site(api, timeout=config.request_timeout)
         endpoint = serverFromString(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
@@ -218,6 +228,9 @@ class SmartsyncServer(Service):
                 os.unlink(self._port_file)
             except FileNotFoundError:
                 pass
+        if self.notify_bridge is not None:
+            bridge, self.notify_bridge = self.notify_bridge, None
+            await bridge.stopService()
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()
