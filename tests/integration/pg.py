@@ -45,10 +45,11 @@ class PgCluster:
 
     _names = itertools.count(1)
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, *, durable: bool = False) -> None:
         # pytest's tmp folders are 0700 root, out of the postgres user's reach: by default the
         # cluster lives in its own folder under /tmp, removed again by ``stop``.
         self._own_folder = folder is None
+        self.durable = durable  # False: fsync=off (tests); True: PostgreSQL's defaults (bench)
         self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="smartsync-pg-"))
         self.data = self.folder / "data"
         self.logfile = self.folder / "postgres.log"
@@ -70,9 +71,10 @@ class PgCluster:
                 raise PgStartError(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         self.port = free_port()
         options = (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
-            " -c fsync=off -c max_connections=200"
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off"
         done = _as_postgres(
             [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w",
              "-t", str(START_TIMEOUT_S), "start", "-o", options]

@@ -1,0 +1,51 @@
+"""Several instances on one host, each from its own config file (data folder, port, pid file,
+log): the documented ``twistd --pidfile ... --logfile ... smartsync --config ...`` form, and
+``smartsync-admin --config`` reaching the right instance's data without ``--data-dir``.
+
+(test_daemon.py's side-by-side test covers the ``--data-dir`` form.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from daemon import admin_command, running_daemon
+
+pytestmark = pytest.mark.integration
+
+
+def admin(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*admin_command(), "--config", str(config), *args],
+        input=stdin, capture_output=True, text=True, timeout=60, cwd="/",
+    )
+
+
+def test_two_instances_from_their_own_config_files_do_not_interfere(tmp_path: Path) -> None:
+    config = "[server]\ndata_dir = {name}-data\n"
+    with running_daemon(
+        tmp_path, name="a", config_text=config.format(name="a"), pass_data_dir=False
+    ) as a, running_daemon(
+        tmp_path, name="b", config_text=config.format(name="b"), pass_data_dir=False
+    ) as b:
+        assert a.config_path is not None and b.config_path is not None
+        assert a.data_dir == tmp_path / "a" / "a-data" and b.data_dir == tmp_path / "b" / "b-data"
+        assert a.port != b.port and a.fingerprint != b.fingerprint
+        assert a.process is not None and b.process is not None
+        assert int(a.pidfile.read_text()) == a.process.pid
+        assert int(b.pidfile.read_text()) == b.process.pid
+
+        # the admin tool, given only a config file, works on that instance's data
+        done = admin(a.config_path, "user", "add", "alice", "--password-stdin", stdin="pw-a\n")
+        assert done.returncode == 0, done.stderr
+        assert "alice" in admin(a.config_path, "user", "list").stdout
+        assert "(no users)" in admin(b.config_path, "user", "list").stdout
+        assert a.login("alice", "pw-a")
+        assert b.request("POST", "/v1/login", json_body={"user": "alice", "password": "pw-a"})[0] == 401
+
+        a.stop()
+        assert b.request("GET", "/healthz")[0] == 200
+        assert "smartsyncd stopped" in a.log_text() and "smartsyncd stopped" not in b.log_text()
+        assert not a.pidfile.exists() and b.pidfile.exists()
