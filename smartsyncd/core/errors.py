@@ -103,3 +103,37 @@ class Unavailable(SyncError):
 
     code = "unavailable"
     status = 503
+
+
+# -- engagement workflow (docs/workflow.md) ----------------------------------------------------
+
+
+class Locked(SyncError):
+    """A path of the commit is checked out by another user (``path``, ``holder``, ``since``,
+    ``expires_at``, ``lock_path``); nothing in the batch is applied. The edit stays local."""
+
+    code = "locked"
+    status = 409
+
+
+class Finalized(SyncError):
+    """The engagement is signed off (finalized) and read-only for everyone (``reason``,
+    ``finalized_by``, ``finalized_at``); nothing is applied until an admin reopens it."""
+
+    code = "finalized"
+    status = 423
+
+
+class CopyAbandoned(SyncError):
+    """The sync copy named by the ``Smartsync-Copy`` header was abandoned by an admin (a lost
+    laptop): it may never commit again (``copy``)."""
+
+    code = "copy_abandoned"
+    status = 403
+
+
+class UnsyncedCopies(SyncError):
+    """Finalize refused: copies still hold unsynced work (``copies``); use --force to override."""
+
+    code = "unsynced_copies"
+    status = 409

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
 
+from smartsyncd.core.locks import Lock
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest, ProposedChange, Role
 
 PrincipalKind = Literal["user", "group"]
@@ -108,6 +109,99 @@ class FsckProblem:
     detail: str
 
 
+# -- engagement workflow records (docs/workflow.md; SQL in storage/workflow.py) -----------------
+
+
+@dataclass(frozen=True)
+class EngagementStatus:
+    """Sign-off freeze and retention of one engagement."""
+
+    name: str
+    finalized_at: datetime | None
+    finalized_by: str | None
+    finalized_reason: str | None
+    retention_days: int | None  # None: keep every version forever
+
+    @property
+    def finalized(self) -> bool:
+        return self.finalized_at is not None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One change record at a path; ``number`` counts the path's puts 1, 2, 3... (None for a
+    delete). ``available`` is False once gc collected its content (past retention)."""
+
+    number: int | None
+    seq: int
+    kind: str
+    content: str | None
+    size: int
+    user: str
+    time: datetime
+    conflict_of: str | None
+    available: bool
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    path: str
+    seq: int
+    content: str
+    size: int
+    available: bool
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """A sync copy known to the server and what it last reported."""
+
+    copy_id: str
+    user: str
+    host: str
+    registered_at: datetime
+    last_contact: datetime
+    unsynced: int
+    unsynced_since: datetime | None
+    abandoned_at: datetime | None
+    abandoned_by: str | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One event of an audit chain (``detail`` decoded from its canonical JSON)."""
+
+    chain: str
+    seq: int
+    event: str
+    actor: str
+    time: datetime
+    engagement: str | None
+    detail: dict[str, Any]
+    record_hash: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The verification of one chain: ``problem`` names the first bad record, or is None."""
+
+    chain: str  # "changes:<eng>", "eng:<eng>" or "global"
+    records: int
+    head_hash: str
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class GcReport:
+    engagement: str
+    skipped: str | None = None  # why nothing was collected (finalized)
+    manifests_removed: int = 0
+    chunks_removed: int = 0
+    packs_removed: int = 0
+    bytes_freed: int = 0
+    orphan_packs_removed: int = 0
+
+
 class ServerStore(Protocol):
     # users (local accounts)
     async def add_user(self, name: str, password_hash: str | None) -> UserRecord: ...
@@ -146,6 +240,7 @@ class ServerStore(Protocol):
         changes: Sequence[ProposedChange],
         manifests: dict[str, PutManifest],
         now: datetime,
+        copy: str | None = None,  # the Smartsync-Copy header: an abandoned copy is refused
     ) -> CommitResult: ...
     async def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]: ...
     async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]: ...
@@ -154,3 +249,35 @@ class ServerStore(Protocol):
     # operations
     async def check_health(self) -> dict[str, str]: ...
     async def fsck(self) -> list[FsckProblem]: ...
+
+    # engagement workflow (docs/workflow.md). ``actor`` names who acted, for the audit trail.
+    async def engagement_status(self, engagement_id: int) -> EngagementStatus: ...
+    async def checkout(
+        self, engagement_id: int, path: str, user: str, session: str | None, duration: timedelta | None
+    ) -> Lock: ...
+    async def checkin(self, engagement_id: int, path: str, user: str) -> Lock: ...
+    async def break_lock(self, engagement_id: int, path: str, actor: str, reason: str) -> Lock: ...
+    async def list_locks(self, engagement_id: int) -> list[Lock]: ...
+    async def history(self, engagement_id: int, path: str) -> list[VersionRecord]: ...
+    async def restore(
+        self, engagement_id: int, user: str, session: str | None, copy: str | None, path: str,
+        version: int, batch: str, now: datetime,
+    ) -> CommitResult: ...
+    async def export_at(self, engagement_id: int, at: datetime) -> tuple[int, list[ExportFile]]: ...
+    async def register_copy(
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None
+    ) -> CopyRecord: ...
+    async def report_copy(
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
+        unsynced: int, since: datetime | None,
+    ) -> CopyRecord: ...
+    async def list_copies(self, engagement_id: int) -> list[CopyRecord]: ...
+    async def abandon_copy(self, engagement_id: int, copy_id: str, actor: str) -> CopyRecord: ...
+    async def finalize(
+        self, engagement_id: int, actor: str, reason: str, force: bool
+    ) -> tuple[EngagementStatus, list[CopyRecord]]: ...
+    async def reopen(self, engagement_id: int, actor: str, reason: str) -> EngagementStatus: ...
+    async def set_retention(self, engagement_id: int, days: int | None, actor: str) -> None: ...
+    async def audit_records(self, engagement_id: int) -> list[AuditRecord]: ...
+    async def verify_audit(self, engagement: str | None) -> list[ChainReport]: ...
+    async def gc(self, engagement_id: int, grace: timedelta) -> GcReport: ...

@@ -28,6 +28,10 @@ Tables:
 - files: the head state per path (tombstones stay with ``content`` NULL), with ``fold_key``
   (case/normalization key) indexed for clash checks and folder spelling lookups.
 - batches: the stored answer for each commit batch key (idempotent retries).
+- (2) changes.prev_hash/record_hash: the per-engagement hash chain (``core.audit``);
+  engagements.finalized_*: the sign-off freeze; engagements.retention_days: history kept;
+  locks: check-outs (by fold key); copies: known sync copies and what they hold unsynced;
+  audit + audit_heads: the chained audit trail (``eng:<name>`` chains and one ``global``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smartsyncd.storage.sqlstore import Dialect
 
-MIGRATIONS: list[tuple[int, list[str]]] = [
+def _backfill_change_hashes(conn: Any, dialect: Dialect) -> None:
+    """Migration 2's data step: chain the change records that existed before it."""
+    from smartsyncd.storage.workflow import backfill_change_hashes
+
+    backfill_change_hashes(conn, dialect)
+
+
+MIGRATIONS: list[tuple[int, list[Any]]] = [
     (
         1,
         [
@@ -136,6 +147,63 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # Engagement workflow (docs/workflow.md): the change log's hash chain, sign-off
+        # freeze and retention per engagement, check-out locks, known sync copies, and the
+        # chained audit trail. Existing change records get their hashes here.
+        2,
+        [
+            "ALTER TABLE changes ADD COLUMN prev_hash {blob}",
+            "ALTER TABLE changes ADD COLUMN record_hash {blob}",
+            "CREATE INDEX changes_path ON changes (engagement_id, path, seq)",
+            "ALTER TABLE engagements ADD COLUMN finalized_at TEXT",
+            "ALTER TABLE engagements ADD COLUMN finalized_by TEXT",
+            "ALTER TABLE engagements ADD COLUMN finalized_reason TEXT",
+            "ALTER TABLE engagements ADD COLUMN retention_days INTEGER",
+            """CREATE TABLE locks (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                fold_key {fold_text} NOT NULL,
+                path {path_text} NOT NULL,
+                holder TEXT NOT NULL,
+                session_id TEXT,
+                since TEXT NOT NULL,
+                expires_at TEXT,
+                PRIMARY KEY (engagement_id, fold_key)
+            )""",
+            """CREATE TABLE copies (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                copy_id TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                host TEXT NOT NULL,
+                session_id TEXT,
+                registered_at TEXT NOT NULL,
+                last_contact TEXT NOT NULL,
+                unsynced BIGINT NOT NULL DEFAULT 0,
+                unsynced_since TEXT,
+                abandoned_at TEXT,
+                abandoned_by TEXT,
+                PRIMARY KEY (engagement_id, copy_id)
+            )""",
+            """CREATE TABLE audit_heads (
+                chain TEXT PRIMARY KEY,
+                seq BIGINT NOT NULL,
+                record_hash {blob} NOT NULL
+            )""",
+            """CREATE TABLE audit (
+                chain TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                event TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                at TEXT NOT NULL,
+                engagement TEXT,
+                detail TEXT NOT NULL,
+                prev_hash {blob} NOT NULL,
+                record_hash {blob} NOT NULL,
+                PRIMARY KEY (chain, seq)
+            )""",
+            _backfill_change_hashes,
+        ],
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -182,7 +250,10 @@ def _migrate(conn: Any, dialect: Dialect) -> int:
                 conn.execute("ROLLBACK")
                 continue
             for statement in statements:
-                conn.execute(statement.format(**dialect.types))
+                if callable(statement):  # a data step (e.g. computing hashes of existing rows)
+                    statement(conn, dialect)
+                else:
+                    conn.execute(statement.format(**dialect.types))
             conn.execute(dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
             conn.execute("COMMIT")
         except BaseException:

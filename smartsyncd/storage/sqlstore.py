@@ -30,11 +30,12 @@ does the caller acknowledge. A crash between leaves an orphan pack, never a dang
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from twisted.internet.interfaces import IReactorThreads
@@ -43,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from smartsyncd.core import commit_rules, manifest
+from smartsyncd.core.audit import GLOBAL_CHAIN, change_fields, engagement_chain
 from smartsyncd.core.errors import (
     BadRequest,
     MissingChunks,
@@ -51,6 +53,7 @@ from smartsyncd.core.errors import (
     Unavailable,
     UnknownContent,
 )
+from smartsyncd.core.locks import Lock
 from smartsyncd.core.model import (
     ROLES,
     Change,
@@ -62,11 +65,18 @@ from smartsyncd.core.model import (
     Role,
 )
 from smartsyncd.core.paths import fold_key
+from smartsyncd.storage import workflow
 from smartsyncd.storage.api import (
+    AuditRecord,
+    ChainReport,
     CommitResult,
     CommitResultItem,
+    CopyRecord,
     EngagementRecord,
+    EngagementStatus,
+    ExportFile,
     FsckProblem,
+    GcReport,
     Grant,
     PrincipalKind,
     PutManifest,
@@ -74,6 +84,7 @@ from smartsyncd.storage.api import (
     StoredChunk,
     UserRecord,
     VerifiedChunk,
+    VersionRecord,
 )
 from smartsyncd.storage.packs import PackStore
 
@@ -403,7 +414,7 @@ class MetadataDB:
         rows = self.all("SELECT id, name, title, created_at, head FROM engagements ORDER BY name")
         return [_engagement(r) for r in rows]
 
-    def grant(self, grant: Grant) -> None:
+    def grant(self, grant: Grant, now: datetime | None = None) -> None:
         if grant.kind not in ("user", "group"):
             raise BadRequest("grant kind must be 'user' or 'group'")
         if grant.role not in ROLES:
@@ -420,16 +431,28 @@ class MetadataDB:
                 " DO UPDATE SET display_name = excluded.display_name, role = excluded.role",
                 (engagement_id, grant.kind, grant.principal, display, grant.role),
             )
+            workflow.append_audit(
+                self, engagement_chain(grant.engagement), "grant", "smartsync-admin", now or datetime.now(UTC),
+                grant.engagement,
+                {"kind": grant.kind, "principal": grant.principal, "display_name": display, "role": grant.role},
+            )
 
         self.write(tx)
 
-    def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
+    def revoke(
+        self, engagement: str, kind: PrincipalKind, principal: str, now: datetime | None = None
+    ) -> bool:
         def tx() -> bool:
             engagement_id = self._engagement_id(engagement)
             cur = self.execute(
                 "DELETE FROM grants WHERE engagement_id = ? AND kind = ? AND principal = ?",
                 (engagement_id, kind, principal),
             )
+            if cur.rowcount == 1:
+                workflow.append_audit(
+                    self, engagement_chain(engagement), "revoke", "smartsync-admin", now or datetime.now(UTC),
+                    engagement, {"kind": kind, "principal": principal},
+                )
             return bool(cur.rowcount == 1)
 
         return self.write(tx)
@@ -492,6 +515,11 @@ class MetadataDB:
             )
             if cur.rowcount != 1:
                 raise BadRequest("session already exists")
+            # sign-ins belong to no one engagement: they are chained in the global audit trail
+            workflow.append_audit(
+                self, GLOBAL_CHAIN, "sign_in", s.user, s.created_at, None,
+                {"session": s.id, "backend": s.backend},
+            )
 
         self.write(tx)
 
@@ -669,11 +697,14 @@ class MetadataDB:
         changes: Sequence[ProposedChange],
         manifests: Mapping[str, PutManifest],
         now: datetime,
+        copy: str | None = None,
     ) -> CommitResult:
         _text(batch, "batch", _MAX_BATCH_KEY)
         _text(user, "user")
         when = _ts(now)
-        return self.write(lambda: self._commit_tx(engagement_id, user, session, batch, changes, manifests, now, when))
+        return self.write(
+            lambda: self._commit_tx(engagement_id, user, session, batch, changes, manifests, now, when, copy)
+        )
 
     def _commit_tx(
         self,
@@ -685,6 +716,7 @@ class MetadataDB:
         manifests: Mapping[str, PutManifest],
         now: datetime,
         when: str,
+        copy: str | None = None,
     ) -> CommitResult:
         head = self.engagement_head(engagement_id)
         if self.dialect.lock_engagement:
@@ -695,6 +727,8 @@ class MetadataDB:
         )
         if previous is not None:
             return _result_from_json(previous[0])
+        # abandoned copy, finalized engagement, another user's lock: refuse the whole batch
+        workflow.check_commit(self, engagement_id, user, copy, changes, now)
 
         outcomes = commit_rules.plan_commit(changes, SqlHeadView(self, engagement_id), user, now)
         new_manifests = self._resolve_manifests(engagement_id, changes, outcomes, manifests)
@@ -742,8 +776,22 @@ class MetadataDB:
                 for c, (size, chunks) in new_manifests.items()
             ],
         )
+        # the hash chain: each record carries the hash of the one before it (core/audit.py)
+        chain = workflow.chain_changes(
+            self,
+            engagement_id,
+            head,
+            [
+                change_fields(
+                    c.seq, c.path, c.kind, c.content, c.size, c.prev_seq, c.user, c.session, when,
+                    c.conflict_of, c.batch,
+                )
+                for c in written
+            ],
+        )
         self.executemany(
-            f"INSERT INTO changes (engagement_id, {_CHANGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO changes (engagement_id, {_CHANGE_COLUMNS}, prev_hash, record_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     engagement_id,
@@ -758,8 +806,10 @@ class MetadataDB:
                     when,
                     c.conflict_of,
                     c.batch,
+                    binary(prev_hash),
+                    binary(record_hash),
                 )
-                for c in written
+                for c, (prev_hash, record_hash) in zip(written, chain, strict=True)
             ],
         )
         self.executemany(
@@ -1028,10 +1078,10 @@ class SqlServerStore:
         return await self.run_db(MetadataDB.list_engagements)
 
     async def grant(self, grant: Grant) -> None:
-        await self.run_db(MetadataDB.grant, grant)
+        await self.run_db(MetadataDB.grant, grant, self._now())
 
     async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
-        return await self.run_db(MetadataDB.revoke, engagement, kind, principal)
+        return await self.run_db(MetadataDB.revoke, engagement, kind, principal, self._now())
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
         return await self.run_db(MetadataDB.list_grants, engagement)
@@ -1101,9 +1151,10 @@ class SqlServerStore:
         changes: Sequence[ProposedChange],
         manifests: dict[str, PutManifest],
         now: datetime,
+        copy: str | None = None,
     ) -> CommitResult:
         return await self.run_db(
-            MetadataDB.commit, engagement_id, user, session, batch, tuple(changes), dict(manifests), now
+            MetadataDB.commit, engagement_id, user, session, batch, tuple(changes), dict(manifests), now, copy
         )
 
     async def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]:
@@ -1135,3 +1186,111 @@ class SqlServerStore:
         from smartsyncd.storage.fsck import check_store
 
         return await check_store(self)
+
+    # -- engagement workflow (SQL in storage/workflow.py)
+
+    async def engagement_status(self, engagement_id: int) -> EngagementStatus:
+        return await self.run_db(workflow.engagement_status, engagement_id)
+
+    async def checkout(
+        self, engagement_id: int, path: str, user: str, session: str | None, duration: timedelta | None
+    ) -> Lock:
+        return await self.run_db(workflow.checkout, engagement_id, path, user, session, self._now(), duration)
+
+    async def checkin(self, engagement_id: int, path: str, user: str) -> Lock:
+        return await self.run_db(workflow.checkin, engagement_id, path, user, self._now())
+
+    async def break_lock(self, engagement_id: int, path: str, actor: str, reason: str) -> Lock:
+        return await self.run_db(workflow.break_lock, engagement_id, path, actor, reason, self._now())
+
+    async def list_locks(self, engagement_id: int) -> list[Lock]:
+        return await self.run_db(workflow.list_locks, engagement_id, self._now())
+
+    async def history(self, engagement_id: int, path: str) -> list[VersionRecord]:
+        return await self.run_db(workflow.history, engagement_id, path)
+
+    async def restore(
+        self, engagement_id: int, user: str, session: str | None, copy: str | None, path: str,
+        version: int, batch: str, now: datetime,
+    ) -> CommitResult:
+        return await self.run_db(workflow.restore, engagement_id, user, session, copy, path, version, batch, now)
+
+    async def export_at(self, engagement_id: int, at: datetime) -> tuple[int, list[ExportFile]]:
+        return await self.run_db(workflow.export_at, engagement_id, at)
+
+    async def register_copy(
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None
+    ) -> CopyRecord:
+        return await self.run_db(workflow.register_copy, engagement_id, copy_id, user, host, session, self._now())
+
+    async def report_copy(
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
+        unsynced: int, since: datetime | None,
+    ) -> CopyRecord:
+        return await self.run_db(
+            workflow.report_copy, engagement_id, copy_id, user, host, session, unsynced, since, self._now()
+        )
+
+    async def list_copies(self, engagement_id: int) -> list[CopyRecord]:
+        return await self.run_db(workflow.list_copies, engagement_id)
+
+    async def abandon_copy(self, engagement_id: int, copy_id: str, actor: str) -> CopyRecord:
+        return await self.run_db(workflow.abandon_copy, engagement_id, copy_id, actor, self._now())
+
+    async def finalize(
+        self, engagement_id: int, actor: str, reason: str, force: bool
+    ) -> tuple[EngagementStatus, list[CopyRecord]]:
+        return await self.run_db(workflow.finalize, engagement_id, actor, reason, force, self._now())
+
+    async def reopen(self, engagement_id: int, actor: str, reason: str) -> EngagementStatus:
+        return await self.run_db(workflow.reopen, engagement_id, actor, reason, self._now())
+
+    async def set_retention(self, engagement_id: int, days: int | None, actor: str) -> None:
+        await self.run_db(workflow.set_retention, engagement_id, days, actor, self._now())
+
+    async def audit_records(self, engagement_id: int) -> list[AuditRecord]:
+        return await self.run_db(workflow.audit_records, engagement_id)
+
+    async def verify_audit(self, engagement: str | None) -> list[ChainReport]:
+        """Verify one engagement's change log and audit chain, or (None) every engagement's
+        and the global chain."""
+        if engagement is not None:
+            eid = await self.run_db(MetadataDB._engagement_id, engagement)
+            return await self.run_db(workflow.verify_engagement, eid)
+        reports: list[ChainReport] = []
+        for eid, _name, _head in await self.run_db(MetadataDB.engagement_ids):
+            reports += await self.run_db(workflow.verify_engagement, eid)
+        reports.append(await self.run_db(workflow.verify_global))
+        return reports
+
+    async def gc(self, engagement_id: int, grace: timedelta) -> GcReport:
+        """Collect what no retained version needs (see storage/workflow.py); pack files are
+        deleted after the metadata transaction, orphans only when older than ``grace``."""
+        report, dead, recorded = await self.run_db(workflow.gc_engagement, engagement_id, self._now(), grace)
+        if report.skipped:
+            return report
+        cutoff = self._now().timestamp() - grace.total_seconds()
+        orphans = await self.run_file(_drop_packs, engagement_id, dead, recorded, cutoff)
+        return replace(report, orphan_packs_removed=orphans)
+
+
+def _drop_packs(packs: PackStore, engagement_id: int, dead: Sequence[str], recorded: set[str], cutoff: float) -> int:
+    """Delete the files of dropped packs, then pack files no row names that are older than
+    ``cutoff`` (a crashed upload or gc); returns how many orphans went. Blocking (file pool)."""
+    for name in dead:
+        try:
+            os.unlink(packs.path_for(engagement_id, name))
+        except FileNotFoundError:
+            pass
+    root = os.path.join(packs.root, str(int(engagement_id)))
+    orphans = 0
+    for folder, _dirs, files in os.walk(root):
+        for file_name in files:
+            if not file_name.endswith(".pack"):
+                continue
+            name = file_name[: -len(".pack")]
+            full = os.path.join(folder, file_name)
+            if name not in recorded and name not in dead and os.stat(full).st_mtime < cutoff:
+                os.unlink(full)
+                orphans += 1
+    return orphans

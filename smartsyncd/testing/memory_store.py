@@ -166,6 +166,7 @@ class MemoryServerStore:
         changes: Sequence[ProposedChange],
         manifests: dict[str, PutManifest],
         now: datetime,
+        copy: str | None = None,
     ) -> CommitResult:
         raise NotImplementedError
 
