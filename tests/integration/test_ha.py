@@ -142,6 +142,9 @@ async def test_sigkill_mid_upload_the_client_finishes_through_the_other_daemon(
         assert victim.process is not None and victim.process.wait(10) == -signal.SIGKILL
         assert sticky_server(api) == survivor_name
         assert "commit acme" not in victim.log_text()  # the victim never committed the batch
+        # the upload resumed on the survivor: what had reached the shared store is not resent
+        # (at most the requests on the wire at the kill: 4 x 256 KiB windows)
+        assert api.bytes_sent < 12_000_000 + 4 * 300_000, api.bytes_sent
         failover_s = time.monotonic() - started
 
         # the stream goes on through the survivor: edits, a delete, new files
