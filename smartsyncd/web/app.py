@@ -457,7 +457,8 @@ class SyncAPI:
         eng = access.engagement
         user = access.session.user
         result = await self._store.commit(
-            eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now()
+            eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now(),
+            copy=_workflow.copy_header(request),
         )
         self._notifier.notify(eng.id, result.head)
         self._log_commit(eng.name, user, parsed.batch, result)
@@ -504,3 +505,8 @@ def make_site(api: SyncAPI, *, timeout: float = 120) -> Site:
     site.requestFactory = LimitedRequest  # type: ignore[assignment]
     site.displayTracebacks = False
     return site
+
+
+# The engagement workflow's routes (locks, history, restore, export, copies) register themselves
+# on SyncAPI.app; imported last because they build on the names above.
+from smartsyncd.web import workflow as _workflow  # noqa: E402
