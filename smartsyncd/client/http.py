@@ -116,6 +116,8 @@ class ServerAPI:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.requests = 0
+        # the sync copy this connection speaks for (``Smartsync-Copy`` header), if any
+        self.copy_id: str | None = None
         self._reactor = reactor
         self._bw_free_at = 0.0
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -347,6 +349,68 @@ class ServerAPI:
             _get(_object(item, "commit result"), "status", str, "commit result")
         return data
 
+    # -- engagement workflow (docs/protocol.md "Engagement workflow") ---------------------------
+
+    async def register_copy(self, eng: str, copy_id: str, host: str) -> dict[str, Any]:
+        """Tell the server about a new sync copy (at clone)."""
+        return _object(
+            await self._json("POST", _eng(eng, "copies"), body={"copy": copy_id, "host": host}),
+            "copy",
+        )
+
+    async def report_copy(
+        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None
+    ) -> dict[str, Any]:
+        """A contact: how many local changes this copy holds unsynced, and since when. The
+        answer carries the engagement's active locks and its sign-off state."""
+        body = {
+            "host": host,
+            "unsynced": unsynced,
+            "since": None if since is None else _iso(since),
+        }
+        data = _object(
+            await self._json("POST", _eng(eng, "copies", copy_id, "report"), body=body), "report"
+        )
+        _get(data, "locks", list, "report")
+        return data
+
+    async def checkout(self, eng: str, path: str, seconds: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"path": path, "seconds": seconds}
+        return _object(await self._json("POST", _eng(eng, "locks"), body=body), "lock")
+
+    async def checkin(self, eng: str, path: str) -> dict[str, Any]:
+        return _object(
+            await self._json("POST", _eng(eng, "locks", "release"), body={"path": path}), "lock"
+        )
+
+    async def locks(self, eng: str) -> list[dict[str, Any]]:
+        data = _object(await self._json("GET", _eng(eng, "locks")), "locks")
+        return [_object(item, "lock") for item in _get(data, "locks", list, "locks")]
+
+    async def history(self, eng: str, path: str) -> list[dict[str, Any]]:
+        data = _object(
+            await self._json("GET", _eng(eng, "history"), params={"path": path}), "history"
+        )
+        return [_object(item, "version") for item in _get(data, "versions", list, "history")]
+
+    async def restore(self, eng: str, path: str, version: int, batch: str) -> dict[str, Any]:
+        """Make ``version`` of ``path`` its newest version (retried safely: ``batch``)."""
+        body = {"path": path, "version": version, "batch": batch}
+        data = _object(await self._json("POST", _eng(eng, "restore"), body=body), "restore")
+        _get(data, "head", int, "restore")
+        return data
+
+    async def export(self, eng: str, at: datetime) -> tuple[int, list[dict[str, Any]]]:
+        """The files as they stood at ``at``: ``(seq, [{path, seq, content, size, available}])``."""
+        data = _object(
+            await self._json(
+                "GET", _eng(eng, "export"), params={"at": _iso(at)}
+            ),
+            "export",
+        )
+        files = [_object(item, "export file") for item in _get(data, "files", list, "export")]
+        return _get(data, "seq", int, "export"), files
+
     # -- transport -------------------------------------------------------------------------------
 
     async def _json(
@@ -421,6 +485,8 @@ class ServerAPI:
         headers: dict[bytes, list[bytes]] = {b"Accept": [expect]}
         if auth and self.token:
             headers[b"Authorization"] = [b"Bearer " + self.token.encode("ascii")]
+        if auth and self.copy_id:
+            headers[b"Smartsync-Copy"] = [self.copy_id.encode("ascii")]
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]
         self.requests += 1
@@ -521,6 +587,10 @@ class ServerAPI:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _eng(name: str, *rest: str) -> str:
