@@ -29,6 +29,7 @@ from smartsyncd.storage.postgres import NOTIFY_CHANNEL, connect_postgres
 
 log = Logger(namespace="smartsyncd.service")
 
+APPLICATION_NAME = "smartsyncd-notify"
 POLL_S = 0.5
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
@@ -102,7 +103,7 @@ class PgNotifyBridge(Service):
             self._reactor.callFromThread(_fire, done)
 
     def _listen_until_stopped(self) -> None:
-        conn = connect_postgres(self._url)
+        conn = connect_postgres(self._url, application_name=APPLICATION_NAME)
         try:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             # Whatever was committed while nobody listened: deliver every head once.

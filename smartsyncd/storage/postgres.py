@@ -87,17 +87,20 @@ def is_postgres_url(url: str | None) -> bool:
     return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
 
 
-def connect_postgres(url: str) -> Any:
+def connect_postgres(url: str, application_name: str = "smartsyncd") -> Any:
     """A psycopg connection in autocommit mode (blocking: call it on a DB thread).
 
     ``connect_timeout`` defaults to a few seconds so an unreachable server is reported as
-    unavailable instead of hanging a thread; the URL may set its own.
+    unavailable instead of hanging a thread; the URL may set its own. ``application_name``
+    shows in ``pg_stat_activity`` (the store's connections, and the notification listener's).
     """
     import psycopg
 
     kwargs: dict[str, Any] = {"autocommit": True}
     if "connect_timeout" not in url:
         kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "application_name" not in url:
+        kwargs["application_name"] = application_name
     return psycopg.connect(url, **kwargs)
 
 
