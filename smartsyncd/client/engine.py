@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanRe
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import InvalidPath
+from smartsyncd.core.locks import covers
 from smartsyncd.core.manifest import chunks_to_json, make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
 from smartsyncd.core.paths import normalize_path
@@ -110,6 +112,9 @@ class SyncReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     conflicts_left: int = 0  # conflict copies present in the folder
     last_seq: int = 0
+    unsynced: int = 0  # local changes still not on the server after this sync
+    locked: list[str] = field(default_factory=list)  # local edits waiting for another's check-in
+    refused: str | None = None  # why the server refused every change (engagement finalized)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,6 +135,8 @@ class StatusReport:
     conflicts_left: int = 0
     last_seq: int = 0
     head: int = 0
+    locked: list[dict[str, Any]] = field(default_factory=list)  # {path, holder, since, lock}
+    finalized: dict[str, Any] | None = None  # {at, by, reason} when the engagement is signed off
 
     @property
     def clean(self) -> bool:
@@ -254,6 +261,7 @@ class SyncCopy:
         meta = CopyMeta(api.base_url, engagement, str(user or ""), str(uuid.uuid4()))
         state = await run(ClientState.create, path, meta)
         copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes)
+        await copy._register(api)
         prog = progress or NullProgress()
         report = SyncReport()
         live = [f for f in files if f.content is not None]
@@ -311,8 +319,17 @@ class SyncCopy:
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
         await self._refresh_stat_cache(scan, base)
-        await self._push(api, scan, base, report, prog)
+        pending, since = self._pending(scan, base)
+        contact = await self._contact(api, len(pending), since)
+        finalized = contact.get("finalized") if contact else None
+        if finalized:
+            report.refused = _finalized_text(finalized)
+            report.unsynced = len(pending)
+        else:
+            await self._push(api, scan, base, report, prog, self._blocked(contact, pending))
         await self._pull(api, report, prog)
+        if contact is not None and report.unsynced != len(pending):
+            await self._contact(api, report.unsynced, since if report.unsynced else None)
         report.conflicts_left = len(await self._run(self.conflicts))
         report.last_seq = await self._run(lambda: self.state.last_seq)
         log.info(
@@ -356,7 +373,12 @@ class SyncCopy:
                 break
             since = page[-1].seq
         p = plan(scan.entries, base, changes, complete=scan.complete)
+        pending, unsynced_since = self._pending(scan, base)
+        contact = await self._contact(api, len(pending), unsynced_since)
+        blocked = self._blocked(contact, pending)
         return StatusReport(
+            locked=[{"path": path, "lock": why} for path, why in sorted(blocked.items())],
+            finalized=contact.get("finalized") if contact else None,
             to_upload=[x.path for x in p.push_puts],
             to_delete_remote=[x.path for x in p.push_deletes],
             to_download=[x.path for x in p.pull_writes],
@@ -372,15 +394,25 @@ class SyncCopy:
 
     async def _push(
         self, api: Server, scan: ScanResult, base: dict[str, FileRecord], report: SyncReport,
-        prog: Progress,
+        prog: Progress, blocked: Mapping[str, str] | None = None,
     ) -> None:
         p = plan(scan.entries, base, [], complete=scan.complete)
         excluded: set[str] = set()
+        planned = {x.path for x in p.push_puts} | {x.path for x in p.push_deletes}
+        report.unsynced = len(planned)
+        for held, why in (blocked or {}).items():  # checked out by someone else: the edit waits
+            if held in planned:
+                excluded.add(held)
+                report.locked.append(held)
+                report.skipped.append((held, why))
         full: set[str] = set()  # paths to send with a full manifest (server lacks the base)
         for _attempt in range(5):
+            report.unsynced = len(planned & excluded)
             puts = [x for x in p.push_puts if x.path not in excluded]
             deletes = [x for x in p.push_deletes if x.path not in excluded]
+            report.unsynced += len(puts) + len(deletes)
             if not puts and not deletes:
+                report.unsynced = len(planned & excluded)
                 return
             changes: list[dict[str, Any]] = []
             wanted: dict[str, tuple[str, int, int]] = {}
@@ -436,14 +468,79 @@ class SyncCopy:
                     report.skipped.append((path, e.message))
                     log.warn("server refused {path}: {why}", path=path, why=e.message)
                     continue
+                if e.code == "locked" and isinstance(path, str) and path in sent_paths:
+                    excluded.add(path)  # the local edit stays; it syncs after check-in
+                    report.locked.append(path)
+                    report.skipped.append((path, e.message))
+                    continue
+                if e.code == "finalized":  # signed off meanwhile: keep everything local
+                    report.refused = e.message
+                    return
                 if e.code in ("unknown_content", "missing_chunks"):
                     full.update(x.path for x in puts if path in (None, x.path))
                     continue
                 raise
             await self._apply_results(answer, changes, scan, base, report)
             await self._run(self.state.clear_pending_batch)
+            report.unsynced = len(planned & excluded)
             return
         raise UsageError("push did not settle after several attempts; try again")
+
+    # -- the server's view of this copy (docs/workflow.md) -----------------------------------
+
+    def _pending(self, scan: ScanResult, base: dict[str, FileRecord]) -> tuple[list[str], datetime | None]:
+        """Local changes not yet on the server, and the oldest edit time among them."""
+        p = plan(scan.entries, base, [], complete=scan.complete)
+        paths = [x.path for x in p.push_puts] + [x.path for x in p.push_deletes]
+        mtimes = [scan.entries[x.path].mtime_ns for x in p.push_puts if x.path in scan.entries]
+        since = datetime.fromtimestamp(min(mtimes) / 1e9, UTC) if mtimes else None
+        return paths, since
+
+    async def _register(self, api: Server) -> None:
+        register = getattr(api, "register_copy", None)
+        if register is None:  # a Server without the workflow calls
+            return
+        api.copy_id = self.copy_id  # type: ignore[attr-defined]
+        await register(self.engagement, self.copy_id, socket.gethostname() or "unknown")
+
+    async def _contact(
+        self, api: Server, unsynced: int, since: datetime | None
+    ) -> dict[str, Any] | None:
+        """Report this copy's unsynced count; the answer has locks and the sign-off state.
+        Best effort on network trouble (the sync itself reports that); an abandoned copy's
+        refusal is raised."""
+        report = getattr(api, "report_copy", None)
+        if report is None:
+            return None
+        api.copy_id = self.copy_id  # type: ignore[attr-defined]
+        try:
+            answer: dict[str, Any] = await report(
+                self.engagement, self.copy_id, socket.gethostname() or "unknown", unsynced, since
+            )
+        except NetworkError as e:
+            log.warn("could not report to the server: {why}", why=str(e))
+            return None
+        return answer
+
+    def _blocked(self, contact: dict[str, Any] | None, paths: Iterable[str]) -> dict[str, str]:
+        """Pending paths covered by another user's active lock -> a line saying whose."""
+        if not contact:
+            return {}
+        locks = [
+            lk for lk in contact.get("locks") or []
+            if isinstance(lk, dict) and isinstance(lk.get("path"), str) and lk.get("holder") != self.user
+        ]
+        out: dict[str, str] = {}
+        for path in paths:
+            for lk in locks:
+                if covers(lk["path"], path):
+                    out[path] = (
+                        f"checked out by {lk.get('holder')} since {lk.get('since')}"
+                        + ("" if lk["path"] == path else f" (folder {lk['path']})")
+                        + "; kept locally until check-in"
+                    )
+                    break
+        return out
 
     def _batch_key(self, changes: list[dict[str, Any]]) -> str:
         """The idempotency key: reused when the same changes are sent again after a lost
@@ -818,6 +915,15 @@ class SyncCopy:
         if index == len(ds):
             return None
         return index, result
+
+
+def _finalized_text(info: Any) -> str:
+    if not isinstance(info, dict):
+        return "the engagement is finalized (read-only); local changes are kept"
+    return (
+        f"the engagement was finalized by {info.get('by')} at {info.get('at')}: {info.get('reason')}."
+        " It is read-only until an admin reopens it; local changes are kept"
+    )
 
 
 def _ancestors(path: str) -> list[str]:
