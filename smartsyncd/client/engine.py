@@ -65,6 +65,10 @@ log = Logger()
 
 RunBlocking = Callable[..., Awaitable[Any]]
 WINDOW_BYTES = 8 * 1024 * 1024  # assemble/fetch/upload in windows of this many raw bytes
+# Uploads go in requests of at most this many raw bytes, several on the wire at once: the
+# server verifies and stores one while the next arrives and the client reads the one after.
+UPLOAD_WINDOW_BYTES = 4 * 1024 * 1024
+UPLOADS_IN_FLIGHT = 3
 CHANGES_PAGE = 5000
 # an mtime this close to "now" may not change on a quick same-size edit (coarse file system
 # timestamps): such files are re-read once on the next scan
@@ -166,6 +170,20 @@ def _offsets(chunks: Iterable[ChunkRef]) -> Iterator[tuple[ChunkRef, int]]:
     for chunk in chunks:
         yield chunk, offset
         offset += chunk.size
+
+
+def _batches(items: Iterable[str], size_of: Callable[[str], int], limit: int) -> Iterator[list[str]]:
+    """``items`` in consecutive groups of at most ``limit`` bytes (a larger item alone)."""
+    batch: list[str] = []
+    size = 0
+    for item in items:
+        if batch and size + size_of(item) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += size_of(item)
+    if batch:
+        yield batch
 
 
 def _windows(chunks: tuple[ChunkRef, ...], limit: int) -> Iterator[list[ChunkRef]]:
@@ -566,23 +584,27 @@ class SyncCopy:
         total = sum(wanted[h][2] for h in missing)
         prog.start("upload", total)
         sent = 0
+        limit = min(self.window_bytes, UPLOAD_WINDOW_BYTES)
+        # Pipelined: while up to UPLOADS_IN_FLIGHT windows are on the wire (and being verified
+        # and stored by the server), the next one is read from disk.
+        in_flight: list[tuple[int, Deferred[int]]] = []
         try:
-            window: list[str] = []
-            size = 0
-            batches: list[list[str]] = []
-            for digest in missing:
-                if window and size + wanted[digest][2] > self.window_bytes:
-                    batches.append(window)
-                    window, size = [], 0
-                window.append(digest)
-                size += wanted[digest][2]
-            if window:
-                batches.append(window)
-            for batch in batches:
+            for batch in _batches(missing, lambda h: wanted[h][2], limit):
                 data = await self._run(self._read_for_upload, [(h, wanted[h]) for h in batch])
-                sent += await api.upload_chunks(self.engagement, data)
-                prog.advance(sum(len(raw) for _, raw in data))
+                while len(in_flight) >= UPLOADS_IN_FLIGHT:
+                    raw, pending = in_flight.pop(0)
+                    sent += await pending
+                    prog.advance(raw)
+                upload = Deferred.fromCoroutine(api.upload_chunks(self.engagement, data))
+                in_flight.append((sum(len(raw) for _, raw in data), upload))
+            while in_flight:
+                raw, pending = in_flight.pop(0)
+                sent += await pending
+                prog.advance(raw)
         finally:
+            for _, pending in in_flight:  # only left after a failure: stop the rest quietly
+                pending.addErrback(lambda _: None)
+                pending.cancel()
             prog.finish()
         return sent
 
