@@ -23,6 +23,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -195,6 +196,7 @@ async def main(args: argparse.Namespace) -> str:
         )
     finally:
         pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
     lines = [
         SECTION,
         "",

@@ -340,8 +340,8 @@ class SyncCopy:
         pending, since = self._pending(scan, base)
         contact = await self._contact(api, len(pending), since)
         finalized = contact.get("finalized") if contact else None
-        if finalized:
-            report.refused = _finalized_text(finalized)
+        if finalized:  # read-only: nothing to push; local changes stay local
+            report.refused = _finalized_text(finalized) if pending else None
             report.unsynced = len(pending)
         else:
             await self._push(api, scan, base, report, prog, self._blocked(contact, pending))
