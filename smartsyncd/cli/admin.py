@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)")
     create.add_argument("--title", help="a readable title (default: the name)")
     engagement.add_parser("list", help="list engagements")
+    finalize = engagement.add_parser(
+        "finalize", help="sign off: make the engagement read-only for everyone (audited)"
+    )
+    finalize.add_argument("name")
+    finalize.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    finalize.add_argument(
+        "--force", action="store_true", help="finalize even while copies hold unsynced work"
+    )
+    reopen = engagement.add_parser("reopen", help="lift the sign-off freeze (audited)")
+    reopen.add_argument("name")
+    reopen.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    retention = engagement.add_parser(
+        "retention", help="how long replaced versions are kept (gc collects older ones)"
+    )
+    retention.add_argument("name")
+    keep = retention.add_mutually_exclusive_group(required=True)
+    keep.add_argument("--days", type=int, metavar="N", help="keep replaced versions N days")
+    keep.add_argument("--keep-all", action="store_true", help="keep every version (default)")
+    engagement.add_parser("status", help="sign-off state and retention").add_argument("name")
 
     grant = commands.add_parser("grant", help="give a user or group a role on an engagement")
     grant.add_argument("engagement")
@@ -89,6 +108,46 @@ def build_parser() -> argparse.ArgumentParser:
     grants.add_argument("engagement", nargs="?")
 
     commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right")
+
+    lock = commands.add_parser("lock", help="check-outs").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    lock.add_parser("list", help="list active check-outs").add_argument("engagement")
+    brk = lock.add_parser("break", help="release another user's check-out (audited)")
+    brk.add_argument("engagement")
+    brk.add_argument("path")
+    brk.add_argument("--reason", required=True)
+
+    copies = commands.add_parser("copies", help="sync copies known to the server").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    copies.add_parser(
+        "list", help="every copy with its last contact and unsynced count"
+    ).add_argument("engagement")
+    abandon = copies.add_parser(
+        "abandon", help="revoke a copy (a lost laptop): its session ends, it never commits again"
+    )
+    abandon.add_argument("engagement")
+    abandon.add_argument("copy")
+
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    audit.add_parser(
+        "verify", help="check the hash chains (one engagement, or all and the global chain)"
+    ).add_argument("engagement", nargs="?")
+    export = audit.add_parser("export", help="who did what when, for quality reviewers")
+    export.add_argument("engagement")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+
+    gc = commands.add_parser(
+        "gc", help="delete chunks no retained version or conflict copy needs"
+    )
+    gc.add_argument("engagement", nargs="?", help="one engagement (default: all)")
+    gc.add_argument(
+        "--grace-hours", type=float, default=1.0, metavar="H",
+        help="keep packs younger than this (uploads whose commit is still coming; default 1)",
+    )
 
     db = commands.add_parser("db", help="the metadata database").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -183,7 +242,15 @@ class Admin:
         if args.command == "engagement":
             if args.action == "create":
                 return await self.engagement_create(args.name, args.title)
+            if args.action in ("finalize", "reopen", "retention", "status"):
+                from smartsyncd.cli.admin_workflow import engagement_action
+
+                return await engagement_action(self, args)
             return await self.engagement_list()
+        if args.command in ("lock", "copies", "audit", "gc"):
+            from smartsyncd.cli.admin_workflow import run_workflow
+
+            return await run_workflow(self, args)
         if args.command == "grant":
             return await self.grant(args.engagement, args.user, args.group, args.role)
         if args.command == "revoke":

@@ -29,6 +29,7 @@ from smartsyncd.client.errors import (
     AuthError,
     ClientError,
     ConflictsLeft,
+    ServerRefused,
     TrustError,
     UsageError,
 )
@@ -173,6 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         sub = command(name, text)
         sub.add_argument("directory", metavar="DIR", nargs="?", default=".")
+
+    # engagement workflow (docs/workflow.md): PATH is a file or folder inside a sync copy
+    checkout = command("checkout", "check out a file or folder: others' changes to it are "
+                                   "refused until you check it in")
+    checkout.add_argument("path", metavar="PATH")
+    checkout.add_argument("--for", dest="duration", metavar="DURATION",
+                          help="let the check-out expire after this long (8h, 30m, 2d)")
+    checkin = command("checkin", "release your check-out of a file or folder")
+    checkin.add_argument("path", metavar="PATH")
+    locks = command("locks", "list the engagement's check-outs")
+    locks.add_argument("directory", metavar="DIR", nargs="?", default=".")
+    history = command("history", "list the versions of a file (number, who, when, size)")
+    history.add_argument("path", metavar="PATH")
+    restore = command("restore", "make an earlier version of a file its newest version")
+    restore.add_argument("path", metavar="PATH")
+    restore.add_argument("--version", dest="number", metavar="N", type=_positive, required=True,
+                         help="the version number shown by 'smartsync history'")
+    export = command("export", "write the engagement as it stood at a moment into a new folder")
+    export.add_argument("source", metavar="URL/ENGAGEMENT")
+    export.add_argument("--at", required=True, metavar="TIME",
+                        help="'2026-03-31 17:00' (local time) or ISO 8601 with a zone")
+    export.add_argument("directory", metavar="DIR")
     return parser
 
 
@@ -431,6 +454,14 @@ async def _open_copy(session: Session) -> tuple[Any, ServerAPI]:
 def _report_exit(session: Session, verb: str, report: Any) -> int:
     data = report.to_json() if hasattr(report, "to_json") else {"report": str(report)}
     session.out.result(describe_report(verb, data), data)
+    refused = getattr(report, "refused", None)
+    if refused:
+        session.out.note(f"not pushed: {refused}")
+        return ServerRefused.exit_code
+    finalized = getattr(report, "finalized", None)
+    if isinstance(finalized, dict):
+        session.out.note(f"the engagement is finalized by {finalized.get('by')}: "
+                         f"{finalized.get('reason')} (read-only)")
     left = int(getattr(report, "conflicts_left", 0) or 0)
     if left:
         session.out.note(f"{left} conflict cop{'y' if left == 1 else 'ies'} left: "
@@ -511,6 +542,119 @@ async def cmd_conflicts(session: Session) -> int:
     return ConflictsLeft.exit_code if names else 0
 
 
+# -- engagement workflow ----------------------------------------------------------------------
+
+
+def copy_path(path_arg: str) -> tuple[Path, str]:
+    """The sync copy holding ``path_arg`` and the path inside it (``/``-separated)."""
+    target = Path(path_arg).absolute()
+    for root in [target, *target.parents]:
+        if (root / ".smartsync" / "copy.json").is_file():
+            if root == target:
+                raise UsageError(f"{path_arg} is the copy itself; name a file or folder in it")
+            return root, target.relative_to(root).as_posix()
+    raise UsageError(f"{path_arg} is not inside a sync copy (no .smartsync folder above it)")
+
+
+async def _copy_api(session: Session, path_arg: str) -> tuple[Any, ServerAPI, str]:
+    root, rel = copy_path(path_arg)
+    copy = _engine().open(root)
+    api = await session.signed_in_api(copy.server_url)
+    api.copy_id = copy.copy_id
+    return copy, api, rel
+
+
+def _lock_line(lock: dict[str, Any]) -> str:
+    until = f" until {lock['expires_at']}" if lock.get("expires_at") else ""
+    return f"{lock.get('path')}\t{lock.get('holder')}\tsince {lock.get('since')}{until}"
+
+
+async def cmd_checkout(session: Session) -> int:
+    from smartsyncd.core.errors import SyncError
+    from smartsyncd.core.locks import parse_duration
+
+    seconds = None
+    if session.args.duration:
+        try:
+            seconds = max(1, int(parse_duration(session.args.duration).total_seconds()))
+        except SyncError as exc:
+            raise UsageError(exc.message) from None
+    copy, api, rel = await _copy_api(session, session.args.path)
+    lock = await api.checkout(copy.engagement, rel, seconds)
+    session.out.result(f"Checked out {lock.get('path')}"
+                       + (f" until {lock['expires_at']}." if lock.get("expires_at") else "."), lock)
+    return 0
+
+
+async def cmd_checkin(session: Session) -> int:
+    copy, api, rel = await _copy_api(session, session.args.path)
+    lock = await api.checkin(copy.engagement, rel)
+    session.out.result(f"Checked in {lock.get('path')}.", lock)
+    return 0
+
+
+async def cmd_locks(session: Session) -> int:
+    copy, api = await _open_copy(session)
+    items = await api.locks(copy.engagement)
+    session.out.result("\n".join(_lock_line(lk) for lk in items) or "No check-outs.", {"locks": items})
+    return 0
+
+
+async def cmd_history(session: Session) -> int:
+    copy, api, rel = await _copy_api(session, session.args.path)
+    versions = await api.history(copy.engagement, rel)
+    lines = []
+    for v in versions:
+        number = v.get("version")
+        label = f"{number}" if number is not None else "-"
+        what = f"{v.get('size')} bytes" if v.get("kind") == "put" else "deleted"
+        if v.get("kind") == "put" and not v.get("available", True):
+            what += " (past retention)"
+        lines.append(f"{label}\t{v.get('user')}\t{v.get('time')}\t{what}")
+    session.out.result("\n".join(lines) or f"No versions of {rel}.", {"path": rel, "versions": versions})
+    return 0
+
+
+async def cmd_restore(session: Session) -> int:
+    import uuid
+
+    copy, api, rel = await _copy_api(session, session.args.path)
+    answer = await api.restore(copy.engagement, rel, session.args.number, str(uuid.uuid4()))
+    result = (answer.get("results") or [{}])[0]
+    report = await copy.sync(api, progress=session.progress)
+    session.progress.finish()
+    data = {"path": rel, "version": session.args.number, "status": result.get("status"),
+            "seq": result.get("seq"), "sync": report.to_json()}
+    session.out.result(f"Restored version {session.args.number} of {rel} "
+                       f"({result.get('status')}, sequence {result.get('seq')}).", data)
+    return 0
+
+
+def parse_at(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at {text!r}: use '2026-03-31 17:00' or ISO 8601") from None
+    return when if when.tzinfo is not None else when.astimezone()  # local time
+
+
+async def cmd_export(session: Session) -> int:
+    from smartsyncd.client.export import export_engagement
+
+    url, engagement = split_source(session.args.source)
+    at = parse_at(session.args.at)
+    api = await session.signed_in_api(url)
+    report = await export_engagement(api, engagement, at, Path(session.args.directory))
+    data = {"server": url, "engagement": engagement, "at": at.isoformat(), **report.to_json()}
+    text = f"Exported {engagement} as of {at.isoformat()} (sequence {report.seq}): {report.files} files."
+    if report.missing:
+        text += "\n" + "\n".join(f"  past retention, not written: {p}" for p in report.missing)
+    session.out.result(text, data)
+    return 1 if report.missing else 0
+
+
 COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "logout": cmd_logout,
     "engagements": cmd_engagements,
@@ -519,6 +663,12 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "status": cmd_status,
     "watch": cmd_watch,
     "conflicts": cmd_conflicts,
+    "checkout": cmd_checkout,
+    "checkin": cmd_checkin,
+    "locks": cmd_locks,
+    "history": cmd_history,
+    "restore": cmd_restore,
+    "export": cmd_export,
 }
 
 
