@@ -21,6 +21,7 @@ Blocking work (scanning, hashing, file writes, SQLite) runs through ``run_blocki
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -39,7 +40,9 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from smartsyncd.client.basecache import BaseCache
 from smartsyncd.client.errors import NetworkError, ProtocolError, ServerRefused, UsageError
+from smartsyncd.client.http import DeltaHint
 from smartsyncd.client.localfs import (
     discard_temp,
     finish_temp,
@@ -58,7 +61,7 @@ from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.locks import covers
 from smartsyncd.core.manifest import chunks_to_json, make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
-from smartsyncd.core.paths import normalize_path
+from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry, PullWrite, plan
 
 log = Logger()
@@ -69,6 +72,9 @@ WINDOW_BYTES = 8 * 1024 * 1024  # assemble/fetch/upload in windows of this many 
 # server verifies and stores one while the next arrives and the client reads the one after.
 UPLOAD_WINDOW_BYTES = 4 * 1024 * 1024
 UPLOADS_IN_FLIGHT = 3
+# a delta record names the old bytes lined up with the new chunk plus this much on each side
+DELTA_SLACK = 8 * 1024
+BASE_MIN_FILE = 64 * 1024  # smaller files are cheap to send whole: no base copy
 CHANGES_PAGE = 5000
 # an mtime this close to "now" may not change on a quick same-size edit (coarse file system
 # timestamps): such files are re-read once on the next scan
@@ -95,7 +101,7 @@ class Server(Protocol):
 
     async def missing_chunks(self, eng: str, hashes: Iterable[str]) -> list[str]: ...
 
-    async def upload_chunks(self, eng: str, chunks: Iterable[tuple[str, bytes]]) -> int: ...
+    async def upload_chunks(self, eng: str, chunks: Iterable[Any]) -> int: ...
 
     async def fetch_chunks(self, eng: str, hashes: Iterable[Any]) -> dict[str, bytes]: ...
 
@@ -154,6 +160,31 @@ class StatusReport:
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         data["clean"] = self.clean
         return data
+
+
+@dataclass
+class _DeltaBase:
+    """A modified file's synced version: where its chunks were, to line new chunks up."""
+
+    content: str
+    size: int
+    old_chunks: tuple[ChunkRef, ...]
+    new_chunks: tuple[ChunkRef, ...]
+    _anchors: list[tuple[int, int]] | None = None
+
+    def shift(self, new_offset: int) -> int:
+        """How far content at ``new_offset`` moved since the old version: the shift of the
+        nearest unchanged chunk before it (0 when there is none)."""
+        if self._anchors is None:
+            where: dict[str, int] = {}
+            for chunk, offset in _offsets(self.old_chunks):
+                where.setdefault(chunk.hash, offset)
+            self._anchors = [
+                (offset, offset - where[chunk.hash])
+                for chunk, offset in _offsets(self.new_chunks) if chunk.hash in where
+            ]
+        i = bisect.bisect_right(self._anchors, (new_offset, 1 << 62)) - 1
+        return self._anchors[i][1] if i >= 0 else 0
 
 
 class _ChunkChanged(Exception):
@@ -237,6 +268,8 @@ class SyncCopy:
         self._run: RunBlocking = run_blocking or deferToThread
         self.scanner = scanner or Scanner(directory)
         self.window_bytes = window_bytes
+        self.base_cache = BaseCache(directory / ".smartsync" / "base")
+        self._loaded_base: tuple[str, bytes] | None = None
 
     # -- construction --------------------------------------------------------------------------
 
@@ -348,6 +381,7 @@ class SyncCopy:
         await self._pull(api, report, prog)
         if contact is not None and report.unsynced != len(pending):
             await self._contact(api, report.unsynced, since if report.unsynced else None)
+        await self._run(self._prune_bases)
         report.conflicts_left = len(await self._run(self.conflicts))
         report.last_seq = await self._run(lambda: self.state.last_seq)
         log.info(
@@ -432,8 +466,13 @@ class SyncCopy:
             if not puts and not deletes:
                 report.unsynced = len(planned & excluded)
                 return
-            changes: list[dict[str, Any]] = []
+            # deletes first: a case-only rename (delete a.txt, put A.txt) must not clash with
+            # the name it replaces
+            changes: list[dict[str, Any]] = [
+                {"path": d.path, "kind": "delete", "base": d.base} for d in deletes
+            ]
             wanted: dict[str, tuple[str, int, int]] = {}
+            bases: dict[str, _DeltaBase] = {}  # path -> its synced version, for delta records
             known = {r.content for r in base.values()}
             for put in puts:
                 entry = scan.entries[put.path]
@@ -453,18 +492,26 @@ class SyncCopy:
                     item["delta"] = {"base": old.content, "ops": make_delta(old.chunks, chunks)}
                     had = {c.hash for c in old.chunks}
                     send = [(c, o) for c, o in _offsets(chunks) if c.hash not in had]
+                    bases[put.path] = _DeltaBase(old.content, old.size, old.chunks, chunks)
                 else:
                     item["manifest"] = chunks_to_json(chunks)
                     send = _offsets(chunks)
                 for chunk, offset in send:
                     wanted.setdefault(chunk.hash, (put.path, offset, chunk.size))
                 changes.append(item)
-            for delete in deletes:
-                changes.append({"path": delete.path, "kind": "delete", "base": delete.base})
             if not changes:
                 return
             try:
-                report.bytes_sent += await self._upload(api, wanted, prog)
+                try:
+                    report.bytes_sent += await self._upload(api, wanted, prog, bases)
+                except ServerRefused as e:
+                    if e.code != "bad_chunk" or not bases:
+                        raise
+                    # a delta the server could not rebuild (a base copy gone bad?): resend
+                    # the missing chunks whole; everything already stored stays
+                    log.warn("delta upload refused ({why}); sending whole chunks", why=e.message)
+                    await self._run(self.base_cache.prune, set())
+                    report.bytes_sent += await self._upload(api, wanted, prog)
             except _ChunkChanged as e:
                 excluded.add(e.path)
                 report.skipped.append((e.path, "changed while syncing; sent next time"))
@@ -478,6 +525,23 @@ class SyncCopy:
                 await self._run(self.state.clear_pending_batch)  # nothing was applied
                 path = e.details.get("path")
                 sent_paths = {c["path"] for c in changes}
+                existing = e.details.get("existing")
+                if (
+                    e.code == "path_clash" and isinstance(path, str) and path in sent_paths
+                    and path not in base and path in scan.entries
+                    and isinstance(existing, str) and fold_key(existing) == fold_key(path)
+                ):
+                    # another copy created this name first with other case: keep ours as a
+                    # conflict copy beside it, sent now (not a file that never syncs)
+                    entry = scan.entries[path]
+                    target = await self._run(self._conflict_target, existing)
+                    if await self._run(self._move_if_unchanged, path, target, entry):
+                        report.conflicts.append(target)
+                        del scan.entries[path]
+                        scan.entries[target] = replace(entry, path=target)
+                        p = plan(scan.entries, base, [], complete=scan.complete)
+                        planned.add(target)
+                        continue
                 if (
                     e.code in ("invalid_path", "path_clash")
                     and isinstance(path, str) and path in sent_paths
@@ -572,10 +636,12 @@ class SyncCopy:
         return batch
 
     async def _upload(
-        self, api: Server, wanted: Mapping[str, tuple[str, int, int]], prog: Progress
+        self, api: Server, wanted: Mapping[str, tuple[str, int, int]], prog: Progress,
+        bases: Mapping[str, _DeltaBase] | None = None,
     ) -> int:
         """Upload the chunks the server lacks; returns bytes sent. Asking first is what makes
-        an interrupted upload resume where it stopped."""
+        an interrupted upload resume where it stopped. Chunks of a file in ``bases`` whose
+        previous version has a base copy travel as deltas against it where that is smaller."""
         if not wanted:
             return 0
         missing = await api.missing_chunks(self.engagement, list(wanted))
@@ -590,13 +656,15 @@ class SyncCopy:
         in_flight: list[tuple[int, Deferred[int]]] = []
         try:
             for batch in _batches(missing, lambda h: wanted[h][2], limit):
-                data = await self._run(self._read_for_upload, [(h, wanted[h]) for h in batch])
+                data = await self._run(
+                    self._read_for_upload, [(h, wanted[h]) for h in batch], bases or {}
+                )
                 while len(in_flight) >= UPLOADS_IN_FLIGHT:
                     raw, pending = in_flight.pop(0)
                     sent += await pending
                     prog.advance(raw)
                 upload = Deferred.fromCoroutine(api.upload_chunks(self.engagement, data))
-                in_flight.append((sum(len(raw) for _, raw in data), upload))
+                in_flight.append((sum(len(item[1]) for item in data), upload))
             while in_flight:
                 raw, pending = in_flight.pop(0)
                 sent += await pending
@@ -606,18 +674,35 @@ class SyncCopy:
                 pending.addErrback(lambda _: None)
                 pending.cancel()
             prog.finish()
+            self._loaded_base = None
         return sent
 
     def _read_for_upload(
-        self, items: list[tuple[str, tuple[str, int, int]]]
-    ) -> list[tuple[str, bytes]]:
-        out: list[tuple[str, bytes]] = []
+        self, items: list[tuple[str, tuple[str, int, int]]], bases: Mapping[str, _DeltaBase]
+    ) -> list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]]:
+        out: list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]] = []
         for digest, (path, offset, size) in items:
             data = read_chunk(self.directory / path, offset, size, digest)
             if data is None:
                 raise _ChunkChanged(path)
-            out.append((digest, data))
+            hint = self._delta_hint(bases.get(path), offset, size)
+            out.append((digest, data) if hint is None else (digest, data, hint))
         return out
+
+    def _delta_hint(self, base: _DeltaBase | None, offset: int, size: int) -> DeltaHint | None:
+        """The range of the previous version that lines up with a new chunk (blocking)."""
+        if base is None or not self.base_cache.has(base.content):
+            return None
+        if self._loaded_base is None or self._loaded_base[0] != base.content:
+            old = self.base_cache.load(base.content, base.size)
+            if old is None:
+                return None
+            self._loaded_base = (base.content, old)
+        old = self._loaded_base[1]
+        start = offset - base.shift(offset)
+        lo = max(0, min(start - DELTA_SLACK, len(old) - 1))
+        hi = min(len(old), max(start + size + DELTA_SLACK, lo + 1))
+        return DeltaHint(base.content, lo, old[lo:hi])
 
     async def _apply_results(
         self, answer: dict[str, Any], changes: list[dict[str, Any]], scan: ScanResult,
@@ -664,6 +749,23 @@ class SyncCopy:
                     puts.append(record(item["seq"], cpath))
                     drops.append(path)
         await self._run(self.state.update, puts, drops)
+        await self._run(self._keep_bases, [(r.path, r.content, r.size) for r in puts])
+
+    def _conflict_target(self, path: str) -> str:
+        return conflict_name(path, self.user, self._now(), self._taken)
+
+    def _keep_bases(self, items: Iterable[tuple[str, str, int]]) -> None:
+        """Keep base copies of synced versions for the next delta (an optimization only: a
+        failure leaves no copy and the next edit travels as plain chunks)."""
+        for path, content, size in items:
+            if size >= BASE_MIN_FILE:
+                try:
+                    self.base_cache.keep(self.directory / path, content, size)
+                except OSError as e:
+                    log.warn("no base copy of {path}: {why}", path=path, why=str(e))
+
+    def _prune_bases(self) -> None:
+        self.base_cache.prune({r.content for r in self.state.all_files().values()})
 
     def _move_if_unchanged(self, path: str, target: str, entry: ScannedFile) -> bool:
         source = self.directory / path
@@ -800,6 +902,7 @@ class SyncCopy:
         await self._run(self.state.update, [record], ())
         for chunk, offset in _offsets(manifest.chunks):
             index.setdefault(chunk.hash, (write.path, offset, chunk.size))
+        await self._run(self._keep_bases, [(write.path, write.content, write.size)])
         report.downloaded += 1
 
     def _read_local(

@@ -44,7 +44,13 @@ from smartsyncd.client.errors import (
 )
 from smartsyncd.client.progress import Progress
 from smartsyncd.core.chunking import MAX_CHUNK
-from smartsyncd.core.chunkstream import compress_chunk, decode_to_raw, encode_records
+from smartsyncd.core.chunkstream import (
+    CODEC_DELTA,
+    compress_chunk,
+    decode_to_raw,
+    delta_payload,
+    encode_records,
+)
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
@@ -64,6 +70,19 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 PARALLEL_REQUESTS = 4  # chunk transfers on the wire at once
 
 ChunkWanted = str | ChunkRef | tuple[str, int]
+
+
+@dataclass(frozen=True)
+class DeltaHint:
+    """Bytes of content ``base`` at ``offset`` that the server has and that resemble a chunk:
+    the chunk may travel as a zstd delta against them (docs/protocol.md, codec 2)."""
+
+    base: str
+    offset: int
+    prefix: bytes
+
+
+UploadItem = tuple[str, bytes] | tuple[str, bytes, DeltaHint]
 
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     net_error.ConnectError,
@@ -299,8 +318,9 @@ class ServerAPI:
             missing.extend(answer)
         return missing
 
-    async def upload_chunks(self, eng: str, chunks: Iterable[tuple[str, bytes]]) -> int:
-        """Upload chunks given as ``(hash, raw bytes)``; returns request body bytes sent.
+    async def upload_chunks(self, eng: str, chunks: Iterable[UploadItem]) -> int:
+        """Upload chunks given as ``(hash, raw bytes)`` or ``(hash, raw bytes, DeltaHint)``;
+        returns request body bytes sent.
 
         Chunks are zstd-compressed in a thread and packed up to 8 MiB / 4096 per request; two
         requests are on the wire at once (so the server verifies one while the next arrives)
@@ -314,7 +334,7 @@ class ServerAPI:
                 body = await self._in_thread(_encode_upload, batch)
                 while len(in_flight) >= PARALLEL_REQUESTS:
                     sent += await in_flight.pop(0)
-                raw_total = sum(len(raw) for _, raw in batch)
+                raw_total = sum(len(item[1]) for item in batch)
                 in_flight.append(
                     Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
                 )
@@ -723,26 +743,32 @@ def _fetch_batches(wanted: Mapping[str, int]) -> Iterator[list[str]]:
         yield batch
 
 
-def _upload_batches(chunks: Iterable[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
-    # Compression never grows a record (raw is sent when zstd does not help), so packing by raw
-    # size plus record headers keeps every body within the limit.
-    batch: list[tuple[str, bytes]] = []
+def _upload_batches(chunks: Iterable[UploadItem]) -> Iterator[list[UploadItem]]:
+    # Compression never grows a record (raw is sent when zstd does not help, a delta only when
+    # it is smaller), so packing by raw size plus record headers keeps every body in the limit.
+    batch: list[UploadItem] = []
     total = 0
-    for digest, raw in chunks:
-        cost = len(raw) + RECORD_HEADER
+    for item in chunks:
+        cost = len(item[1]) + RECORD_HEADER
         if batch and (total + cost > UPLOAD_BODY_LIMIT or len(batch) >= CHUNKS_PER_REQUEST):
             yield batch
             batch, total = [], 0
-        batch.append((digest, raw))
+        batch.append(item)
         total += cost
     if batch:
         yield batch
 
 
-def _encode_upload(batch: list[tuple[str, bytes]]) -> bytes:
+def _encode_upload(batch: list[UploadItem]) -> bytes:
     records = []
-    for digest, raw in batch:
+    for item in batch:
+        digest, raw = item[0], item[1]
         codec, payload = compress_chunk(raw)
+        if len(item) > 2:
+            hint = item[2]  # type: ignore[misc]
+            delta = delta_payload(hint.base, hint.offset, hint.prefix, raw)
+            if len(delta) < len(payload):
+                codec, payload = CODEC_DELTA, delta
         records.append((digest, codec, len(raw), payload))
     return encode_records(records)
 

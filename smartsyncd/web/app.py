@@ -27,7 +27,7 @@ import smartsyncd
 from smartsyncd.auth.acl import allows
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import chunking, chunkstream, manifest
-from smartsyncd.core.errors import BadRequest, Forbidden, NotFound, TooLarge
+from smartsyncd.core.errors import BadChunk, BadRequest, Forbidden, NotFound, TooLarge
 from smartsyncd.core.model import Change, ProposedChange, Role
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import (
@@ -72,6 +72,7 @@ class Limits:
     small_json: int = 1 * MiB
     chunk_body: int = 32 * MiB
     chunks_per_request: int = 4096
+    delta_prefix_bytes: int = 64 * MiB  # base bytes the delta records of one upload may name
     missing_per_request: int = 10000
     changes_per_commit: int = 10000
     max_wait: float = 60.0
@@ -436,7 +437,8 @@ class SyncAPI:
     async def upload_chunks(self, request: Request, access: Access) -> bytes:
         body = read_body(request, self.limits.chunk_body)
         records = chunkstream.decode_records(body, max_records=self.limits.chunks_per_request)
-        verified = await self._run_blocking(chunkstream.verify_records, records)
+        prefixes = await self._delta_prefixes(access.engagement.id, records)
+        verified = await self._run_blocking(chunkstream.verify_records, records, prefixes)
         stored, present = await self._store.store_chunks(access.engagement.id, verified)
         log.info(
             "chunks for {engagement} from {user}: {stored} stored, {present} present",
@@ -446,6 +448,36 @@ class SyncAPI:
             present=present,
         )
         return send_json(request, {"stored": stored, "present": present})
+
+    async def _delta_prefixes(
+        self, engagement_id: int, records: list[chunkstream.Record]
+    ) -> dict[tuple[str, int, int], bytes]:
+        """The base ranges named by delta records, read from this engagement's own content
+        (a base it does not have is a ``bad_chunk``); at most ``delta_prefix_bytes`` in all."""
+        refs = {chunkstream.delta_ref(r) for r in records if r[1] == chunkstream.CODEC_DELTA}
+        if not refs:
+            return {}
+        if sum(length for _, _, length in refs) > self.limits.delta_prefix_bytes:
+            raise TooLarge("delta records name too many base bytes; send fewer per request",
+                           limit=self.limits.delta_prefix_bytes)
+        wanted: dict[tuple[str, int, int], list[tuple[str, int, int]]] = {}
+        for base in {b for b, _, _ in refs}:
+            found = await self._store.get_manifest(engagement_id, base)
+            if found is None:
+                raise BadChunk(f"delta base {base} is not known here; send the chunk whole")
+            pieces = chunkstream.ranges_of(
+                [(c.hash, c.size) for c in found.chunks], [(o, n) for b, o, n in refs if b == base]
+            )
+            wanted.update({(base, o, n): p for (o, n), p in pieces.items()})
+        hashes = list(dict.fromkeys(h for p in wanted.values() for h, _, _ in p))
+        stored: dict[str, chunkstream.Record] = {}
+        for start in range(0, len(hashes), _FETCH_SLICE):
+            for c in await self._store.read_chunks(engagement_id, hashes[start : start + _FETCH_SLICE]):
+                stored[c.hash] = (c.hash, c.codec, c.raw_size, c.payload)
+        prefixes: dict[tuple[str, int, int], bytes] = await self._run_blocking(
+            chunkstream.assemble_prefixes, wanted, stored
+        )
+        return prefixes
 
     @_engagement_route(app, "write", "/v1/engagements/<eng>/commit", methods=["POST"])
     async def commit(self, request: Request, access: Access) -> bytes:

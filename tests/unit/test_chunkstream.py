@@ -130,7 +130,8 @@ def _header(codec: int, raw_len: int, payload_len: int) -> bytes:
 @pytest.mark.parametrize(
     ("body", "word"),
     [
-        (_header(2, 5, 5) + b"hello", "codec"),
+        (_header(9, 5, 5) + b"hello", "codec"),
+        (_header(2, 5, 5) + b"hello", "delta"),
         (_header(0, 0, 0), "outside"),
         (_header(1, MAX_CHUNK + 1, 10) + b"x" * 10, "outside"),
         (_header(0, 5, 4) + b"hell", "raw"),
@@ -149,3 +150,47 @@ def test_too_many_records_refused() -> None:
     assert len(decode_records(body, max_records=5)) == 5
     with pytest.raises(BadChunk, match="more than 4"):
         decode_records(body, max_records=4)
+
+
+def _csv_like(rows: int, seed: int) -> bytes:
+    import random
+
+    rng = random.Random(seed)
+    return b"".join(b"2026-01-%02d,4711-%03d,%d.%02d\n" % (1 + i % 28, i % 500, rng.randrange(10**5), i % 100)
+                    for i in range(rows))
+
+
+def test_delta_record_round_trip_and_is_small() -> None:
+    from smartsyncd.core.chunkstream import CODEC_DELTA, delta_payload, delta_ref
+
+    old = _csv_like(4000, 1)
+    new = bytearray(old)
+    new[5000:5004] = b"9999"
+    raw = bytes(new[:60_000])
+    base = "ab" * 32
+    payload = delta_payload(base, 0, old[:64_000], raw)
+    assert len(payload) < 200  # against compress_chunk's several KB
+    rec = (chunk_hash(raw), CODEC_DELTA, len(raw), payload)
+    body = encode_records([rec])
+    parsed = decode_records(body)
+    assert delta_ref(parsed[0]) == (base, 0, 64_000)
+    prefixes = {(base, 0, 64_000): old[:64_000]}
+    [verified] = verify_records(parsed, prefixes)
+    assert verified.codec in (0, 1) and verified.raw_size == len(raw)  # stored self-contained
+    assert decode_to_raw(body, prefixes=prefixes) == {chunk_hash(raw): raw}
+
+
+def test_delta_record_refused_without_its_base_or_with_a_wrong_one() -> None:
+    from smartsyncd.core.chunkstream import CODEC_DELTA, DELTA_MAX_PREFIX, delta_payload
+
+    old = _csv_like(3000, 2)
+    raw = old[:50_000]
+    base = "cd" * 32
+    rec = (chunk_hash(raw), CODEC_DELTA, len(raw), delta_payload(base, 0, old[:60_000], raw))
+    with pytest.raises(BadChunk, match="base range"):
+        verify_records([rec])
+    with pytest.raises(BadChunk):  # a different prefix decodes to other bytes (or not at all)
+        verify_records([rec], {(base, 0, 60_000): _csv_like(3000, 3)[:60_000]})
+    too_long = struct.pack(">32sQI", bytes(32), 0, DELTA_MAX_PREFIX + 1) + b"x" * 20
+    with pytest.raises(BadChunk, match="outside"):
+        verify_records([(chunk_hash(raw), CODEC_DELTA, len(raw), too_long)], {})
