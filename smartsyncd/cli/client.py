@@ -121,9 +121,19 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
                         help="accept the server certificate with this SHA-256 fingerprint")
     parser.add_argument("--config-dir", metavar="DIR", default=default(None),
                         help="settings folder (default $XDG_CONFIG_HOME/smartsync)")
+    parser.add_argument("--bwlimit", metavar="KBPS", type=_non_negative, default=default(None),
+                        help="limit transfers to KBPS KiB/s (0: no limit; default: the "
+                             "server's 'bwlimit' in the settings file, else none)")
     parser.add_argument("--attempts", metavar="N", type=_positive, default=default(8),
                         help="tries per request before a network error (default 8, with "
                              "backoff up to 30 s between tries)")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -247,9 +257,15 @@ class Session:
             token=entry.token if with_token else None,
             relogin=self._relogin(entry.url) if with_token else None,
             max_attempts=self.args.attempts,
+            bwlimit=self._bwlimit(entry.bwlimit),
         )
         self._apis.append(api)
         return api
+
+    def _bwlimit(self, configured: int | None) -> int | None:
+        """Bytes per second from --bwlimit, else the settings file; None for no limit."""
+        kbps = self.args.bwlimit if self.args.bwlimit is not None else configured
+        return kbps * 1024 if kbps else None
 
     async def signed_in_api(self, url: str) -> ServerAPI:
         """A ServerAPI for a server the user has signed in to (or can sign in to now)."""

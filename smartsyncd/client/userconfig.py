@@ -62,6 +62,7 @@ class ServerSettings:
     ca_file: str | None = None
     user: str | None = None
     token: str | None = None
+    bwlimit: int | None = None  # KiB/s for transfers with this server (--bwlimit overrides)
 
 
 class UserConfig:
@@ -93,6 +94,7 @@ class UserConfig:
                     ca_file=_opt_str(entry, "ca_file"),
                     user=_opt_str(entry, "user"),
                     token=_opt_str(entry, "token"),
+                    bwlimit=_opt_int(entry, "bwlimit"),
                 )
                 for url, entry in data["servers"].items()
             }
@@ -163,6 +165,13 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _opt_int(entry: dict[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise TypeError(f"{key} must be a whole number >= 0")
+    return value
 
 
 def _opt_str(entry: dict[str, Any], key: str) -> str | None:

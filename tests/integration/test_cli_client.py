@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -339,3 +340,34 @@ def test_interactive_first_contact_asks_and_pins(server: Daemon, client: Client)
     assert proc.returncode == 0, seen.decode(errors="replace")
     assert "Signed in" in out
     assert client.settings()["servers"][server.url]["fingerprint"] == server.fingerprint
+
+
+def test_bwlimit_option_and_setting_slow_the_transfer(
+    server: Daemon, client: Client, tmp_path: Path
+) -> None:
+    new_engagement(server, "bw-2026")
+    assert login(client, server, "--trust-fingerprint", server.fingerprint).returncode == 0
+    a = tmp_path / "a"
+    assert client.run("clone", f"{server.url}/bw-2026", str(a)).returncode == 0
+    (a / "scan.pdf").write_bytes(os.urandom(600 * 1024))
+    started = time.monotonic()
+    limited = client.run("--json", "sync", str(a), "--bwlimit", "200")
+    took = time.monotonic() - started
+    assert limited.returncode == 0, limited.stderr
+    assert json.loads(limited.stdout)["uploaded"] == 1
+    assert took >= 2.5, took  # 600 KiB at 200 KiB/s is 3 s at least, less the first request
+
+    # the settings file's per-server value applies when the option is absent; 0 lifts it
+    settings = client.settings()
+    [entry] = settings["servers"].values()
+    entry["bwlimit"] = 100
+    (client.config / "config.json").write_text(json.dumps(settings))
+    (a / "scan2.pdf").write_bytes(os.urandom(300 * 1024))
+    started = time.monotonic()
+    assert client.run("sync", str(a)).returncode == 0
+    by_setting = time.monotonic() - started
+    assert by_setting >= 2.5, by_setting
+    (a / "scan3.pdf").write_bytes(os.urandom(300 * 1024))
+    started = time.monotonic()
+    assert client.run("sync", str(a), "--bwlimit", "0").returncode == 0
+    assert time.monotonic() - started < by_setting - 1.0
