@@ -71,12 +71,18 @@ def finish_temp(temp: Path, handle: BinaryIO, target: Path) -> os.stat_result:
 
 
 def discard_temp(temp: Path, handle: BinaryIO | None = None) -> None:
-    if handle is not None:
-        handle.close()
+    """Close and remove a temp file that will not be installed. Closing flushes the buffer,
+    which fails again on a full disk: the file is removed anyway (it would hold the space)."""
     try:
-        os.unlink(temp)
-    except FileNotFoundError:
-        pass
+        if handle is not None:
+            handle.close()
+    except OSError:
+        pass  # the buffered bytes are being thrown away
+    finally:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
