@@ -765,7 +765,8 @@ class SyncCopy:
                     log.warn("no base copy of {path}: {why}", path=path, why=str(e))
 
     def _prune_bases(self) -> None:
-        self.base_cache.prune({r.content for r in self.state.all_files().values()})
+        if self.base_cache.root.is_dir() and any(self.base_cache.root.iterdir()):
+            self.base_cache.prune({r.content for r in self.state.all_files().values()})
 
     def _move_if_unchanged(self, path: str, target: str, entry: ScannedFile) -> bool:
         source = self.directory / path
