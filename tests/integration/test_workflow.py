@@ -295,7 +295,9 @@ def test_gc_keeps_every_chunk_a_retained_version_or_conflict_copy_needs(
     (a / "shared.bin").write_bytes(alice_edit)
     alice.ok("sync", str(a))
     (b / "shared.bin").write_bytes(bob_edit)
-    conflict = bob.json("sync", str(b))["conflicts"][0]
+    made = bob.run("--json", "sync", str(b))
+    assert made.returncode == 1, made.stderr  # 1: a conflict copy is left to resolve
+    conflict = json.loads(made.stdout)["conflicts"][0]
     (b / conflict).unlink()
     bob.ok("sync", str(b))
 
