@@ -43,6 +43,7 @@ from smartsyncd.web.bodies import (
     get_int,
     get_list,
     get_str,
+    guarded_channel_factory,
     parse_json,
     query_float,
     query_int,
@@ -535,6 +536,7 @@ def make_site(api: SyncAPI, *, timeout: float = 120) -> Site:
     """The twisted.web Site for ``api``: body caps, idle timeout, no version in ``Server``."""
     site = Site(api.resource(), reactor=api.clock, timeout=timeout)
     site.requestFactory = LimitedRequest  # type: ignore[assignment]
+    site.protocol = guarded_channel_factory  # type: ignore[assignment]
     site.displayTracebacks = False
     return site
 

@@ -15,6 +15,7 @@ from io import BytesIO
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest, TooLarge
@@ -90,6 +91,39 @@ class LimitedRequest(Request):
         transport: Any = self.channel.transport
         transport.write(head + body)
         self.channel.loseConnection()
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTPChannel that ignores everything after it refused a request with 400.
+
+    Twisted's channel answers a bad request line, an over-long line or a bad version with 400
+    and closes, but keeps parsing the lines that arrived in the same packet: an empty line then
+    reaches ``allHeadersReceived`` with no request line parsed (``AttributeError: _version``),
+    one unhandled error with a traceback in the log per such packet (found by the API fuzz
+    test: ``GET / HTTP/2``, an empty line, then a 20 KB line).
+    """
+
+    _refused = False
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refused = True
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._refused:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+
+def guarded_channel_factory() -> Any:
+    """``Site.protocol`` (set on the instance, so called without arguments): Twisted's
+    HTTP/1.1-or-2 wrapper around a ``GuardedChannel``."""
+    from twisted.web.http import _GenericHTTPChannelProtocol
+
+    return _GenericHTTPChannelProtocol(GuardedChannel())
 
 
 def read_body(request: Request, limit: int) -> bytes:
