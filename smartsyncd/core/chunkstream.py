@@ -107,6 +107,24 @@ def encode_records(records: Iterable[Record]) -> bytes:
     return b"".join(parts)
 
 
+def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[str, int, int, int]:
+    """``(hash hex, codec, raw_len, payload_len)`` of the record header at ``pos`` (at least
+    ``HEADER_BYTES`` must be there); ``BadChunk`` when its fields break the format's caps."""
+    digest, codec, raw_len, payload_len = _HEADER.unpack_from(buf, pos)
+    h = digest.hex()
+    if codec not in CODECS:
+        raise BadChunk(f"unknown chunk codec {codec}", chunk=h)
+    if raw_len == 0 or raw_len > MAX_CHUNK:
+        raise BadChunk(f"chunk length {raw_len} is outside 1..{MAX_CHUNK}", chunk=h)
+    if codec == CODEC_RAW and payload_len != raw_len:
+        raise BadChunk("raw chunk payload length differs from its length", chunk=h)
+    if codec == CODEC_ZSTD and payload_len > raw_len + ZSTD_SLACK:
+        raise BadChunk("compressed chunk payload is larger than allowed", chunk=h)
+    if codec == CODEC_DELTA and not DELTA_HEADER_BYTES < payload_len <= raw_len + ZSTD_SLACK + DELTA_HEADER_BYTES:
+        raise BadChunk("delta chunk payload length is outside the allowed range", chunk=h)
+    return h, codec, raw_len, payload_len
+
+
 def decode_records(body: bytes | memoryview, max_records: int = 4096) -> list[Record]:
     """Parse a chunk stream (no decompression); ``BadChunk`` on any malformed record."""
     view = memoryview(body)
@@ -117,19 +135,8 @@ def decode_records(body: bytes | memoryview, max_records: int = 4096) -> list[Re
             raise BadChunk(f"more than {max_records} chunks in one body")
         if len(view) - pos < HEADER_BYTES:
             raise BadChunk("chunk stream truncated inside a record header")
-        digest, codec, raw_len, payload_len = _HEADER.unpack_from(view, pos)
-        h = digest.hex()
+        h, codec, raw_len, payload_len = parse_header(view, pos)
         pos += HEADER_BYTES
-        if codec not in CODECS:
-            raise BadChunk(f"unknown chunk codec {codec}", chunk=h)
-        if raw_len == 0 or raw_len > MAX_CHUNK:
-            raise BadChunk(f"chunk length {raw_len} is outside 1..{MAX_CHUNK}", chunk=h)
-        if codec == CODEC_RAW and payload_len != raw_len:
-            raise BadChunk("raw chunk payload length differs from its length", chunk=h)
-        if codec == CODEC_ZSTD and payload_len > raw_len + ZSTD_SLACK:
-            raise BadChunk("compressed chunk payload is larger than allowed", chunk=h)
-        if codec == CODEC_DELTA and not DELTA_HEADER_BYTES < payload_len <= raw_len + ZSTD_SLACK + DELTA_HEADER_BYTES:
-            raise BadChunk("delta chunk payload length is outside the allowed range", chunk=h)
         if len(view) - pos < payload_len:
             raise BadChunk("chunk stream truncated inside a payload", chunk=h)
         records.append((h, codec, raw_len, bytes(view[pos : pos + payload_len])))

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import blake3
 
-from smartsyncd.storage.durable import DEFAULT_OPS, AtomicFile, FileOps, ensure_dir, fsync_dir
+from smartsyncd.storage.durable import DEFAULT_OPS, AtomicFile, FileOps, ensure_dir
 
 MAGIC = b"SSPACK1\n"
 _RECORD_HEADER = struct.Struct(">32sBII")  # hash, codec, raw_len, payload_len
@@ -72,32 +72,16 @@ class PackStore:
         """Durably write (hash hex, codec, raw_size, payload) records as one pack file."""
         if not chunks:
             raise ValueError("a pack needs at least one chunk")
-        engagement_dir = os.path.join(self.root, str(int(engagement_id)))
-        # The final shard folder is known only after hashing, so stream into the engagement
-        # folder and rename into the shard: both are on the same file system.
-        ensure_dir(engagement_dir, self._ops)
-        hasher = blake3.blake3()
-        entries: list[PackEntry] = []
-        with AtomicFile(engagement_dir, ops=self._ops) as f:
-            f.write(MAGIC)
-            hasher.update(MAGIC)
-            offset = len(MAGIC)
-            for chunk_hash, codec, raw_size, payload in chunks:
-                header = _RECORD_HEADER.pack(bytes.fromhex(chunk_hash), codec, raw_size, len(payload))
-                f.write(header)
-                f.write(payload)
-                hasher.update(header)
-                hasher.update(payload)
-                offset += len(header)
-                entries.append(PackEntry(chunk_hash, codec, raw_size, offset, len(payload)))
-                offset += len(payload)
-            name = hasher.hexdigest()
-            final = self.path_for(engagement_id, name)
-            ensure_dir(os.path.dirname(final), self._ops)
-            f.commit(final)
-            # The temp name left the engagement folder; make that durable too.
-            fsync_dir(engagement_dir, self._ops)
-        return WrittenPack(name=name, size=offset, entries=tuple(entries))
+        writer = self.open_writer(engagement_id)
+        try:
+            writer.append(chunks)
+            return writer.commit()
+        finally:
+            writer.abort()
+
+    def open_writer(self, engagement_id: int) -> PackWriter:
+        """A pack written piece by piece (a streamed upload); see ``PackWriter``."""
+        return PackWriter(self, engagement_id)
 
     def read_range(self, engagement_id: int, name: str, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at ``offset``; raise OSError if the pack is gone or too short."""
@@ -130,3 +114,69 @@ class PackStore:
         finally:
             os.close(fd)
         os.unlink(probe)
+
+
+class PackWriter:
+    """One pack being written as an upload streams in: ``append`` records as they are verified,
+    then ``commit`` (fsync, rename to the content name, fsync the shard folder) or ``abort``
+    (the temp file is removed). Blocking; use it from one file-pool thread at a time.
+
+    The temp file lives in the engagement folder because the final shard is known only after
+    hashing (same file system, so the rename is atomic). Durability of the pack needs the fsync
+    of the file and of the folder that holds its final name; the engagement folder is not
+    fsynced again: if a crash forgot the temp name's removal, a harmless orphan temp file is
+    all that can come back, as after a crash before the rename.
+    """
+
+    def __init__(self, store: PackStore, engagement_id: int) -> None:
+        self._store = store
+        self._ops = store._ops
+        self.engagement_id = int(engagement_id)
+        engagement_dir = os.path.join(store.root, str(self.engagement_id))
+        ensure_dir(engagement_dir, self._ops)  # a stat when it exists; mkdir + fsync only once
+        self._file = AtomicFile(engagement_dir, ops=self._ops)
+        self._hasher = blake3.blake3()
+        self._entries: list[PackEntry] = []
+        self._offset = 0
+        self._write(MAGIC)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._hasher.update(data)
+        self._offset += len(data)
+
+    @property
+    def count(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return self._offset
+
+    def append(self, chunks: Iterable[tuple[str, int, int, bytes]]) -> None:
+        """Append (hash hex, codec, raw_size, payload) records (one write per call)."""
+        parts: list[bytes] = []
+        offset = self._offset
+        for chunk_hash, codec, raw_size, payload in chunks:
+            header = _RECORD_HEADER.pack(bytes.fromhex(chunk_hash), codec, raw_size, len(payload))
+            parts.append(header)
+            parts.append(payload)
+            offset += len(header)
+            self._entries.append(PackEntry(chunk_hash, codec, raw_size, offset, len(payload)))
+            offset += len(payload)
+        if parts:
+            self._write(b"".join(parts))
+
+    def commit(self) -> WrittenPack:
+        """Fsync, rename to ``<shard>/<blake3 of the bytes>.pack``, fsync the shard folder."""
+        if not self._entries:
+            raise ValueError("a pack needs at least one chunk")
+        name = self._hasher.hexdigest()
+        final = self._store.path_for(self.engagement_id, name)
+        ensure_dir(os.path.dirname(final), self._ops)
+        self._file.commit(final)
+        return WrittenPack(name=name, size=self._offset, entries=tuple(self._entries))
+
+    def abort(self) -> None:
+        """Remove the temp file unless committed (safe to call more than once)."""
+        self._file.abort()

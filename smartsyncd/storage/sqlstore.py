@@ -69,6 +69,7 @@ from smartsyncd.storage import workflow
 from smartsyncd.storage.api import (
     AuditRecord,
     ChainReport,
+    ChunkUpload,
     CommitResult,
     CommitResultItem,
     CopyRecord,
@@ -86,7 +87,7 @@ from smartsyncd.storage.api import (
     VerifiedChunk,
     VersionRecord,
 )
-from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.packs import PackStore, PackWriter
 
 T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
@@ -590,23 +591,34 @@ class MetadataDB:
                 " ON CONFLICT (engagement_id, id) DO NOTHING",
                 (engagement_id, pack_name, pack_size, _ts(now)),
             )
-            stored = 0
-            for chunk_hash, codec, raw_size, offset, stored_size in entries:
-                cur = self.execute(
-                    "INSERT INTO chunks (engagement_id, hash, pack_id, pack_offset, stored_size,"
-                    " codec, raw_size) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (engagement_id, hash) DO NOTHING",
-                    (
-                        engagement_id,
-                        self.dialect.binary(bytes.fromhex(chunk_hash)),
-                        pack_name,
-                        offset,
-                        stored_size,
-                        codec,
-                        raw_size,
-                    ),
+            # One lookup and one executemany instead of a statement per chunk. A concurrent
+            # writer (another daemon) may win a row between the two: ON CONFLICT keeps its row,
+            # and the driver's rowcount (summed over executemany by sqlite3 and psycopg 3)
+            # counts only ours.
+            unique = {e[0]: e for e in entries}
+            present = self.present_chunks(engagement_id, [bytes.fromhex(h) for h in unique])
+            rows = [
+                (engagement_id, self.dialect.binary(raw), pack_name, offset, stored_size, codec, raw_size)
+                for raw, (_h, codec, raw_size, offset, stored_size) in (
+                    (bytes.fromhex(h), e) for h, e in unique.items()
                 )
-                stored += max(cur.rowcount, 0)
+                if raw not in present
+            ]
+            if not rows:
+                return 0
+            cur = self.conn.cursor()
+            try:
+                cur.executemany(
+                    self.dialect.sql(
+                        "INSERT INTO chunks (engagement_id, hash, pack_id, pack_offset, stored_size,"
+                        " codec, raw_size) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (engagement_id, hash) DO NOTHING"
+                    ),
+                    rows,
+                )
+                stored = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(rows)
+            finally:
+                cur.close()
             return stored
 
         return self.write(tx)
@@ -1119,6 +1131,9 @@ class SqlServerStore:
         stored = await self.run_db(MetadataDB.record_pack, engagement_id, pack.name, pack.size, entries, self._now())
         return stored, len(chunks) - stored
 
+    def open_upload(self, engagement_id: int) -> ChunkUpload:
+        return _PackUpload(self, engagement_id)
+
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
         where = await self.run_db(MetadataDB.chunk_locations, engagement_id, tuple(hashes))
 
@@ -1294,3 +1309,55 @@ def _drop_packs(packs: PackStore, engagement_id: int, dead: Sequence[str], recor
                 os.unlink(full)
                 orphans += 1
     return orphans
+
+
+class _PackUpload:
+    """``ChunkUpload`` for ``SqlServerStore``: a ``PackWriter`` on the file pool, indexed by one
+    ``record_pack`` transaction at ``finish`` (after the pack is durable)."""
+
+    def __init__(self, store: SqlServerStore, engagement_id: int) -> None:
+        self._store = store
+        self._engagement_id = engagement_id
+        self._writer: PackWriter | None = None
+        self._seen: set[str] = set()
+        self._done = False
+
+    def _append(self, packs: PackStore, chunks: Sequence[VerifiedChunk]) -> None:
+        if self._writer is None:
+            self._writer = packs.open_writer(self._engagement_id)
+        self._writer.append((c.hash, c.codec, c.raw_size, c.payload) for c in chunks)
+
+    async def append(self, chunks: Sequence[VerifiedChunk]) -> None:
+        if self._done:
+            raise ValueError("upload already finished")
+        fresh = []
+        for c in chunks:
+            if c.hash not in self._seen:
+                self._seen.add(c.hash)
+                fresh.append(c)
+        if fresh:
+            await self._store.run_file(self._append, fresh)
+
+    async def finish(self, total: int) -> tuple[int, int]:
+        if self._done:
+            raise ValueError("upload already finished")
+        self._done = True
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return 0, total
+        try:
+            pack = await self._store.run_file(lambda _packs: writer.commit())
+        except BaseException:
+            await self._store.run_file(lambda _packs: writer.abort())
+            raise
+        entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
+        stored = await self._store.run_db(
+            MetadataDB.record_pack, self._engagement_id, pack.name, pack.size, entries, self._store._now()
+        )
+        return stored, total - stored
+
+    async def abort(self) -> None:
+        self._done = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await self._store.run_file(lambda _packs: writer.abort())

@@ -14,6 +14,7 @@ from smartsyncd.auth.acl import max_role
 from smartsyncd.core.errors import BadRequest, NotFound, Unavailable
 from smartsyncd.core.model import Change, FileState, Manifest, ProposedChange, Role
 from smartsyncd.storage.api import (
+    ChunkUpload,
     CommitResult,
     EngagementRecord,
     FsckProblem,
@@ -149,6 +150,9 @@ class MemoryServerStore:
     async def store_chunks(
         self, engagement_id: int, chunks: Sequence[VerifiedChunk]
     ) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def open_upload(self, engagement_id: int) -> ChunkUpload:
         raise NotImplementedError
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:

@@ -38,7 +38,6 @@ from smartsyncd.storage.api import (
     SessionRecord,
 )
 from smartsyncd.web.bodies import (
-    LimitedRequest,
     expect_object,
     get_int,
     get_list,
@@ -53,6 +52,7 @@ from smartsyncd.web.bodies import (
 )
 from smartsyncd.web.errors import error_response, json_bytes, send_json
 from smartsyncd.web.notify import ChangeNotifier
+from smartsyncd.web.upload import UploadRequest
 
 log = Logger(namespace="smartsyncd.web")
 
@@ -434,13 +434,21 @@ class SyncAPI:
         missing = await self._store.missing_chunks(access.engagement.id, list(dict.fromkeys(wanted)))
         return send_json(request, {"missing": missing})
 
-    @_engagement_route(app, "write", "/v1/engagements/<eng>/chunks", methods=["POST"])
-    async def upload_chunks(self, request: Request, access: Access) -> bytes:
-        body = read_body(request, self.limits.chunk_body)
-        records = chunkstream.decode_records(body, max_records=self.limits.chunks_per_request)
-        prefixes = await self._delta_prefixes(access.engagement.id, records)
-        verified = await self._run_blocking(chunkstream.verify_records, records, prefixes)
-        stored, present = await self._store.store_chunks(access.engagement.id, verified)
+    @app.route("/v1/engagements/<eng>/chunks", methods=["POST"])
+    async def upload_chunks(self, request: Request, eng: str) -> bytes:
+        stream = getattr(request, "upload", None)
+        if stream is not None:
+            # Streamed (web/upload.py): authorized before the body was read, verified and
+            # written while it arrived; this waits for fsync + index of the last part.
+            access, stored, present = await stream.finish()
+        else:
+            # A request built by another factory (tests' in-memory Site): the whole body.
+            access = await self.authorize(request, eng, "write")
+            body = read_body(request, self.limits.chunk_body)
+            records = chunkstream.decode_records(body, max_records=self.limits.chunks_per_request)
+            prefixes = await self._delta_prefixes(access.engagement.id, records)
+            verified = await self._run_blocking(chunkstream.verify_records, records, prefixes)
+            stored, present = await self._store.store_chunks(access.engagement.id, verified)
         log.info(
             "chunks for {engagement} from {user}: {stored} stored, {present} present",
             engagement=access.engagement.name,
@@ -535,7 +543,8 @@ def _result_json(item: Any) -> dict[str, Any]:
 def make_site(api: SyncAPI, *, timeout: float = 120) -> Site:
     """The twisted.web Site for ``api``: body caps, idle timeout, no version in ``Server``."""
     site = Site(api.resource(), reactor=api.clock, timeout=timeout)
-    site.requestFactory = LimitedRequest  # type: ignore[assignment]
+    site.requestFactory = UploadRequest  # type: ignore[assignment]
+    site.sync_api = api  # type: ignore[attr-defined]  # UploadRequest streams chunk uploads into it
     site.protocol = guarded_channel_factory  # type: ignore[assignment]
     site.displayTracebacks = False
     return site

@@ -64,7 +64,8 @@ class LimitedRequest(Request):
             return  # answered with 413 already; the connection is closing
         super().process()
 
-    def _refuse(self) -> None:
+    def _refuse(self, limit: int | None = None) -> None:
+        limit = self.max_body if limit is None else limit
         self._refused = True
         self.content = BytesIO()
         # No "100 Continue" after we said no (the channel sends it after gotLength).
@@ -72,14 +73,14 @@ class LimitedRequest(Request):
         peer = self.getClientAddress()
         log.info(
             "refused a request body over {limit} bytes from {address}",
-            limit=self.max_body,
+            limit=limit,
             address=getattr(peer, "host", str(peer)),
         )
         body = json.dumps(
             {
                 "error": "too_large",
-                "message": f"request body over the limit of {self.max_body} bytes",
-                "limit": self.max_body,
+                "message": f"request body over the limit of {limit} bytes",
+                "limit": limit,
             }
         ).encode("utf-8")
         head = (

@@ -1,0 +1,288 @@
+"""Streaming chunk uploads: ``POST /v1/engagements/<eng>/chunks`` is handled as its body arrives.
+
+``UploadRequest`` (the Site's request factory, see ``web.app.make_site``) recognises the chunk
+upload route when the headers are complete (``gotLength``) and hands the body to a
+``ChunkUploadStream`` instead of buffering it:
+
+1. Reading stops (the transport is paused) until the bearer token, the engagement's visibility
+   and the ``write`` role are checked, exactly as ``SyncAPI.authorize`` does for every route. A
+   refusal is answered at once (401/403/404 JSON, ``Connection: close``) and the body is never
+   read; an ``Expect: 100-continue`` is answered only after the check passed.
+2. Record headers are parsed on the reactor as bytes arrive (``chunkstream.parse_header``: the
+   same caps as ``decode_records``, a count cap, the endpoint's byte cap -> 413 and close).
+   Complete records are grouped into batches of about ``BATCH_BYTES``.
+3. One worker per request verifies each batch on the CPU pool (capped decompression, BLAKE3),
+   while the previous verified batch is appended to the pack's temp file on the file pool
+   (``ServerStore.open_upload``). Delta records get their base ranges per batch.
+4. When the last byte is in, Klein runs ``SyncAPI.upload_chunks``, which awaits ``finish``: the
+   last batch, then fsync + rename + fsync folder, then one DB transaction indexing every chunk,
+   then the answer. Any bad record refuses the whole request (400 ``bad_chunk``): what was
+   written is deleted, nothing is indexed, and the rest of the body is read and dropped so the
+   connection stays usable. A dropped connection aborts the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+
+from smartsyncd.core import chunkstream
+from smartsyncd.core.errors import BadChunk, SyncError
+from smartsyncd.storage.api import ChunkUpload, VerifiedChunk
+from smartsyncd.web.bodies import LimitedRequest
+from smartsyncd.web.errors import json_bytes
+
+if TYPE_CHECKING:
+    from smartsyncd.web.app import Access, SyncAPI
+
+log = Logger(namespace="smartsyncd.web")
+
+BATCH_BYTES = 1 << 20  # records handed to the worker at a time (about 32 chunks)
+_PREFIX = b"/v1/engagements/"
+_SUFFIX = b"/chunks"
+
+
+def upload_engagement(method: bytes | None, uri: bytes | None) -> str | None:
+    """The engagement name when ``method uri`` is the chunk upload route, else None."""
+    if method != b"POST" or not uri:
+        return None
+    path = unquote_to_bytes(uri.split(b"?", 1)[0])
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        return None
+    name = path[len(_PREFIX) : -len(_SUFFIX)]
+    if not name or b"/" in name:
+        return None
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _network_transport(transport: Any) -> Any:
+    """The transport that reads from the socket (under TLS, the one below the TLS layer)."""
+    while transport is not None and not hasattr(transport, "pauseProducing"):
+        transport = getattr(transport, "transport", None)
+    return transport
+
+
+class UploadRequest(LimitedRequest):
+    """``LimitedRequest`` that streams the body of a chunk upload (see the module docstring)."""
+
+    upload: ChunkUploadStream | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if self._refused:
+            return
+        channel: Any = self.channel
+        api: SyncAPI | None = getattr(getattr(channel, "site", None), "sync_api", None)
+        eng = upload_engagement(getattr(channel, "_command", None), getattr(channel, "_path", None))
+        if api is None or eng is None:
+            return
+        if length is not None and length > api.limits.chunk_body:
+            self._refuse(api.limits.chunk_body)
+            return
+        # Answer "100 Continue" ourselves once the caller is known to be allowed.
+        expect = self.requestHeaders.getRawHeaders(b"expect") or []
+        self.requestHeaders.removeHeader(b"expect")
+        wants_continue = bool(expect) and expect[0].lower() == b"100-continue"
+        self.upload = ChunkUploadStream(api, self, eng, wants_continue)
+        self.upload.start()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        upload = self.upload
+        if upload is None:
+            super().handleContentChunk(data)
+            return
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > upload.limit:
+            upload.cancel()
+            self._refuse(upload.limit)
+            return
+        upload.feed(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.upload is not None:
+            self.upload.cancel()
+        super().connectionLost(reason)
+
+    def refuse_early(self, error: SyncError) -> None:
+        """Answer ``error`` before the body is read, and close the connection."""
+        self._refused = True
+        self.requestHeaders.removeHeader(b"expect")
+        body = json_bytes(error.to_json())
+        head = (
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Cache-Control: no-store\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (error.status, RESPONSES.get(error.status, b"Error"), len(body))
+        )
+        transport: Any = self.channel.transport
+        transport.write(head + body)
+        self.channel.loseConnection()
+
+
+class ChunkUploadStream:
+    """The body of one chunk upload: parse as it arrives, verify and store batch by batch."""
+
+    def __init__(self, api: SyncAPI, request: UploadRequest, engagement: str, wants_continue: bool) -> None:
+        self._api = api
+        self._request = request
+        self._engagement = engagement
+        self._wants_continue = wants_continue
+        self.limit = api.limits.chunk_body
+        self._max_records = api.limits.chunks_per_request
+        self._buf = bytearray()
+        self._batch: list[chunkstream.Record] = []
+        self._batch_bytes = 0
+        self.records = 0
+        self._queue: DeferredQueue[list[chunkstream.Record] | None] = DeferredQueue()
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._ended = False
+        self.access: Access | None = None
+        self._upload: ChunkUpload | None = None
+        self._worker: Deferred[None] | None = None
+        self._paused: Any = None
+
+    # -- reactor side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        transport = _network_transport(self._request.channel.transport)
+        if transport is not None:
+            transport.pauseProducing()
+            self._paused = transport
+        self._worker = Deferred.fromCoroutine(self._run())
+
+    def _resume(self) -> None:
+        transport, self._paused = self._paused, None
+        if transport is not None and not self._cancelled:
+            transport.resumeProducing()
+
+    def feed(self, data: bytes) -> None:
+        """Body bytes in arrival order; complete records join the current batch."""
+        if self._error is not None or self._cancelled:
+            return  # refused already: read and drop the rest so the answer can follow
+        buf = self._buf
+        buf += data
+        pos = 0
+        try:
+            while len(buf) - pos >= chunkstream.HEADER_BYTES:
+                h, codec, raw_len, payload_len = chunkstream.parse_header(buf, pos)
+                end = pos + chunkstream.HEADER_BYTES + payload_len
+                if end > len(buf):
+                    break
+                if self.records >= self._max_records:
+                    raise BadChunk(f"more than {self._max_records} chunks in one body")
+                self.records += 1
+                self._batch.append((h, codec, raw_len, bytes(buf[pos + chunkstream.HEADER_BYTES : end])))
+                self._batch_bytes += payload_len
+                pos = end
+        except SyncError as e:
+            self._fail(e)
+            return
+        finally:
+            del buf[:pos]
+        if self._batch_bytes >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch, self._batch_bytes = [], 0
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._buf.clear()
+        self._batch, self._batch_bytes = [], 0
+
+    def cancel(self) -> None:
+        """The connection is gone or the body was refused: abort whatever was written."""
+        if self._cancelled or self._ended:
+            return
+        self._cancelled = True
+        self._paused = None
+        self._fail(ConnectionError("upload cancelled"))
+        self._queue.put(None)
+
+    async def finish(self) -> tuple[Access, int, int]:
+        """All of the body is in: the durable, indexed result (or the request's refusal)."""
+        if self._ended:
+            raise RuntimeError("finish called twice")
+        self._ended = True
+        if self._error is None and self._buf:
+            self._fail(BadChunk("chunk stream truncated inside a record"))
+        self._flush()
+        self._queue.put(None)
+        assert self._worker is not None
+        await self._worker
+        if self._error is not None:
+            raise self._error
+        assert self.access is not None and self._upload is not None
+        stored, present = await self._upload.finish(self.records)
+        return self.access, stored, present
+
+    # -- the worker ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            self.access = await self._api.authorize(self._request, self._engagement, "write")
+        except SyncError as e:
+            log.info(
+                "refused a chunk upload to {engagement} before reading it: {code} {status}",
+                engagement=self._engagement,
+                code=e.code,
+                status=e.status,
+            )
+            self._error = e
+            self._paused = None
+            if not self._cancelled:
+                self._request.refuse_early(e)
+            return
+        except BaseException as e:  # noqa: BLE001 - answered as a 500 by the handler
+            self._error = e
+            self._resume()
+            return
+        self._upload = self._api._store.open_upload(self.access.engagement.id)
+        if self._wants_continue and not self._cancelled:
+            send = getattr(self._request.channel, "_send100Continue", None)
+            if send is not None:
+                send()
+        self._resume()
+        pending: Deferred[None] | None = None
+        try:
+            while True:
+                batch = await self._queue.get()
+                if batch is None or self._error is not None:
+                    break
+                verified = await self._verify(batch)
+                if pending is not None:
+                    await pending
+                pending = Deferred.fromCoroutine(self._upload.append(verified))
+            if pending is not None:
+                await pending
+        except BaseException as e:  # noqa: BLE001 - kept and raised by finish
+            if pending is not None:
+                try:
+                    await pending
+                except BaseException:  # noqa: BLE001 - the first error is the one reported
+                    pass
+            self._fail(e)
+        if self._error is not None:
+            await self._upload.abort()
+
+    async def _verify(self, batch: list[chunkstream.Record]) -> list[VerifiedChunk]:
+        assert self.access is not None
+        prefixes = await self._api._delta_prefixes(self.access.engagement.id, batch)
+        verified: list[VerifiedChunk] = await self._api._run_blocking(chunkstream.verify_records, batch, prefixes)
+        return verified
+
