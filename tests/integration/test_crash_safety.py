@@ -118,6 +118,7 @@ async def test_daemon_sigkilled_during_uploads_and_commits(daemon: Daemon, tmp_p
     checker = BackgroundFsck(daemon)
     head = 0
     partial_seen = 0
+    acked = 0
     try:
         for round_no in range(KILLS):
             files = sorted(copy_files(root))
@@ -159,6 +160,7 @@ async def test_daemon_sigkilled_during_uploads_and_commits(daemon: Daemon, tmp_p
                 f"round {round_no}: batch applied more than once or not at all"
             )
             head = after_head
+            acked += len(expected_paths)
             _h, snap = await api.snapshot("crash")
             have = copy_files(root)
             assert sorted(f.path for f in snap) == sorted(have)
@@ -170,7 +172,7 @@ async def test_daemon_sigkilled_during_uploads_and_commits(daemon: Daemon, tmp_p
         await api.close()
         copy.close()
     FIGURES.update(daemon_kills=KILLS, fsck_runs=checker.runs + 1,
-                   commits_landed_before_kill=partial_seen)
+                   commits_landed_before_kill=partial_seen, acked_writes_checked=acked)
 
 
 def smartsync(home: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -85,7 +85,7 @@ NAMES = (
 if long_run():
     EXAMPLES, STEPS = 120, 60
 else:
-    EXAMPLES, STEPS = 10, 25
+    EXAMPLES, STEPS = 15, 30
 EXAMPLES = int(os.environ.get("SMARTSYNC_MODEL_EXAMPLES", EXAMPLES))
 STEPS = int(os.environ.get("SMARTSYNC_MODEL_STEPS", STEPS))
 
@@ -154,6 +154,7 @@ class Env:
         self.kills = 0
         self.restarts = 0
         self.examples = 0
+        self.acked_writes = 0
         self.killed_since_fsck = False
 
     def engagement(self) -> str:
@@ -183,6 +184,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         record_figures(
             "model_convergence", steps=ENV.steps, examples=ENV.examples,
             daemon_kills=ENV.kills, daemon_restarts=ENV.restarts,
+            acked_writes_checked=ENV.acked_writes,
         )
     finally:
         ENV = None
@@ -493,6 +495,7 @@ class SyncModel(RuleBasedStateMachine):
             if self.copies:
                 self.quiesce_and_check()
                 self.check_history_readable()
+                self.env.acked_writes += len(self.must_keep)
             if self.env.killed_since_fsck:
                 fsck(self.daemon)
                 self.env.killed_since_fsck = False
