@@ -69,13 +69,14 @@ def fmt_s(s: float | None) -> str:
 
 
 class Bench:
-    def __init__(self, reactor: Any, work: Path, runs: int, quick: bool) -> None:
+    def __init__(self, reactor: Any, work: Path, runs: int, quick: bool,
+                 small_count: int | None = None) -> None:
         self.reactor = reactor
         self.work = work
         self.runs = runs
         self.quick = quick
         self.big = (32 if quick else 256) * MiB
-        self.small_count = 1000 if quick else 10_000
+        self.small_count = small_count or (1000 if quick else 10_000)
         self.csv_size = (8 if quick else 64) * MiB
         self.rows: list[Row] = []
         self._engagements = 0
@@ -279,10 +280,13 @@ def machine() -> str:
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="smartsync-bench-"))
-    bench = Bench(reactor, work, args.runs, args.quick)
+    bench = Bench(reactor, work, args.runs, args.quick, args.small)
     try:
         await bench.setup()
         steps: list[Callable[[], Awaitable[None]]] = [bench.big_file, bench.small_files, bench.csv]
+        if args.only:
+            chosen = set(args.only.split(","))
+            steps = [s for s in steps if s.__name__ in chosen]
         for step in steps:
             await step()
             print(bench.table(), flush=True)
@@ -309,6 +313,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="small data (a smoke run)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--only", help="comma-separated steps: big_file,small_files,csv,engagement")
+    parser.add_argument("--small", type=int, help="number of small files (default 10,000)")
     ns = parser.parse_args()
     from twisted.internet import defer, task
 

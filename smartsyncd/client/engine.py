@@ -62,7 +62,7 @@ from smartsyncd.core.locks import covers
 from smartsyncd.core.manifest import chunks_to_json, make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
 from smartsyncd.core.paths import fold_key, normalize_path
-from smartsyncd.core.planner import LocalEntry, PullWrite, plan
+from smartsyncd.core.planner import LocalEntry, Plan, PullWrite, plan
 
 log = Logger()
 
@@ -370,19 +370,25 @@ class SyncCopy:
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
         await self._refresh_stat_cache(scan, base)
-        pending, since = self._pending(scan, base)
+        push_plan = plan(scan.entries, base, [], complete=scan.complete)  # one planner pass
+        pending, since = self._pending(scan, base, push_plan)
         contact = await self._contact(api, len(pending), since)
         finalized = contact.get("finalized") if contact else None
         if finalized:  # read-only: nothing to push; local changes stay local
             report.refused = _finalized_text(finalized) if pending else None
             report.unsynced = len(pending)
         else:
-            await self._push(api, scan, base, report, prog, self._blocked(contact, pending))
+            await self._push(
+                api, scan, base, report, prog, self._blocked(contact, pending), push_plan
+            )
         await self._pull(api, report, prog)
         if contact is not None and report.unsynced != len(pending):
             await self._contact(api, report.unsynced, since if report.unsynced else None)
         await self._run(self._prune_bases)
-        report.conflicts_left = len(await self._run(self.conflicts))
+        if report.downloaded or report.deleted_local or report.conflicts:
+            report.conflicts_left = len(await self._run(self.conflicts))
+        else:  # the folder is as scanned: no second walk
+            report.conflicts_left = sum(1 for p in scan.files if _CONFLICT_RE.search(p))
         report.last_seq = await self._run(lambda: self.state.last_seq)
         log.info(
             "sync of {engagement}: {uploaded} up ({bytes_sent} bytes), {downloaded} down, "
@@ -446,9 +452,9 @@ class SyncCopy:
 
     async def _push(
         self, api: Server, scan: ScanResult, base: dict[str, FileRecord], report: SyncReport,
-        prog: Progress, blocked: Mapping[str, str] | None = None,
+        prog: Progress, blocked: Mapping[str, str] | None = None, planned_push: Plan | None = None,
     ) -> None:
-        p = plan(scan.entries, base, [], complete=scan.complete)
+        p = planned_push or plan(scan.entries, base, [], complete=scan.complete)
         excluded: set[str] = set()
         planned = {x.path for x in p.push_puts} | {x.path for x in p.push_deletes}
         report.unsynced = len(planned)
@@ -494,6 +500,9 @@ class SyncCopy:
                     send = [(c, o) for c, o in _offsets(chunks) if c.hash not in had]
                     bases[put.path] = _DeltaBase(old.content, old.size, old.chunks, chunks)
                 else:
+                    # the compact form: the server derives content id and size from the
+                    # manifest (protocol.md, Push step 3)
+                    del item["content"], item["size"]
                     item["manifest"] = chunks_to_json(chunks)
                     send = _offsets(chunks)
                 for chunk, offset in send:
@@ -519,6 +528,7 @@ class SyncCopy:
             # a folder emptied or unmounted since the scan must never turn into deletes
             await self._run(self.state.check_marker)
             batch = await self._run(self._batch_key, changes)
+            last_seq: int = await self._run(lambda: self.state.last_seq)
             try:
                 answer = await api.commit(self.engagement, batch, changes)
             except ServerRefused as e:
@@ -562,7 +572,9 @@ class SyncCopy:
                     full.update(x.path for x in puts if path in (None, x.path))
                     continue
                 raise
-            await self._apply_results(answer, changes, scan, base, report)
+            await self._apply_results(
+                answer, changes, scan, base, report, _own_head(answer, last_seq)
+            )
             await self._run(self.state.clear_pending_batch)
             report.unsynced = len(planned & excluded)
             return
@@ -570,9 +582,12 @@ class SyncCopy:
 
     # -- the server's view of this copy (docs/workflow.md) -----------------------------------
 
-    def _pending(self, scan: ScanResult, base: dict[str, FileRecord]) -> tuple[list[str], datetime | None]:
+    def _pending(
+        self, scan: ScanResult, base: dict[str, FileRecord], p: Plan | None = None
+    ) -> tuple[list[str], datetime | None]:
         """Local changes not yet on the server, and the oldest edit time among them."""
-        p = plan(scan.entries, base, [], complete=scan.complete)
+        if p is None:
+            p = plan(scan.entries, base, [], complete=scan.complete)
         paths = [x.path for x in p.push_puts] + [x.path for x in p.push_deletes]
         mtimes = [scan.entries[x.path].mtime_ns for x in p.push_puts if x.path in scan.entries]
         since = datetime.fromtimestamp(min(mtimes) / 1e9, UTC) if mtimes else None
@@ -706,8 +721,10 @@ class SyncCopy:
 
     async def _apply_results(
         self, answer: dict[str, Any], changes: list[dict[str, Any]], scan: ScanResult,
-        base: dict[str, FileRecord], report: SyncReport,
+        base: dict[str, FileRecord], report: SyncReport, own_head: int | None = None,
     ) -> None:
+        """Record what the commit did; ``own_head`` (see ``_own_head``) moves last_seq past
+        our own records so the pull does not fetch them back."""
         puts: list[FileRecord] = []
         drops: list[str] = []
         for item, change in zip(answer["results"], changes, strict=True):
@@ -748,7 +765,7 @@ class SyncCopy:
                 if moved:
                     puts.append(record(item["seq"], cpath))
                     drops.append(path)
-        await self._run(self.state.update, puts, drops)
+        await self._run(self.state.update, puts, drops, own_head)
         await self._run(self._keep_bases, [(r.path, r.content, r.size) for r in puts])
 
     def _conflict_target(self, path: str) -> str:
@@ -1041,6 +1058,26 @@ class SyncCopy:
         if index == len(ds):
             return None
         return index, result
+
+
+def _own_head(answer: Mapping[str, Any], last_seq: int) -> int | None:
+    """The commit's head when the records after ``last_seq`` up to it are exactly this commit's
+    own (every change applied, their seqs contiguous from last_seq + 1): then there is nothing
+    in that range to pull, and last_seq may move to the head at once. None otherwise (a
+    conflict, a stale delete, an unchanged put, or another copy's commit in between)."""
+    head = answer.get("head")
+    results = answer.get("results")
+    if type(head) is not int or not isinstance(results, list):
+        return None
+    seqs = []
+    for item in results:
+        if not isinstance(item, dict) or item.get("status") != "applied":
+            return None
+        seq = item.get("seq")
+        if type(seq) is not int:
+            return None
+        seqs.append(seq)
+    return head if sorted(seqs) == list(range(last_seq + 1, head + 1)) else None
 
 
 def _finalized_text(info: Any) -> str:

@@ -43,6 +43,7 @@ from smartsyncd.client.errors import (
     TrustError,
 )
 from smartsyncd.client.progress import Progress
+from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.chunkstream import (
     CODEC_DELTA,
@@ -68,6 +69,8 @@ RECORD_HEADER = 41  # hash 32 + codec 1 + raw_len 4 + payload_len 4
 LONG_POLL_CAP = 60.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 PARALLEL_REQUESTS = 4  # chunk transfers on the wire at once
+RESPONSE_CAP = 256 * 1024 * 1024  # a compressed JSON answer may not decompress beyond this
+IN_THREAD_BYTES = 256 * 1024  # (de)compress bodies larger than this off the reactor
 
 ChunkWanted = str | ChunkRef | tuple[str, int]
 
@@ -102,6 +105,7 @@ class Reply:
     status: int
     body: bytes
     content_type: str
+    wire_bytes: int = -1  # body bytes as they travelled (compressed), -1: same as body
 
 
 class ServerAPI:
@@ -132,6 +136,9 @@ class ServerAPI:
         self.progress = progress
         self.bwlimit = bwlimit
         self.timeout = timeout
+        # JSON request bodies of 1 KiB and more go zstd-compressed (protocol.md, "Compressed
+        # JSON bodies"); False for a server older than that
+        self.compress_requests = True
         self.bytes_sent = 0
         self.bytes_received = 0
         self.requests = 0
@@ -286,7 +293,8 @@ class ServerAPI:
 
     async def _fetch_batch(self, eng: str, batch: list[str]) -> dict[str, bytes]:
         reply = await self._request(
-            "POST", _eng(eng, "chunks", "fetch"), body={"chunks": batch}, expect=CHUNKS_TYPE
+            "POST", _eng(eng, "chunks", "fetch"), body={"chunks": batch}, expect=CHUNKS_TYPE,
+            compress=True,
         )
         try:
             raw: dict[str, bytes] = await self._in_thread(
@@ -308,9 +316,20 @@ class ServerAPI:
         for start in range(0, len(unique), MISSING_PER_REQUEST):
             batch = unique[start : start + MISSING_PER_REQUEST]
             data = _object(
-                await self._json("POST", _eng(eng, "chunks", "missing"), body={"chunks": batch}),
+                await self._json(
+                    "POST", _eng(eng, "chunks", "missing"),
+                    body={"chunks": batch, "answer": "index"}, compress=True,
+                ),
                 "missing",
             )
+            if "missing_index" in data:  # the compact answer: positions in ``batch``
+                index = _get(data, "missing_index", list, "missing")
+                if not all(
+                    type(i) is int and 0 <= i < len(batch) for i in index
+                ) or index != sorted(set(index)):
+                    raise ProtocolError("missing-chunks answer has bad positions")
+                missing.extend(batch[i] for i in index)
+                continue
             answer = _get(data, "missing", list, "missing")
             asked = set(batch)
             if not all(isinstance(h, str) and h in asked for h in answer):
@@ -357,7 +376,8 @@ class ServerAPI:
         """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
         data = _object(
             await self._json(
-                "POST", _eng(eng, "commit"), body={"batch": batch, "changes": changes}
+                "POST", _eng(eng, "commit"), body={"batch": batch, "changes": changes},
+                compress=True,
             ),
             "commit",
         )
@@ -442,9 +462,11 @@ class ServerAPI:
         params: Mapping[str, str] | None = None,
         auth: bool = True,
         timeout: float | None = None,
+        compress: bool = False,
     ) -> Any:
         reply = await self._request(
-            method, path, body=body, params=params, auth=auth, timeout=timeout
+            method, path, body=body, params=params, auth=auth, timeout=timeout,
+            compress=compress,
         )
         return _decode_json(reply)
 
@@ -461,18 +483,28 @@ class ServerAPI:
         relogin: bool = True,
         timeout: float | None = None,
         expect: bytes = JSON_TYPE,
+        compress: bool = False,
     ) -> Reply:
-        """One call with retries; on ``session_expired`` sign in again once and repeat."""
+        """One call with retries; on ``session_expired`` sign in again once and repeat.
+        ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch)."""
+        encoding: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             content_type = JSON_TYPE
+            if compress and self.compress_requests and bodycodec.worth_compressing(data):
+                data = (
+                    await self._in_thread(bodycodec.compress, data)
+                    if len(data) > IN_THREAD_BYTES else bodycodec.compress(data)
+                )
+                encoding = b"zstd"
         relogged = False
         while True:
             try:
                 return await retrying(
                     self._reactor,
                     lambda: self._attempt(
-                        method, path, data, content_type, params, auth, timeout, expect
+                        method, path, data, content_type, params, auth, timeout, expect,
+                        encoding,
                     ),
                     attempts=self.max_attempts,
                     is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
@@ -501,8 +533,11 @@ class ServerAPI:
         auth: bool,
         timeout: float | None,
         expect: bytes,
+        encoding: bytes | None = None,
     ) -> Reply:
-        headers: dict[bytes, list[bytes]] = {b"Accept": [expect]}
+        headers: dict[bytes, list[bytes]] = {b"Accept": [expect], b"Accept-Encoding": [b"zstd"]}
+        if encoding is not None:
+            headers[b"Content-Encoding"] = [encoding]
         if auth and self.token:
             headers[b"Authorization"] = [b"Bearer " + self.token.encode("ascii")]
         if auth and self.copy_id:
@@ -558,9 +593,10 @@ class ServerAPI:
         finally:
             if timer.active():
                 timer.cancel()
+        received = reply.wire_bytes if reply.wire_bytes >= 0 else len(reply.body)
         self.bytes_sent += len(data or b"")
-        self.bytes_received += len(reply.body)
-        await self._throttle(len(data or b"") + len(reply.body))
+        self.bytes_received += received
+        await self._throttle(len(data or b"") + received)
         _raise_for_status(reply, self.base_url)
         return reply
 
@@ -583,7 +619,17 @@ class ServerAPI:
         )
         body = await response.content()
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        return Reply(response.code, body, ctype.decode("latin-1"))
+        encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
+        if encoding is None:
+            return Reply(response.code, body, ctype.decode("latin-1"))
+        try:
+            decode = (bodycodec.decode, body, encoding.decode("latin-1"), RESPONSE_CAP)
+            raw = (
+                await self._in_thread(*decode) if len(body) > IN_THREAD_BYTES else decode[0](*decode[1:])
+            )
+        except SyncError as exc:
+            raise ProtocolError(f"server sent a body that does not decode: {exc.message}") from exc
+        return Reply(response.code, raw, ctype.decode("latin-1"), len(body))
 
     def _transport_error(self, exc: BaseException) -> NetworkError:
         if _is_tls_failure(exc):

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
 from smartsyncd.client.state import STATE_DIR, FileRecord
-from smartsyncd.core.chunking import chunk_hash, make_chunker
+from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.manifest import make_manifest
 from smartsyncd.core.model import ChunkRef
@@ -56,6 +56,7 @@ class ScanResult:
     complete: bool = True
     skipped: list[tuple[str, str]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders/files
+    files: list[str] = field(default_factory=list)  # every regular file seen (case twins too)
 
     @property
     def changed(self) -> list[str]:
@@ -80,6 +81,7 @@ class Scanner:
         result = ScanResult()
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, result, base)
+        result.files = [path for path, _ in found]
         for path, st in self._drop_case_twins(found, base, result):
             self._examine(path, st, base.get(path), result)
         return result
@@ -187,12 +189,17 @@ class Scanner:
             result.errors.append((path, f"cannot read: {e.strerror or e}"))
 
     def _hash(self, path: str, st: os.stat_result) -> ScannedFile:
-        full = str(self.root / path)
+        full = os.path.join(self.root, path)
         for _attempt in range(self.retries + 1):
             chunks: list[ChunkRef] = []
             with self.open_file(full) as f:
                 before = os.fstat(f.fileno())
-                if before.st_size:
+                if 0 < before.st_size <= MIN_CHUNK:
+                    # FastCDC never cuts below its minimum: a small file is one chunk (no
+                    # chunker to build: most of the cost for thousands of small files)
+                    data = f.read(MIN_CHUNK + 1)
+                    chunks.append(ChunkRef(chunk_hash(data), len(data)))
+                elif before.st_size:
                     for chunk in make_chunker().cut_stream(f):
                         chunks.append(ChunkRef(chunk_hash(chunk.data), chunk.length))
                 after = os.stat(full, follow_symlinks=False)

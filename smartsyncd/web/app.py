@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, cast
@@ -26,7 +26,7 @@ from twisted.web.server import Request, Site
 import smartsyncd
 from smartsyncd.auth.acl import allows
 from smartsyncd.auth.sessions import SessionManager
-from smartsyncd.core import chunking, chunkstream, manifest
+from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadChunk, BadRequest, Forbidden, NotFound, TooLarge
 from smartsyncd.core.model import Change, ProposedChange, Role
 from smartsyncd.core.paths import normalize_path
@@ -166,18 +166,26 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             continue
         if kind != "put":
             raise BadRequest(f"field '{f}.kind' must be \"put\" or \"delete\"", field=f"{f}.kind")
-        content = _hash(item.get("content"), f"{f}.content")
-        size = get_int(item, "size", f"{f}.size", minimum=0)
-        assert size is not None
-        changes.append(ProposedChange(path=path, kind="put", base=base, content=content, size=size))
         full, delta = item.get("manifest"), item.get("delta")
         if full is not None and delta is not None:
             raise BadRequest(f"{f} has both 'manifest' and 'delta'", field=f)
+        chunks = None
+        size: int | None
         if full is not None:
             try:
                 chunks = manifest.chunks_from_json(full, field=f"{f}.manifest")
             except BadRequest as e:
                 raise _with_field(e, f"{f}.manifest") from None
+        if chunks is not None and item.get("content") is None and item.get("size") is None:
+            # the compact form: content id and size follow from the full manifest
+            content = manifest.content_id(chunks)
+            size = sum(c.size for c in chunks)
+        else:
+            content = _hash(item.get("content"), f"{f}.content")
+            size = get_int(item, "size", f"{f}.size", minimum=0)
+        assert size is not None
+        changes.append(ProposedChange(path=path, kind="put", base=base, content=content, size=size))
+        if chunks is not None:
             manifests[path] = PutManifest(content=content, chunks=chunks)
         elif delta is not None:
             d = expect_object(delta, f"{f}.delta")
@@ -290,6 +298,7 @@ class SyncAPI:
                     "chunk_body": self.limits.chunk_body,
                     "chunks_per_request": self.limits.chunks_per_request,
                 },
+                "encodings": [bodycodec.ENCODING],
             },
         )
 
@@ -403,7 +412,9 @@ class SyncAPI:
 
     @_engagement_route(app, "read", "/v1/engagements/<eng>/chunks/fetch", methods=["POST"])
     async def fetch_chunks(self, request: Request, access: Access) -> bytes:
-        wanted = _hash_list(read_json(request, self.limits.small_json), self.limits.chunks_per_request)
+        wanted = _hash_list(
+            parse_json(_json_body(request, self.limits.small_json)), self.limits.chunks_per_request
+        )
         unique = list(dict.fromkeys(wanted))
         cap = self.limits.chunk_body
         found: dict[str, tuple[int, int, bytes]] = {}
@@ -430,8 +441,13 @@ class SyncAPI:
 
     @_engagement_route(app, "write", "/v1/engagements/<eng>/chunks/missing", methods=["POST"])
     async def missing_chunks(self, request: Request, access: Access) -> bytes:
-        wanted = _hash_list(read_json(request, self.limits.small_json), self.limits.missing_per_request)
+        body = parse_json(_json_body(request, self.limits.small_json))
+        wanted = _hash_list(body, self.limits.missing_per_request)
         missing = await self._store.missing_chunks(access.engagement.id, list(dict.fromkeys(wanted)))
+        if expect_object(body).get("answer") == "index":
+            # compact answer: positions in the request instead of 64-character hashes
+            lacking = set(missing)
+            return send_json(request, {"missing_index": [i for i, h in enumerate(wanted) if h in lacking]})
         return send_json(request, {"missing": missing})
 
     @app.route("/v1/engagements/<eng>/chunks", methods=["POST"])
@@ -491,6 +507,10 @@ class SyncAPI:
     @_engagement_route(app, "write", "/v1/engagements/<eng>/commit", methods=["POST"])
     async def commit(self, request: Request, access: Access) -> bytes:
         body = read_body(request, self.limits.json_body)
+        if _content_encoding(request) is not None:
+            body = await self._run_blocking(
+                bodycodec.decode, body, _content_encoding(request), self.limits.json_body
+            )
         if len(body) > self.limits.small_json:
             parsed: ParsedCommit = await self._run_blocking(parse_commit, body, self.limits)
         else:
@@ -537,7 +557,21 @@ class SyncAPI:
 
 
 def _result_json(item: Any) -> dict[str, Any]:
-    return {k: v for k, v in asdict(item).items() if v is not None or k == "seq"}
+    # fields() rather than asdict(): the results are flat, and asdict's deep copy was a tenth
+    # of a 10,000-file commit's time on the reactor
+    out = {f.name: getattr(item, f.name) for f in fields(item)}
+    return {k: v for k, v in out.items() if v is not None or k == "seq"}
+
+
+def _content_encoding(request: Request) -> str | None:
+    raw = request.requestHeaders.getRawHeaders(b"content-encoding")
+    return raw[0].decode("latin-1") if raw else None
+
+
+def _json_body(request: Request, limit: int) -> bytes:
+    """A small JSON body, decoded from its ``Content-Encoding`` (zstd), capped at ``limit``."""
+    body = read_body(request, limit)
+    return bodycodec.decode(body, _content_encoding(request), limit)
 
 
 def make_site(api: SyncAPI, *, timeout: float = 120) -> Site:

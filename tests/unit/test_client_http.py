@@ -35,6 +35,7 @@ from smartsyncd.client.errors import (
 )
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.trust import PinnedPolicy
+from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import chunk_buffer, chunk_hash
 from smartsyncd.core.chunkstream import (
     compress_chunk,
@@ -53,7 +54,8 @@ class Seen:
     query: dict[bytes, list[bytes]]
     auth: str | None
     ctype: str | None
-    body: bytes
+    body: bytes  # as sent before its Content-Encoding (decoded like the server does)
+    encoding: str | None = None
 
 
 Answer = tuple[int, Any] | None  # (status, JSON value or raw bytes); None: never answer
@@ -73,13 +75,16 @@ class Script(Resource):
     def render(self, request: Any) -> Any:
         auth = request.getHeader(b"authorization")
         ctype = request.getHeader(b"content-type")
+        encoding = request.getHeader(b"content-encoding")
+        enc = encoding.decode() if encoding else None
         seen = Seen(
             request.method.decode(),
             request.path.decode(),
             dict(request.args),
             auth.decode() if auth else None,
             ctype.decode() if ctype else None,
-            request.content.read(),
+            bodycodec.decode(request.content.read(), enc, 1 << 30),
+            enc,
         )
         self.seen.append(seen)
         answer = self.handler(seen)

@@ -620,6 +620,7 @@ async def test_info_and_healthz_need_no_token(env: Env) -> None:
         "protocol": [1],
         "chunking": {"algorithm": "fastcdc", "min": 8192, "avg": 32768, "max": 262144},
         "limits": {"json_body": LIMITS.json_body, "chunk_body": LIMITS.chunk_body, "chunks_per_request": 4096},
+        "encodings": ["zstd"],
     }
     health = await env.call("GET", "/healthz")
     assert health.status == 200 and health.json() == {"status": "ok", "database": "ok", "storage": "ok"}

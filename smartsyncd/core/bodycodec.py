@@ -1,0 +1,102 @@
+"""zstd ``Content-Encoding`` of JSON request and response bodies (docs/protocol.md, "Compressed
+JSON bodies"). Pure: no I/O.
+
+Large JSON bodies (a commit of thousands of files, a page of 5000 changes, a list of missing
+chunks) are mostly repeated keys and hex hashes; zstd roughly halves the hashes and removes
+the rest. The receiver always decompresses with a cap on the output and on the window size,
+so a zstd bomb costs nothing (field-lessons.md, lesson 8).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import zstandard
+
+from smartsyncd.core.errors import BadRequest, TooLarge
+
+ENCODING = "zstd"
+# Bodies smaller than this are sent as they are: compressing them saves less than a header.
+MIN_COMPRESS = 1024
+MAX_WINDOW = 8 * 1024 * 1024
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=3)
+    return c
+
+
+def compress(data: bytes) -> bytes:
+    """One zstd frame of ``data`` (level 3; records the content size)."""
+    return _compressor().compress(data)
+
+
+def worth_compressing(data: bytes) -> bool:
+    return len(data) >= MIN_COMPRESS
+
+
+def accepts(header_values: Sequence[bytes | str] | None) -> bool:
+    """Whether an ``Accept-Encoding`` header allows zstd (``q=0`` refuses it)."""
+    for value in header_values or []:
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        for item in text.split(","):
+            name, _, params = item.strip().partition(";")
+            if name.strip().lower() != ENCODING:
+                continue
+            q = params.replace(" ", "").lower()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+def decode(data: bytes, encoding: str | None, cap: int) -> bytes:
+    """The body as sent before ``Content-Encoding`` ``encoding`` (None or ``identity``: as is).
+
+    A decompressed body over ``cap`` bytes is ``TooLarge``; a damaged frame, trailing data or an
+    unknown encoding is ``BadRequest``. Nothing is allocated beyond ``cap`` plus one read.
+    """
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        if len(data) > cap:
+            raise TooLarge(f"body over the limit of {cap} bytes", limit=cap)
+        return data
+    if name != ENCODING:
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use zstd or none",
+                         field="content-encoding")
+    try:
+        # zstandard ignores max_output_size when the frame header states a content size, so a
+        # frame declaring more than the cap is refused before anything is allocated.
+        declared = zstandard.frame_content_size(data)
+        if declared > cap:
+            raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        if declared >= 0:
+            out = dctx.decompress(data, max_output_size=cap, allow_extra_data=False)
+        else:  # no size in the header: read at most cap + 1 bytes
+            with dctx.stream_reader(data, read_across_frames=False) as reader:
+                parts = []
+                got = 0
+                while got <= cap:
+                    part = reader.read(cap + 1 - got)
+                    if not part:
+                        break
+                    parts.append(part)
+                    got += len(part)
+                if got > cap:
+                    raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
+                out = b"".join(parts)
+            # one whole frame and nothing after it
+            dctx.decompress(data, max_output_size=max(len(out), 1), allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise BadRequest(f"body is not a valid zstd frame: {e}") from None
+    if len(out) > cap:
+        raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
+    return out
