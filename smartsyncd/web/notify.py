@@ -77,6 +77,10 @@ class ChangeNotifier:
         for d in fire:
             d.callback(None)
 
+    def head(self, engagement_id: int) -> int:
+        """The highest head notified for ``engagement_id`` (-1 when none yet)."""
+        return self._heads.get(engagement_id, -1)
+
     def waiting(self, engagement_id: int) -> int:
         """How many requests wait on ``engagement_id`` (for tests and metrics)."""
         return len(self._waiters.get(engagement_id, ()))

@@ -175,22 +175,22 @@ class ChunkUploadStream:
         buf += data
         pos = 0
         try:
-            while len(buf) - pos >= chunkstream.HEADER_BYTES:
-                h, codec, raw_len, payload_len = chunkstream.parse_header(buf, pos)
-                end = pos + chunkstream.HEADER_BYTES + payload_len
-                if end > len(buf):
-                    break
-                if self.records >= self._max_records:
-                    raise BadChunk(f"more than {self._max_records} chunks in one body")
-                self.records += 1
-                self._batch.append((h, codec, raw_len, bytes(buf[pos + chunkstream.HEADER_BYTES : end])))
-                self._batch_bytes += payload_len
-                pos = end
+            with memoryview(buf) as view:  # one copy per payload, out of the view
+                while len(view) - pos >= chunkstream.HEADER_BYTES:
+                    h, codec, raw_len, payload_len = chunkstream.parse_header(view, pos)
+                    end = pos + chunkstream.HEADER_BYTES + payload_len
+                    if end > len(view):
+                        break
+                    if self.records >= self._max_records:
+                        raise BadChunk(f"more than {self._max_records} chunks in one body")
+                    self.records += 1
+                    self._batch.append((h, codec, raw_len, view[pos + chunkstream.HEADER_BYTES : end].tobytes()))
+                    self._batch_bytes += payload_len
+                    pos = end
         except SyncError as e:
             self._fail(e)
             return
-        finally:
-            del buf[:pos]
+        del buf[:pos]
         if self._batch_bytes >= BATCH_BYTES:
             self._flush()
 

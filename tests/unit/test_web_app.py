@@ -550,6 +550,35 @@ async def test_long_poll_is_woken_by_a_commit(env: Env) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_waiters_woken_by_one_commit_share_one_query(env: Env) -> None:
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    refs = await upload(env, alice, b"shared " * 4000)
+    polls = [env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=30", token=reader) for _ in range(20)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 20)
+    queries: list[tuple[int, int, int]] = []
+    real = env.store.changes_since
+
+    async def counted(eid: int, since: int, limit: int) -> Any:
+        queries.append((eid, since, limit))
+        return await real(eid, since, limit)
+
+    env.store.changes_since = counted  # the real store, counted
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "sh", "changes": [put("s.txt", refs)]})
+    assert r.status == 200
+    for poll in polls:
+        got = (await env.reply(poll)).json()
+        assert got["head"] == 1 and [c["path"] for c in got["changes"]] == ["s.txt"]
+    assert queries == [(env.alpha, 0, 5000)]
+    # the next wake-up runs a query of its own
+    poll = env.start("GET", "/v1/engagements/alpha/changes?since=1&wait=30", token=reader)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 1)
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "sh2", "changes": [put("t.txt", refs)]})
+    assert [c["path"] for c in (await env.reply(poll)).json()["changes"]] == ["t.txt"]
+    assert queries[-1] == (env.alpha, 1, 5000) and len(queries) == 3
+
+
+@pytest_twisted.ensureDeferred
 async def test_long_poll_times_out_with_the_clock(env: Env) -> None:
     reader = await env.login("rita")
     poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=10", token=reader)
