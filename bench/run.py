@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
+import engagement  # noqa: E402
 from countingproxy import listen_counting_proxy  # noqa: E402
 from daemon import running_daemon  # noqa: E402
 from rsync_baseline import RsyncDaemon  # noqa: E402
@@ -240,6 +241,37 @@ class Bench:
         self.rows.append(row)
         copy.close()
 
+    async def engagement(self) -> None:
+        """The realistic engagement folder (bench/engagement.py): initial sync, then a day of
+        typical edits."""
+        scale = 0.25 if self.quick else 1.0
+        copy, directory = await self.new_copy("engagement")
+        src = self.work / "rs-engagement"
+        shutil.rmtree(src, ignore_errors=True)
+        stats = engagement.write_engagement(directory, scale=scale)
+        engagement.write_engagement(src, scale=scale)
+        label = f"engagement folder ({stats.files} files, {stats.bytes / 1e6:.0f} MB), initial"
+        initial = Row(label, "no slower than rsync; <= 1.05 x payload", payload=stats.bytes)
+        nbytes, seconds = await self.measure_sync(copy)
+        initial.ours_bytes.append(nbytes)
+        initial.ours_seconds.append(seconds)
+        self.reset_rsync()
+        result = self.rsync.push(src)
+        initial.rsync_bytes.append(result.total)
+        initial.rsync_seconds.append(result.seconds)
+        self.rows.append(initial)
+
+        edits = Row("engagement: a day of edits (14 re-saves, 48 db pages, 3 appends, "
+                    "6 new, 3 deleted, 4 moved)", "below rsync -z")
+        engagement.day_of_edits(directory)
+        engagement.day_of_edits(src)
+        nbytes, seconds = await self.measure_sync(copy)
+        edits.ours_bytes.append(nbytes)
+        edits.ours_seconds.append(seconds)
+        self.rsync_push(src, edits)
+        self.rows.append(edits)
+        copy.close()
+
     def table(self) -> str:
         lines = [
             "| scenario | smartsyncd wire bytes | smartsyncd time | rsync bytes (plain / -z) "
@@ -283,7 +315,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     bench = Bench(reactor, work, args.runs, args.quick, args.small)
     try:
         await bench.setup()
-        steps: list[Callable[[], Awaitable[None]]] = [bench.big_file, bench.small_files, bench.csv]
+        steps: list[Callable[[], Awaitable[None]]] = [
+            bench.big_file, bench.small_files, bench.csv, bench.engagement,
+        ]
         if args.only:
             chosen = set(args.only.split(","))
             steps = [s for s in steps if s.__name__ in chosen]

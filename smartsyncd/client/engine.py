@@ -47,6 +47,7 @@ from smartsyncd.client.localfs import (
     discard_temp,
     finish_temp,
     fsync_dir,
+    make_parents,
     move_no_replace,
     open_temp,
     read_chunk,
@@ -75,6 +76,9 @@ UPLOADS_IN_FLIGHT = 3
 # a delta record names the old bytes lined up with the new chunk plus this much on each side
 DELTA_SLACK = 8 * 1024
 BASE_MIN_FILE = 64 * 1024  # smaller files are cheap to send whole: no base copy
+# downloads of at least this size go through .smartsync/partial/<content>.part, kept when
+# the pull is cut, so the next attempt fetches only the chunks it does not have yet
+PARTIAL_MIN = 4 * 1024 * 1024
 CHANGES_PAGE = 5000
 # an mtime this close to "now" may not change on a quick same-size edit (coarse file system
 # timestamps): such files are re-read once on the next scan
@@ -385,6 +389,7 @@ class SyncCopy:
         if contact is not None and report.unsynced != len(pending):
             await self._contact(api, report.unsynced, since if report.unsynced else None)
         await self._run(self._prune_bases)
+        await self._run(self._prune_partials)
         if report.downloaded or report.deleted_local or report.conflicts:
             report.conflicts_left = len(await self._run(self.conflicts))
         else:  # the folder is as scanned: no second walk
@@ -895,9 +900,14 @@ class SyncCopy:
         if manifest.size != write.size:
             raise ProtocolError(f"manifest of {write.path} does not match its size")
         target = self.directory / write.path
-        temp, handle = await self._run(open_temp, self.directory, target)
+        resumable = manifest.size >= PARTIAL_MIN
+        if resumable:  # a large file: resume into what an interrupted pull left
+            temp, handle, have = await self._run(self._open_partial, manifest, target)
+        else:
+            temp, handle = await self._run(open_temp, self.directory, target)
+            have = 0
         try:
-            for window in _windows(manifest.chunks, self.window_bytes):
+            for window in _windows(manifest.chunks[have:], self.window_bytes):
                 local = await self._run(self._read_local, window, index)
                 need = list({c.hash: c for c in window if c.hash not in local}.values())
                 fetched = await api.fetch_chunks(self.engagement, need) if need else {}
@@ -905,8 +915,13 @@ class SyncCopy:
                 await self._run(_write_window, handle, window, local, fetched)
                 prog.advance(sum(c.size for c in window))
             st, moved_to = await self._run(self._install, temp, handle, write.path, old)
-        except BaseException:
-            await self._run(discard_temp, temp, handle)
+        except BaseException as exc:
+            # a cut connection keeps the part for the next attempt; a local disk error (a
+            # full disk) frees its space instead
+            if resumable and not isinstance(exc, OSError):
+                await self._run(_keep_partial, temp, handle)
+            else:
+                await self._run(discard_temp, temp, handle)
             raise
         if moved_to is not None:
             report.conflicts.append(moved_to)
@@ -936,6 +951,47 @@ class SyncCopy:
                 found[chunk.hash] = data
         return found
 
+    def _partial_dir(self) -> Path:
+        return self.directory / ".smartsync" / "partial"
+
+    def _open_partial(
+        self, manifest: Manifest, target: Path
+    ) -> tuple[Path, BinaryIO, int]:
+        """Open the partial download of ``manifest.content`` left by an interrupted pull (or
+        a new one): the chunks at its start that still hash right are kept, the rest is cut
+        off. Returns (path, handle positioned after the kept chunks, number of kept chunks).
+        Nothing is trusted without its hash: a partial file torn by a crash only loses the
+        chunks that do not verify."""
+        make_parents(self.directory, target)
+        folder = self._partial_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{manifest.content}.part"
+        have, offset = 0, 0
+        if path.exists():
+            for chunk in manifest.chunks:
+                if read_chunk(path, offset, chunk.size, chunk.hash) is None:
+                    break
+                have += 1
+                offset += chunk.size
+            log.info("resuming the download of {content}: {n} chunks ({bytes} bytes) already here",
+                     content=manifest.content, n=have, bytes=offset)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd, "r+b")
+        try:
+            handle.truncate(offset)
+            handle.seek(offset)
+        except BaseException:
+            handle.close()
+            raise
+        return path, handle, have
+
+    def _prune_partials(self) -> None:
+        """Drop partial downloads nothing is waiting for (after a complete pull)."""
+        folder = self._partial_dir()
+        if folder.is_dir():
+            for leftover in folder.iterdir():
+                leftover.unlink(missing_ok=True)
+
     def _install(
         self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None
     ) -> tuple[os.stat_result, str | None]:
@@ -949,7 +1005,10 @@ class SyncCopy:
         if current is not None and (old is None or current.content != old.content):
             moved_to = conflict_name(path, self.user, self._now(), self._taken)
             move_no_replace(self.directory / path, self.directory / moved_to)
-        return finish_temp(temp, handle, self.directory / path), moved_to
+        st = finish_temp(temp, handle, self.directory / path)
+        if temp.parent != (self.directory / path).parent:  # from .smartsync/partial
+            fsync_dir(temp.parent)
+        return st, moved_to
 
     def _taken(self, candidate: str) -> bool:
         return os.path.lexists(self.directory / candidate) or self.state.get(candidate) is not None
@@ -1092,6 +1151,17 @@ def _finalized_text(info: Any) -> str:
 def _ancestors(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _keep_partial(path: Path, handle: BinaryIO) -> None:
+    """Make what an interrupted download wrote durable for a resume; on any failure (a full
+    disk) the partial file is removed instead."""
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+    except OSError:
+        discard_temp(path, handle)
 
 
 def _write_window(
