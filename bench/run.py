@@ -350,6 +350,8 @@ if __name__ == "__main__":
     parser.add_argument("--only", help="comma-separated steps: big_file,small_files,csv,engagement")
     parser.add_argument("--small", type=int, help="number of small files (default 10,000)")
     ns = parser.parse_args()
+    if ns.write and (ns.only or ns.small):
+        parser.error("--write records full runs only (without --only/--small)")
     from twisted.internet import defer, task
 
     task.react(lambda r: defer.Deferred.fromCoroutine(main(r, ns)))

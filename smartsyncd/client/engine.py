@@ -388,6 +388,7 @@ class SyncCopy:
         await self._pull(api, report, prog)
         if contact is not None and report.unsynced != len(pending):
             await self._contact(api, report.unsynced, since if report.unsynced else None)
+        self.scanner.forget_recent()
         await self._run(self._prune_bases)
         await self._run(self._prune_partials)
         if report.downloaded or report.deleted_local or report.conflicts:
@@ -701,8 +702,13 @@ class SyncCopy:
         self, items: list[tuple[str, tuple[str, int, int]]], bases: Mapping[str, _DeltaBase]
     ) -> list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]]:
         out: list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]] = []
+        recent = self.scanner.recent
         for digest, (path, offset, size) in items:
-            data = read_chunk(self.directory / path, offset, size, digest)
+            # a small file's bytes as the scan hashed them, else read back (and re-hashed:
+            # a file changed since the scan is sent next time)
+            data = recent.get(digest)
+            if data is None or len(data) != size:
+                data = read_chunk(self.directory / path, offset, size, digest)
             if data is None:
                 raise _ChunkChanged(path)
             hint = self._delta_hint(bases.get(path), offset, size)

@@ -29,6 +29,7 @@ from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry
 
 OpenFile = Callable[[str], BinaryIO]
+RECENT_BYTES = 64 * 1024 * 1024
 
 
 def _open_binary(path: str) -> BinaryIO:
@@ -74,11 +75,17 @@ class Scanner:
         self.root = root
         self.open_file = open_file
         self.retries = retries
+        # bytes of small files read by the last scan, by chunk hash (at most RECENT_BYTES):
+        # an upload right after the scan takes them from here instead of reading and
+        # hashing every small file a second time
+        self.recent: dict[str, bytes] = {}
+        self._recent_bytes = 0
 
     # -- whole-folder scan ---------------------------------------------------------------------
 
     def scan(self, base: Mapping[str, FileRecord]) -> ScanResult:
         result = ScanResult()
+        self.forget_recent()
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, result, base)
         result.files = [path for path, _ in found]
@@ -199,6 +206,9 @@ class Scanner:
                     # chunker to build: most of the cost for thousands of small files)
                     data = f.read(MIN_CHUNK + 1)
                     chunks.append(ChunkRef(chunk_hash(data), len(data)))
+                    if self._recent_bytes + len(data) <= RECENT_BYTES:
+                        self.recent[chunks[-1].hash] = data
+                        self._recent_bytes += len(data)
                 elif before.st_size:
                     for chunk in make_chunker().cut_stream(f):
                         chunks.append(ChunkRef(chunk_hash(chunk.data), chunk.length))
@@ -214,6 +224,10 @@ class Scanner:
                     chunks=manifest.chunks, hashed=True,
                 )
         raise FileChanging(path)
+
+    def forget_recent(self) -> None:
+        self.recent = {}
+        self._recent_bytes = 0
 
     # -- cheap change detection (watch) -----------------------------------------------------
 
