@@ -61,6 +61,7 @@ def table(figures: dict[str, dict[str, int]], seconds: float, long: bool) -> str
         ("daemon SIGKILLs survived", m.get("daemon_kills", 0) + c.get("daemon_kills", 0)),
         ("daemon restarts (SIGTERM) survived", m.get("daemon_restarts", 0)),
         ("client SIGKILLs mid-pull survived", c.get("client_kills", 0)),
+        ("hidden temp files those kills left (known limit)", c.get("temp_files_left_by_kills", 0)),
         ("fsck runs after kills (all clean)", c.get("fsck_runs", 0)),
         ("acknowledged writes checked for loss",
          m.get("acked_writes_checked", 0) + c.get("acked_writes_checked", 0)),

@@ -544,11 +544,12 @@ class SyncCopy:
                 existing = e.details.get("existing")
                 if (
                     e.code == "path_clash" and isinstance(path, str) and path in sent_paths
-                    and path not in base and path in scan.entries
+                    and path in scan.entries
                     and isinstance(existing, str) and fold_key(existing) == fold_key(path)
                 ):
-                    # another copy created this name first with other case: keep ours as a
-                    # conflict copy beside it, sent now (not a file that never syncs)
+                    # another copy created this name first with other case, or renamed the
+                    # file we edited to other case: keep ours as a conflict copy beside it,
+                    # sent now (not a file that never syncs)
                     entry = scan.entries[path]
                     target = await self._run(self._conflict_target, existing)
                     if await self._run(self._move_if_unchanged, path, target, entry):

@@ -37,6 +37,7 @@ from reliability import (
     fsck,
     long_run,
     record_figures,
+    temp_files,
     wait_for,
 )
 from twisted.internet import reactor
@@ -236,4 +237,7 @@ async def test_client_sigkilled_mid_pull_leaves_old_or_new_never_torn(
         await api.close()
         writer.close()
     assert kills >= 3
-    FIGURES.update(client_kills=kills)
+    # a killed client's half-written temp files stay (hidden, ignored by the scanner; see
+    # docs/reliability.md "Known limits"); counted so the figure shows it
+    FIGURES.update(client_kills=kills,
+                   temp_files_left_by_kills=len(temp_files(reader)))
