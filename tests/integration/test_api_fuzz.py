@@ -130,13 +130,18 @@ bodies = st.one_of(
 # a long-poll "wait" that parses as a positive number would make a request wait up to 60 s
 query_value = st.one_of(st.integers(-3, 10**20).map(str), junk_text).filter(
     lambda s: not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", s) or int(float(s) if s.strip() else 0) == 0)
-query = st.dictionaries(st.sampled_from(["since", "limit", "wait", "base", "x"]), query_value, max_size=3)
+query = st.dictionaries(st.sampled_from(["since", "limit", "wait", "base", "path", "seq", "x"]),
+                        query_value, max_size=3)
 ENDPOINTS = [
     "/healthz", "/v1/info", "/v1/login", "/v1/logout", "/v1/session", "/v1/engagements",
     "/v1/engagements/{eng}", "/v1/engagements/{eng}/snapshot", "/v1/engagements/{eng}/changes",
     "/v1/engagements/{eng}/manifests/{hash}", "/v1/engagements/{eng}/chunks/fetch",
     "/v1/engagements/{eng}/chunks/missing", "/v1/engagements/{eng}/chunks",
     "/v1/engagements/{eng}/commit", "/v2/engagements", "/v0/info", "/", "/v1/", "/v1/nope",
+    "/v1/engagements/{eng}/locks", "/v1/engagements/{eng}/locks/release",
+    "/v1/engagements/{eng}/history", "/v1/engagements/{eng}/restore",
+    "/v1/engagements/{eng}/export", "/v1/engagements/{eng}/copies",
+    "/v1/engagements/{eng}/copies/{hash}/report",
 ]
 token_kind = st.sampled_from(["valid", "none", "junk", "basic"])
 

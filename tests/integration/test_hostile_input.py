@@ -425,6 +425,18 @@ ENGAGEMENT_ENDPOINTS = [
     ("POST", "/commit", {"batch": "steal", "changes": [{"path": "TB.xlsx", "kind": "delete", "base": 1}]}),
 ]
 
+# the engagement workflow's routes (docs/workflow.md): the same check guards them
+WORKFLOW_ENDPOINTS = [
+    ("GET", "/locks", None),
+    ("POST", "/locks", {"paths": ["TB.xlsx"]}),
+    ("POST", "/locks/release", {"paths": ["TB.xlsx"]}),
+    ("GET", "/history?path=TB.xlsx", None),
+    ("POST", "/restore", {"path": "TB.xlsx", "seq": 1}),
+    ("GET", "/export", None),
+    ("POST", "/copies", {"copy": "x", "host": "h"}),
+    ("POST", "/copies/x/report", {}),
+]
+
 
 def _fill(server: Server, text: str) -> str:
     return text.replace("{content}", server.secret_content).replace(  # type: ignore[attr-defined]
@@ -433,7 +445,7 @@ def _fill(server: Server, text: str) -> str:
 
 def test_another_engagement_answers_404_with_no_hint(server: Server) -> None:
     head, log = server.state()
-    for method, suffix, body in ENGAGEMENT_ENDPOINTS:
+    for method, suffix, body in ENGAGEMENT_ENDPOINTS + WORKFLOW_ENDPOINTS:
         answers = []
         for eng in ("acme", "does-not-exist"):
             path = f"/v1/engagements/{eng}" + _fill(server, suffix)
