@@ -575,6 +575,19 @@ class TestRegressions(unittest.TestCase):
         finally:
             state.teardown()
 
+    def test_new_file_synced_offline_then_online_reaches_the_server(self) -> None:
+        # Found in a full-suite run while the model was being changed: a new file, a sync that
+        # failed offline, then syncs: the file's content must still reach the server's log.
+        state = SyncModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="New folder/moved.txt", data=bytes(12942))
+            state.offline_sync_changes_nothing(i=0)
+            state.quiesce()
+            state.quiesce()
+        finally:
+            state.teardown()
+
     def test_case_only_rename_of_a_synced_file(self) -> None:
         state = SyncModel()
         try:
