@@ -87,8 +87,7 @@ class Bench:
         from smartsyncd.client.trust import PinnedPolicy
 
         self.daemon = running_daemon(self.work / "server")
-        done = self.daemon.admin("user", "add", "bench", "--password-stdin", input=PASSWORD + "\n")
-        assert done.returncode == 0, done.stderr
+        self.daemon.add_user("bench", PASSWORD)
         port, self.counter = listen_counting_proxy(self.reactor, self.daemon.port)
         self.api = ServerAPI(f"https://127.0.0.1:{port}", reactor=self.reactor,
                              policy=PinnedPolicy(self.daemon.fingerprint))
@@ -104,11 +103,7 @@ class Bench:
         from smartsyncd.client.engine import SyncCopy
 
         self._engagements += 1
-        name = f"{label}-{self._engagements}"
-        for args in (("engagement", "create", name), ("grant", name, "--user", "bench",
-                                                      "--role", "editor")):
-            done = self.daemon.admin(*args)
-            assert done.returncode == 0, done.stderr
+        name = self.daemon.new_engagement(f"{label}-{self._engagements}", editors=["bench"])
         directory = self.work / "copies" / name
         copy = await SyncCopy.clone(self.api, name, directory)
         return copy, directory

@@ -291,6 +291,20 @@ class Daemon:
         finally:
             conn.close()
 
+    def add_user(self, name: str, password: str) -> None:
+        """Create a local account with the real admin CLI (asserts it worked)."""
+        done = self.admin("user", "add", name, "--password-stdin", input=password + "\n")
+        assert done.returncode == 0, done.stderr
+
+    def new_engagement(self, name: str, *, editors: Sequence[str] = ()) -> str:
+        """Create an engagement and grant ``editors`` the editor role (real admin CLI)."""
+        steps = [("engagement", "create", name)]
+        steps += [("grant", name, "--user", user, "--role", "editor") for user in editors]
+        for args in steps:
+            done = self.admin(*args)
+            assert done.returncode == 0, done.stderr
+        return name
+
     def login(self, user: str, password: str) -> str:
         status, answer = self.request(
             "POST", "/v1/login", json_body={"user": user, "password": password}

@@ -30,8 +30,7 @@ MiB = 1 << 20
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = running_daemon(tmp_path_factory.mktemp("bulk"))
     try:
-        done = d.admin("user", "add", "alice", "--password-stdin", input=PASSWORD + "\n")
-        assert done.returncode == 0, done.stderr
+        d.add_user("alice", PASSWORD)
         yield d
     finally:
         d.stop()
@@ -41,11 +40,7 @@ _count = iter(range(1, 1000))
 
 
 def new_engagement(server: Daemon) -> str:
-    name = f"b-{next(_count)}"
-    for args in (("engagement", "create", name), ("grant", name, "--user", "alice", "--role", "editor")):
-        done = server.admin(*args)
-        assert done.returncode == 0, done.stderr
-    return name
+    return server.new_engagement(f"b-{next(_count)}", editors=["alice"])
 
 
 async def connect(server: Daemon, url: str | None = None, **kw: object) -> ServerAPI:

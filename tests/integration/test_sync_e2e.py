@@ -34,8 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = running_daemon(tmp_path_factory.mktemp("e2e"))
     try:
         for user in ("alice", "bob"):
-            done = d.admin("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
-            assert done.returncode == 0, done.stderr
+            d.add_user(user, PASSWORD)
         yield d
     finally:
         d.stop()
@@ -44,13 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 @pytest.fixture
 def eng(server: Daemon) -> str:
     """A fresh engagement per test, both users editors."""
-    name = f"eng-{next(_names)}"
-    done = server.admin("engagement", "create", name, "--title", "E2E")
-    assert done.returncode == 0, done.stderr
-    for user in ("alice", "bob"):
-        done = server.admin("grant", name, "--user", user, "--role", "editor")
-        assert done.returncode == 0, done.stderr
-    return name
+    return server.new_engagement(f"eng-{next(_names)}", editors=["alice", "bob"])
 
 
 class FlakyAPI(ServerAPI):

@@ -27,8 +27,7 @@ PASSWORD = "correct horse battery"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = running_daemon(tmp_path_factory.mktemp("transfer"))
     try:
-        done = d.admin("user", "add", "alice", "--password-stdin", input=PASSWORD + "\n")
-        assert done.returncode == 0, done.stderr
+        d.add_user("alice", PASSWORD)
         yield d
     finally:
         d.stop()
@@ -39,10 +38,7 @@ _count = iter(range(1, 1000))
 
 @pytest.fixture
 def api(server: Daemon) -> Iterator[ServerAPI]:
-    name = f"t-{next(_count)}"
-    for args in (("engagement", "create", name), ("grant", name, "--user", "alice", "--role", "editor")):
-        done = server.admin(*args)
-        assert done.returncode == 0, done.stderr
+    name = server.new_engagement(f"t-{next(_count)}", editors=["alice"])
     client = ServerAPI(server.url, reactor=reactor, policy=PinnedPolicy(server.fingerprint))
     client.eng = name  # type: ignore[attr-defined]
     pytest_twisted.blockon(Deferred.fromCoroutine(client.login("alice", PASSWORD)))
