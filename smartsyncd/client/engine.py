@@ -27,6 +27,7 @@ import json
 import os
 import re
 import socket
+import stat
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -57,6 +58,7 @@ from smartsyncd.client.localfs import (
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.core.chunkstream import aligned_range
 from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.locks import covers
@@ -913,10 +915,31 @@ class SyncCopy:
         else:
             temp, handle = await self._run(open_temp, self.directory, target)
             have = 0
+        # a modified file whose synced version is here: chunks may come as deltas against it
+        delta_base = (
+            _DeltaBase(old.content, old.size, old.chunks, manifest.chunks)
+            if old is not None and old.chunks is not None and old.size > 0
+            and old.content != manifest.content
+            else None
+        )
+        source: Path | bytes | None = None
+        offset = sum(c.size for c in manifest.chunks[:have])
         try:
+            if delta_base is not None and old is not None:
+                source = await self._run(self._download_base, write.path, old)
             for window in _windows(manifest.chunks[have:], self.window_bytes):
                 local = await self._run(self._read_local, window, index)
-                need = list({c.hash: c for c in window if c.hash not in local}.values())
+                need: list[Any] = []
+                seen: set[str] = set()
+                for chunk, at in _offsets(window):
+                    if chunk.hash not in local and chunk.hash not in seen:
+                        seen.add(chunk.hash)
+                        need.append((chunk, offset + at))
+                offset += sum(c.size for c in window)
+                if source is not None and delta_base is not None:
+                    need = await self._run(_with_bases, need, delta_base, source)
+                else:
+                    need = [chunk for chunk, _ in need]
                 fetched = await api.fetch_chunks(self.engagement, need) if need else {}
                 report.bytes_received += sum(len(v) for v in fetched.values())
                 await self._run(_write_window, handle, window, local, fetched)
@@ -944,6 +967,22 @@ class SyncCopy:
             index.setdefault(chunk.hash, (write.path, offset, chunk.size))
         await self._run(self._keep_bases, [(write.path, write.content, write.size)])
         report.downloaded += 1
+
+    def _download_base(self, path: str, old: FileRecord) -> Path | bytes | None:
+        """Where to read the synced version ``old`` of ``path`` for download deltas (blocking):
+        the file itself while it looks unchanged (same size and inode, same or untrusted
+        mtime), else the base copy's bytes. Either may be wrong (edited in place, damaged):
+        every chunk rebuilt from it is hash-checked, and one that fails is fetched whole."""
+        try:
+            st = os.stat(self.directory / path, follow_symlinks=False)
+        except OSError:
+            st = None
+        if (
+            st is not None and stat.S_ISREG(st.st_mode) and st.st_size == old.size
+            and st.st_ino == old.inode and old.mtime_ns in (st.st_mtime_ns, -1)
+        ):
+            return self.directory / path
+        return self.base_cache.load(old.content, old.size)
 
     def _read_local(
         self, window: list[ChunkRef], index: Mapping[str, tuple[str, int, int]]
@@ -1169,6 +1208,48 @@ def _keep_partial(path: Path, handle: BinaryIO) -> None:
         handle.close()
     except OSError:
         discard_temp(path, handle)
+
+
+def _base_range(base: _DeltaBase, offset: int, size: int) -> tuple[int, int]:
+    """The range ``(lo, hi)`` of the old version lined up with the new chunk at ``offset``
+    (its nearest unchanged chunk's shift, ``DELTA_SLACK`` each side): the same choice as for
+    uploads, so the delta finds the old bytes of edited rows."""
+    return aligned_range(offset - base.shift(offset), size, base.size, DELTA_SLACK)
+
+
+def _with_bases(
+    need: list[tuple[ChunkRef, int]], base: _DeltaBase, source: Path | bytes
+) -> list[tuple[str, int] | tuple[str, int, DeltaHint]]:
+    """Fetch items naming, per chunk, its lined-up range of the old version read from
+    ``source`` (the local file or the base copy's bytes; blocking). A range that cannot be
+    read whole is left out: that chunk comes without a delta."""
+    out: list[tuple[str, int] | tuple[str, int, DeltaHint]] = []
+    handle: BinaryIO | None = None
+    try:
+        if isinstance(source, Path):
+            try:
+                handle = open(source, "rb")  # noqa: SIM115  (closed below)
+            except OSError:
+                return [(chunk.hash, chunk.size) for chunk, _ in need]
+        for chunk, offset in need:
+            lo, hi = _base_range(base, offset, chunk.size)
+            if handle is not None:
+                try:
+                    handle.seek(lo)
+                    prefix = handle.read(hi - lo)
+                except OSError:
+                    prefix = b""
+            else:
+                assert isinstance(source, bytes)
+                prefix = source[lo:hi]
+            if len(prefix) == hi - lo:
+                out.append((chunk.hash, chunk.size, DeltaHint(base.content, lo, prefix)))
+            else:
+                out.append((chunk.hash, chunk.size))
+    finally:
+        if handle is not None:
+            handle.close()
+    return out
 
 
 def _write_window(

@@ -48,6 +48,7 @@ from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.chunkstream import (
     CODEC_DELTA,
     compress_chunk,
+    decode_fetched,
     decode_to_raw,
     delta_payload,
     encode_records,
@@ -63,6 +64,9 @@ JSON_TYPE = b"application/json"
 CHUNKS_TYPE = b"application/x-smartsync-chunks"
 UPLOAD_BODY_LIMIT = 8 * 1024 * 1024
 FETCH_DATA_LIMIT = 16 * 1024 * 1024
+# base bytes the deltas of one fetch may name (the client holds them while the request is out;
+# the server allows 64 MiB)
+FETCH_BASE_LIMIT = 24 * 1024 * 1024
 CHUNKS_PER_REQUEST = 4096
 MISSING_PER_REQUEST = 10000
 RECORD_HEADER = 41  # hash 32 + codec 1 + raw_len 4 + payload_len 4
@@ -72,7 +76,7 @@ PARALLEL_REQUESTS = 4  # chunk transfers on the wire at once
 RESPONSE_CAP = 256 * 1024 * 1024  # a compressed JSON answer may not decompress beyond this
 IN_THREAD_BYTES = 256 * 1024  # (de)compress bodies larger than this off the reactor
 
-ChunkWanted = str | ChunkRef | tuple[str, int]
+ChunkWanted = str | ChunkRef | tuple[str, int] | tuple[str, int, "DeltaHint"]
 
 
 @dataclass(frozen=True)
@@ -261,12 +265,14 @@ class ServerAPI:
         """Download chunks (raw bytes by hash), each verified against its hash.
 
         Items may be plain hashes or ``(hash, size)``/``ChunkRef``; sizes pack requests up to
-        16 MiB (an unknown size counts as the largest chunk).
+        16 MiB (an unknown size counts as the largest chunk). A ``(hash, size, DeltaHint)``
+        names bytes of a version this client has: the server may send the chunk as a delta
+        against them (docs/protocol.md, codec 2); a delta that does not rebuild to its hash
+        is fetched again whole, and a refused request is repeated without deltas.
         """
-        wanted: dict[str, int] = {}
+        wanted: dict[str, tuple[int, DeltaHint | None]] = {}
         for item in hashes:
-            digest, size = _wanted(item)
-            wanted.setdefault(digest, size)
+            wanted.setdefault(*_wanted(item))
         result: dict[str, bytes] = {}
         in_flight: list[tuple[list[str], Deferred[dict[str, bytes]]]] = []
 
@@ -281,7 +287,10 @@ class ServerAPI:
                 while len(in_flight) >= PARALLEL_REQUESTS:
                     done, waiting = in_flight.pop(0)
                     collect(done, await waiting)
-                in_flight.append((batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch))))
+                hints = {h: hint for h in batch if (hint := wanted[h][1]) is not None}
+                in_flight.append(
+                    (batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch, hints)))
+                )
             while in_flight:
                 done, waiting = in_flight.pop(0)
                 collect(done, await waiting)
@@ -291,17 +300,39 @@ class ServerAPI:
                 pending.cancel()
         return result
 
-    async def _fetch_batch(self, eng: str, batch: list[str]) -> dict[str, bytes]:
-        reply = await self._request(
-            "POST", _eng(eng, "chunks", "fetch"), body={"chunks": batch}, expect=CHUNKS_TYPE,
-            compress=True,
-        )
+    async def _fetch_batch(
+        self, eng: str, batch: list[str], hints: Mapping[str, DeltaHint] | None = None
+    ) -> dict[str, bytes]:
+        body, prefixes = _fetch_body(batch, hints or {})
         try:
-            raw: dict[str, bytes] = await self._in_thread(
-                decode_to_raw, reply.body, CHUNKS_PER_REQUEST
+            reply = await self._request(
+                "POST", _eng(eng, "chunks", "fetch"), body=body, expect=CHUNKS_TYPE,
+                compress=True,
             )
+        except ServerRefused as exc:
+            if not prefixes or exc.status not in (400, 413):
+                raise
+            # the server would not use our bases (a version it no longer has?): whole chunks
+            log.warn("fetch with deltas refused ({why}); fetching whole chunks", why=exc.message)
+            return await self._fetch_batch(eng, batch)
+        try:
+            raw: dict[str, bytes]
+            if prefixes:
+                raw, failed = await self._in_thread(
+                    decode_fetched, reply.body, prefixes, CHUNKS_PER_REQUEST
+                )
+            else:
+                raw, failed = await self._in_thread(
+                    decode_to_raw, reply.body, CHUNKS_PER_REQUEST
+                ), []
         except SyncError as exc:
             raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
+        if failed:
+            # our own base bytes did not rebuild these (a local base gone bad): never write
+            # them; fetch them again without a delta
+            log.warn("{n} chunk(s) did not rebuild from the local base; fetching them whole",
+                     n=len(failed))
+            raw.update(await self._fetch_batch(eng, failed))
         absent = [h for h in batch if h not in raw]
         if absent:
             raise ProtocolError(f"server left out {len(absent)} requested chunk(s)")
@@ -766,27 +797,57 @@ def _parse_time(text: str) -> datetime:
     return when.astimezone(UTC)
 
 
-def _wanted(item: ChunkWanted) -> tuple[str, int]:
+def _wanted(item: ChunkWanted) -> tuple[str, tuple[int, DeltaHint | None]]:
     if isinstance(item, str):
-        return item, MAX_CHUNK
+        return item, (MAX_CHUNK, None)
     if isinstance(item, ChunkRef):
-        return item.hash, item.size
-    digest, size = item
-    return digest, size
+        return item.hash, (item.size, None)
+    if len(item) == 3:
+        return item[0], (item[1], item[2])  # type: ignore[misc]
+    return item[0], (item[1], None)
 
 
-def _fetch_batches(wanted: Mapping[str, int]) -> Iterator[list[str]]:
+def _fetch_batches(wanted: Mapping[str, tuple[int, DeltaHint | None]]) -> Iterator[list[str]]:
+    """Hashes in requests of at most ``FETCH_DATA_LIMIT`` raw bytes, ``CHUNKS_PER_REQUEST``
+    chunks and ``FETCH_BASE_LIMIT`` bytes of base ranges."""
     batch: list[str] = []
-    total = 0
-    for digest, size in wanted.items():
+    total = based = 0
+    for digest, (size, hint) in wanted.items():
         size = min(max(size, 0), MAX_CHUNK)
-        if batch and (total + size > FETCH_DATA_LIMIT or len(batch) >= CHUNKS_PER_REQUEST):
+        prefix = len(hint.prefix) if hint is not None else 0
+        if batch and (
+            total + size > FETCH_DATA_LIMIT or len(batch) >= CHUNKS_PER_REQUEST
+            or based + prefix > FETCH_BASE_LIMIT
+        ):
             yield batch
-            batch, total = [], 0
+            batch, total, based = [], 0, 0
         batch.append(digest)
         total += size
+        based += prefix
     if batch:
         yield batch
+
+
+def _fetch_body(
+    batch: list[str], hints: Mapping[str, DeltaHint]
+) -> tuple[dict[str, Any], dict[tuple[str, int, int], bytes]]:
+    """The fetch request for ``batch`` (with ``bases``/``deltas`` for the hinted chunks) and
+    the base ranges it names, by ``(base, offset, length)``."""
+    body: dict[str, Any] = {"chunks": batch}
+    prefixes: dict[tuple[str, int, int], bytes] = {}
+    bases: dict[str, int] = {}
+    deltas: list[list[int]] = []
+    for i, digest in enumerate(batch):
+        hint = hints.get(digest)
+        if hint is None or not hint.prefix:
+            continue
+        b = bases.setdefault(hint.base, len(bases))
+        deltas.append([i, b, hint.offset, len(hint.prefix)])
+        prefixes[(hint.base, hint.offset, len(hint.prefix))] = hint.prefix
+    if deltas:
+        body["bases"] = list(bases)
+        body["deltas"] = deltas
+    return body, prefixes
 
 
 def _upload_batches(chunks: Iterable[UploadItem]) -> Iterator[list[UploadItem]]:

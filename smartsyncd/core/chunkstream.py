@@ -255,3 +255,64 @@ def assemble_prefixes(
             parts.append(raw[h][start : start + take])
         out[ref] = b"".join(parts)
     return out
+
+
+# -- downloads with a base (docs/protocol.md, "chunks/fetch" with deltas) ---------------------
+
+
+def aligned_range(start: int, size: int, base_size: int, slack: int) -> tuple[int, int]:
+    """The base range ``(lo, hi)`` to compress a new chunk of ``size`` bytes against, when the
+    same content sat at ``start`` in the base: the lined-up bytes plus ``slack`` on each side,
+    clipped to the base (never empty) and to ``DELTA_MAX_PREFIX`` bytes."""
+    if base_size <= 0:
+        raise ValueError("a base range needs a non-empty base")
+    lo = max(0, min(start - slack, base_size - 1))
+    hi = min(base_size, max(start + size + slack, lo + 1), lo + DELTA_MAX_PREFIX)
+    return lo, hi
+
+
+def delta_encode_records(
+    records: Sequence[Record], refs: Mapping[str, tuple[str, int, int]], prefixes: Prefixes, level: int = 3
+) -> list[Record]:
+    """Server side of a fetch with bases (blocking: run it on a thread): each stored record
+    whose hash has a base range in ``refs`` is re-sent as a codec-2 record compressed against
+    that range (``prefixes``) when that is smaller than the stored record; others as stored.
+    Every stored record is decompressed and hash-checked before it is re-encoded."""
+    out: list[Record] = []
+    done: dict[str, Record] = {}
+    for record in records:
+        h = record[0]
+        ref = refs.get(h)
+        if ref is None:
+            out.append(record)
+            continue
+        if h not in done:
+            raw = _raw_of(record)
+            payload = delta_payload(ref[0], ref[1], prefixes[ref], raw, level)
+            done[h] = (h, CODEC_DELTA, record[2], payload) if len(payload) < len(record[3]) else record
+        out.append(done[h])
+    return out
+
+
+def decode_fetched(
+    body: bytes | memoryview, prefixes: Prefixes, max_records: int = 4096
+) -> tuple[dict[str, bytes], list[str]]:
+    """Client side of a fetch with bases: the verified raw bytes by hash, and the hashes of
+    delta records that did not rebuild to their hash from the client's own base bytes (its
+    base went bad: fetch those again without a delta). A delta against a range the client did
+    not name, or any other bad record, is ``BadChunk``."""
+    raw: dict[str, bytes] = {}
+    failed: list[str] = []
+    for record in decode_records(body, max_records):
+        h, codec = record[0], record[1]
+        if codec == CODEC_DELTA:
+            ref = delta_ref(record)
+            if ref not in prefixes or len(prefixes[ref]) != ref[2]:
+                raise BadChunk("server sent a delta against a base range that was not asked for", chunk=h)
+            try:
+                raw[h] = _raw_of(record, prefixes)
+            except BadChunk:
+                failed.append(h)
+            continue
+        raw[h] = _raw_of(record)
+    return raw, [h for h in dict.fromkeys(failed) if h not in raw]

@@ -127,6 +127,36 @@ def _hash_list(body: Any, limit: int) -> list[str]:
     return [_hash(h, f"chunks[{i}]") for i, h in enumerate(items)]
 
 
+def _fetch_refs(body: Any, wanted: list[str], max_bytes: int) -> dict[str, tuple[str, int, int]]:
+    """The optional base ranges of a fetch (docs/protocol.md): ``"bases": [content id, ...]``
+    and ``"deltas": [[chunk index, base index, offset, length], ...]`` -> hash -> (base,
+    offset, length). At most ``max_bytes`` of base ranges in all (``413``)."""
+    obj = expect_object(body)
+    if obj.get("deltas") is None:
+        return {}
+    items = get_list(obj, "deltas", max_len=len(wanted))
+    bases = [_hash(b, f"bases[{j}]") for j, b in enumerate(get_list(obj, "bases", max_len=len(wanted)))]
+    refs: dict[str, tuple[str, int, int]] = {}
+    total = 0
+    for k, item in enumerate(items):
+        f = f"deltas[{k}]"
+        if not (isinstance(item, list) and len(item) == 4 and all(type(x) is int for x in item)):
+            raise BadRequest(f"field {f!r} must be [chunk index, base index, offset, length]", field=f)
+        i, b, offset, length = item
+        if not (0 <= i < len(wanted) and 0 <= b < len(bases)):
+            raise BadRequest(f"field {f!r} names a chunk or base index out of range", field=f)
+        if offset < 0 or not 0 < length <= chunkstream.DELTA_MAX_PREFIX:
+            raise BadRequest(
+                f"field {f!r} needs offset >= 0 and length 1..{chunkstream.DELTA_MAX_PREFIX}", field=f
+            )
+        if refs.setdefault(wanted[i], (bases[b], offset, length)) != (bases[b], offset, length):
+            raise BadRequest(f"field {f!r} names a second base range for one chunk", field=f)
+        total += length
+    if total > max_bytes:
+        raise TooLarge(f"the deltas name over {max_bytes} bytes of base ranges; ask for fewer", limit=max_bytes)
+    return refs
+
+
 def change_json(change: Change) -> dict[str, Any]:
     return {
         "seq": change.seq,
@@ -443,9 +473,11 @@ class SyncAPI:
 
     @_engagement_route(app, "read", "/v1/engagements/<eng>/chunks/fetch", methods=["POST"])
     async def fetch_chunks(self, request: Request, access: Access) -> bytes:
-        wanted = _hash_list(
-            parse_json(_json_body(request, self.limits.small_json)), self.limits.chunks_per_request
-        )
+        asked = parse_json(_json_body(request, self.limits.small_json))
+        wanted = _hash_list(asked, self.limits.chunks_per_request)
+        # optional base ranges: chunks may come back as deltas against a version the caller has
+        refs = _fetch_refs(asked, wanted, self.limits.delta_prefix_bytes)
+        prefixes = await self._fetch_prefixes(access.engagement.id, refs) if refs else {}
         unique = list(dict.fromkeys(wanted))
         cap = self.limits.chunk_body
         found: dict[str, tuple[int, int, bytes]] = {}
@@ -462,11 +494,43 @@ class SyncAPI:
         unknown = [h for h in unique if h not in found]
         if unknown:
             raise NotFound(f"{len(unknown)} unknown chunk(s)", chunks=unknown)
-        body = chunkstream.encode_records((h, *found[h]) for h in wanted)
+        records: list[chunkstream.Record] = [(h, *found[h]) for h in wanted]
+        if refs:  # compressing against the bases is CPU work: off the reactor
+            records = await self._run_blocking(chunkstream.delta_encode_records, records, refs, prefixes)
+        body = chunkstream.encode_records(records)
         if len(body) > cap:  # duplicates in the request
             raise TooLarge(f"response over the limit of {cap} bytes; ask for fewer", limit=cap)
         request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
         return body
+
+    async def _fetch_prefixes(
+        self, engagement_id: int, refs: dict[str, tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], bytes]:
+        """The base ranges a fetch names, cut from versions of THIS engagement only (a base
+        that is not one, or a range past its end, is ``400 bad_request`` naming the base)."""
+        ranges = set(refs.values())
+        wanted: dict[tuple[str, int, int], list[tuple[str, int, int]]] = {}
+        for base in sorted({b for b, _, _ in ranges}):
+            found = await self._store.get_manifest(engagement_id, base)
+            if found is None:
+                raise BadRequest(f"delta base {base} is not a version in this engagement; fetch without it",
+                                 field="bases", base=base)
+            try:
+                pieces = chunkstream.ranges_of(
+                    [(c.hash, c.size) for c in found.chunks], [(o, n) for b, o, n in ranges if b == base]
+                )
+            except BadChunk as e:
+                raise BadRequest(f"{e.message}; fetch without it", field="deltas", base=base) from None
+            wanted.update({(base, o, n): p for (o, n), p in pieces.items()})
+        hashes = list(dict.fromkeys(h for p in wanted.values() for h, _, _ in p))
+        stored: dict[str, chunkstream.Record] = {}
+        for start in range(0, len(hashes), _FETCH_SLICE):
+            for c in await self._store.read_chunks(engagement_id, hashes[start : start + _FETCH_SLICE]):
+                stored[c.hash] = (c.hash, c.codec, c.raw_size, c.payload)
+        prefixes: dict[tuple[str, int, int], bytes] = await self._run_blocking(
+            chunkstream.assemble_prefixes, wanted, stored
+        )
+        return prefixes
 
     # -- push ------------------------------------------------------------------------------
 
