@@ -17,7 +17,6 @@ from functools import wraps
 from typing import Any, cast
 
 from klein import Klein
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -53,6 +52,7 @@ from smartsyncd.web.bodies import (
     read_json,
 )
 from smartsyncd.web.errors import error_response, json_bytes, send_json
+from smartsyncd.web.longpoll import LongPolls, ParkedResource
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.upload import UploadRequest
 
@@ -172,6 +172,12 @@ def change_json(change: Change) -> dict[str, Any]:
     }
 
 
+def changes_body(head: int, changes: list[Change]) -> dict[str, Any]:
+    """The answer to ``GET .../changes`` for ``changes_since``'s (head, changes)."""
+    more = bool(changes) and changes[-1].seq < head
+    return {"head": head, "changes": [change_json(c) for c in changes], "more": more}
+
+
 def _with_field(e: BadRequest, field: str) -> BadRequest:
     return BadRequest(e.message, **{**e.details, "field": field})
 
@@ -271,7 +277,10 @@ class SyncAPI:
         self.limits = limits
         self._version = server_version
         self._now = now or self._clock_now
-        self._woken_reads: dict[tuple[int, int, int, int], list[Deferred[tuple[int, list[Change]]]]] = {}
+        # parked long-polls: answered in bulk, one query and one encoding per woken group
+        self.longpolls = LongPolls(
+            notifier, clock, lambda e, s, n: self._store.changes_since(e, s, n), changes_body
+        )
 
     def _clock_now(self) -> datetime:
         return datetime.fromtimestamp(self._seconds(), UTC)
@@ -405,7 +414,7 @@ class SyncAPI:
         )
 
     @_engagement_route(app, "read", "/v1/engagements/<eng>/changes", methods=["GET"])
-    async def changes(self, request: Request, access: Access) -> bytes:
+    async def changes(self, request: Request, access: Access) -> bytes | ParkedResource:
         since = query_int(request, "since", 0, 0)
         limit = min(query_int(request, "limit", self.limits.changes_page, 1), self.limits.changes_page)
         wait = min(query_float(request, "wait", 0.0, 0.0, 1e9), self.limits.max_wait)
@@ -414,40 +423,10 @@ class SyncAPI:
         # since > head: the client is ahead of this server (restored from backup?); answer at
         # once so it sees the lower head instead of waiting for numbers that may never come.
         if not changes and wait > 0 and since <= head:
-            await self._notifier.wait(eid, since, wait)
-            head, changes = await self._shared_changes(eid, since, limit)
-        more = bool(changes) and changes[-1].seq < head
-        return send_json(
-            request, {"head": head, "changes": [change_json(c) for c in changes], "more": more}
-        )
-
-    async def _shared_changes(self, eid: int, since: int, limit: int) -> tuple[int, list[Change]]:
-        """``changes_since`` for a woken long-poll; the waiters one commit wakes share one query.
-
-        A commit wakes every waiter of the engagement in the same reactor turn; 10,000 separate
-        queries would queue on the DB thread for seconds. Waiters asking the same (since, limit)
-        after the same notified head join the first one's query, which started after that head
-        was notified, so each still gets every change up to the head that woke it.
-        """
-        key = (eid, since, limit, self._notifier.head(eid))
-        joined = self._woken_reads.get(key)
-        if joined is not None:
-            mine: Deferred[tuple[int, list[Change]]] = Deferred()
-            joined.append(mine)
-            return await mine
-        self._woken_reads[key] = joined = []
-        try:
-            result = await self._store.changes_since(eid, since, limit)
-        except BaseException:
-            failure = Failure()
-            self._woken_reads.pop(key, None)
-            for d in joined:
-                d.errback(failure)
-            raise
-        self._woken_reads.pop(key, None)
-        for d in joined:
-            d.callback(result)
-        return result
+            # parked: web/longpoll.py answers it (with what changes_since then says) once a
+            # commit moves the head past ``since`` or the wait runs out
+            return self.longpolls.park(request, eid, since, limit, wait)
+        return send_json(request, changes_body(head, changes))
 
     @_engagement_route(
         app, "read", "/v1/engagements/<eng>/manifests/<content>", methods=["GET"]

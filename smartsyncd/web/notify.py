@@ -1,8 +1,10 @@
 """Long-poll waiters: wake ``GET .../changes?wait=S`` requests when an engagement's head moves.
 
-A waiter is a Deferred registered under its engagement; ``notify`` fires every waiter whose
-``since`` is below the new head, a timer fires it when its wait runs out. Either way it fires
-with ``None`` and the handler re-queries the store. Waiters hold no database thread.
+A waiter is a callable registered under its engagement (``watch``); ``notify`` calls every
+waiter whose ``since`` is below the new head, a timer calls it when its wait runs out. Either way
+it is called once, with no argument, and the caller re-queries the store (web/longpoll.py does
+that once for all the waiters one commit wakes). ``wait`` is the same as a Deferred that fires
+with ``None``. Waiters hold no database thread.
 
 Registering and unregistering a waiter are O(1) (a dict keyed by the waiter); ``notify`` is
 linear in the waiters of that engagement. The last head seen per engagement is remembered so a
@@ -20,12 +22,11 @@ from twisted.internet.interfaces import IReactorTime
 
 
 class _Waiter:
-    __slots__ = ("engagement_id", "since", "deferred", "timer")
+    __slots__ = ("since", "wake", "timer")
 
-    def __init__(self, engagement_id: int, since: int, deferred: Deferred[None]) -> None:
-        self.engagement_id = engagement_id
+    def __init__(self, since: int, wake: Callable[[], object]) -> None:
         self.since = since
-        self.deferred = deferred
+        self.wake = wake
         self.timer: Any = None  # IDelayedCall
 
 
@@ -46,16 +47,31 @@ class ChangeNotifier:
         """
         if timeout <= 0 or self._heads.get(engagement_id, -1) > since:
             return succeed(None)
+        keys: list[int] = []
+        d: Deferred[None] = Deferred(lambda _: self.unwatch(engagement_id, keys[0]))
+        key = self.watch(engagement_id, since, timeout, lambda: d.callback(None))
+        assert key is not None
+        keys.append(key)
+        return d
+
+    def watch(self, engagement_id: int, since: int, timeout: float, wake: Callable[[], object]) -> int | None:
+        """Call ``wake()`` once, when the head passes ``since`` or after ``timeout`` seconds.
+
+        When the head is already past ``since`` (or ``timeout <= 0``) ``wake`` is called at once
+        and None is returned; otherwise the key for ``unwatch``.
+        """
+        if timeout <= 0 or self._heads.get(engagement_id, -1) > since:
+            wake()
+            return None
         key = next(self._ids)
-
-        def cancel(_: Deferred[None]) -> None:
-            self._remove(engagement_id, key)
-
-        d: Deferred[None] = Deferred(cancel)
-        waiter = _Waiter(engagement_id, since, d)
+        waiter = _Waiter(since, wake)
         self._waiters.setdefault(engagement_id, {})[key] = waiter
         waiter.timer = self._call_later(timeout, self._expire, engagement_id, key)
-        return d
+        return key
+
+    def unwatch(self, engagement_id: int, key: int) -> None:
+        """Forget a waiter (its client went away); nothing happens if it was woken already."""
+        self._remove(engagement_id, key)
 
     def notify(self, engagement_id: int, head: int) -> None:
         """Record that ``engagement_id`` now has ``head`` and wake every waiter behind it."""
@@ -64,18 +80,20 @@ class ChangeNotifier:
         waiters = self._waiters.get(engagement_id)
         if not waiters:
             return
-        woken = [key for key, w in waiters.items() if w.since < head]
-        fire: list[Deferred[None]] = []
-        for key in woken:
-            waiter = waiters.pop(key)
-            if waiter.timer is not None and waiter.timer.active():
-                waiter.timer.cancel()
-            fire.append(waiter.deferred)
-        if not waiters:
+        if all(w.since < head for w in waiters.values()):  # the usual case: everyone
             del self._waiters[engagement_id]
-        # Fire only after the bookkeeping: a callback may register a new waiter.
-        for d in fire:
-            d.callback(None)
+            fire = list(waiters.values())
+        else:
+            fire = [waiters.pop(key) for key in [k for k, w in waiters.items() if w.since < head]]
+            if not waiters:
+                del self._waiters[engagement_id]
+        for waiter in fire:
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+                waiter.timer = None
+        # Wake only after the bookkeeping: a waiter may register a new one.
+        for waiter in fire:
+            waiter.wake()
 
     def head(self, engagement_id: int) -> int:
         """The highest head notified for ``engagement_id`` (-1 when none yet)."""
@@ -89,7 +107,7 @@ class ChangeNotifier:
         waiter = self._pop(engagement_id, key)
         if waiter is not None:
             waiter.timer = None
-            waiter.deferred.callback(None)
+            waiter.wake()
 
     def _remove(self, engagement_id: int, key: int) -> None:
         waiter = self._pop(engagement_id, key)

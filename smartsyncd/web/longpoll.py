@@ -1,0 +1,225 @@
+"""Parked long-polls: ``GET .../changes?wait=S`` held as plain records and answered in bulk.
+
+A long-poll that finds no changes is *parked*: the handler (after the session, engagement and
+role checks) registers a ``_Parked`` record with the ``ChangeNotifier`` and returns a leaf
+resource that renders ``NOT_DONE_YET``, so Klein and its coroutine chain are done with the
+request. Nothing per request runs again until it is woken.
+
+When a commit wakes the waiters of an engagement (or a wait runs out), each woken record joins a
+*group* keyed by (engagement, since, limit, notified head). The first record of a group starts one
+``changes_since`` query, which runs after that head was notified, so it holds every change up
+to the head that woke each member; the records woken while it runs join it. The answer is
+exactly what ``changes_since`` returned, encoded ONCE per group (and zstd-compressed once if a
+member asked for it), and written to every member with one shared, pre-built ``Headers`` object
+per distinct set of response headers (``Content-Length`` included, so no chunked framing): per
+request only ``Request.write`` + ``Request.finish`` remain. Members are answered
+``slice_size`` at a time with a reactor turn between slices, so the first answers reach the
+network while the rest are written.
+
+A client that disconnects while parked is unregistered at once (``notifyFinish`` errback): it
+holds no timer and is skipped if its group is already being answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from smartsyncd.core import bodycodec
+from smartsyncd.core.errors import SyncError
+from smartsyncd.core.model import Change
+from smartsyncd.web.errors import json_bytes
+from smartsyncd.web.notify import ChangeNotifier
+
+log = Logger(namespace="smartsyncd.web")
+
+ChangesSince = Callable[[int, int, int], Awaitable[tuple[int, list[Change]]]]
+BodyOf = Callable[[int, list[Change]], Any]
+_GroupKey = tuple[int, int, int, int]
+_HeaderKey = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+
+SLICE_SIZE = 256
+
+
+class ParkedResource(Resource):
+    """What a parked long-poll's handler returns: rendering it leaves the request open."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        return NOT_DONE_YET
+
+
+PARKED = ParkedResource()
+
+
+class _Parked:
+    """One parked request; called (no argument) by the notifier when it is woken."""
+
+    __slots__ = ("owner", "request", "engagement_id", "since", "limit", "zstd", "headers", "key", "gone")
+
+    def __init__(
+        self, owner: LongPolls, request: Request, engagement_id: int, since: int, limit: int,
+        zstd: bool, headers: _HeaderKey,
+    ) -> None:
+        self.owner = owner
+        self.request = request
+        self.engagement_id = engagement_id
+        self.since = since
+        self.limit = limit
+        self.zstd = zstd
+        self.headers = headers
+        self.key: int | None = None
+        self.gone = False
+
+    def __call__(self) -> None:
+        self.key = None
+        self.owner._woken(self)
+
+
+class _Answer:
+    """One group's answer: the body encoded once, the headers built once per variant."""
+
+    __slots__ = ("status", "plain", "compressed", "date", "variants")
+
+    def __init__(self, status: int, plain: bytes, date: bytes) -> None:
+        self.status = status
+        self.plain = plain
+        self.compressed: bytes | None = None
+        self.date = date
+        self.variants: dict[tuple[bool, _HeaderKey], tuple[Headers, bytes]] = {}
+
+    def for_request(self, zstd: bool, base: _HeaderKey) -> tuple[Headers, bytes]:
+        variant = self.variants.get((zstd, base))
+        if variant is None:
+            variant = self.variants[(zstd, base)] = self._build(zstd, base)
+        return variant
+
+    def _build(self, zstd: bool, base: _HeaderKey) -> tuple[Headers, bytes]:
+        body = self.plain
+        compress = zstd and bodycodec.worth_compressing(body)
+        if compress:
+            if self.compressed is None:
+                self.compressed = bodycodec.compress(body)
+            body = self.compressed
+        headers = Headers()
+        for name, values in base:
+            headers.setRawHeaders(name, list(values))
+        headers.setRawHeaders(b"date", [self.date])
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        if compress:
+            headers.setRawHeaders(b"content-encoding", [b"zstd"])
+            headers.setRawHeaders(b"vary", [b"accept-encoding"])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        return headers, body
+
+
+class LongPolls:
+    """Parks long-polls on a ``ChangeNotifier`` and answers each woken group with one query."""
+
+    def __init__(
+        self,
+        notifier: ChangeNotifier,
+        clock: IReactorTime,
+        changes_since: ChangesSince,
+        body_of: BodyOf,
+        slice_size: int = SLICE_SIZE,
+    ) -> None:
+        self._notifier = notifier
+        self._clock = clock
+        self._changes_since = changes_since
+        self._body_of = body_of
+        self._slice = slice_size
+        self._groups: dict[_GroupKey, list[_Parked]] = {}
+        self._header_keys: dict[_HeaderKey, _HeaderKey] = {}  # one tuple per distinct set
+        self.queries = 0  # changes_since queries run for woken long-polls (tests, metrics)
+
+    def park(self, request: Request, engagement_id: int, since: int, limit: int, timeout: float) -> ParkedResource:
+        """Hold ``request`` until the head passes ``since`` or ``timeout`` runs out; return the
+        resource the handler must return (it leaves the request open)."""
+        zstd = bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        parked = _Parked(self, request, engagement_id, since, limit, zstd, self._header_key(request))
+        key = self._notifier.watch(engagement_id, since, timeout, parked)
+        if key is not None:
+            parked.key = key
+        request.notifyFinish().addErrback(self._gone, parked)
+        return PARKED
+
+    def _header_key(self, request: Request) -> _HeaderKey:
+        """The response headers set so far (Server, maybe Connection), Date left out."""
+        key = tuple(
+            (name, tuple(values))
+            for name, values in request.responseHeaders.getAllRawHeaders()
+            if name.lower() != b"date"
+        )
+        return self._header_keys.setdefault(key, key)
+
+    def _gone(self, _: Failure, parked: _Parked) -> None:
+        parked.gone = True
+        parked.request = None  # type: ignore[assignment]
+        if parked.key is not None:
+            self._notifier.unwatch(parked.engagement_id, parked.key)
+            parked.key = None
+
+    def _woken(self, parked: _Parked) -> None:
+        eid = parked.engagement_id
+        key = (eid, parked.since, parked.limit, self._notifier.head(eid))
+        group = self._groups.get(key)
+        if group is not None:
+            group.append(parked)  # its query starts after this head was notified
+            return
+        self._groups[key] = [parked]
+        Deferred.fromCoroutine(self._answer_group(key)).addErrback(
+            lambda f: log.failure("answering woken long-polls failed", f)
+        )
+
+    async def _answer_group(self, key: _GroupKey) -> None:
+        eid, since, limit, _ = key
+        self.queries += 1
+        try:
+            head, changes = await self._changes_since(eid, since, limit)
+            answer = _Answer(200, json_bytes(self._body_of(head, changes)), datetimeToString())
+        except Exception:
+            answer = self._error_answer(Failure())
+        group = self._groups.pop(key)
+        for start in range(0, len(group), self._slice):
+            if start:
+                await deferLater(self._clock, 0)  # let the reactor send what was written
+            for parked in group[start : start + self._slice]:
+                if not parked.gone:
+                    self._write(parked, answer)
+
+    @staticmethod
+    def _error_answer(failure: Failure) -> _Answer:
+        exc = failure.value
+        if isinstance(exc, SyncError):
+            log.info("woken long-polls refused: {code}", code=exc.code)
+            return _Answer(exc.status, json_bytes(exc.to_json()), datetimeToString())
+        log.failure("internal error answering woken long-polls", failure)
+        body = {"error": "internal_error", "message": "internal server error"}
+        return _Answer(500, json_bytes(body), datetimeToString())
+
+    @staticmethod
+    def _write(parked: _Parked, answer: _Answer) -> None:
+        request = parked.request
+        if request.finished:
+            return
+        try:
+            headers, body = answer.for_request(parked.zstd, parked.headers)
+            request.setResponseCode(answer.status)
+            request.responseHeaders = headers  # shared, read-only from here on
+            request.write(body)
+            request.finish()
+        except Exception:
+            log.failure("answering a woken long-poll failed")
