@@ -36,11 +36,14 @@ def normalize_path(path: str) -> str:
     """Return the NFC form of ``path`` or raise ``InvalidPath`` naming the broken rule."""
     if not isinstance(path, str):
         raise _refuse(path, f"path must be a string, not {type(path).__name__}")
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _refuse(path, "path is not valid Unicode (lone surrogate)") from None
-    nfc = unicodedata.normalize("NFC", path)
+    if path.isascii():  # ASCII is valid UTF-8 and already NFC (most names): skip both steps
+        nfc = path
+    else:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _refuse(path, "path is not valid Unicode (lone surrogate)") from None
+        nfc = unicodedata.normalize("NFC", path)
     if nfc == "":
         raise _refuse(path, "path is empty")
     if "\x00" in nfc:
@@ -70,8 +73,8 @@ def _check_segment(original: str, segment: str) -> None:
         raise _refuse(original, "path has an empty segment")
     if segment in (".", ".."):
         raise _refuse(original, f"path has a '{segment}' segment")
-    bad = sorted(set(segment) & _FORBIDDEN_CHARS)
-    if bad:
+    if not _FORBIDDEN_CHARS.isdisjoint(segment):
+        bad = sorted(set(segment) & _FORBIDDEN_CHARS)
         raise _refuse(original, f"path segment {segment!r} contains forbidden character {bad[0]!r}")
     if segment.endswith(".") or segment.endswith(" "):
         raise _refuse(original, f"path segment {segment!r} ends with a dot or space")
@@ -87,6 +90,8 @@ def fold_key(path: str) -> str:
 
     The final NFC keeps the key canonical where casefolding yields a decomposable sequence.
     """
+    if path.isascii():  # NFC leaves ASCII alone and casefold of ASCII is lower()
+        return path.lower()
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
 
 

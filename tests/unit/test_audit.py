@@ -3,7 +3,11 @@ bad record for an edit, a removal, a reorder, a truncation and an unhashed recor
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smartsyncd.core.audit import (
     AUDIT_DOMAIN,
@@ -61,3 +65,16 @@ def test_removal_reorder_truncation_and_missing_hash() -> None:
     assert "record 5: missing" in str(verify_chain(CHANGE_DOMAIN, records[:4], 5).problem)
     unhashed = records[:1] + [replace(records[1], record_hash=None)]
     assert "record 2: has no hash" in str(verify_chain(CHANGE_DOMAIN, unhashed, 2).problem)
+
+
+_FIELD = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(), st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@given(st.lists(_FIELD, max_size=12))
+def test_canonical_is_compact_json_of_the_list(fields: list[object]) -> None:
+    """The direct encoding of strings, integers and nulls is byte for byte json.dumps."""
+    expected = json.dumps(list(fields), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert canonical(fields) == expected

@@ -1,0 +1,204 @@
+"""Large commits (issue 7, small files in bulk) on both metadata backends.
+
+A commit reads the head either row by row (``SqlHeadView``: indexed lookups) or, when the
+engagement has at most a few ``files`` rows per change, all at once (``LoadedHeadView``). Both
+must answer every question identically (tombstones, case and Unicode twins, folder spellings),
+so the same batches give the same outcomes either way; a full-size 10,000-change commit keeps
+its hash chain verifiable.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+import pytest
+import pytest_twisted
+from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
+    T0,
+    backend,
+    chunk,
+    commit,
+    content_of,
+    full,
+    pg_cluster,
+    put,
+    state,
+    store,
+    upload_file,
+)
+
+from smartsyncd.core.commit_rules import MAX_CHANGES
+from smartsyncd.core.model import ProposedChange
+from smartsyncd.core.paths import fold_key
+from smartsyncd.storage import sqlstore
+from smartsyncd.storage.sqlstore import LoadedHeadView, MetadataDB, SqlHeadView
+
+NFD_E = unicodedata.normalize("NFD", "é")
+
+# a head with tombstones, case twins in different folders, non-ASCII folds (ß -> ss)
+LAYOUT = [
+    "Working papers/B-1 Cash.xlsx",
+    "Working papers/Sub/Deep/x.txt",
+    "working papers 2/a.txt",
+    "Straße/Bank.pdf",
+    "Résumé/cv.docx",
+    "top.txt",
+    "gone/only.txt",  # deleted below: a tombstone, and "gone" holds no live file
+    "Mixed/ZED.txt",
+    "mixed2/zed.txt",
+]
+
+PROBES = [
+    *LAYOUT,
+    "Working papers", "working papers", "WORKING PAPERS/b-1 cash.xlsx", "Working papers/Sub",
+    "working papers/sub/deep", "Strasse", "strasse/bank.pdf", "STRASSE", "Résumé", "résumé",
+    "gone", "gone/only.txt", "Mixed", "mixed", "nothing/here.txt", "", "top.txt/x",
+]
+
+
+async def _build(db_store: Any) -> int:
+    e = await db_store.create_engagement("acme", "")
+    changes, manifests = [], {}
+    for i, path in enumerate(LAYOUT):
+        c, s, refs = await upload_file(db_store, e.id, f"content {i}".encode())
+        changes.append(put(path, None, c, s))
+        manifests[path] = full(c, refs)
+    r = await commit(db_store, e.id, "b1", changes, manifests)
+    assert all(x.status == "applied" for x in r.results), r.results
+    seq = next(x.seq for x in r.results if x.path == "gone/only.txt")
+    await commit(db_store, e.id, "b2", [ProposedChange("gone/only.txt", "delete", seq)])
+    return e.id
+
+
+def _answers(view: Any) -> list[Any]:
+    out: list[Any] = []
+    for probe in PROBES:
+        key = fold_key(probe) if probe else ""
+        out.append((probe, view.state(probe), view.live_path_with_key(key), view.folder_spelling(key)))
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_loaded_head_answers_like_the_indexed_lookups(store) -> None:  # noqa: F811
+    eid = await _build(store)
+
+    def both(db: MetadataDB) -> tuple[list[Any], list[Any], Any]:
+        rows = db.all("SELECT path, fold_key, seq, content, size FROM files WHERE engagement_id = ?", (eid,))
+        return _answers(SqlHeadView(db, eid)), _answers(LoadedHeadView(rows)), db._head_view(eid, 1)
+
+    indexed, loaded, chosen = await store.run_db(both)
+    assert loaded == indexed
+    assert isinstance(chosen, LoadedHeadView)  # a small engagement is read at once
+    # and the answers are the expected ones, not just equal
+    by_probe = {a[0]: a[1:] for a in indexed}
+    assert by_probe["WORKING PAPERS/b-1 cash.xlsx"][1] == "Working papers/B-1 Cash.xlsx"
+    assert by_probe["working papers/sub/deep"][2] == "Working papers/Sub/Deep"
+    assert by_probe["Strasse"][2] == "Straße"
+    assert by_probe["gone/only.txt"][0].content is None and by_probe["gone"][2] is None
+    assert by_probe[""][2] == ""
+
+
+BATCHES: list[list[tuple[str, str, int | None, str]]] = [
+    # (path, kind, base, content label): clashes, conflicts, stale deletes, edit beats delete
+    [("new/one.txt", "put", None, "n1"), ("top.txt", "put", 6, "t2")],
+    [("Top.TXT", "put", None, "t3")],  # clash with a live file of other case: refused
+    [("top.txt", "put", 6, "t4"), ("gone/only.txt", "put", None, "g2")],  # stale edit: conflict
+    [("top.txt", "delete", 6, ""), ("strasse/new.txt", "put", None, "s1")],  # folder clash
+    [("top.txt", "delete", 6, ""), ("Working papers/Sub/Deep/y.txt", "put", None, "y1")],
+    # a case-only rename of a file whose folder has other case: refused
+    [("Working papers/B-1 Cash.xlsx", "delete", 1, ""), ("working papers/b-1 cash.xlsx", "put", 1, "w2")],
+    [("mixed/new.txt", "put", None, "m1")],  # "Mixed" and "mixed2" exist: Mixed is the folder
+    [("Résumé/cv.docx/inner.txt", "put", None, "r1")],  # a folder over a live file: refused
+    [(f"R{NFD_E}sum{NFD_E}/other.docx", "put", None, "r2")],  # NFD spelling of a live folder
+]
+
+
+async def _run_batches(db_store: Any) -> list[Any]:
+    eid = await _build(db_store)
+    outcomes: list[Any] = []
+    for n, batch in enumerate(BATCHES):
+        changes, manifests = [], {}
+        for path, kind, base, label in batch:
+            if kind == "delete":
+                changes.append(ProposedChange(path, "delete", base))
+                continue
+            c, s, refs = await upload_file(db_store, eid, label.encode())
+            changes.append(put(path, base, c, s))
+            manifests[path] = full(c, refs)
+        try:
+            r = await commit(db_store, eid, f"x{n}", changes, manifests, user="bob")
+            outcomes.append([(x.path, x.status, x.seq, x.conflict_path, x.current_seq) for x in r.results])
+        except Exception as e:  # a refusal: its code and details are the outcome
+            outcomes.append((type(e).__name__, str(e)))
+    outcomes.append(await state(db_store, eid))
+    reports = await db_store.verify_audit("acme")
+    assert reports and all(rep.problem is None for rep in reports), reports
+    return outcomes
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request) -> None:  # noqa: F811
+    s = await backend.open(now=lambda: T0)
+    try:
+        loaded = await _run_batches(s)
+    finally:
+        await s.close()
+    backend.data_dir = backend.data_dir.with_name("data-indexed")
+    if backend.url is not None:  # a second fresh PostgreSQL schema
+        backend.url = request.getfixturevalue("pg_cluster").fresh_url()
+    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 0)
+    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
+    s = await backend.open(now=lambda: T0)
+    try:
+        indexed = await _run_batches(s)
+    finally:
+        await s.close()
+    assert indexed == loaded
+    kinds = [o[0] if isinstance(o[0], str) else sorted({x[1] for x in o}) for o in loaded[:-1]]
+    assert kinds == [
+        ["applied"], "PathClash", ["applied", "conflict"], "PathClash", ["applied", "stale"],
+        "PathClash", "PathClash", "PathClash", ["applied"],
+    ], loaded
+
+
+@pytest.mark.parametrize(("count", "fill"), [(MAX_CHANGES, 0), (1000, 300)])
+@pytest_twisted.ensureDeferred
+async def test_a_full_size_commit_applies_whole_and_verifies(store, monkeypatch, count, fill) -> None:  # noqa: F811
+    """MAX_CHANGES new files in one batch (as the first sync of a folder sends them) into an
+    empty engagement; and 1,000 into one read row by row (the row budget lowered)."""
+    if fill:
+        monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 10)
+        monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)
+    e = await store.create_engagement("bulk", "")
+    data = [f"small file {i}".encode() for i in range(count + fill)]
+    stored = [chunk(d) for d in data]
+    await store.store_chunks(e.id, stored)
+    head = 0
+    if fill:
+        pre = [content_of(c) for c in stored[:fill]]
+        r = await commit(
+            store, e.id, "fill",
+            [put(f"old/{i}.txt", None, c, s) for i, (c, s, _) in enumerate(pre)],
+            {f"old/{i}.txt": full(c, refs) for i, (c, _, refs) in enumerate(pre)},
+        )
+        head = r.head
+    items = [content_of(c) for c in stored[fill:]]
+    paths = [f"folder{i % 100:03d}/file{i:05d}.bin" for i in range(count)]
+    changes = [put(p, None, c, s) for p, (c, s, _) in zip(paths, items, strict=True)]
+    manifests = {p: full(c, refs) for p, (c, _, refs) in zip(paths, items, strict=True)}
+    # one clash anywhere refuses the whole batch: nothing of it is written
+    clash = [*changes[:-1], put("FOLDER000/file00000.bin", None, items[-1][0], items[-1][1])]
+    with pytest.raises(Exception, match="more than once"):
+        await commit(store, e.id, "clash", clash, manifests)
+    assert await store.head(e.id) == head
+    r = await commit(store, e.id, "all", changes, manifests)
+    assert r.head == head + count
+    assert [x.status for x in r.results] == ["applied"] * count
+    assert [x.seq for x in r.results] == list(range(head + 1, head + count + 1))
+    replay = await commit(store, e.id, "all", changes, manifests)
+    assert replay.replayed and replay.head == r.head
+    _, files = await store.snapshot(e.id)
+    assert len(files) == count + fill
+    reports = await store.verify_audit("bulk")
+    assert reports and all(rep.problem is None for rep in reports), reports
