@@ -73,3 +73,16 @@ class RsyncDaemon:
         sent = int(re.search(r"Total bytes sent: ([\d,.]+)", out).group(1).replace(",", "").replace(".", ""))
         received = int(re.search(r"Total bytes received: ([\d,.]+)", out).group(1).replace(",", "").replace(".", ""))
         return RsyncResult(sent, received, seconds)
+
+    def pull(self, dest: Path, *, compress: bool = False) -> RsyncResult:
+        """Pull the module into ``dest`` (the download direction); bytes from ``--stats``."""
+        args = ["rsync", "-a", "--delete", "--stats", "--no-inc-recursive"]
+        if compress:
+            args.append("-z")
+        args += [f"rsync://127.0.0.1:{self.port}/bench/", f"{dest}/"]
+        start = time.perf_counter()
+        out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+        seconds = time.perf_counter() - start
+        sent = int(re.search(r"Total bytes sent: ([\d,.]+)", out).group(1).replace(",", "").replace(".", ""))
+        received = int(re.search(r"Total bytes received: ([\d,.]+)", out).group(1).replace(",", "").replace(".", ""))
+        return RsyncResult(sent, received, seconds)

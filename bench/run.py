@@ -129,6 +129,26 @@ class Bench:
         row.rsync_z_bytes.append(z.total)
         row.rsync_seconds.append(plain.seconds)
 
+    def rsync_pull(self, dest: Path, row: Row) -> None:
+        """Pull the module into ``dest`` with and without -z, each from ``dest``'s state before."""
+        before = self.work / "rsync-pull-before"
+        if before.exists():
+            shutil.rmtree(before)
+        shutil.copytree(dest, before, symlinks=True)
+        z = self.rsync.pull(dest, compress=True)
+        shutil.rmtree(dest)
+        shutil.copytree(before, dest, symlinks=True)
+        plain = self.rsync.pull(dest)
+        row.rsync_bytes.append(plain.total)
+        row.rsync_z_bytes.append(z.total)
+        row.rsync_seconds.append(plain.seconds)
+
+    async def second_copy(self, directory: Path) -> Any:
+        """Another copy of the engagement of the copy in ``directory`` (downloads everything)."""
+        from smartsyncd.client.engine import SyncCopy
+
+        return await SyncCopy.clone(self.api, directory.name, directory.with_name(directory.name + "-b"))
+
     def reset_rsync(self) -> None:
         shutil.rmtree(self.rsync.module_dir)
         self.rsync.module_dir.mkdir()
@@ -153,6 +173,13 @@ class Bench:
             if run < self.runs - 1:
                 copy.close()
         self.rows.append(initial)
+        # a second copy and an rsync pull target, both with the initial version, to measure
+        # the download of the 1-byte edit
+        other = await self.second_copy(directory)
+        pulled = self.work / "rs-big-pull"
+        shutil.rmtree(pulled, ignore_errors=True)
+        pulled.mkdir()
+        self.rsync.pull(pulled)
 
         edits: list[tuple[str, str, Callable[[Path], None]]] = [
             ("1-byte edit in the middle", "<= 100 KB", datagen.flip_byte_in_middle),
@@ -168,6 +195,15 @@ class Bench:
             row.ours_seconds.append(seconds)
             self.rsync_push(src, row)
             self.rows.append(row)
+            if other is not None:
+                down = Row(f"{label}, download", "<= 100 KB")
+                nbytes, seconds = await self.measure_sync(other)
+                down.ours_bytes.append(nbytes)
+                down.ours_seconds.append(seconds)
+                self.rsync_pull(pulled, down)
+                self.rows.append(down)
+                other.close()
+                other = None
 
         row = Row("rename of the big file", "<= 10 KB")
         os.rename(directory / "ledger.db", directory / "ledger-final.db")
@@ -226,6 +262,11 @@ class Bench:
         await self.measure_sync(copy)
         self.reset_rsync()
         self.rsync.push(src)
+        other = await self.second_copy(directory)
+        pulled = self.work / "rs-csv-pull"
+        shutil.rmtree(pulled, ignore_errors=True)
+        pulled.mkdir()
+        self.rsync.pull(pulled)
         row = Row(f"{self.csv_size // MiB} MiB CSV, 1% of rows edited", "<= 1 MB")
         datagen.edit_csv_rows(directory / "ledger.csv")
         datagen.edit_csv_rows(src / "ledger.csv")
@@ -234,6 +275,16 @@ class Bench:
         row.ours_seconds.append(seconds)
         self.rsync_push(src, row)
         self.rows.append(row)
+        down = Row(f"{self.csv_size // MiB} MiB CSV, 1% of rows edited, download", "<= 1 MB")
+        nbytes, seconds = await self.measure_sync(other)
+        down.ours_bytes.append(nbytes)
+        down.ours_seconds.append(seconds)
+        self.rsync_pull(pulled, down)
+        self.rows.append(down)
+        assert (directory / "ledger.csv").read_bytes() == (
+            directory.with_name(directory.name + "-b") / "ledger.csv"
+        ).read_bytes()
+        other.close()
         copy.close()
 
     async def engagement(self) -> None:
