@@ -1,0 +1,142 @@
+# ruff: noqa: F811  (test functions take the imported ``env`` fixture as a parameter)
+"""Parked long-polls (web/longpoll.py) through the real SyncAPI, store and sessions: every woken
+poll answers exactly what ``changes_since`` says (encoded once, zstd only for those asking),
+one query per woken group (commit or timeout), answers spread over reactor turns, a client
+that went away while parked costs nothing, and a store failure is a JSON 500 for each."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import pytest_twisted
+from test_web_app import Env, Reply, env, put, upload  # noqa: F401  (env: the fixture)
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from smartsyncd.core import bodycodec
+
+POLL = "/v1/engagements/alpha/changes?since={since}&wait={wait}"
+
+
+def poll(env: Env, token: str, since: int = 0, wait: int = 30, zstd: bool = False) -> Deferred:
+    headers = {"Authorization": f"Bearer {token}"}
+    if zstd:
+        headers["Accept-Encoding"] = "zstd"
+    return env.stub.request("GET", "https://sync.example" + POLL.format(since=since, wait=wait), headers=headers)
+
+
+async def answers(env: Env, polls: list[Deferred], pump_clock: bool = False) -> list[Reply]:
+    """Every poll's reply; with ``pump_clock`` the API's Clock is advanced by 0 while waiting
+    (the answers of one wake-up are written a slice per reactor turn)."""
+    done: list[Any] = [None] * len(polls)
+
+    def keep(response: Any, i: int) -> None:
+        done[i] = response
+
+    for i, d in enumerate(polls):
+        d.addCallback(keep, i)
+    for _ in range(5000):
+        if all(x is not None for x in done):
+            break
+        if pump_clock:
+            env.clock.advance(0)
+        env.stub.flush()
+        await deferLater(reactor, 0.002, lambda: None)
+    assert all(x is not None for x in done), "not every long-poll was answered"
+    return [Reply(r.code, r.headers, await env.settle(r.content())) for r in done]
+
+
+async def commit_files(env: Env, token: str, count: int, batch: str) -> None:
+    refs = await upload(env, token, os.urandom(2000))
+    changes = [put(f"docs/file-{i:03d}.xlsx", refs) for i in range(count)]
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=token, body={"batch": batch, "changes": changes})
+    assert r.status == 200, r.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_woken_polls_get_exactly_changes_since_with_one_query(env: Env) -> None:
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    plain = [poll(env, reader) for _ in range(12)]
+    packed = [poll(env, reader, zstd=True) for _ in range(12)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 24)
+    queries = env.api.longpolls.queries
+    await commit_files(env, alice, 30, "wake")  # an answer over the compression threshold
+    got = await answers(env, plain + packed)
+    assert env.api.longpolls.queries == queries + 1
+    direct = await env.call("GET", "/v1/engagements/alpha/changes?since=0", token=reader)
+    assert direct.status == 200 and len(direct.json()["changes"]) == 30
+    for r in got[:12]:
+        assert r.status == 200 and r.body == direct.body
+        for name in ("content-encoding", "content-type", "cache-control"):
+            assert r.headers.getRawHeaders(name) == direct.headers.getRawHeaders(name)
+    for r in got[12:]:
+        assert r.status == 200 and r.headers.getRawHeaders("content-encoding") == ["zstd"]
+        assert bodycodec.decode(r.body, "zstd", 1 << 20) == direct.body
+    assert env.notifier.waiting(env.alpha) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_woken_group_is_answered_a_slice_per_reactor_turn(env: Env) -> None:
+    env.api.longpolls._slice = 4
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    polls = [poll(env, reader) for _ in range(10)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 10)
+    await commit_files(env, alice, 1, "sliced")
+    got = await answers(env, polls, pump_clock=True)
+    assert {r.body for r in got} == {got[0].body} and got[0].json()["head"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_polls_timing_out_together_share_one_query_and_answer_empty(env: Env) -> None:
+    reader = await env.login("rita")
+    polls = [poll(env, reader, wait=10) for _ in range(5)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 5)
+    queries = env.api.longpolls.queries
+    env.clock.advance(10)
+    got = await answers(env, polls)
+    assert [r.json() for r in got] == [{"head": 0, "changes": [], "more": False}] * 5
+    assert env.api.longpolls.queries == queries + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_while_parked_costs_nothing(env: Env) -> None:
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    staying = [poll(env, reader) for _ in range(3)]
+    leaving = poll(env, reader)
+    leaving.addErrback(lambda f: None)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 4)
+    leaving.cancel()  # the client closes its connection
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 3)
+    assert len([c for c in env.clock.getDelayedCalls() if c.func == env.notifier._expire]) == 3
+    await commit_files(env, alice, 1, "after-leave")
+    got = await answers(env, staying)
+    assert [r.json()["head"] for r in got] == [1, 1, 1]  # and nothing logged an error (conftest)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.allow_logged_errors
+async def test_a_store_failure_answers_every_woken_poll_with_a_json_500(env: Env) -> None:
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    polls = [poll(env, reader) for _ in range(3)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 3)
+
+    async def broken(eid: int, since: int, limit: int) -> Any:
+        raise OSError("disk gone")
+
+    real = env.store.changes_since
+    env.store.changes_since = broken  # the store fails only for the woken polls' query
+    try:
+        await commit_files(env, alice, 1, "broken")
+        got = await answers(env, polls)
+    finally:
+        env.store.changes_since = real
+    for r in got:
+        assert r.status == 500 and r.json()["error"] == "internal_error"
+        assert "disk gone" not in r.body.decode()
