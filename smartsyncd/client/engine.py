@@ -52,6 +52,7 @@ from smartsyncd.client.localfs import (
     move_no_replace,
     open_temp,
     read_chunk,
+    read_chunks,
     remove_file,
     same_stat,
 )
@@ -706,12 +707,22 @@ class SyncCopy:
     ) -> list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]]:
         out: list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]] = []
         recent = self.scanner.recent
+        # a small file's bytes as the scan hashed them, else read back (and re-hashed: a file
+        # changed since the scan is sent next time), each file once for all its chunks here
+        to_read: dict[str, list[tuple[int, int, str]]] = {}
         for digest, (path, offset, size) in items:
-            # a small file's bytes as the scan hashed them, else read back (and re-hashed:
-            # a file changed since the scan is sent next time)
             data = recent.get(digest)
             if data is None or len(data) != size:
-                data = read_chunk(self.directory / path, offset, size, digest)
+                to_read.setdefault(path, []).append((offset, size, digest))
+        read: dict[str, bytes | None] = {}
+        for path, wanted in to_read.items():
+            got = read_chunks(self.directory / path, wanted)
+            for digest in got:
+                if got[digest] is None:
+                    raise _ChunkChanged(path)
+            read.update(got)
+        for digest, (path, offset, size) in items:
+            data = read.get(digest) or recent.get(digest)
             if data is None:
                 raise _ChunkChanged(path)
             hint = self._delta_hint(bases.get(path), offset, size)

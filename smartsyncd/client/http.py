@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from smartsyncd.client.backoff import Backoff, retrying
+from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
 from smartsyncd.client.errors import (
     AuthError,
     NetworkError,
@@ -643,7 +644,7 @@ class ServerAPI:
             method,
             url,
             headers=Headers(headers),
-            data=data,
+            data=BytesProducer(data) if data is not None and len(data) > PIECE_BYTES else data,
             params=dict(params) if params else None,
             allow_redirects=False,  # a redirect must never carry the bearer token elsewhere
             reactor=self._reactor,

@@ -144,5 +144,39 @@ def read_chunk(path: Path, offset: int, size: int, expect: str) -> bytes | None:
     return data
 
 
+def read_chunks(
+    path: Path, wanted: list[tuple[int, int, str]], max_span: int = 16 << 20
+) -> dict[str, bytes | None]:
+    """``read_chunk`` for many ``(offset, size, hash)`` of one file: one open, and chunks that
+    lie back to back (a new file's run of chunks) are read with one ``pread`` per run of at most
+    ``max_span`` bytes. Each chunk maps to its bytes, or None if they no longer hash to it."""
+    out: dict[str, bytes | None] = {}
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return {h: None for _, _, h in wanted}
+    try:
+        todo = sorted(wanted)
+        i = 0
+        while i < len(todo):
+            start = todo[i][0]
+            j, end = i, todo[i][0] + todo[i][1]
+            while j + 1 < len(todo) and todo[j + 1][0] == end and end - start < max_span:
+                j += 1
+                end += todo[j][1]
+            try:
+                run = memoryview(os.pread(fd, end - start, start))
+            except OSError:
+                run = memoryview(b"")
+            for offset, size, digest in todo[i : j + 1]:
+                piece = run[offset - start : offset - start + size]
+                ok = len(piece) == size and blake3.blake3(piece).hexdigest() == digest
+                out[digest] = piece.tobytes() if ok else None
+            i = j + 1
+    finally:
+        os.close(fd)
+    return out
+
+
 def same_stat(st: os.stat_result, size: int, mtime_ns: int, inode: int) -> bool:
     return st.st_size == size and st.st_mtime_ns == mtime_ns and st.st_ino == inode
