@@ -37,7 +37,8 @@ class BytesProducer:
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         self._consumer = consumer
-        self._done = done = Deferred()
+        done: Deferred[None] = Deferred()
+        self._done = done
         self._write()
         return done
 

@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from OpenSSL import SSL
@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web import _newclient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 
 from smartsyncd.client.backoff import Backoff, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
@@ -644,7 +644,10 @@ class ServerAPI:
             method,
             url,
             headers=Headers(headers),
-            data=BytesProducer(data) if data is not None and len(data) > PIECE_BYTES else data,
+            data=(
+                cast(IBodyProducer, BytesProducer(data))
+                if data is not None and len(data) > PIECE_BYTES else data
+            ),
             params=dict(params) if params else None,
             allow_redirects=False,  # a redirect must never carry the bearer token elsewhere
             reactor=self._reactor,

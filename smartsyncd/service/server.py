@@ -22,7 +22,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +36,7 @@ from smartsyncd.service.tls import (
     load_certificate,
     tls_endpoint_string,
 )
+from smartsyncd.service.tlsreceive import batching_tls_endpoint
 from smartsyncd.storage.durable import write_durably
 
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -181,7 +181,7 @@ class SmartsyncServer(Service):
             self.notify_bridge.startService()
         api = SyncAPI(self.store, sessions, notifier, self._reactor, self._run_blocking)
         site = make_site(api, timeout=config.request_timeout)
-        endpoint = serverFromString(
+        endpoint = batching_tls_endpoint(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
         )
         self.port = await endpoint.listen(site)
