@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
+from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -47,6 +47,7 @@ ChangesSince = Callable[[int, int, int], Awaitable[tuple[int, list[Change]]]]
 BodyOf = Callable[[int, list[Change]], Any]
 _GroupKey = tuple[int, int, int, int]
 _HeaderKey = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+_Variant = tuple[Headers, bytes, bytes]  # headers, body, the whole response as sent
 
 SLICE_SIZE = 256
 
@@ -97,12 +98,16 @@ class _Answer:
         self.plain = plain
         self.compressed: bytes | None = None
         self.date = date
-        self.variants: dict[tuple[bool, _HeaderKey], tuple[Headers, bytes]] = {}
+        self.variants: dict[tuple[bool, _HeaderKey, bytes], _Variant] = {}
 
-    def for_request(self, zstd: bool, base: _HeaderKey) -> tuple[Headers, bytes]:
-        variant = self.variants.get((zstd, base))
+    def for_request(self, zstd: bool, base: _HeaderKey, version: bytes) -> _Variant:
+        variant = self.variants.get((zstd, base, version))
         if variant is None:
-            variant = self.variants[(zstd, base)] = self._build(zstd, base)
+            headers, body = self._build(zstd, base)
+            status = b"%s %d %s\r\n" % (version, self.status, RESPONSES.get(self.status, b"Unknown"))
+            lines = [status] + [name + b": " + value + b"\r\n" for name, values in headers.getAllRawHeaders()
+                                for value in values]
+            variant = self.variants[(zstd, base, version)] = (headers, body, b"".join(lines) + b"\r\n" + body)
         return variant
 
     def _build(self, zstd: bool, base: _HeaderKey) -> tuple[Headers, bytes]:
@@ -216,10 +221,19 @@ class LongPolls:
         if request.finished:
             return
         try:
-            headers, body = answer.for_request(parked.zstd, parked.headers)
+            headers, body, raw = answer.for_request(parked.zstd, parked.headers, request.clientproto)
             request.setResponseCode(answer.status)
             request.responseHeaders = headers  # shared, read-only from here on
-            request.write(body)
+            if request.method == b"HEAD":
+                request.write(body)  # twisted.web sends the headers only
+            else:
+                # The status line, headers and body as one pre-built bytes object, in one
+                # write (one TLS record); what Request.write would have sent, without building
+                # the header block again for each request. finish() then sees a started response
+                # with a Content-Length (no chunked trailer) and completes the request as usual.
+                request.startedWriting = 1
+                request.sentLength = len(body)
+                request.channel.write(raw)
             request.finish()
         except Exception:
             log.failure("answering a woken long-poll failed")

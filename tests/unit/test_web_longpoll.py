@@ -140,3 +140,17 @@ async def test_a_store_failure_answers_every_woken_poll_with_a_json_500(env: Env
     for r in got:
         assert r.status == 500 and r.json()["error"] == "internal_error"
         assert "disk gone" not in r.body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parked_head_request_gets_the_headers_only(env: Env) -> None:
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    url = "https://sync.example" + POLL.format(since=0, wait=30)
+    head = env.stub.request("HEAD", url, headers={"Authorization": f"Bearer {reader}"})
+    get = poll(env, reader)
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 2)
+    await commit_files(env, alice, 1, "head")
+    got_head, got_get = await answers(env, [head, get])
+    assert got_head.status == 200 and got_head.body == b""
+    assert got_get.status == 200 and got_get.json()["head"] == 1
