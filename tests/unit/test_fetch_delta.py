@@ -249,3 +249,34 @@ async def test_another_engagements_base_is_refused_and_leaks_nothing(env: Env) -
 def chunkstream_record(data: bytes) -> tuple[str, int, int, bytes]:
     codec, payload = chunkstream.compress_chunk(data)
     return chunk_hash(data), codec, len(data), payload
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_base_fields_are_answered_200_or_4xx_never_5xx(env: Env) -> None:  # noqa: F811
+    token = await env.login("alice")
+    base, old, new_pieces = await _two_versions(env, token)
+    rng = random.Random(8)
+    hashes = [c.hash for c, _ in new_pieces]
+
+    def value() -> Any:
+        return rng.choice([
+            rng.randrange(-3, 5), rng.randrange(len(old) + 10), 2**64, -(2**63), 1.5, True, None,
+            "x", base, [], {}, rng.randrange(DELTA_MAX_PREFIX + 2),
+        ])
+
+    statuses = set()
+    for _ in range(80):
+        deltas: Any = [
+            [value() for _ in range(rng.choice([3, 4, 4, 4, 5]))] for _ in range(rng.randrange(4))
+        ]
+        bases: Any = rng.choice([[base], [base, "e" * 64], [], ["E" * 64], [1], "x", None])
+        body = {"chunks": hashes[: rng.randrange(1, 4)], "bases": bases, "deltas": deltas}
+        r = await env.call("POST", "/v1/engagements/alpha/chunks/fetch", token=token, body=body)
+        statuses.add(r.status)
+        assert r.status in (200, 400, 413), (body, r.body)
+        if r.status == 200:
+            records = chunkstream.decode_records(r.body)
+            assert [rec[0] for rec in records] == body["chunks"]
+        else:
+            assert r.json()["error"] in ("bad_request", "too_large")
+    assert {200, 400} <= statuses
