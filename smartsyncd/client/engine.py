@@ -203,6 +203,105 @@ class _ChunkChanged(Exception):
         self.path = path
 
 
+# A sync's scan examines this many files per blocking step; between steps the chunks of new
+# small files read so far start uploading (``_EarlyUpload``), so scan and upload overlap.
+SCAN_STEP = 256
+
+
+class _EarlyUpload:
+    """Chunks of new small files uploaded while the scan goes on (issue 7: the phases of a
+    first sync of thousands of small files overlap instead of running one after another).
+
+    Only files at paths without a synced base whose content is not known from the base (a
+    rename or copy sends only its id) are offered; per window the server is asked which chunks
+    it lacks, as ``_upload`` asks, and only those travel. ``present`` collects the hashes the
+    server confirmed or stored, so the push asks only about the rest. Best effort: a failure
+    stops early uploading and the push sends whatever is missing as before. Nothing is
+    committed here; the commit still names only chunks the server has (and checks again).
+    """
+
+    def __init__(
+        self, api: Server, engagement: str, base: Mapping[str, FileRecord],
+        window: int = UPLOAD_WINDOW_BYTES, in_flight: int = UPLOADS_IN_FLIGHT,
+    ) -> None:
+        self.api = api
+        self.engagement = engagement
+        self.base = base
+        self.known = {r.content for r in base.values()}
+        self.window = window
+        self.in_flight = in_flight
+        self.present: set[str] = set()
+        self.bytes_sent = 0
+        self.failed = False
+        self._pending: dict[str, bytes] = {}
+        self._pending_bytes = 0
+        self._running: list[Deferred[None]] = []
+        self._final = False
+
+    def offer(self, read: Iterable[tuple[ScannedFile, bytes]]) -> None:
+        """Small files the scan just read (with their bytes, as hashed)."""
+        if self.failed:
+            return
+        for entry, data in read:
+            if entry.path in self.base or entry.content in self.known:
+                continue
+            if entry.chunks is None or len(entry.chunks) != 1 or entry.chunks[0].size != len(data):
+                continue
+            digest = entry.chunks[0].hash
+            if digest not in self.present and digest not in self._pending:
+                self._pending[digest] = data
+                self._pending_bytes += len(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        while (
+            not self.failed and self._pending and len(self._running) < self.in_flight
+            and (self._final or self._pending_bytes >= self.window)
+        ):
+            batch: dict[str, bytes] = {}
+            size = 0
+            for digest in list(self._pending):
+                if batch and size + len(self._pending[digest]) > self.window:
+                    break
+                batch[digest] = self._pending.pop(digest)
+                size += len(batch[digest])
+            self._pending_bytes -= size
+            sending: Deferred[None] = Deferred.fromCoroutine(self._send(batch))
+            self._running.append(sending)
+            sending.addBoth(self._done, sending)
+
+    def _done(self, _result: object, sending: Deferred[None]) -> None:
+        self._running.remove(sending)
+        self._pump()
+
+    async def _send(self, batch: dict[str, bytes]) -> None:
+        try:
+            missing = await self.api.missing_chunks(self.engagement, list(batch))
+            if missing:
+                self.bytes_sent += await self.api.upload_chunks(
+                    self.engagement, [(h, batch[h]) for h in missing]
+                )
+            self.present.update(batch)
+        except Exception as e:  # noqa: BLE001 - best effort: the push sends what is missing
+            if not self.failed:
+                log.info("early upload stopped ({why}); the push sends the rest", why=str(e))
+            self.failed = True
+            self._pending.clear()
+
+    async def finish(self) -> None:
+        """Send what is left and wait for every request (never raises)."""
+        self._final = True
+        self._pump()
+        while self._running:
+            await self._running[0]
+
+    def abort(self) -> None:
+        self.failed = True
+        self._pending.clear()
+        for sending in list(self._running):
+            sending.cancel()
+
+
 def _offsets(chunks: Iterable[ChunkRef]) -> Iterator[tuple[ChunkRef, int]]:
     offset = 0
     for chunk in chunks:
@@ -373,7 +472,8 @@ class SyncCopy:
         report = SyncReport()
         await self._run(self.state.check_marker)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
-        scan: ScanResult = await self._run(self.scanner.scan, base)
+        scan, early = await self._scan_and_upload(api, base)
+        report.bytes_sent += early.bytes_sent
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
         await self._refresh_stat_cache(scan, base)
@@ -386,7 +486,8 @@ class SyncCopy:
             report.unsynced = len(pending)
         else:
             await self._push(
-                api, scan, base, report, prog, self._blocked(contact, pending), push_plan
+                api, scan, base, report, prog, self._blocked(contact, pending), push_plan,
+                present=early.present,
             )
         await self._pull(api, report, prog)
         if contact is not None and report.unsynced != len(pending):
@@ -407,6 +508,21 @@ class SyncCopy:
             skipped=len(report.skipped),
         )
         return report
+
+    async def _scan_and_upload(
+        self, api: Server, base: dict[str, FileRecord]
+    ) -> tuple[ScanResult, _EarlyUpload]:
+        """Scan in steps; chunks of new small files upload while later steps run."""
+        job = await self._run(self.scanner.begin, base)
+        early = _EarlyUpload(api, self.engagement, base)
+        try:
+            while not job.done:
+                early.offer(await self._run(job.step, SCAN_STEP))
+            await early.finish()
+        except BaseException:
+            early.abort()
+            raise
+        return job.result, early
 
     async def _refresh_stat_cache(self, scan: ScanResult, base: dict[str, FileRecord]) -> None:
         """Files read this scan whose content is the synced one (touched, or racily clean):
@@ -462,7 +578,10 @@ class SyncCopy:
     async def _push(
         self, api: Server, scan: ScanResult, base: dict[str, FileRecord], report: SyncReport,
         prog: Progress, blocked: Mapping[str, str] | None = None, planned_push: Plan | None = None,
+        present: set[str] | None = None,
     ) -> None:
+        """``present``: chunk hashes the server confirmed during this sync (``_EarlyUpload``)."""
+        present = set() if present is None else present
         p = planned_push or plan(scan.entries, base, [], complete=scan.complete)
         excluded: set[str] = set()
         planned = {x.path for x in p.push_puts} | {x.path for x in p.push_deletes}
@@ -515,7 +634,8 @@ class SyncCopy:
                     item["manifest"] = chunks_to_json(chunks)
                     send = _offsets(chunks)
                 for chunk, offset in send:
-                    wanted.setdefault(chunk.hash, (put.path, offset, chunk.size))
+                    if chunk.hash not in present:
+                        wanted.setdefault(chunk.hash, (put.path, offset, chunk.size))
                 changes.append(item)
             if not changes:
                 return
@@ -580,6 +700,7 @@ class SyncCopy:
                     return
                 if e.code in ("unknown_content", "missing_chunks"):
                     full.update(x.path for x in puts if path in (None, x.path))
+                    present.clear()  # ask the server again (collected meanwhile?)
                     continue
                 raise
             await self._apply_results(

@@ -84,14 +84,19 @@ class Scanner:
     # -- whole-folder scan ---------------------------------------------------------------------
 
     def scan(self, base: Mapping[str, FileRecord]) -> ScanResult:
+        job = self.begin(base)
+        job.step(len(job.todo))
+        return job.result
+
+    def begin(self, base: Mapping[str, FileRecord]) -> ScanJob:
+        """Walk the folder (blocking); the files are examined by ``ScanJob.step``, so a
+        caller can start uploading what the first steps read while later steps run."""
         result = ScanResult()
         self.forget_recent()
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, result, base)
         result.files = [path for path, _ in found]
-        for path, st in self._drop_case_twins(found, base, result):
-            self._examine(path, st, base.get(path), result)
-        return result
+        return ScanJob(self, base, result, self._drop_case_twins(found, base, result))
 
     def _walk(
         self, folder: Path, prefix: str, found: list[tuple[str, os.stat_result]],
@@ -180,12 +185,14 @@ class Scanner:
 
     def _examine(
         self, path: str, st: os.stat_result, record: FileRecord | None, result: ScanResult
-    ) -> None:
+    ) -> bytes | None:
+        """Add the file's entry to ``result``; returns the bytes of a small file read now."""
         if record is not None and same_stat(st, record.size, record.mtime_ns, record.inode):
             result.entries[path] = _unchanged(path, st, record)
-            return
+            return None
         try:
-            result.entries[path] = self._hash(path, st)
+            result.entries[path], data = self._read(path, st)
+            return data
         except FileChanging:
             result.skipped.append((path, "changing while being read; retried next sync"))
             if record is not None:
@@ -194,11 +201,17 @@ class Scanner:
         except OSError as e:
             result.complete = False
             result.errors.append((path, f"cannot read: {e.strerror or e}"))
+        return None
 
     def _hash(self, path: str, st: os.stat_result) -> ScannedFile:
+        return self._read(path, st)[0]
+
+    def _read(self, path: str, st: os.stat_result) -> tuple[ScannedFile, bytes | None]:
+        """Hash the file; also returns the bytes of a small (one-chunk) file."""
         full = os.path.join(self.root, path)
         for _attempt in range(self.retries + 1):
             chunks: list[ChunkRef] = []
+            data: bytes | None = None
             with self.open_file(full) as f:
                 before = os.fstat(f.fileno())
                 if 0 < before.st_size <= MIN_CHUNK:
@@ -222,7 +235,7 @@ class Scanner:
                     content=manifest.content, size=manifest.size, path=path,
                     mtime_ns=before.st_mtime_ns, inode=before.st_ino,
                     chunks=manifest.chunks, hashed=True,
-                )
+                ), data
         raise FileChanging(path)
 
     def forget_recent(self) -> None:
@@ -237,6 +250,37 @@ class Scanner:
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, ScanResult())
         return frozenset((p, st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found)
+
+
+class ScanJob:
+    """A scan whose files are examined in steps (``Scanner.begin``); each step is blocking."""
+
+    def __init__(
+        self, scanner: Scanner, base: Mapping[str, FileRecord], result: ScanResult,
+        todo: list[tuple[str, os.stat_result]],
+    ) -> None:
+        self.scanner = scanner
+        self.base = base
+        self.result = result
+        self.todo = todo
+        self.position = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.todo)
+
+    def step(self, count: int) -> list[tuple[ScannedFile, bytes]]:
+        """Examine the next ``count`` files; returns the small files read in this step (one
+        chunk each) with their bytes, as the scan hashed them."""
+        read: list[tuple[ScannedFile, bytes]] = []
+        end = min(len(self.todo), self.position + count)
+        entries = self.result.entries
+        for path, st in self.todo[self.position:end]:
+            data = self.scanner._examine(path, st, self.base.get(path), self.result)
+            if data is not None:
+                read.append((entries[path], data))
+        self.position = end
+        return read
 
 
 def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile:

@@ -634,18 +634,14 @@ class MetadataDB:
                 " ON CONFLICT (engagement_id, id) DO NOTHING",
                 (engagement_id, pack_name, pack_size, _ts(now)),
             )
-            # One lookup and one executemany instead of a statement per chunk. A concurrent
-            # writer (another daemon) may win a row between the two: ON CONFLICT keeps its row,
-            # and the driver's rowcount (summed over executemany by sqlite3 and psycopg 3)
-            # counts only ours.
-            unique = {e[0]: e for e in entries}
-            present = self.present_chunks(engagement_id, [bytes.fromhex(h) for h in unique])
+            # One executemany, no lookup first: ON CONFLICT keeps a row that is already there
+            # (an earlier upload, or a concurrent writer such as another daemon), and the
+            # driver's rowcount (summed over executemany by sqlite3 and psycopg 3) counts only
+            # the rows inserted here.
+            binary = self.dialect.binary
             rows = [
-                (engagement_id, self.dialect.binary(raw), pack_name, offset, stored_size, codec, raw_size)
-                for raw, (_h, codec, raw_size, offset, stored_size) in (
-                    (bytes.fromhex(h), e) for h, e in unique.items()
-                )
-                if raw not in present
+                (engagement_id, binary(bytes.fromhex(h)), pack_name, offset, stored_size, codec, raw_size)
+                for h, codec, raw_size, offset, stored_size in {e[0]: e for e in entries}.values()
             ]
             if not rows:
                 return 0

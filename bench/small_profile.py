@@ -1,0 +1,120 @@
+"""Where the time of a 10,000 x 4 KiB initial sync goes: phase timings, optional py-spy.
+
+    python bench/small_profile.py [--count N] [--spy DIR] [--runs N]
+
+Starts the real daemon (tests/integration/daemon.py), clones a fresh engagement per run,
+writes the seeded small files (bench/datagen.py) and times one ``SyncCopy.sync`` (and its scan+early upload, push and pull) through the
+real ``ServerAPI`` over TLS; the client calls are wrapped only to time them (the wrapped
+methods run unchanged). With ``--spy DIR`` py-spy samples the daemon and this process during
+the sync and writes raw (collapsed-stack) profiles there. Prints the phase times, the client's
+and daemon's CPU seconds (from /proc) and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+
+import datagen  # noqa: E402
+from daemon import running_daemon  # noqa: E402
+
+PASSWORD = "bench password 1"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(phases: dict[str, float], name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+async def main(reactor: Any, args: argparse.Namespace) -> None:
+    from smartsyncd.client.engine import SyncCopy
+    from smartsyncd.client.http import ServerAPI
+    from smartsyncd.client.trust import PinnedPolicy
+
+    work = Path(tempfile.mkdtemp(prefix="small-profile-"))
+    daemon = running_daemon(work / "server")
+    try:
+        daemon.add_user("bench", PASSWORD)
+        api = ServerAPI(daemon.url, reactor=reactor, policy=PinnedPolicy(daemon.fingerprint))
+        await api.login("bench", PASSWORD)
+        phases: dict[str, float] = {}
+        for name in ("missing_chunks", "upload_chunks", "commit", "changes", "report_copy"):
+            setattr(api, name, timed(phases, name, getattr(api, name)))
+        walls: list[float] = []
+        for run in range(args.runs):
+            phases.clear()
+            eng = daemon.new_engagement(f"small-{run}", editors=["bench"])
+            directory = work / "copies" / eng
+            copy = await SyncCopy.clone(api, eng, directory)
+            for name in ("_scan_and_upload", "_push", "_pull"):
+                setattr(copy, name, timed(phases, name.strip("_"), getattr(copy, name)))
+            datagen.write_small_files(directory, count=args.count)
+            os.sync()
+            spies: list[subprocess.Popen[bytes]] = []
+            if args.spy:
+                out = Path(args.spy)
+                out.mkdir(parents=True, exist_ok=True)
+                assert daemon.process is not None
+                for label, pid in (("daemon", daemon.process.pid), ("client", os.getpid())):
+                    spies.append(subprocess.Popen(
+                        ["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "250", "--threads",
+                         "-o", str(out / f"{label}-{run}.txt")],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    ))
+                time.sleep(1.0)  # py-spy attaches before the sync starts (bench only)
+            assert daemon.process is not None
+            d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+            start = time.perf_counter()
+            report = await copy.sync(api)
+            wall = time.perf_counter() - start
+            d1, c1 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
+            assert report.uploaded == args.count, report
+            walls.append(wall)
+            print(f"run {run}: wall {wall:.2f} s, client CPU {c1 - c0:.2f} s, daemon CPU {d1 - d0:.2f} s;"
+                  " " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+                  + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+            copy.close()
+        print(f"median wall {statistics.median(walls):.2f} s over {len(walls)} runs")
+    finally:
+        daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--spy", help="folder for py-spy raw profiles of daemon and client")
+    ns = parser.parse_args()
+    from twisted.internet import defer, task
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, ns)))
