@@ -57,6 +57,7 @@ from smartsyncd.core.chunkstream import (
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
+from smartsyncd.tlsbatching import BatchingEndpointFactory
 
 log = Logger()
 
@@ -154,7 +155,10 @@ class ServerAPI:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         self._pool.retryAutomatically = False  # we retry ourselves, with backoff
-        agent: Any = Agent(reactor, contextFactory=policy, pool=self._pool)
+        # HTTPS as Agent does it, with TLS moving data in large pieces (smartsyncd/tlsbatching.py)
+        agent: Any = Agent.usingEndpointFactory(
+            reactor, BatchingEndpointFactory(reactor, policy), pool=self._pool
+        )
         # Cookies are kept for the life of this object: a load balancer's sticky-session
         # cookie (HAProxy's SERVERID) keeps every request on one server until it fails.
         self.cookies = IndexableCookieJar()

@@ -36,8 +36,8 @@ from smartsyncd.service.tls import (
     load_certificate,
     tls_endpoint_string,
 )
-from smartsyncd.service.tlsreceive import batching_tls_endpoint
 from smartsyncd.storage.durable import write_durably
+from smartsyncd.tlsbatching import batching_tls_endpoint
 
 RunBlocking = Callable[..., Awaitable[Any]]
 

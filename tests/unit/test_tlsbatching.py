@@ -6,16 +6,21 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python.failure import Failure
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
 
 from smartsyncd.service.tls import ensure_self_signed, tls_endpoint_string
-from smartsyncd.service.tlsreceive import (
+from smartsyncd.tlsbatching import (
+    BatchingEndpointFactory,
     BatchingTLSFactory,
+    BatchingTLSProtocol,
     batching_supported,
     batching_tls_endpoint,
 )
@@ -114,3 +119,52 @@ async def test_a_client_speaking_no_tls_is_dropped_and_nothing_is_delivered(tmp_
 def test_other_endpoint_kinds_pass_through() -> None:
     endpoint = batching_tls_endpoint(reactor, "tcp:0:interface=127.0.0.1")
     assert isinstance(endpoint, TCP4ServerEndpoint)
+
+
+class _StockCollector(_Collector):
+    pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_batching_client_sends_to_a_stock_server(tmp_path: Path) -> None:
+    """The send side: 1 MiB application writes, cut by OpenSSL, read back in large pieces."""
+    info = ensure_self_signed(
+        str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"), now=datetime.now(UTC)
+    )
+    listen = tls_endpoint_string("ssl:0:interface=127.0.0.1", info.cert_path, info.key_path)
+    payload = os.urandom(6 * 1024 * 1024 + 7)
+    done: Deferred[tuple[bytes, int, bool]] = Deferred()
+    port = await serverFromString(reactor, listen).listen(  # Twisted's own TLS listener
+        protocol.Factory.forProtocol(lambda: _StockCollector(len(payload), done))
+    )
+    try:
+        trust = Certificate.loadPEM(Path(info.cert_path).read_bytes())
+        factory = BatchingEndpointFactory(reactor, _Policy(trust))
+        endpoint = factory.endpointForURI(URI.fromBytes(b"https://localhost:%d/" % port.getHost().port))
+
+        class _BigWrites(protocol.Protocol):
+            def connectionMade(self) -> None:
+                assert isinstance(self.transport, BatchingTLSProtocol)
+                for start in range(0, len(payload), 1 << 20):
+                    self.transport.write(payload[start : start + (1 << 20)])
+                self.transport.loseConnection()
+
+        await endpoint.connect(protocol.Factory.forProtocol(_BigWrites))
+        received, _, _ = await done
+        assert received == payload
+    finally:
+        await port.stopListening()
+
+
+class _Policy:
+    def __init__(self, trust: Certificate) -> None:
+        self.trust = trust
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> object:
+        return optionsForClientTLS(hostname.decode(), trustRoot=self.trust)
+
+
+def test_client_endpoints_refuse_other_schemes() -> None:
+    factory = BatchingEndpointFactory(reactor, _Policy(None))  # type: ignore[arg-type]
+    with pytest.raises(SchemeNotSupported):
+        factory.endpointForURI(URI.fromBytes(b"ftp://localhost:21/"))
