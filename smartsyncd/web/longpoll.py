@@ -50,6 +50,7 @@ _HeaderKey = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 _Variant = tuple[Headers, bytes, bytes]  # headers, body, the whole response as sent
 
 SLICE_SIZE = 256
+_MAX_HEADER_SETS = 64
 
 
 class ParkedResource(Resource):
@@ -168,6 +169,8 @@ class LongPolls:
             for name, values in request.responseHeaders.getAllRawHeaders()
             if name.lower() != b"date"
         )
+        if len(self._header_keys) >= _MAX_HEADER_SETS:  # per-request headers: no sharing then
+            return self._header_keys.get(key, key)
         return self._header_keys.setdefault(key, key)
 
     def _gone(self, _: Failure, parked: _Parked) -> None:

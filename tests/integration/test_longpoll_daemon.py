@@ -72,7 +72,9 @@ async def scenario(d: Daemon, eng: str, token: str) -> None:
     conns = await asyncio.gather(*(connect() for _ in range(PARKED + 1)))
     for i, (_, writer) in enumerate(conns):
         writer.write(request(eng, token, since=0, wait=30, zstd=i % 2 == 1))
-    await asyncio.gather(*(w.drain() for _, w in conns))
+    closer = await connect()  # HTTP/1.0: its answer says so and the connection closes after
+    closer[1].write(request(eng, token, since=0, wait=30).replace(b"HTTP/1.1", b"HTTP/1.0"))
+    await asyncio.gather(*(w.drain() for _, w in [*conns, closer]))
     leaver = conns.pop()
     assert d.process is not None
     await asyncio.to_thread(wait_until_idle, d.process.pid)
@@ -102,6 +104,10 @@ async def scenario(d: Daemon, eng: str, token: str) -> None:
         assert headers[b"content-type"] == b"application/json"
         assert headers.get(b"content-encoding") == (b"zstd" if i % 2 else None)
     assert answered - sent < 30  # woken by the commit, not by their 30 s wait
+    status_line = await closer[0].readuntil(b"\r\n")
+    assert status_line == b"HTTP/1.0 200 OK\r\n"
+    rest = await asyncio.wait_for(closer[0].read(), 30)  # to the end: the daemon closes
+    assert rest.split(b"\r\n\r\n", 1)[1] == next(iter(plain))
 
     # the same connections poll again from the new head; a wait that runs out answers empty
     for _, writer in conns[:3]:
