@@ -315,9 +315,10 @@ class ServerAPI:
                 compress=True,
             )
         except ServerRefused as exc:
-            if not prefixes or exc.status not in (400, 413):
+            if not prefixes or exc.status not in (400, 404, 413):
                 raise
             # the server would not use our bases (a version it no longer has?): whole chunks
+            # (a 404 for the chunks themselves comes back from the plain request too)
             log.warn("fetch with deltas refused ({why}); fetching whole chunks", why=exc.message)
             return await self._fetch_batch(eng, batch)
         try:

@@ -504,7 +504,11 @@ class SyncAPI:
         hashes = list(dict.fromkeys(h for p in wanted.values() for h, _, _ in p))
         stored: dict[str, chunkstream.Record] = {}
         for start in range(0, len(hashes), _FETCH_SLICE):
-            for c in await self._store.read_chunks(engagement_id, hashes[start : start + _FETCH_SLICE]):
+            try:
+                chunks = await self._store.read_chunks(engagement_id, hashes[start : start + _FETCH_SLICE])
+            except NotFound:  # a base being collected right now: not a 404 for the asked chunks
+                raise BadRequest("a delta base is no longer stored; fetch without it", field="bases") from None
+            for c in chunks:
                 stored[c.hash] = (c.hash, c.codec, c.raw_size, c.payload)
         prefixes: dict[tuple[str, int, int], bytes] = await self._run_blocking(
             chunkstream.assemble_prefixes, wanted, stored
