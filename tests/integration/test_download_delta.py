@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
 from smartsyncd.client.engine import SyncCopy
-from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.http import DeltaHint, ServerAPI
 from smartsyncd.client.trust import PinnedPolicy
 from smartsyncd.core.chunking import chunk_buffer
 from smartsyncd.core.chunkstream import HEADER_BYTES, compress_chunk
@@ -219,5 +219,36 @@ async def test_a_file_damaged_in_place_is_caught_and_the_chunks_come_whole(
     assert report.downloaded == 1
     assert path.read_bytes() == new
     assert b_api.bytes_received - before > zstd_only(old, new) * 0.9  # the chunks came whole
+    a.close()
+    b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_base_the_server_refuses_falls_back_to_whole_chunks(
+    server: Daemon, apis: tuple[str, ServerAPI, ServerAPI], tmp_path: Path
+) -> None:
+    eng, a_api, b_api = apis
+    a, b, old, new = await edited_on_a(eng, a_api, b_api, tmp_path, 10_000, 41)
+    pieces = [(ref, bytes(piece)) for ref, piece in chunk_buffer(new)][:3]
+    # a base that is no version of this engagement, and a range past the end of a real one
+    unknown = DeltaHint("f" * 64, 0, old[:1000])
+    past_end = DeltaHint(b.state.get("GL detail.csv").content, len(old) + 5, old[:10])  # type: ignore[union-attr]
+    refused: list[str] = []
+
+    def observe(event: dict) -> None:
+        if "fetch with deltas refused" in event.get("log_format", ""):
+            refused.append(event["why"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for hint in (unknown, past_end):
+            got = await b_api.fetch_chunks(
+                eng, [(pieces[0][0].hash, pieces[0][0].size, hint), pieces[1][0], pieces[2][0]]
+            )
+            assert got == {ref.hash: data for ref, data in pieces}
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(refused) == 2 and "not a version in this engagement" in refused[0], refused
+    assert "outside the base" in refused[1], refused
     a.close()
     b.close()
