@@ -35,6 +35,20 @@ from smartsyncd.storage.sqlstore import Dialect, MetadataDB, SqlServerStore
 
 log = Logger(namespace="smartsyncd.storage")
 
+# Primary result codes of an engine that cannot serve right now (busy, locked, out of memory,
+# read-only, I/O error, corrupt, disk full, cannot open, protocol, not a database):
+# https://www.sqlite.org/rescode.html. SQLITE_ERROR (1) is an SQL mistake: a bug, not an outage.
+_OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def is_sqlite_outage(error: BaseException) -> bool:
+    """Whether an ``sqlite3.OperationalError`` means the database cannot serve (vs. a bug)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return True  # raised by us or without a code (e.g. WAL could not be enabled)
+    return (code & 0xFF) in _OUTAGE_CODES
+
+
 SQLITE = Dialect(
     name="sqlite",
     types={"id_pk": "INTEGER PRIMARY KEY", "blob": "BLOB", "fold_text": "TEXT", "path_text": "TEXT"},
@@ -44,6 +58,7 @@ SQLITE = Dialect(
     table_exists_sql="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
     unavailable_errors=(sqlite3.OperationalError,),
     integrity_errors=(sqlite3.IntegrityError,),
+    is_outage=is_sqlite_outage,
 )
 
 DB_FILENAME = "metadata.sqlite3"

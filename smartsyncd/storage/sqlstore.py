@@ -123,6 +123,9 @@ class Dialect:
     retry_errors: tuple[type[BaseException], ...] = ()
     # Whether a connection is unusable after an error (then the store opens a new one).
     is_broken: Callable[[Any], bool] = field(default=lambda conn: False)
+    # Which of ``unavailable_errors`` really mean an outage (answered 503, retried by clients);
+    # the rest (an SQL mistake, a missing table) propagate as the bugs they are (500, logged).
+    is_outage: Callable[[BaseException], bool] = field(default=lambda error: True)
 
     def sql(self, query: str) -> str:
         return query if self.placeholder == "?" else query.replace("?", self.placeholder)
@@ -1089,6 +1092,8 @@ class SqlServerStore:
                     raise Unavailable("the database is busy; retry") from e
                 log.info("database conflict, retrying: {error}", error=repr(e))
             except dialect.unavailable_errors as e:
+                if not dialect.is_outage(e):
+                    raise
                 log.warn("database error: {error}", error=repr(e))
                 if meta is not None and self._meta is None and dialect.is_broken(meta.conn):
                     self._drop_thread_db(meta)

@@ -343,6 +343,42 @@ async def test_unopenable_database_is_unavailable(tmp_path) -> None:
         await open_server_store(str(tmp_path), reactor=reactor)
 
 
+def test_sqlite_outages_are_told_from_sql_mistakes(tmp_path) -> None:
+    from smartsyncd.storage.sqlite import is_sqlite_outage
+
+    path = tmp_path / "t.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as mistake:
+            other.execute("SELECT nonexistent FROM t")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        other.close()
+    assert is_sqlite_outage(busy.value)  # database is locked: 503, try again
+    assert not is_sqlite_outage(mistake.value)  # no such column: a bug
+    assert is_sqlite_outage(sqlite3.OperationalError("raised without a code"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_sql_mistake_is_not_reported_as_an_outage(backend) -> None:
+    """A bug in a statement must surface as the driver's error (a 500, logged with its
+    traceback), not as ``Unavailable`` (a 503 that clients retry forever)."""
+    s = await backend.open()
+    try:
+        with pytest.raises(Exception) as caught:
+            await s.run_db(lambda meta: meta.all("SELECT no_such_column FROM users"))
+        assert not isinstance(caught.value, Unavailable)
+        assert await s.check_health() == {"database": "ok", "storage": "ok"}
+    finally:
+        await s.close()
+
+
 # --------------------------------------------------------------------------------- commit
 
 
