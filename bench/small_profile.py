@@ -72,7 +72,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             eng = daemon.new_engagement(f"small-{run}", editors=["bench"])
             directory = work / "copies" / eng
             copy = await SyncCopy.clone(api, eng, directory)
-            for name in ("_scan_and_upload", "_push", "_pull"):
+            if args.ab:  # alternate: even runs without early commits, odd runs with them
+                copy.early_commit_files = 10**9 if run % 2 == 0 else args.ab
+            for name in ("_scan_and_upload", "_commit_early", "_push", "_pull"):
                 setattr(copy, name, timed(phases, name.strip("_"), getattr(copy, name)))
             datagen.write_small_files(directory, count=args.count)
             os.sync()
@@ -104,6 +106,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                   + f"; load {os.getloadavg()[0]:.2f}", flush=True)
             copy.close()
         print(f"median wall {statistics.median(walls):.2f} s over {len(walls)} runs")
+        if args.ab:
+            print(f"A (no early commits) median {statistics.median(walls[0::2]):.2f} s,"
+                  f" B (early commits of {args.ab}) median {statistics.median(walls[1::2]):.2f} s")
     finally:
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -113,6 +118,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--ab", type=int, default=0,
+                        help="A/B: even runs without early commits, odd runs with batches of AB files")
     parser.add_argument("--spy", help="folder for py-spy raw profiles of daemon and client")
     ns = parser.parse_args()
     from twisted.internet import defer, task

@@ -7,7 +7,10 @@ pure planner (core/planner.py); this module does the I/O around it:
 - push: scan, plan, ask the server which chunks it lacks and upload only those, then commit with
   a batch key persisted *before* sending (a retry after a lost answer reuses it). Modified files
   travel as a manifest delta against their base; content the server already has (a rename)
-  travels as nothing but its id.
+  travels as nothing but its id. A first sync of many small files overlaps the phases: the
+  scan runs in steps, chunks of new files upload between them, and new files whose chunks the
+  server confirmed commit in batches of ``EARLY_COMMIT_FILES`` meanwhile (``_EarlyUpload``;
+  each batch atomic, refusals leave the files to the push).
 - pull: changes since ``last_seq`` page by page; each file is re-checked against its base right
   before it is replaced, and an unpushed local edit is moved to a conflict copy first. New
   versions are assembled in a temp file from local chunks where possible (verified by hash) and
@@ -42,6 +45,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from smartsyncd.client.basecache import BaseCache
+from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import NetworkError, ProtocolError, ServerRefused, UsageError
 from smartsyncd.client.http import DeltaHint
 from smartsyncd.client.localfs import (
@@ -206,6 +210,9 @@ class _ChunkChanged(Exception):
 # A sync's scan examines this many files per blocking step; between steps the chunks of new
 # small files read so far start uploading (``_EarlyUpload``), so scan and upload overlap.
 SCAN_STEP = 256
+# ... and once this many new files have their chunks on the server, they are committed as one
+# batch while the scan goes on (the last ones go with the push, after the scan)
+EARLY_COMMIT_FILES = 2000
 
 
 class _EarlyUpload:
@@ -216,14 +223,29 @@ class _EarlyUpload:
     rename or copy sends only its id) are offered; per window the server is asked which chunks
     it lacks, as ``_upload`` asks, and only those travel. ``present`` collects the hashes the
     server confirmed or stored, so the push asks only about the rest. Best effort: a failure
-    stops early uploading and the push sends whatever is missing as before. Nothing is
-    committed here; the commit still names only chunks the server has (and checks again).
+    stops early uploading and the push sends whatever is missing as before.
+
+    With ``commit``, files whose chunks the server confirmed are committed in batches of
+    ``commit_files`` while the scan goes on (``SyncCopy._commit_early``): one atomic batch
+    each, naming only confirmed chunks (the server checks again). A refusal stops early
+    commits and leaves the files to the push, which handles locks, sign-off and the rest.
     """
 
     def __init__(
         self, api: Server, engagement: str, base: Mapping[str, FileRecord],
         window: int = UPLOAD_WINDOW_BYTES, in_flight: int = UPLOADS_IN_FLIGHT,
+        commit: Callable[[list[ScannedFile]], Awaitable[bool]] | None = None,
+        commit_files: int = EARLY_COMMIT_FILES,
     ) -> None:
+        """``commit``: commits new files whose chunks are confirmed, in batches of
+        ``commit_files`` while the scan goes on; returns False to stop early commits."""
+        self.commit = commit
+        self.commit_files = commit_files
+        self._waiting: dict[str, list[ScannedFile]] = {}  # chunk hash -> files of it
+        self._ready: list[ScannedFile] = []
+        self._committing: Deferred[None] | None = None
+        self._commit_error: BaseException | None = None
+        self._closed = False
         self.api = api
         self.engagement = engagement
         self.base = base
@@ -248,7 +270,11 @@ class _EarlyUpload:
             if entry.chunks is None or len(entry.chunks) != 1 or entry.chunks[0].size != len(data):
                 continue
             digest = entry.chunks[0].hash
-            if digest not in self.present and digest not in self._pending:
+            if digest in self.present:
+                self._ready.append(entry)
+                continue
+            self._waiting.setdefault(digest, []).append(entry)
+            if digest not in self._pending and len(self._waiting[digest]) == 1:
                 self._pending[digest] = data
                 self._pending_bytes += len(data)
         self._pump()
@@ -273,6 +299,30 @@ class _EarlyUpload:
     def _done(self, _result: object, sending: Deferred[None]) -> None:
         self._running.remove(sending)
         self._pump()
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        if (
+            self.commit is None or self._committing is not None or self._closed
+            or len(self._ready) < self.commit_files
+        ):
+            return
+        batch, self._ready = self._ready[: self.commit_files], self._ready[self.commit_files:]
+        committing: Deferred[None] = Deferred.fromCoroutine(self._commit(batch))
+        if not committing.called:
+            self._committing = committing
+
+    async def _commit(self, batch: list[ScannedFile]) -> None:
+        assert self.commit is not None
+        try:
+            if not await self.commit(batch):
+                self.commit = None  # refused or disturbed: the push decides the rest
+        except BaseException as e:  # e.g. the folder's marker vanished: the sync stops
+            self.commit = None
+            self._commit_error = e
+        finally:
+            self._committing = None
+        self._maybe_commit()
 
     async def _send(self, batch: dict[str, bytes]) -> None:
         try:
@@ -282,6 +332,8 @@ class _EarlyUpload:
                     self.engagement, [(h, batch[h]) for h in missing]
                 )
             self.present.update(batch)
+            for digest in batch:
+                self._ready.extend(self._waiting.pop(digest, ()))
         except Exception as e:  # noqa: BLE001 - best effort: the push sends what is missing
             if not self.failed:
                 log.info("early upload stopped ({why}); the push sends the rest", why=str(e))
@@ -289,17 +341,26 @@ class _EarlyUpload:
             self._pending.clear()
 
     async def finish(self) -> None:
-        """Send what is left and wait for every request (never raises)."""
+        """Send what is left and wait for every request and a running early commit (files
+        not committed yet are left to the push). Raises what stopped an early commit
+        other than the server's refusal or the network."""
         self._final = True
         self._pump()
-        while self._running:
-            await self._running[0]
+        # batches keep committing while the last uploads run; then what is left waits
+        while self._running or self._committing is not None:
+            await (self._running[0] if self._running else self._committing)  # type: ignore[misc]
+        self._closed = True
+        if self._commit_error is not None:
+            raise self._commit_error
 
     def abort(self) -> None:
         self.failed = True
+        self._closed = True
         self._pending.clear()
         for sending in list(self._running):
             sending.cancel()
+        if self._committing is not None:
+            self._committing.cancel()
 
 
 def _offsets(chunks: Iterable[ChunkRef]) -> Iterator[tuple[ChunkRef, int]]:
@@ -362,9 +423,13 @@ class SyncCopy:
         run_blocking: RunBlocking | None = None,
         scanner: Scanner | None = None,
         window_bytes: int = WINDOW_BYTES,
+        lock: CopyLock | None = None,
     ) -> None:
         self.directory = directory
         self.state = state
+        # held while open (client/copylock.py); None: opened read-only (shared) or unlocked
+        self.lock = lock
+        self.read_only = False
         meta = state.meta()
         self.server_url = meta.server_url
         self.engagement = meta.engagement
@@ -374,6 +439,7 @@ class SyncCopy:
         self._run: RunBlocking = run_blocking or deferToThread
         self.scanner = scanner or Scanner(directory)
         self.window_bytes = window_bytes
+        self.early_commit_files = EARLY_COMMIT_FILES
         self.base_cache = BaseCache(directory / ".smartsync" / "base")
         self._loaded_base: tuple[str, bytes] | None = None
 
@@ -388,13 +454,28 @@ class SyncCopy:
         run_blocking: RunBlocking | None = None,
         scanner: Scanner | None = None,
         window_bytes: int = WINDOW_BYTES,
+        exclusive: bool = True,
     ) -> SyncCopy:
-        """Open an existing copy (refuses a folder without its marker or state)."""
+        """Open an existing copy (refuses a folder without its marker or state).
+
+        ``exclusive`` (the default) takes the copy lock until ``close``: a copy another
+        process has open this way raises ``CopyInUse``. ``exclusive=False`` opens it for
+        reading only (status, conflicts): no lock, and ``sync``/``watch`` are refused."""
         path = Path(directory).absolute()
-        return cls(
-            path, ClientState.open(path), clock=clock, run_blocking=run_blocking,
-            scanner=scanner, window_bytes=window_bytes,
+        state = ClientState.open(path)
+        lock: CopyLock | None = None
+        if exclusive:
+            try:
+                lock = CopyLock.acquire(path)
+            except BaseException:
+                state.close()
+                raise
+        copy = cls(
+            path, state, clock=clock, run_blocking=run_blocking,
+            scanner=scanner, window_bytes=window_bytes, lock=lock,
         )
+        copy.read_only = not exclusive
+        return copy
 
     @classmethod
     async def clone(
@@ -417,7 +498,18 @@ class SyncCopy:
         user = session.get("user") if isinstance(session, dict) else None
         meta = CopyMeta(api.base_url, engagement, str(user or ""), str(uuid.uuid4()))
         state = await run(ClientState.create, path, meta)
-        copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes)
+        try:
+            lock = await run(CopyLock.acquire, path)
+        except BaseException:
+            state.close()
+            raise
+        copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes,
+                   lock=lock)
+        try:
+            await run(begin_sync, path)
+        except BaseException:
+            copy.close()
+            raise
         await copy._register(api)
         prog = progress or NullProgress()
         report = SyncReport()
@@ -435,6 +527,7 @@ class SyncCopy:
         finally:
             prog.finish()
         await run(state.update, (), (), head)
+        await run(end_sync, path)
         log.info(
             "cloned {engagement} into {directory}: {files} files at sequence {head}",
             engagement=engagement, directory=str(path), files=report.downloaded, head=head,
@@ -458,7 +551,12 @@ class SyncCopy:
         return datetime.fromtimestamp(self._seconds(), UTC)
 
     def close(self) -> None:
-        self.state.close()
+        """Close the state and give up the copy lock (another process may open it now)."""
+        try:
+            self.state.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def conflicts(self) -> list[str]:
         """Conflict copy files present in the folder (blocking: a folder walk)."""
@@ -471,8 +569,9 @@ class SyncCopy:
         prog = progress or NullProgress()
         report = SyncReport()
         await self._run(self.state.check_marker)
+        await self._begin_sync()
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
-        scan, early = await self._scan_and_upload(api, base)
+        scan, early = await self._scan_and_upload(api, base, report)
         report.bytes_sent += early.bytes_sent
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
@@ -500,6 +599,7 @@ class SyncCopy:
         else:  # the folder is as scanned: no second walk
             report.conflicts_left = sum(1 for p in scan.files if _CONFLICT_RE.search(p))
         report.last_seq = await self._run(lambda: self.state.last_seq)
+        await self._run(end_sync, self.directory)  # a clean end: no temp file of ours is left
         log.info(
             "sync of {engagement}: {uploaded} up ({bytes_sent} bytes), {downloaded} down, "
             "{conflicts} new conflict copies, {skipped} skipped",
@@ -509,12 +609,40 @@ class SyncCopy:
         )
         return report
 
+    async def _begin_sync(self) -> None:
+        """Refuse a read-only copy; remove what an interrupted sync left (its temp files:
+        the lock says no one else is writing here) and mark this sync as in progress."""
+        if self.read_only:
+            raise UsageError(f"{self.directory} was opened read-only: it cannot sync")
+        await self._run(begin_sync, self.directory)
+
     async def _scan_and_upload(
-        self, api: Server, base: dict[str, FileRecord]
+        self, api: Server, base: dict[str, FileRecord], report: SyncReport
     ) -> tuple[ScanResult, _EarlyUpload]:
-        """Scan in steps; chunks of new small files upload while later steps run."""
+        """Scan in steps; chunks of new small files upload while later steps run, and new
+        files whose chunks the server has are committed in large batches meanwhile
+        (``_commit_early``). ``base`` is updated with what those commits recorded."""
+        if getattr(api, "report_copy", None) is not None:
+            api.copy_id = self.copy_id  # type: ignore[attr-defined]  # commits name this copy
         job = await self._run(self.scanner.begin, base)
-        early = _EarlyUpload(api, self.engagement, base)
+        recorded: dict[str, FileRecord | None] = {}
+        moved: list[bool] = []
+
+        async def commit(entries: list[ScannedFile]) -> bool:
+            outcome = await self._commit_early(api, entries, report)
+            if outcome is None:
+                return False  # refused or unknown: nothing recorded, the push sends them
+            puts, drops, clean = outcome
+            recorded.update((r.path, r) for r in puts)
+            recorded.update((path, None) for path in drops)
+            if not clean:
+                moved.append(True)  # conflict copies moved files: scan again
+            return clean
+
+        early = _EarlyUpload(
+            api, self.engagement, base, window=min(self.window_bytes, UPLOAD_WINDOW_BYTES),
+            commit=commit, commit_files=self.early_commit_files,
+        )
         try:
             while not job.done:
                 early.offer(await self._run(job.step, SCAN_STEP))
@@ -522,7 +650,45 @@ class SyncCopy:
         except BaseException:
             early.abort()
             raise
-        return job.result, early
+        scan = job.result
+        if recorded:
+            for path, record in recorded.items():
+                if record is None:
+                    base.pop(path, None)
+                    continue
+                base[path] = record
+                entry = scan.entries.get(path)
+                if entry is not None and entry.content == record.content:
+                    scan.entries[path] = replace(entry, hashed=False)  # recorded just now
+        if moved:
+            scan = await self._run(self.scanner.scan, base)
+        return scan, early
+
+    async def _commit_early(
+        self, api: Server, entries: list[ScannedFile], report: SyncReport
+    ) -> tuple[list[FileRecord], list[str], bool] | None:
+        """Commit new files (no synced base, chunks confirmed on the server) during the scan,
+        as one atomic batch. None when nothing was recorded (the server refused the batch, or
+        the answer was lost: the push then sends these files again, and a batch the server
+        did apply answers "unchanged"). Else the rows written, the paths dropped, and whether
+        every file was simply applied (a conflict moves local files: the caller rescans)."""
+        changes: list[dict[str, Any]] = [
+            {"path": e.path, "kind": "put", "base": None, "manifest": chunks_to_json(e.chunks or ())}
+            for e in entries
+        ]
+        await self._run(self.state.check_marker)
+        last_seq: int = await self._run(lambda: self.state.last_seq)
+        try:
+            answer = await api.commit(self.engagement, str(uuid.uuid4()), changes)
+        except (ServerRefused, NetworkError) as e:
+            log.info("early commit not made ({why}); the push sends these files", why=str(e))
+            return None
+        scan = ScanResult(entries={e.path: e for e in entries})
+        puts, drops = await self._apply_results(
+            answer, changes, scan, {}, report, _own_head(answer, last_seq)
+        )
+        clean = all(item.get("status") == "applied" for item in answer["results"])
+        return puts, drops, clean
 
     async def _refresh_stat_cache(self, scan: ScanResult, base: dict[str, FileRecord]) -> None:
         """Files read this scan whose content is the synced one (touched, or racily clean):
@@ -868,9 +1034,10 @@ class SyncCopy:
     async def _apply_results(
         self, answer: dict[str, Any], changes: list[dict[str, Any]], scan: ScanResult,
         base: dict[str, FileRecord], report: SyncReport, own_head: int | None = None,
-    ) -> None:
+    ) -> tuple[list[FileRecord], list[str]]:
         """Record what the commit did; ``own_head`` (see ``_own_head``) moves last_seq past
-        our own records so the pull does not fetch them back."""
+        our own records so the pull does not fetch them back. Returns the rows written and
+        the paths dropped."""
         puts: list[FileRecord] = []
         drops: list[str] = []
         for item, change in zip(answer["results"], changes, strict=True):
@@ -913,6 +1080,7 @@ class SyncCopy:
                     drops.append(path)
         await self._run(self.state.update, puts, drops, own_head)
         await self._run(self._keep_bases, [(r.path, r.content, r.size) for r in puts])
+        return puts, drops
 
     def _conflict_target(self, path: str) -> str:
         return conflict_name(path, self.user, self._now(), self._taken)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,12 @@ class RecordingAPI(ServerAPI):
         self.uploads: list[tuple[float, list[str]]] = []
         self.fail_first = 0
         self.on_missing: Any = None
+        self.on_commit: Any = None
+
+    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.on_commit is not None:
+            self.on_commit(changes)
+        return await super().commit(eng, batch, changes)
 
     async def missing_chunks(self, eng: str, hashes: Any) -> list[str]:
         if self.on_missing is not None:
@@ -169,3 +176,101 @@ async def test_a_failed_early_upload_leaves_the_push_to_send_everything(
     await assert_server_has(server, api, eng, tmp_path / "a")
     again = await copy.sync(api)
     assert again.uploaded == 0 and again.bytes_sent == 0
+
+
+def noting_scanner(root: Path, opened: list[str]) -> Scanner:
+    def noting_open(path: str) -> BinaryIO:
+        opened.append(path)
+        return open(path, "rb")
+
+    return Scanner(root, open_file=noting_open)
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_files_commit_in_batches_while_the_scan_goes_on(
+    server: Daemon, apis: list[RecordingAPI], tmp_path: Path
+) -> None:
+    eng = server.new_engagement(f"ov-{next(_names)}", editors=["alice", "bob"])
+    api = await connect(server, apis)
+    copy = await SyncCopy.clone(api, eng, tmp_path / "a")
+    copy.early_commit_files = 300
+    copy.window_bytes = 256 * 1024
+    opened: list[str] = []
+    first_commit = threading.Event()
+
+    def open_last_after_a_commit(path: str) -> BinaryIO:
+        # the scan reads its last file only once a batch was committed (or 60 s passed): a
+        # condition, so the test shows commits go out while files are still being read
+        if len(opened) == FILES - 1:
+            first_commit.wait(60)
+        opened.append(path)
+        return open(path, "rb")
+
+    copy.scanner = Scanner(tmp_path / "a", open_file=open_last_after_a_commit)
+    write_files(tmp_path / "a", FILES, tag="c")
+    commits: list[tuple[int, list[str]]] = []  # (files read so far, paths committed)
+
+    def on_commit(changes: list[dict[str, Any]]) -> None:
+        commits.append((len(opened), [c["path"] for c in changes]))
+        first_commit.set()
+
+    api.on_commit = on_commit
+    report = await copy.sync(api)
+    assert report.uploaded == FILES and report.skipped == [] and report.conflicts == []
+    committed = [p for _, paths in commits for p in paths]
+    assert len(committed) == len(set(committed)) == FILES  # each file in exactly one batch
+    assert commits[0][0] < FILES and len(commits[0][1]) == 300  # a batch went during the scan
+    await assert_server_has(server, api, eng, tmp_path / "a")
+    head, _files = await api.snapshot(eng)
+    assert copy.state.last_seq == head == FILES  # our own batches were not pulled back
+    commits.clear()
+    again = await copy.sync(api)
+    assert again.uploaded == 0 and commits == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_early_batch_meeting_a_conflict_or_a_lock_leaves_the_rest_to_the_push(
+    server: Daemon, apis: list[RecordingAPI], tmp_path: Path
+) -> None:
+    eng = server.new_engagement(f"ov-{next(_names)}", editors=["alice", "bob"])
+    api = await connect(server, apis)
+    b_api = await connect(server, apis, "bob")
+    copy = await SyncCopy.clone(api, eng, tmp_path / "a")
+    bob = await SyncCopy.clone(b_api, eng, tmp_path / "b")
+    # bob creates a file alice also creates (other bytes), and checks out a folder
+    (tmp_path / "b" / "folder0").mkdir()
+    (tmp_path / "b" / "folder0" / "f0000.bin").write_bytes(b"bob's version")
+    await bob.sync(b_api)
+    await b_api.checkout(eng, "folder5")
+    copy.early_commit_files = 200
+    copy.window_bytes = 256 * 1024
+    write_files(tmp_path / "a", FILES, tag="d")
+    mine = (tmp_path / "a" / "folder0" / "f0000.bin").read_bytes()
+    sizes: list[int] = []
+    api.on_commit = lambda changes: sizes.append(len(changes))
+    report = await copy.sync(api)
+    assert sizes[0] == 200  # an early batch went first (it met the conflict or the lock)
+    locked = sorted(p for p in tree_paths(tmp_path / "a") if p.startswith("folder5/"))
+    assert sorted(report.locked) == locked and locked
+    assert len(report.conflicts) == 1 and report.conflicts[0].startswith("folder0/f0000 (conflict")
+    # both versions are on the server and here; the locked folder's files wait locally
+    assert (tmp_path / "a" / "folder0" / "f0000.bin").read_bytes() == b"bob's version"
+    assert (tmp_path / "a" / report.conflicts[0]).read_bytes() == mine
+    _head, files = await api.snapshot(eng)
+    on_server = {f.path for f in files}
+    assert on_server == set(tree_paths(tmp_path / "a")) - set(locked)
+    done = server.admin("audit", "verify", eng)
+    assert done.returncode == 0, done.stdout + done.stderr
+    await b_api.checkin(eng, "folder5")
+    after = await copy.sync(api)
+    assert after.uploaded == len(locked)
+    _head, files = await api.snapshot(eng)
+    assert {f.path for f in files} == set(tree_paths(tmp_path / "a"))
+
+
+def tree_paths(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".smartsync"]
+        out += [str((Path(dirpath) / name).relative_to(root)) for name in filenames]
+    return out
