@@ -51,7 +51,8 @@ EPILOG = """\
 exit codes:
   0  success
   1  finished, but conflict copies are left to resolve (sync, status, conflicts)
-  2  usage error (bad arguments, missing password, damaged settings, not a sync copy)
+  2  usage error (bad arguments, missing password, damaged settings, not a sync copy,
+     or the copy is in use by another sync or watch)
   3  authentication failed or session ended (run 'smartsync login' again)
   4  network or trust problem (server unreachable after retries; unknown or changed
      certificate)
@@ -461,8 +462,10 @@ async def cmd_clone(session: Session) -> int:
     return 0
 
 
-async def _open_copy(session: Session) -> tuple[Any, ServerAPI]:
-    copy = _engine().open(Path(session.args.directory))
+async def _open_copy(session: Session, *, exclusive: bool = True) -> tuple[Any, ServerAPI]:
+    """Open the copy: ``exclusive`` (sync, watch, restore) takes the copy lock, and a copy
+    another process syncs is refused (``CopyInUse``, exit 2); read-only commands pass False."""
+    copy = _engine().open(Path(session.args.directory), exclusive=exclusive)
     api = await session.signed_in_api(copy.server_url)
     return copy, api
 
@@ -519,7 +522,7 @@ async def cmd_sync(session: Session) -> int:
 
 
 async def cmd_status(session: Session) -> int:
-    copy, api = await _open_copy(session)
+    copy, api = await _open_copy(session, exclusive=False)  # reads only: works beside a sync
     report = await copy.status(api)
     return _report_exit(session, "status", report)
 
@@ -551,7 +554,7 @@ async def cmd_watch(session: Session) -> int:
 
 
 async def cmd_conflicts(session: Session) -> int:
-    copy = _engine().open(Path(session.args.directory))
+    copy = _engine().open(Path(session.args.directory), exclusive=False)
     names = list(copy.conflicts())
     text = "\n".join(names) if names else "No conflict copies."
     session.out.result(text, {"conflicts": names})
@@ -572,9 +575,11 @@ def copy_path(path_arg: str) -> tuple[Path, str]:
     raise UsageError(f"{path_arg} is not inside a sync copy (no .smartsync folder above it)")
 
 
-async def _copy_api(session: Session, path_arg: str) -> tuple[Any, ServerAPI, str]:
+async def _copy_api(
+    session: Session, path_arg: str, *, exclusive: bool = False
+) -> tuple[Any, ServerAPI, str]:
     root, rel = copy_path(path_arg)
-    copy = _engine().open(root)
+    copy = _engine().open(root, exclusive=exclusive)
     api = await session.signed_in_api(copy.server_url)
     api.copy_id = copy.copy_id
     return copy, api, rel
@@ -610,7 +615,7 @@ async def cmd_checkin(session: Session) -> int:
 
 
 async def cmd_locks(session: Session) -> int:
-    copy, api = await _open_copy(session)
+    copy, api = await _open_copy(session, exclusive=False)
     items = await api.locks(copy.engagement)
     session.out.result("\n".join(_lock_line(lk) for lk in items) or "No check-outs.", {"locks": items})
     return 0
@@ -634,7 +639,7 @@ async def cmd_history(session: Session) -> int:
 async def cmd_restore(session: Session) -> int:
     import uuid
 
-    copy, api, rel = await _copy_api(session, session.args.path)
+    copy, api, rel = await _copy_api(session, session.args.path, exclusive=True)  # it syncs
     answer = await api.restore(copy.engagement, rel, session.args.number, str(uuid.uuid4()))
     result = (answer.get("results") or [{}])[0]
     report = await copy.sync(api, progress=session.progress)

@@ -27,6 +27,11 @@ class UsageError(ClientError):
     exit_code = 2
 
 
+class CopyInUse(UsageError):
+    """Another process (a ``watch``, a second terminal) is syncing this copy: one at a time
+    per copy (exit 2, nothing was changed)."""
+
+
 class AuthError(ClientError):
     """Sign-in failed, or the session ended and could not be renewed."""
 

@@ -247,6 +247,7 @@ async def test_noop_sync_of_2000_files_opens_no_file(
         opened.append(path)
         return open(path, "rb")
 
+    copy.close()  # one open copy at a time (the copy lock)
     again = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
     report = await again.sync(api)
     assert opened == []

@@ -342,6 +342,7 @@ async def test_open_and_noop_sync_reads_no_file(server: Server, tmp_path: Path) 
 
     from smartsyncd.client.scanner import Scanner
 
+    copy.close()  # one open copy at a time (the copy lock)
     again = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
     report = await again.sync(api)
     assert opened == []
@@ -473,7 +474,7 @@ async def test_touched_file_is_read_once_then_cached(server: Server, tmp_path: P
 
     from smartsyncd.client.scanner import Scanner
 
-    await SyncCopy.clone(api, ENG, tmp_path / "a")
+    (await SyncCopy.clone(api, ENG, tmp_path / "a")).close()
     copy = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
     target = tmp_path / "a" / "memo.txt"
     target.write_bytes(b"text")
