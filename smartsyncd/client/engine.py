@@ -507,11 +507,22 @@ class SyncCopy:
                    lock=lock)
         try:
             await run(begin_sync, path)
+            report = await copy._clone_files(api, head, files, progress or NullProgress())
         except BaseException:
+            # the lock goes with the failure: the half-made copy can be opened again (in this
+            # process too), and its next sync finishes the pull and removes the temp files
             copy.close()
             raise
-        await copy._register(api)
-        prog = progress or NullProgress()
+        log.info(
+            "cloned {engagement} into {directory}: {files} files at sequence {head}",
+            engagement=engagement, directory=str(path), files=report.downloaded, head=head,
+        )
+        return copy
+
+    async def _clone_files(
+        self, api: Server, head: int, files: list[FileState], prog: Progress
+    ) -> SyncReport:
+        await self._register(api)
         report = SyncReport()
         live = [f for f in files if f.content is not None]
         prog.start("download", sum(f.size for f in live))
@@ -523,16 +534,12 @@ class SyncCopy:
                     report.skipped.append((f.path, "server sent an invalid path; not written"))
                     continue
                 write = PullWrite(f.path, f.seq, f.content, f.size, None)
-                await copy._write_remote(api, write, None, index, report, prog)
+                await self._write_remote(api, write, None, index, report, prog)
         finally:
             prog.finish()
-        await run(state.update, (), (), head)
-        await run(end_sync, path)
-        log.info(
-            "cloned {engagement} into {directory}: {files} files at sequence {head}",
-            engagement=engagement, directory=str(path), files=report.downloaded, head=head,
-        )
-        return copy
+        await self._run(self.state.update, (), (), head)
+        await self._run(end_sync, self.directory)
+        return report
 
     # -- helpers -------------------------------------------------------------------------------
 

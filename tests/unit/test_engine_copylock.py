@@ -94,3 +94,26 @@ async def test_a_failed_sync_keeps_the_marker(server: Server, tmp_path: Path) ->
     assert (await copy.sync(api)).uploaded == 1
     assert not syncing_path(root).exists()
     copy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_clone_gives_the_lock_up(server: Server, tmp_path: Path) -> None:  # noqa: F811
+    api = await counting_api(server)
+    a = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "report.pdf").write_bytes(os.urandom(300_000))
+    await a.sync(api)
+    a.close()
+    cut = await counting_api(server, "bob")
+
+    async def no_fetch(eng: str, hashes: object) -> dict[str, bytes]:
+        raise NetworkError("connection lost (injected)")
+
+    cut.fetch_chunks = no_fetch  # type: ignore[method-assign]
+    with pytest.raises(NetworkError):
+        await SyncCopy.clone(cut, ENG, tmp_path / "b")
+    assert syncing_path(tmp_path / "b").exists()
+    b = SyncCopy.open(tmp_path / "b")  # same process: the failed clone did not keep the lock
+    await b.sync(await counting_api(server, "bob"))
+    b.close()
+    assert files_of(tmp_path / "b") == files_of(tmp_path / "a")
+    assert not syncing_path(tmp_path / "b").exists()
