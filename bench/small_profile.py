@@ -75,7 +75,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             if args.ab:  # alternate: even runs without early commits, odd runs with them
                 copy.early_commit_files = 10**9 if run % 2 == 0 else args.ab
             for name in ("_scan_and_upload", "_commit_early", "_push", "_pull"):
-                setattr(copy, name, timed(phases, name.strip("_"), getattr(copy, name)))
+                if hasattr(copy, name):  # (an older tree on PYTHONPATH may lack some)
+                    setattr(copy, name, timed(phases, name.strip("_"), getattr(copy, name)))
             datagen.write_small_files(directory, count=args.count)
             os.sync()
             spies: list[subprocess.Popen[bytes]] = []

@@ -64,6 +64,7 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9._~+/=-]{1,512})", re.IGNORECASE)
 # Chunks are read from the store in slices so a fetch over the response cap stops early.
 _FETCH_SLICE = 128
+_INLINE_COMMIT_BYTES = 16 * 1024  # larger commit bodies are parsed on the CPU pool
 _RECORD_HEADER = 41
 
 
@@ -589,7 +590,9 @@ class SyncAPI:
             body = await self._run_blocking(
                 bodycodec.decode, body, _content_encoding(request), self.limits.json_body
             )
-        if len(body) > self.limits.small_json:
+        # a batch of a few hundred changes already takes tens of ms to parse and check: off the
+        # reactor, which meanwhile keeps reading the same client's chunk uploads
+        if len(body) > _INLINE_COMMIT_BYTES:
             parsed: ParsedCommit = await self._run_blocking(parse_commit, body, self.limits)
         else:
             parsed = parse_commit(body, self.limits)
