@@ -1406,6 +1406,9 @@ class SyncCopy:
 
         stop.addBoth(on_stop)
         while not stopped.called:
+            # Taken before the sync: an edit made while it runs (after its scan) must not
+            # become part of the "already synced" picture we wait against.
+            before = await self._run(self.scanner.signature)
             try:
                 on_report(await self.sync(api, progress=progress))
             except NetworkError as e:
@@ -1413,6 +1416,8 @@ class SyncCopy:
                 await self._wait(self._sleep(retry_delay), stopped)
                 continue
             signature = await self._run(self.scanner.signature)
+            if signature != before:
+                continue  # our own downloads, or an edit made meanwhile: sync again to see
             while not stopped.called:
                 remote = Deferred.fromCoroutine(self._remote_news(api, long_poll, retry_delay))
                 local = Deferred.fromCoroutine(self._local_news(signature, poll_interval))

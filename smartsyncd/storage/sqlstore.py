@@ -1098,6 +1098,10 @@ class SqlServerStore:
                 if meta is not None and self._meta is None and dialect.is_broken(meta.conn):
                     self._drop_thread_db(meta)
                 raise Unavailable("the database is unavailable") from e
+            except Exception as e:
+                if self._closed:  # the store closed under a request (shutdown): not a bug
+                    raise Unavailable("the metadata store is closed") from e
+                raise
 
     async def run_file(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(packs, *args)`` on the file pool, mapping OS errors to ``Unavailable``."""

@@ -335,6 +335,25 @@ async def test_closed_store_is_unavailable(backend) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_work_caught_by_a_closing_store_is_unavailable_not_a_bug(backend) -> None:
+    """A request whose database work runs as the daemon shuts the store down gets a 503 to
+    retry, not a 500 'internal error' (seen as a closed-database error during shutdown)."""
+    s = await backend.open()
+
+    def closed_under_us(meta: Any) -> Any:
+        s._closed = True  # what close() sets first
+        meta.conn.close()
+        return meta.all("SELECT 1")
+
+    try:
+        with pytest.raises(Unavailable):
+            await s.run_db(closed_under_us)
+    finally:
+        s._closed = False
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_unopenable_database_is_unavailable(tmp_path) -> None:
     from twisted.internet import reactor
 
