@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +356,14 @@ def running_daemon(
         pass_data_dir=pass_data_dir,
     )
     return daemon.start()
+
+
+def daemon_with_users(tmp_path: Path, *users: str, password: str) -> Iterator[Daemon]:
+    """A module fixture's body: a daemon with these users (same password), stopped after."""
+    d = running_daemon(tmp_path)
+    try:
+        for user in users:
+            d.add_user(user, password)
+        yield d
+    finally:
+        d.stop()

@@ -14,12 +14,12 @@ import os
 import random
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon import Daemon
+from reliability import wait_for
 from test_cli_client import Client, login, new_engagement, provisioned, smartsync_command
 
 from smartsyncd.client.localfs import TEMP_PREFIX
@@ -44,18 +44,6 @@ def client(tmp_path: Path, server: Daemon) -> Client:
     done = login(c, server, "--trust-fingerprint", server.fingerprint)
     assert done.returncode == 0, done.stderr
     return c
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll a real condition until it holds (bounded by ``timeout``); no fixed sleeps."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def popen(client: Client, *args: str) -> subprocess.Popen[str]:

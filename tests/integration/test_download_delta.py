@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import zstandard
-from daemon import Daemon, running_daemon
+from daemon import Daemon, daemon_with_users
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
@@ -30,13 +30,7 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = running_daemon(tmp_path_factory.mktemp("download-delta"))
-    try:
-        d.add_user("alice", PASSWORD)
-        d.add_user("bob", PASSWORD)
-        yield d
-    finally:
-        d.stop()
+    yield from daemon_with_users(tmp_path_factory.mktemp("download-delta"), "alice", "bob", password=PASSWORD)
 
 
 _count = iter(range(1, 1000))

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import pytest
 import pytest_twisted
-from daemon import Daemon, running_daemon
+from daemon import Daemon, daemon_with_users
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
@@ -38,13 +38,7 @@ _names = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = running_daemon(tmp_path_factory.mktemp("overlap"))
-    try:
-        d.add_user("alice", PASSWORD)
-        d.add_user("bob", PASSWORD)
-        yield d
-    finally:
-        d.stop()
+    yield from daemon_with_users(tmp_path_factory.mktemp("overlap"), "alice", "bob", password=PASSWORD)
 
 
 class RecordingAPI(ServerAPI):
