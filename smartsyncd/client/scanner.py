@@ -23,7 +23,7 @@ from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
-from smartsyncd.core.manifest import make_manifest
+from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry
@@ -73,6 +73,7 @@ class Scanner:
 
     def __init__(self, root: Path, *, open_file: OpenFile = _open_binary, retries: int = 1) -> None:
         self.root = root
+        self._prefix = os.path.join(os.fspath(root), "")  # root + "/" for joining fast
         self.open_file = open_file
         self.retries = retries
         # bytes of small files read by the last scan, by chunk hash (at most RECENT_BYTES):
@@ -207,9 +208,23 @@ class Scanner:
         return self._read(path, st)[0]
 
     def _read(self, path: str, st: os.stat_result) -> tuple[ScannedFile, bytes | None]:
-        """Hash the file; also returns the bytes of a small (one-chunk) file."""
-        full = os.path.join(self.root, path)
-        for _attempt in range(self.retries + 1):
+        """Hash the file; also returns the bytes of a small (one-chunk) file.
+
+        ``st`` is the walk's stat of the path: a small file is read in one pass with no
+        file object (most of the cost for thousands of small files) and kept if the opened
+        file's stat after the read equals it (same inode, size and mtime: the bytes read are
+        the file the walk saw). Else, and for larger files, the general path below reads it
+        (through the ``open_file`` hook) with its own before/after check."""
+        full = self._prefix + path
+        attempts = self.retries + 1
+        if 0 < st.st_size <= MIN_CHUNK and self.open_file is _open_binary:
+            found = _read_small(path, full, st)
+            if found is not None:
+                entry, small = found
+                self._remember(entry.chunks[0].hash if entry.chunks else "", small)
+                return found
+            attempts -= 1  # changed since the walk: that was the first attempt
+        for _attempt in range(attempts):
             chunks: list[ChunkRef] = []
             data: bytes | None = None
             with self.open_file(full) as f:
@@ -219,9 +234,7 @@ class Scanner:
                     # chunker to build: most of the cost for thousands of small files)
                     data = f.read(MIN_CHUNK + 1)
                     chunks.append(ChunkRef(chunk_hash(data), len(data)))
-                    if self._recent_bytes + len(data) <= RECENT_BYTES:
-                        self.recent[chunks[-1].hash] = data
-                        self._recent_bytes += len(data)
+                    self._remember(chunks[-1].hash, data)
                 elif before.st_size:
                     for chunk in make_chunker().cut_stream(f):
                         chunks.append(ChunkRef(chunk_hash(chunk.data), chunk.length))
@@ -237,6 +250,11 @@ class Scanner:
                     chunks=manifest.chunks, hashed=True,
                 ), data
         raise FileChanging(path)
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if self._recent_bytes + len(data) <= RECENT_BYTES:
+            self.recent[digest] = data
+            self._recent_bytes += len(data)
 
     def forget_recent(self) -> None:
         self.recent = {}
@@ -281,6 +299,33 @@ class ScanJob:
                 read.append((entries[path], data))
         self.position = end
         return read
+
+
+def _read_small(
+    path: str, full: str, st: os.stat_result
+) -> tuple[ScannedFile, bytes] | None:
+    """Read and hash a file the walk saw as one chunk (``st``); None if the file opened is not
+    that file any more (replaced, written or resized since)."""
+    fd = os.open(full, _READ_FLAGS)
+    try:
+        data = os.read(fd, MIN_CHUNK + 1)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    size = st.st_size
+    if (
+        len(data) != size or after.st_size != size or after.st_mtime_ns != st.st_mtime_ns
+        or after.st_ino != st.st_ino or after.st_dev != st.st_dev
+    ):
+        return None
+    manifest = one_chunk_manifest(data)
+    return ScannedFile(
+        content=manifest.content, size=size, path=path, mtime_ns=st.st_mtime_ns,
+        inode=st.st_ino, chunks=manifest.chunks, hashed=True,
+    ), data
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile:

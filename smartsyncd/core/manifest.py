@@ -34,6 +34,16 @@ def make_manifest(chunks: Sequence[ChunkRef]) -> Manifest:
     return Manifest(content=content_id(refs), size=sum(c.size for c in refs), chunks=refs)
 
 
+def one_chunk_manifest(data: bytes) -> Manifest:
+    """The manifest of content that is one chunk (1..MIN_CHUNK bytes: FastCDC never cuts
+    below its minimum), hashed in one pass: the chunk's raw digest feeds the content id
+    directly (equal to ``make_manifest([ChunkRef(chunk_hash(data), len(data))])``)."""
+    digest = blake3.blake3(data).digest()
+    size = len(data)
+    content = blake3.blake3(MANIFEST_DOMAIN + digest + size.to_bytes(8, "big")).hexdigest()
+    return Manifest(content=content, size=size, chunks=(ChunkRef(digest.hex(), size),))
+
+
 def encode_binary(chunks: Sequence[ChunkRef]) -> bytes:
     """The storage form: 40 bytes per entry (32-byte hash, 8-byte big-endian size)."""
     return b"".join(bytes.fromhex(c.hash) + c.size.to_bytes(8, "big") for c in chunks)
