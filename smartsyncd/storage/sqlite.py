@@ -12,7 +12,12 @@ disk (never on NFS: its locking is not reliable there). Settings, and why:
   ``BEGIN IMMEDIATE`` so the write lock is taken up front and a commit cannot fail half-way on
   lock upgrade.
 
-The connection is created, used and closed on the store's single DB thread.
+The connection is created, used and closed on the store's single DB thread. A second
+connection (``connect_sqlite(path, read_only=True)``: ``query_only``) lives on its own read
+thread and answers pure reads (missing chunks, sessions, roles, change feeds): WAL lets it read
+the last committed state while a commit batch holds the writer, so those answers no longer wait
+behind commits. It sees committed rows only; nothing it answers is trusted for a write (a commit
+checks its chunks again inside its own transaction).
 """
 
 from __future__ import annotations
@@ -65,8 +70,11 @@ DB_FILENAME = "metadata.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
 
 
-def connect_sqlite(path: str) -> sqlite3.Connection:
-    """Open ``path`` with the settings above (blocking: call it on the DB thread)."""
+def connect_sqlite(path: str, *, read_only: bool = False) -> sqlite3.Connection:
+    """Open ``path`` with the settings above (blocking: call it on the thread that will use it).
+
+    ``read_only``: the read connection (``query_only``: any write through it is an error).
+    """
     conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -75,6 +83,8 @@ def connect_sqlite(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if read_only:
+            conn.execute("PRAGMA query_only=ON")
     except BaseException:
         conn.close()
         raise
@@ -112,8 +122,10 @@ async def open_server_store(
     db_path = _sqlite_path(data_dir, database_url)
     packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
     db_pool = ThreadPool(minthreads=1, maxthreads=1, name="smartsyncd-db")
+    read_pool = ThreadPool(minthreads=1, maxthreads=1, name="smartsyncd-db-read")
     file_pool = ThreadPool(minthreads=2, maxthreads=4, name="smartsyncd-files")
     db_pool.start()
+    read_pool.start()
     file_pool.start()
 
     def open_db() -> MetadataDB:
@@ -126,14 +138,25 @@ async def open_server_store(
             raise
         return MetadataDB(conn, SQLITE)
 
+    def open_reader() -> MetadataDB:  # after open_db: the file exists and is migrated
+        return MetadataDB(connect_sqlite(db_path, read_only=True), SQLITE)
+
+    meta: MetadataDB | None = None
     try:
         await deferToThreadPool(reactor, file_pool, packs.prepare)
         meta = await deferToThreadPool(reactor, db_pool, open_db)
+        reader = await deferToThreadPool(reactor, read_pool, open_reader)
     except BaseException as e:
+        if meta is not None:
+            await deferToThreadPool(reactor, db_pool, meta.close)
         db_pool.stop()
+        read_pool.stop()
         file_pool.stop()
         if isinstance(e, sqlite3.OperationalError | OSError):
             raise Unavailable(f"cannot open the store: {e}") from e
         raise
     log.info("metadata store open: {path}, chunks under {root}", path=db_path, root=packs.root)
-    return SqlServerStore(reactor=reactor, db=meta, packs=packs, db_pool=db_pool, file_pool=file_pool, clock=now)
+    return SqlServerStore(
+        reactor=reactor, db=meta, packs=packs, db_pool=db_pool, file_pool=file_pool, clock=now,
+        reader=reader, read_pool=read_pool,
+    )

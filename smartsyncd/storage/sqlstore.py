@@ -1015,13 +1015,23 @@ class SqlServerStore:
         clock: Callable[[], datetime] | None = None,
         connect: Callable[[], MetadataDB] | None = None,
         dialect: Dialect | None = None,
+        reader: MetadataDB | None = None,
+        read_pool: ThreadPool | None = None,
     ) -> None:
         """``db``: the one connection, used by the DB pool's single thread (SQLite).
 
         Or ``db=None`` and ``connect``: each DB pool thread opens its own connection on first
         use and replaces it when the driver reports it broken (PostgreSQL: N threads, N
         connections, a database restart heals itself).
+
+        ``reader`` and ``read_pool`` (SQLite): a second, read-only connection used only by the
+        read pool's single thread, for pure reads (``run_read``): missing-chunk queries, session
+        and role look-ups, change feeds. In WAL mode it reads the last committed state while a
+        commit holds the writer, so those no longer queue behind commit batches. Without them
+        (PostgreSQL: the pool's connections already read concurrently) reads use the DB pool.
         """
+        if (reader is None) != (read_pool is None):
+            raise ValueError("give reader and read_pool together")
         if (db is None) == (connect is None):
             raise ValueError("give either db or connect")
         self._reactor = reactor
@@ -1036,6 +1046,8 @@ class SqlServerStore:
         self.packs = packs
         self._db_pool = db_pool
         self._file_pool = file_pool
+        self._reader = reader
+        self._read_pool = read_pool
         self._closed = False
         self._now = clock or (lambda: datetime.now(UTC))
 
@@ -1051,6 +1063,26 @@ class SqlServerStore:
             raise Unavailable("the metadata store is closed")
         result: T = await deferToThreadPool(self._reactor, self._db_pool, self._guard_db, fn, *args)
         return result
+
+    async def run_read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the pure read ``fn(meta, *args)`` on the read connection when there is one.
+
+        It sees committed data only, as of its own read transaction: a commit finished before
+        this call is visible, one still running is not. Callers must not depend on more (a
+        chunk answered missing that a concurrent upload just recorded is sent again; one
+        answered present is in a committed pack row, written only after the pack was durable).
+        """
+        if self._reader is None or self._read_pool is None:
+            return await self.run_db(fn, *args)
+        if self._closed:
+            raise Unavailable("the metadata store is closed")
+        result: T = await deferToThreadPool(self._reactor, self._read_pool, self._guard_read, fn, *args)
+        return result
+
+    def _guard_read(self, fn: Callable[..., T], *args: Any) -> T:
+        reader = self._reader
+        assert reader is not None
+        return self._guard_with(lambda: reader, fn, *args)
 
     def _thread_db(self) -> MetadataDB:
         if self._meta is not None:
@@ -1075,13 +1107,16 @@ class SqlServerStore:
             log.debug("closing a broken connection: {error}", error=repr(e))
 
     def _guard_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._guard_with(self._thread_db, fn, *args)
+
+    def _guard_with(self, pick: Callable[[], MetadataDB], fn: Callable[..., T], *args: Any) -> T:
         dialect = self._dialect
         attempt = 0
         while True:
             attempt += 1
             meta: MetadataDB | None = None
             try:
-                meta = self._thread_db()
+                meta = pick()
                 return fn(meta, *args)
             except SyncError:
                 raise
@@ -1121,12 +1156,16 @@ class SqlServerStore:
         if self._closed:
             return
         try:
+            if self._reader is not None and self._read_pool is not None:
+                await deferToThreadPool(self._reactor, self._read_pool, self._reader.close)
             if self._meta is not None:
                 await deferToThreadPool(self._reactor, self._db_pool, self._meta.close)
             else:
                 await deferToThreadPool(self._reactor, self._db_pool, self._close_opened)
         finally:
             self._closed = True
+            if self._read_pool is not None:
+                self._read_pool.stop()
             self._db_pool.stop()
             self._file_pool.stop()
 
@@ -1148,10 +1187,10 @@ class SqlServerStore:
         await self.run_db(MetadataDB.set_password, name, password_hash)
 
     async def get_user(self, name: str) -> UserRecord | None:
-        return await self.run_db(MetadataDB.get_user, name)
+        return await self.run_read(MetadataDB.get_user, name)
 
     async def list_users(self) -> list[UserRecord]:
-        return await self.run_db(MetadataDB.list_users)
+        return await self.run_read(MetadataDB.list_users)
 
     # -- engagements and grants
 
@@ -1159,10 +1198,10 @@ class SqlServerStore:
         return await self.run_db(MetadataDB.create_engagement, name, title, self._now())
 
     async def get_engagement(self, name: str) -> EngagementRecord | None:
-        return await self.run_db(MetadataDB.get_engagement, name)
+        return await self.run_read(MetadataDB.get_engagement, name)
 
     async def list_engagements(self) -> list[EngagementRecord]:
-        return await self.run_db(MetadataDB.list_engagements)
+        return await self.run_read(MetadataDB.list_engagements)
 
     async def grant(self, grant: Grant) -> None:
         await self.run_db(MetadataDB.grant, grant, self._now())
@@ -1171,10 +1210,10 @@ class SqlServerStore:
         return await self.run_db(MetadataDB.revoke, engagement, kind, principal, self._now())
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
-        return await self.run_db(MetadataDB.list_grants, engagement)
+        return await self.run_read(MetadataDB.list_grants, engagement)
 
     async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
-        return await self.run_db(MetadataDB.role_for, engagement, user, tuple(groups))
+        return await self.run_read(MetadataDB.role_for, engagement, user, tuple(groups))
 
     # -- sessions
 
@@ -1182,7 +1221,7 @@ class SqlServerStore:
         await self.run_db(MetadataDB.create_session, session)
 
     async def get_session(self, token_hash: str) -> SessionRecord | None:
-        return await self.run_db(MetadataDB.get_session, token_hash)
+        return await self.run_read(MetadataDB.get_session, token_hash)
 
     async def update_session(self, session: SessionRecord) -> None:
         await self.run_db(MetadataDB.update_session, session)
@@ -1193,7 +1232,7 @@ class SqlServerStore:
     # -- chunks and manifests
 
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
-        return await self.run_db(MetadataDB.missing_chunks, engagement_id, tuple(hashes))
+        return await self.run_read(MetadataDB.missing_chunks, engagement_id, tuple(hashes))
 
     async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]:
         unique = list({c.hash: c for c in chunks}.values())
@@ -1210,7 +1249,7 @@ class SqlServerStore:
         return _PackUpload(self, engagement_id)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
-        where = await self.run_db(MetadataDB.chunk_locations, engagement_id, tuple(hashes))
+        where = await self.run_read(MetadataDB.chunk_locations, engagement_id, tuple(hashes))
 
         def read_all(packs: PackStore) -> dict[str, bytes]:
             by_pack: dict[str, list[tuple[str, int, int]]] = {}
@@ -1228,7 +1267,7 @@ class SqlServerStore:
         ]
 
     async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None:
-        return await self.run_db(MetadataDB.get_manifest, engagement_id, content)
+        return await self.run_read(MetadataDB.get_manifest, engagement_id, content)
 
     # -- the change log
 
@@ -1248,13 +1287,13 @@ class SqlServerStore:
         )
 
     async def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]:
-        return await self.run_db(MetadataDB.changes_since, engagement_id, since, limit)
+        return await self.run_read(MetadataDB.changes_since, engagement_id, since, limit)
 
     async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:
-        return await self.run_db(MetadataDB.snapshot, engagement_id)
+        return await self.run_read(MetadataDB.snapshot, engagement_id)
 
     async def head(self, engagement_id: int) -> int:
-        return await self.run_db(MetadataDB.head, engagement_id)
+        return await self.run_read(MetadataDB.head, engagement_id)
 
     # -- operations
 
