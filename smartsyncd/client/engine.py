@@ -213,6 +213,9 @@ SCAN_STEP = 256
 # ... and once this many new files have their chunks on the server, they are committed as one
 # batch while the scan goes on (the last ones go with the push, after the scan)
 EARLY_COMMIT_FILES = 2000
+# ... and once a window of at least this many chunks came back all-missing from /missing, the
+# next windows upload without asking (a first sync of new files: the server has none of them)
+BLIND_AFTER_CHUNKS = 64
 
 
 class _EarlyUpload:
@@ -255,6 +258,9 @@ class _EarlyUpload:
         self.present: set[str] = set()
         self.bytes_sent = 0
         self.failed = False
+        # upload windows without asking /missing first (see ``_send``)
+        self.blind = False
+        self.windows_unasked = 0
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._running: list[Deferred[None]] = []
@@ -326,11 +332,28 @@ class _EarlyUpload:
 
     async def _send(self, batch: dict[str, bytes]) -> None:
         try:
-            missing = await self.api.missing_chunks(self.engagement, list(batch))
+            # Once a window came back all-missing, the chunks of the next windows (files new
+            # to this copy) go up without asking first; if an upload finds some of them on
+            # the server after all (its "present" count rises), the next windows ask again.
+            # A chunk sent although the server had it costs its bytes once, nothing else.
+            present_before = getattr(self.api, "chunks_present", None)
+            blind = self.blind and present_before is not None
+            if blind:
+                missing = list(batch)
+                self.windows_unasked += 1
+            else:
+                missing = await self.api.missing_chunks(self.engagement, list(batch))
+                if (
+                    present_before is not None and len(missing) == len(batch)
+                    and len(batch) >= BLIND_AFTER_CHUNKS
+                ):
+                    self.blind = True
             if missing:
                 self.bytes_sent += await self.api.upload_chunks(
                     self.engagement, [(h, batch[h]) for h in missing]
                 )
+            if blind and getattr(self.api, "chunks_present", 0) != present_before:
+                self.blind = False  # the server had some: ask again from the next window
             self.present.update(batch)
             for digest in batch:
                 self._ready.extend(self._waiting.pop(digest, ()))

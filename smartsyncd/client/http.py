@@ -148,6 +148,9 @@ class ServerAPI:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.requests = 0
+        # chunks that uploads sent although the server had them (its "present" count): a
+        # caller that uploads without asking /missing first watches this to resume asking
+        self.chunks_present = 0
         # the sync copy this connection speaks for (``Smartsync-Copy`` header), if any
         self.copy_id: str | None = None
         self._reactor = reactor
@@ -404,7 +407,9 @@ class ServerAPI:
 
     async def _post_chunks(self, path: str, body: bytes, raw_total: int) -> int:
         reply = await self._request("POST", path, data=body, content_type=CHUNKS_TYPE)
-        _object(_decode_json(reply), "upload")
+        present = _object(_decode_json(reply), "upload").get("present")
+        if type(present) is int and present > 0:
+            self.chunks_present += present
         if self.progress is not None:
             self.progress.advance(raw_total)
         return len(body)

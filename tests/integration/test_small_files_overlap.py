@@ -268,3 +268,66 @@ def tree_paths(root: Path) -> list[str]:
         dirnames[:] = [d for d in dirnames if d != ".smartsync"]
         out += [str((Path(dirpath) / name).relative_to(root)) for name in filenames]
     return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_an_all_missing_window_the_next_windows_upload_without_asking(
+    server: Daemon, apis: list[RecordingAPI], tmp_path: Path
+) -> None:
+    """A first sync of new files: once a window came back all-missing, /missing is not asked
+    for the next windows; every file still arrives once, each chunk travels once."""
+    eng = server.new_engagement(f"ov-{next(_names)}", editors=["alice", "bob"])
+    api = await connect(server, apis)
+    copy = await SyncCopy.clone(api, eng, tmp_path / "a")
+    copy.window_bytes = 512 * 1024  # about 12 windows of ~127 chunks
+    payload = write_files(tmp_path / "a", FILES, tag="u")
+    asked: list[int] = []
+    api.on_missing = lambda: asked.append(len(api.uploads))
+    report = await copy.sync(api)
+    assert report.uploaded == FILES and report.skipped == []
+    sent = [h for _, hashes in api.uploads for h in hashes]
+    assert len(sent) == len(set(sent)) == FILES
+    windows = len(api.uploads)
+    assert windows >= 10
+    assert len(asked) <= 3 < windows, (asked, windows)  # only the first windows asked
+    assert report.bytes_sent < payload * 1.05
+    await assert_server_has(server, api, eng, tmp_path / "a")
+    again = await copy.sync(api)
+    assert again.uploaded == 0 and again.bytes_sent == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunks_found_on_the_server_make_the_next_windows_ask_again(
+    server: Daemon, apis: list[RecordingAPI], tmp_path: Path
+) -> None:
+    """An interrupted sync left the chunks of the later files on the server (uploaded, not
+    committed). The first windows go up unasked; the first one that meets chunks the server
+    has (its answer's "present" count) turns asking back on: the rest do not travel again,
+    and every file is committed once."""
+    eng = server.new_engagement(f"ov-{next(_names)}", editors=["alice", "bob"])
+    api = await connect(server, apis)
+    copy = await SyncCopy.clone(api, eng, tmp_path / "a")
+    copy.window_bytes = 512 * 1024
+    copy.early_commit_files = 10**9  # one commit by the push: the test counts uploads only
+    payload = write_files(tmp_path / "a", FILES, tag="r")
+    order = [path for path, _ in Scanner(tmp_path / "a").begin({}).todo]  # the scan's order
+    later = order[FILES // 2:]
+    left = {chunk_hash((tmp_path / "a" / p).read_bytes()): (tmp_path / "a" / p).read_bytes()
+            for p in later}
+    await api.upload_chunks(eng, list(left.items()))
+    api.uploads.clear()
+    present_before = api.chunks_present
+    asked: list[int] = []
+    api.on_missing = lambda: asked.append(len(api.uploads))
+    report = await copy.sync(api)
+    assert report.uploaded == FILES and report.skipped == []
+    sent = [h for _, hashes in api.uploads for h in hashes]
+    assert len(sent) == len(set(sent))  # no chunk twice
+    resent = [h for h in sent if h in left]
+    assert api.chunks_present - present_before == len(resent) > 0  # a blind window met them
+    # at most the windows in flight when the first "present" came back travel again
+    assert len(resent) <= 3 * 130, len(resent)
+    assert len(sent) - len(resent) == FILES - len(left)  # every chunk the server lacked
+    assert len(asked) >= 2 and asked[-1] > 1  # asking resumed after blind windows
+    assert report.bytes_sent < payload * 1.05
+    await assert_server_has(server, api, eng, tmp_path / "a")
