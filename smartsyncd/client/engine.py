@@ -689,7 +689,7 @@ class SyncCopy:
                 base[path] = record
                 entry = scan.entries.get(path)
                 if entry is not None and entry.content == record.content:
-                    scan.entries[path] = replace(entry, hashed=False)  # recorded just now
+                    scan.recorded.add(path)  # recorded just now: no stat cache refresh
         if moved:
             scan = await self._run(self.scanner.scan, base)
         return scan, early
@@ -724,9 +724,13 @@ class SyncCopy:
         """Files read this scan whose content is the synced one (touched, or racily clean):
         remember their stat so the next scan need not read them again."""
         fresh: list[FileRecord] = []
+        recorded = scan.recorded
         for path, entry in scan.entries.items():
             old = base.get(path)
-            if entry.hashed and old is not None and entry.content == old.content:
+            if (
+                entry.hashed and old is not None and entry.content == old.content
+                and path not in recorded
+            ):
                 record = FileRecord(
                     path=path, seq=old.seq, content=old.content, size=old.size,
                     mtime_ns=self._cache_mtime(entry.mtime_ns), inode=entry.inode,
@@ -1081,20 +1085,11 @@ class SyncCopy:
             entry = scan.entries[path]
             old = base.get(path)
             chunks = entry.chunks if entry.chunks is not None else (old.chunks if old else None)
-
-            def record(seq: int, at: str, entry: ScannedFile = entry,
-                       chunks: tuple[ChunkRef, ...] | None = chunks) -> FileRecord:
-                return FileRecord(
-                    path=at, seq=seq, content=entry.content, size=entry.size,
-                    mtime_ns=self._cache_mtime(entry.mtime_ns), inode=entry.inode,
-                    chunks=chunks,
-                )
-
             if status == "applied" and isinstance(item.get("seq"), int):
-                puts.append(record(item["seq"], path))
+                puts.append(self._record(entry, item["seq"], path, chunks))
                 report.uploaded += 1
             elif status == "unchanged" and isinstance(item.get("current_seq"), int):
-                puts.append(record(item["current_seq"], path))
+                puts.append(self._record(entry, item["current_seq"], path, chunks))
             elif status == "conflict" and isinstance(item.get("seq"), int):
                 cpath = item.get("conflict_path")
                 if not isinstance(cpath, str) or not _remote_path_ok(cpath):
@@ -1106,11 +1101,20 @@ class SyncCopy:
                 # so the pull writes the other version at path without a second copy
                 moved = await self._run(self._move_if_unchanged, path, cpath, entry)
                 if moved:
-                    puts.append(record(item["seq"], cpath))
+                    puts.append(self._record(entry, item["seq"], cpath, chunks))
                     drops.append(path)
         await self._run(self.state.update, puts, drops, own_head)
         await self._run(self._keep_bases, [(r.path, r.content, r.size) for r in puts])
         return puts, drops
+
+    def _record(
+        self, entry: ScannedFile, seq: int, at: str, chunks: tuple[ChunkRef, ...] | None
+    ) -> FileRecord:
+        """The state row of ``entry`` synced as ``seq`` at path ``at``."""
+        return FileRecord(
+            path=at, seq=seq, content=entry.content, size=entry.size,
+            mtime_ns=self._cache_mtime(entry.mtime_ns), inode=entry.inode, chunks=chunks,
+        )
 
     def _conflict_target(self, path: str) -> str:
         return conflict_name(path, self.user, self._now(), self._taken)

@@ -58,6 +58,9 @@ class ScanResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders/files
     files: list[str] = field(default_factory=list)  # every regular file seen (case twins too)
+    # paths whose entry the sync already recorded as synced while the scan went on (early
+    # commits): their state rows are fresh
+    recorded: set[str] = field(default_factory=set)
 
     @property
     def changed(self) -> list[str]:
