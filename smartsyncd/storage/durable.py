@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 _TEMP_SUFFIX = ".tmp"
+# Buffers per writev call (POSIX allows at least 16; Linux 1024).
+_IOV_MAX = max(16, min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16))
 
 
 class FileOps:
@@ -29,6 +31,12 @@ class FileOps:
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
+
+    def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
+        """Write several buffers in one call (no joined copy); may write fewer bytes."""
+        if not hasattr(os, "writev"):  # Windows: one write per buffer
+            return sum(self.write(fd, b) for b in buffers)
+        return os.writev(fd, buffers)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -110,6 +118,24 @@ class AtomicFile:
             written = self._ops.write(self._fd, view)
             view = view[written:]
             self.size += written
+
+    def write_many(self, parts: Sequence[bytes | memoryview]) -> None:
+        """``write`` each of ``parts`` in order, with one ``writev`` per ``_IOV_MAX`` of them
+        (no joined copy of the pieces); a short write is finished piece by piece."""
+        if self._fd is None:
+            raise ValueError("file already closed")
+        for start in range(0, len(parts), _IOV_MAX):
+            group = parts[start : start + _IOV_MAX]
+            written = self._ops.writev(self._fd, group)
+            self.size += written
+            for i, part in enumerate(group):
+                if written >= len(part):
+                    written -= len(part)
+                    continue
+                self.write(memoryview(part)[written:])
+                for rest in group[i + 1 :]:
+                    self.write(rest)
+                break
 
     def commit(self, final_path: str) -> None:
         """Fsync, close, rename to ``final_path`` (in the same folder) and fsync the folder."""

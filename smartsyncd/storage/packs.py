@@ -3,7 +3,7 @@
 A 256 MiB file is about 8,000 chunks; a file (and an fsync) per chunk would make uploads crawl.
 So each ``store_chunks`` call writes the chunks it lacks into ONE pack file:
 
-    <root>/<engagement_id>/<first 2 hex of name>/<name>.pack     name = blake3 hex of the bytes
+    <root>/<engagement_id>/<first 2 hex of name>/<name>.pack     name: see below
 
 A pack starts with ``MAGIC`` and then holds records in the chunk stream format of
 docs/protocol.md (32-byte hash, codec, raw_len, payload_len, payload), so a pack describes itself
@@ -14,7 +14,11 @@ Writing is crash-safe (``durable.AtomicFile``): temp file in the shard folder, f
 rename, fsync the folder (and any new shard folders). Only after that does the caller commit the
 pack and chunk rows, and only after that does the web layer acknowledge. A pack written but never
 committed (crash in between) is an orphan: harmless, and collected later by gc. Packs are named by
-content, so two daemons writing the same pack produce the same bytes under the same name.
+content: the name is the BLAKE3 of the pack's magic and record headers (every chunk's verified
+content hash, codec and lengths, in order), so the payload bytes are not hashed a second time
+after each chunk was verified. Two daemons writing the same pack use the same name; their files
+can differ only in how a payload was compressed, with every record at the same offset and
+decoding to the same hashed bytes, so either file serves the same index rows.
 Nothing here takes file locks (the root may be shared over NFS); the database is the only truth.
 
 Everything here blocks: the store runs it on its file thread pool.
@@ -145,6 +149,11 @@ class PackWriter:
         self._hasher.update(data)
         self._offset += len(data)
 
+    def _write_records(self, headers: list[bytes], parts: list[bytes | memoryview], size: int) -> None:
+        self._file.write_many(parts)
+        self._hasher.update(b"".join(headers))  # the name covers the headers (module docstring)
+        self._offset += size
+
     @property
     def count(self) -> int:
         return len(self._entries)
@@ -153,22 +162,26 @@ class PackWriter:
     def size(self) -> int:
         return self._offset
 
-    def append(self, chunks: Iterable[tuple[str, int, int, bytes]]) -> None:
-        """Append (hash hex, codec, raw_size, payload) records (one write per call)."""
-        parts: list[bytes] = []
+    def append(self, chunks: Iterable[tuple[str, int, int, bytes | memoryview]]) -> None:
+        """Append (hash hex, codec, raw_size, payload) records (one ``writev`` per call, no
+        joined copy of the payloads)."""
+        headers: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         offset = self._offset
         for chunk_hash, codec, raw_size, payload in chunks:
             header = _RECORD_HEADER.pack(bytes.fromhex(chunk_hash), codec, raw_size, len(payload))
+            headers.append(header)
             parts.append(header)
             parts.append(payload)
             offset += len(header)
             self._entries.append(PackEntry(chunk_hash, codec, raw_size, offset, len(payload)))
             offset += len(payload)
         if parts:
-            self._write(b"".join(parts))
+            self._write_records(headers, parts, offset - self._offset)
 
     def commit(self) -> WrittenPack:
-        """Fsync, rename to ``<shard>/<blake3 of the bytes>.pack``, fsync the shard folder."""
+        """Fsync, rename to ``<shard>/<name>.pack`` (the BLAKE3 of the magic and the record
+        headers), fsync the shard folder."""
         if not self._entries:
             raise ValueError("a pack needs at least one chunk")
         name = self._hasher.hexdigest()

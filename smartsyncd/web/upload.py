@@ -145,6 +145,7 @@ class ChunkUploadStream:
         self.limit = api.limits.chunk_body
         self._max_records = api.limits.chunks_per_request
         self._buf = bytearray()
+        self._head: tuple[str, int, int, int] | None = None
         self._batch: list[chunkstream.Record] = []
         self._batch_bytes = 0
         self.records = 0
@@ -177,28 +178,61 @@ class ChunkUploadStream:
         """Body bytes in arrival order; complete records join the current batch."""
         if self._error is not None or self._cancelled:
             return  # refused already: read and drop the rest so the answer can follow
-        buf = self._buf
-        buf += data
-        pos = 0
         try:
-            with memoryview(buf) as view:  # one copy per payload, out of the view
-                while len(view) - pos >= chunkstream.HEADER_BYTES:
-                    h, codec, raw_len, payload_len = chunkstream.parse_header(view, pos)
-                    end = pos + chunkstream.HEADER_BYTES + payload_len
-                    if end > len(view):
-                        break
-                    if self.records >= self._max_records:
-                        raise BadChunk(f"more than {self._max_records} chunks in one body")
-                    self.records += 1
-                    self._batch.append((h, codec, raw_len, view[pos + chunkstream.HEADER_BYTES : end].tobytes()))
-                    self._batch_bytes += payload_len
-                    pos = end
+            self._parse(data)
         except SyncError as e:
             self._fail(e)
             return
-        del buf[:pos]
         if self._batch_bytes >= BATCH_BYTES:
             self._flush()
+
+    def _parse(self, data: bytes) -> None:
+        # Records are cut straight out of each arriving piece (one copy per payload); only a
+        # record split across two pieces is gathered in ``_buf`` (its header, then its
+        # payload, whose parsed header waits in ``_head``).
+        view = memoryview(data)
+        pos, size = 0, len(view)
+        carry = self._buf
+        if carry or self._head is not None:
+            if self._head is None:
+                take = min(chunkstream.HEADER_BYTES - len(carry), size)
+                carry += view[:take]
+                pos = take
+                if len(carry) < chunkstream.HEADER_BYTES:
+                    return
+                self._head = self._header(carry, 0)
+                carry.clear()
+            h, codec, raw_len, payload_len = self._head
+            take = payload_len - len(carry)
+            if size - pos < take:
+                carry += view[pos:]
+                return
+            carry += view[pos : pos + take]
+            pos += take
+            self._add((h, codec, raw_len, bytes(carry)))
+            carry.clear()
+            self._head = None
+        while size - pos >= chunkstream.HEADER_BYTES:
+            head = self._header(view, pos)
+            start = pos + chunkstream.HEADER_BYTES
+            end = start + head[3]
+            if end > size:
+                self._head = head
+                carry += view[start:]
+                return
+            self._add((head[0], head[1], head[2], view[start:end].tobytes()))
+            pos = end
+        carry += view[pos:]
+
+    def _header(self, buf: bytes | bytearray | memoryview, pos: int) -> tuple[str, int, int, int]:
+        if self.records >= self._max_records:
+            raise BadChunk(f"more than {self._max_records} chunks in one body")
+        return chunkstream.parse_header(buf, pos)
+
+    def _add(self, record: chunkstream.Record) -> None:
+        self.records += 1
+        self._batch.append(record)
+        self._batch_bytes += len(record[3])
 
     def _flush(self) -> None:
         if self._batch:
@@ -209,6 +243,7 @@ class ChunkUploadStream:
         if self._error is None:
             self._error = error
         self._buf.clear()
+        self._head = None
         self._batch, self._batch_bytes = [], 0
 
     def cancel(self) -> None:
@@ -225,7 +260,7 @@ class ChunkUploadStream:
         if self._ended:
             raise RuntimeError("finish called twice")
         self._ended = True
-        if self._error is None and self._buf:
+        if self._error is None and (self._buf or self._head is not None):
             self._fail(BadChunk("chunk stream truncated inside a record"))
         self._flush()
         self._queue.put(None)
