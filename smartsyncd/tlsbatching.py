@@ -15,8 +15,16 @@ handshake) and changes only the granularity:
 - send: application data goes to ``SSL_write`` in pieces of up to 256 KiB (OpenSSL cuts the
   records) and everything OpenSSL produced is written to the transport in one call.
 
+- eager send: when the TCP transport has nothing buffered, what OpenSSL produced is handed to
+  the socket's ``send`` at once; only what the kernel did not take (all of it on EAGAIN or an
+  error) goes through Twisted's buffered ``write``, whose ``doWrite`` then reports errors as
+  usual. Bytes already buffered are never overtaken (anything buffered: the normal path), so
+  order is kept. A small answer (a woken long-poll) then costs no epoll register/unregister and
+  no ``doWrite`` pass.
+
 It overrides three methods of Twisted's TLS protocol (``_flushReceiveBIO``, ``_flushSendBIO``,
-``_write``). If a future Twisted lacks what they rely on, the stock protocol is used.
+``_write``). If a future Twisted lacks what they rely on, the stock protocol is used; on a
+transport that is not Twisted's TCP connection the eager send is not used.
 
 - ``batching_tls_endpoint`` (daemon): an ordinary ``ssl:`` endpoint string, parsed by Twisted
   (every option it knows, e.g. ``extraCertChain``), listening with the batching protocol.
@@ -31,6 +39,7 @@ from typing import Any
 
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
+from twisted.internet import tcp
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols.policies import ProtocolWrapper
@@ -44,6 +53,7 @@ from zope.interface import implementer
 _RECORD_READ = 2**15
 _WRITE_PIECE = 2**18  # plaintext per SSL_write: 16 records
 _BIO_READ = 2**19  # more than the records of one piece with their overhead
+_RECORD_OVERHEAD = 64  # per record of at most 16 KiB: header, tag, padding (TLS 1.3: 22)
 _RELIED_ON = (
     "_flushReceiveBIO", "_flushSendBIO", "_write", "_bufferedWrite", "_shutdownTLS",
     "_tlsShutdownFinished",
@@ -79,16 +89,45 @@ class BatchingTLSProtocol(TLSMemoryBIOProtocol):
         self._deliver(pieces)
         self._flushSendBIO()
 
-    def _flushSendBIO(self) -> None:
+    def _flushSendBIO(self, expected: int = _BIO_READ) -> None:
+        """Send what OpenSSL produced. ``expected``: about how much that is (``_write`` knows),
+        so a small answer costs one small ``bio_read`` instead of a 512 KiB buffer and a second
+        call that only raises ``WantReadError``."""
         pieces: list[bytes] = []
+        size = expected
         while True:
             try:
-                pieces.append(self._tlsConnection.bio_read(_BIO_READ))
+                piece = self._tlsConnection.bio_read(size)
             except WantReadError:
                 break
+            pieces.append(piece)
+            if len(piece) < size:
+                break  # a memory BIO hands out everything it holds: it is empty now
+            size = _BIO_READ
         if pieces:
-            transport: Any = self.transport
-            transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            self._send_out(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def _send_out(self, data: bytes) -> None:
+        """Write TLS bytes to the TCP transport: straight to the socket when nothing is
+        buffered before them (module docstring), the rest through Twisted's buffer."""
+        transport: Any = self.transport
+        if (
+            type(transport) in _EAGER_TRANSPORTS
+            and not getattr(transport, "_tempDataLen", 1)
+            and len(getattr(transport, "dataBuffer", b"?")) == getattr(transport, "offset", 0)
+            and transport.connected
+            and not transport.disconnecting
+            and not getattr(transport, "_writeDisconnecting", True)
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:  # EAGAIN/EINTR or a dead socket: Twisted's doWrite decides
+                sent = 0
+            if sent >= len(data):
+                return
+            if sent:
+                data = data[sent:]
+        transport.write(data)
 
     def _write(self, bytes: bytes) -> None:  # noqa: A002 - Twisted's parameter name
         if self._lostTLSConnection:
@@ -107,7 +146,12 @@ class BatchingTLSProtocol(TLSMemoryBIOProtocol):
                 break
             else:
                 sent_total += sent
-                self._flushSendBIO()
+                self._flushSendBIO(sent + _RECORD_OVERHEAD * (sent // 16384 + 1))
+
+
+# Twisted's TCP connections (exact types: a subclass may write differently); ``_send_out``
+# reads their buffer state, and a missing attribute (another Twisted) counts as "buffered".
+_EAGER_TRANSPORTS = frozenset({tcp.Server, tcp.Client})
 
 
 class BatchingTLSFactory(TLSMemoryBIOFactory):
