@@ -12,9 +12,10 @@ to the head that woke each member; the records woken while it runs join it. The 
 exactly what ``changes_since`` returned, encoded ONCE per group (and zstd-compressed once if a
 member asked for it), and written to every member with one shared, pre-built ``Headers`` object
 per distinct set of response headers (``Content-Length`` included, so no chunked framing): per
-request only ``Request.write`` + ``Request.finish`` remain. Members are answered
-``slice_size`` at a time with a reactor turn between slices, so the first answers reach the
-network while the rest are written.
+request only ``Request.write`` + ``Request.finish`` remain (the TLS layer, smartsyncd/tlsbatching.py,
+sends the one record straight to the socket when nothing is buffered before it). Members are
+answered ``slice_size`` at a time with a reactor turn between slices (a timed call, no Deferred),
+so other work interleaves with a large fan-out.
 
 A client that disconnects while parked is unregistered at once (``notifyFinish`` errback): it
 holds no timer and is skipped if its group is already being answered.
@@ -27,7 +28,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
@@ -68,7 +68,9 @@ PARKED = ParkedResource()
 class _Parked:
     """One parked request; called (no argument) by the notifier when it is woken."""
 
-    __slots__ = ("owner", "request", "engagement_id", "since", "limit", "zstd", "headers", "key", "gone")
+    __slots__ = (
+        "owner", "request", "engagement_id", "since", "limit", "zstd", "headers", "key", "gone", "finished",
+    )
 
     def __init__(
         self, owner: LongPolls, request: Request, engagement_id: int, since: int, limit: int,
@@ -83,6 +85,7 @@ class _Parked:
         self.headers = headers
         self.key: int | None = None
         self.gone = False
+        self.finished: Deferred[None] | None = None  # our notifyFinish(), dropped before finish()
 
     def __call__(self) -> None:
         self.key = None
@@ -144,6 +147,7 @@ class LongPolls:
     ) -> None:
         self._notifier = notifier
         self._clock = clock
+        self._call_later: Callable[..., Any] = clock.callLater  # type: ignore[misc]
         self._changes_since = changes_since
         self._body_of = body_of
         self._slice = slice_size
@@ -159,7 +163,8 @@ class LongPolls:
         key = self._notifier.watch(engagement_id, since, timeout, parked)
         if key is not None:
             parked.key = key
-        request.notifyFinish().addErrback(self._gone, parked)
+        parked.finished = request.notifyFinish()
+        parked.finished.addErrback(self._gone, parked)
         return PARKED
 
     def _header_key(self, request: Request) -> _HeaderKey:
@@ -176,6 +181,7 @@ class LongPolls:
     def _gone(self, _: Failure, parked: _Parked) -> None:
         parked.gone = True
         parked.request = None  # type: ignore[assignment]
+        parked.finished = None
         if parked.key is not None:
             self._notifier.unwatch(parked.engagement_id, parked.key)
             parked.key = None
@@ -200,13 +206,17 @@ class LongPolls:
             answer = _Answer(200, json_bytes(self._body_of(head, changes)), datetimeToString())
         except Exception:
             answer = self._error_answer(Failure())
-        group = self._groups.pop(key)
-        for start in range(0, len(group), self._slice):
-            if start:
-                await deferLater(self._clock, 0)  # let the reactor send what was written
-            for parked in group[start : start + self._slice]:
-                if not parked.gone:
-                    self._write(parked, answer)
+        self._answer_slice(self._groups.pop(key), 0, answer)
+
+    def _answer_slice(self, group: list[_Parked], start: int, answer: _Answer) -> None:
+        """Answer ``slice_size`` members from ``start``; the rest on the next reactor turns (a
+        plain timed call: no Deferred or coroutine step per slice)."""
+        end = start + self._slice
+        for parked in group[start:end]:
+            if not parked.gone:
+                self._write(parked, answer)
+        if end < len(group):
+            self._call_later(0, self._answer_slice, group, end, answer)
 
     @staticmethod
     def _error_answer(failure: Failure) -> _Answer:
@@ -237,6 +247,13 @@ class LongPolls:
                 request.startedWriting = 1
                 request.sentLength = len(body)
                 request.channel.write(raw)
+            if parked.finished is not None:
+                # ours only watched for a client going away while parked; finish() would run it
+                # through the Deferred machinery for nothing (a visible share of each answer)
+                notifications = getattr(request, "notifications", None)
+                if notifications is not None and parked.finished in notifications:
+                    notifications.remove(parked.finished)
+                parked.finished = None
             request.finish()
         except Exception:
             log.failure("answering a woken long-poll failed")
