@@ -29,7 +29,9 @@ import json
 import os
 import platform
 import resource
+import select
 import shutil
+import socket
 import ssl
 import statistics
 import subprocess
@@ -47,6 +49,7 @@ from daemon import Daemon, running_daemon  # noqa: E402
 PASSWORD = "bench password 1"
 ENGAGEMENT = "bench"
 HANDSHAKES_AT_ONCE = 64  # per holder: a client fleet reconnects spread out, not all at once
+HOLDER_KIND = "selectors"  # or "asyncio" (the previous holders, --holder-kind)
 
 
 def raise_fd_limit(want: int = 20000) -> int:
@@ -126,9 +129,147 @@ async def _hold(n: int, port: int, cafile: str, token: str, since: int) -> None:
         writer.close()
 
 
+class _Conn:
+    """One holder connection (the selectors holder): its TLS socket and what it has read."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+
+def _answer_in(conn: _Conn) -> tuple[int, bytes] | None:
+    """(status, body) once ``conn.buf`` holds a whole response (Content-Length framing, as the
+    daemon and the bare server answer), removed from the buffer; None until then."""
+    end = conn.buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = conn.buf[:end]
+    lower = head.lower()
+    at = lower.find(b"\r\ncontent-length:")
+    if at < 0 or b"\r\ntransfer-encoding:" in lower:
+        raise RuntimeError(f"not a Content-Length response: {head[:300]!r}")
+    line_end = lower.find(b"\r\n", at + 2)
+    length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+    if len(conn.buf) < end + 4 + length:
+        return None
+    body = conn.buf[end + 4 : end + 4 + length]
+    conn.buf = conn.buf[end + 4 + length :]
+    return int(head[9:12]), body
+
+
+def _hold_selectors(n: int, port: int, cafile: str, token: str, since: int, rounds: int = 1) -> None:
+    """The holder without asyncio: N blocking TLS handshakes, then one epoll loop over
+    non-blocking ``ssl.SSLSocket``s (the TLS record is decrypted by the ssl module on the socket,
+    no memory BIO, no transports, protocols or tasks). Each answer is still read completely and
+    checked: status 200, a JSON body whose head is past ``since`` with the change in it.
+
+    With ``rounds`` > 1 (bench/wake_ab.py), after reporting a round it reads a line from stdin,
+    then polls again on every connection with the new head."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = False  # the bare baseline server reuses a daemon's certificate
+
+    def request_for(since: int) -> bytes:
+        return (
+            f"GET /v1/engagements/{ENGAGEMENT}/changes?since={since}&wait=60 HTTP/1.1\r\n"
+            f"Host: localhost\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n\r\n"
+        ).encode()
+
+    request = request_for(since)
+    poller = select.epoll()
+    by_fd: dict[int, _Conn] = {}
+    conns: list[_Conn] = []
+    for _ in range(n):
+        raw = socket.create_connection(("127.0.0.1", port))
+        sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(request)
+        sock.setblocking(False)
+        conns.append(_Conn(sock))
+        by_fd[sock.fileno()] = conn = conns[-1]
+        poller.register(sock.fileno(), select.EPOLLIN)
+    print("ready", flush=True)
+    for round_no in range(rounds):
+        if round_no:
+            if not sys.stdin.readline():
+                break
+            request = request_for(since)
+            for conn in conns:
+                conn.sock.setblocking(True)
+                conn.sock.sendall(request)
+                conn.sock.setblocking(False)
+        waiting = set(by_fd)  # answered connections stay registered: nothing more comes on them
+        cpu0 = time.process_time()
+        answered: list[float] = []
+        errors: list[str] = []
+        heads: set[int] = set()
+        left = n
+        while left:
+            events = poller.poll(120)
+            if not events:
+                errors.append("no answer within 120 s")
+                break
+            for fd, _ in events:
+                if fd not in waiting:
+                    continue
+                conn = by_fd[fd]
+                sock = conn.sock
+                try:
+                    data = sock.recv(65536)
+                    while sock.pending():
+                        data += sock.recv(65536)
+                except ssl.SSLWantReadError:
+                    continue
+                except OSError as e:
+                    errors.append(repr(e))
+                    waiting.discard(fd)
+                    poller.unregister(fd)
+                    left -= 1
+                    continue
+                if not data:
+                    errors.append("connection closed before the answer")
+                    waiting.discard(fd)
+                    poller.unregister(fd)
+                    left -= 1
+                    continue
+                conn.buf += data
+                try:
+                    answer = _answer_in(conn)
+                    if answer is None:
+                        continue
+                    status, body = answer
+                    if status != 200:
+                        raise RuntimeError(f"long-poll answered {status}: {body[:200]!r}")
+                    doc = json.loads(body)
+                    if not doc["changes"]:
+                        sock.setblocking(True)  # timed out empty: poll again on the same connection
+                        sock.sendall(request)
+                        sock.setblocking(False)
+                        continue
+                    if doc["head"] <= since:
+                        raise RuntimeError(f"answer without the new head: {body[:200]!r}")
+                    heads.add(doc["head"])
+                except Exception as e:  # noqa: BLE001 - reported to the driver
+                    errors.append(repr(e))
+                else:
+                    answered.append(time.time())
+                waiting.discard(fd)
+                left -= 1
+        cpu = time.process_time() - cpu0  # this holder's CPU from "ready" to its last answer
+        print(json.dumps({"answered": answered, "errors": errors[:5], "n_errors": len(errors), "cpu_s": cpu}),
+              flush=True)
+        since = max(heads, default=since)
+    time.sleep(1.0)  # let the driver read the daemon's CPU before the closes cost it more
+    for conn in conns:
+        conn.sock.close()
+
+
 def holder_main(args: argparse.Namespace) -> None:
     raise_fd_limit()
-    asyncio.run(_hold(args.n, args.port, args.cafile, args.token, args.since))
+    if args.holder_kind == "asyncio":
+        asyncio.run(_hold(args.n, args.port, args.cafile, args.token, args.since))
+    else:
+        _hold_selectors(args.n, args.port, args.cafile, args.token, args.since, args.rounds_held)
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -144,6 +285,11 @@ def rss_kib(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reactor_cpu_seconds(pid: int) -> float:
+    """CPU time of the process's main thread (the reactor) in ns resolution (schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def wait_quiet(pid: int, deadline: float = 180.0, window: float = 1.0, share: float = 0.02) -> None:
@@ -186,17 +332,19 @@ def run_count(n: int, holders: int, work: Path, spy: str | None = None, run: int
         profiler = None
         if spy:  # py-spy on the daemon around the wake-up (raw format, for flame graphs)
             profiler = subprocess.Popen(
-                ["py-spy", "record", "-p", str(pid), "-o", f"{spy}-{n}.txt", "-f", "raw", "-r", "500",
-                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ["py-spy", "record", "-p", str(pid), "-o", f"{spy}-{n}.txt", "-f", "raw", "-r", "250", "--gil", "--native"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)  # py-spy attaches
         cpu0 = cpu_seconds(pid)
+        reactor0 = reactor_cpu_seconds(pid)
         t0 = time.time()
         status, answer = d.request("POST", f"/v1/engagements/{ENGAGEMENT}/commit", json_body=commit, token=token)
         t_commit = time.time() - t0
         assert status == 200, answer
         answered, errors, holder_cpu = collect(procs)
         wake_cpu = cpu_seconds(pid) - cpu0  # read once every holder reported (before they close)
+        reactor_cpu = reactor_cpu_seconds(pid) - reactor0
         for p in procs:
             p.wait(timeout=60)
         if profiler is not None:
@@ -212,6 +360,7 @@ def run_count(n: int, holders: int, work: Path, spy: str | None = None, run: int
             "kib_per_session": (rss_parked - rss_before) / n,
             "commit_ms": t_commit * 1000,
             "wake_cpu_ms": wake_cpu * 1000,
+            "reactor_cpu_ms": reactor_cpu * 1000,
             "holder_cpu_ms": holder_cpu * 1000,
             "wake_all_ms": (max(answered) - t0) * 1000 if answered else float("nan"),
             "wake_median_ms": (sorted(answered)[len(answered) // 2] - t0) * 1000 if answered else float("nan"),
@@ -246,7 +395,7 @@ def start_holders(n: int, holders: int, port: int, cafile: str, token: str, sinc
     shares = [n // holders + (1 if i < n % holders else 0) for i in range(holders)]
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--holder", "--n", str(share), "--port", str(port),
+            [sys.executable, __file__, "--holder", "--holder-kind", HOLDER_KIND, "--n", str(share), "--port", str(port),
              "--cafile", cafile, "--token", token, "--since", str(since)],
             stdout=subprocess.PIPE, text=True,
         )
@@ -328,6 +477,7 @@ def run_bare(n: int, holders: int, cert: Path, key: Path) -> dict[str, Any]:
         ctx = ssl.create_default_context(cafile=str(cert))
         ctx.check_hostname = False
         cpu0 = cpu_seconds(server.pid)
+        reactor0 = reactor_cpu_seconds(server.pid)
         t0 = time.time()
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
         conn.request("POST", "/trigger", body=b"")
@@ -336,11 +486,13 @@ def run_bare(n: int, holders: int, cert: Path, key: Path) -> dict[str, Any]:
         conn.close()
         answered, errors, holder_cpu = collect(procs)
         wake_cpu = cpu_seconds(server.pid) - cpu0
+        reactor_cpu = reactor_cpu_seconds(server.pid) - reactor0
         for p in procs:
             p.wait(timeout=60)
         return {
             "sessions": n, "answered": len(answered), "errors": errors, "connect_s": connect_s,
-            "commit_ms": t_commit * 1000, "wake_cpu_ms": wake_cpu * 1000, "holder_cpu_ms": holder_cpu * 1000,
+            "commit_ms": t_commit * 1000, "wake_cpu_ms": wake_cpu * 1000,
+            "reactor_cpu_ms": reactor_cpu * 1000, "holder_cpu_ms": holder_cpu * 1000,
             "wake_all_ms": (max(answered) - t0) * 1000 if answered else float("nan"),
             "wake_median_ms": (sorted(answered)[len(answered) // 2] - t0) * 1000 if answered else float("nan"),
         }
@@ -465,7 +617,10 @@ def main() -> None:
     parser.add_argument("--spy", help="write a py-spy profile of the daemon's wake-up to SPY-N.txt")
     parser.add_argument("--runs", type=int, default=1, help="runs per count (medians are reported)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare Twisted TLS baseline")
+    parser.add_argument("--holder-kind", choices=("selectors", "asyncio"), default=HOLDER_KIND,
+                        help="holder processes: one epoll loop over ssl sockets, or asyncio streams")
     parser.add_argument("--holder", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds-held", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -478,6 +633,7 @@ def main() -> None:
     if args.holder:
         holder_main(args)
         return
+    globals()["HOLDER_KIND"] = args.holder_kind  # start_holders passes it on
     if args.bare_server:
         bare_server_main(args)
         return
