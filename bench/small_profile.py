@@ -7,13 +7,15 @@ writes the seeded small files (bench/datagen.py) and times one ``SyncCopy.sync``
 real ``ServerAPI`` over TLS; the client calls are wrapped only to time them (the wrapped
 methods run unchanged). With ``--spy DIR`` py-spy samples the daemon and this process during
 the sync and writes raw (collapsed-stack) profiles there. Prints the phase times, the client's
-and daemon's CPU seconds (from /proc) and the load average.
+and daemon's CPU seconds (from /proc; the client's also for its reactor thread alone: the rest
+is its thread pool: scan, state writes, compression) and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import shutil
 import signal
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,41 @@ PASSWORD = "bench password 1"
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process (from /proc/self/task)."""
+    out: dict[int, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+class GCTimer:
+    """CPU time this process spends in cyclic garbage collections (gc.callbacks, per thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self.by_generation = [0.0, 0.0, 0.0]
+        self._start = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.thread_time()
+        else:
+            took = time.thread_time() - self._start
+            self.seconds += took
+            self.by_generation[info["generation"]] += took
+            self.collections[info["generation"]] += 1
+
+    def reset(self) -> None:
+        self.seconds, self.collections, self.by_generation = 0.0, [0, 0, 0], [0.0, 0.0, 0.0]
 
 
 def timed(phases: dict[str, float], name: str, fn: Any) -> Any:
@@ -67,6 +105,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         for name in ("missing_chunks", "upload_chunks", "commit", "changes", "report_copy"):
             setattr(api, name, timed(phases, name, getattr(api, name)))
         walls: list[float] = []
+        gc_timer = GCTimer()
         for run in range(args.runs):
             phases.clear()
             eng = daemon.new_engagement(f"small-{run}", editors=["bench"])
@@ -87,22 +126,29 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 for label, pid in (("daemon", daemon.process.pid), ("client", os.getpid())):
                     spies.append(subprocess.Popen(
                         ["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "250", "--threads",
-                         "-o", str(out / f"{label}-{run}.txt")],
+                         "-o", str(out / f"{label}-{run}.txt")] + (["--gil"] if args.gil else []),
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     ))
                 time.sleep(1.0)  # py-spy attaches before the sync starts (bench only)
             assert daemon.process is not None
             d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+            t0 = thread_cpu()
+            gc_timer.reset()
             start = time.perf_counter()
             report = await copy.sync(api)
             wall = time.perf_counter() - start
             d1, c1 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+            t1 = thread_cpu()
+            main_tid = threading.get_native_id()
+            reactor_cpu = t1.get(main_tid, 0.0) - t0.get(main_tid, 0.0)
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
             assert report.uploaded == args.count, report
             walls.append(wall)
-            print(f"run {run}: wall {wall:.2f} s, client CPU {c1 - c0:.2f} s, daemon CPU {d1 - d0:.2f} s;"
+            print(f"run {run}: wall {wall:.2f} s, client CPU {c1 - c0:.2f} s (reactor thread"
+                  f" {reactor_cpu:.2f}; in gc {gc_timer.seconds:.2f} s, {gc_timer.collections} collections taking"
+                  f" {[round(t, 2) for t in gc_timer.by_generation]} s per generation), daemon CPU {d1 - d0:.2f} s;"
                   " " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
                   + f"; load {os.getloadavg()[0]:.2f}", flush=True)
             copy.close()
@@ -122,6 +168,8 @@ if __name__ == "__main__":
     parser.add_argument("--ab", type=int, default=0,
                         help="A/B: even runs without early commits, odd runs with batches of AB files")
     parser.add_argument("--spy", help="folder for py-spy raw profiles of daemon and client")
+    parser.add_argument("--gil", action="store_true",
+                        help="py-spy samples only the thread holding the GIL (CPU, not waits)")
     ns = parser.parse_args()
     from twisted.internet import defer, task
 
