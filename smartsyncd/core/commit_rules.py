@@ -50,6 +50,17 @@ class _Batch:
     reserved: set[str] = field(default_factory=set)  # fold keys no conflict copy may take
     stale_deletes: set[str] = field(default_factory=set)  # fold keys of refused (stale) deletes
     _head_folders: dict[str, str | None] = field(default_factory=dict)
+    _chains: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+    def folder_chain(self, path: str) -> tuple[tuple[str, str], ...]:
+        """(folder, fold key) of every folder of ``path``, outermost first; kept per parent
+        folder (the files of a batch share folders: split, join and fold each folder once)."""
+        parent = path.rpartition("/")[0]
+        chain = self._chains.get(parent)
+        if chain is None:
+            chain = tuple((folder, fold_key(folder)) for folder in ancestors(path))
+            self._chains[parent] = chain
+        return chain
 
     def live_path_with_key(self, key: str) -> str | None:
         if key in self.live:
@@ -67,8 +78,8 @@ class _Batch:
 
     def write_file(self, path: str) -> None:
         self.live[fold_key(path)] = path
-        for folder in ancestors(path):
-            self.folders.setdefault(fold_key(folder), folder)
+        for folder, key in self.folder_chain(path):
+            self.folders.setdefault(key, folder)
 
     def delete_file(self, path: str) -> None:
         self.live[fold_key(path)] = None
@@ -114,9 +125,11 @@ def _validate(proposals: Sequence[ProposedChange], max_changes: int) -> list[str
     return paths
 
 
-def _check_clashes(path: str, batch: _Batch) -> None:
+def _check_clashes(path: str, batch: _Batch, path_key: str | None = None) -> None:
     """Refuse a new file whose name or folders clash with live names of another spelling."""
-    existing = batch.live_path_with_key(fold_key(path))
+    if path_key is None:
+        path_key = fold_key(path)
+    existing = batch.live_path_with_key(path_key)
     if existing is not None and existing != path:
         raise PathClash(
             f"{path!r} differs only in case or normalization from {existing!r}",
@@ -125,11 +138,10 @@ def _check_clashes(path: str, batch: _Batch) -> None:
         )
     if existing == path:
         return  # an edit of a live file: its folders already exist with this spelling
-    folder = batch.folder_spelling(fold_key(path))
+    folder = batch.folder_spelling(path_key)
     if folder is not None:
         raise PathClash(f"{path!r} is the name of an existing folder", path=path, existing=folder)
-    for anc in ancestors(path):
-        key = fold_key(anc)
+    for anc, key in batch.folder_chain(path):
         file_there = batch.live_path_with_key(key)
         if file_there is not None:
             raise PathClash(
@@ -204,7 +216,7 @@ def _plan_put(
     twin = batch.live_path_with_key(key)
     renamed_over_edit = key in batch.stale_deletes and twin is not None and twin != path
     if not renamed_over_edit:
-        _check_clashes(path, batch)
+        _check_clashes(path, batch, key)
     # A case-only rename whose delete was stale (the file was edited meanwhile): keep the
     # renamed content as a conflict copy instead of refusing the whole batch.
     if renamed_over_edit or (current is not None and live and p.base != current.seq):

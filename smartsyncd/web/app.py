@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, cast
@@ -29,10 +29,11 @@ from smartsyncd.auth.acl import allows
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadChunk, BadRequest, Forbidden, NotFound, TooLarge
-from smartsyncd.core.model import Change, ProposedChange, Role
+from smartsyncd.core.model import Change, ChunkRef, ProposedChange, Role
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import (
     CommitResult,
+    CommitResultItem,
     EngagementRecord,
     PutManifest,
     ServerStore,
@@ -195,6 +196,12 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
     changes: list[ProposedChange] = []
     manifests: dict[str, PutManifest] = {}
     for i, raw in enumerate(items):
+        fast = _plain_change(raw)
+        if fast is not None:
+            changes.append(fast[0])
+            if fast[1] is not None:
+                manifests[fast[0].path] = fast[1]
+            continue
         f = f"changes[{i}]"
         item = expect_object(raw, f)
         path = normalize_path(get_str(item, "path", f"{f}.path"))
@@ -232,6 +239,50 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             ops = get_list(d, "ops", f"{f}.delta.ops")
             manifests[path] = PutManifest(content=content, delta_base=delta_base, delta_ops=tuple(ops))
     return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests)
+
+
+def _plain_change(raw: Any) -> tuple[ProposedChange, PutManifest | None] | None:
+    """The two shapes a sync sends nearly always, checked without building field names: a
+    delete, and a put with a full manifest only (content id and size derived). ``None`` for
+    anything else, valid or not: ``parse_commit``'s full checks then decide and name the field.
+    It accepts only what those checks accept, and gives the same result."""
+    if type(raw) is not dict:
+        return None
+    path = raw.get("path")
+    if type(path) is not str or "base" not in raw:
+        return None
+    base = raw["base"]
+    if base is not None and (type(base) is not int or base < 0):
+        return None
+    kind = raw.get("kind")
+    if kind == "delete":
+        return ProposedChange(path=normalize_path(path), kind="delete", base=base), None
+    full = raw.get("manifest")
+    if (
+        kind != "put"
+        or type(full) is not list
+        or len(full) > manifest.DEFAULT_MAX_ENTRIES
+        or raw.get("delta") is not None
+        or raw.get("content") is not None
+        or raw.get("size") is not None
+    ):
+        return None
+    refs = []
+    for entry in full:
+        if type(entry) is not list or len(entry) != 2:
+            return None
+        h, n = entry
+        if type(n) is not int or not 0 < n <= chunking.MAX_CHUNK or not manifest.is_hash(h):
+            return None
+        refs.append(ChunkRef(h, n))
+    chunks = tuple(refs)
+    content = manifest.content_id(chunks)
+    path = normalize_path(path)
+    size = sum(c.size for c in chunks)
+    return (
+        ProposedChange(path=path, kind="put", base=base, content=content, size=size),
+        PutManifest(content=content, chunks=chunks),
+    )
 
 
 def _engagement_route(
@@ -637,11 +688,17 @@ class SyncAPI:
                 )
 
 
-def _result_json(item: Any) -> dict[str, Any]:
-    # fields() rather than asdict(): the results are flat, and asdict's deep copy was a tenth
-    # of a 10,000-file commit's time on the reactor
-    out = {f.name: getattr(item, f.name) for f in fields(item)}
-    return {k: v for k, v in out.items() if v is not None or k == "seq"}
+def _result_json(item: CommitResultItem) -> dict[str, Any]:
+    # The fields of CommitResultItem written out, in their order, leaving out the optional ones
+    # that are None (seq stays: null means "nothing written"). Neither asdict() (deep copy) nor
+    # fields() per item: with 2,000-10,000 results per answer, both were a large share of the
+    # reactor's time in a small-files sync.
+    out: dict[str, Any] = {"path": item.path, "status": item.status, "seq": item.seq}
+    if item.conflict_path is not None:
+        out["conflict_path"] = item.conflict_path
+    if item.current_seq is not None:
+        out["current_seq"] = item.current_seq
+    return out
 
 
 def _content_encoding(request: Request) -> str | None:
