@@ -80,6 +80,13 @@ WINDOW_BYTES = 8 * 1024 * 1024  # assemble/fetch/upload in windows of this many 
 # server verifies and stores one while the next arrives and the client reads the one after.
 UPLOAD_WINDOW_BYTES = 4 * 1024 * 1024
 UPLOADS_IN_FLIGHT = 3
+# The push's upload (``SyncCopy._upload``) of a copy with the default window: 16 MiB per request,
+# two on the wire. Each request costs the server an fsync of its pack, an fsync of the shard
+# folder and a transaction, and both sides a few ms of per-request CPU: 256 MiB in 1 MiB
+# requests took ~9 CPU-s, in 8 MiB requests ~3.5 (bench/upload_cpu.py --window).
+BULK_UPLOAD_WINDOW_BYTES = 16 * 1024 * 1024
+BULK_UPLOADS_IN_FLIGHT = 2
+READ_SPAN = 1024 * 1024  # _read_for_upload reads back-to-back chunks this many bytes at a time
 # a delta record names the old bytes lined up with the new chunk plus this much on each side
 DELTA_SLACK = 8 * 1024
 BASE_MIN_FILE = 64 * 1024  # smaller files are cheap to send whole: no base copy
@@ -996,16 +1003,17 @@ class SyncCopy:
         total = sum(wanted[h][2] for h in missing)
         prog.start("upload", total)
         sent = 0
-        limit = min(self.window_bytes, UPLOAD_WINDOW_BYTES)
-        # Pipelined: while up to UPLOADS_IN_FLIGHT windows are on the wire (and being verified
-        # and stored by the server), the next one is read from disk.
+        # a copy opened with a smaller window (low memory, tests) keeps it
+        limit = BULK_UPLOAD_WINDOW_BYTES if self.window_bytes >= WINDOW_BYTES else self.window_bytes
+        # Pipelined: while up to BULK_UPLOADS_IN_FLIGHT windows are on the wire (and being
+        # verified and stored by the server), the next one is read from disk.
         in_flight: list[tuple[int, Deferred[int]]] = []
         try:
             for batch in _batches(missing, lambda h: wanted[h][2], limit):
                 data = await self._run(
                     self._read_for_upload, [(h, wanted[h]) for h in batch], bases or {}
                 )
-                while len(in_flight) >= UPLOADS_IN_FLIGHT:
+                while len(in_flight) >= BULK_UPLOADS_IN_FLIGHT:
                     raw, pending = in_flight.pop(0)
                     sent += await pending
                     prog.advance(raw)
@@ -1037,7 +1045,9 @@ class SyncCopy:
                 to_read.setdefault(path, []).append((offset, size, digest))
         read: dict[str, bytes | None] = {}
         for path, wanted in to_read.items():
-            got = read_chunks(self.directory / path, wanted)
+            # 1 MiB per pread: buffers of that size are reused by malloc, while a fresh 16 MiB
+            # one is page-faulted in anew each time (~4,000 faults per window)
+            got = read_chunks(self.directory / path, wanted, max_span=READ_SPAN)
             for digest in got:
                 if got[digest] is None:
                     raise _ChunkChanged(path)

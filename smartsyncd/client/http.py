@@ -64,7 +64,9 @@ log = Logger()
 PROTOCOL_VERSION = 1
 JSON_TYPE = b"application/json"
 CHUNKS_TYPE = b"application/x-smartsync-chunks"
-UPLOAD_BODY_LIMIT = 8 * 1024 * 1024
+# a request body of chunks: room for the engine's 16 MiB upload window and its record headers
+# in one request (the server takes up to 32 MiB, docs/protocol.md "Limits")
+UPLOAD_BODY_LIMIT = 24 * 1024 * 1024
 FETCH_DATA_LIMIT = 16 * 1024 * 1024
 # base bytes the deltas of one fetch may name (the client holds them while the request is out;
 # the server allows 64 MiB)
@@ -381,7 +383,7 @@ class ServerAPI:
         """Upload chunks given as ``(hash, raw bytes)`` or ``(hash, raw bytes, DeltaHint)``;
         returns request body bytes sent.
 
-        Chunks are zstd-compressed in a thread and packed up to 8 MiB / 4096 per request; two
+        Chunks are zstd-compressed in a thread and packed up to 24 MiB / 4096 per request; two
         requests are on the wire at once (so the server verifies one while the next arrives)
         and the next one is packed meanwhile.
         """
