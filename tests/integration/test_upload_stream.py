@@ -146,7 +146,7 @@ def wait_until(condition: Any, what: str, deadline: float = 10.0) -> None:
 def test_bad_chunk_mid_stream_refuses_everything_and_keeps_the_connection(server: dict[str, Any]) -> None:
     d, alice = server["d"], server["alice"]
     before = chunk_files(d)
-    good = raw_records(40, seed=1)  # 8 MB: several batches are verified and written first
+    good = raw_records(60, seed=1)  # 12 MB: several 4 MiB batches are verified and written first
     forged_data = b"forged" * 1000
     forged = ("ab" * 32, CODEC_RAW, len(forged_data), forged_data)
     body = encode_records([*good, forged, *raw_records(5, seed=2)])
@@ -243,7 +243,7 @@ def test_expect_continue_is_sent_only_to_an_allowed_caller(server: dict[str, Any
 def test_disconnect_mid_body_removes_the_temp_pack(server: dict[str, Any]) -> None:
     d, alice = server["d"], server["alice"]
     before = chunk_files(d)
-    records = raw_records(30, seed=6)
+    records = raw_records(45, seed=6)  # 9 MB: two 4 MiB batches reach the temp pack
     body = encode_records(records)
     with connect(d) as sock:
         sock.sendall(head(UPLOAD, alice, len(body) + 1000))
