@@ -180,14 +180,21 @@ def _hold_selectors(n: int, port: int, cafile: str, token: str, since: int, roun
     poller = select.epoll()
     by_fd: dict[int, _Conn] = {}
     conns: list[_Conn] = []
-    for _ in range(n):
+    for _ in range(n):  # every handshake first: 5,000 take about a minute here, longer than a
+        # long-poll's wait (60 s), and these sockets are not read until the wake-up
         raw = socket.create_connection(("127.0.0.1", port))
-        sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        conns.append(_Conn(ctx.wrap_socket(raw, server_hostname="localhost")))
+    for conn in conns:  # then every poll, in a second or two (the daemon's idle timeout is 120 s)
+        sock = conn.sock
         sock.sendall(request)
         sock.setblocking(False)
-        conns.append(_Conn(sock))
-        by_fd[sock.fileno()] = conn = conns[-1]
+        by_fd[sock.fileno()] = conn
         poller.register(sock.fileno(), select.EPOLLIN)
+    for conn in conns:  # TLS 1.3 session tickets arrive after the handshake: read them now, as
+        try:  # asyncio's holders do while connecting, so the wake-up is charged only for answers
+            conn.buf += conn.sock.recv(65536)
+        except ssl.SSLWantReadError:
+            pass
     print("ready", flush=True)
     for round_no in range(rounds):
         if round_no:
@@ -532,70 +539,46 @@ def render(rows: list[dict[str, Any]], where: str, holders: int) -> str:
     lines = [
         "## Idle sessions (bench/sessions.py)",
         f"Machine: {where}. One daemon (SQLite, TLS 1.3 on loopback); {holders} separate holder",
-        "processes (asyncio + ssl) keep N long-polls (`GET .../changes?since=HEAD&wait=60`) parked;",
+        f"processes ({HOLDER_KIND}) keep N long-polls (`GET .../changes?since=HEAD&wait=60`) parked;",
         "then one commit. 'bare Twisted TLS' is the floor of this machine: a minimal twisted.web",
         "server (same certificate and TLS options) parking N GETs and answering them all with a",
         "fixed 300-byte JSON body (setHeader, write, finish) on one POST, same holders. Figures are",
         "medians over the runs ('every run' lists each run's last answer). Target: <= 64 KiB per",
         "session, all 1,000 answered < 100 ms, all 10,000 < 1 s after the commit is sent.",
         "",
-        "| server | sessions | runs | per session (KiB) | commit / trigger (ms) | median answer (ms) | last answer (ms) | every run (ms) | server CPU for the wake-up (ms) | per answer (µs) | busiest holder CPU (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server | sessions | runs | per session (KiB) | commit / trigger (ms) | median answer (ms) | last answer (ms) | every run (ms) | server CPU for the wake-up (ms) | per answer (µs) | reactor thread per answer (µs) | busiest holder CPU (ms) | holder per answer (µs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_session = f"{r['kib_per_session']:.1f}" if "kib_per_session" in r else "-"
         lines.append(
             f"| {r['label']} | {r['sessions']:,.0f} | {r['runs']} | {per_session} | {r['commit_ms']:.0f} | "
             f"{r['wake_median_ms']:.0f} | {r['wake_all_ms']:.0f} | {', '.join(map(str, r['all_runs_ms']))} | "
-            f"{r['wake_cpu_ms']:.0f} | {r['wake_cpu_ms'] * 1000 / r['sessions']:.0f} | {r['holder_cpu_ms']:.0f} |"
+            f"{r['wake_cpu_ms']:.0f} | {r['wake_cpu_ms'] * 1000 / r['sessions']:.0f} | "
+            f"{r['reactor_cpu_ms'] * 1000 / r['sessions']:.0f} | {r['holder_cpu_ms']:.0f} | "
+            f"{r['holder_cpu_ms'] * 1000 * holders / r['sessions']:.0f} |"
         )
     lines += ["", *NOTES]
     return "\n".join(lines) + "\n"
 
 
 NOTES = [
-    "- **Memory: met** (34-35 KiB per parked session, was 39-40: a parked poll is now a small",
-    "  record plus its timer instead of a suspended coroutine chain; bare Twisted TLS: 39 KB).",
-    "- **Wake-up: 1,000 in < 100 ms and 10,000 in < 1 s are missed on this machine, and so is",
-    "  the same fan-out by bare Twisted (its floor here: 1,000 in about 165 ms, 10,000 in 2.6-4.3 s).**",
-    "  Before this change: 1,000 -> 375 ms and 10,000 -> 6.1 s with 220-330 µs of daemon CPU per",
-    "  woken poll (the previous run of this section); 1,000 -> 319 ms, 140 µs, on a quiet machine",
-    "  (load 0.85) just before the change. Now: 106 µs per answer for 10,000 (bare twisted.web:",
-    "  188 µs, it answers all in one reactor turn) and 130 µs for 1,000 (bare: 90 µs; ours also",
-    "  counts the commit request itself: TLS handshake, parsing, the SQLite write). The last of",
-    "  10,000 answers arrives before bare Twisted's, the median one in less than half its time.",
-    "  What remains per answer is Twisted's TLS and socket path: the TLS record (pyOpenSSL through",
-    "  a memory BIO), the write aggregator's callLater, epoll add/remove and the loopback `send`",
-    "  (the largest single item in py-spy), then `Request.finish` (request done, the channel's",
-    "  idle timer re-armed, notifyFinish callbacks).",
-    "- Wall time is not CPU time here: in these runs the daemon used 90-130 ms of CPU for 1,000",
-    "  answers and about 1.1 s for 10,000, but other test runs shared the 2 cores (load average",
-    "  3-6 during the runs) and the holders need CPU too. A timeline logged inside the daemon",
-    "  (1,000 polls) showed: commit received -> notify 49 ms (TLS handshake, commit, fsync), the",
-    "  shared `changes_since` 18 ms, then 4 slices of 256 answers over 260 ms of wall time for",
-    "  about 110 ms of daemon CPU: the daemon was runnable but not running most of that time.",
-    "  The holders are not the bottleneck for 1,000 (30-45 ms of CPU each for 500 answers); for",
-    "  10,000 each holder needs up to 0.6 s of CPU for its 5,000 answers, which competes with the",
-    "  daemon for the same 2 cores (as it does for the bare server).",
-    "- What the wake-up does now (web/longpoll.py): a long-poll with nothing new is parked below",
-    "  Klein (a record on the notifier; the handler returns a resource that leaves the request",
-    "  open); a commit wakes the waiters behind the new head; one `changes_since` query and ONE",
-    "  JSON encoding per (engagement, since, limit, head) group (zstd compressed once for the",
-    "  clients that asked), written to each request as one pre-built bytes object (status line,",
-    "  headers with Content-Length, body: one TLS record, no chunked framing), 256 requests per",
-    "  reactor turn so the first answers go out while the rest are written. Waits that run out",
-    "  together share a query the same way. Answered long-polls stay out of the access log.",
-    "- Scale: this VM runs Python 3-4x slower per core than the box of the issue's figures",
-    "  (blake3 1.25 vs 4.8 GB/s; bare Twisted there: 1,000 in 61 ms, 10,000 in 0.7 s). Our 106 µs",
-    "  per answer would be about 30 µs there: about 0.3 s of reactor CPU for 10,000.",
-    "- To meet the target on this hardware the fan-out would have to leave the single reactor",
-    "  thread: e.g. several daemon processes sharing the port (SO_REUSEPORT), each holding a share",
-    "  of the sessions; the HA setup already wakes long-polls across daemons through PostgreSQL",
-    "  NOTIFY (service/pgnotify.py). Not done here.",
-    "- Reconnects: the client backs off with full jitter (client/backoff.py), so a daemon restart",
-    "  spreads the 10,000 TLS handshakes over time instead of a synchronized storm (the 'connect'",
-    "  phase opens 64 per holder at a time). Holders re-poll on the same connection after an empty",
-    "  timeout, as the client does.",
+    "- **Memory: met** (34-36 KiB per parked session: a small record plus its timer).",
+    "- **Wake-up: 1,000 in < 100 ms and 10,000 in < 1 s are missed on this 2-vCPU VM**, by bare",
+    "  twisted.web in the same harness as well. The figures above are wall times on a shared",
+    "  machine; compare the CPU columns (and bench/wake_ab.py for A/B).",
+    "- Per answer the daemon now does: the pre-built response (status line, headers, body) as one",
+    "  TLS record; `bio_read` sized to what was encrypted (one small read, no 512 KiB buffer and no",
+    "  second call that only raises WantReadError); the record handed straight to the socket's",
+    "  `send` when Twisted has nothing buffered for it (smartsyncd/tlsbatching.py: no epoll",
+    "  register/unregister, no doWrite pass; what the kernel does not take goes through Twisted's",
+    "  buffer, order kept); `Request.finish` without running the request's notifyFinish Deferred",
+    "  (ours, dropped first); 256 answers per reactor turn through timed calls, no Deferred.",
+    "- Holders: one epoll loop over non-blocking `ssl.SSLSocket`s per process (`--holder-kind",
+    "  asyncio` runs the previous asyncio-streams holders). Each answer is still read whole over",
+    "  TLS and checked: 200, Content-Length body, JSON head past `since` with the change.",
+    "- Scale: this VM runs Python 3-4x slower per core than the box of the issue's figures (bare",
+    "  Twisted there: 1,000 in 61 ms, 10,000 in 0.7 s).",
 ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,6 +152,7 @@ def main() -> None:
     finally:
         for side in sides:
             side.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{args.sessions} sessions, {args.rounds} rounds, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at the end; medians:")
     for name, got in rows.items():
