@@ -514,3 +514,64 @@ async def test_touched_file_is_read_once_then_cached(server: Server, tmp_path: P
     opened.clear()
     await copy.sync(api)
     assert opened == []
+
+
+class ThresholdAPI(ServerAPI):
+    """Notes the GC thresholds in force when the engine commits."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.seen: list[tuple[int, int, int]] = []
+        self.fail = False
+
+    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+        import gc
+
+        self.seen.append(gc.get_threshold())
+        if self.fail:
+            from smartsyncd.client.errors import NetworkError
+
+            raise NetworkError("connection lost (injected)", retryable=False)
+        return await super().commit(eng, batch, changes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sync_collects_garbage_less_often_and_restores_the_thresholds(
+    server: Server, tmp_path: Path
+) -> None:
+    import gc
+
+    from smartsyncd.client.engine import SYNC_GC_THRESHOLD, fewer_gc_passes
+
+    before = gc.get_threshold()
+    assert 0 < before[0] < SYNC_GC_THRESHOLD
+    assert server.service.certificate is not None
+    api = ThresholdAPI(
+        server.url, reactor=reactor, policy=PinnedPolicy(server.service.certificate.fingerprint)
+    )
+    await api.login("alice", "secret-pw")
+    server.apis.append(api)
+    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    (tmp_path / "a" / "x.txt").write_bytes(b"x")
+    await copy.sync(api)
+    assert api.seen == [(SYNC_GC_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before
+    # a failed sync gives the thresholds back too
+    (tmp_path / "a" / "y.txt").write_bytes(b"y")
+    api.fail = True
+    with pytest.raises(Exception, match="injected"):
+        await copy.sync(api)
+    assert gc.get_threshold() == before
+    # nested (two copies syncing at once): the last one to end restores; off stays off
+    with fewer_gc_passes():
+        with fewer_gc_passes():
+            assert gc.get_threshold()[0] == SYNC_GC_THRESHOLD
+        assert gc.get_threshold()[0] == SYNC_GC_THRESHOLD
+    assert gc.get_threshold() == before
+    try:
+        gc.set_threshold(0, before[1], before[2])
+        with fewer_gc_passes():
+            assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
+    copy.close()
