@@ -120,7 +120,9 @@ class SmallRequest(LimitedRequest):
 
 def connect(request_factory: type = LimitedRequest) -> tuple[Echo, StringTransport, object]:
     echo = Echo()
-    site = Site(echo)
+    # no idle timeout: the channel is never closed, and its 60 s timer would otherwise fire in a
+    # later test's reactor run (a logged error there when integration tests follow in one run)
+    site = Site(echo, timeout=None)
     site.requestFactory = request_factory
     proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
