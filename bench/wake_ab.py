@@ -151,7 +151,10 @@ def main() -> None:
                       flush=True)
     finally:
         for side in sides:
-            side.stop()
+            try:
+                side.stop()
+            except RuntimeError as e:  # a daemon slow to stop: report it, stop the other one too
+                print(f"{side.name}: {str(e)[:300]}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.sessions} sessions, {args.rounds} rounds, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at the end; medians:")
