@@ -33,7 +33,7 @@ from smartsyncd.client.errors import (
     ServerRefused,
     SessionExpired,
 )
-from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.http import UPLOAD_BODY_LIMIT, ServerAPI
 from smartsyncd.client.trust import PinnedPolicy
 from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import chunk_buffer, chunk_hash
@@ -475,8 +475,8 @@ async def test_upload_packs_compresses_and_counts_bytes(server: Server) -> None:
         return 200, {"stored": 1, "present": 0}
 
     server.script.handler = handler
-    random_data = os.urandom(3 * 1024 * 1024)  # incompressible: about 9 MiB of raw chunks
-    chunks = [(ref.hash, bytes(view)) for ref, view in chunk_buffer(random_data * 3)]
+    random_data = os.urandom(3 * 1024 * 1024)  # incompressible: about 27 MiB of raw chunks
+    chunks = [(ref.hash, bytes(view)) for ref, view in chunk_buffer(random_data * 9)]
     texty = b"debit credit balance " * 5000
     chunks.append((chunk_hash(texty), texty))
     progress: list[int] = []
@@ -490,7 +490,7 @@ async def test_upload_packs_compresses_and_counts_bytes(server: Server) -> None:
     api = server.api(progress=Count())
     sent = await closing(api, api.upload_chunks("e", iter(chunks)))
     bodies = [len(s.body) for s in server.script.seen]
-    assert len(bodies) >= 2 and max(bodies) <= 8 * 1024 * 1024
+    assert len(bodies) >= 2 and max(bodies) <= UPLOAD_BODY_LIMIT
     assert sent == sum(bodies) == api.bytes_sent
     assert set(stored) == {h for h, _ in chunks}
     assert len(stored[chunk_hash(texty)]) < len(texty) // 10  # sent compressed
