@@ -87,7 +87,9 @@ class BatchingTLSProtocol(TLSMemoryBIOProtocol):
             else:
                 pieces.append(data)
         self._deliver(pieces)
-        self._flushSendBIO()
+        # Usually nothing to send after a read (no handshake, no answer written yet): a small
+        # first bio_read keeps that check to a heap allocation instead of a 512 KiB mmap.
+        self._flushSendBIO(_RECORD_READ)
 
     def _flushSendBIO(self, expected: int = _BIO_READ) -> None:
         """Send what OpenSSL produced. ``expected``: about how much that is (``_write`` knows),
