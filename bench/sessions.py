@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 from daemon import Daemon, running_daemon  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 PASSWORD = "bench password 1"
 ENGAGEMENT = "bench"
@@ -287,11 +288,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reactor_cpu_seconds(pid: int) -> float:

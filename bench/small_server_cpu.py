@@ -30,13 +30,9 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
 from daemon import Daemon, running_daemon  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 PASSWORD = "bench password 1"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_daemon(work: Path, label: str, tree: str) -> Daemon:
