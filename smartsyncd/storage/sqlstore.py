@@ -33,6 +33,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -1448,20 +1449,32 @@ class SqlServerStore:
     async def gc(self, engagement_id: int, grace: timedelta) -> GcReport:
         """Collect what no retained version needs (see storage/workflow.py); pack files are
         deleted after the metadata transaction, orphans only when older than ``grace``."""
+        started = time.time()  # the file system's clock (mtimes), not the injected one
         report, dead, recorded = await self.run_db(workflow.gc_engagement, engagement_id, self._now(), grace)
         if report.skipped:
             return report
         cutoff = self._now().timestamp() - grace.total_seconds()
-        orphans = await self.run_file(_drop_packs, engagement_id, dead, recorded, cutoff)
+        orphans = await self.run_file(_drop_packs, engagement_id, dead, recorded, cutoff, started)
         return replace(report, orphan_packs_removed=orphans)
 
 
-def _drop_packs(packs: PackStore, engagement_id: int, dead: Sequence[str], recorded: set[str], cutoff: float) -> int:
+def _drop_packs(
+    packs: PackStore, engagement_id: int, dead: Sequence[str], recorded: set[str], cutoff: float,
+    gc_started: float,
+) -> int:
     """Delete the files of dropped packs, then pack files no row names that are older than
-    ``cutoff`` (a crashed upload or gc); returns how many orphans went. Blocking (file pool)."""
+    ``cutoff`` (a crashed upload or gc); returns how many orphans went. Blocking (file pool).
+
+    A dropped pack's file written at or after ``gc_started`` is kept: packs are named by their
+    records, so an upload of the same chunks in the same order, right after gc dropped them,
+    writes a new file under the same name and records fresh rows for it. (The rows gc dropped
+    belonged to a file written before they were committed, so before gc began.)"""
     for name in dead:
+        path = packs.path_for(engagement_id, name)
         try:
-            os.unlink(packs.path_for(engagement_id, name))
+            if os.stat(path).st_mtime >= gc_started:
+                continue
+            os.unlink(path)
         except FileNotFoundError:
             pass
     root = os.path.join(packs.root, str(int(engagement_id)))
