@@ -36,9 +36,10 @@ class Server:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.service.port.getHost().port}"
 
-    async def api(self, user: str = "alice") -> ServerAPI:
+    async def api(self, user: str = "alice", kind: Any = ServerAPI) -> Any:
+        """A logged-in ``kind`` (ServerAPI or a test's subclass of it), closed with the server."""
         assert self.service.certificate is not None
-        api = ServerAPI(
+        api = kind(
             self.url, reactor=reactor, policy=PinnedPolicy(self.service.certificate.fingerprint)
         )
         await api.login(user, "secret-pw")
@@ -108,12 +109,7 @@ class CountingAPI(ServerAPI):
 
 
 async def counting_api(server: Server, user: str = "alice") -> CountingAPI:
-    assert server.service.certificate is not None
-    api = CountingAPI(
-        server.url, reactor=reactor, policy=PinnedPolicy(server.service.certificate.fingerprint)
-    )
-    await api.login(user, "secret-pw")
-    server.apis.append(api)
+    api: CountingAPI = await server.api(user, CountingAPI)
     return api
 
 
@@ -438,12 +434,7 @@ class LostAnswerAPI(ServerAPI):
 async def test_retry_after_a_lost_commit_answer_reuses_the_batch_key(
     server: Server, tmp_path: Path
 ) -> None:
-    assert server.service.certificate is not None
-    api = LostAnswerAPI(
-        server.url, reactor=reactor, policy=PinnedPolicy(server.service.certificate.fingerprint)
-    )
-    await api.login("alice", "secret-pw")
-    server.apis.append(api)
+    api: LostAnswerAPI = await server.api("alice", LostAnswerAPI)
     copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
     (tmp_path / "a" / "ledger.csv").write_bytes(b"1,2,3\n")
     api.lose_next = True
@@ -545,12 +536,7 @@ async def test_a_sync_collects_garbage_less_often_and_restores_the_thresholds(
 
     before = gc.get_threshold()
     assert 0 < before[0] < SYNC_GC_THRESHOLD
-    assert server.service.certificate is not None
-    api = ThresholdAPI(
-        server.url, reactor=reactor, policy=PinnedPolicy(server.service.certificate.fingerprint)
-    )
-    await api.login("alice", "secret-pw")
-    server.apis.append(api)
+    api: ThresholdAPI = await server.api("alice", ThresholdAPI)
     copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
     (tmp_path / "a" / "x.txt").write_bytes(b"x")
     await copy.sync(api)

@@ -137,23 +137,29 @@ async def _run_batches(db_store: Any) -> list[Any]:
     return outcomes
 
 
+async def _outcomes_on_a_new_store(on: Any) -> list[Any]:
+    """``_run_batches`` on a store opened on the backend ``on`` (closed afterwards)."""
+    s = await on.open(now=lambda: T0)
+    try:
+        return await _run_batches(s)
+    finally:
+        await s.close()
+
+
+def _use_a_fresh_backend(on: Any, request: Any, folder: str) -> None:
+    """Point the backend ``on`` at an empty data folder (on PostgreSQL, a fresh schema too)."""
+    on.data_dir = on.data_dir.with_name(folder)
+    if on.url is not None:
+        on.url = request.getfixturevalue("pg_cluster").fresh_url()
+
+
 @pytest_twisted.ensureDeferred
 async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request) -> None:  # noqa: F811
-    s = await backend.open(now=lambda: T0)
-    try:
-        loaded = await _run_batches(s)
-    finally:
-        await s.close()
-    backend.data_dir = backend.data_dir.with_name("data-indexed")
-    if backend.url is not None:  # a second fresh PostgreSQL schema
-        backend.url = request.getfixturevalue("pg_cluster").fresh_url()
+    loaded = await _outcomes_on_a_new_store(backend)
+    _use_a_fresh_backend(backend, request, "data-indexed")
     monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 0)
     monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
-    s = await backend.open(now=lambda: T0)
-    try:
-        indexed = await _run_batches(s)
-    finally:
-        await s.close()
+    indexed = await _outcomes_on_a_new_store(backend)
     assert indexed == loaded
     kinds = [o[0] if isinstance(o[0], str) else sorted({x[1] for x in o}) for o in loaded[:-1]]
     assert kinds == [

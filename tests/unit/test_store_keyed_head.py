@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest_twisted
 from test_storage import T0, backend, pg_cluster, store  # noqa: F401 - fixtures of the store suite
-from test_store_commit_scale import LAYOUT, PROBES, _answers, _build, _run_batches
+from test_store_commit_scale import (
+    LAYOUT,
+    PROBES,
+    _answers,
+    _build,
+    _outcomes_on_a_new_store,
+    _use_a_fresh_backend,
+)
 
 from smartsyncd.storage import sqlstore
 from smartsyncd.storage.sqlstore import KeyedHeadView, LoadedHeadView, MetadataDB, SqlHeadView
@@ -58,18 +65,8 @@ async def test_a_big_engagement_is_read_at_the_batch_keys(store, monkeypatch) ->
 async def test_same_outcomes_through_keyed_and_row_by_row_views(backend, monkeypatch, request) -> None:  # noqa: F811
     monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 0)
     monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
-    s = await backend.open(now=lambda: T0)
-    try:
-        keyed = await _run_batches(s)
-    finally:
-        await s.close()
-    backend.data_dir = backend.data_dir.with_name("data-row-by-row")
-    if backend.url is not None:  # a second fresh PostgreSQL schema
-        backend.url = request.getfixturevalue("pg_cluster").fresh_url()
+    keyed = await _outcomes_on_a_new_store(backend)
+    _use_a_fresh_backend(backend, request, "data-row-by-row")
     monkeypatch.setattr(sqlstore, "KeyedHeadView", lambda db, eid, paths: SqlHeadView(db, eid))
-    s = await backend.open(now=lambda: T0)
-    try:
-        indexed = await _run_batches(s)
-    finally:
-        await s.close()
+    indexed = await _outcomes_on_a_new_store(backend)
     assert keyed == indexed
