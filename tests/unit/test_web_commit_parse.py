@@ -104,3 +104,15 @@ def test_result_json_is_the_generic_form(item: CommitResultItem) -> None:
     generic = {f.name: getattr(item, f.name) for f in fields(item)}
     generic = {k: v for k, v in generic.items() if v is not None or k == "seq"}
     assert json.dumps(_result_json(item)) == json.dumps(generic)
+
+
+@pytest.mark.parametrize("size", [0, True, False, 262145, 2.0, -1])
+def test_a_chunk_size_outside_1_to_max_is_refused_on_both_paths(size: Any) -> None:
+    """Explicit cases beside the property: the shortcut leaves a bad chunk size to the full
+    checks (it never accepts one), and those refuse it naming the manifest entry."""
+    item = {"path": "a.txt", "kind": "put", "base": None, "manifest": [[HASH, size]]}
+    assert web_app._plain_change(item) is None
+    with pytest.raises(SyncError) as refused:
+        parse_commit(json.dumps({"batch": "b", "changes": [item]}).encode(), Limits())
+    assert refused.value.status == 400
+    assert "changes[0].manifest[0]" in str(refused.value)
