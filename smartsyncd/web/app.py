@@ -653,7 +653,8 @@ class SyncAPI:
             eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now(),
             copy=_workflow.copy_header(request),
         )
-        self._notifier.notify(eng.id, result.head)
+        # wakes the long-polls behind the new head; those this commit's records answer need no query
+        self.longpolls.committed(eng.id, result.head, result.changes)
         self._log_commit(eng.name, user, parsed.batch, result)
         return send_json(request, {"head": result.head, "results": [_result_json(r) for r in result.results]})
 

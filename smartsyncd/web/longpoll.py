@@ -17,13 +17,27 @@ sends the one record straight to the socket when nothing is buffered before it).
 answered ``slice_size`` at a time with a reactor turn between slices (a timed call, no Deferred),
 so other work interleaves with a large fan-out.
 
+**A commit made by this process** (``LongPolls.committed``, called by the commit handler as soon
+as the store's transaction has returned) answers without any query: the commit holds the change
+records it wrote and the head they reached, and the change feed is the same for every member of
+an engagement (``changes_since`` takes no user or role). While that commit's ``notify`` runs, a
+group whose notified head IS that commit's head and whose ``since`` lies inside the commit's
+range (``first seq - 1 <= since < head``: every change after ``since`` is one the commit wrote)
+gets ``body_of(head, written changes after since, first limit)``: the records ``changes_since``
+reads back right after that transaction, so the same bytes. Everything else keeps the query:
+commits learned from another daemon (service/pgnotify.py), a head already notified past this
+commit (a later commit's notification came first), a ``since`` before the commit's range,
+replayed batches (nothing written), timeouts, and groups that already had a query running. The
+encoding and the first slice run on the next reactor turn (a timed call at 0 s, in the same
+``runUntilCurrent`` pass): right after the commit's own answer is written, with no thread hop.
+
 A client that disconnects while parked is unregistered at once (``notifyFinish`` errback): it
 holds no timer and is skipped if its group is already being answered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -153,7 +167,28 @@ class LongPolls:
         self._slice = slice_size
         self._groups: dict[_GroupKey, list[_Parked]] = {}
         self._header_keys: dict[_HeaderKey, _HeaderKey] = {}  # one tuple per distinct set
+        # set only while ``committed`` runs the notifier: (engagement, head, written changes)
+        self._fresh: tuple[int, int, Sequence[Change]] | None = None
         self.queries = 0  # changes_since queries run for woken long-polls (tests, metrics)
+        self.shortcuts = 0  # woken groups answered from the commit's own changes (no query)
+
+    def committed(self, engagement_id: int, head: int, changes: Sequence[Change]) -> None:
+        """Wake the long-polls behind ``head`` after a commit made by THIS process: ``changes``
+        are the records its transaction wrote (``CommitResult.changes``), ending at ``head``.
+
+        Equivalent to ``notifier.notify(engagement_id, head)``; groups the commit's records
+        provably answer get them without a query (see the module docstring)."""
+        if (
+            changes
+            and changes[-1].seq == head
+            and changes[-1].seq - changes[0].seq == len(changes) - 1  # seq first..head, no gap
+            and self._notifier.head(engagement_id) < head  # no later head was notified first
+        ):
+            self._fresh = (engagement_id, head, changes)
+        try:
+            self._notifier.notify(engagement_id, head)
+        finally:
+            self._fresh = None
 
     def park(self, request: Request, engagement_id: int, since: int, limit: int, timeout: float) -> ParkedResource:
         """Hold ``request`` until the head passes ``since`` or ``timeout`` runs out; return the
@@ -194,9 +229,27 @@ class LongPolls:
             group.append(parked)  # its query starts after this head was notified
             return
         self._groups[key] = [parked]
+        fresh = self._fresh
+        if fresh is not None and fresh[0] == eid and fresh[1] == key[3]:
+            _, head, written = fresh
+            first = written[0].seq
+            if first - 1 <= parked.since < head:
+                # every change after ``since`` is one this commit wrote: the same records
+                # changes_since reads back right after its transaction (docstring)
+                self.shortcuts += 1
+                start = parked.since - first + 1
+                self._call_later(0, self._answer_fresh, key, head, written[start : start + parked.limit])
+                return
         Deferred.fromCoroutine(self._answer_group(key)).addErrback(
             lambda f: log.failure("answering woken long-polls failed", f)
         )
+
+    def _answer_fresh(self, key: _GroupKey, head: int, changes: Sequence[Change]) -> None:
+        try:
+            answer = _Answer(200, json_bytes(self._body_of(head, list(changes))), datetimeToString())
+        except Exception:
+            answer = self._error_answer(Failure())
+        self._answer_slice(self._groups.pop(key), 0, answer)
 
     async def _answer_group(self, key: _GroupKey) -> None:
         eid, since, limit, _ = key

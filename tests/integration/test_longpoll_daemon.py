@@ -1,7 +1,9 @@
 """Parked long-polls on the real ``twistd smartsync`` over TLS (web/longpoll.py): 200 clients
 parked on one engagement all get, after one commit, the very answer ``changes_since`` gives
 (plain or zstd as each asked, with a Content-Length), a client that hung up while parked
-breaks nothing, a wait that runs out answers empty, and the daemon logs no error."""
+breaks nothing, a wait that runs out answers empty, and the daemon logs no error. The commit
+is this daemon's own, so the woken polls are answered from its records without a query: each
+answer (also a page, ``limit=7``) is byte for byte what a fresh ``GET changes?since=`` returns."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 PASSWORD = "long poll password"
 PARKED = 200
+PAGED = 10
 
 
 def cpu_seconds(pid: int) -> float:
@@ -41,21 +44,31 @@ def wait_until_idle(pid: int, deadline: float = 60.0) -> None:
     raise AssertionError("the daemon never went idle")
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+async def read_response(
+    reader: asyncio.StreamReader, chunked_ok: bool = False
+) -> tuple[int, dict[bytes, bytes], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     headers = {
         k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines[1:] if b":" in line)
     }
+    if chunked_ok and headers.get(b"transfer-encoding") == b"chunked":  # an ordinary (not parked) answer
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+        return int(lines[0].split(b" ", 2)[1]), headers, body
     assert b"transfer-encoding" not in headers, headers  # answered with a Content-Length
     body = await reader.readexactly(int(headers[b"content-length"]))
     return int(lines[0].split(b" ", 2)[1]), headers, body
 
 
-def request(eng: str, token: str, since: int, wait: int, zstd: bool = False) -> bytes:
+def request(eng: str, token: str, since: int, wait: int, zstd: bool = False, limit: int | None = None) -> bytes:
     extra = "Accept-Encoding: zstd\r\n" if zstd else ""
+    page = "" if limit is None else f"&limit={limit}"
     return (
-        f"GET /v1/engagements/{eng}/changes?since={since}&wait={wait} HTTP/1.1\r\n"
+        f"GET /v1/engagements/{eng}/changes?since={since}&wait={wait}{page} HTTP/1.1\r\n"
         f"Host: localhost\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
     ).encode()
 
@@ -72,9 +85,12 @@ async def scenario(d: Daemon, eng: str, token: str) -> None:
     conns = await asyncio.gather(*(connect() for _ in range(PARKED + 1)))
     for i, (_, writer) in enumerate(conns):
         writer.write(request(eng, token, since=0, wait=30, zstd=i % 2 == 1))
+    pages = await asyncio.gather(*(connect() for _ in range(PAGED)))  # a first page of 7
+    for i, (_, writer) in enumerate(pages):
+        writer.write(request(eng, token, since=0, wait=30, zstd=i % 2 == 1, limit=7))
     closer = await connect()  # HTTP/1.0: its answer says so and the connection closes after
     closer[1].write(request(eng, token, since=0, wait=30).replace(b"HTTP/1.1", b"HTTP/1.0"))
-    await asyncio.gather(*(w.drain() for _, w in [*conns, closer]))
+    await asyncio.gather(*(w.drain() for _, w in [*conns, *pages, closer]))
     leaver = conns.pop()
     assert d.process is not None
     await asyncio.to_thread(wait_until_idle, d.process.pid)
@@ -108,6 +124,19 @@ async def scenario(d: Daemon, eng: str, token: str) -> None:
     assert status_line == b"HTTP/1.0 200 OK\r\n"
     rest = await asyncio.wait_for(closer[0].read(), 30)  # to the end: the daemon closes
     assert rest.split(b"\r\n\r\n", 1)[1] == next(iter(plain))
+
+    # byte for byte what a fresh GET gives now (plain and zstd, whole feed and a page), asked
+    # on the same keep-alive connections
+    paged = await asyncio.wait_for(asyncio.gather(*(read_response(r) for r, _ in pages)), 60)
+    assert [s for s, _, _ in paged] == [200] * PAGED
+    for group, limit in ((replies, None), (paged, 7)):
+        for i, conn in enumerate((conns, pages)[limit is not None][:2]):
+            conn[1].write(request(eng, token, since=0, wait=0, zstd=i == 1, limit=limit))
+            status, _, fresh = await asyncio.wait_for(read_response(conn[0], chunked_ok=True), 30)
+            assert status == 200 and {body for _, _, body in group[i::2]} == {fresh}
+    assert json.loads(paged[0][2])["more"] is True and len(json.loads(paged[0][2])["changes"]) == 7
+    for _, writer in pages:
+        writer.close()
 
     # the same connections poll again from the new head; a wait that runs out answers empty
     for _, writer in conns[:3]:

@@ -7,6 +7,7 @@ that went away while parked costs nothing, and a store failure is a JSON 500 for
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from smartsyncd.core import bodycodec
+from smartsyncd.core import bodycodec, manifest
+from smartsyncd.core.model import ProposedChange
+from smartsyncd.storage.api import PutManifest
 
 POLL = "/v1/engagements/alpha/changes?since={since}&wait={wait}"
 
@@ -28,9 +31,10 @@ def poll(env: Env, token: str, since: int = 0, wait: int = 30, zstd: bool = Fals
     return env.stub.request("GET", "https://sync.example" + POLL.format(since=since, wait=wait), headers=headers)
 
 
-async def answers(env: Env, polls: list[Deferred], pump_clock: bool = False) -> list[Reply]:
+async def answers(env: Env, polls: list[Deferred], pump_clock: bool = True) -> list[Reply]:
     """Every poll's reply; with ``pump_clock`` the API's Clock is advanced by 0 while waiting
-    (the answers of one wake-up are written a slice per reactor turn)."""
+    (the answers of one wake-up are written a slice per reactor turn, and a commit's own wake-up
+    starts on the turn after its answer)."""
     done: list[Any] = [None] * len(polls)
 
     def keep(response: Any, i: int) -> None:
@@ -56,17 +60,30 @@ async def commit_files(env: Env, token: str, count: int, batch: str) -> None:
     assert r.status == 200, r.body
 
 
+async def commit_elsewhere(env: Env, batch: str) -> int:
+    """A commit another daemon made: straight into the store, then the notification that
+    service/pgnotify.py would deliver (this process holds none of its records)."""
+    content = manifest.content_id([])
+    change = ProposedChange(path=f"{batch}.txt", kind="put", base=None, content=content, size=0)
+    result = await env.store.commit(
+        env.alpha, "alice", None, batch, [change], {change.path: PutManifest(content, chunks=())}, datetime.now(UTC)
+    )
+    env.notifier.notify(env.alpha, result.head)
+    return int(result.head)
+
+
 @pytest_twisted.ensureDeferred
-async def test_woken_polls_get_exactly_changes_since_with_one_query(env: Env) -> None:
+async def test_polls_woken_by_a_commit_here_get_exactly_changes_since_without_a_query(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")
     plain = [poll(env, reader) for _ in range(12)]
     packed = [poll(env, reader, zstd=True) for _ in range(12)]
     await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 24)
-    queries = env.api.longpolls.queries
+    queries, shortcuts = env.api.longpolls.queries, env.api.longpolls.shortcuts
     await commit_files(env, alice, 30, "wake")  # an answer over the compression threshold
     got = await answers(env, plain + packed)
-    assert env.api.longpolls.queries == queries + 1
+    # one group (same since, limit and head), answered from the commit's own records
+    assert (env.api.longpolls.queries, env.api.longpolls.shortcuts) == (queries, shortcuts + 1)
     direct = await env.call("GET", "/v1/engagements/alpha/changes?since=0", token=reader)
     assert direct.status == 200 and len(direct.json()["changes"]) == 30
     for r in got[:12]:
@@ -77,6 +94,33 @@ async def test_woken_polls_get_exactly_changes_since_with_one_query(env: Env) ->
         assert r.status == 200 and r.headers.getRawHeaders("content-encoding") == ["zstd"]
         assert bodycodec.decode(r.body, "zstd", 1 << 20) == direct.body
     assert env.notifier.waiting(env.alpha) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_of_a_commit_and_a_commit_learned_elsewhere(env: Env) -> None:
+    """``limit`` is honoured by the shortcut (a first page with ``more``); a commit this process
+    did not make (another daemon's, delivered by notification) keeps the query, one per group."""
+    alice = await env.login("alice")
+    reader = await env.login("rita")
+    url = "/v1/engagements/alpha/changes?since=0&wait=30&limit=7"
+    paged = [env.start("GET", url, token=reader) for _ in range(3)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 3)
+    queries, shortcuts = env.api.longpolls.queries, env.api.longpolls.shortcuts
+    await commit_files(env, alice, 20, "paged")
+    got = await answers(env, paged)
+    assert (env.api.longpolls.queries, env.api.longpolls.shortcuts) == (queries, shortcuts + 1)
+    direct = await env.call("GET", "/v1/engagements/alpha/changes?since=0&limit=7", token=reader)
+    assert direct.json()["more"] is True and len(direct.json()["changes"]) == 7
+    assert [r.body for r in got] == [direct.body] * 3
+
+    polls = [poll(env, reader, since=20) for _ in range(4)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 4)
+    head = await commit_elsewhere(env, "elsewhere")
+    got = await answers(env, polls)
+    assert (env.api.longpolls.queries, env.api.longpolls.shortcuts) == (queries + 1, shortcuts + 1)
+    direct = await env.call("GET", "/v1/engagements/alpha/changes?since=20", token=reader)
+    assert direct.json()["head"] == head == 21
+    assert [r.body for r in got] == [direct.body] * 4
 
 
 @pytest_twisted.ensureDeferred
@@ -130,10 +174,14 @@ async def test_a_store_failure_answers_every_woken_poll_with_a_json_500(env: Env
     async def broken(eid: int, since: int, limit: int) -> Any:
         raise OSError("disk gone")
 
+    await commit_files(env, alice, 1, "first")  # answered from the commit: no query
+    assert [r.json()["head"] for r in await answers(env, polls)] == [1, 1, 1]
+    polls = [poll(env, reader, since=1) for _ in range(3)]
+    await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 3)
     real = env.store.changes_since
     env.store.changes_since = broken  # the store fails only for the woken polls' query
     try:
-        await commit_files(env, alice, 1, "broken")
+        await commit_elsewhere(env, "broken")  # another daemon's commit: the query path
         got = await answers(env, polls)
     finally:
         env.store.changes_since = real
