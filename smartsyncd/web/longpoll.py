@@ -27,9 +27,10 @@ gets ``body_of(head, written changes after since, first limit)``: the records ``
 reads back right after that transaction, so the same bytes. Everything else keeps the query:
 commits learned from another daemon (service/pgnotify.py), a head already notified past this
 commit (a later commit's notification came first), a ``since`` before the commit's range,
-replayed batches (nothing written), timeouts, and groups that already had a query running. The
-encoding and the first slice run on the next reactor turn (a timed call at 0 s, in the same
-``runUntilCurrent`` pass): right after the commit's own answer is written, with no thread hop.
+replayed batches (nothing written), timeouts, and groups that already had a query running. Such
+a group is encoded and its first slice written as soon as ``notify`` has returned, inside the
+commit handler, before the commit's own answer (which waits for at most one slice): no thread
+hop, no reactor turn in between.
 
 A client that disconnects while parked is unregistered at once (``notifyFinish`` errback): it
 holds no timer and is skipped if its group is already being answered.
@@ -167,8 +168,10 @@ class LongPolls:
         self._slice = slice_size
         self._groups: dict[_GroupKey, list[_Parked]] = {}
         self._header_keys: dict[_HeaderKey, _HeaderKey] = {}  # one tuple per distinct set
-        # set only while ``committed`` runs the notifier: (engagement, head, written changes)
+        # set only while ``committed`` runs the notifier: (engagement, head, written changes),
+        # and the groups it answers: (key, head, the changes of their answer)
         self._fresh: tuple[int, int, Sequence[Change]] | None = None
+        self._fresh_groups: list[tuple[_GroupKey, int, Sequence[Change]]] = []
         self.queries = 0  # changes_since queries run for woken long-polls (tests, metrics)
         self.shortcuts = 0  # woken groups answered from the commit's own changes (no query)
 
@@ -186,9 +189,12 @@ class LongPolls:
         ):
             self._fresh = (engagement_id, head, changes)
         try:
-            self._notifier.notify(engagement_id, head)
+            self._notifier.notify(engagement_id, head)  # every member joins its group first
         finally:
             self._fresh = None
+            groups, self._fresh_groups = self._fresh_groups, []
+        for key, answer_head, answer_changes in groups:
+            self._answer_fresh(key, answer_head, answer_changes)
 
     def park(self, request: Request, engagement_id: int, since: int, limit: int, timeout: float) -> ParkedResource:
         """Hold ``request`` until the head passes ``since`` or ``timeout`` runs out; return the
@@ -238,7 +244,7 @@ class LongPolls:
                 # changes_since reads back right after its transaction (docstring)
                 self.shortcuts += 1
                 start = parked.since - first + 1
-                self._call_later(0, self._answer_fresh, key, head, written[start : start + parked.limit])
+                self._fresh_groups.append((key, head, written[start : start + parked.limit]))
                 return
         Deferred.fromCoroutine(self._answer_group(key)).addErrback(
             lambda f: log.failure("answering woken long-polls failed", f)

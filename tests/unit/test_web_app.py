@@ -550,7 +550,7 @@ async def test_long_poll_is_woken_by_a_commit(env: Env) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_waiters_woken_by_one_commit_share_one_query(env: Env) -> None:
+async def test_waiters_woken_by_one_commit_share_one_answer_without_a_query(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")
     refs = await upload(env, alice, b"shared " * 4000)
@@ -564,18 +564,20 @@ async def test_waiters_woken_by_one_commit_share_one_query(env: Env) -> None:
         return await real(eid, since, limit)
 
     env.store.changes_since = counted  # the real store, counted
+    shortcuts = env.api.longpolls.shortcuts
     r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "sh", "changes": [put("s.txt", refs)]})
     assert r.status == 200
     for poll in polls:
         got = (await env.reply(poll)).json()
         assert got["head"] == 1 and [c["path"] for c in got["changes"]] == ["s.txt"]
-    assert queries == [(env.alpha, 0, 5000)]
-    # the next wake-up runs a query of its own
+    # one group, answered from the commit's own records (web/longpoll.py): no query
+    assert queries == [] and env.api.longpolls.shortcuts == shortcuts + 1
+    # the next wake-up is a group of its own (only the parking handler queried)
     poll = env.start("GET", "/v1/engagements/alpha/changes?since=1&wait=30", token=reader)
     await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 1)
     r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "sh2", "changes": [put("t.txt", refs)]})
     assert [c["path"] for c in (await env.reply(poll)).json()["changes"]] == ["t.txt"]
-    assert queries[-1] == (env.alpha, 1, 5000) and len(queries) == 3
+    assert queries == [(env.alpha, 1, 5000)] and env.api.longpolls.shortcuts == shortcuts + 2
 
 
 @pytest_twisted.ensureDeferred

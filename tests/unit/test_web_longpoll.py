@@ -31,10 +31,9 @@ def poll(env: Env, token: str, since: int = 0, wait: int = 30, zstd: bool = Fals
     return env.stub.request("GET", "https://sync.example" + POLL.format(since=since, wait=wait), headers=headers)
 
 
-async def answers(env: Env, polls: list[Deferred], pump_clock: bool = True) -> list[Reply]:
+async def answers(env: Env, polls: list[Deferred], pump_clock: bool = False) -> list[Reply]:
     """Every poll's reply; with ``pump_clock`` the API's Clock is advanced by 0 while waiting
-    (the answers of one wake-up are written a slice per reactor turn, and a commit's own wake-up
-    starts on the turn after its answer)."""
+    (the answers of one wake-up are written a slice per reactor turn)."""
     done: list[Any] = [None] * len(polls)
 
     def keep(response: Any, i: int) -> None:
