@@ -28,9 +28,10 @@ reads back right after that transaction, so the same bytes. Everything else keep
 commits learned from another daemon (service/pgnotify.py), a head already notified past this
 commit (a later commit's notification came first), a ``since`` before the commit's range,
 replayed batches (nothing written), timeouts, and groups that already had a query running. Such
-a group is encoded and its first slice written as soon as ``notify`` has returned, inside the
-commit handler, before the commit's own answer (which waits for at most one slice): no thread
-hop, no reactor turn in between.
+a group is encoded and its first ``FIRST_FRESH_SLICE`` members answered as soon as ``notify``
+has returned, inside the commit handler, before the commit's own answer (which so waits for at
+most 64 answers, a few ms, not a whole slice); no thread hop, no reactor turn in between. The
+rest follow a slice per reactor turn as usual.
 
 A client that disconnects while parked is unregistered at once (``notifyFinish`` errback): it
 holds no timer and is skipped if its group is already being answered.
@@ -65,6 +66,7 @@ _HeaderKey = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 _Variant = tuple[Headers, bytes, bytes]  # headers, body, the whole response as sent
 
 SLICE_SIZE = 256
+FIRST_FRESH_SLICE = 64  # answered inside the commit handler, before the commit's own answer
 _MAX_HEADER_SETS = 64
 
 
@@ -255,7 +257,7 @@ class LongPolls:
             answer = _Answer(200, json_bytes(self._body_of(head, list(changes))), datetimeToString())
         except Exception:
             answer = self._error_answer(Failure())
-        self._answer_slice(self._groups.pop(key), 0, answer)
+        self._answer_slice(self._groups.pop(key), 0, answer, min(FIRST_FRESH_SLICE, self._slice))
 
     async def _answer_group(self, key: _GroupKey) -> None:
         eid, since, limit, _ = key
@@ -267,10 +269,10 @@ class LongPolls:
             answer = self._error_answer(Failure())
         self._answer_slice(self._groups.pop(key), 0, answer)
 
-    def _answer_slice(self, group: list[_Parked], start: int, answer: _Answer) -> None:
-        """Answer ``slice_size`` members from ``start``; the rest on the next reactor turns (a
-        plain timed call: no Deferred or coroutine step per slice)."""
-        end = start + self._slice
+    def _answer_slice(self, group: list[_Parked], start: int, answer: _Answer, size: int | None = None) -> None:
+        """Answer ``size`` (default ``slice_size``) members from ``start``; the rest a slice per
+        reactor turn (a plain timed call: no Deferred or coroutine step per slice)."""
+        end = start + (self._slice if size is None else size)
         for parked in group[start:end]:
             if not parked.gone:
                 self._write(parked, answer)
