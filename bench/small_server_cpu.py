@@ -10,6 +10,9 @@ imports: pin it with PYTHONPATH so both daemons meet the same client) through th
 ``SyncCopy`` + ``ServerAPI`` over TLS, alternating before/after (and which goes first) per pair.
 Prints, per run, wall time and the daemon's and client's CPU seconds (from /proc), then the
 medians and the load average. CPU seconds are steadier than wall time on a shared machine.
+The daemon's CPU is also split by thread: its reactor (the main thread), the busiest other
+thread (with SQLite, the single DB thread that runs every commit batch and pack record) and
+the rest (CPU pool: commit body parsing; file pool: pack writes; the read connection).
 """
 
 from __future__ import annotations
@@ -56,13 +59,37 @@ async def one_run(reactor: Any, daemon: Daemon, api: Any, eng: str, work: Path, 
     os.sync()
     assert daemon.process is not None
     d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+    t0 = thread_seconds(daemon.process.pid)
     start = time.perf_counter()
     report = await copy.sync(api)
     wall = time.perf_counter() - start
     d1, c1 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+    t1 = thread_seconds(daemon.process.pid)
     copy.close()
     assert report.uploaded == count, report
-    return {"wall": wall, "daemon": d1 - d0, "client": c1 - c0, "load": os.getloadavg()[0]}
+    used = {tid: t1[tid] - t0.get(tid, 0.0) for tid in t1}
+    reactor = used.pop(daemon.process.pid, 0.0)
+    busiest = max(used.values(), default=0.0)
+    return {
+        "wall": wall, "daemon": d1 - d0, "client": c1 - c0, "load": os.getloadavg()[0],
+        "reactor": reactor, "busiest": busiest, "rest": sum(used.values()) - busiest,
+    }
+
+
+def thread_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of ``pid`` (a thread that ended is left out)."""
+    out: dict[int, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(task)] = cpu_seconds_of(f"/proc/{pid}/task/{task}/stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def cpu_seconds_of(stat_path: str) -> float:
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
@@ -87,13 +114,17 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 eng = daemons[label].new_engagement(f"small-{label}-{run}", editors=["bench"])
                 r = await one_run(reactor, daemons[label], apis[label], eng, work, args.count)
                 results[label].append(r)
-                print(f"run {run} {label:6}: wall {r['wall']:.2f} s, daemon CPU {r['daemon']:.2f} s,"
+                print(f"run {run} {label:6}: wall {r['wall']:.2f} s, daemon CPU {r['daemon']:.2f} s"
+                      f" (reactor {r['reactor']:.2f}, busiest thread {r['busiest']:.2f}, rest {r['rest']:.2f}),"
                       f" client CPU {r['client']:.2f} s, load {r['load']:.2f}", flush=True)
                 shutil.rmtree(work / "copies" / eng, ignore_errors=True)
         for label in ("before", "after"):
             rs = results[label]
             print(f"{label:6} ({trees[label]}): median wall {statistics.median(r['wall'] for r in rs):.2f} s,"
-                  f" daemon CPU {statistics.median(r['daemon'] for r in rs):.2f} s,"
+                  f" daemon CPU {statistics.median(r['daemon'] for r in rs):.2f} s"
+                  f" (reactor {statistics.median(r['reactor'] for r in rs):.2f},"
+                  f" busiest thread {statistics.median(r['busiest'] for r in rs):.2f},"
+                  f" rest {statistics.median(r['rest'] for r in rs):.2f}),"
                   f" client CPU {statistics.median(r['client'] for r in rs):.2f} s over {len(rs)} runs;"
                   f" load {min(r['load'] for r in rs):.1f}-{max(r['load'] for r in rs):.1f}")
     finally:

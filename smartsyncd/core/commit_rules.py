@@ -76,17 +76,23 @@ class _Batch:
             self._head_folders[key] = self.head.folder_spelling(key)
         return self._head_folders[key]
 
-    def write_file(self, path: str) -> None:
-        self.live[fold_key(path)] = path
-        for folder, key in self.folder_chain(path):
-            self.folders.setdefault(key, folder)
+    def write_file(self, path: str, key: str | None = None) -> None:
+        """``key``: ``fold_key(path)`` when the caller has it."""
+        self.live[fold_key(path) if key is None else key] = path
+        for folder, folder_key in self.folder_chain(path):
+            self.folders.setdefault(folder_key, folder)
 
     def delete_file(self, path: str) -> None:
         self.live[fold_key(path)] = None
 
 
-def _validate(proposals: Sequence[ProposedChange], max_changes: int) -> list[str]:
-    """Check shapes and paths; return the NFC paths. Raises before anything is decided."""
+def validate_batch(proposals: Sequence[ProposedChange], max_changes: int = MAX_CHANGES) -> list[str]:
+    """Check shapes and paths; return the NFC paths. Raises before anything is decided.
+
+    ``plan_commit`` runs it; a caller that needs the NFC paths first (storage reads the head
+    rows at their keys) runs it itself and hands the result to ``plan_commit(paths=...)``, so
+    each path is checked and normalized once per commit.
+    """
     if len(proposals) > max_changes:
         raise BadRequest(f"a commit may hold at most {max_changes} changes, got {len(proposals)}")
     paths: list[str] = []
@@ -174,9 +180,17 @@ def plan_commit(
     user: str,
     now: datetime,
     max_changes: int = MAX_CHANGES,
+    paths: Sequence[str] | None = None,
 ) -> list[Outcome]:
-    """Decide every proposal of one batch, in order; raise (deciding nothing) on a refusal."""
-    paths = _validate(proposals, max_changes)
+    """Decide every proposal of one batch, in order; raise (deciding nothing) on a refusal.
+
+    ``paths``: ``validate_batch(proposals, max_changes)``'s result when the caller already has
+    it (then the batch is not checked again); ``None`` checks it here.
+    """
+    if paths is None:
+        paths = validate_batch(proposals, max_changes)
+    elif len(paths) != len(proposals):
+        raise ValueError("paths must be validate_batch's result for these proposals")
     batch = _Batch(head=head, reserved={fold_key(p) for p in paths})
     outcomes: list[Outcome] = []
     for p, path in zip(proposals, paths, strict=True):
@@ -224,7 +238,7 @@ def _plan_put(
         batch.write_file(copy)
         batch.reserved.add(fold_key(copy))
         return Outcome(path, "conflict", copy, "put", p.content, p.size, None)
-    batch.write_file(path)
+    batch.write_file(path, key)
     prev = None if current is None else current.seq  # a tombstone: edit beats delete
     return Outcome(path, "applied", path, "put", p.content, p.size, prev)
 

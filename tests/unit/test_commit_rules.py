@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartsyncd.core.commit_rules import MemoryHead, plan_commit
+from smartsyncd.core.commit_rules import MemoryHead, plan_commit, validate_batch
 from smartsyncd.core.errors import BadRequest, InvalidPath, PathClash
 from smartsyncd.core.model import FileState, Outcome, ProposedChange
 from smartsyncd.core.paths import fold_key, normalize_path
@@ -267,6 +267,17 @@ def test_malformed_batch_refused(proposals: list[ProposedChange], word: str) -> 
         plan_commit(proposals, MemoryHead(), "alice", NOW)
 
 
+def test_validated_paths_are_planned_as_given() -> None:
+    proposals = [put("Caf\u0065\u0301/a.txt", None, 1), put("b.txt", None, 2)]
+    paths = validate_batch(proposals)
+    assert paths == ["Caf\u00e9/a.txt", "b.txt"]  # NFC, checked once
+    assert plan_commit(proposals, MemoryHead(), "alice", NOW, paths=paths) == plan_commit(
+        proposals, MemoryHead(), "alice", NOW
+    )
+    with pytest.raises(ValueError):  # paths of another batch
+        plan_commit(proposals, MemoryHead(), "alice", NOW, paths=paths[:1])
+
+
 def test_too_many_changes_refused() -> None:
     proposals = [put(f"f{i}", None, i) for i in range(11)]
     with pytest.raises(BadRequest, match="at most 10"):
@@ -316,9 +327,12 @@ def test_random_batches_lose_nothing(data: st.DataObject) -> None:
         before = dict(head.files)
         try:
             outcomes = plan_commit(proposals, head, f"user{copy}", NOW)
-        except (PathClash, BadRequest):
+        except (PathClash, BadRequest) as refused:
             assert head.files == before
+            with pytest.raises(type(refused)):  # storage's way: validated first, then planned
+                plan_commit(proposals, head, f"user{copy}", NOW, paths=validate_batch(proposals))
             continue
+        assert plan_commit(proposals, head, f"user{copy}", NOW, paths=validate_batch(proposals)) == outcomes
         for p, o in zip(proposals, outcomes, strict=True):
             replaced = before.get(o.write_path) if o.write_path else None
             if replaced is not None and replaced.content is not None:

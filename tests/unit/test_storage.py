@@ -575,6 +575,22 @@ async def test_commit_unknown_content_and_bad_manifests(store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_stored_manifests_read_back_as_sent(store) -> None:
+    # the commit encodes each new manifest once, for its content id check and its stored body
+    # (one-chunk files without a join): both shapes read back equal
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"one chunk")
+    c3, s3, refs3 = await upload_file(store, e.id, b"first", b"second", b"third")
+    assert len(refs1) == 1 and len(refs3) == 3
+    await commit(store, e.id, "b1", [put("one.txt", None, c1, s1), put("three.txt", None, c3, s3)],
+                 {"one.txt": full(c1, refs1), "three.txt": full(c3, refs3)})
+    for content, size, refs in ((c1, s1, refs1), (c3, s3, refs3)):
+        m = await store.get_manifest(e.id, content)
+        assert m is not None and (m.content, m.size, m.chunks) == (content, size, refs)
+    assert await store.fsck() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_commit_delta_manifest(store) -> None:
     e = await store.create_engagement("acme", "")
     parts = [os.urandom(100) for _ in range(5)]

@@ -9,6 +9,7 @@ its hash chain verifiable.
 
 from __future__ import annotations
 
+import gc
 import unicodedata
 from typing import Any
 
@@ -208,3 +209,49 @@ async def test_a_full_size_commit_applies_whole_and_verifies(store, monkeypatch,
     assert len(files) == count + fill
     reports = await store.verify_audit("bulk")
     assert reports and all(rep.problem is None for rep in reports), reports
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_collects_garbage_less_often_and_restores_the_thresholds(store, monkeypatch) -> None:  # noqa: F811
+    """While a commit runs, gen 0 is collected every COMMIT_GC_THRESHOLD allocations; after it,
+    committed or refused, the thresholds are what they were."""
+    seen: list[tuple[int, int, int]] = []
+    real_commit_tx = MetadataDB._commit_tx
+
+    def watched(self: MetadataDB, *args: Any) -> Any:
+        seen.append(gc.get_threshold())  # observes only: the real transaction runs
+        return real_commit_tx(self, *args)
+
+    monkeypatch.setattr(MetadataDB, "_commit_tx", watched)
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        e = await store.create_engagement("gc", "")
+        c, s, refs = await upload_file(store, e.id, b"a small file")
+        await commit(store, e.id, "b1", [put("a.txt", None, c, s)], {"a.txt": full(c, refs)})
+        assert seen == [(sqlstore.COMMIT_GC_THRESHOLD, 10, 10)]
+        assert gc.get_threshold() == (700, 10, 10)
+        with pytest.raises(Exception, match="more than once"):  # refused: restored all the same
+            await commit(store, e.id, "b2", [put("b.txt", None, c, s), put("B.txt", None, c, s)], {})
+        assert gc.get_threshold() == (700, 10, 10)
+        gc.set_threshold(0, 10, 10)  # collection off: left off
+        await commit(store, e.id, "b3", [put("c.txt", None, c, s)], {"c.txt": full(c, refs)})
+        assert seen[-1] == (0, 10, 10) and gc.get_threshold() == (0, 10, 10)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_overlapping_commits_restore_the_thresholds_once_the_last_ends() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        first, second = sqlstore.fewer_gc_passes(), sqlstore.fewer_gc_passes()
+        first.__enter__()
+        second.__enter__()  # another DB thread's commit (PostgreSQL)
+        assert gc.get_threshold()[0] == sqlstore.COMMIT_GC_THRESHOLD
+        first.__exit__(None, None, None)
+        assert gc.get_threshold()[0] == sqlstore.COMMIT_GC_THRESHOLD  # the second still runs
+        second.__exit__(None, None, None)
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*saved)

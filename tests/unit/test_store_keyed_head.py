@@ -67,6 +67,6 @@ async def test_same_outcomes_through_keyed_and_row_by_row_views(backend, monkeyp
     monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
     keyed = await _outcomes_on_a_new_store(backend)
     _use_a_fresh_backend(backend, request, "data-row-by-row")
-    monkeypatch.setattr(sqlstore, "KeyedHeadView", lambda db, eid, paths: SqlHeadView(db, eid))
+    monkeypatch.setattr(sqlstore, "KeyedHeadView", lambda db, eid, paths, normalized=False: SqlHeadView(db, eid))
     indexed = await _outcomes_on_a_new_store(backend)
     assert keyed == indexed
