@@ -295,6 +295,17 @@ def reactor_cpu_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
+def threads_cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of the process (reactor, database and pool threads), ns resolution."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            pass
+    return total / 1e9
+
+
 def wait_quiet(pid: int, deadline: float = 180.0, window: float = 1.0, share: float = 0.02) -> None:
     """Until the process used less than ``share`` of a core over ``window`` seconds."""
     end = time.monotonic() + deadline
@@ -304,6 +315,10 @@ def wait_quiet(pid: int, deadline: float = 180.0, window: float = 1.0, share: fl
         if cpu_seconds(pid) - before < share * window:
             return
     raise RuntimeError("the daemon never went quiet")
+
+
+SPY_RATE = int(os.environ.get("SESSIONS_SPY_RATE", "250"))  # samples per second
+SPY_GIL = os.environ.get("SESSIONS_SPY_GIL", "1") == "1"  # 0: every thread (the store's too)
 
 
 def run_count(n: int, holders: int, work: Path, spy: str | None = None, run: int = 0) -> dict[str, Any]:
@@ -335,7 +350,8 @@ def run_count(n: int, holders: int, work: Path, spy: str | None = None, run: int
         profiler = None
         if spy:  # py-spy on the daemon around the wake-up (raw format, for flame graphs)
             profiler = subprocess.Popen(
-                ["py-spy", "record", "-p", str(pid), "-o", f"{spy}-{n}.txt", "-f", "raw", "-r", "250", "--gil", "--native"],
+                ["py-spy", "record", "-p", str(pid), "-o", f"{spy}-{n}-{run}.txt", "-f", "raw", "-r", str(SPY_RATE),
+                 "--native", "--threads", *(["--gil"] if SPY_GIL else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)  # py-spy attaches
@@ -593,7 +609,7 @@ def main() -> None:
     parser.add_argument("--counts", default="1000,10000")
     parser.add_argument("--holders", type=int, default=2)
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--spy", help="write a py-spy profile of the daemon's wake-up to SPY-N.txt")
+    parser.add_argument("--spy", help="write a py-spy profile of the daemon's wake-up to SPY-N-RUN.txt (SESSIONS_SPY_RATE, SESSIONS_SPY_GIL=0)")
     parser.add_argument("--runs", type=int, default=1, help="runs per count (medians are reported)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare Twisted TLS baseline")
     parser.add_argument("--holder-kind", choices=("selectors", "asyncio"), default=HOLDER_KIND,

@@ -38,6 +38,7 @@ from sessions import (  # noqa: E402
     cpu_seconds,
     raise_fd_limit,
     reactor_cpu_seconds,
+    threads_cpu_seconds,
     wait_quiet,
 )
 
@@ -92,22 +93,26 @@ class Side:
             {"path": f"wake-{self.round}.txt", "kind": "put", "base": None, "size": 0, "manifest": [],
              "content": _empty_content()}]}
         reactor0 = reactor_cpu_seconds(self.pid)
+        threads0 = threads_cpu_seconds(self.pid)
         cpu0 = cpu_seconds(self.pid)
         t0 = time.time()
         status, answer = self.daemon.request(
             "POST", f"/v1/engagements/{ENGAGEMENT}/commit", json_body=commit, token=self.token
         )
         assert status == 200, answer
-        last, holder_cpu, errors = 0.0, 0.0, 0
+        t_commit = time.time() - t0
+        last, first, holder_cpu, errors = 0.0, float("inf"), 0.0, 0
         for p in self.holders:
             assert p.stdout is not None
             report = json.loads(p.stdout.readline())
             last = max([last, *report["answered"]])
+            first = min([first, *report["answered"]])
             holder_cpu += report["cpu_s"]
             errors += report["n_errors"]
             if report["n_errors"]:
                 print(self.name, "holder errors:", report["errors"], file=sys.stderr)
         reactor_cpu = reactor_cpu_seconds(self.pid) - reactor0
+        threads_cpu = threads_cpu_seconds(self.pid) - threads0
         cpu = cpu_seconds(self.pid) - cpu0
         for p in self.holders:
             assert p.stdin is not None
@@ -115,7 +120,9 @@ class Side:
             p.stdin.flush()
         n = self.sessions
         return {
-            "errors": errors, "last_ms": (last - t0) * 1000, "reactor_us": reactor_cpu * 1e6 / n,
+            "errors": errors, "commit_ms": t_commit * 1000, "first_ms": (first - t0) * 1000,
+            "last_ms": (last - t0) * 1000, "reactor_us": reactor_cpu * 1e6 / n,
+            "threads_us": threads_cpu * 1e6 / n,
             "process_us": cpu * 1e6 / n, "holder_us": holder_cpu * 1e6 / n,
             "load": os.getloadavg()[0],
         }
@@ -135,14 +142,22 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--holders", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--spy", help="py-spy (raw, --gil --native --nonblocking, 500/s) on the 'after' daemon for all rounds: file")
     args = parser.parse_args()
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="smartsync-wake-ab-"))
     sides: list[Side] = []
+    spy: subprocess.Popen[bytes] | None = None
     rows: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     try:
         sides = [Side("before", Path(args.before).resolve(), work, args.sessions, args.holders),
                  Side("after", Path(args.after).resolve(), work, args.sessions, args.holders)]
+        if args.spy:
+            spy = subprocess.Popen(
+                ["py-spy", "record", "-p", str(sides[1].pid), "-o", args.spy, "-f", "raw", "-r", "500", "--nonblocking", "--gil",
+                 "--native"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)  # py-spy attaches
         for i in range(args.rounds):
             for side in (sides if i % 2 == 0 else sides[::-1]):
                 row = side.wake()
@@ -150,6 +165,9 @@ def main() -> None:
                 print(json.dumps({"side": side.name, "round": i, **{k: round(v, 2) for k, v in row.items()}}),
                       flush=True)
     finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
         for side in sides:
             try:
                 side.stop()
@@ -161,7 +179,8 @@ def main() -> None:
     for name, got in rows.items():
         if got:
             med = {k: statistics.median(r[k] for r in got) for k in got[0]}
-            print(f"  {name}: reactor CPU {med['reactor_us']:.1f} us/answer (process {med['process_us']:.1f}), "
+            print(f"  {name}: reactor CPU {med['reactor_us']:.1f} us/answer (all threads {med['threads_us']:.1f}), "
+                  f"commit answer {med['commit_ms']:.0f} ms, first answer {med['first_ms']:.0f} ms, "
                   f"last answer {med['last_ms']:.0f} ms, holders {med['holder_us']:.1f} us/answer, "
                   f"errors {sum(r['errors'] for r in got):.0f}")
 
