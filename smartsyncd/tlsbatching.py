@@ -63,6 +63,17 @@ _RELIED_ON = (
 class BatchingTLSProtocol(TLSMemoryBIOProtocol):
     """``TLSMemoryBIOProtocol`` moving many records per Python-level step (module docstring)."""
 
+    # The HTTP channel pauses and resumes reading through these (``requestDone`` resumes after
+    # every answer: each woken long-poll); defined here, they skip ``ProtocolWrapper.__getattr__``,
+    # which reached the same transport method only after a failed attribute lookup.
+    def pauseProducing(self) -> None:
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        transport: Any = self.transport
+        transport.resumeProducing()
+
     def _deliver(self, pieces: list[bytes]) -> None:
         if pieces and not self._aborted:
             ProtocolWrapper.dataReceived(self, pieces[0] if len(pieces) == 1 else b"".join(pieces))

@@ -195,8 +195,8 @@ class LongPolls:
         finally:
             self._fresh = None
             groups, self._fresh_groups = self._fresh_groups, []
-        for key, answer_head, answer_changes in groups:
-            self._answer_fresh(key, answer_head, answer_changes)
+            for key, answer_head, answer_changes in groups:  # formed groups are answered, always
+                self._answer_fresh(key, answer_head, answer_changes)
 
     def park(self, request: Request, engagement_id: int, since: int, limit: int, timeout: float) -> ParkedResource:
         """Hold ``request`` until the head passes ``since`` or ``timeout`` runs out; return the

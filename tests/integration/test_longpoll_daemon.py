@@ -135,6 +135,15 @@ async def scenario(d: Daemon, eng: str, token: str) -> None:
             status, _, fresh = await asyncio.wait_for(read_response(conn[0], chunked_ok=True), 30)
             assert status == 200 and {body for _, _, body in group[i::2]} == {fresh}
     assert json.loads(paged[0][2])["more"] is True and len(json.loads(paged[0][2])["changes"]) == 7
+    # HTTP/1.1 pipelining after a woken answer: 30 requests (over 16 KiB) in one write; the
+    # channel stops reading while it works through them and resumes after each answer (both
+    # through tlsbatching's pauseProducing/resumeProducing); every one answered, in order
+    reader, writer = pages[2]
+    pad = b"X-Pad: " + b"p" * 600 + b"\r\n\r\n"
+    writer.write(b"".join(request(eng, token, since=k, wait=0, limit=1)[:-2] + pad for k in range(30)))
+    for k in range(30):
+        status, _, body = await asyncio.wait_for(read_response(reader, chunked_ok=True), 30)
+        assert status == 200 and [c["seq"] for c in json.loads(body)["changes"]] == [k + 1]
     for _, writer in pages:
         writer.close()
 
