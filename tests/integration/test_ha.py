@@ -222,40 +222,54 @@ def test_concurrent_commits_through_both_daemons_have_no_gap_or_duplicate(cluste
 
 
 def test_a_long_poll_on_one_daemon_is_woken_by_a_commit_on_the_other(cluster: Cluster) -> None:
+    """app2 learns of app1's commit by NOTIFY and queries; app1's own poll is answered from the
+    commit's records (web/longpoll.py): both answers are the same bytes as a fresh GET."""
     app1, app2 = cluster.daemons["app1"], cluster.daemons["app2"]
     token = app1.login("alice", PASSWORD)
     head, _ = changes_via(app2, token)
 
-    answer: dict[str, Any] = {}
+    answers: dict[str, dict[str, Any]] = {"app1": {}, "app2": {}}
 
-    def long_poll() -> None:
-        conn = http.client.HTTPSConnection("127.0.0.1", app2.port, context=app2.ssl_context(), timeout=60)
+    def long_poll(daemon: Any, answer: dict[str, Any]) -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", daemon.port, context=daemon.ssl_context(), timeout=60)
         try:
             conn.request(
                 "GET", f"/v1/engagements/acme/changes?since={head}&wait=30",
                 headers={"Authorization": f"Bearer {token}"},
             )
             response = conn.getresponse()
-            answer["status"], answer["body"] = response.status, json.loads(response.read())
+            answer["status"], answer["raw"] = response.status, response.read()
+            answer["body"] = json.loads(answer["raw"])
             answer["at"] = time.monotonic()
         finally:
             conn.close()
 
-    poller = threading.Thread(target=long_poll)
-    poller.start()
+    pollers = [threading.Thread(target=long_poll, args=(d, answers[name])) for name, d in (("app1", app1), ("app2", app2))]
+    for poller in pollers:
+        poller.start()
     try:
-        # app2 has read the long-poll once it answered a later request on another connection
+        # each daemon has read its long-poll once it answered a later request on another connection
+        assert app1.request("GET", "/v1/session", token=token)[0] == 200
         assert app2.request("GET", "/v1/session", token=token)[0] == 200
-        assert poller.is_alive(), "the long-poll must be waiting (no change yet)"
+        assert all(p.is_alive() for p in pollers), "the long-polls must be waiting (no change yet)"
         status, _ = app1.request(
             "POST", "/v1/engagements/acme/commit", json_body=commit_body("wake", "wake.txt"), token=token
         )
         committed = time.monotonic()
         assert status == 200
     finally:
-        poller.join(35)
-    assert answer["status"] == 200
+        for poller in pollers:
+            poller.join(35)
+    answer = answers["app2"]
+    assert answer["status"] == 200 and answers["app1"]["status"] == 200
     assert [c["path"] for c in answer["body"]["changes"]] == ["wake.txt"]
+    fresh = http.client.HTTPSConnection("127.0.0.1", app2.port, context=app2.ssl_context(), timeout=30)
+    try:
+        fresh.request("GET", f"/v1/engagements/acme/changes?since={head}", headers={"Authorization": f"Bearer {token}"})
+        fresh_raw = fresh.getresponse().read()
+    finally:
+        fresh.close()
+    assert answers["app1"]["raw"] == answer["raw"] == fresh_raw
     latency = answer["at"] - committed
     assert latency < 1.0, f"woken after {latency:.3f} s\n{cluster.logs()}"
 
