@@ -25,7 +25,6 @@ Blocking work (scanning, hashing, file writes, SQLite) runs through ``run_blocki
 from __future__ import annotations
 
 import bisect
-import gc
 import hashlib
 import json
 import os
@@ -34,7 +33,7 @@ import socket
 import stat
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +72,7 @@ from smartsyncd.core.manifest import chunks_to_json, make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
 from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry, Plan, PullWrite, plan
+from smartsyncd.gcthreshold import raised_gen0_threshold
 
 log = Logger()
 
@@ -436,25 +436,11 @@ def _windows(chunks: tuple[ChunkRef, ...], limit: int) -> Iterator[list[ChunkRef
 # the gen-0 threshold is at least this; the previous thresholds come back when the last
 # running sync of the process ends (garbage cycles are still collected, only less often).
 SYNC_GC_THRESHOLD = 20_000
-_gc_users = 0
-_gc_saved: tuple[int, int, int] | None = None
 
 
-@contextmanager
-def fewer_gc_passes() -> Iterator[None]:
-    global _gc_users, _gc_saved
-    if _gc_users == 0:
-        _gc_saved = gc.get_threshold()
-        if 0 < _gc_saved[0] < SYNC_GC_THRESHOLD:  # 0: collection is off; leave it so
-            gc.set_threshold(SYNC_GC_THRESHOLD, *_gc_saved[1:])
-    _gc_users += 1
-    try:
-        yield
-    finally:
-        _gc_users -= 1
-        if _gc_users == 0 and _gc_saved is not None:
-            gc.set_threshold(*_gc_saved)
-            _gc_saved = None
+def fewer_gc_passes() -> AbstractContextManager[None]:
+    """Raise the gen-0 GC threshold to ``SYNC_GC_THRESHOLD`` while a sync runs."""
+    return raised_gen0_threshold(SYNC_GC_THRESHOLD)
 
 
 def _remote_path_ok(path: str) -> bool:

@@ -29,14 +29,13 @@ does the caller acknowledge. A crash between leaves an orphan pack, never a dang
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -69,6 +68,7 @@ from smartsyncd.core.model import (
     Role,
 )
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
+from smartsyncd.gcthreshold import raised_gen0_threshold
 from smartsyncd.storage import workflow
 from smartsyncd.storage.api import (
     AuditRecord,
@@ -1073,35 +1073,14 @@ class MetadataDB:
 # outcomes, records): at the default gen-0 threshold (700) that is hundreds of collections,
 # and the full ones walk the daemon's whole heap. In a 10,000 x 4 KiB sync they took ~0.2 of
 # the daemon's ~2.1 CPU-s. While a commit runs, gen 0 is collected every 10,000 allocations
-# instead (process-wide: the GC is). This is at most the client's sync threshold
-# (client/engine.py, 20,000), so inside a sync of the same process this changes nothing.
+# instead (process-wide: the GC is; smartsyncd/gcthreshold.py keeps overlapping holders, a
+# client sync in the same process among them, from undoing each other).
 COMMIT_GC_THRESHOLD = 10_000
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_saved: tuple[int, int, int] | None = None
 
 
-@contextmanager
-def fewer_gc_passes() -> Iterator[None]:
-    """Raise the gen-0 GC threshold to ``COMMIT_GC_THRESHOLD`` while any commit runs. With
-    several DB threads the last one out restores the thresholds the first one found. A
-    threshold already at least that high, or 0 (collection off), is left as it is."""
-    global _gc_users, _gc_saved
-    with _gc_lock:
-        if _gc_users == 0:
-            found = gc.get_threshold()
-            if 0 < found[0] < COMMIT_GC_THRESHOLD:
-                _gc_saved = found
-                gc.set_threshold(COMMIT_GC_THRESHOLD, *found[1:])
-        _gc_users += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_saved is not None:
-                gc.set_threshold(*_gc_saved)
-                _gc_saved = None
+def fewer_gc_passes() -> AbstractContextManager[None]:
+    """Raise the gen-0 GC threshold to ``COMMIT_GC_THRESHOLD`` while a commit runs."""
+    return raised_gen0_threshold(COMMIT_GC_THRESHOLD)
 
 
 # ------------------------------------------------------------------------------ async layer
