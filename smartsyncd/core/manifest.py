@@ -23,9 +23,12 @@ _HEX = frozenset("0123456789abcdef")
 
 def content_id(chunks: Sequence[ChunkRef]) -> str:
     """BLAKE3-256 of the domain tag followed by each chunk's raw hash and 8-byte size."""
-    hasher = blake3.blake3(MANIFEST_DOMAIN)
-    hasher.update(encode_binary(chunks))
-    return hasher.hexdigest()
+    return content_id_of_binary(encode_binary(chunks))
+
+
+def content_id_of_binary(body: bytes) -> str:
+    """The content id of a manifest given in its storage form (``encode_binary``'s bytes)."""
+    return blake3.blake3(MANIFEST_DOMAIN + body).hexdigest()
 
 
 def make_manifest(chunks: Sequence[ChunkRef]) -> Manifest:
@@ -40,12 +43,14 @@ def one_chunk_manifest(data: bytes) -> Manifest:
     directly (equal to ``make_manifest([ChunkRef(chunk_hash(data), len(data))])``)."""
     digest = blake3.blake3(data).digest()
     size = len(data)
-    content = blake3.blake3(MANIFEST_DOMAIN + digest + size.to_bytes(8, "big")).hexdigest()
+    content = content_id_of_binary(digest + size.to_bytes(8, "big"))
     return Manifest(content=content, size=size, chunks=(ChunkRef(digest.hex(), size),))
 
 
 def encode_binary(chunks: Sequence[ChunkRef]) -> bytes:
     """The storage form: 40 bytes per entry (32-byte hash, 8-byte big-endian size)."""
+    if len(chunks) == 1:  # most files of a folder of working papers: no join
+        return bytes.fromhex(chunks[0].hash) + chunks[0].size.to_bytes(8, "big")
     return b"".join(bytes.fromhex(c.hash) + c.size.to_bytes(8, "big") for c in chunks)
 
 

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import blake3
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -1016,11 +1015,8 @@ class MetadataDB:
                 raise BadRequest("the manifest sent is for a different content", path=o.path)
             chunks = self._sent_chunks(engagement_id, o.path, sent, new)
             # the stored body is what the content id hashes (manifest.content_id): encode once
-            if len(chunks) == 1:  # a small file: encode_binary's 40 bytes without a join
-                body = bytes.fromhex(chunks[0].hash) + chunks[0].size.to_bytes(8, "big")
-            else:
-                body = manifest.encode_binary(chunks)
-            if blake3.blake3(manifest.MANIFEST_DOMAIN + body).hexdigest() != content:
+            body = manifest.encode_binary(chunks)
+            if manifest.content_id_of_binary(body) != content:
                 raise BadRequest("the manifest does not hash to the content id", path=o.path)
             if sum(c.size for c in chunks) != o.size:
                 raise BadRequest("the manifest's chunk sizes do not add up to the size", path=o.path)

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, cast
 
-import blake3
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -277,13 +276,8 @@ def _plain_change(raw: Any) -> tuple[ProposedChange, PutManifest | None] | None:
             return None
         refs.append(ChunkRef(h, n))
     chunks = tuple(refs)
-    if len(chunks) == 1:  # a small file: manifest.content_id's bytes, built without a join
-        h, n = full[0]
-        content = blake3.blake3(manifest.MANIFEST_DOMAIN + bytes.fromhex(h) + n.to_bytes(8, "big")).hexdigest()
-        size = n
-    else:
-        content = manifest.content_id(chunks)
-        size = sum(c.size for c in chunks)
+    content = manifest.content_id(chunks)
+    size = chunks[0].size if len(chunks) == 1 else sum(c.size for c in chunks)
     path = normalize_path(path)
     return (
         ProposedChange(path=path, kind="put", base=base, content=content, size=size),
