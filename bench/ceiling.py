@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -277,6 +278,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)  # the file, its hard links, packs, rsync's copy
     rsync_s = statistics.median(s for s, _ in results["rsync (no TLS, no fsync)"])
     twisted_s = statistics.median(s for s, _ in results["bare Twisted TLS stream (TLS only)"])
     print(f"\nBLAKE3, one thread: median {statistics.median(blake):.2f} GB/s "

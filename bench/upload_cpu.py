@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -152,6 +153,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         await api.close()
     finally:
         daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)  # a 256 MiB file and its packs per run
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median of {args.runs}: {args.mb * MiB / med[0] / 1e6:.0f} MB/s ({med[0]:.2f} s); "
           f"daemon CPU {med[1]:.2f} s (busiest thread {med[2]:.2f}); client CPU {med[3]:.2f} s; "
