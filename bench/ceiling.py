@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
 from procstat import cpu_seconds  # noqa: E402
-from rsync_baseline import RsyncDaemon  # noqa: E402
+from rsync_baseline import RsyncDaemon, free_port  # noqa: E402
 
 MiB = 1 << 20
 WRITE = 256 * 1024
@@ -56,12 +56,6 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return key, cert
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:

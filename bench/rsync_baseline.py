@@ -21,7 +21,7 @@ class RsyncResult:
         return self.sent + self.received
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -33,7 +33,7 @@ class RsyncDaemon:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.module_dir = workdir / "module"
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RsyncDaemon:

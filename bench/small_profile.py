@@ -34,21 +34,9 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
 from daemon import running_daemon  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from procstat import cpu_seconds, thread_cpu_seconds  # noqa: E402
 
 PASSWORD = "bench password 1"
-
-
-def thread_cpu() -> dict[int, float]:
-    """CPU seconds of each thread of this process (from /proc/self/task)."""
-    out: dict[int, float] = {}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
 
 
 class GCTimer:
@@ -128,13 +116,13 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 time.sleep(1.0)  # py-spy attaches before the sync starts (bench only)
             assert daemon.process is not None
             d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
-            t0 = thread_cpu()
+            t0 = thread_cpu_seconds(os.getpid())
             gc_timer.reset()
             start = time.perf_counter()
             report = await copy.sync(api)
             wall = time.perf_counter() - start
             d1, c1 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
-            t1 = thread_cpu()
+            t1 = thread_cpu_seconds(os.getpid())
             main_tid = threading.get_native_id()
             reactor_cpu = t1.get(main_tid, 0.0) - t0.get(main_tid, 0.0)
             for spy in spies:

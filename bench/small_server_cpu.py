@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
 from daemon import Daemon, running_daemon  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from procstat import cpu_seconds, thread_cpu_seconds  # noqa: E402
 
 PASSWORD = "bench password 1"
 
@@ -59,12 +59,12 @@ async def one_run(reactor: Any, daemon: Daemon, api: Any, eng: str, work: Path, 
     os.sync()
     assert daemon.process is not None
     d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
-    t0 = thread_seconds(daemon.process.pid)
+    t0 = thread_cpu_seconds(daemon.process.pid)
     start = time.perf_counter()
     report = await copy.sync(api)
     wall = time.perf_counter() - start
     d1, c1 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
-    t1 = thread_seconds(daemon.process.pid)
+    t1 = thread_cpu_seconds(daemon.process.pid)
     copy.close()
     assert report.uploaded == count, report
     used = {tid: t1[tid] - t0.get(tid, 0.0) for tid in t1}
@@ -74,22 +74,6 @@ async def one_run(reactor: Any, daemon: Daemon, api: Any, eng: str, work: Path, 
         "wall": wall, "daemon": d1 - d0, "client": c1 - c0, "load": os.getloadavg()[0],
         "reactor": reactor, "busiest": busiest, "rest": sum(used.values()) - busiest,
     }
-
-
-def thread_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds of each live thread of ``pid`` (a thread that ended is left out)."""
-    out: dict[int, float] = {}
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[int(task)] = cpu_seconds_of(f"/proc/{pid}/task/{task}/stat")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
-def cpu_seconds_of(stat_path: str) -> float:
-    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:

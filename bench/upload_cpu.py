@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
 from daemon import running_daemon  # noqa: E402
+from procstat import thread_cpu_seconds  # noqa: E402
 
 MiB = 1 << 20
 PASSWORD = "bench password 1"
@@ -37,15 +38,13 @@ PASSWORD = "bench password 1"
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU-seconds per thread of ``pid`` (thread name + id), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    for tid, seconds in thread_cpu_seconds(pid).items():
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
         except OSError:
             continue
-        out[f"{name}-{tid}"] = (int(fields[11]) + int(fields[12])) / tick
+        out[f"{name}-{tid}"] = seconds
     return out
 
 

@@ -131,10 +131,9 @@ def validate_batch(proposals: Sequence[ProposedChange], max_changes: int = MAX_C
     return paths
 
 
-def _check_clashes(path: str, batch: _Batch, path_key: str | None = None) -> None:
-    """Refuse a new file whose name or folders clash with live names of another spelling."""
-    if path_key is None:
-        path_key = fold_key(path)
+def _check_clashes(path: str, batch: _Batch, path_key: str) -> None:
+    """Refuse a new file whose name or folders clash with live names of another spelling
+    (``path_key``: ``fold_key(path)``, which the caller has)."""
     existing = batch.live_path_with_key(path_key)
     if existing is not None and existing != path:
         raise PathClash(

@@ -277,8 +277,8 @@ def _plain_change(raw: Any) -> tuple[ProposedChange, PutManifest | None] | None:
         refs.append(ChunkRef(h, n))
     chunks = tuple(refs)
     content = manifest.content_id(chunks)
-    size = chunks[0].size if len(chunks) == 1 else sum(c.size for c in chunks)
     path = normalize_path(path)
+    size = sum(c.size for c in chunks)
     return (
         ProposedChange(path=path, kind="put", base=base, content=content, size=size),
         PutManifest(content=content, chunks=chunks),
