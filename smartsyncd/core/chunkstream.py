@@ -24,7 +24,7 @@ import zstandard
 
 from smartsyncd.core.chunking import MAX_CHUNK, chunk_hash
 from smartsyncd.core.errors import BadChunk
-from smartsyncd.storage.api import VerifiedChunk
+from smartsyncd.core.model import VerifiedChunk
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1

@@ -100,3 +100,13 @@ class Change:
     time: datetime
     conflict_of: str | None = None  # for a conflict copy: the path the edit was meant for
     batch: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedChunk:
+    """A chunk whose hash and length the web layer already verified against its raw bytes."""
+
+    hash: str
+    codec: int
+    raw_size: int
+    payload: bytes

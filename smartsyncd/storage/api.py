@@ -12,7 +12,15 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from smartsyncd.core.locks import Lock
-from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest, ProposedChange, Role
+from smartsyncd.core.model import (
+    Change,
+    ChunkRef,
+    FileState,
+    Manifest,
+    ProposedChange,
+    Role,
+    VerifiedChunk,
+)
 
 PrincipalKind = Literal["user", "group"]
 
@@ -58,16 +66,6 @@ class SessionRecord:
 @dataclass(frozen=True)
 class StoredChunk:
     """A chunk as stored: ``codec`` 0 raw / 1 zstd, ``payload`` in that codec."""
-
-    hash: str
-    codec: int
-    raw_size: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class VerifiedChunk:
-    """A chunk whose hash and length the web layer already verified against its raw bytes."""
 
     hash: str
     codec: int
