@@ -22,22 +22,15 @@ from typing import Any, NoReturn, TextIO
 
 from twisted.python.usage import UsageError
 
+from smartsyncd.cli.context import AdminError
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.model import ROLES
 from smartsyncd.service.config import ServerConfig, load_config
+from smartsyncd.storage.api import EngagementRecord
 
 PROG = "smartsync-admin"
 ENGAGEMENT_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
-
-
-class AdminError(Exception):
-    """A failure to report as one line; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +302,7 @@ class Admin:
             self.say("(no engagements)")
         return 0
 
-    async def _engagement(self, name: str) -> Any:
+    async def engagement(self, name: str) -> EngagementRecord:
         record = await self.store.get_engagement(name)
         if record is None:
             raise AdminError(f"unknown engagement {name!r}")
@@ -340,7 +333,7 @@ class Admin:
     async def grant(self, engagement: str, user: str | None, group: str | None, role: str) -> int:
         from smartsyncd.storage.api import Grant
 
-        await self._engagement(engagement)
+        await self.engagement(engagement)
         if user is not None:
             principal = await self._user_principal(user)
             record = Grant(engagement, "user", principal, principal, role)  # type: ignore[arg-type]
@@ -356,7 +349,7 @@ class Admin:
         return 0
 
     async def revoke(self, engagement: str, user: str | None, group: str | None) -> int:
-        await self._engagement(engagement)
+        await self.engagement(engagement)
         if user is not None:
             kind, wanted = "user", user
         else:
@@ -378,7 +371,7 @@ class Admin:
 
     async def grants(self, engagement: str | None) -> int:
         if engagement is not None:
-            await self._engagement(engagement)
+            await self.engagement(engagement)
         rows = await self.store.list_grants(engagement)
         for g in sorted(rows, key=lambda g: (g.engagement, g.kind, g.display_name)):
             shown = g.display_name

@@ -15,6 +15,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from smartsyncd.cli.context import AdminContext, AdminError
 from smartsyncd.core.errors import UnsyncedCopies
 
 
@@ -29,19 +30,17 @@ def _when(value: Any) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-async def _eid(admin: Any, name: str) -> int:
-    return int((await admin._engagement(name)).id)
+async def _eid(admin: AdminContext, name: str) -> int:
+    return int((await admin.engagement(name)).id)
 
 
-async def engagement_action(admin: Any, args: argparse.Namespace) -> int:
+async def engagement_action(admin: AdminContext, args: argparse.Namespace) -> int:
     store = admin.store
     eid = await _eid(admin, args.name)
     if args.action == "finalize":
         try:
             status, pending = await store.finalize(eid, actor(), args.reason, args.force)
         except UnsyncedCopies as e:
-            from smartsyncd.cli.admin import AdminError
-
             raise AdminError(f"not finalized: {e.message}") from None
         for c in pending:
             admin.say(f"warning: copy {c.copy_id} ({c.user} on {c.host}) holds {c.unsynced} unsynced change(s)")
@@ -64,7 +63,7 @@ async def engagement_action(admin: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def run_workflow(admin: Any, args: argparse.Namespace) -> int:
+async def run_workflow(admin: AdminContext, args: argparse.Namespace) -> int:
     store = admin.store
     if args.command == "lock":
         eid = await _eid(admin, args.engagement)
@@ -101,9 +100,9 @@ async def run_workflow(admin: Any, args: argparse.Namespace) -> int:
     return await _gc(admin, args.engagement, timedelta(hours=args.grace_hours))
 
 
-async def _verify(admin: Any, engagement: str | None) -> int:
+async def _verify(admin: AdminContext, engagement: str | None) -> int:
     if engagement is not None:
-        await admin._engagement(engagement)
+        await admin.engagement(engagement)
     reports = await admin.store.verify_audit(engagement)
     bad = 0
     for r in reports:
@@ -116,7 +115,7 @@ async def _verify(admin: Any, engagement: str | None) -> int:
     return 1 if bad else 0
 
 
-async def _export(admin: Any, engagement: str, fmt: str) -> int:
+async def _export(admin: AdminContext, engagement: str, fmt: str) -> int:
     records = await admin.store.audit_records(await _eid(admin, engagement))
     rows = [
         {
@@ -140,7 +139,7 @@ async def _export(admin: Any, engagement: str, fmt: str) -> int:
     return 0
 
 
-async def _gc(admin: Any, engagement: str | None, grace: timedelta) -> int:
+async def _gc(admin: AdminContext, engagement: str | None, grace: timedelta) -> int:
     names = [engagement] if engagement else [e.name for e in await admin.store.list_engagements()]
     for name in names:
         report = await admin.store.gc(await _eid(admin, name), grace)
