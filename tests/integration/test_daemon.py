@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import ssl
 import stat
 import subprocess
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,16 +186,38 @@ def test_config_file_values_are_used(tmp_path: Path) -> None:
         assert status == 429, answer
         assert answer["error"] == "rate_limited"
 
-        events = [
-            json.loads(line)
-            for line in (base / "logs" / "events.json").read_text().splitlines()
-            if line.strip()
-        ]
-        formats = [e.get("log_format", "") for e in events]
-        assert any("listening on" in f for f in formats)
-        listening = next(e for e in events if "listening on" in e.get("log_format", ""))
+        events = read_json_log(base / "logs" / "events.json")
+        listening = next(e for e in events if "listening on" in e["event"])
         assert listening["port"] == d.port
+        assert "listening on" in listening["message"] and "{" not in listening["message"]
         assert not any("wrong" in json.dumps(e) for e in events), "a password reached the log"
+
+        # logrotate moves the file away and sends SIGUSR1: the daemon writes a new one.
+        (base / "logs" / "events.json").rename(base / "logs" / "events.json.1")
+        assert d.process is not None
+        d.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while not (base / "logs" / "events.json").exists():
+            assert time.monotonic() < deadline, "SIGUSR1 did not reopen the JSON log"
+            d.request("GET", "/healthz")
+            time.sleep(0.05)
+        d.request("POST", "/v1/login", json_body={"user": "ghost2", "password": "wrong"})
+        deadline = time.monotonic() + 20
+        while not any(e.get("user") == "ghost2" for e in read_json_log(base / "logs" / "events.json")):
+            assert time.monotonic() < deadline, "no event in the reopened JSON log"
+            time.sleep(0.05)
+        assert d.running
+
+
+def read_json_log(path: Path) -> list[dict]:
+    """Every line of the ops JSON log, each one whole JSON object with the ops fields."""
+    raw = path.read_bytes()
+    assert b"\x1e" not in raw, "record separators in the JSON log"
+    events = [json.loads(line) for line in raw.decode().splitlines()]
+    for e in events:
+        assert {"time", "level", "message", "event", "namespace"} <= e.keys(), e
+        assert e["time"].endswith("Z") and e["level"] in {"debug", "info", "warn", "error", "critical"}
+    return events
 
 
 def test_command_line_overrides_the_config_file(tmp_path: Path) -> None:
