@@ -25,10 +25,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.lockfile import FilesystemLock
 
 import smartsyncd
 from smartsyncd.core.errors import SyncError
 from smartsyncd.service.config import ServerConfig
+from smartsyncd.service.folderlock import lock_data_folder
 from smartsyncd.service.tls import (
     CertificateInfo,
     endpoint_tls_files,
@@ -98,6 +100,7 @@ class SmartsyncServer(Service):
         self.started: Deferred[None] | None = None
         self.notify_bridge: Any = None  # PgNotifyBridge when the metadata is in PostgreSQL
         self._stopping = False
+        self.folder_lock: FilesystemLock | None = None
         self.setName("smartsyncd")
 
     def startService(self) -> None:
@@ -117,6 +120,7 @@ class SmartsyncServer(Service):
             data_dir=config.data_dir,
             database=describe_database(config),
         )
+        self.folder_lock = await self._run_blocking(lock_data_folder, config.data_dir)
         listen_files = endpoint_tls_files(config.listen)
         if listen_files is not None:
             info = await self._run_blocking(load_certificate, *listen_files)
@@ -234,6 +238,10 @@ class SmartsyncServer(Service):
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()
+        if self.folder_lock is not None:
+            lock, self.folder_lock = self.folder_lock, None
+            # One unlink, here on the reactor: the thread pools stop beside this service.
+            lock.unlock()
         log.info("smartsyncd stopped")
 
 

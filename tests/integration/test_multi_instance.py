@@ -7,11 +7,12 @@ log): the documented ``twistd --pidfile ... --logfile ... smartsync --config ...
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from daemon import admin_command, running_daemon
+from daemon import Daemon, DaemonStartError, admin_command, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +50,25 @@ def test_two_instances_from_their_own_config_files_do_not_interfere(tmp_path: Pa
         assert b.request("GET", "/healthz")[0] == 200
         assert "smartsyncd stopped" in a.log_text() and "smartsyncd stopped" not in b.log_text()
         assert not a.pidfile.exists() and b.pidfile.exists()
+
+
+def test_a_second_daemon_on_a_folder_in_use_refuses_to_start_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared-data"
+    with Daemon(tmp_path / "first", data_dir=shared).start() as first:
+        assert first.process is not None
+        second = Daemon(tmp_path / "second", data_dir=shared)
+        with pytest.raises(DaemonStartError) as refused:
+            second.start()
+        assert second.process is not None and second.process.returncode == 1
+        assert f"in use by another smartsyncd (process {first.process.pid})" in str(refused.value)
+        # The refusal touched nothing of the first daemon's: it still serves, lock intact.
+        assert first.request("GET", "/healthz")[0] == 200
+        assert os.readlink(shared / "daemon.lock") == str(first.process.pid)
+        first.kill()
+    # A holder that died (SIGKILL: no clean-up) leaves a stale lock that the next start takes.
+    with Daemon(tmp_path / "third", data_dir=shared).start() as third:
+        assert third.process is not None
+        assert os.readlink(shared / "daemon.lock") == str(third.process.pid)
+    assert not (shared / "daemon.lock").exists(), "a clean stop releases the folder"
