@@ -118,6 +118,11 @@ class JsonLogService(Service):
         self._publisher.removeObserver(self._observer)
         self._open()
 
+    def reopen_and_describe(self) -> str:
+        """``reopen``, as a SIGHUP reload step."""
+        self.reopen()
+        return f"reopened {self.path}"
+
     def stopService(self) -> None:
         super().stopService()
         if self._previous_usr1 is not None:

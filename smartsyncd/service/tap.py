@@ -19,6 +19,7 @@ from twisted.python import usage
 from smartsyncd.service.config import ServerConfig, load_config
 from smartsyncd.service.logs import JsonLogService
 from smartsyncd.service.pools import ThreadPoolService
+from smartsyncd.service.reload import ReloadService
 from smartsyncd.service.server import SmartsyncServer
 
 
@@ -73,8 +74,12 @@ def makeService(options: Options) -> MultiService:
 
     config = options.server_config
     top = MultiService()
+    reload = ReloadService(reactor)
+    reload.setServiceParent(top)
     if config.json_log_file is not None:
-        JsonLogService(config.json_log_file).setServiceParent(top)
+        json_log = JsonLogService(config.json_log_file)
+        json_log.setServiceParent(top)
+        reload.add_step("json log", json_log.reopen_and_describe)
     cpu = ThreadPoolService(reactor, name="cpu", min_threads=0, max_threads=2)
     cpu.setServiceParent(top)
     SmartsyncServer(

@@ -315,3 +315,17 @@ def test_two_daemons_side_by_side_do_not_interfere(tmp_path: Path) -> None:
         assert f":{b.port})" not in a.log_text()
         assert f":{a.port})" not in b.log_text()
         assert os.path.exists(b.pidfile)
+
+
+def test_sighup_reloads_and_says_so_instead_of_ending_the_daemon(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, config_text="[log]\njson_file = logs/ops.json\n") as d:
+        assert d.process is not None
+        d.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reload json log: reopened" not in d.log_text():
+            assert d.process.poll() is None, "SIGHUP ended the daemon:\n" + d.log_text()
+            assert time.monotonic() < deadline, "no reload line after SIGHUP:\n" + d.log_text()
+            time.sleep(0.05)
+        assert "SIGHUP: reloading" in d.log_text()
+        assert d.request("GET", "/healthz")[0] == 200
+        assert any(e["event"] == "reload {step}: {result}" for e in read_json_log(tmp_path / "daemon" / "logs" / "ops.json"))
