@@ -22,10 +22,11 @@ from typing import Any, NoReturn, TextIO
 
 from twisted.python.usage import UsageError
 
+import smartsyncd
 from smartsyncd.cli.context import AdminError
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.model import ROLES
-from smartsyncd.service.config import ServerConfig, load_config
+from smartsyncd.service.config import ServerConfig, default_config_file, load_config
 from smartsyncd.storage.api import EngagementRecord
 
 PROG = "smartsync-admin"
@@ -38,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Manage smartsyncd's users, engagements and grants; check the store.",
     )
-    parser.add_argument("--config", metavar="FILE", help="the daemon's config file (ini)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {smartsyncd.__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the daemon's config file (ini; default /etc/smartsyncd/smartsync.ini when it "
+        "exists and no --data-dir is given)",
+    )
     parser.add_argument(
         "--data-dir", metavar="DIR", help="the daemon's data folder (default ./data)"
     )
@@ -450,6 +457,13 @@ async def run_admin(
         await store.close()
 
 
+def _reader_went_away() -> NoReturn:
+    """Stdout's reader closed the pipe (``| head``): exit as a SIGPIPE'd tool would, quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush has nowhere to fail
+    raise SystemExit(128 + 13)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"{PROG}: error: {message}\n")
     sys.stderr.flush()
@@ -461,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with argparse's message on a usage error
     try:
-        config = load_config(args.config, data_dir=args.data_dir)
+        config = load_config(default_config_file(args.config, args.data_dir), data_dir=args.data_dir)
         _check_args(args)
         password = None
         if args.command == "user" and args.action in ("add", "passwd"):
@@ -492,9 +506,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     async def run(reactor: Any) -> None:
         try:
             code = await run_admin(reactor, args, config, password, sys.stdout)
+            sys.stdout.flush()
         except AdminError as e:
             _fail(e.message, e.code)
-        sys.stdout.flush()
+        except BrokenPipeError:
+            _reader_went_away()
         if code:
             raise SystemExit(code)
 

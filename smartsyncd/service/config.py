@@ -162,6 +162,21 @@ def _read_ini(path: str) -> configparser.ConfigParser:
     return parser
 
 
+DEFAULT_CONFIG_FILE = "/etc/smartsyncd/smartsync.ini"
+
+
+def default_config_file(config_file: str | None, data_dir: str | None) -> str | None:
+    """``config_file``, else the system-wide file when it exists and no data folder was named.
+
+    The daemon and ``smartsync-admin`` both use this, so an installed server needs no
+    ``--config`` on every call (``SMARTSYNC_CONFIG`` names another default file).
+    """
+    if config_file is not None or data_dir is not None:
+        return config_file
+    default = os.environ.get("SMARTSYNC_CONFIG", DEFAULT_CONFIG_FILE)
+    return default if os.path.isfile(default) else None
+
+
 def load_config(
     config_file: str | None = None,
     *,

@@ -16,7 +16,7 @@ from twisted.application.service import MultiService
 from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
-from smartsyncd.service.config import ServerConfig, load_config
+from smartsyncd.service.config import ServerConfig, default_config_file, load_config
 from smartsyncd.service.logs import JsonLogService
 from smartsyncd.service.pools import ThreadPoolService
 from smartsyncd.service.reload import ReloadService
@@ -31,7 +31,8 @@ class Options(usage.Options):
         "options override the config file (see conf/smartsync.ini)."
     )
     optParameters = [
-        ["config", "c", None, "config file (ini; see conf/smartsync.ini)"],
+        ["config", "c", None, "config file (ini; see conf/smartsync.ini; default "
+         "/etc/smartsyncd/smartsync.ini when it exists and no --data-dir is given)"],
         ["data-dir", "d", None, "data folder (default: ./data)"],
         ["listen", "l", None, "Twisted endpoint string, TLS only (default: ssl:8443)"],
         ["port-file", None, None, "write the bound port number here once listening"],
@@ -41,7 +42,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self.server_config = load_config(
-            self["config"], data_dir=self["data-dir"], listen=self["listen"]
+            default_config_file(self["config"], self["data-dir"]),
+            data_dir=self["data-dir"],
+            listen=self["listen"],
         )
         if self["port-file"] is not None:
             self["port-file"] = os.path.abspath(self["port-file"])

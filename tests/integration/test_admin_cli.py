@@ -287,3 +287,35 @@ async def test_group_grants_store_the_directory_id_with_the_name(tmp_path: Path)
     finally:
         await store.close()
         await server.stop()
+
+
+def test_a_reader_closing_the_pipe_gets_no_traceback(daemon: Daemon) -> None:
+    ok(daemon.admin("user", "add", "pipe-reader", "--password-stdin", input="pw pipe\n"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the tool writes a byte (like `| head -0`)
+    try:
+        done = subprocess.run(
+            [*admin_command(), "--data-dir", str(daemon.data_dir), "user", "list"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
+
+
+def test_version_and_the_system_wide_default_config(tmp_path: Path, daemon: Daemon) -> None:
+    import smartsyncd
+
+    version = subprocess.run([*admin_command(), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"smartsync-admin {smartsyncd.__version__}"
+    # With no --config and no --data-dir the default config file names the data folder.
+    config = tmp_path / "etc-smartsync.ini"
+    config.write_text(f"[server]\ndata_dir = {daemon.data_dir}\n")
+    ok(daemon.admin("user", "add", "from-default", "--password-stdin", input="pw default\n"))
+    listing = subprocess.run(
+        [*admin_command(), "user", "list"], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, env={**os.environ, "SMARTSYNC_CONFIG": str(config)},
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "from-default" in listing.stdout
