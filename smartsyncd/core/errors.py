@@ -98,6 +98,13 @@ class SessionExpired(SyncError):
     status = 401
 
 
+class StorageFull(SyncError):
+    """The server's chunk storage has no room: an operator must act, so clients do not retry."""
+
+    code = "storage_full"
+    status = 507
+
+
 class Unavailable(SyncError):
     """Database or storage unreachable; clients retry and never read this as a deletion."""
 

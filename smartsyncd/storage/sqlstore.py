@@ -29,6 +29,7 @@ does the caller acknowledge. A crash between leaves an orphan pack, never a dang
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -51,6 +52,7 @@ from smartsyncd.core.errors import (
     BadRequest,
     MissingChunks,
     NotFound,
+    StorageFull,
     SyncError,
     Unavailable,
     UnknownContent,
@@ -1230,6 +1232,12 @@ class SqlServerStore:
         try:
             return fn(self.packs, *args)
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("chunk storage is full: {error}", error=repr(e))
+                raise StorageFull(
+                    "the server's chunk storage is full; nothing was stored (ask the firm's IT "
+                    "to free space, then sync again)"
+                ) from e
             log.warn("chunk storage error: {error}", error=repr(e))
             raise Unavailable("chunk storage is unavailable") from e
 
