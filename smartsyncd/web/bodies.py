@@ -19,15 +19,13 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest, TooLarge
+from smartsyncd.core.jsonscan import scan_depth
 
 log = Logger(namespace="smartsyncd.web")
 
 GLOBAL_BODY_CAP = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
 
 
 class LimitedRequest(Request):
@@ -144,18 +142,10 @@ def read_body(request: Request, limit: int) -> bytes:
 def check_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Refuse JSON nested deeper than ``max_depth`` before the recursive parser sees it.
 
-    Strings are blanked out, then the bracket skeleton loses its innermost pairs once per
-    level (each pass is one C-speed regex); anything left after ``max_depth`` passes is too deep
-    or unbalanced. Linear in the body size, no Python loop per byte.
+    ``core.jsonscan.scan_depth``: a few linear byte passes in C, no regular expression (the
+    one this replaced backtracked: a ``"`` then 24,000 ``\\"`` took 8 s of the reactor).
     """
-    skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
-    for _ in range(max_depth):
-        if not skeleton:
-            return
-        skeleton, n = _EMPTY_PAIR.subn(b"", skeleton)
-        if n == 0:
-            break
-    if skeleton:
+    if scan_depth(body, max_depth).depth is None:
         raise BadRequest(f"malformed JSON or JSON nested deeper than {max_depth} levels")
 
 
