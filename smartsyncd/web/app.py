@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
@@ -53,6 +53,7 @@ from smartsyncd.web.bodies import (
     read_body,
 )
 from smartsyncd.web.errors import error_response, json_bytes, send_json
+from smartsyncd.web.health import HealthCache
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
 from smartsyncd.web.notify import ChangeNotifier
@@ -314,6 +315,7 @@ class SyncAPI:
         self.limits = limits
         self._version = server_version
         self._now = now or self._clock_now
+        self._health = HealthCache(lambda: self._store.check_health(), clock)
         # parked long-polls: answered in bulk, one query and one encoding per woken group
         self.longpolls = LongPolls(
             notifier, clock, lambda e, s, n: self._store.changes_since(e, s, n), changes_body
@@ -361,11 +363,7 @@ class SyncAPI:
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request: Request) -> bytes:
-        try:
-            checks = dict(await self._store.check_health())
-        except Exception:
-            log.failure("health check failed", level=LogLevel.warn)
-            checks = {"database": "error", "storage": "error"}
+        checks = await self._health.get()
         healthy = all(v == "ok" for v in checks.values())
         return send_json(request, {"status": "ok" if healthy else "error", **checks}, 200 if healthy else 503)
 
