@@ -75,7 +75,7 @@ class ServerConfig:
     ldap: Any = None  # smartsyncd.auth.ldap.LdapConfig when [ldap] is configured
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
-    connections_per_address: int = 64
+    connections_per_address: int = 1024
     unauthenticated_bytes_per_address: int = 8 * 1024 * 1024
     json_log_file: str | None = None
     config_file: str | None = None

@@ -28,6 +28,6 @@ class Limits:
 class ClientLimits:
     """What one client address may hold before it signed in (web/admission.py)."""
 
-    connections_per_address: int = 64
+    connections_per_address: int = 1024
     unauthenticated_bytes_per_address: int = 8 * MiB
     request_deadline: float = 60.0  # seconds to send one unauthenticated request, all of it

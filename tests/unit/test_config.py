@@ -28,7 +28,7 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
     assert config.self_signed
     assert config.auth_backends == ("local",)
     assert (config.login_failures_per_user, config.login_failures_per_address) == (5, 20)
-    assert (config.request_deadline, config.connections_per_address) == (60, 64)
+    assert (config.request_deadline, config.connections_per_address) == (60, 1024)
     assert config.unauthenticated_bytes_per_address == 8 << 20
     assert config.database_url is None and config.storage_path is None
     assert config.json_log_file is None
