@@ -322,7 +322,10 @@ SPY_GIL = os.environ.get("SESSIONS_SPY_GIL", "1") == "1"  # 0: every thread (the
 
 
 def run_count(n: int, holders: int, work: Path, spy: str | None = None, run: int = 0) -> dict[str, Any]:
-    d: Daemon = running_daemon(work, name=f"daemon-{n}-{run}")
+    # every simulated client connects from 127.0.0.1: lift the per-address connection cap
+    d: Daemon = running_daemon(
+        work, name=f"daemon-{n}-{run}", config_text=f"[limits]\nconnections_per_address = {2 * n + 100}\n"
+    )
     procs: list[subprocess.Popen[str]] = []
     try:
         d.admin("user", "add", "bench", "--password-stdin", input=PASSWORD + "\n")

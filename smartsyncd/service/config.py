@@ -37,13 +37,21 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "tls_cert",
             "tls_key",
             "request_timeout",
+            "request_deadline",
             "session_lifetime_days",
         }
     ),
     "database": frozenset({"url"}),
     "storage": frozenset({"path"}),
     "auth": frozenset({"backends"}),
-    "limits": frozenset({"login_failures_per_user", "login_failures_per_address"}),
+    "limits": frozenset(
+        {
+            "login_failures_per_user",
+            "login_failures_per_address",
+            "connections_per_address",
+            "unauthenticated_bytes_per_address",
+        }
+    ),
     "log": frozenset({"json_file"}),
 }
 
@@ -59,6 +67,7 @@ class ServerConfig:
     tls_cert: str | None = None  # None: DATA/tls/cert.pem, created on first start
     tls_key: str | None = None
     request_timeout: float = 120.0
+    request_deadline: float = 60.0  # whole unauthenticated request, first byte to last
     session_lifetime_days: float = 30.0
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
@@ -66,6 +75,8 @@ class ServerConfig:
     ldap: Any = None  # smartsyncd.auth.ldap.LdapConfig when [ldap] is configured
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
+    connections_per_address: int = 1024
+    unauthenticated_bytes_per_address: int = 8 * 1024 * 1024
     json_log_file: str | None = None
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -208,7 +219,7 @@ def load_config(
         for key in ("tls_cert", "tls_key"):
             if (v := get("server", key)) is not None:
                 values[key] = _resolve(v, base)
-        for key in ("request_timeout", "session_lifetime_days"):
+        for key in ("request_timeout", "request_deadline", "session_lifetime_days"):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
         if (v := get("database", "url")) is not None:
@@ -217,7 +228,12 @@ def load_config(
             values["storage_path"] = _resolve(v, base)
         if (v := get("auth", "backends")) is not None:
             values["auth_backends"] = _convert("[auth] backends", v, _backends)
-        for key in ("login_failures_per_user", "login_failures_per_address"):
+        for key in (
+            "login_failures_per_user",
+            "login_failures_per_address",
+            "connections_per_address",
+            "unauthenticated_bytes_per_address",
+        ):
             if (v := get("limits", key)) is not None:
                 values[key] = _convert(f"[limits] {key}", v, _positive_int)
         if (v := get("log", "json_file")) is not None:

@@ -156,6 +156,7 @@ class SmartsyncServer(Service):
         from smartsyncd.auth.ratelimit import LoginRateLimiter
         from smartsyncd.auth.sessions import SessionManager
         from smartsyncd.web.app import SyncAPI, make_site
+        from smartsyncd.web.limits import ClientLimits
         from smartsyncd.web.notify import ChangeNotifier
 
         limiter = LoginRateLimiter(
@@ -184,7 +185,12 @@ class SmartsyncServer(Service):
             self.notify_bridge = PgNotifyBridge(config.database_url, notifier.notify, self._reactor)
             self.notify_bridge.startService()
         api = SyncAPI(self.store, sessions, notifier, self._reactor, self._run_blocking)
-        site = make_site(api, timeout=config.request_timeout)
+        clients = ClientLimits(
+            connections_per_address=config.connections_per_address,
+            unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,
+            request_deadline=config.request_deadline,
+        )
+        site = make_site(api, timeout=config.request_timeout, clients=clients)
         endpoint = batching_tls_endpoint(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -109,8 +110,10 @@ class PackStore:
         return os.path.isfile(self.path_for(engagement_id, name))
 
     def probe(self) -> None:
-        """Write, fsync and remove a small file in the root (the storage health check)."""
-        probe = os.path.join(self.root, ".health-probe")
+        """Write, fsync and remove a small file in the root (the storage health check). Each
+        call has its own file: with one shared name, a concurrent call's unlink made another's
+        fail (100 of 240 concurrent /healthz answered 503 on a healthy store)."""
+        probe = os.path.join(self.root, f".health-probe-{os.getpid()}-{uuid.uuid4().hex}")
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"ok")

@@ -32,8 +32,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
 from smartsyncd.core import chunkstream
-from smartsyncd.core.errors import BadChunk, SyncError
+from smartsyncd.core.errors import BadChunk, SyncError, Unavailable
 from smartsyncd.storage.api import ChunkUpload, VerifiedChunk
+from smartsyncd.web.admission import is_commit, route_body_limit
 from smartsyncd.web.bodies import LimitedRequest
 from smartsyncd.web.errors import json_bytes
 
@@ -87,18 +88,66 @@ class UploadRequest(LimitedRequest):
             return
         channel: Any = self.channel
         api: SyncAPI | None = getattr(getattr(channel, "site", None), "sync_api", None)
-        eng = upload_engagement(getattr(channel, "_command", None), getattr(channel, "_path", None))
-        if api is None or eng is None:
+        if api is None:
+            return
+        method, uri = getattr(channel, "_command", None), getattr(channel, "_path", None)
+        eng = upload_engagement(method, uri)
+        if eng is None:
+            self._limit_by_route(api, method, uri, length)
             return
         if length is not None and length > api.limits.chunk_body:
             self._refuse(api.limits.chunk_body)
             return
-        # Answer "100 Continue" ourselves once the caller is known to be allowed.
+        self.upload = ChunkUploadStream(api, self, eng, self._take_continue())
+        self.upload.start()
+
+    def _take_continue(self) -> bool:
+        """Whether the client asked for "100 Continue"; we answer it ourselves once allowed."""
         expect = self.requestHeaders.getRawHeaders(b"expect") or []
         self.requestHeaders.removeHeader(b"expect")
-        wants_continue = bool(expect) and expect[0].lower() == b"100-continue"
-        self.upload = ChunkUploadStream(api, self, eng, wants_continue)
-        self.upload.start()
+        return bool(expect) and expect[0].lower() == b"100-continue"
+
+    def _limit_by_route(self, api: SyncAPI, method: bytes | None, uri: bytes | None, length: int | None) -> None:
+        """The route's body limit (web/admission.py); a commit over the small limit waits,
+        unread, until its session checked out."""
+        self.max_body = route_body_limit(method, uri, api.limits)
+        if length is not None and length <= self.max_body:
+            return
+        if not is_commit(method, uri):
+            if length is not None:
+                self._refuse()
+            return  # chunked: counted against max_body as it arrives
+        if length is not None and length > api.limits.json_body:
+            self._refuse(api.limits.json_body)
+            return
+        transport = _network_transport(self.channel.transport)
+        if transport is not None:
+            transport.pauseProducing()
+        Deferred.fromCoroutine(self._check_session(api, transport, self._take_continue()))
+
+    async def _check_session(self, api: SyncAPI, transport: Any, wants_continue: bool) -> None:
+        try:
+            await api.check_session(self)
+        except SyncError as e:
+            if not self._disconnected:
+                log.info("refused a large commit before reading it: {code}", code=e.code)
+                self.refuse_early(e)
+            return
+        except Exception:
+            log.failure("session check before a large commit failed")
+            if not self._disconnected:
+                self.refuse_early(Unavailable("the session could not be checked; try again"))
+            return
+        if self._disconnected or self._refused:
+            return
+        self.max_body = api.limits.json_body
+        self.mark_authenticated()
+        if wants_continue:
+            send = getattr(self.channel, "_send100Continue", None)
+            if send is not None:
+                send()
+        if transport is not None:
+            transport.resumeProducing()
 
     def handleContentChunk(self, data: bytes) -> None:
         upload = self.upload
@@ -279,6 +328,8 @@ class ChunkUploadStream:
     async def _run(self) -> None:
         try:
             self.access = await self._api.authorize(self._request, self._engagement, "write")
+            if not self._cancelled:
+                self._request.mark_authenticated()
         except SyncError as e:
             log.info(
                 "refused a chunk upload to {engagement} before reading it: {code} {status}",

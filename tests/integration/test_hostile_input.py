@@ -34,6 +34,9 @@ from smartsyncd.core.chunkstream import CODEC_RAW, CODEC_ZSTD, encode_records
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 2.0  # the daemon's request_timeout
+DEADLINE = 4.0  # the daemon's request_deadline: one whole request before sign-in
+LOGIN_LIMIT = 64 * 1024
+SMALL_LIMIT = 1 << 20
 CHUNKS_TYPE = "application/x-smartsync-chunks"
 EMPTY = cid(b"")
 TRIED: dict[str, int] = {}
@@ -100,7 +103,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     d = running_daemon(
         tmp_path_factory.mktemp("hostile"),
-        config_text=f"[server]\nrequest_timeout = {TIMEOUT}\n",
+        config_text=f"[server]\nrequest_timeout = {TIMEOUT}\nrequest_deadline = {DEADLINE}\n",
     )
     try:
         add_users(d, ["alice", "bob", "rita"])
@@ -328,6 +331,9 @@ MALFORMED = [
     b'{"chunks": ["' + b"A" * 64 + b'"]}', b'{"chunks": ["' + b"a" * 63 + b'"]}',
     b"[" * 100000 + b"]" * 100000, b'{"a":' * 50000 + b"1" + b"}" * 50000,
     b"[" * 33 + b"]" * 33, b"\"" + b"\\" * 1001, b'{"chunks": []} trailing',
+    # the shapes that made the old depth check's regex quadratic (issue 14)
+    b'{"user":"' + b'\\"' * 20000, b'"' + b'\\"' * 20000 + b"\\", b'["' + b"\\\\" * 20000,
+    b"[{" * 40 + b"}]" * 40, b'{"chunks": ["\\"' + b"[" * 5000 + b'"]}',
 ]
 
 
@@ -338,7 +344,10 @@ def test_malformed_and_deep_json(server: Server) -> None:
                      "/v1/engagements/acme/commit"):
             server.refused(400, "bad_request", "POST", path, token=server.alice, body=body)
             tried("malformed_json")
-        server.refused(400, "bad_request", "POST", "/v1/login", body=body)
+        if len(body) <= LOGIN_LIMIT:
+            server.refused(400, "bad_request", "POST", "/v1/login", body=body)
+        else:
+            server.refused(413, "too_large", "POST", "/v1/login", body=body)
         tried("malformed_json")
     commits = [
         {"batch": "", "changes": []},
@@ -527,5 +536,126 @@ def test_thousands_of_connections_from_one_address(server: Server) -> None:
     finally:
         for s in socks:
             s.close()
+    # the flood and this client share 127.0.0.1, so it is refused (connections_per_address)
+    # until the daemon has seen the flood's sockets close
+    wait_for(serves, TIMEOUT * 5 + 20, "the daemon to answer after the flood", interval=0.2)
     server.alive()
     assert server.d.running
+
+
+def escaped_quotes(prefix: bytes, size: int) -> bytes:
+    """``prefix`` then ``\\"`` up to ``size`` bytes: a string that never closes."""
+    return prefix + b'\\"' * ((size - len(prefix)) // 2)
+
+
+def test_escaped_quote_bodies_at_each_route_limit_cost_linear_time(server: Server) -> None:
+    # The old depth check's regex retried from every quote: 48 KB took 8 s of the reactor, a
+    # 1 MiB lookup body would take over half an hour (each call here would time out).
+    head, log = server.state()
+    cases = [
+        ("/v1/login", None, escaped_quotes(b'{"user":"', LOGIN_LIMIT)),
+        ("/v1/engagements/acme/chunks/missing", server.alice, escaped_quotes(b'{"chunks":["', SMALL_LIMIT)),
+        ("/v1/engagements/acme/chunks/fetch", server.alice, escaped_quotes(b'{"chunks":["', SMALL_LIMIT)),
+        ("/v1/engagements/acme/commit", server.alice, escaped_quotes(b'{"batch":"', 16 * SMALL_LIMIT)),
+        ("/v1/engagements/acme/commit", server.alice, b'{"batch":"' + b'\\"' * (4 * SMALL_LIMIT) + b'"}'),
+    ]
+    for path, token, body in cases:
+        server.refused(400, "bad_request", "POST", path, token=token, body=body)
+        server.alive()
+        tried("quadratic_bodies")
+    assert server.state() == (head, log)
+
+
+def rss_kib(d: Daemon) -> int:
+    assert d.process is not None
+    with open(f"/proc/{d.process.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_large_bodies_before_sign_in_are_refused_when_the_headers_arrive(server: Server) -> None:
+    # Every route used to buffer up to 64 MiB before routing or auth: three such sign-ins took
+    # the daemon from 67 MB to 272 MB. Now the limit is known from the request line.
+    before = rss_kib(server.d)
+    conns = []
+    try:
+        for path, auth in (("/v1/login", ""), ("/v1/engagements/acme/chunks/missing", ""),
+                           ("/v1/engagements/acme/commit", ""),
+                           ("/v1/engagements/acme/commit", "Authorization: Bearer forged\r\n")):
+            raw = socket.create_connection(("127.0.0.1", server.d.port), timeout=30)
+            s = server.d.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            conns.append(s)
+            # headers only: the answer must come before any of the 60 MiB body is sent
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                      f"Content-Length: {60 << 20}\r\n\r\n".encode())
+            status, raw_answer = read_status(s)
+            assert status in (413, 401), raw_answer[:300]
+            tried("early_refusals")
+        # chunked bodies (no length up front) are cut at the route's limit as they arrive
+        floods = []
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", server.d.port), timeout=30)
+            s = server.d.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            conns.append(s)
+            s.sendall(b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            floods.append(s)
+        piece = b"%x\r\n" % (1 << 20) + b"[" * (1 << 20) + b"\r\n"
+        for s in floods:
+            try:
+                for _ in range(60):
+                    s.sendall(piece)
+            except (ConnectionError, ssl.SSLError, TimeoutError):
+                pass  # closed after the 413
+            status, raw_answer = read_status(s)
+            assert status == 413, raw_answer[:300]
+            assert json.loads(raw_answer.split(b"\r\n\r\n", 1)[1])["limit"] == LOGIN_LIMIT
+            tried("early_refusals")
+        grown = rss_kib(server.d) - before
+        assert grown < 32 * 1024, f"the daemon grew by {grown} KiB"
+    finally:
+        for s in conns:
+            s.close()
+    server.alive()
+
+
+def test_a_slow_sender_is_cut_at_the_deadline_not_the_idle_timer(server: Server) -> None:
+    # one byte every TIMEOUT/4 keeps restarting the idle timer forever; the total deadline
+    # for an unauthenticated request (DEADLINE) ends it
+    raw = socket.create_connection(("127.0.0.1", server.d.port), timeout=30)
+    with server.d.ssl_context().wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n")
+        s.settimeout(TIMEOUT / 4)
+        answer = b""
+        sent = 0
+        closed = False
+        while sent < 400 and not closed:  # 400 drips: 200 s, far past the deadline
+            try:
+                s.sendall(b" ")
+                sent += 1
+                piece = s.recv(65536)  # paces the drip: returns after TIMEOUT/4 or on data
+                answer += piece
+                closed = piece == b""
+            except TimeoutError:
+                continue
+            except (ConnectionError, ssl.SSLError):
+                closed = True
+        assert closed and answer.startswith(b"HTTP/1.1 408 "), (sent, answer[:200])
+        assert sent < 400
+        tried("slow_clients")
+    server.alive()
+
+
+def test_concurrent_health_checks_report_a_healthy_store_as_healthy(server: Server) -> None:
+    # one probe file name for every call: 100 of 240 concurrent calls answered 503
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(_: int) -> int:
+        return server.call("GET", "/healthz")[0]
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        statuses = list(pool.map(probe, range(240)))
+    assert statuses == [200] * 240
+    tried("health_checks", 240)

@@ -28,6 +28,8 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
     assert config.self_signed
     assert config.auth_backends == ("local",)
     assert (config.login_failures_per_user, config.login_failures_per_address) == (5, 20)
+    assert (config.request_deadline, config.connections_per_address) == (60, 1024)
+    assert config.unauthenticated_bytes_per_address == 8 << 20
     assert config.database_url is None and config.storage_path is None
     assert config.json_log_file is None
 
@@ -45,6 +47,7 @@ listen = ssl:9443:interface=127.0.0.1
 tls_cert = certs/c.pem
 tls_key = /abs/k.pem
 request_timeout = 45.5
+request_deadline = 20
 session_lifetime_days = 7
 
 [database]
@@ -59,6 +62,8 @@ backends = local
 [limits]
 login_failures_per_user = 3
 login_failures_per_address = 50
+connections_per_address = 16
+unauthenticated_bytes_per_address = 1048576
 
 [log]
 json_file = logs/events.json
@@ -82,6 +87,8 @@ def test_every_file_value_is_read_and_paths_resolve_against_the_files_folder(
     assert config.storage_path == "/mnt/chunks"
     assert config.login_failures_per_user == 3
     assert config.login_failures_per_address == 50
+    assert (config.request_deadline, config.connections_per_address) == (20, 16)
+    assert config.unauthenticated_bytes_per_address == 1 << 20
     assert config.json_log_file == str(etc / "logs" / "events.json")
     assert config.config_file == conf
 
@@ -145,6 +152,8 @@ def test_twistd_options_refuse_plain_tcp(tmp_path: Path, monkeypatch: pytest.Mon
         ("[server]\ntls_cert = c.pem\n", "tls_cert and tls_key"),
         ("[limits]\nlogin_failures_per_user = 0\n", "[limits] login_failures_per_user"),
         ("[limits]\nlogin_failures_per_address = 2.5\n", "[limits] login_failures_per_address"),
+        ("[limits]\nconnections_per_address = 0\n", "[limits] connections_per_address"),
+        ("[server]\nrequest_deadline = -1\n", "[server] request_deadline"),
         ("[auth]\nbackends = local, kerberos\n", "[auth] backends"),
         ("[auth]\nbackends = ,\n", "[auth] backends"),
         ("[auth]\nbackends = local,local\n", "[auth] backends"),

@@ -32,6 +32,7 @@ from smartsyncd.core.model import ChunkRef
 from smartsyncd.storage.api import Grant
 from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.web.app import Limits, SyncAPI, make_site
+from smartsyncd.web.limits import ClientLimits
 from smartsyncd.web.notify import ChangeNotifier
 
 START = 1_795_000_000.0  # 2026-11-18
@@ -378,8 +379,11 @@ async def test_malformed_and_deep_json_is_400(env: Env) -> None:
     for data in (b"{not json", b"[" * 10_000 + b"]" * 10_000, b'{"batch": "x", "changes": ' + b"[" * 40 + b"]" * 40 + b"}"):
         r = await env.call("POST", "/v1/engagements/alpha/commit", token=token, data=data)
         assert r.status == 400 and r.json()["error"] == "bad_request", data[:40]
-    r = await env.call("POST", "/v1/login", data=b"[" * 100_000)
+    r = await env.call("POST", "/v1/login", data=b"[" * 60_000)
     assert r.status == 400
+    # sign-in bodies are capped at 64 KiB (a name and a password need a few KB at most)
+    r = await env.call("POST", "/v1/login", data=b"[" * 100_000)
+    assert r.status == 413 and r.json()["limit"] == 64 * 1024
 
 
 @pytest_twisted.ensureDeferred
@@ -714,6 +718,103 @@ async def test_make_site_caps_bodies_times_out_idle_connections_and_hides_versio
     idle.makeConnection(idle_transport)
     env.clock.advance(78)
     assert idle_transport.disconnecting
+
+
+def connect(site: Any, port: int, host: str = "10.0.0.9") -> tuple[Any, StringTransport]:
+    proto = site.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+    proto.makeConnection(transport)
+    transport.protocol = proto  # type: ignore[attr-defined]
+    return proto, transport
+
+
+def status_of(transport: StringTransport) -> bytes:
+    return transport.value().split(b"\r\n", 1)[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_limits_are_decided_by_route_when_the_headers_arrive(env: Env) -> None:
+    site = make_site(env.api)
+    # sign-in: 64 KiB, refused before any of the body (it used to buffer up to 64 MiB)
+    _, t = connect(site, 1)
+    t.protocol.dataReceived(b"POST /v1/login HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n")
+    assert status_of(t).startswith(b"HTTP/1.1 413 ") and t.disconnecting
+    assert json.loads(t.value().split(b"\r\n\r\n", 1)[1])["limit"] == 65536
+    # every other small JSON route: the small limit
+    _, t = connect(site, 2)
+    t.protocol.dataReceived(
+        b"POST /v1/engagements/alpha/chunks/missing HTTP/1.1\r\nHost: a\r\n"
+        b"Content-Length: %d\r\n\r\n" % (LIMITS.small_json + 1)
+    )
+    assert status_of(t).startswith(b"HTTP/1.1 413 ") and t.disconnecting
+    # a large commit is read only once its session token checked out: paused until then
+    head = b"POST /v1/engagements/alpha/commit HTTP/1.1\r\nHost: a\r\nContent-Length: 1500000\r\n"
+    for auth in (b"", b"Authorization: Bearer not-a-token\r\n"):
+        _, t = connect(site, 3)
+        t.protocol.dataReceived(head + auth + b"\r\n")
+        assert t.producerState == "paused"
+        await env.wait_for(lambda t=t: t.value() != b"")
+        assert status_of(t).startswith(b"HTTP/1.1 401 ") and t.disconnecting
+    token = await env.login("alice")
+    _, t = connect(site, 4)
+    t.protocol.dataReceived(head + b"Authorization: Bearer %s\r\n\r\n" % token.encode())
+    await env.wait_for(lambda: t.producerState == "producing")
+    body = b'{"batch": "big", "changes": []}'
+    t.protocol.dataReceived(body + b" " * (1500000 - len(body)))
+    await env.wait_for(lambda: t.value() != b"")
+    assert status_of(t).startswith(b"HTTP/1.1 200 "), t.value()[:300]
+
+
+def test_connections_per_address_are_capped(env: Env) -> None:
+    site = make_site(env.api, clients=ClientLimits(connections_per_address=2))
+    first, t1 = connect(site, 1)
+    connect(site, 2)
+    _, t3 = connect(site, 3)
+    assert t3.disconnected  # aborted at once
+    _, other = connect(site, 4, host="10.0.0.10")
+    assert not other.disconnecting and not other.disconnected
+    first.connectionLost(Failure(ConnectionDone()))
+    _, t5 = connect(site, 5)
+    assert not t5.disconnecting and not t5.disconnected
+
+
+def test_unauthenticated_bytes_per_address_are_capped(env: Env) -> None:
+    site = make_site(env.api, clients=ClientLimits(unauthenticated_bytes_per_address=150_000))
+    head = b"POST /v1/engagements/alpha/chunks/missing HTTP/1.1\r\nHost: a\r\nContent-Length: 90000\r\n\r\n"
+    first, t1 = connect(site, 1)
+    t1.protocol.dataReceived(head + b" " * 80_000)
+    _, t2 = connect(site, 2)
+    t2.protocol.dataReceived(head + b" " * 80_000)
+    assert status_of(t2).startswith(b"HTTP/1.1 429 ") and t2.disconnecting
+    assert json.loads(t2.value().split(b"\r\n\r\n", 1)[1])["error"] == "rate_limited"
+    assert t1.value() == b""  # the first is still being read
+    assert site.client_addresses.held("10.0.0.9")[1] == 80_000
+    first.connectionLost(Failure(ConnectionDone()))
+    assert site.client_addresses.held("10.0.0.9") == (1, 0)  # t2 not closed in a StringTransport
+
+
+def test_an_unauthenticated_request_has_a_total_deadline_that_bytes_do_not_restart(env: Env) -> None:
+    site = make_site(env.api, timeout=3, clients=ClientLimits(request_deadline=5))
+    _, t = connect(site, 1)
+    t.protocol.dataReceived(b"POST /v1/login HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(4):
+        env.clock.advance(1)
+        t.protocol.dataReceived(b" ")  # each byte restarts the 3 s idle timeout
+        assert not t.disconnecting
+    env.clock.advance(1)
+    assert status_of(t).startswith(b"HTTP/1.1 408 ") and t.disconnecting
+    # a kept-alive connection between requests waits for the idle timeout only
+    _, t = connect(site, 2)
+    t.protocol.dataReceived(b"GET /v1/info HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(t).startswith(b"HTTP/1.1 200 ")
+    env.clock.advance(2.9)
+    assert not t.disconnecting
+    # the next request gets its own deadline from its first byte
+    t.protocol.dataReceived(b"POST /v1/login HTTP/1.1\r\n")
+    for _ in range(5):
+        env.clock.advance(1)
+        t.protocol.dataReceived(b"X")
+    assert t.disconnecting and b"408 Request Timeout" in t.value()
 
 
 @pytest_twisted.ensureDeferred
