@@ -657,6 +657,18 @@ class MetadataDB:
             found.update(bytes(r[0]) for r in rows)
         return found
 
+    def stored_sizes(self, engagement_id: int, hashes: Sequence[bytes]) -> dict[bytes, int]:
+        """hash -> raw size of the chunks the engagement has, among ``hashes``."""
+        found: dict[bytes, int] = {}
+        for part in _chunks_of(list(hashes)):
+            marks = ", ".join("?" for _ in part)
+            rows = self.all(
+                f"SELECT hash, raw_size FROM chunks WHERE engagement_id = ? AND hash IN ({marks})",
+                (engagement_id, *(self.dialect.binary(h) for h in part)),
+            )
+            found.update((bytes(r[0]), int(r[1])) for r in rows)
+        return found
+
     def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
         wanted = list(dict.fromkeys(hashes))
         raw = [_hash_bytes(h, "chunk hash") for h in wanted]
@@ -1022,13 +1034,31 @@ class MetadataDB:
                 raise BadRequest("the manifest's chunk sizes do not add up to the size", path=o.path)
             new[content] = (o.size, chunks, body)
 
-        wanted = list(dict.fromkeys(c.hash for _, chunks, _ in new.values() for c in chunks))
+        # every chunk present, at the size the manifest gives it: a manifest that lies about a
+        # chunk's size would stop every other copy's pull at this change
+        claimed: dict[str, tuple[int, str]] = {}
+        for content, (_, chunks, _) in new.items():
+            for c in chunks:
+                first = claimed.setdefault(c.hash, (c.size, content))
+                if first[0] != c.size:
+                    raise BadRequest(f"chunk {c.hash} is given two sizes ({first[0]} and {c.size})")
+        wanted = list(claimed)
         raw = [bytes.fromhex(h) for h in wanted]
-        present = self.present_chunks(engagement_id, raw)
-        missing = [h for h, r in zip(wanted, raw, strict=True) if r not in present]
+        stored = self.stored_sizes(engagement_id, raw)
+        missing = [h for h, r in zip(wanted, raw, strict=True) if r not in stored]
         if missing:
             raise MissingChunks(f"{len(missing)} chunk(s) must be uploaded first", chunks=missing)
+        for h, r in zip(wanted, raw, strict=True):
+            if stored[r] != claimed[h][0]:
+                raise BadRequest(
+                    f"the manifest gives chunk {h} {claimed[h][0]} bytes; it has {stored[r]}",
+                    path=self._path_of(outcomes, claimed[h][1]),
+                )
         return new
+
+    @staticmethod
+    def _path_of(outcomes: Sequence[Outcome], content: str) -> str | None:
+        return next((o.path for o in outcomes if o.content == content), None)
 
     def _sent_chunks(
         self,

@@ -1,0 +1,209 @@
+"""A hostile member against the real daemon and the real ``smartsync`` CLI (issue 14).
+
+One editor must not be able to break every other copy, nor reach outside a copy: manifests that
+lie about chunk sizes are refused (and a copy meeting one stored by an older server skips that
+file and goes on), a pulled file is never written through a symbolic link inside the copy,
+finalized engagements take no chunks, batch keys are per user and bound to their request, the
+delta base cap holds per request, and odd input (lone surrogates, huge integers, Windows device
+and short names, bidirectional controls) gets a JSON 400.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon import Daemon, running_daemon
+from reliability import PASSWORD, add_engagements, add_users, cid
+
+from smartsyncd.core.chunking import chunk_hash
+from smartsyncd.core.chunkstream import CODEC_RAW, encode_records
+from smartsyncd.core.manifest import content_id_of_binary, encode_binary
+from smartsyncd.core.model import ChunkRef
+
+pytestmark = pytest.mark.integration
+
+CHUNKS_TYPE = "application/x-smartsync-chunks"
+
+
+def smartsync_command() -> list[str]:
+    script = shutil.which("smartsync")
+    if script and Path(script).parent == Path(sys.executable).parent:
+        return [script]
+    return [sys.executable, "-c", "from smartsyncd.cli.client import main; main()"]
+
+
+class Cli:
+    """The real CLI with its own settings folder, signed in as one user."""
+
+    def __init__(self, home: Path, d: Daemon, user: str) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        done = self.run("login", d.url, "--user", user, "--password-stdin",
+                        "--trust-fingerprint", d.fingerprint, input=PASSWORD + "\n")
+        assert done.returncode == 0, done.stderr
+
+    def run(self, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "SMARTSYNC_PASSWORD"}
+        env.update({"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / "xdg")})
+        return subprocess.run(
+            [*smartsync_command(), "--config-dir", str(self.home / "cfg"), *args],
+            input=input, capture_output=True, text=True, timeout=120, env=env, cwd=self.home,
+        )
+
+    def report(self, *args: str) -> dict[str, Any]:
+        done = self.run("--json", *args)
+        assert "Traceback" not in done.stderr, done.stderr
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        assert lines, (done.returncode, done.stdout, done.stderr)
+        data: dict[str, Any] = json.loads(lines[-1])
+        data["exit_code"] = done.returncode
+        return data
+
+
+def upload(d: Daemon, token: str, eng: str, *pieces: bytes) -> tuple[int, Any]:
+    body = encode_records([(chunk_hash(p), CODEC_RAW, len(p), p) for p in pieces])
+    return d.request("POST", f"/v1/engagements/{eng}/chunks", body=body,
+                     content_type=CHUNKS_TYPE, token=token)
+
+
+def put(path: str, data: bytes, base: int | None = None) -> dict[str, Any]:
+    return {"path": path, "kind": "put", "base": base, "content": cid(data), "size": len(data),
+            "manifest": [[chunk_hash(data), len(data)]] if data else []}
+
+
+def commit(d: Daemon, token: str, eng: str, batch: str, changes: list[dict[str, Any]]) -> Any:
+    return d.request("POST", f"/v1/engagements/{eng}/commit", token=token,
+                     json_body={"batch": batch, "changes": changes})
+
+
+def head(d: Daemon, token: str, eng: str) -> int:
+    status, answer = d.request("GET", f"/v1/engagements/{eng}/changes", token=token)
+    assert status == 200, answer
+    return int(answer["head"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = running_daemon(tmp_path_factory.mktemp("member"))
+    try:
+        add_users(d, ["alice", "mallory", "bob"])
+        add_engagements(d, ["acme"], {"alice": "editor", "mallory": "editor", "bob": "editor"})
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_manifest_lying_about_a_chunk_size_is_refused(server: Daemon) -> None:
+    mallory = server.login("mallory", PASSWORD)
+    data = b"a real chunk of a working paper " * 64
+    assert upload(server, mallory, "acme", data, b"fine")[0] == 200
+    before = head(server, mallory, "acme")
+    h = chunk_hash(data)
+    for claimed in (len(data) + 1, len(data) - 1, 1):
+        body = encode_binary([ChunkRef(h, claimed)])
+        lie = {"path": "Shared/TB.xlsx", "kind": "put", "base": None,
+               "content": content_id_of_binary(body), "size": claimed, "manifest": [[h, claimed]]}
+        status, answer = commit(server, mallory, "acme", f"lie-{claimed}",
+                                [put("fine.txt", b"fine"), lie])
+        assert status == 400, answer
+        assert answer["error"] == "bad_request" and h in answer["message"], answer
+        assert answer.get("path") == "Shared/TB.xlsx"
+    assert head(server, mallory, "acme") == before  # nothing of either batch applied
+
+
+def _tamper_size(d: Daemon, eng: str, path: str, data: bytes) -> None:
+    """What a server before this fix stored for a lying commit: the manifest, change and head
+    row of ``path`` give its one chunk a size one byte too many (content id and size agree
+    with that lie). Done on the stopped daemon's SQLite database."""
+    h = chunk_hash(data)
+    body = encode_binary([ChunkRef(h, len(data) + 1)])
+    lie = bytes.fromhex(content_id_of_binary(body))
+    true = bytes.fromhex(cid(data))
+    db = sqlite3.connect(d.data_dir / "metadata.sqlite3")
+    try:
+        with db:
+            (eid,) = db.execute("SELECT id FROM engagements WHERE name = ?", (eng,)).fetchone()
+            db.execute("INSERT INTO manifests (engagement_id, content, size, chunk_count, body)"
+                       " VALUES (?, ?, ?, 1, ?)", (eid, lie, len(data) + 1, body))
+            for table in ("files", "changes"):
+                n = db.execute(f"UPDATE {table} SET content = ?, size = ? WHERE engagement_id = ?"
+                               " AND path = ? AND content = ?",
+                               (lie, len(data) + 1, eid, path, true)).rowcount
+                assert n == 1, table
+    finally:
+        db.close()
+
+
+def test_a_stored_lying_manifest_is_skipped_and_the_pull_goes_on(
+    server: Daemon, tmp_path: Path
+) -> None:
+    add_engagements(server, ["old"], {"alice": "editor", "mallory": "editor"})
+    alice = Cli(tmp_path / "alice", server, "alice")
+    copy = tmp_path / "copy"
+    assert alice.run("clone", f"{server.url}/old", str(copy)).returncode == 0
+    mallory = server.login("mallory", PASSWORD)
+    files = {"a.txt": b"first", "m.bin": b"the poisoned one " * 10, "z.txt": b"last"}
+    assert upload(server, mallory, "old", *files.values())[0] == 200
+    status, answer = commit(server, mallory, "old", "three",
+                            [put(p, data) for p, data in files.items()])
+    assert status == 200, answer
+    port = server.port
+    server.stop()
+    _tamper_size(server, "old", "m.bin", files["m.bin"])
+    server.listen = f"ssl:{port}:interface=127.0.0.1"
+    server.start()
+
+    report = alice.report("sync", str(copy))
+    assert report.get("downloaded") == 2, report
+    skipped = {s["path"]: s["reason"] for s in report.get("skipped", [])}
+    assert "m.bin" in skipped and "manifest" in skipped["m.bin"], report
+    assert (copy / "a.txt").read_bytes() == b"first"
+    assert (copy / "z.txt").read_bytes() == b"last"
+    assert not (copy / "m.bin").exists()
+    # the copy is not stuck at that change: the next one arrives
+    mallory = server.login("mallory", PASSWORD)
+    assert upload(server, mallory, "old", b"later")[0] == 200
+    assert commit(server, mallory, "old", "later", [put("later.txt", b"later")])[0] == 200
+    report = alice.report("sync", str(copy))
+    assert report.get("downloaded") == 1 and not report.get("skipped"), report
+    assert (copy / "later.txt").read_bytes() == b"later"
+    # and a new clone succeeds, with that one file reported
+    fresh = tmp_path / "fresh"
+    report = alice.report("clone", f"{server.url}/old", str(fresh))
+    assert report["exit_code"] == 0, report
+    assert sorted(p.name for p in fresh.iterdir() if p.name != ".smartsync") == [
+        "a.txt", "later.txt", "z.txt"]
+
+
+def test_a_pull_never_writes_through_a_symlinked_folder(server: Daemon, tmp_path: Path) -> None:
+    add_engagements(server, ["links"], {"alice": "editor", "mallory": "editor"})
+    alice = Cli(tmp_path / "alice", server, "alice")
+    copy = tmp_path / "copy"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"not the copy's")
+    assert alice.run("clone", f"{server.url}/links", str(copy)).returncode == 0
+    (copy / "Shared").symlink_to("../outside")
+    mallory = server.login("mallory", PASSWORD)
+    assert upload(server, mallory, "links", b"evil", b"fine")[0] == 200
+    status, answer = commit(server, mallory, "links", "evil", [
+        put("Shared/evil.txt", b"evil"), put("Shared/keep.txt", b"evil"),
+        put("Shared/deep/er.txt", b"evil"), put("fine.txt", b"fine")])
+    assert status == 200, answer
+
+    report = alice.report("sync", str(copy))
+    assert sorted(os.listdir(outside)) == ["keep.txt"], report
+    assert (outside / "keep.txt").read_bytes() == b"not the copy's"
+    skipped = {s["path"] for s in report.get("skipped", [])}
+    assert {"Shared/evil.txt", "Shared/keep.txt", "Shared/deep/er.txt"} <= skipped, report
+    assert (copy / "fine.txt").read_bytes() == b"fine"
+    assert (copy / "Shared").is_symlink()
