@@ -10,8 +10,10 @@ and short names, bidirectional controls) gets a JSON 400.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -207,3 +209,53 @@ def test_a_pull_never_writes_through_a_symlinked_folder(server: Daemon, tmp_path
     assert {"Shared/evil.txt", "Shared/keep.txt", "Shared/deep/er.txt"} <= skipped, report
     assert (copy / "fine.txt").read_bytes() == b"fine"
     assert (copy / "Shared").is_symlink()
+
+
+def _raw(d: Daemon, token: str, method: str, path: str, body: str) -> tuple[int, Any, bytes]:
+    """A request whose JSON text is sent as written (``\\ud800`` escapes, huge integers)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", d.port, context=d.ssl_context(), timeout=30)
+    try:
+        conn.request(method, path, body=body.encode(), headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    parsed = json.loads(raw) if resp.getheader("Content-Type", "").startswith(
+        "application/json") else None
+    return resp.status, parsed, raw
+
+
+def test_lone_surrogates_and_huge_integers_get_a_json_400(server: Daemon) -> None:
+    token = server.login("alice", PASSWORD)
+    lone, huge, eng = '"a\\ud800"', str(2**64), "/v1/engagements/acme"
+    cases = [
+        ("POST", f"{eng}/commit", '{"batch": "s1", "changes": [{"path": LONE, "kind": "put",'
+         ' "base": null, "content": "EMPTY", "size": 0, "manifest": []}]}'),
+        ("POST", f"{eng}/commit", '{"batch": LONE, "changes": []}'),
+        ("POST", f"{eng}/locks", '{"path": LONE}'),
+        ("POST", f"{eng}/copies", '{"copy": "c1", "host": LONE}'),
+        ("POST", f"{eng}/copies/c1/report", '{"host": LONE, "unsynced": 1}'),
+        ("POST", f"{eng}/copies/c1/report", '{"host": "h", "unsynced": HUGE}'),
+        ("POST", f"{eng}/copies/c1/report", '{"host": "h", "unsynced": I64}'),
+        ("POST", f"{eng}/locks", '{"path": "a.txt", "seconds": HUGE}'),
+    ]
+    words = {"LONE": lone, "HUGE": huge, "I64": str(2**63), "EMPTY": cid(b"")}
+    for method, path, template in cases:
+        body = re.sub("|".join(words), lambda m: words[m.group(0)], template)
+        status, parsed, raw = _raw(server, token, method, path, body)
+        assert status == 400, (path, body, status, raw[:200])
+        assert isinstance(parsed, dict) and parsed["error"] in ("bad_request", "invalid_path"), raw
+        assert b"Traceback" not in raw
+    assert server.request("GET", "/healthz")[0] == 200
+    assert "Traceback" not in server.log_text()
+
+
+def test_windows_device_short_names_and_invisible_characters_are_refused(server: Daemon) -> None:
+    token = server.login("alice", PASSWORD)
+    before = head(server, token, "acme")
+    for bad in ("CONIN$", "dir/conout$.txt", "invoice\u202efdp.exe", "a\u200db.docx",
+                "\u2066x\u2069.txt", "PROGRA~1/x.txt", "REPORT~1.DOC", "zero\u200bwidth"):
+        status, answer = commit(server, token, "acme", f"bad-{bad!r}", [put(bad, b"")])
+        assert status == 400 and answer["error"] == "invalid_path", (bad, answer)
+    assert head(server, token, "acme") == before
