@@ -877,6 +877,9 @@ class SyncCopy:
                 try:
                     report.bytes_sent += await self._upload(api, wanted, prog, bases)
                 except ServerRefused as e:
+                    if e.code == "finalized":  # signed off meanwhile: keep everything local
+                        report.refused = e.message
+                        return
                     if e.code != "bad_chunk" or not bases:
                         raise
                     # a delta the server could not rebuild (a base copy gone bad?): resend

@@ -279,6 +279,7 @@ class ChunkUploadStream:
     async def _run(self) -> None:
         try:
             self.access = await self._api.authorize(self._request, self._engagement, "write")
+            await self._api.refuse_if_finalized(self.access)
         except SyncError as e:
             log.info(
                 "refused a chunk upload to {engagement} before reading it: {code} {status}",

@@ -259,3 +259,21 @@ def test_windows_device_short_names_and_invisible_characters_are_refused(server:
         status, answer = commit(server, token, "acme", f"bad-{bad!r}", [put(bad, b"")])
         assert status == 400 and answer["error"] == "invalid_path", (bad, answer)
     assert head(server, token, "acme") == before
+
+
+def test_a_finalized_engagement_takes_no_chunks(server: Daemon) -> None:
+    add_engagements(server, ["signed"], {"alice": "editor"})
+    token = server.login("alice", PASSWORD)
+    assert upload(server, token, "signed", b"before sign-off")[0] == 200
+    done = server.admin("engagement", "finalize", "signed", "--force", "--reason", "signed off")
+    assert done.returncode == 0, done.stderr
+    big = os.urandom(200_000)
+    status, answer = upload(server, token, "signed", big)
+    assert status == 423 and answer["error"] == "finalized", answer
+    status, answer = server.request("POST", "/v1/engagements/signed/chunks/missing", token=token,
+                                    json_body={"chunks": [chunk_hash(big)]})
+    assert status == 423 and answer["error"] == "finalized", answer
+    # reading stays open, and reopening takes chunks again
+    assert server.request("GET", "/v1/engagements/signed/changes", token=token)[0] == 200
+    assert server.admin("engagement", "reopen", "signed", "--reason", "amended").returncode == 0
+    assert upload(server, token, "signed", big)[0] == 200
