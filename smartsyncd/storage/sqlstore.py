@@ -14,8 +14,8 @@ Two layers:
   each with its own connection (opened on first use, replaced when broken); commits serialize
   on the engagement row (``SELECT ... FOR UPDATE``), so several daemons can share the database.
 
-Commit (``MetadataDB.commit``) is one write transaction: idempotency lookup by (engagement, batch)
--> the stored answer, replayed; else ``core.commit_rules.plan_commit`` over a ``HeadView`` backed
+Commit (``MetadataDB.commit``) is one write transaction: idempotency lookup by (engagement, user, batch)
+-> the stored answer, replayed if the changes match its digest (else 409); else ``core.commit_rules.plan_commit`` over a ``HeadView`` backed
 by the ``files`` table; then every written put's manifest is resolved (known content, a full
 chunk list, or a delta against a known manifest), checked (content id, size, every chunk present)
 and stored; sequence numbers head+1.. are assigned in outcome order; changes are inserted, files
@@ -214,9 +214,10 @@ def _change(row: Any) -> Change:
     )
 
 
-def _result_to_json(result: CommitResult) -> str:
+def _result_to_json(result: CommitResult, digest: str) -> str:
     return json.dumps(
         {
+            "digest": digest,
             "head": result.head,
             "results": [
                 {
@@ -835,15 +836,21 @@ class MetadataDB:
         now: datetime,
         when: str,
         copy: str | None = None,
+        digest: str | None = None,
     ) -> CommitResult:
+        """``digest``: what a replay of ``batch`` must match (by default the changes')."""
         head = self.engagement_head(engagement_id)
         if self.dialect.lock_engagement:
             self.execute(self.dialect.lock_engagement, (engagement_id,))
             head = self.engagement_head(engagement_id)
+        key = commit_rules.batch_key(user, batch)
+        if digest is None:
+            digest = commit_rules.batch_digest(changes)
         previous = self.one(
-            "SELECT result FROM batches WHERE engagement_id = ? AND batch = ?", (engagement_id, batch)
+            "SELECT result FROM batches WHERE engagement_id = ? AND batch = ?", (engagement_id, key)
         )
         if previous is not None:
+            commit_rules.check_replay(json.loads(previous[0]).get("digest"), digest, batch)
             return _result_from_json(previous[0])
         # abandoned copy, finalized engagement, another user's lock: refuse the whole batch
         workflow.check_commit(self, engagement_id, user, copy, changes, now)
@@ -954,7 +961,7 @@ class MetadataDB:
         result = CommitResult(head=seq, results=tuple(results), changes=tuple(written))
         self.execute(
             "INSERT INTO batches (engagement_id, batch, result, created_at) VALUES (?, ?, ?, ?)",
-            (engagement_id, batch, _result_to_json(result), when),
+            (engagement_id, key, _result_to_json(result, digest), when),
         )
         return result
 

@@ -277,3 +277,23 @@ def test_a_finalized_engagement_takes_no_chunks(server: Daemon) -> None:
     assert server.request("GET", "/v1/engagements/signed/changes", token=token)[0] == 200
     assert server.admin("engagement", "reopen", "signed", "--reason", "amended").returncode == 0
     assert upload(server, token, "signed", big)[0] == 200
+
+
+def test_batch_keys_are_per_user_and_bound_to_their_request(server: Daemon) -> None:
+    add_engagements(server, ["keys"], {"alice": "editor", "mallory": "editor"})
+    alice, mallory = server.login("alice", PASSWORD), server.login("mallory", PASSWORD)
+    assert upload(server, alice, "keys", b"alice's", b"mallory's", b"other")[0] == 200
+    first = commit(server, alice, "keys", "k-1", [put("a.txt", b"alice's")])
+    assert first[0] == 200 and first[1]["results"][0]["status"] == "applied", first
+    # another member's request with that key is a batch of its own, not alice's answer
+    status, answer = commit(server, mallory, "keys", "k-1", [put("m.txt", b"mallory's")])
+    assert status == 200 and answer["results"][0]["path"] == "m.txt", answer
+    assert answer["results"][0]["status"] == "applied"
+    # alice's key with other changes: 409, nothing applied
+    before = head(server, alice, "keys")
+    status, answer = commit(server, alice, "keys", "k-1", [put("b.txt", b"other")])
+    assert status == 409 and answer["error"] == "batch_reused", answer
+    assert head(server, alice, "keys") == before
+    # the very same request again is the replay it always was
+    again = commit(server, alice, "keys", "k-1", [put("a.txt", b"alice's")])
+    assert again == first

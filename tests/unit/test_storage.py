@@ -24,6 +24,7 @@ import zstandard
 
 from smartsyncd.core.errors import (
     BadRequest,
+    BatchReused,
     InvalidPath,
     MissingChunks,
     NotFound,
@@ -664,6 +665,18 @@ async def test_commit_idempotent_replay(store) -> None:
     again = await commit(store, e.id, "retry-me", batch, {"a": full(c2, refs2)}, user="bob", now=T0 + timedelta(hours=1))
     assert again.replayed and again.changes == ()
     assert again.results == first.results and again.head == first.head
+    assert await state(store, e.id) == before
+    # the key is per user: another member's use of it is a batch of its own, never a replay
+    # of bob's answer
+    mine = await commit(store, e.id, "retry-me", [put("c", None, c1, s1)], user="mallory")
+    assert not mine.replayed and mine.results[0].status == "applied"
+    # and bound to its request: the same key with other changes is refused, nothing applied
+    before = await state(store, e.id)
+    with pytest.raises(BatchReused) as info:
+        await commit(store, e.id, "retry-me", [put("d", None, c1, s1)], user="bob")
+    assert info.value.status == 409 and info.value.details == {"batch": "retry-me"}
+    with pytest.raises(BatchReused):
+        await commit(store, e.id, "retry-me", batch[:1], {"a": full(c2, refs2)}, user="bob")
     assert await state(store, e.id) == before
     # the key is per engagement
     other = await store.create_engagement("other", "")
