@@ -626,14 +626,15 @@ class SyncAPI:
         return send_json(request, {"stored": stored, "present": present})
 
     async def _delta_prefixes(
-        self, engagement_id: int, records: list[chunkstream.Record]
+        self, engagement_id: int, records: list[chunkstream.Record], spent: int = 0
     ) -> dict[tuple[str, int, int], bytes]:
         """The base ranges named by delta records, read from this engagement's own content
-        (a base it does not have is a ``bad_chunk``); at most ``delta_prefix_bytes`` in all."""
+        (a base it does not have is a ``bad_chunk``); at most ``delta_prefix_bytes`` in all,
+        counting the ``spent`` bytes earlier slices of the same request named."""
         refs = {chunkstream.delta_ref(r) for r in records if r[1] == chunkstream.CODEC_DELTA}
         if not refs:
             return {}
-        if sum(length for _, _, length in refs) > self.limits.delta_prefix_bytes:
+        if spent + chunkstream.delta_base_bytes(records) > self.limits.delta_prefix_bytes:
             raise TooLarge("delta records name too many base bytes; send fewer per request",
                            limit=self.limits.delta_prefix_bytes)
         wanted: dict[tuple[str, int, int], list[tuple[str, int, int]]] = {}

@@ -157,6 +157,7 @@ class ChunkUploadStream:
         self._ended = False
         self.access: Access | None = None
         self._upload: ChunkUpload | None = None
+        self._delta_bytes = 0  # base bytes named by the delta records of earlier slices
         self._worker: Deferred[None] | None = None
         self._paused: Any = None
 
@@ -326,7 +327,10 @@ class ChunkUploadStream:
 
     async def _verify(self, batch: list[chunkstream.Record]) -> list[VerifiedChunk]:
         assert self.access is not None
-        prefixes = await self._api._delta_prefixes(self.access.engagement.id, batch)
+        # the cap on named base bytes holds for the whole request, not per slice
+        spent = self._delta_bytes
+        self._delta_bytes += chunkstream.delta_base_bytes(batch)
+        prefixes = await self._api._delta_prefixes(self.access.engagement.id, batch, spent)
         verified: list[VerifiedChunk] = await self._api._run_blocking(chunkstream.verify_records, batch, prefixes)
         return verified
 

@@ -27,7 +27,7 @@ from daemon import Daemon, running_daemon
 from reliability import PASSWORD, add_engagements, add_users, cid
 
 from smartsyncd.core.chunking import chunk_hash
-from smartsyncd.core.chunkstream import CODEC_RAW, encode_records
+from smartsyncd.core.chunkstream import CODEC_DELTA, CODEC_RAW, delta_payload, encode_records
 from smartsyncd.core.manifest import content_id_of_binary, encode_binary
 from smartsyncd.core.model import ChunkRef
 
@@ -297,3 +297,41 @@ def test_batch_keys_are_per_user_and_bound_to_their_request(server: Daemon) -> N
     # the very same request again is the replay it always was
     again = commit(server, alice, "keys", "k-1", [put("a.txt", b"alice's")])
     assert again == first
+
+
+def test_the_delta_base_cap_holds_per_request_not_per_slice(server: Daemon) -> None:
+    # each ~4 MiB slice of this upload names 40 MiB of base ranges (under the 64 MiB cap);
+    # the request as a whole names 80 MiB: refused, nothing stored
+    add_engagements(server, ["deltas"], {"mallory": "editor"})
+    token = server.login("mallory", PASSWORD)
+    pieces = [os.urandom(256 << 10) for _ in range(8)]  # a 2 MiB version to name ranges of
+    assert upload(server, token, "deltas", *pieces)[0] == 200
+    whole = b"".join(pieces)
+    refs = [[chunk_hash(p), len(p)] for p in pieces]
+    body_ = encode_binary([ChunkRef(h, n) for h, n in refs])
+    base = content_id_of_binary(body_)
+    status, answer = commit(server, token, "deltas", "base", [
+        {"path": "base.bin", "kind": "put", "base": None, "content": base, "size": len(whole),
+         "manifest": refs}])
+    assert status == 200, answer
+    records: list[tuple[str, int, int, bytes]] = []
+    pads: list[bytes] = []
+    for slice_no in range(2):
+        for i in range(40):
+            offset = slice_no * 40 + i
+            prefix = whole[offset : offset + (1 << 20)]
+            raw = prefix[:2000] + bytes([slice_no, i])
+            records.append((chunk_hash(raw), CODEC_DELTA, len(raw),
+                            delta_payload(base, offset, prefix, raw)))
+        for _ in range(17):  # fill the slice past 4 MiB with plain chunks
+            pad = os.urandom(256 << 10)
+            pads.append(pad)
+            records.append((chunk_hash(pad), CODEC_RAW, len(pad), pad))
+    status, answer = server.request("POST", "/v1/engagements/deltas/chunks",
+                                    body=encode_records(records), content_type=CHUNKS_TYPE,
+                                    token=token)
+    assert status == 413 and answer["error"] == "too_large", (status, answer)
+    status, answer = server.request("POST", "/v1/engagements/deltas/chunks/missing", token=token,
+                                    json_body={"chunks": [chunk_hash(p) for p in pads]})
+    assert status == 200 and len(answer["missing"]) == len(pads), answer
+    assert server.request("GET", "/healthz")[0] == 200
