@@ -34,6 +34,7 @@ from smartsyncd.service.tls import (
     endpoint_tls_files,
     ensure_self_signed,
     load_certificate,
+    restrict_ciphers,
     tls_endpoint_string,
 )
 from smartsyncd.storage.durable import write_durably
@@ -184,6 +185,7 @@ class SmartsyncServer(Service):
         endpoint = batching_tls_endpoint(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
         )
+        restrict_ciphers(endpoint)
         self.port = await endpoint.listen(site)
         if self._stopping:
             return

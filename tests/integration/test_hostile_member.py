@@ -15,7 +15,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -335,3 +337,25 @@ def test_the_delta_base_cap_holds_per_request_not_per_slice(server: Daemon) -> N
                                     json_body={"chunks": [chunk_hash(p) for p in pads]})
     assert status == 200 and len(answer["missing"]) == len(pads), answer
     assert server.request("GET", "/healthz")[0] == 200
+
+
+def _handshake(d: Daemon, ciphers: str) -> str | None:
+    """The cipher a TLS 1.2 handshake with only ``ciphers`` agrees on, None if refused."""
+    context = d.ssl_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                cipher = tls.cipher()
+                return cipher[0] if cipher else None
+    except ssl.SSLError:
+        return None
+
+
+def test_tls_1_2_offers_only_aead_ciphers(server: Daemon) -> None:
+    cbc = "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-SHA:AES128-SHA"
+    assert _handshake(server, cbc) is None
+    assert _handshake(server, "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384") is None
+    assert _handshake(server, "ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert _handshake(server, "ECDHE-ECDSA-CHACHA20-POLY1305") == "ECDHE-ECDSA-CHACHA20-POLY1305"
