@@ -18,6 +18,7 @@ import shutil
 import socket
 import sqlite3
 import ssl
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 from daemon import Daemon, running_daemon
-from reliability import PASSWORD, add_engagements, add_users, cid
+from reliability import PASSWORD, add_engagements, add_users, cid, wait_for
 
 from smartsyncd.core.chunking import chunk_hash
 from smartsyncd.core.chunkstream import CODEC_DELTA, CODEC_RAW, delta_payload, encode_records
@@ -359,3 +360,45 @@ def test_tls_1_2_offers_only_aead_ciphers(server: Daemon) -> None:
     assert _handshake(server, "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384") is None
     assert _handshake(server, "ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
     assert _handshake(server, "ECDHE-ECDSA-CHACHA20-POLY1305") == "ECDHE-ECDSA-CHACHA20-POLY1305"
+
+
+def _open_to_others(root: Path) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in [".", *files]:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                continue
+            if os.stat(full).st_mode & 0o077:
+                found.append(f"{full} {oct(os.stat(full).st_mode & 0o777)}")
+    return found
+
+
+def test_the_data_folder_and_log_are_private_under_an_open_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # what twistd inherits from a typical shell or unit file
+    try:
+        d = running_daemon(tmp_path)
+    finally:
+        os.umask(old)
+    try:
+        add_users(d, ["alice"])
+        add_engagements(d, ["acme"], {"alice": "editor"})
+        token = d.login("alice", PASSWORD)
+        assert upload(d, token, "acme", b"a working paper")[0] == 200
+        assert commit(d, token, "acme", "b", [put("a.txt", b"a working paper")])[0] == 200
+        assert _open_to_others(d.data_dir) == []
+        assert os.stat(d.logfile).st_mode & 0o077 == 0
+        assert "readable by other accounts" not in d.log_text()
+        # an older data folder (made under umask 022) and a key others can read
+        port = d.port
+        d.stop()
+        os.chmod(d.data_dir, 0o755)
+        os.chmod(d.key_path, 0o644)
+        d.listen = f"ssl:{port}:interface=127.0.0.1"
+        d.start()
+        assert stat.S_IMODE(os.stat(d.data_dir).st_mode) == 0o700
+        log = wait_for(lambda: "readable by other accounts" in d.log_text() and d.log_text(),
+                       10, "the start-up warning")
+        assert f"TLS private key {d.key_path} is readable by other accounts (mode 0644)" in log
+    finally:
+        d.stop()
