@@ -49,6 +49,7 @@ class LdapConfig:
     ca_file: str | None = None
     bind_dn: str | None = None
     bind_password: str | None = field(default=None, repr=False)
+    bind_password_file: str | None = None  # where it was read (start-up checks its mode)
     netbios_domain: str | None = None
     upn_suffix: str | None = None
     user_filter: str = AD_USER_FILTER
@@ -160,6 +161,7 @@ class LdapConfig:
             raise ValueError("[ldap] bind_dn: required when bind_password_file is set")
         group_mode = (text("group_mode") or "ad-chain").lower()
         return cls(
+            bind_password_file=password_file,
             urls=urls,
             base_dn=base_dn,
             ca_file=path("ca_file"),

@@ -47,7 +47,13 @@ from twisted.logger import Logger
 
 from smartsyncd.client.basecache import BaseCache
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
-from smartsyncd.client.errors import NetworkError, ProtocolError, ServerRefused, UsageError
+from smartsyncd.client.errors import (
+    NetworkError,
+    ProtocolError,
+    ServerRefused,
+    Unverifiable,
+    UsageError,
+)
 from smartsyncd.client.http import DeltaHint
 from smartsyncd.client.localfs import (
     discard_temp,
@@ -61,6 +67,7 @@ from smartsyncd.client.localfs import (
     remove_file,
     same_stat,
 )
+from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
@@ -580,7 +587,7 @@ class SyncCopy:
                     report.skipped.append((f.path, "server sent an invalid path; not written"))
                     continue
                 write = PullWrite(f.path, f.seq, f.content, f.size, None)
-                await self._write_remote(api, write, None, index, report, prog)
+                await self._write_or_skip(api, write, None, index, report, prog)
         finally:
             prog.finish()
         await self._run(self.state.update, (), (), head)
@@ -870,6 +877,9 @@ class SyncCopy:
                 try:
                     report.bytes_sent += await self._upload(api, wanted, prog, bases)
                 except ServerRefused as e:
+                    if e.code == "finalized":  # signed off meanwhile: keep everything local
+                        report.refused = e.message
+                        return
                     if e.code != "bad_chunk" or not bases:
                         raise
                     # a delta the server could not rebuild (a base copy gone bad?): resend
@@ -1230,7 +1240,7 @@ class SyncCopy:
             prog.start("download", total)
             try:
                 for w in sorted(writes, key=lambda w: w.path):
-                    await self._write_remote(api, w, base.get(w.path), index, report, prog)
+                    await self._write_or_skip(api, w, base.get(w.path), index, report, prog)
             finally:
                 prog.finish()
         for d in deletes:
@@ -1261,6 +1271,20 @@ class SyncCopy:
                     index.setdefault(chunk.hash, (record.path, offset, chunk.size))
         return index
 
+    async def _write_or_skip(
+        self, api: Server, write: PullWrite, old: FileRecord | None,
+        index: dict[str, tuple[str, int, int]], report: SyncReport, prog: Progress,
+    ) -> None:
+        """``_write_remote``, except that a file that cannot be verified (a stored manifest
+        that lies about its chunks) or whose folder is a symbolic link is skipped and
+        reported: one bad file must not stop the pull of every other."""
+        try:
+            await self._write_remote(api, write, old, index, report, prog)
+        except (Unverifiable, LinkInPath) as e:
+            why = e.strerror if isinstance(e, LinkInPath) else str(e)
+            log.warn("{path} not written: {why}", path=write.path, why=why)
+            report.skipped.append((write.path, str(why)))
+
     async def _write_remote(
         self, api: Server, write: PullWrite, old: FileRecord | None,
         index: dict[str, tuple[str, int, int]], report: SyncReport, prog: Progress,
@@ -1271,7 +1295,7 @@ class SyncCopy:
         )
         manifest = await api.manifest(self.engagement, write.content, base=base_manifest)
         if manifest.size != write.size:
-            raise ProtocolError(f"manifest of {write.path} does not match its size")
+            raise Unverifiable(f"manifest of {write.path} does not match its size")
         target = self.directory / write.path
         resumable = manifest.size >= PARTIAL_MIN
         if resumable:  # a large file: resume into what an interrupted pull left
@@ -1312,7 +1336,7 @@ class SyncCopy:
         except BaseException as exc:
             # a cut connection keeps the part for the next attempt; a local disk error (a
             # full disk) frees its space instead
-            if resumable and not isinstance(exc, OSError):
+            if resumable and not isinstance(exc, (OSError, Unverifiable)):
                 await self._run(_keep_partial, temp, handle)
             else:
                 await self._run(discard_temp, temp, handle)
@@ -1412,10 +1436,12 @@ class SyncCopy:
             current: LocalEntry | None = self.scanner.check(path, old)
         except FileChanging:
             current = LocalEntry(content="changing", size=-1)
+        target = self.directory / path
+        ensure_folder(self.directory, target.parent, create=False)  # LinkInPath: not written
         if current is not None and (old is None or current.content != old.content):
             moved_to = conflict_name(path, self.user, self._now(), self._taken)
-            move_no_replace(self.directory / path, self.directory / moved_to)
-        st = finish_temp(temp, handle, self.directory / path)
+            move_no_replace(target, self.directory / moved_to)
+        st = finish_temp(temp, handle, target, root=self.directory)
         if temp.parent != (self.directory / path).parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
         return st, moved_to
@@ -1435,6 +1461,11 @@ class SyncCopy:
             return False
         if current is None or old is None or current.content != old.content:
             return False  # gone already, or edited: kept (pushed again as a new file)
+        try:
+            ensure_folder(self.directory, (self.directory / path).parent, create=False)
+        except LinkInPath:
+            log.warn("{path} not deleted: a folder on the way is a symbolic link", path=path)
+            return False
         remove_file(self.directory, self.directory / path)
         return True
 
@@ -1630,7 +1661,8 @@ def _write_window(
         if data is None:
             data = fetched[chunk.hash]
         if len(data) != chunk.size:
-            raise ProtocolError(f"chunk {chunk.hash} has the wrong size")
+            raise Unverifiable(f"chunk {chunk.hash} has {len(data)} bytes, its manifest says "
+                               f"{chunk.size}; the file was not written")
         handle.write(data)
 
 

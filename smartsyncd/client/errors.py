@@ -68,6 +68,11 @@ class ProtocolError(NetworkError):
     """The server's answer does not follow docs/protocol.md (malformed JSON, bad manifest)."""
 
 
+class Unverifiable(ProtocolError):
+    """One pulled file cannot be verified (its stored manifest gives a chunk the wrong size):
+    the pull skips and reports that file and goes on with the rest."""
+
+
 class ServerRefused(ClientError):
     """The server answered with a JSON error (``{"error": code, "message": ...}``)."""
 

@@ -71,6 +71,8 @@ FETCH_DATA_LIMIT = 16 * 1024 * 1024
 # base bytes the deltas of one fetch may name (the client holds them while the request is out;
 # the server allows 64 MiB)
 FETCH_BASE_LIMIT = 24 * 1024 * 1024
+# base bytes the delta records of one upload may name (the server allows 64 MiB per request)
+UPLOAD_BASE_LIMIT = 48 * 1024 * 1024
 CHUNKS_PER_REQUEST = 4096
 MISSING_PER_REQUEST = 10000
 RECORD_HEADER = 41  # hash 32 + codec 1 + raw_len 4 + payload_len 4
@@ -869,15 +871,22 @@ def _fetch_body(
 def _upload_batches(chunks: Iterable[UploadItem]) -> Iterator[list[UploadItem]]:
     # Compression never grows a record (raw is sent when zstd does not help, a delta only when
     # it is smaller), so packing by raw size plus record headers keeps every body in the limit.
+    # The base bytes a request's delta records name are capped per request (protocol.md,
+    # Limits): counted with repeats, so the server's count (each range once) is never higher.
     batch: list[UploadItem] = []
-    total = 0
+    total = based = 0
     for item in chunks:
         cost = len(item[1]) + RECORD_HEADER
-        if batch and (total + cost > UPLOAD_BODY_LIMIT or len(batch) >= CHUNKS_PER_REQUEST):
+        base = len(item[2].prefix) if len(item) > 2 else 0  # type: ignore[misc]
+        if batch and (
+            total + cost > UPLOAD_BODY_LIMIT or len(batch) >= CHUNKS_PER_REQUEST
+            or based + base > UPLOAD_BASE_LIMIT
+        ):
             yield batch
-            batch, total = [], 0
+            batch, total, based = [], 0, 0
         batch.append(item)
         total += cost
+        based += base
     if batch:
         yield batch
 

@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import blake3
 
+from smartsyncd.client.nofollow import ensure_folder, open_new, replace_into
+
 TEMP_PREFIX = ".~smartsync-"
 
 
@@ -29,18 +31,8 @@ def fsync_dir(path: Path | str) -> None:
 
 def make_parents(root: Path, target: Path) -> None:
     """Create the folders between ``root`` and ``target`` durably (fsync each new folder's
-    parent)."""
-    missing: list[Path] = []
-    parent = target.parent
-    while parent != root and not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            pass
-        fsync_dir(folder.parent)
+    parent), never through a symbolic link (``nofollow.LinkInPath``)."""
+    ensure_folder(root, target.parent)
 
 
 def temp_path_for(target: Path) -> Path:
@@ -48,15 +40,18 @@ def temp_path_for(target: Path) -> Path:
 
 
 def open_temp(root: Path, target: Path) -> tuple[Path, BinaryIO]:
-    """Open a new temp file beside ``target`` (creating its folders) for writing."""
-    make_parents(root, target)
+    """Open a new temp file beside ``target`` (creating its folders) for writing; no folder
+    on the way may be a symbolic link (``nofollow.LinkInPath``)."""
     temp = temp_path_for(target)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = open_new(root, temp)
     return temp, os.fdopen(fd, "wb")
 
 
-def finish_temp(temp: Path, handle: BinaryIO, target: Path) -> os.stat_result:
-    """fsync and close the temp file, rename it over ``target``, fsync the folder.
+def finish_temp(
+    temp: Path, handle: BinaryIO, target: Path, root: Path | None = None
+) -> os.stat_result:
+    """fsync and close the temp file, rename it over ``target``, fsync the folder. With
+    ``root``, ``target``'s folder is reached from it without following a link.
 
     Returns the stat of the final file.
     """
@@ -65,7 +60,10 @@ def finish_temp(temp: Path, handle: BinaryIO, target: Path) -> os.stat_result:
         os.fsync(handle.fileno())
     finally:
         handle.close()
-    os.replace(temp, target)
+    if root is None:
+        os.replace(temp, target)
+    else:
+        replace_into(root, temp, target)
     fsync_dir(target.parent)
     return os.stat(target)
 

@@ -80,6 +80,12 @@ def delta_payload(base: str, offset: int, prefix: bytes, raw: bytes | memoryview
     return _DELTA_HEADER.pack(bytes.fromhex(base), offset, len(prefix)) + frame
 
 
+def delta_base_bytes(records: Iterable[Record]) -> int:
+    """The base bytes the delta records among ``records`` name (each range counted once)."""
+    refs = {delta_ref(r) for r in records if r[1] == CODEC_DELTA}
+    return sum(length for _, _, length in refs)
+
+
 def delta_ref(record: Record) -> tuple[str, int, int]:
     """``(base content id, offset, length)`` named by a codec-2 record; ``BadChunk`` if bad."""
     h, codec, _raw_len, payload = record

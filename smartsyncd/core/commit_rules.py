@@ -10,13 +10,15 @@ delete deletes nothing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from smartsyncd.core.conflicts import conflict_name
-from smartsyncd.core.errors import BadRequest, PathClash
+from smartsyncd.core.errors import BadRequest, BatchReused, PathClash
 from smartsyncd.core.manifest import is_hash
 from smartsyncd.core.model import FileState, Outcome, ProposedChange
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
@@ -286,3 +288,32 @@ class MemoryHead:
             self.files[o.write_path] = FileState(o.write_path, self.head, content, size)
             seqs.append(self.head)
         return seqs
+
+
+def batch_key(user: str, batch: str) -> str:
+    """The stored idempotency key: a client's batch key is its own, per (engagement, user), so
+    another member can neither replay nor take it. The length prefix keeps it unambiguous."""
+    return f"{len(user)}:{user}:{batch}"
+
+
+def batch_digest(changes: Sequence[ProposedChange]) -> str:
+    """What a replay must match: the changes as proposed (path, kind, base, content, size)."""
+    rows = [[c.path, c.kind, c.base, c.content, c.size] for c in changes]
+    text = json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def restore_digest(path: str, version: int) -> str:
+    """What a replayed restore must match: the request (path, version), not the change it made
+    (whose base is the head at the time)."""
+    text = json.dumps(["restore", path, version], ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def check_replay(stored_digest: str | None, digest: str, batch: str) -> None:
+    """Raise ``BatchReused`` when a stored batch is asked again with other changes."""
+    if stored_digest is not None and stored_digest != digest:
+        raise BatchReused(
+            f"batch key {batch!r} was already used for other changes; send a new key",
+            batch=batch,
+        )

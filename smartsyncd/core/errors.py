@@ -123,6 +123,14 @@ class Locked(SyncError):
     status = 409
 
 
+class BatchReused(SyncError):
+    """A batch key this user already committed, sent with different changes: refused, not
+    replayed (a replay answers only the very request it stored)."""
+
+    code = "batch_reused"
+    status = 409
+
+
 class Finalized(SyncError):
     """The engagement is signed off (finalized) and read-only for everyone (``reason``,
     ``finalized_by``, ``finalized_at``); nothing is applied until an admin reopens it."""

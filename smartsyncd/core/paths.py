@@ -22,13 +22,28 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 # Windows treats these device names as reserved with any extension ("con.txt", "COM1.tar.gz");
 # it also accepts superscript digits for COM/LPT.
 _RESERVED_NAMES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{dev}{d}" for dev in ("COM", "LPT") for d in "123456789\u00b9\u00b2\u00b3"]
 )
+# Bidirectional controls reorder what a name shows ("invoice\u202Efdp.exe" reads as
+# "invoiceexe.pdf"); the other default-ignorable code points (zero-width joiners and spaces,
+# variation selectors, Hangul fillers, tags) are invisible, so two names that look the same
+# would be different files. Unicode's Default_Ignorable_Code_Point list (DerivedCoreProperties).
+_BIDI_RE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_IGNORABLE_RE = re.compile(
+    "[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200d\u2060-\u2065"
+    "\u206a-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+# The shape of a Windows 8.3 short name ("PROGRA~1", "REPORT~12.DOC"): on a volume with short
+# names it can name another file of the folder, so it is never a name of its own.
+_SHORT_NAME_RE = re.compile(r"^[^.~]{1,7}~[0-9]{1,7}(\.[^.]{1,3})?$")
 
 
 def _refuse(original: object, message: str) -> InvalidPath:
     shown = original if isinstance(original, str) else repr(original)
+    # a lone surrogate cannot be sent back as UTF-8 JSON: show it escaped ("\\ud800")
+    shown = shown.encode("utf-8", "backslashreplace").decode("utf-8")
     return InvalidPath(message, path=shown)
 
 
@@ -50,6 +65,11 @@ def normalize_path(path: str) -> str:
         raise _refuse(path, "path contains a NUL character")
     if _CONTROL_RE.search(nfc):
         raise _refuse(path, "path contains a control character")
+    if not nfc.isascii():
+        if _BIDI_RE.search(nfc):
+            raise _refuse(path, "path contains a bidirectional control character")
+        if _IGNORABLE_RE.search(nfc):
+            raise _refuse(path, "path contains an invisible (default-ignorable) character")
     if "\\" in nfc:
         raise _refuse(path, "path contains a backslash")
     if nfc.startswith("//"):
@@ -81,6 +101,8 @@ def _check_segment(original: str, segment: str) -> None:
     device = segment.split(".", 1)[0].rstrip(" ").upper()
     if device in _RESERVED_NAMES:
         raise _refuse(original, f"path segment {segment!r} is a Windows-reserved name")
+    if "~" in segment and _SHORT_NAME_RE.match(segment) and len(segment.split(".")[0]) <= 8:
+        raise _refuse(original, f"path segment {segment!r} has the shape of a Windows short name")
     if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
         raise _refuse(original, f"path segment is longer than {MAX_SEGMENT_BYTES} UTF-8 bytes")
 

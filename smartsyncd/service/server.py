@@ -31,11 +31,13 @@ import smartsyncd
 from smartsyncd.core.errors import SyncError
 from smartsyncd.service.config import ServerConfig
 from smartsyncd.service.folderlock import lock_data_folder
+from smartsyncd.service.hardening import readable_by_others, tighten_data_dir
 from smartsyncd.service.tls import (
     CertificateInfo,
     endpoint_tls_files,
     ensure_self_signed,
     load_certificate,
+    restrict_ciphers,
     tls_endpoint_string,
 )
 from smartsyncd.storage.durable import write_durably
@@ -121,6 +123,9 @@ class SmartsyncServer(Service):
             database=describe_database(config),
         )
         self.folder_lock = await self._run_blocking(lock_data_folder, config.data_dir)
+        if await self._run_blocking(tighten_data_dir, config.data_dir):
+            log.warn("the data folder {data_dir} was open to other accounts; it is now 0700",
+                     data_dir=config.data_dir)
         listen_files = endpoint_tls_files(config.listen)
         if listen_files is not None:
             info = await self._run_blocking(load_certificate, *listen_files)
@@ -135,6 +140,14 @@ class SmartsyncServer(Service):
         else:
             info = await self._run_blocking(load_certificate, config.cert_path, config.key_path)
         self.certificate = info
+        secrets = [("TLS private key", info.key_path)]
+        if config.ldap is not None:
+            secrets.append(("LDAP bind password file", config.ldap.bind_password_file))
+        for what, path, mode in await self._run_blocking(readable_by_others, secrets):
+            log.warn(
+                "the {what} {path} is readable by other accounts (mode {mode}): chmod 600 it",
+                what=what, path=path, mode=f"{mode:04o}",
+            )
         log.info(
             "TLS certificate SHA-256 fingerprint: {fingerprint}",
             fingerprint=info.fingerprint,
@@ -194,6 +207,7 @@ class SmartsyncServer(Service):
         endpoint = batching_tls_endpoint(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
         )
+        restrict_ciphers(endpoint)
         self.port = await endpoint.listen(site)
         if self._stopping:
             return

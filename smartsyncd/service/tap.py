@@ -17,6 +17,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
 from smartsyncd.service.config import ServerConfig, default_config_file, load_config
+from smartsyncd.service.hardening import private_umask
 from smartsyncd.service.logs import JsonLogService
 from smartsyncd.service.pools import ThreadPoolService
 from smartsyncd.service.reload import ReloadService
@@ -75,6 +76,7 @@ def _exit_after_shutdown(reactor: Any, code: int = 1) -> None:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
+    private_umask()  # before twistd opens its log and anything is written (service/hardening.py)
     config = options.server_config
     top = MultiService()
     reload = ReloadService(reactor)

@@ -9,8 +9,9 @@ this server only: it cannot vouch for other certificates. The key is written 060
 crash-safely (temp file, fsync, rename, fsync the folder), key first: a certificate on disk
 always has its key.
 
-The minimum protocol is TLS 1.2 (Twisted's ``CertificateOptions`` default, with its modern
-cipher list); ``sslmethod=`` in an endpoint string is refused by ``config.check_listen``.
+The minimum protocol is TLS 1.2 (Twisted's ``CertificateOptions`` default); TLS 1.2 offers only
+forward-secret AEAD suites (``AEAD_CIPHERS``); ``sslmethod=`` in an endpoint string is refused
+by ``config.check_listen``.
 
 Everything here blocks (key generation, file I/O): the daemon runs it on a thread pool.
 """
@@ -23,13 +24,14 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.endpoints import quoteStringArgument
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
 from smartsyncd.storage.durable import ensure_dir, write_durably
 
@@ -206,6 +208,19 @@ def tls_endpoint_string(listen: str, cert_path: str, key_path: str) -> str:
     )
 
 
+# TLS 1.2 suites the daemon offers: forward-secret AEAD only (no CBC-SHA1, no RSA key
+# exchange). TLS 1.3 suites are all AEAD and are not affected by this list.
+AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+
+def restrict_ciphers(endpoint: Any) -> None:
+    """Limit a listening ``ssl:`` endpoint to ``AEAD_CIPHERS`` (the endpoint string has no
+    cipher option; its ``CertificateOptions`` keeps one context for every connection)."""
+    options = getattr(endpoint, "_sslContextFactory", None)
+    if options is not None:
+        options.getContext().set_cipher_list(AEAD_CIPHERS.encode("ascii"))
+
+
 def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
     """TLS 1.2+ server options for in-process listeners (tests, embedding)."""
     from twisted.internet.ssl import PrivateCertificate
@@ -219,4 +234,5 @@ def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
         privateKey=private.privateKey.original,
         certificate=private.original,
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS),
     )

@@ -14,8 +14,8 @@ Two layers:
   each with its own connection (opened on first use, replaced when broken); commits serialize
   on the engagement row (``SELECT ... FOR UPDATE``), so several daemons can share the database.
 
-Commit (``MetadataDB.commit``) is one write transaction: idempotency lookup by (engagement, batch)
--> the stored answer, replayed; else ``core.commit_rules.plan_commit`` over a ``HeadView`` backed
+Commit (``MetadataDB.commit``) is one write transaction: idempotency lookup by (engagement, user, batch)
+-> the stored answer, replayed if the changes match its digest (else 409); else ``core.commit_rules.plan_commit`` over a ``HeadView`` backed
 by the ``files`` table; then every written put's manifest is resolved (known content, a full
 chunk list, or a delta against a known manifest), checked (content id, size, every chunk present)
 and stored; sequence numbers head+1.. are assigned in outcome order; changes are inserted, files
@@ -216,9 +216,10 @@ def _change(row: Any) -> Change:
     )
 
 
-def _result_to_json(result: CommitResult) -> str:
+def _result_to_json(result: CommitResult, digest: str) -> str:
     return json.dumps(
         {
+            "digest": digest,
             "head": result.head,
             "results": [
                 {
@@ -659,6 +660,18 @@ class MetadataDB:
             found.update(bytes(r[0]) for r in rows)
         return found
 
+    def stored_sizes(self, engagement_id: int, hashes: Sequence[bytes]) -> dict[bytes, int]:
+        """hash -> raw size of the chunks the engagement has, among ``hashes``."""
+        found: dict[bytes, int] = {}
+        for part in _chunks_of(list(hashes)):
+            marks = ", ".join("?" for _ in part)
+            rows = self.all(
+                f"SELECT hash, raw_size FROM chunks WHERE engagement_id = ? AND hash IN ({marks})",
+                (engagement_id, *(self.dialect.binary(h) for h in part)),
+            )
+            found.update((bytes(r[0]), int(r[1])) for r in rows)
+        return found
+
     def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
         wanted = list(dict.fromkeys(hashes))
         raw = [_hash_bytes(h, "chunk hash") for h in wanted]
@@ -825,15 +838,21 @@ class MetadataDB:
         now: datetime,
         when: str,
         copy: str | None = None,
+        digest: str | None = None,
     ) -> CommitResult:
+        """``digest``: what a replay of ``batch`` must match (by default the changes')."""
         head = self.engagement_head(engagement_id)
         if self.dialect.lock_engagement:
             self.execute(self.dialect.lock_engagement, (engagement_id,))
             head = self.engagement_head(engagement_id)
+        key = commit_rules.batch_key(user, batch)
+        if digest is None:
+            digest = commit_rules.batch_digest(changes)
         previous = self.one(
-            "SELECT result FROM batches WHERE engagement_id = ? AND batch = ?", (engagement_id, batch)
+            "SELECT result FROM batches WHERE engagement_id = ? AND batch = ?", (engagement_id, key)
         )
         if previous is not None:
+            commit_rules.check_replay(json.loads(previous[0]).get("digest"), digest, batch)
             return _result_from_json(previous[0])
         # abandoned copy, finalized engagement, another user's lock: refuse the whole batch
         workflow.check_commit(self, engagement_id, user, copy, changes, now)
@@ -944,7 +963,7 @@ class MetadataDB:
         result = CommitResult(head=seq, results=tuple(results), changes=tuple(written))
         self.execute(
             "INSERT INTO batches (engagement_id, batch, result, created_at) VALUES (?, ?, ?, ?)",
-            (engagement_id, batch, _result_to_json(result), when),
+            (engagement_id, key, _result_to_json(result, digest), when),
         )
         return result
 
@@ -1024,13 +1043,31 @@ class MetadataDB:
                 raise BadRequest("the manifest's chunk sizes do not add up to the size", path=o.path)
             new[content] = (o.size, chunks, body)
 
-        wanted = list(dict.fromkeys(c.hash for _, chunks, _ in new.values() for c in chunks))
+        # every chunk present, at the size the manifest gives it: a manifest that lies about a
+        # chunk's size would stop every other copy's pull at this change
+        claimed: dict[str, tuple[int, str]] = {}
+        for content, (_, chunks, _) in new.items():
+            for c in chunks:
+                first = claimed.setdefault(c.hash, (c.size, content))
+                if first[0] != c.size:
+                    raise BadRequest(f"chunk {c.hash} is given two sizes ({first[0]} and {c.size})")
+        wanted = list(claimed)
         raw = [bytes.fromhex(h) for h in wanted]
-        present = self.present_chunks(engagement_id, raw)
-        missing = [h for h, r in zip(wanted, raw, strict=True) if r not in present]
+        stored = self.stored_sizes(engagement_id, raw)
+        missing = [h for h, r in zip(wanted, raw, strict=True) if r not in stored]
         if missing:
             raise MissingChunks(f"{len(missing)} chunk(s) must be uploaded first", chunks=missing)
+        for h, r in zip(wanted, raw, strict=True):
+            if stored[r] != claimed[h][0]:
+                raise BadRequest(
+                    f"the manifest gives chunk {h} {claimed[h][0]} bytes; it has {stored[r]}",
+                    path=self._path_of(outcomes, claimed[h][1]),
+                )
         return new
+
+    @staticmethod
+    def _path_of(outcomes: Sequence[Outcome], content: str) -> str | None:
+        return next((o.path for o in outcomes if o.content == content), None)
 
     def _sent_chunks(
         self,

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from smartsyncd.core import manifest
+from smartsyncd.core import commit_rules, manifest
 from smartsyncd.core.audit import (
     AUDIT_DOMAIN,
     CHANGE_DOMAIN,
@@ -436,7 +436,10 @@ def restore(
         current = db.one("SELECT seq FROM files WHERE engagement_id = ? AND path = ?", (engagement_id, path))
         base = None if current is None else int(current[0])
         change = ProposedChange(path=path, kind="put", base=base, content=content, size=int(size))
-        return db._commit_tx(engagement_id, user, session, batch, [change], {}, now, when, copy)
+        return db._commit_tx(
+            engagement_id, user, session, batch, [change], {}, now, when, copy,
+            digest=commit_rules.restore_digest(path, version),
+        )
 
     return db.write(tx)
 

@@ -28,7 +28,14 @@ import smartsyncd
 from smartsyncd.auth.acl import allows
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
-from smartsyncd.core.errors import BadChunk, BadRequest, Forbidden, NotFound, TooLarge
+from smartsyncd.core.errors import (
+    BadChunk,
+    BadRequest,
+    Finalized,
+    Forbidden,
+    NotFound,
+    TooLarge,
+)
 from smartsyncd.core.model import Change, ChunkRef, ProposedChange, Role
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import (
@@ -334,6 +341,18 @@ class SyncAPI:
 
     # -- auth ------------------------------------------------------------------------------
 
+    async def refuse_if_finalized(self, access: Access) -> None:
+        """A signed-off engagement takes no new chunks (423 ``finalized``), as it takes no
+        commit: they could never be used, and would only fill the disk."""
+        status = await self._store.engagement_status(access.engagement.id)
+        if status.finalized_at is not None:
+            raise Finalized(
+                f"the engagement was finalized (signed off) by {status.finalized_by}; it is"
+                " read-only until an admin reopens it, and takes no chunks",
+                reason=status.finalized_reason, finalized_by=status.finalized_by,
+                finalized_at=iso_utc(status.finalized_at),
+            )
+
     async def authorize(self, request: Request, name: str, operation: str) -> Access:
         """Session, then the engagement if this user may see it, then the role check."""
         session = await self._sessions.resolve(bearer_token(request))
@@ -567,6 +586,7 @@ class SyncAPI:
     async def missing_chunks(self, request: Request, access: Access) -> bytes:
         body = await self._parse_json(_json_body(request, self.limits.small_json))
         wanted = _hash_list(body, self.limits.missing_per_request)
+        await self.refuse_if_finalized(access)
         missing = await self._store.missing_chunks(access.engagement.id, list(dict.fromkeys(wanted)))
         if expect_object(body).get("answer") == "index":
             # compact answer: positions in the request instead of 64-character hashes
@@ -584,6 +604,7 @@ class SyncAPI:
         else:
             # A request built by another factory (tests' in-memory Site): the whole body.
             access = await self.authorize(request, eng, "write")
+            await self.refuse_if_finalized(access)
             body = read_body(request, self.limits.chunk_body)
             records = chunkstream.decode_records(body, max_records=self.limits.chunks_per_request)
             prefixes = await self._delta_prefixes(access.engagement.id, records)
@@ -599,14 +620,15 @@ class SyncAPI:
         return send_json(request, {"stored": stored, "present": present})
 
     async def _delta_prefixes(
-        self, engagement_id: int, records: list[chunkstream.Record]
+        self, engagement_id: int, records: list[chunkstream.Record], spent: int = 0
     ) -> dict[tuple[str, int, int], bytes]:
         """The base ranges named by delta records, read from this engagement's own content
-        (a base it does not have is a ``bad_chunk``); at most ``delta_prefix_bytes`` in all."""
+        (a base it does not have is a ``bad_chunk``); at most ``delta_prefix_bytes`` in all,
+        counting the ``spent`` bytes earlier slices of the same request named."""
         refs = {chunkstream.delta_ref(r) for r in records if r[1] == chunkstream.CODEC_DELTA}
         if not refs:
             return {}
-        if sum(length for _, _, length in refs) > self.limits.delta_prefix_bytes:
+        if spent + chunkstream.delta_base_bytes(records) > self.limits.delta_prefix_bytes:
             raise TooLarge("delta records name too many base bytes; send fewer per request",
                            limit=self.limits.delta_prefix_bytes)
         wanted: dict[tuple[str, int, int], list[tuple[str, int, int]]] = {}

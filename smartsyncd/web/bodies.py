@@ -357,7 +357,21 @@ def get_str(
         raise _bad_field(name, "a non-empty string")
     if max_len is not None and len(value) > max_len:
         raise _bad_field(name, f"a string of at most {max_len} characters")
+    if not value.isascii() and not _is_unicode(value):
+        raise _bad_field(name, "valid Unicode (it has a lone surrogate)")
     return value
+
+
+def _is_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# integers are stored as 64-bit signed values: larger ones are refused at the edge
+INT64_MAX = 2**63 - 1
 
 
 def get_int(
@@ -381,6 +395,8 @@ def get_int(
         raise _bad_field(name, "an integer or null" if nullable else "an integer")
     if minimum is not None and value < minimum:
         raise _bad_field(name, f"an integer >= {minimum}")
+    if not -INT64_MAX <= value <= INT64_MAX:
+        raise _bad_field(name, f"an integer of at most {INT64_MAX}")
     return value
 
 

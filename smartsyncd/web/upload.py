@@ -206,6 +206,7 @@ class ChunkUploadStream:
         self._ended = False
         self.access: Access | None = None
         self._upload: ChunkUpload | None = None
+        self._delta_bytes = 0  # base bytes named by the delta records of earlier slices
         self._worker: Deferred[None] | None = None
         self._paused: Any = None
 
@@ -328,6 +329,7 @@ class ChunkUploadStream:
     async def _run(self) -> None:
         try:
             self.access = await self._api.authorize(self._request, self._engagement, "write")
+            await self._api.refuse_if_finalized(self.access)
             if not self._cancelled:
                 self._request.mark_authenticated()
         except SyncError as e:
@@ -376,7 +378,10 @@ class ChunkUploadStream:
 
     async def _verify(self, batch: list[chunkstream.Record]) -> list[VerifiedChunk]:
         assert self.access is not None
-        prefixes = await self._api._delta_prefixes(self.access.engagement.id, batch)
+        # the cap on named base bytes holds for the whole request, not per slice
+        spent = self._delta_bytes
+        self._delta_bytes += chunkstream.delta_base_bytes(batch)
+        prefixes = await self._api._delta_prefixes(self.access.engagement.id, batch, spent)
         verified: list[VerifiedChunk] = await self._api._run_blocking(chunkstream.verify_records, batch, prefixes)
         return verified
 

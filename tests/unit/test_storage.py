@@ -24,6 +24,7 @@ import zstandard
 
 from smartsyncd.core.errors import (
     BadRequest,
+    BatchReused,
     InvalidPath,
     MissingChunks,
     NotFound,
@@ -575,6 +576,36 @@ async def test_commit_unknown_content_and_bad_manifests(store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_commit_refuses_chunk_sizes_that_differ_from_the_stored_chunks(store) -> None:
+    # a member's manifest that lies about a chunk's size hashes to its own content id and adds
+    # up to its own size, but every other copy's pull would stop at it: refused whole
+    e = await store.create_engagement("acme", "")
+    c1, s1, refs1 = await upload_file(store, e.id, b"good content")
+    a, b = chunk(b"first part"), chunk(b"second part")
+    await store.store_chunks(e.id, [a, b])
+    for lie in (
+        (ChunkRef(a.hash, a.raw_size + 1), ChunkRef(b.hash, b.raw_size)),
+        (ChunkRef(a.hash, a.raw_size), ChunkRef(b.hash, b.raw_size - 3)),
+        (ChunkRef(a.hash, 1 << 30),),
+    ):
+        bad, size = content_id(lie), sum(r.size for r in lie)
+        with pytest.raises(BadRequest, match=r"gives chunk [0-9a-f]{64} \d+ bytes; it has") as info:
+            await commit(store, e.id, "b1", [put("good.txt", None, c1, s1), put("x.bin", None, bad, size)],
+                         {"good.txt": full(c1, refs1), "x.bin": full(bad, lie)})
+        assert info.value.details == {"path": "x.bin"}
+    # one chunk given two sizes in one batch
+    twice = (ChunkRef(a.hash, a.raw_size), ChunkRef(a.hash, a.raw_size + 1))
+    with pytest.raises(BadRequest, match="two sizes"):
+        await commit(store, e.id, "b2", [put("y.bin", None, content_id(twice), sum(r.size for r in twice))],
+                     {"y.bin": full(content_id(twice), twice)})
+    assert await state(store, e.id) == (0, {}, 0)
+    # the true sizes commit
+    c2, s2, refs2 = content_of(a, b)
+    r = await commit(store, e.id, "b3", [put("x.bin", None, c2, s2)], {"x.bin": full(c2, refs2)})
+    assert r.results[0].status == "applied"
+
+
+@pytest_twisted.ensureDeferred
 async def test_stored_manifests_read_back_as_sent(store) -> None:
     # the commit encodes each new manifest once, for its content id check and its stored body
     # (one-chunk files without a join): both shapes read back equal
@@ -634,6 +665,18 @@ async def test_commit_idempotent_replay(store) -> None:
     again = await commit(store, e.id, "retry-me", batch, {"a": full(c2, refs2)}, user="bob", now=T0 + timedelta(hours=1))
     assert again.replayed and again.changes == ()
     assert again.results == first.results and again.head == first.head
+    assert await state(store, e.id) == before
+    # the key is per user: another member's use of it is a batch of its own, never a replay
+    # of bob's answer
+    mine = await commit(store, e.id, "retry-me", [put("c", None, c1, s1)], user="mallory")
+    assert not mine.replayed and mine.results[0].status == "applied"
+    # and bound to its request: the same key with other changes is refused, nothing applied
+    before = await state(store, e.id)
+    with pytest.raises(BatchReused) as info:
+        await commit(store, e.id, "retry-me", [put("d", None, c1, s1)], user="bob")
+    assert info.value.status == 409 and info.value.details == {"batch": "retry-me"}
+    with pytest.raises(BatchReused):
+        await commit(store, e.id, "retry-me", batch[:1], {"a": full(c2, refs2)}, user="bob")
     assert await state(store, e.id) == before
     # the key is per engagement
     other = await store.create_engagement("other", "")

@@ -23,6 +23,7 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
 )
 
 from smartsyncd.core.errors import (
+    BatchReused,
     CopyAbandoned,
     Finalized,
     Forbidden,
@@ -193,6 +194,8 @@ async def test_history_restore_and_export_at(wstore, clock) -> None:
     assert result.results[0].status == "applied" and result.changes[0].content == c1
     again = await wstore.restore(e.id, "bob", "s", None, "a.txt", 1, "r1", T0 + timedelta(hours=3))
     assert again.replayed  # same batch key: applied once
+    with pytest.raises(BatchReused):  # the same key for another restore: refused
+        await wstore.restore(e.id, "bob", "s", None, "a.txt", 2, "r1", T0 + timedelta(hours=3))
     with pytest.raises(NotFound):
         await wstore.restore(e.id, "bob", "s", None, "a.txt", 9, "r2", T0)
     seq, files = await wstore.export_at(e.id, T0 + timedelta(minutes=30))
