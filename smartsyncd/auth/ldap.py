@@ -150,6 +150,7 @@ class LdapAuthenticator:
             "pwdLastSet",
             "pwdAccountLockedTime",
             "memberOf",
+            "objectSid",
         ]
 
     # -- public API -------------------------------------------------------------------------
@@ -176,6 +177,39 @@ class LdapAuthenticator:
             return await self._identity(conn, entry)
 
         return await self._with_server(attempt, lambda: not state["password_sent"])
+
+    async def throttle_key(self, user: str) -> str | None:
+        """The account ``user`` names, for counting failed sign-ins: ``sid:<objectSid>`` when
+        the service account finds it, else (no service account) the account name the bind
+        would use. None when the directory does not know the name."""
+        try:
+            name = split_user_name(user, self._config.netbios_domain)
+        except BadUserName:
+            return None
+        cfg = self._config
+        if cfg.bind_dn is None:
+            account = name.account
+            if name.form == "upn":
+                local, _, suffix = account.rpartition("@")
+                if cfg.upn_suffix and suffix.casefold() == cfg.upn_suffix.casefold():
+                    account = local
+            return "ldap-name:" + account.casefold()
+
+        async def attempt(conn: DirectoryConnection) -> str:
+            await self._service_bind(conn)
+            entry = await self._find_account(conn, name)
+            sids = entry.values("objectSid")
+            if sids:
+                try:
+                    return "sid:" + sid_to_str(sids[0])
+                except ValueError:
+                    pass
+            return "dn:" + entry.dn.casefold()
+
+        try:
+            return await self._with_server(attempt)
+        except UnknownUser:
+            return None
 
     async def refresh(self, identity: Identity) -> Identity:
         """Re-read the account state and groups with the service account."""

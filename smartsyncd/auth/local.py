@@ -61,6 +61,15 @@ class LocalAuthenticator:
             raise SignInRefused("wrong password")
         return Identity(user=record.name, groups=frozenset(), backend=self.name)
 
+    async def throttle_key(self, user: str) -> str | None:
+        """``local:<name>`` for an account that signs in here, else None (not ours)."""
+        if not user or len(user) > 256 or not user.isprintable():
+            return None
+        record = await self._store.get_user(user)
+        if record is None or record.password_hash is None:
+            return None
+        return "local:" + record.name
+
     async def refresh(self, identity: Identity) -> Identity:
         record = await self._store.get_user(identity.user)
         if record is None:

@@ -43,7 +43,9 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "database": frozenset({"url"}),
     "storage": frozenset({"path"}),
     "auth": frozenset({"backends"}),
-    "limits": frozenset({"login_failures_per_user", "login_failures_per_address"}),
+    "limits": frozenset(
+        {"login_failures_per_user", "login_failures_per_address", "login_failure_window_minutes"}
+    ),
     "log": frozenset({"json_file"}),
 }
 
@@ -66,6 +68,9 @@ class ServerConfig:
     ldap: Any = None  # smartsyncd.auth.ldap.LdapConfig when [ldap] is configured
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
+    # Failed sign-ins are counted over this window; keep per_user failures in it below the
+    # domain's lockout threshold within its observation window (AD's default is 30 minutes).
+    login_failure_window_minutes: float = 30.0
     json_log_file: str | None = None
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -205,6 +210,10 @@ def load_config(
         for key in ("login_failures_per_user", "login_failures_per_address"):
             if (v := get("limits", key)) is not None:
                 values[key] = _convert(f"[limits] {key}", v, _positive_int)
+        if (v := get("limits", "login_failure_window_minutes")) is not None:
+            values["login_failure_window_minutes"] = _convert(
+                "[limits] login_failure_window_minutes", v, _positive_float
+            )
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)
         if parser.has_section("ldap"):

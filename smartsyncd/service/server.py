@@ -151,13 +151,18 @@ class SmartsyncServer(Service):
 
         from smartsyncd.auth.ratelimit import LoginRateLimiter
         from smartsyncd.auth.sessions import SessionManager
+        from smartsyncd.auth.throttle import AccountThrottle
         from smartsyncd.web.app import SyncAPI, make_site
         from smartsyncd.web.notify import ChangeNotifier
 
+        window = config.login_failure_window_minutes * 60.0
         limiter = LoginRateLimiter(
             self._reactor,
             per_user=config.login_failures_per_user,
             per_address=config.login_failures_per_address,
+        )
+        throttle = AccountThrottle(
+            self.store, self._reactor, limit=config.login_failures_per_user, window=window
         )
         sessions = SessionManager(
             self.store,
@@ -169,6 +174,7 @@ class SmartsyncServer(Service):
             refresh_interval=timedelta(
                 minutes=config.ldap.refresh_interval if config.ldap else 15.0
             ),
+            throttle=throttle,
         )
         notifier = ChangeNotifier(self._reactor)
         if config.database_url is not None and config.database_url.startswith(

@@ -644,6 +644,28 @@ class MetadataDB:
     def delete_session(self, token_hash: str) -> None:
         self.write(lambda: self.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,)))
 
+    # -- failed sign-ins
+
+    def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
+        def tx() -> None:
+            self.execute("DELETE FROM login_failures WHERE at < ?", (forget_before,))
+            self.execute("INSERT INTO login_failures (throttle_key, at) VALUES (?, ?)", (key, at))
+
+        self.write(tx)
+
+    def login_failures_since(self, key: str, since: float, limit: int) -> list[float]:
+        rows = self.all(
+            "SELECT at FROM login_failures WHERE throttle_key = ? AND at > ? ORDER BY at DESC"
+            " LIMIT ?",
+            (key, since, limit),
+        )
+        return sorted(float(r[0]) for r in rows)
+
+    def clear_login_failures(self, key: str) -> None:
+        self.write(
+            lambda: self.execute("DELETE FROM login_failures WHERE throttle_key = ?", (key,))
+        )
+
     # -- chunks and manifests
 
     def present_chunks(self, engagement_id: int, hashes: Sequence[bytes]) -> set[bytes]:
@@ -1309,6 +1331,15 @@ class SqlServerStore:
 
     async def delete_session(self, token_hash: str) -> None:
         await self.run_db(MetadataDB.delete_session, token_hash)
+
+    async def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
+        await self.run_db(MetadataDB.record_login_failure, key, at, forget_before)
+
+    async def login_failures_since(self, key: str, since: float, limit: int) -> list[float]:
+        return await self.run_read(MetadataDB.login_failures_since, key, since, limit)
+
+    async def clear_login_failures(self, key: str) -> None:
+        await self.run_db(MetadataDB.clear_login_failures, key)
 
     # -- chunks and manifests
 

@@ -41,6 +41,7 @@ class MemoryServerStore:
         self.engagements: dict[str, EngagementRecord] = {}
         self.grants: dict[tuple[str, PrincipalKind, str], Grant] = {}
         self.sessions: dict[str, SessionRecord] = {}  # by token_hash
+        self.login_failures: dict[str, list[float]] = {}
         self.unavailable = False
 
     def _check(self) -> None:
@@ -142,6 +143,20 @@ class MemoryServerStore:
     async def delete_session(self, token_hash: str) -> None:
         self._check()
         self.sessions.pop(token_hash, None)
+
+    async def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
+        self._check()
+        for k in list(self.login_failures):
+            self.login_failures[k] = [t for t in self.login_failures[k] if t >= forget_before]
+        self.login_failures.setdefault(key, []).append(at)
+
+    async def login_failures_since(self, key: str, since: float, limit: int) -> list[float]:
+        self._check()
+        return sorted(t for t in self.login_failures.get(key, []) if t > since)[-limit:]
+
+    async def clear_login_failures(self, key: str) -> None:
+        self._check()
+        self.login_failures.pop(key, None)
 
     # not implemented by this fake
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:

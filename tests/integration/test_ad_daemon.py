@@ -205,3 +205,22 @@ def test_without_service_account_a_colliding_upn_cannot_take_another_identity(
     hank = Client(tmp_path / "c")
     assert login(hank, server, "FIRM\\hank", "Hank-Passw0rd-1").returncode == 0
     assert "sign-in hank from" in server.log_text()
+
+
+def test_every_spelling_of_a_name_counts_for_one_account(
+    server: Daemon, directory: SambaDC
+) -> None:
+    """alice, FIRM\\alice, alice@firm.example and " alice" all bind the same AD account, so
+    they share one count of failures (keyed on its objectSid): after 5 the right password gets
+    429 too. Before, each spelling had its own 5 and the domain account took 20 wrong binds."""
+    directory.add_user("gina", "Gina-Passw0rd-1")
+    spellings = ["gina", "FIRM\\gina", "gina@firm.example", " gina", "GINA"]
+    for name in spellings:
+        status, _ = server.request(
+            "POST", "/v1/login", json_body={"user": name, "password": "wrong guess"}
+        )
+        assert status == 401, name
+    status, _ = server.request(
+        "POST", "/v1/login", json_body={"user": "FIRM\\gina", "password": "Gina-Passw0rd-1"}
+    )
+    assert status == 429

@@ -301,3 +301,18 @@ def test_health_reports_the_database_and_haproxy_routes_around_a_dead_daemon(
     while app2.request("GET", "/healthz")[0] != 200:
         assert time.monotonic() < deadline, app2.log_text()
         time.sleep(0.1)  # polling a real condition with a deadline
+
+
+def test_failed_sign_ins_count_for_the_account_on_every_daemon(cluster: Cluster) -> None:
+    """Five failures spread over two daemons reach the per-user limit (5): the counts live in
+    the database. Before, each daemon counted its own (3 and 2) and kept accepting guesses."""
+    app1, app2 = cluster.daemons["app1"], cluster.daemons["app2"]
+
+    def attempt(daemon: Any, password: str) -> int:
+        body = {"user": "alice", "password": password}
+        return daemon.request("POST", "/v1/login", json_body=body)[0]
+
+    for daemon in (app1, app1, app1, app2, app2):
+        assert attempt(daemon, "wrong guess") == 401
+    assert attempt(app1, PASSWORD) == 429
+    assert attempt(app2, PASSWORD) == 429
