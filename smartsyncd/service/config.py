@@ -38,6 +38,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "tls_key",
             "request_timeout",
             "session_lifetime_days",
+            "trusted_proxies",
         }
     ),
     "database": frozenset({"url"}),
@@ -68,6 +69,8 @@ class ServerConfig:
     ldap: Any = None  # smartsyncd.auth.ldap.LdapConfig when [ldap] is configured
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
+    # peers whose X-Forwarded-For names the client (smartsyncd.web.clientaddr)
+    trusted_proxies: tuple[Any, ...] = ()
     # Failed sign-ins are counted over this window; keep per_user failures in it below the
     # domain's lockout threshold within its observation window (AD's default is 30 minutes).
     login_failure_window_minutes: float = 30.0
@@ -201,6 +204,10 @@ def load_config(
         for key in ("request_timeout", "session_lifetime_days"):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
+        if (v := get("server", "trusted_proxies")) is not None:
+            from smartsyncd.web.clientaddr import parse_trusted_proxies
+
+            values["trusted_proxies"] = _convert("[server] trusted_proxies", v, parse_trusted_proxies)
         if (v := get("database", "url")) is not None:
             values["database_url"] = _convert("[database] url", v, _database_url)
         if (v := get("storage", "path")) is not None:

@@ -186,7 +186,9 @@ class SmartsyncServer(Service):
             self.notify_bridge = PgNotifyBridge(config.database_url, notifier.notify, self._reactor)
             self.notify_bridge.startService()
         api = SyncAPI(self.store, sessions, notifier, self._reactor, self._run_blocking)
-        site = make_site(api, timeout=config.request_timeout)
+        site = make_site(
+            api, timeout=config.request_timeout, trusted_proxies=config.trusted_proxies
+        )
         endpoint = batching_tls_endpoint(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
         )

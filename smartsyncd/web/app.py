@@ -52,6 +52,7 @@ from smartsyncd.web.bodies import (
     read_body,
     read_json,
 )
+from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.errors import error_response, json_bytes, send_json
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
 from smartsyncd.web.notify import ChangeNotifier
@@ -403,7 +404,7 @@ class SyncAPI:
         body = expect_object(read_json(request, self.limits.small_json))
         user = get_str(body, "user", max_len=256)
         password = get_str(body, "password", max_len=4096)
-        address = str(getattr(request.getClientAddress(), "host", "unknown"))
+        address = client_address(request)
         token, session = await self._sessions.sign_in(user, password, address)
         return send_json(
             request,
@@ -724,9 +725,18 @@ class _SyncSite(Site):
         super().log(request)
 
 
-def make_site(api: SyncAPI, *, timeout: float = 120) -> Site:
-    """The twisted.web Site for ``api``: body caps, idle timeout, no version in ``Server``."""
-    site = _SyncSite(api.resource(), reactor=api.clock, timeout=timeout)
+def make_site(
+    api: SyncAPI, *, timeout: float = 120, trusted_proxies: tuple[Network, ...] = ()
+) -> Site:
+    """The twisted.web Site for ``api``: body caps, idle timeout, no version in ``Server``;
+    behind ``trusted_proxies`` the client address comes from their X-Forwarded-For."""
+    site = _SyncSite(
+        api.resource(),
+        reactor=api.clock,
+        timeout=timeout,
+        logFormatter=access_log_formatter(trusted_proxies),
+    )
+    site.trusted_proxies = trusted_proxies  # type: ignore[attr-defined]
     site.requestFactory = UploadRequest  # type: ignore[assignment]
     site.sync_api = api  # type: ignore[attr-defined]  # UploadRequest streams chunk uploads into it
     site.protocol = guarded_channel_factory  # type: ignore[assignment]

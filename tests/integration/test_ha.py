@@ -316,3 +316,36 @@ def test_failed_sign_ins_count_for_the_account_on_every_daemon(cluster: Cluster)
         assert attempt(daemon, "wrong guess") == 401
     assert attempt(app1, PASSWORD) == 429
     assert attempt(app2, PASSWORD) == 429
+
+
+def test_behind_haproxy_one_clients_failures_do_not_lock_out_the_others(
+    pg: PgCluster, tmp_path: Path
+) -> None:
+    """Every connection reaches the daemon from HAProxy; with HAProxy as the trusted proxy the
+    daemon counts failures per real client (X-Forwarded-For) and logs that address. Before, 20
+    failures from one client gave every client 429."""
+    c = start_cluster(tmp_path, pg.url(pg.create_database()), names=("app1",))
+    try:
+        done = c.daemons["app1"].admin("user", "add", "alice", "--password-stdin",
+                                       input=PASSWORD + "\n")
+        assert done.returncode == 0, done.stderr
+
+        def login(source: str, password: str, spoof: str | None = None) -> int:
+            headers = {"X-Forwarded-For": spoof} if spoof else None
+            body = {"user": f"nobody-{next(_files)}", "password": password}
+            if password == PASSWORD:
+                body["user"] = "alice"
+            return c.request("POST", "/v1/login", json_body=body, source=source,
+                             headers=headers)[0]
+
+        # the storm: 20 failures (per-address limit) from 127.0.0.2, which also claims to be
+        # 127.0.0.3 in its own X-Forwarded-For (HAProxy appends the real address after it)
+        for _ in range(20):
+            assert login("127.0.0.2", "wrong guess", spoof="127.0.0.3") == 401
+        assert login("127.0.0.2", PASSWORD) == 429
+        assert login("127.0.0.3", PASSWORD) == 200
+        log = c.daemons["app1"].log_text()
+        assert '"127.0.0.3" - - ' in log and '"127.0.0.2" - - ' in log
+        assert "sign-in alice from 127.0.0.3" in log
+    finally:
+        c.stop()
