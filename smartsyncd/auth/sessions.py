@@ -70,6 +70,7 @@ class SessionManager:
         lifetime: timedelta = timedelta(days=30),
         refresh_interval: timedelta = timedelta(minutes=15),
         throttle: AccountThrottle | None = None,
+        max_age: timedelta | None = None,
     ) -> None:
         self._store = store
         self._backends = tuple(backends)
@@ -78,6 +79,8 @@ class SessionManager:
         self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
         self._limiter = limiter
         self._throttle = throttle
+        # absolute lifetime: use slides a session forward, never past created_at + max_age
+        self._max_age = max_age
         self._lifetime = lifetime
         self._refresh_interval = refresh_interval
         # session id -> earliest next refresh attempt after the backend was unavailable
@@ -181,7 +184,9 @@ class SessionManager:
         now = self._now()
         if record is None:
             raise SessionExpired(SESSION_EXPIRED_MESSAGE)
-        if now >= record.expires_at:
+        if now >= record.expires_at or (
+            self._max_age is not None and now >= record.created_at + self._max_age
+        ):
             await self._store.delete_session(record.token_hash)
             self._retry_at.pop(record.id, None)
             raise SessionExpired(SESSION_EXPIRED_MESSAGE)
@@ -189,8 +194,11 @@ class SessionManager:
         updated = record
         if now - record.refreshed_at >= self._refresh_interval:
             updated = await self._refresh(record, now)
-        if now + self._lifetime - updated.expires_at >= SLIDE_GRANULARITY:
-            updated = replace(updated, expires_at=now + self._lifetime)
+        slid = now + self._lifetime
+        if self._max_age is not None:
+            slid = min(slid, record.created_at + self._max_age)
+        if slid - updated.expires_at >= SLIDE_GRANULARITY:
+            updated = replace(updated, expires_at=slid)
         if updated != record:
             await self._store.update_session(updated)
         return updated

@@ -39,6 +39,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "request_timeout",
             "session_lifetime_days",
             "trusted_proxies",
+            "session_max_days",
         }
     ),
     "database": frozenset({"url"}),
@@ -63,6 +64,7 @@ class ServerConfig:
     tls_key: str | None = None
     request_timeout: float = 120.0
     session_lifetime_days: float = 30.0
+    session_max_days: float = 90.0  # absolute: no sliding past this age
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
     auth_backends: tuple[str, ...] = ("local",)
@@ -201,7 +203,7 @@ def load_config(
         for key in ("tls_cert", "tls_key"):
             if (v := get("server", key)) is not None:
                 values[key] = _resolve(v, base)
-        for key in ("request_timeout", "session_lifetime_days"):
+        for key in ("request_timeout", "session_lifetime_days", "session_max_days"):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
         if (v := get("server", "trusted_proxies")) is not None:

@@ -175,6 +175,7 @@ class SmartsyncServer(Service):
                 minutes=config.ldap.refresh_interval if config.ldap else 15.0
             ),
             throttle=throttle,
+            max_age=timedelta(days=config.session_max_days),
         )
         notifier = ChangeNotifier(self._reactor)
         if config.database_url is not None and config.database_url.startswith(

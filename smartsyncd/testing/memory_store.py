@@ -7,6 +7,7 @@ every call raise ``Unavailable`` as a database outage would. Not for production 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -68,6 +69,7 @@ class MemoryServerStore:
             created_at=record.created_at,
             disabled=record.disabled,
         )
+        self._end_local(name)
 
     async def get_user(self, name: str) -> UserRecord | None:
         self._check()
@@ -76,6 +78,26 @@ class MemoryServerStore:
     async def list_users(self) -> list[UserRecord]:
         self._check()
         return sorted(self.users.values(), key=lambda u: u.name)
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> None:
+        self._check()
+        record = self.users.get(name)
+        if record is None:
+            raise NotFound(f"no user {name!r}", user=name)
+        self.users[name] = dataclasses.replace(record, disabled=disabled)
+        if disabled:
+            self._end_local(name)
+
+    async def remove_user(self, name: str) -> None:
+        self._check()
+        if self.users.pop(name, None) is None:
+            raise NotFound(f"no user {name!r}", user=name)
+        self._end_local(name)
+
+    def _end_local(self, name: str) -> None:
+        for h, s in list(self.sessions.items()):
+            if s.user == name and s.backend == "local":
+                del self.sessions[h]
 
     # engagements and grants
     async def create_engagement(self, name: str, title: str) -> EngagementRecord:
@@ -143,6 +165,23 @@ class MemoryServerStore:
     async def delete_session(self, token_hash: str) -> None:
         self._check()
         self.sessions.pop(token_hash, None)
+
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
+        self._check()
+        return [s for s in self.sessions.values() if user is None or s.user == user]
+
+    async def end_sessions(
+        self, *, user: str | None = None, session_id: str | None = None, keep: str | None = None
+    ) -> int:
+        self._check()
+        gone = [
+            h for h, s in self.sessions.items()
+            if (session_id is not None and s.id == session_id)
+            or (user is not None and s.user == user and s.id != keep)
+        ]
+        for h in gone:
+            del self.sessions[h]
+        return len(gone)
 
     async def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
         self._check()
