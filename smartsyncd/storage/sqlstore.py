@@ -473,6 +473,20 @@ class MetadataDB:
 
         self.write(tx)
 
+    def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Replace ``old_hash`` by the same password's stronger hash; sessions stay (unlike
+        ``set_password``). False when the hash changed meanwhile."""
+        _text(new_hash, "password hash", 1024)
+
+        def tx() -> bool:
+            cur = self.execute(
+                "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                (new_hash, name, old_hash),
+            )
+            return bool(cur.rowcount == 1)
+
+        return self.write(tx)
+
     def get_user(self, name: str) -> UserRecord | None:
         row = self.one("SELECT name, password_hash, created_at, disabled FROM users WHERE name = ?", (name,))
         return None if row is None else _user(row)
@@ -1336,6 +1350,9 @@ class SqlServerStore:
 
     async def set_password(self, name: str, password_hash: str) -> None:
         await self.run_db(MetadataDB.set_password, name, password_hash)
+
+    async def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        return await self.run_db(MetadataDB.upgrade_password_hash, name, old_hash, new_hash)
 
     async def get_user(self, name: str) -> UserRecord | None:
         return await self.run_read(MetadataDB.get_user, name)

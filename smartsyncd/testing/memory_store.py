@@ -71,6 +71,14 @@ class MemoryServerStore:
         )
         self._end_local(name)
 
+    async def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        self._check()
+        record = self.users.get(name)
+        if record is None or record.password_hash != old_hash:
+            return False
+        self.users[name] = dataclasses.replace(record, password_hash=new_hash)
+        return True
+
     async def get_user(self, name: str) -> UserRecord | None:
         self._check()
         return self.users.get(name)

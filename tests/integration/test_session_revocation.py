@@ -67,3 +67,26 @@ def test_sessions_list_and_revoke_one_or_all(server: Daemon) -> None:
     admin_ok(server, "sessions", "revoke", "--user", "dan")
     assert [status(server, t) for t in (first, second, third)] == [401, 401, 401]
     assert server.admin("sessions", "revoke", "nope").returncode != 0
+
+
+def test_an_old_cost_password_hash_is_upgraded_at_sign_in(server: Daemon) -> None:
+    """A hash stored at the old scrypt cost (N=2^14) still signs in and is replaced by one at
+    today's cost (N=2^17); the session stays valid (an upgrade is not a password change)."""
+    import base64
+    import hashlib
+    import sqlite3
+
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(b"old pass 1", salt=salt, n=2**14, r=8, p=1, dklen=32)
+    legacy = "$".join(("scrypt", str(2**14), "8", "1", base64.b64encode(salt).decode(),
+                       base64.b64encode(digest).decode()))
+    admin_ok(server, "user", "add", "erin", "--password-stdin", stdin="x\n")
+    database = server.data_dir / "metadata.sqlite3"
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE users SET password_hash = ? WHERE name = 'erin'", (legacy,))
+    token = server.login("erin", "old pass 1")
+    with sqlite3.connect(database) as db:
+        stored = db.execute("SELECT password_hash FROM users WHERE name = 'erin'").fetchone()[0]
+    assert stored.startswith(f"scrypt${2**17}$8$1$") and stored != legacy
+    assert status(server, token) == 200
+    assert status(server, server.login("erin", "old pass 1")) == 200
