@@ -298,9 +298,33 @@ class Admin:
             raise AdminError(
                 f"user {name!r} already exists (change the password with: user passwd)"
             )
+        await self._refuse_directory_name(name)
         await self.store.add_user(name, await self._hash(password))
         self.say(f"added user {name}")
         return 0
+
+    async def _refuse_directory_name(self, name: str) -> None:
+        """A local account named like a directory account would share its user grants."""
+        directory = self._directory()
+        if directory is None:
+            return
+        if self.config.ldap.bind_dn is None:
+            self.say(f"warning: no [ldap] bind_dn, so {name!r} was not checked in the directory")
+            return
+        from smartsyncd.auth.identity import BackendUnavailable, SignInRefused, UnknownUser
+
+        try:
+            await directory.lookup_user(name)
+        except UnknownUser:
+            return
+        except (BackendUnavailable, SignInRefused) as e:
+            raise AdminError(
+                f"cannot check that {name!r} is not a directory account ({e}); nothing changed"
+            ) from None
+        raise AdminError(
+            f"{name!r} is an account in the directory: a local user of that name would share "
+            "its grants; nothing changed"
+        )
 
     async def user_passwd(self, name: str, password: str) -> int:
         if await self.store.get_user(name) is None:

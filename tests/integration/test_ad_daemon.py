@@ -224,3 +224,15 @@ def test_every_spelling_of_a_name_counts_for_one_account(
         "POST", "/v1/login", json_body={"user": "FIRM\\gina", "password": "Gina-Passw0rd-1"}
     )
     assert status == 429
+
+
+def test_a_local_user_named_like_a_directory_account_is_refused(server: Daemon) -> None:
+    """Grants to user "dora" name one principal: a local "dora" would get the directory dora's
+    grants (and she the local one's). Before, `user add dora` succeeded."""
+    for name in ("dora", "DORA"):
+        done = server.admin("user", "add", name, "--password-stdin", input="Local-pw-1\n")
+        assert done.returncode != 0, done.stdout
+        assert "is an account in the directory" in done.stderr
+    assert "dora" not in server.admin("user", "list").stdout
+    done = server.admin("user", "add", "zed-local", "--password-stdin", input="Local-pw-1\n")
+    assert done.returncode == 0, done.stderr
