@@ -4,7 +4,9 @@ Flow with a service account: connect (verified TLS) -> bind as ``bind_dn`` -> se
 by an escaped filter -> check its state (disabled, locked, expired, must change password) ->
 bind as the found DN with the user's password -> bind back as the service account -> read
 groups (AD in-chain rule, or walking memberOf / member). Without a service account (AD only) the
-user's UPN or down-level name is bound first and the search runs as the user.
+user's UPN or down-level name is bound first and the search runs as the user; the identity is
+the account the directory bound ("Who am I?", or the bind name resolved as AD does), and a typed
+name that binds a different account than the one it names is refused.
 
 Servers in ``urls`` are tried in order, but only until the user's password has been sent once:
 a sign-in never fans one password out over several domain controllers (lockout counts).
@@ -148,6 +150,7 @@ class LdapAuthenticator:
             "pwdLastSet",
             "pwdAccountLockedTime",
             "memberOf",
+            "objectSid",
         ]
 
     # -- public API -------------------------------------------------------------------------
@@ -174,6 +177,39 @@ class LdapAuthenticator:
             return await self._identity(conn, entry)
 
         return await self._with_server(attempt, lambda: not state["password_sent"])
+
+    async def throttle_key(self, user: str) -> str | None:
+        """The account ``user`` names, for counting failed sign-ins: ``sid:<objectSid>`` when
+        the service account finds it, else (no service account) the account name the bind
+        would use. None when the directory does not know the name."""
+        try:
+            name = split_user_name(user, self._config.netbios_domain)
+        except BadUserName:
+            return None
+        cfg = self._config
+        if cfg.bind_dn is None:
+            account = name.account
+            if name.form == "upn":
+                local, _, suffix = account.rpartition("@")
+                if cfg.upn_suffix and suffix.casefold() == cfg.upn_suffix.casefold():
+                    account = local
+            return "ldap-name:" + account.casefold()
+
+        async def attempt(conn: DirectoryConnection) -> str:
+            await self._service_bind(conn)
+            entry = await self._find_account(conn, name)
+            sids = entry.values("objectSid")
+            if sids:
+                try:
+                    return "sid:" + sid_to_str(sids[0])
+                except ValueError:
+                    pass
+            return "dn:" + entry.dn.casefold()
+
+        try:
+            return await self._with_server(attempt)
+        except UnknownUser:
+            return None
 
     async def refresh(self, identity: Identity) -> Identity:
         """Re-read the account state and groups with the service account."""
@@ -301,17 +337,25 @@ class LdapAuthenticator:
             )
             raise BackendUnavailable(f"service account bind refused by {conn.url}") from None
 
+    async def _search_accounts(
+        self, conn: DirectoryConnection, text: str, base: str | None = None
+    ) -> list[Entry]:
+        """Accounts matching ``text`` under ``base_dn`` (or exactly the entry ``base``)."""
+        try:
+            if base is not None:
+                return await conn.search(base, text, self._attrs, scope="base")
+            return await conn.search(self._config.base_dn, text, self._attrs)
+        except ldaperrors.LDAPException as e:
+            raise DirectoryUnreachable(
+                f"{conn.url}: account search failed: {_ldap_message(e)}"
+            ) from None
+
     async def _find_account(self, conn: DirectoryConnection, name: UserName) -> Entry:
         cfg = self._config
         text = user_search_filter(
             name, cfg.user_filter, cfg.user_attribute, cfg.upn_attribute, cfg.upn_suffix
         )
-        try:
-            found = await conn.search(cfg.base_dn, text, self._attrs)
-        except ldaperrors.LDAPException as e:
-            raise DirectoryUnreachable(
-                f"{conn.url}: account search failed: {_ldap_message(e)}"
-            ) from None
+        found = await self._search_accounts(conn, text)
         if not found:
             self.log.info("directory sign-in: no account {user!r}", user=name.typed)
             raise UnknownUser("no such account in the directory")
@@ -377,11 +421,63 @@ class LdapAuthenticator:
                 self._refuse(name.typed, "bind refused: " + _ad_reason(e))
             except ldaperrors.LDAPException as e:
                 self._refuse(name.typed, "bind refused: " + _ldap_message(e))
-            entry = await self._find_account(conn, name)
+            entry = await self._bound_account(conn, name, bind_name)
             self._check_state(name.typed, entry)
             return await self._identity(conn, entry)
 
         return await self._with_server(attempt, lambda: not state["password_sent"])
+
+    async def _bound_account(
+        self, conn: DirectoryConnection, name: UserName, bind_name: str
+    ) -> Entry:
+        """The account the directory actually bound, which must be one the typed name names.
+
+        ``bob@upn_suffix`` may be the explicit UPN of another person than the account
+        ``sAMAccountName=bob`` (e-mail style UPNs): the identity is taken from the bound account
+        and a name that binds someone other than the account it names is refused.
+        """
+        cfg = self._config
+        bound: list[Entry] = []
+        authz = await conn.who_am_i()
+        if authz is not None and authz.startswith("dn:") and len(authz) > 3:
+            bound = await self._search_accounts(conn, cfg.user_filter, base=authz[3:])
+        elif authz is not None and authz.startswith("u:") and "\\" in authz:
+            domain, _, account = authz[2:].partition("\\")
+            if cfg.netbios_domain and domain.casefold() == cfg.netbios_domain.casefold():
+                bound = await self._search_accounts(
+                    conn, all_of(cfg.user_filter, equals(cfg.user_attribute, account))
+                )
+            else:
+                self._refuse(name.typed, f"bound as {authz!r}, not an account of this domain")
+        else:
+            # No "Who am I?" (Samba): resolve the bind name the way AD does, the explicit UPN
+            # first, then the down-level or implicit (sAMAccountName@domain) name.
+            if "\\" in bind_name:
+                account = bind_name.partition("\\")[2]
+                bound = await self._search_accounts(
+                    conn, all_of(cfg.user_filter, equals(cfg.user_attribute, account))
+                )
+            else:
+                bound = await self._search_accounts(
+                    conn, all_of(cfg.user_filter, equals(cfg.upn_attribute, bind_name))
+                )
+                if not bound:
+                    account = bind_name.rpartition("@")[0]
+                    bound = await self._search_accounts(
+                        conn, all_of(cfg.user_filter, equals(cfg.user_attribute, account))
+                    )
+        if len(bound) != 1:
+            self._refuse(name.typed, f"cannot tell which account {bind_name!r} bound")
+        text = user_search_filter(
+            name, cfg.user_filter, cfg.user_attribute, cfg.upn_attribute, cfg.upn_suffix
+        )
+        named = {e.dn.casefold() for e in await self._search_accounts(conn, text)}
+        if bound[0].dn.casefold() not in named:
+            self._refuse(
+                name.typed,
+                f"{bind_name!r} bound {bound[0].dn!r}, which is not the account the name names",
+            )
+        return bound[0]
 
     # -- identity and groups ----------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from smartsyncd.auth.ldapfilter import parse_filter
 
 T = TypeVar("T")
 
+WHO_AM_I_OID = "1.3.6.1.4.1.4203.1.11.3"
+
 
 class DirectoryUnreachable(Exception):
     """The server could not be reached, trusted or did not answer in time."""
@@ -171,6 +173,20 @@ class DirectoryConnection:
         response = await self._guard(self._client.send(request), "bind")
         if response.resultCode != ldaperrors.Success.resultCode:
             raise ldaperrors.get(response.resultCode, response.errorMessage)
+
+    async def who_am_i(self) -> str | None:
+        """The authorization id of the bound user (RFC 4532 "Who am I?", e.g. ``u:FIRM\\bob``
+        or ``dn:CN=...``), or None when the server does not offer the operation."""
+        if not self._client.connected:
+            raise DirectoryUnreachable(f"{self.url}: connection lost")
+        request = pureldap.LDAPExtendedRequest(requestName=WHO_AM_I_OID)
+        response = await self._guard(self._client.send(request), "who-am-i")
+        if response.resultCode != ldaperrors.Success.resultCode:
+            return None
+        value = getattr(response, "response", None)
+        if not value:
+            return None
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
     async def search(
         self,

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.logger import Logger
+
 from smartsyncd.auth.identity import Identity, SignInRefused, UnknownUser
-from smartsyncd.auth.passwords import hash_password, verify_password
+from smartsyncd.auth.passwords import hash_password, needs_rehash, verify_password
 from smartsyncd.storage.api import ServerStore
 
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -31,6 +33,7 @@ class LocalAuthenticator:
     """The ``local`` backend: users and password hashes from ``ServerStore``; no groups."""
 
     name = "local"
+    log = Logger()
 
     def __init__(self, store: ServerStore, run_blocking: RunBlocking) -> None:
         self._store = store
@@ -59,7 +62,24 @@ class LocalAuthenticator:
             raise SignInRefused("account disabled")
         if not ok:
             raise SignInRefused("wrong password")
+        if needs_rehash(record.password_hash):
+            await self._upgrade(record.name, record.password_hash, password)
         return Identity(user=record.name, groups=frozenset(), backend=self.name)
+
+    async def _upgrade(self, name: str, old_hash: str, password: str) -> None:
+        """Store a hash at today's scrypt cost (only if the hash was not changed meanwhile)."""
+        new_hash = await self._run_blocking(hash_password, password)
+        if await self._store.upgrade_password_hash(name, old_hash, new_hash):
+            self.log.info("password hash of {user} upgraded to the current scrypt cost", user=name)
+
+    async def throttle_key(self, user: str) -> str | None:
+        """``local:<name>`` for an account that signs in here, else None (not ours)."""
+        if not user or len(user) > 256 or not user.isprintable():
+            return None
+        record = await self._store.get_user(user)
+        if record is None or record.password_hash is None:
+            return None
+        return "local:" + record.name
 
     async def refresh(self, identity: Identity) -> Identity:
         record = await self._store.get_user(identity.user)

@@ -1,7 +1,10 @@
 """Local account password hashing: scrypt with a random salt, in a self-describing string.
 
-Format: ``scrypt$n$r$p$salt_b64$hash_b64`` (standard base64). Both functions are blocking
-(tens of milliseconds of CPU and 16 MiB of memory each): callers run them in a thread.
+Format: ``scrypt$n$r$p$salt_b64$hash_b64`` (standard base64): the cost is stored per hash, so
+hashes made with an older, lower cost still verify, and ``needs_rehash`` tells the sign-in to
+store a new one. The cost is OWASP's current minimum for scrypt (N=2^17, r=8, p=1: 128 MiB and
+about 0.3 s of CPU here; it was N=2^14, 16 MiB). Both hashing functions are blocking: callers
+run them in a thread.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import hmac
 import os
 
-N = 2**14
+N = 2**17
 R = 8
 P = 1
 SALT_BYTES = 16
@@ -68,3 +71,15 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, MemoryError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def needs_rehash(stored: str) -> bool:
+    """True when ``stored`` is a scrypt hash made with less than today's cost."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return False
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return False
+    return n < N or r < R or p < P

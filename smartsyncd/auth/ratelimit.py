@@ -23,7 +23,7 @@ from smartsyncd.core.errors import RateLimited
 _MAX_KEY_CHARS = 256
 
 
-def _bounded(key: str) -> str:
+def bounded_key(key: str) -> str:
     """Long keys (a megabyte "user name") are tracked by digest so memory stays bounded."""
     if len(key) <= _MAX_KEY_CHARS:
         return key
@@ -96,7 +96,7 @@ class LoginRateLimiter:
 
     @staticmethod
     def _user_key(user: str) -> str:
-        return _bounded(user.casefold())
+        return bounded_key(user.casefold())
 
     def check(self, user: str, address: str) -> None:
         """Raise ``RateLimited`` (with ``retry_after`` seconds) if either key is over its limit."""
@@ -105,7 +105,7 @@ class LoginRateLimiter:
             w
             for w in (
                 self._users.retry_after(self._user_key(user), now),
-                self._addresses.retry_after(_bounded(address), now),
+                self._addresses.retry_after(bounded_key(address), now),
             )
             if w is not None
         ]
@@ -118,7 +118,7 @@ class LoginRateLimiter:
     def record_failure(self, user: str, address: str) -> None:
         now = self._seconds()
         self._users.record(self._user_key(user), now)
-        self._addresses.record(_bounded(address), now)
+        self._addresses.record(bounded_key(address), now)
 
     def record_success(self, user: str, address: str) -> None:
         """A good sign-in clears the user's failures (the address keeps its count)."""

@@ -26,6 +26,7 @@ from smartsyncd.auth.identity import (
     UnknownUser,
 )
 from smartsyncd.auth.ratelimit import LoginRateLimiter
+from smartsyncd.auth.throttle import AccountThrottle
 from smartsyncd.core.errors import AuthFailed, SessionExpired, Unavailable
 from smartsyncd.storage.api import ServerStore, SessionRecord
 
@@ -68,6 +69,8 @@ class SessionManager:
         limiter: LoginRateLimiter,
         lifetime: timedelta = timedelta(days=30),
         refresh_interval: timedelta = timedelta(minutes=15),
+        throttle: AccountThrottle | None = None,
+        max_age: timedelta | None = None,
     ) -> None:
         self._store = store
         self._backends = tuple(backends)
@@ -75,6 +78,9 @@ class SessionManager:
         # zope interface methods confuse mypy without the mypy-zope plugin
         self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
         self._limiter = limiter
+        self._throttle = throttle
+        # absolute lifetime: use slides a session forward, never past created_at + max_age
+        self._max_age = max_age
         self._lifetime = lifetime
         self._refresh_interval = refresh_interval
         # session id -> earliest next refresh attempt after the backend was unavailable
@@ -83,8 +89,12 @@ class SessionManager:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._seconds(), tz=UTC)
 
-    def _refuse(self, user: str, address: str, reason: str) -> AuthFailed:
+    async def _refuse(
+        self, user: str, address: str, reason: str, key: str | None = None
+    ) -> AuthFailed:
         self._limiter.record_failure(user, address)
+        if self._throttle is not None and key is not None:
+            await self._throttle.record_failure(key)
         self.log.info(
             "sign-in refused for {user} from {address}: {reason}",
             user=_loggable(user),
@@ -100,9 +110,14 @@ class SessionManager:
         """
         self._limiter.check(user, address)
         if not user or not password:
-            raise self._refuse(user, address, "empty user name or password")
+            raise await self._refuse(user, address, "empty user name or password")
         if len(user) > MAX_USER_NAME or not user.isprintable():
-            raise self._refuse(user, address, "malformed user name")
+            raise await self._refuse(user, address, "malformed user name")
+        # Counted per resolved account in the database: every spelling, every daemon.
+        key: str | None = None
+        if self._throttle is not None:
+            key = await self._throttle.key_for(user, self._backends)
+            await self._throttle.check(key)
 
         identity: Identity | None = None
         backend_name = ""
@@ -115,7 +130,7 @@ class SessionManager:
                 reasons.append(f"{backend.name}: {e.reason}")
                 continue
             except SignInRefused as e:
-                raise self._refuse(user, address, f"{backend.name}: {e.reason}") from None
+                raise await self._refuse(user, address, f"{backend.name}: {e.reason}", key) from None
             except BackendUnavailable as e:
                 self.log.warn(
                     "sign-in backend {backend} unavailable: {error}",
@@ -132,9 +147,13 @@ class SessionManager:
                 # A backend that could not be asked might know the user: "wrong password" would
                 # be a lie, and counting it would lock users out after an outage.
                 raise Unavailable("sign-in backend unavailable: " + ", ".join(unavailable))
-            raise self._refuse(user, address, "; ".join(reasons) or "no sign-in backend")
+            raise await self._refuse(
+                user, address, "; ".join(reasons) or "no sign-in backend", key
+            )
 
         self._limiter.record_success(user, address)
+        if self._throttle is not None and key is not None:
+            await self._throttle.record_success(key)
         now = self._now()
         token = secrets.token_urlsafe(32)
         record = SessionRecord(
@@ -165,7 +184,9 @@ class SessionManager:
         now = self._now()
         if record is None:
             raise SessionExpired(SESSION_EXPIRED_MESSAGE)
-        if now >= record.expires_at:
+        if now >= record.expires_at or (
+            self._max_age is not None and now >= record.created_at + self._max_age
+        ):
             await self._store.delete_session(record.token_hash)
             self._retry_at.pop(record.id, None)
             raise SessionExpired(SESSION_EXPIRED_MESSAGE)
@@ -173,8 +194,11 @@ class SessionManager:
         updated = record
         if now - record.refreshed_at >= self._refresh_interval:
             updated = await self._refresh(record, now)
-        if now + self._lifetime - updated.expires_at >= SLIDE_GRANULARITY:
-            updated = replace(updated, expires_at=now + self._lifetime)
+        slid = now + self._lifetime
+        if self._max_age is not None:
+            slid = min(slid, record.created_at + self._max_age)
+        if slid - updated.expires_at >= SLIDE_GRANULARITY:
+            updated = replace(updated, expires_at=slid)
         if updated != record:
             await self._store.update_session(updated)
         return updated

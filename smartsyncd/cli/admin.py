@@ -63,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
     user.add_parser("list", help="list local users")
+    for verb, text in (
+        ("disable", "stop a local user signing in; ends their sessions"),
+        ("enable", "let a disabled local user sign in again"),
+        ("remove", "delete a local user; ends their sessions"),
+    ):
+        user.add_parser(verb, help=text).add_argument("name")
+    sessions = commands.add_parser("sessions", help="open sign-in sessions").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    sessions.add_parser("list", help="list open sessions").add_argument(
+        "--user", help="only this user's sessions"
+    )
+    end = sessions.add_parser("revoke", help="end a session (by id) or all of a user's")
+    end_which = end.add_mutually_exclusive_group(required=True)
+    end_which.add_argument("id", nargs="?", help="the session id (from: sessions list)")
+    end_which.add_argument("--user", help="end every session of this user")
 
     engagement = commands.add_parser("engagement", help="engagements").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -238,6 +254,10 @@ class Admin:
                 return await self.user_add(args.name, password or "")
             if args.action == "passwd":
                 return await self.user_passwd(args.name, password or "")
+            if args.action in ("disable", "enable", "remove"):
+                from smartsyncd.cli.admin_sessions import user_state
+
+                return await user_state(self, args.action, args.name)
             return await self.user_list()
         if args.command == "engagement":
             if args.action == "create":
@@ -251,6 +271,10 @@ class Admin:
             from smartsyncd.cli.admin_workflow import run_workflow
 
             return await run_workflow(self, args)
+        if args.command == "sessions":
+            from smartsyncd.cli.admin_sessions import sessions_action
+
+            return await sessions_action(self, args)
         if args.command == "grant":
             return await self.grant(args.engagement, args.user, args.group, args.role)
         if args.command == "revoke":
@@ -274,15 +298,39 @@ class Admin:
             raise AdminError(
                 f"user {name!r} already exists (change the password with: user passwd)"
             )
+        await self._refuse_directory_name(name)
         await self.store.add_user(name, await self._hash(password))
         self.say(f"added user {name}")
         return 0
+
+    async def _refuse_directory_name(self, name: str) -> None:
+        """A local account named like a directory account would share its user grants."""
+        directory = self._directory()
+        if directory is None:
+            return
+        if self.config.ldap.bind_dn is None:
+            self.say(f"warning: no [ldap] bind_dn, so {name!r} was not checked in the directory")
+            return
+        from smartsyncd.auth.identity import BackendUnavailable, SignInRefused, UnknownUser
+
+        try:
+            await directory.lookup_user(name)
+        except UnknownUser:
+            return
+        except (BackendUnavailable, SignInRefused) as e:
+            raise AdminError(
+                f"cannot check that {name!r} is not a directory account ({e}); nothing changed"
+            ) from None
+        raise AdminError(
+            f"{name!r} is an account in the directory: a local user of that name would share "
+            "its grants; nothing changed"
+        )
 
     async def user_passwd(self, name: str, password: str) -> int:
         if await self.store.get_user(name) is None:
             raise AdminError(f"unknown user {name!r}")
         await self.store.set_password(name, await self._hash(password))
-        self.say(f"password of {name} changed")
+        self.say(f"password of {name} changed; their open sessions are ended")
         return 0
 
     async def user_list(self) -> int:

@@ -39,6 +39,8 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "request_timeout",
             "request_deadline",
             "session_lifetime_days",
+            "trusted_proxies",
+            "session_max_days",
         }
     ),
     "database": frozenset({"url"}),
@@ -48,6 +50,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         {
             "login_failures_per_user",
             "login_failures_per_address",
+            "login_failure_window_minutes",
             "connections_per_address",
             "unauthenticated_bytes_per_address",
         }
@@ -69,6 +72,7 @@ class ServerConfig:
     request_timeout: float = 120.0
     request_deadline: float = 60.0  # whole unauthenticated request, first byte to last
     session_lifetime_days: float = 30.0
+    session_max_days: float = 90.0  # absolute: no sliding past this age
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
     auth_backends: tuple[str, ...] = ("local",)
@@ -77,6 +81,11 @@ class ServerConfig:
     login_failures_per_address: int = 20
     connections_per_address: int = 1024
     unauthenticated_bytes_per_address: int = 8 * 1024 * 1024
+    # peers whose X-Forwarded-For names the client (smartsyncd.web.clientaddr)
+    trusted_proxies: tuple[Any, ...] = ()
+    # Failed sign-ins are counted over this window; keep per_user failures in it below the
+    # domain's lockout threshold within its observation window (AD's default is 30 minutes).
+    login_failure_window_minutes: float = 30.0
     json_log_file: str | None = None
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -219,9 +228,13 @@ def load_config(
         for key in ("tls_cert", "tls_key"):
             if (v := get("server", key)) is not None:
                 values[key] = _resolve(v, base)
-        for key in ("request_timeout", "request_deadline", "session_lifetime_days"):
+        for key in ("request_timeout", "request_deadline", "session_lifetime_days", "session_max_days"):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
+        if (v := get("server", "trusted_proxies")) is not None:
+            from smartsyncd.web.clientaddr import parse_trusted_proxies
+
+            values["trusted_proxies"] = _convert("[server] trusted_proxies", v, parse_trusted_proxies)
         if (v := get("database", "url")) is not None:
             values["database_url"] = _convert("[database] url", v, _database_url)
         if (v := get("storage", "path")) is not None:
@@ -236,6 +249,10 @@ def load_config(
         ):
             if (v := get("limits", key)) is not None:
                 values[key] = _convert(f"[limits] {key}", v, _positive_int)
+        if (v := get("limits", "login_failure_window_minutes")) is not None:
+            values["login_failure_window_minutes"] = _convert(
+                "[limits] login_failure_window_minutes", v, _positive_float
+            )
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)
         if parser.has_section("ldap"):

@@ -168,14 +168,19 @@ class SmartsyncServer(Service):
 
         from smartsyncd.auth.ratelimit import LoginRateLimiter
         from smartsyncd.auth.sessions import SessionManager
+        from smartsyncd.auth.throttle import AccountThrottle
         from smartsyncd.web.app import SyncAPI, make_site
         from smartsyncd.web.limits import ClientLimits
         from smartsyncd.web.notify import ChangeNotifier
 
+        window = config.login_failure_window_minutes * 60.0
         limiter = LoginRateLimiter(
             self._reactor,
             per_user=config.login_failures_per_user,
             per_address=config.login_failures_per_address,
+        )
+        throttle = AccountThrottle(
+            self.store, self._reactor, limit=config.login_failures_per_user, window=window
         )
         sessions = SessionManager(
             self.store,
@@ -187,6 +192,8 @@ class SmartsyncServer(Service):
             refresh_interval=timedelta(
                 minutes=config.ldap.refresh_interval if config.ldap else 15.0
             ),
+            throttle=throttle,
+            max_age=timedelta(days=config.session_max_days),
         )
         notifier = ChangeNotifier(self._reactor)
         if config.database_url is not None and config.database_url.startswith(
@@ -203,7 +210,12 @@ class SmartsyncServer(Service):
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,
             request_deadline=config.request_deadline,
         )
-        site = make_site(api, timeout=config.request_timeout, clients=clients)
+        site = make_site(
+            api,
+            timeout=config.request_timeout,
+            clients=clients,
+            trusted_proxies=config.trusted_proxies,
+        )
         endpoint = batching_tls_endpoint(
             self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
         )

@@ -32,6 +32,7 @@ Tables:
   engagements.finalized_*: the sign-off freeze; engagements.retention_days: history kept;
   locks: check-outs (by fold key); copies: known sync copies and what they hold unsynced;
   audit + audit_heads: the chained audit trail (``eng:<name>`` chains and one ``global``).
+- (3) login_failures: failed sign-ins per throttle key (resolved account), all daemons'.
 """
 
 from __future__ import annotations
@@ -202,6 +203,19 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
                 PRIMARY KEY (chain, seq)
             )""",
             _backfill_change_hashes,
+        ],
+    ),
+    (
+        # Failed sign-ins per resolved account, shared by every daemon on this database so the
+        # per-user limit holds for the firm, not per daemon (issue 14). ``at`` is Unix seconds.
+        3,
+        [
+            """CREATE TABLE login_failures (
+                throttle_key TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX login_failures_key ON login_failures (throttle_key, at)",
+            "CREATE INDEX login_failures_at ON login_failures (at)",
         ],
     ),
 ]

@@ -471,8 +471,24 @@ class MetadataDB:
             cur = self.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
             if cur.rowcount != 1:
                 raise NotFound(f"no user named {name!r}", user=name)
+            # a new password ends the sessions opened with the old one
+            self.execute("DELETE FROM sessions WHERE user_name = ? AND backend = 'local'", (name,))
 
         self.write(tx)
+
+    def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Replace ``old_hash`` by the same password's stronger hash; sessions stay (unlike
+        ``set_password``). False when the hash changed meanwhile."""
+        _text(new_hash, "password hash", 1024)
+
+        def tx() -> bool:
+            cur = self.execute(
+                "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                (new_hash, name, old_hash),
+            )
+            return bool(cur.rowcount == 1)
+
+        return self.write(tx)
 
     def get_user(self, name: str) -> UserRecord | None:
         row = self.one("SELECT name, password_hash, created_at, disabled FROM users WHERE name = ?", (name,))
@@ -480,6 +496,25 @@ class MetadataDB:
 
     def list_users(self) -> list[UserRecord]:
         return [_user(r) for r in self.all("SELECT name, password_hash, created_at, disabled FROM users ORDER BY name")]
+
+    def set_user_disabled(self, name: str, disabled: bool) -> None:
+        def tx() -> None:
+            cur = self.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
+            if cur.rowcount != 1:
+                raise NotFound(f"no user named {name!r}", user=name)
+            if disabled:
+                self.execute("DELETE FROM sessions WHERE user_name = ? AND backend = 'local'", (name,))
+
+        self.write(tx)
+
+    def remove_user(self, name: str) -> None:
+        def tx() -> None:
+            cur = self.execute("DELETE FROM users WHERE name = ?", (name,))
+            if cur.rowcount != 1:
+                raise NotFound(f"no user named {name!r}", user=name)
+            self.execute("DELETE FROM sessions WHERE user_name = ? AND backend = 'local'", (name,))
+
+        self.write(tx)
 
     # -- engagements and grants
 
@@ -646,6 +681,55 @@ class MetadataDB:
 
     def delete_session(self, token_hash: str) -> None:
         self.write(lambda: self.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,)))
+
+    def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
+        query = (
+            "SELECT token_hash, id, user_name, group_ids, backend, created_at, expires_at,"
+            " refreshed_at FROM sessions"
+        )
+        if user is None:
+            return [_session(r) for r in self.all(query + " ORDER BY created_at")]
+        return [_session(r) for r in self.all(query + " WHERE user_name = ? ORDER BY created_at", (user,))]
+
+    def end_sessions(
+        self, user: str | None = None, session_id: str | None = None, keep: str | None = None
+    ) -> int:
+        """Delete the sessions of ``user`` (but ``keep``), or the one with ``session_id``."""
+        if (user is None) == (session_id is None):
+            raise ValueError("end_sessions needs exactly one of user and session_id")
+
+        def tx() -> int:
+            if session_id is not None:
+                cur = self.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            else:
+                cur = self.execute(
+                    "DELETE FROM sessions WHERE user_name = ? AND id <> ?", (user, keep or "")
+                )
+            return int(cur.rowcount)
+
+        return self.write(tx)
+
+    # -- failed sign-ins
+
+    def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
+        def tx() -> None:
+            self.execute("DELETE FROM login_failures WHERE at < ?", (forget_before,))
+            self.execute("INSERT INTO login_failures (throttle_key, at) VALUES (?, ?)", (key, at))
+
+        self.write(tx)
+
+    def login_failures_since(self, key: str, since: float, limit: int) -> list[float]:
+        rows = self.all(
+            "SELECT at FROM login_failures WHERE throttle_key = ? AND at > ? ORDER BY at DESC"
+            " LIMIT ?",
+            (key, since, limit),
+        )
+        return sorted(float(r[0]) for r in rows)
+
+    def clear_login_failures(self, key: str) -> None:
+        self.write(
+            lambda: self.execute("DELETE FROM login_failures WHERE throttle_key = ?", (key,))
+        )
 
     # -- chunks and manifests
 
@@ -1312,11 +1396,20 @@ class SqlServerStore:
     async def set_password(self, name: str, password_hash: str) -> None:
         await self.run_db(MetadataDB.set_password, name, password_hash)
 
+    async def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        return await self.run_db(MetadataDB.upgrade_password_hash, name, old_hash, new_hash)
+
     async def get_user(self, name: str) -> UserRecord | None:
         return await self.run_read(MetadataDB.get_user, name)
 
     async def list_users(self) -> list[UserRecord]:
         return await self.run_read(MetadataDB.list_users)
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> None:
+        await self.run_db(MetadataDB.set_user_disabled, name, disabled)
+
+    async def remove_user(self, name: str) -> None:
+        await self.run_db(MetadataDB.remove_user, name)
 
     # -- engagements and grants
 
@@ -1354,6 +1447,23 @@ class SqlServerStore:
 
     async def delete_session(self, token_hash: str) -> None:
         await self.run_db(MetadataDB.delete_session, token_hash)
+
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
+        return await self.run_read(MetadataDB.list_sessions, user)
+
+    async def end_sessions(
+        self, *, user: str | None = None, session_id: str | None = None, keep: str | None = None
+    ) -> int:
+        return await self.run_db(MetadataDB.end_sessions, user, session_id, keep)
+
+    async def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
+        await self.run_db(MetadataDB.record_login_failure, key, at, forget_before)
+
+    async def login_failures_since(self, key: str, since: float, limit: int) -> list[float]:
+        return await self.run_read(MetadataDB.login_failures_since, key, since, limit)
+
+    async def clear_login_failures(self, key: str) -> None:
+        await self.run_db(MetadataDB.clear_login_failures, key)
 
     # -- chunks and manifests
 

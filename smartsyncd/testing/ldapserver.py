@@ -371,6 +371,20 @@ class _ADLikeServer(LDAPServer):
 
     extendedRequest_LDAPStartTLSRequest.oid = pureldap.LDAPStartTLSRequest.oid  # type: ignore[attr-defined]
 
+    def extendedRequest_WhoAmI(self, data: Any, reply: Any) -> Any:
+        """RFC 4532 as AD answers it: ``u:NETBIOS\\sAMAccountName`` of the bound user."""
+        factory: _DirectoryFactory = self.factory  # type: ignore[assignment]
+        if not factory.who_am_i:
+            raise ldaperrors.LDAPProtocolError(b"Extended Operation not supported")
+        authz = b""
+        if self.boundUser is not None:
+            account = self.boundUser["sAMAccountName"]
+            name = next(iter(account)) if account else self.boundUser.dn.getText()
+            authz = f"u:{factory.directory.netbios}\\{name}".encode()
+        return pureldap.LDAPExtendedResponse(resultCode=0, response=authz)
+
+    extendedRequest_WhoAmI.oid = b"1.3.6.1.4.1.4203.1.11.3"  # type: ignore[attr-defined]
+
 
 class _DirectoryFactory(ServerFactory):
     protocol = _ADLikeServer
@@ -382,6 +396,7 @@ class _DirectoryFactory(ServerFactory):
         self.refuse_starttls = refuse_starttls
         self.connections = 0
         self.bind_names: list[str] = []
+        self.who_am_i = True
 
     def buildProtocol(self, addr: Any) -> Any:
         self.connections += 1
@@ -419,6 +434,10 @@ class RunningDirectory:
     def bind_names(self) -> list[str]:
         """Names of all bind requests received (passwords are not kept)."""
         return self._factory.bind_names
+
+    def set_who_am_i(self, offered: bool) -> None:
+        """Offer RFC 4532 "Who am I?" (as AD does) or refuse it (as Samba 4.17 does)."""
+        self._factory.who_am_i = offered
 
     def stop(self) -> defer.Deferred[None]:
         return defer.maybeDeferred(self._listening.stopListening)

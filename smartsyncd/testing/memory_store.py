@@ -7,6 +7,7 @@ every call raise ``Unavailable`` as a database outage would. Not for production 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -41,6 +42,7 @@ class MemoryServerStore:
         self.engagements: dict[str, EngagementRecord] = {}
         self.grants: dict[tuple[str, PrincipalKind, str], Grant] = {}
         self.sessions: dict[str, SessionRecord] = {}  # by token_hash
+        self.login_failures: dict[str, list[float]] = {}
         self.unavailable = False
 
     def _check(self) -> None:
@@ -67,6 +69,15 @@ class MemoryServerStore:
             created_at=record.created_at,
             disabled=record.disabled,
         )
+        self._end_local(name)
+
+    async def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        self._check()
+        record = self.users.get(name)
+        if record is None or record.password_hash != old_hash:
+            return False
+        self.users[name] = dataclasses.replace(record, password_hash=new_hash)
+        return True
 
     async def get_user(self, name: str) -> UserRecord | None:
         self._check()
@@ -75,6 +86,26 @@ class MemoryServerStore:
     async def list_users(self) -> list[UserRecord]:
         self._check()
         return sorted(self.users.values(), key=lambda u: u.name)
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> None:
+        self._check()
+        record = self.users.get(name)
+        if record is None:
+            raise NotFound(f"no user {name!r}", user=name)
+        self.users[name] = dataclasses.replace(record, disabled=disabled)
+        if disabled:
+            self._end_local(name)
+
+    async def remove_user(self, name: str) -> None:
+        self._check()
+        if self.users.pop(name, None) is None:
+            raise NotFound(f"no user {name!r}", user=name)
+        self._end_local(name)
+
+    def _end_local(self, name: str) -> None:
+        for h, s in list(self.sessions.items()):
+            if s.user == name and s.backend == "local":
+                del self.sessions[h]
 
     # engagements and grants
     async def create_engagement(self, name: str, title: str) -> EngagementRecord:
@@ -142,6 +173,37 @@ class MemoryServerStore:
     async def delete_session(self, token_hash: str) -> None:
         self._check()
         self.sessions.pop(token_hash, None)
+
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
+        self._check()
+        return [s for s in self.sessions.values() if user is None or s.user == user]
+
+    async def end_sessions(
+        self, *, user: str | None = None, session_id: str | None = None, keep: str | None = None
+    ) -> int:
+        self._check()
+        gone = [
+            h for h, s in self.sessions.items()
+            if (session_id is not None and s.id == session_id)
+            or (user is not None and s.user == user and s.id != keep)
+        ]
+        for h in gone:
+            del self.sessions[h]
+        return len(gone)
+
+    async def record_login_failure(self, key: str, at: float, forget_before: float) -> None:
+        self._check()
+        for k in list(self.login_failures):
+            self.login_failures[k] = [t for t in self.login_failures[k] if t >= forget_before]
+        self.login_failures.setdefault(key, []).append(at)
+
+    async def login_failures_since(self, key: str, since: float, limit: int) -> list[float]:
+        self._check()
+        return sorted(t for t in self.login_failures.get(key, []) if t > since)[-limit:]
+
+    async def clear_login_failures(self, key: str) -> None:
+        self._check()
+        self.login_failures.pop(key, None)
 
     # not implemented by this fake
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:

@@ -59,6 +59,7 @@ from smartsyncd.web.bodies import (
     query_str,
     read_body,
 )
+from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.errors import error_response, json_bytes, send_json
 from smartsyncd.web.health import HealthCache
 from smartsyncd.web.limits import ClientLimits, Limits
@@ -416,7 +417,7 @@ class SyncAPI:
         body = expect_object(await self._parse_json(read_body(request, self.limits.login_json)))
         user = get_str(body, "user", max_len=256)
         password = get_str(body, "password", max_len=4096)
-        address = str(getattr(request.getClientAddress(), "host", "unknown"))
+        address = client_address(request)
         token, session = await self._sessions.sign_in(user, password, address)
         return send_json(
             request,
@@ -740,11 +741,24 @@ class _SyncSite(Site):
         super().log(request)
 
 
-def make_site(api: SyncAPI, *, timeout: float = 120, clients: ClientLimits = ClientLimits()) -> Site:
+def make_site(
+    api: SyncAPI,
+    *,
+    timeout: float = 120,
+    clients: ClientLimits = ClientLimits(),
+    trusted_proxies: tuple[Network, ...] = (),
+) -> Site:
     """The twisted.web Site for ``api``: body caps, idle timeout, per-address caps and the
-    deadline before sign-in (web/admission.py), no version in ``Server``."""
-    site = _SyncSite(api.resource(), reactor=api.clock, timeout=timeout)
+    deadline before sign-in (web/admission.py), no version in ``Server``; behind
+    ``trusted_proxies`` the client address comes from their X-Forwarded-For."""
+    site = _SyncSite(
+        api.resource(),
+        reactor=api.clock,
+        timeout=timeout,
+        logFormatter=access_log_formatter(trusted_proxies),
+    )
     site.client_addresses = ClientAddresses(clients)  # type: ignore[attr-defined]
+    site.trusted_proxies = trusted_proxies  # type: ignore[attr-defined]
     site.requestFactory = UploadRequest  # type: ignore[assignment]
     site.sync_api = api  # type: ignore[attr-defined]  # UploadRequest streams chunk uploads into it
     site.protocol = guarded_channel_factory  # type: ignore[assignment]

@@ -174,6 +174,8 @@ class CADaemon(Daemon):
 def daemon_config(tls_dir: Path, database_url: str, storage: Path) -> str:
     return (
         "[server]\n"
+        # HAProxy connects from here; its X-Forwarded-For names the client (conf/smartsync.ini)
+        "trusted_proxies = 127.0.0.1\n"
         f"tls_cert = {tls_dir / 'server.pem'}\n"
         f"tls_key = {tls_dir / 'server.key'}\n"
         "[database]\n"
@@ -214,8 +216,10 @@ class Cluster:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def request(self, method: str, path: str, *, json_body: Any = None, token: str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        """One request through HAProxy: (status, JSON body or bytes, response headers)."""
+                headers: dict[str, str] | None = None,
+                source: str | None = None) -> tuple[int, Any, dict[str, str]]:
+        """One request through HAProxy: (status, JSON body or bytes, response headers);
+        ``source``: the client's own address (any 127.x.y.z works on Linux loopback)."""
         sent = dict(headers or {})
         body = None
         if json_body is not None:
@@ -223,7 +227,10 @@ class Cluster:
             sent["Content-Type"] = "application/json"
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
-        conn = http.client.HTTPSConnection("127.0.0.1", self.haproxy.port, context=self.context(), timeout=30)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.haproxy.port, context=self.context(), timeout=30,
+            source_address=(source, 0) if source else None,
+        )
         try:
             conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()

@@ -85,6 +85,34 @@ class SambaDC:
     def enable(self, user: str) -> None:
         self.tool("user", "enable", user)
 
+    def add_upn_suffix(self, suffix: str) -> None:
+        """Allow UPNs ending in ``@suffix`` (e-mail style), as an admin does in "Domains and
+        Trusts"; over LDAPS as Administrator (samba-tool's way needs the RPC services)."""
+        ldif = (
+            f"dn: CN=Partitions,CN=Configuration,{self.base_dn}\n"
+            "changetype: modify\nadd: uPNSuffixes\n"
+            f"uPNSuffixes: {suffix}\n"
+        )
+        done = subprocess.run(
+            ["ldapmodify", "-x", "-H", self.urls[0], "-D", f"Administrator@{self.realm}",
+             "-y", self._admin_password_file()],
+            input=ldif, capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, LDAPTLS_CACERT=self.ca_file),
+        )
+        if done.returncode != 0 and "Type or value exists" not in done.stderr:
+            raise RuntimeError(f"ldapmodify failed ({done.returncode}): {done.stderr}")
+
+    def set_upn(self, user: str, upn: str) -> None:
+        self.tool("user", "rename", user, f"--upn={upn}")
+
+    def _admin_password_file(self) -> str:
+        path = os.path.join(self.directory, "admin.secret")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(ADMIN_PASSWORD)  # -y reads the whole file: no newline
+        return path
+
 
 def _run(command: list[str], timeout: float = 120) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)

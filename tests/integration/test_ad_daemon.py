@@ -150,3 +150,89 @@ def test_removing_user_from_group_takes_access_away(
     while visible(client, server) and time.monotonic() < deadline:
         pass
     assert visible(client, server) == set()
+
+
+MAIL_SUFFIX = "mail.firm.example"
+
+
+@pytest.fixture(scope="module")
+def no_service_account(
+    directory: SambaDC, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """A daemon without bind_dn whose upn_suffix is the firm's e-mail domain, where the UPN
+    ``hank@mail.firm.example`` belongs to ivy while ``hank`` is another person's account."""
+    directory.add_upn_suffix(MAIL_SUFFIX)
+    directory.add_user("hank", "Hank-Passw0rd-1", groups=["Engagement Team"])
+    directory.add_user("ivy", "Ivy-Passw0rd-1", groups=["Tax"])
+    directory.set_upn("hank", f"henry.adams@{MAIL_SUFFIX}")
+    directory.set_upn("ivy", f"hank@{MAIL_SUFFIX}")
+    base = tmp_path_factory.mktemp("ad-nosvc")
+    config = f"""
+[auth]
+backends = ldap
+[ldap]
+urls = {' '.join(directory.urls)}
+ca_file = {directory.ca_file}
+base_dn = {directory.base_dn}
+netbios_domain = {directory.netbios}
+upn_suffix = {MAIL_SUFFIX}
+"""
+    d = running_daemon(base, config_text=config)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_without_service_account_a_colliding_upn_cannot_take_another_identity(
+    no_service_account: Daemon, tmp_path: Path
+) -> None:
+    server = no_service_account
+    # "hank" is bound as hank@mail.firm.example, which Samba resolves to ivy: before the fix
+    # the daemon then read the identity from sAMAccountName=hank and signed ivy in as hank.
+    (tmp_path / "a").mkdir()
+    taken = Client(tmp_path / "a")
+    done = login(taken, server, "hank", "Ivy-Passw0rd-1")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "sign-in hank from" not in server.log_text()
+    assert "bound" in server.log_text() and "not the account the name names" in server.log_text()
+    # each person still signs in as themselves
+    (tmp_path / "b").mkdir()
+    ivy = Client(tmp_path / "b")
+    assert login(ivy, server, f"hank@{MAIL_SUFFIX}", "Ivy-Passw0rd-1").returncode == 0
+    assert "sign-in ivy from" in server.log_text()
+    (tmp_path / "c").mkdir()
+    hank = Client(tmp_path / "c")
+    assert login(hank, server, "FIRM\\hank", "Hank-Passw0rd-1").returncode == 0
+    assert "sign-in hank from" in server.log_text()
+
+
+def test_every_spelling_of_a_name_counts_for_one_account(
+    server: Daemon, directory: SambaDC
+) -> None:
+    """alice, FIRM\\alice, alice@firm.example and " alice" all bind the same AD account, so
+    they share one count of failures (keyed on its objectSid): after 5 the right password gets
+    429 too. Before, each spelling had its own 5 and the domain account took 20 wrong binds."""
+    directory.add_user("gina", "Gina-Passw0rd-1")
+    spellings = ["gina", "FIRM\\gina", "gina@firm.example", " gina", "GINA"]
+    for name in spellings:
+        status, _ = server.request(
+            "POST", "/v1/login", json_body={"user": name, "password": "wrong guess"}
+        )
+        assert status == 401, name
+    status, _ = server.request(
+        "POST", "/v1/login", json_body={"user": "FIRM\\gina", "password": "Gina-Passw0rd-1"}
+    )
+    assert status == 429
+
+
+def test_a_local_user_named_like_a_directory_account_is_refused(server: Daemon) -> None:
+    """Grants to user "dora" name one principal: a local "dora" would get the directory dora's
+    grants (and she the local one's). Before, `user add dora` succeeded."""
+    for name in ("dora", "DORA"):
+        done = server.admin("user", "add", name, "--password-stdin", input="Local-pw-1\n")
+        assert done.returncode != 0, done.stdout
+        assert "is an account in the directory" in done.stderr
+    assert "dora" not in server.admin("user", "list").stdout
+    done = server.admin("user", "add", "zed-local", "--password-stdin", input="Local-pw-1\n")
+    assert done.returncode == 0, done.stderr

@@ -306,3 +306,51 @@ def test_health_reports_the_database_and_haproxy_routes_around_a_dead_daemon(
     while app2.request("GET", "/healthz")[0] != 200:
         assert time.monotonic() < deadline, app2.log_text()
         time.sleep(0.1)  # polling a real condition with a deadline
+
+
+def test_failed_sign_ins_count_for_the_account_on_every_daemon(cluster: Cluster) -> None:
+    """Five failures spread over two daemons reach the per-user limit (5): the counts live in
+    the database. Before, each daemon counted its own (3 and 2) and kept accepting guesses."""
+    app1, app2 = cluster.daemons["app1"], cluster.daemons["app2"]
+
+    def attempt(daemon: Any, password: str) -> int:
+        body = {"user": "alice", "password": password}
+        return daemon.request("POST", "/v1/login", json_body=body)[0]
+
+    for daemon in (app1, app1, app1, app2, app2):
+        assert attempt(daemon, "wrong guess") == 401
+    assert attempt(app1, PASSWORD) == 429
+    assert attempt(app2, PASSWORD) == 429
+
+
+def test_behind_haproxy_one_clients_failures_do_not_lock_out_the_others(
+    pg: PgCluster, tmp_path: Path
+) -> None:
+    """Every connection reaches the daemon from HAProxy; with HAProxy as the trusted proxy the
+    daemon counts failures per real client (X-Forwarded-For) and logs that address. Before, 20
+    failures from one client gave every client 429."""
+    c = start_cluster(tmp_path, pg.url(pg.create_database()), names=("app1",))
+    try:
+        done = c.daemons["app1"].admin("user", "add", "alice", "--password-stdin",
+                                       input=PASSWORD + "\n")
+        assert done.returncode == 0, done.stderr
+
+        def login(source: str, password: str, spoof: str | None = None) -> int:
+            headers = {"X-Forwarded-For": spoof} if spoof else None
+            body = {"user": f"nobody-{next(_files)}", "password": password}
+            if password == PASSWORD:
+                body["user"] = "alice"
+            return c.request("POST", "/v1/login", json_body=body, source=source,
+                             headers=headers)[0]
+
+        # the storm: 20 failures (per-address limit) from 127.0.0.2, which also claims to be
+        # 127.0.0.3 in its own X-Forwarded-For (HAProxy appends the real address after it)
+        for _ in range(20):
+            assert login("127.0.0.2", "wrong guess", spoof="127.0.0.3") == 401
+        assert login("127.0.0.2", PASSWORD) == 429
+        assert login("127.0.0.3", PASSWORD) == 200
+        log = c.daemons["app1"].log_text()
+        assert '"127.0.0.3" - - ' in log and '"127.0.0.2" - - ' in log
+        assert "sign-in alice from 127.0.0.3" in log
+    finally:
+        c.stop()

@@ -334,6 +334,27 @@ async def test_a_refused_service_account_is_not_retried_on_other_servers(pki: Te
         await second.stop()
 
 
+@pytest.mark.parametrize("who_am_i", [True, False], ids=["who-am-i", "bind-name-search"])
+@pytest_twisted.ensureDeferred
+async def test_without_service_account_a_colliding_upn_cannot_take_another_identity(
+    dc: RunningDirectory, pki: TestPki, who_am_i: bool
+) -> None:
+    # e-mail style UPNs: "hank@firm.example" is ivy's UPN, while the account hank has another
+    dc.set_who_am_i(who_am_i)
+    dc.directory.add_user("hank", "pw-hank", upn="henry.adams@firm.example")
+    dc.directory.add_user("ivy", "pw-ivy", upn="hank@firm.example")
+    auth = make([dc.url], pki, bind_dn=None, bind_password=None)
+    # "hank" binds hank@firm.example, which is ivy: never hank's identity
+    with pytest.raises(SignInRefused) as refused:
+        await auth.authenticate("hank", "pw-ivy")
+    assert not isinstance(refused.value, UnknownUser)
+    assert dc.bind_names == ["hank@firm.example"]
+    # typing the UPN itself names (among others) the bound account: that is ivy
+    assert (await auth.authenticate("hank@firm.example", "pw-ivy")).user == "ivy"
+    assert (await auth.authenticate("FIRM\\hank", "pw-hank")).user == "hank"
+    assert (await auth.authenticate("henry.adams@firm.example", "pw-hank")).user == "hank"
+
+
 @pytest_twisted.ensureDeferred
 async def test_without_service_account_binds_as_upn_first(
     dc: RunningDirectory, pki: TestPki

@@ -10,7 +10,7 @@ from smartsyncd.auth.passwords import hash_password, verify_password
 def test_hash_format_and_round_trip() -> None:
     stored = hash_password("correct horse")
     kind, n, r, p, salt, digest = stored.split("$")
-    assert (kind, n, r, p) == ("scrypt", str(2**14), "8", "1")
+    assert (kind, n, r, p) == ("scrypt", str(2**17), "8", "1")
     assert len(base64.b64decode(salt)) == 16
     assert len(base64.b64decode(digest)) == 32
     assert verify_password("correct horse", stored)

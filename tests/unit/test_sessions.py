@@ -417,3 +417,26 @@ async def test_malformed_user_names_refused_before_any_backend_and_logged_safely
     assert not any("\n" in line for line in lines)
     assert all(len(line) < 300 for line in lines)
     assert any("alice\\nsign-in root" in line for line in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_use_never_slides_a_session_past_its_absolute_lifetime(make_env) -> None:
+    env = await make_env(
+        RecordingBackend("ldap", {"alice": ("pw", set())}),
+        lifetime=timedelta(hours=1),
+        refresh_interval=timedelta(days=1),
+    )
+    env.manager = SessionManager(
+        env.store, [RecordingBackend("ldap", {"alice": ("pw", set())})], env.clock, env.limiter,
+        lifetime=timedelta(hours=1), refresh_interval=timedelta(days=1),
+        max_age=timedelta(hours=3),
+    )
+    token, rec = await env.manager.sign_in("alice", "pw", ADDR)
+    for _ in range(5):  # used every 50 minutes: the sliding hour alone would never end it
+        env.clock.advance(50 * 60)
+        if env.now() >= rec.created_at + timedelta(hours=3):
+            break
+        slid = await env.manager.resolve(token)
+        assert slid.expires_at <= rec.created_at + timedelta(hours=3)
+    with pytest.raises(SessionExpired):
+        await env.manager.resolve(token)
