@@ -151,3 +151,84 @@ async def test_copies_reconcile_after_the_store_is_restored(daemon: Daemon, tmp_
     finally:
         for c in copies.values():
             c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_procedure_of_operations_md(tmp_path: Path) -> None:
+    """docs/operations.md's PostgreSQL procedure, run as written: pg_dump first, then the pack
+    folder; more work after it; restore the packs, then the database, then db new-generation.
+    The copies reconcile and the restored server serves every file byte for byte."""
+    import subprocess
+
+    from pg import PG_BIN, PgCluster
+
+    pg = PgCluster().start()
+    d: Daemon | None = None
+    copies: dict[str, SyncCopy] = {}
+    try:
+        dbname = pg.create_database("restore")
+        d = running_daemon(tmp_path, config_text=f"[database]\nurl = {pg.url(dbname)}\n")
+        add_users(d, ["alice", "bob"])
+        add_engagements(d, ["audit"], {"alice": "editor", "bob": "editor"})
+        apis = {u: await api_for(d, u) for u in ("alice", "bob")}
+        copies = {u: await SyncCopy.clone(apis[u], "audit", tmp_path / u) for u in apis}
+        (tmp_path / "alice" / "a.txt").write_bytes(b"a: first")
+        (tmp_path / "alice" / "big.bin").write_bytes(bytes(range(256)) * 4000)
+        await copies["alice"].sync(apis["alice"])
+        await copies["bob"].sync(apis["bob"])
+
+        backup = tmp_path / "backup"
+        backup.mkdir()
+        dump = subprocess.run(
+            [str(PG_BIN / "pg_dump"), "--format=custom", f"--file={backup / 'metadata.dump'}", pg.url(dbname)],
+            capture_output=True, text=True,
+        )
+        assert dump.returncode == 0, dump.stderr
+        shutil.copytree(d.data_dir / "chunks", backup / "chunks")  # after the dump
+        shutil.copytree(d.data_dir / "tls", backup / "tls")
+
+        (tmp_path / "bob" / "b.txt").write_bytes(b"b: after the backup")
+        (tmp_path / "bob" / "a.txt").write_bytes(b"a: bob's edit after the backup")
+        await copies["bob"].sync(apis["bob"])
+        await copies["alice"].sync(apis["alice"])
+        before = {u: copy_files(tmp_path / u) for u in copies}
+
+        # the machine is lost: restore packs first, then the database, then a new generation
+        port = d.port
+        d.stop()
+        shutil.rmtree(d.data_dir)
+        shutil.copytree(backup / "chunks", d.data_dir / "chunks")
+        shutil.copytree(backup / "tls", d.data_dir / "tls")
+        pg.sql(f'DROP DATABASE "{dbname}"')
+        pg.sql(f'CREATE DATABASE "{dbname}"')
+        restore = subprocess.run(
+            [str(PG_BIN / "pg_restore"), f"--dbname={pg.url(dbname)}", str(backup / "metadata.dump")],
+            capture_output=True, text=True,
+        )
+        assert restore.returncode == 0, restore.stderr
+        done = d.admin("db", "new-generation")
+        assert done.returncode == 0 and "generation 2" in done.stdout, done.stderr
+        fsck(d)
+        start_on_same_port(d, port)
+
+        for _ in range(2):
+            for u in copies:
+                await copies[u].sync(apis[u])
+        for u in copies:
+            now = copy_files(tmp_path / u)
+            assert set(before[u].values()) <= set(now.values()), u
+        final = copy_files(tmp_path / "alice")
+        assert copy_files(tmp_path / "bob") == final
+        # every file the server lists is served byte for byte (a fresh clone of it)
+        fresh_api = await api_for(d, "alice")
+        fresh = await SyncCopy.clone(fresh_api, "audit", tmp_path / "fresh")
+        copies["fresh"] = fresh
+        assert copy_files(tmp_path / "fresh") == final
+        assert final["b.txt"] == b"b: after the backup" and final["big.bin"] == bytes(range(256)) * 4000
+        fsck(d)
+    finally:
+        for c in copies.values():
+            c.close()
+        if d is not None:
+            d.stop()
+        pg.stop()
