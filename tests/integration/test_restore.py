@@ -232,3 +232,28 @@ async def test_postgresql_procedure_of_operations_md(tmp_path: Path) -> None:
         if d is not None:
             d.stop()
         pg.stop()
+
+
+def test_restore_refuses_what_it_must_not_overwrite(daemon: Daemon, tmp_path: Path) -> None:
+    """restore refuses a non-empty data folder without --force (and then moves it aside, never
+    deletes it), refuses an unfinished backup, and backup refuses a non-empty DEST."""
+    saved = tmp_path / "saved"
+    assert daemon.admin("backup", str(saved)).returncode == 0
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("not ours")
+    refused = daemon.admin("backup", str(occupied))
+    assert refused.returncode == 1 and "not an empty folder" in refused.stderr
+    daemon.stop()
+    refused = daemon.admin("restore", str(saved))  # the data folder holds the live store
+    assert refused.returncode == 1 and "--force" in refused.stderr and "Traceback" not in refused.stderr
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(saved, unfinished)
+    (unfinished / "BACKUP.json").unlink()
+    refused = daemon.admin("restore", "--force", str(unfinished))
+    assert refused.returncode == 1 and "not a finished smartsync backup" in refused.stderr
+    done = daemon.admin("restore", "--force", str(saved))
+    assert done.returncode == 0, done.stderr
+    aside = [p for p in daemon.data_dir.parent.iterdir() if ".before-restore-" in p.name]
+    assert len(aside) == 1 and (aside[0] / "metadata.sqlite3").exists()
+    fsck(daemon)
