@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade",
         help="create the schema or apply pending migrations (safe while daemons start)",
     )
+    db.add_parser(
+        "new-generation",
+        help="after restoring or rolling back the store by hand: copies reconcile (docs/operations.md)",
+    )
+    from smartsyncd.cli.admin_backup import add_parsers
+
+    add_parsers(commands)
     return parser
 
 
@@ -224,6 +231,7 @@ def _needs_existing_data(args: argparse.Namespace) -> bool:
         or (args.command == "engagement" and args.action == "create")
         or args.command == "db"
     )
+
 
 
 class Admin:
@@ -282,6 +290,10 @@ class Admin:
         if args.command == "grants":
             return await self.grants(args.engagement)
         if args.command == "db":
+            if args.action == "new-generation":
+                from smartsyncd.cli.admin_backup import new_generation
+
+                return await new_generation(self.store, self.out)
             return await self.db_upgrade()
         return await self.fsck()
 
@@ -476,6 +488,11 @@ async def run_admin(
 ) -> int:
     """Open the store, run one command, close the store; returns the exit status."""
     from smartsyncd.storage.sqlite import open_server_store
+
+    if args.command in ("backup", "restore"):  # they open the store themselves (or not)
+        from smartsyncd.cli.admin_backup import run_backup
+
+        return await run_backup(reactor, args, config, out)
 
     if (
         config.database_url is None

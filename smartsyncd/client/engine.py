@@ -45,9 +45,11 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from smartsyncd.client import reconcile
 from smartsyncd.client.basecache import BaseCache
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import (
+    HistoryDiverged,
     NetworkError,
     ProtocolError,
     ServerRefused,
@@ -561,6 +563,7 @@ class SyncCopy:
         try:
             await run(begin_sync, path)
             report = await copy._clone_files(api, head, files, progress or NullProgress())
+            await reconcile.after_clone(copy, api)
         except BaseException:
             # the lock goes with the failure: the half-made copy can be opened again (in this
             # process too), and its next sync finishes the pull and removes the temp files
@@ -626,8 +629,13 @@ class SyncCopy:
 
     async def sync(self, api: Server, *, progress: Progress | None = None) -> SyncReport:
         """Push local changes, then pull remote ones."""
+        reconcile.attach(self, api)
         with fewer_gc_passes():
-            return await self._sync(api, progress)
+            try:
+                return await self._sync(api, progress)
+            except HistoryDiverged as e:  # the server was restored: client/reconcile.py
+                await reconcile.reconcile(self, e)
+                return await self._sync(api, progress)
 
     async def _sync(self, api: Server, progress: Progress | None) -> SyncReport:
         prog = progress or NullProgress()
@@ -1530,6 +1538,8 @@ class SyncCopy:
             log.warn("waiting for server changes failed: {why}", why=str(e))
             await self._sleep(retry_delay)
             return False
+        except HistoryDiverged:
+            return True  # the sync reconciles
         except Exception as e:
             return e
         return bool(changes)

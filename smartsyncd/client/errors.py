@@ -86,3 +86,9 @@ class ServerRefused(ClientError):
         self.message = message
         self.status = status
         self.details: dict[str, Any] = dict(details or {})
+
+
+class HistoryDiverged(ServerRefused):
+    """The server's log is not the one this copy synced (it was restored or rolled back):
+    ``details`` carry the server's ``store``, ``generation`` and ``head``. ``SyncCopy.sync``
+    reconciles (``client/reconcile.py``): nothing local is lost, nothing is deleted."""

@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 from OpenSSL import SSL
@@ -37,6 +37,7 @@ from smartsyncd.client.backoff import Backoff, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
 from smartsyncd.client.errors import (
     AuthError,
+    HistoryDiverged,
     NetworkError,
     ProtocolError,
     ServerRefused,
@@ -56,7 +57,7 @@ from smartsyncd.core.chunkstream import (
 )
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
-from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
+from smartsyncd.core.model import Change, ChunkRef, FileState, HistoryCheck, Manifest
 from smartsyncd.tlsbatching import BatchingEndpointFactory
 
 log = Logger()
@@ -118,6 +119,16 @@ class Reply:
     wire_bytes: int = -1  # body bytes as they travelled (compressed), -1: same as body
 
 
+class HistoryKeeper(Protocol):
+    """A copy's memory of the log it follows (``client/reconcile.py``)."""
+
+    async def check(self, since: int | None) -> HistoryCheck: ...
+
+    async def seen(
+        self, seq: int | None, token: str | None, store: str | None, generation: int | None
+    ) -> None: ...
+
+
 class ServerAPI:
     """Async calls to one smartsyncd server (``base_url`` like ``https://host:8443``)."""
 
@@ -157,6 +168,11 @@ class ServerAPI:
         self.chunks_present = 0
         # the sync copy this connection speaks for (``Smartsync-Copy`` header), if any
         self.copy_id: str | None = None
+        # that copy's view of the log (client/reconcile.py): sent with change feeds and commits
+        # so a restored server refuses (409 history_diverged) instead of stranding the copy
+        self.keeper: HistoryKeeper | None = None
+        # (head, head token, store, generation) of the last snapshot (a clone keeps them)
+        self.snapshot_history: tuple[int, str | None, str | None, int | None] | None = None
         self._reactor = reactor
         self._bw_free_at = 0.0
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -228,6 +244,7 @@ class ServerAPI:
         data = _object(await self._json("GET", _eng(eng, "snapshot")), "snapshot")
         head = _get(data, "head", int, "snapshot")
         files = [_file_state(item) for item in _get(data, "files", list, "snapshot")]
+        self.snapshot_history = (head, *_history_fields(data, "head_hash", "snapshot"))
         return head, files
 
     async def changes(
@@ -238,6 +255,15 @@ class ServerAPI:
         params = {"since": str(since), "limit": str(limit)}
         if wait:
             params["wait"] = f"{wait:g}"
+        keeper = self.keeper
+        if keeper is not None:
+            check = await keeper.check(since)
+            if check.hash is not None:
+                params["hash"] = check.hash
+            if check.store is not None:
+                params["store"] = check.store
+            if check.generation is not None:
+                params["generation"] = str(check.generation)
         data = _object(
             await self._json(
                 "GET", _eng(eng, "changes"), params=params, timeout=self.timeout + wait
@@ -250,6 +276,13 @@ class ServerAPI:
         seqs = [c.seq for c in changes]
         if seqs != sorted(seqs) or (seqs and seqs[0] <= since):
             raise ProtocolError("changes answer is out of order or repeats old changes")
+        if keeper is not None:
+            last = changes[-1] if changes else None
+            token, store, generation = _history_fields(data, None, "changes")
+            await keeper.seen(
+                None if last is None else last.seq, None if last is None else last.record_hash,
+                store, generation,
+            )
         return head, changes, more
 
     async def manifest(self, eng: str, content: str, base: Manifest | None = None) -> Manifest:
@@ -420,14 +453,23 @@ class ServerAPI:
 
     async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
         """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
+        body: dict[str, Any] = {"batch": batch, "changes": changes}
+        keeper = self.keeper
+        if keeper is not None:
+            check = await keeper.check(None)
+            body["history"] = {
+                k: v for k, v in (
+                    ("seq", check.seq), ("hash", check.hash), ("store", check.store),
+                    ("generation", check.generation),
+                ) if v is not None
+            }
         data = _object(
-            await self._json(
-                "POST", _eng(eng, "commit"), body={"batch": batch, "changes": changes},
-                compress=True,
-            ),
-            "commit",
+            await self._json("POST", _eng(eng, "commit"), body=body, compress=True), "commit"
         )
-        _get(data, "head", int, "commit")
+        head = _get(data, "head", int, "commit")
+        if keeper is not None:
+            token, store, generation = _history_fields(data, "head_hash", "commit")
+            await keeper.seen(head if token is not None else None, token, store, generation)
         results = _get(data, "results", list, "commit")
         if len(results) != len(changes):
             raise ProtocolError("commit answer has a different number of results than changes")
@@ -721,6 +763,8 @@ def _raise_for_status(reply: Reply, url: str) -> None:
             f"{url} is unavailable (HTTP {reply.status}{': ' + message if message else ''})",
             retryable=True,
         )
+    if reply.status == 409 and code == "history_diverged":
+        raise HistoryDiverged(code, message, reply.status, details)
     if reply.status == 401:
         if code == "session_expired":
             raise SessionExpired(
@@ -802,6 +846,20 @@ def _change(item: Any) -> Change:
         time=_parse_time(_get(data, "time", str, "change")),
         conflict_of=_get(data, "conflict_of", str, "change", optional=True),
         batch=_get(data, "batch", str, "change", optional=True),
+        record_hash=_get(data, "hash", str, "change", optional=True),
+    )
+
+
+def _history_fields(
+    data: dict[str, Any], token_key: str | None, what: str
+) -> tuple[str | None, str | None, int | None]:
+    """(record token at ``token_key``, store id, generation) of an answer; None when absent
+    (a server older than history checks)."""
+    token = None if token_key is None else _get(data, token_key, str, what, optional=True)
+    return (
+        token,
+        _get(data, "store", str, what, optional=True),
+        _get(data, "generation", int, what, optional=True),
     )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.localfs import atomic_write_bytes, fsync_dir
 from smartsyncd.core.manifest import decode_binary, encode_binary
-from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.model import ChunkRef, HistoryCheck
 from smartsyncd.core.planner import BaseEntry
 
 STATE_DIR = ".smartsync"
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
     inode INTEGER NOT NULL,
     chunks BLOB
 );
+CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
 
@@ -209,6 +210,56 @@ class ClientState:
 
     def clear_pending_batch(self) -> None:
         self._set_many({"pending_batch": None, "pending_digest": None})
+
+    # -- the log this copy follows (client/reconcile.py) ---------------------------------------
+
+    def history_check(self, seq: int | None = None) -> HistoryCheck:
+        """What this copy knows of the server's log at ``seq`` (default: its last seq): the
+        record token there, if seen, and the store identity and generation it synced with."""
+        at = self.last_seq if seq is None else seq
+        with self._lock:
+            row = self._conn.execute("SELECT hash FROM history WHERE seq=?", (at,)).fetchone()
+        generation = self._get("store_generation")
+        return HistoryCheck(
+            seq=at, hash=None if row is None else str(row[0]), store=self._get("store_id"),
+            generation=None if generation is None else int(generation),
+        )
+
+    def remember_history(
+        self, seq: int | None, token: str | None, store: str | None, generation: int | None
+    ) -> None:
+        """Keep the token of the record at ``seq`` as seen from the server (before last_seq
+        may move there), and the store identity and generation; drop tokens behind last_seq."""
+        with self._lock, _transaction(self._conn):
+            if seq is not None and token is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO history(seq, hash) VALUES(?, ?)", (seq, token)
+                )
+            row = self._conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+            last = int(row[0]) if row is not None else 0
+            self._conn.execute("DELETE FROM history WHERE seq < ?", (last,))
+            for key, value in (("store_id", store), ("store_generation", generation)):
+                if value is not None:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, str(value))
+                    )
+
+    def forget_history(self, store: str | None, generation: int | None) -> None:
+        """The server's log is not the one this copy synced (``reconcile``): every synced base
+        becomes unknown (files stay on disk and are sent again: the server answers unchanged,
+        applied or conflict), last_seq goes to 0, and the server's identity is adopted."""
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("DELETE FROM files")
+            self._conn.execute("DELETE FROM history")
+            self._conn.execute(
+                "DELETE FROM meta WHERE key IN ('last_seq', 'pending_batch', 'pending_digest',"
+                " 'store_id', 'store_generation')"
+            )
+            for key, value in (("store_id", store), ("store_generation", generation)):
+                if value is not None:
+                    self._conn.execute(
+                        "INSERT INTO meta(key, value) VALUES(?, ?)", (key, str(value))
+                    )
 
     # -- files --------------------------------------------------------------------------------
 

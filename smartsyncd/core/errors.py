@@ -105,6 +105,17 @@ class StorageFull(SyncError):
     status = 507
 
 
+class HistoryDiverged(SyncError):
+    """The copy's history is not this store's: it names another store identity or generation,
+    a sequence number past the head, or a record token at its last sequence number that the log
+    does not hold there (the store was restored or rolled back). Nothing was applied; the copy
+    reconciles (docs/reliability.md) and follows the log from there. ``store``, ``generation``
+    and ``head`` describe the server's side, ``reason`` what did not match."""
+
+    code = "history_diverged"
+    status = 409
+
+
 class Unavailable(SyncError):
     """Database or storage unreachable; clients retry and never read this as a deletion."""
 

@@ -100,6 +100,21 @@ class Change:
     time: datetime
     conflict_of: str | None = None  # for a conflict copy: the path the edit was meant for
     batch: str | None = None
+    # the record's hash in the engagement's change chain (hex): the token a copy keeps for its
+    # last seq, so the server can prove its log still holds what the copy synced
+    record_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryCheck:
+    """What a copy knows of the log it follows: ``seq`` (its last seq) and the record token
+    there (``hash``, None when unknown), and the store identity and generation it synced with
+    (None when unknown). The server refuses with ``HistoryDiverged`` when they do not match."""
+
+    seq: int
+    hash: str | None = None
+    store: str | None = None
+    generation: int | None = None
 
 
 @dataclass(frozen=True)

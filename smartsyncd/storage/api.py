@@ -16,6 +16,7 @@ from smartsyncd.core.model import (
     Change,
     ChunkRef,
     FileState,
+    HistoryCheck,
     Manifest,
     ProposedChange,
     Role,
@@ -98,6 +99,7 @@ class CommitResult:
     results: tuple[CommitResultItem, ...]
     changes: tuple[Change, ...]  # the log records written (empty on an idempotent replay)
     replayed: bool = False
+    head_hash: str | None = None  # the record token at ``head`` when this commit wrote it
 
 
 @dataclass(frozen=True)
@@ -265,8 +267,14 @@ class ServerStore(Protocol):
         manifests: dict[str, PutManifest],
         now: datetime,
         copy: str | None = None,  # the Smartsync-Copy header: an abandoned copy is refused
+        check: HistoryCheck | None = None,  # the copy's view of the log (storage/history.py)
     ) -> CommitResult: ...
-    async def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]: ...
+    async def changes_since(
+        self, engagement_id: int, since: int, limit: int, check: HistoryCheck | None = None
+    ) -> tuple[int, list[Change]]: ...
+    async def store_identity(self) -> tuple[str, int]: ...  # (store id, generation)
+    async def bump_generation(self) -> tuple[str, int]: ...
+    async def record_token(self, engagement_id: int, seq: int) -> str | None: ...
     async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]: ...
     async def head(self, engagement_id: int) -> int: ...
 

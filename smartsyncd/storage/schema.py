@@ -32,7 +32,10 @@ Tables:
   engagements.finalized_*: the sign-off freeze; engagements.retention_days: history kept;
   locks: check-outs (by fold key); copies: known sync copies and what they hold unsynced;
   audit + audit_heads: the chained audit trail (``eng:<name>`` chains and one ``global``).
-- (3) login_failures: failed sign-ins per throttle key (resolved account), all daemons'.
+- (3) store_meta: one row, the store's identity (a uuid drawn when the row is made) and its
+  generation (1, bumped by ``smartsync-admin restore`` and any rollback): a copy that synced
+  with another identity or generation reconciles (docs/reliability.md, "Restores").
+- (4) login_failures: failed sign-ins per throttle key (resolved account), all daemons'.
 """
 
 from __future__ import annotations
@@ -47,6 +50,15 @@ def _backfill_change_hashes(conn: Any, dialect: Dialect) -> None:
     from smartsyncd.storage.workflow import backfill_change_hashes
 
     backfill_change_hashes(conn, dialect)
+
+
+def _create_store_identity(conn: Any, dialect: Dialect) -> None:
+    """Migration 3's data step: this store's identity, drawn once."""
+    import uuid
+
+    conn.execute(
+        dialect.sql("INSERT INTO store_meta (store_id, generation) VALUES (?, 1)"), (str(uuid.uuid4()),)
+    )
 
 
 MIGRATIONS: list[tuple[int, list[Any]]] = [
@@ -206,9 +218,20 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
         ],
     ),
     (
+        # The store's identity and generation (docs/reliability.md, "Restores").
+        3,
+        [
+            """CREATE TABLE store_meta (
+                store_id TEXT NOT NULL,
+                generation BIGINT NOT NULL
+            )""",
+            _create_store_identity,
+        ],
+    ),
+    (
         # Failed sign-ins per resolved account, shared by every daemon on this database so the
         # per-user limit holds for the firm, not per daemon (issue 14). ``at`` is Unix seconds.
-        3,
+        4,
         [
             """CREATE TABLE login_failures (
                 throttle_key TEXT NOT NULL,

@@ -63,6 +63,7 @@ from smartsyncd.core.model import (
     Change,
     ChunkRef,
     FileState,
+    HistoryCheck,
     Manifest,
     Outcome,
     ProposedChange,
@@ -70,7 +71,7 @@ from smartsyncd.core.model import (
 )
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 from smartsyncd.gcthreshold import raised_gen0_threshold
-from smartsyncd.storage import workflow
+from smartsyncd.storage import history, workflow
 from smartsyncd.storage.api import (
     AuditRecord,
     ChainReport,
@@ -200,6 +201,10 @@ _CHANGE_COLUMNS = (
 )
 
 
+# what the change feed reads: the columns above and the record's chain hash (its token)
+_FEED_COLUMNS = _CHANGE_COLUMNS + ", record_hash"
+
+
 def _change(row: Any) -> Change:
     return Change(
         seq=int(row[0]),
@@ -213,6 +218,7 @@ def _change(row: Any) -> Change:
         time=_dt(row[8]),
         conflict_of=row[9],
         batch=row[10],
+        record_hash=_hex(row[11]) if len(row) > 11 else None,
     )
 
 
@@ -221,6 +227,7 @@ def _result_to_json(result: CommitResult, digest: str) -> str:
         {
             "digest": digest,
             "head": result.head,
+            "head_hash": result.head_hash,
             "results": [
                 {
                     "path": r.path,
@@ -239,6 +246,7 @@ def _result_from_json(text: str) -> CommitResult:
     data = json.loads(text)
     return CommitResult(
         head=data["head"],
+        head_hash=data.get("head_hash"),
         results=tuple(CommitResultItem(**item) for item in data["results"]),
         changes=(),
         replayed=True,
@@ -862,7 +870,11 @@ class MetadataDB:
     def head(self, engagement_id: int) -> int:
         return self.engagement_head(engagement_id)
 
-    def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]:
+    def changes_since(
+        self, engagement_id: int, since: int, limit: int, check: HistoryCheck | None = None
+    ) -> tuple[int, list[Change]]:
+        """Changes after ``since`` (at most ``limit``) and the head; ``check`` (the copy's view
+        of the log, ``storage/history.py``) raises ``HistoryDiverged`` when it does not hold."""
         if not isinstance(since, int) or since < 0:
             raise BadRequest("since must be a non-negative integer")
         if not isinstance(limit, int) or limit < 1:
@@ -870,8 +882,10 @@ class MetadataDB:
 
         def tx() -> tuple[int, list[Change]]:
             head = self.engagement_head(engagement_id)
+            if check is not None:
+                history.check_history(self, engagement_id, head, check)
             rows = self.all(
-                f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE engagement_id = ? AND seq > ?"
+                f"SELECT {_FEED_COLUMNS} FROM changes WHERE engagement_id = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (engagement_id, since, limit),
             )
@@ -902,13 +916,16 @@ class MetadataDB:
         manifests: Mapping[str, PutManifest],
         now: datetime,
         copy: str | None = None,
+        check: HistoryCheck | None = None,
     ) -> CommitResult:
         _text(batch, "batch", _MAX_BATCH_KEY)
         _text(user, "user")
         when = _ts(now)
         with fewer_gc_passes():
             return self.write(
-                lambda: self._commit_tx(engagement_id, user, session, batch, changes, manifests, now, when, copy)
+                lambda: self._commit_tx(
+                    engagement_id, user, session, batch, changes, manifests, now, when, copy, check=check
+                )
             )
 
     def _commit_tx(
@@ -923,6 +940,7 @@ class MetadataDB:
         when: str,
         copy: str | None = None,
         digest: str | None = None,
+        check: HistoryCheck | None = None,
     ) -> CommitResult:
         """``digest``: what a replay of ``batch`` must match (by default the changes')."""
         head = self.engagement_head(engagement_id)
@@ -938,6 +956,8 @@ class MetadataDB:
         if previous is not None:
             commit_rules.check_replay(json.loads(previous[0]).get("digest"), digest, batch)
             return _result_from_json(previous[0])
+        if check is not None:  # bases are seqs of the copy's log: refuse them against another
+            history.check_history(self, engagement_id, head, check)
         # abandoned copy, finalized engagement, another user's lock: refuse the whole batch
         workflow.check_commit(self, engagement_id, user, copy, changes, now)
 
@@ -1044,7 +1064,14 @@ class MetadataDB:
         self.execute("UPDATE engagements SET head = ? WHERE id = ?", (seq, engagement_id))
         if self.dialect.notify_commit and seq > head:
             self.execute(self.dialect.notify_commit, (f"{engagement_id}:{seq}",))
-        result = CommitResult(head=seq, results=tuple(results), changes=tuple(written))
+        for c, (_, h) in zip(written, chain, strict=True):
+            # our own records, not yet shared: set in place (replace() costs ~3 us per record,
+            # 30 ms on a 10,000-file commit)
+            object.__setattr__(c, "record_hash", h.hex())
+        result = CommitResult(
+            head=seq, results=tuple(results), changes=tuple(written),
+            head_hash=written[-1].record_hash if written else None,
+        )
         self.execute(
             "INSERT INTO batches (engagement_id, batch, result, created_at) VALUES (?, ?, ?, ?)",
             (engagement_id, key, _result_to_json(result, digest), when),
@@ -1517,13 +1544,29 @@ class SqlServerStore:
         manifests: dict[str, PutManifest],
         now: datetime,
         copy: str | None = None,
+        check: HistoryCheck | None = None,
     ) -> CommitResult:
         return await self.run_db(
-            MetadataDB.commit, engagement_id, user, session, batch, tuple(changes), dict(manifests), now, copy
+            MetadataDB.commit, engagement_id, user, session, batch, tuple(changes), dict(manifests), now, copy,
+            check,
         )
 
-    async def changes_since(self, engagement_id: int, since: int, limit: int) -> tuple[int, list[Change]]:
-        return await self.run_read(MetadataDB.changes_since, engagement_id, since, limit)
+    async def changes_since(
+        self, engagement_id: int, since: int, limit: int, check: HistoryCheck | None = None
+    ) -> tuple[int, list[Change]]:
+        return await self.run_read(MetadataDB.changes_since, engagement_id, since, limit, check)
+
+    async def store_identity(self) -> tuple[str, int]:
+        """(store id, generation): ``storage/history.py``."""
+        return await self.run_read(history.store_identity)
+
+    async def record_token(self, engagement_id: int, seq: int) -> str | None:
+        """The record token at ``seq`` (``storage/history.py``)."""
+        return await self.run_read(history.record_token, engagement_id, seq)
+
+    async def bump_generation(self) -> tuple[str, int]:
+        """Start a new generation after a restore or rollback; the new (store id, generation)."""
+        return await self.run_db(history.bump_generation)
 
     async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:
         return await self.run_read(MetadataDB.snapshot, engagement_id)

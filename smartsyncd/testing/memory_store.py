@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from smartsyncd.auth.acl import max_role
 from smartsyncd.core.errors import BadRequest, NotFound, Unavailable
-from smartsyncd.core.model import Change, FileState, Manifest, ProposedChange, Role
+from smartsyncd.core.model import Change, FileState, HistoryCheck, Manifest, ProposedChange, Role
 from smartsyncd.storage.api import (
     ChunkUpload,
     CommitResult,
@@ -233,12 +233,22 @@ class MemoryServerStore:
         manifests: dict[str, PutManifest],
         now: datetime,
         copy: str | None = None,
+        check: HistoryCheck | None = None,
     ) -> CommitResult:
         raise NotImplementedError
 
     async def changes_since(
-        self, engagement_id: int, since: int, limit: int
+        self, engagement_id: int, since: int, limit: int, check: HistoryCheck | None = None
     ) -> tuple[int, list[Change]]:
+        raise NotImplementedError
+
+    async def store_identity(self) -> tuple[str, int]:
+        return ("memory", 1)
+
+    async def bump_generation(self) -> tuple[str, int]:
+        raise NotImplementedError
+
+    async def record_token(self, engagement_id: int, seq: int) -> str | None:
         raise NotImplementedError
 
     async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:

@@ -36,7 +36,7 @@ from smartsyncd.core.errors import (
     NotFound,
     TooLarge,
 )
-from smartsyncd.core.model import Change, ChunkRef, ProposedChange, Role
+from smartsyncd.core.model import Change, ChunkRef, HistoryCheck, ProposedChange, Role
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import (
     CommitResult,
@@ -62,6 +62,7 @@ from smartsyncd.web.bodies import (
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.errors import error_response, json_bytes, send_json
 from smartsyncd.web.health import HealthCache
+from smartsyncd.web.history import check_from_body, check_from_query
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
 from smartsyncd.web.notify import ChangeNotifier
@@ -92,6 +93,7 @@ class ParsedCommit:
     batch: str
     changes: tuple[ProposedChange, ...]
     manifests: dict[str, PutManifest]
+    check: HistoryCheck | None = None  # the copy's view of the log (web/history.py)
 
 
 def iso_utc(when: datetime, micro: bool = True) -> str:
@@ -165,13 +167,18 @@ def change_json(change: Change) -> dict[str, Any]:
         "session": change.session,
         "time": iso_utc(change.time),
         "conflict_of": change.conflict_of,
+        "hash": change.record_hash,
     }
 
 
-def changes_body(head: int, changes: list[Change]) -> dict[str, Any]:
-    """The answer to ``GET .../changes`` for ``changes_since``'s (head, changes)."""
+def changes_body(head: int, changes: list[Change], identity: tuple[str, int] | None = None) -> dict[str, Any]:
+    """The answer to ``GET .../changes`` for ``changes_since``'s (head, changes); ``identity``
+    is the store's (id, generation)."""
     more = bool(changes) and changes[-1].seq < head
-    return {"head": head, "changes": [change_json(c) for c in changes], "more": more}
+    body: dict[str, Any] = {"head": head, "changes": [change_json(c) for c in changes], "more": more}
+    if identity is not None:
+        body["store"], body["generation"] = identity
+    return body
 
 
 def _with_field(e: BadRequest, field: str) -> BadRequest:
@@ -232,7 +239,7 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             delta_base = _hash(d.get("base"), f"{f}.delta.base")
             ops = get_list(d, "ops", f"{f}.delta.ops")
             manifests[path] = PutManifest(content=content, delta_base=delta_base, delta_ops=tuple(ops))
-    return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests)
+    return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests, check=check_from_body(obj))
 
 
 def _plain_change(raw: Any) -> tuple[ProposedChange, PutManifest | None] | None:
@@ -325,9 +332,18 @@ class SyncAPI:
         self._now = now or self._clock_now
         self._health = HealthCache(lambda: self._store.check_health(), clock)
         # parked long-polls: answered in bulk, one query and one encoding per woken group
+        # the store's (id, generation), read by the first change feed or commit: constant while
+        # the daemon runs (a restore or rollback happens with every daemon stopped)
+        self._identity: tuple[str, int] | None = None
         self.longpolls = LongPolls(
-            notifier, clock, lambda e, s, n: self._store.changes_since(e, s, n), changes_body
+            notifier, clock, lambda e, s, n: self._store.changes_since(e, s, n),
+            lambda h, c: changes_body(h, c, self._identity),
         )
+
+    async def identity(self) -> tuple[str, int]:
+        if self._identity is None:
+            self._identity = await self._store.store_identity()
+        return self._identity
 
     def _clock_now(self) -> datetime:
         return datetime.fromtimestamp(self._seconds(), UTC)
@@ -467,6 +483,9 @@ class SyncAPI:
     @_engagement_route(app, "read", "/v1/engagements/<eng>/snapshot", methods=["GET"])
     async def snapshot(self, request: Request, access: Access) -> bytes:
         head, files = await self._store.snapshot(access.engagement.id)
+        store, generation = await self.identity()
+        # the record token at head: a clone remembers it (web/history.py)
+        token = await self._store.record_token(access.engagement.id, head)
         return send_json(
             request,
             {
@@ -476,6 +495,9 @@ class SyncAPI:
                     for f in files
                     if f.content is not None
                 ],
+                "head_hash": token,
+                "store": store,
+                "generation": generation,
             },
         )
 
@@ -485,14 +507,16 @@ class SyncAPI:
         limit = min(query_int(request, "limit", self.limits.changes_page, 1), self.limits.changes_page)
         wait = min(query_float(request, "wait", 0.0, 0.0, 1e9), self.limits.max_wait)
         eid = access.engagement.id
-        head, changes = await self._store.changes_since(eid, since, limit)
-        # since > head: the client is ahead of this server (restored from backup?); answer at
-        # once so it sees the lower head instead of waiting for numbers that may never come.
-        if not changes and wait > 0 and since <= head:
+        check = check_from_query(request, since)
+        identity = await self.identity()
+        # since past the head, or another record token at since: 409 history_diverged (the
+        # store was restored; the copy reconciles instead of waiting for numbers it has seen)
+        head, changes = await self._store.changes_since(eid, since, limit, check=check)
+        if not changes and wait > 0:
             # parked: web/longpoll.py answers it (with what changes_since then says) once a
             # commit moves the head past ``since`` or the wait runs out
             return self.longpolls.park(request, eid, since, limit, wait)
-        return send_json(request, changes_body(head, changes))
+        return send_json(request, changes_body(head, changes, identity))
 
     @_engagement_route(
         app, "read", "/v1/engagements/<eng>/manifests/<content>", methods=["GET"]
@@ -666,14 +690,19 @@ class SyncAPI:
             parsed = parse_commit(body, self.limits)
         eng = access.engagement
         user = access.session.user
+        store, generation = await self.identity()
         result = await self._store.commit(
             eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now(),
-            copy=_workflow.copy_header(request),
+            copy=_workflow.copy_header(request), check=parsed.check,
         )
         # wakes the long-polls behind the new head; those this commit's records answer need no query
         self.longpolls.committed(eng.id, result.head, result.changes)
         self._log_commit(eng.name, user, parsed.batch, result)
-        return send_json(request, {"head": result.head, "results": [_result_json(r) for r in result.results]})
+        answer: dict[str, Any] = {"head": result.head, "results": [_result_json(r) for r in result.results]}
+        if result.head_hash is not None:
+            answer["head_hash"] = result.head_hash
+        answer["store"], answer["generation"] = store, generation
+        return send_json(request, answer)
 
     def _log_commit(self, engagement: str, user: str, batch: str, result: CommitResult) -> None:
         if result.changes:

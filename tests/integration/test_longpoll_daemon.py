@@ -152,7 +152,11 @@ async def scenario(d: Daemon, eng: str, token: str) -> None:
         writer.write(request(eng, token, since=30, wait=1))
     for reader, _ in conns[:3]:
         status, _, body = await asyncio.wait_for(read_response(reader), 30)
-        assert status == 200 and json.loads(body) == {"head": 30, "changes": [], "more": False}
+        answer = json.loads(body)
+        assert status == 200 and {k: answer[k] for k in ("head", "changes", "more")} == {
+            "head": 30, "changes": [], "more": False,
+        }
+        assert answer["generation"] == 1 and len(answer["store"]) == 36
     for _, writer in conns:
         writer.close()
 

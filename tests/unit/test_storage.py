@@ -914,3 +914,70 @@ async def test_unreachable_postgres_is_unavailable(tmp_path) -> None:
     with pytest.raises(Unavailable) as caught:
         await backend.open()
     assert "secret" not in str(caught.value)
+
+
+# ------------------------------------------------------------ history checks (restores)
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_check_catches_a_rolled_back_log(store, backend) -> None:
+    """A copy's (store, generation, last seq, record token) is checked against the log: a log
+    put back to an earlier state and then committed past the copy's seq again (the case a
+    head-only check misses) is refused, as are a seq past the head and another identity or
+    generation; a matching view passes. Commits are refused before anything is written."""
+    from smartsyncd.core.errors import HistoryDiverged
+    from smartsyncd.core.model import HistoryCheck
+
+    e = await store.create_engagement("acme", "")
+    ident, gen = await store.store_identity()
+    assert len(ident) == 36 and gen == 1
+    written = []
+    for i in range(3):
+        c, s, refs = await upload_file(store, e.id, b"version %d" % i)
+        r = await commit(store, e.id, f"b{i}", [put(f"f{i}.txt", None, c, s)], {f"f{i}.txt": full(c, refs)})
+        written.append(r)
+    head, log = await store.changes_since(e.id, 0, 100)
+    assert head == 3 and [c.record_hash for c in log] == [r.head_hash for r in written]
+    assert all(c.record_hash and len(c.record_hash) == 64 for c in log)
+    assert await store.record_token(e.id, 3) == log[2].record_hash
+    copy_view = HistoryCheck(seq=3, hash=log[2].record_hash, store=ident, generation=gen)
+    assert await store.changes_since(e.id, 3, 100, copy_view) == (3, [])
+    assert (await store.changes_since(e.id, 1, 100, HistoryCheck(1, log[0].record_hash)))[1] == log[1:]
+
+    async def refused(check: HistoryCheck) -> str:
+        with pytest.raises(HistoryDiverged) as info:
+            await store.changes_since(e.id, check.seq, 100, check)
+        assert info.value.status == 409 and info.value.details["head"] == await store.head(e.id)
+        return str(info.value.details["reason"])
+
+    assert await refused(HistoryCheck(seq=4, store=ident, generation=gen)) == "head"
+    assert await refused(HistoryCheck(seq=3, hash="0" * 64)) == "record"
+    assert await refused(HistoryCheck(seq=3, store="another-store")) == "store"
+    assert await refused(HistoryCheck(seq=3, generation=2)) == "generation"
+
+    # put the log back to seq 1 (as a restore of an earlier state does), then a colleague
+    # commits twice: the head is 3 again, but seq 3 is another record
+    backend.raw("DELETE FROM changes WHERE engagement_id = ? AND seq > 1", (e.id,))
+    backend.raw("DELETE FROM files WHERE engagement_id = ? AND seq > 1", (e.id,))
+    backend.raw("DELETE FROM batches WHERE engagement_id = ?", (e.id,))
+    backend.raw("UPDATE engagements SET head = 1 WHERE id = ?", (e.id,))
+    for i in (7, 8):
+        c, s, refs = await upload_file(store, e.id, b"after the restore %d" % i)
+        await commit(store, e.id, f"n{i}", [put(f"new{i}.txt", None, c, s)], {f"new{i}.txt": full(c, refs)})
+    assert await store.head(e.id) == 3
+    assert await refused(copy_view) == "record"
+    # a commit made on the old view is refused whole: nothing written
+    c, s, refs = await upload_file(store, e.id, b"edit on the old view")
+    with pytest.raises(HistoryDiverged):
+        await store.commit(
+            e.id, "alice", "sess-1", "old-view", [put("f2.txt", 3, c, s)], {"f2.txt": full(c, refs)}, T0,
+            check=copy_view,
+        )
+    assert await store.head(e.id) == 3
+    # the copy's seq 1 is still this log's: following from there is fine
+    assert (await store.changes_since(e.id, 1, 100, HistoryCheck(1, log[0].record_hash)))[0] == 3
+
+    # an explicit new generation (smartsync-admin restore) refuses every older view
+    assert await store.bump_generation() == (ident, 2)
+    assert await store.store_identity() == (ident, 2)
+    assert await refused(HistoryCheck(seq=1, hash=log[0].record_hash, store=ident, generation=1)) == "generation"

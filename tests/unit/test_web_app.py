@@ -447,9 +447,13 @@ async def test_commit_applied_then_conflict_and_pull(env: Env, caplog: Any) -> N
             body={"batch": "batch-1", "changes": [put("Working papers/B-1 Cash.xlsx", v1)]},
         )
         assert r.status == 200, r.body
+        store, generation = await env.store.store_identity()
         assert r.json() == {
             "head": 1,
             "results": [{"path": "Working papers/B-1 Cash.xlsx", "status": "applied", "seq": 1}],
+            "head_hash": (await env.store.changes_since(env.alpha, 0, 1))[1][0].record_hash,
+            "store": store,
+            "generation": generation,
         }
         # a second "new" file at the same path: the proposed content becomes a conflict copy
         r = await env.call(
@@ -563,9 +567,9 @@ async def test_waiters_woken_by_one_commit_share_one_answer_without_a_query(env:
     queries: list[tuple[int, int, int]] = []
     real = env.store.changes_since
 
-    async def counted(eid: int, since: int, limit: int) -> Any:
+    async def counted(eid: int, since: int, limit: int, check: Any = None) -> Any:
         queries.append((eid, since, limit))
-        return await real(eid, since, limit)
+        return await real(eid, since, limit, check)
 
     env.store.changes_since = counted  # the real store, counted
     shortcuts = env.api.longpolls.shortcuts
@@ -596,7 +600,10 @@ async def test_long_poll_times_out_with_the_clock(env: Env) -> None:
     assert env.notifier.waiting(env.alpha) == 1
     env.clock.advance(1)
     got = await env.reply(poll)
-    assert got.status == 200 and got.json() == {"head": 0, "changes": [], "more": False}
+    store, generation = await env.store.store_identity()
+    assert got.status == 200 and got.json() == {
+        "head": 0, "changes": [], "more": False, "store": store, "generation": generation,
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -835,9 +842,12 @@ async def test_stale_delete_and_unchanged_results(env: Env) -> None:
     assert (await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)).status == 200
     body = {"batch": "s2", "changes": [put("keep.txt", refs, base=1)]}
     r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)
-    assert r.json() == {
+    store, generation = await env.store.store_identity()
+    assert r.json() == {  # nothing written: no head_hash
         "head": 1,
         "results": [{"path": "keep.txt", "status": "unchanged", "seq": None, "current_seq": 1}],
+        "store": store,
+        "generation": generation,
     }
     body = {"batch": "s3", "changes": [{"path": "keep.txt", "kind": "delete", "base": 7}]}
     r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body=body)
@@ -848,9 +858,15 @@ async def test_stale_delete_and_unchanged_results(env: Env) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_ahead_of_the_server_is_answered_at_once(env: Env) -> None:
+    # a copy past the head synced with a log the store no longer holds (restored): it is told
+    # so at once (409 history_diverged), never parked waiting for numbers it has already seen
     reader = await env.login("rita")
     r = await env.call("GET", "/v1/engagements/alpha/changes?since=40&wait=30", token=reader)
-    assert r.json() == {"head": 0, "changes": [], "more": False}
+    store, generation = await env.store.store_identity()
+    assert r.status == 409 and r.json() == {
+        "error": "history_diverged", "reason": "head", "head": 0, "store": store, "generation": generation,
+        "message": "the copy has synced to seq 40 but the log ends at 0 (restored?)",
+    }
     assert env.notifier.waiting(env.alpha) == 0
 
 

@@ -142,7 +142,9 @@ async def test_polls_timing_out_together_share_one_query_and_answer_empty(env: E
     queries = env.api.longpolls.queries
     env.clock.advance(10)
     got = await answers(env, polls)
-    assert [r.json() for r in got] == [{"head": 0, "changes": [], "more": False}] * 5
+    store, generation = await env.store.store_identity()
+    empty = {"head": 0, "changes": [], "more": False, "store": store, "generation": generation}
+    assert [r.json() for r in got] == [empty] * 5
     assert env.api.longpolls.queries == queries + 1
 
 

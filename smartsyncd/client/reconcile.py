@@ -1,0 +1,83 @@
+"""A copy that finds the server's log is not the one it synced: remember, detect, reconcile.
+
+A store restored from a backup, or its folder copied back from a snapshot, holds an earlier log:
+copies that synced past it would ask only for changes after their own last seq and so miss
+what colleagues commit after the restore, and never send their own newer files. Each copy
+therefore keeps what it knows of the log (``ClientState.history_check``): the store identity and
+generation it synced with, and the record token (the record's chain hash) at its last seq.
+``ServerAPI`` sends them with every change feed and commit (``StateHistory``); the server
+answers 409 ``history_diverged`` when they do not hold (docs/protocol.md).
+
+Then ``SyncCopy.sync`` calls ``reconcile``: every synced base becomes unknown, never deleted
+(an error never reads as a deletion). The sync that follows sends every local file as new:
+the server answers ``unchanged`` (it has it: the base is adopted), ``applied`` (it lacked it)
+or ``conflict`` (another version is there: ours becomes a conflict copy beside it). The pull
+then follows the new log from 0: files added after the restore arrive, and files this copy
+deleted before the restore come back (their deletion is not in this log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from smartsyncd.client.errors import HistoryDiverged
+from smartsyncd.client.state import ClientState
+from smartsyncd.core.model import HistoryCheck
+
+if TYPE_CHECKING:
+    from smartsyncd.client.engine import SyncCopy
+
+log = Logger(namespace="smartsyncd.client")
+
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+class StateHistory:
+    """``http.HistoryKeeper`` over a copy's ``ClientState`` (state calls run off the reactor)."""
+
+    def __init__(self, state: ClientState, run: RunBlocking) -> None:
+        self._state = state
+        self._run = run
+
+    async def check(self, since: int | None) -> HistoryCheck:
+        check: HistoryCheck = await self._run(self._state.history_check, since)
+        return check
+
+    async def seen(
+        self, seq: int | None, token: str | None, store: str | None, generation: int | None
+    ) -> None:
+        if (seq is None or token is None) and store is None and generation is None:
+            return
+        await self._run(self._state.remember_history, seq, token, store, generation)
+
+
+def attach(copy: SyncCopy, api: Any) -> None:
+    """Make ``api`` (a ``ServerAPI``; others are left alone) speak for ``copy``'s history."""
+    if hasattr(api, "keeper"):
+        api.keeper = StateHistory(copy.state, copy._run)
+
+
+async def after_clone(copy: SyncCopy, api: Any) -> None:
+    """Keep the token and identity of the snapshot a clone was made from (its last seq)."""
+    snap = getattr(api, "snapshot_history", None)
+    if snap is not None:
+        head, token, store, generation = snap
+        await copy._run(copy.state.remember_history, head, token, store, generation)
+
+
+async def reconcile(copy: SyncCopy, error: HistoryDiverged) -> None:
+    """Forget the synced bases (files stay) and adopt the server's identity; the caller then
+    syncs again, which sends what the server lacks and follows the new log from 0."""
+    details = error.details
+    store = details.get("store") if isinstance(details.get("store"), str) else None
+    generation = details.get("generation") if type(details.get("generation")) is int else None
+    log.warn(
+        "the server's log of {engagement} is not the one this copy synced ({why}): "
+        "reconciling; local files are kept and sent again, differing versions become "
+        "conflict copies",
+        engagement=copy.engagement, why=error.message,
+    )
+    await copy._run(copy.state.forget_history, store, generation)
