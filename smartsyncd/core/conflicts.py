@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from smartsyncd.core.paths import (
+    _BIDI_RE,
+    _IGNORABLE_RE,
     MAX_PATH_BYTES,
     MAX_SEGMENT_BYTES,
     name_of,
@@ -25,7 +27,9 @@ _UNSAFE_USER = re.compile('[\x00-\x1f\x7f/\\\\:*?"<>|]')
 
 
 def _sanitize_user(user: str) -> str:
-    clean = _UNSAFE_USER.sub("_", unicodedata.normalize("NFC", user)).strip()
+    clean = _UNSAFE_USER.sub("_", unicodedata.normalize("NFC", user))
+    # the path rules refuse bidirectional controls and invisible characters: drop them here
+    clean = _IGNORABLE_RE.sub("", _BIDI_RE.sub("", clean)).strip()
     return clean[:MAX_USER_CHARS] or "_"
 
 

@@ -218,9 +218,9 @@ async def test_a_commit_collects_garbage_less_often_and_restores_the_thresholds(
     seen: list[tuple[int, int, int]] = []
     real_commit_tx = MetadataDB._commit_tx
 
-    def watched(self: MetadataDB, *args: Any) -> Any:
+    def watched(self: MetadataDB, *args: Any, **kwargs: Any) -> Any:
         seen.append(gc.get_threshold())  # observes only: the real transaction runs
-        return real_commit_tx(self, *args)
+        return real_commit_tx(self, *args, **kwargs)
 
     monkeypatch.setattr(MetadataDB, "_commit_tx", watched)
     saved = gc.get_threshold()
