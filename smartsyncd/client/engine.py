@@ -47,6 +47,12 @@ from twisted.logger import Logger
 
 from smartsyncd.client import reconcile
 from smartsyncd.client.basecache import BaseCache
+from smartsyncd.client.casefold import (
+    match_folders,
+    probe_case_insensitive,
+    rename_case,
+    stored_spelling,
+)
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import (
     HistoryDiverged,
@@ -80,7 +86,7 @@ from smartsyncd.core.locks import covers
 from smartsyncd.core.manifest import chunks_to_json, make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
 from smartsyncd.core.paths import fold_key, normalize_path
-from smartsyncd.core.planner import LocalEntry, Plan, PullWrite, plan
+from smartsyncd.core.planner import CaseRename, LocalEntry, Plan, PullWrite, plan
 from smartsyncd.gcthreshold import raised_gen0_threshold
 
 log = Logger()
@@ -497,6 +503,9 @@ class SyncCopy:
         self.early_commit_files = EARLY_COMMIT_FILES
         self.base_cache = BaseCache(directory / ".smartsync" / "base")
         self._loaded_base: tuple[str, bytes] | None = None
+        # probed once per open (casefold.py): the folder may be a different volume next time
+        self.case_insensitive: bool | None = None
+        self._folders_matched: set[str] = set()  # this pull's folders with the server's case
 
     # -- construction --------------------------------------------------------------------------
 
@@ -837,7 +846,13 @@ class SyncCopy:
         for _attempt in range(5):
             report.unsynced = len(planned & excluded)
             puts = [x for x in p.push_puts if x.path not in excluded]
-            deletes = [x for x in p.push_deletes if x.path not in excluded]
+            # never the delete half of a case-only rename whose put is held back or refused:
+            # other copies would delete the file while its new name never arrives
+            held_keys = {fold_key(x.path) for x in p.push_puts if x.path in excluded}
+            deletes = [
+                x for x in p.push_deletes
+                if x.path not in excluded and fold_key(x.path) not in held_keys
+            ]
             report.unsynced += len(puts) + len(deletes)
             if not puts and not deletes:
                 report.unsynced = len(planned & excluded)
@@ -932,6 +947,15 @@ class SyncCopy:
                     and isinstance(path, str) and path in sent_paths
                 ):
                     excluded.add(path)
+                    if e.code == "path_clash" and isinstance(existing, str) and "/" in path:
+                        # a folder renamed in case: every file under the new spelling clashes
+                        depth = existing.count("/") + 1
+                        prefix = "/".join(path.split("/")[:depth]) + "/"
+                        if fold_key(prefix) == fold_key(existing + "/") and prefix != existing + "/":
+                            for x in p.push_puts:
+                                if x.path.startswith(prefix):
+                                    excluded.add(x.path)
+                                    report.skipped.append((x.path, e.message))
                     report.skipped.append((path, e.message))
                     log.warn("server refused {path}: {why}", path=path, why=e.message)
                     continue
@@ -1221,8 +1245,16 @@ class SyncCopy:
                 report.skipped.append((change.path, "server sent an invalid path; not written"))
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         paths = {c.path for c in valid}
-        local = await self._run(self._check_paths, paths, base)
-        p = plan(local, {k: base[k] for k in paths if k in base}, valid, complete=True)
+        folded = await self._case_insensitive()
+        self._folders_matched.clear()
+        local = await self._run(self._check_paths, paths, base, folded)
+        p = plan(
+            local, {k: base[k] for k in paths if k in base}, valid, complete=True,
+            case_insensitive=folded,
+        )
+        if p.renames:
+            await self._run(self._rename_in_place, p.renames, base)
+            report.downloaded += len(p.renames)
 
         updates: list[FileRecord] = []
         for adopt in p.adopt:
@@ -1237,9 +1269,19 @@ class SyncCopy:
 
         writes = [c.remote for c in p.conflicts] + p.pull_writes
         deletes = p.pull_deletes
+        key: Callable[[str], str] = fold_key if folded else str
         # a delete of a file that is a folder of a new write must happen first
-        folders = {a for w in writes for a in _ancestors(w.path)}
-        early = [d for d in deletes if d.path in folders]
+        folders = {key(a) for w in writes for a in _ancestors(w.path)}
+        early = [d for d in deletes if key(d.path) in folders]
+        # on a case-insensitive copy a delete of another spelling of a path this pull writes
+        # would delete the file just written: drop its base row only
+        written = {fold_key(w.path) for w in writes} if folded else set()
+        kept = [d for d in deletes if d.path not in {w.path for w in writes}
+                and fold_key(d.path) in written]
+        if kept:
+            deletes = [d for d in deletes if d not in kept]
+            early = [d for d in early if d not in kept]
+            await self._run(self.state.update, (), [d.path for d in kept])
         for d in early:
             await self._remove(d.path, base.get(d.path), report)
         if writes:
@@ -1255,11 +1297,42 @@ class SyncCopy:
             if d not in early:
                 await self._remove(d.path, base.get(d.path), report)
 
+    async def _case_insensitive(self) -> bool:
+        if self.case_insensitive is None:
+            folder = self.directory / ".smartsync"
+            self.case_insensitive = bool(await self._run(probe_case_insensitive, folder))
+            if self.case_insensitive:
+                log.info("{directory} is case-insensitive: case-only renames apply in place",
+                         directory=str(self.directory))
+        return self.case_insensitive
+
+    def _rename_in_place(self, renames: list[CaseRename], base: dict[str, FileRecord]) -> None:
+        """Apply remote case-only renames on a case-insensitive copy (blocking); ``base`` is
+        updated to the rows recorded."""
+        for r in renames:
+            rename_case(self.directory, r.old, r.new)
+            old = base.pop(r.old)
+            record = replace(old, path=r.new, seq=r.seq, content=r.content, size=r.size)
+            self.state.update([record], [r.old])
+            base[r.new] = record
+            log.info("renamed {old} to {new} in place (case only)", old=r.old, new=r.new)
+
     def _check_paths(
-        self, paths: Iterable[str], base: Mapping[str, FileRecord]
+        self, paths: Iterable[str], base: Mapping[str, FileRecord], folded: bool = False
     ) -> dict[str, LocalEntry]:
+        """Local entries of ``paths``; on a case-insensitive copy (``folded``) a path that
+        shares its fold key with another one of ``paths`` is found only under its stored
+        spelling (one file there answers to both names)."""
         out: dict[str, LocalEntry] = {}
+        twins: set[str] = set()
+        if folded:
+            by_key: dict[str, list[str]] = {}
+            for path in paths:
+                by_key.setdefault(fold_key(path), []).append(path)
+            twins = {p for group in by_key.values() if len(group) > 1 for p in group}
         for path in paths:
+            if path in twins and stored_spelling(self.directory, path) != path:
+                continue
             try:
                 entry = self.scanner.check(path, base.get(path))
             except FileChanging:
@@ -1449,6 +1522,11 @@ class SyncCopy:
         if current is not None and (old is None or current.content != old.content):
             moved_to = conflict_name(path, self.user, self._now(), self._taken)
             move_no_replace(target, self.directory / moved_to)
+        if self.case_insensitive and "/" in path:
+            folder = path.rpartition("/")[0]
+            if folder not in self._folders_matched:  # a folder renamed in case elsewhere
+                match_folders(self.directory, path)
+                self._folders_matched.add(folder)
         st = finish_temp(temp, handle, target, root=self.directory)
         if temp.parent != (self.directory / path).parent:  # from .smartsync/partial
             fsync_dir(temp.parent)

@@ -10,7 +10,9 @@ Safety rules encoded here:
 - a locally modified (or new) file is never overwritten or deleted: a remote change to it makes
   it a conflict (moved aside, then the remote version written); a remote delete of it keeps it
   and pushes it again as a new file (edit beats delete);
-- a rename is a delete plus a put of known content: no chunks move.
+- a rename is a delete plus a put of known content: no chunks move;
+- on a case-insensitive copy a case-only rename (delete ``Memo.txt``, put ``memo.txt``: one
+  file there) is a ``CaseRename`` applied in place, never a write then a delete of one file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from smartsyncd.core.model import Change
+from smartsyncd.core.paths import fold_key
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,19 @@ class Conflict:
     remote: PullWrite
 
 
+@dataclass(frozen=True)
+class CaseRename:
+    """Give the local file at ``old`` the spelling ``new`` in place (a case-insensitive copy:
+    one file under both names) and record it synced at ``new`` as ``seq`` with its synced
+    ``content`` (unchanged by the rename; a local edit stays an edit, pushed later)."""
+
+    old: str
+    new: str
+    seq: int
+    content: str
+    size: int
+
+
 @dataclass
 class Plan:
     push_puts: list[PushPut] = field(default_factory=list)
@@ -104,6 +120,7 @@ class Plan:
     # base rows to drop without touching the disk (the path is gone on both sides, or a remote
     # delete hit a local edit that is kept and will be pushed again as a new file)
     forget: list[str] = field(default_factory=list)
+    renames: list[CaseRename] = field(default_factory=list)  # applied before everything else
 
     @property
     def push_empty(self) -> bool:
@@ -113,6 +130,7 @@ class Plan:
     def pull_empty(self) -> bool:
         return not (
             self.pull_writes or self.pull_deletes or self.conflicts or self.adopt or self.forget
+            or self.renames
         )
 
 
@@ -154,10 +172,16 @@ def plan(
     remote: Sequence[Change],
     *,
     complete: bool = True,
+    case_insensitive: bool = False,
 ) -> Plan:
-    """Compute what to push and pull. ``complete`` says the scan saw every folder."""
+    """Compute what to push and pull. ``complete`` says the scan saw every folder.
+
+    ``case_insensitive``: the copy's file system has one file for names that differ only in
+    case; ``local`` must then name each file by its stored spelling only."""
     result = Plan()
     newest = last_remote(remote)
+    if case_insensitive and newest:
+        local, base, newest = _case_renames(result, local, base, newest)
     for path in sorted(set(local) | set(base) | set(newest)):
         entry = local.get(path)
         synced = base.get(path)
@@ -231,3 +255,45 @@ def _plan_pull(
     elif state in (LocalState.DELETED, LocalState.UNKNOWN):
         result.forget.append(path)
     # NEW or ABSENT: nothing synced here; a new local file is pushed as new
+
+
+def _case_renames(
+    result: Plan,
+    local: Mapping[str, LocalEntry],
+    base: Mapping[str, BaseEntry],
+    newest: dict[str, Change],
+) -> tuple[dict[str, LocalEntry], dict[str, BaseEntry], dict[str, Change]]:
+    """Find remote case-only renames (delete ``P``, put ``Q``, same fold key) of a file that is
+    here as ``P``; plan each as a ``CaseRename`` and return the trees as they are after it:
+    the local file and its base moved to ``Q``, the delete consumed, and the put consumed too
+    when it brings the synced content (a pure rename); else it is planned on ``Q`` as usual
+    (a remote edit: written, or a conflict with a local edit)."""
+    puts: dict[str, list[str]] = {}
+    for path, change in newest.items():
+        if change.kind == "put" and change.content is not None and path not in base:
+            puts.setdefault(fold_key(path), []).append(path)
+    if not puts:
+        return dict(local), dict(base), newest
+    local2, base2, newest2 = dict(local), dict(base), dict(newest)
+    for old, change in sorted(newest.items()):
+        synced = base.get(old)
+        if (
+            change.kind != "delete" or synced is None or change.seq <= synced.seq
+            or old not in local
+        ):
+            continue
+        twins = [q for q in puts.get(fold_key(old), ()) if q != old and q not in local]
+        if len(twins) != 1:
+            continue
+        new = twins[0]
+        put = newest[new]
+        pure = put.content == synced.content
+        seq = put.seq if pure else synced.seq
+        result.renames.append(CaseRename(old, new, seq, synced.content, synced.size))
+        local2[new] = local2.pop(old)
+        del base2[old]
+        base2[new] = BaseEntry(seq, synced.content, synced.size)
+        del newest2[old]
+        if pure:
+            del newest2[new]
+    return local2, base2, newest2

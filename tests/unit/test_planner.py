@@ -185,3 +185,20 @@ def test_without_remote_changes_nothing_is_pulled(case: tuple) -> None:
     for x in p.push_puts:
         assert local[x.path].content == x.content
         assert x.base == (base[x.path].seq if x.path in base else None)
+
+
+def test_case_only_rename_on_a_case_insensitive_copy_is_applied_in_place() -> None:
+    from smartsyncd.core.planner import BaseEntry, CaseRename, LocalEntry
+
+    c = "a" * 64
+    local = {"Memo.txt": LocalEntry(c, 3)}
+    base = {"Memo.txt": BaseEntry(1, c, 3)}
+    remote = [Change(2, "Memo.txt", "delete", None, 0, 1, "bob", None, T),
+              Change(3, "memo.txt", "put", c, 3, None, "bob", None, T)]
+    p = plan(local, base, remote, case_insensitive=True)
+    assert p.renames == [CaseRename("Memo.txt", "memo.txt", 3, c, 3)]
+    assert not p.pull_deletes and not p.pull_writes and not p.adopt
+    # the edit racing the rename stays a local edit of the new name
+    p = plan({"Memo.txt": LocalEntry("b" * 64, 4)}, base, remote, case_insensitive=True)
+    assert p.renames and not p.pull_deletes and not p.conflicts
+    assert [x.path for x in p.push_puts] == ["memo.txt"]
