@@ -21,7 +21,7 @@ from smartsyncd.core.errors import HistoryDiverged
 from smartsyncd.core.model import HistoryCheck
 
 if TYPE_CHECKING:
-    from smartsyncd.storage.sqlstore import MetadataDB
+    from smartsyncd.storage.db import MetadataDB
 
 
 def store_identity(db: MetadataDB) -> tuple[str, int]:

@@ -35,9 +35,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from smartsyncd.core.errors import Unavailable
+from smartsyncd.storage.db import Dialect, MetadataDB
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.schema import migrate
-from smartsyncd.storage.sqlstore import Dialect, MetadataDB, SqlServerStore
+from smartsyncd.storage.sqlstore import SqlServerStore
 
 log = Logger(namespace="smartsyncd.storage")
 

@@ -33,9 +33,9 @@ from smartsyncd.core.errors import (
 )
 from smartsyncd.core.model import ProposedChange
 from smartsyncd.storage.api import SessionRecord
+from smartsyncd.storage.gc import retained_contents
 from smartsyncd.storage.sqlite import DB_FILENAME
 from smartsyncd.storage.sqlstore import SqlServerStore
-from smartsyncd.storage.workflow import retained_contents
 
 
 class Clock:
@@ -162,8 +162,8 @@ async def test_hash_chain_detects_edit_removal_and_reorder(wstore, backend) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_migration_backfills_hashes_of_existing_rows(tmp_path) -> None:
+    from smartsyncd.storage.audit import backfill_change_hashes
     from smartsyncd.storage.sqlite import SQLITE
-    from smartsyncd.storage.workflow import backfill_change_hashes
 
     s = await Backend("sqlite", tmp_path / "data", None).open()
     try:
