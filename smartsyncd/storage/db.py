@@ -23,12 +23,20 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from twisted.python.threadpool import ThreadPool
 
 from smartsyncd.core import manifest
 from smartsyncd.core.errors import BadRequest, NotFound
 
 T = TypeVar("T")
+
+
+class PoolFactory(Protocol):
+    """Makes a thread pool as ``twisted.python.threadpool.ThreadPool(...)`` does (the default)."""
+
+    def __call__(self, *, minthreads: int, maxthreads: int, name: str) -> ThreadPool: ...
 
 ENGAGEMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CONTROL = re.compile("[\x00-\x1f\x7f]")

@@ -5,25 +5,20 @@ its result at once: ``deferToThreadPool`` then returns a Deferred that has alrea
 ``SqlServerStore`` coroutine runs to its end inside ``run_sync``. The SQL, the transactions and
 the error mapping are the real ones; only the thread hop is gone (so this cannot show a
 blocking call on the reactor thread, nor a race between pools). ``open_sync_sqlite_store``
-builds a migrated SQLite store on it.
+opens a store on it.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from smartsyncd.storage.db import MetadataDB
-from smartsyncd.storage.packs import PackStore
-from smartsyncd.storage.schema import migrate
-from smartsyncd.storage.sqlite import DB_FILENAME, SQLITE, connect_sqlite
+from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.storage.sqlstore import SqlServerStore
 
 T = TypeVar("T")
@@ -70,14 +65,18 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return cast(T, outcome[0])
 
 
-def open_sync_sqlite_store(data_dir: str, now: Callable[[], datetime] | None = None) -> SqlServerStore:
-    """A migrated SQLite ``SqlServerStore`` in ``data_dir`` whose pools are ``SyncThreadPool``s."""
-    os.makedirs(data_dir, exist_ok=True)
-    conn = connect_sqlite(os.path.join(data_dir, DB_FILENAME))
-    migrate(conn, SQLITE)
-    packs = PackStore(os.path.join(data_dir, "chunks"))
-    packs.prepare()
-    return SqlServerStore(
-        reactor=cast(IReactorThreads, SyncReactor()), db=MetadataDB(conn, SQLITE), packs=packs,
-        db_pool=SyncThreadPool(), file_pool=SyncThreadPool(), clock=now,
+def open_sync_store(
+    data_dir: str, database_url: str | None = None, now: Callable[[], datetime] | None = None
+) -> SqlServerStore:
+    """``storage.sqlite.open_server_store`` (SQLite, or PostgreSQL given its URL) with every
+    pool a ``SyncThreadPool``: a store whose coroutines complete inside ``run_sync``."""
+    return run_sync(
+        open_server_store(
+            data_dir, reactor=SyncReactor(), database_url=database_url, now=now, pool=SyncThreadPool
+        )
     )
+
+
+def open_sync_sqlite_store(data_dir: str, now: Callable[[], datetime] | None = None) -> SqlServerStore:
+    """A migrated SQLite ``SqlServerStore`` in ``data_dir`` on synchronous pools."""
+    return open_sync_store(data_dir, None, now)

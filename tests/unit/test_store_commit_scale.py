@@ -22,10 +22,12 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     commit,
     content_of,
     full,
+    on_sync_store,
     pg_cluster,
     put,
     state,
     store,
+    sync_store,
     upload_file,
 )
 
@@ -82,7 +84,7 @@ def _answers(view: Any) -> list[Any]:
     return out
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_loaded_head_answers_like_the_indexed_lookups(store) -> None:  # noqa: F811
     eid = await _build(store)
 
@@ -172,7 +174,7 @@ async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request
 
 
 @pytest.mark.parametrize(("count", "fill"), [(MAX_CHANGES, 0), (1000, 300)])
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_a_full_size_commit_applies_whole_and_verifies(store, monkeypatch, count, fill) -> None:  # noqa: F811
     """MAX_CHANGES new files in one batch (as the first sync of a folder sends them) into an
     empty engagement; and 1,000 into one read row by row (the row budget lowered)."""
@@ -213,7 +215,7 @@ async def test_a_full_size_commit_applies_whole_and_verifies(store, monkeypatch,
     assert reports and all(rep.problem is None for rep in reports), reports
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_a_commit_collects_garbage_less_often_and_restores_the_thresholds(store, monkeypatch) -> None:  # noqa: F811
     """While a commit runs, gen 0 is collected every COMMIT_GC_THRESHOLD allocations; after it,
     committed or refused, the thresholds are what they were."""

@@ -13,7 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from test_storage import T0, backend, pg_cluster, store  # noqa: F401 - fixtures of the store suite
+from test_storage import (  # noqa: F401 - fixtures of the store suite
+    T0,
+    backend,
+    on_sync_store,
+    pg_cluster,
+    store,
+    sync_store,
+)
 from test_store_commit_scale import (
     LAYOUT,
     PROBES,
@@ -28,7 +35,7 @@ from smartsyncd.storage.headview import head_view
 from smartsyncd.storage.sqlstore import KeyedHeadView, LoadedHeadView, MetadataDB, SqlHeadView
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_keyed_head_answers_like_the_indexed_lookups(store) -> None:  # noqa: F811
     eid = await _build(store)
 
@@ -46,7 +53,7 @@ async def test_keyed_head_answers_like_the_indexed_lookups(store) -> None:  # no
         assert answers == indexed
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_a_big_engagement_is_read_at_the_batch_keys(store, monkeypatch) -> None:  # noqa: F811
     eid = await _build(store)
 
