@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from smartsyncd.core import manifest
 from smartsyncd.core.chunkstream import verify_records
@@ -26,16 +26,7 @@ from smartsyncd.storage.api import FsckProblem
 from smartsyncd.storage.changelog import engagement_ids
 from smartsyncd.storage.db import MetadataDB
 from smartsyncd.storage.packs import PackStore
-
-T = TypeVar("T")
-
-
-class StoreRunner(Protocol):
-    """What ``check_store`` needs of the async store (``SqlServerStore``): its two pools."""
-
-    async def run_db(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-    async def run_file(self, fn: Callable[..., T], *args: Any) -> T: ...
+from smartsyncd.storage.runner import StoreRunner
 
 ChunkRow = tuple[str, str, int, int, int, int]  # hash, pack, offset, stored_size, codec, raw_size
 

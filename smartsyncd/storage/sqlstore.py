@@ -72,7 +72,8 @@ from smartsyncd.storage.commit import COMMIT_GC_THRESHOLD, fewer_gc_passes
 from smartsyncd.storage.db import Dialect, MetadataDB
 from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
-from smartsyncd.storage.packs import PackStore, PackWriter
+from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.upload import PackUpload
 
 __all__ = [
     "COMMIT_GC_THRESHOLD",
@@ -367,7 +368,7 @@ class SqlServerStore:
         return stored, len(chunks) - stored
 
     def open_upload(self, engagement_id: int) -> ChunkUpload:
-        return _PackUpload(self, engagement_id)
+        return PackUpload(self, engagement_id, self._now)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
         where = await self.run_read(chunk_index.chunk_locations, engagement_id, tuple(hashes))
@@ -537,55 +538,3 @@ class SqlServerStore:
         cutoff = self._now().timestamp() - grace.total_seconds()
         orphans = await self.run_file(gc.drop_packs, engagement_id, dead, recorded, cutoff, started)
         return replace(report, orphan_packs_removed=orphans)
-
-
-class _PackUpload:
-    """``ChunkUpload`` for ``SqlServerStore``: a ``PackWriter`` on the file pool, indexed by one
-    ``record_pack`` transaction at ``finish`` (after the pack is durable)."""
-
-    def __init__(self, store: SqlServerStore, engagement_id: int) -> None:
-        self._store = store
-        self._engagement_id = engagement_id
-        self._writer: PackWriter | None = None
-        self._seen: set[str] = set()
-        self._done = False
-
-    def _append(self, packs: PackStore, chunks: Sequence[VerifiedChunk]) -> None:
-        if self._writer is None:
-            self._writer = packs.open_writer(self._engagement_id)
-        self._writer.append((c.hash, c.codec, c.raw_size, c.payload) for c in chunks)
-
-    async def append(self, chunks: Sequence[VerifiedChunk]) -> None:
-        if self._done:
-            raise ValueError("upload already finished")
-        fresh = []
-        for c in chunks:
-            if c.hash not in self._seen:
-                self._seen.add(c.hash)
-                fresh.append(c)
-        if fresh:
-            await self._store.run_file(self._append, fresh)
-
-    async def finish(self, total: int) -> tuple[int, int]:
-        if self._done:
-            raise ValueError("upload already finished")
-        self._done = True
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return 0, total
-        try:
-            pack = await self._store.run_file(lambda _packs: writer.commit())
-        except BaseException:
-            await self._store.run_file(lambda _packs: writer.abort())
-            raise
-        entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
-        stored = await self._store.run_db(
-            chunk_index.record_pack, self._engagement_id, pack.name, pack.size, entries, self._store._now()
-        )
-        return stored, total - stored
-
-    async def abort(self) -> None:
-        self._done = True
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            await self._store.run_file(lambda _packs: writer.abort())
