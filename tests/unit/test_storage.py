@@ -129,6 +129,17 @@ def sync_store(backend) -> Iterator[SqlServerStore]:
         run_sync(s.close())
 
 
+def sync_test(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an ``async def`` test that awaits only synchronous work (``sync_store``) to its end
+    inside ``run_sync``, without a reactor."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        run_sync(test(*args, **kwargs))
+
+    return run
+
+
 def on_sync_store(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """Run an ``async def test_x(store, ...)`` without a reactor: ``store`` is ``sync_store``
     and the coroutine completes inside ``run_sync``. For tests that need no real concurrency."""

@@ -14,7 +14,6 @@ import unicodedata
 from typing import Any
 
 import pytest
-import pytest_twisted
 from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
     T0,
     backend,
@@ -28,6 +27,7 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     state,
     store,
     sync_store,
+    sync_test,
     upload_file,
 )
 
@@ -38,6 +38,7 @@ from smartsyncd.storage import commit as commit_module
 from smartsyncd.storage import headview, sqlstore
 from smartsyncd.storage.headview import head_view
 from smartsyncd.storage.sqlstore import LoadedHeadView, MetadataDB, SqlHeadView
+from smartsyncd.testing.syncpool import open_sync_store
 
 NFD_E = unicodedata.normalize("NFD", "é")
 
@@ -144,7 +145,7 @@ async def _run_batches(db_store: Any) -> list[Any]:
 
 async def _outcomes_on_a_new_store(on: Any) -> list[Any]:
     """``_run_batches`` on a store opened on the backend ``on`` (closed afterwards)."""
-    s = await on.open(now=lambda: T0)
+    s = open_sync_store(str(on.data_dir), on.url, now=lambda: T0)  # synchronous pools
     try:
         return await _run_batches(s)
     finally:
@@ -158,7 +159,7 @@ def _use_a_fresh_backend(on: Any, request: Any, folder: str) -> None:
         on.url = request.getfixturevalue("pg_cluster").fresh_url()
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request) -> None:  # noqa: F811
     loaded = await _outcomes_on_a_new_store(backend)
     _use_a_fresh_backend(backend, request, "data-indexed")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest_twisted
 from test_storage import (  # noqa: F401 - fixtures of the store suite
     T0,
     backend,
@@ -20,6 +19,7 @@ from test_storage import (  # noqa: F401 - fixtures of the store suite
     pg_cluster,
     store,
     sync_store,
+    sync_test,
 )
 from test_store_commit_scale import (
     LAYOUT,
@@ -69,7 +69,7 @@ async def test_a_big_engagement_is_read_at_the_batch_keys(store, monkeypatch) ->
     assert isinstance(small, LoadedHeadView)  # 9 rows, a batch of 100: read whole
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_same_outcomes_through_keyed_and_row_by_row_views(backend, monkeypatch, request) -> None:  # noqa: F811
     monkeypatch.setattr(headview, "_LOAD_HEAD_BASE", 0)
     monkeypatch.setattr(headview, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
