@@ -4,7 +4,7 @@
 
 On a fresh SQLite store in a temp folder (the daemon's own ``connect_sqlite`` + ``migrate``):
 records the chunks as the upload path does (``record_pack``, one pack per 2,000 chunks), then
-commits the files in batches of 2,000 as the client's early batches do (``MetadataDB.commit``,
+commits the files in batches of 2,000 as the client's early batches do (``storage.commit.commit``,
 full one-chunk manifests, datagen's folder layout). Prints the thread CPU seconds of each phase
 per run and the medians: the daemon's DB-thread work per new file, steadier than a full sync's
 wall time on a shared machine. Run it with PYTHONPATH=<tree> to measure another checkout.
@@ -23,6 +23,8 @@ import blake3
 
 from smartsyncd.core import manifest
 from smartsyncd.core.model import ChunkRef, ProposedChange
+from smartsyncd.storage import accounts, commit
+from smartsyncd.storage import chunks as chunk_index
 from smartsyncd.storage.api import PutManifest
 from smartsyncd.storage.schema import migrate
 from smartsyncd.storage.sqlite import SQLITE, connect_sqlite
@@ -35,7 +37,7 @@ def one_run(count: int, batch: int) -> tuple[float, float]:
         conn = connect_sqlite(os.path.join(tmp, "meta.db"))
         migrate(conn, SQLITE)
         db = MetadataDB(conn, SQLITE)
-        eng = db.create_engagement("bench", "bench", now).id
+        eng = accounts.create_engagement(db, "bench", "bench", now).id
         files = []
         for i in range(count):
             h = blake3.blake3(i.to_bytes(8, "big")).hexdigest()
@@ -45,13 +47,13 @@ def one_run(count: int, batch: int) -> tuple[float, float]:
         for start in range(0, count, batch):
             part = files[start : start + batch]
             entries = [(c[0].hash, 0, 4096, 4096 * k, 4096) for k, (_, c, _) in enumerate(part)]
-            db.record_pack(eng, blake3.blake3(str(start).encode()).hexdigest(), 4096 * len(part), entries, now)
+            chunk_index.record_pack(db, eng, blake3.blake3(str(start).encode()).hexdigest(), 4096 * len(part), entries, now)
         t1 = time.thread_time()
         for start in range(0, count, batch):
             part = files[start : start + batch]
             changes = [ProposedChange(path=p, kind="put", base=None, content=cid, size=4096) for p, _, cid in part]
             manifests = {p: PutManifest(content=cid, chunks=c) for p, c, cid in part}
-            db.commit(eng, "alice", "s1", f"b{start}", changes, manifests, now)
+            commit.commit(db, eng, "alice", "s1", f"b{start}", changes, manifests, now)
         t2 = time.thread_time()
         conn.close()
     return t1 - t0, t2 - t1

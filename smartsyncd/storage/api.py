@@ -109,7 +109,7 @@ class FsckProblem:
     detail: str
 
 
-# -- engagement workflow records (docs/workflow.md; SQL in storage/workflow.py) -----------------
+# -- engagement workflow records (docs/workflow.md; SQL in storage/workflow.py and beside it)
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,14 @@ class ChunkUpload(Protocol):
     async def abort(self) -> None: ...
 
 
-class ServerStore(Protocol):
-    # users (local accounts)
+# -- the store's roles. ``ServerStore`` is all of them; a caller that needs one role (a web
+# handler, the authenticator, an admin command) can ask for just that one, and a test fake
+# (``smartsyncd.testing.memory_store``) can implement the roles it needs in full.
+
+
+class UserStore(Protocol):
+    """Local accounts."""
+
     async def add_user(self, name: str, password_hash: str | None) -> UserRecord: ...
     async def set_password(self, name: str, password_hash: str) -> None: ...
     async def upgrade_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool: ...
@@ -225,7 +231,10 @@ class ServerStore(Protocol):
     async def set_user_disabled(self, name: str, disabled: bool) -> None: ...
     async def remove_user(self, name: str) -> None: ...
 
-    # engagements and grants
+
+class GrantStore(Protocol):
+    """Engagements and who may do what in them."""
+
     async def create_engagement(self, name: str, title: str) -> EngagementRecord: ...
     async def get_engagement(self, name: str) -> EngagementRecord | None: ...
     async def list_engagements(self) -> list[EngagementRecord]: ...
@@ -234,7 +243,10 @@ class ServerStore(Protocol):
     async def list_grants(self, engagement: str | None = None) -> list[Grant]: ...
     async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None: ...
 
-    # sessions (tokens are stored only as hashes)
+
+class SessionStore(Protocol):
+    """Sessions (tokens are stored only as hashes) and failed sign-ins per throttle key."""
+
     async def create_session(self, session: SessionRecord) -> None: ...
     async def get_session(self, token_hash: str) -> SessionRecord | None: ...
     async def update_session(self, session: SessionRecord) -> None: ...
@@ -249,14 +261,24 @@ class ServerStore(Protocol):
     async def login_failures_since(self, key: str, since: float, limit: int) -> list[float]: ...
     async def clear_login_failures(self, key: str) -> None: ...
 
-    # chunks and manifests
+
+class AccountStore(UserStore, GrantStore, SessionStore, Protocol):
+    """Users, engagements and grants, sessions: what sign-in and authorization need."""
+
+
+class ChunkStore(Protocol):
+    """Chunks and manifests."""
+
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]: ...
     async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]: ...
     def open_upload(self, engagement_id: int) -> ChunkUpload: ...
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]: ...
     async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None: ...
 
-    # the change log
+
+class ChangeLogStore(Protocol):
+    """The change log: commit, the feed, the snapshot, and the store's identity (history checks)."""
+
     async def commit(
         self,
         engagement_id: int,
@@ -278,11 +300,11 @@ class ServerStore(Protocol):
     async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]: ...
     async def head(self, engagement_id: int) -> int: ...
 
-    # operations
-    async def check_health(self) -> dict[str, str]: ...
-    async def fsck(self) -> list[FsckProblem]: ...
 
-    # engagement workflow (docs/workflow.md). ``actor`` names who acted, for the audit trail.
+class WorkflowStore(Protocol):
+    """The engagement workflow (docs/workflow.md): locks, history and restore, sync copies,
+    sign-off and retention. ``actor`` names who acted, for the audit trail."""
+
     async def engagement_status(self, engagement_id: int) -> EngagementStatus: ...
     async def checkout(
         self, engagement_id: int, path: str, user: str, session: str | None, duration: timedelta | None
@@ -310,6 +332,24 @@ class ServerStore(Protocol):
     ) -> tuple[EngagementStatus, list[CopyRecord]]: ...
     async def reopen(self, engagement_id: int, actor: str, reason: str) -> EngagementStatus: ...
     async def set_retention(self, engagement_id: int, days: int | None, actor: str) -> None: ...
+
+
+class AuditStore(Protocol):
+    """The audit trail: export and verification of the hash chains."""
+
     async def audit_records(self, engagement_id: int) -> list[AuditRecord]: ...
     async def verify_audit(self, engagement: str | None) -> list[ChainReport]: ...
+
+
+class MaintenanceStore(Protocol):
+    """Operations: health, consistency check, garbage collection."""
+
+    async def check_health(self) -> dict[str, str]: ...
+    async def fsck(self) -> list[FsckProblem]: ...
     async def gc(self, engagement_id: int, grace: timedelta) -> GcReport: ...
+
+
+class ServerStore(
+    AccountStore, ChunkStore, ChangeLogStore, WorkflowStore, AuditStore, MaintenanceStore, Protocol
+):
+    """The whole store: every role. ``SqlServerStore`` implements it."""

@@ -17,17 +17,16 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from smartsyncd.core import manifest
 from smartsyncd.core.chunkstream import verify_records
 from smartsyncd.core.errors import SyncError
 from smartsyncd.storage.api import FsckProblem
+from smartsyncd.storage.changelog import engagement_ids
+from smartsyncd.storage.db import MetadataDB
 from smartsyncd.storage.packs import PackStore
-from smartsyncd.storage.sqlstore import MetadataDB
-
-if TYPE_CHECKING:
-    from smartsyncd.storage.sqlstore import SqlServerStore
+from smartsyncd.storage.runner import StoreRunner
 
 ChunkRow = tuple[str, str, int, int, int, int]  # hash, pack, offset, stored_size, codec, raw_size
 
@@ -129,10 +128,10 @@ def _message(e: Exception) -> str:
     return e.message if isinstance(e, SyncError) else str(e)
 
 
-async def check_store(store: SqlServerStore) -> list[FsckProblem]:
+async def check_store(store: StoreRunner) -> list[FsckProblem]:
     """Run every check over every engagement; an empty list means the store is consistent."""
     problems: list[FsckProblem] = []
-    engagements: list[Any] = await store.run_db(MetadataDB.engagement_ids)
+    engagements: list[Any] = await store.run_db(engagement_ids)
     for engagement_id, name, head in engagements:
         problems += await store.run_db(check_metadata, engagement_id, name, head)
         rows = await store.run_db(chunk_rows, engagement_id)

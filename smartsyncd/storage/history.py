@@ -15,13 +15,14 @@ reconciles once even if the restored log happens to match its token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smartsyncd.core.errors import HistoryDiverged
 from smartsyncd.core.model import HistoryCheck
 
 if TYPE_CHECKING:
-    from smartsyncd.storage.sqlstore import MetadataDB
+    from smartsyncd.storage.db import MetadataDB
 
 
 def store_identity(db: MetadataDB) -> tuple[str, int]:
@@ -57,7 +58,18 @@ def check_history(
 
     ``head`` is the engagement's head read in the same transaction; ``identity`` the store's
     (read here when None)."""
-    store, generation = identity if identity is not None else store_identity(db)
+    check_view(
+        check, identity if identity is not None else store_identity(db), head,
+        lambda seq: record_token(db, engagement_id, seq),
+    )
+
+
+def check_view(
+    check: HistoryCheck, identity: tuple[str, int], head: int, token_at: Callable[[int], str | None]
+) -> None:
+    """``check_history`` given the store's identity, the head, and the record token lookup
+    (no database: ``smartsyncd.testing.memory_store`` uses it too)."""
+    store, generation = identity
     details = {"store": store, "generation": generation, "head": head}
     if check.store is not None and check.store != store:
         raise HistoryDiverged("this is another store than the copy synced with", reason="store", **details)
@@ -73,7 +85,7 @@ def check_history(
         )
     if check.hash is None or check.seq == 0:
         return
-    if record_token(db, engagement_id, check.seq) != check.hash:
+    if token_at(check.seq) != check.hash:
         raise HistoryDiverged(
             f"the log holds another record at seq {check.seq} than the copy synced (restored?)",
             reason="record", **details,

@@ -35,9 +35,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from smartsyncd.core.errors import Unavailable
+from smartsyncd.storage.db import Dialect, MetadataDB, PoolFactory
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.schema import migrate
-from smartsyncd.storage.sqlstore import Dialect, MetadataDB, SqlServerStore
+from smartsyncd.storage.sqlstore import SqlServerStore
 
 log = Logger(namespace="smartsyncd.storage")
 
@@ -112,6 +113,7 @@ async def open_postgres_store(
     storage_path: str | None = None,
     now: Callable[[], datetime] | None = None,
     threads: int = POOL_THREADS,
+    pool: PoolFactory = ThreadPool,
 ) -> SqlServerStore:
     """Open (migrating as needed) a store on PostgreSQL with chunks under ``storage_path``.
 
@@ -119,8 +121,8 @@ async def open_postgres_store(
     """
     dialect = postgres_dialect()
     packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
-    db_pool = ThreadPool(minthreads=threads, maxthreads=threads, name="smartsyncd-db")
-    file_pool = ThreadPool(minthreads=2, maxthreads=4, name="smartsyncd-files")
+    db_pool = pool(minthreads=threads, maxthreads=threads, name="smartsyncd-db")
+    file_pool = pool(minthreads=2, maxthreads=4, name="smartsyncd-files")
     db_pool.start()
     file_pool.start()
 

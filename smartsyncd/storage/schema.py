@@ -43,11 +43,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from smartsyncd.storage.sqlstore import Dialect
+    from smartsyncd.storage.db import Dialect
 
 def _backfill_change_hashes(conn: Any, dialect: Dialect) -> None:
     """Migration 2's data step: chain the change records that existed before it."""
-    from smartsyncd.storage.workflow import backfill_change_hashes
+    from smartsyncd.storage.audit import backfill_change_hashes
 
     backfill_change_hashes(conn, dialect)
 

@@ -33,10 +33,11 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from smartsyncd.core.errors import Unavailable
+from smartsyncd.storage.db import Dialect, MetadataDB, PoolFactory
 from smartsyncd.storage.durable import ensure_dir
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.schema import migrate
-from smartsyncd.storage.sqlstore import Dialect, MetadataDB, SqlServerStore
+from smartsyncd.storage.sqlstore import SqlServerStore
 
 log = Logger(namespace="smartsyncd.storage")
 
@@ -111,24 +112,27 @@ async def open_server_store(
     database_url: str | None = None,
     storage_path: str | None = None,
     now: Callable[[], datetime] | None = None,
+    pool: PoolFactory = ThreadPool,
 ) -> SqlServerStore:
     """Open (creating and migrating as needed) the store for ``data_dir``.
 
     ``now`` supplies record timestamps (created_at); the default is the system clock in UTC.
     Raises ``Unavailable`` when the database or the storage folder cannot be opened.
     A ``postgresql://`` URL opens the PostgreSQL store instead (``storage/postgres.py``).
+    ``pool(minthreads=, maxthreads=, name=)`` makes the thread pools (tests pass a synchronous
+    stand-in, ``smartsyncd.testing.syncpool``).
     """
     if database_url is not None and database_url.startswith(("postgresql://", "postgres://")):
         from smartsyncd.storage.postgres import open_postgres_store
 
         return await open_postgres_store(
-            database_url, data_dir=data_dir, reactor=reactor, storage_path=storage_path, now=now
+            database_url, data_dir=data_dir, reactor=reactor, storage_path=storage_path, now=now, pool=pool
         )
     db_path = _sqlite_path(data_dir, database_url)
     packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
-    db_pool = ThreadPool(minthreads=1, maxthreads=1, name="smartsyncd-db")
-    read_pool = ThreadPool(minthreads=1, maxthreads=1, name="smartsyncd-db-read")
-    file_pool = ThreadPool(minthreads=2, maxthreads=4, name="smartsyncd-files")
+    db_pool = pool(minthreads=1, maxthreads=1, name="smartsyncd-db")
+    read_pool = pool(minthreads=1, maxthreads=1, name="smartsyncd-db-read")
+    file_pool = pool(minthreads=2, maxthreads=4, name="smartsyncd-files")
     db_pool.start()
     read_pool.start()
     file_pool.start()

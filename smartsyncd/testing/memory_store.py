@@ -1,8 +1,14 @@
-"""A public in-memory test fake of ``ServerStore``: users, engagements, grants and sessions.
+"""A public in-memory test fake of the store (``storage.api``), role by role.
 
-Only the account/grant/session part is implemented (enough for auth and web tests); the chunk,
-manifest and change-log methods raise ``NotImplementedError``. Set ``unavailable = True`` to make
-every call raise ``Unavailable`` as a database outage would. Not for production use.
+Roles implemented fully: ``AccountStore`` (``UserStore``, ``GrantStore``, ``SessionStore``:
+users, engagements and grants, sessions, sign-in failures) here, and ``ChunkStore`` and
+``ChangeLogStore`` (chunks, manifests, commit, change feed, snapshot, history checks) in
+``memory_log``: the same answers as ``SqlServerStore`` for what those roles promise
+(tests/unit/test_store_roles.py runs the same assertions against both). Not implemented:
+``WorkflowStore`` and ``AuditStore`` (no locks, copies, sign-off or audit trail: grants and
+sign-ins are not audited, a commit obeys no workflow rule); of ``MaintenanceStore`` only a
+``check_health`` and an empty ``fsck`` (no ``gc``). Set ``unavailable = True`` to make every
+call raise ``Unavailable`` as a database outage would. Not for production use.
 """
 
 from __future__ import annotations
@@ -13,30 +19,28 @@ from datetime import UTC, datetime
 
 from smartsyncd.auth.acl import max_role
 from smartsyncd.core.errors import BadRequest, NotFound, Unavailable
-from smartsyncd.core.model import Change, FileState, HistoryCheck, Manifest, ProposedChange, Role
+from smartsyncd.core.model import ROLES, Role
 from smartsyncd.storage.api import (
-    ChunkUpload,
-    CommitResult,
     EngagementRecord,
     FsckProblem,
     Grant,
     PrincipalKind,
-    PutManifest,
     SessionRecord,
-    StoredChunk,
     UserRecord,
-    VerifiedChunk,
 )
+from smartsyncd.storage.db import CONTROL, ENGAGEMENT_NAME, checked_text
+from smartsyncd.testing.memory_log import MemoryChangeLog
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryServerStore:
-    """Dictionaries behind the ``ServerStore`` account, grant and session methods."""
+class MemoryServerStore(MemoryChangeLog):
+    """Dictionaries behind the ``ServerStore`` account, chunk and change-log roles."""
 
     def __init__(self, now: Callable[[], datetime] = _utcnow) -> None:
+        super().__init__()
         self._now = now
         self.users: dict[str, UserRecord] = {}
         self.engagements: dict[str, EngagementRecord] = {}
@@ -52,6 +56,9 @@ class MemoryServerStore:
     # users
     async def add_user(self, name: str, password_hash: str | None) -> UserRecord:
         self._check()
+        checked_text(name, "user name")
+        if password_hash is not None:
+            checked_text(password_hash, "password hash", 1024)
         if name in self.users:
             raise BadRequest(f"user {name!r} already exists", user=name)
         record = UserRecord(name=name, password_hash=password_hash, created_at=self._now())
@@ -110,6 +117,11 @@ class MemoryServerStore:
     # engagements and grants
     async def create_engagement(self, name: str, title: str) -> EngagementRecord:
         self._check()
+        if not isinstance(name, str) or not ENGAGEMENT_NAME.match(name):
+            raise BadRequest("engagement names are 1-100 characters of letters, digits, '.', '_' and '-',"
+                             " starting with a letter or digit", engagement=str(name)[:100])
+        if not isinstance(title, str) or len(title) > 500 or CONTROL.search(title):
+            raise BadRequest("engagement title must be a string of at most 500 characters")
         if name in self.engagements:
             raise BadRequest(f"engagement {name!r} already exists", engagement=name)
         record = EngagementRecord(
@@ -126,19 +138,35 @@ class MemoryServerStore:
         self._check()
         return sorted(self.engagements.values(), key=lambda e: e.name)
 
+    def _known(self, engagement: str) -> None:
+        if engagement not in self.engagements:
+            raise NotFound(f"no engagement named {engagement!r}", engagement=engagement)
+
     async def grant(self, grant: Grant) -> None:
         self._check()
-        if grant.engagement not in self.engagements:
-            raise NotFound(f"no engagement {grant.engagement!r}", engagement=grant.engagement)
-        self.grants[(grant.engagement, grant.kind, grant.principal)] = grant
+        if grant.kind not in ("user", "group"):
+            raise BadRequest("grant kind must be 'user' or 'group'")
+        if grant.role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+        checked_text(grant.principal, "principal")
+        display = grant.display_name or grant.principal
+        checked_text(display, "display name")
+        self._known(grant.engagement)
+        self.grants[(grant.engagement, grant.kind, grant.principal)] = dataclasses.replace(
+            grant, display_name=display
+        )
 
     async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
         self._check()
+        self._known(engagement)
         return self.grants.pop((engagement, kind, principal), None) is not None
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
         self._check()
-        return [g for g in self.grants.values() if engagement is None or g.engagement == engagement]
+        if engagement is not None:
+            self._known(engagement)
+        found = [g for g in self.grants.values() if engagement is None or g.engagement == engagement]
+        return sorted(found, key=lambda g: (g.engagement, g.kind, g.principal))
 
     async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
         self._check()
@@ -156,6 +184,9 @@ class MemoryServerStore:
     # sessions
     async def create_session(self, session: SessionRecord) -> None:
         self._check()
+        checked_text(session.token_hash, "token hash")
+        checked_text(session.id, "session id")
+        checked_text(session.user, "user")
         if session.token_hash in self.sessions:
             raise BadRequest("session already exists")
         self.sessions[session.token_hash] = session
@@ -166,9 +197,14 @@ class MemoryServerStore:
 
     async def update_session(self, session: SessionRecord) -> None:
         self._check()
-        # Like an SQL UPDATE: a session ended meanwhile stays ended.
-        if session.token_hash in self.sessions:
-            self.sessions[session.token_hash] = session
+        # as in SQL: a session ended meanwhile stays ended (NotFound)
+        old = self.sessions.get(session.token_hash)
+        if old is None:
+            raise NotFound("no such session")
+        self.sessions[session.token_hash] = dataclasses.replace(
+            old, user=session.user, groups=session.groups, backend=session.backend,
+            expires_at=session.expires_at, refreshed_at=session.refreshed_at,
+        )
 
     async def delete_session(self, token_hash: str) -> None:
         self._check()
@@ -176,11 +212,14 @@ class MemoryServerStore:
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
         self._check()
-        return [s for s in self.sessions.values() if user is None or s.user == user]
+        found = [s for s in self.sessions.values() if user is None or s.user == user]
+        return sorted(found, key=lambda s: s.created_at)
 
     async def end_sessions(
         self, *, user: str | None = None, session_id: str | None = None, keep: str | None = None
     ) -> int:
+        if (user is None) == (session_id is None):
+            raise ValueError("end_sessions needs exactly one of user and session_id")
         self._check()
         gone = [
             h for h, s in self.sessions.items()
@@ -205,58 +244,7 @@ class MemoryServerStore:
         self._check()
         self.login_failures.pop(key, None)
 
-    # not implemented by this fake
-    async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
-        raise NotImplementedError
-
-    async def store_chunks(
-        self, engagement_id: int, chunks: Sequence[VerifiedChunk]
-    ) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def open_upload(self, engagement_id: int) -> ChunkUpload:
-        raise NotImplementedError
-
-    async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
-        raise NotImplementedError
-
-    async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None:
-        raise NotImplementedError
-
-    async def commit(
-        self,
-        engagement_id: int,
-        user: str,
-        session: str | None,
-        batch: str,
-        changes: Sequence[ProposedChange],
-        manifests: dict[str, PutManifest],
-        now: datetime,
-        copy: str | None = None,
-        check: HistoryCheck | None = None,
-    ) -> CommitResult:
-        raise NotImplementedError
-
-    async def changes_since(
-        self, engagement_id: int, since: int, limit: int, check: HistoryCheck | None = None
-    ) -> tuple[int, list[Change]]:
-        raise NotImplementedError
-
-    async def store_identity(self) -> tuple[str, int]:
-        return ("memory", 1)
-
-    async def bump_generation(self) -> tuple[str, int]:
-        raise NotImplementedError
-
-    async def record_token(self, engagement_id: int, seq: int) -> str | None:
-        raise NotImplementedError
-
-    async def snapshot(self, engagement_id: int) -> tuple[int, list[FileState]]:
-        raise NotImplementedError
-
-    async def head(self, engagement_id: int) -> int:
-        raise NotImplementedError
-
+    # operations
     async def check_health(self) -> dict[str, str]:
         return {"database": "error" if self.unavailable else "ok", "storage": "ok"}
 

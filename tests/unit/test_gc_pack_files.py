@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from smartsyncd.storage.gc import drop_packs as _drop_packs
 from smartsyncd.storage.packs import PackStore
-from smartsyncd.storage.sqlstore import _drop_packs
 
 ENGAGEMENT = 7
 

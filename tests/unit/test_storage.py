@@ -8,10 +8,12 @@ through ``backend.raw(...)``, so the same test checks both.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +46,7 @@ from smartsyncd.storage.api import (
 from smartsyncd.storage.schema import MIGRATIONS, SchemaTooNew
 from smartsyncd.storage.sqlite import DB_FILENAME, open_server_store
 from smartsyncd.storage.sqlstore import SqlServerStore
+from smartsyncd.testing.syncpool import open_sync_store, run_sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 from pg import PgCluster  # noqa: E402
@@ -116,6 +119,43 @@ async def store(backend) -> AsyncIterator[SqlServerStore]:
         await s.close()
 
 
+@pytest.fixture
+def sync_store(backend) -> Iterator[SqlServerStore]:
+    """The ``store`` on synchronous pools (``smartsyncd.testing.syncpool``): no reactor runs."""
+    s = open_sync_store(str(backend.data_dir), backend.url, now=lambda: T0)
+    try:
+        yield s
+    finally:
+        run_sync(s.close())
+
+
+def sync_test(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an ``async def`` test that awaits only synchronous work (``sync_store``) to its end
+    inside ``run_sync``, without a reactor."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        run_sync(test(*args, **kwargs))
+
+    return run
+
+
+def on_sync_store(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an ``async def test_x(store, ...)`` without a reactor: ``store`` is ``sync_store``
+    and the coroutine completes inside ``run_sync``. For tests that need no real concurrency."""
+    sig = inspect.signature(test)
+    params = [p.replace(name="sync_store") if p.name == "store" else p for p in sig.parameters.values()]
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        if "sync_store" in kwargs:
+            kwargs["store"] = kwargs.pop("sync_store")
+        run_sync(test(*args, **kwargs))
+
+    run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return run
+
+
 def chunk(data: bytes, codec: int = 0) -> VerifiedChunk:
     payload = zstandard.ZstdCompressor().compress(data) if codec == 1 else data
     return VerifiedChunk(hash=blake3.blake3(data).hexdigest(), codec=codec, raw_size=len(data), payload=payload)
@@ -124,7 +164,7 @@ def chunk(data: bytes, codec: int = 0) -> VerifiedChunk:
 # ---------------------------------------------------------------- users, engagements, grants
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_open_creates_and_migrates_the_database(store, backend, tmp_path) -> None:
     assert backend.raw("SELECT MAX(version) FROM schema_version")[0][0] >= 1
     if backend.name == "sqlite":
@@ -148,7 +188,7 @@ async def test_reopen_keeps_data(backend) -> None:
         await s.close()
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_users(store) -> None:
     alice = await store.add_user("alice", "h1")
     assert alice.name == "alice" and alice.password_hash == "h1" and alice.created_at == T0
@@ -167,7 +207,7 @@ async def test_users(store) -> None:
         await store.add_user("", "h")
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_engagements(store) -> None:
     e = await store.create_engagement("acme-2026", "ACME Corp audit 2026")
     assert e.name == "acme-2026" and e.head == 0 and e.id > 0 and e.created_at == T0
@@ -186,7 +226,7 @@ async def test_engagements(store) -> None:
         await store.head(9999)
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_grants_and_roles(store) -> None:
     await store.create_engagement("acme", "A")
     await store.create_engagement("beta", "B")
@@ -226,7 +266,7 @@ async def test_grants_and_roles(store) -> None:
         await store.list_grants("nope")
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_sessions(store) -> None:
     s = SessionRecord(
         id="sess-1",
@@ -266,7 +306,7 @@ async def test_sessions(store) -> None:
 # --------------------------------------------------------------------------------- chunks
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_store_and_read_chunks(store, tmp_path) -> None:
     e = await store.create_engagement("acme", "A")
     raw_a, raw_b = b"spreadsheet " * 2000, os.urandom(5000)
@@ -292,7 +332,7 @@ async def test_store_and_read_chunks(store, tmp_path) -> None:
     assert len(packs) == 2
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_chunks_are_per_engagement(store) -> None:
     e1 = await store.create_engagement("one", "")
     e2 = await store.create_engagement("two", "")
@@ -305,7 +345,7 @@ async def test_chunks_are_per_engagement(store) -> None:
     assert await store.store_chunks(e2.id, [a]) == (1, 0)
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_chunk_errors(store) -> None:
     e = await store.create_engagement("acme", "")
     with pytest.raises(NotFound):
@@ -316,7 +356,7 @@ async def test_chunk_errors(store) -> None:
         await store.store_chunks(e.id + 100, [chunk(b"x")])
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_health(store, tmp_path) -> None:
     assert await store.check_health() == {"database": "ok", "storage": "ok"}
     # storage gone (a file where the folder was: fails even for root)
@@ -431,7 +471,7 @@ async def state(store, eid) -> tuple[int, dict[str, tuple[int, str | None]], int
     return head, {f.path: (f.seq, f.content) for f in files}, len(log)
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_applied_and_log(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"version one")
@@ -459,7 +499,7 @@ async def test_commit_applied_and_log(store) -> None:
     assert await state(store, e.id) == (2, {"Working papers/B-1 Cash.xlsx": (2, c2)}, 2)
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_unchanged_conflict_stale(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"one")
@@ -493,7 +533,7 @@ async def test_commit_unchanged_conflict_stale(store) -> None:
     assert r.results[0].status == "applied" and r.changes[0].prev_seq == 4
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_rename_copy_and_case_rename(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"content")
@@ -508,7 +548,7 @@ async def test_commit_rename_copy_and_case_rename(store) -> None:
     assert files == {"Dir/B.txt": (5, c1)}
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_path_clashes_change_nothing(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"content")
@@ -527,7 +567,7 @@ async def test_commit_path_clashes_change_nothing(store) -> None:
     assert await state(store, e.id) == before
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_missing_chunks_lists_all_and_changes_nothing(store) -> None:
     e = await store.create_engagement("acme", "")
     have = chunk(b"uploaded")
@@ -548,7 +588,7 @@ async def test_commit_missing_chunks_lists_all_and_changes_nothing(store) -> Non
     assert not r.replayed and r.head == 2
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_unknown_content_and_bad_manifests(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"content")
@@ -575,7 +615,7 @@ async def test_commit_unknown_content_and_bad_manifests(store) -> None:
     assert await store.get_manifest(e.id, c2) is None
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_refuses_chunk_sizes_that_differ_from_the_stored_chunks(store) -> None:
     # a member's manifest that lies about a chunk's size hashes to its own content id and adds
     # up to its own size, but every other copy's pull would stop at it: refused whole
@@ -605,7 +645,7 @@ async def test_commit_refuses_chunk_sizes_that_differ_from_the_stored_chunks(sto
     assert r.results[0].status == "applied"
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_stored_manifests_read_back_as_sent(store) -> None:
     # the commit encodes each new manifest once, for its content id check and its stored body
     # (one-chunk files without a join): both shapes read back equal
@@ -621,7 +661,7 @@ async def test_stored_manifests_read_back_as_sent(store) -> None:
     assert await store.fsck() == []
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_delta_manifest(store) -> None:
     e = await store.create_engagement("acme", "")
     parts = [os.urandom(100) for _ in range(5)]
@@ -653,7 +693,7 @@ async def test_commit_delta_manifest(store) -> None:
     assert await store.head(e.id) == 2
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_idempotent_replay(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"one")
@@ -685,7 +725,7 @@ async def test_commit_idempotent_replay(store) -> None:
     assert not r.replayed
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_bad_input(store) -> None:
     e = await store.create_engagement("acme", "")
     with pytest.raises(NotFound):
@@ -698,7 +738,7 @@ async def test_commit_bad_input(store) -> None:
     assert r.head == 0 and r.results == ()
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_changes_since_pages(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"x")
@@ -730,13 +770,13 @@ def pack_files(tmp_path) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".pack"))
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_fsck_clean(store) -> None:
     await populated(store)
     assert await store.fsck() == []
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_fsck_reports_corrupt_byte(store, tmp_path) -> None:
     await populated(store)
     path = pack_files(tmp_path)[-1]
@@ -749,7 +789,7 @@ async def test_fsck_reports_corrupt_byte(store, tmp_path) -> None:
     assert [(p.engagement, p.kind) for p in problems] == [("acme", "bad_chunk")]
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_fsck_reports_missing_pack_and_log_gap(store, backend, tmp_path) -> None:
     eid = await populated(store)
     os.unlink(pack_files(tmp_path)[0])
@@ -771,7 +811,7 @@ FAILING_TRIGGER = {
 }
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_failing_late_rolls_back_everything(store, backend) -> None:
     """A failure after the change rows were inserted (here: the last insert) undoes them all."""
     e = await store.create_engagement("acme", "")
@@ -787,7 +827,7 @@ async def test_commit_failing_late_rolls_back_everything(store, backend) -> None
     assert r.head == 1 and not r.replayed
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_concurrent_uploads_of_the_same_chunks(store) -> None:
     from twisted.internet.defer import Deferred, gatherResults
 
@@ -803,7 +843,7 @@ async def test_concurrent_uploads_of_the_same_chunks(store) -> None:
     assert await store.fsck() == []
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_commit_nfd_path_is_stored_nfc(store) -> None:
     e = await store.create_engagement("acme", "")
     c1, s1, refs1 = await upload_file(store, e.id, b"umlaut")
@@ -919,7 +959,7 @@ async def test_unreachable_postgres_is_unavailable(tmp_path) -> None:
 # ------------------------------------------------------------ history checks (restores)
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_history_check_catches_a_rolled_back_log(store, backend) -> None:
     """A copy's (store, generation, last seq, record token) is checked against the log: a log
     put back to an earlier state and then committed past the copy's seq again (the case a

@@ -14,7 +14,6 @@ import unicodedata
 from typing import Any
 
 import pytest
-import pytest_twisted
 from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
     T0,
     backend,
@@ -22,18 +21,24 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     commit,
     content_of,
     full,
+    on_sync_store,
     pg_cluster,
     put,
     state,
     store,
+    sync_store,
+    sync_test,
     upload_file,
 )
 
 from smartsyncd.core.commit_rules import MAX_CHANGES
 from smartsyncd.core.model import ProposedChange
 from smartsyncd.core.paths import fold_key
-from smartsyncd.storage import sqlstore
+from smartsyncd.storage import commit as commit_module
+from smartsyncd.storage import headview, sqlstore
+from smartsyncd.storage.headview import head_view
 from smartsyncd.storage.sqlstore import LoadedHeadView, MetadataDB, SqlHeadView
+from smartsyncd.testing.syncpool import open_sync_store
 
 NFD_E = unicodedata.normalize("NFD", "é")
 
@@ -80,13 +85,13 @@ def _answers(view: Any) -> list[Any]:
     return out
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_loaded_head_answers_like_the_indexed_lookups(store) -> None:  # noqa: F811
     eid = await _build(store)
 
     def both(db: MetadataDB) -> tuple[list[Any], list[Any], Any]:
         rows = db.all("SELECT path, fold_key, seq, content, size FROM files WHERE engagement_id = ?", (eid,))
-        return _answers(SqlHeadView(db, eid)), _answers(LoadedHeadView(rows)), db._head_view(eid, 1)
+        return _answers(SqlHeadView(db, eid)), _answers(LoadedHeadView(rows)), head_view(db, eid, 1)
 
     indexed, loaded, chosen = await store.run_db(both)
     assert loaded == indexed
@@ -140,7 +145,7 @@ async def _run_batches(db_store: Any) -> list[Any]:
 
 async def _outcomes_on_a_new_store(on: Any) -> list[Any]:
     """``_run_batches`` on a store opened on the backend ``on`` (closed afterwards)."""
-    s = await on.open(now=lambda: T0)
+    s = open_sync_store(str(on.data_dir), on.url, now=lambda: T0)  # synchronous pools
     try:
         return await _run_batches(s)
     finally:
@@ -154,12 +159,12 @@ def _use_a_fresh_backend(on: Any, request: Any, folder: str) -> None:
         on.url = request.getfixturevalue("pg_cluster").fresh_url()
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request) -> None:  # noqa: F811
     loaded = await _outcomes_on_a_new_store(backend)
     _use_a_fresh_backend(backend, request, "data-indexed")
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 0)
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
+    monkeypatch.setattr(headview, "_LOAD_HEAD_BASE", 0)
+    monkeypatch.setattr(headview, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
     indexed = await _outcomes_on_a_new_store(backend)
     assert indexed == loaded
     kinds = [o[0] if isinstance(o[0], str) else sorted({x[1] for x in o}) for o in loaded[:-1]]
@@ -170,13 +175,13 @@ async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request
 
 
 @pytest.mark.parametrize(("count", "fill"), [(MAX_CHANGES, 0), (1000, 300)])
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_a_full_size_commit_applies_whole_and_verifies(store, monkeypatch, count, fill) -> None:  # noqa: F811
     """MAX_CHANGES new files in one batch (as the first sync of a folder sends them) into an
     empty engagement; and 1,000 into one read row by row (the row budget lowered)."""
     if fill:
-        monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 10)
-        monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)
+        monkeypatch.setattr(headview, "_LOAD_HEAD_BASE", 10)
+        monkeypatch.setattr(headview, "_LOAD_HEAD_PER_CHANGE", 0)
     e = await store.create_engagement("bulk", "")
     data = [f"small file {i}".encode() for i in range(count + fill)]
     stored = [chunk(d) for d in data]
@@ -211,18 +216,18 @@ async def test_a_full_size_commit_applies_whole_and_verifies(store, monkeypatch,
     assert reports and all(rep.problem is None for rep in reports), reports
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_a_commit_collects_garbage_less_often_and_restores_the_thresholds(store, monkeypatch) -> None:  # noqa: F811
     """While a commit runs, gen 0 is collected every COMMIT_GC_THRESHOLD allocations; after it,
     committed or refused, the thresholds are what they were."""
     seen: list[tuple[int, int, int]] = []
-    real_commit_tx = MetadataDB._commit_tx
+    real_commit_tx = commit_module.commit_tx
 
-    def watched(self: MetadataDB, *args: Any, **kwargs: Any) -> Any:
+    def watched(*args: Any, **kwargs: Any) -> Any:
         seen.append(gc.get_threshold())  # observes only: the real transaction runs
-        return real_commit_tx(self, *args, **kwargs)
+        return real_commit_tx(*args, **kwargs)
 
-    monkeypatch.setattr(MetadataDB, "_commit_tx", watched)
+    monkeypatch.setattr(commit_module, "commit_tx", watched)
     saved = gc.get_threshold()
     try:
         gc.set_threshold(700, 10, 10)

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest_twisted
-from test_storage import T0, backend, pg_cluster, store  # noqa: F401 - fixtures of the store suite
+from test_storage import (  # noqa: F401 - fixtures of the store suite
+    T0,
+    backend,
+    on_sync_store,
+    pg_cluster,
+    store,
+    sync_store,
+    sync_test,
+)
 from test_store_commit_scale import (
     LAYOUT,
     PROBES,
@@ -23,11 +30,12 @@ from test_store_commit_scale import (
     _use_a_fresh_backend,
 )
 
-from smartsyncd.storage import sqlstore
+from smartsyncd.storage import headview
+from smartsyncd.storage.headview import head_view
 from smartsyncd.storage.sqlstore import KeyedHeadView, LoadedHeadView, MetadataDB, SqlHeadView
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_keyed_head_answers_like_the_indexed_lookups(store) -> None:  # noqa: F811
     eid = await _build(store)
 
@@ -45,28 +53,28 @@ async def test_keyed_head_answers_like_the_indexed_lookups(store) -> None:  # no
         assert answers == indexed
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_a_big_engagement_is_read_at_the_batch_keys(store, monkeypatch) -> None:  # noqa: F811
     eid = await _build(store)
 
     def chosen(db: MetadataDB) -> tuple[Any, Any, Any]:
-        return db._head_view(eid, 1, ["a.txt"]), db._head_view(eid, 1), db._head_view(eid, 100, ["a.txt"])
+        return head_view(db, eid, 1, ["a.txt"]), head_view(db, eid, 1), head_view(db, eid, 100, ["a.txt"])
 
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 2)
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)
+    monkeypatch.setattr(headview, "_LOAD_HEAD_BASE", 2)
+    monkeypatch.setattr(headview, "_LOAD_HEAD_PER_CHANGE", 0)
     big, no_paths, _ = await store.run_db(chosen)
     assert isinstance(big, KeyedHeadView) and isinstance(no_paths, SqlHeadView)
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 2)
+    monkeypatch.setattr(headview, "_LOAD_HEAD_PER_CHANGE", 2)
     *_, small = await store.run_db(chosen)
     assert isinstance(small, LoadedHeadView)  # 9 rows, a batch of 100: read whole
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_same_outcomes_through_keyed_and_row_by_row_views(backend, monkeypatch, request) -> None:  # noqa: F811
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_BASE", 0)
-    monkeypatch.setattr(sqlstore, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
+    monkeypatch.setattr(headview, "_LOAD_HEAD_BASE", 0)
+    monkeypatch.setattr(headview, "_LOAD_HEAD_PER_CHANGE", 0)  # every engagement is "large"
     keyed = await _outcomes_on_a_new_store(backend)
     _use_a_fresh_backend(backend, request, "data-row-by-row")
-    monkeypatch.setattr(sqlstore, "KeyedHeadView", lambda db, eid, paths, normalized=False: SqlHeadView(db, eid))
+    monkeypatch.setattr(headview, "KeyedHeadView", lambda db, eid, paths, normalized=False: SqlHeadView(db, eid))
     indexed = await _outcomes_on_a_new_store(backend)
     assert keyed == indexed

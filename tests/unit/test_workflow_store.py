@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -17,6 +17,7 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     backend,
     commit,
     full,
+    on_sync_store,
     pg_cluster,
     put,
     upload_file,
@@ -33,9 +34,10 @@ from smartsyncd.core.errors import (
 )
 from smartsyncd.core.model import ProposedChange
 from smartsyncd.storage.api import SessionRecord
+from smartsyncd.storage.gc import retained_contents
 from smartsyncd.storage.sqlite import DB_FILENAME
 from smartsyncd.storage.sqlstore import SqlServerStore
-from smartsyncd.storage.workflow import retained_contents
+from smartsyncd.testing.syncpool import open_sync_store, run_sync
 
 
 class Clock:
@@ -51,13 +53,14 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest_twisted.async_yield_fixture()
-async def wstore(backend, clock) -> AsyncIterator[SqlServerStore]:  # noqa: F811
-    s = await backend.open(now=clock)
+@pytest.fixture
+def wstore(backend, clock) -> Iterator[SqlServerStore]:  # noqa: F811
+    """The store on synchronous pools (``smartsyncd.testing.syncpool``): no reactor runs."""
+    s = open_sync_store(str(backend.data_dir), backend.url, now=clock)
     try:
         yield s
     finally:
-        await s.close()
+        run_sync(s.close())
 
 
 async def engagement_with_file(store, name="acme") -> tuple[int, str, int]:
@@ -67,7 +70,7 @@ async def engagement_with_file(store, name="acme") -> tuple[int, str, int]:
     return e.id, content, size
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_lock_refuses_other_users_commit_inside_the_transaction(wstore, clock) -> None:
     eid, content, size = await engagement_with_file(wstore)
     other, osize, orefs = await upload_file(wstore, eid, b"bob's edit")
@@ -97,7 +100,7 @@ async def test_lock_refuses_other_users_commit_inside_the_transaction(wstore, cl
     assert events == [("checkout", "alice"), ("checkout", "bob"), ("lock_break", "admin:root")]
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_finalize_refuses_commits_and_restore_until_reopened(wstore) -> None:
     eid, content, size = await engagement_with_file(wstore)
     await wstore.report_copy(eid, "copy-1", "bob", "laptop", "s2", 3, None)
@@ -119,7 +122,7 @@ async def test_finalize_refuses_commits_and_restore_until_reopened(wstore) -> No
     await commit(wstore, eid, "b3", [ProposedChange("WP/cash.xlsx", "delete", 1)])
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_abandoned_copy_is_refused_forever_and_its_session_ends(wstore) -> None:
     eid, content, size = await engagement_with_file(wstore)
     await wstore.create_session(SessionRecord("sess-b", "tokhash-b", "bob", (), "local", T0, T0 + timedelta(days=1), T0))
@@ -136,7 +139,7 @@ async def test_abandoned_copy_is_refused_forever_and_its_session_ends(wstore) ->
     await wstore.commit(eid, "bob", "sess-c", "b3", [ProposedChange("WP/cash.xlsx", "delete", 1)], {}, T0, copy="copy-new")
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_hash_chain_detects_edit_removal_and_reorder(wstore, backend) -> None:  # noqa: F811
     eid, content, size = await engagement_with_file(wstore)
     for i in range(2, 5):
@@ -162,8 +165,8 @@ async def test_hash_chain_detects_edit_removal_and_reorder(wstore, backend) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_migration_backfills_hashes_of_existing_rows(tmp_path) -> None:
+    from smartsyncd.storage.audit import backfill_change_hashes
     from smartsyncd.storage.sqlite import SQLITE
-    from smartsyncd.storage.workflow import backfill_change_hashes
 
     s = await Backend("sqlite", tmp_path / "data", None).open()
     try:
@@ -180,7 +183,7 @@ async def test_migration_backfills_hashes_of_existing_rows(tmp_path) -> None:
         db.close()
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_history_restore_and_export_at(wstore, clock) -> None:
     e = await wstore.create_engagement("acme", "")
     c1, s1, r1 = await upload_file(wstore, e.id, b"one")
@@ -223,7 +226,7 @@ def test_retention_rule() -> None:
     assert retained_contents(rows, None, now) == {b"A1", b"A2", b"A3", b"A4", b"C1", b"D1"}
 
 
-@pytest_twisted.ensureDeferred
+@on_sync_store
 async def test_gc_never_removes_a_chunk_a_retained_version_needs(wstore, clock, tmp_path) -> None:
     e = await wstore.create_engagement("acme", "")
     shared, only_old, only_new = os.urandom(9000), os.urandom(9000), os.urandom(9000)
