@@ -29,6 +29,7 @@ import pytest
 import pytest_twisted
 from haproxy import Cluster, start_cluster
 from pg import PgCluster
+from reliability import wait_for
 from twisted.internet import reactor
 
 from smartsyncd.client.backoff import Backoff
@@ -349,7 +350,12 @@ def test_behind_haproxy_one_clients_failures_do_not_lock_out_the_others(
             assert login("127.0.0.2", "wrong guess", spoof="127.0.0.3") == 401
         assert login("127.0.0.2", PASSWORD) == 429
         assert login("127.0.0.3", PASSWORD) == 200
-        log = c.daemons["app1"].log_text()
+        # The access line is written after the answer is sent: wait for it, don't race it.
+        def logged() -> str | None:
+            text = c.daemons["app1"].log_text()
+            return text if '"127.0.0.3" - - ' in text else None
+
+        log = wait_for(logged, 20, "the access log line of the last request")
         assert '"127.0.0.3" - - ' in log and '"127.0.0.2" - - ' in log
         assert "sign-in alice from 127.0.0.3" in log
     finally:
