@@ -14,14 +14,18 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
 from twisted.python import usage
 
 from smartsyncd.service.config import ServerConfig, default_config_file, load_config
 from smartsyncd.service.hardening import private_umask
+from smartsyncd.service.limits import raise_open_file_limit
 from smartsyncd.service.logs import JsonLogService
 from smartsyncd.service.pools import ThreadPoolService
 from smartsyncd.service.reload import ReloadService
 from smartsyncd.service.server import SmartsyncServer
+
+log = Logger(namespace="smartsyncd.service")
 
 
 class Options(usage.Options):
@@ -38,6 +42,10 @@ class Options(usage.Options):
         ["listen", "l", None, "Twisted endpoint string, TLS only (default: ssl:8443)"],
         ["port-file", None, None, "write the bound port number here once listening"],
     ]
+    optFlags = [
+        ["allow-root", None, "run as root (refused otherwise: use a service account, "
+         "conf/systemd/smartsyncd.service)"],
+    ]
 
     server_config: ServerConfig
 
@@ -49,6 +57,18 @@ class Options(usage.Options):
         )
         if self["port-file"] is not None:
             self["port-file"] = os.path.abspath(self["port-file"])
+        if running_as_root() and not self["allow-root"]:
+            raise usage.UsageError(
+                "refusing to run as root: the daemon faces the internet and holds the firm's "
+                "files; run it as a service account (conf/systemd/smartsyncd.service), or pass "
+                "--allow-root to do so anyway"
+            )
+
+
+def running_as_root() -> bool:
+    """True when the effective user is root (never on systems without user ids)."""
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is not None and geteuid() == 0
 
 
 def _exit_after_shutdown(reactor: Any, code: int = 1) -> None:
@@ -77,6 +97,9 @@ def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     private_umask()  # before twistd opens its log and anything is written (service/hardening.py)
+    open_files = raise_open_file_limit()
+    if open_files is not None and open_files[1] > open_files[0]:
+        log.info("open-file limit raised from {before} to {after}", before=open_files[0], after=open_files[1])
     config = options.server_config
     top = MultiService()
     reload = ReloadService(reactor)

@@ -138,6 +138,7 @@ def test_plain_tcp_listen_is_refused(tmp_path: Path) -> None:
             "--logfile",
             str(tmp_path / "twistd.log"),
             "smartsync",
+            "--allow-root",
             "--data-dir",
             str(tmp_path / "data"),
             "--listen",
@@ -329,3 +330,15 @@ def test_sighup_reloads_and_says_so_instead_of_ending_the_daemon(tmp_path: Path)
         assert "SIGHUP: reloading" in d.log_text()
         assert d.request("GET", "/healthz")[0] == 200
         assert any(e["event"] == "reload {step}: {result}" for e in read_json_log(tmp_path / "daemon" / "logs" / "ops.json"))
+
+
+def test_the_daemon_refuses_to_run_as_root_unless_told(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "this test checks the refusal as root (CI runs as root)"
+    result = subprocess.run(
+        [*twistd_command(), "-n", "--pidfile", "", "smartsync", "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "refusing to run as root" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "data").exists(), "a refused start wrote to the data folder"
