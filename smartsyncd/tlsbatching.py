@@ -35,13 +35,15 @@ transport that is not Twisted's TCP connection the eager send is not used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -180,11 +182,13 @@ def batching_supported() -> bool:
 
 
 class _BatchingListenSSL:
-    """A reactor stand-in for endpoint parsing: ``listenSSL`` wraps with the batching factory,
-    everything else is the real reactor's."""
+    """A reactor stand-in for endpoint parsing: ``listenSSL`` wraps with the batching factory
+    (and, with ``proxy_protocol``, reads a PROXY header before TLS), everything else is the real
+    reactor's."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, proxy_protocol: bool = False) -> None:
         self._reactor = reactor
+        self._proxy_protocol = proxy_protocol
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
@@ -192,19 +196,52 @@ class _BatchingListenSSL:
     def listenSSL(
         self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
     ) -> Any:
-        wrapped = BatchingTLSFactory(contextFactory, False, factory)
-        listening = self._reactor.listenTCP(port, wrapped, backlog, interface)
+        tls_factory = BatchingTLSFactory if batching_supported() else TLSMemoryBIOFactory
+        wrapped: Any = tls_factory(contextFactory, False, factory)
+        if self._proxy_protocol:
+            listening = _listen_behind_proxy(self._reactor, port, wrapped, backlog, interface)
+        else:
+            listening = self._reactor.listenTCP(port, wrapped, backlog, interface)
         listening._type = "TLS"  # as Twisted's own listenSSL names it in logs
         return listening
 
 
-def batching_tls_endpoint(reactor: Any, description: str) -> Any:
+@implementer(IStreamServerEndpoint)
+class _TCPNow:
+    """``listenTCP`` as an endpoint whose Deferred has fired when ``listen`` returns."""
+
+    def __init__(self, reactor: Any, port: int, backlog: int, interface: str) -> None:
+        self._args = (reactor, port, backlog, interface)
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        reactor, port, backlog, interface = self._args
+        return succeed(reactor.listenTCP(port, factory, backlog, interface))
+
+
+def _listen_behind_proxy(reactor: Any, port: int, tls: Any, backlog: int, interface: str) -> Any:
+    """Listen with Twisted's PROXY protocol wrapper outside ``tls``: HAProxy's send-proxy(-v2)
+    header comes before the TLS handshake, and the wrapper answers getPeer() with the address it
+    names, so everything above (rate limits, per-address caps, the access log) sees the client."""
+    listened: list[Any] = []
+    inner = cast(IStreamServerEndpoint, _TCPNow(reactor, port, backlog, interface))
+    proxyEndpoint(inner).listen(tls).addBoth(listened.append)
+    if isinstance(listened[0], Failure):
+        listened[0].raiseException()
+    return listened[0]
+
+
+def batching_tls_endpoint(reactor: Any, description: str, *, proxy_protocol: bool = False) -> Any:
     """``serverFromString(reactor, description)`` (an IStreamServerEndpoint), listening with
     ``BatchingTLSProtocol`` when ``description`` is an ``ssl:`` endpoint (other kinds are
-    returned as Twisted parses them)."""
-    if description.split(":", 1)[0] != "ssl" or not batching_supported():
+    returned as Twisted parses them). ``proxy_protocol``: every connection starts with a PROXY
+    protocol (v1 or v2) header naming the client; connections without one are closed."""
+    if description.split(":", 1)[0] != "ssl":
+        if proxy_protocol:
+            raise ValueError("the PROXY protocol is supported on ssl: endpoints only")
         return serverFromString(reactor, description)
-    return serverFromString(_BatchingListenSSL(reactor), description)
+    if not batching_supported() and not proxy_protocol:
+        return serverFromString(reactor, description)
+    return serverFromString(_BatchingListenSSL(reactor, proxy_protocol), description)
 
 
 # -- the client's connecting side ---------------------------------------------------------------

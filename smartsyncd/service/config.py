@@ -40,6 +40,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "request_deadline",
             "session_lifetime_days",
             "trusted_proxies",
+            "proxy_protocol",
             "session_max_days",
         }
     ),
@@ -83,6 +84,8 @@ class ServerConfig:
     unauthenticated_bytes_per_address: int = 8 * 1024 * 1024
     # peers whose X-Forwarded-For names the client (smartsyncd.web.clientaddr)
     trusted_proxies: tuple[Any, ...] = ()
+    # every connection starts with a PROXY protocol header (HAProxy's send-proxy-v2)
+    proxy_protocol: bool = False
     # Failed sign-ins are counted over this window; keep per_user failures in it below the
     # domain's lockout threshold within its observation window (AD's default is 30 minutes).
     login_failure_window_minutes: float = 30.0
@@ -120,6 +123,15 @@ def _positive_float(raw: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError("must be a positive number")
     return value
+
+
+def _yes_no(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("expected yes or no")
 
 
 def _positive_int(raw: str) -> int:
@@ -231,6 +243,8 @@ def load_config(
         for key in ("request_timeout", "request_deadline", "session_lifetime_days", "session_max_days"):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
+        if (v := get("server", "proxy_protocol")) is not None:
+            values["proxy_protocol"] = _convert("[server] proxy_protocol", v, _yes_no)
         if (v := get("server", "trusted_proxies")) is not None:
             from smartsyncd.web.clientaddr import parse_trusted_proxies
 

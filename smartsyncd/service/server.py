@@ -217,7 +217,9 @@ class SmartsyncServer(Service):
             trusted_proxies=config.trusted_proxies,
         )
         endpoint = batching_tls_endpoint(
-            self._reactor, tls_endpoint_string(config.listen, info.cert_path, info.key_path)
+            self._reactor,
+            tls_endpoint_string(config.listen, info.cert_path, info.key_path),
+            proxy_protocol=config.proxy_protocol,
         )
         restrict_ciphers(endpoint)
         self.port = await endpoint.listen(site)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,12 +106,15 @@ def test_command_line_overrides_the_file_and_resolves_against_the_working_folder
     assert config.request_timeout == 45.5  # the rest of the file still applies
 
 
+AS_ROOT = ["--allow-root"] if os.geteuid() == 0 else []  # CI runs as root
+
+
 def test_twistd_options_parse_into_a_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     options = Options()
-    options.parseOptions(["--data-dir", "d", "--listen", "ssl:1234", "--port-file", "p"])
+    options.parseOptions(["--data-dir", "d", "--listen", "ssl:1234", "--port-file", "p", *AS_ROOT])
     assert options.server_config.data_dir == str(tmp_path / "d")
     assert options.server_config.listen == "ssl:1234"
     assert options["port-file"] == str(tmp_path / "p")
@@ -138,7 +142,7 @@ def test_non_tls_or_unsafe_listen_strings_are_refused(listen: str, tmp_path: Pat
 def test_twistd_options_refuse_plain_tcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match="TLS only"):
-        Options().parseOptions(["--listen", "tcp:0"])
+        Options().parseOptions(["--listen", "tcp:0", *AS_ROOT])
 
 
 @pytest.mark.parametrize(
@@ -203,3 +207,12 @@ def test_a_bad_ldap_value_is_a_usage_error(tmp_path: Path) -> None:
     conf = write(tmp_path / "c.ini", "[ldap]\nurls = ftp://dc1\nbase_dn = DC=x\n")
     with pytest.raises(UsageError, match=r"\[ldap\]"):
         load_config(conf, cwd=str(tmp_path))
+
+
+def test_proxy_protocol_is_yes_or_no(tmp_path: Path) -> None:
+    config = tmp_path / "s.ini"
+    config.write_text("[server]\nproxy_protocol = yes\n")
+    assert load_config(str(config)).proxy_protocol is True
+    config.write_text("[server]\nproxy_protocol = perhaps\n")
+    with pytest.raises(UsageError, match=r"\[server\] proxy_protocol: bad value 'perhaps'"):
+        load_config(str(config))
