@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 from twisted.python.usage import UsageError
 
@@ -50,10 +50,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", metavar="DIR", help="the daemon's data folder (default ./data)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_group in (
+        _add_user_parsers,
+        _add_session_parsers,
+        _add_engagement_parsers,
+        _add_grant_parsers,
+        _add_fsck_parser,
+        _add_checkout_parsers,
+        _add_audit_parsers,
+        _add_gc_parser,
+        _add_db_parsers,
+    ):
+        add_group(commands)
+    from smartsyncd.cli.admin_backup import add_parsers
 
-    user = commands.add_parser("user", help="local user accounts").add_subparsers(
+    add_parsers(commands)
+    return parser
+
+
+# what ``add_subparsers`` returns (argparse names its class privately)
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _actions(commands: Commands, name: str, text: str) -> Commands:
+    """A command with its own ACTION sub-commands (``user add``, ``db upgrade``...)."""
+    return commands.add_parser(name, help=text).add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
+
+
+def _add_user_parsers(commands: Commands) -> None:
+    user = _actions(commands, "user", "local user accounts")
     add = user.add_parser("add", help="add a local user (asks for a password)")
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -69,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "delete a local user; ends their sessions"),
     ):
         user.add_parser(verb, help=text).add_argument("name")
-    sessions = commands.add_parser("sessions", help="open sign-in sessions").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
+
+
+def _add_session_parsers(commands: Commands) -> None:
+    sessions = _actions(commands, "sessions", "open sign-in sessions")
     sessions.add_parser("list", help="list open sessions").add_argument(
         "--user", help="only this user's sessions"
     )
@@ -80,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     end_which.add_argument("id", nargs="?", help="the session id (from: sessions list)")
     end_which.add_argument("--user", help="end every session of this user")
 
-    engagement = commands.add_parser("engagement", help="engagements").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
+
+def _add_engagement_parsers(commands: Commands) -> None:
+    engagement = _actions(commands, "engagement", "engagements")
     create = engagement.add_parser("create", help="create an engagement")
     create.add_argument("name", help="1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)")
     create.add_argument("--title", help="a readable title (default: the name)")
@@ -107,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--keep-all", action="store_true", help="keep every version (default)")
     engagement.add_parser("status", help="sign-off state and retention").add_argument("name")
 
+
+def _add_grant_parsers(commands: Commands) -> None:
     grant = commands.add_parser("grant", help="give a user or group a role on an engagement")
     grant.add_argument("engagement")
     who = grant.add_mutually_exclusive_group(required=True)
@@ -123,39 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     grants = commands.add_parser("grants", help="list grants (of one engagement, or all)")
     grants.add_argument("engagement", nargs="?")
 
+
+def _add_fsck_parser(commands: Commands) -> None:
     commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right")
 
-    lock = commands.add_parser("lock", help="check-outs").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    lock.add_parser("list", help="list active check-outs").add_argument("engagement")
-    brk = lock.add_parser("break", help="release another user's check-out (audited)")
-    brk.add_argument("engagement")
-    brk.add_argument("path")
-    brk.add_argument("--reason", required=True)
 
-    copies = commands.add_parser("copies", help="sync copies known to the server").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    copies.add_parser(
-        "list", help="every copy with its last contact and unsynced count"
-    ).add_argument("engagement")
-    abandon = copies.add_parser(
-        "abandon", help="revoke a copy (a lost laptop): its session ends, it never commits again"
-    )
-    abandon.add_argument("engagement")
-    abandon.add_argument("copy")
-
-    audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    audit.add_parser(
-        "verify", help="check the hash chains (one engagement, or all and the global chain)"
-    ).add_argument("engagement", nargs="?")
-    export = audit.add_parser("export", help="who did what when, for quality reviewers")
-    export.add_argument("engagement")
-    export.add_argument("--format", choices=["csv", "json"], default="csv")
-
+def _add_gc_parser(commands: Commands) -> None:
     gc = commands.add_parser(
         "gc", help="delete chunks no retained version or conflict copy needs"
     )
@@ -165,9 +168,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep packs younger than this (uploads whose commit is still coming; default 1)",
     )
 
-    db = commands.add_parser("db", help="the metadata database").add_subparsers(
-        dest="action", metavar="ACTION", required=True
+
+def _add_checkout_parsers(commands: Commands) -> None:
+    """``lock`` (check-outs) and ``copies`` (sync copies)."""
+    lock = _actions(commands, "lock", "check-outs")
+    lock.add_parser("list", help="list active check-outs").add_argument("engagement")
+    brk = lock.add_parser("break", help="release another user's check-out (audited)")
+    brk.add_argument("engagement")
+    brk.add_argument("path")
+    brk.add_argument("--reason", required=True)
+
+    copies = _actions(commands, "copies", "sync copies known to the server")
+    copies.add_parser(
+        "list", help="every copy with its last contact and unsynced count"
+    ).add_argument("engagement")
+    abandon = copies.add_parser(
+        "abandon", help="revoke a copy (a lost laptop): its session ends, it never commits again"
     )
+    abandon.add_argument("engagement")
+    abandon.add_argument("copy")
+
+
+def _add_audit_parsers(commands: Commands) -> None:
+    audit = _actions(commands, "audit", "the tamper-evident audit trail")
+    audit.add_parser(
+        "verify", help="check the hash chains (one engagement, or all and the global chain)"
+    ).add_argument("engagement", nargs="?")
+    export = audit.add_parser("export", help="who did what when, for quality reviewers")
+    export.add_argument("engagement")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+
+
+def _add_db_parsers(commands: Commands) -> None:
+    db = _actions(commands, "db", "the metadata database")
     db.add_parser(
         "upgrade",
         help="create the schema or apply pending migrations (safe while daemons start)",
@@ -176,10 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
         "new-generation",
         help="after restoring or rolling back the store by hand: copies reconcile (docs/operations.md)",
     )
-    from smartsyncd.cli.admin_backup import add_parsers
-
-    add_parsers(commands)
-    return parser
 
 
 def check_engagement_name(name: str) -> str:
