@@ -58,7 +58,7 @@ from smartsyncd.core.chunkstream import (
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import Change, ChunkRef, FileState, HistoryCheck, Manifest
-from smartsyncd.tlsbatching import BatchingEndpointFactory
+from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
 
 log = Logger()
 

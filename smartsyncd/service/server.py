@@ -29,6 +29,7 @@ from twisted.python.lockfile import FilesystemLock
 
 import smartsyncd
 from smartsyncd.core.errors import SyncError
+from smartsyncd.runtime.tlsbatching import batching_tls_endpoint
 from smartsyncd.service.config import ServerConfig
 from smartsyncd.service.folderlock import lock_data_folder
 from smartsyncd.service.hardening import readable_by_others, tighten_data_dir
@@ -41,7 +42,6 @@ from smartsyncd.service.tls import (
     tls_endpoint_string,
 )
 from smartsyncd.storage.durable import write_durably
-from smartsyncd.tlsbatching import batching_tls_endpoint
 
 RunBlocking = Callable[..., Awaitable[Any]]
 

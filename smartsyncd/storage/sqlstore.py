@@ -70,7 +70,7 @@ from smartsyncd.core.model import (
     Role,
 )
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
-from smartsyncd.gcthreshold import raised_gen0_threshold
+from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 from smartsyncd.storage import history, workflow
 from smartsyncd.storage.api import (
     AuditRecord,
