@@ -28,7 +28,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import _newclient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
@@ -59,6 +58,7 @@ from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import Change, ChunkRef, FileState, HistoryCheck, Manifest
 from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
+from smartsyncd.runtime.twistedcompat import newclient as _newclient
 
 log = Logger()
 
