@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from smartsyncd.service.reactor import DaemonReactor
 
 log = Logger(namespace="smartsyncd.service")
 
@@ -24,7 +28,7 @@ ReloadStep = Callable[[], "str | Awaitable[str]"]
 class ReloadService(Service):
     """Runs the registered reload steps on SIGHUP (or when ``reload`` is called)."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: DaemonReactor) -> None:
         self._reactor = reactor
         self._steps: list[tuple[str, ReloadStep]] = []
         self._previous: Any = None
@@ -44,7 +48,7 @@ class ReloadService(Service):
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
 
-    def _on_hup(self, signum: int, frame: Any) -> None:
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reactor.callFromThread(self.reload)
 
     def reload(self) -> Deferred[list[str]]:
