@@ -167,10 +167,10 @@ class Admin:
 
     async def _refuse_directory_name(self, name: str) -> None:
         """A local account named like a directory account would share its user grants."""
-        directory = self._directory()
-        if directory is None:
+        directory, ldap = self._directory(), self.config.ldap
+        if directory is None or ldap is None:  # both or neither (_directory)
             return
-        if self.config.ldap.bind_dn is None:
+        if ldap.bind_dn is None:
             self.say(f"warning: no [ldap] bind_dn, so {name!r} was not checked in the directory")
             return
         from smartsyncd.auth.identity import BackendUnavailable, SignInRefused, UnknownUser

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="smartsyncd.service")
 
 ReloadStep = Callable[[], "str | Awaitable[str]"]
+# what signal.signal returns (and takes back)
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class ReloadService(Service):
@@ -31,7 +33,7 @@ class ReloadService(Service):
     def __init__(self, reactor: DaemonReactor) -> None:
         self._reactor = reactor
         self._steps: list[tuple[str, ReloadStep]] = []
-        self._previous: Any = None
+        self._previous: SignalHandler = None
         self.setName("reload")
 
     def add_step(self, name: str, step: ReloadStep) -> None:

@@ -104,6 +104,7 @@ def build_backends(
         elif name == "ldap":
             from smartsyncd.auth.ldap import LdapAuthenticator
 
+            assert config.ldap is not None  # load_config refuses the ldap backend without [ldap]
             backends.append(LdapAuthenticator(config.ldap, reactor))
     return backends
 
@@ -194,7 +195,7 @@ class SmartsyncServer(MultiService):
                 )
         else:
             info = await self._run_blocking(load_certificate, config.cert_path, config.key_path)
-        secrets = [("TLS private key", info.key_path)]
+        secrets: list[tuple[str, str | None]] = [("TLS private key", info.key_path)]
         if config.ldap is not None:
             secrets.append(("LDAP bind password file", config.ldap.bind_password_file))
         for what, path, mode in await self._run_blocking(readable_by_others, secrets):
