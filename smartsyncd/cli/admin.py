@@ -22,164 +22,14 @@ from typing import Any, NoReturn, TextIO
 
 from twisted.python.usage import UsageError
 
-import smartsyncd
+from smartsyncd.cli.admin_parser import PROG, build_parser
 from smartsyncd.cli.context import AdminError
 from smartsyncd.core.errors import SyncError
-from smartsyncd.core.model import ROLES
 from smartsyncd.service.config import ServerConfig, default_config_file, load_config
 from smartsyncd.storage.api import EngagementRecord
 
-PROG = "smartsync-admin"
 ENGAGEMENT_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Manage smartsyncd's users, engagements and grants; check the store.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {smartsyncd.__version__}")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="the daemon's config file (ini; default /etc/smartsyncd/smartsync.ini when it "
-        "exists and no --data-dir is given)",
-    )
-    parser.add_argument(
-        "--data-dir", metavar="DIR", help="the daemon's data folder (default ./data)"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    user = commands.add_parser("user", help="local user accounts").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    add = user.add_parser("add", help="add a local user (asks for a password)")
-    add.add_argument("name")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    passwd = user.add_parser("passwd", help="set a local user's password")
-    passwd.add_argument("name")
-    passwd.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
-    user.add_parser("list", help="list local users")
-    for verb, text in (
-        ("disable", "stop a local user signing in; ends their sessions"),
-        ("enable", "let a disabled local user sign in again"),
-        ("remove", "delete a local user; ends their sessions"),
-    ):
-        user.add_parser(verb, help=text).add_argument("name")
-    sessions = commands.add_parser("sessions", help="open sign-in sessions").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    sessions.add_parser("list", help="list open sessions").add_argument(
-        "--user", help="only this user's sessions"
-    )
-    end = sessions.add_parser("revoke", help="end a session (by id) or all of a user's")
-    end_which = end.add_mutually_exclusive_group(required=True)
-    end_which.add_argument("id", nargs="?", help="the session id (from: sessions list)")
-    end_which.add_argument("--user", help="end every session of this user")
-
-    engagement = commands.add_parser("engagement", help="engagements").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    create = engagement.add_parser("create", help="create an engagement")
-    create.add_argument("name", help="1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)")
-    create.add_argument("--title", help="a readable title (default: the name)")
-    engagement.add_parser("list", help="list engagements")
-    finalize = engagement.add_parser(
-        "finalize", help="sign off: make the engagement read-only for everyone (audited)"
-    )
-    finalize.add_argument("name")
-    finalize.add_argument("--reason", required=True, help="why (kept in the audit trail)")
-    finalize.add_argument(
-        "--force", action="store_true", help="finalize even while copies hold unsynced work"
-    )
-    reopen = engagement.add_parser("reopen", help="lift the sign-off freeze (audited)")
-    reopen.add_argument("name")
-    reopen.add_argument("--reason", required=True, help="why (kept in the audit trail)")
-    retention = engagement.add_parser(
-        "retention", help="how long replaced versions are kept (gc collects older ones)"
-    )
-    retention.add_argument("name")
-    keep = retention.add_mutually_exclusive_group(required=True)
-    keep.add_argument("--days", type=int, metavar="N", help="keep replaced versions N days")
-    keep.add_argument("--keep-all", action="store_true", help="keep every version (default)")
-    engagement.add_parser("status", help="sign-off state and retention").add_argument("name")
-
-    grant = commands.add_parser("grant", help="give a user or group a role on an engagement")
-    grant.add_argument("engagement")
-    who = grant.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="U")
-    who.add_argument("--group", metavar="G", help="a local group name, or a directory group")
-    grant.add_argument("--role", required=True, choices=ROLES)
-
-    revoke = commands.add_parser("revoke", help="take a user's or group's role away")
-    revoke.add_argument("engagement")
-    who = revoke.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", metavar="U")
-    who.add_argument("--group", metavar="G")
-
-    grants = commands.add_parser("grants", help="list grants (of one engagement, or all)")
-    grants.add_argument("engagement", nargs="?")
-
-    commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right")
-
-    lock = commands.add_parser("lock", help="check-outs").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    lock.add_parser("list", help="list active check-outs").add_argument("engagement")
-    brk = lock.add_parser("break", help="release another user's check-out (audited)")
-    brk.add_argument("engagement")
-    brk.add_argument("path")
-    brk.add_argument("--reason", required=True)
-
-    copies = commands.add_parser("copies", help="sync copies known to the server").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    copies.add_parser(
-        "list", help="every copy with its last contact and unsynced count"
-    ).add_argument("engagement")
-    abandon = copies.add_parser(
-        "abandon", help="revoke a copy (a lost laptop): its session ends, it never commits again"
-    )
-    abandon.add_argument("engagement")
-    abandon.add_argument("copy")
-
-    audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    audit.add_parser(
-        "verify", help="check the hash chains (one engagement, or all and the global chain)"
-    ).add_argument("engagement", nargs="?")
-    export = audit.add_parser("export", help="who did what when, for quality reviewers")
-    export.add_argument("engagement")
-    export.add_argument("--format", choices=["csv", "json"], default="csv")
-
-    gc = commands.add_parser(
-        "gc", help="delete chunks no retained version or conflict copy needs"
-    )
-    gc.add_argument("engagement", nargs="?", help="one engagement (default: all)")
-    gc.add_argument(
-        "--grace-hours", type=float, default=1.0, metavar="H",
-        help="keep packs younger than this (uploads whose commit is still coming; default 1)",
-    )
-
-    db = commands.add_parser("db", help="the metadata database").add_subparsers(
-        dest="action", metavar="ACTION", required=True
-    )
-    db.add_parser(
-        "upgrade",
-        help="create the schema or apply pending migrations (safe while daemons start)",
-    )
-    db.add_parser(
-        "new-generation",
-        help="after restoring or rolling back the store by hand: copies reconcile (docs/operations.md)",
-    )
-    from smartsyncd.cli.admin_backup import add_parsers
-
-    add_parsers(commands)
-    return parser
 
 
 def check_engagement_name(name: str) -> str:
@@ -317,10 +167,10 @@ class Admin:
 
     async def _refuse_directory_name(self, name: str) -> None:
         """A local account named like a directory account would share its user grants."""
-        directory = self._directory()
-        if directory is None:
+        directory, ldap = self._directory(), self.config.ldap
+        if directory is None or ldap is None:  # both or neither (_directory)
             return
-        if self.config.ldap.bind_dn is None:
+        if ldap.bind_dn is None:
             self.say(f"warning: no [ldap] bind_dn, so {name!r} was not checked in the directory")
             return
         from smartsyncd.auth.identity import BackendUnavailable, SignInRefused, UnknownUser

@@ -47,7 +47,7 @@ async def new_generation(store: Any, out: TextIO) -> int:
 
 
 async def run_backup(reactor: Any, args: argparse.Namespace, config: ServerConfig, out: TextIO) -> int:
-    from smartsyncd.cli.admin import AdminError
+    from smartsyncd.cli.context import AdminError
 
     if config.database_url:
         raise AdminError(

@@ -15,7 +15,7 @@ from smartsyncd.core.errors import NotFound
 
 async def user_state(admin: Any, action: str, name: str) -> int:
     """Disable, enable or remove the local user ``name``."""
-    from smartsyncd.cli.admin import AdminError
+    from smartsyncd.cli.context import AdminError
 
     try:
         if action == "remove":
@@ -34,7 +34,7 @@ async def user_state(admin: Any, action: str, name: str) -> int:
 
 async def sessions_action(admin: Any, args: argparse.Namespace) -> int:
     """List open sessions, or end one (by id) or all of a user's."""
-    from smartsyncd.cli.admin import AdminError
+    from smartsyncd.cli.context import AdminError
 
     if args.action == "list":
         found = await admin.store.list_sessions(args.user)

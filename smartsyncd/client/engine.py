@@ -87,7 +87,7 @@ from smartsyncd.core.manifest import chunks_to_json, make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
 from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.core.planner import CaseRename, LocalEntry, Plan, PullWrite, plan
-from smartsyncd.gcthreshold import raised_gen0_threshold
+from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 
 log = Logger()
 

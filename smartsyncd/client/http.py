@@ -28,7 +28,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import _newclient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
@@ -58,7 +57,8 @@ from smartsyncd.core.chunkstream import (
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import Change, ChunkRef, FileState, HistoryCheck, Manifest
-from smartsyncd.tlsbatching import BatchingEndpointFactory
+from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
+from smartsyncd.runtime.twistedcompat import newclient as _newclient
 
 log = Logger()
 
@@ -178,7 +178,7 @@ class ServerAPI:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         self._pool.retryAutomatically = False  # we retry ourselves, with backoff
-        # HTTPS as Agent does it, with TLS moving data in large pieces (smartsyncd/tlsbatching.py)
+        # HTTPS as Agent does it, with TLS moving data in large pieces (smartsyncd/runtime/tlsbatching.py)
         agent: Any = Agent.usingEndpointFactory(
             reactor, BatchingEndpointFactory(reactor, policy), pool=self._pool
         )

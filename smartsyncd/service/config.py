@@ -20,9 +20,13 @@ import configparser
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.python.usage import UsageError
+
+if TYPE_CHECKING:
+    from smartsyncd.auth.ldapconfig import LdapConfig
+    from smartsyncd.web.clientaddr import Network
 
 DEFAULT_LISTEN = "ssl:8443"
 DEFAULT_DATA_DIR = "data"
@@ -77,13 +81,13 @@ class ServerConfig:
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
     auth_backends: tuple[str, ...] = ("local",)
-    ldap: Any = None  # smartsyncd.auth.ldap.LdapConfig when [ldap] is configured
+    ldap: LdapConfig | None = None  # when [ldap] is configured
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
     connections_per_address: int = 1024
     unauthenticated_bytes_per_address: int = 8 * 1024 * 1024
     # peers whose X-Forwarded-For names the client (smartsyncd.web.clientaddr)
-    trusted_proxies: tuple[Any, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
     # every connection starts with a PROXY protocol header (HAProxy's send-proxy-v2)
     proxy_protocol: bool = False
     # Failed sign-ins are counted over this window; keep per_user failures in it below the
@@ -295,7 +299,7 @@ def _database_url(raw: str) -> str:
     raise ValueError("expected sqlite:PATH or postgresql://...")
 
 
-def _ldap_config(section: Mapping[str, str], base: str) -> Any:
+def _ldap_config(section: Mapping[str, str], base: str) -> LdapConfig:
     try:
         from smartsyncd.auth.ldap import LdapConfig
     except ImportError as e:  # the directory backend is not installed in this build

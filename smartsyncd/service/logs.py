@@ -15,6 +15,7 @@ import json
 import os
 import signal
 from datetime import UTC, datetime
+from types import FrameType
 from typing import IO, Any, cast
 
 from twisted.application.service import Service
@@ -27,6 +28,8 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from zope.interface import implementer
+
+from smartsyncd.service.reload import SignalHandler
 
 _SECRET_WORDS = ("password", "passwd", "token", "secret", "authorization", "cookie")
 _SCALARS = (str, int, float, bool, type(None))
@@ -80,7 +83,7 @@ class JsonLogService(Service):
         self.file: IO[str] | None = None
         # @implementer is invisible to mypy without the zope plugin.
         self._observer = cast(ILogObserver, _JsonLinesObserver(self))
-        self._previous_usr1: Any = None
+        self._previous_usr1: SignalHandler = None
         self.setName("json-log")
 
     def privilegedStartService(self) -> None:
@@ -93,7 +96,7 @@ class JsonLogService(Service):
         self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
         super().startService()
 
-    def _on_usr1(self, signum: int, frame: Any) -> None:
+    def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
         from twisted.internet import reactor
 
         reactor.callFromThread(self.reopen)  # type: ignore[attr-defined]

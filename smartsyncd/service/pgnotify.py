@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from smartsyncd.storage.postgres import NOTIFY_CHANNEL, connect_postgres
+
+if TYPE_CHECKING:
+    from smartsyncd.service.reactor import DaemonReactor
 
 log = Logger(namespace="smartsyncd.service")
 
@@ -46,7 +49,9 @@ def parse_payload(payload: str) -> tuple[int, int] | None:
 class PgNotifyBridge(Service):
     """Deliver committed heads from every daemon to ``notify(engagement_id, head)``."""
 
-    def __init__(self, database_url: str, notify: Callable[[int, int], None], reactor: Any) -> None:
+    def __init__(
+        self, database_url: str, notify: Callable[[int, int], None], reactor: DaemonReactor
+    ) -> None:
         self._url = database_url
         self._notify = notify
         self._reactor = reactor

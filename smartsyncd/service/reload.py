@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+if TYPE_CHECKING:
+    from smartsyncd.service.reactor import DaemonReactor
+
 log = Logger(namespace="smartsyncd.service")
 
 ReloadStep = Callable[[], "str | Awaitable[str]"]
+# what signal.signal returns (and takes back)
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class ReloadService(Service):
     """Runs the registered reload steps on SIGHUP (or when ``reload`` is called)."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: DaemonReactor) -> None:
         self._reactor = reactor
         self._steps: list[tuple[str, ReloadStep]] = []
-        self._previous: Any = None
+        self._previous: SignalHandler = None
         self.setName("reload")
 
     def add_step(self, name: str, step: ReloadStep) -> None:
@@ -44,7 +50,7 @@ class ReloadService(Service):
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
 
-    def _on_hup(self, signum: int, frame: Any) -> None:
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reactor.callFromThread(self.reload)
 
     def reload(self) -> Deferred[list[str]]:

@@ -1,11 +1,18 @@
 """The service that opens the store, builds the web application and listens on TLS.
 
-Start order (in ``startService``, after the reactor runs): TLS certificate (made on first
-start), store (async open: migrations run in its own threads), sign-in backends and sessions,
-the Klein application, then the listening port (and the port file, written after the bind).
-With PostgreSQL metadata a ``PgNotifyBridge`` (``service/pgnotify.py``) also starts: commits
-made by other daemons wake this daemon's long-polls.
-Stop order is the reverse: stop listening, stop the bridge, then close the store.
+Start order (in ``startService``, after the reactor runs), one method per step: the check
+that this Twisted still has the private names smartsyncd relies on (``runtime/twistedcompat``),
+the data folder lock, the TLS certificate (made on first start), the store (async open:
+migrations run in its own threads), the site (sign-in backends and sessions, the Klein
+application), then the listening port (and the port file, written after the bind).
+With PostgreSQL metadata a ``PgNotifyBridge`` (``service/pgnotify.py``) joins the tree as this
+service's child when the site is built: commits made by other daemons wake this daemon's
+long-polls. Stop order is the reverse: stop listening, stop the children (the bridge), then
+close the store.
+
+On SIGHUP, ``reload_certificate`` (a ``ReloadService`` step, ``service/tap.py``) puts the
+certificate and key files, once they parse and match, into the listener's TLS context
+(``service/tlsreload.py``); new connections present the new certificate.
 
 A start that fails (store cannot open, port in use, bad certificate) logs one critical line
 saying why and calls ``on_fatal`` (the daemon stops the reactor and exits non-zero) rather than
@@ -17,10 +24,10 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -29,6 +36,8 @@ from twisted.python.lockfile import FilesystemLock
 
 import smartsyncd
 from smartsyncd.core.errors import SyncError
+from smartsyncd.runtime import twistedcompat
+from smartsyncd.runtime.tlsbatching import batching_tls_endpoint
 from smartsyncd.service.config import ServerConfig
 from smartsyncd.service.folderlock import lock_data_folder
 from smartsyncd.service.hardening import readable_by_others, tighten_data_dir
@@ -40,12 +49,32 @@ from smartsyncd.service.tls import (
     restrict_ciphers,
     tls_endpoint_string,
 )
+from smartsyncd.storage.api import ServerStore
 from smartsyncd.storage.durable import write_durably
-from smartsyncd.tlsbatching import batching_tls_endpoint
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+    from twisted.web.server import Site
+
+    from smartsyncd.auth.sessions import Authenticator, SessionManager
+    from smartsyncd.service.pgnotify import PgNotifyBridge
+    from smartsyncd.service.reactor import DaemonReactor
+    from smartsyncd.web.notify import ChangeNotifier
 
 RunBlocking = Callable[..., Awaitable[Any]]
 
 log = Logger(namespace="smartsyncd.service")
+
+# An operator's problem (port taken, unreadable file, wrong Twisted): one line, no traceback.
+_OPERATOR_ERRORS = (
+    OSError, ValueError, CannotListenError, SyncError, twistedcompat.TwistedInternalsMissing,
+)
+
+
+class DaemonStore(ServerStore, Protocol):
+    """The store the daemon opens: the API's ``ServerStore``, and ``close`` at shutdown."""
+
+    async def close(self) -> None: ...
 
 
 def describe_database(config: ServerConfig) -> str:
@@ -63,10 +92,10 @@ def describe_database(config: ServerConfig) -> str:
 
 
 def build_backends(
-    config: ServerConfig, store: Any, reactor: Any, run_blocking: RunBlocking
-) -> list[Any]:
+    config: ServerConfig, store: ServerStore, reactor: DaemonReactor, run_blocking: RunBlocking
+) -> list[Authenticator]:
     """The sign-in backends in the configured order."""
-    backends: list[Any] = []
+    backends: list[Authenticator] = []
     for name in config.auth_backends:
         if name == "local":
             from smartsyncd.auth.local import LocalAuthenticator
@@ -75,32 +104,41 @@ def build_backends(
         elif name == "ldap":
             from smartsyncd.auth.ldap import LdapAuthenticator
 
+            assert config.ldap is not None  # load_config refuses the ldap backend without [ldap]
             backends.append(LdapAuthenticator(config.ldap, reactor))
     return backends
 
 
-class SmartsyncServer(Service):
-    """Owns the store and the listening port for the lifetime of the daemon."""
+def uses_postgres(config: ServerConfig) -> bool:
+    url = config.database_url
+    return url is not None and url.startswith(("postgresql://", "postgres://"))
+
+
+class SmartsyncServer(MultiService):
+    """Owns the store and the listening port for the lifetime of the daemon; its child
+    services (the PostgreSQL notification bridge) start and stop with it."""
 
     def __init__(
         self,
         config: ServerConfig,
-        reactor: Any,
+        reactor: DaemonReactor,
         run_blocking: RunBlocking,
         *,
         port_file: str | None = None,
         on_fatal: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         self._reactor = reactor
         self._run_blocking = run_blocking
         self._port_file = port_file
         self._on_fatal = on_fatal
-        self.store: Any = None
-        self.port: Any = None  # IListeningPort once listening
+        self.store: DaemonStore | None = None
+        self.endpoint: IStreamServerEndpoint | None = None
+        self.port: IListeningPort | None = None
         self.certificate: CertificateInfo | None = None
         self.started: Deferred[None] | None = None
-        self.notify_bridge: Any = None  # PgNotifyBridge when the metadata is in PostgreSQL
+        self.notify_bridge: PgNotifyBridge | None = None  # when the metadata is in PostgreSQL
         self._stopping = False
         self.folder_lock: FilesystemLock | None = None
         self.setName("smartsyncd")
@@ -115,18 +153,36 @@ class SmartsyncServer(Service):
         return datetime.fromtimestamp(self._reactor.seconds(), UTC)
 
     async def _start(self) -> None:
-        config = self.config
         log.info(
             "smartsyncd {version} starting; data folder {data_dir}; metadata: {database}",
             version=smartsyncd.__version__,
-            data_dir=config.data_dir,
-            database=describe_database(config),
+            data_dir=self.config.data_dir,
+            database=describe_database(self.config),
         )
-        self.folder_lock = await self._run_blocking(lock_data_folder, config.data_dir)
-        if await self._run_blocking(tighten_data_dir, config.data_dir):
+        twistedcompat.require()
+        await self._lock_data_folder()
+        self.certificate = await self._load_certificate()
+        self.store = await self._open_store()
+        if self._stopping:
+            return
+        site = self._build_site(self.store)
+        await self._listen(site, self.certificate)
+
+    # -- start steps ------------------------------------------------------------------------
+
+    async def _lock_data_folder(self) -> None:
+        data_dir = self.config.data_dir
+        self.folder_lock = await self._run_blocking(lock_data_folder, data_dir)
+        if await self._run_blocking(tighten_data_dir, data_dir):
             log.warn("the data folder {data_dir} was open to other accounts; it is now 0700",
-                     data_dir=config.data_dir)
+                     data_dir=data_dir)
+
+    async def _load_certificate(self) -> CertificateInfo:
+        """The listener's certificate: named in the endpoint string, the configured files, or
+        the self-signed pair (made on first start); warns about secrets others can read."""
+        config = self.config
         listen_files = endpoint_tls_files(config.listen)
+        info: CertificateInfo
         if listen_files is not None:
             info = await self._run_blocking(load_certificate, *listen_files)
         elif config.self_signed:
@@ -139,8 +195,7 @@ class SmartsyncServer(Service):
                 )
         else:
             info = await self._run_blocking(load_certificate, config.cert_path, config.key_path)
-        self.certificate = info
-        secrets = [("TLS private key", info.key_path)]
+        secrets: list[tuple[str, str | None]] = [("TLS private key", info.key_path)]
         if config.ldap is not None:
             secrets.append(("LDAP bind password file", config.ldap.bind_password_file))
         for what, path, mode in await self._run_blocking(readable_by_others, secrets):
@@ -153,26 +208,26 @@ class SmartsyncServer(Service):
             fingerprint=info.fingerprint,
             cert_path=info.cert_path,
         )
+        return info
 
+    async def _open_store(self) -> DaemonStore:
         from smartsyncd.storage.sqlite import open_server_store
 
-        self.store = await open_server_store(
+        config = self.config
+        return await open_server_store(
             config.data_dir,
             reactor=self._reactor,
             database_url=config.database_url,
             storage_path=config.storage_path,
             now=self._now,
         )
-        if self._stopping:
-            return
 
+    def _build_sessions(self, store: ServerStore) -> SessionManager:
         from smartsyncd.auth.ratelimit import LoginRateLimiter
         from smartsyncd.auth.sessions import SessionManager
         from smartsyncd.auth.throttle import AccountThrottle
-        from smartsyncd.web.app import SyncAPI, make_site
-        from smartsyncd.web.limits import ClientLimits
-        from smartsyncd.web.notify import ChangeNotifier
 
+        config = self.config
         window = config.login_failure_window_minutes * 60.0
         limiter = LoginRateLimiter(
             self._reactor,
@@ -180,11 +235,11 @@ class SmartsyncServer(Service):
             per_address=config.login_failures_per_address,
         )
         throttle = AccountThrottle(
-            self.store, self._reactor, limit=config.login_failures_per_user, window=window
+            store, self._reactor, limit=config.login_failures_per_user, window=window
         )
-        sessions = SessionManager(
-            self.store,
-            build_backends(config, self.store, self._reactor, self._run_blocking),
+        return SessionManager(
+            store,
+            build_backends(config, store, self._reactor, self._run_blocking),
             self._reactor,
             limiter,
             lifetime=timedelta(days=config.session_lifetime_days),
@@ -195,37 +250,53 @@ class SmartsyncServer(Service):
             throttle=throttle,
             max_age=timedelta(days=config.session_max_days),
         )
-        notifier = ChangeNotifier(self._reactor)
-        if config.database_url is not None and config.database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
-            # Commits on the other daemons wake the long-polls waiting here.
-            from smartsyncd.service.pgnotify import PgNotifyBridge
 
-            self.notify_bridge = PgNotifyBridge(config.database_url, notifier.notify, self._reactor)
-            self.notify_bridge.startService()
-        api = SyncAPI(self.store, sessions, notifier, self._reactor, self._run_blocking)
+    def _start_notify_bridge(self, notifier: ChangeNotifier) -> None:
+        """With PostgreSQL metadata: commits on the other daemons wake the long-polls waiting
+        here. The bridge is a child service: this service's stop stops it."""
+        if self.config.database_url is None or not uses_postgres(self.config):
+            return
+        from smartsyncd.service.pgnotify import PgNotifyBridge
+
+        bridge = PgNotifyBridge(self.config.database_url, notifier.notify, self._reactor)
+        self.notify_bridge = bridge
+        bridge.setServiceParent(self)  # started at once: this service is running
+
+    def _build_site(self, store: ServerStore) -> Site:
+        from smartsyncd.web.app import SyncAPI, make_site
+        from smartsyncd.web.limits import ClientLimits
+        from smartsyncd.web.notify import ChangeNotifier
+
+        config = self.config
+        sessions = self._build_sessions(store)
+        notifier = ChangeNotifier(self._reactor)
+        self._start_notify_bridge(notifier)
+        api = SyncAPI(store, sessions, notifier, self._reactor, self._run_blocking)
         clients = ClientLimits(
             connections_per_address=config.connections_per_address,
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,
             request_deadline=config.request_deadline,
         )
-        site = make_site(
+        return make_site(
             api,
             timeout=config.request_timeout,
             clients=clients,
             trusted_proxies=config.trusted_proxies,
         )
+
+    async def _listen(self, site: Site, info: CertificateInfo) -> None:
+        config = self.config
         endpoint = batching_tls_endpoint(
             self._reactor,
             tls_endpoint_string(config.listen, info.cert_path, info.key_path),
             proxy_protocol=config.proxy_protocol,
         )
         restrict_ciphers(endpoint)
-        self.port = await endpoint.listen(site)
+        self.endpoint = endpoint
+        self.port = port = await endpoint.listen(site)
         if self._stopping:
             return
-        host = self.port.getHost()
+        host: Any = port.getHost()
         if self._port_file is not None:
             await self._run_blocking(
                 write_durably, self._port_file, f"{host.port}\n".encode(), mode=0o644
@@ -241,16 +312,39 @@ class SmartsyncServer(Service):
         if self._stopping:
             log.info("start interrupted by shutdown: {why}", why=failure.getErrorMessage())
             return
-        if failure.check(OSError, ValueError, CannotListenError, SyncError):
-            # An operator's problem (port taken, unreadable file): one line, no traceback.
+        if failure.check(*_OPERATOR_ERRORS):
             log.critical("smartsyncd could not start: {why}", why=_reason(failure))
         else:
             log.failure("smartsyncd could not start: {why}", failure, why=_reason(failure))
         if self._on_fatal is not None:
             self._on_fatal()
 
+    # -- SIGHUP ---------------------------------------------------------------------------
+
+    async def reload_certificate(self) -> str:
+        """Put the certificate and key files into the listener's TLS context (a reload step).
+
+        Raises (and the listener keeps its certificate) when they do not parse or match."""
+        from smartsyncd.service.tlsreload import reload_listener_certificate
+
+        if self.certificate is None or self.endpoint is None:
+            return "not listening yet: nothing to reload"
+        info, changed = await reload_listener_certificate(
+            self.endpoint, self.certificate, self._run_blocking
+        )
+        self.certificate = info
+        if not changed:
+            return f"unchanged; SHA-256 fingerprint {info.fingerprint}"
+        log.info(
+            "TLS certificate SHA-256 fingerprint: {fingerprint}",
+            fingerprint=info.fingerprint,
+            cert_path=info.cert_path,
+        )
+        return f"loaded {info.cert_path}; SHA-256 fingerprint {info.fingerprint}"
+
+    # -- stop -----------------------------------------------------------------------------
+
     def stopService(self) -> Deferred[None]:
-        super().stopService()
         self._stopping = True
         return Deferred.fromCoroutine(self._stop())
 
@@ -260,15 +354,16 @@ class SmartsyncServer(Service):
             await self.started
         if self.port is not None:
             port, self.port = self.port, None
-            await port.stopListening()
+            await port.stopListening()  # type: ignore[misc]  # zope interface method
         if self._port_file is not None:
             try:
                 os.unlink(self._port_file)
             except FileNotFoundError:
                 pass
+        await super().stopService()  # the children, in reverse order: the bridge
         if self.notify_bridge is not None:
             bridge, self.notify_bridge = self.notify_bridge, None
-            await bridge.stopService()
+            bridge.disownServiceParent()  # a next start adds a new one
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()

@@ -1,8 +1,10 @@
 """``twistd smartsync``: command-line options and the service tree (wiring only).
 
-The tree: an optional JSON log observer, the CPU thread pool (2 threads: chunk verification,
-password hashing), and ``SmartsyncServer`` (store, web application, TLS listener). A start
-that fails stops the reactor and makes twistd exit with status 1.
+The tree: the SIGHUP ``ReloadService`` (steps: reopen the JSON log, reload the TLS
+certificate), an optional JSON log observer, the CPU thread pool (2 threads: chunk
+verification, password hashing), and ``SmartsyncServer`` (store, web application, TLS
+listener; with PostgreSQL metadata its child ``PgNotifyBridge``). A start that fails stops the
+reactor and makes twistd exit with status 1.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.error import ReactorNotRunning
@@ -26,6 +28,9 @@ from smartsyncd.service.reload import ReloadService
 from smartsyncd.service.server import SmartsyncServer
 
 log = Logger(namespace="smartsyncd.service")
+
+if TYPE_CHECKING:
+    from smartsyncd.service.reactor import DaemonReactor
 
 
 class Options(usage.Options):
@@ -71,7 +76,7 @@ def running_as_root() -> bool:
     return geteuid is not None and geteuid() == 0
 
 
-def _exit_after_shutdown(reactor: Any, code: int = 1) -> None:
+def _exit_after_shutdown(reactor: DaemonReactor, code: int = 1) -> None:
     """Stop the reactor; when twistd has cleaned up (pid file, logs), exit with ``code``.
 
     twistd always exits 0 after a normal reactor stop; a failed start must not look like a
@@ -86,16 +91,22 @@ def _exit_after_shutdown(reactor: Any, code: int = 1) -> None:
                 pass
         os._exit(code)
 
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:  # already stopping
+            pass
+
     atexit.register(hard_exit)
-    try:
-        reactor.stop()
-    except ReactorNotRunning:
-        pass
+    # twistd starts the services before it runs the reactor: a start that fails at once
+    # (before its first wait) stops the reactor as soon as it runs; otherwise now.
+    reactor.callWhenRunning(stop)
 
 
 def makeService(options: Options) -> MultiService:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
+    reactor = cast("DaemonReactor", global_reactor)
     private_umask()  # before twistd opens its log and anything is written (service/hardening.py)
     open_files = raise_open_file_limit()
     if open_files is not None and open_files[1] > open_files[0]:
@@ -110,11 +121,13 @@ def makeService(options: Options) -> MultiService:
         reload.add_step("json log", json_log.reopen_and_describe)
     cpu = ThreadPoolService(reactor, name="cpu", min_threads=0, max_threads=2)
     cpu.setServiceParent(top)
-    SmartsyncServer(
+    server = SmartsyncServer(
         config,
         reactor,
         cpu.run_blocking,
         port_file=options["port-file"],
         on_fatal=lambda: _exit_after_shutdown(reactor),
-    ).setServiceParent(top)
+    )
+    server.setServiceParent(top)
+    reload.add_step("tls certificate", server.reload_certificate)
     return top

@@ -24,15 +24,17 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
+from smartsyncd.runtime.twistedcompat import endpoint_tls_context
 from smartsyncd.storage.durable import ensure_dir, write_durably
 
 VALIDITY = timedelta(days=3650)
@@ -144,6 +146,20 @@ def ensure_self_signed(
 
 def load_certificate(cert_path: str, key_path: str) -> CertificateInfo:
     """Check that the files parse and the key matches the certificate."""
+    return read_tls_pair(cert_path, key_path).info
+
+
+@dataclass(frozen=True)
+class TlsPair:
+    """A certificate and its key as read (once) from their files, checked to match."""
+
+    info: CertificateInfo
+    certificate: x509.Certificate
+    key: PrivateKeyTypes
+
+
+def read_tls_pair(cert_path: str, key_path: str) -> TlsPair:
+    """Read both files once; ``ValueError`` saying why when they do not parse or match."""
     try:
         with open(cert_path, "rb") as f:
             cert_pem = f.read()
@@ -164,7 +180,8 @@ def load_certificate(cert_path: str, key_path: str) -> CertificateInfo:
         serialization.Encoding.DER, spki
     ) != cert.public_key().public_bytes(serialization.Encoding.DER, spki):
         raise ValueError(f"{key_path} is not the key of the certificate {cert_path}")
-    return CertificateInfo(cert_path, key_path, fingerprint_sha256(cert_pem), created=False)
+    info = CertificateInfo(cert_path, key_path, fingerprint_sha256(cert_pem), created=False)
+    return TlsPair(info, cert, key)
 
 
 def _endpoint_args(listen: str) -> list[str]:
@@ -213,12 +230,17 @@ def tls_endpoint_string(listen: str, cert_path: str, key_path: str) -> str:
 AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
-def restrict_ciphers(endpoint: Any) -> None:
+def restrict_ciphers(endpoint: object) -> None:
     """Limit a listening ``ssl:`` endpoint to ``AEAD_CIPHERS`` (the endpoint string has no
     cipher option; its ``CertificateOptions`` keeps one context for every connection)."""
-    options = getattr(endpoint, "_sslContextFactory", None)
-    if options is not None:
-        options.getContext().set_cipher_list(AEAD_CIPHERS.encode("ascii"))
+    context = endpoint_tls_context(endpoint)
+    if context is not None:
+        restrict_context_ciphers(context)
+
+
+def restrict_context_ciphers(context: SSL.Context) -> None:
+    """Limit TLS 1.2 on ``context`` to ``AEAD_CIPHERS``."""
+    context.set_cipher_list(AEAD_CIPHERS.encode("ascii"))
 
 
 def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:

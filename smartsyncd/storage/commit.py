@@ -32,7 +32,7 @@ from smartsyncd.core.model import (
     ProposedChange,
 )
 from smartsyncd.core.paths import fold_key
-from smartsyncd.gcthreshold import raised_gen0_threshold
+from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 from smartsyncd.storage import headview, history
 from smartsyncd.storage.api import (
     CommitResult,
@@ -90,7 +90,7 @@ def _result_from_json(text: str) -> CommitResult:
 # outcomes, records): at the default gen-0 threshold (700) that is hundreds of collections,
 # and the full ones walk the daemon's whole heap. In a 10,000 x 4 KiB sync they took ~0.2 of
 # the daemon's ~2.1 CPU-s. While a commit runs, gen 0 is collected every 10,000 allocations
-# instead (process-wide: the GC is; smartsyncd/gcthreshold.py keeps overlapping holders, a
+# instead (process-wide: the GC is; smartsyncd/runtime/gcthreshold.py keeps overlapping holders, a
 # client sync in the same process among them, from undoing each other).
 COMMIT_GC_THRESHOLD = 10_000
 

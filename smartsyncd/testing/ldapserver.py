@@ -69,45 +69,64 @@ def make_test_pki(
     os.makedirs(directory, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     if ca is None:
-        ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("smartsync test CA"))
-            .issuer_name(_name("smartsync test CA"))
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
+        ca_key, ca_cert = _make_ca(now)
         ca_file = os.path.join(directory, prefix + "ca.pem")
         with open(ca_file, "wb") as f:
             f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
     else:
         ca_key, ca_cert, ca_file = ca.ca_key, ca.ca_cert, ca.ca_file
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _make_server_cert(now, hostnames, key, ca_key, ca_cert)
+    cert_file = os.path.join(directory, prefix + "server.pem")
+    key_file = os.path.join(directory, prefix + "server.key")
+    with open(cert_file, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private_key(key_file, key)
+    return TestPki(ca_file, cert_file, key_file, ca_cert, ca_key)
+
+
+def _make_ca(now: datetime.datetime) -> tuple[Any, x509.Certificate]:
+    """A 30-day RSA test CA: its key and self-signed certificate."""
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("smartsync test CA"))
+        .issuer_name(_name("smartsync test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ca_key, ca_cert
+
+
+def _make_server_cert(
+    now: datetime.datetime, hostnames: tuple[str, ...], key: Any, ca_key: Any, ca_cert: Any
+) -> x509.Certificate:
+    """A 30-day server certificate for ``hostnames`` (DNS names or IP addresses), CA-signed."""
     alt: list[x509.GeneralName] = []
     for host in hostnames:
         try:
             alt.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             alt.append(x509.DNSName(host))
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(_name(hostnames[0]))
         .issuer_name(ca_cert.subject)
@@ -122,10 +141,10 @@ def make_test_pki(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    cert_file = os.path.join(directory, prefix + "server.pem")
-    key_file = os.path.join(directory, prefix + "server.key")
-    with open(cert_file, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_private_key(key_file: str, key: Any) -> None:
+    """The key as traditional PEM, mode 0600 from creation."""
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(
@@ -136,7 +155,6 @@ def make_test_pki(
             )
         )
     os.chmod(key_file, 0o600)
-    return TestPki(ca_file, cert_file, key_file, ca_cert, ca_key)
 
 
 def _server_tls_options(pki: TestPki) -> Any:

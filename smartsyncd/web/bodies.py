@@ -275,7 +275,9 @@ class GuardedChannel(HTTPChannel):
 def guarded_channel_factory() -> Any:
     """``Site.protocol`` (set on the instance, so called without arguments): Twisted's
     HTTP/1.1-or-2 wrapper around a ``GuardedChannel``."""
-    from twisted.web.http import _GenericHTTPChannelProtocol
+    from smartsyncd.runtime.twistedcompat import (
+        GenericHTTPChannelProtocol as _GenericHTTPChannelProtocol,
+    )
 
     return _GenericHTTPChannelProtocol(GuardedChannel())
 

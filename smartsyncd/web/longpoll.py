@@ -12,7 +12,7 @@ to the head that woke each member; the records woken while it runs join it. The 
 exactly what ``changes_since`` returned, encoded ONCE per group (and zstd-compressed once if a
 member asked for it), and written to every member with one shared, pre-built ``Headers`` object
 per distinct set of response headers (``Content-Length`` included, so no chunked framing): per
-request only ``Request.write`` + ``Request.finish`` remain (the TLS layer, smartsyncd/tlsbatching.py,
+request only ``Request.write`` + ``Request.finish`` remain (the TLS layer, smartsyncd/runtime/tlsbatching.py,
 sends the one record straight to the socket when nothing is buffered before it). Members are
 answered ``slice_size`` at a time with a reactor turn between slices (a timed call, no Deferred),
 so other work interleaves with a large fan-out.

@@ -9,6 +9,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -342,3 +343,33 @@ def test_the_daemon_refuses_to_run_as_root_unless_told(tmp_path: Path) -> None:
     assert "refusing to run as root" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "data").exists(), "a refused start wrote to the data folder"
+
+
+class _DaemonOnATwistedWithoutSend100Continue(Daemon):
+    """twistd in an interpreter whose Twisted lacks ``HTTPChannel._send100Continue`` (as a
+    future Twisted might): removed before twistd runs, nothing else changed."""
+
+    def command(self) -> list[str]:
+        args = super().command()
+        start = (
+            "import sys; import twisted.web.http as h; del h.HTTPChannel._send100Continue; "
+            "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
+        )
+        return [sys.executable, "-c", start, *args[args.index("-n"):]]
+
+
+def test_a_twisted_without_a_private_name_we_use_stops_the_start_with_a_clear_line(
+    tmp_path: Path,
+) -> None:
+    d = _DaemonOnATwistedWithoutSend100Continue(tmp_path / "d")
+    with pytest.raises(DaemonStartError):
+        d.start()
+    assert d.process is not None and d.process.returncode == 1
+    log = d.log_text()
+    assert (
+        "smartsyncd could not start: TwistedInternalsMissing: Twisted "
+        in log
+    )
+    assert "twisted.web.http.HTTPChannel._send100Continue (used by web/upload.py)" in log
+    assert "Traceback" not in log
+    assert not d.port_file.exists()

@@ -1,4 +1,4 @@
-"""The process-wide gen-0 threshold registry (smartsyncd/gcthreshold.py): a client sync and a
+"""The process-wide gen-0 threshold registry (smartsyncd/runtime/gcthreshold.py): a client sync and a
 daemon commit in one process, entering and leaving in any order, leave the thresholds as found."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from smartsyncd.client.engine import SYNC_GC_THRESHOLD
 from smartsyncd.client.engine import fewer_gc_passes as during_sync
-from smartsyncd.gcthreshold import raised_gen0_threshold
+from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 from smartsyncd.storage.sqlstore import COMMIT_GC_THRESHOLD
 from smartsyncd.storage.sqlstore import fewer_gc_passes as during_commit
 

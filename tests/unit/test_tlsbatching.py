@@ -16,14 +16,14 @@ from twisted.python.failure import Failure
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
 
-from smartsyncd.service.tls import ensure_self_signed, tls_endpoint_string
-from smartsyncd.tlsbatching import (
+from smartsyncd.runtime.tlsbatching import (
     BatchingEndpointFactory,
     BatchingTLSFactory,
     BatchingTLSProtocol,
     batching_supported,
     batching_tls_endpoint,
 )
+from smartsyncd.service.tls import ensure_self_signed, tls_endpoint_string
 
 RECORD = 16 * 1024  # TLS's largest record payload: the stock layer delivers at most this
 

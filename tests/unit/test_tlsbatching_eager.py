@@ -24,8 +24,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from smartsyncd.runtime.tlsbatching import BatchingTLSProtocol, batching_tls_endpoint
 from smartsyncd.service.tls import ensure_self_signed, tls_endpoint_string
-from smartsyncd.tlsbatching import BatchingTLSProtocol, batching_tls_endpoint
 
 HELLO = b"hello"
 REACTOR: Any = reactor

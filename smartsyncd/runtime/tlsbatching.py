@@ -23,8 +23,10 @@ handshake) and changes only the granularity:
   no ``doWrite`` pass.
 
 It overrides three methods of Twisted's TLS protocol (``_flushReceiveBIO``, ``_flushSendBIO``,
-``_write``). If a future Twisted lacks what they rely on, the stock protocol is used; on a
-transport that is not Twisted's TCP connection the eager send is not used.
+``_write``); what they rely on is listed in ``twistedcompat.TLS_BATCHING`` (the daemon refuses
+to start without it, ``twistedcompat.require``). Elsewhere (the client), if a future Twisted
+lacks it, the stock protocol is used; on a transport that is not Twisted's TCP connection the
+eager send is not used.
 
 - ``batching_tls_endpoint`` (daemon): an ordinary ``ssl:`` endpoint string, parsed by Twisted
   (every option it knows, e.g. ``extraCertChain``), listening with the batching protocol.
@@ -52,14 +54,17 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from smartsyncd.runtime.twistedcompat import (
+    TLS_BATCHING,
+    missing,
+    name_port_tls,
+    transport_has_buffered,
+)
+
 _RECORD_READ = 2**15
 _WRITE_PIECE = 2**18  # plaintext per SSL_write: 16 records
 _BIO_READ = 2**19  # more than the records of one piece with their overhead
 _RECORD_OVERHEAD = 64  # per record of at most 16 KiB: header, tag, padding (TLS 1.3: 22)
-_RELIED_ON = (
-    "_flushReceiveBIO", "_flushSendBIO", "_write", "_bufferedWrite", "_shutdownTLS",
-    "_tlsShutdownFinished",
-)
 
 
 class BatchingTLSProtocol(TLSMemoryBIOProtocol):
@@ -126,14 +131,7 @@ class BatchingTLSProtocol(TLSMemoryBIOProtocol):
         """Write TLS bytes to the TCP transport: straight to the socket when nothing is
         buffered before them (module docstring), the rest through Twisted's buffer."""
         transport: Any = self.transport
-        if (
-            type(transport) in _EAGER_TRANSPORTS
-            and not getattr(transport, "_tempDataLen", 1)
-            and len(getattr(transport, "dataBuffer", b"?")) == getattr(transport, "offset", 0)
-            and transport.connected
-            and not transport.disconnecting
-            and not getattr(transport, "_writeDisconnecting", True)
-        ):
+        if type(transport) in _EAGER_TRANSPORTS and not transport_has_buffered(transport):
             try:
                 sent = transport.socket.send(data)
             except OSError:  # EAGAIN/EINTR or a dead socket: Twisted's doWrite decides
@@ -175,7 +173,7 @@ class BatchingTLSFactory(TLSMemoryBIOFactory):
 
 def batching_supported() -> bool:
     """Whether this Twisted's TLS protocol has what ``BatchingTLSProtocol`` overrides/uses."""
-    return all(hasattr(TLSMemoryBIOProtocol, name) for name in _RELIED_ON)
+    return not missing(TLS_BATCHING)
 
 
 # -- the daemon's listening side ---------------------------------------------------------------
@@ -202,7 +200,7 @@ class _BatchingListenSSL:
             listening = _listen_behind_proxy(self._reactor, port, wrapped, backlog, interface)
         else:
             listening = self._reactor.listenTCP(port, wrapped, backlog, interface)
-        listening._type = "TLS"  # as Twisted's own listenSSL names it in logs
+        name_port_tls(listening)
         return listening
 
 
