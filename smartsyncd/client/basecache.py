@@ -23,6 +23,7 @@ from pathlib import Path
 import zstandard
 
 from smartsyncd.client.localfs import fsync_dir
+from smartsyncd.client.osfs import sync_file
 from smartsyncd.core.chunking import chunk_buffer
 from smartsyncd.core.manifest import content_id
 
@@ -77,7 +78,7 @@ class BaseCache:
         with open(temp, "wb") as f:
             f.write(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data))
             f.flush()
-            os.fsync(f.fileno())
+            sync_file(f.fileno())
         os.replace(temp, target)
         fsync_dir(self.root)
         return True

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from smartsyncd.client.localfs import fsync_dir
+from smartsyncd.client.osfs import open_fd
 
 PROBE_NAME = ".smartsync-case-probe"
 
@@ -23,7 +24,7 @@ def probe_case_insensitive(folder: Path) -> bool:
 
     Creates a probe file with lower-case letters and looks it up in upper case."""
     probe = folder / f"{PROBE_NAME}-{uuid.uuid4().hex}"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_fd(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
         return os.path.lexists(folder / probe.name.upper())

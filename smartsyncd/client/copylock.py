@@ -1,9 +1,10 @@
 """One process per sync copy, and no stale temp files after a crash.
 
-**The copy lock.** ``CopyLock.acquire`` takes an exclusive, non-blocking ``fcntl.flock`` on
-``DIR/.smartsync/lock``. A second holder (another process, or a second open file description
+**The copy lock.** ``CopyLock.acquire`` takes an exclusive, non-blocking lock on
+``DIR/.smartsync/lock`` (``osfs.lock_exclusive``: ``flock`` on POSIX, ``LockFileEx`` on Windows). A second holder (another process, or a second open file description
 in the same process) is refused at once with :class:`CopyInUse`, whose message names the
-holder (pid, host and start time, which the holder writes into the file). The lock lives as
+holder (pid, host and start time, which the holder writes into the file after its first byte:
+Windows locks byte 0, and a locked byte cannot be read by others there). The lock lives as
 long as the descriptor: ``release`` closes it, and the kernel drops it when the process dies
 for any reason (SIGKILL, power off), so a crash never leaves a stale lock; the file's
 contents are only a hint for the message and are never trusted to decide anything. The
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from smartsyncd.client.errors import CopyInUse
 from smartsyncd.client.localfs import TEMP_PREFIX, fsync_dir
+from smartsyncd.client.osfs import lock_exclusive, open_fd, pread, pwrite, sync_file
 
 log = Logger()
 
@@ -43,6 +44,7 @@ LOCK_FILE = "lock"
 SYNCING_FILE = "syncing"
 STATE_DIR = ".smartsync"
 TEMP_SUFFIX = ".tmp"
+NOTE_OFFSET = 1  # the holder note starts after the byte Windows locks
 
 
 class CopyLock:
@@ -57,21 +59,24 @@ class CopyLock:
         """Lock the copy in ``directory`` (its ``.smartsync`` folder must exist) or raise
         :class:`CopyInUse` naming the holder. ``now`` is recorded as the start time."""
         path = directory / STATE_DIR / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = lock_exclusive(fd)
         except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            locked = False
+        if not locked:
             holder = _read_holder(fd)
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise CopyInUse(busy_message(directory, holder)) from None
-            raise
+            raise CopyInUse(busy_message(directory, holder))
         try:
             when = now or datetime.now(UTC)
             info = {"pid": os.getpid(), "host": socket.gethostname() or "unknown",
                     "since": when.isoformat(timespec="seconds")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
+            os.ftruncate(fd, NOTE_OFFSET)
+            pwrite(fd, json.dumps(info).encode() + b"\n", NOTE_OFFSET)
         except OSError:
             pass  # the note is only a hint for the message; the lock is what counts
         return cls(path, fd)
@@ -87,12 +92,12 @@ class CopyLock:
         fd, self._fd = self._fd, -1
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-        os.close(fd)  # closing the last descriptor of the open file drops the flock
+        os.close(fd)  # closing the last descriptor of the open file drops the lock
 
 
 def _read_holder(fd: int) -> dict[str, object]:
     try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        data = json.loads(pread(fd, 4096, NOTE_OFFSET) or b"{}")
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -124,10 +129,10 @@ def begin_sync(directory: Path) -> int:
     marker = syncing_path(directory)
     if marker.exists():
         return remove_stale_temps(directory)  # the marker stays until this sync ends cleanly
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_fd(marker, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
+        sync_file(fd)
     finally:
         os.close(fd)
     fsync_dir(marker.parent)

@@ -76,6 +76,7 @@ from smartsyncd.client.localfs import (
     same_stat,
 )
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
+from smartsyncd.client.osfs import open_fd, sync_file
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
@@ -1490,7 +1491,7 @@ class SyncCopy:
                 offset += chunk.size
             log.info("resuming the download of {content}: {n} chunks ({bytes} bytes) already here",
                      content=manifest.content, n=have, bytes=offset)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT, 0o644)
         handle = os.fdopen(fd, "r+b")
         try:
             handle.truncate(offset)
@@ -1692,7 +1693,7 @@ def _keep_partial(path: Path, handle: BinaryIO) -> None:
     disk) the partial file is removed instead."""
     try:
         handle.flush()
-        os.fsync(handle.fileno())
+        sync_file(handle.fileno())
         handle.close()
     except OSError:
         discard_temp(path, handle)

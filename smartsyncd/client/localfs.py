@@ -17,16 +17,14 @@ from typing import BinaryIO
 import blake3
 
 from smartsyncd.client.nofollow import ensure_folder, open_new, replace_into
+from smartsyncd.client.osfs import open_fd, pread, sync_file, sync_folder
 
 TEMP_PREFIX = ".~smartsync-"
 
 
 def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make a create or rename inside ``path`` durable (``osfs.sync_folder``)."""
+    sync_folder(path)
 
 
 def make_parents(root: Path, target: Path) -> None:
@@ -57,7 +55,7 @@ def finish_temp(
     """
     try:
         handle.flush()
-        os.fsync(handle.fileno())
+        sync_file(handle.fileno())
     finally:
         handle.close()
     if root is None:
@@ -150,7 +148,7 @@ def read_chunks(
     ``max_span`` bytes. Each chunk maps to its bytes, or None if they no longer hash to it."""
     out: dict[str, bytes | None] = {}
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_fd(path, os.O_RDONLY)
     except OSError:
         return {h: None for _, _, h in wanted}
     try:
@@ -163,7 +161,7 @@ def read_chunks(
                 j += 1
                 end += todo[j][1]
             try:
-                run = memoryview(os.pread(fd, end - start, start))
+                run = memoryview(pread(fd, end - start, start))
             except OSError:
                 run = memoryview(b"")
             for offset, size, digest in todo[i : j + 1]:

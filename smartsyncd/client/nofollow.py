@@ -17,6 +17,8 @@ import stat
 import sys
 from pathlib import Path
 
+from smartsyncd.client.osfs import open_fd, sync_file
+
 _REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT: symbolic links and junctions
 
 
@@ -34,7 +36,7 @@ def _parts(root: Path, folder: Path) -> list[str]:
 
 
 def _has_dir_fd() -> bool:
-    return os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
+    return os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd  # noqa: TID251
 
 
 def open_folder(root: Path, folder: Path, *, create: bool) -> int:
@@ -43,12 +45,13 @@ def open_folder(root: Path, folder: Path, *, create: bool) -> int:
     if sys.platform == "win32":
         raise NotImplementedError("no dir_fd on Windows")
     else:
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        directory = os.O_DIRECTORY  # noqa: TID251 (this branch is POSIX only)
+        flags = os.O_RDONLY | directory | os.O_NOFOLLOW
+        fd = open_fd(root, os.O_RDONLY | directory)
         try:
             for name in _parts(root, folder):
                 try:
-                    child = os.open(name, flags, dir_fd=fd)
+                    child = open_fd(name, flags, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         raise
@@ -56,7 +59,7 @@ def open_folder(root: Path, folder: Path, *, create: bool) -> int:
                         os.mkdir(name, 0o777, dir_fd=fd)
                     except FileExistsError:
                         pass
-                    os.fsync(fd)
+                    sync_file(fd)
                     child = _open_child(name, flags, fd, folder)
                 except OSError as e:
                     # ELOOP: the name is a link; ENOTDIR: a link to a file or a plain file
@@ -73,7 +76,7 @@ def open_folder(root: Path, folder: Path, *, create: bool) -> int:
 
 def _open_child(name: str, flags: int, fd: int, folder: Path) -> int:
     try:
-        return os.open(name, flags, dir_fd=fd)
+        return open_fd(name, flags, dir_fd=fd)
     except OSError as e:
         if e.errno == errno.ELOOP or _is_link_at(name, fd):
             raise LinkInPath(folder) from None
@@ -119,15 +122,14 @@ def open_new(root: Path, path: Path, mode: int = 0o644) -> int:
     """Create ``path`` (exclusive, not a link) inside ``root`` for writing, its folders made
     without following links; returns the descriptor."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_BINARY", 0)
     if _has_dir_fd():
         dfd = open_folder(root, path.parent, create=True)
         try:
-            return os.open(path.name, flags, mode, dir_fd=dfd)
+            return open_fd(path.name, flags, mode, dir_fd=dfd)
         finally:
             os.close(dfd)
     _check_by_path(root, path.parent, create=True)
-    return os.open(path, flags, mode)
+    return open_fd(path, flags, mode)
 
 
 def replace_into(root: Path, source: Path, target: Path) -> None:

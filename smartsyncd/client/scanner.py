@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
+from smartsyncd.client.osfs import open_fd
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
@@ -309,7 +310,7 @@ def _read_small(
 ) -> tuple[ScannedFile, bytes] | None:
     """Read and hash a file the walk saw as one chunk (``st``); None if the file opened is not
     that file any more (replaced, written or resized since)."""
-    fd = os.open(full, _READ_FLAGS)
+    fd = open_fd(full, os.O_RDONLY)
     try:
         data = os.read(fd, MIN_CHUNK + 1)
         after = os.fstat(fd)
@@ -327,8 +328,6 @@ def _read_small(
         inode=st.st_ino, chunks=manifest.chunks, hashed=True,
     ), data
 
-
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile:

@@ -1,6 +1,7 @@
 """Per-user client settings: pinned server fingerprints, CA files, users and session tokens.
 
-Lives in ``$XDG_CONFIG_HOME/smartsync/config.json`` (default ``~/.config/smartsync``); the folder
+Lives in the platform's settings folder (``default_config_dir``: XDG on Linux, %APPDATA% on
+Windows, Application Support on macOS), file ``config.json``; the folder
 is 0700 and the file 0600 because it holds bearer tokens. Writes are atomic (temp file, fsync,
 rename, fsync the folder), so a crash leaves either the old or the new file, never half of one.
 The file is small and read/written by the CLI before or between network calls, so plain blocking
@@ -12,25 +13,37 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from smartsyncd.client.errors import UsageError
+import platformdirs
 
+from smartsyncd.client.errors import UsageError
+from smartsyncd.client.osfs import open_fd, sync_file, sync_folder
+
+APP_NAME = "smartsync"
 CONFIG_FILE = "config.json"
 _VERSION = 1
 
 
-def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The user's smartsync config folder, created with mode 0700 when missing."""
-    if override is not None:
-        path = Path(override)
-    else:
+def default_config_dir() -> Path:
+    """Where the platform keeps per-user settings (platformdirs): ``$XDG_CONFIG_HOME/smartsync``
+    (default ``~/.config/smartsync``) on Linux, ``%APPDATA%\\smartsync`` on Windows,
+    ``~/Library/Application Support/smartsync`` on macOS."""
+    if sys.platform not in ("win32", "darwin"):
+        # platformdirs takes a relative XDG_CONFIG_HOME as is; the XDG spec says ignore it
         base = os.environ.get("XDG_CONFIG_HOME") or ""
         root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".config"
-        path = root / "smartsync"
+        return root / APP_NAME
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False, roaming=True))
+
+
+def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The user's smartsync config folder, created with mode 0700 when missing."""
+    path = Path(override) if override is not None else default_config_dir()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if stat.S_IMODE(path.stat().st_mode) != 0o700:
         path.chmod(0o700)
@@ -146,25 +159,21 @@ def write_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably; the file is readable by its owner only."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # left by a crashed run with the same pid
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
+    fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
     try:
         try:
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            sync_file(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_folder(path.parent)
 
 
 def _opt_int(entry: dict[str, Any], key: str) -> int | None:

@@ -1,0 +1,102 @@
+"""The client's portable file-system primitives: Linux, macOS and Windows behind one face.
+
+Every descriptor the client opens goes through ``open_fd``, which adds ``O_BINARY`` on Windows
+(without it the C runtime translates newlines and stops reading at Ctrl-Z: a spreadsheet would be
+hashed and written corrupted) and keeps it out of started programs. ``pread``/``pwrite`` fall
+back to a seek on Windows, which has neither; ``sync_file`` asks macOS for ``F_FULLFSYNC``
+(its ``fsync`` leaves data in the drive's cache); ``sync_folder`` is a no-op on Windows, where a
+folder cannot be opened and NTFS journals the rename itself. ``lock_exclusive`` is filelock's
+descriptor lock: ``flock`` on POSIX, ``LockFileEx`` on byte 0 on Windows. All calls block: run
+them on a thread. Direct ``os.open``/``os.pread``/``fcntl`` use in the client is refused by ruff
+(banned-api), so new code cannot forget this.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import filelock
+
+# Windows: binary mode, not inherited by started programs. POSIX: close-on-exec.
+OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_fd(
+    path: str | os.PathLike[str], flags: int, mode: int = 0o666, *, dir_fd: int | None = None
+) -> int:
+    """``os.open`` in binary mode and not inheritable, on every platform."""
+    return os.open(path, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)  # noqa: TID251
+
+
+def pread(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    if sys.platform == "win32":
+        return read_at_by_seek(fd, size, offset)
+    return os.pread(fd, size, offset)  # noqa: TID251
+
+
+def pwrite(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset``."""
+    if sys.platform == "win32":
+        write_at_by_seek(fd, data, offset)
+        return
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)  # noqa: TID251
+        view = view[written:]
+        offset += written
+
+
+def read_at_by_seek(fd: int, size: int, offset: int) -> bytes:
+    """``pread`` where there is none (moves the descriptor's position: one user per fd)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    parts: list[bytes] = []
+    while size > 0:
+        piece = os.read(fd, size)
+        if not piece:
+            break
+        parts.append(piece)
+        size -= len(piece)
+    return b"".join(parts)
+
+
+def write_at_by_seek(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` where there is none (moves the descriptor's position: one user per fd)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def sync_file(fd: int) -> None:
+    """Flush a file's data to stable storage (``F_FULLFSYNC`` on macOS, where plain ``fsync``
+    stops at the drive's cache)."""
+    if sys.platform == "darwin":
+        import fcntl  # noqa: TID251
+
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:
+            pass  # not supported by this volume (e.g. a network share): plain fsync below
+    os.fsync(fd)  # noqa: TID251
+
+
+def sync_folder(path: Path | str) -> None:
+    """Make a rename or create inside ``path`` durable. POSIX: fsync the folder. Windows:
+    nothing to do (folders cannot be opened; NTFS journals the change)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)  # noqa: TID251
+    try:
+        sync_file(fd)
+    finally:
+        os.close(fd)
+
+
+def lock_exclusive(fd: int) -> bool:
+    """Try to take an exclusive lock on ``fd`` without waiting; False when another open file
+    description holds it. Released when ``fd`` is closed (or the process dies)."""
+    return filelock.lock_descriptor(fd, blocking=False)
