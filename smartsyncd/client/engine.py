@@ -78,7 +78,13 @@ from smartsyncd.client.localfs import (
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.osfs import open_fd, sync_file
 from smartsyncd.client.progress import NullProgress, Progress
-from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
+from smartsyncd.client.scanner import (
+    FileChanging,
+    ScannedFile,
+    Scanner,
+    ScanResult,
+    load_rules,
+)
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.core.chunkstream import aligned_range
 from smartsyncd.core.conflicts import conflict_name
@@ -178,6 +184,7 @@ class StatusReport:
     to_delete_local: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)  # local edits a remote change hits
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # by the ignore rules; folders end in /
     conflicts_left: int = 0
     last_seq: int = 0
     head: int = 0
@@ -658,7 +665,8 @@ class SyncCopy:
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
         await self._refresh_stat_cache(scan, base)
-        push_plan = plan(scan.entries, base, [], complete=scan.complete)  # one planner pass
+        push_plan = plan(scan.entries, base, [], complete=scan.complete,
+                ignored=scan.rules.ignores)  # one planner pass
         pending, since = self._pending(scan, base, push_plan)
         contact = await self._contact(api, len(pending), since)
         finalized = contact.get("finalized") if contact else None
@@ -807,7 +815,8 @@ class SyncCopy:
             if not page or not more:
                 break
             since = page[-1].seq
-        p = plan(scan.entries, base, changes, complete=scan.complete)
+        p = plan(scan.entries, base, changes, complete=scan.complete,
+                ignored=scan.rules.ignores)
         pending, unsynced_since = self._pending(scan, base)
         contact = await self._contact(api, len(pending), unsynced_since)
         blocked = self._blocked(contact, pending)
@@ -820,6 +829,7 @@ class SyncCopy:
             to_delete_local=[x.path for x in p.pull_deletes],
             conflicts=[x.path for x in p.conflicts],
             skipped=scan.skipped + scan.errors,
+            ignored=sorted(scan.ignored),
             conflicts_left=len(await self._run(self.conflicts)),
             last_seq=last_seq,
             head=head,
@@ -834,7 +844,8 @@ class SyncCopy:
     ) -> None:
         """``present``: chunk hashes the server confirmed during this sync (``_EarlyUpload``)."""
         present = set() if present is None else present
-        p = planned_push or plan(scan.entries, base, [], complete=scan.complete)
+        p = planned_push or plan(scan.entries, base, [], complete=scan.complete,
+                ignored=scan.rules.ignores)
         excluded: set[str] = set()
         planned = {x.path for x in p.push_puts} | {x.path for x in p.push_deletes}
         report.unsynced = len(planned)
@@ -940,7 +951,8 @@ class SyncCopy:
                         report.conflicts.append(target)
                         del scan.entries[path]
                         scan.entries[target] = replace(entry, path=target)
-                        p = plan(scan.entries, base, [], complete=scan.complete)
+                        p = plan(scan.entries, base, [], complete=scan.complete,
+                ignored=scan.rules.ignores)
                         planned.add(target)
                         continue
                 if (
@@ -988,7 +1000,8 @@ class SyncCopy:
     ) -> tuple[list[str], datetime | None]:
         """Local changes not yet on the server, and the oldest edit time among them."""
         if p is None:
-            p = plan(scan.entries, base, [], complete=scan.complete)
+            p = plan(scan.entries, base, [], complete=scan.complete,
+                ignored=scan.rules.ignores)
         paths = [x.path for x in p.push_puts] + [x.path for x in p.push_deletes]
         mtimes = [scan.entries[x.path].mtime_ns for x in p.push_puts if x.path in scan.entries]
         since = datetime.fromtimestamp(min(mtimes) / 1e9, UTC) if mtimes else None
@@ -1249,9 +1262,10 @@ class SyncCopy:
         folded = await self._case_insensitive()
         self._folders_matched.clear()
         local = await self._run(self._check_paths, paths, base, folded)
+        rules = await self._run(load_rules, self.directory, [])
         p = plan(
             local, {k: base[k] for k in paths if k in base}, valid, complete=True,
-            case_insensitive=folded,
+            case_insensitive=folded, ignored=rules.ignores,
         )
         if p.renames:
             await self._run(self._rename_in_place, p.renames, base)

@@ -8,6 +8,8 @@ chunk hashed. Files are opened only through the ``open_file`` hook (tests count 
 Unreadable folders make the scan *incomplete*: the planner then plans no deletes, because a
 file we could not see is unknown, never deleted. Names that break the path rules, symlinks,
 special files, case twins and files that keep changing while read are skipped with a reason.
+Paths the ignore rules name (built-in defaults plus the copy's ``.smartsyncignore``, read afresh
+each scan) are listed in ``ignored`` and not read; ignored folders are not walked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from smartsyncd.client.osfs import open_fd
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
+from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, IgnoreRules
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.paths import fold_key, normalize_path
@@ -62,6 +65,8 @@ class ScanResult:
     # paths whose entry the sync already recorded as synced while the scan went on (early
     # commits): their state rows are fresh
     recorded: set[str] = field(default_factory=set)
+    rules: IgnoreRules = field(default_factory=IgnoreRules.parse)
+    ignored: list[str] = field(default_factory=list)  # folders end with "/"
 
     @property
     def changed(self) -> list[str]:
@@ -96,7 +101,8 @@ class Scanner:
     def begin(self, base: Mapping[str, FileRecord]) -> ScanJob:
         """Walk the folder (blocking); the files are examined by ``ScanJob.step``, so a
         caller can start uploading what the first steps read while later steps run."""
-        result = ScanResult()
+        errors: list[tuple[str, str]] = []
+        result = ScanResult(rules=load_rules(self.root, errors), errors=errors)
         self.forget_recent()
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, result, base)
@@ -130,6 +136,10 @@ class Scanner:
             if statmod.S_ISLNK(st.st_mode):
                 result.skipped.append((rel, "symbolic link (not synced)"))
                 continue
+            is_dir = statmod.S_ISDIR(st.st_mode)
+            if result.rules.ignores_folder(rel) if is_dir else result.rules.ignores(rel):
+                result.ignored.append(rel + "/" if is_dir else rel)
+                continue
             if known is None or rel not in known:  # a synced path was valid already
                 try:
                     normal = normalize_path(rel)
@@ -139,7 +149,7 @@ class Scanner:
                 if normal != rel:
                     result.skipped.append((rel, "name is not NFC-normalized; rename it to sync it"))
                     continue
-            if statmod.S_ISDIR(st.st_mode):
+            if is_dir:
                 self._walk(Path(entry.path), rel + "/", found, result, known)
             elif statmod.S_ISREG(st.st_mode):
                 found.append((rel, st))
@@ -303,6 +313,26 @@ class ScanJob:
                 read.append((entries[path], data))
         self.position = end
         return read
+
+
+def load_rules(root: Path, errors: list[tuple[str, str]]) -> IgnoreRules:
+    """The built-in rules plus ``root/.smartsyncignore`` (blocking). A file that cannot be read
+    or is too large adds an error and only the built-in rules apply; bad lines are reported."""
+    path = root / IGNORE_FILE
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_RULES_BYTES + 1)
+    except FileNotFoundError:
+        return IgnoreRules.parse()
+    except OSError as e:
+        errors.append((IGNORE_FILE, f"cannot read the ignore rules: {e.strerror}"))
+        return IgnoreRules.parse()
+    if len(data) > MAX_RULES_BYTES:
+        errors.append((IGNORE_FILE, f"over {MAX_RULES_BYTES} bytes; only the built-in rules apply"))
+        return IgnoreRules.parse()
+    rules = IgnoreRules.parse(data.decode("utf-8", errors="replace"))
+    errors.extend((IGNORE_FILE, f"line {n}: {why}") for n, why in rules.problems)
+    return rules
 
 
 def _read_small(

@@ -11,13 +11,15 @@ Safety rules encoded here:
   it a conflict (moved aside, then the remote version written); a remote delete of it keeps it
   and pushes it again as a new file (edit beats delete);
 - a rename is a delete plus a put of known content: no chunks move;
+- an ignored path (``core.ignore``) is outside the plan in all three trees: never pushed, never
+  deleted on either side, never written;
 - on a case-insensitive copy a case-only rename (delete ``Memo.txt``, put ``memo.txt``: one
   file there) is a ``CaseRename`` applied in place, never a write then a delete of one file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -121,6 +123,7 @@ class Plan:
     # delete hit a local edit that is kept and will be pushed again as a new file)
     forget: list[str] = field(default_factory=list)
     renames: list[CaseRename] = field(default_factory=list)  # applied before everything else
+    ignored: list[str] = field(default_factory=list)  # local files left out by ignore rules
 
     @property
     def push_empty(self) -> bool:
@@ -173,13 +176,20 @@ def plan(
     *,
     complete: bool = True,
     case_insensitive: bool = False,
+    ignored: Callable[[str], bool] | None = None,
 ) -> Plan:
     """Compute what to push and pull. ``complete`` says the scan saw every folder.
 
     ``case_insensitive``: the copy's file system has one file for names that differ only in
-    case; ``local`` must then name each file by its stored spelling only."""
+    case; ``local`` must then name each file by its stored spelling only. ``ignored``: a path
+    for which it answers True takes no part (``IgnoreRules.ignores``)."""
     result = Plan()
     newest = last_remote(remote)
+    if ignored is not None:
+        result.ignored = sorted(p for p in local if ignored(p))
+        local = {p: e for p, e in local.items() if not ignored(p)}
+        base = {p: b for p, b in base.items() if not ignored(p)}
+        newest = {p: c for p, c in newest.items() if not ignored(p)}
     if case_insensitive and newest:
         local, base, newest = _case_renames(result, local, base, newest)
     for path in sorted(set(local) | set(base) | set(newest)):

@@ -176,3 +176,34 @@ def test_signature_changes_only_on_change(tmp_path: Path) -> None:
     assert scanner.signature() == first
     (tmp_path / "b").write_bytes(b"2")
     assert scanner.signature() != first
+
+
+def test_ignored_files_and_folders_are_listed_not_read(tmp_path: Path) -> None:
+    (tmp_path / ".smartsyncignore").write_text("drafts/\n*.bak\n[z-a]\n")
+    (tmp_path / "drafts").mkdir()
+    (tmp_path / "drafts" / "big.xlsx").write_bytes(b"x" * 10)
+    (tmp_path / "~$Ledger.xlsx").write_bytes(b"owner")
+    (tmp_path / "Ledger.xlsx").write_bytes(b"ledger")
+    (tmp_path / "old.bak").write_bytes(b"old")
+    opened: list[str] = []
+
+    def counting(path: str):
+        opened.append(path)
+        return open(path, "rb")
+
+    result = Scanner(tmp_path, open_file=counting).scan({})
+    assert sorted(result.entries) == [".smartsyncignore", "Ledger.xlsx"]
+    assert sorted(result.ignored) == ["drafts/", "old.bak", "~$Ledger.xlsx"]
+    assert result.complete  # ignoring is not "could not see": deletes elsewhere still plan
+    assert (".smartsyncignore", "line 3: not a valid pattern: bad character range z-a at "
+            "position 10") in [(p, w) for p, w in result.errors]
+    assert not [p for p in opened if "drafts" in p or p.endswith((".bak", "~$Ledger.xlsx"))]
+    assert result.rules.ignores("drafts/big.xlsx")
+
+
+def test_an_oversized_ignore_file_is_reported_and_defaults_still_apply(tmp_path: Path) -> None:
+    (tmp_path / ".smartsyncignore").write_bytes(b"#" * (64 * 1024 + 1))
+    (tmp_path / "Thumbs.db").write_bytes(b"t")
+    result = Scanner(tmp_path).scan({})
+    assert result.ignored == ["Thumbs.db"]
+    assert [p for p, _ in result.errors] == [".smartsyncignore"]

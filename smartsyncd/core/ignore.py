@@ -1,0 +1,76 @@
+"""Ignore rules: which paths of a copy never sync (pure; the scanner reads the file).
+
+Built-in defaults cover what office software and operating systems leave beside working papers
+(Office owner files ``~$*``, ``~*.tmp``, LibreOffice ``.~lock.*#``, ``Thumbs.db``,
+``desktop.ini``, ``.DS_Store``, ``*.partial``); they match in any letter case, as the systems that
+write them do not keep one. A ``.smartsyncignore`` at the copy's root adds rules in gitignore
+syntax (pathspec), case-sensitive as in git; it is an ordinary file that syncs like any other, so
+one colleague's rules reach every copy of the engagement.
+
+An ignored path is outside the sync in both directions: never uploaded, never deleted on the
+server when removed locally, never written or deleted locally by a pull (the planner drops it
+from all three of its trees). A pattern that cannot be parsed is reported and left out; the
+others still apply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pathspec
+
+IGNORE_FILE = ".smartsyncignore"
+DEFAULT_PATTERNS: tuple[str, ...] = (
+    "~$*",
+    "~*.tmp",
+    ".~lock.*#",
+    "Thumbs.db",
+    "desktop.ini",
+    ".DS_Store",
+    "*.partial",
+)
+MAX_RULES_BYTES = 64 * 1024  # a larger .smartsyncignore is refused (reported), not parsed
+
+
+@dataclass(frozen=True)
+class IgnoreRules:
+    """Compiled rules; ``problems`` lists ``(line number, why)`` for lines left out."""
+
+    defaults: pathspec.PathSpec
+    custom: pathspec.PathSpec
+    problems: tuple[tuple[int, str], ...] = field(default=())
+
+    @classmethod
+    def parse(cls, text: str | None = None, *, defaults: Iterable[str] = DEFAULT_PATTERNS
+              ) -> IgnoreRules:
+        """Rules from the built-in ``defaults`` and the text of a ``.smartsyncignore``."""
+        problems: list[tuple[int, str]] = []
+        good: list[str] = []
+        for number, line in enumerate((text or "").splitlines(), start=1):
+            try:
+                pathspec.GitIgnoreSpec.from_lines([line])
+            except (ValueError, re.error) as e:  # pathspec's errors, or its regex's
+                problems.append((number, f"not a valid pattern: {e}"))
+                continue
+            good.append(line)
+        lowered = [p.lower() for p in defaults]
+        return cls(
+            defaults=pathspec.GitIgnoreSpec.from_lines(lowered),
+            custom=pathspec.GitIgnoreSpec.from_lines(good),
+            problems=tuple(problems),
+        )
+
+    def ignores(self, path: str) -> bool:
+        """True when the file at ``path`` (``/``-separated, relative to the copy) is ignored,
+        by its own name or by a folder on its way."""
+        return self.defaults.match_file(path.lower()) or self.custom.match_file(path)
+
+    def ignores_folder(self, path: str) -> bool:
+        """True when everything under the folder ``path`` is ignored (the walk skips it)."""
+        folder = path.rstrip("/") + "/"
+        return self.defaults.match_file(folder.lower()) or self.custom.match_file(folder)
+
+
+NO_RULES = IgnoreRules.parse(defaults=())

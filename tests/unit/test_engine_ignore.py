@@ -1,0 +1,65 @@
+"""Ignore rules through ``SyncCopy`` and the real server wired in-process (test_engine's
+fixture): ignored files never upload, a local delete of an ignored file never deletes it on the
+server, a remote change to it is never written, and ``status`` lists what it ignores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+from test_engine import ENG, Server, files_of, server  # noqa: F401  (server: the fixture)
+
+from smartsyncd.client.engine import SyncCopy
+
+
+@pytest_twisted.ensureDeferred
+async def test_ignored_files_never_upload_delete_or_get_written(
+    server: Server, tmp_path: Path  # noqa: F811
+) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a = await SyncCopy.clone(a_api, ENG, a_dir)
+    b = await SyncCopy.clone(b_api, ENG, b_dir)
+
+    (a_dir / ".smartsyncignore").write_text("drafts/\n")
+    (a_dir / "Ledger.xlsx").write_bytes(b"ledger v1")
+    (a_dir / "~$Ledger.xlsx").write_bytes(b"excel owner file")
+    (a_dir / "Thumbs.db").write_bytes(b"thumbnails")
+    (a_dir / "drafts").mkdir()
+    (a_dir / "drafts" / "idea.xlsx").write_bytes(b"not for the file")
+    report = await a.sync(a_api)
+    assert report.uploaded == 2  # Ledger.xlsx and the rules file itself
+
+    status = await a.status(a_api)
+    assert status.ignored == ["Thumbs.db", "drafts/", "~$Ledger.xlsx"]
+    assert status.clean
+
+    await b.sync(b_api)
+    assert sorted(files_of(b_dir)) == [".smartsyncignore", "Ledger.xlsx"]
+
+    # a file synced before a rule named it: from then on it is outside the sync both ways
+    (b_dir / "notes.bak").write_bytes(b"notes v1")
+    await b.sync(b_api)
+    await a.sync(a_api)
+    assert (a_dir / "notes.bak").read_bytes() == b"notes v1"
+    (a_dir / ".smartsyncignore").write_text("drafts/\n*.bak\n")
+    await a.sync(a_api)
+    await b.sync(b_api)  # b receives the new rule
+
+    (a_dir / "notes.bak").unlink()
+    report = await a.sync(a_api)
+    assert report.deleted_remote == 0 and report.uploaded == 0
+    (b_dir / "notes.bak").write_bytes(b"notes v2 by bob")
+    report = await b.sync(b_api)
+    assert report.uploaded == 0
+    assert (b_dir / "notes.bak").read_bytes() == b"notes v2 by bob"
+    report = await a.sync(a_api)
+    assert report.downloaded == 0 and not (a_dir / "notes.bak").exists()
+
+    # the server still holds the last synced notes.bak; a fresh clone receives what the server
+    # holds (the rules it brings apply from its next sync)
+    c_dir = tmp_path / "c"
+    await SyncCopy.clone(await server.api("alice"), ENG, c_dir)
+    assert (c_dir / "notes.bak").read_bytes() == b"notes v1"
+    for copy in (a, b):
+        copy.close()
