@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from twisted.internet.defer import Deferred, race
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -86,6 +86,7 @@ from smartsyncd.client.scanner import (
     load_rules,
 )
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.client.watcher import LocalWatcher, NativeWatcher, make_watcher
 from smartsyncd.core.chunkstream import aligned_range
 from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import InvalidPath
@@ -1582,10 +1583,34 @@ class SyncCopy:
         poll_interval: float = 1.0,
         long_poll: float = 30.0,
         retry_delay: float = 5.0,
+        native_watch: bool = True,
     ) -> None:
         """Sync, then wait for a server notification or a local change, and repeat until
         ``stop`` fires. Network errors are retried; a missing folder or marker ends the watch
-        with that error."""
+        with that error. Local changes come from the system's file watcher when it can run
+        (``native_watch``, and a real reactor as the clock), else from a stat walk every
+        ``poll_interval`` seconds (client/watcher.py)."""
+        threads = self.clock if IReactorFromThreads.providedBy(self.clock) else None
+        watcher = make_watcher(
+            self.directory, lambda: self._run(self.scanner.signature), self.clock, threads,
+            poll_interval=poll_interval, native=native_watch,
+        )
+        try:
+            await self._watch_loop(api, stop, on_report, watcher, progress, long_poll,
+                                   retry_delay)
+        finally:
+            watcher.stop()
+
+    async def _watch_loop(
+        self,
+        api: Server,
+        stop: Deferred[Any],
+        on_report: Callable[[SyncReport], object],
+        watcher: LocalWatcher,
+        progress: Progress | None,
+        long_poll: float,
+        retry_delay: float,
+    ) -> None:
         stopped: Deferred[None] = Deferred()
 
         def on_stop(result: object) -> object:
@@ -1604,12 +1629,15 @@ class SyncCopy:
                 log.warn("sync failed, retrying: {why}", why=str(e))
                 await self._wait(self._sleep(retry_delay), stopped)
                 continue
+            mark = watcher.mark()
             signature = await self._run(self.scanner.signature)
             if signature != before:
                 continue  # our own downloads, or an edit made meanwhile: sync again to see
+            if isinstance(watcher, NativeWatcher):
+                watcher.rules = await self._run(load_rules, self.directory, [])
             while not stopped.called:
                 remote = Deferred.fromCoroutine(self._remote_news(api, long_poll, retry_delay))
-                local = Deferred.fromCoroutine(self._local_news(signature, poll_interval))
+                local = watcher.changed(mark, signature)
                 which = await self._wait_any([remote, local], stopped)
                 if which is None:
                     return
@@ -1636,12 +1664,6 @@ class SyncCopy:
         except Exception as e:
             return e
         return bool(changes)
-
-    async def _local_news(self, signature: frozenset, interval: float) -> bool:
-        while True:
-            await self._sleep(interval)
-            if await self._run(self.scanner.signature) != signature:
-                return True
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.clock, seconds, lambda: None)
