@@ -212,10 +212,13 @@ class Scanner:
             result.skipped.append((path, "changing while being read; retried next sync"))
             if record is not None:
                 # we know it exists: report it as the base so nothing reads it as deleted
-                result.entries[path] = _unchanged(path, st, record)
+                result.entries[path] = _as_synced(path, record)
         except OSError as e:
-            result.complete = False
-            result.errors.append((path, f"cannot read: {e.strerror or e}"))
+            # e.g. a Windows sharing violation (open in another program) or no permission: the
+            # walk saw the file, so it is not deleted; it is reported and read next sync
+            result.errors.append((path, f"cannot read now ({e.strerror or e}); retried next sync"))
+            if record is not None:
+                result.entries[path] = _as_synced(path, record)
         return None
 
     def _hash(self, path: str, st: os.stat_result) -> ScannedFile:
@@ -358,6 +361,15 @@ def _read_small(
         inode=st.st_ino, chunks=manifest.chunks, hashed=True,
     ), data
 
+
+
+def _as_synced(path: str, record: FileRecord) -> ScannedFile:
+    """A file that exists but could not be read now, as its synced version: with the synced
+    stat, so that recording it never hides a change from the next scan."""
+    return ScannedFile(
+        content=record.content, size=record.size, path=path, mtime_ns=record.mtime_ns,
+        inode=record.inode, chunks=record.chunks, hashed=False,
+    )
 
 
 def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile:

@@ -207,3 +207,33 @@ def test_an_oversized_ignore_file_is_reported_and_defaults_still_apply(tmp_path:
     result = Scanner(tmp_path).scan({})
     assert result.ignored == ["Thumbs.db"]
     assert [p for p, _ in result.errors] == [".smartsyncignore"]
+
+
+def test_a_file_another_program_holds_is_reported_kept_and_read_next_time(
+    tmp_path: Path,
+) -> None:
+    """Windows refuses to open a file Excel holds (a sharing violation); here an opener
+    refusing one path stands in for it. The synced file is not read as deleted, the scan stays
+    complete (deletes elsewhere still plan), and its edit is seen once it can be read."""
+    (tmp_path / "Ledger.xlsx").write_bytes(b"v1" * 5_000)
+    (tmp_path / "other.txt").write_bytes(b"other")
+    first = Scanner(tmp_path).scan({})
+    base = records_from(first.entries)
+    (tmp_path / "Ledger.xlsx").write_bytes(b"v2, saved by Excel" * 1_000)
+
+    def held_by_excel(path: str) -> BinaryIO:
+        if path.endswith("Ledger.xlsx"):
+            raise PermissionError(13, "The process cannot access the file because it is being "
+                                      "used by another process")
+        return open(path, "rb")
+
+    held = Scanner(tmp_path, open_file=held_by_excel).scan(base)
+    assert held.complete
+    assert held.entries["Ledger.xlsx"].content == base["Ledger.xlsx"].content
+    assert held.entries["Ledger.xlsx"].mtime_ns == base["Ledger.xlsx"].mtime_ns  # synced stat
+    assert [p for p, _ in held.errors] == ["Ledger.xlsx"]
+    assert "retried next sync" in held.errors[0][1]
+
+    later = Scanner(tmp_path).scan(base)
+    assert later.entries["Ledger.xlsx"].hashed
+    assert later.entries["Ledger.xlsx"].content != base["Ledger.xlsx"].content
