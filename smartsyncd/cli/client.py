@@ -128,6 +128,10 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--attempts", metavar="N", type=_positive, default=default(8),
                         help="tries per request before a network error (default 8, with "
                              "backoff up to 30 s between tries)")
+    parser.add_argument("--proxy", metavar="URL", default=default(None),
+                        help="reach the server through this HTTP proxy (CONNECT), e.g. "
+                             "http://proxy:3128; 'direct' for none (default: HTTPS_PROXY or the "
+                             "system's proxy settings)")
 
 
 def _non_negative(text: str) -> int:
@@ -259,6 +263,7 @@ class Session:
             relogin=self._relogin(entry.url) if with_token else None,
             max_attempts=self.args.attempts,
             bwlimit=self._bwlimit(entry.bwlimit),
+            proxy=self.args.proxy,
         )
         self._apis.append(api)
         return api
@@ -298,6 +303,7 @@ class Session:
                 reactor=self.reactor,
                 policy=cast(IPolicyForHTTPS, self.policy(url)),
                 max_attempts=self.args.attempts,
+                proxy=self.args.proxy,
             )
             self._apis.append(fresh)
             token = await fresh.login(user, password)
@@ -374,7 +380,7 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
 
 async def _first_contact(session: Session, url: str) -> str:
     """Trust on first use: show the fingerprint; pin it if a person at a terminal agrees."""
-    fingerprint = await fetch_fingerprint(session.reactor, url)
+    fingerprint = await fetch_fingerprint(session.reactor, url, proxy=session.args.proxy)
     if not _interactive():
         raise TrustError(
             f"{url} is not trusted yet; its certificate's SHA-256 fingerprint is {fingerprint}. "

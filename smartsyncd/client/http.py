@@ -44,6 +44,7 @@ from smartsyncd.client.errors import (
     TrustError,
 )
 from smartsyncd.client.progress import Progress
+from smartsyncd.client.proxy import proxy_for, tunnels_through
 from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.chunkstream import (
@@ -145,7 +146,10 @@ class ServerAPI:
         progress: Progress | None = None,
         bwlimit: int | None = None,
         timeout: float = 120.0,
+        proxy: str | None = None,
     ) -> None:
+        """``proxy``: ``http://[user:pass@]host:port`` or ``direct``; None: the system's
+        setting (HTTPS_PROXY, Windows/macOS proxy settings; client/proxy.py)."""
         self.base_url = base_url.rstrip("/")
         self.policy = policy
         self.token = token
@@ -179,8 +183,15 @@ class ServerAPI:
         self._pool.maxPersistentPerHost = 4
         self._pool.retryAutomatically = False  # we retry ourselves, with backoff
         # HTTPS as Agent does it, with TLS moving data in large pieces (smartsyncd/runtime/tlsbatching.py)
+        tunnel = proxy_for(self.base_url, proxy)
+        self.proxy = tunnel
         agent: Any = Agent.usingEndpointFactory(
-            reactor, BatchingEndpointFactory(reactor, policy), pool=self._pool
+            reactor,
+            BatchingEndpointFactory(
+                reactor, policy,
+                connect_via=tunnels_through(reactor, tunnel) if tunnel is not None else None,
+            ),
+            pool=self._pool,
         )
         # Cookies are kept for the life of this object: a load balancer's sticky-session
         # cookie (HAProxy's SERVERID) keeps every request on one server until it fails.

@@ -39,6 +39,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from smartsyncd.client.errors import NetworkError, UsageError
+from smartsyncd.client.proxy import proxy_for, tunnels_through
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 PROBE_TIMEOUT = 15.0
@@ -208,11 +209,18 @@ def split_url(url: str) -> tuple[str, int]:
         raise UsageError(f"bad port in server URL {url!r}") from exc
 
 
-async def fetch_fingerprint(reactor: Any, url: str, timeout: float = PROBE_TIMEOUT) -> str:
-    """Connect with TLS, accept any certificate, return its SHA-256 fingerprint; send nothing."""
+async def fetch_fingerprint(
+    reactor: Any, url: str, timeout: float = PROBE_TIMEOUT, *, proxy: str | None = None
+) -> str:
+    """Connect with TLS, accept any certificate, return its SHA-256 fingerprint; send nothing.
+    ``proxy`` as for ``ServerAPI`` (None: the system's setting)."""
     host, port = split_url(url)
     creator: Any = _LeafCheckingCreator(_base_context(), host, lambda fp: True)
-    tcp: Any = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    tunnel = proxy_for(url, proxy)
+    tcp: Any = (
+        HostnameEndpoint(reactor, host, port, timeout=timeout) if tunnel is None
+        else tunnels_through(reactor, tunnel)(host, port)
+    )
     endpoint = wrapClientTLS(creator, tcp)
     probe = _Probe()
     clock: Any = reactor

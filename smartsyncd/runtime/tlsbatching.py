@@ -37,6 +37,7 @@ eager send is not used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from OpenSSL.SSL import Error as TLSError
@@ -263,12 +264,22 @@ class BatchingEndpointFactory:
     """``Agent.usingEndpointFactory`` endpoints: HTTPS with the batching protocol and the
     given ``IPolicyForHTTPS`` (certificate checks exactly as the policy decides)."""
 
-    def __init__(self, reactor: Any, policy: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        policy: Any,
+        connect_via: Callable[[str, int], Any] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._policy = policy
+        self._connect_via = connect_via  # e.g. a CONNECT tunnel through a proxy (client/proxy.py)
 
     def endpointForURI(self, uri: URI) -> Any:
-        endpoint: Any = HostnameEndpoint(self._reactor, uri.host.decode("ascii"), uri.port)
+        host = uri.host.decode("ascii")
+        endpoint: Any = (
+            HostnameEndpoint(self._reactor, host, uri.port)
+            if self._connect_via is None else self._connect_via(host, uri.port)
+        )
         if uri.scheme == b"http":
             return endpoint
         if uri.scheme != b"https":
