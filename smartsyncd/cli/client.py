@@ -36,9 +36,10 @@ from smartsyncd.client.errors import (
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.progress import RichProgress
 from smartsyncd.client.trust import (
-    CAPolicy,
+    SYSTEM_TRUST,
     PinnedPolicy,
     TrustPolicy,
+    ca_policy,
     fetch_fingerprint,
     normalize_fingerprint,
 )
@@ -118,6 +119,9 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
                         help="print the result as one JSON object")
     parser.add_argument("--ca-file", metavar="PEM", default=default(None),
                         help="trust the server's certificate by this CA file (host name checked)")
+    parser.add_argument("--system-trust", dest="ca_file", action="store_const", const=SYSTEM_TRUST,
+                        help="trust the server's certificate by the system's trusted roots "
+                             "(the firm's CA or a public CA; host name checked)")
     parser.add_argument("--trust-fingerprint", metavar="SHA256", default=default(None),
                         help="accept the server certificate with this SHA-256 fingerprint")
     parser.add_argument("--config-dir", metavar="DIR", default=default(None),
@@ -240,12 +244,12 @@ class Session:
         """The trust policy for ``url`` from the options or the saved settings."""
         entry = self.config.server(url)
         if self.args.ca_file:
-            return CAPolicy(self.args.ca_file)
+            return ca_policy(self.args.ca_file)
         explicit = self.explicit_fingerprint()
         if explicit:
             return PinnedPolicy(explicit)
         if entry.ca_file:
-            return CAPolicy(entry.ca_file)
+            return ca_policy(entry.ca_file)
         if entry.fingerprint:
             return PinnedPolicy(entry.fingerprint)
         raise TrustError(
@@ -347,12 +351,12 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
     password = read_password(args, stdin)
     pin: str | None = None
     if args.ca_file:
-        policy: TrustPolicy = CAPolicy(args.ca_file)
+        policy: TrustPolicy = ca_policy(args.ca_file)
     elif args.trust_fingerprint:
         pin = normalize_fingerprint(args.trust_fingerprint)
         policy = PinnedPolicy(pin)
     elif entry.ca_file:
-        policy = CAPolicy(entry.ca_file)
+        policy = ca_policy(entry.ca_file)
     elif entry.fingerprint:
         policy = PinnedPolicy(entry.fingerprint)  # a changed certificate fails here
     else:
@@ -366,7 +370,8 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
         if args.ca_file is None:
             session.config.set_ca_file(url, None)
     if args.ca_file:
-        session.config.set_ca_file(url, str(Path(args.ca_file).resolve()))
+        stored = args.ca_file if args.ca_file == SYSTEM_TRUST else str(Path(args.ca_file).resolve())
+        session.config.set_ca_file(url, stored)
     session.config.set_token(url, args.user, token)
     session.config.save()
     fingerprint = session.config.server(url).fingerprint

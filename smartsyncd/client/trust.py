@@ -1,11 +1,12 @@
 """How the client decides to trust a server's TLS certificate.
 
-Two policies, both ``IPolicyForHTTPS`` for ``twisted.web.client.Agent``:
+Policies, each an ``IPolicyForHTTPS`` for ``twisted.web.client.Agent``:
 
 - :class:`PinnedPolicy` (trust on first use): only a leaf certificate whose SHA-256 fingerprint
   equals the pinned one is accepted, checked in OpenSSL's verify callback on every connection.
 - :class:`CAPolicy`: the chain must lead to a certificate in a CA file and the host name (or IP)
-  must match the certificate (service-identity), as for any HTTPS client.
+  must match the certificate (service-identity), as for any HTTPS client;
+  :class:`SystemTrustPolicy` does the same with the operating system's trusted roots.
 
 :func:`fetch_fingerprint` performs a bare TLS handshake (no HTTP, nothing secret sent) to show a
 user the fingerprint before it is pinned. TLS 1.2 is the lowest version offered.
@@ -14,6 +15,10 @@ user the fingerprint before it is pinned. TLS 1.2 is the lowest version offered.
 from __future__ import annotations
 
 import re
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -32,6 +37,7 @@ from twisted.internet.ssl import (
     CertificateOptions,
     TLSVersion,
     optionsForClientTLS,
+    platformTrust,
     trustRootFromCertificates,
 )
 from twisted.python.failure import Failure
@@ -173,6 +179,63 @@ class CAPolicy:
             f"certificate not trusted: {url} presents a certificate that does not chain to "
             f"{self.ca_file} or does not name this host"
         )
+
+
+SYSTEM_TRUST = "system"  # as a CA file name (``--ca-file system`` / ``--system-trust``)
+_SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
+
+
+class SystemTrustPolicy(CAPolicy):
+    """Verify against the operating system's trusted roots and the host name: a certificate from
+    the firm's own CA (deployed to laptops by policy) or a public CA renews without any laptop
+    noticing. Windows: the machine's and user's ROOT and CA stores; macOS: the system keychains;
+    elsewhere OpenSSL's default paths (``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured).
+
+    Twisted speaks TLS through pyOpenSSL, which truststore cannot serve (it verifies through
+    Python's ``ssl`` module), so the roots are loaded into OpenSSL instead: revocation and
+    per-user trust overrides of the system are not consulted."""
+
+    def __init__(self, roots: Callable[[], list[Certificate]] | None = None) -> None:
+        self.ca_file = SYSTEM_TRUST
+        if roots is None and sys.platform not in ("win32", "darwin"):
+            self._root = platformTrust()
+        else:
+            certs = (roots or system_roots)()
+            if not certs:
+                raise UsageError("no trusted root certificates were found on this system")
+            self._root = trustRootFromCertificates(certs)
+        self._creators = {}
+
+    def failure_message(self, url: str) -> str:
+        return (
+            f"certificate not trusted: {url} presents a certificate that no root trusted by "
+            f"this system vouches for, or that does not name this host"
+        )
+
+
+def system_roots() -> list[Certificate]:
+    """The operating system's trusted root certificates (Windows and macOS)."""
+    if sys.platform == "win32":
+        found = []
+        for store in ("ROOT", "CA"):
+            for der, encoding, usage in ssl.enum_certificates(store):
+                trusted = usage is True or (isinstance(usage, set) and _SERVER_AUTH in usage)
+                if encoding == "x509_asn" and trusted:
+                    found.append(Certificate.load(der, crypto.FILETYPE_ASN1))
+        return found
+    if sys.platform == "darwin":
+        keychains = ["/System/Library/Keychains/SystemRootCertificates.keychain",
+                     "/Library/Keychains/System.keychain"]
+        pem = subprocess.run(["/usr/bin/security", "find-certificate", "-a", "-p", *keychains],
+                             capture_output=True, check=False).stdout
+        return [Certificate.loadPEM(block) for block in re.findall(
+            rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.DOTALL)]
+    return []
+
+
+def ca_policy(ca_file: str | Path) -> CAPolicy:
+    """``CAPolicy`` for a CA file, or the system's roots for ``system``."""
+    return SystemTrustPolicy() if str(ca_file) == SYSTEM_TRUST else CAPolicy(ca_file)
 
 
 TrustPolicy = PinnedPolicy | CAPolicy

@@ -126,3 +126,21 @@ def test_a_proxy_that_is_down_is_a_clear_network_error(server: Daemon, tmp_path:
     failed = client.run("sync", str(copy), "--proxy", down, "--attempts", "1")
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert (copy / "kept.txt").read_bytes() == b"local work"  # nothing changed locally
+
+
+def test_system_trust_follows_the_system_store(server: Daemon, tmp_path: Path) -> None:
+    """``--system-trust``: the server is trusted when the system's roots vouch for it. On Linux
+    the system store is OpenSSL's default (``SSL_CERT_FILE`` points it at a file here: the
+    daemon's certificate, as a firm's CA deployed to laptops would be); with the system's own
+    roots only, the same server is refused, and nothing is stored."""
+    client = new_client(tmp_path / "home")
+    firm_store = {**NO_SYSTEM_PROXY, "SSL_CERT_FILE": str(server.cert_path)}
+    refused = client.run("login", server.url, "--user", "alice", "--password-stdin",
+                         "--system-trust", input=PASSWORD + "\n", env=NO_SYSTEM_PROXY)
+    assert refused.returncode == 4 and "not trusted" in refused.stderr, refused.stderr
+    assert not (client.config / "config.json").exists()
+    done = client.run("login", server.url, "--user", "alice", "--password-stdin",
+                      "--system-trust", input=PASSWORD + "\n", env=firm_store)
+    assert done.returncode == 0, done.stderr
+    assert client.settings()["servers"][server.url]["ca_file"] == "system"
+    assert client.run("engagements", server.url, env=firm_store).returncode == 0

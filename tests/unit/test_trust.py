@@ -253,3 +253,18 @@ def test_ca_policy_needs_a_readable_pem(tmp_path: Path) -> None:
     junk.write_text("not a certificate\n")
     with pytest.raises(UsageError, match="no PEM certificate"):
         CAPolicy(junk)
+
+
+def test_system_trust_without_any_root_is_a_clear_error() -> None:
+    from smartsyncd.client.trust import SystemTrustPolicy
+
+    with pytest.raises(UsageError, match="no trusted root certificates"):
+        SystemTrustPolicy(roots=list)
+
+
+def test_ca_policy_names_the_system_store_by_its_keyword(tmp_path) -> None:
+    from smartsyncd.client.trust import SystemTrustPolicy, ca_policy
+
+    assert isinstance(ca_policy("system"), SystemTrustPolicy)
+    with pytest.raises(UsageError, match="cannot read CA file"):
+        ca_policy(tmp_path / "missing.pem")
