@@ -49,19 +49,19 @@ class ParsedCommit:
     check: HistoryCheck | None = None  # the copy's view of the log (web/history.py)
 
 
-def hash_field(value: Any, field: str) -> str:
+def hash_field(value: object, field: str) -> str:
     if not isinstance(value, str) or not _HASH.fullmatch(value):
         raise BadRequest(f"field {field!r} must be a 64-character lowercase hex hash", field=field)
     return value
 
 
-def hash_list(body: Any, limit: int) -> list[str]:
+def hash_list(body: object, limit: int) -> list[str]:
     obj = expect_object(body)
     items = get_list(obj, "chunks", max_len=limit)
     return [hash_field(h, f"chunks[{i}]") for i, h in enumerate(items)]
 
 
-def fetch_refs(body: Any, wanted: list[str], max_bytes: int) -> dict[str, BaseRange]:
+def fetch_refs(body: object, wanted: list[str], max_bytes: int) -> dict[str, BaseRange]:
     """The optional base ranges of a fetch (docs/protocol.md): ``"bases": [content id, ...]``
     and ``"deltas": [[chunk index, base index, offset, length], ...]`` -> hash -> (base,
     offset, length). At most ``max_bytes`` of base ranges in all (``413``)."""
@@ -152,7 +152,7 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
     return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests, check=check_from_body(obj))
 
 
-def _plain_change(raw: Any) -> tuple[ProposedChange, PutManifest | None] | None:
+def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | None:
     """The two shapes a sync sends nearly always, checked without building field names: a
     delete, and a put with a full manifest only (content id and size derived). ``None`` for
     anything else, valid or not: ``parse_commit``'s full checks then decide and name the field.

@@ -748,3 +748,25 @@ async def test_too_many_changes_in_one_commit_is_413(env: Env) -> None:
     r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "many", "changes": changes})
     assert r.status == 413 and r.json()["limit"] == 10_000
     assert await env.store.head(env.alpha) == 0
+
+
+@in_memory
+async def test_bad_path_segments_are_400_naming_the_segment_before_sign_in(env: Env) -> None:
+    # web/segments.py: a segment that can never be valid is refused before any session check
+    cases = [
+        ("GET", "/v1/engagements/-dash/snapshot", "engagement"),
+        ("GET", "/v1/engagements/" + "e" * 101, "engagement"),
+        ("POST", "/v1/engagements/a%20b/commit", "engagement"),
+        ("POST", "/v1/engagements/.hidden/chunks", "engagement"),  # the streamed upload too
+        ("GET", "/v1/engagements/alpha/manifests/NOTAHASH", "content"),
+        ("POST", "/v1/engagements/alpha/copies/bad%21copy/report", "copy"),
+    ]
+    alice = await env.login("alice")
+    for method, path, segment in cases:
+        for token in (None, alice):
+            r = await env.call(method, path, token=token, body={} if method == "POST" else None)
+            assert r.status == 400, (path, r.body)
+            assert r.json()["error"] == "bad_request" and r.json()["field"] == segment, r.body
+    # a valid name the user may not see is still the authorization's 404
+    r = await env.call("GET", "/v1/engagements/beta/snapshot", token=alice)
+    assert r.status == 404
