@@ -182,6 +182,24 @@ async def test_wrong_hash_chunk_refuses_the_whole_upload(env: Env) -> None:
 
 
 @in_memory
+async def test_an_upload_is_refused_before_its_body_is_read(env: Env) -> None:
+    # the Site's request factory streams uploads (web/upload.py): a refusal is answered from
+    # the headers (written straight to the transport: no Date, no Server), nothing is stored
+    _, record = chunk_of(b"never read" * 1000)
+    alice = await env.login("alice")
+    rita = await env.login("rita")
+    for token, status in ((None, 401), ("not-a-token", 401), (rita, 403)):
+        r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token,
+                           data=chunkstream.encode_records([record]))
+        assert r.status == status, r.body
+        assert r.headers.getRawHeaders("date") is None and r.json()["error"]
+    assert await env.store.missing_chunks(env.alpha, [record[0]]) == [record[0]]
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=alice, data=chunkstream.encode_records([record]))
+    assert r.json() == {"stored": 1, "present": 0}
+    assert "verify_records" in env.offloaded  # on the CPU pool, batch by batch
+
+
+@in_memory
 async def test_zstd_bomb_is_refused(env: Env) -> None:
     token = await env.login("alice")
     frame = zstandard.ZstdCompressor().compress(b"\0" * (100 * 1024 * 1024))
