@@ -101,7 +101,7 @@ class LimitedRequest(Request):
         self._release()
         super().finish()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         self._release()
         super().connectionLost(reason)
 
@@ -147,12 +147,12 @@ class LimitedRequest(Request):
         self.channel.loseConnection()
 
 
-def client_addresses(channel: Any) -> ClientAddresses | None:
+def client_addresses(channel: object) -> ClientAddresses | None:
     """The Site's per-address book (``make_site`` sets it), if any."""
     return getattr(getattr(channel, "site", None), "client_addresses", None)
 
 
-def client_host(channel: Any) -> str:
+def client_host(channel: object) -> str:
     peer = getattr(channel, "transport", None)
     peer = peer.getPeer() if peer is not None else None
     return str(getattr(peer, "host", peer))
@@ -335,7 +335,7 @@ def _bad_field(field: str, expected: str) -> BadRequest:
     return BadRequest(f"field {field!r} must be {expected}", field=field)
 
 
-def expect_object(value: Any, field: str = "body") -> dict[str, Any]:
+def expect_object(value: object, field: str = "body") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _bad_field(field, "a JSON object")
     return value

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IAccessLogFormatter
+from twisted.web.server import Request
 from zope.interface import provider
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,7 +44,7 @@ def _trusted(host: str, trusted: Iterable[Network]) -> bool:
     return any(ip in net for net in trusted)
 
 
-def client_address(request: Any, trusted: Iterable[Network] | None = None) -> str:
+def client_address(request: Request, trusted: Iterable[Network] | None = None) -> str:
     """The client's IP as text: the peer, or what a trusted proxy says the peer was."""
     if trusted is None:
         trusted = getattr(getattr(request, "site", None), "trusted_proxies", ())
@@ -63,14 +64,14 @@ def client_address(request: Any, trusted: Iterable[Network] | None = None) -> st
 class _ReportedRequest:
     """The request as the access log sees it: its client address is ``client_address``."""
 
-    def __init__(self, request: Any, trusted: tuple[Network, ...]) -> None:
+    def __init__(self, request: Request, trusted: tuple[Network, ...]) -> None:
         self._request = request
         self._trusted = trusted
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
 
-    def getClientAddress(self) -> Any:
+    def getClientAddress(self) -> IPv4Address | IPv6Address:
         host = client_address(self._request, self._trusted)
         port = getattr(self._request.getClientAddress(), "port", 0)
         if ":" in host:
@@ -82,7 +83,7 @@ def access_log_formatter(trusted: tuple[Network, ...]) -> IAccessLogFormatter:
     """Twisted's combined log format, with the client address from ``client_address``."""
 
     @provider(IAccessLogFormatter)
-    def formatter(timestamp: str, request: Any) -> str:
+    def formatter(timestamp: str, request: Request) -> str:
         return str(combinedLogFormatter(timestamp, _ReportedRequest(request, trusted)))
 
     return formatter  # type: ignore[return-value]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,12 +24,12 @@ SUPPORTED_PROTOCOLS = [1]
 _VERSION_SEGMENT = re.compile(r"^v([0-9]+)$")
 
 
-def json_bytes(body: Any) -> bytes:
+def json_bytes(body: object) -> bytes:
     """Compact UTF-8 JSON, the encoding of every response body."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def send_json(request: Request, body: Any, status: int = 200) -> bytes:
+def send_json(request: Request, body: object, status: int = 200) -> bytes:
     """Set status and content type; return the encoded body for Klein to write."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")

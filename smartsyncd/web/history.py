@@ -21,7 +21,7 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 _STORE = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
-def _hash(value: Any, field: str) -> str | None:
+def _hash(value: object, field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _HASH.fullmatch(value):
@@ -29,7 +29,7 @@ def _hash(value: Any, field: str) -> str | None:
     return value
 
 
-def _store(value: Any, field: str) -> str | None:
+def _store(value: object, field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _STORE.fullmatch(value):

@@ -40,10 +40,9 @@ holds no timer and is skipped if its group is already being answered.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
@@ -60,7 +59,7 @@ from smartsyncd.web.notify import ChangeNotifier
 log = Logger(namespace="smartsyncd.web")
 
 ChangesSince = Callable[[int, int, int], Awaitable[tuple[int, list[Change]]]]
-BodyOf = Callable[[int, list[Change]], Any]
+BodyOf = Callable[[int, list[Change]], object]  # the JSON of a change feed page
 _GroupKey = tuple[int, int, int, int]
 _HeaderKey = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 _Variant = tuple[Headers, bytes, bytes]  # headers, body, the whole response as sent
@@ -75,7 +74,7 @@ class ParkedResource(Resource):
 
     isLeaf = True
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: Request) -> int:
         return NOT_DONE_YET
 
 
@@ -164,7 +163,7 @@ class LongPolls:
     ) -> None:
         self._notifier = notifier
         self._clock = clock
-        self._call_later: Callable[..., Any] = clock.callLater  # type: ignore[misc]
+        self._call_later: Callable[..., IDelayedCall] = clock.callLater  # type: ignore[misc]
         self._changes_since = changes_since
         self._body_of = body_of
         self._slice = slice_size

@@ -1,11 +1,11 @@
 """Streaming chunk uploads: ``POST /v1/engagements/<eng>/chunks`` is handled as its body arrives.
 
-``UploadRequest`` (the Site's request factory, see ``web.app.make_site``) recognises the chunk
-upload route when the headers are complete (``gotLength``) and hands the body to a
+``UploadRequest`` (the Site's request factory, see ``web.app.make_site``, which binds it to
+the ``UploadServices`` it needs) recognises the chunk upload route when the headers are complete (``gotLength``) and hands the body to a
 ``ChunkUploadStream`` instead of buffering it:
 
 1. Reading stops (the transport is paused) until the bearer token, the engagement's visibility
-   and the ``write`` role are checked, exactly as ``SyncAPI.authorize`` does for every route. A
+   and the ``write`` role are checked by the ``Authorizer`` of every route (web/access.py). A
    refusal is answered at once (401/403/404 JSON, ``Connection: close``) and the body is never
    read; an ``Expect: 100-continue`` is answered only after the check passed.
 2. Record headers are parsed on the reactor as bytes arrive (``chunkstream.parse_header``: the
@@ -14,7 +14,7 @@ upload route when the headers are complete (``gotLength``) and hands the body to
 3. One worker per request verifies each batch on the CPU pool (capped decompression, BLAKE3),
    while the previous verified batch is appended to the pack's temp file on the file pool
    (``ServerStore.open_upload``). Delta records get their base ranges per batch.
-4. When the last byte is in, Klein runs ``SyncAPI.upload_chunks``, which awaits ``finish``: the
+4. When the last byte is in, Klein runs ``PushRoutes.upload_chunks``, which awaits ``finish``: the
    last batch, then fsync + rename + fsync folder, then one DB transaction indexing every chunk,
    then the answer. Any bad record refuses the whole request (400 ``bad_chunk``): what was
    written is deleted, nothing is indexed, and the rest of the body is read and dropped so the
@@ -23,7 +23,10 @@ upload route when the headers are complete (``gotLength``) and hands the body to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, DeferredQueue
@@ -33,13 +36,15 @@ from twisted.web.http import RESPONSES
 
 from smartsyncd.core import chunkstream
 from smartsyncd.core.errors import BadChunk, SyncError, Unavailable
-from smartsyncd.storage.api import ChunkUpload, VerifiedChunk
+from smartsyncd.storage.api import ChunkStore, ChunkUpload, VerifiedChunk
+from smartsyncd.web.access import Access, Authorizer
 from smartsyncd.web.admission import is_commit, route_body_limit
 from smartsyncd.web.bodies import LimitedRequest
+from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import json_bytes
-
-if TYPE_CHECKING:
-    from smartsyncd.web.app import Access, SyncAPI
+from smartsyncd.web.limits import Limits
+from smartsyncd.web.pool import RunBlocking
+from smartsyncd.web.segments import engagement_name
 
 log = Logger(namespace="smartsyncd.web")
 
@@ -70,11 +75,35 @@ def upload_engagement(method: bytes | None, uri: bytes | None) -> str | None:
         return None
 
 
-def _network_transport(transport: Any) -> Any:
+@dataclass(frozen=True)
+class UploadServices:
+    """What a streamed upload works with: the checks, the chunk store, the delta bases, the CPU
+    pool and the limits (``make_site`` binds them to the Site's request factory)."""
+
+    authorizer: Authorizer
+    chunks: ChunkStore
+    deltas: DeltaBases
+    run_blocking: RunBlocking
+    limits: Limits
+
+
+def upload_request_factory(services: UploadServices) -> Callable[..., UploadRequest]:
+    """The ``Site.requestFactory`` whose requests stream uploads with ``services``."""
+    return partial(UploadRequest, services=services)
+
+
+class _Reading(Protocol):
+    """The socket side of a connection: reading can be paused."""
+
+    def pauseProducing(self) -> None: ...  # noqa: N802 - Twisted's names
+    def resumeProducing(self) -> None: ...  # noqa: N802
+
+
+def _network_transport(transport: object) -> _Reading | None:
     """The transport that reads from the socket (under TLS, the one below the TLS layer)."""
     while transport is not None and not hasattr(transport, "pauseProducing"):
         transport = getattr(transport, "transport", None)
-    return transport
+    return transport  # type: ignore[return-value]  # it has pauseProducing
 
 
 class UploadRequest(LimitedRequest):
@@ -82,23 +111,25 @@ class UploadRequest(LimitedRequest):
 
     upload: ChunkUploadStream | None = None
 
+    def __init__(self, *args: Any, services: UploadServices, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._services = services
+
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
         if self._refused:
             return
-        channel: Any = self.channel
-        api: SyncAPI | None = getattr(getattr(channel, "site", None), "sync_api", None)
-        if api is None:
-            return
+        channel = self.channel
         method, uri = getattr(channel, "_command", None), getattr(channel, "_path", None)
         eng = upload_engagement(method, uri)
+        limits = self._services.limits
         if eng is None:
-            self._limit_by_route(api, method, uri, length)
+            self._limit_by_route(limits, method, uri, length)
             return
-        if length is not None and length > api.limits.chunk_body:
-            self._refuse(api.limits.chunk_body)
+        if length is not None and length > limits.chunk_body:
+            self._refuse(limits.chunk_body)
             return
-        self.upload = ChunkUploadStream(api, self, eng, self._take_continue())
+        self.upload = ChunkUploadStream(self._services, self, eng, self._take_continue())
         self.upload.start()
 
     def _take_continue(self) -> bool:
@@ -107,27 +138,27 @@ class UploadRequest(LimitedRequest):
         self.requestHeaders.removeHeader(b"expect")
         return bool(expect) and expect[0].lower() == b"100-continue"
 
-    def _limit_by_route(self, api: SyncAPI, method: bytes | None, uri: bytes | None, length: int | None) -> None:
+    def _limit_by_route(self, limits: Limits, method: bytes | None, uri: bytes | None, length: int | None) -> None:
         """The route's body limit (web/admission.py); a commit over the small limit waits,
         unread, until its session checked out."""
-        self.max_body = route_body_limit(method, uri, api.limits)
+        self.max_body = route_body_limit(method, uri, limits)
         if length is not None and length <= self.max_body:
             return
         if not is_commit(method, uri):
             if length is not None:
                 self._refuse()
             return  # chunked: counted against max_body as it arrives
-        if length is not None and length > api.limits.json_body:
-            self._refuse(api.limits.json_body)
+        if length is not None and length > limits.json_body:
+            self._refuse(limits.json_body)
             return
         transport = _network_transport(self.channel.transport)
         if transport is not None:
             transport.pauseProducing()
-        Deferred.fromCoroutine(self._check_session(api, transport, self._take_continue()))
+        Deferred.fromCoroutine(self._check_session(transport, self._take_continue()))
 
-    async def _check_session(self, api: SyncAPI, transport: Any, wants_continue: bool) -> None:
+    async def _check_session(self, transport: _Reading | None, wants_continue: bool) -> None:
         try:
-            await api.check_session(self)
+            await self._services.authorizer.check_session(self)
         except SyncError as e:
             if not self._disconnected:
                 log.info("refused a large commit before reading it: {code}", code=e.code)
@@ -140,7 +171,7 @@ class UploadRequest(LimitedRequest):
             return
         if self._disconnected or self._refused:
             return
-        self.max_body = api.limits.json_body
+        self.max_body = self._services.limits.json_body
         self.mark_authenticated()
         if wants_continue:
             send = getattr(self.channel, "_send100Continue", None)
@@ -188,13 +219,15 @@ class UploadRequest(LimitedRequest):
 class ChunkUploadStream:
     """The body of one chunk upload: parse as it arrives, verify and store batch by batch."""
 
-    def __init__(self, api: SyncAPI, request: UploadRequest, engagement: str, wants_continue: bool) -> None:
-        self._api = api
+    def __init__(
+        self, services: UploadServices, request: UploadRequest, engagement: str, wants_continue: bool
+    ) -> None:
+        self._services = services
         self._request = request
         self._engagement = engagement
         self._wants_continue = wants_continue
-        self.limit = api.limits.chunk_body
-        self._max_records = api.limits.chunks_per_request
+        self.limit = services.limits.chunk_body
+        self._max_records = services.limits.chunks_per_request
         self._buf = bytearray()
         self._head: tuple[str, int, int, int] | None = None
         self._batch: list[chunkstream.Record] = []
@@ -208,7 +241,7 @@ class ChunkUploadStream:
         self._upload: ChunkUpload | None = None
         self._delta_bytes = 0  # base bytes named by the delta records of earlier slices
         self._worker: Deferred[None] | None = None
-        self._paused: Any = None
+        self._paused: _Reading | None = None
 
     # -- reactor side ----------------------------------------------------------------------
 
@@ -218,7 +251,7 @@ class ChunkUploadStream:
             transport.pauseProducing()
             self._paused = transport
             if READ_SIZE > getattr(transport, "bufferSize", READ_SIZE):
-                transport.bufferSize = READ_SIZE
+                transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         self._worker = Deferred.fromCoroutine(self._run())
 
     def _resume(self) -> None:
@@ -327,9 +360,12 @@ class ChunkUploadStream:
     # -- the worker ------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        authorizer = self._services.authorizer
         try:
-            self.access = await self._api.authorize(self._request, self._engagement, "write")
-            await self._api.refuse_if_finalized(self.access)
+            # the same segment check as the route's (web/segments.py), before the session's
+            engagement_name(self._engagement)
+            self.access = await authorizer.authorize(self._request, self._engagement, "write")
+            await authorizer.refuse_if_finalized(self.access)
             if not self._cancelled:
                 self._request.mark_authenticated()
         except SyncError as e:
@@ -348,7 +384,7 @@ class ChunkUploadStream:
             self._error = e
             self._resume()
             return
-        self._upload = self._api._store.open_upload(self.access.engagement.id)
+        self._upload = self._services.chunks.open_upload(self.access.engagement.id)
         if self._wants_continue and not self._cancelled:
             send = getattr(self._request.channel, "_send100Continue", None)
             if send is not None:
@@ -381,7 +417,6 @@ class ChunkUploadStream:
         # the cap on named base bytes holds for the whole request, not per slice
         spent = self._delta_bytes
         self._delta_bytes += chunkstream.delta_base_bytes(batch)
-        prefixes = await self._api._delta_prefixes(self.access.engagement.id, batch, spent)
-        verified: list[VerifiedChunk] = await self._api._run_blocking(chunkstream.verify_records, batch, prefixes)
-        return verified
+        prefixes = await self._services.deltas.upload_bases(self.access.engagement.id, batch, spent)
+        return await self._services.run_blocking(chunkstream.verify_records, batch, prefixes)
 

@@ -8,8 +8,7 @@ import random
 from typing import Any
 
 import pytest
-import pytest_twisted
-from test_web_app import Env, env, put, upload  # noqa: F401  (env: the fixture)
+from webkit import Env, in_memory, put, upload
 
 from smartsyncd.client.engine import DELTA_SLACK, _base_range, _DeltaBase
 from smartsyncd.client.http import DeltaHint, _fetch_batches, _fetch_body
@@ -158,7 +157,7 @@ async def _two_versions(env: Env, token: str) -> tuple[str, bytes, list[tuple[Ch
     return content_id([c for c, _ in old_pieces]), old, new_pieces
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_fetch_with_a_base_answers_deltas_that_rebuild(env: Env) -> None:  # noqa: F811
     token = await env.login("alice")
     base, old, new_pieces = await _two_versions(env, token)
@@ -204,7 +203,7 @@ async def test_fetch_with_a_base_answers_deltas_that_rebuild(env: Env) -> None: 
         (lambda b: {k: v for k, v in b.items() if k != "bases"}, 400),
     ],
 )
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_bad_base_ranges_are_4xx_json(env: Env, mangle: Any, status: int) -> None:  # noqa: F811
     token = await env.login("alice")
     base, _old, new_pieces = await _two_versions(env, token)
@@ -216,7 +215,7 @@ async def test_bad_base_ranges_are_4xx_json(env: Env, mangle: Any, status: int) 
     assert r.json()["error"] in ("bad_request", "too_large")
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_another_engagements_base_is_refused_and_leaks_nothing(env: Env) -> None:  # noqa: F811
     token = await env.login("alice")
     base, _old, new_pieces = await _two_versions(env, token)
@@ -251,7 +250,7 @@ def chunkstream_record(data: bytes) -> tuple[str, int, int, bytes]:
     return chunk_hash(data), codec, len(data), payload
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_random_base_fields_are_answered_200_or_4xx_never_5xx(env: Env) -> None:  # noqa: F811
     token = await env.login("alice")
     base, old, new_pieces = await _two_versions(env, token)

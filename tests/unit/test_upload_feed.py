@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_hash
 from smartsyncd.core.errors import BadChunk
-from smartsyncd.web.app import Limits
+from smartsyncd.web.limits import Limits
 from smartsyncd.web.upload import ChunkUploadStream
 
 
@@ -40,8 +40,8 @@ BODY = chunkstream.encode_records(RECORDS)
 
 
 def _stream(max_records: int = 4096) -> ChunkUploadStream:
-    api: Any = SimpleNamespace(limits=Limits(chunks_per_request=max_records))
-    return ChunkUploadStream(api, request=None, engagement="e", wants_continue=False)  # type: ignore[arg-type]
+    services: Any = SimpleNamespace(limits=Limits(chunks_per_request=max_records))
+    return ChunkUploadStream(services, request=None, engagement="e", wants_continue=False)  # type: ignore[arg-type]
 
 
 def _parsed(stream: ChunkUploadStream) -> list[chunkstream.Record]:

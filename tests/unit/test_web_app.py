@@ -1,182 +1,30 @@
-"""The HTTP adapter end to end: StubTreq over SyncAPI.resource(), a real SQLite store, real
-sessions with local accounts, and a Clock for time, long-polls and session expiry."""
+"""The HTTP adapter end to end: treq over the real Site of ``make_site`` in memory
+(tests/unit/webkit.py), a real SQLite store on synchronous pools, real sessions with local
+accounts, and a Clock for time, long-polls and session expiry; no reactor runs."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import pytest_twisted
 import zstandard
-from treq.testing import StubTreq
-from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from webkit import LIMITS, PASSWORD, Env, chunk_of, in_memory, observe, put, upload
 
-from smartsyncd.auth.local import LocalAuthenticator
-from smartsyncd.auth.passwords import hash_password
-from smartsyncd.auth.ratelimit import LoginRateLimiter
-from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import chunking, chunkstream, manifest
-from smartsyncd.core.model import ChunkRef
-from smartsyncd.storage.api import Grant
-from smartsyncd.storage.sqlite import open_server_store
-from smartsyncd.web.app import Limits, SyncAPI, make_site
+from smartsyncd.web.app import make_site
 from smartsyncd.web.limits import ClientLimits
-from smartsyncd.web.notify import ChangeNotifier
-
-START = 1_795_000_000.0  # 2026-11-18
-LIMITS = Limits(json_body=2_000_000, small_json=100_000, chunk_body=600_000)
-
-
-def observe(d: Deferred) -> list[Any]:
-    """A list that gets ``d``'s result once it has one (the result still flows on)."""
-    seen: list[Any] = []
-
-    def record(result: Any) -> Any:
-        seen.append(result)
-        return result
-
-    d.addBoth(record)
-    return seen
-
-
-def run_now(f: Any, *args: Any) -> Deferred:
-    return maybeDeferred(f, *args)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Env:
-    api: SyncAPI
-    stub: StubTreq
-    clock: Clock
-    notifier: ChangeNotifier
-    store: Any
-    alpha: int
-
-    def start(
-        self, method: str, path: str, *, token: str | None = None, body: Any = None, data: bytes | None = None
-    ) -> Deferred:
-        headers = {}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        return self.stub.request(method, "https://sync.example" + path, headers=headers, data=data)
-
-    async def settle(self, d: Deferred, deadline: float = 10.0) -> Any:
-        """Pump the in-memory connection until ``d`` has a result (store work runs in real
-        threads, so this polls with a deadline)."""
-        outcome: list[Any] = []
-        d.addBoth(outcome.append)
-        end = time.monotonic() + deadline
-        while not outcome:
-            self.stub.flush()
-            if outcome:
-                break
-            assert time.monotonic() < end, "request did not finish in time"
-            await deferLater(reactor, 0.002, lambda: None)
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
-
-    async def reply(self, d: Deferred) -> Reply:
-        response = await self.settle(d)
-        body = await self.settle(response.content())
-        return Reply(response.code, response.headers, body)
-
-    async def call(self, method: str, path: str, **kw: Any) -> Reply:
-        return await self.reply(self.start(method, path, **kw))
-
-    async def login(self, user: str, password: str = "pw-" + "x" * 8) -> str:
-        r = await self.call("POST", "/v1/login", body={"user": user, "password": password})
-        assert r.status == 200, r.body
-        return str(r.json()["token"])
-
-    async def wait_for(self, condition: Any, deadline: float = 10.0) -> None:
-        end = time.monotonic() + deadline
-        while not condition():
-            self.stub.flush()
-            assert time.monotonic() < end, "condition not reached in time"
-            await deferLater(reactor, 0.002, lambda: None)
-
-
-PASSWORD = "pw-" + "x" * 8
-
-
-@pytest_twisted.async_yield_fixture
-async def env(tmp_path: Any) -> AsyncIterator[Env]:
-    clock = Clock()
-    clock.advance(START)
-    store = await open_server_store(str(tmp_path), reactor=reactor)
-    pw = hash_password(PASSWORD)
-    for name in ("alice", "rita", "eve"):
-        await store.add_user(name, pw)
-    alpha = await store.create_engagement("alpha", "Alpha Ltd 2026")
-    await store.create_engagement("beta", "Beta Inc")
-    await store.grant(Grant("alpha", "user", "alice", "alice", "editor"))
-    await store.grant(Grant("alpha", "user", "rita", "rita", "reader"))
-    await store.grant(Grant("beta", "user", "eve", "eve", "admin"))
-    sessions = SessionManager(store, [LocalAuthenticator(store, run_now)], clock, LoginRateLimiter(clock))
-    notifier = ChangeNotifier(clock)
-    api = SyncAPI(store, sessions, notifier, clock, run_now, limits=LIMITS)
-    try:
-        yield Env(api, StubTreq(api.resource()), clock, notifier, store, alpha.id)
-    finally:
-        await store.close()
-
-
-def chunk_of(data: bytes) -> tuple[ChunkRef, tuple[str, int, int, bytes]]:
-    h = chunking.chunk_hash(data)
-    codec, payload = chunkstream.compress_chunk(data)
-    return ChunkRef(h, len(data)), (h, codec, len(data), payload)
-
-
-def put(path: str, chunks: list[ChunkRef], base: int | None = None) -> dict[str, Any]:
-    return {
-        "path": path,
-        "kind": "put",
-        "base": base,
-        "content": manifest.content_id(chunks),
-        "size": sum(c.size for c in chunks),
-        "manifest": manifest.chunks_to_json(chunks),
-    }
-
-
-async def upload(env: Env, token: str, *datas: bytes) -> list[ChunkRef]:
-    pairs = [chunk_of(d) for d in datas]
-    r = await env.call(
-        "POST", "/v1/engagements/alpha/chunks", token=token, data=chunkstream.encode_records(p[1] for p in pairs)
-    )
-    assert r.status == 200, r.body
-    return [p[0] for p in pairs]
-
 
 # -- sign-in -----------------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_login_good_bad_and_empty_password(env: Env) -> None:
     r = await env.call("POST", "/v1/login", body={"user": "alice", "password": PASSWORD})
     assert r.status == 200
@@ -195,7 +43,7 @@ async def test_login_good_bad_and_empty_password(env: Env) -> None:
     assert bad.body == unknown.body
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 @pytest.mark.parametrize(
     "body", [{"user": "alice"}, {"user": 1, "password": "x"}, ["alice", "pw"], "x"]
 )
@@ -205,7 +53,7 @@ async def test_login_with_wrong_types_is_bad_request(env: Env, body: Any) -> Non
     assert r.json()["error"] == "bad_request"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_logout_ends_the_session(env: Env) -> None:
     token = await env.login("alice")
     r = await env.call("POST", "/v1/logout", token=token)
@@ -214,7 +62,7 @@ async def test_logout_ends_the_session(env: Env) -> None:
     assert r.status == 401 and r.json()["error"] == "session_expired"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_session_expires_with_the_clock(env: Env) -> None:
     token = await env.login("alice")
     env.clock.advance(31 * 86400)
@@ -237,7 +85,7 @@ AUTHED = [
 ]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 @pytest.mark.parametrize(("method", "path"), AUTHED)
 async def test_every_endpoint_needs_a_valid_token(env: Env, method: str, path: str) -> None:
     body = {"chunks": []} if method == "POST" else None
@@ -250,7 +98,7 @@ async def test_every_endpoint_needs_a_valid_token(env: Env, method: str, path: s
 # -- visibility and roles ----------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_invisible_engagement_looks_exactly_like_an_unknown_one(env: Env) -> None:
     token = await env.login("alice")
     hidden = await env.call("GET", "/v1/engagements/beta/snapshot", token=token)
@@ -266,7 +114,7 @@ async def test_invisible_engagement_looks_exactly_like_an_unknown_one(env: Env) 
     assert one.json() == {"name": "alpha", "title": "Alpha Ltd 2026", "role": "editor", "head": 0}
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_reader_may_pull_but_not_push(env: Env) -> None:
     token = await env.login("rita")
     assert (await env.call("GET", "/v1/engagements/alpha/snapshot", token=token)).status == 200
@@ -287,7 +135,7 @@ async def test_reader_may_pull_but_not_push(env: Env) -> None:
 # -- chunks ------------------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_upload_then_missing_reports_none_and_fetch_returns_them(env: Env) -> None:
     token = await env.login("alice")
     datas = [b"a" * 50_000, os.urandom(20_000)]
@@ -319,7 +167,7 @@ async def test_upload_then_missing_reports_none_and_fetch_returns_them(env: Env)
     assert r.status == 404 and r.json()["chunks"] == ["b" * 64]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_wrong_hash_chunk_refuses_the_whole_upload(env: Env) -> None:
     token = await env.login("alice")
     _, good = chunk_of(b"good chunk" * 1000)
@@ -333,7 +181,25 @@ async def test_wrong_hash_chunk_refuses_the_whole_upload(env: Env) -> None:
     assert await env.store.missing_chunks(env.alpha, [good[0]]) == [good[0]]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
+async def test_an_upload_is_refused_before_its_body_is_read(env: Env) -> None:
+    # the Site's request factory streams uploads (web/upload.py): a refusal is answered from
+    # the headers (written straight to the transport: no Date, no Server), nothing is stored
+    _, record = chunk_of(b"never read" * 1000)
+    alice = await env.login("alice")
+    rita = await env.login("rita")
+    for token, status in ((None, 401), ("not-a-token", 401), (rita, 403)):
+        r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token,
+                           data=chunkstream.encode_records([record]))
+        assert r.status == status, r.body
+        assert r.headers.getRawHeaders("date") is None and r.json()["error"]
+    assert await env.store.missing_chunks(env.alpha, [record[0]]) == [record[0]]
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=alice, data=chunkstream.encode_records([record]))
+    assert r.json() == {"stored": 1, "present": 0}
+    assert "verify_records" in env.offloaded  # on the CPU pool, batch by batch
+
+
+@in_memory
 async def test_zstd_bomb_is_refused(env: Env) -> None:
     token = await env.login("alice")
     frame = zstandard.ZstdCompressor().compress(b"\0" * (100 * 1024 * 1024))
@@ -344,7 +210,7 @@ async def test_zstd_bomb_is_refused(env: Env) -> None:
     assert await env.store.missing_chunks(env.alpha, [record[0]]) == [record[0]]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_bodies_over_the_endpoint_limit_are_413(env: Env) -> None:
     token = await env.login("alice")
     r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token, data=b"\0" * (LIMITS.chunk_body + 1))
@@ -357,7 +223,7 @@ async def test_bodies_over_the_endpoint_limit_are_413(env: Env) -> None:
     assert r.status == 413
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_fetch_over_the_response_cap_is_413(env: Env) -> None:
     token = await env.login("alice")
     refs = []
@@ -373,7 +239,7 @@ async def test_fetch_over_the_response_cap_is_413(env: Env) -> None:
 # -- JSON input --------------------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_malformed_and_deep_json_is_400(env: Env) -> None:
     token = await env.login("alice")
     for data in (b"{not json", b"[" * 10_000 + b"]" * 10_000, b'{"batch": "x", "changes": ' + b"[" * 40 + b"]" * 40 + b"}"):
@@ -386,7 +252,7 @@ async def test_malformed_and_deep_json_is_400(env: Env) -> None:
     assert r.status == 413 and r.json()["limit"] == 64 * 1024
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -410,7 +276,7 @@ async def test_commit_wrong_types_name_the_field(env: Env, change: dict, field: 
     assert await env.store.head(env.alpha) == 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_commit_batch_key_is_checked(env: Env) -> None:
     token = await env.login("alice")
     for batch in ("", "x" * 129, 5, None):
@@ -418,7 +284,7 @@ async def test_commit_batch_key_is_checked(env: Env) -> None:
         assert r.status == 400 and r.json()["field"] == "batch"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_invalid_path_is_named_and_nothing_applied(env: Env) -> None:
     token = await env.login("alice")
     refs = await upload(env, token, b"x" * 20_000)
@@ -432,7 +298,7 @@ async def test_invalid_path_is_named_and_nothing_applied(env: Env) -> None:
 # -- commit, pull, long-poll -------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_commit_applied_then_conflict_and_pull(env: Env, caplog: Any) -> None:
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
@@ -499,7 +365,7 @@ async def test_commit_applied_then_conflict_and_pull(env: Env, caplog: Any) -> N
     assert alice not in dumped and reader not in dumped and PASSWORD not in dumped
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_manifest_full_and_as_delta(env: Env) -> None:
     alice = await env.login("alice")
     datas = [bytes([i]) * 9000 + os.urandom(100) for i in range(20)]
@@ -525,7 +391,7 @@ async def test_manifest_full_and_as_delta(env: Env) -> None:
     assert r.status == 400
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_commit_with_a_delta_manifest(env: Env) -> None:
     alice = await env.login("alice")
     base = await upload(env, alice, b"one" * 5000, b"two" * 5000)
@@ -541,7 +407,7 @@ async def test_commit_with_a_delta_manifest(env: Env) -> None:
     assert r.json()["results"][0] == {"path": "x.docx", "status": "applied", "seq": 2}
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_long_poll_is_woken_by_a_commit(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")
@@ -557,7 +423,7 @@ async def test_long_poll_is_woken_by_a_commit(env: Env) -> None:
     assert env.notifier.waiting(env.alpha) == 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_waiters_woken_by_one_commit_share_one_answer_without_a_query(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")
@@ -588,7 +454,7 @@ async def test_waiters_woken_by_one_commit_share_one_answer_without_a_query(env:
     assert queries == [(env.alpha, 1, 5000)] and env.api.longpolls.shortcuts == shortcuts + 2
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_long_poll_times_out_with_the_clock(env: Env) -> None:
     reader = await env.login("rita")
     poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=10", token=reader)
@@ -606,7 +472,7 @@ async def test_long_poll_times_out_with_the_clock(env: Env) -> None:
     }
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_long_poll_wait_is_capped_at_max_wait(env: Env) -> None:
     reader = await env.login("rita")
     poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=3600", token=reader)
@@ -615,7 +481,7 @@ async def test_long_poll_wait_is_capped_at_max_wait(env: Env) -> None:
     assert (await env.reply(poll)).status == 200
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_client_disconnect_unregisters_the_waiter(env: Env) -> None:
     reader = await env.login("rita")
     poll = env.start("GET", "/v1/engagements/alpha/changes?since=0&wait=30", token=reader)
@@ -627,7 +493,7 @@ async def test_client_disconnect_unregisters_the_waiter(env: Env) -> None:
     assert not [c for c in env.clock.getDelayedCalls() if c.func == env.notifier._expire]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 @pytest.mark.parametrize(
     "query", ["since=-1", "since=x", "limit=0", "wait=-1", "wait=abc", "since=1e3"]
 )
@@ -640,7 +506,7 @@ async def test_changes_query_arguments_are_checked(env: Env, query: str) -> None
 # -- routing, errors, server information -------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_routing_misses_are_json(env: Env) -> None:
     r = await env.call("GET", "/v1/nothing-here")
     assert r.status == 404 and r.json()["error"] == "not_found"
@@ -653,7 +519,7 @@ async def test_routing_misses_are_json(env: Env) -> None:
         assert r.json()["supported"] == [1]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_info_and_healthz_need_no_token(env: Env) -> None:
     info = await env.call("GET", "/v1/info")
     assert info.json() == {
@@ -668,7 +534,7 @@ async def test_info_and_healthz_need_no_token(env: Env) -> None:
     assert health.status == 200 and health.json() == {"status": "ok", "database": "ok", "storage": "ok"}
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_healthz_is_503_when_a_part_fails(env: Env, monkeypatch: Any) -> None:
     async def sick() -> dict[str, str]:
         return {"database": "error", "storage": "ok"}
@@ -679,7 +545,7 @@ async def test_healthz_is_503_when_a_part_fails(env: Env, monkeypatch: Any) -> N
 
 
 @pytest.mark.allow_logged_errors
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_bug_is_500_json_without_a_traceback(env: Env, monkeypatch: Any) -> None:
     async def broken(engagement_id: int) -> Any:
         raise RuntimeError("secret internal detail")
@@ -701,7 +567,7 @@ async def test_a_bug_is_500_json_without_a_traceback(env: Env, monkeypatch: Any)
     assert b"secret" not in r.body and b"Traceback" not in r.body
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_make_site_caps_bodies_times_out_idle_connections_and_hides_versions(env: Env) -> None:
     site = make_site(env.api, timeout=77)
     assert site.timeOut == 77
@@ -739,7 +605,7 @@ def status_of(transport: StringTransport) -> bytes:
     return transport.value().split(b"\r\n", 1)[0]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_body_limits_are_decided_by_route_when_the_headers_arrive(env: Env) -> None:
     site = make_site(env.api)
     # sign-in: 64 KiB, refused before any of the body (it used to buffer up to 64 MiB)
@@ -824,7 +690,7 @@ def test_an_unauthenticated_request_has_a_total_deadline_that_bytes_do_not_resta
     assert t.disconnecting and b"408 Request Timeout" in t.value()
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_repeated_failed_sign_ins_are_rate_limited(env: Env) -> None:
     for _ in range(5):
         r = await env.call("POST", "/v1/login", body={"user": "alice", "password": "guess"})
@@ -834,7 +700,7 @@ async def test_repeated_failed_sign_ins_are_rate_limited(env: Env) -> None:
     assert int(r.headers.getRawHeaders("retry-after")[0]) == r.json()["retry_after"] > 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_stale_delete_and_unchanged_results(env: Env) -> None:
     alice = await env.login("alice")
     refs = await upload(env, alice, b"kept " * 5000)
@@ -856,7 +722,7 @@ async def test_stale_delete_and_unchanged_results(env: Env) -> None:
     assert [f["path"] for f in snap["files"]] == ["keep.txt"]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_client_ahead_of_the_server_is_answered_at_once(env: Env) -> None:
     # a copy past the head synced with a log the store no longer holds (restored): it is told
     # so at once (409 history_diverged), never parked waiting for numbers it has already seen
@@ -870,7 +736,7 @@ async def test_a_client_ahead_of_the_server_is_answered_at_once(env: Env) -> Non
     assert env.notifier.waiting(env.alpha) == 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_trailing_slash_and_wrong_method_on_engagement_routes(env: Env) -> None:
     token = await env.login("alice")
     r = await env.call("GET", "/v1/engagements/", token=token)
@@ -879,15 +745,8 @@ async def test_trailing_slash_and_wrong_method_on_engagement_routes(env: Env) ->
     assert r.status == 405 and r.json()["error"] == "method_not_allowed"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_large_commit_is_parsed_off_the_reactor_and_applied(env: Env) -> None:
-    parsed_in_runner: list[str] = []
-
-    def recording_runner(f: Any, *args: Any) -> Deferred:
-        parsed_in_runner.append(f.__name__)
-        return maybeDeferred(f, *args)
-
-    env.api._run_blocking = recording_runner
     alice = await env.login("alice")
     refs = await upload(env, alice, b"shared " * 3000)
     changes = [put(f"folder {i // 100}/copy {i}.txt", refs) for i in range(1500)]
@@ -897,13 +756,35 @@ async def test_a_large_commit_is_parsed_off_the_reactor_and_applied(env: Env) ->
     assert r.status == 200, r.body
     assert r.json()["head"] == 1500
     assert {x["status"] for x in r.json()["results"]} == {"applied"}
-    assert "parse_commit" in parsed_in_runner
+    assert "parse_commit" in env.offloaded
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_too_many_changes_in_one_commit_is_413(env: Env) -> None:
     alice = await env.login("alice")
     changes = [{"path": f"f{i}", "kind": "delete", "base": 1} for i in range(10_001)]
     r = await env.call("POST", "/v1/engagements/alpha/commit", token=alice, body={"batch": "many", "changes": changes})
     assert r.status == 413 and r.json()["limit"] == 10_000
     assert await env.store.head(env.alpha) == 0
+
+
+@in_memory
+async def test_bad_path_segments_are_400_naming_the_segment_before_sign_in(env: Env) -> None:
+    # web/segments.py: a segment that can never be valid is refused before any session check
+    cases = [
+        ("GET", "/v1/engagements/-dash/snapshot", "engagement"),
+        ("GET", "/v1/engagements/" + "e" * 101, "engagement"),
+        ("POST", "/v1/engagements/a%20b/commit", "engagement"),
+        ("POST", "/v1/engagements/.hidden/chunks", "engagement"),  # the streamed upload too
+        ("GET", "/v1/engagements/alpha/manifests/NOTAHASH", "content"),
+        ("POST", "/v1/engagements/alpha/copies/bad%21copy/report", "copy"),
+    ]
+    alice = await env.login("alice")
+    for method, path, segment in cases:
+        for token in (None, alice):
+            r = await env.call(method, path, token=token, body={} if method == "POST" else None)
+            assert r.status == 400, (path, r.body)
+            assert r.json()["error"] == "bad_request" and r.json()["field"] == segment, r.body
+    # a valid name the user may not see is still the authorization's 404
+    r = await env.call("GET", "/v1/engagements/beta/snapshot", token=alice)
+    assert r.status == 404

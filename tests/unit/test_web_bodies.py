@@ -8,6 +8,7 @@ from io import BytesIO
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -120,9 +121,7 @@ class SmallRequest(LimitedRequest):
 
 def connect(request_factory: type = LimitedRequest) -> tuple[Echo, StringTransport, object]:
     echo = Echo()
-    # no idle timeout: the channel is never closed, and its 60 s timer would otherwise fire in a
-    # later test's reactor run (a logged error there when integration tests follow in one run)
-    site = Site(echo, timeout=None)
+    site = Site(echo, timeout=None, reactor=Clock())  # no global reactor, no idle timer
     site.requestFactory = request_factory
     proto = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from smartsyncd.core.errors import SyncError
 from smartsyncd.storage.api import CommitResultItem
-from smartsyncd.web import app as web_app
-from smartsyncd.web.app import Limits, _result_json, parse_commit
+from smartsyncd.web import parse as web_parse
+from smartsyncd.web.limits import Limits
+from smartsyncd.web.parse import parse_commit
+from smartsyncd.web.shapes import result_json
 
 HASH = "ab" * 32
 HASH2 = "0f" * 32
@@ -75,20 +77,20 @@ def _outcome(body: bytes) -> Any:
 def test_the_shortcut_parses_as_the_full_checks(change_items: list[Any]) -> None:
     body = json.dumps({"batch": "b", "changes": change_items}).encode()
     fast = _outcome(body)
-    saved = web_app._plain_change
-    web_app._plain_change = lambda raw: None  # every item through the full checks
+    saved = web_parse._plain_change
+    web_parse._plain_change = lambda raw: None  # every item through the full checks
     try:
         full = _outcome(body)
     finally:
-        web_app._plain_change = saved
+        web_parse._plain_change = saved
     assert fast == full
 
 
 def test_the_shortcut_takes_the_plain_shapes() -> None:
-    put = web_app._plain_change({"path": "a/b.txt", "kind": "put", "base": None, "manifest": [[HASH, 4096]]})
+    put = web_parse._plain_change({"path": "a/b.txt", "kind": "put", "base": None, "manifest": [[HASH, 4096]]})
     assert put is not None and put[0].size == 4096 and put[1] is not None and put[1].chunks is not None
-    assert web_app._plain_change({"path": "a/b.txt", "kind": "delete", "base": 3}) is not None
-    assert web_app._plain_change({"path": "a", "kind": "put", "base": None, "content": HASH, "size": 1}) is None
+    assert web_parse._plain_change({"path": "a/b.txt", "kind": "delete", "base": 3}) is not None
+    assert web_parse._plain_change({"path": "a", "kind": "put", "base": None, "content": HASH, "size": 1}) is None
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,7 @@ def test_the_shortcut_takes_the_plain_shapes() -> None:
 def test_result_json_is_the_generic_form(item: CommitResultItem) -> None:
     generic = {f.name: getattr(item, f.name) for f in fields(item)}
     generic = {k: v for k, v in generic.items() if v is not None or k == "seq"}
-    assert json.dumps(_result_json(item)) == json.dumps(generic)
+    assert json.dumps(result_json(item)) == json.dumps(generic)
 
 
 @pytest.mark.parametrize("size", [0, True, False, 262145, 2.0, -1])
@@ -111,7 +113,7 @@ def test_a_chunk_size_outside_1_to_max_is_refused_on_both_paths(size: Any) -> No
     """Explicit cases beside the property: the shortcut leaves a bad chunk size to the full
     checks (it never accepts one), and those refuse it naming the manifest entry."""
     item = {"path": "a.txt", "kind": "put", "base": None, "manifest": [[HASH, size]]}
-    assert web_app._plain_change(item) is None
+    assert web_parse._plain_change(item) is None
     with pytest.raises(SyncError) as refused:
         parse_commit(json.dumps({"batch": "b", "changes": [item]}).encode(), Limits())
     assert refused.value.status == 400

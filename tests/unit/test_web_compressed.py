@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (test functions take the imported ``env`` fixture as a parameter)
 """Compact wire forms (docs/protocol.md "Compressed JSON bodies", compact puts, index answers):
 zstd request bodies with a capped decompression, zstd answers when asked for, a put whose
 content id and size the server derives from its manifest, and the index form of the missing
@@ -10,9 +9,8 @@ import json
 import os
 from typing import Any
 
-import pytest_twisted
 import zstandard
-from test_web_app import Env, Reply, env, upload  # noqa: F401  (env: the fixture)
+from webkit import Env, Reply, in_memory, upload
 
 from smartsyncd.core import bodycodec, chunking, manifest
 
@@ -39,7 +37,7 @@ async def head_of(env: Env, token: str) -> int:
     return int(r.json()["head"])
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_compressed_commit_of_compact_puts_is_applied_with_derived_content(env: Env) -> None:
     token = await env.login("alice")
     datas = [os.urandom(3000 + i) for i in range(40)]
@@ -58,7 +56,7 @@ async def test_compressed_commit_of_compact_puts_is_applied_with_derived_content
         assert f["content"] == manifest.content_id([c]) and f["size"] == len(datas[i])
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_answers_are_plain_unless_zstd_is_accepted(env: Env) -> None:
     token = await env.login("alice")
     hashes = [chunking.chunk_hash(os.urandom(10)) for _ in range(50)]
@@ -76,7 +74,7 @@ async def test_answers_are_plain_unless_zstd_is_accepted(env: Env) -> None:
     assert json.loads(bodycodec.decode(r.body, "zstd", 1 << 20)) == {"missing": hashes}
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_missing_answer_by_index(env: Env) -> None:
     token = await env.login("alice")
     have = await upload(env, token, os.urandom(5000), os.urandom(6000))
@@ -87,7 +85,7 @@ async def test_missing_answer_by_index(env: Env) -> None:
     assert r.status == 200 and r.json() == {"missing_index": [0, 2, 4]}
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_bad_compressed_bodies_are_refused_and_change_nothing(env: Env) -> None:
     token = await env.login("alice")
     [c] = await upload(env, token, os.urandom(4000))

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (test functions take the imported ``env`` fixture as a parameter)
 """Parked long-polls (web/longpoll.py) through the real SyncAPI, store and sessions: every woken
 poll answers exactly what ``changes_since`` says (encoded once, zstd only for those asking),
 one query per woken group (commit or timeout), answers spread over reactor turns, a client
@@ -11,17 +10,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import pytest_twisted
-from test_web_app import Env, Reply, env, put, upload  # noqa: F401  (env: the fixture)
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from webkit import ROUNDS, Env, Reply, in_memory, put, upload
 
 from smartsyncd.core import bodycodec, manifest
 from smartsyncd.core.model import ProposedChange
 from smartsyncd.storage.api import PutManifest
 
 POLL = "/v1/engagements/alpha/changes?since={since}&wait={wait}"
+
+
+@pytest.fixture(autouse=True)
+def queries_take_a_turn(env: Env) -> None:
+    """The store's change queries answer on the Clock's next turn, as they do from the real
+    thread pool: polls woken meanwhile join the group whose query is running."""
+    real = env.store.changes_since
+
+    async def after_a_turn(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        turn: Deferred[None] = Deferred()
+        env.clock.callLater(0, turn.callback, None)
+        await turn
+        return result
+
+    env.store.changes_since = after_a_turn
 
 
 def poll(env: Env, token: str, since: int = 0, wait: int = 30, zstd: bool = False) -> Deferred:
@@ -31,9 +43,9 @@ def poll(env: Env, token: str, since: int = 0, wait: int = 30, zstd: bool = Fals
     return env.stub.request("GET", "https://sync.example" + POLL.format(since=since, wait=wait), headers=headers)
 
 
-async def answers(env: Env, polls: list[Deferred], pump_clock: bool = False) -> list[Reply]:
-    """Every poll's reply; with ``pump_clock`` the API's Clock is advanced by 0 while waiting
-    (the answers of one wake-up are written a slice per reactor turn)."""
+async def answers(env: Env, polls: list[Deferred]) -> list[Reply]:
+    """Every poll's reply, pumping the connections and the Clock's turns (the answers of one
+    wake-up are written a slice per turn; a change query answers on a later turn)."""
     done: list[Any] = [None] * len(polls)
 
     def keep(response: Any, i: int) -> None:
@@ -41,13 +53,10 @@ async def answers(env: Env, polls: list[Deferred], pump_clock: bool = False) -> 
 
     for i, d in enumerate(polls):
         d.addCallback(keep, i)
-    for _ in range(5000):
+    for _ in range(ROUNDS):
         if all(x is not None for x in done):
             break
-        if pump_clock:
-            env.clock.advance(0)
-        env.stub.flush()
-        await deferLater(reactor, 0.002, lambda: None)
+        env.pump()
     assert all(x is not None for x in done), "not every long-poll was answered"
     return [Reply(r.code, r.headers, await env.settle(r.content())) for r in done]
 
@@ -71,7 +80,7 @@ async def commit_elsewhere(env: Env, batch: str) -> int:
     return int(result.head)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_polls_woken_by_a_commit_here_get_exactly_changes_since_without_a_query(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")
@@ -95,7 +104,7 @@ async def test_polls_woken_by_a_commit_here_get_exactly_changes_since_without_a_
     assert env.notifier.waiting(env.alpha) == 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_page_of_a_commit_and_a_commit_learned_elsewhere(env: Env) -> None:
     """``limit`` is honoured by the shortcut (a first page with ``more``); a commit this process
     did not make (another daemon's, delivered by notification) keeps the query, one per group."""
@@ -122,7 +131,7 @@ async def test_a_page_of_a_commit_and_a_commit_learned_elsewhere(env: Env) -> No
     assert [r.body for r in got] == [direct.body] * 4
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_woken_group_is_answered_a_slice_per_reactor_turn(env: Env) -> None:
     env.api.longpolls._slice = 4
     alice = await env.login("alice")
@@ -130,11 +139,11 @@ async def test_a_woken_group_is_answered_a_slice_per_reactor_turn(env: Env) -> N
     polls = [poll(env, reader) for _ in range(10)]
     await env.wait_for(lambda: env.notifier.waiting(env.alpha) == 10)
     await commit_files(env, alice, 1, "sliced")
-    got = await answers(env, polls, pump_clock=True)
+    got = await answers(env, polls)
     assert {r.body for r in got} == {got[0].body} and got[0].json()["head"] == 1
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_polls_timing_out_together_share_one_query_and_answer_empty(env: Env) -> None:
     reader = await env.login("rita")
     polls = [poll(env, reader, wait=10) for _ in range(5)]
@@ -148,7 +157,7 @@ async def test_polls_timing_out_together_share_one_query_and_answer_empty(env: E
     assert env.api.longpolls.queries == queries + 1
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_client_gone_while_parked_costs_nothing(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")
@@ -164,7 +173,7 @@ async def test_a_client_gone_while_parked_costs_nothing(env: Env) -> None:
     assert [r.json()["head"] for r in got] == [1, 1, 1]  # and nothing logged an error (conftest)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 @pytest.mark.allow_logged_errors
 async def test_a_store_failure_answers_every_woken_poll_with_a_json_500(env: Env) -> None:
     alice = await env.login("alice")
@@ -191,7 +200,7 @@ async def test_a_store_failure_answers_every_woken_poll_with_a_json_500(env: Env
         assert "disk gone" not in r.body.decode()
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_a_parked_head_request_gets_the_headers_only(env: Env) -> None:
     alice = await env.login("alice")
     reader = await env.login("rita")

@@ -1,0 +1,121 @@
+"""Who may do what: the sign-in check and the per-engagement authorization of every request.
+
+``Authorizer.authorize`` is the one check of an engagement request: bearer token -> session ->
+engagement + role (an engagement the user has no role on is answered exactly like an unknown
+one) -> ``acl.allows(role, operation)``. ``engagement_route`` registers a handler behind it, so
+a handler receives an ``Access`` instead of the engagement name and cannot skip the check; the
+streamed chunk upload (web/upload.py) calls ``authorize`` itself before reading the body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar, cast
+
+from klein import Klein
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from smartsyncd.auth.acl import allows
+from smartsyncd.auth.sessions import SessionManager
+from smartsyncd.core.errors import Finalized, Forbidden, NotFound
+from smartsyncd.core.model import Role
+from smartsyncd.storage.api import EngagementRecord, GrantStore, SessionRecord, WorkflowStore
+from smartsyncd.web.shapes import iso_utc
+
+P = ParamSpec("P")
+R = TypeVar("R", bound=bytes | Resource)
+
+_BEARER = re.compile(r"Bearer ([A-Za-z0-9._~+/=-]{1,512})", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is asking, about which engagement, with which role (the auth check's result)."""
+
+    session: SessionRecord
+    engagement: EngagementRecord
+    role: Role
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    raw = request.requestHeaders.getRawHeaders(b"authorization")
+    if not raw:
+        return None
+    match = _BEARER.fullmatch(raw[0].decode("latin-1").strip())
+    return match.group(1) if match else None
+
+
+class Authorizer:
+    """The session and per-engagement checks, over the sessions and the store's grants."""
+
+    def __init__(self, sessions: SessionManager, grants: GrantStore, status: WorkflowStore) -> None:
+        self._sessions = sessions
+        self._grants = grants
+        self._status = status
+
+    async def check_session(self, request: Request) -> SessionRecord:
+        """The live session of the request's bearer token (or SessionExpired)."""
+        return await self._sessions.resolve(bearer_token(request))
+
+    async def authorize(self, request: Request, name: str, operation: str) -> Access:
+        """Session, then the engagement if this user may see it, then the role check."""
+        session = await self._sessions.resolve(bearer_token(request))
+        engagement = await self._grants.get_engagement(name)
+        role = None
+        if engagement is not None:
+            role = await self._grants.role_for(name, session.user, session.groups)
+        if engagement is None or role is None:
+            # Same answer whether it does not exist or is not visible: no hint which.
+            raise NotFound("no such engagement")
+        if not allows(role, operation):
+            raise Forbidden(f"role {role!r} may not {operation} in engagement {name!r}")
+        return Access(session=session, engagement=engagement, role=role)
+
+    async def refuse_if_finalized(self, access: Access) -> None:
+        """A signed-off engagement takes no new chunks (423 ``finalized``), as it takes no
+        commit: they could never be used, and would only fill the disk."""
+        status = await self._status.engagement_status(access.engagement.id)
+        if status.finalized_at is not None:
+            raise Finalized(
+                f"the engagement was finalized (signed off) by {status.finalized_by}; it is"
+                " read-only until an admin reopens it, and takes no chunks",
+                reason=status.finalized_reason, finalized_by=status.finalized_by,
+                finalized_at=iso_utc(status.finalized_at),
+            )
+
+
+# What a handler returns: the body, or (awaited) the body or a resource that answers later.
+Renderable = bytes | Awaitable[bytes | Resource]
+Handler = Callable[Concatenate[Request, Access, P], Awaitable[R]]
+Routed = Callable[Concatenate[Request, str, P], Awaitable[R]]
+
+
+def engagement_route(
+    app: Klein, authorizer: Authorizer, operation: str, url: str, *, methods: list[str]
+) -> Callable[[Handler[P, R]], Routed[P, R]]:
+    """Like ``app.route``, but the handler gets an ``Access`` instead of the engagement name
+    (the ``<engagement:eng>`` segment of ``url``), after the session, visibility and role checks
+    for ``operation`` passed. Other URL segments reach the handler as keyword arguments."""
+
+    def decorator(f: Handler[P, R]) -> Routed[P, R]:
+        async def handler(request: Request, eng: str, *args: P.args, **kwargs: P.kwargs) -> R:
+            access = await authorizer.authorize(request, eng, operation)
+            return await f(request, access, *args, **kwargs)
+
+        add_route(app, url, methods, handler, getattr(f, "__name__", url))
+        return handler
+
+    return decorator
+
+
+def add_route(app: Klein, url: str, methods: list[str], handler: Callable[..., Renderable], name: str) -> None:
+    """``app.route(url)(handler)`` under the endpoint ``name``, which must be new (Klein would
+    silently replace an endpoint of the same name)."""
+    if name in app.endpoints:
+        raise ValueError(f"a second route named {name!r}")
+    # cast: Klein's handler type names IResource, which Resource provides only for zope
+    app.route(url, methods=methods, endpoint=name)(cast(Callable[..., Awaitable[bytes]], handler))

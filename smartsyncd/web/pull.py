@@ -1,0 +1,152 @@
+"""The pull routes (docs/protocol.md "Pull"): snapshot, change feed, manifests, chunk fetch.
+
+``PullRoutes.add_to`` registers them behind the ``read`` check (web/access.py). They read the
+change log and the chunk store and shape the answer (web/shapes.py); a change feed with nothing
+new waits in web/longpoll.py until a commit or its timeout.
+"""
+
+from __future__ import annotations
+
+from klein import Klein
+from twisted.web.server import Request
+
+from smartsyncd.core import chunkstream, manifest
+from smartsyncd.core.errors import NotFound, TooLarge
+from smartsyncd.storage.api import ChangeLogStore, ChunkStore
+from smartsyncd.web.access import Access, Authorizer, engagement_route
+from smartsyncd.web.bodies import query_float, query_int, query_str
+from smartsyncd.web.deltas import READ_SLICE, DeltaBases
+from smartsyncd.web.errors import json_bytes, send_json
+from smartsyncd.web.history import check_from_query
+from smartsyncd.web.limits import Limits
+from smartsyncd.web.longpoll import LongPolls, ParkedResource
+from smartsyncd.web.parse import (
+    fetch_refs,
+    hash_field,
+    hash_list,
+    json_body,
+    parse_json_off_reactor,
+)
+from smartsyncd.web.pool import RunBlocking
+from smartsyncd.web.shapes import CHUNKS_CONTENT_TYPE, changes_body, snapshot_json
+
+_RECORD_HEADER = chunkstream.HEADER_BYTES
+
+
+class StoreIdentity:
+    """The store's (id, generation), read once: constant while the daemon runs (a restore or
+    rollback happens with every daemon stopped)."""
+
+    def __init__(self, changelog: ChangeLogStore) -> None:
+        self._changelog = changelog
+        self.known: tuple[str, int] | None = None
+
+    async def get(self) -> tuple[str, int]:
+        if self.known is None:
+            self.known = await self._changelog.store_identity()
+        return self.known
+
+
+class PullRoutes:
+    """What a copy reads: the routes of docs/protocol.md "Pull"."""
+
+    def __init__(
+        self,
+        changelog: ChangeLogStore,
+        chunks: ChunkStore,
+        identity: StoreIdentity,
+        longpolls: LongPolls,
+        deltas: DeltaBases,
+        run_blocking: RunBlocking,
+        limits: Limits,
+    ) -> None:
+        self._changelog = changelog
+        self._chunks = chunks
+        self._identity = identity
+        self._longpolls = longpolls
+        self._deltas = deltas
+        self._run_blocking = run_blocking
+        self._limits = limits
+
+    def add_to(self, app: Klein, authorizer: Authorizer) -> None:
+        eng = "/v1/engagements/<engagement:eng>"
+        engagement_route(app, authorizer, "read", eng + "/snapshot", methods=["GET"])(self.snapshot)
+        engagement_route(app, authorizer, "read", eng + "/changes", methods=["GET"])(self.changes)
+        engagement_route(app, authorizer, "read", eng + "/manifests/<content:content>", methods=["GET"])(
+            self.manifest
+        )
+        engagement_route(app, authorizer, "read", eng + "/chunks/fetch", methods=["POST"])(self.fetch_chunks)
+
+    async def snapshot(self, request: Request, access: Access) -> bytes:
+        head, files = await self._changelog.snapshot(access.engagement.id)
+        identity = await self._identity.get()
+        # the record token at head: a clone remembers it (web/history.py)
+        token = await self._changelog.record_token(access.engagement.id, head)
+        return send_json(request, snapshot_json(head, files, token, identity))
+
+    async def changes(self, request: Request, access: Access) -> bytes | ParkedResource:
+        limits = self._limits
+        since = query_int(request, "since", 0, 0)
+        limit = min(query_int(request, "limit", limits.changes_page, 1), limits.changes_page)
+        wait = min(query_float(request, "wait", 0.0, 0.0, 1e9), limits.max_wait)
+        eid = access.engagement.id
+        check = check_from_query(request, since)
+        identity = await self._identity.get()
+        # since past the head, or another record token at since: 409 history_diverged (the
+        # store was restored; the copy reconciles instead of waiting for numbers it has seen)
+        head, changes = await self._changelog.changes_since(eid, since, limit, check=check)
+        if not changes and wait > 0:
+            # parked: web/longpoll.py answers it (with what changes_since then says) once a
+            # commit moves the head past ``since`` or the wait runs out
+            return self._longpolls.park(request, eid, since, limit, wait)
+        return send_json(request, changes_body(head, changes, identity))
+
+    async def manifest(self, request: Request, access: Access, content: str) -> bytes:
+        base = query_str(request, "base")
+        eid = access.engagement.id
+        found = await self._chunks.get_manifest(eid, content)
+        if found is None:
+            raise NotFound(f"no manifest for content {content}", content=content)
+        full = manifest.chunks_to_json(found.chunks)
+        if base is not None and hash_field(base, "base") != content:
+            base_manifest = await self._chunks.get_manifest(eid, base)
+            if base_manifest is not None:
+                ops = manifest.make_delta(base_manifest.chunks, found.chunks)
+                if len(json_bytes(ops)) < len(json_bytes(full)):
+                    return send_json(
+                        request,
+                        {"content": content, "size": found.size, "delta": {"base": base, "ops": ops}},
+                    )
+        return send_json(request, {"content": content, "size": found.size, "chunks": full})
+
+    async def fetch_chunks(self, request: Request, access: Access) -> bytes:
+        limits = self._limits
+        asked = await parse_json_off_reactor(self._run_blocking, json_body(request, limits.small_json))
+        wanted = hash_list(asked, limits.chunks_per_request)
+        # optional base ranges: chunks may come back as deltas against a version the caller has
+        refs = fetch_refs(asked, wanted, limits.delta_prefix_bytes)
+        prefixes = await self._deltas.fetch_bases(access.engagement.id, refs.values()) if refs else {}
+        unique = list(dict.fromkeys(wanted))
+        cap = limits.chunk_body
+        found: dict[str, tuple[int, int, bytes]] = {}
+        total = 0
+        for start in range(0, len(unique), READ_SLICE):
+            for chunk in await self._chunks.read_chunks(access.engagement.id, unique[start : start + READ_SLICE]):
+                found[chunk.hash] = (chunk.codec, chunk.raw_size, chunk.payload)
+                total += _RECORD_HEADER + len(chunk.payload)
+            if total > cap:
+                raise TooLarge(
+                    f"the requested chunks are over the response limit of {cap} bytes; ask for fewer",
+                    limit=cap,
+                )
+        unknown = [h for h in unique if h not in found]
+        if unknown:
+            raise NotFound(f"{len(unknown)} unknown chunk(s)", chunks=unknown)
+        records: list[chunkstream.Record] = [(h, *found[h]) for h in wanted]
+        if refs:  # compressing against the bases is CPU work: off the reactor
+            records = await self._run_blocking(chunkstream.delta_encode_records, records, refs, prefixes)
+        body = chunkstream.encode_records(records)
+        if len(body) > cap:  # duplicates in the request
+            raise TooLarge(f"response over the limit of {cap} bytes; ask for fewer", limit=cap)
+        request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
+        return body
