@@ -9,8 +9,10 @@ pools, no reactor); the sign-in ones through ``SessionManager`` with a ``Clock``
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,19 +29,35 @@ from smartsyncd.storage import schema
 from smartsyncd.storage.api import Grant, PrincipalBlock, SessionRecord
 from smartsyncd.storage.sqlite import SQLITE
 from smartsyncd.testing.memory_store import MemoryServerStore
-from smartsyncd.testing.syncpool import open_sync_sqlite_store, run_sync
+from smartsyncd.testing.syncpool import open_sync_sqlite_store, open_sync_store, run_sync
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SID = "S-1-5-21-1000-2000-3000-1104"
 AD_ALICE = "ad:" + SID
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+    from pg import PgCluster
+
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: Any, tmp_path: Any) -> Iterator[Any]:
     if request.param == "memory":
         yield MemoryServerStore(now=lambda: T0)
         return
-    s = open_sync_sqlite_store(str(tmp_path / "data"), now=lambda: T0)
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_cluster").fresh_url()
+        s = open_sync_store(str(tmp_path / "data"), database_url=url, now=lambda: T0)
+    else:
+        s = open_sync_sqlite_store(str(tmp_path / "data"), now=lambda: T0)
     try:
         yield s
     finally:
