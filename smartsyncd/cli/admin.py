@@ -303,7 +303,7 @@ class Admin:
             raise AdminError(f"{kind} {wanted!r} has no grant on {engagement!r}")
         for g in matches:
             await self.store.revoke(engagement, kind, g.principal)
-            self.say(f"revoked {g.role} on {engagement} from {kind} {g.display_name}")
+            self.say(f"revoked {g.role} on {engagement} from {kind} {_shown(g)}")
         return 0
 
     async def grants(self, engagement: str | None) -> int:
