@@ -5,13 +5,20 @@
 - the window of failed sign-ins per account is configurable
   (``[limits] login_failure_window_minutes``): refused while the failures are in it, signed in
   once they have left it;
-- an LDAP bind password file that other accounts can read is named in a start-up warning.
+- an LDAP bind password file that other accounts can read is named in a start-up warning;
+- unauthenticated body bytes are capped per client address across its connections
+  (``[limits] unauthenticated_bytes_per_address``): the request that goes over gets a JSON 429.
 
 Time-based checks poll the real condition with a deadline; none asserts a duration.
 """
 
 from __future__ import annotations
 
+import json
+import select
+import socket
+import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +91,53 @@ bind_password_file = {secret}
         assert "not-a-real-password" not in log
     finally:
         d.stop()
+
+
+def test_unauthenticated_bytes_are_capped_per_address_across_connections(tmp_path: Path) -> None:
+    d = running_daemon(tmp_path, config_text="[limits]\nunauthenticated_bytes_per_address = 150000\n")
+    head = (b"POST /v1/engagements/acme/chunks/missing HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 90000\r\n\r\n")
+    conns = []
+    try:
+        for _ in range(2):  # 80,000 of 90,000 body bytes each, no token: 160,000 > 150,000
+            raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+            conn = d.ssl_context().wrap_socket(raw, server_hostname="localhost")
+            conn.sendall(head + b" " * 80_000)
+            conns.append(conn)
+        # whichever the daemon read second is refused; the other is still being read
+        for c in conns:
+            c.setblocking(False)
+        replies = {id(c): b"" for c in conns}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(
+            r.rstrip().endswith(b"}") for r in replies.values()
+        ):
+            select.select(conns, [], [], 0.2)
+            for c in conns:
+                replies[id(c)] += _app_data(c)
+        refused = [r for r in replies.values() if r]
+        assert len(refused) == 1, replies
+        assert refused[0].startswith(b"HTTP/1.1 429 "), refused[0][:200]
+        assert json.loads(refused[0].split(b"\r\n\r\n", 1)[1])["error"] == "rate_limited"
+        for c in conns:
+            c.close()
+        conns.clear()
+        add_users(d, ["carol"])  # the address is not blocked for good
+        assert d.request("GET", "/v1/session", token=d.login("carol", PASSWORD))[0] == 200
+    finally:
+        for c in conns:
+            c.close()
+        d.stop()
+
+
+def _app_data(conn: ssl.SSLSocket) -> bytes:
+    """What the daemon has sent on a non-blocking TLS socket so far (b"" when nothing)."""
+    data = b""
+    while True:
+        try:
+            part = conn.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return data
+        if not part:
+            return data
+        data += part
