@@ -326,6 +326,9 @@ class Admin:
             f"database schema at version {version} (this smartsyncd: {LATEST_VERSION}); "
             f"{describe_database(self.config)}"
         )
+        from smartsyncd.cli.admin_sessions import claim_name_grants
+
+        await claim_name_grants(self)
         return 0
 
     async def fsck(self) -> int:

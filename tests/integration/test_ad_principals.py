@@ -5,7 +5,7 @@ real ``smartsync-admin`` and a real Samba AD DC (issue 14).
   grants (before, a user grant named a bare name that both matched);
 - renaming an AD account keeps its grants and its open session (grants key on the SID);
 - a user grant kept by name (as schema 5 migrates a directory user's grant) is claimed by the
-  account at its first sign-in;
+  account at its first sign-in, or by ``smartsync-admin db upgrade``;
 - ``smartsync-admin user disable|enable|remove`` works for directory accounts, by any name form
   or by SID: the next request gets 401 and sign-ins are refused;
 - an account disabled in AD (userAccountControl) is refused at sign-in and its open session
@@ -144,6 +144,23 @@ def test_a_grant_kept_by_name_is_claimed_at_first_sign_in(
     token = server.login("quin", PW)
     assert engagements(server, token) == {"beta"}
     assert re.search(r"quin \(ad:S-1-5-21-[0-9-]+\)", admin_ok(server, "grants", "beta"))
+
+
+def test_db_upgrade_claims_grants_kept_by_name_without_waiting_for_a_sign_in(
+    server: Daemon, samba_dc: SambaDC  # noqa: F811
+) -> None:
+    samba_dc.add_user("rosa", PW)
+    admin_ok(server, "grant", "gamma", "--user", "rosa", "--role", "reader")
+    with sqlite3.connect(server.data_dir / "metadata.sqlite3") as db:
+        db.execute("UPDATE grants SET principal = 'name:rosa' WHERE display_name = 'rosa'")
+        db.execute("INSERT INTO grants SELECT engagement_id, 'user', 'name:ghost', 'ghost',"
+                   " 'reader' FROM grants WHERE principal = 'name:rosa'")
+    said = admin_ok(server, "db", "upgrade")
+    assert re.search(r"grants by name rosa: 1 now belong to ad:S-1-5-21-", said), said
+    assert "grants by name ghost: left for the next sign-in" in said, said
+    # renamed before her first sign-in: the grant followed her SID
+    samba_dc.tool("user", "rename", "rosa", "--samaccountname=rosa.diaz")
+    assert engagements(server, server.login("rosa.diaz", PW)) == {"gamma"}
 
 
 def test_smartsync_admin_disables_enables_and_removes_a_directory_user(
