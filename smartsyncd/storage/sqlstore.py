@@ -3,7 +3,7 @@
 ``SqlServerStore`` implements ``storage.api.ServerStore``. Every method is a coroutine that runs
 a synchronous function over a ``db.MetadataDB`` on the DB pool (``accounts``, ``chunks``,
 ``changelog``, ``commit``, ``workflow``, ``locks``, ``copies``, ``audit``, ``gc``, ``history``,
-``fsck``) and pack I/O on the file pool (``deferToThreadPool``), so the reactor thread never
+``principals``, ``fsck``) and pack I/O on the file pool (``deferToThreadPool``), so the reactor thread never
 blocks. SQLite: one DB thread, one connection. PostgreSQL: N DB threads, each with its own
 connection (opened on first use, replaced when broken); commits serialize on the engagement row
 (``SELECT ... FOR UPDATE``), so several daemons can share the database.

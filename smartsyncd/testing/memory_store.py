@@ -1,7 +1,8 @@
 """A public in-memory test fake of the store (``storage.api``), role by role.
 
-Roles implemented fully: ``AccountStore`` (``UserStore``, ``GrantStore``, ``SessionStore``:
-users, engagements and grants, sessions, sign-in failures) here, and ``ChunkStore`` and
+Roles implemented fully: ``AccountStore`` (``UserStore``, ``GrantStore``, ``SessionStore``,
+``PrincipalStore``: users, engagements and grants, sessions, sign-in failures, blocked
+principals and by-name grants claimed) here, and ``ChunkStore`` and
 ``ChangeLogStore`` (chunks, manifests, commit, change feed, snapshot, history checks) in
 ``memory_log``: the same answers as ``SqlServerStore`` for what those roles promise
 (tests/unit/test_store_roles.py runs the same assertions against both). Not implemented:
