@@ -13,13 +13,20 @@ class Identity:
     ``user`` is the canonical account name (local name, or the directory's sAMAccountName,
     lower-cased). ``groups`` are stable group ids as grants store them (AD objectSid strings
     such as ``S-1-5-21-...``; local group names). ``group_names`` maps ids to display names for
-    logs and ``GET /v1/session``.
+    logs and ``GET /v1/session``. ``principal`` is the backend-qualified id grants, sessions
+    and blocks key on (``core.principals``: ``local:alice``, ``ad:S-1-5-21-...``); it defaults
+    to ``<backend>:<user>``.
     """
 
     user: str
     groups: frozenset[str] = frozenset()
     backend: str = "local"
     group_names: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    principal: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.principal:
+            object.__setattr__(self, "principal", f"{self.backend}:{self.user}")
 
 
 class SignInRefused(Exception):

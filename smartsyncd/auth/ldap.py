@@ -15,8 +15,6 @@ a sign-in never fans one password out over several domain controllers (lockout c
 from __future__ import annotations
 
 import re
-import struct
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -37,6 +35,14 @@ from smartsyncd.auth.ldapfilter import (
     split_user_name,
     user_search_filter,
 )
+from smartsyncd.auth.ldapids import (
+    account_principal,
+    group_id,
+    group_name,
+    guid_to_str,
+    sid_to_str,
+)
+from smartsyncd.core.principals import DIRECTORY_SID, is_sid
 
 __all__ = ["LdapAuthenticator", "LdapConfig", "GroupNotFound", "sid_to_str", "guid_to_str"]
 
@@ -66,46 +72,6 @@ _AD_BIND_REASONS = {
 
 class GroupNotFound(LookupError):
     """``lookup_group`` found no group, or more than one, for the given name."""
-
-
-def sid_to_str(raw: bytes) -> str:
-    """Binary objectSid -> ``S-1-5-21-...``; a value already in text form is returned as is."""
-    if raw[:4] == b"S-1-":
-        return raw.decode("ascii")
-    if len(raw) < 8:
-        raise ValueError("objectSid too short")
-    revision, count = raw[0], raw[1]
-    authority = int.from_bytes(raw[2:8], "big")
-    if len(raw) != 8 + 4 * count:
-        raise ValueError("objectSid length does not match its sub-authority count")
-    subs = struct.unpack(f"<{count}I", raw[8:])
-    return "-".join(["S", str(revision), str(authority), *map(str, subs)])
-
-
-def guid_to_str(raw: bytes) -> str:
-    """Binary objectGUID (little-endian fields, as AD stores it) -> canonical UUID text."""
-    if len(raw) == 16:
-        return str(uuid.UUID(bytes_le=raw))
-    return raw.decode("ascii").lower()
-
-
-def _group_id(entry: Entry) -> str:
-    for name, convert in (
-        ("objectSid", sid_to_str),
-        ("objectGUID", guid_to_str),
-        ("entryUUID", lambda v: v.decode("ascii").lower()),
-    ):
-        values = entry.values(name)
-        if values:
-            try:
-                return convert(values[0])
-            except (ValueError, UnicodeDecodeError):
-                continue
-    return entry.dn
-
-
-def _group_name(entry: Entry) -> str:
-    return entry.text("cn") or entry.text("sAMAccountName") or entry.dn
 
 
 def _looks_like_dn(text: str) -> bool:
@@ -151,6 +117,8 @@ class LdapAuthenticator:
             "pwdAccountLockedTime",
             "memberOf",
             "objectSid",
+            "objectGUID",
+            "entryUUID",
         ]
 
     # -- public API -------------------------------------------------------------------------
@@ -179,9 +147,9 @@ class LdapAuthenticator:
         return await self._with_server(attempt, lambda: not state["password_sent"])
 
     async def throttle_key(self, user: str) -> str | None:
-        """The account ``user`` names, for counting failed sign-ins: ``sid:<objectSid>`` when
-        the service account finds it, else (no service account) the account name the bind
-        would use. None when the directory does not know the name."""
+        """The account ``user`` names, for counting failed sign-ins: its principal id
+        (``ad:<objectSid>``) when the service account finds it, else (no service account) the
+        account name the bind would use. None when the directory does not know the name."""
         try:
             name = split_user_name(user, self._config.netbios_domain)
         except BadUserName:
@@ -197,14 +165,7 @@ class LdapAuthenticator:
 
         async def attempt(conn: DirectoryConnection) -> str:
             await self._service_bind(conn)
-            entry = await self._find_account(conn, name)
-            sids = entry.values("objectSid")
-            if sids:
-                try:
-                    return "sid:" + sid_to_str(sids[0])
-                except ValueError:
-                    pass
-            return "dn:" + entry.dn.casefold()
+            return account_principal(await self._find_account(conn, name))
 
         try:
             return await self._with_server(attempt)
@@ -212,14 +173,24 @@ class LdapAuthenticator:
             return None
 
     async def refresh(self, identity: Identity) -> Identity:
-        """Re-read the account state and groups with the service account."""
+        """Re-read the account state and groups with the service account; the account is
+        found by its SID when the session has one (a renamed account stays signed in)."""
         if self._config.bind_dn is None:
             raise SignInRefused("no service account (bind_dn) to re-read groups; sign in again")
         name = UserName("plain", identity.user, identity.user)
+        sid = identity.principal.removeprefix(DIRECTORY_SID)
 
         async def attempt(conn: DirectoryConnection) -> Identity:
             await self._service_bind(conn)
-            entry = await self._find_account(conn, name)
+            entry = None
+            if identity.principal.startswith(DIRECTORY_SID) and is_sid(sid):
+                entry = await self._find_by_sid(conn, sid, missing_ok=True)
+            if entry is None:  # no SID, or a server that cannot match its text form
+                entry = await self._find_account(conn, name)
+                if identity.principal.startswith(DIRECTORY_SID) and (
+                    account_principal(entry) != identity.principal
+                ):
+                    raise UnknownUser("the account of that name is another one now")
             self._check_state(identity.user, entry)
             return await self._identity(conn, entry)
 
@@ -227,14 +198,36 @@ class LdapAuthenticator:
 
     async def lookup_user(self, name: str) -> str:
         """The canonical (lower-cased account) name for any accepted user form."""
-        parsed = self._split(name)
+        return (await self.lookup_principal(name))[1]
 
-        async def attempt(conn: DirectoryConnection) -> str:
+    async def lookup_principal(self, name: str) -> tuple[str, str]:
+        """(principal id, canonical name) of the account any accepted user form, or a SID
+        (``S-1-5-21-...``), names."""
+        parsed = None if is_sid(name) else self._split(name)
+
+        async def attempt(conn: DirectoryConnection) -> tuple[str, str]:
             await self._service_bind(conn)
-            entry = await self._find_account(conn, parsed)
-            return self._account_name(entry)
+            if parsed is None:
+                entry = await self._find_by_sid(conn, name)
+                assert entry is not None
+            else:
+                entry = await self._find_account(conn, parsed)
+            return account_principal(entry), self._account_name(entry)
 
         return await self._with_server(attempt)
+
+    async def _find_by_sid(
+        self, conn: DirectoryConnection, sid: str, missing_ok: bool = False
+    ) -> Entry | None:
+        """The account with objectSid ``sid`` (AD and Samba match the text form)."""
+        found = await self._search_accounts(
+            conn, all_of(self._config.user_filter, equals("objectSid", sid))
+        )
+        if len(found) != 1:
+            if missing_ok:
+                return None
+            raise UnknownUser(f"no account with SID {sid} in the directory")
+        return found[0]
 
     async def lookup_group(self, name_or_dn: str) -> tuple[str, str]:
         """Resolve a group name (cn or sAMAccountName) or DN to (stable id, display name)."""
@@ -261,7 +254,7 @@ class LdapAuthenticator:
             if len(found) > 1:
                 dns = "; ".join(e.dn for e in found)
                 raise GroupNotFound(f"{wanted!r} names several groups ({dns}); give the DN")
-            return _group_id(found[0]), _group_name(found[0])
+            return group_id(found[0]), group_name(found[0])
 
         return await self._with_server(attempt)
 
@@ -494,12 +487,13 @@ class LdapAuthenticator:
             raise DirectoryUnreachable(
                 f"{conn.url}: group search failed: {_ldap_message(e)}"
             ) from None
-        names = {_group_id(g): _group_name(g) for g in groups}
+        names = {group_id(g): group_name(g) for g in groups}
         identity = Identity(
             user=self._account_name(entry),
             groups=frozenset(names),
             backend=self.name,
             group_names=names,
+            principal=account_principal(entry),
         )
         self.log.info(
             "directory sign-in for {user} with {count} groups", user=identity.user, count=len(names)

@@ -86,12 +86,16 @@ class LoginRateLimiter:
         per_address: int = 20,
         window: float = 300.0,
         max_keys: int = 100_000,
+        user_window: float | None = None,
     ) -> None:
-        if per_user < 1 or per_address < 1 or window <= 0 or max_keys < 1:
+        """``user_window`` (default ``window``) is the per-user one: the configured
+        ``login_failure_window_minutes``, as ``throttle.AccountThrottle`` uses."""
+        user_window = window if user_window is None else user_window
+        if per_user < 1 or per_address < 1 or min(window, user_window) <= 0 or max_keys < 1:
             raise ValueError("rate limits and window must be positive")
         # zope interface methods confuse mypy without the mypy-zope plugin
         self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
-        self._users = _Window(per_user, window, max_keys)
+        self._users = _Window(per_user, user_window, max_keys)
         self._addresses = _Window(per_address, window, max_keys)
 
     @staticmethod

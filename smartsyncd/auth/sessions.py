@@ -28,6 +28,7 @@ from smartsyncd.auth.identity import (
 from smartsyncd.auth.ratelimit import LoginRateLimiter
 from smartsyncd.auth.throttle import AccountThrottle
 from smartsyncd.core.errors import AuthFailed, SessionExpired, Unavailable
+from smartsyncd.core.principals import is_local
 from smartsyncd.storage.api import ServerStore, SessionRecord
 
 # Sliding the expiry writes to the store; doing it at most once a minute keeps reads cheap.
@@ -151,9 +152,13 @@ class SessionManager:
                 user, address, "; ".join(reasons) or "no sign-in backend", key
             )
 
+        if await self._store.principal_block(identity.principal) is not None:
+            raise await self._refuse(user, address, "account disabled in smartsyncd", key)
         self._limiter.record_success(user, address)
         if self._throttle is not None and key is not None:
             await self._throttle.record_success(key)
+        if not is_local(identity.principal):
+            await self._claim(identity)
         now = self._now()
         token = secrets.token_urlsafe(32)
         record = SessionRecord(
@@ -165,6 +170,7 @@ class SessionManager:
             created_at=now,
             expires_at=now + self._lifetime,
             refreshed_at=now,
+            principal=identity.principal,
         )
         await self._store.create_session(record)
         self.log.info(
@@ -211,7 +217,10 @@ class SessionManager:
         if backend is None:
             await self._end(record, f"backend {record.backend!r} is no longer configured")
         identity = Identity(
-            user=record.user, groups=frozenset(record.groups), backend=record.backend
+            user=record.user,
+            groups=frozenset(record.groups),
+            backend=record.backend,
+            principal=record.principal,
         )
         try:
             fresh = await backend.refresh(identity)
@@ -231,7 +240,27 @@ class SessionManager:
             self._retry_at[record.id] = now + REFRESH_RETRY
             return record
         self._retry_at.pop(record.id, None)
-        return replace(record, groups=tuple(sorted(fresh.groups)), refreshed_at=now)
+        if fresh.principal != record.principal:  # a session from before schema 5, or a rename
+            if await self._store.principal_block(fresh.principal) is not None:
+                await self._end(record, "account disabled in smartsyncd")
+            if not is_local(fresh.principal):
+                await self._claim(fresh)
+        return replace(
+            record,
+            user=fresh.user,
+            principal=fresh.principal,
+            groups=tuple(sorted(fresh.groups)),
+            refreshed_at=now,
+        )
+
+    async def _claim(self, identity: Identity) -> None:
+        """Grants made by name to a directory account (before schema 5) become its id's."""
+        claimed = await self._store.claim_name_grants(identity.principal, identity.user)
+        if claimed:
+            self.log.info(
+                "{count} grant(s) by name {user} now belong to {principal}",
+                count=claimed, user=identity.user, principal=identity.principal,
+            )
 
     async def _end(self, record: SessionRecord, reason: str) -> NoReturn:
         """Delete the session and raise SessionExpired (the account is gone or disabled)."""

@@ -200,7 +200,10 @@ class Admin:
         for u in sorted(users, key=lambda u: u.name):
             state = "disabled" if u.disabled else ("active" if u.password_hash else "no password")
             self.say(f"{u.name}\t{state}\tcreated {u.created_at:%Y-%m-%d %H:%M}")
-        if not users:
+        blocks = await self.store.list_principal_blocks()
+        for b in blocks:  # directory accounts refused here (user disable|remove)
+            self.say(f"{b.display_name}\t{b.state}\t{b.principal}\tsince {b.since:%Y-%m-%d %H:%M}")
+        if not users and not blocks:
             self.say("(no users)")
         return 0
 
@@ -225,17 +228,36 @@ class Admin:
             raise AdminError(f"unknown engagement {name!r}")
         return record
 
-    async def _user_principal(self, name: str) -> str:
-        if await self.store.get_user(name) is not None:
-            return name
+    async def user_principal(self, name: str) -> tuple[str, str]:
+        """(principal id, display name) of a user given on the command line: an explicit id
+        (``local:alice``, ``ad:S-1-5-21-...``, a bare SID), a local account, else the
+        directory account (``FIRM\\alice`` names the directory one when both exist)."""
+        from smartsyncd.core.principals import (
+            DIRECTORY_SID,
+            LOCAL,
+            explicit_principal,
+            local_principal,
+        )
+
+        explicit = explicit_principal(name)
+        if explicit is not None and explicit.startswith(LOCAL):
+            return explicit, explicit[len(LOCAL):]
+        if explicit is None and await self.store.get_user(name) is not None:
+            return local_principal(name), name
         directory = self._directory()
+        if explicit is not None and (directory is None or not explicit.startswith(DIRECTORY_SID)):
+            return explicit, explicit  # an id needs no lookup: shown as itself
         if directory is None:
             raise AdminError(f"unknown user {name!r} (add it with: {PROG} user add {name})")
         try:
-            canonical: str = await directory.lookup_user(name)
+            found: tuple[str, str] = await directory.lookup_principal(
+                explicit[len(DIRECTORY_SID):] if explicit is not None else name
+            )
         except Exception as e:  # noqa: BLE001 - any directory failure is one line for the admin
+            if explicit is not None:
+                return explicit, explicit
             raise AdminError(f"user {name!r} not found in the directory: {_describe(e)}") from None
-        return canonical
+        return found
 
     async def _group_principal(self, name: str) -> tuple[str, str]:
         directory = self._directory()
@@ -252,17 +274,14 @@ class Admin:
 
         await self.engagement(engagement)
         if user is not None:
-            principal = await self._user_principal(user)
-            record = Grant(engagement, "user", principal, principal, role)  # type: ignore[arg-type]
+            principal, display = await self.user_principal(user)
+            record = Grant(engagement, "user", principal, display, role)  # type: ignore[arg-type]
         else:
             assert group is not None
             group_id, display = await self._group_principal(group)
             record = Grant(engagement, "group", group_id, display, role)  # type: ignore[arg-type]
         await self.store.grant(record)
-        shown = record.display_name
-        if record.principal != record.display_name:
-            shown += f" ({record.principal})"
-        self.say(f"granted {role} on {engagement} to {record.kind} {shown}")
+        self.say(f"granted {role} on {engagement} to {record.kind} {_shown(record)}")
         return 0
 
     async def revoke(self, engagement: str, user: str | None, group: str | None) -> int:
@@ -273,17 +292,18 @@ class Admin:
             assert group is not None
             kind, wanted = "group", group
         # Match the stored id or the display name, so a directory group needs no lookup.
+        ids = {wanted, "local:" + wanted, "ad:" + wanted}
         matches = [
             g
             for g in await self.store.list_grants(engagement)
             if g.kind == kind
-            and (g.principal == wanted or g.display_name.casefold() == wanted.casefold())
+            and (g.principal in ids or g.display_name.casefold() == wanted.casefold())
         ]
         if not matches:
             raise AdminError(f"{kind} {wanted!r} has no grant on {engagement!r}")
         for g in matches:
             await self.store.revoke(engagement, kind, g.principal)
-            self.say(f"revoked {g.role} on {engagement} from {kind} {g.display_name}")
+            self.say(f"revoked {g.role} on {engagement} from {kind} {_shown(g)}")
         return 0
 
     async def grants(self, engagement: str | None) -> int:
@@ -291,10 +311,7 @@ class Admin:
             await self.engagement(engagement)
         rows = await self.store.list_grants(engagement)
         for g in sorted(rows, key=lambda g: (g.engagement, g.kind, g.display_name)):
-            shown = g.display_name
-            if g.principal != g.display_name:
-                shown += f" ({g.principal})"
-            self.say(f"{g.engagement}\t{g.kind}\t{shown}\t{g.role}")
+            self.say(f"{g.engagement}\t{g.kind}\t{_shown(g)}\t{g.role}")
         if not rows:
             self.say("(no grants)")
         return 0
@@ -309,6 +326,9 @@ class Admin:
             f"database schema at version {version} (this smartsyncd: {LATEST_VERSION}); "
             f"{describe_database(self.config)}"
         )
+        from smartsyncd.cli.admin_sessions import claim_name_grants
+
+        await claim_name_grants(self)
         return 0
 
     async def fsck(self) -> int:
@@ -320,6 +340,13 @@ class Admin:
             return 1
         self.say("fsck: no problems found")
         return 0
+
+
+def _shown(g: Any) -> str:
+    """A grant's principal for people: the name, and the id when it is more than the name."""
+    if g.principal in (g.display_name, "local:" + g.display_name):
+        return str(g.display_name)
+    return f"{g.display_name} ({g.principal})"
 
 
 def _describe(error: BaseException) -> str:

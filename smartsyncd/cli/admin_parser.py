@@ -72,9 +72,9 @@ def _add_user_parsers(commands: Commands) -> None:
     )
     user.add_parser("list", help="list local users")
     for verb, text in (
-        ("disable", "stop a local user signing in; ends their sessions"),
-        ("enable", "let a disabled local user sign in again"),
-        ("remove", "delete a local user; ends their sessions"),
+        ("disable", "stop a local or directory user signing in; ends their sessions"),
+        ("enable", "let a disabled user sign in again"),
+        ("remove", "delete a local user, or refuse a directory user and drop their grants"),
     ):
         user.add_parser(verb, help=text).add_argument("name")
 

@@ -233,6 +233,7 @@ class SmartsyncServer(MultiService):
             self._reactor,
             per_user=config.login_failures_per_user,
             per_address=config.login_failures_per_address,
+            user_window=window,  # the configured window holds here too, not a fixed 5 minutes
         )
         throttle = AccountThrottle(
             store, self._reactor, limit=config.login_failures_per_user, window=window

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smartsyncd.core.audit import GLOBAL_CHAIN, engagement_chain
-from smartsyncd.core.errors import BadRequest, NotFound
+from smartsyncd.core.errors import AuthFailed, BadRequest, NotFound
 from smartsyncd.core.model import ROLES, Role
+from smartsyncd.core.principals import local_principal
 from smartsyncd.storage.api import EngagementRecord, Grant, PrincipalKind, SessionRecord, UserRecord
 from smartsyncd.storage.audit import append_audit
 from smartsyncd.storage.db import (
@@ -45,6 +46,7 @@ def _session(row: Any) -> SessionRecord:
         created_at=dt(row[5]),
         expires_at=dt(row[6]),
         refreshed_at=dt(row[7]),
+        principal=row[8] or "",
     )
 
 
@@ -77,7 +79,7 @@ def set_password(db: MetadataDB, name: str, password_hash: str) -> None:
         if cur.rowcount != 1:
             raise NotFound(f"no user named {name!r}", user=name)
         # a new password ends the sessions opened with the old one
-        db.execute("DELETE FROM sessions WHERE user_name = ? AND backend = 'local'", (name,))
+        db.execute("DELETE FROM sessions WHERE principal = ?", (local_principal(name),))
 
     db.write(tx)
 
@@ -112,7 +114,7 @@ def set_user_disabled(db: MetadataDB, name: str, disabled: bool) -> None:
         if cur.rowcount != 1:
             raise NotFound(f"no user named {name!r}", user=name)
         if disabled:
-            db.execute("DELETE FROM sessions WHERE user_name = ? AND backend = 'local'", (name,))
+            db.execute("DELETE FROM sessions WHERE principal = ?", (local_principal(name),))
 
     db.write(tx)
 
@@ -122,7 +124,11 @@ def remove_user(db: MetadataDB, name: str) -> None:
         cur = db.execute("DELETE FROM users WHERE name = ?", (name,))
         if cur.rowcount != 1:
             raise NotFound(f"no user named {name!r}", user=name)
-        db.execute("DELETE FROM sessions WHERE user_name = ? AND backend = 'local'", (name,))
+        db.execute("DELETE FROM sessions WHERE principal = ?", (local_principal(name),))
+        # a later local account of that name is someone new
+        db.execute(
+            "DELETE FROM grants WHERE kind = 'user' AND principal = ?", (local_principal(name),)
+        )
 
     db.write(tx)
 
@@ -223,7 +229,8 @@ def list_grants(db: MetadataDB, engagement: str | None) -> list[Grant]:
     return [Grant(engagement=r[0], kind=r[1], principal=r[2], display_name=r[3], role=r[4]) for r in rows]
 
 
-def role_for(db: MetadataDB, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
+def role_for(db: MetadataDB, engagement: str, principal: str, groups: Sequence[str]) -> Role | None:
+    """The strongest role of ``principal`` (a ``core.principals`` id) or of its groups."""
     row = db.one("SELECT id FROM engagements WHERE name = ?", (engagement,))
     if row is None:
         return None
@@ -232,7 +239,7 @@ def role_for(db: MetadataDB, engagement: str, user: str, groups: Sequence[str]) 
         r[0]
         for r in db.all(
             "SELECT role FROM grants WHERE engagement_id = ? AND kind = 'user' AND principal = ?",
-            (engagement_id, user),
+            (engagement_id, principal),
         )
     ]
     group_list = list(dict.fromkeys(groups))
@@ -254,10 +261,16 @@ def role_for(db: MetadataDB, engagement: str, user: str, groups: Sequence[str]) 
 
 
 def create_session(db: MetadataDB, s: SessionRecord) -> None:
+    """Store a new session, unless its principal is blocked (checked in the same transaction,
+    so a ``user disable`` racing a sign-in leaves no session behind: AuthFailed)."""
+
     def tx() -> None:
+        if db.one("SELECT 1 FROM principal_blocks WHERE principal = ?", (s.principal,)):
+            raise AuthFailed("sign-in failed")
         cur = db.execute(
             "INSERT INTO sessions (token_hash, id, user_name, group_ids, backend, created_at,"
-            " expires_at, refreshed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " expires_at, refreshed_at, principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (
                 checked_text(s.token_hash, "token hash"),
                 checked_text(s.id, "session id"),
@@ -267,6 +280,7 @@ def create_session(db: MetadataDB, s: SessionRecord) -> None:
                 ts(s.created_at),
                 ts(s.expires_at),
                 ts(s.refreshed_at),
+                checked_text(s.principal, "principal"),
             ),
         )
         if cur.rowcount != 1:
@@ -274,16 +288,21 @@ def create_session(db: MetadataDB, s: SessionRecord) -> None:
         # sign-ins belong to no one engagement: they are chained in the global audit trail
         append_audit(
             db, GLOBAL_CHAIN, "sign_in", s.user, s.created_at, None,
-            {"session": s.id, "backend": s.backend},
+            {"session": s.id, "backend": s.backend, "principal": s.principal},
         )
 
     db.write(tx)
 
 
+_SESSION_COLUMNS = (
+    "SELECT token_hash, id, user_name, group_ids, backend, created_at, expires_at,"
+    " refreshed_at, principal FROM sessions"
+)
+
+
 def get_session(db: MetadataDB, token_hash: str) -> SessionRecord | None:
     row = db.one(
-        "SELECT token_hash, id, user_name, group_ids, backend, created_at, expires_at,"
-        " refreshed_at FROM sessions WHERE token_hash = ?",
+        _SESSION_COLUMNS + " WHERE token_hash = ?",
         (token_hash,),
     )
     return None if row is None else _session(row)
@@ -293,8 +312,11 @@ def update_session(db: MetadataDB, s: SessionRecord) -> None:
     def tx() -> None:
         cur = db.execute(
             "UPDATE sessions SET user_name = ?, group_ids = ?, backend = ?, expires_at = ?,"
-            " refreshed_at = ? WHERE token_hash = ?",
-            (s.user, json.dumps(list(s.groups)), s.backend, ts(s.expires_at), ts(s.refreshed_at), s.token_hash),
+            " refreshed_at = ?, principal = ? WHERE token_hash = ?",
+            (
+                s.user, json.dumps(list(s.groups)), s.backend, ts(s.expires_at),
+                ts(s.refreshed_at), s.principal, s.token_hash,
+            ),
         )
         if cur.rowcount != 1:
             raise NotFound("no such session")
@@ -307,19 +329,19 @@ def delete_session(db: MetadataDB, token_hash: str) -> None:
 
 
 def list_sessions(db: MetadataDB, user: str | None = None) -> list[SessionRecord]:
-    query = (
-        "SELECT token_hash, id, user_name, group_ids, backend, created_at, expires_at,"
-        " refreshed_at FROM sessions"
-    )
+    """All sessions, or those of ``user`` (a display name or a principal id)."""
+    query = _SESSION_COLUMNS
     if user is None:
         return [_session(r) for r in db.all(query + " ORDER BY created_at")]
-    return [_session(r) for r in db.all(query + " WHERE user_name = ? ORDER BY created_at", (user,))]
+    rows = db.all(query + " WHERE user_name = ? OR principal = ? ORDER BY created_at", (user, user))
+    return [_session(r) for r in rows]
 
 
 def end_sessions(
     db: MetadataDB, user: str | None = None, session_id: str | None = None, keep: str | None = None
 ) -> int:
-    """Delete the sessions of ``user`` (but ``keep``), or the one with ``session_id``."""
+    """Delete the sessions of ``user`` (a display name or a principal id; but ``keep``), or the
+    one with ``session_id``."""
     if (user is None) == (session_id is None):
         raise ValueError("end_sessions needs exactly one of user and session_id")
 
@@ -328,7 +350,8 @@ def end_sessions(
             cur = db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         else:
             cur = db.execute(
-                "DELETE FROM sessions WHERE user_name = ? AND id <> ?", (user, keep or "")
+                "DELETE FROM sessions WHERE (user_name = ? OR principal = ?) AND id <> ?",
+                (user, user, keep or ""),
             )
         return int(cur.rowcount)
 

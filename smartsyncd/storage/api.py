@@ -47,7 +47,7 @@ class EngagementRecord:
 class Grant:
     engagement: str
     kind: PrincipalKind
-    principal: str  # user name, or a group's stable id (AD objectSid / local group name)
+    principal: str  # a user's principal id (core.principals), or a group's stable id (objectSid)
     display_name: str  # what admins see (the group's name when granted)
     role: Role
 
@@ -62,6 +62,22 @@ class SessionRecord:
     created_at: datetime
     expires_at: datetime
     refreshed_at: datetime  # when groups were last read from the directory
+    principal: str = ""  # backend-qualified id (core.principals); ``user`` is for display
+
+    def __post_init__(self) -> None:
+        if not self.principal:  # as ``auth.identity.Identity``: ``<backend>:<user>``
+            object.__setattr__(self, "principal", f"{self.backend}:{self.user}")
+
+
+@dataclass(frozen=True)
+class PrincipalBlock:
+    """A principal smartsyncd refuses: ``state`` "disabled" (may be enabled again) or
+    "removed" (its user grants are gone too)."""
+
+    principal: str
+    display_name: str
+    state: Literal["disabled", "removed"]
+    since: datetime
 
 
 @dataclass(frozen=True)
@@ -241,7 +257,7 @@ class GrantStore(Protocol):
     async def grant(self, grant: Grant) -> None: ...
     async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool: ...
     async def list_grants(self, engagement: str | None = None) -> list[Grant]: ...
-    async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None: ...
+    async def role_for(self, engagement: str, principal: str, groups: Sequence[str]) -> Role | None: ...
 
 
 class SessionStore(Protocol):
@@ -251,6 +267,7 @@ class SessionStore(Protocol):
     async def get_session(self, token_hash: str) -> SessionRecord | None: ...
     async def update_session(self, session: SessionRecord) -> None: ...
     async def delete_session(self, token_hash: str) -> None: ...
+    # ``user``: a display name or a principal id
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
     async def end_sessions(
         self, *, user: str | None = None, session_id: str | None = None, keep: str | None = None
@@ -262,7 +279,19 @@ class SessionStore(Protocol):
     async def clear_login_failures(self, key: str) -> None: ...
 
 
-class AccountStore(UserStore, GrantStore, SessionStore, Protocol):
+class PrincipalStore(Protocol):
+    """Blocks on principals of any backend, and claiming by-name grants for a directory id."""
+
+    # upsert the block and end the principal's sessions (state "removed": drop its user grants)
+    async def block_principal(self, block: PrincipalBlock) -> None: ...
+    async def unblock_principal(self, principal: str) -> bool: ...
+    async def principal_block(self, principal: str) -> PrincipalBlock | None: ...
+    async def list_principal_blocks(self) -> list[PrincipalBlock]: ...
+    # move user grants to ``name:<name>`` (before schema 5) over to ``principal``; returns count
+    async def claim_name_grants(self, principal: str, name: str) -> int: ...
+
+
+class AccountStore(UserStore, GrantStore, SessionStore, PrincipalStore, Protocol):
     """Users, engagements and grants, sessions: what sign-in and authorization need."""
 
 

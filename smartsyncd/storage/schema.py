@@ -36,6 +36,10 @@ Tables:
   generation (1, bumped by ``smartsync-admin restore`` and any rollback): a copy that synced
   with another identity or generation reconciles (docs/reliability.md, "Restores").
 - (4) login_failures: failed sign-ins per throttle key (resolved account), all daemons'.
+- (5) principals namespaced by backend (``core.principals``): sessions.principal; user grants
+  become ``local:<name>`` (local accounts with a password) or ``name:<name>`` (directory
+  accounts, claimed for ``ad:<SID>`` at their next sign-in); throttle keys ``sid:`` become
+  ``ad:``; principal_blocks: principals of any backend that ``user disable|remove`` refused.
 """
 
 from __future__ import annotations
@@ -58,6 +62,23 @@ def _create_store_identity(conn: Any, dialect: Dialect) -> None:
 
     conn.execute(
         dialect.sql("INSERT INTO store_meta (store_id, generation) VALUES (?, 1)"), (str(uuid.uuid4()),)
+    )
+
+
+def _namespace_principals(conn: Any, dialect: Dialect) -> None:
+    """Migration 5's data step: every user grant, session and throttle key says its backend."""
+    conn.execute(
+        "UPDATE grants SET principal = CASE WHEN principal IN"
+        " (SELECT name FROM users WHERE password_hash IS NOT NULL)"
+        " THEN 'local:' ELSE 'name:' END || principal WHERE kind = 'user'"
+    )
+    conn.execute(
+        "UPDATE sessions SET principal = CASE WHEN backend = 'local' THEN 'local:'"
+        " ELSE 'name:' END || user_name"
+    )
+    conn.execute(
+        "UPDATE login_failures SET throttle_key = 'ad:' || substr(throttle_key, 5)"
+        " WHERE substr(throttle_key, 1, 4) = 'sid:'"
     )
 
 
@@ -239,6 +260,21 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             )""",
             "CREATE INDEX login_failures_key ON login_failures (throttle_key, at)",
             "CREATE INDEX login_failures_at ON login_failures (at)",
+        ],
+    ),
+    (
+        # A local and a directory account of one name are two principals (issue 14).
+        5,
+        [
+            "ALTER TABLE sessions ADD COLUMN principal TEXT",
+            "CREATE INDEX sessions_principal ON sessions (principal)",
+            """CREATE TABLE principal_blocks (
+                principal TEXT PRIMARY KEY,
+                display_name TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('disabled', 'removed')),
+                since TEXT NOT NULL
+            )""",
+            _namespace_principals,
         ],
     ),
 ]

@@ -3,7 +3,7 @@
 ``SqlServerStore`` implements ``storage.api.ServerStore``. Every method is a coroutine that runs
 a synchronous function over a ``db.MetadataDB`` on the DB pool (``accounts``, ``chunks``,
 ``changelog``, ``commit``, ``workflow``, ``locks``, ``copies``, ``audit``, ``gc``, ``history``,
-``fsck``) and pack I/O on the file pool (``deferToThreadPool``), so the reactor thread never
+``principals``, ``fsck``) and pack I/O on the file pool (``deferToThreadPool``), so the reactor thread never
 blocks. SQLite: one DB thread, one connection. PostgreSQL: N DB threads, each with its own
 connection (opened on first use, replaced when broken); commits serialize on the engagement row
 (``SELECT ... FOR UPDATE``), so several daemons can share the database.
@@ -43,6 +43,7 @@ from smartsyncd.storage import (
     gc,
     history,
     locks,
+    principals,
     workflow,
 )
 from smartsyncd.storage import (
@@ -60,6 +61,7 @@ from smartsyncd.storage.api import (
     FsckProblem,
     GcReport,
     Grant,
+    PrincipalBlock,
     PrincipalKind,
     PutManifest,
     SessionRecord,
@@ -317,8 +319,25 @@ class SqlServerStore:
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
         return await self.run_read(accounts.list_grants, engagement)
 
-    async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
-        return await self.run_read(accounts.role_for, engagement, user, tuple(groups))
+    async def role_for(self, engagement: str, principal: str, groups: Sequence[str]) -> Role | None:
+        return await self.run_read(accounts.role_for, engagement, principal, tuple(groups))
+
+    # -- principals of any backend
+
+    async def block_principal(self, block: PrincipalBlock) -> None:
+        await self.run_db(principals.block_principal, block)
+
+    async def unblock_principal(self, principal: str) -> bool:
+        return await self.run_db(principals.unblock_principal, principal, self._now())
+
+    async def principal_block(self, principal: str) -> PrincipalBlock | None:
+        return await self.run_read(principals.principal_block, principal)
+
+    async def list_principal_blocks(self) -> list[PrincipalBlock]:
+        return await self.run_read(principals.list_principal_blocks)
+
+    async def claim_name_grants(self, principal: str, name: str) -> int:
+        return await self.run_db(principals.claim_name_grants, principal, name, self._now())
 
     # -- sessions
 

@@ -1,7 +1,8 @@
 """A public in-memory test fake of the store (``storage.api``), role by role.
 
-Roles implemented fully: ``AccountStore`` (``UserStore``, ``GrantStore``, ``SessionStore``:
-users, engagements and grants, sessions, sign-in failures) here, and ``ChunkStore`` and
+Roles implemented fully: ``AccountStore`` (``UserStore``, ``GrantStore``, ``SessionStore``,
+``PrincipalStore``: users, engagements and grants, sessions, sign-in failures, blocked
+principals and by-name grants claimed) here, and ``ChunkStore`` and
 ``ChangeLogStore`` (chunks, manifests, commit, change feed, snapshot, history checks) in
 ``memory_log``: the same answers as ``SqlServerStore`` for what those roles promise
 (tests/unit/test_store_roles.py runs the same assertions against both). Not implemented:
@@ -18,12 +19,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from smartsyncd.auth.acl import max_role
-from smartsyncd.core.errors import BadRequest, NotFound, Unavailable
+from smartsyncd.core.errors import AuthFailed, BadRequest, NotFound, Unavailable
 from smartsyncd.core.model import ROLES, Role
+from smartsyncd.core.principals import local_principal, pending_principal
 from smartsyncd.storage.api import (
     EngagementRecord,
     FsckProblem,
     Grant,
+    PrincipalBlock,
     PrincipalKind,
     SessionRecord,
     UserRecord,
@@ -47,6 +50,7 @@ class MemoryServerStore(MemoryChangeLog):
         self.grants: dict[tuple[str, PrincipalKind, str], Grant] = {}
         self.sessions: dict[str, SessionRecord] = {}  # by token_hash
         self.login_failures: dict[str, list[float]] = {}
+        self.blocks: dict[str, PrincipalBlock] = {}
         self.unavailable = False
 
     def _check(self) -> None:
@@ -108,10 +112,12 @@ class MemoryServerStore(MemoryChangeLog):
         if self.users.pop(name, None) is None:
             raise NotFound(f"no user {name!r}", user=name)
         self._end_local(name)
+        for key in [k for k in self.grants if k[1:] == ("user", local_principal(name))]:
+            del self.grants[key]
 
     def _end_local(self, name: str) -> None:
         for h, s in list(self.sessions.items()):
-            if s.user == name and s.backend == "local":
+            if s.principal == local_principal(name):
                 del self.sessions[h]
 
     # engagements and grants
@@ -168,7 +174,7 @@ class MemoryServerStore(MemoryChangeLog):
         found = [g for g in self.grants.values() if engagement is None or g.engagement == engagement]
         return sorted(found, key=lambda g: (g.engagement, g.kind, g.principal))
 
-    async def role_for(self, engagement: str, user: str, groups: Sequence[str]) -> Role | None:
+    async def role_for(self, engagement: str, principal: str, groups: Sequence[str]) -> Role | None:
         self._check()
         members = set(groups)
         return max_role(
@@ -176,7 +182,7 @@ class MemoryServerStore(MemoryChangeLog):
             for g in self.grants.values()
             if g.engagement == engagement
             and (
-                (g.kind == "user" and g.principal == user)
+                (g.kind == "user" and g.principal == principal)
                 or (g.kind == "group" and g.principal in members)
             )
         )
@@ -189,6 +195,8 @@ class MemoryServerStore(MemoryChangeLog):
         checked_text(session.user, "user")
         if session.token_hash in self.sessions:
             raise BadRequest("session already exists")
+        if session.principal in self.blocks:
+            raise AuthFailed("sign-in failed")
         self.sessions[session.token_hash] = session
 
     async def get_session(self, token_hash: str) -> SessionRecord | None:
@@ -204,6 +212,7 @@ class MemoryServerStore(MemoryChangeLog):
         self.sessions[session.token_hash] = dataclasses.replace(
             old, user=session.user, groups=session.groups, backend=session.backend,
             expires_at=session.expires_at, refreshed_at=session.refreshed_at,
+            principal=session.principal,
         )
 
     async def delete_session(self, token_hash: str) -> None:
@@ -212,7 +221,9 @@ class MemoryServerStore(MemoryChangeLog):
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
         self._check()
-        found = [s for s in self.sessions.values() if user is None or s.user == user]
+        found = [
+            s for s in self.sessions.values() if user is None or user in (s.user, s.principal)
+        ]
         return sorted(found, key=lambda s: s.created_at)
 
     async def end_sessions(
@@ -224,7 +235,7 @@ class MemoryServerStore(MemoryChangeLog):
         gone = [
             h for h, s in self.sessions.items()
             if (session_id is not None and s.id == session_id)
-            or (user is not None and s.user == user and s.id != keep)
+            or (user is not None and user in (s.user, s.principal) and s.id != keep)
         ]
         for h in gone:
             del self.sessions[h]
@@ -250,3 +261,40 @@ class MemoryServerStore(MemoryChangeLog):
 
     async def fsck(self) -> list[FsckProblem]:
         return []
+
+    # principals of any backend
+    async def block_principal(self, block: PrincipalBlock) -> None:
+        self._check()
+        self.blocks[block.principal] = block
+        for h, s in list(self.sessions.items()):
+            if s.principal in (block.principal, pending_principal(block.display_name)):
+                del self.sessions[h]
+        if block.state == "removed":
+            gone = (block.principal, pending_principal(block.display_name))
+            for key in [k for k in self.grants if k[1] == "user" and k[2] in gone]:
+                del self.grants[key]
+
+    async def unblock_principal(self, principal: str) -> bool:
+        self._check()
+        return self.blocks.pop(principal, None) is not None
+
+    async def principal_block(self, principal: str) -> PrincipalBlock | None:
+        self._check()
+        return self.blocks.get(principal)
+
+    async def list_principal_blocks(self) -> list[PrincipalBlock]:
+        self._check()
+        return sorted(self.blocks.values(), key=lambda b: b.display_name)
+
+    async def claim_name_grants(self, principal: str, name: str) -> int:
+        self._check()
+        pending = [g for g in self.grants.values()
+                   if g.kind == "user" and g.principal == pending_principal(name)]
+        for g in pending:
+            del self.grants[(g.engagement, "user", g.principal)]
+            have = self.grants.get((g.engagement, "user", principal))
+            if have is None or ROLES.index(g.role) > ROLES.index(have.role):
+                self.grants[(g.engagement, "user", principal)] = dataclasses.replace(
+                    g, principal=principal, display_name=name
+                )
+        return len(pending)

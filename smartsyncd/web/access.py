@@ -67,7 +67,7 @@ class Authorizer:
         engagement = await self._grants.get_engagement(name)
         role = None
         if engagement is not None:
-            role = await self._grants.role_for(name, session.user, session.groups)
+            role = await self._grants.role_for(name, session.principal, session.groups)
         if engagement is None or role is None:
             # Same answer whether it does not exist or is not visible: no hint which.
             raise NotFound("no such engagement")

@@ -185,7 +185,7 @@ class SyncAPI:
         session = await self._sessions.resolve(bearer_token(request))
         visible = []
         for e in await self._store.list_engagements():
-            role = await self._store.role_for(e.name, session.user, session.groups)
+            role = await self._store.role_for(e.name, session.principal, session.groups)
             if role is not None and allows(role, "read"):
                 visible.append({"name": e.name, "title": e.title, "role": role, "head": e.head})
         return send_json(request, {"engagements": visible})

@@ -273,7 +273,8 @@ async def test_group_grants_store_the_directory_id_with_the_name(tmp_path: Path)
         await admin.grant("acme-2026", "FIRM\\Alice", None, "editor")  # a directory-only user
         assert sorted(await store.list_grants("acme-2026"), key=lambda g: g.kind) == [
             Grant("acme-2026", "group", "S-1-5-21-1000-2000-3000-2001", "Audit Team", "reader"),
-            Grant("acme-2026", "user", "alice", "alice", "editor"),
+            # the account's SID: a local "alice" is another principal (issue 14)
+            Grant("acme-2026", "user", "ad:S-1-5-21-1000-2000-3000-1101", "alice", "editor"),
         ]
         assert "(S-1-5-21-1000-2000-3000-2001)" in out.getvalue()
 

@@ -37,9 +37,9 @@ async def _fill(store: Any) -> int:
         await store.add_user(name, pw)
     alpha = await store.create_engagement("alpha", "Alpha Ltd 2026")
     await store.create_engagement("beta", "Beta Inc")
-    await store.grant(Grant("alpha", "user", "alice", "alice", "editor"))
-    await store.grant(Grant("alpha", "user", "rita", "rita", "reader"))
-    await store.grant(Grant("beta", "user", "eve", "eve", "admin"))
+    await store.grant(Grant("alpha", "user", "local:alice", "alice", "editor"))
+    await store.grant(Grant("alpha", "user", "local:rita", "rita", "reader"))
+    await store.grant(Grant("beta", "user", "local:eve", "eve", "admin"))
     return int(alpha.id)
 
 

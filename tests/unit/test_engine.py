@@ -60,7 +60,7 @@ async def _start(tmp_path: Path) -> Server:
         await store.add_user(user, hash_password("secret-pw"))
     await store.create_engagement(ENG, "Acme audit 2026")
     for user in ("alice", "bob"):
-        await store.grant(Grant(ENG, "user", user, user, "editor"))
+        await store.grant(Grant(ENG, "user", "local:" + user, user, "editor"))
     return Server(service)
 
 

@@ -113,3 +113,18 @@ def test_huge_keys_are_stored_as_digests() -> None:
     with pytest.raises(RateLimited):
         limiter.check(big, "elsewhere")
     limiter.check("x" * 999_999, "elsewhere")
+
+
+def test_the_per_user_window_is_its_own() -> None:
+    """The configured sign-in failure window applies per user; addresses keep ``window``."""
+    clock, limiter = make(per_user=2, per_address=2, window=60.0, user_window=10.0)
+    limiter.record_failure("alice", "10.0.0.1")
+    limiter.record_failure("alice", "10.0.0.2")
+    limiter.record_failure("bob", "10.0.0.3")
+    limiter.record_failure("carol", "10.0.0.3")
+    with pytest.raises(RateLimited):
+        limiter.check("alice", "10.0.0.9")
+    clock.advance(10)
+    limiter.check("alice", "10.0.0.9")  # left the 10 s user window
+    with pytest.raises(RateLimited):
+        limiter.check("dave", "10.0.0.3")  # the address window is still 60 s
