@@ -46,6 +46,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "trusted_proxies",
             "proxy_protocol",
             "session_max_days",
+            "drain_seconds",
         }
     ),
     "database": frozenset({"url"}),
@@ -61,6 +62,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "log": frozenset({"json_file"}),
+    "admin": frozenset({"listen"}),
 }
 
 _T = TypeVar("_T")
@@ -94,6 +96,10 @@ class ServerConfig:
     # domain's lockout threshold within its observation window (AD's default is 30 minutes).
     login_failure_window_minutes: float = 30.0
     json_log_file: str | None = None
+    # the admin endpoint (/metrics): a Twisted endpoint string; None: no admin listener
+    admin_listen: str | None = None
+    # on SIGTERM: how long in-flight requests (an upload mid-stream) may take to finish
+    drain_seconds: float = 30.0
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -173,6 +179,22 @@ def check_listen(listen: str) -> str:
     return listen
 
 
+def check_admin_listen(listen: str) -> str:
+    """An admin endpoint string: ``tcp:`` (a local scraper) or ``ssl:``, with a port."""
+    listen = listen.strip()
+    kind = listen.split(":", 1)[0].lower()
+    if kind not in ("tcp", "ssl"):
+        raise ValueError(
+            f"{listen!r}: the admin endpoint is tcp: or ssl: "
+            "(e.g. tcp:9100:interface=127.0.0.1 or ssl:9443)"
+        )
+    if kind == "ssl":
+        return check_listen(listen)
+    if ":" not in listen or not listen.split(":", 2)[1]:
+        raise ValueError(f"{listen!r} names no port (e.g. tcp:9100:interface=127.0.0.1)")
+    return listen
+
+
 def _resolve(path: str, base: str) -> str:
     return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
 
@@ -244,7 +266,10 @@ def load_config(
         for key in ("tls_cert", "tls_key"):
             if (v := get("server", key)) is not None:
                 values[key] = _resolve(v, base)
-        for key in ("request_timeout", "request_deadline", "session_lifetime_days", "session_max_days"):
+        for key in (
+            "request_timeout", "request_deadline", "session_lifetime_days", "session_max_days",
+            "drain_seconds",
+        ):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
         if (v := get("server", "proxy_protocol")) is not None:
@@ -273,6 +298,8 @@ def load_config(
             )
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)
+        if (v := get("admin", "listen")) is not None:
+            values["admin_listen"] = _convert("[admin] listen", v, check_admin_listen)
         if parser.has_section("ldap"):
             ldap_section = dict(parser["ldap"])
             values["ldap"] = _ldap_config(ldap_section, base)

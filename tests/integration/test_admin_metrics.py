@@ -1,0 +1,161 @@
+"""Issue 17: the admin endpoint and its Prometheus metrics, through the real daemon.
+
+A daemon with ``[admin] listen = tcp:0:...``; real sync copies (the client library over TLS)
+sync, collide and pull; a sign-in fails; a long-poll parks. Each time ``/metrics`` is scraped
+over HTTP and parsed with prometheus_client's parser, and the counters must have moved by what
+was done. Without ``[admin]`` there is no admin listener.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from smartsyncd.client.engine import SyncCopy
+from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.trust import PinnedPolicy
+from tests.integration.admin_endpoint import (
+    ADMIN_CONFIG,
+    admin_port,
+    scrape,
+    scrape_text,
+    total,
+    value,
+    wait_for_metric,
+)
+from tests.integration.daemon import Daemon, running_daemon
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+ENG = "/v1/engagements/<eng>"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = running_daemon(tmp_path_factory.mktemp("metrics"), config_text=ADMIN_CONFIG)
+    try:
+        d.add_user("alice", PASSWORD)
+        yield d
+    finally:
+        # twistd stops cleanly, then ends by the signal it was sent (systemd: a clean stop)
+        assert d.stop() == -signal.SIGTERM
+
+
+async def connect(d: Daemon) -> ServerAPI:
+    api = ServerAPI(d.url, reactor=reactor, policy=PinnedPolicy(d.fingerprint))  # type: ignore[arg-type]
+    await api.login("alice", PASSWORD)
+    return api
+
+
+def test_metrics_are_prometheus_text_with_the_daemon_s_names(server: Daemon) -> None:
+    content_type, text = scrape_text(admin_port(server))
+    assert content_type.startswith("text/plain; version=")
+    samples = scrape(admin_port(server))
+    assert value(samples, "smartsync_info", version=__import__("smartsyncd").__version__) == 1
+    assert value(samples, "smartsync_draining") == 0
+    assert value(samples, "smartsync_store_free_bytes", folder="chunks") > 0
+    # the daemon's own registry: no process-wide default collectors mixed in
+    assert {name for name, _ in samples if not name.startswith("smartsync_")} == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncs_move_the_counters(server: Daemon, tmp_path: Path) -> None:
+    port = admin_port(server)
+    eng = server.new_engagement("m-sync", editors=["alice"])
+    before = scrape(port)
+    api = await connect(server)
+    payload = random.Random(3).randbytes(3 << 20)
+    try:
+        a = await SyncCopy.clone(api, eng, tmp_path / "a")
+        b = await SyncCopy.clone(api, eng, tmp_path / "b")
+        (tmp_path / "a" / "ledger.bin").write_bytes(payload)
+        (tmp_path / "a" / "notes.txt").write_text("first")
+        (tmp_path / "a" / "memo.txt").write_text("memo")
+        assert (await a.sync(api)).uploaded == 3
+        assert (await b.sync(api)).downloaded == 3
+        # both edit notes.txt: the second commit keeps its edit as a conflict copy
+        (tmp_path / "a" / "notes.txt").write_text("edited in a")
+        (tmp_path / "b" / "notes.txt").write_text("edited in b")
+        await a.sync(api)
+        await b.sync(api)
+        a.close()
+        b.close()
+    finally:
+        await api.close()
+    status, _ = server.request("POST", "/v1/login", json_body={"user": "alice", "password": "wrong"})
+    assert status == 401
+    after = scrape(port)
+
+    def moved(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    commits = moved("smartsync_requests_total", route=f"{ENG}/commit", method="POST", status="200")
+    assert commits == 3  # a: the new files, a: its edit, b: its edit (a conflict)
+    assert moved("smartsync_request_duration_seconds_count", route=f"{ENG}/commit") == 3
+    assert moved("smartsync_commits_total", outcome="written") == 3
+    assert moved("smartsync_committed_files_total") >= 5  # 3 new files, then 2 edits
+    assert moved("smartsync_conflicts_total") == 1
+    assert moved("smartsync_signin_failures_total") == 1
+    assert moved("smartsync_requests_total", route="/v1/login", status="401") == 1
+    assert moved("smartsync_requests_total", route="/v1/login", status="200") == 1
+    # upload and pull throughput: the payload went up in chunk bodies and came down again
+    assert moved("smartsync_request_body_bytes_total", route=f"{ENG}/chunks") >= len(payload)
+    assert moved("smartsync_response_body_bytes_total", route=f"{ENG}/chunks/fetch") >= len(payload)
+    assert value(after, "smartsync_active_sessions") >= 1
+    assert total(after, "smartsync_store_errors_total") == 0
+    # an engagement name never becomes a label
+    assert not any(eng in v for _, labels in after for _, v in labels)
+
+
+def test_an_unknown_path_is_counted_as_other(server: Daemon) -> None:
+    port = admin_port(server)
+    before = scrape(port)
+    status, _ = server.request("GET", "/v1/no-such-thing/abc")
+    assert status == 404
+    after = scrape(port)
+    key = {"route": "other", "method": "GET", "status": "404"}
+    assert total(after, "smartsync_requests_total", **key) == total(before, "smartsync_requests_total", **key) + 1
+
+
+def test_a_parked_long_poll_shows_and_leaves(server: Daemon, tmp_path: Path) -> None:
+    port = admin_port(server)
+    eng = server.new_engagement("m-poll", editors=["alice"])
+    token = server.login("alice", PASSWORD)
+    status, answer = server.request("GET", f"/v1/engagements/{eng}/changes?since=0", token=token)
+    assert status == 200
+    head = answer["head"]
+    result: dict[str, Any] = {}
+
+    def poll() -> None:
+        result["answer"] = server.request(
+            "GET", f"/v1/engagements/{eng}/changes?since={head}&wait=60", token=token
+        )
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        wait_for_metric(port, lambda s: value(s, "smartsync_longpolls_parked") == 1, "a parked poll")
+        status, _ = server.request("POST", f"/v1/engagements/{eng}/commit", token=token, json_body={
+            "batch": "b-metrics-1",
+            "changes": [{"path": "empty.txt", "kind": "put", "base": None, "manifest": []}],
+        })
+        assert status == 200
+    finally:
+        thread.join(30)
+    assert not thread.is_alive()
+    assert result["answer"][0] == 200
+    wait_for_metric(port, lambda s: value(s, "smartsync_longpolls_parked") == 0, "no parked poll")
+
+
+def test_no_admin_listener_without_the_setting(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as d:
+        assert "admin endpoint" not in d.log_text()

@@ -1,0 +1,66 @@
+"""The drain of requests in flight (web/inflight.py), with a Clock and real twisted.web
+requests on in-memory channels: answered ones leave, the rest are cut when the time runs out,
+and every connection is closed after its answer once draining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.http import HTTPChannel, Request
+
+from smartsyncd.web.inflight import InFlight
+
+
+def request(inflight: InFlight) -> tuple[Request, HTTPChannel, StringTransport]:
+    channel = HTTPChannel()
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    r = Request(channel)
+    channel.requests.append(r)
+    inflight.add(r)
+    return r, channel, transport
+
+
+def answer(inflight: InFlight, r: Request) -> None:
+    inflight.finished(r)  # what Site.log does (web/metrics.meter_site)
+    r.finish()
+
+
+def test_drain_waits_for_answers_then_returns_nothing_cut() -> None:
+    clock, inflight = Clock(), InFlight()
+    a, ca, _ = request(inflight)
+    b, cb, _ = request(inflight)
+    done: Deferred[Any] = Deferred.fromCoroutine(inflight.drain(clock, 30))
+    assert inflight.draining and not done.called
+    assert ca.persistent is False and cb.persistent is False  # closed after their answers
+    assert a.responseHeaders.getRawHeaders(b"connection") == [b"close"]
+    answer(inflight, a)
+    clock.advance(1)
+    assert not done.called
+    answer(inflight, b)
+    assert done.called and done.result == 0
+
+
+def test_drain_cuts_what_still_runs_when_the_time_is_up() -> None:
+    clock, inflight = Clock(), InFlight()
+    a, _, transport = request(inflight)
+    done: Deferred[Any] = Deferred.fromCoroutine(inflight.drain(clock, 10))
+    clock.advance(9.9)
+    assert not done.called and not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting  # its connection is closed: the upload aborts
+    clock.advance(5)  # the grace for the aborts
+    assert done.called and done.result == 1
+
+
+def test_a_request_arriving_while_draining_closes_its_connection() -> None:
+    inflight = InFlight()
+    inflight.draining = True
+    r, channel, _ = request(inflight)
+    channel.persistent = True  # as allHeadersReceived would set it
+    inflight.finished(r)
+    assert channel.persistent is False
+    assert inflight.live() == []
