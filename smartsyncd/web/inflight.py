@@ -23,8 +23,10 @@ from twisted.internet.interfaces import IReactorTime
 
 RouteOf = Callable[[bytes, bytes], str]
 
-# After the connections of requests the drain cut were closed: how long their aborts may take.
-CUT_GRACE = 5.0
+# After the drain: how long answered connections may take to send their last bytes and close,
+# and cut ones to abort (the reactor's shutdown drops whatever a socket has not sent yet).
+CLOSE_GRACE = 5.0
+_CLOSE_POLL = 0.02
 
 
 class InFlight:
@@ -33,6 +35,7 @@ class InFlight:
     def __init__(self, route_of: RouteOf | None = None) -> None:
         self._requests: weakref.WeakSet[Any] = weakref.WeakSet()
         self._route_of = route_of
+        self._closing: weakref.WeakSet[Any] = weakref.WeakSet()  # answered while draining
         self.draining = False
 
     def add(self, request: Any) -> None:
@@ -47,6 +50,7 @@ class InFlight:
             channel = request.channel
             if channel is not None:
                 channel.persistent = False  # HTTPChannel.requestDone then closes it
+                self._closing.add(channel)
 
     def live(self) -> list[Any]:
         """The requests still waiting for their answer on an open connection."""
@@ -90,15 +94,14 @@ class InFlight:
                 break
             await _first(clock, remaining, [r.notifyFinish() for r in live])
         live = self.live()
-        if not live:
-            return 0
-        waits = [r.notifyFinish() for r in live]
+        channels = list(self._closing)
         for request in live:
+            channels.append(request.channel)
             transport = getattr(request.channel, "transport", None)
             if transport is not None:
                 abort = getattr(transport, "abortConnection", None)
                 (abort or transport.loseConnection)()
-        await _first(clock, CUT_GRACE, waits)
+        await _closed(clock, channels, CLOSE_GRACE)
         return len(live)
 
 
@@ -109,6 +112,25 @@ def _close_after(request: Any) -> None:
     channel = request.channel
     if channel is not None:
         channel.persistent = False
+
+
+def _socket_open(channel: Any) -> bool:
+    """Whether the socket under ``channel`` (below any TLS layer) is still open."""
+    transport = getattr(channel, "transport", None)
+    while transport is not None and not hasattr(transport, "disconnected"):
+        transport = getattr(transport, "transport", None)
+    return transport is not None and not transport.disconnected
+
+
+async def _closed(clock: IReactorTime, channels: list[Any], timeout: float) -> None:
+    """Until the sockets of ``channels`` are closed (their last answer sent) or ``timeout``."""
+    call_later: Callable[..., Any] = clock.callLater  # type: ignore[misc]  # zope
+    waited = 0.0
+    while waited < timeout and any(_socket_open(c) for c in channels):
+        tick: Deferred[None] = Deferred()
+        call_later(_CLOSE_POLL, tick.callback, None)
+        await tick
+        waited += _CLOSE_POLL
 
 
 async def _first(clock: IReactorTime, timeout: float, waits: list[Deferred[Any]]) -> None:
