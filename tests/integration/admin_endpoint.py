@@ -65,3 +65,16 @@ def wait_for_metric(port: int, condition: Callable[[Samples], bool], what: str,
             return samples
         assert time.monotonic() < deadline, f"never saw {what}"
         time.sleep(0.02)
+
+
+def exposed_names(port: int) -> set[str]:
+    """Every sample name the endpoint declares (a labelled counter that has not moved yet has
+    no sample, but its family is declared)."""
+    _, text = scrape_text(port)
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+        names.update(s.name for s in family.samples)
+    return names

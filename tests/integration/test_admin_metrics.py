@@ -8,7 +8,9 @@ was done. Without ``[admin]`` there is no admin listener.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from smartsyncd.client.trust import PinnedPolicy
 from tests.integration.admin_endpoint import (
     ADMIN_CONFIG,
     admin_port,
+    exposed_names,
     scrape,
     scrape_text,
     total,
@@ -159,3 +162,13 @@ def test_a_parked_long_poll_shows_and_leaves(server: Daemon, tmp_path: Path) -> 
 def test_no_admin_listener_without_the_setting(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as d:
         assert "admin endpoint" not in d.log_text()
+
+
+def test_the_sample_dashboard_and_alerts_use_only_names_the_daemon_exposes(server: Daemon) -> None:
+    conf = Path(__file__).parents[2] / "conf"
+    dashboard = json.loads((conf / "grafana" / "smartsyncd-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"smartsync_[a-z_]+", " ".join(exprs)))
+    used |= set(re.findall(r"smartsync_[a-z_]+", (conf / "prometheus" / "smartsyncd.yml").read_text()))
+    exposed = exposed_names(admin_port(server))
+    assert used and used <= exposed, used - exposed
