@@ -13,6 +13,7 @@ import random
 import re
 import signal
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,16 @@ def test_the_sample_dashboard_and_alerts_use_only_names_the_daemon_exposes(serve
     used |= set(re.findall(r"smartsync_[a-z_]+", (conf / "prometheus" / "smartsyncd.yml").read_text()))
     exposed = exposed_names(admin_port(server))
     assert used and used <= exposed, used - exposed
+
+
+def test_an_ssl_admin_endpoint_serves_metrics_with_the_daemon_s_certificate(tmp_path: Path) -> None:
+    config = "[admin]\nlisten = ssl:0:interface=127.0.0.1\n"
+    with running_daemon(tmp_path, config_text=config) as d:
+        port = admin_port(d)
+        with pytest.raises(OSError):  # no plain HTTP on it
+            scrape(port)
+        url = f"https://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, context=d.ssl_context(), timeout=10) as answer:
+            text = answer.read().decode()
+        assert "smartsync_requests_total" in text or "smartsync_requests " in text
+        assert "# TYPE smartsync_longpolls_parked gauge" in text
