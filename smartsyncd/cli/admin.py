@@ -107,6 +107,10 @@ class Admin:
         return self._ldap
 
     async def run(self, args: argparse.Namespace, password: str | None) -> int:
+        from smartsyncd.cli.admin_json import run_json, wants_json
+
+        if wants_json(args):
+            return await run_json(self, args)
         if args.command == "user":
             if args.action == "add":
                 return await self.user_add(args.name, password or "")
