@@ -50,7 +50,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "database": frozenset({"url"}),
-    "storage": frozenset({"path"}),
+    "storage": frozenset({"path", "warn_free_mb"}),
     "auth": frozenset({"backends"}),
     "limits": frozenset(
         {
@@ -82,6 +82,7 @@ class ServerConfig:
     session_max_days: float = 90.0  # absolute: no sliding past this age
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
+    warn_free_mb: int = 1024  # /healthz warns when a storage folder has less free
     auth_backends: tuple[str, ...] = ("local",)
     ldap: LdapConfig | None = None  # when [ldap] is configured
     login_failures_per_user: int = 5
@@ -282,6 +283,8 @@ def load_config(
             values["database_url"] = _convert("[database] url", v, _database_url)
         if (v := get("storage", "path")) is not None:
             values["storage_path"] = _resolve(v, base)
+        if (v := get("storage", "warn_free_mb")) is not None:
+            values["warn_free_mb"] = _convert("[storage] warn_free_mb", v, _positive_int)
         if (v := get("auth", "backends")) is not None:
             values["auth_backends"] = _convert("[auth] backends", v, _backends)
         for key in (

@@ -288,7 +288,14 @@ class SmartsyncServer(MultiService):
         sessions = self._build_sessions(store)
         self.notifier = notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
-        api = SyncAPI(store, sessions, notifier, self._reactor, self._run_blocking)
+        from smartsyncd.web.diskspace import disk_report
+
+        folders = self.storage_folders()
+        warn = config.warn_free_mb << 20
+        api = SyncAPI(
+            store, sessions, notifier, self._reactor, self._run_blocking,
+            disk=lambda: self._run_blocking(disk_report, folders, warn),
+        )
         clients = ClientLimits(
             connections_per_address=config.connections_per_address,
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,
@@ -312,8 +319,7 @@ class SmartsyncServer(MultiService):
         route_of = RouteOf(url_map)
         self.inflight = inflight = InFlight(route_of)
         meter_site(site, self.metrics, route_of, inflight)
-        folders = {"data": self.config.data_dir}
-        folders["chunks"] = self.config.storage_path or os.path.join(self.config.data_dir, "chunks")
+        folders = self.storage_folders()
         sources = self.metrics.sources
         sources.parked = notifier.total_waiting
         sources.connections = getattr(site, "client_addresses").open_connections  # noqa: B009
@@ -321,6 +327,15 @@ class SmartsyncServer(MultiService):
         sources.inflight = inflight
         sources.sessions = store.list_sessions
         sources.free_space = lambda: self._run_blocking(free_space, folders)
+        sources.values["free_warn_bytes"] = self.config.warn_free_mb << 20
+
+    def storage_folders(self) -> dict[str, str]:
+        """The folders whose free space /healthz and the metrics report."""
+        config = self.config
+        return {
+            "data": config.data_dir,
+            "chunks": config.storage_path or os.path.join(config.data_dir, "chunks"),
+        }
 
     async def _listen_admin(self, info: CertificateInfo) -> None:
         """With ``[admin] listen``: the admin endpoint (service/admin.py), as a child."""

@@ -61,7 +61,7 @@ from smartsyncd.web.bodies import (
 )
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.errors import error_response, json_bytes, send_json
-from smartsyncd.web.health import HealthCache
+from smartsyncd.web.health import HealthCache, health_answer, with_disk
 from smartsyncd.web.history import check_from_body, check_from_query
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
@@ -319,6 +319,7 @@ class SyncAPI:
         limits: Limits = Limits(),
         server_version: str = smartsyncd.__version__,
         now: Callable[[], datetime] | None = None,
+        disk: Callable[[], Awaitable[dict[str, Any]]] | None = None,  # /healthz free space
     ) -> None:
         self._store = store
         self._sessions = sessions
@@ -330,7 +331,7 @@ class SyncAPI:
         self.limits = limits
         self._version = server_version
         self._now = now or self._clock_now
-        self._health = HealthCache(lambda: self._store.check_health(), clock)
+        self._health = HealthCache(with_disk(lambda: self._store.check_health(), disk), clock)
         # parked long-polls: answered in bulk, one query and one encoding per woken group
         # the store's (id, generation), read by the first change feed or commit: constant while
         # the daemon runs (a restore or rollback happens with every daemon stopped)
@@ -399,9 +400,8 @@ class SyncAPI:
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request: Request) -> bytes:
-        checks = await self._health.get()
-        healthy = all(v == "ok" for v in checks.values())
-        return send_json(request, {"status": "ok" if healthy else "error", **checks}, 200 if healthy else 503)
+        body, status = health_answer(await self._health.get())
+        return send_json(request, body, status)
 
     @app.route("/v1/info", methods=["GET"])
     def info(self, request: Request) -> bytes:

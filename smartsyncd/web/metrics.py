@@ -96,6 +96,9 @@ class _ScrapeCollector(Collector):
                 total.add_metric([folder], size)
             yield free_bytes
             yield total
+        if "free_warn_bytes" in s.values:
+            yield _gauge("smartsync_store_free_warn_bytes", "Free space below which /healthz warns "
+                         "([storage] warn_free_mb)", s.values["free_warn_bytes"])
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -186,3 +186,17 @@ def test_an_ssl_admin_endpoint_serves_metrics_with_the_daemon_s_certificate(tmp_
             text = answer.read().decode()
         assert "smartsync_requests_total" in text or "smartsync_requests " in text
         assert "# TYPE smartsync_longpolls_parked gauge" in text
+
+
+def test_low_free_space_is_a_warning_in_healthz_and_the_metrics(tmp_path: Path) -> None:
+    # a threshold above any disk here: every storage folder is "low"
+    config = ADMIN_CONFIG + "[storage]\nwarn_free_mb = 1000000000\n"
+    with running_daemon(tmp_path, config_text=config) as d:
+        status, health = d.request("GET", "/healthz")
+        assert status == 200 and health["status"] == "warning"  # still serving: not an error
+        assert health["disk"]["chunks"]["low"] is True
+        assert any("chunks folder has" in w and "warn_free_mb" in w for w in health["warnings"])
+        samples = scrape(admin_port(d))
+        warn = value(samples, "smartsync_store_free_warn_bytes")
+        assert warn == 1000000000 << 20
+        assert 0 < value(samples, "smartsync_store_free_bytes", folder="chunks") < warn

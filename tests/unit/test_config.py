@@ -246,3 +246,11 @@ def test_admin_endpoint_and_drain_time_are_read(tmp_path: Path) -> None:
 def test_bad_admin_settings_are_usage_errors(text: str, named: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=re.escape(named)):
         load_config(write(tmp_path / "s.ini", text), cwd=str(tmp_path))
+
+
+def test_warn_free_mb_is_read(tmp_path: Path) -> None:
+    assert load_config(cwd=str(tmp_path)).warn_free_mb == 1024
+    config = load_config(write(tmp_path / "s.ini", "[storage]\nwarn_free_mb = 50\n"), cwd=str(tmp_path))
+    assert config.warn_free_mb == 50
+    with pytest.raises(UsageError, match=re.escape("[storage] warn_free_mb")):
+        load_config(write(tmp_path / "t.ini", "[storage]\nwarn_free_mb = 0\n"), cwd=str(tmp_path))
