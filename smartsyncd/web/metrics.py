@@ -17,13 +17,20 @@ Sign-in failures and throttles are the answers of ``POST /v1/login`` (401 and 42
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
@@ -40,6 +47,7 @@ OTHER_ROUTE = "other"
 # parked long-poll up to minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _ROUTE_CACHE = 4096  # (method, path) -> route; cleared when full
+_ENGAGEMENTS = b"/v1/engagements/"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
@@ -105,6 +113,64 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
+class RequestStats(Collector):
+    """Per-request counts kept in plain dicts on the reactor thread and turned into metric
+    families when scraped: this runs for every request (10,000 long-poll answers after one
+    commit), and prometheus_client's labelled children cost several times more per call
+    (locks, per-bucket objects)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}  # per route: count per bucket, +Inf last
+        self.sums: dict[str, float] = {}
+        self.bytes_in: dict[str, int] = {}
+        self.bytes_out: dict[str, int] = {}
+
+    def observe(self, route: str, method: str, status: int, duration: float, received: int,
+                sent: int) -> None:
+        key = (route, method, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        buckets = self.buckets.get(route)
+        if buckets is None:
+            buckets = self.buckets[route] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[route] = 0.0
+        buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1  # "le": bound included
+        self.sums[route] += duration
+        if received:
+            self.bytes_in[route] = self.bytes_in.get(route, 0) + received
+        if sent:
+            self.bytes_out[route] = self.bytes_out.get(route, 0) + sent
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "smartsync_requests", "HTTP requests answered, by route, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), n in sorted(self.counts.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "smartsync_request_duration_seconds",
+            "Time from a request's first line to its answer, by route", labels=["route"],
+        )
+        bounds = [*(str(b) for b in LATENCY_BUCKETS), "+Inf"]
+        for route, counts in sorted(self.buckets.items()):
+            cumulative = list(accumulate(counts))
+            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)),
+                               self.sums[route])
+        yield latency
+        for name, text, values in (
+            ("smartsync_request_body_bytes",
+             "Request body bytes received, by route (uploads: the chunk route)", self.bytes_in),
+            ("smartsync_response_body_bytes",
+             "Response body bytes sent, by route (pulls: the chunk fetch route)", self.bytes_out),
+        ):
+            family = CounterMetricFamily(name, text, labels=["route"])
+            for route, n in sorted(values.items()):
+                family.add_metric([route], n)
+            yield family
+
+
 class SyncMetrics:
     """The daemon's metrics; ``render`` gives the Prometheus text format."""
 
@@ -113,23 +179,8 @@ class SyncMetrics:
         self.registry = CollectorRegistry()
         self.sources = Sources()
         r = self.registry
-        self.requests = Counter(
-            "smartsync_requests", "HTTP requests answered, by route, method and status",
-            ["route", "method", "status"], registry=r,
-        )
-        self.latency = Histogram(
-            "smartsync_request_duration_seconds",
-            "Time from a request's first line to its answer, by route",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.bytes_in = Counter(
-            "smartsync_request_body_bytes", "Request body bytes received, by route (uploads: "
-            "the chunk route)", ["route"], registry=r,
-        )
-        self.bytes_out = Counter(
-            "smartsync_response_body_bytes", "Response body bytes sent, by route (pulls: the "
-            "chunk fetch route)", ["route"], registry=r,
-        )
+        self.request_stats = RequestStats()
+        r.register(self.request_stats)
         self.signin_failures = Counter(
             "smartsync_signin_failures", "Sign-ins refused for a wrong name or password", registry=r
         )
@@ -161,28 +212,11 @@ class SyncMetrics:
                         registry=r)
         started.set(seconds())
         r.register(_ScrapeCollector(self.sources))
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, duration: float,
                         received: int, sent: int) -> None:
-        """Count one answered request (the labelled children are cached: this runs for every
-        request, a long-poll fan-out included)."""
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route),
-                self.bytes_in.labels(route),
-                self.bytes_out.labels(route),
-            )
-        count, latency, bytes_in, bytes_out = children
-        count.inc()
-        latency.observe(duration)
-        if received:
-            bytes_in.inc(received)
-        if sent:
-            bytes_out.inc(sent)
+        """Count one answered request."""
+        self.request_stats.observe(route, method, status, duration, received, sent)
         if route == LOGIN_ROUTE:
             if status == 401:
                 self.signin_failures.inc()
@@ -220,6 +254,13 @@ class RouteOf:
         self._cache: dict[tuple[bytes, bytes], str] = {}
 
     def __call__(self, method: bytes, path: bytes) -> str:
+        # The engagement's segment is a variable of every route under it: with it replaced,
+        # the cache holds one entry per route shape, however many engagements there are.
+        if path.startswith(_ENGAGEMENTS):
+            parts = path.split(b"/", 4)
+            if len(parts) > 3 and parts[3]:
+                parts[3] = b"_"
+                path = b"/".join(parts)
         key = (method, path)
         route = self._cache.get(key)
         if route is not None:
