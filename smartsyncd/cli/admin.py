@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
 
 from twisted.python.usage import UsageError
@@ -369,11 +370,21 @@ async def run_admin(
             f"cannot open the server data in {config.data_dir}: {_describe(e)}"
         ) from None
     try:
-        return await Admin(store, config, reactor, out).run(args, password)
+        from twisted.internet.threads import deferToThread
+
+        from smartsyncd.storage.maintenance import RecordingStore
+
+        # fsck and gc outcomes go to DATA/maintenance.json for the daemon's metrics
+        recording = RecordingStore(store, config.data_dir, _utc_now, deferToThread)
+        return await Admin(recording, config, reactor, out).run(args, password)
     except SyncError as e:
         raise AdminError(e.message) from None
     finally:
         await store.close()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _reader_went_away() -> NoReturn:

@@ -328,6 +328,9 @@ class SmartsyncServer(MultiService):
         sources.sessions = store.list_sessions
         sources.free_space = lambda: self._run_blocking(free_space, folders)
         sources.values["free_warn_bytes"] = self.config.warn_free_mb << 20
+        from smartsyncd.storage.maintenance import read_record
+
+        sources.maintenance = lambda: self._run_blocking(read_record, self.config.data_dir)
 
     def storage_folders(self) -> dict[str, str]:
         """The folders whose free space /healthz and the metrics report."""

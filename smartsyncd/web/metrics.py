@@ -61,6 +61,7 @@ class Sources:
     inflight: InFlight | None = None
     sessions: Callable[[], Awaitable[list[Any]]] | None = None
     free_space: Callable[[], Awaitable[dict[str, tuple[int, int]]]] | None = None
+    maintenance: Callable[[], Awaitable[dict[str, Any]]] | None = None  # storage/maintenance.py
     values: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,9 +105,34 @@ class _ScrapeCollector(Collector):
                 total.add_metric([folder], size)
             yield free_bytes
             yield total
+        yield from _maintenance(s.values.get("maintenance") or {})
         if "free_warn_bytes" in s.values:
             yield _gauge("smartsync_store_free_warn_bytes", "Free space below which /healthz warns "
                          "([storage] warn_free_mb)", s.values["free_warn_bytes"])
+
+
+def _maintenance(record: dict[str, Any]) -> Iterator[Metric]:
+    """The last ``smartsync-admin fsck`` and ``gc`` (DATA/maintenance.json), when there were."""
+    try:
+        fsck = record.get("fsck")
+        if isinstance(fsck, dict):
+            yield _gauge("smartsync_fsck_last_run_timestamp_seconds",
+                         "When the last smartsync-admin fsck finished", float(fsck["finished_at"]))
+            yield _gauge("smartsync_fsck_last_problems", "Problems the last fsck found",
+                         float(fsck["problems"]))
+        gc = record.get("gc")
+        if isinstance(gc, dict) and gc:
+            runs = list(gc.values())
+            yield _gauge("smartsync_gc_last_run_timestamp_seconds",
+                         "When the last smartsync-admin gc finished",
+                         max(float(r["finished_at"]) for r in runs))
+            for key, text in (("bytes_freed", "Bytes"), ("chunks_removed", "Chunks"),
+                              ("packs_removed", "Pack files")):
+                yield _gauge(f"smartsync_gc_last_{key}",
+                             f"{text} the last gc of each engagement removed, summed",
+                             sum(float(r[key]) for r in runs))
+    except (KeyError, TypeError, ValueError):
+        return  # a damaged record shows nothing rather than failing the scrape
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -239,6 +265,8 @@ class SyncMetrics:
                 s.values["free_space"] = await s.free_space()
             except OSError:
                 s.values.pop("free_space", None)
+        if s.maintenance is not None:
+            s.values["maintenance"] = await s.maintenance()
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -12,6 +12,7 @@ import json
 import random
 import re
 import signal
+import struct
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from blake3 import blake3
 from twisted.internet import reactor
 
 from smartsyncd.client.engine import SyncCopy
@@ -200,3 +202,44 @@ def test_low_free_space_is_a_warning_in_healthz_and_the_metrics(tmp_path: Path) 
         warn = value(samples, "smartsync_store_free_warn_bytes")
         assert warn == 1000000000 << 20
         assert 0 < value(samples, "smartsync_store_free_bytes", folder="chunks") < warn
+
+
+def test_the_last_fsck_and_gc_show_in_the_metrics(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, config_text=ADMIN_CONFIG) as d:
+        port = admin_port(d)
+        names = {name for name, _ in scrape(port)}
+        assert "smartsync_fsck_last_problems" not in names  # never run: nothing to show
+        d.add_user("alice", PASSWORD)
+        d.new_engagement("m-fsck", editors=["alice"])
+        token = d.login("alice", PASSWORD)
+        data = random.Random(7).randbytes(20_000)
+        digest = blake3(data).hexdigest()
+        record = bytes.fromhex(digest) + bytes([0]) + struct.pack(">II", len(data), len(data)) + data
+        status, _ = d.request("POST", "/v1/engagements/m-fsck/chunks", body=record, token=token,
+                              content_type="application/x-smartsync-chunks")
+        assert status == 200
+        status, _ = d.request("POST", "/v1/engagements/m-fsck/commit", token=token, json_body={
+            "batch": "b-fsck", "changes": [
+                {"path": "a.bin", "kind": "put", "base": None, "manifest": [[digest, len(data)]]}
+            ],
+        })
+        assert status == 200
+        assert d.admin("fsck").returncode == 0
+        samples = scrape(port)
+        assert value(samples, "smartsync_fsck_last_problems") == 0
+        first = value(samples, "smartsync_fsck_last_run_timestamp_seconds")
+        assert first > 0
+
+        [pack] = list((d.data_dir / "chunks").rglob("*.pack"))
+        blob = bytearray(pack.read_bytes())
+        blob[blob.find(data[10_000:10_032])] ^= 0xFF
+        pack.write_bytes(bytes(blob))
+        assert d.admin("fsck").returncode == 1
+        samples = scrape(port)
+        assert value(samples, "smartsync_fsck_last_problems") >= 1
+        assert value(samples, "smartsync_fsck_last_run_timestamp_seconds") >= first
+
+        assert d.admin("gc", "--grace-hours", "0").returncode == 0
+        samples = scrape(port)
+        assert value(samples, "smartsync_gc_last_run_timestamp_seconds") >= first
+        assert value(samples, "smartsync_gc_last_bytes_freed") == 0  # every chunk is referenced
