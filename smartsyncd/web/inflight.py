@@ -9,7 +9,10 @@ daemon as draining, so every answer from then on closes its connection (a client
 opens a new one, which is refused, and it comes back later), then waits until every request in
 flight was answered or ``seconds`` ran out. What is still running then (an upload that would not
 finish in time) has its connection closed: the chunk upload aborts (web/upload.py removes what
-it wrote and indexes nothing) and the client resends it later.
+it wrote and indexes nothing) and the client resends it later. Not waited for: a request that
+was already refused and answered (``answered_early``, web/bodies.py), and one still arriving
+before its sender signed in (a stalled or hostile client: it has done nothing yet), whose
+connection is closed at once.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class InFlight:
         return [
             r for r in list(self._requests)
             if not r.finished and not getattr(r, "_disconnected", False)
+            and not getattr(r, "answered_early", False)
         ]
 
     def by_route(self) -> dict[str, int]:
@@ -84,7 +88,10 @@ class InFlight:
         those still running then. Returns how many were cut."""
         self.draining = True
         for request in self.live():
-            _close_after(request)
+            if _unsigned_and_arriving(request):
+                _abort(request)
+            else:
+                _close_after(request)
         now: Callable[[], float] = clock.seconds  # type: ignore[misc]  # zope interface method
         end = now() + seconds
         while True:
@@ -97,12 +104,21 @@ class InFlight:
         channels = list(self._closing)
         for request in live:
             channels.append(request.channel)
-            transport = getattr(request.channel, "transport", None)
-            if transport is not None:
-                abort = getattr(transport, "abortConnection", None)
-                (abort or transport.loseConnection)()
+            _abort(request)
         await _closed(clock, channels, CLOSE_GRACE)
         return len(live)
+
+
+def _unsigned_and_arriving(request: Any) -> bool:
+    """Still receiving its request line, headers or body, and not signed in."""
+    return request.path is None and not getattr(request, "authenticated", True)
+
+
+def _abort(request: Any) -> None:
+    transport = getattr(request.channel, "transport", None)
+    if transport is not None:
+        abort = getattr(transport, "abortConnection", None)
+        (abort or transport.loseConnection)()
 
 
 def _close_after(request: Any) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, Request
 
 from smartsyncd.web.inflight import InFlight
@@ -73,3 +75,20 @@ def test_a_request_arriving_while_draining_closes_its_connection() -> None:
     inflight.finished(r)
     assert channel.persistent is False
     assert inflight.live() == []
+
+
+def test_refused_and_unsigned_arriving_requests_are_not_waited_for() -> None:
+    clock, inflight = Clock(), InFlight()
+    refused, _, _ = request(inflight)
+    refused.answered_early = True  # type: ignore[attr-defined]  # web/bodies.py LimitedRequest
+    arriving, arriving_channel, arriving_socket = request(inflight)
+    arriving.authenticated = False  # type: ignore[attr-defined]  # no body, no sign-in yet
+    uploading, _, upload_socket = request(inflight)
+    uploading.authenticated = True  # type: ignore[attr-defined]  # signed in, body arriving
+    assert set(inflight.live()) == {arriving, uploading}
+    done: Deferred[Any] = Deferred.fromCoroutine(inflight.drain(clock, 30))
+    assert arriving_socket.disconnected  # cut at once
+    arriving_channel.connectionLost(Failure(ConnectionDone()))  # what the reactor then does
+    assert not upload_socket.disconnected and not done.called
+    answer(inflight, uploading)
+    assert done.called and done.result == 0
