@@ -279,6 +279,7 @@ class SmartsyncServer(MultiService):
 
     def _build_site(self, daemon_store: ServerStore) -> Site:
         from smartsyncd.web.app import SyncAPI, make_site
+        from smartsyncd.web.diskspace import disk_report
         from smartsyncd.web.limits import ClientLimits
         from smartsyncd.web.meteredstore import MeteredStore
         from smartsyncd.web.notify import ChangeNotifier
@@ -288,8 +289,6 @@ class SmartsyncServer(MultiService):
         sessions = self._build_sessions(store)
         self.notifier = notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
-        from smartsyncd.web.diskspace import disk_report
-
         folders = self.storage_folders()
         warn = config.warn_free_mb << 20
         api = SyncAPI(
@@ -313,6 +312,7 @@ class SmartsyncServer(MultiService):
     def _meter(self, site: Site, url_map: Any, store: ServerStore, notifier: ChangeNotifier) -> None:
         """Count the site's requests, track those in flight (the drain), and tell the metrics
         where to read the values they show when scraped (web/metrics.py)."""
+        from smartsyncd.storage.maintenance import read_record
         from smartsyncd.web.diskspace import free_space
         from smartsyncd.web.metrics import RouteOf, meter_site
 
@@ -328,8 +328,6 @@ class SmartsyncServer(MultiService):
         sources.sessions = store.list_sessions
         sources.free_space = lambda: self._run_blocking(free_space, folders)
         sources.values["free_warn_bytes"] = self.config.warn_free_mb << 20
-        from smartsyncd.storage.maintenance import read_record
-
         sources.maintenance = lambda: self._run_blocking(read_record, self.config.data_dir)
 
     def storage_folders(self) -> dict[str, str]:
@@ -382,11 +380,11 @@ class SmartsyncServer(MultiService):
 
     async def _drain(self) -> None:
         """Answer the parked long-polls, let the requests in flight finish (web/inflight.py)."""
+        if self.notifier is None:
+            return  # the site was never built: nothing was served
         seconds = self.config.drain_seconds
-        woken = 0
-        if self.notifier is not None:
-            self.notifier.closing = True
-            woken = self.notifier.wake_all()
+        self.notifier.closing = True
+        woken = self.notifier.wake_all()
         live = len(self.inflight.live())
         log.info(
             "draining: {requests} requests in flight ({woken} parked long-polls answered), "
