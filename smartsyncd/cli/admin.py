@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
 
 from twisted.python.usage import UsageError
@@ -107,6 +108,10 @@ class Admin:
         return self._ldap
 
     async def run(self, args: argparse.Namespace, password: str | None) -> int:
+        from smartsyncd.cli.admin_json import run_json, wants_json
+
+        if wants_json(args):
+            return await run_json(self, args)
         if args.command == "user":
             if args.action == "add":
                 return await self.user_add(args.name, password or "")
@@ -392,11 +397,21 @@ async def run_admin(
             f"cannot open the server data in {config.data_dir}: {_describe(e)}"
         ) from None
     try:
-        return await Admin(store, config, reactor, out).run(args, password)
+        from twisted.internet.threads import deferToThread
+
+        from smartsyncd.storage.maintenance import RecordingStore
+
+        # fsck and gc outcomes go to DATA/maintenance.json for the daemon's metrics
+        recording = RecordingStore(store, config.data_dir, _utc_now, deferToThread)
+        return await Admin(recording, config, reactor, out).run(args, password)
     except SyncError as e:
         raise AdminError(e.message) from None
     finally:
         await store.close()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _reader_went_away() -> NoReturn:

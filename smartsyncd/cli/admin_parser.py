@@ -10,6 +10,7 @@ import argparse
 from typing import TypeAlias
 
 import smartsyncd
+from smartsyncd.cli.admin_json import add_json_flag as _json
 from smartsyncd.core.model import ROLES
 
 PROG = "smartsync-admin"
@@ -70,7 +71,7 @@ def _add_user_parsers(commands: Commands) -> None:
     passwd.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    user.add_parser("list", help="list local users")
+    _json(user.add_parser("list", help="list local users"))
     for verb, text in (
         ("disable", "stop a local or directory user signing in; ends their sessions"),
         ("enable", "let a disabled user sign in again"),
@@ -81,7 +82,7 @@ def _add_user_parsers(commands: Commands) -> None:
 
 def _add_session_parsers(commands: Commands) -> None:
     sessions = _actions(commands, "sessions", "open sign-in sessions")
-    sessions.add_parser("list", help="list open sessions").add_argument(
+    _json(sessions.add_parser("list", help="list open sessions")).add_argument(
         "--user", help="only this user's sessions"
     )
     end = sessions.add_parser("revoke", help="end a session (by id) or all of a user's")
@@ -95,7 +96,7 @@ def _add_engagement_parsers(commands: Commands) -> None:
     create = engagement.add_parser("create", help="create an engagement")
     create.add_argument("name", help="1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)")
     create.add_argument("--title", help="a readable title (default: the name)")
-    engagement.add_parser("list", help="list engagements")
+    _json(engagement.add_parser("list", help="list engagements"))
     finalize = engagement.add_parser(
         "finalize", help="sign off: make the engagement read-only for everyone (audited)"
     )
@@ -114,7 +115,7 @@ def _add_engagement_parsers(commands: Commands) -> None:
     keep = retention.add_mutually_exclusive_group(required=True)
     keep.add_argument("--days", type=int, metavar="N", help="keep replaced versions N days")
     keep.add_argument("--keep-all", action="store_true", help="keep every version (default)")
-    engagement.add_parser("status", help="sign-off state and retention").add_argument("name")
+    _json(engagement.add_parser("status", help="sign-off state and retention")).add_argument("name")
 
 
 def _add_grant_parsers(commands: Commands) -> None:
@@ -131,18 +132,18 @@ def _add_grant_parsers(commands: Commands) -> None:
     who.add_argument("--user", metavar="U")
     who.add_argument("--group", metavar="G")
 
-    grants = commands.add_parser("grants", help="list grants (of one engagement, or all)")
+    grants = _json(commands.add_parser("grants", help="list grants (of one engagement, or all)"))
     grants.add_argument("engagement", nargs="?")
 
 
 def _add_fsck_parser(commands: Commands) -> None:
-    commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right")
+    _json(commands.add_parser("fsck", help="check that every manifest's chunks exist and hash right"))
 
 
 def _add_gc_parser(commands: Commands) -> None:
-    gc = commands.add_parser(
+    gc = _json(commands.add_parser(
         "gc", help="delete chunks no retained version or conflict copy needs"
-    )
+    ))
     gc.add_argument("engagement", nargs="?", help="one engagement (default: all)")
     gc.add_argument(
         "--grace-hours", type=float, default=1.0, metavar="H",
@@ -153,16 +154,16 @@ def _add_gc_parser(commands: Commands) -> None:
 def _add_checkout_parsers(commands: Commands) -> None:
     """``lock`` (check-outs) and ``copies`` (sync copies)."""
     lock = _actions(commands, "lock", "check-outs")
-    lock.add_parser("list", help="list active check-outs").add_argument("engagement")
+    _json(lock.add_parser("list", help="list active check-outs")).add_argument("engagement")
     brk = lock.add_parser("break", help="release another user's check-out (audited)")
     brk.add_argument("engagement")
     brk.add_argument("path")
     brk.add_argument("--reason", required=True)
 
     copies = _actions(commands, "copies", "sync copies known to the server")
-    copies.add_parser(
+    _json(copies.add_parser(
         "list", help="every copy with its last contact and unsynced count"
-    ).add_argument("engagement")
+    )).add_argument("engagement")
     abandon = copies.add_parser(
         "abandon", help="revoke a copy (a lost laptop): its session ends, it never commits again"
     )
@@ -172,9 +173,9 @@ def _add_checkout_parsers(commands: Commands) -> None:
 
 def _add_audit_parsers(commands: Commands) -> None:
     audit = _actions(commands, "audit", "the tamper-evident audit trail")
-    audit.add_parser(
+    _json(audit.add_parser(
         "verify", help="check the hash chains (one engagement, or all and the global chain)"
-    ).add_argument("engagement", nargs="?")
+    )).add_argument("engagement", nargs="?")
     export = audit.add_parser("export", help="who did what when, for quality reviewers")
     export.add_argument("engagement")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
@@ -182,10 +183,10 @@ def _add_audit_parsers(commands: Commands) -> None:
 
 def _add_db_parsers(commands: Commands) -> None:
     db = _actions(commands, "db", "the metadata database")
-    db.add_parser(
+    _json(db.add_parser(
         "upgrade",
         help="create the schema or apply pending migrations (safe while daemons start)",
-    )
+    ))
     db.add_parser(
         "new-generation",
         help="after restoring or rolling back the store by hand: copies reconcile (docs/operations.md)",

@@ -46,10 +46,11 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "trusted_proxies",
             "proxy_protocol",
             "session_max_days",
+            "drain_seconds",
         }
     ),
     "database": frozenset({"url"}),
-    "storage": frozenset({"path"}),
+    "storage": frozenset({"path", "warn_free_mb"}),
     "auth": frozenset({"backends"}),
     "limits": frozenset(
         {
@@ -61,6 +62,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "log": frozenset({"json_file"}),
+    "admin": frozenset({"listen"}),
 }
 
 _T = TypeVar("_T")
@@ -80,6 +82,7 @@ class ServerConfig:
     session_max_days: float = 90.0  # absolute: no sliding past this age
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
+    warn_free_mb: int = 1024  # /healthz warns when a storage folder has less free
     auth_backends: tuple[str, ...] = ("local",)
     ldap: LdapConfig | None = None  # when [ldap] is configured
     login_failures_per_user: int = 5
@@ -94,6 +97,10 @@ class ServerConfig:
     # domain's lockout threshold within its observation window (AD's default is 30 minutes).
     login_failure_window_minutes: float = 30.0
     json_log_file: str | None = None
+    # the admin endpoint (/metrics): a Twisted endpoint string; None: no admin listener
+    admin_listen: str | None = None
+    # on SIGTERM: how long in-flight requests (an upload mid-stream) may take to finish
+    drain_seconds: float = 30.0
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -173,6 +180,22 @@ def check_listen(listen: str) -> str:
     return listen
 
 
+def check_admin_listen(listen: str) -> str:
+    """An admin endpoint string: ``tcp:`` (a local scraper) or ``ssl:``, with a port."""
+    listen = listen.strip()
+    kind = listen.split(":", 1)[0].lower()
+    if kind not in ("tcp", "ssl"):
+        raise ValueError(
+            f"{listen!r}: the admin endpoint is tcp: or ssl: "
+            "(e.g. tcp:9100:interface=127.0.0.1 or ssl:9443)"
+        )
+    if kind == "ssl":
+        return check_listen(listen)
+    if ":" not in listen or not listen.split(":", 2)[1]:
+        raise ValueError(f"{listen!r} names no port (e.g. tcp:9100:interface=127.0.0.1)")
+    return listen
+
+
 def _resolve(path: str, base: str) -> str:
     return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
 
@@ -244,7 +267,10 @@ def load_config(
         for key in ("tls_cert", "tls_key"):
             if (v := get("server", key)) is not None:
                 values[key] = _resolve(v, base)
-        for key in ("request_timeout", "request_deadline", "session_lifetime_days", "session_max_days"):
+        for key in (
+            "request_timeout", "request_deadline", "session_lifetime_days", "session_max_days",
+            "drain_seconds",
+        ):
             if (v := get("server", key)) is not None:
                 values[key] = _convert(f"[server] {key}", v, _positive_float)
         if (v := get("server", "proxy_protocol")) is not None:
@@ -257,6 +283,8 @@ def load_config(
             values["database_url"] = _convert("[database] url", v, _database_url)
         if (v := get("storage", "path")) is not None:
             values["storage_path"] = _resolve(v, base)
+        if (v := get("storage", "warn_free_mb")) is not None:
+            values["warn_free_mb"] = _convert("[storage] warn_free_mb", v, _positive_int)
         if (v := get("auth", "backends")) is not None:
             values["auth_backends"] = _convert("[auth] backends", v, _backends)
         for key in (
@@ -273,6 +301,8 @@ def load_config(
             )
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)
+        if (v := get("admin", "listen")) is not None:
+            values["admin_listen"] = _convert("[admin] listen", v, check_admin_listen)
         if parser.has_section("ldap"):
             ldap_section = dict(parser["ldap"])
             values["ldap"] = _ldap_config(ldap_section, base)

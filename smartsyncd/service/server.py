@@ -7,7 +7,12 @@ migrations run in its own threads), the site (sign-in backends and sessions, the
 application), then the listening port (and the port file, written after the bind).
 With PostgreSQL metadata a ``PgNotifyBridge`` (``service/pgnotify.py``) joins the tree as this
 service's child when the site is built: commits made by other daemons wake this daemon's
-long-polls. Stop order is the reverse: stop listening, stop the children (the bridge), then
+long-polls. With ``[admin] listen`` an ``AdminListener`` child (service/admin.py) serves the
+metrics; it listens before the public listener does.
+
+Stop order is the reverse: stop listening, then drain (web/inflight.py: wake the parked
+long-polls, let the requests in flight finish within ``[server] drain_seconds``, close the
+connections of those still running), stop the children (the bridge, the admin listener), then
 close the store.
 
 On SIGHUP, ``reload_certificate`` (a ``ReloadService`` step, ``service/tap.py``) puts the
@@ -24,7 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.service import MultiService
@@ -51,12 +56,15 @@ from smartsyncd.service.tls import (
 )
 from smartsyncd.storage.api import ServerStore
 from smartsyncd.storage.durable import write_durably
+from smartsyncd.web.inflight import InFlight
+from smartsyncd.web.metrics import SyncMetrics
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
     from twisted.web.server import Site
 
     from smartsyncd.auth.sessions import Authenticator, SessionManager
+    from smartsyncd.service.admin import AdminListener
     from smartsyncd.service.pgnotify import PgNotifyBridge
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.notify import ChangeNotifier
@@ -141,6 +149,10 @@ class SmartsyncServer(MultiService):
         self.notify_bridge: PgNotifyBridge | None = None  # when the metadata is in PostgreSQL
         self._stopping = False
         self.folder_lock: FilesystemLock | None = None
+        self.metrics = SyncMetrics(reactor.seconds)
+        self.inflight = InFlight()
+        self.notifier: ChangeNotifier | None = None
+        self.admin: AdminListener | None = None
         self.setName("smartsyncd")
 
     def startService(self) -> None:
@@ -166,6 +178,9 @@ class SmartsyncServer(MultiService):
         if self._stopping:
             return
         site = self._build_site(self.store)
+        await self._listen_admin(self.certificate)
+        if self._stopping:
+            return
         await self._listen(site, self.certificate)
 
     # -- start steps ------------------------------------------------------------------------
@@ -263,27 +278,82 @@ class SmartsyncServer(MultiService):
         self.notify_bridge = bridge
         bridge.setServiceParent(self)  # started at once: this service is running
 
-    def _build_site(self, store: ServerStore) -> Site:
+    def _build_site(self, daemon_store: ServerStore) -> Site:
         from smartsyncd.web.app import SyncAPI, make_site
+        from smartsyncd.web.diskspace import disk_report
         from smartsyncd.web.limits import ClientLimits
+        from smartsyncd.web.meteredstore import MeteredStore
         from smartsyncd.web.notify import ChangeNotifier
 
         config = self.config
+        store = cast(ServerStore, MeteredStore(daemon_store, self.metrics))
         sessions = self._build_sessions(store)
-        notifier = ChangeNotifier(self._reactor)
+        self.notifier = notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
-        api = SyncAPI(store, sessions, notifier, self._reactor, self._run_blocking)
+        folders = self.storage_folders()
+        warn = config.warn_free_mb << 20
+        api = SyncAPI(
+            store, sessions, notifier, self._reactor, self._run_blocking,
+            disk=lambda: self._run_blocking(disk_report, folders, warn),
+        )
         clients = ClientLimits(
             connections_per_address=config.connections_per_address,
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,
             request_deadline=config.request_deadline,
         )
-        return make_site(
+        site = make_site(
             api,
             timeout=config.request_timeout,
             clients=clients,
             trusted_proxies=config.trusted_proxies,
         )
+        self._meter(site, api.app.url_map, store, notifier)
+        return site
+
+    def _meter(self, site: Site, url_map: Any, store: ServerStore, notifier: ChangeNotifier) -> None:
+        """Count the site's requests, track those in flight (the drain), and tell the metrics
+        where to read the values they show when scraped (web/metrics.py)."""
+        from smartsyncd.storage.maintenance import read_record
+        from smartsyncd.web.diskspace import free_space
+        from smartsyncd.web.metrics import RouteOf, meter_site
+
+        route_of = RouteOf(url_map)
+        self.inflight = inflight = InFlight(route_of)
+        meter_site(site, self.metrics, route_of, inflight)
+        folders = self.storage_folders()
+        sources = self.metrics.sources
+        sources.parked = notifier.total_waiting
+        sources.connections = getattr(site, "client_addresses").open_connections  # noqa: B009
+        sources.draining = lambda: inflight.draining
+        sources.inflight = inflight
+        sources.sessions = store.list_sessions
+        sources.free_space = lambda: self._run_blocking(free_space, folders)
+        sources.values["free_warn_bytes"] = self.config.warn_free_mb << 20
+        sources.maintenance = lambda: self._run_blocking(read_record, self.config.data_dir)
+
+    def storage_folders(self) -> dict[str, str]:
+        """The folders whose free space /healthz and the metrics report."""
+        config = self.config
+        return {
+            "data": config.data_dir,
+            "chunks": config.storage_path or os.path.join(config.data_dir, "chunks"),
+        }
+
+    async def _listen_admin(self, info: CertificateInfo) -> None:
+        """With ``[admin] listen``: the admin endpoint (service/admin.py), as a child."""
+        if self.config.admin_listen is None:
+            return
+        from smartsyncd.service.admin import AdminListener
+        from smartsyncd.web.adminsite import make_admin_site
+
+        admin = AdminListener(
+            self._reactor, self.config.admin_listen,
+            make_admin_site(self.metrics, self._reactor), info.cert_path, info.key_path,
+        )
+        self.admin = admin
+        admin.setServiceParent(self)  # started at once: this service is running
+        assert admin.listening is not None
+        await admin.listening
 
     async def _listen(self, site: Site, info: CertificateInfo) -> None:
         config = self.config
@@ -308,6 +378,30 @@ class SmartsyncServer(MultiService):
             endpoint=f"{config.listen} ({host.host}:{host.port})",
             port=host.port,
         )
+
+    async def _drain(self) -> None:
+        """Answer the parked long-polls, let the requests in flight finish (web/inflight.py)."""
+        if self.notifier is None:
+            return  # the site was never built: nothing was served
+        seconds = self.config.drain_seconds
+        self.notifier.closing = True
+        woken = self.notifier.wake_all()
+        live = len(self.inflight.live())
+        log.info(
+            "draining: {requests} requests in flight ({woken} parked long-polls answered), "
+            "up to {seconds} s",
+            requests=live, woken=woken, seconds=seconds,
+        )
+        cut = await self.inflight.drain(self._reactor, seconds)
+        if cut:
+            self.metrics.drains.inc(cut)
+            log.warn(
+                "drain time ({seconds} s) ran out: closed {cut} connections with a request "
+                "still running (their clients resend it)",
+                seconds=seconds, cut=cut,
+            )
+        else:
+            log.info("drained: every request in flight was answered")
 
     def _start_failed(self, failure: Failure) -> None:
         if self._stopping:
@@ -361,10 +455,14 @@ class SmartsyncServer(MultiService):
                 os.unlink(self._port_file)
             except FileNotFoundError:
                 pass
-        await super().stopService()  # the children, in reverse order: the bridge
+        await self._drain()
+        await super().stopService()  # the children, in reverse order: admin, the bridge
         if self.notify_bridge is not None:
             bridge, self.notify_bridge = self.notify_bridge, None
             bridge.disownServiceParent()  # a next start adds a new one
+        if self.admin is not None:
+            admin, self.admin = self.admin, None
+            admin.disownServiceParent()
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()

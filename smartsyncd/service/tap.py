@@ -3,7 +3,8 @@
 The tree: the SIGHUP ``ReloadService`` (steps: reopen the JSON log, reload the TLS
 certificate), an optional JSON log observer, the CPU thread pool (2 threads: chunk
 verification, password hashing), and ``SmartsyncServer`` (store, web application, TLS
-listener; with PostgreSQL metadata its child ``PgNotifyBridge``). A start that fails stops the
+listener; with PostgreSQL metadata its child ``PgNotifyBridge``). They stop in reverse order,
+one after the other (service/ordered.py): the server drains first. A start that fails stops the
 reactor and makes twistd exit with status 1.
 """
 
@@ -23,6 +24,7 @@ from smartsyncd.service.config import ServerConfig, default_config_file, load_co
 from smartsyncd.service.hardening import private_umask
 from smartsyncd.service.limits import raise_open_file_limit
 from smartsyncd.service.logs import JsonLogService
+from smartsyncd.service.ordered import OrderedMultiService
 from smartsyncd.service.pools import ThreadPoolService
 from smartsyncd.service.reload import ReloadService
 from smartsyncd.service.server import SmartsyncServer
@@ -112,7 +114,7 @@ def makeService(options: Options) -> MultiService:
     if open_files is not None and open_files[1] > open_files[0]:
         log.info("open-file limit raised from {before} to {after}", before=open_files[0], after=open_files[1])
     config = options.server_config
-    top = MultiService()
+    top = OrderedMultiService()  # stopped last first: the server drains with the pool running
     reload = ReloadService(reactor)
     reload.setServiceParent(top)
     if config.json_log_file is not None:

@@ -82,6 +82,10 @@ class ClientAddresses:
         else:
             self._bytes.pop(host, None)
 
+    def open_connections(self) -> int:
+        """Connections open now, every address together (metrics)."""
+        return sum(self._connections.values())
+
     def held(self, host: str) -> tuple[int, int]:
         """(connections, unauthenticated bytes) of ``host`` now."""
         return self._connections.get(host, 0), self._bytes.get(host, 0)

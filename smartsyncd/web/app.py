@@ -15,9 +15,9 @@ through ``errors.error_response``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +37,7 @@ from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factor
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
-from smartsyncd.web.health import HealthCache
+from smartsyncd.web.health import HealthCache, health_answer, with_disk
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
 from smartsyncd.web.notify import ChangeNotifier
@@ -66,6 +66,7 @@ class SyncAPI:
         limits: Limits = Limits(),
         server_version: str = smartsyncd.__version__,
         now: Callable[[], datetime] | None = None,
+        disk: Callable[[], Awaitable[dict[str, Any]]] | None = None,  # /healthz free space
     ) -> None:
         self._store = store
         self._sessions = sessions
@@ -76,7 +77,7 @@ class SyncAPI:
         self.limits = limits
         self._version = server_version
         now = now or self._clock_now
-        self._health = HealthCache(lambda: self._store.check_health(), clock)
+        self._health = HealthCache(with_disk(lambda: self._store.check_health(), disk), clock)
         self.authorizer = Authorizer(sessions, store, store)
         identity = StoreIdentity(store)
         # parked long-polls: answered in bulk, one query and one encoding per woken group
@@ -120,9 +121,8 @@ class SyncAPI:
     # -- server information ----------------------------------------------------------------
 
     async def healthz(self, request: Request) -> bytes:
-        checks = await self._health.get()
-        healthy = all(v == "ok" for v in checks.values())
-        return send_json(request, {"status": "ok" if healthy else "error", **checks}, 200 if healthy else 503)
+        body, status = health_answer(await self._health.get())
+        return send_json(request, body, status)
 
     def info(self, request: Request) -> bytes:
         return send_json(

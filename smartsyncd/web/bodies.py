@@ -64,6 +64,11 @@ class LimitedRequest(Request):
             return
         self.content.write(data)  # type: ignore[union-attr]
 
+    @property
+    def answered_early(self) -> bool:
+        """Refused and answered before its body was read: it never reaches ``finish``."""
+        return self._refused
+
     def mark_authenticated(self) -> None:
         """The request's session checked out: no deadline, no address cap for the rest."""
         self.authenticated = True

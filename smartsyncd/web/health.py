@@ -3,11 +3,16 @@
 A load balancer and monitoring may call /healthz many times a second; each check writes and
 fsyncs a probe file. Callers that arrive while a check runs wait for that check; a result is
 reused until ``ttl`` seconds (by the injected clock) have passed.
+
+``with_disk`` adds the free space of the storage folders (web/diskspace.py) to the store's
+checks; ``health_answer`` turns the checks into the answer: 503 ``error`` when a part failed,
+200 ``warning`` when only warnings (low space) are raised, else 200 ``ok``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -15,7 +20,33 @@ from twisted.logger import Logger, LogLevel
 
 log = Logger(namespace="smartsyncd.web")
 
-Checks = dict[str, str]
+Checks = dict[str, Any]
+
+
+def with_disk(
+    check: Callable[[], Awaitable[Checks]], disk: Callable[[], Awaitable[Checks]] | None
+) -> Callable[[], Awaitable[Checks]]:
+    """``check``, with ``disk``'s report merged in (when there is one)."""
+    if disk is None:
+        return check
+
+    async def both() -> Checks:
+        checks = dict(await check())
+        try:
+            checks.update(await disk())
+        except Exception:
+            log.failure("disk space check failed", level=LogLevel.warn)
+            checks["warnings"] = ["free space could not be read"]
+        return checks
+
+    return both
+
+
+def health_answer(checks: Checks) -> tuple[Checks, int]:
+    """The /healthz body and status for ``checks``."""
+    healthy = all(v == "ok" for v in checks.values() if isinstance(v, str))
+    status = "error" if not healthy else ("warning" if checks.get("warnings") else "ok")
+    return {"status": status, **checks}, 200 if healthy else 503
 
 
 class HealthCache:

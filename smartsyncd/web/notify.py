@@ -9,6 +9,10 @@ with ``None``. Waiters hold no database thread.
 Registering and unregistering a waiter are O(1) (a dict keyed by the waiter); ``notify`` is
 linear in the waiters of that engagement. The last head seen per engagement is remembered so a
 commit that lands between a handler's "no changes" query and its ``wait`` is not missed.
+
+When the daemon drains (SIGTERM, service/server.py) ``wake_all`` wakes every waiter at once and
+``closing`` makes later waits return at once: each long-poll is answered with what it has, on a
+connection that then closes, and its client comes back later.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ class ChangeNotifier:
         self._waiters: dict[int, dict[int, _Waiter]] = {}
         self._heads: dict[int, int] = {}
         self._ids = count()
+        self.closing = False  # draining: no new wait parks
 
     def wait(self, engagement_id: int, since: int, timeout: float) -> Deferred[None]:
         """Fire (with None) once the head passes ``since`` or after ``timeout`` seconds.
 
         Cancelling the Deferred unregisters the waiter and cancels its timer.
         """
-        if timeout <= 0 or self._heads.get(engagement_id, -1) > since:
+        if timeout <= 0 or self.closing or self._heads.get(engagement_id, -1) > since:
             return succeed(None)
         keys: list[int] = []
         d: Deferred[None] = Deferred(lambda _: self.unwatch(engagement_id, keys[0]))
@@ -60,7 +65,7 @@ class ChangeNotifier:
         When the head is already past ``since`` (or ``timeout <= 0``) ``wake`` is called at once
         and None is returned; otherwise the key for ``unwatch``.
         """
-        if timeout <= 0 or self._heads.get(engagement_id, -1) > since:
+        if timeout <= 0 or self.closing or self._heads.get(engagement_id, -1) > since:
             wake()
             return None
         key = next(self._ids)
@@ -102,6 +107,25 @@ class ChangeNotifier:
     def waiting(self, engagement_id: int) -> int:
         """How many requests wait on ``engagement_id`` (for tests and metrics)."""
         return len(self._waiters.get(engagement_id, ()))
+
+    def total_waiting(self) -> int:
+        """How many requests wait on any engagement (metrics)."""
+        return sum(len(w) for w in self._waiters.values())
+
+    def wake_all(self) -> int:
+        """Draining: wake every waiter now (as if its wait ran out); returns how many."""
+        woken = 0
+        for engagement_id in list(self._waiters):
+            for key in list(self._waiters.get(engagement_id, ())):
+                waiter = self._pop(engagement_id, key)
+                if waiter is None:
+                    continue
+                if waiter.timer is not None and waiter.timer.active():
+                    waiter.timer.cancel()
+                waiter.timer = None
+                woken += 1
+                waiter.wake()
+        return woken
 
     def _expire(self, engagement_id: int, key: int) -> None:
         waiter = self._pop(engagement_id, key)

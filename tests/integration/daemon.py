@@ -28,7 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+# Above the daemon's default [server] drain_seconds (30): SIGTERM waits for requests in flight.
+STOP_TIMEOUT = 45.0
 POLL_INTERVAL = 0.05
 
 

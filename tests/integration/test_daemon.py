@@ -39,7 +39,12 @@ def test_no_options_uses_data_in_the_working_folder_and_serves_over_tls(tmp_path
         assert d.data_dir == tmp_path / "daemon" / "data"
 
         status, health = d.request("GET", "/healthz")
-        assert (status, health) == (200, {"status": "ok", "database": "ok", "storage": "ok"})
+        disk = health.pop("disk")
+        assert (status, health) == (
+            200, {"status": "ok", "database": "ok", "storage": "ok", "warnings": []}
+        )
+        assert set(disk) == {"data", "chunks"}
+        assert all(f["free_bytes"] > 0 and f["low"] is False for f in disk.values())
         status, info = d.request("GET", "/v1/info")
         assert status == 200
         assert info["server"] == "smartsyncd"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -216,3 +217,40 @@ def test_proxy_protocol_is_yes_or_no(tmp_path: Path) -> None:
     config.write_text("[server]\nproxy_protocol = perhaps\n")
     with pytest.raises(UsageError, match=r"\[server\] proxy_protocol: bad value 'perhaps'"):
         load_config(str(config))
+
+
+def test_admin_endpoint_and_drain_time_are_read(tmp_path: Path) -> None:
+    assert load_config(cwd=str(tmp_path)).admin_listen is None  # off unless configured
+    assert load_config(cwd=str(tmp_path)).drain_seconds == 30
+    path = write(
+        tmp_path / "s.ini",
+        "[admin]\nlisten = tcp:9100:interface=127.0.0.1\n[server]\ndrain_seconds = 5\n",
+    )
+    config = load_config(path, cwd=str(tmp_path))
+    assert config.admin_listen == "tcp:9100:interface=127.0.0.1"
+    assert config.drain_seconds == 5
+    config = load_config(write(tmp_path / "t.ini", "[admin]\nlisten = ssl:9443\n"), cwd=str(tmp_path))
+    assert config.admin_listen == "ssl:9443"
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[admin]\nlisten = unix:/tmp/x\n", "[admin] listen"),
+        ("[admin]\nlisten = tcp:\n", "[admin] listen"),
+        ("[admin]\nlisten = ssl:9443:sslmethod=TLSv1_METHOD\n", "[admin] listen"),
+        ("[admin]\nport = 9100\n", "[admin] port"),
+        ("[server]\ndrain_seconds = -1\n", "[server] drain_seconds"),
+    ],
+)
+def test_bad_admin_settings_are_usage_errors(text: str, named: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=re.escape(named)):
+        load_config(write(tmp_path / "s.ini", text), cwd=str(tmp_path))
+
+
+def test_warn_free_mb_is_read(tmp_path: Path) -> None:
+    assert load_config(cwd=str(tmp_path)).warn_free_mb == 1024
+    config = load_config(write(tmp_path / "s.ini", "[storage]\nwarn_free_mb = 50\n"), cwd=str(tmp_path))
+    assert config.warn_free_mb == 50
+    with pytest.raises(UsageError, match=re.escape("[storage] warn_free_mb")):
+        load_config(write(tmp_path / "t.ini", "[storage]\nwarn_free_mb = 0\n"), cwd=str(tmp_path))

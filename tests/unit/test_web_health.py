@@ -46,3 +46,14 @@ def test_concurrent_storage_probes_do_not_fail_each_other(tmp_path: Path) -> Non
         results = list(pool.map(lambda _: store.probe(), range(400)))
     assert results == [None] * 400
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_health_answer_is_ok_warning_or_error() -> None:
+    from smartsyncd.web.health import health_answer
+
+    ok = {"database": "ok", "storage": "ok", "disk": {"chunks": {"low": False}}, "warnings": []}
+    assert health_answer(ok) == ({"status": "ok", **ok}, 200)
+    low = {**ok, "warnings": ["the chunks folder has 3 MiB free"]}
+    assert health_answer(low) == ({"status": "warning", **low}, 200)
+    sick = {**low, "storage": "error"}
+    assert health_answer(sick) == ({"status": "error", **sick}, 503)

@@ -114,3 +114,18 @@ def test_waking_many_waiters_is_linear(count: int) -> None:
     assert not any(c.active() and c.func == n._expire for c in clock.getDelayedCalls())
     # quadratic bookkeeping would take minutes at this size; linear takes well under a second
     assert elapsed < 5.0
+
+
+def test_wake_all_wakes_every_waiter_and_closing_parks_nothing() -> None:
+    clock = Clock()
+    notifier = ChangeNotifier(clock)
+    woken: list[int] = []
+    for eid in (1, 1, 2):
+        notifier.watch(eid, 5, 60, lambda eid=eid: woken.append(eid))
+    assert notifier.total_waiting() == 3
+    notifier.closing = True
+    assert notifier.wake_all() == 3
+    assert sorted(woken) == [1, 1, 2] and notifier.total_waiting() == 0
+    assert not clock.getDelayedCalls()  # their timers are cancelled
+    assert notifier.watch(3, 0, 60, lambda: woken.append(3)) is None  # answered at once
+    assert woken[-1] == 3 and notifier.total_waiting() == 0

@@ -1,0 +1,68 @@
+"""The admin endpoint's web site: ``/metrics`` (Prometheus text format) and an index.
+
+Separate from the public site (its own listener, ``[admin] listen``, service/admin.py): it
+has no sign-in, so it is meant for a loopback or management address. Every answer is built
+from the daemon's ``SyncMetrics``; nothing here reads or changes engagement data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from smartsyncd.web.metrics import SyncMetrics
+
+log = Logger(namespace="smartsyncd.web")
+
+_INDEX = b"smartsyncd admin endpoint\n/metrics  Prometheus metrics (text format)\n"
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: SyncMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Any) -> Any:
+        Deferred.fromCoroutine(self._answer(request))
+        return NOT_DONE_YET
+
+    async def _answer(self, request: Any) -> None:
+        try:
+            await self._metrics.refresh()
+            body = self._metrics.render()
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        except Exception:
+            log.failure("rendering the metrics failed")
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            body = b"metrics unavailable\n"
+        request.setHeader(b"cache-control", b"no-store")
+        if not request._disconnected:
+            request.write(body)
+            request.finish()
+
+
+class _Index(Resource):
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return _INDEX
+
+
+class _AdminSite(Site):
+    def log(self, request: Any) -> None:
+        pass  # a scrape every few seconds: no access line each time
+
+
+def make_admin_site(metrics: SyncMetrics, clock: Any) -> Site:
+    root = _Index()
+    root.putChild(b"metrics", MetricsResource(metrics))  # type: ignore[arg-type]  # zope
+    site = _AdminSite(root, reactor=clock, timeout=60)
+    site.displayTracebacks = False
+    return site
