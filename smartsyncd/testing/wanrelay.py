@@ -174,6 +174,9 @@ class Counters:
     up: int = 0  # client -> server
     down: int = 0  # server -> client
     connections: int = 0
+    # request-answer turns: client bytes arriving after server bytes on the same connection
+    # (or first on it); with one request at a time on a connection, one per request
+    turns: int = 0
     links: list[tuple[Link, Link]] = field(default_factory=list)
 
     @property
@@ -181,7 +184,7 @@ class Counters:
         return self.up + self.down
 
     def reset(self) -> None:
-        self.up = self.down = self.connections = 0
+        self.up = self.down = self.connections = self.turns = 0
 
     def close_all(self) -> None:
         for up, down in self.links:
@@ -221,6 +224,7 @@ class _Outbound(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.inbound.counters.down += len(data)
+        self.inbound.answered = True
         assert self.inbound.down is not None
         self.inbound.down.send(data)
 
@@ -244,6 +248,7 @@ class _Inbound(Protocol):
         self.outbound: _Outbound | None = None
         self.pending: list[bytes] = []
         self.closed = False
+        self.answered = True  # the server has spoken since the client last did
 
     def connectionMade(self) -> None:
         self.counters.connections += 1
@@ -280,6 +285,9 @@ class _Inbound(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.counters.up += len(data)
+        if self.answered:
+            self.counters.turns += 1
+            self.answered = False
         assert self.up is not None
         self.up.send(data)
 
