@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -237,6 +238,43 @@ class WanBench:
             ours.close_all()
             theirs.close_all()
 
+    async def profile_clone(self, settings: LinkSettings, files: int, out: Path) -> str:
+        """One clone through the relay with the client under cProfile and /usr/bin/time:
+        where its wall time goes (waiting in the reactor's poll vs Python work)."""
+        relay, factory = listen_relay(self.reactor, self.daemon.port, settings)
+        url = f"https://127.0.0.1:{relay.getHost().port}"
+        cli = [*smartsync_cmd(), "--quiet", "--config-dir", str(self.config)]
+        try:
+            await self.run([*cli, "--trust-fingerprint", self.daemon.fingerprint, "login", url,
+                            "--user", "bench", "--password-stdin"], stdin=PASSWORD + "\n")
+            self.count += 1
+            eng = self.daemon.new_engagement(f"wan-{self.count}", editors=["bench"])
+            base = self.work / f"profile-{self.count}"
+            write_engagement(base / "src", files)
+            await self.run([*cli, "clone", f"{url}/{eng}", str(base / "mine")])
+            for item in (base / "src").iterdir():
+                shutil.move(str(item), base / "mine" / item.name)
+            await self.run([*cli, "sync", str(base / "mine")])
+            factory.counters.reset()
+            start = time.perf_counter()
+            done = await self.run(["/usr/bin/time", "-v", sys.executable, "-m", "cProfile", "-o",
+                                   str(out), *cli, "clone", f"{url}/{eng}",
+                                   str(base / "other")])
+            wall = time.perf_counter() - start
+            fields = dict(re.findall(r"^\s*(User time \(seconds\)|System time \(seconds\)|"
+                                     r"Maximum resident set size \(kbytes\)): (\S+)$",
+                                     done.stderr, re.M))
+            shutil.rmtree(base, ignore_errors=True)
+            c = factory.counters
+            return (f"profiled clone of {files:,} files: {wall:.1f} s wall, client CPU "
+                    f"{float(fields['User time (seconds)']):.1f} s user + "
+                    f"{float(fields['System time (seconds)']):.1f} s system, peak RSS "
+                    f"{int(fields['Maximum resident set size (kbytes)']) / 1e3:.0f} MB; "
+                    f"{c.turns} turns, {c.up:,} B up, {c.down:,} B down; profile in {out}")
+        finally:
+            await relay.stopListening()
+            factory.counters.close_all()
+
     def table(self) -> str:
         lines = [
             "| link | scenario | runs | smartsync time | rsync -az time | time ratio | smartsync "
@@ -273,6 +311,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     load = os.getloadavg()
     try:
         bench.start()
+        if args.profile:
+            print(await bench.profile_clone(links[0][1], args.files, Path(args.profile)))
+            return
         for i in range(max(n for _, _, n, _ in links)):
             for label, settings, runs, files in links:
                 if i < runs:  # the two links alternate, so load changes touch both
@@ -298,6 +339,9 @@ if __name__ == "__main__":
     parser.add_argument("--files", type=int, default=1000, help="work papers at 50 ms")
     parser.add_argument("--slow-files", type=int, default=1000, help="work papers at 300 ms")
     parser.add_argument("--only", help="run one link setting: '50' or '300'")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="instead: one clone at the first link with the client under "
+                             "cProfile (stats to FILE) and /usr/bin/time")
     ns = parser.parse_args()
     from twisted.internet import defer, task
 
