@@ -1,6 +1,6 @@
 """smartsync beside rsync -az through an emulated WAN link (issue 15): clone, upload, edits, no-op.
 
-    python bench/wan.py [--runs 3] [--slow-runs 1] [--files 1000] [--slow-files 200]
+    python bench/wan.py [--runs 3] [--slow-runs 1] [--files 1000] [--slow-files 1000] [--profile F]
 
 Starts the real ``twistd smartsync`` and an rsync daemon on loopback, and for each link setting
 (50 ms round trip at 20 Mbit/s each way; 300 ms at 2 Mbit/s) a relay in front of each
