@@ -1,0 +1,262 @@
+"""The WAN relay of the benchmarks: delay, pacing by token bucket, flow control, on a Clock."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import Clock
+
+from smartsyncd.testing.wanrelay import Link, LinkSettings, listen_relay
+
+
+class Far:
+    """The far end: what arrived, and when (Clock time)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.arrivals: list[tuple[float, bytes]] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.arrivals.append((self.clock.seconds(), data))
+
+    def received(self) -> bytes:
+        return b"".join(data for _, data in self.arrivals)
+
+    def by(self, t: float) -> int:
+        return sum(len(data) for at, data in self.arrivals if at <= t + 1e-9)
+
+
+def run_until(clock: Clock, until: float) -> None:
+    """Advance to each pending call's exact time up to ``until`` (arrival times stay exact)."""
+    while True:
+        due = [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= until]
+        if not due:
+            break
+        clock.advance(max(0.0, min(due) - clock.seconds()))
+    clock.advance(max(0.0, until - clock.seconds()))
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+def test_bytes_arrive_exactly_one_latency_after_they_were_written() -> None:
+    clock = Clock()
+    far = Far(clock)
+    link = Link(clock, far, latency=0.025, rate=None)
+    clock.advance(1.0)
+    link.send(b"hello")
+    clock.advance(0.0249)
+    assert far.arrivals == []
+    clock.advance(0.0001)
+    assert far.arrivals == [(pytest.approx(1.025), b"hello")]
+    assert link.bytes == 5
+
+
+def test_a_large_write_leaves_at_the_link_rate_not_in_one_burst() -> None:
+    clock = Clock()
+    far = Far(clock)
+    rate, burst, packet, latency = 100_000.0, 8192, 1000, 0.1
+    link = Link(clock, far, latency=latency, rate=rate, burst=burst, packet=packet,
+                buffer=10**9)
+    total = 100_000
+    link.send(bytes(range(256)) * (total // 256) + b"x" * (total % 256))
+    step = 0.005
+    for i in range(1, 300):
+        t = i * step
+        run_until(clock, t)
+        arrived = far.by(t)
+        sent_for = max(0.0, t - latency)  # how long the link has been sending by t
+        if t < latency - 1e-9:
+            assert arrived == 0
+        else:
+            # the bucket: at most its depth at once, then the rate; never slower than that
+            assert arrived <= burst + rate * sent_for + 1e-6
+            assert arrived >= min(total, burst + rate * sent_for - packet)
+    finish = latency + (total - burst) / rate
+    assert far.by(finish - 0.01) < total
+    assert far.by(finish + 1e-6) == total
+    assert far.received() == bytes(range(256)) * (total // 256) + b"x" * (total % 256)
+
+
+def test_after_an_idle_spell_only_the_bucket_depth_arrives_at_once() -> None:
+    clock = Clock()
+    far = Far(clock)
+    link = Link(clock, far, latency=0.0, rate=10_000.0, burst=3000, packet=1000, buffer=10**9)
+    link.send(b"a" * 1000)
+    clock.advance(60)  # a long pause: the bucket refills, but only to its depth
+    far.arrivals.clear()
+    link.send(b"b" * 10_000)
+    clock.advance(0)
+    assert far.by(clock.seconds()) == 3000
+    run_until(clock, 62)
+    assert far.received() == b"b" * 10_000
+    # the 7,000 bytes past the bucket took 0.7 s at 10,000 bytes/s
+    assert far.arrivals[-1][0] == pytest.approx(60 + 0.7)
+
+
+def test_writes_keep_their_order_whatever_their_sizes_and_times() -> None:
+    clock = Clock()
+    far = Far(clock)
+    link = Link(clock, far, latency=0.05, rate=50_000.0, burst=2000, packet=700, buffer=10**9)
+    sent = b""
+    for i, size in enumerate([1, 5000, 3, 700, 701, 20_000, 9]):
+        data = bytes([i + 65]) * size
+        link.send(data)
+        sent += data
+        clock.advance(0.003 * i)
+    run_until(clock, 5)
+    assert far.received() == sent
+    times = [at for at, _ in far.arrivals]
+    assert times == sorted(times)
+
+
+def test_the_sender_is_paused_past_the_buffer_and_resumed_at_half() -> None:
+    clock = Clock()
+    far = Far(clock)
+    producer = Producer()
+    link = Link(clock, far, latency=0.0, rate=10_000.0, burst=1000, packet=1000, buffer=20_000)
+    link.sender = producer  # type: ignore[assignment]
+    link.send(b"x" * 15_000)
+    assert producer.events == []
+    link.send(b"y" * 15_000)
+    assert producer.events == ["pause"]
+    while producer.events == ["pause"]:
+        clock.advance(0.05)
+    assert producer.events == ["pause", "resume"]
+    # resumed once the queue had drained to half the buffer, not before
+    assert link.backlog() <= 10_000 + 500
+    assert link.backlog() >= 10_000 - 500 - 1000
+    run_until(clock, 10)
+    assert far.received() == b"x" * 15_000 + b"y" * 15_000
+
+
+def test_close_runs_only_after_the_queued_bytes_were_delivered() -> None:
+    clock = Clock()
+    far = Far(clock)
+    closed: list[float] = []
+    link = Link(clock, far, latency=0.2, rate=1000.0, burst=100, packet=100, buffer=10**9)
+    link.on_drained_close = lambda: closed.append(clock.seconds())
+    link.send(b"z" * 500)
+    link.close()
+    link.send(b"late")  # written after close: dropped
+    run_until(clock, 0.5)
+    assert closed == []
+    run_until(clock, 2)
+    assert far.received() == b"z" * 500
+    assert closed == [pytest.approx(far.arrivals[-1][0])]
+
+
+def test_the_first_bytes_wait_for_the_tcp_handshake_round_trip() -> None:
+    clock = Clock()
+    far = Far(clock)
+    settings = LinkSettings(rtt=0.3, rate=None)
+    link = settings.link(clock, far, not_before=clock.seconds() + settings.rtt)
+    link.send(b"client hello")
+    clock.advance(0.449)
+    assert far.arrivals == []
+    clock.advance(0.001)
+    assert far.received() == b"client hello"  # 1.5 round trips after the connect
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class Collect(Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.want = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def expect(self, total: int) -> defer.Deferred[bytes]:
+        """Fires with everything received once ``total`` bytes have come."""
+        self.want = total
+        self.done = defer.Deferred()
+        self.dataReceived(b"")
+        return self.done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.want and len(self.data) >= self.want and not self.done.called:
+            self.done.callback(bytes(self.data))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relay_passes_every_byte_both_ways_and_counts_them() -> None:
+    from twisted.internet import reactor
+
+    server = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")  # type: ignore[attr-defined]
+    relay, factory = listen_relay(reactor, server.getHost().port,
+                                  LinkSettings(rtt=0.002, rate=50e6, buffer=64 * 1024))
+    payload = bytes(range(256)) * 2000  # 512,000 bytes: past the buffer, so flow control acts
+    collect = Collect()
+    client_factory = ClientFactory.forProtocol(lambda: collect)  # type: ignore[arg-type]
+    connector = reactor.connectTCP("127.0.0.1", relay.getHost().port, client_factory)  # type: ignore[attr-defined]
+    try:
+        await defer.succeed(None)
+        while collect.transport is None:  # connected on a later reactor turn
+            await _turn(reactor)
+        collect.transport.write(payload)
+        assert await collect.expect(len(payload)) == payload
+        assert factory.counters.up == len(payload)
+        assert factory.counters.down == len(payload)
+        assert factory.counters.connections == 1
+    finally:
+        connector.disconnect()
+        await relay.stopListening()
+        await server.stopListening()
+        factory.counters.close_all()
+
+
+class Answer(Protocol):
+    """Answers "ok" to each request, a request being everything up to a newline."""
+
+    def dataReceived(self, data: bytes) -> None:
+        for _ in range(data.count(b"\n")):
+            self.transport.write(b"ok\n")  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relay_counts_request_answer_turns() -> None:
+    from twisted.internet import reactor
+
+    server = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1")  # type: ignore[attr-defined]
+    relay, factory = listen_relay(reactor, server.getHost().port, LinkSettings(rtt=0.002, rate=None))
+    collect = Collect()
+    connector = reactor.connectTCP(  # type: ignore[attr-defined]
+        "127.0.0.1", relay.getHost().port, ClientFactory.forProtocol(lambda: collect))  # type: ignore[arg-type]
+    try:
+        while collect.transport is None:
+            await _turn(reactor)
+        request = b"x" * 300_000 + b"\n"  # arrives at the relay in several reads: one turn
+        for n in range(1, 4):
+            collect.transport.write(request)
+            assert await collect.expect(3 * n) == b"ok\n" * n
+        assert factory.counters.turns == 3
+        assert factory.counters.up == 3 * len(request)
+        assert factory.counters.down == 9
+    finally:
+        connector.disconnect()
+        await relay.stopListening()
+        await server.stopListening()
+        factory.counters.close_all()
+
+
+def _turn(reactor: object) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0.001, d.callback, None)  # type: ignore[attr-defined]
+    return d
