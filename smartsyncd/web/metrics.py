@@ -17,6 +17,7 @@ Sign-in failures and throttles are the answers of ``POST /v1/login`` (401 and 42
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -274,6 +275,9 @@ class SyncMetrics:
         return generate_latest(self.registry)
 
 
+_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
 class RouteOf:
     """``(method, path) -> route template`` from the application's werkzeug ``Map``."""
 
@@ -298,7 +302,8 @@ class RouteOf:
                 path.decode("utf-8", "replace"), method=method.decode("ascii", "replace"),
                 return_rule=True,
             )
-            route = str(rule.rule)
+            # the label names the variable, not its URL converter: /v1/engagements/<eng>/...
+            route = _CONVERTER.sub(r"<\1>", str(rule.rule))
         except HTTPException:
             route = OTHER_ROUTE
         if len(self._cache) >= _ROUTE_CACHE:
