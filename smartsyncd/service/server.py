@@ -165,6 +165,11 @@ class SmartsyncServer(MultiService):
         self.store = await self._open_store()
         if self._stopping:
             return
+        if self.config.kerberos is not None:  # issue 19: refuse to start with a bad keytab
+            from smartsyncd.auth.negotiate import check_keytab
+
+            log.info("single sign-on: {what}", what=await self._run_blocking(
+                check_keytab, self.config.kerberos))
         site = self._build_site(self.store)
         await self._listen(site, self.certificate)
 
@@ -198,6 +203,8 @@ class SmartsyncServer(MultiService):
         secrets: list[tuple[str, str | None]] = [("TLS private key", info.key_path)]
         if config.ldap is not None:
             secrets.append(("LDAP bind password file", config.ldap.bind_password_file))
+        if config.kerberos is not None:  # issue 19
+            secrets.append(("Kerberos keytab", config.kerberos.keytab))
         for what, path, mode in await self._run_blocking(readable_by_others, secrets):
             log.warn(
                 "the {what} {path} is readable by other accounts (mode {mode}): chmod 600 it",
@@ -249,6 +256,7 @@ class SmartsyncServer(MultiService):
             ),
             throttle=throttle,
             max_age=timedelta(days=config.session_max_days),
+            password_sign_in=config.password_sign_in,
         )
 
     def _start_notify_bridge(self, notifier: ChangeNotifier) -> None:
@@ -272,6 +280,12 @@ class SmartsyncServer(MultiService):
         notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
         api = SyncAPI(store, sessions, notifier, self._reactor, self._run_blocking)
+        if config.kerberos is not None:  # issue 19: single sign-on
+            from smartsyncd.auth.negotiate import NegotiateSignIn
+
+            directory = sessions.backend("ldap")
+            assert directory is not None  # load_config requires ldap with [kerberos]
+            api.sso = NegotiateSignIn(config.kerberos, sessions, directory, self._run_blocking)
         clients = ClientLimits(
             connections_per_address=config.connections_per_address,
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,

@@ -65,6 +65,7 @@ from smartsyncd.web.health import HealthCache
 from smartsyncd.web.history import check_from_body, check_from_query
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
+from smartsyncd.web.negotiate import NegotiateSignIn, negotiate_login  # issue 19: SSO
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.upload import UploadRequest
 
@@ -308,6 +309,7 @@ class SyncAPI:
     """The HTTP interface of the sync server (see docs/protocol.md)."""
 
     app = Klein()
+    sso: NegotiateSignIn | None = None  # issue 19: set by service/server.py with [kerberos]
 
     def __init__(
         self,
@@ -430,11 +432,13 @@ class SyncAPI:
 
     @app.route("/v1/login", methods=["POST"])
     async def login(self, request: Request) -> bytes:
-        body = expect_object(await self._parse_json(read_body(request, self.limits.login_json)))
-        user = get_str(body, "user", max_len=256)
-        password = get_str(body, "password", max_len=4096)
-        address = client_address(request)
-        token, session = await self._sessions.sign_in(user, password, address)
+        signed_in = await negotiate_login(request, self.sso)  # issue 19: None unless Negotiate
+        if signed_in is None:
+            body = expect_object(await self._parse_json(read_body(request, self.limits.login_json)))
+            user = get_str(body, "user", max_len=256)
+            password = get_str(body, "password", max_len=4096)
+            signed_in = await self._sessions.sign_in(user, password, client_address(request))
+        token, session = signed_in
         return send_json(
             request,
             {"token": token, "user": session.user, "expires_at": iso_utc(session.expires_at, False)},
