@@ -63,6 +63,7 @@ class ServerSettings:
     user: str | None = None
     token: str | None = None
     bwlimit: int | None = None  # KiB/s for transfers with this server (--bwlimit overrides)
+    sso: str | None = None  # Kerberos service (HTTP@host) when signed in with single sign-on
 
 
 class UserConfig:
@@ -95,6 +96,7 @@ class UserConfig:
                     user=_opt_str(entry, "user"),
                     token=_opt_str(entry, "token"),
                     bwlimit=_opt_int(entry, "bwlimit"),
+                    sso=_opt_str(entry, "sso"),
                 )
                 for url, entry in data["servers"].items()
             }
@@ -117,10 +119,13 @@ class UserConfig:
     def set_ca_file(self, url: str, ca_file: str | None) -> None:
         self._entry(url).ca_file = ca_file
 
-    def set_token(self, url: str, user: str, token: str) -> None:
+    def set_token(self, url: str, user: str, token: str, sso: str | None = None) -> None:
+        """Record a sign-in; ``sso`` is the Kerberos service of a single sign-on (re-used to
+        sign in again silently), None for a password sign-in."""
         entry = self._entry(url)
         entry.user = user
         entry.token = token
+        entry.sso = sso
 
     def forget_token(self, url: str) -> None:
         key = server_key(url)
