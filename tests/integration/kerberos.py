@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ SERVICE_HOST = "localhost"
 SERVICE_ACCOUNT = "svc-http"
 SERVICE_PASSWORD = "Svc-Http-Passw0rd!x"
 OTHER_HOST = "other.example"
+OTHER_PASSWORD = "Svc-Other-Passw0rd!x"  # another key: RC4 keys are unsalted password hashes
 
 
 @dataclass
@@ -64,6 +66,15 @@ class KerberosRealm:
         if done.returncode != 0:
             raise RuntimeError(f"kinit {principal} failed: {done.stdout}{done.stderr}")
 
+    def service_ticket(self, ccache: Path, spn: str | None = None) -> None:
+        """Get the service ticket into ``ccache`` now, with the real kvno."""
+        spn = spn or f"HTTP/{self.service_host}"
+        done = subprocess.run(
+            ["kvno", spn], capture_output=True, text=True, env=self.env(ccache), timeout=30
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kvno {spn} failed: {done.stdout}{done.stderr}")
+
     def add_service(self, account: str, password: str, spn: str) -> None:
         self.dc.add_user(account, password)
         self.dc.tool("spn", "add", spn, account)
@@ -72,6 +83,39 @@ class KerberosRealm:
         self.dc.tool("domain", "exportkeytab", str(path), f"--principal={spn}")
         path.chmod(0o600)
         return path
+
+
+# Makes one initiator token with python-gssapi in a child process (its own KRB5_CONFIG and
+# KRB5CCNAME, and under faketime when asked): argv = service, mech (spnego/krb5).
+_TOKEN_SCRIPT = """
+import base64, sys, gssapi
+service, mech = sys.argv[1], sys.argv[2]
+oid = gssapi.OID.from_int_seq("1.3.6.1.5.5.2" if mech == "spnego" else "1.2.840.113554.1.2.2")
+name = gssapi.Name(service, gssapi.NameType.hostbased_service)
+ctx = gssapi.SecurityContext(name=name, usage="initiate", mech=oid)
+print(base64.b64encode(ctx.step()).decode())
+"""
+
+
+def make_token(
+    realm: KerberosRealm,
+    ccache: Path,
+    service: str | None = None,
+    *,
+    mech: str = "spnego",
+    clock_offset: str | None = None,
+) -> str:
+    """A base64 Negotiate token from the user's ticket cache, as a browser or pyspnego sends it.
+
+    ``clock_offset`` (``+10m``) runs the initiator under faketime: its authenticator then
+    carries a skewed time (get the service ticket first: the KDC refuses a skewed client)."""
+    command = [sys.executable, "-c", _TOKEN_SCRIPT, service or realm.service, mech]
+    if clock_offset is not None:
+        command = ["faketime", "-f", clock_offset, *command]
+    done = subprocess.run(command, capture_output=True, text=True, env=realm.env(ccache), timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"making a token failed: {done.stderr}")
+    return done.stdout.strip()
 
 
 def write_krb5_conf(path: Path, realm: str, kdc: str = "127.0.0.1", extra: str = "") -> Path:
@@ -106,5 +150,5 @@ def kerberos(
     )
     krb.add_service(SERVICE_ACCOUNT, SERVICE_PASSWORD, f"HTTP/{SERVICE_HOST}")
     krb.export_keytab(f"HTTP/{SERVICE_HOST}", krb.keytab)
-    krb.add_service("svc-other", SERVICE_PASSWORD, f"HTTP/{OTHER_HOST}")
+    krb.add_service("svc-other", OTHER_PASSWORD, f"HTTP/{OTHER_HOST}")
     yield krb
