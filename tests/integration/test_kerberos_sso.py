@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 from daemon import Daemon, running_daemon
+from haproxy import start_cluster
 from kerberos import OTHER_HOST, KerberosRealm, kerberos, make_token  # noqa: F401
+from pg import PgCluster
 from samba import SambaDC, samba_dc  # noqa: F401  (samba_dc is the session fixture)
 from test_cli_client import Client
 
@@ -42,6 +44,7 @@ def realm(kerberos: KerberosRealm) -> KerberosRealm:  # noqa: F811
 
 
 def _config(dc: SambaDC, base: Path, realm: KerberosRealm, extra: str = "", kerberos_extra: str = "") -> str:
+    base.mkdir(parents=True, exist_ok=True)
     secret = base / "bind.secret"
     secret.write_text(dc.bind_password + "\n")
     secret.chmod(0o600)
@@ -313,3 +316,52 @@ def test_password_sign_in_can_be_turned_off(realm: KerberosRealm, tmp_path: Path
         assert status == 200, answer
     finally:
         only_sso.stop()
+
+
+# -- several daemons behind HAProxy ---------------------------------------------------------
+
+
+def test_two_daemons_behind_haproxy_share_one_keytab(realm: KerberosRealm, tmp_path: Path) -> None:
+    """The shipped HAProxy sample in front of two daemons on one PostgreSQL: the CLI signs in
+    with its ticket through the proxy, both daemons accept tickets with the one keytab, and a
+    token used on one daemon is refused when replayed through the proxy."""
+    with PgCluster() as pg:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("KRB5_CONFIG", str(realm.krb5_conf))
+            extra = _config(realm.dc, tmp_path / "conf", realm)
+            cluster = start_cluster(tmp_path, pg.url(pg.create_database()), extra=extra)
+        try:
+            _through_haproxy(realm, tmp_path, cluster)
+        finally:
+            cluster.stop()
+
+
+def _through_haproxy(realm: KerberosRealm, tmp_path: Path, cluster: Any) -> None:
+    app1, app2 = cluster.daemons["app1"], cluster.daemons["app2"]
+    for args in [
+        ("engagement", "create", "ha-acme"),
+        ("grant", "ha-acme", "--group", "SSO Assurance", "--role", "editor"),
+    ]:
+        done = app1.admin(*args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    cache = ticket(realm, tmp_path, "kdora")
+    env = realm.env(cache)
+    url = f"https://localhost:{cluster.haproxy.port}"
+    (tmp_path / "home").mkdir()
+    client = Client(tmp_path / "home")
+    done = client.run("--ca-file", str(cluster.ca_file), "login", url, "--sso", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-3000:]
+    assert visible(client, url, env) == {"ha-acme"}
+
+    for d in (app1, app2):  # each daemon checks tickets with the shared keytab
+        status, answer, _ = post_login(d, f"Negotiate {make_token(realm, cache)}")
+        assert status == 200, answer
+    token = make_token(realm, cache)
+    status, answer, _ = post_login(app1, f"Negotiate {token}")
+    assert status == 200, answer
+    status, answer, headers = cluster.request(
+        "POST", "/v1/login", headers={"Authorization": f"Negotiate {token}"}
+    )
+    assert status == 401, answer
+    assert headers.get("www-authenticate") == "Negotiate"
+    assert "Request is a replay" in app1.log_text() + app2.log_text()
