@@ -98,10 +98,13 @@ def _credentials(config: KerberosConfig) -> Any:
 
 def check_keytab(config: KerberosConfig) -> str:
     """At start-up (blocking): the keytab is readable and holds the service's key, else a
-    ``BackendUnavailable`` that stops the daemon with the reason. Returns a line for the log."""
+    ``ValueError`` that stops the daemon with the reason. Returns a line for the log."""
     if not os.path.isfile(config.keytab):
-        raise BackendUnavailable(f"[kerberos] keytab {config.keytab} does not exist")
-    _credentials(config)
+        raise ValueError(f"[kerberos] keytab {config.keytab} does not exist")
+    try:
+        _credentials(config)
+    except BackendUnavailable as e:
+        raise ValueError(f"[kerberos] {e}") from None
     return (
         f"accepting Kerberos tickets for {config.service or 'any principal of the keytab'}"
         f" from {config.keytab}, users of realm {config.realm}"

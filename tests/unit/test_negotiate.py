@@ -135,8 +135,13 @@ def test_gssapi_errors_become_one_readable_reason() -> None:
 
 def test_a_missing_keytab_is_the_servers_fault_not_the_users(tmp_path: Path) -> None:
     config = KerberosConfig(keytab=str(tmp_path / "none.keytab"), realm="FIRM.EXAMPLE")
-    with pytest.raises(BackendUnavailable, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         check_keytab(config)
+    (tmp_path / "empty.keytab").write_bytes(b"\x05\x02")  # a keytab with no keys
+    with pytest.raises(ValueError, match="cannot use keytab"):
+        check_keytab(KerberosConfig(
+            keytab=str(tmp_path / "empty.keytab"), realm="FIRM.EXAMPLE", service="HTTP@x"
+        ))
     with pytest.raises(BackendUnavailable, match="cannot use keytab"):
         accept_token(
             KerberosConfig(
