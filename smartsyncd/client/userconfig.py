@@ -131,6 +131,7 @@ class UserConfig:
         key = server_key(url)
         if key in self.servers:
             self.servers[key].token = None
+            self.servers[key].sso = None  # signing out also stops silent single sign-on
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -216,5 +216,8 @@ def test_settings_remember_single_sign_on(tmp_path: Path) -> None:
     config.save()
     again = UserConfig.load(tmp_path).server("https://sync.firm.example")
     assert (again.user, again.sso) == ("dora", "HTTP@sync.firm.example")
-    config.set_token("https://sync.firm.example", "dora", "tok2")
+    config.forget_token("https://sync.firm.example")  # logout: no silent sign-in afterwards
+    assert config.server("https://sync.firm.example").sso is None
+    config.set_token("https://sync.firm.example", "dora", "tok", sso="HTTP@sync.firm.example")
+    config.set_token("https://sync.firm.example", "dora", "tok2")  # a password sign-in
     assert config.server("https://sync.firm.example").sso is None
