@@ -211,6 +211,18 @@ def test_expired_session_signs_in_again_silently_with_the_ticket(
     assert client.settings()["servers"][url]["token"] != first
 
 
+def test_cli_sso_against_a_server_without_kerberos_says_so(
+    daemon: Daemon, realm: KerberosRealm, tmp_path: Path
+) -> None:
+    client = Client(tmp_path)
+    done = client.run(
+        "--trust-fingerprint", daemon.fingerprint, "login", sso_url(daemon), "--sso",
+        env=realm.env(ticket(realm, tmp_path, "kerin")),
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "single sign-on (Kerberos) is not configured on this server" in done.stderr
+
+
 # -- refusals -------------------------------------------------------------------------------
 
 
