@@ -72,6 +72,7 @@ class SessionManager:
         refresh_interval: timedelta = timedelta(minutes=15),
         throttle: AccountThrottle | None = None,
         max_age: timedelta | None = None,
+        password_sign_in: bool = True,
     ) -> None:
         self._store = store
         self._backends = tuple(backends)
@@ -86,6 +87,16 @@ class SessionManager:
         self._refresh_interval = refresh_interval
         # session id -> earliest next refresh attempt after the backend was unavailable
         self._retry_at: dict[str, datetime] = {}
+        # [auth] password_sign_in = no: only single sign-on (Kerberos) opens sessions
+        self.password_sign_in = password_sign_in
+
+    @property
+    def limiter(self) -> LoginRateLimiter:
+        return self._limiter
+
+    def backend(self, name: str) -> Authenticator | None:
+        """The configured backend called ``name`` (None if it is not configured)."""
+        return self._by_name.get(name)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._seconds(), tz=UTC)
@@ -109,6 +120,15 @@ class SessionManager:
 
         Raises ``RateLimited``, ``AuthFailed`` or ``Unavailable`` (no backend could decide).
         """
+        if not self.password_sign_in:
+            self.log.info(
+                "sign-in refused for {user} from {address}: password sign-in is turned off"
+                " ([auth] password_sign_in = no)", user=_loggable(user), address=_loggable(address),
+            )
+            raise AuthFailed(
+                "password sign-in is turned off on this server: sign in with single sign-on"
+                " (smartsync login URL --sso)"
+            )
         self._limiter.check(user, address)
         if not user or not password:
             raise await self._refuse(user, address, "empty user name or password")
@@ -157,6 +177,14 @@ class SessionManager:
         self._limiter.record_success(user, address)
         if self._throttle is not None and key is not None:
             await self._throttle.record_success(key)
+        return await self.open_session(identity, backend_name, address)
+
+    async def open_session(
+        self, identity: Identity, backend_name: str, address: str
+    ) -> tuple[str, SessionRecord]:
+        """Open a session for an identity a backend (or Kerberos, auth/negotiate.py) vouched
+        for; returns the raw token (shown once) and the record. Group refresh goes through
+        ``backend_name``. A directory account first claims the grants kept under its name."""
         if not is_local(identity.principal):
             await self._claim(identity)
         now = self._now()

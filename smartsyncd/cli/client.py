@@ -35,6 +35,7 @@ from smartsyncd.client.errors import (
 )
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.progress import RichProgress
+from smartsyncd.client.sso import sso_login, sso_service  # issue 19: single sign-on
 from smartsyncd.client.trust import (
     SYSTEM_TRUST,
     PinnedPolicy,
@@ -171,9 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     login = command("login", "sign in to a server (pins its certificate on first contact)")
     login.add_argument("url", metavar="URL", help="https://HOST[:PORT]")
-    login.add_argument("--user", "-u", required=True, help="user name")
+    login.add_argument("--user", "-u", help="user name (not with --sso)")
     login.add_argument("--password-stdin", action="store_true",
                        help="read the password from the first line of standard input")
+    # issue 19: single sign-on with the Kerberos ticket of the logged-on user
+    login.add_argument("--sso", action="store_true",
+                       help="single sign-on with your Kerberos ticket (Windows domain logon, kinit)")
+    login.add_argument("--spn", metavar="HTTP@HOST",
+                       help="Kerberos service of the server with --sso (default: HTTP@URL host)")
 
     logout = command("logout", "end the session and forget its token")
     logout.add_argument("url", metavar="URL")
@@ -293,6 +299,8 @@ class Session:
         """Sign in again when a session ends, if a password can be had without a script's
         help: $SMARTSYNC_PASSWORD, or a prompt on a terminal."""
         entry = self.config.server(url)
+        if entry.sso is not None:  # issue 19: sign in again silently with the Kerberos ticket
+            return self._sso_relogin(url, entry.sso)
         user = entry.user
         if user is None or not (os.environ.get(PASSWORD_ENV) or _interactive()):
             return None
@@ -312,6 +320,16 @@ class Session:
             self._apis.append(fresh)
             token = await fresh.login(user, password)
             self.config.set_token(url, user, token)
+            self.config.save()
+            return token
+
+        return relogin
+
+    def _sso_relogin(self, url: str, service: str) -> Callable[[], Awaitable[str]]:
+        async def relogin() -> str:
+            fresh = self.api(url, self.policy(url), with_token=False)
+            user, token = await sso_login(fresh, service, self.reactor)
+            self.config.set_token(url, user, token, sso=service)
             self.config.save()
             return token
 
@@ -348,7 +366,9 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
     args = session.args
     url = server_key(args.url)
     entry = session.config.server(url)
-    password = read_password(args, stdin)
+    if args.sso == bool(args.user):  # issue 19: --sso takes the user from the ticket
+        raise UsageError("give --user NAME (password sign-in) or --sso (single sign-on)")
+    password = None if args.sso else read_password(args, stdin)
     pin: str | None = None
     if args.ca_file:
         policy: TrustPolicy = ca_policy(args.ca_file)
@@ -364,7 +384,12 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
         policy = PinnedPolicy(pin)
     api = session.api(url, policy, with_token=False)
     await api.info()
-    token = await api.login(args.user, password)
+    service = sso_service(url, args.spn) if args.sso else None
+    if service is not None:  # issue 19
+        user, token = await sso_login(api, service, session.reactor)
+    else:
+        assert password is not None
+        user, token = args.user, await api.login(args.user, password)
     if pin is not None:
         session.config.pin(url, pin)
         if args.ca_file is None:
@@ -372,13 +397,13 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
     if args.ca_file:
         stored = args.ca_file if args.ca_file == SYSTEM_TRUST else str(Path(args.ca_file).resolve())
         session.config.set_ca_file(url, stored)
-    session.config.set_token(url, args.user, token)
+    session.config.set_token(url, user, token, sso=service)
     session.config.save()
     fingerprint = session.config.server(url).fingerprint
     session.out.result(
-        f"Signed in to {url} as {args.user}.",
-        {"server": url, "user": args.user, "fingerprint": fingerprint,
-         "ca_file": session.config.server(url).ca_file},
+        f"Signed in to {url} as {user}{' with single sign-on' if service else ''}.",
+        {"server": url, "user": user, "fingerprint": fingerprint,
+         "ca_file": session.config.server(url).ca_file, "sso": service is not None},
     )
     return 0
 

@@ -76,6 +76,7 @@ class ServerSettings:
     user: str | None = None
     token: str | None = None
     bwlimit: int | None = None  # KiB/s for transfers with this server (--bwlimit overrides)
+    sso: str | None = None  # Kerberos service (HTTP@host) when signed in with single sign-on
 
 
 class UserConfig:
@@ -108,6 +109,7 @@ class UserConfig:
                     user=_opt_str(entry, "user"),
                     token=_opt_str(entry, "token"),
                     bwlimit=_opt_int(entry, "bwlimit"),
+                    sso=_opt_str(entry, "sso"),
                 )
                 for url, entry in data["servers"].items()
             }
@@ -130,15 +132,19 @@ class UserConfig:
     def set_ca_file(self, url: str, ca_file: str | None) -> None:
         self._entry(url).ca_file = ca_file
 
-    def set_token(self, url: str, user: str, token: str) -> None:
+    def set_token(self, url: str, user: str, token: str, sso: str | None = None) -> None:
+        """Record a sign-in; ``sso`` is the Kerberos service of a single sign-on (re-used to
+        sign in again silently), None for a password sign-in."""
         entry = self._entry(url)
         entry.user = user
         entry.token = token
+        entry.sso = sso
 
     def forget_token(self, url: str) -> None:
         key = server_key(url)
         if key in self.servers:
             self.servers[key].token = None
+            self.servers[key].sso = None  # signing out also stops silent single sign-on
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from twisted.python.usage import UsageError
 
 if TYPE_CHECKING:
+    from smartsyncd.auth.kerberosconfig import KerberosConfig
     from smartsyncd.auth.ldapconfig import LdapConfig
     from smartsyncd.web.clientaddr import Network
 
@@ -51,7 +52,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     ),
     "database": frozenset({"url"}),
     "storage": frozenset({"path", "warn_free_mb"}),
-    "auth": frozenset({"backends"}),
+    "auth": frozenset({"backends", "password_sign_in"}),
     "limits": frozenset(
         {
             "login_failures_per_user",
@@ -85,6 +86,8 @@ class ServerConfig:
     warn_free_mb: int = 1024  # /healthz warns when a storage folder has less free
     auth_backends: tuple[str, ...] = ("local",)
     ldap: LdapConfig | None = None  # when [ldap] is configured
+    kerberos: KerberosConfig | None = None  # [kerberos]: single sign-on (issue 19)
+    password_sign_in: bool = True  # [auth] password_sign_in = no leaves only single sign-on
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
     connections_per_address: int = 1024
@@ -210,8 +213,8 @@ def _read_ini(path: str) -> configparser.ConfigParser:
     except configparser.Error as e:
         raise UsageError(f"config file {path}: {e}") from None
     for section in parser.sections():
-        if section == "ldap":
-            continue  # its keys are checked by LdapConfig.from_section
+        if section in ("ldap", "kerberos"):
+            continue  # keys checked by LdapConfig / KerberosConfig.from_section
         known = _KNOWN_KEYS.get(section)
         if known is None:
             raise UsageError(f"config file {path}: unknown section [{section}]")
@@ -306,6 +309,10 @@ def load_config(
         if parser.has_section("ldap"):
             ldap_section = dict(parser["ldap"])
             values["ldap"] = _ldap_config(ldap_section, base)
+        if (v := get("auth", "password_sign_in")) is not None:
+            values["password_sign_in"] = _convert("[auth] password_sign_in", v, _yes_no)
+        if parser.has_section("kerberos"):
+            values["kerberos"] = _kerberos_config(parser["kerberos"], base, values.get("ldap"))
 
     if data_dir is not None:
         values["data_dir"] = _resolve(data_dir, cwd)
@@ -317,8 +324,28 @@ def load_config(
         raise UsageError("[server] tls_cert and tls_key: set both (or neither, for self-signed)")
     if "ldap" in values.get("auth_backends", ()) and values.get("ldap") is None:
         raise UsageError("[auth] backends: 'ldap' is listed but there is no [ldap] section")
+    if values.get("kerberos") is not None and "ldap" not in values.get("auth_backends", ()):
+        raise UsageError("[kerberos] needs 'ldap' in [auth] backends (it re-reads the groups)")
+    if not values.get("password_sign_in", True) and values.get("kerberos") is None:
+        raise UsageError("[auth] password_sign_in = no needs [kerberos]: nobody could sign in")
 
     return ServerConfig(config_file=config_path, ldap_section=ldap_section, **values)
+
+
+def _kerberos_config(
+    section: Mapping[str, str], base: str, ldap: LdapConfig | None
+) -> KerberosConfig:
+    from smartsyncd.auth.kerberosconfig import KerberosConfig
+
+    if ldap is None or ldap.bind_dn is None:
+        raise UsageError(
+            "[kerberos] needs [ldap] with bind_dn: principals are mapped to AD accounts and"
+            " their groups with the service account"
+        )
+    try:
+        return KerberosConfig.from_section(section, base, ldap.upn_suffix)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _database_url(raw: str) -> str:

@@ -177,6 +177,11 @@ class SmartsyncServer(MultiService):
         self.store = await self._open_store()
         if self._stopping:
             return
+        if self.config.kerberos is not None:  # issue 19: refuse to start with a bad keytab
+            from smartsyncd.auth.negotiate import check_keytab
+
+            log.info("single sign-on: {what}", what=await self._run_blocking(
+                check_keytab, self.config.kerberos))
         site = self._build_site(self.store)
         await self._listen_admin(self.certificate)
         if self._stopping:
@@ -213,6 +218,8 @@ class SmartsyncServer(MultiService):
         secrets: list[tuple[str, str | None]] = [("TLS private key", info.key_path)]
         if config.ldap is not None:
             secrets.append(("LDAP bind password file", config.ldap.bind_password_file))
+        if config.kerberos is not None:  # issue 19
+            secrets.append(("Kerberos keytab", config.kerberos.keytab))
         for what, path, mode in await self._run_blocking(readable_by_others, secrets):
             log.warn(
                 "the {what} {path} is readable by other accounts (mode {mode}): chmod 600 it",
@@ -265,6 +272,7 @@ class SmartsyncServer(MultiService):
             ),
             throttle=throttle,
             max_age=timedelta(days=config.session_max_days),
+            password_sign_in=config.password_sign_in,
         )
 
     def _start_notify_bridge(self, notifier: ChangeNotifier) -> None:
@@ -296,6 +304,12 @@ class SmartsyncServer(MultiService):
             store, sessions, notifier, self._reactor, self._run_blocking,
             disk=lambda: self._run_blocking(disk_report, folders, warn),
         )
+        if config.kerberos is not None:  # issue 19: single sign-on
+            from smartsyncd.auth.negotiate import NegotiateSignIn
+
+            directory = sessions.backend("ldap")
+            assert directory is not None  # load_config requires ldap with [kerberos]
+            api.sso = NegotiateSignIn(config.kerberos, sessions, directory, self._run_blocking)
         clients = ClientLimits(
             connections_per_address=config.connections_per_address,
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,

@@ -40,6 +40,7 @@ from smartsyncd.web.errors import error_response, send_json
 from smartsyncd.web.health import HealthCache, health_answer, with_disk
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
+from smartsyncd.web.negotiate import NegotiateSignIn, negotiate_login  # issue 19: SSO
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.parse import parse_json_off_reactor
 from smartsyncd.web.pool import RunBlocking
@@ -55,6 +56,8 @@ __all__ = ["Limits", "SyncAPI", "make_site"]
 
 class SyncAPI:
     """The HTTP interface of the sync server (see docs/protocol.md)."""
+
+    sso: NegotiateSignIn | None = None  # issue 19: set by service/server.py with [kerberos]
 
     def __init__(
         self,
@@ -149,12 +152,14 @@ class SyncAPI:
     # -- sessions --------------------------------------------------------------------------
 
     async def login(self, request: Request) -> bytes:
-        raw = read_body(request, self.limits.login_json)
-        body = expect_object(await parse_json_off_reactor(self._run_blocking, raw))
-        user = get_str(body, "user", max_len=256)
-        password = get_str(body, "password", max_len=4096)
-        address = client_address(request)
-        token, session = await self._sessions.sign_in(user, password, address)
+        signed_in = await negotiate_login(request, self.sso)  # issue 19: None unless Negotiate
+        if signed_in is None:
+            raw = read_body(request, self.limits.login_json)
+            body = expect_object(await parse_json_off_reactor(self._run_blocking, raw))
+            user = get_str(body, "user", max_len=256)
+            password = get_str(body, "password", max_len=4096)
+            signed_in = await self._sessions.sign_in(user, password, client_address(request))
+        token, session = signed_in
         return send_json(
             request,
             {"token": token, "user": session.user, "expires_at": iso_utc(session.expires_at, False)},

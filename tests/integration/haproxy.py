@@ -171,7 +171,7 @@ class CADaemon(Daemon):
         return self.ca_file
 
 
-def daemon_config(tls_dir: Path, database_url: str, storage: Path) -> str:
+def daemon_config(tls_dir: Path, database_url: str, storage: Path, extra: str = "") -> str:
     return (
         "[server]\n"
         # HAProxy connects from here; its X-Forwarded-For names the client (conf/smartsync.ini)
@@ -182,14 +182,17 @@ def daemon_config(tls_dir: Path, database_url: str, storage: Path) -> str:
         f"url = {database_url}\n"
         "[storage]\n"
         f"path = {storage}\n"
+        f"{extra}"
     )
 
 
-def start_daemon(base: Path, name: str, tls_dir: Path, database_url: str, storage: Path) -> CADaemon:
+def start_daemon(
+    base: Path, name: str, tls_dir: Path, database_url: str, storage: Path, extra: str = ""
+) -> CADaemon:
     folder = base / name
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "smartsync.ini"
-    config.write_text(daemon_config(tls_dir, database_url, storage))
+    config.write_text(daemon_config(tls_dir, database_url, storage, extra))
     d = CADaemon(folder, config_path=config)
     d.ca_file = tls_dir / "ca.pem"
     return d.start()
@@ -252,13 +255,16 @@ class Cluster:
             d.stop()
 
 
-def start_cluster(base: Path, database_url: str, names: tuple[str, ...] = ("app1", "app2")) -> Cluster:
+def start_cluster(
+    base: Path, database_url: str, names: tuple[str, ...] = ("app1", "app2"), extra: str = ""
+) -> Cluster:
+    """``extra``: more config sections for every daemon (``[ldap]``, ``[kerberos]``...)."""
     tls_dir = make_tls(base / "tls")
     storage = base / "shared-chunks"
     daemons: dict[str, CADaemon] = {}
     try:
         for name in names:
-            daemons[name] = start_daemon(base, name, tls_dir, database_url, storage)
+            daemons[name] = start_daemon(base, name, tls_dir, database_url, storage, extra)
         port = free_port()
         proxy = HAProxy(
             base / "haproxy",

@@ -2,8 +2,8 @@
 
 ``samba_dc`` (session scope) provisions ``FIRM`` / ``firm.example`` with a CA-signed
 certificate for ``localhost``/``127.0.0.1`` (so LDAPS and StartTLS verify), creates the service
-account ``svc-smartsync``, starts ``samba -F -M single`` listening on loopback only, waits for
-636 and yields a ``SambaDC`` with helpers to change users and groups. Samba's LDAP ports are
+account ``svc-smartsync``, starts ``samba -F -M single`` (LDAP and the KDC) listening on loopback
+only, waits for 636 and 88 and yields a ``SambaDC`` with helpers to change users and groups. Samba's LDAP ports are
 fixed (389/636), so only one instance runs at a time: a stale instance from an earlier run is
 stopped by the pid file in the fixed runtime folder before provisioning. If Samba cannot start,
 the fixture FAILS with the tail of the Samba log.
@@ -32,7 +32,12 @@ ADMIN_PASSWORD = "Adm1n-Passw0rd!x"
 SERVICE_ACCOUNT = "svc-smartsync"
 SERVICE_PASSWORD = "Svc-Passw0rd!x"
 # Fixed, so a run that was killed can be cleaned up by the next one (ports are fixed anyway).
-STATE_ROOT = os.path.join(tempfile.gettempdir(), "smartsync-samba-test")
+# SMARTSYNC_SAMBA_DIR names another folder for a run inside its own network namespace
+# (``unshare --net``), beside an instance someone else is running.
+STATE_ROOT = os.environ.get("SMARTSYNC_SAMBA_DIR") or os.path.join(
+    tempfile.gettempdir(), "smartsync-samba-test"
+)
+KDC_PORT = 88
 START_TIMEOUT = 60.0
 
 
@@ -181,7 +186,7 @@ def provision(directory: str) -> SambaDC:
     options = {
         "interfaces": "lo",
         "bind interfaces only": "yes",
-        "server services": "ldap",
+        "server services": "ldap kdc",  # kdc: Kerberos sign-in (tests/integration/kerberos.py)
         "pid directory": os.path.join(directory, "run"),
         "tls enabled": "yes",
         "tls certfile": pki.cert_file,
@@ -220,7 +225,7 @@ def provision(directory: str) -> SambaDC:
 
 def start(dc: SambaDC) -> subprocess.Popen[bytes]:
     """Start samba in the foreground (as a child) and wait until LDAPS answers."""
-    for port in (389, 636):
+    for port in (389, 636, KDC_PORT):
         if _port_open(port):
             raise RuntimeError(f"port {port} is already in use on 127.0.0.1 (another directory?)")
     log = open(os.path.join(dc.directory, "samba.stdout"), "wb")
@@ -234,7 +239,7 @@ def start(dc: SambaDC) -> subprocess.Popen[bytes]:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             break
-        if _port_open(636) and _port_open(389):
+        if _port_open(636) and _port_open(389) and _port_open(KDC_PORT):
             return process
         time.sleep(0.1)
     process.kill()
