@@ -38,6 +38,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
 
 import smartsyncd
+from smartsyncd.core.errors import SyncError
 from smartsyncd.web.inflight import InFlight
 
 log = Logger(namespace="smartsyncd.web")
@@ -291,7 +292,7 @@ class RouteOf:
         if path.startswith(_ENGAGEMENTS):
             parts = path.split(b"/", 4)
             if len(parts) > 3 and parts[3]:
-                parts[3] = b"_"
+                parts[3] = b"x"  # any name the engagement converter accepts
                 path = b"/".join(parts)
         key = (method, path)
         route = self._cache.get(key)
@@ -304,7 +305,7 @@ class RouteOf:
             )
             # the label names the variable, not its URL converter: /v1/engagements/<eng>/...
             route = _CONVERTER.sub(r"<\1>", str(rule.rule))
-        except HTTPException:
+        except (HTTPException, SyncError):  # no route, or a segment its converter refuses
             route = OTHER_ROUTE
         if len(self._cache) >= _ROUTE_CACHE:
             self._cache.clear()

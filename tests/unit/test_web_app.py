@@ -788,3 +788,21 @@ async def test_bad_path_segments_are_400_naming_the_segment_before_sign_in(env: 
     # a valid name the user may not see is still the authorization's 404
     r = await env.call("GET", "/v1/engagements/beta/snapshot", token=alice)
     assert r.status == 404
+
+
+def test_metric_route_labels_name_each_route_template_once(env: Env) -> None:
+    """The request counter's route label (web/metrics.py) for every kind of path, on the real
+    application's route map: engagement names and hashes never become labels, and a path a
+    converter refuses is 'other', not an exception that would lose the count."""
+    from smartsyncd.web.metrics import OTHER_ROUTE, RouteOf
+
+    route_of = RouteOf(env.api.app.url_map)
+    h = "ab" * 32
+    assert route_of(b"POST", b"/v1/engagements/alpha/commit") == "/v1/engagements/<eng>/commit"
+    assert route_of(b"POST", b"/v1/engagements/beta-2/commit") == "/v1/engagements/<eng>/commit"
+    assert route_of(b"GET", b"/v1/engagements/alpha/manifests/" + h.encode()) == (
+        "/v1/engagements/<eng>/manifests/<content>")
+    assert route_of(b"GET", b"/v1/engagements/alpha") == "/v1/engagements/<eng>"
+    assert route_of(b"POST", b"/v1/login") == "/v1/login"
+    assert route_of(b"GET", b"/v1/engagements/alpha/manifests/NOTAHASH") == OTHER_ROUTE
+    assert route_of(b"GET", b"/nowhere") == OTHER_ROUTE
