@@ -137,3 +137,29 @@ def test_producer_edge_sizes(size: int) -> None:
     consumer.drain()
     assert results == [None]
     assert bytes(consumer.received) == body
+
+
+def test_producer_lets_go_of_the_body_once_done_or_stopped() -> None:
+    """twisted.web keeps a request's producer in reference cycles the cyclic collector frees
+    only now and then; a finished (or stopped) producer must not keep its body alive meanwhile
+    (an upload of 2 GiB held 2.4 GB of bodies so; bench/upload_memory.py)."""
+    import sys
+
+    for finish in ("done", "stopped"):
+        body = os.urandom(100_000)
+        baseline = sys.getrefcount(body)
+        consumer = _Consumer(limit=10_000)
+        producer = BytesProducer(body, piece=4096)
+        consumer.producer = producer
+        results: list[object] = []
+        producer.startProducing(consumer).addBoth(results.append)
+        assert sys.getrefcount(body) > baseline  # held while producing
+        if finish == "done":
+            while not results:
+                consumer.drain()
+            assert results == [None]
+        else:
+            producer.stopProducing()
+            results[0].trap(Exception)  # type: ignore[union-attr]
+        assert sys.getrefcount(body) == baseline, finish  # the producer itself still exists
+        assert producer.length == len(body)
