@@ -92,7 +92,8 @@ class Output:
         self.stderr.write(f"smartsync: error: {message}\n")
         self.stderr.flush()
         if self.json:
-            kind = type(exc).__name__
+            # every refusal keeps the one kind it always had (its subclass is for callers)
+            kind = exc.kind if isinstance(exc, ServerRefused) else type(exc).__name__
             self.stdout.write(
                 json.dumps({"error": kind, "message": message, "exit_code": code}) + "\n"
             )

@@ -55,10 +55,17 @@ from smartsyncd.client.casefold import (
 )
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import (
+    BadChunk,
+    Finalized,
     HistoryDiverged,
+    Locked,
+    MissingChunks,
     NetworkError,
+    PathClash,
+    PathRefused,
     ProtocolError,
     ServerRefused,
+    UnknownContent,
     Unverifiable,
     UsageError,
 )
@@ -899,11 +906,11 @@ class SyncCopy:
             try:
                 try:
                     report.bytes_sent += await self._upload(api, wanted, prog, bases)
-                except ServerRefused as e:
-                    if e.code == "finalized":  # signed off meanwhile: keep everything local
-                        report.refused = e.message
-                        return
-                    if e.code != "bad_chunk" or not bases:
+                except Finalized as e:  # signed off meanwhile: keep everything local
+                    report.refused = e.message
+                    return
+                except BadChunk as e:
+                    if not bases:
                         raise
                     # a delta the server could not rebuild (a base copy gone bad?): resend
                     # the missing chunks whole; everything already stored stays
@@ -922,11 +929,11 @@ class SyncCopy:
                 answer = await api.commit(self.engagement, batch, changes)
             except ServerRefused as e:
                 await self._run(self.state.clear_pending_batch)  # nothing was applied
-                path = e.details.get("path")
+                path = e.path
                 sent_paths = {c["path"] for c in changes}
-                existing = e.details.get("existing")
+                existing = e.existing if isinstance(e, PathClash) else None
                 if (
-                    e.code == "path_clash" and isinstance(path, str) and path in sent_paths
+                    isinstance(e, PathClash) and path is not None and path in sent_paths
                     and path in scan.entries
                     and isinstance(existing, str) and fold_key(existing) == fold_key(path)
                 ):
@@ -943,11 +950,11 @@ class SyncCopy:
                         planned.add(target)
                         continue
                 if (
-                    e.code in ("invalid_path", "path_clash")
-                    and isinstance(path, str) and path in sent_paths
+                    isinstance(e, PathRefused | PathClash)
+                    and path is not None and path in sent_paths
                 ):
                     excluded.add(path)
-                    if e.code == "path_clash" and isinstance(existing, str) and "/" in path:
+                    if existing is not None and "/" in path:
                         # a folder renamed in case: every file under the new spelling clashes
                         depth = existing.count("/") + 1
                         prefix = "/".join(path.split("/")[:depth]) + "/"
@@ -959,15 +966,15 @@ class SyncCopy:
                     report.skipped.append((path, e.message))
                     log.warn("server refused {path}: {why}", path=path, why=e.message)
                     continue
-                if e.code == "locked" and isinstance(path, str) and path in sent_paths:
+                if isinstance(e, Locked) and path is not None and path in sent_paths:
                     excluded.add(path)  # the local edit stays; it syncs after check-in
                     report.locked.append(path)
                     report.skipped.append((path, e.message))
                     continue
-                if e.code == "finalized":  # signed off meanwhile: keep everything local
+                if isinstance(e, Finalized):  # signed off meanwhile: keep everything local
                     report.refused = e.message
                     return
-                if e.code in ("unknown_content", "missing_chunks"):
+                if isinstance(e, UnknownContent | MissingChunks):
                     full.update(x.path for x in puts if path in (None, x.path))
                     present.clear()  # ask the server again (collected meanwhile?)
                     continue

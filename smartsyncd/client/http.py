@@ -36,12 +36,12 @@ from smartsyncd.client.backoff import Backoff, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
 from smartsyncd.client.errors import (
     AuthError,
-    HistoryDiverged,
     NetworkError,
     ProtocolError,
     ServerRefused,
     SessionExpired,
     TrustError,
+    refusal,
 )
 from smartsyncd.client.progress import Progress
 from smartsyncd.core import bodycodec
@@ -763,15 +763,13 @@ def _raise_for_status(reply: Reply, url: str) -> None:
             f"{url} is unavailable (HTTP {reply.status}{': ' + message if message else ''})",
             retryable=True,
         )
-    if reply.status == 409 and code == "history_diverged":
-        raise HistoryDiverged(code, message, reply.status, details)
     if reply.status == 401:
         if code == "session_expired":
             raise SessionExpired(
                 f"session at {url} expired or ended; run 'smartsync login {url}'"
             )
         raise AuthError(f"sign-in failed: {message or 'user name or password not accepted'}")
-    raise ServerRefused(
+    raise refusal(
         code or f"http_{reply.status}", message or f"HTTP {reply.status}", reply.status, details
     )
 

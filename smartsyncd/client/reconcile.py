@@ -71,9 +71,7 @@ async def after_clone(copy: SyncCopy, api: Any) -> None:
 async def reconcile(copy: SyncCopy, error: HistoryDiverged) -> None:
     """Forget the synced bases (files stay) and adopt the server's identity; the caller then
     syncs again, which sends what the server lacks and follows the new log from 0."""
-    details = error.details
-    store = details.get("store") if isinstance(details.get("store"), str) else None
-    generation = details.get("generation") if type(details.get("generation")) is int else None
+    store, generation = error.store, error.generation
     log.warn(
         "the server's log of {engagement} is not the one this copy synced ({why}): "
         "reconciling; local files are kept and sent again, differing versions become "
