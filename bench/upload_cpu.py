@@ -94,10 +94,10 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
     print(f"smartsyncd from {Path(smartsyncd.__file__).parent}; load average {os.getloadavg()[0]:.2f}")
     if args.window:  # an experiment: the client's upload window (one request each) in MiB
-        from smartsyncd.client import engine, http
+        from smartsyncd.client import chunkpacking, engine
 
         engine.BULK_UPLOAD_WINDOW_BYTES = int(args.window * MiB)
-        http.UPLOAD_BODY_LIMIT = max(http.UPLOAD_BODY_LIMIT, int(args.window * MiB) + (1 << 20))
+        chunkpacking.UPLOAD_BODY_LIMIT = max(chunkpacking.UPLOAD_BODY_LIMIT, int(args.window * MiB) + (1 << 20))
     if args.in_flight:
         from smartsyncd.client import engine
 

@@ -32,7 +32,7 @@ import re
 import socket
 import stat
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -69,7 +69,7 @@ from smartsyncd.client.errors import (
     Unverifiable,
     UsageError,
 )
-from smartsyncd.client.http import DeltaHint
+from smartsyncd.client.http import HistoryKeeper
 from smartsyncd.client.localfs import (
     discard_temp,
     finish_temp,
@@ -86,11 +86,24 @@ from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.scanner import FileChanging, ScannedFile, Scanner, ScanResult
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.client.wire import (
+    ChangePage,
+    ChunkWanted,
+    CommitAnswer,
+    CommitChange,
+    CopyContact,
+    DeltaHint,
+    HistoryMark,
+    ManifestDelta,
+    SessionInfo,
+    Snapshot,
+    UploadItem,
+)
 from smartsyncd.core.chunkstream import aligned_range
 from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.locks import covers
-from smartsyncd.core.manifest import chunks_to_json, make_delta
+from smartsyncd.core.manifest import make_delta
 from smartsyncd.core.model import Change, ChunkRef, FileState, Manifest
 from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.core.planner import CaseRename, LocalEntry, Plan, PullWrite, plan
@@ -128,14 +141,18 @@ class Server(Protocol):
     """The part of ``smartsyncd.client.http.ServerAPI`` the engine uses."""
 
     base_url: str
+    copy_id: str | None  # the copy this connection speaks for (``Smartsync-Copy``)
+    chunks_present: int  # chunks uploads sent that the server had already
+    keeper: HistoryKeeper | None
+    snapshot_history: HistoryMark | None
 
-    async def session(self) -> dict[str, Any]: ...
+    async def session(self) -> SessionInfo: ...
 
-    async def snapshot(self, eng: str) -> tuple[int, list[FileState]]: ...
+    async def snapshot(self, eng: str) -> Snapshot: ...
 
     async def changes(
         self, eng: str, since: int, limit: int = 5000, wait: float = 0
-    ) -> tuple[int, list[Change], bool]: ...
+    ) -> ChangePage: ...
 
     async def manifest(
         self, eng: str, content: str, base: Manifest | None = None
@@ -143,11 +160,19 @@ class Server(Protocol):
 
     async def missing_chunks(self, eng: str, hashes: Iterable[str]) -> list[str]: ...
 
-    async def upload_chunks(self, eng: str, chunks: Iterable[Any]) -> int: ...
+    async def upload_chunks(self, eng: str, chunks: Iterable[UploadItem]) -> int: ...
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[Any]) -> dict[str, bytes]: ...
+    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]: ...
 
-    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def commit(
+        self, eng: str, batch: str, changes: Sequence[CommitChange]
+    ) -> CommitAnswer: ...
+
+    async def register_copy(self, eng: str, copy_id: str, host: str) -> dict[str, Any]: ...
+
+    async def report_copy(
+        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None
+    ) -> CopyContact: ...
 
 
 @dataclass
@@ -367,23 +392,20 @@ class _EarlyUpload:
             # to this copy) go up without asking first; if an upload finds some of them on
             # the server after all (its "present" count rises), the next windows ask again.
             # A chunk sent although the server had it costs its bytes once, nothing else.
-            present_before = getattr(self.api, "chunks_present", None)
-            blind = self.blind and present_before is not None
+            present_before = self.api.chunks_present
+            blind = self.blind
             if blind:
                 missing = list(batch)
                 self.windows_unasked += 1
             else:
                 missing = await self.api.missing_chunks(self.engagement, list(batch))
-                if (
-                    present_before is not None and len(missing) == len(batch)
-                    and len(batch) >= BLIND_AFTER_CHUNKS
-                ):
+                if len(missing) == len(batch) and len(batch) >= BLIND_AFTER_CHUNKS:
                     self.blind = True
             if missing:
                 self.bytes_sent += await self.api.upload_chunks(
                     self.engagement, [(h, batch[h]) for h in missing]
                 )
-            if blind and getattr(self.api, "chunks_present", 0) != present_before:
+            if blind and self.api.chunks_present != present_before:
                 self.blind = False  # the server had some: ask again from the next window
             self.present.update(batch)
             for digest in batch:
@@ -566,8 +588,7 @@ class SyncCopy:
         await run(_prepare_empty_dir, path)
         head, files = await api.snapshot(engagement)  # checks access before anything is created
         session = await api.session()
-        user = session.get("user") if isinstance(session, dict) else None
-        meta = CopyMeta(api.base_url, engagement, str(user or ""), str(uuid.uuid4()))
+        meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
         state = await run(ClientState.create, path, meta)
         try:
             lock = await run(CopyLock.acquire, path)
@@ -579,7 +600,7 @@ class SyncCopy:
         try:
             await run(begin_sync, path)
             report = await copy._clone_files(api, head, files, progress or NullProgress())
-            await reconcile.after_clone(copy, api)
+            await reconcile.after_clone(copy.state, copy._run, api.snapshot_history)
         except BaseException:
             # the lock goes with the failure: the half-made copy can be opened again (in this
             # process too), and its next sync finishes the pull and removes the temp files
@@ -645,12 +666,12 @@ class SyncCopy:
 
     async def sync(self, api: Server, *, progress: Progress | None = None) -> SyncReport:
         """Push local changes, then pull remote ones."""
-        reconcile.attach(self, api)
+        api.keeper = reconcile.StateHistory(self.state, self._run)
         with fewer_gc_passes():
             try:
                 return await self._sync(api, progress)
             except HistoryDiverged as e:  # the server was restored: client/reconcile.py
-                await reconcile.reconcile(self, e)
+                await reconcile.reconcile(self.state, self._run, self.engagement, e)
                 return await self._sync(api, progress)
 
     async def _sync(self, api: Server, progress: Progress | None) -> SyncReport:
@@ -667,9 +688,9 @@ class SyncCopy:
         push_plan = plan(scan.entries, base, [], complete=scan.complete)  # one planner pass
         pending, since = self._pending(scan, base, push_plan)
         contact = await self._contact(api, len(pending), since)
-        finalized = contact.get("finalized") if contact else None
+        finalized = contact.finalized if contact else None
         if finalized:  # read-only: nothing to push; local changes stay local
-            report.refused = _finalized_text(finalized) if pending else None
+            report.refused = finalized.describe() if pending else None
             report.unsynced = len(pending)
         else:
             await self._push(
@@ -710,8 +731,7 @@ class SyncCopy:
         """Scan in steps; chunks of new small files upload while later steps run, and new
         files whose chunks the server has are committed in large batches meanwhile
         (``_commit_early``). ``base`` is updated with what those commits recorded."""
-        if getattr(api, "report_copy", None) is not None:
-            api.copy_id = self.copy_id  # type: ignore[attr-defined]  # commits name this copy
+        api.copy_id = self.copy_id  # commits name this copy
         job = await self._run(self.scanner.begin, base)
         recorded: dict[str, FileRecord | None] = {}
         moved: list[bool] = []
@@ -760,10 +780,7 @@ class SyncCopy:
         the answer was lost: the push then sends these files again, and a batch the server
         did apply answers "unchanged"). Else the rows written, the paths dropped, and whether
         every file was simply applied (a conflict moves local files: the caller rescans)."""
-        changes: list[dict[str, Any]] = [
-            {"path": e.path, "kind": "put", "base": None, "manifest": chunks_to_json(e.chunks or ())}
-            for e in entries
-        ]
+        changes = [CommitChange(e.path, "put", None, manifest=e.chunks or ()) for e in entries]
         await self._run(self.state.check_marker)
         last_seq: int = await self._run(lambda: self.state.last_seq)
         try:
@@ -775,8 +792,7 @@ class SyncCopy:
         puts, drops = await self._apply_results(
             answer, changes, scan, {}, report, _own_head(answer, last_seq)
         )
-        clean = all(item.get("status") == "applied" for item in answer["results"])
-        return puts, drops, clean
+        return puts, drops, answer.all_applied
 
     async def _refresh_stat_cache(self, scan: ScanResult, base: dict[str, FileRecord]) -> None:
         """Files read this scan whose content is the synced one (touched, or racily clean):
@@ -819,7 +835,7 @@ class SyncCopy:
         blocked = self._blocked(contact, pending)
         return StatusReport(
             locked=[{"path": path, "lock": why} for path, why in sorted(blocked.items())],
-            finalized=contact.get("finalized") if contact else None,
+            finalized=contact.finalized.to_json() if contact and contact.finalized else None,
             to_upload=[x.path for x in p.push_puts],
             to_delete_remote=[x.path for x in p.push_deletes],
             to_download=[x.path for x in p.pull_writes],
@@ -866,9 +882,7 @@ class SyncCopy:
                 return
             # deletes first: a case-only rename (delete a.txt, put A.txt) must not clash with
             # the name it replaces
-            changes: list[dict[str, Any]] = [
-                {"path": d.path, "kind": "delete", "base": d.base} for d in deletes
-            ]
+            changes = [CommitChange.delete(d.path, d.base) for d in deletes]
             wanted: dict[str, tuple[str, int, int]] = {}
             bases: dict[str, _DeltaBase] = {}  # path -> its synced version, for delta records
             known = {r.content for r in base.values()}
@@ -876,26 +890,24 @@ class SyncCopy:
                 entry = scan.entries[put.path]
                 old = base.get(put.path)
                 chunks = entry.chunks if entry.chunks is not None else (old.chunks if old else None)
-                item: dict[str, Any] = {
-                    "path": put.path, "kind": "put", "base": put.base,
-                    "content": put.content, "size": put.size,
-                }
                 if chunks is None:
                     excluded.add(put.path)
                     continue
+                item = CommitChange(put.path, "put", put.base, put.content, put.size)
                 send: Iterable[tuple[ChunkRef, int]] = ()
                 if put.content in known and put.path not in full:
                     pass  # the server has this content (rename, copy): only the id travels
                 elif old is not None and old.chunks is not None and put.path not in full:
-                    item["delta"] = {"base": old.content, "ops": make_delta(old.chunks, chunks)}
+                    item = replace(
+                        item, delta=ManifestDelta(old.content, make_delta(old.chunks, chunks))
+                    )
                     had = {c.hash for c in old.chunks}
                     send = [(c, o) for c, o in _offsets(chunks) if c.hash not in had]
                     bases[put.path] = _DeltaBase(old.content, old.size, old.chunks, chunks)
                 else:
                     # the compact form: the server derives content id and size from the
                     # manifest (protocol.md, Push step 3)
-                    del item["content"], item["size"]
-                    item["manifest"] = chunks_to_json(chunks)
+                    item = CommitChange(put.path, "put", put.base, manifest=chunks)
                     send = _offsets(chunks)
                 for chunk, offset in send:
                     if chunk.hash not in present:
@@ -930,7 +942,7 @@ class SyncCopy:
             except ServerRefused as e:
                 await self._run(self.state.clear_pending_batch)  # nothing was applied
                 path = e.path
-                sent_paths = {c["path"] for c in changes}
+                sent_paths = {c.path for c in changes}
                 existing = e.existing if isinstance(e, PathClash) else None
                 if (
                     isinstance(e, PathClash) and path is not None and path in sent_paths
@@ -1001,24 +1013,18 @@ class SyncCopy:
         return paths, since
 
     async def _register(self, api: Server) -> None:
-        register = getattr(api, "register_copy", None)
-        if register is None:  # a Server without the workflow calls
-            return
-        api.copy_id = self.copy_id  # type: ignore[attr-defined]
-        await register(self.engagement, self.copy_id, socket.gethostname() or "unknown")
+        api.copy_id = self.copy_id
+        await api.register_copy(self.engagement, self.copy_id, socket.gethostname() or "unknown")
 
     async def _contact(
         self, api: Server, unsynced: int, since: datetime | None
-    ) -> dict[str, Any] | None:
+    ) -> CopyContact | None:
         """Report this copy's unsynced count; the answer has locks and the sign-off state.
         Best effort on network trouble (the sync itself reports that); an abandoned copy's
         refusal is raised."""
-        report = getattr(api, "report_copy", None)
-        if report is None:
-            return None
-        api.copy_id = self.copy_id  # type: ignore[attr-defined]
+        api.copy_id = self.copy_id
         try:
-            answer: dict[str, Any] = await report(
+            answer = await api.report_copy(
                 self.engagement, self.copy_id, socket.gethostname() or "unknown", unsynced, since
             )
         except NetworkError as e:
@@ -1026,30 +1032,28 @@ class SyncCopy:
             return None
         return answer
 
-    def _blocked(self, contact: dict[str, Any] | None, paths: Iterable[str]) -> dict[str, str]:
+    def _blocked(self, contact: CopyContact | None, paths: Iterable[str]) -> dict[str, str]:
         """Pending paths covered by another user's active lock -> a line saying whose."""
         if not contact:
             return {}
-        locks = [
-            lk for lk in contact.get("locks") or []
-            if isinstance(lk, dict) and isinstance(lk.get("path"), str) and lk.get("holder") != self.user
-        ]
+        locks = [lk for lk in contact.locks if lk.holder != self.user]
         out: dict[str, str] = {}
         for path in paths:
             for lk in locks:
-                if covers(lk["path"], path):
+                if covers(lk.path, path):
                     out[path] = (
-                        f"checked out by {lk.get('holder')} since {lk.get('since')}"
-                        + ("" if lk["path"] == path else f" (folder {lk['path']})")
+                        f"checked out by {lk.holder} since {lk.since}"
+                        + ("" if lk.path == path else f" (folder {lk.path})")
                         + "; kept locally until check-in"
                     )
                     break
         return out
 
-    def _batch_key(self, changes: list[dict[str, Any]]) -> str:
+    def _batch_key(self, changes: Sequence[CommitChange]) -> str:
         """The idempotency key: reused when the same changes are sent again after a lost
         answer; persisted before the commit is sent."""
-        digest = hashlib.sha256(json.dumps(changes, sort_keys=True).encode()).hexdigest()
+        wire = [c.to_json() for c in changes]
+        digest = hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
         pending = self.state.pending_batch()
         if pending is not None and pending[1] == digest:
             return pending[0]
@@ -1102,8 +1106,8 @@ class SyncCopy:
 
     def _read_for_upload(
         self, items: list[tuple[str, tuple[str, int, int]]], bases: Mapping[str, _DeltaBase]
-    ) -> list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]]:
-        out: list[tuple[str, bytes] | tuple[str, bytes, DeltaHint]] = []
+    ) -> list[UploadItem]:
+        out: list[UploadItem] = []
         recent = self.scanner.recent
         # a small file's bytes as the scan hashed them, else read back (and re-hashed: a file
         # changed since the scan is sent next time), each file once for all its chunks here
@@ -1145,7 +1149,7 @@ class SyncCopy:
         return DeltaHint(base.content, lo, old[lo:hi])
 
     async def _apply_results(
-        self, answer: dict[str, Any], changes: list[dict[str, Any]], scan: ScanResult,
+        self, answer: CommitAnswer, changes: Sequence[CommitChange], scan: ScanResult,
         base: dict[str, FileRecord], report: SyncReport, own_head: int | None = None,
     ) -> tuple[list[FileRecord], list[str]]:
         """Record what the commit did; ``own_head`` (see ``_own_head``) moves last_seq past
@@ -1153,10 +1157,10 @@ class SyncCopy:
         the paths dropped."""
         puts: list[FileRecord] = []
         drops: list[str] = []
-        for item, change in zip(answer["results"], changes, strict=True):
-            path = change["path"]
-            status = item.get("status")
-            if change["kind"] == "delete":
+        for item, change in zip(answer.results, changes, strict=True):
+            path = change.path
+            status = item.status
+            if change.kind == "delete":
                 if status in ("applied", "unchanged"):
                     drops.append(path)
                     report.deleted_remote += status == "applied"
@@ -1164,14 +1168,14 @@ class SyncCopy:
             entry = scan.entries[path]
             old = base.get(path)
             chunks = entry.chunks if entry.chunks is not None else (old.chunks if old else None)
-            if status == "applied" and isinstance(item.get("seq"), int):
-                puts.append(self._record(entry, item["seq"], path, chunks))
+            if status == "applied" and item.seq is not None:
+                puts.append(self._record(entry, item.seq, path, chunks))
                 report.uploaded += 1
-            elif status == "unchanged" and isinstance(item.get("current_seq"), int):
-                puts.append(self._record(entry, item["current_seq"], path, chunks))
-            elif status == "conflict" and isinstance(item.get("seq"), int):
-                cpath = item.get("conflict_path")
-                if not isinstance(cpath, str) or not _remote_path_ok(cpath):
+            elif status == "unchanged" and item.current_seq is not None:
+                puts.append(self._record(entry, item.current_seq, path, chunks))
+            elif status == "conflict" and item.seq is not None:
+                cpath = item.conflict_path
+                if cpath is None or not _remote_path_ok(cpath):
                     raise ProtocolError("commit answer has an invalid conflict_path")
                 report.conflicts.append(cpath)
                 log.info("conflict: {path} kept as {conflict_path}", path=path,
@@ -1180,7 +1184,7 @@ class SyncCopy:
                 # so the pull writes the other version at path without a second copy
                 moved = await self._run(self._move_if_unchanged, path, cpath, entry)
                 if moved:
-                    puts.append(self._record(entry, item["seq"], cpath, chunks))
+                    puts.append(self._record(entry, item.seq, cpath, chunks))
                     drops.append(path)
         await self._run(self.state.update, puts, drops, own_head)
         await self._run(self._keep_bases, [(r.path, r.content, r.size) for r in puts])
@@ -1405,7 +1409,7 @@ class SyncCopy:
                 source = await self._run(self._download_base, write.path, old)
             for window in _windows(manifest.chunks[have:], self.window_bytes):
                 local = await self._run(self._read_local, window, index)
-                need: list[Any] = []
+                need: list[Any] = []  # (chunk, offset), then fetch items
                 seen: set[str] = set()
                 for chunk, at in _offsets(window):
                     if chunk.hash not in local and chunk.hash not in seen:
@@ -1660,33 +1664,17 @@ class SyncCopy:
         return index, result
 
 
-def _own_head(answer: Mapping[str, Any], last_seq: int) -> int | None:
+def _own_head(answer: CommitAnswer, last_seq: int) -> int | None:
     """The commit's head when the records after ``last_seq`` up to it are exactly this commit's
     own (every change applied, their seqs contiguous from last_seq + 1): then there is nothing
     in that range to pull, and last_seq may move to the head at once. None otherwise (a
     conflict, a stale delete, an unchanged put, or another copy's commit in between)."""
-    head = answer.get("head")
-    results = answer.get("results")
-    if type(head) is not int or not isinstance(results, list):
-        return None
     seqs = []
-    for item in results:
-        if not isinstance(item, dict) or item.get("status") != "applied":
+    for item in answer.results:
+        if item.status != "applied" or item.seq is None:
             return None
-        seq = item.get("seq")
-        if type(seq) is not int:
-            return None
-        seqs.append(seq)
-    return head if sorted(seqs) == list(range(last_seq + 1, head + 1)) else None
-
-
-def _finalized_text(info: Any) -> str:
-    if not isinstance(info, dict):
-        return "the engagement is finalized (read-only); local changes are kept"
-    return (
-        f"the engagement was finalized by {info.get('by')} at {info.get('at')}: {info.get('reason')}."
-        " It is read-only until an admin reopens it; local changes are kept"
-    )
+        seqs.append(item.seq)
+    return answer.head if sorted(seqs) == list(range(last_seq + 1, answer.head + 1)) else None
 
 
 def _ancestors(path: str) -> list[str]:

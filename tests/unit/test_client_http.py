@@ -35,6 +35,7 @@ from smartsyncd.client.errors import (
 )
 from smartsyncd.client.http import UPLOAD_BODY_LIMIT, ServerAPI
 from smartsyncd.client.trust import PinnedPolicy
+from smartsyncd.client.wire import CommitAnswer, CommitChange, CommitResult, HistoryMark
 from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import chunk_buffer, chunk_hash
 from smartsyncd.core.chunkstream import (
@@ -242,7 +243,7 @@ async def test_session_expired_triggers_one_relogin(server: Server) -> None:
 
     api = server.api(token="stale", relogin=relogin)
     result = await closing(api, api.session())
-    assert result["user"] == "alice"
+    assert result.user == "alice"
     assert calls == ["relogin"]
     assert [s.auth for s in server.script.seen] == ["Bearer stale", "Bearer fresh"]
     assert api.token == "fresh"
@@ -309,7 +310,7 @@ async def test_json_error_becomes_server_refused_with_code(server: Server) -> No
     )
     api = server.api()
     with pytest.raises(ServerRefused) as caught:
-        await closing(api, api.commit(ENG, "b1", [{"path": "a/../b", "kind": "delete", "base": 1}]))
+        await closing(api, api.commit(ENG, "b1", [CommitChange.delete("a/../b", 1)]))
     err = caught.value
     assert (err.code, err.status, err.details) == ("invalid_path", 400, {"path": "a/../b"})
     assert err.exit_code == 5
@@ -550,10 +551,15 @@ async def test_commit_answer_checked(server: Server) -> None:
     answer = {"head": 45, "results": [{"path": "a", "status": "applied", "seq": 45}]}
     server.script.handler = lambda seen: (200, answer)
     api = server.api()
-    change = {"path": "a", "kind": "delete", "base": 44}
+    change = CommitChange.delete("a", 44)
     result = await closing(api, api.commit("e", "batch-1", [change]))
-    assert result == answer
-    assert json.loads(server.script.seen[0].body) == {"batch": "batch-1", "changes": [change]}
+    assert result == CommitAnswer(
+        head=45, results=(CommitResult("applied", seq=45),),
+        history=HistoryMark(None, None, None, None),
+    )
+    assert json.loads(server.script.seen[0].body) == {
+        "batch": "batch-1", "changes": [{"path": "a", "kind": "delete", "base": 44}],
+    }
 
 
 @pytest_twisted.ensureDeferred

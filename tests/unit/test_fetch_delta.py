@@ -11,8 +11,9 @@ import pytest
 import pytest_twisted
 from test_web_app import Env, env, put, upload  # noqa: F401  (env: the fixture)
 
+from smartsyncd.client.chunkpacking import fetch_batches, fetch_body
 from smartsyncd.client.engine import DELTA_SLACK, _base_range, _DeltaBase
-from smartsyncd.client.http import DeltaHint, _fetch_batches, _fetch_body
+from smartsyncd.client.wire import DeltaHint
 from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_buffer, chunk_hash
 from smartsyncd.core.chunkstream import (
@@ -124,17 +125,17 @@ def test_a_delta_larger_than_the_stored_record_is_not_sent() -> None:
 
 def test_client_request_names_each_base_once_and_bounds_base_bytes() -> None:
     hint = DeltaHint("b" * 64, 100, b"x" * 300)
-    body, prefixes = _fetch_body(["1" * 64, "2" * 64, "3" * 64], {"1" * 64: hint, "3" * 64: hint})
+    body, prefixes = fetch_body(["1" * 64, "2" * 64, "3" * 64], {"1" * 64: hint, "3" * 64: hint})
     assert body == {
         "chunks": ["1" * 64, "2" * 64, "3" * 64],
         "bases": ["b" * 64],
         "deltas": [[0, 0, 100, 300], [2, 0, 100, 300]],
     }
     assert prefixes == {("b" * 64, 100, 300): b"x" * 300}
-    assert _fetch_body(["1" * 64], {}) == ({"chunks": ["1" * 64]}, {})  # as before
+    assert fetch_body(["1" * 64], {}) == ({"chunks": ["1" * 64]}, {})  # as before
     big = DeltaHint("b" * 64, 0, b"x" * DELTA_MAX_PREFIX)
     wanted = {f"{i:064x}": (1000, big) for i in range(60)}
-    batches = list(_fetch_batches(wanted))
+    batches = list(fetch_batches(wanted))
     assert len(batches) == 3 and sum(map(len, batches)) == 60  # 24 MiB of bases per request
 
 
