@@ -12,7 +12,7 @@ import pytest_twisted
 from test_web_app import Env, env, put, upload  # noqa: F401  (env: the fixture)
 
 from smartsyncd.client.chunkpacking import fetch_batches, fetch_body
-from smartsyncd.client.engine import DELTA_SLACK, _base_range, _DeltaBase
+from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase, base_range
 from smartsyncd.client.wire import DeltaHint
 from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_buffer, chunk_hash
@@ -63,10 +63,10 @@ def test_aligned_range_clips_to_the_base_and_is_never_empty() -> None:
         aligned_range(0, 1, 0, 0)
 
 
-def test_base_range_follows_the_shift_of_an_insert() -> None:
+def testbase_range_follows_the_shift_of_an_insert() -> None:
     old = csv(20_000, 1)
     new = b"X" * 5000 + old  # an insert at the start moves everything by 5000
-    base = _DeltaBase(content_id([r for r, _ in chunks_of(old)]), len(old),
+    base = DeltaBase(content_id([r for r, _ in chunks_of(old)]), len(old),
                       tuple(r for r, _ in chunks_of(old)), tuple(r for r, _ in chunks_of(new)))
     offsets = []
     pos = 0
@@ -75,7 +75,7 @@ def test_base_range_follows_the_shift_of_an_insert() -> None:
         pos += ref.size
     # a chunk after an unchanged one lines up with the same bytes in the old version
     at, size = offsets[-1]
-    lo, hi = _base_range(base, at, size)
+    lo, hi = base_range(base, at, size)
     assert lo == max(0, at - 5000 - DELTA_SLACK) and hi == len(old)
     assert new[at : at + size] in old[lo:hi]
 
@@ -87,13 +87,13 @@ def test_fetch_round_trip_sends_small_deltas_and_rebuilds_exactly() -> None:
     old, new = csv(30_000, 2), edit(csv(30_000, 2), 3)
     old_refs = tuple(r for r, _ in chunks_of(old))
     new_pieces = chunks_of(new)
-    base = _DeltaBase(content_id(list(old_refs)), len(old), old_refs, tuple(r for r, _ in new_pieces))
+    base = DeltaBase(content_id(list(old_refs)), len(old), old_refs, tuple(r for r, _ in new_pieces))
     stored, refs, prefixes = [], {}, {}
     pos = 0
     for ref, raw in new_pieces:
         codec, payload = chunkstream.compress_chunk(raw)
         stored.append((ref.hash, codec, ref.size, payload))
-        lo, hi = _base_range(base, pos, ref.size)
+        lo, hi = base_range(base, pos, ref.size)
         refs[ref.hash] = (base.content, lo, hi - lo)
         prefixes[(base.content, lo, hi - lo)] = old[lo:hi]
         pos += ref.size
@@ -206,7 +206,7 @@ async def test_fetch_with_a_base_answers_deltas_that_rebuild(env: Env) -> None: 
     ],
 )
 @pytest_twisted.ensureDeferred
-async def test_bad_base_ranges_are_4xx_json(env: Env, mangle: Any, status: int) -> None:  # noqa: F811
+async def test_badbase_ranges_are_4xx_json(env: Env, mangle: Any, status: int) -> None:  # noqa: F811
     token = await env.login("alice")
     base, _old, new_pieces = await _two_versions(env, token)
     body = {"chunks": [new_pieces[0][0].hash], "bases": [base], "deltas": [[0, 0, 0, 100]]}
