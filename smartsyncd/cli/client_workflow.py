@@ -89,7 +89,9 @@ async def cmd_history(session: Session) -> int:
 async def cmd_restore(session: Session) -> int:
     copy, api, rel = await _copy_api(session, session.args.path, exclusive=True)  # it syncs
     answer = await api.restore(copy.engagement, rel, session.args.number, str(uuid.uuid4()))
-    result = (answer.get("results") or [{}])[0]
+    results = answer.get("results")
+    first = results[0] if isinstance(results, list) and results else {}
+    result = first if isinstance(first, dict) else {}
     report = await copy.sync(api, progress=session.progress)
     session.progress.finish()
     data = {"path": rel, "version": session.args.number, "status": result.get("status"),

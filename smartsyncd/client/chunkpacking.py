@@ -6,7 +6,6 @@ encoded (zstd or delta per chunk, whichever is smaller). Pure functions, run in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from smartsyncd.client.wire import ChunkWanted, DeltaHint, UploadItem
 from smartsyncd.core.chunking import MAX_CHUNK
@@ -64,10 +63,10 @@ def fetch_batches(wanted: Mapping[str, tuple[int, DeltaHint | None]]) -> Iterato
 
 def fetch_body(
     batch: list[str], hints: Mapping[str, DeltaHint]
-) -> tuple[dict[str, Any], dict[tuple[str, int, int], bytes]]:
+) -> tuple[dict[str, object], dict[tuple[str, int, int], bytes]]:
     """The fetch request for ``batch`` (with ``bases``/``deltas`` for the hinted chunks) and
     the base ranges it names, by ``(base, offset, length)``."""
-    body: dict[str, Any] = {"chunks": batch}
+    body: dict[str, object] = {"chunks": batch}
     prefixes: dict[tuple[str, int, int], bytes] = {}
     bases: dict[str, int] = {}
     deltas: list[list[int]] = []

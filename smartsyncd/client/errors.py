@@ -6,8 +6,6 @@ can catch :class:`ClientError` and branch on the subclass.
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class ClientError(Exception):
     """Base of every error the client reports to a user."""
@@ -85,13 +83,13 @@ class ServerRefused(ClientError):
     kind = "ServerRefused"
 
     def __init__(
-        self, code: str, message: str, status: int, details: dict[str, Any] | None = None
+        self, code: str, message: str, status: int, details: dict[str, object] | None = None
     ) -> None:
         super().__init__(f"server refused ({code}): {message}")
         self.code = code
         self.message = message
         self.status = status
-        self.details: dict[str, Any] = dict(details or {})
+        self.details: dict[str, object] = dict(details or {})
 
     @property
     def path(self) -> str | None:
@@ -206,7 +204,7 @@ REFUSALS: dict[str, type[ServerRefused]] = {
 
 
 def refusal(
-    code: str, message: str, status: int, details: dict[str, Any] | None = None
+    code: str, message: str, status: int, details: dict[str, object] | None = None
 ) -> ServerRefused:
     """The typed refusal for the server's error ``code`` (a plain ``ServerRefused`` for a
     code this client does not know)."""

@@ -40,6 +40,7 @@ from smartsyncd.client.wire import (
     CopyContact,
     DeltaHint,
     HistoryMark,
+    JSONObject,
     SessionInfo,
     Snapshot,
     UploadItem,
@@ -118,7 +119,7 @@ class ServerAPI(Transport):
 
     # -- sessions and information ------------------------------------------------------------
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self) -> JSONObject:
         """``GET /v1/info`` (no sign-in needed); checks the server speaks protocol 1."""
         data = obj(await self._json("GET", "/v1/info", auth=False), "info")
         protocols = data.get("protocol")
@@ -155,12 +156,12 @@ class ServerAPI(Transport):
         """Who this connection is signed in as."""
         return parse_session(await self._json("GET", "/v1/session"))
 
-    async def list_engagements(self) -> list[dict[str, Any]]:
+    async def list_engagements(self) -> list[JSONObject]:
         data = obj(await self._json("GET", "/v1/engagements"), "engagements")
         items = field(data, "engagements", list, "engagements")
         return [obj(item, "engagement") for item in items]
 
-    async def engagement(self, name: str) -> dict[str, Any]:
+    async def engagement(self, name: str) -> JSONObject:
         return obj(await self._json("GET", _eng(name)), "engagement")
 
     # -- pull ----------------------------------------------------------------------------------
@@ -381,7 +382,7 @@ class ServerAPI(Transport):
         self, eng: str, batch: str, changes: Sequence[CommitChange]
     ) -> CommitAnswer:
         """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
-        body: dict[str, Any] = {"batch": batch, "changes": [c.to_json() for c in changes]}
+        body: JSONObject = {"batch": batch, "changes": [c.to_json() for c in changes]}
         keeper = self.keeper
         if keeper is not None:
             check = await keeper.check(None)
@@ -400,7 +401,7 @@ class ServerAPI(Transport):
 
     # -- engagement workflow (docs/protocol.md "Engagement workflow") ---------------------------
 
-    async def register_copy(self, eng: str, copy_id: str, host: str) -> dict[str, Any]:
+    async def register_copy(self, eng: str, copy_id: str, host: str) -> JSONObject:
         """Tell the server about a new sync copy (at clone)."""
         return obj(
             await self._json("POST", _eng(eng, "copies"), body={"copy": copy_id, "host": host}),
@@ -421,33 +422,33 @@ class ServerAPI(Transport):
             await self._json("POST", _eng(eng, "copies", copy_id, "report"), body=body)
         )
 
-    async def checkout(self, eng: str, path: str, seconds: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"path": path, "seconds": seconds}
+    async def checkout(self, eng: str, path: str, seconds: int | None = None) -> JSONObject:
+        body: JSONObject = {"path": path, "seconds": seconds}
         return obj(await self._json("POST", _eng(eng, "locks"), body=body), "lock")
 
-    async def checkin(self, eng: str, path: str) -> dict[str, Any]:
+    async def checkin(self, eng: str, path: str) -> JSONObject:
         return obj(
             await self._json("POST", _eng(eng, "locks", "release"), body={"path": path}), "lock"
         )
 
-    async def locks(self, eng: str) -> list[dict[str, Any]]:
+    async def locks(self, eng: str) -> list[JSONObject]:
         data = obj(await self._json("GET", _eng(eng, "locks")), "locks")
         return [obj(item, "lock") for item in field(data, "locks", list, "locks")]
 
-    async def history(self, eng: str, path: str) -> list[dict[str, Any]]:
+    async def history(self, eng: str, path: str) -> list[JSONObject]:
         data = obj(
             await self._json("GET", _eng(eng, "history"), params={"path": path}), "history"
         )
         return [obj(item, "version") for item in field(data, "versions", list, "history")]
 
-    async def restore(self, eng: str, path: str, version: int, batch: str) -> dict[str, Any]:
+    async def restore(self, eng: str, path: str, version: int, batch: str) -> JSONObject:
         """Make ``version`` of ``path`` its newest version (retried safely: ``batch``)."""
         body = {"path": path, "version": version, "batch": batch}
         data = obj(await self._json("POST", _eng(eng, "restore"), body=body), "restore")
         field(data, "head", int, "restore")
         return data
 
-    async def export(self, eng: str, at: datetime) -> tuple[int, list[dict[str, Any]]]:
+    async def export(self, eng: str, at: datetime) -> tuple[int, list[JSONObject]]:
         """The files as they stood at ``at``: ``(seq, [{path, seq, content, size, available}])``."""
         data = obj(
             await self._json(

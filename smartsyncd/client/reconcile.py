@@ -18,20 +18,15 @@ deleted before the restore come back (their deletion is not in this log).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from twisted.logger import Logger
 
+from smartsyncd.client.copycontext import RunBlocking
 from smartsyncd.client.errors import HistoryDiverged
 from smartsyncd.client.state import ClientState
 from smartsyncd.client.wire import HistoryMark
 from smartsyncd.core.model import HistoryCheck
 
 log = Logger(namespace="smartsyncd.client")
-
-RunBlocking = Callable[..., Awaitable[Any]]
-
 
 class StateHistory:
     """``http.HistoryKeeper`` over a copy's ``ClientState`` (state calls run off the reactor)."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -25,8 +24,8 @@ class SyncReport:
     locked: list[str] = field(default_factory=list)  # local edits waiting for another's check-in
     refused: str | None = None  # why the server refused every change (engagement finalized)
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = asdict(self)
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         return data
 
@@ -44,8 +43,8 @@ class StatusReport:
     conflicts_left: int = 0
     last_seq: int = 0
     head: int = 0
-    locked: list[dict[str, Any]] = field(default_factory=list)  # {path, holder, since, lock}
-    finalized: dict[str, Any] | None = None  # {at, by, reason} when the engagement is signed off
+    locked: list[dict[str, str]] = field(default_factory=list)  # {path, lock}
+    finalized: dict[str, str | None] | None = None  # {at, by, reason} when the engagement is signed off
 
     @property
     def clean(self) -> bool:
@@ -54,8 +53,8 @@ class StatusReport:
             or self.to_delete_local or self.conflicts
         )
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = asdict(self)
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         data["clean"] = self.clean
         return data

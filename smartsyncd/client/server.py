@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from smartsyncd.client.http import HistoryKeeper
 from smartsyncd.client.wire import (
@@ -15,6 +15,7 @@ from smartsyncd.client.wire import (
     CommitChange,
     CopyContact,
     HistoryMark,
+    JSONObject,
     SessionInfo,
     Snapshot,
     UploadItem,
@@ -53,7 +54,7 @@ class Server(Protocol):
         self, eng: str, batch: str, changes: Sequence[CommitChange]
     ) -> CommitAnswer: ...
 
-    async def register_copy(self, eng: str, copy_id: str, host: str) -> dict[str, Any]: ...
+    async def register_copy(self, eng: str, copy_id: str, host: str) -> JSONObject: ...
 
     async def report_copy(
         self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None

@@ -151,12 +151,12 @@ class Transport:
         method: str,
         path: str,
         *,
-        body: Any = None,
+        body: object = None,
         params: Mapping[str, str] | None = None,
         auth: bool = True,
         timeout: float | None = None,
         compress: bool = False,
-    ) -> Any:
+    ) -> object:
         reply = await self._request(
             method, path, body=body, params=params, auth=auth, timeout=timeout,
             compress=compress,
@@ -168,7 +168,7 @@ class Transport:
         method: str,
         path: str,
         *,
-        body: Any = None,
+        body: object = None,
         data: bytes | None = None,
         content_type: bytes | None = None,
         params: Mapping[str, str] | None = None,
@@ -371,7 +371,7 @@ def raise_for_status(reply: Reply, url: str) -> None:
     )
 
 
-def _error_fields(reply: Reply) -> tuple[str | None, str, dict[str, Any]]:
+def _error_fields(reply: Reply) -> tuple[str | None, str, dict[str, object]]:
     try:
         data = json.loads(reply.body)
     except ValueError:
@@ -388,7 +388,7 @@ def _error_fields(reply: Reply) -> tuple[str | None, str, dict[str, Any]]:
     )
 
 
-def decode_json(reply: Reply) -> Any:
+def decode_json(reply: Reply) -> object:
     try:
         return json.loads(reply.body)
     except ValueError as exc:
@@ -398,7 +398,7 @@ def decode_json(reply: Reply) -> Any:
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """The exception and everything it wraps (treq/Agent keep reasons as Failure lists)."""
     seen: set[int] = set()
-    todo: list[Any] = [exc]
+    todo: list[object] = [exc]
     while todo:
         item = todo.pop()
         if isinstance(item, Failure):

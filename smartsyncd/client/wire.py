@@ -17,6 +17,9 @@ from smartsyncd.client.errors import ProtocolError
 from smartsyncd.core.manifest import chunks_to_json
 from smartsyncd.core.model import Change, ChunkRef, FileState
 
+# a JSON object as it arrives: its values are checked where they are read
+JSONObject = dict[str, object]
+
 
 @dataclass(frozen=True)
 class DeltaHint:
@@ -74,7 +77,7 @@ class ManifestDelta:
     """A put's chunk list as ops against the synced version ``base`` (core/manifest.py)."""
 
     base: str
-    ops: list[list[Any]]
+    ops: list[list[object]]
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,8 @@ class CommitChange:
     def delete(cls, path: str, base: int | None) -> CommitChange:
         return cls(path, "delete", base)
 
-    def to_json(self) -> dict[str, Any]:
-        item: dict[str, Any] = {"path": self.path, "kind": self.kind, "base": self.base}
+    def to_json(self) -> JSONObject:
+        item: JSONObject = {"path": self.path, "kind": self.kind, "base": self.base}
         if self.kind == "delete":
             return item
         if self.manifest is not None:
@@ -156,7 +159,7 @@ class FinalizedInfo:
     reason: str | None
     known: bool = True  # False: the server said "finalized" without the details
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, str | None]:
         return {"at": self.at, "by": self.by, "reason": self.reason}
 
     def describe(self) -> str:
@@ -179,13 +182,13 @@ class CopyContact:
 # -- reading answers strictly (a malformed answer is a ProtocolError) ---------------------------
 
 
-def obj(value: Any, what: str) -> dict[str, Any]:
+def obj(value: object, what: str) -> JSONObject:
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} answer is not a JSON object")
     return value
 
 
-def field(data: Mapping[str, Any], key: str, kind: type, what: str, optional: bool = False) -> Any:
+def field(data: Mapping[str, object], key: str, kind: type, what: str, optional: bool = False) -> Any:
     value = data.get(key)
     if value is None and optional:
         return None
@@ -195,7 +198,7 @@ def field(data: Mapping[str, Any], key: str, kind: type, what: str, optional: bo
     return value
 
 
-def parse_file_state(item: Any) -> FileState:
+def parse_file_state(item: object) -> FileState:
     data = obj(item, "snapshot file")
     return FileState(
         path=field(data, "path", str, "snapshot file"),
@@ -205,7 +208,7 @@ def parse_file_state(item: Any) -> FileState:
     )
 
 
-def parse_change(item: Any) -> Change:
+def parse_change(item: object) -> Change:
     data = obj(item, "change")
     kind = data.get("kind")
     if kind not in ("put", "delete"):
@@ -230,7 +233,7 @@ def parse_change(item: Any) -> Change:
 
 
 def history_fields(
-    data: dict[str, Any], token_key: str | None, what: str
+    data: Mapping[str, object], token_key: str | None, what: str
 ) -> tuple[str | None, str | None, int | None]:
     """(record token at ``token_key``, store id, generation) of an answer; None when absent
     (a server older than history checks)."""
@@ -252,7 +255,7 @@ def parse_time(text: str) -> datetime:
     return when.astimezone(UTC)
 
 
-def parse_session(value: Any) -> SessionInfo:
+def parse_session(value: object) -> SessionInfo:
     data = obj(value, "session")
     groups = data.get("groups")
     expires = data.get("expires_at")
@@ -263,7 +266,7 @@ def parse_session(value: Any) -> SessionInfo:
     )
 
 
-def parse_commit(value: Any, changes: int) -> CommitAnswer:
+def parse_commit(value: object, changes: int) -> CommitAnswer:
     """A commit answer with one result per change (``changes`` of them)."""
     data = obj(value, "commit")
     head = field(data, "head", int, "commit")
@@ -278,18 +281,17 @@ def parse_commit(value: Any, changes: int) -> CommitAnswer:
     )
 
 
-def _commit_result(value: Any) -> CommitResult:
+def _commit_result(value: object) -> CommitResult:
     item = obj(value, "commit result")
     return CommitResult(
         status=field(item, "status", str, "commit result"),
         seq=_int_or_none(item.get("seq")),
         current_seq=_int_or_none(item.get("current_seq")),
-        conflict_path=item.get("conflict_path") if isinstance(item.get("conflict_path"), str)
-        else None,
+        conflict_path=_str_or_none(item.get("conflict_path")),
     )
 
 
-def parse_contact(value: Any) -> CopyContact:
+def parse_contact(value: object) -> CopyContact:
     """A copy report's answer; lock entries without a path are left out."""
     data = obj(value, "report")
     locks = tuple(
