@@ -55,11 +55,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} vCPU, Python {platform.python_version()}, {platform.system()}"
 
 
-def empty_put(path: str) -> dict[str, Any]:
-    from smartsyncd.core.manifest import content_id
+def empty_put(path: str) -> Any:
+    from smartsyncd.client.wire import CommitChange
 
-    return {"path": path, "kind": "put", "base": None, "content": content_id(()), "size": 0,
-            "manifest": []}
+    return CommitChange(path, "put", None, manifest=())
 
 
 async def measure_failover(base: Path, pg: PgCluster, runs: int) -> list[float]:

@@ -94,14 +94,14 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
     print(f"smartsyncd from {Path(smartsyncd.__file__).parent}; load average {os.getloadavg()[0]:.2f}")
     if args.window:  # an experiment: the client's upload window (one request each) in MiB
-        from smartsyncd.client import engine, http
+        from smartsyncd.client import chunkpacking, push
 
-        engine.BULK_UPLOAD_WINDOW_BYTES = int(args.window * MiB)
-        http.UPLOAD_BODY_LIMIT = max(http.UPLOAD_BODY_LIMIT, int(args.window * MiB) + (1 << 20))
+        push.BULK_UPLOAD_WINDOW_BYTES = int(args.window * MiB)
+        chunkpacking.UPLOAD_BODY_LIMIT = max(chunkpacking.UPLOAD_BODY_LIMIT, int(args.window * MiB) + (1 << 20))
     if args.in_flight:
-        from smartsyncd.client import engine
+        from smartsyncd.client import push
 
-        engine.BULK_UPLOADS_IN_FLIGHT = args.in_flight
+        push.BULK_UPLOADS_IN_FLIGHT = args.in_flight
     work = Path(tempfile.mkdtemp(prefix="smartsync-upload-cpu-"))
     daemon = running_daemon(work / "server")
     rows = []

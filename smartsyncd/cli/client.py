@@ -8,23 +8,33 @@ never a traceback.
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, cast
-from urllib.parse import unquote, urlsplit
+from typing import Any, NoReturn, TextIO
 
-from rich.console import Console
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
-from twisted.web.iweb import IPolicyForHTTPS
 
-from smartsyncd import __version__
+from smartsyncd.cli.client_args import build_parser, split_source
+from smartsyncd.cli.client_session import (
+    Output,
+    Session,
+    interactive,
+    open_copy,
+    read_password,
+)
+from smartsyncd.cli.client_workflow import (
+    cmd_checkin,
+    cmd_checkout,
+    cmd_export,
+    cmd_history,
+    cmd_locks,
+    cmd_restore,
+)
+from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
     AuthError,
     ClientError,
@@ -33,8 +43,7 @@ from smartsyncd.client.errors import (
     TrustError,
     UsageError,
 )
-from smartsyncd.client.http import ServerAPI
-from smartsyncd.client.progress import RichProgress
+from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.sso import sso_login, sso_service  # issue 19: single sign-on
 from smartsyncd.client.trust import (
     SYSTEM_TRUST,
@@ -44,322 +53,11 @@ from smartsyncd.client.trust import (
     fetch_fingerprint,
     normalize_fingerprint,
 )
-from smartsyncd.client.userconfig import UserConfig, server_key
+from smartsyncd.client.userconfig import server_key
 
-PASSWORD_ENV = "SMARTSYNC_PASSWORD"
 EXIT_INTERRUPTED = 130
 
-EPILOG = """\
-exit codes:
-  0  success
-  1  finished, but conflict copies are left to resolve (sync, status, conflicts)
-  2  usage error (bad arguments, missing password, damaged settings, not a sync copy,
-     or the copy is in use by another sync or watch)
-  3  authentication failed or session ended (run 'smartsync login' again)
-  4  network or trust problem (server unreachable after retries; unknown or changed
-     certificate)
-  5  the server refused the request (the message says why)
-  130 interrupted (Ctrl-C) before the command finished
-
-Settings, session tokens and pinned certificate fingerprints are kept in
-$XDG_CONFIG_HOME/smartsync (default ~/.config/smartsync), readable by you only.
-The password is read from --password-stdin, else $SMARTSYNC_PASSWORD, else prompted.
-"""
-
-
-class Output:
-    """Where results go: human text, one JSON object, or nothing (``--quiet``)."""
-
-    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
-        self.json = bool(args.json)
-        self.quiet = bool(args.quiet)
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def result(self, text: str, data: dict[str, Any]) -> None:
-        if self.json:
-            self.stdout.write(json.dumps(data, sort_keys=True, default=str) + "\n")
-        elif not self.quiet and text:
-            self.stdout.write(text.rstrip("\n") + "\n")
-        self.stdout.flush()
-
-    def note(self, text: str) -> None:
-        """Information for a person (not part of the result): stderr, unless quiet/json."""
-        if not (self.quiet or self.json):
-            self.stderr.write(text.rstrip("\n") + "\n")
-            self.stderr.flush()
-
-    def error(self, exc: BaseException, code: int) -> None:
-        message = _one_line(str(exc)) or type(exc).__name__
-        self.stderr.write(f"smartsync: error: {message}\n")
-        self.stderr.flush()
-        if self.json:
-            kind = type(exc).__name__
-            self.stdout.write(
-                json.dumps({"error": kind, "message": message, "exit_code": code}) + "\n"
-            )
-            self.stdout.flush()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-# -- argument parsing ------------------------------------------------------------------------
-
-
-def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    # Added to the main parser (with defaults) and to every subcommand (without), so the
-    # options work before or after the command name.
-    def default(value: Any) -> Any:
-        return value if defaults else argparse.SUPPRESS
-
-    parser.add_argument("--quiet", "-q", action="store_true", default=default(False),
-                        help="print nothing on success")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print the result as one JSON object")
-    parser.add_argument("--ca-file", metavar="PEM", default=default(None),
-                        help="trust the server's certificate by this CA file (host name checked)")
-    parser.add_argument("--system-trust", dest="ca_file", action="store_const", const=SYSTEM_TRUST,
-                        help="trust the server's certificate by the system's trusted roots "
-                             "(the firm's CA or a public CA; host name checked)")
-    parser.add_argument("--trust-fingerprint", metavar="SHA256", default=default(None),
-                        help="accept the server certificate with this SHA-256 fingerprint")
-    parser.add_argument("--config-dir", metavar="DIR", default=default(None),
-                        help="settings folder (default $XDG_CONFIG_HOME/smartsync)")
-    parser.add_argument("--bwlimit", metavar="KBPS", type=_non_negative, default=default(None),
-                        help="limit transfers to KBPS KiB/s (0: no limit; default: the "
-                             "server's 'bwlimit' in the settings file, else none)")
-    parser.add_argument("--attempts", metavar="N", type=_positive, default=default(8),
-                        help="tries per request before a network error (default 8, with "
-                             "backoff up to 30 s between tries)")
-    parser.add_argument("--proxy", metavar="URL", default=default(None),
-                        help="reach the server through this HTTP proxy (CONNECT), e.g. "
-                             "http://proxy:3128; 'direct' for none (default: HTTPS_PROXY or the "
-                             "system's proxy settings)")
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smartsync",
-        description="Sync engagement folders with a smartsyncd server.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"smartsync {__version__}")
-    _global_options(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        _global_options(sub, defaults=False)
-        return sub
-
-    login = command("login", "sign in to a server (pins its certificate on first contact)")
-    login.add_argument("url", metavar="URL", help="https://HOST[:PORT]")
-    login.add_argument("--user", "-u", help="user name (not with --sso)")
-    login.add_argument("--password-stdin", action="store_true",
-                       help="read the password from the first line of standard input")
-    # issue 19: single sign-on with the Kerberos ticket of the logged-on user
-    login.add_argument("--sso", action="store_true",
-                       help="single sign-on with your Kerberos ticket (Windows domain logon, kinit)")
-    login.add_argument("--spn", metavar="HTTP@HOST",
-                       help="Kerberos service of the server with --sso (default: HTTP@URL host)")
-
-    logout = command("logout", "end the session and forget its token")
-    logout.add_argument("url", metavar="URL")
-
-    engagements = command("engagements", "list the engagements you may see")
-    engagements.add_argument("url", metavar="URL")
-
-    clone = command("clone", "make a new sync copy of an engagement")
-    clone.add_argument("source", metavar="URL/ENGAGEMENT")
-    clone.add_argument("directory", metavar="DIR")
-
-    for name, text in [
-        ("sync", "push local changes, then pull the server's"),
-        ("status", "show what a sync would move (changes nothing)"),
-        ("watch", "sync continuously until interrupted"),
-        ("conflicts", "list conflict copies waiting to be resolved"),
-    ]:
-        sub = command(name, text)
-        sub.add_argument("directory", metavar="DIR", nargs="?", default=".")
-
-    # engagement workflow (docs/workflow.md): PATH is a file or folder inside a sync copy
-    checkout = command("checkout", "check out a file or folder: others' changes to it are "
-                                   "refused until you check it in")
-    checkout.add_argument("path", metavar="PATH")
-    checkout.add_argument("--for", dest="duration", metavar="DURATION",
-                          help="let the check-out expire after this long (8h, 30m, 2d)")
-    checkin = command("checkin", "release your check-out of a file or folder")
-    checkin.add_argument("path", metavar="PATH")
-    locks = command("locks", "list the engagement's check-outs")
-    locks.add_argument("directory", metavar="DIR", nargs="?", default=".")
-    history = command("history", "list the versions of a file (number, who, when, size)")
-    history.add_argument("path", metavar="PATH")
-    restore = command("restore", "make an earlier version of a file its newest version")
-    restore.add_argument("path", metavar="PATH")
-    restore.add_argument("--version", dest="number", metavar="N", type=_positive, required=True,
-                         help="the version number shown by 'smartsync history'")
-    export = command("export", "write the engagement as it stood at a moment into a new folder")
-    export.add_argument("source", metavar="URL/ENGAGEMENT")
-    export.add_argument("--at", required=True, metavar="TIME",
-                        help="'2026-03-31 17:00' (local time) or ISO 8601 with a zone")
-    export.add_argument("directory", metavar="DIR")
-    return parser
-
-
-# -- trust and credentials -----------------------------------------------------------------
-
-
-def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-class Session:
-    """Everything one command needs: settings, output, and a way to build a ServerAPI."""
-
-    def __init__(self, reactor: Any, args: argparse.Namespace, out: Output) -> None:
-        self.reactor = reactor
-        self.args = args
-        self.out = out
-        self.config = UserConfig.load(args.config_dir)
-        self.progress = RichProgress(Console(stderr=True), quiet=out.quiet or out.json)
-        self._apis: list[ServerAPI] = []
-
-    def explicit_fingerprint(self) -> str | None:
-        value = self.args.trust_fingerprint
-        return normalize_fingerprint(value) if value else None
-
-    def policy(self, url: str) -> TrustPolicy:
-        """The trust policy for ``url`` from the options or the saved settings."""
-        entry = self.config.server(url)
-        if self.args.ca_file:
-            return ca_policy(self.args.ca_file)
-        explicit = self.explicit_fingerprint()
-        if explicit:
-            return PinnedPolicy(explicit)
-        if entry.ca_file:
-            return ca_policy(entry.ca_file)
-        if entry.fingerprint:
-            return PinnedPolicy(entry.fingerprint)
-        raise TrustError(
-            f"{entry.url} is not trusted yet: run 'smartsync login {entry.url} --user NAME' "
-            f"first (or pass --ca-file / --trust-fingerprint)"
-        )
-
-    def api(self, url: str, policy: TrustPolicy, *, with_token: bool = True) -> ServerAPI:
-        entry = self.config.server(url)
-        api = ServerAPI(
-            entry.url,
-            reactor=self.reactor,
-            policy=cast(IPolicyForHTTPS, policy),
-            token=entry.token if with_token else None,
-            relogin=self._relogin(entry.url) if with_token else None,
-            max_attempts=self.args.attempts,
-            bwlimit=self._bwlimit(entry.bwlimit),
-            proxy=self.args.proxy,
-        )
-        self._apis.append(api)
-        return api
-
-    def _bwlimit(self, configured: int | None) -> int | None:
-        """Bytes per second from --bwlimit, else the settings file; None for no limit."""
-        kbps = self.args.bwlimit if self.args.bwlimit is not None else configured
-        return kbps * 1024 if kbps else None
-
-    async def signed_in_api(self, url: str) -> ServerAPI:
-        """A ServerAPI for a server the user has signed in to (or can sign in to now)."""
-        api = self.api(url, self.policy(url))
-        if api.token is None:
-            if api.relogin is None:
-                raise AuthError(
-                    f"not signed in to {api.base_url}: run 'smartsync login {api.base_url} "
-                    f"--user NAME'"
-                )
-            api.token = await api.relogin()
-        return api
-
-    def _relogin(self, url: str) -> Callable[[], Awaitable[str]] | None:
-        """Sign in again when a session ends, if a password can be had without a script's
-        help: $SMARTSYNC_PASSWORD, or a prompt on a terminal."""
-        entry = self.config.server(url)
-        if entry.sso is not None:  # issue 19: sign in again silently with the Kerberos ticket
-            return self._sso_relogin(url, entry.sso)
-        user = entry.user
-        if user is None or not (os.environ.get(PASSWORD_ENV) or _interactive()):
-            return None
-
-        async def relogin() -> str:
-            assert user is not None
-            password = os.environ.get(PASSWORD_ENV) or ""
-            if not password:
-                password = await deferToThread(getpass.getpass, f"Password for {user} at {url}: ")
-            fresh = ServerAPI(
-                url,
-                reactor=self.reactor,
-                policy=cast(IPolicyForHTTPS, self.policy(url)),
-                max_attempts=self.args.attempts,
-                proxy=self.args.proxy,
-            )
-            self._apis.append(fresh)
-            token = await fresh.login(user, password)
-            self.config.set_token(url, user, token)
-            self.config.save()
-            return token
-
-        return relogin
-
-    def _sso_relogin(self, url: str, service: str) -> Callable[[], Awaitable[str]]:
-        async def relogin() -> str:
-            fresh = self.api(url, self.policy(url), with_token=False)
-            user, token = await sso_login(fresh, service, self.reactor)
-            self.config.set_token(url, user, token, sso=service)
-            self.config.save()
-            return token
-
-        return relogin
-
-    async def close(self) -> None:
-        for api in self._apis:
-            await api.close()
-
-
-def read_password(args: argparse.Namespace, stdin: TextIO) -> str:
-    if args.password_stdin:
-        line = stdin.readline()
-        password = line[:-1] if line.endswith("\n") else line
-        if password.endswith("\r"):
-            password = password[:-1]
-    elif os.environ.get(PASSWORD_ENV):
-        password = os.environ[PASSWORD_ENV]
-    elif _interactive():
-        password = getpass.getpass(f"Password for {args.user}: ")
-    else:
-        raise UsageError(
-            f"no password: pass --password-stdin or set {PASSWORD_ENV} (no terminal to ask on)"
-        )
-    if not password:
-        raise UsageError("the password is empty")
-    return password
-
-
-# -- commands --------------------------------------------------------------------------------
+__all__ = ["COMMANDS", "Output", "Session", "build_parser", "main", "run"]
 
 
 async def cmd_login(session: Session, stdin: TextIO) -> int:
@@ -411,7 +109,7 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
 async def _first_contact(session: Session, url: str) -> str:
     """Trust on first use: show the fingerprint; pin it if a person at a terminal agrees."""
     fingerprint = await fetch_fingerprint(session.reactor, url, proxy=session.args.proxy)
-    if not _interactive():
+    if not interactive():
         raise TrustError(
             f"{url} is not trusted yet; its certificate's SHA-256 fingerprint is {fingerprint}. "
             f"Check it with the server's administrator, then run again with "
@@ -466,58 +164,28 @@ async def cmd_engagements(session: Session) -> int:
     return 0
 
 
-def split_source(source: str) -> tuple[str, str]:
-    """``https://host:port/ENGAGEMENT`` -> (server URL, engagement name)."""
-    parts = urlsplit(source)
-    name = unquote(parts.path.strip("/"))
-    if not name or "/" in name:
-        raise UsageError(f"expected URL/ENGAGEMENT such as https://files.example/acme-2026, "
-                         f"not {source!r}")
-    return server_key(f"{parts.scheme}://{parts.netloc}"), name
-
-
-def _engine() -> Any:
-    try:
-        from smartsyncd.client.engine import SyncCopy
-    except ImportError as exc:  # pragma: no cover - only while the engine is being written
-        raise ClientError(f"the sync engine is not available: {exc}") from exc
-    return SyncCopy
-
-
 async def cmd_clone(session: Session) -> int:
     url, engagement = split_source(session.args.source)
     directory = Path(session.args.directory)
     api = await session.signed_in_api(url)
-    copy = await _engine().clone(api, engagement, directory, progress=session.progress)
+    await SyncCopy.clone(api, engagement, directory, progress=session.progress)
     session.progress.finish()
     data = {"server": url, "engagement": engagement, "directory": str(directory.resolve())}
-    report = getattr(copy, "last_report", None)
-    if report is not None and hasattr(report, "to_json"):
-        data["report"] = report.to_json()
     session.out.result(f"Cloned {engagement} from {url} into {directory}.", data)
     return 0
 
 
-async def _open_copy(session: Session, *, exclusive: bool = True) -> tuple[Any, ServerAPI]:
-    """Open the copy: ``exclusive`` (sync, watch, restore) takes the copy lock, and a copy
-    another process syncs is refused (``CopyInUse``, exit 2); read-only commands pass False."""
-    copy = _engine().open(Path(session.args.directory), exclusive=exclusive)
-    api = await session.signed_in_api(copy.server_url)
-    return copy, api
-
-
-def _report_exit(session: Session, verb: str, report: Any) -> int:
-    data = report.to_json() if hasattr(report, "to_json") else {"report": str(report)}
+def _report_exit(session: Session, verb: str, report: SyncReport | StatusReport) -> int:
+    data = report.to_json()
     session.out.result(describe_report(verb, data), data)
-    refused = getattr(report, "refused", None)
-    if refused:
-        session.out.note(f"not pushed: {refused}")
+    if isinstance(report, SyncReport) and report.refused:
+        session.out.note(f"not pushed: {report.refused}")
         return ServerRefused.exit_code
-    finalized = getattr(report, "finalized", None)
+    finalized = report.finalized if isinstance(report, StatusReport) else None
     if isinstance(finalized, dict):
         session.out.note(f"the engagement is finalized by {finalized.get('by')}: "
                          f"{finalized.get('reason')} (read-only)")
-    left = int(getattr(report, "conflicts_left", 0) or 0)
+    left = report.conflicts_left
     if left:
         session.out.note(f"{left} conflict cop{'y' if left == 1 else 'ies'} left: "
                          f"see 'smartsync conflicts'")
@@ -551,25 +219,25 @@ def _item(value: Any) -> str:
 
 
 async def cmd_sync(session: Session) -> int:
-    copy, api = await _open_copy(session)
+    copy, api = await open_copy(session)
     report = await copy.sync(api, progress=session.progress)
     session.progress.finish()
     return _report_exit(session, "sync", report)
 
 
 async def cmd_status(session: Session) -> int:
-    copy, api = await _open_copy(session, exclusive=False)  # reads only: works beside a sync
+    copy, api = await open_copy(session, exclusive=False)  # reads only: works beside a sync
     report = await copy.status(api)
     return _report_exit(session, "status", report)
 
 
 async def cmd_watch(session: Session) -> int:
-    copy, api = await _open_copy(session)
+    copy, api = await open_copy(session)
     stop: Deferred[None] = Deferred()
 
 
-    def on_report(report: Any) -> None:
-        data = report.to_json() if hasattr(report, "to_json") else {"report": str(report)}
+    def on_report(report: SyncReport) -> None:
+        data = report.to_json()
         # --json: one object per line (one per sync round).
         session.out.result(describe_report("sync", data), data)
 
@@ -590,126 +258,11 @@ async def cmd_watch(session: Session) -> int:
 
 
 async def cmd_conflicts(session: Session) -> int:
-    copy = _engine().open(Path(session.args.directory), exclusive=False)
+    copy = SyncCopy.open(Path(session.args.directory), exclusive=False)
     names = list(copy.conflicts())
     text = "\n".join(names) if names else "No conflict copies."
     session.out.result(text, {"conflicts": names})
     return ConflictsLeft.exit_code if names else 0
-
-
-# -- engagement workflow ----------------------------------------------------------------------
-
-
-def copy_path(path_arg: str) -> tuple[Path, str]:
-    """The sync copy holding ``path_arg`` and the path inside it (``/``-separated)."""
-    target = Path(path_arg).absolute()
-    for root in [target, *target.parents]:
-        if (root / ".smartsync" / "copy.json").is_file():
-            if root == target:
-                raise UsageError(f"{path_arg} is the copy itself; name a file or folder in it")
-            return root, target.relative_to(root).as_posix()
-    raise UsageError(f"{path_arg} is not inside a sync copy (no .smartsync folder above it)")
-
-
-async def _copy_api(
-    session: Session, path_arg: str, *, exclusive: bool = False
-) -> tuple[Any, ServerAPI, str]:
-    root, rel = copy_path(path_arg)
-    copy = _engine().open(root, exclusive=exclusive)
-    api = await session.signed_in_api(copy.server_url)
-    api.copy_id = copy.copy_id
-    return copy, api, rel
-
-
-def _lock_line(lock: dict[str, Any]) -> str:
-    until = f" until {lock['expires_at']}" if lock.get("expires_at") else ""
-    return f"{lock.get('path')}\t{lock.get('holder')}\tsince {lock.get('since')}{until}"
-
-
-async def cmd_checkout(session: Session) -> int:
-    from smartsyncd.core.errors import SyncError
-    from smartsyncd.core.locks import parse_duration
-
-    seconds = None
-    if session.args.duration:
-        try:
-            seconds = max(1, int(parse_duration(session.args.duration).total_seconds()))
-        except SyncError as exc:
-            raise UsageError(exc.message) from None
-    copy, api, rel = await _copy_api(session, session.args.path)
-    lock = await api.checkout(copy.engagement, rel, seconds)
-    session.out.result(f"Checked out {lock.get('path')}"
-                       + (f" until {lock['expires_at']}." if lock.get("expires_at") else "."), lock)
-    return 0
-
-
-async def cmd_checkin(session: Session) -> int:
-    copy, api, rel = await _copy_api(session, session.args.path)
-    lock = await api.checkin(copy.engagement, rel)
-    session.out.result(f"Checked in {lock.get('path')}.", lock)
-    return 0
-
-
-async def cmd_locks(session: Session) -> int:
-    copy, api = await _open_copy(session, exclusive=False)
-    items = await api.locks(copy.engagement)
-    session.out.result("\n".join(_lock_line(lk) for lk in items) or "No check-outs.", {"locks": items})
-    return 0
-
-
-async def cmd_history(session: Session) -> int:
-    copy, api, rel = await _copy_api(session, session.args.path)
-    versions = await api.history(copy.engagement, rel)
-    lines = []
-    for v in versions:
-        number = v.get("version")
-        label = f"{number}" if number is not None else "-"
-        what = f"{v.get('size')} bytes" if v.get("kind") == "put" else "deleted"
-        if v.get("kind") == "put" and not v.get("available", True):
-            what += " (past retention)"
-        lines.append(f"{label}\t{v.get('user')}\t{v.get('time')}\t{what}")
-    session.out.result("\n".join(lines) or f"No versions of {rel}.", {"path": rel, "versions": versions})
-    return 0
-
-
-async def cmd_restore(session: Session) -> int:
-    import uuid
-
-    copy, api, rel = await _copy_api(session, session.args.path, exclusive=True)  # it syncs
-    answer = await api.restore(copy.engagement, rel, session.args.number, str(uuid.uuid4()))
-    result = (answer.get("results") or [{}])[0]
-    report = await copy.sync(api, progress=session.progress)
-    session.progress.finish()
-    data = {"path": rel, "version": session.args.number, "status": result.get("status"),
-            "seq": result.get("seq"), "sync": report.to_json()}
-    session.out.result(f"Restored version {session.args.number} of {rel} "
-                       f"({result.get('status')}, sequence {result.get('seq')}).", data)
-    return 0
-
-
-def parse_at(text: str) -> Any:
-    from datetime import datetime
-
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--at {text!r}: use '2026-03-31 17:00' or ISO 8601") from None
-    return when if when.tzinfo is not None else when.astimezone()  # local time
-
-
-async def cmd_export(session: Session) -> int:
-    from smartsyncd.client.export import export_engagement
-
-    url, engagement = split_source(session.args.source)
-    at = parse_at(session.args.at)
-    api = await session.signed_in_api(url)
-    report = await export_engagement(api, engagement, at, Path(session.args.directory))
-    data = {"server": url, "engagement": engagement, "at": at.isoformat(), **report.to_json()}
-    text = f"Exported {engagement} as of {at.isoformat()} (sequence {report.seq}): {report.files} files."
-    if report.missing:
-        text += "\n" + "\n".join(f"  past retention, not written: {p}" for p in report.missing)
-    session.out.result(text, data)
-    return 1 if report.missing else 0
 
 
 COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {

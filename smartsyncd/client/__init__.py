@@ -13,9 +13,8 @@ Quick use::
 
 from __future__ import annotations
 
-from typing import Any
-
 from smartsyncd.client.backoff import Backoff
+from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
     AuthError,
     ClientError,
@@ -56,11 +55,3 @@ __all__ = [
     "normalize_fingerprint",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # The engine imports this package's modules; loading it lazily avoids an import cycle.
-    if name == "SyncCopy":
-        from smartsyncd.client.engine import SyncCopy
-
-        return SyncCopy
-    raise AttributeError(name)

@@ -6,8 +6,6 @@ can catch :class:`ClientError` and branch on the subclass.
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class ClientError(Exception):
     """Base of every error the client reports to a user."""
@@ -74,21 +72,144 @@ class Unverifiable(ProtocolError):
 
 
 class ServerRefused(ClientError):
-    """The server answered with a JSON error (``{"error": code, "message": ...}``)."""
+    """The server answered with a JSON error (``{"error": code, "message": ...}``).
+
+    Each code of docs/protocol.md has its subclass below (``refusal`` picks it), so callers
+    catch the refusal they handle by type; an unknown code stays a plain ``ServerRefused``.
+    ``kind`` is the name ``smartsync --json`` reports (the same for every refusal but
+    ``HistoryDiverged``, as before the subclasses existed)."""
 
     exit_code = 5
+    kind = "ServerRefused"
 
     def __init__(
-        self, code: str, message: str, status: int, details: dict[str, Any] | None = None
+        self, code: str, message: str, status: int, details: dict[str, object] | None = None
     ) -> None:
         super().__init__(f"server refused ({code}): {message}")
         self.code = code
         self.message = message
         self.status = status
-        self.details: dict[str, Any] = dict(details or {})
+        self.details: dict[str, object] = dict(details or {})
+
+    @property
+    def path(self) -> str | None:
+        """The path the refusal names (``details['path']``), if any."""
+        return _text(self.details.get("path"))
+
+
+class BadRequest(ServerRefused):
+    """``bad_request``: the request broke a rule of the protocol."""
+
+
+class PathRefused(ServerRefused):
+    """``invalid_path``: ``path`` breaks a path rule (the file stays local)."""
+
+
+class PathClash(ServerRefused):
+    """``path_clash``: ``path`` case-folds equal to the live name ``existing``."""
+
+    @property
+    def existing(self) -> str | None:
+        return _text(self.details.get("existing"))
+
+
+class MissingChunks(ServerRefused):
+    """``missing_chunks``: a manifest names chunks the server does not hold."""
+
+
+class UnknownContent(ServerRefused):
+    """``unknown_content``: a put names content the server has no manifest for."""
+
+
+class BadChunk(ServerRefused):
+    """``bad_chunk``: an uploaded chunk (or delta record) does not rebuild to its hash."""
+
+
+class NotFound(ServerRefused):
+    """``not_found``: no such engagement, file, version or resource."""
+
+
+class Forbidden(ServerRefused):
+    """``forbidden``: this user may not do that in this engagement."""
+
+
+class RateLimited(ServerRefused):
+    """``rate_limited``: too many requests or sign-in attempts; try later."""
+
+
+class TooLarge(ServerRefused):
+    """``too_large``: a request body or list over the server's limit."""
+
+
+class StorageFull(ServerRefused):
+    """``storage_full``: the server has no room; an operator must act."""
+
+
+class Locked(ServerRefused):
+    """``locked``: ``path`` is checked out by another user; the local edit waits."""
+
+
+class BatchReused(ServerRefused):
+    """``batch_reused``: a batch key sent again with different changes."""
+
+
+class Finalized(ServerRefused):
+    """``finalized``: the engagement is signed off and read-only; local changes are kept."""
+
+
+class CopyAbandoned(ServerRefused):
+    """``copy_abandoned``: an admin abandoned this copy; it may never commit again."""
+
+
+class UnsyncedCopies(ServerRefused):
+    """``unsynced_copies``: finalize refused while copies hold unsynced work."""
 
 
 class HistoryDiverged(ServerRefused):
     """The server's log is not the one this copy synced (it was restored or rolled back):
     ``details`` carry the server's ``store``, ``generation`` and ``head``. ``SyncCopy.sync``
     reconciles (``client/reconcile.py``): nothing local is lost, nothing is deleted."""
+
+    kind = "HistoryDiverged"
+
+    @property
+    def store(self) -> str | None:
+        return _text(self.details.get("store"))
+
+    @property
+    def generation(self) -> int | None:
+        value = self.details.get("generation")
+        return value if type(value) is int else None
+
+
+REFUSALS: dict[str, type[ServerRefused]] = {
+    "bad_request": BadRequest,
+    "invalid_path": PathRefused,
+    "path_clash": PathClash,
+    "missing_chunks": MissingChunks,
+    "unknown_content": UnknownContent,
+    "bad_chunk": BadChunk,
+    "not_found": NotFound,
+    "forbidden": Forbidden,
+    "rate_limited": RateLimited,
+    "too_large": TooLarge,
+    "storage_full": StorageFull,
+    "history_diverged": HistoryDiverged,
+    "locked": Locked,
+    "batch_reused": BatchReused,
+    "finalized": Finalized,
+    "copy_abandoned": CopyAbandoned,
+    "unsynced_copies": UnsyncedCopies,
+}
+
+
+def refusal(
+    code: str, message: str, status: int, details: dict[str, object] | None = None
+) -> ServerRefused:
+    """The typed refusal for the server's error ``code`` (a plain ``ServerRefused`` for a
+    code this client does not know)."""
+    return REFUSALS.get(code, ServerRefused)(code, message, status, details)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -13,13 +13,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.internet.threads import deferToThread
 
 from smartsyncd.client.errors import ProtocolError, UsageError
+from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.localfs import discard_temp, finish_temp, fsync_dir, open_temp
 from smartsyncd.core.errors import InvalidPath
+from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.paths import normalize_path
 
 WINDOW = 8 * 1024 * 1024
@@ -48,7 +50,7 @@ def _prepare(path: Path) -> None:
 
 
 async def export_engagement(
-    api: Any,
+    api: ServerAPI,
     engagement: str,
     at: datetime,
     directory: Path,
@@ -68,11 +70,14 @@ async def export_engagement(
         if not item.get("available", True):
             report.missing.append(path)
             continue
-        manifest = await api.manifest(engagement, item["content"])
+        content = item.get("content")
+        if not isinstance(content, str):
+            raise ProtocolError(f"export answer names no content for {path}")
+        manifest = await api.manifest(engagement, content)
         target = root / path
         temp, handle = await run_blocking(open_temp, root, target)
         try:
-            window: list[Any] = []
+            window: list[ChunkRef] = []
             size = 0
             for chunk in [*manifest.chunks, None]:
                 if chunk is not None and (not window or size + chunk.size <= WINDOW):
@@ -93,6 +98,6 @@ async def export_engagement(
     return report
 
 
-def _write(handle: Any, parts: list[bytes]) -> None:
+def _write(handle: BinaryIO, parts: list[bytes]) -> None:
     for part in parts:
         handle.write(part)

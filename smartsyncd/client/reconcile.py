@@ -18,22 +18,15 @@ deleted before the restore come back (their deletion is not in this log).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
 from twisted.logger import Logger
 
+from smartsyncd.client.copycontext import RunBlocking
 from smartsyncd.client.errors import HistoryDiverged
 from smartsyncd.client.state import ClientState
+from smartsyncd.client.wire import HistoryMark
 from smartsyncd.core.model import HistoryCheck
 
-if TYPE_CHECKING:
-    from smartsyncd.client.engine import SyncCopy
-
 log = Logger(namespace="smartsyncd.client")
-
-RunBlocking = Callable[..., Awaitable[Any]]
-
 
 class StateHistory:
     """``http.HistoryKeeper`` over a copy's ``ClientState`` (state calls run off the reactor)."""
@@ -46,38 +39,31 @@ class StateHistory:
         check: HistoryCheck = await self._run(self._state.history_check, since)
         return check
 
-    async def seen(
-        self, seq: int | None, token: str | None, store: str | None, generation: int | None
-    ) -> None:
-        if (seq is None or token is None) and store is None and generation is None:
+    async def seen(self, mark: HistoryMark) -> None:
+        if (mark.seq is None or mark.token is None) and mark.store is None and (
+            mark.generation is None
+        ):
             return
-        await self._run(self._state.remember_history, seq, token, store, generation)
+        await self._run(
+            self._state.remember_history, mark.seq, mark.token, mark.store, mark.generation
+        )
 
 
-def attach(copy: SyncCopy, api: Any) -> None:
-    """Make ``api`` (a ``ServerAPI``; others are left alone) speak for ``copy``'s history."""
-    if hasattr(api, "keeper"):
-        api.keeper = StateHistory(copy.state, copy._run)
-
-
-async def after_clone(copy: SyncCopy, api: Any) -> None:
+async def after_clone(state: ClientState, run: RunBlocking, mark: HistoryMark | None) -> None:
     """Keep the token and identity of the snapshot a clone was made from (its last seq)."""
-    snap = getattr(api, "snapshot_history", None)
-    if snap is not None:
-        head, token, store, generation = snap
-        await copy._run(copy.state.remember_history, head, token, store, generation)
+    if mark is not None:
+        await run(state.remember_history, mark.seq, mark.token, mark.store, mark.generation)
 
 
-async def reconcile(copy: SyncCopy, error: HistoryDiverged) -> None:
+async def reconcile(
+    state: ClientState, run: RunBlocking, engagement: str, error: HistoryDiverged
+) -> None:
     """Forget the synced bases (files stay) and adopt the server's identity; the caller then
     syncs again, which sends what the server lacks and follows the new log from 0."""
-    details = error.details
-    store = details.get("store") if isinstance(details.get("store"), str) else None
-    generation = details.get("generation") if type(details.get("generation")) is int else None
     log.warn(
         "the server's log of {engagement} is not the one this copy synced ({why}): "
         "reconciling; local files are kept and sent again, differing versions become "
         "conflict copies",
-        engagement=copy.engagement, why=error.message,
+        engagement=engagement, why=error.message,
     )
-    await copy._run(copy.state.forget_history, store, generation)
+    await run(state.forget_history, error.store, error.generation)

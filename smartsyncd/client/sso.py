@@ -87,7 +87,7 @@ async def sso_login(api: Any, service: str, reactor: Any) -> tuple[str, str]:
         token = await deferToThread(initiator.first)
     except SpnegoError as exc:
         raise _ticket_error(service, exc) from None
-    proxy = getattr(api, "proxy", None)  # the API's CONNECT proxy (client/proxy.py), if any
+    proxy = api.proxy  # the API's CONNECT proxy (client/proxy.py), if any
     agent = Agent.usingEndpointFactory(
         reactor,
         BatchingEndpointFactory(

@@ -266,6 +266,12 @@ def test_server_refusal_and_bad_copy_folder(
     missing = client.run("clone", f"{server.url}/no-such-engagement", str(tmp_path / "x"))
     assert missing.returncode == 5, missing.stderr
     assert "not_found" in missing.stderr and "Traceback" not in missing.stderr
+    # --json: the refusal (a typed NotFound in the library) keeps its kind
+    as_json = client.run("--json", "clone", f"{server.url}/no-such-engagement", str(tmp_path / "z"))
+    assert as_json.returncode == 5, as_json.stderr
+    error = json.loads(as_json.stdout)
+    assert error["error"] == "ServerRefused" and error["exit_code"] == 5
+    assert "not_found" in error["message"]
     not_a_copy = client.run("sync", str(tmp_path))
     assert not_a_copy.returncode == 2, not_a_copy.stderr
     assert len(not_a_copy.stderr.strip().splitlines()) == 1

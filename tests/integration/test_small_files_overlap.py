@@ -27,6 +27,7 @@ from smartsyncd.client.errors import NetworkError
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.scanner import Scanner
 from smartsyncd.client.trust import PinnedPolicy
+from smartsyncd.client.wire import CommitAnswer, CommitChange
 from smartsyncd.core.chunking import chunk_hash
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ class RecordingAPI(ServerAPI):
         self.on_missing: Any = None
         self.on_commit: Any = None
 
-    async def commit(self, eng: str, batch: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+    async def commit(self, eng: str, batch: str, changes: Any) -> CommitAnswer:
         if self.on_commit is not None:
             self.on_commit(changes)
         return await super().commit(eng, batch, changes)
@@ -204,8 +205,8 @@ async def test_new_files_commit_in_batches_while_the_scan_goes_on(
     write_files(tmp_path / "a", FILES, tag="c")
     commits: list[tuple[int, list[str]]] = []  # (files read so far, paths committed)
 
-    def on_commit(changes: list[dict[str, Any]]) -> None:
-        commits.append((len(opened), [c["path"] for c in changes]))
+    def on_commit(changes: list[CommitChange]) -> None:
+        commits.append((len(opened), [c.path for c in changes]))
         first_commit.set()
 
     api.on_commit = on_commit

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from webkit import Env, in_memory, put, upload
 
-from smartsyncd.client.engine import DELTA_SLACK, _base_range, _DeltaBase
-from smartsyncd.client.http import DeltaHint, _fetch_batches, _fetch_body
+from smartsyncd.client.chunkpacking import fetch_batches, fetch_body
+from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase, base_range
+from smartsyncd.client.wire import DeltaHint
 from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_buffer, chunk_hash
 from smartsyncd.core.chunkstream import (
@@ -61,10 +62,10 @@ def test_aligned_range_clips_to_the_base_and_is_never_empty() -> None:
         aligned_range(0, 1, 0, 0)
 
 
-def test_base_range_follows_the_shift_of_an_insert() -> None:
+def testbase_range_follows_the_shift_of_an_insert() -> None:
     old = csv(20_000, 1)
     new = b"X" * 5000 + old  # an insert at the start moves everything by 5000
-    base = _DeltaBase(content_id([r for r, _ in chunks_of(old)]), len(old),
+    base = DeltaBase(content_id([r for r, _ in chunks_of(old)]), len(old),
                       tuple(r for r, _ in chunks_of(old)), tuple(r for r, _ in chunks_of(new)))
     offsets = []
     pos = 0
@@ -73,7 +74,7 @@ def test_base_range_follows_the_shift_of_an_insert() -> None:
         pos += ref.size
     # a chunk after an unchanged one lines up with the same bytes in the old version
     at, size = offsets[-1]
-    lo, hi = _base_range(base, at, size)
+    lo, hi = base_range(base, at, size)
     assert lo == max(0, at - 5000 - DELTA_SLACK) and hi == len(old)
     assert new[at : at + size] in old[lo:hi]
 
@@ -85,13 +86,13 @@ def test_fetch_round_trip_sends_small_deltas_and_rebuilds_exactly() -> None:
     old, new = csv(30_000, 2), edit(csv(30_000, 2), 3)
     old_refs = tuple(r for r, _ in chunks_of(old))
     new_pieces = chunks_of(new)
-    base = _DeltaBase(content_id(list(old_refs)), len(old), old_refs, tuple(r for r, _ in new_pieces))
+    base = DeltaBase(content_id(list(old_refs)), len(old), old_refs, tuple(r for r, _ in new_pieces))
     stored, refs, prefixes = [], {}, {}
     pos = 0
     for ref, raw in new_pieces:
         codec, payload = chunkstream.compress_chunk(raw)
         stored.append((ref.hash, codec, ref.size, payload))
-        lo, hi = _base_range(base, pos, ref.size)
+        lo, hi = base_range(base, pos, ref.size)
         refs[ref.hash] = (base.content, lo, hi - lo)
         prefixes[(base.content, lo, hi - lo)] = old[lo:hi]
         pos += ref.size
@@ -123,17 +124,17 @@ def test_a_delta_larger_than_the_stored_record_is_not_sent() -> None:
 
 def test_client_request_names_each_base_once_and_bounds_base_bytes() -> None:
     hint = DeltaHint("b" * 64, 100, b"x" * 300)
-    body, prefixes = _fetch_body(["1" * 64, "2" * 64, "3" * 64], {"1" * 64: hint, "3" * 64: hint})
+    body, prefixes = fetch_body(["1" * 64, "2" * 64, "3" * 64], {"1" * 64: hint, "3" * 64: hint})
     assert body == {
         "chunks": ["1" * 64, "2" * 64, "3" * 64],
         "bases": ["b" * 64],
         "deltas": [[0, 0, 100, 300], [2, 0, 100, 300]],
     }
     assert prefixes == {("b" * 64, 100, 300): b"x" * 300}
-    assert _fetch_body(["1" * 64], {}) == ({"chunks": ["1" * 64]}, {})  # as before
+    assert fetch_body(["1" * 64], {}) == ({"chunks": ["1" * 64]}, {})  # as before
     big = DeltaHint("b" * 64, 0, b"x" * DELTA_MAX_PREFIX)
     wanted = {f"{i:064x}": (1000, big) for i in range(60)}
-    batches = list(_fetch_batches(wanted))
+    batches = list(fetch_batches(wanted))
     assert len(batches) == 3 and sum(map(len, batches)) == 60  # 24 MiB of bases per request
 
 

@@ -1,0 +1,208 @@
+"""What one ``smartsync`` command runs with: its ``Output`` (text, JSON or nothing) and its
+``Session`` (the user's settings, trust policies, credentials and signed-in ``ServerAPI``s),
+and opening the sync copy a command names."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+from rich.console import Console
+from twisted.internet.threads import deferToThread
+from twisted.web.iweb import IPolicyForHTTPS
+
+from smartsyncd.client.engine import SyncCopy
+from smartsyncd.client.errors import AuthError, ServerRefused, TrustError, UsageError
+from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.progress import RichProgress
+from smartsyncd.client.sso import sso_login  # issue 19: single sign-on
+from smartsyncd.client.trust import PinnedPolicy, TrustPolicy, ca_policy, normalize_fingerprint
+from smartsyncd.client.userconfig import UserConfig
+
+PASSWORD_ENV = "SMARTSYNC_PASSWORD"
+
+
+class Output:
+    """Where results go: human text, one JSON object, or nothing (``--quiet``)."""
+
+    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+        self.json = bool(args.json)
+        self.quiet = bool(args.quiet)
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def result(self, text: str, data: dict[str, Any]) -> None:
+        if self.json:
+            self.stdout.write(json.dumps(data, sort_keys=True, default=str) + "\n")
+        elif not self.quiet and text:
+            self.stdout.write(text.rstrip("\n") + "\n")
+        self.stdout.flush()
+
+    def note(self, text: str) -> None:
+        """Information for a person (not part of the result): stderr, unless quiet/json."""
+        if not (self.quiet or self.json):
+            self.stderr.write(text.rstrip("\n") + "\n")
+            self.stderr.flush()
+
+    def error(self, exc: BaseException, code: int) -> None:
+        message = _one_line(str(exc)) or type(exc).__name__
+        self.stderr.write(f"smartsync: error: {message}\n")
+        self.stderr.flush()
+        if self.json:
+            # every refusal keeps the one kind it always had (its subclass is for callers)
+            kind = exc.kind if isinstance(exc, ServerRefused) else type(exc).__name__
+            self.stdout.write(
+                json.dumps({"error": kind, "message": message, "exit_code": code}) + "\n"
+            )
+            self.stdout.flush()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def interactive() -> bool:
+    """Whether a person is at a terminal to be asked (a password, a fingerprint)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+class Session:
+    """Everything one command needs: settings, output, and a way to build a ServerAPI."""
+
+    def __init__(self, reactor: Any, args: argparse.Namespace, out: Output) -> None:
+        self.reactor = reactor
+        self.args = args
+        self.out = out
+        self.config = UserConfig.load(args.config_dir)
+        self.progress = RichProgress(Console(stderr=True), quiet=out.quiet or out.json)
+        self._apis: list[ServerAPI] = []
+
+    def explicit_fingerprint(self) -> str | None:
+        value = self.args.trust_fingerprint
+        return normalize_fingerprint(value) if value else None
+
+    def policy(self, url: str) -> TrustPolicy:
+        """The trust policy for ``url`` from the options or the saved settings."""
+        entry = self.config.server(url)
+        if self.args.ca_file:
+            return ca_policy(self.args.ca_file)
+        explicit = self.explicit_fingerprint()
+        if explicit:
+            return PinnedPolicy(explicit)
+        if entry.ca_file:
+            return ca_policy(entry.ca_file)
+        if entry.fingerprint:
+            return PinnedPolicy(entry.fingerprint)
+        raise TrustError(
+            f"{entry.url} is not trusted yet: run 'smartsync login {entry.url} --user NAME' "
+            f"first (or pass --ca-file / --trust-fingerprint)"
+        )
+
+    def api(self, url: str, policy: TrustPolicy, *, with_token: bool = True) -> ServerAPI:
+        entry = self.config.server(url)
+        api = ServerAPI(
+            entry.url,
+            reactor=self.reactor,
+            policy=cast(IPolicyForHTTPS, policy),
+            token=entry.token if with_token else None,
+            relogin=self._relogin(entry.url) if with_token else None,
+            max_attempts=self.args.attempts,
+            bwlimit=self._bwlimit(entry.bwlimit),
+            proxy=self.args.proxy,
+        )
+        self._apis.append(api)
+        return api
+
+    def _bwlimit(self, configured: int | None) -> int | None:
+        """Bytes per second from --bwlimit, else the settings file; None for no limit."""
+        kbps = self.args.bwlimit if self.args.bwlimit is not None else configured
+        return kbps * 1024 if kbps else None
+
+    async def signed_in_api(self, url: str) -> ServerAPI:
+        """A ServerAPI for a server the user has signed in to (or can sign in to now)."""
+        api = self.api(url, self.policy(url))
+        if api.token is None:
+            if api.relogin is None:
+                raise AuthError(
+                    f"not signed in to {api.base_url}: run 'smartsync login {api.base_url} "
+                    f"--user NAME'"
+                )
+            api.token = await api.relogin()
+        return api
+
+    def _relogin(self, url: str) -> Callable[[], Awaitable[str]] | None:
+        """Sign in again when a session ends, if a password can be had without a script's
+        help: $SMARTSYNC_PASSWORD, or a prompt on a terminal."""
+        entry = self.config.server(url)
+        if entry.sso is not None:  # issue 19: sign in again silently with the Kerberos ticket
+            return self._sso_relogin(url, entry.sso)
+        user = entry.user
+        if user is None or not (os.environ.get(PASSWORD_ENV) or interactive()):
+            return None
+
+        async def relogin() -> str:
+            assert user is not None
+            password = os.environ.get(PASSWORD_ENV) or ""
+            if not password:
+                password = await deferToThread(getpass.getpass, f"Password for {user} at {url}: ")
+            fresh = ServerAPI(
+                url,
+                reactor=self.reactor,
+                policy=cast(IPolicyForHTTPS, self.policy(url)),
+                max_attempts=self.args.attempts,
+                proxy=self.args.proxy,
+            )
+            self._apis.append(fresh)
+            token = await fresh.login(user, password)
+            self.config.set_token(url, user, token)
+            self.config.save()
+            return token
+
+        return relogin
+
+    def _sso_relogin(self, url: str, service: str) -> Callable[[], Awaitable[str]]:
+        async def relogin() -> str:
+            fresh = self.api(url, self.policy(url), with_token=False)
+            user, token = await sso_login(fresh, service, self.reactor)
+            self.config.set_token(url, user, token, sso=service)
+            self.config.save()
+            return token
+
+        return relogin
+
+    async def close(self) -> None:
+        for api in self._apis:
+            await api.close()
+
+
+def read_password(args: argparse.Namespace, stdin: TextIO) -> str:
+    if args.password_stdin:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    elif os.environ.get(PASSWORD_ENV):
+        password = os.environ[PASSWORD_ENV]
+    elif interactive():
+        password = getpass.getpass(f"Password for {args.user}: ")
+    else:
+        raise UsageError(
+            f"no password: pass --password-stdin or set {PASSWORD_ENV} (no terminal to ask on)"
+        )
+    if not password:
+        raise UsageError("the password is empty")
+    return password
+
+
+async def open_copy(session: Session, *, exclusive: bool = True) -> tuple[SyncCopy, ServerAPI]:
+    """Open the copy: ``exclusive`` (sync, watch, restore) takes the copy lock, and a copy
+    another process syncs is refused (``CopyInUse``, exit 2); read-only commands pass False."""
+    copy = SyncCopy.open(Path(session.args.directory), exclusive=exclusive)
+    api = await session.signed_in_api(copy.server_url)
+    return copy, api

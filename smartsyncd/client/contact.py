@@ -1,0 +1,56 @@
+"""The server's view of this copy (docs/workflow.md): register a new copy at clone, report
+its unsynced changes at each sync, and read back the engagement's locks and sign-off state."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from datetime import datetime
+
+from smartsyncd.client.copycontext import CopyContext, log
+from smartsyncd.client.errors import NetworkError
+from smartsyncd.client.server import Server
+from smartsyncd.client.wire import CopyContact
+from smartsyncd.core.locks import covers
+
+
+def _host() -> str:
+    return socket.gethostname() or "unknown"
+
+
+async def register(ctx: CopyContext, api: Server) -> None:
+    """Tell the server about this new copy; later requests name it."""
+    api.copy_id = ctx.copy_id
+    await api.register_copy(ctx.engagement, ctx.copy_id, _host())
+
+
+async def contact(
+    ctx: CopyContext, api: Server, unsynced: int, since: datetime | None
+) -> CopyContact | None:
+    """Report this copy's unsynced count; the answer has locks and the sign-off state.
+    Best effort on network trouble (the sync itself reports that); an abandoned copy's
+    refusal is raised."""
+    api.copy_id = ctx.copy_id
+    try:
+        return await api.report_copy(ctx.engagement, ctx.copy_id, _host(), unsynced, since)
+    except NetworkError as e:
+        log.warn("could not report to the server: {why}", why=str(e))
+        return None
+
+
+def blocked(user: str, answer: CopyContact | None, paths: Iterable[str]) -> dict[str, str]:
+    """Pending paths covered by another user's active lock -> a line saying whose."""
+    if not answer:
+        return {}
+    locks = [lk for lk in answer.locks if lk.holder != user]
+    out: dict[str, str] = {}
+    for path in paths:
+        for lk in locks:
+            if covers(lk.path, path):
+                out[path] = (
+                    f"checked out by {lk.holder} since {lk.since}"
+                    + ("" if lk.path == path else f" (folder {lk.path})")
+                    + "; kept locally until check-in"
+                )
+                break
+    return out

@@ -1,0 +1,298 @@
+"""Writing one file of a pull (or clone): its manifest, chunks found locally or fetched (as
+deltas against the synced version where that helps), assembled in a temp file, fsynced and
+renamed over the old one. An unpushed local edit is first moved to a conflict copy; a large
+download resumes from ``.smartsync/partial``. Every chunk is checked against its hash."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from smartsyncd.client.casefold import match_folders
+from smartsyncd.client.copycontext import CopyContext, log, offsets
+from smartsyncd.client.deltabase import DeltaBase, base_range, windows
+from smartsyncd.client.errors import Unverifiable
+from smartsyncd.client.localfs import (
+    discard_temp,
+    finish_temp,
+    fsync_dir,
+    make_parents,
+    move_no_replace,
+    open_temp,
+    read_chunk,
+)
+from smartsyncd.client.nofollow import LinkInPath, ensure_folder
+from smartsyncd.client.osfs import open_fd, sync_file
+from smartsyncd.client.progress import Progress
+from smartsyncd.client.reports import SyncReport
+from smartsyncd.client.scanner import FileChanging
+from smartsyncd.client.server import Server
+from smartsyncd.client.state import FileRecord
+from smartsyncd.client.wire import ChunkWanted, DeltaHint
+from smartsyncd.core.model import ChunkRef, Manifest
+from smartsyncd.core.planner import LocalEntry, PullWrite
+
+# downloads of at least this size go through .smartsync/partial/<content>.part, kept when
+# the pull is cut, so the next attempt fetches only the chunks it does not have yet
+PARTIAL_MIN = 4 * 1024 * 1024
+# where each chunk of a synced file sits locally: hash -> (path, offset, size)
+ChunkIndex = dict[str, tuple[str, int, int]]
+
+
+class FileWriter:
+    """Writes remote versions into one copy for one pull (``folders_matched``: the folders
+    this pull already gave the server's spelling of case)."""
+
+    def __init__(
+        self, ctx: CopyContext, api: Server, report: SyncReport, prog: Progress
+    ) -> None:
+        self.ctx = ctx
+        self.api = api
+        self.report = report
+        self.prog = prog
+        self.folders_matched: set[str] = set()
+
+    async def write_or_skip(
+        self, write: PullWrite, old: FileRecord | None, index: ChunkIndex
+    ) -> None:
+        """``_write_remote``, except that a file that cannot be verified (a stored manifest
+        that lies about its chunks) or whose folder is a symbolic link is skipped and
+        reported: one bad file must not stop the pull of every other."""
+        try:
+            await self._write_remote(write, old, index)
+        except (Unverifiable, LinkInPath) as e:
+            why = e.strerror if isinstance(e, LinkInPath) else str(e)
+            log.warn("{path} not written: {why}", path=write.path, why=why)
+            self.report.skipped.append((write.path, str(why)))
+
+    async def _write_remote(
+        self, write: PullWrite, old: FileRecord | None, index: ChunkIndex
+    ) -> None:
+        ctx, api, report = self.ctx, self.api, self.report
+        base_manifest = (
+            Manifest(old.content, old.size, old.chunks)
+            if old is not None and old.chunks is not None else None
+        )
+        manifest = await api.manifest(ctx.engagement, write.content, base=base_manifest)
+        if manifest.size != write.size:
+            raise Unverifiable(f"manifest of {write.path} does not match its size")
+        target = self.ctx.directory / write.path
+        resumable = manifest.size >= PARTIAL_MIN
+        if resumable:  # a large file: resume into what an interrupted pull left
+            temp, handle, have = await ctx.run(self._open_partial, manifest, target)
+        else:
+            temp, handle = await ctx.run(open_temp, self.ctx.directory, target)
+            have = 0
+        # a modified file whose synced version is here: chunks may come as deltas against it
+        delta_base = (
+            DeltaBase(old.content, old.size, old.chunks, manifest.chunks)
+            if old is not None and old.chunks is not None and old.size > 0
+            and old.content != manifest.content
+            else None
+        )
+        source: Path | bytes | None = None
+        offset = sum(c.size for c in manifest.chunks[:have])
+        try:
+            if delta_base is not None and old is not None:
+                source = await ctx.run(self._download_base, write.path, old)
+            for window in windows(manifest.chunks[have:], ctx.window_bytes):
+                local = await ctx.run(self._read_local, window, index)
+                need: list[tuple[ChunkRef, int]] = []
+                seen: set[str] = set()
+                for chunk, at in offsets(window):
+                    if chunk.hash not in local and chunk.hash not in seen:
+                        seen.add(chunk.hash)
+                        need.append((chunk, offset + at))
+                offset += sum(c.size for c in window)
+                items: list[ChunkWanted]
+                if source is not None and delta_base is not None:
+                    items = list(await ctx.run(with_bases, need, delta_base, source))
+                else:
+                    items = [chunk for chunk, _ in need]
+                fetched = await api.fetch_chunks(ctx.engagement, items) if items else {}
+                report.bytes_received += sum(len(v) for v in fetched.values())
+                await ctx.run(_write_window, handle, window, local, fetched)
+                self.prog.advance(sum(c.size for c in window))
+            st, moved_to = await ctx.run(self._install, temp, handle, write.path, old)
+        except BaseException as exc:
+            # a cut connection keeps the part for the next attempt; a local disk error (a
+            # full disk) frees its space instead
+            if resumable and not isinstance(exc, (OSError, Unverifiable)):
+                await ctx.run(_keep_partial, temp, handle)
+            else:
+                await ctx.run(discard_temp, temp, handle)
+            raise
+        if moved_to is not None:
+            report.conflicts.append(moved_to)
+            log.info("local edit of {path} kept as {conflict_path}", path=write.path,
+                     conflict_path=moved_to)
+        record = FileRecord(
+            path=write.path, seq=write.seq, content=write.content, size=write.size,
+            mtime_ns=ctx.cache_mtime(st.st_mtime_ns), inode=st.st_ino,
+            chunks=manifest.chunks,
+        )
+        await ctx.run(ctx.state.update, [record], ())
+        for chunk, offset in offsets(manifest.chunks):
+            index.setdefault(chunk.hash, (write.path, offset, chunk.size))
+        await ctx.run(ctx.keep_bases, [(write.path, write.content, write.size)])
+        report.downloaded += 1
+
+    def _download_base(self, path: str, old: FileRecord) -> Path | bytes | None:
+        """Where to read the synced version ``old`` of ``path`` for download deltas (blocking):
+        the file itself while it looks unchanged (same size and inode, same or untrusted
+        mtime), else the base copy's bytes. Either may be wrong (edited in place, damaged):
+        every chunk rebuilt from it is hash-checked, and one that fails is fetched whole."""
+        try:
+            st = os.stat(self.ctx.directory / path, follow_symlinks=False)
+        except OSError:
+            st = None
+        if (
+            st is not None and stat.S_ISREG(st.st_mode) and st.st_size == old.size
+            and st.st_ino == old.inode and old.mtime_ns in (st.st_mtime_ns, -1)
+        ):
+            return self.ctx.directory / path
+        return self.ctx.base_cache.load(old.content, old.size)
+
+    def _read_local(
+        self, window: list[ChunkRef], index: Mapping[str, tuple[str, int, int]]
+    ) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for chunk in window:
+            if chunk.hash in found or chunk.hash not in index:
+                continue
+            path, offset, size = index[chunk.hash]
+            data = read_chunk(self.ctx.directory / path, offset, size, chunk.hash)
+            if data is not None:
+                found[chunk.hash] = data
+        return found
+
+    def _open_partial(
+        self, manifest: Manifest, target: Path
+    ) -> tuple[Path, BinaryIO, int]:
+        """Open the partial download of ``manifest.content`` left by an interrupted pull (or
+        a new one): the chunks at its start that still hash right are kept, the rest is cut
+        off. Returns (path, handle positioned after the kept chunks, number of kept chunks).
+        Nothing is trusted without its hash: a partial file torn by a crash only loses the
+        chunks that do not verify."""
+        make_parents(self.ctx.directory, target)
+        folder = partial_dir(self.ctx.directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{manifest.content}.part"
+        have, offset = 0, 0
+        if path.exists():
+            for chunk in manifest.chunks:
+                if read_chunk(path, offset, chunk.size, chunk.hash) is None:
+                    break
+                have += 1
+                offset += chunk.size
+            log.info("resuming the download of {content}: {n} chunks ({bytes} bytes) already here",
+                     content=manifest.content, n=have, bytes=offset)
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd, "r+b")
+        try:
+            handle.truncate(offset)
+            handle.seek(offset)
+        except BaseException:
+            handle.close()
+            raise
+        return path, handle, have
+
+    def _install(
+        self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None
+    ) -> tuple[os.stat_result, str | None]:
+        """Replace ``path`` with the finished temp file; an unpushed local edit (or an
+        unexpected file) is first moved to a conflict copy. Returns (stat, conflict copy)."""
+        moved_to: str | None = None
+        try:
+            current: LocalEntry | None = self.ctx.scanner.check(path, old)
+        except FileChanging:
+            current = LocalEntry(content="changing", size=-1)
+        target = self.ctx.directory / path
+        ensure_folder(self.ctx.directory, target.parent, create=False)  # LinkInPath: not written
+        if current is not None and (old is None or current.content != old.content):
+            moved_to = self.ctx.conflict_target(path)
+            move_no_replace(target, self.ctx.directory / moved_to)
+        if self.ctx.case_insensitive and "/" in path:
+            folder = path.rpartition("/")[0]
+            if folder not in self.folders_matched:  # a folder renamed in case elsewhere
+                match_folders(self.ctx.directory, path)
+                self.folders_matched.add(folder)
+        st = finish_temp(temp, handle, target, root=self.ctx.directory)
+        if temp.parent != (self.ctx.directory / path).parent:  # from .smartsync/partial
+            fsync_dir(temp.parent)
+        return st, moved_to
+
+
+def partial_dir(directory: Path) -> Path:
+    return directory / ".smartsync" / "partial"
+
+
+def prune_partials(directory: Path) -> None:
+    """Drop partial downloads nothing is waiting for (after a complete pull)."""
+    folder = partial_dir(directory)
+    if folder.is_dir():
+        for leftover in folder.iterdir():
+            leftover.unlink(missing_ok=True)
+
+
+def _keep_partial(path: Path, handle: BinaryIO) -> None:
+    """Make what an interrupted download wrote durable for a resume; on any failure (a full
+    disk) the partial file is removed instead."""
+    try:
+        handle.flush()
+        sync_file(handle.fileno())
+        handle.close()
+    except OSError:
+        discard_temp(path, handle)
+
+
+def with_bases(
+    need: list[tuple[ChunkRef, int]], base: DeltaBase, source: Path | bytes
+) -> list[tuple[str, int] | tuple[str, int, DeltaHint]]:
+    """Fetch items naming, per chunk, its lined-up range of the old version read from
+    ``source`` (the local file or the base copy's bytes; blocking). A range that cannot be
+    read whole is left out: that chunk comes without a delta."""
+    out: list[tuple[str, int] | tuple[str, int, DeltaHint]] = []
+    handle: BinaryIO | None = None
+    try:
+        if isinstance(source, Path):
+            try:
+                handle = open(source, "rb")  # noqa: SIM115  (closed below)
+            except OSError:
+                return [(chunk.hash, chunk.size) for chunk, _ in need]
+        for chunk, offset in need:
+            lo, hi = base_range(base, offset, chunk.size)
+            if handle is not None:
+                try:
+                    handle.seek(lo)
+                    prefix = handle.read(hi - lo)
+                except OSError:
+                    prefix = b""
+            else:
+                assert isinstance(source, bytes)
+                prefix = source[lo:hi]
+            if len(prefix) == hi - lo:
+                out.append((chunk.hash, chunk.size, DeltaHint(base.content, lo, prefix)))
+            else:
+                out.append((chunk.hash, chunk.size))
+    finally:
+        if handle is not None:
+            handle.close()
+    return out
+
+
+def _write_window(
+    handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
+    fetched: Mapping[str, bytes],
+) -> None:
+    for chunk in window:
+        data = local.get(chunk.hash)
+        if data is None:
+            data = fetched[chunk.hash]
+        if len(data) != chunk.size:
+            raise Unverifiable(f"chunk {chunk.hash} has {len(data)} bytes, its manifest says "
+                               f"{chunk.size}; the file was not written")
+        handle.write(data)

@@ -1,0 +1,61 @@
+"""What one sync, clone or status found and did: the engine's reports to its caller (the
+``smartsync`` CLI prints them, ``--json`` as ``to_json()``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SyncReport:
+    """What one sync (or clone) did."""
+
+    uploaded: int = 0  # files committed (applied)
+    bytes_sent: int = 0  # chunk upload bytes on the wire
+    downloaded: int = 0  # files written from the server
+    bytes_received: int = 0  # raw bytes of fetched chunks
+    deleted_remote: int = 0
+    deleted_local: int = 0
+    conflicts: list[str] = field(default_factory=list)  # conflict copies made this time
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    conflicts_left: int = 0  # conflict copies present in the folder
+    last_seq: int = 0
+    unsynced: int = 0  # local changes still not on the server after this sync
+    locked: list[str] = field(default_factory=list)  # local edits waiting for another's check-in
+    refused: str | None = None  # why the server refused every change (engagement finalized)
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = asdict(self)
+        data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        return data
+
+
+@dataclass
+class StatusReport:
+    """What a sync would move now (nothing is changed to find out)."""
+
+    to_upload: list[str] = field(default_factory=list)
+    to_delete_remote: list[str] = field(default_factory=list)
+    to_download: list[str] = field(default_factory=list)
+    to_delete_local: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # local edits a remote change hits
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # by the ignore rules; folders end in /
+    conflicts_left: int = 0
+    last_seq: int = 0
+    head: int = 0
+    locked: list[dict[str, str]] = field(default_factory=list)  # {path, lock}
+    finalized: dict[str, str | None] | None = None  # {at, by, reason} when the engagement is signed off
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.to_upload or self.to_delete_remote or self.to_download
+            or self.to_delete_local or self.conflicts
+        )
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = asdict(self)
+        data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        data["clean"] = self.clean
+        return data

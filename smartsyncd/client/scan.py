@@ -1,0 +1,126 @@
+"""The scan of a sync: walk the folder in steps against the synced state, feeding new small
+files to the early upload (client/early.py) and committing them in large batches meanwhile;
+then remember the stat of files whose content turned out unchanged. What is left to send is
+the push's (client/push.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from smartsyncd.client.copycontext import SCAN_STEP, CopyContext, log
+from smartsyncd.client.early import UPLOAD_WINDOW_BYTES, EarlyUpload
+from smartsyncd.client.errors import NetworkError, ServerRefused
+from smartsyncd.client.push import apply_results, own_head
+from smartsyncd.client.reports import SyncReport
+from smartsyncd.client.scanner import ScannedFile, ScanResult
+from smartsyncd.client.server import Server
+from smartsyncd.client.state import FileRecord
+from smartsyncd.client.wire import CommitChange
+from smartsyncd.core.planner import Plan, plan
+
+
+async def scan_and_upload(
+    ctx: CopyContext, api: Server, base: dict[str, FileRecord], report: SyncReport
+) -> tuple[ScanResult, EarlyUpload]:
+    """Scan in steps; chunks of new small files upload while later steps run, and new
+    files whose chunks the server has are committed in large batches meanwhile
+    (``commit_early``). ``base`` is updated with what those commits recorded."""
+    api.copy_id = ctx.copy_id  # commits name this copy
+    job = await ctx.run(ctx.scanner.begin, base)
+    recorded: dict[str, FileRecord | None] = {}
+    moved: list[bool] = []
+
+    async def commit(entries: list[ScannedFile]) -> bool:
+        outcome = await commit_early(ctx, api, entries, report)
+        if outcome is None:
+            return False  # refused or unknown: nothing recorded, the push sends them
+        puts, drops, clean = outcome
+        recorded.update((r.path, r) for r in puts)
+        recorded.update((path, None) for path in drops)
+        if not clean:
+            moved.append(True)  # conflict copies moved files: scan again
+        return clean
+
+    early = EarlyUpload(
+        api, ctx.engagement, base, window=min(ctx.window_bytes, UPLOAD_WINDOW_BYTES),
+        commit=commit, commit_files=ctx.early_commit_files,
+    )
+    try:
+        while not job.done:
+            early.offer(await ctx.run(job.step, SCAN_STEP))
+        await early.finish()
+    except BaseException:
+        early.abort()
+        raise
+    scan = job.result
+    for path, record in recorded.items():
+        if record is None:
+            base.pop(path, None)
+            continue
+        base[path] = record
+        entry = scan.entries.get(path)
+        if entry is not None and entry.content == record.content:
+            scan.recorded.add(path)  # recorded just now: no stat cache refresh
+    if moved:
+        scan = await ctx.run(ctx.scanner.scan, base)
+    return scan, early
+
+
+async def commit_early(
+    ctx: CopyContext, api: Server, entries: list[ScannedFile], report: SyncReport
+) -> tuple[list[FileRecord], list[str], bool] | None:
+    """Commit new files (no synced base, chunks confirmed on the server) during the scan,
+    as one atomic batch. None when nothing was recorded (the server refused the batch, or
+    the answer was lost: the push then sends these files again, and a batch the server
+    did apply answers "unchanged"). Else the rows written, the paths dropped, and whether
+    every file was simply applied (a conflict moves local files: the caller rescans)."""
+    changes = [CommitChange(e.path, "put", None, manifest=e.chunks or ()) for e in entries]
+    await ctx.run(ctx.state.check_marker)
+    last_seq = await ctx.last_seq()
+    try:
+        answer = await api.commit(ctx.engagement, str(uuid.uuid4()), changes)
+    except (ServerRefused, NetworkError) as e:
+        log.info("early commit not made ({why}); the push sends these files", why=str(e))
+        return None
+    scan = ScanResult(entries={e.path: e for e in entries})
+    puts, drops = await apply_results(
+        ctx, answer, changes, scan, {}, report, own_head(answer, last_seq)
+    )
+    return puts, drops, answer.all_applied
+
+
+async def refresh_stat_cache(
+    ctx: CopyContext, scan: ScanResult, base: dict[str, FileRecord]
+) -> None:
+    """Files read this scan whose content is the synced one (touched, or racily clean):
+    remember their stat so the next scan need not read them again."""
+    fresh: list[FileRecord] = []
+    for path, entry in scan.entries.items():
+        old = base.get(path)
+        if (
+            entry.hashed and old is not None and entry.content == old.content
+            and path not in scan.recorded
+        ):
+            record = FileRecord(
+                path=path, seq=old.seq, content=old.content, size=old.size,
+                mtime_ns=ctx.cache_mtime(entry.mtime_ns), inode=entry.inode,
+                chunks=entry.chunks,
+            )
+            fresh.append(record)
+            base[path] = record
+    if fresh:
+        await ctx.run(ctx.state.update, fresh, ())
+
+
+def pending(
+    scan: ScanResult, base: dict[str, FileRecord], p: Plan | None = None
+) -> tuple[list[str], datetime | None]:
+    """Local changes not yet on the server, and the oldest edit time among them."""
+    if p is None:
+        p = plan(scan.entries, base, [], complete=scan.complete,
+                ignored=scan.rules.ignores)
+    paths = [x.path for x in p.push_puts] + [x.path for x in p.push_deletes]
+    mtimes = [scan.entries[x.path].mtime_ns for x in p.push_puts if x.path in scan.entries]
+    since = datetime.fromtimestamp(min(mtimes) / 1e9, UTC) if mtimes else None
+    return paths, since

@@ -1,0 +1,61 @@
+"""The server as the sync engine sees it: the part of ``ServerAPI`` (client/http.py) the
+engine's parts call, in typed values only (client/wire.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from smartsyncd.client.http import HistoryKeeper
+from smartsyncd.client.wire import (
+    ChangePage,
+    ChunkWanted,
+    CommitAnswer,
+    CommitChange,
+    CopyContact,
+    HistoryMark,
+    JSONObject,
+    SessionInfo,
+    Snapshot,
+    UploadItem,
+)
+from smartsyncd.core.model import Manifest
+
+
+class Server(Protocol):
+    """The part of ``smartsyncd.client.http.ServerAPI`` the engine uses."""
+
+    base_url: str
+    copy_id: str | None  # the copy this connection speaks for (``Smartsync-Copy``)
+    chunks_present: int  # chunks uploads sent that the server had already
+    keeper: HistoryKeeper | None
+    snapshot_history: HistoryMark | None
+
+    async def session(self) -> SessionInfo: ...
+
+    async def snapshot(self, eng: str) -> Snapshot: ...
+
+    async def changes(
+        self, eng: str, since: int, limit: int = 5000, wait: float = 0
+    ) -> ChangePage: ...
+
+    async def manifest(
+        self, eng: str, content: str, base: Manifest | None = None
+    ) -> Manifest: ...
+
+    async def missing_chunks(self, eng: str, hashes: Iterable[str]) -> list[str]: ...
+
+    async def upload_chunks(self, eng: str, chunks: Iterable[UploadItem]) -> int: ...
+
+    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]: ...
+
+    async def commit(
+        self, eng: str, batch: str, changes: Sequence[CommitChange]
+    ) -> CommitAnswer: ...
+
+    async def register_copy(self, eng: str, copy_id: str, host: str) -> JSONObject: ...
+
+    async def report_copy(
+        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None
+    ) -> CopyContact: ...

@@ -1,0 +1,452 @@
+"""The client's transport to one server: requests, retries, re-login and error mapping.
+
+``Transport`` sends one call of docs/protocol.md and returns its ``Reply``: over treq with a
+persistent connection pool and a caller-chosen TLS policy (:mod:`smartsyncd.client.trust`), or
+over an injected ``http`` client (tests pass treq's ``StubTreq``). Every call is idempotent (a
+commit carries its batch key), so transport failures and 502/503/504 are retried with backoff
+and full jitter; after ``max_attempts`` they surface as :class:`NetworkError`. A
+``session_expired`` answer signs in again once. Any other error answer becomes the typed
+refusal of its code (:func:`smartsyncd.client.errors.refusal`): an error is never read as "no
+changes" or "not found". ``bytes_sent``/``bytes_received`` count request and response bodies.
+
+The typed calls on top live in :mod:`smartsyncd.client.http` (``ServerAPI``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
+
+from smartsyncd.client.backoff import Backoff, retrying
+from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
+from smartsyncd.client.errors import (
+    AuthError,
+    NetworkError,
+    ProtocolError,
+    SessionExpired,
+    TrustError,
+    refusal,
+)
+from smartsyncd.client.proxy import ProxySetting, proxy_for, tunnels_through
+from smartsyncd.client.trust import CAPolicy, PinnedPolicy
+from smartsyncd.core import bodycodec
+from smartsyncd.core.errors import SyncError
+from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
+from smartsyncd.runtime.twistedcompat import newclient as _newclient
+
+log = Logger()
+
+JSON_TYPE = b"application/json"
+RETRY_STATUSES = frozenset({502, 503, 504})
+RESPONSE_CAP = 256 * 1024 * 1024  # a compressed JSON answer may not decompress beyond this
+IN_THREAD_BYTES = 256 * 1024  # (de)compress bodies larger than this off the reactor
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    net_error.ConnectError,
+    net_error.ConnectionLost,
+    net_error.ConnectionDone,
+    _newclient.ResponseFailed,
+    _newclient.RequestTransmissionFailed,
+    _newclient.RequestNotSent,
+    OSError,
+)
+
+RunInThread = Callable[..., Awaitable[Any]]
+
+
+class HTTPRequester(Protocol):
+    """What the transport needs of an HTTP client: treq's ``HTTPClient`` or ``StubTreq``."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP answer, body fully read."""
+
+    status: int
+    body: bytes
+    content_type: str
+    wire_bytes: int = -1  # body bytes as they travelled (compressed), -1: same as body
+
+
+class Transport:
+    """Requests to one smartsyncd server (``base_url`` like ``https://host:8443``).
+
+    ``http``: the HTTP client to use (default: treq over a persistent pool with ``policy``);
+    ``run_in_thread``: how (de)compression of large bodies leaves the reactor (default: the
+    reactor's thread pool)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        reactor: Any,  # IReactorTime and IReactorThreads (a Clock with ``http`` given)
+        policy: IPolicyForHTTPS,
+        token: str | None = None,
+        relogin: Callable[[], Awaitable[str]] | None = None,
+        backoff: Backoff | None = None,
+        max_attempts: int = 8,
+        bwlimit: int | None = None,
+        timeout: float = 120.0,
+        http: HTTPRequester | None = None,
+        run_in_thread: RunInThread | None = None,
+        proxy: str | None = None,
+    ) -> None:
+        """``proxy``: ``http://[user:pass@]host:port`` or ``direct``; None: the system's
+        setting (HTTPS_PROXY, the Windows/macOS proxy settings; client/proxy.py)."""
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy
+        self.proxy: ProxySetting | None = proxy_for(self.base_url, proxy)
+        self.token = token
+        self.relogin = relogin
+        self.backoff = backoff or Backoff()
+        self.max_attempts = max_attempts
+        self.bwlimit = bwlimit
+        self.timeout = timeout
+        # JSON request bodies of 1 KiB and more go zstd-compressed (protocol.md, "Compressed
+        # JSON bodies"); False for a server older than that
+        self.compress_requests = True
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.requests = 0
+        # the sync copy this connection speaks for (``Smartsync-Copy`` header), if any
+        self.copy_id: str | None = None
+        self._reactor = reactor
+        self._bw_free_at = 0.0
+        self._run_in_thread = run_in_thread
+        # Cookies are kept for the life of this object: a load balancer's sticky-session
+        # cookie (HAProxy's SERVERID) keeps every request on one server until it fails.
+        self.cookies = IndexableCookieJar()
+        self._pool: HTTPConnectionPool | None = None
+        if http is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = 4
+            self._pool.retryAutomatically = False  # we retry ourselves, with backoff
+            # HTTPS as Agent does it, with TLS moving data in large pieces
+            # (smartsyncd/runtime/tlsbatching.py)
+            agent = Agent.usingEndpointFactory(
+                reactor,
+                BatchingEndpointFactory(
+                    reactor, policy,
+                    connect_via=(tunnels_through(reactor, self.proxy)
+                                 if self.proxy is not None else None),
+                ),
+                pool=self._pool,
+            )
+            http = cast(HTTPRequester, HTTPClient(agent, cookiejar=self.cookies))
+        self._http: HTTPRequester = http
+
+    async def close(self) -> None:
+        """Close pooled connections (call before stopping the reactor)."""
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        timeout: float | None = None,
+        compress: bool = False,
+    ) -> object:
+        reply = await self._request(
+            method, path, body=body, params=params, auth=auth, timeout=timeout,
+            compress=compress,
+        )
+        return decode_json(reply)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        data: bytes | None = None,
+        content_type: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        relogin: bool = True,
+        timeout: float | None = None,
+        expect: bytes = JSON_TYPE,
+        compress: bool = False,
+    ) -> Reply:
+        """One call with retries; on ``session_expired`` sign in again once and repeat.
+        ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch)."""
+        encoding: bytes | None = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            content_type = JSON_TYPE
+            if compress and self.compress_requests and bodycodec.worth_compressing(data):
+                data = (
+                    await self._in_thread(bodycodec.compress, data)
+                    if len(data) > IN_THREAD_BYTES else bodycodec.compress(data)
+                )
+                encoding = b"zstd"
+        relogged = False
+        while True:
+            try:
+                return await retrying(
+                    self._reactor,
+                    lambda: self._attempt(
+                        method, path, data, content_type, params, auth, timeout, expect,
+                        encoding,
+                    ),
+                    attempts=self.max_attempts,
+                    is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
+                    backoff=self.backoff,
+                )
+            except SessionExpired:
+                if not (auth and relogin and self.relogin is not None) or relogged:
+                    raise
+                relogged = True
+                log.info("session expired at {url}; signing in again", url=self.base_url)
+                self.token = await self.relogin()
+            except NetworkError as exc:
+                if exc.retryable:
+                    raise NetworkError(
+                        f"{exc} (gave up after {self.max_attempts} attempts)"
+                    ) from exc
+                raise
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: bytes | None,
+        params: Mapping[str, str] | None,
+        auth: bool,
+        timeout: float | None,
+        expect: bytes,
+        encoding: bytes | None = None,
+    ) -> Reply:
+        headers: dict[bytes, list[bytes]] = {b"Accept": [expect], b"Accept-Encoding": [b"zstd"]}
+        if encoding is not None:
+            headers[b"Content-Encoding"] = [encoding]
+        if auth and self.token:
+            headers[b"Authorization"] = [b"Bearer " + self.token.encode("ascii")]
+        if auth and self.copy_id:
+            headers[b"Smartsync-Copy"] = [self.copy_id.encode("ascii")]
+        if content_type is not None:
+            headers[b"Content-Type"] = [content_type]
+        self.requests += 1
+        exchange = Deferred.fromCoroutine(
+            self._exchange(method, self.base_url + path, headers, data, params)
+        )
+        # Cancelling an Agent request fails it with ResponseNeverReceived, which looks like a
+        # network error; the flags tell a timeout (retry) from a caller's cancel (stop).
+        timed_out = False
+        cancelled = False
+
+        def cancel_by_caller(_: Deferred[Reply]) -> None:
+            nonlocal cancelled
+            cancelled = True
+            exchange.cancel()
+
+        waiter: Deferred[Reply] = Deferred(cancel_by_caller)
+
+        def relay(result: Any) -> None:
+            if waiter.called:
+                return  # already failed by the cancel; drop the late result
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+        exchange.addBoth(relay)
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            exchange.cancel()
+
+        limit = self.timeout if timeout is None else timeout
+        timer = self._reactor.callLater(limit, expire)
+        try:
+            reply = await waiter
+        except Exception as exc:
+            if cancelled:
+                raise CancelledError() from exc
+            if timed_out:
+                raise NetworkError(
+                    f"{self.base_url}: no answer to {method} {path} within {limit:g}s",
+                    retryable=True,
+                ) from None
+            if isinstance(exc, _TRANSPORT_ERRORS):
+                raise self._transport_error(exc) from exc
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+        received = reply.wire_bytes if reply.wire_bytes >= 0 else len(reply.body)
+        self.bytes_sent += len(data or b"")
+        self.bytes_received += received
+        await self._throttle(len(data or b"") + received)
+        raise_for_status(reply, self.base_url)
+        return reply
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: dict[bytes, list[bytes]],
+        data: bytes | None,
+        params: Mapping[str, str] | None,
+    ) -> Reply:
+        response = await self._http.request(
+            method,
+            url,
+            headers=Headers(headers),
+            data=(
+                cast(IBodyProducer, BytesProducer(data))
+                if data is not None and len(data) > PIECE_BYTES else data
+            ),
+            params=dict(params) if params else None,
+            allow_redirects=False,  # a redirect must never carry the bearer token elsewhere
+            reactor=self._reactor,
+        )
+        body = await response.content()
+        ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
+        if encoding is None:
+            return Reply(response.code, body, ctype.decode("latin-1"))
+        try:
+            decode = (bodycodec.decode, body, encoding.decode("latin-1"), RESPONSE_CAP)
+            raw = (
+                await self._in_thread(*decode) if len(body) > IN_THREAD_BYTES else decode[0](*decode[1:])
+            )
+        except SyncError as exc:
+            raise ProtocolError(f"server sent a body that does not decode: {exc.message}") from exc
+        return Reply(response.code, raw, ctype.decode("latin-1"), len(body))
+
+    def _transport_error(self, exc: BaseException) -> NetworkError:
+        if _is_tls_failure(exc):
+            policy = self.policy
+            if isinstance(policy, PinnedPolicy | CAPolicy):
+                presented = policy.presented if isinstance(policy, PinnedPolicy) else None
+                if presented is not None or _is_verify_failure(exc):
+                    return TrustError(policy.failure_message(self.base_url), presented=presented)
+            return TrustError(f"TLS handshake with {self.base_url} failed: {_describe(exc)}")
+        return NetworkError(f"cannot reach {self.base_url}: {_describe(exc)}", retryable=True)
+
+    async def _throttle(self, nbytes: int) -> None:
+        if not self.bwlimit:
+            return
+        now = self._reactor.seconds()
+        self._bw_free_at = max(now, self._bw_free_at) + nbytes / self.bwlimit
+        if self._bw_free_at > now:
+            await deferLater(self._reactor, self._bw_free_at - now, lambda: None)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._run_in_thread is not None:
+            return await self._run_in_thread(fn, *args)
+        return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+
+def raise_for_status(reply: Reply, url: str) -> None:
+    if 200 <= reply.status < 300:
+        return
+    code, message, details = _error_fields(reply)
+    if reply.status in RETRY_STATUSES:
+        raise NetworkError(
+            f"{url} is unavailable (HTTP {reply.status}{': ' + message if message else ''})",
+            retryable=True,
+        )
+    if reply.status == 401:
+        if code == "session_expired":
+            raise SessionExpired(
+                f"session at {url} expired or ended; run 'smartsync login {url}'"
+            )
+        raise AuthError(f"sign-in failed: {message or 'user name or password not accepted'}")
+    raise refusal(
+        code or f"http_{reply.status}", message or f"HTTP {reply.status}", reply.status, details
+    )
+
+
+def _error_fields(reply: Reply) -> tuple[str | None, str, dict[str, object]]:
+    try:
+        data = json.loads(reply.body)
+    except ValueError:
+        return None, "", {}
+    if not isinstance(data, dict):
+        return None, "", {}
+    code = data.get("error")
+    message = data.get("message")
+    details = {k: v for k, v in data.items() if k not in ("error", "message")}
+    return (
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else "",
+        details,
+    )
+
+
+def decode_json(reply: Reply) -> object:
+    try:
+        return json.loads(reply.body)
+    except ValueError as exc:
+        raise ProtocolError(f"server answered HTTP {reply.status} without valid JSON") from exc
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (treq/Agent keep reasons as Failure lists)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Failure):
+            item = item.value
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo.extend(getattr(item, "reasons", None) or [])
+        todo.extend(x for x in (item.__cause__, item.__context__) if x is not None)
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    return any(
+        isinstance(e, SSL.Error) or type(e).__name__ == "VerificationError" for e in _causes(exc)
+    )
+
+
+def _is_verify_failure(exc: BaseException) -> bool:
+    for e in _causes(exc):
+        if type(e).__name__ == "VerificationError":
+            return True
+        if isinstance(e, SSL.Error) and "certificate verify failed" in str(e):
+            return True
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    for e in _causes(exc):
+        if isinstance(e, net_error.ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, net_error.DNSLookupError):
+            return "host name not found"
+        if isinstance(e, net_error.TimeoutError):
+            return "connection timed out"
+        if isinstance(e, SSL.Error):
+            return f"TLS error {e}"
+    if isinstance(exc, _newclient.ResponseNeverReceived | _newclient.ResponseFailed):
+        return "connection lost before the answer arrived"
+    return str(exc) or type(exc).__name__

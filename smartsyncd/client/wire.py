@@ -1,0 +1,322 @@
+"""The typed values that cross the client boundary (docs/protocol.md): what the engine hands
+to :class:`smartsyncd.client.http.ServerAPI` and what it gets back.
+
+``ServerAPI`` parses every answer strictly into these (or ``core.model``'s ``Change``,
+``FileState`` and ``Manifest``) and writes requests from them; nothing above it reads or
+builds a wire dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple
+
+from smartsyncd.client.errors import ProtocolError
+from smartsyncd.core.manifest import chunks_to_json
+from smartsyncd.core.model import Change, ChunkRef, FileState
+
+# a JSON object as it arrives: its values are checked where they are read
+JSONObject = dict[str, object]
+
+
+@dataclass(frozen=True)
+class DeltaHint:
+    """Bytes of content ``base`` at ``offset`` that the server has and that resemble a chunk:
+    the chunk may travel as a zstd delta against them (docs/protocol.md, codec 2)."""
+
+    base: str
+    offset: int
+    prefix: bytes
+
+
+# a chunk to fetch: its hash, with its size (packs requests) and a delta base when known
+ChunkWanted = str | ChunkRef | tuple[str, int] | tuple[str, int, DeltaHint]
+# a chunk to upload: hash and raw bytes, with a delta base when one lines up
+UploadItem = tuple[str, bytes] | tuple[str, bytes, DeltaHint]
+
+
+class Snapshot(NamedTuple):
+    """``GET .../snapshot``: the live files at ``head``."""
+
+    head: int
+    files: list[FileState]
+
+
+class ChangePage(NamedTuple):
+    """``GET .../changes``: changes after ``since`` up to ``head``; ``more`` when cut short."""
+
+    head: int
+    changes: list[Change]
+    more: bool
+
+
+@dataclass(frozen=True)
+class HistoryMark:
+    """Where a copy stands in the server's log (client/reconcile.py): the record token at
+    ``seq``, and the store identity and generation (None from a server without them)."""
+
+    seq: int | None
+    token: str | None
+    store: str | None
+    generation: int | None
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """``GET /v1/session``: who the bearer token signs in as."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    expires_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ManifestDelta:
+    """A put's chunk list as ops against the synced version ``base`` (core/manifest.py)."""
+
+    base: str
+    ops: list[list[object]]
+
+
+@dataclass(frozen=True)
+class CommitChange:
+    """One change of a commit batch. A put names its content by ``content``/``size`` (the
+    server has it), by a ``delta`` against its base, or by its whole ``manifest``."""
+
+    path: str
+    kind: Literal["put", "delete"]
+    base: int | None
+    content: str | None = None
+    size: int | None = None
+    delta: ManifestDelta | None = None
+    manifest: tuple[ChunkRef, ...] | None = None
+
+    @classmethod
+    def delete(cls, path: str, base: int | None) -> CommitChange:
+        return cls(path, "delete", base)
+
+    def to_json(self) -> JSONObject:
+        item: JSONObject = {"path": self.path, "kind": self.kind, "base": self.base}
+        if self.kind == "delete":
+            return item
+        if self.manifest is not None:
+            # the compact form: the server derives content id and size (protocol.md, Push 3)
+            item["manifest"] = chunks_to_json(self.manifest)
+            return item
+        item["content"] = self.content
+        item["size"] = self.size
+        if self.delta is not None:
+            item["delta"] = {"base": self.delta.base, "ops": self.delta.ops}
+        return item
+
+
+CommitStatus = Literal["applied", "unchanged", "conflict", "stale"]
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The outcome of one change: ``seq`` it was written as (applied, conflict),
+    ``current_seq`` of the version the server already had (unchanged), ``conflict_path``
+    where our version was kept (conflict)."""
+
+    status: str
+    seq: int | None = None
+    current_seq: int | None = None
+    conflict_path: str | None = None
+
+
+@dataclass(frozen=True)
+class CommitAnswer:
+    """``POST .../commit``: the head after the batch and one result per change, in order."""
+
+    head: int
+    results: tuple[CommitResult, ...]
+    history: HistoryMark | None = None
+
+    @property
+    def all_applied(self) -> bool:
+        return all(r.status == "applied" for r in self.results)
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """An active check-out: ``holder`` has ``path`` (a file or a folder) since ``since``."""
+
+    path: str
+    holder: str | None
+    since: str | None
+    expires_at: str | None = None
+
+
+@dataclass(frozen=True)
+class FinalizedInfo:
+    """An engagement's sign-off: read-only until an admin reopens it."""
+
+    at: str | None
+    by: str | None
+    reason: str | None
+    known: bool = True  # False: the server said "finalized" without the details
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"at": self.at, "by": self.by, "reason": self.reason}
+
+    def describe(self) -> str:
+        if not self.known:
+            return "the engagement is finalized (read-only); local changes are kept"
+        return (
+            f"the engagement was finalized by {self.by} at {self.at}: {self.reason}."
+            " It is read-only until an admin reopens it; local changes are kept"
+        )
+
+
+@dataclass(frozen=True)
+class CopyContact:
+    """``POST .../copies/<copy>/report``: the engagement's active locks and sign-off."""
+
+    locks: tuple[LockInfo, ...] = ()
+    finalized: FinalizedInfo | None = None
+
+
+# -- reading answers strictly (a malformed answer is a ProtocolError) ---------------------------
+
+
+def obj(value: object, what: str) -> JSONObject:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} answer is not a JSON object")
+    return value
+
+
+def field(data: Mapping[str, object], key: str, kind: type, what: str, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    # bool is an int in Python; the protocol never uses one for the other.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{what}: field {key!r} is missing or not {kind.__name__}")
+    return value
+
+
+def parse_file_state(item: object) -> FileState:
+    data = obj(item, "snapshot file")
+    return FileState(
+        path=field(data, "path", str, "snapshot file"),
+        seq=field(data, "seq", int, "snapshot file"),
+        content=field(data, "content", str, "snapshot file"),
+        size=field(data, "size", int, "snapshot file"),
+    )
+
+
+def parse_change(item: object) -> Change:
+    data = obj(item, "change")
+    kind = data.get("kind")
+    if kind not in ("put", "delete"):
+        raise ProtocolError(f"change has unknown kind {kind!r}")
+    content = field(data, "content", str, "change", optional=True)
+    if kind == "put" and content is None:
+        raise ProtocolError("a put change has no content")
+    return Change(
+        seq=field(data, "seq", int, "change"),
+        path=field(data, "path", str, "change"),
+        kind=kind,
+        content=content,
+        size=field(data, "size", int, "change"),
+        prev_seq=field(data, "prev_seq", int, "change", optional=True),
+        user=field(data, "user", str, "change"),
+        session=field(data, "session", str, "change", optional=True),
+        time=parse_time(field(data, "time", str, "change")),
+        conflict_of=field(data, "conflict_of", str, "change", optional=True),
+        batch=field(data, "batch", str, "change", optional=True),
+        record_hash=field(data, "hash", str, "change", optional=True),
+    )
+
+
+def history_fields(
+    data: Mapping[str, object], token_key: str | None, what: str
+) -> tuple[str | None, str | None, int | None]:
+    """(record token at ``token_key``, store id, generation) of an answer; None when absent
+    (a server older than history checks)."""
+    token = None if token_key is None else field(data, token_key, str, what, optional=True)
+    return (
+        token,
+        field(data, "store", str, what, optional=True),
+        field(data, "generation", int, what, optional=True),
+    )
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ProtocolError(f"change time {text!r} is not ISO 8601") from exc
+    if when.tzinfo is None:
+        raise ProtocolError(f"change time {text!r} has no time zone")
+    return when.astimezone(UTC)
+
+
+def parse_session(value: object) -> SessionInfo:
+    data = obj(value, "session")
+    groups = data.get("groups")
+    expires = data.get("expires_at")
+    return SessionInfo(
+        user=str(data.get("user") or ""),
+        groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+        expires_at=expires if isinstance(expires, str) else None,
+    )
+
+
+def parse_commit(value: object, changes: int) -> CommitAnswer:
+    """A commit answer with one result per change (``changes`` of them)."""
+    data = obj(value, "commit")
+    head = field(data, "head", int, "commit")
+    token, store, generation = history_fields(data, "head_hash", "commit")
+    results = field(data, "results", list, "commit")
+    if len(results) != changes:
+        raise ProtocolError("commit answer has a different number of results than changes")
+    return CommitAnswer(
+        head=head,
+        results=tuple(_commit_result(item) for item in results),
+        history=HistoryMark(head if token is not None else None, token, store, generation),
+    )
+
+
+def _commit_result(value: object) -> CommitResult:
+    item = obj(value, "commit result")
+    return CommitResult(
+        status=field(item, "status", str, "commit result"),
+        seq=_int_or_none(item.get("seq")),
+        current_seq=_int_or_none(item.get("current_seq")),
+        conflict_path=_str_or_none(item.get("conflict_path")),
+    )
+
+
+def parse_contact(value: object) -> CopyContact:
+    """A copy report's answer; lock entries without a path are left out."""
+    data = obj(value, "report")
+    locks = tuple(
+        LockInfo(
+            path=item["path"], holder=_str_or_none(item.get("holder")),
+            since=_str_or_none(item.get("since")), expires_at=_str_or_none(item.get("expires_at")),
+        )
+        for item in field(data, "locks", list, "report")
+        if isinstance(item, dict) and isinstance(item.get("path"), str)
+    )
+    info = data.get("finalized")
+    finalized = None
+    if isinstance(info, dict):
+        finalized = FinalizedInfo(
+            _str_or_none(info.get("at")), _str_or_none(info.get("by")),
+            _str_or_none(info.get("reason")),
+        )
+    elif info:
+        finalized = FinalizedInfo(None, None, None, known=False)
+    return CopyContact(locks=locks, finalized=finalized)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if type(value) is int else None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
