@@ -120,6 +120,10 @@ class Admin:
         if args.command == "engagement":
             if args.action == "create":
                 return await self.engagement_create(args.name, args.title)
+            if args.action in ("set",):
+                from smartsyncd.cli.admin_lifecycle import run_lifecycle
+
+                return await run_lifecycle(self, args)
             if args.action in ("finalize", "reopen", "retention", "status"):
                 from smartsyncd.cli.admin_workflow import engagement_action
 

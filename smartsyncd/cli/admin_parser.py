@@ -115,6 +115,9 @@ def _add_engagement_parsers(commands: Commands) -> None:
     keep.add_argument("--days", type=int, metavar="N", help="keep replaced versions N days")
     keep.add_argument("--keep-all", action="store_true", help="keep every version (default)")
     engagement.add_parser("status", help="sign-off state and retention").add_argument("name")
+    from smartsyncd.cli.admin_lifecycle import add_engagement_actions
+
+    add_engagement_actions(engagement)
 
 
 def _add_grant_parsers(commands: Commands) -> None:

@@ -59,7 +59,9 @@ async def engagement_action(admin: AdminContext, args: argparse.Namespace) -> in
     admin.say(f"{status.name}\t" + (
         f"finalized {_when(status.finalized_at)} by {status.finalized_by}: {status.finalized_reason}"
         if status.finalized else "open"
-    ) + "\tretention " + ("keep all" if status.retention_days is None else f"{status.retention_days} days"))
+    ) + "\tretention " + ("keep all" if status.retention_days is None else f"{status.retention_days} days")
+        + ("" if status.assembly_deadline is None else
+           f"\treport {_when(status.report_date)}\tassembly deadline {_when(status.assembly_deadline)}"))
     return 0
 
 

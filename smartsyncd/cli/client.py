@@ -481,6 +481,9 @@ def _report_exit(session: Session, verb: str, report: Any) -> int:
     if isinstance(finalized, dict):
         session.out.note(f"the engagement is finalized by {finalized.get('by')}: "
                          f"{finalized.get('reason')} (read-only)")
+    deadline = getattr(report, "deadline", None)
+    if isinstance(deadline, dict) and deadline.get("warning"):
+        session.out.note(f"warning: {deadline['warning']}")
     left = int(getattr(report, "conflicts_left", 0) or 0)
     if left:
         session.out.note(f"{left} conflict cop{'y' if left == 1 else 'ies'} left: "

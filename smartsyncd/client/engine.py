@@ -182,6 +182,7 @@ class StatusReport:
     head: int = 0
     locked: list[dict[str, Any]] = field(default_factory=list)  # {path, holder, since, lock}
     finalized: dict[str, Any] | None = None  # {at, by, reason} when the engagement is signed off
+    deadline: dict[str, Any] | None = None  # {at, report_date, warning}: the assembly deadline
 
     @property
     def clean(self) -> bool:
@@ -813,6 +814,7 @@ class SyncCopy:
         return StatusReport(
             locked=[{"path": path, "lock": why} for path, why in sorted(blocked.items())],
             finalized=contact.get("finalized") if contact else None,
+            deadline=contact.get("deadline") if contact else None,
             to_upload=[x.path for x in p.push_puts],
             to_delete_remote=[x.path for x in p.push_deletes],
             to_download=[x.path for x in p.pull_writes],

@@ -61,6 +61,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "log": frozenset({"json_file"}),
+    "lifecycle": frozenset({"deadline_check_seconds"}),
 }
 
 _T = TypeVar("_T")
@@ -94,6 +95,8 @@ class ServerConfig:
     # domain's lockout threshold within its observation window (AD's default is 30 minutes).
     login_failure_window_minutes: float = 30.0
     json_log_file: str | None = None
+    # issue 20: how often (at most) the deadline timer rereads the stored deadlines
+    deadline_check_seconds: float = 60.0
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -270,6 +273,10 @@ def load_config(
         if (v := get("limits", "login_failure_window_minutes")) is not None:
             values["login_failure_window_minutes"] = _convert(
                 "[limits] login_failure_window_minutes", v, _positive_float
+            )
+        if (v := get("lifecycle", "deadline_check_seconds")) is not None:
+            values["deadline_check_seconds"] = _convert(
+                "[lifecycle] deadline_check_seconds", v, _positive_float
             )
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)

@@ -7,7 +7,7 @@ migrations run in its own threads), the site (sign-in backends and sessions, the
 application), then the listening port (and the port file, written after the bind).
 With PostgreSQL metadata a ``PgNotifyBridge`` (``service/pgnotify.py``) joins the tree as this
 service's child when the site is built: commits made by other daemons wake this daemon's
-long-polls. Stop order is the reverse: stop listening, stop the children (the bridge), then
+long-polls; the assembly-deadline timer (``service/deadlines.py``) is a child too. Stop order is the reverse: stop listening, stop the children (the bridge), then
 close the store.
 
 On SIGHUP, ``reload_certificate`` (a ``ReloadService`` step, ``service/tap.py``) puts the
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from twisted.web.server import Site
 
     from smartsyncd.auth.sessions import Authenticator, SessionManager
+    from smartsyncd.service.deadlines import DeadlineTimer
     from smartsyncd.service.pgnotify import PgNotifyBridge
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.notify import ChangeNotifier
@@ -139,6 +140,7 @@ class SmartsyncServer(MultiService):
         self.certificate: CertificateInfo | None = None
         self.started: Deferred[None] | None = None
         self.notify_bridge: PgNotifyBridge | None = None  # when the metadata is in PostgreSQL
+        self.deadline_timer: DeadlineTimer | None = None
         self._stopping = False
         self.folder_lock: FilesystemLock | None = None
         self.setName("smartsyncd")
@@ -166,6 +168,7 @@ class SmartsyncServer(MultiService):
         if self._stopping:
             return
         site = self._build_site(self.store)
+        self._start_deadline_timer(self.store)
         await self._listen(site, self.certificate)
 
     # -- start steps ------------------------------------------------------------------------
@@ -261,6 +264,16 @@ class SmartsyncServer(MultiService):
         bridge = PgNotifyBridge(self.config.database_url, notifier.notify, self._reactor)
         self.notify_bridge = bridge
         bridge.setServiceParent(self)  # started at once: this service is running
+
+    def _start_deadline_timer(self, store: ServerStore) -> None:
+        """The assembly-deadline timer (``service/deadlines.py``), a child service: re-armed
+        from the stored deadlines at every start; several daemons finalize each one once."""
+        from smartsyncd.service.deadlines import DeadlineTimer
+        from smartsyncd.storage.lifecycle_store import lifecycle_of
+
+        timer = DeadlineTimer(lifecycle_of(store), self._reactor, self.config.deadline_check_seconds)
+        self.deadline_timer = timer
+        timer.setServiceParent(self)
 
     def _build_site(self, store: ServerStore) -> Site:
         from smartsyncd.web.app import SyncAPI, make_site
@@ -364,6 +377,9 @@ class SmartsyncServer(MultiService):
         if self.notify_bridge is not None:
             bridge, self.notify_bridge = self.notify_bridge, None
             bridge.disownServiceParent()  # a next start adds a new one
+        if self.deadline_timer is not None:
+            timer, self.deadline_timer = self.deadline_timer, None
+            timer.disownServiceParent()
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()

@@ -121,6 +121,8 @@ class EngagementStatus:
     finalized_by: str | None
     finalized_reason: str | None
     retention_days: int | None  # None: keep every version forever
+    report_date: datetime | None = None  # issue 20: storage/lifecycle.py
+    assembly_deadline: datetime | None = None
 
     @property
     def finalized(self) -> bool:

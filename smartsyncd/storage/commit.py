@@ -33,7 +33,7 @@ from smartsyncd.core.model import (
 )
 from smartsyncd.core.paths import fold_key
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
-from smartsyncd.storage import headview, history
+from smartsyncd.storage import headview, history, lifecycle
 from smartsyncd.storage.api import (
     CommitResult,
     CommitResultItem,
@@ -157,6 +157,7 @@ def commit_tx(
         history.check_history(db, engagement_id, head, check)
     # abandoned copy, finalized engagement, another user's lock: refuse the whole batch
     check_commit(db, engagement_id, user, copy, changes, now)
+    post_report = lifecycle.check_deadline(db, engagement_id, now)  # refuses past the deadline
 
     paths = commit_rules.validate_batch(changes)  # checked and normalized once per commit
     head_view = headview.head_view(db, engagement_id, len(changes), paths, normalized=True)
@@ -167,6 +168,8 @@ def commit_tx(
     _insert_manifests(db, engagement_id, new_manifests)
     _insert_changes(db, engagement_id, head, written, when)
     _upsert_files(db, engagement_id, written)
+    if post_report:
+        lifecycle.audit_post_report(db, engagement_id, user, written, now)
     seq = head + len(written)
     db.execute("UPDATE engagements SET head = ? WHERE id = ?", (seq, engagement_id))
     if db.dialect.notify_commit and seq > head:

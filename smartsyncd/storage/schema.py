@@ -36,6 +36,8 @@ Tables:
   generation (1, bumped by ``smartsync-admin restore`` and any rollback): a copy that synced
   with another identity or generation reconciles (docs/reliability.md, "Restores").
 - (4) login_failures: failed sign-ins per throttle key (resolved account), all daemons'.
+- (5) engagements.report_date/assembly_deadline/deadline_finalized_at: the assembly deadline
+  and when the deadline timer finalized the engagement (``storage/lifecycle``).
 """
 
 from __future__ import annotations
@@ -241,6 +243,19 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             "CREATE INDEX login_failures_at ON login_failures (at)",
         ],
     ),
+    # ---- BEGIN branch `life` (issue 20): the engagement's whole life. Renumber at merge. ----
+    (
+        # Report date and assembly deadline (docs/workflow.md, "Report date and assembly
+        # deadline"): at ``assembly_deadline`` a daemon's timer finalizes the engagement.
+        5,
+        [
+            "ALTER TABLE engagements ADD COLUMN report_date TEXT",
+            "ALTER TABLE engagements ADD COLUMN assembly_deadline TEXT",
+            "ALTER TABLE engagements ADD COLUMN deadline_finalized_at TEXT",
+            "CREATE INDEX engagements_deadline ON engagements (assembly_deadline)",
+        ],
+    ),
+    # ---- END branch `life` ----
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -72,6 +72,7 @@ from smartsyncd.storage.commit import COMMIT_GC_THRESHOLD, fewer_gc_passes
 from smartsyncd.storage.db import Dialect, MetadataDB
 from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
+from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.upload import PackUpload
 
@@ -91,7 +92,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore:
+class SqlServerStore(LifecycleStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(

@@ -101,7 +101,8 @@ def check_commit(
 
 def engagement_status(db: MetadataDB, engagement_id: int) -> EngagementStatus:
     row = db.one(
-        "SELECT name, finalized_at, finalized_by, finalized_reason, retention_days FROM engagements WHERE id = ?",
+        "SELECT name, finalized_at, finalized_by, finalized_reason, retention_days, report_date,"
+        " assembly_deadline FROM engagements WHERE id = ?",
         (engagement_id,),
     )
     if row is None:
@@ -112,6 +113,8 @@ def engagement_status(db: MetadataDB, engagement_id: int) -> EngagementStatus:
         finalized_by=row[2],
         finalized_reason=row[3],
         retention_days=None if row[4] is None else int(row[4]),
+        report_date=dt_or_none(row[5]),
+        assembly_deadline=dt_or_none(row[6]),
     )
 
 

@@ -23,6 +23,7 @@ from smartsyncd.core.errors import BadRequest
 from smartsyncd.core.locks import MAX_LOCK_SECONDS, Lock
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import CopyRecord, EngagementStatus
+from smartsyncd.storage.lifecycle import deadline_warning
 from smartsyncd.web.app import Access, SyncAPI, _engagement_route, _result_json, iso_utc
 from smartsyncd.web.bodies import expect_object, get_int, get_str, query_str, read_json
 from smartsyncd.web.errors import send_json
@@ -79,6 +80,17 @@ def finalized_json(status: EngagementStatus) -> dict[str, Any] | None:
     if status.finalized_at is None:
         return None
     return {"at": iso_utc(status.finalized_at), "by": status.finalized_by, "reason": status.finalized_reason}
+
+
+def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> dict[str, Any] | None:
+    """The assembly deadline (issue 20) and, near it, a warning for a copy with unsynced work."""
+    if status.assembly_deadline is None:
+        return None
+    return {
+        "at": iso_utc(status.assembly_deadline),
+        "report_date": None if status.report_date is None else iso_utc(status.report_date),
+        "warning": deadline_warning(status.assembly_deadline, status.finalized, unsynced, now),
+    }
 
 
 def _path(request: Request) -> str:
@@ -218,5 +230,6 @@ async def wf_report_copy(self: SyncAPI, request: Request, access: Access, copy: 
             "copy": copy_json(record),
             "finalized": finalized_json(status),
             "locks": [lock_json(lock) for lock in locks],
+            "deadline": deadline_json(status, record.unsynced, self._now()),
         },
     )

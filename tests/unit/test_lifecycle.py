@@ -1,0 +1,147 @@
+"""The engagement's life (issue 20) in the store on both backends, and the deadline timer on
+a ``Clock``: post-report commits audited, commits refused past the deadline inside the commit
+transaction, the deadline claimed once by several stores, the timer re-armed from the stored
+deadline after a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import pytest
+from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
+    T0,
+    backend,
+    commit,
+    full,
+    on_sync_store,
+    pg_cluster,
+    put,
+    upload_file,
+)
+from twisted.internet.task import Clock
+
+from smartsyncd.core.errors import BadRequest, Finalized
+from smartsyncd.service.deadlines import DeadlineTimer
+from smartsyncd.storage.lifecycle import assembly_deadline, deadline_warning
+from smartsyncd.storage.sqlstore import SqlServerStore
+from smartsyncd.testing.syncpool import open_sync_store, run_sync
+
+
+class Now:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def now() -> Now:
+    return Now()
+
+
+@pytest.fixture
+def lstore(backend, now) -> Iterator[SqlServerStore]:  # noqa: F811
+    s = open_sync_store(str(backend.data_dir), backend.url, now=now)
+    try:
+        yield s
+    finally:
+        run_sync(s.close())
+
+
+def events(store, eid: int, event: str) -> list[dict]:
+    return [r.detail | {"actor": r.actor} for r in run_sync(store.audit_records(eid)) if r.event == event]
+
+
+def test_deadline_arithmetic() -> None:
+    assert assembly_deadline(date(2026, 3, 31), 45).isoformat() == "2026-05-16T00:00:00+00:00"
+    assert assembly_deadline(T0, 0) == T0
+    soon = T0 + timedelta(hours=5)
+    assert "in 5 hour(s)" in (deadline_warning(soon, False, 3, T0) or "")
+    assert deadline_warning(soon, False, 0, T0) is None  # nothing unsynced: nothing to warn
+    assert deadline_warning(soon, True, 3, T0) is None
+    assert deadline_warning(T0 + timedelta(days=30), False, 3, T0) is None
+
+
+@on_sync_store
+async def test_post_report_commits_are_audited_and_the_deadline_refuses(lstore, now) -> None:
+    e = await lstore.create_engagement("acme", "")
+    content, size, refs = await upload_file(lstore, e.id, b"before the report")
+    await commit(lstore, e.id, "b1", [put("a.txt", None, content, size)], {"a.txt": full(content, refs)})
+    with pytest.raises(BadRequest):
+        await lstore.set_report_date(e.id, T0, -1, "admin:root")
+    deadline = await lstore.set_report_date(e.id, T0 - timedelta(hours=1), 1, "admin:root")
+    assert deadline == T0 + timedelta(hours=23)
+    assert not events(lstore, e.id, "post_report_change")
+
+    other, osize, orefs = await upload_file(lstore, e.id, b"after the report")
+    now.now = T0 + timedelta(hours=1)
+    await commit(lstore, e.id, "b2", [put("a.txt", 1, other, osize)], {"a.txt": full(other, orefs)},
+                 now=now.now)
+    [audited] = events(lstore, e.id, "post_report_change")
+    assert audited["paths"] == ["a.txt"] and audited["first_seq"] == 2 and audited["actor"] == "alice"
+
+    # past the deadline, before any timer ran: refused inside the commit, nothing written
+    late = T0 + timedelta(hours=23, seconds=1)
+    with pytest.raises(Finalized) as refused:
+        await commit(lstore, e.id, "b3", [put("b.txt", None, other, osize)], {"b.txt": full(other, orefs)},
+                     now=late)
+    assert "assembly deadline" in refused.value.message
+    assert await lstore.head(e.id) == 2
+
+
+@on_sync_store
+async def test_the_deadline_is_claimed_once_by_two_stores(lstore, backend, now) -> None:  # noqa: F811
+    second = open_sync_store(str(backend.data_dir), backend.url, now=now)
+    try:
+        e = await lstore.create_engagement("acme", "")
+        await lstore.set_report_date(e.id, T0, 0, "admin:root")
+        assert await lstore.next_deadline() == T0
+        assert await lstore.finalize_due(T0 - timedelta(seconds=1)) == []
+        won = await lstore.finalize_due(T0) + await second.finalize_due(T0)
+        assert won == ["acme"]
+        assert await second.finalize_due(T0 + timedelta(days=1)) == []
+        [final] = events(lstore, e.id, "finalize")
+        assert final["automatic"] and final["actor"] == "smartsyncd:assembly-deadline"
+        assert (await lstore.engagement_status(e.id)).finalized
+        assert await lstore.next_deadline() is None
+
+        # an admin may reopen (a documented post-assembly addition): the timer does not refire
+        await lstore.reopen(e.id, "admin:root", "add a memo")
+        assert await lstore.finalize_due(T0 + timedelta(days=2)) == []
+        content, size, refs = await upload_file(lstore, e.id, b"memo")
+        await commit(lstore, e.id, "m", [put("memo.txt", None, content, size)],
+                     {"memo.txt": full(content, refs)}, now=T0 + timedelta(days=2))
+    finally:
+        run_sync(second.close())
+
+
+@on_sync_store
+async def test_timer_fires_at_the_deadline_and_rearms_after_a_restart(lstore, now) -> None:
+    clock = Clock()
+    clock.advance(T0.timestamp())
+    e = await lstore.create_engagement("acme", "")
+    f = await lstore.create_engagement("beta", "")
+    await lstore.set_report_date(e.id, T0, 0, "admin:root")  # due at once
+    await lstore.set_report_date(f.id, T0 + timedelta(seconds=30), 0, "admin:root")
+    timer = DeadlineTimer(lstore, clock, check_every=3600)
+    timer.startService()
+    clock.advance(0)
+    assert timer.finalized == ["acme"]
+    assert [c.getTime() - clock.seconds() for c in clock.getDelayedCalls()] == [30]
+    timer.stopService()
+    assert clock.getDelayedCalls() == []
+
+    # a restart: the new timer reads the stored deadline and arms itself for it
+    restarted = DeadlineTimer(lstore, clock, check_every=3600)
+    restarted.startService()
+    clock.advance(0)
+    assert restarted.finalized == []
+    clock.advance(29)
+    assert not (await lstore.engagement_status(f.id)).finalized
+    clock.advance(1)
+    assert restarted.finalized == ["beta"]
+    assert (await lstore.engagement_status(f.id)).finalized
+    assert [c.getTime() - clock.seconds() for c in clock.getDelayedCalls()] == [3600]
+    restarted.stopService()
