@@ -120,7 +120,7 @@ class Admin:
         if args.command == "engagement":
             if args.action == "create":
                 return await self.engagement_create(args.name, args.title)
-            if args.action in ("set",):
+            if args.action in ("set", "dispose"):
                 from smartsyncd.cli.admin_lifecycle import run_lifecycle
 
                 return await run_lifecycle(self, args)
@@ -129,6 +129,10 @@ class Admin:
 
                 return await engagement_action(self, args)
             return await self.engagement_list()
+        if args.command in ("legal-hold", "quota"):
+            from smartsyncd.cli.admin_lifecycle import run_lifecycle
+
+            return await run_lifecycle(self, args)
         if args.command in ("lock", "copies", "audit", "gc"):
             from smartsyncd.cli.admin_workflow import run_workflow
 
@@ -368,6 +372,7 @@ async def run_admin(
         raise AdminError(
             f"cannot open the server data in {config.data_dir}: {_describe(e)}"
         ) from None
+    store.firm_min_retention_days = config.min_retention_days  # issue 20: the firm's minimum
     try:
         return await Admin(store, config, reactor, out).run(args, password)
     except SyncError as e:

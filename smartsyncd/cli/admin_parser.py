@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     from smartsyncd.cli.admin_backup import add_parsers
 
     add_parsers(commands)
+    from smartsyncd.cli import admin_lifecycle
+
+    admin_lifecycle.add_parsers(commands)
     return parser
 
 

@@ -61,7 +61,10 @@ async def engagement_action(admin: AdminContext, args: argparse.Namespace) -> in
         if status.finalized else "open"
     ) + "\tretention " + ("keep all" if status.retention_days is None else f"{status.retention_days} days")
         + ("" if status.assembly_deadline is None else
-           f"\treport {_when(status.report_date)}\tassembly deadline {_when(status.assembly_deadline)}"))
+           f"\treport {_when(status.report_date)}\tassembly deadline {_when(status.assembly_deadline)}")
+        + ("" if status.min_retention_days is None else f"\tminimum retention {status.min_retention_days} days")
+        + ("" if status.legal_hold is None else f"\tLEGAL HOLD by {status.legal_hold_by}: {status.legal_hold}")
+        + ("" if status.disposed_at is None else f"\tdisposed {_when(status.disposed_at)} by {status.disposed_by}"))
     return 0
 
 

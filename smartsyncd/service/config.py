@@ -61,7 +61,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "log": frozenset({"json_file"}),
-    "lifecycle": frozenset({"deadline_check_seconds"}),
+    "lifecycle": frozenset({"deadline_check_seconds", "min_retention_days"}),
 }
 
 _T = TypeVar("_T")
@@ -97,6 +97,8 @@ class ServerConfig:
     json_log_file: str | None = None
     # issue 20: how often (at most) the deadline timer rereads the stored deadlines
     deadline_check_seconds: float = 60.0
+    # the firm-wide minimum retention period in days (None: only per-engagement minimums)
+    min_retention_days: int | None = None
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -139,6 +141,13 @@ def _yes_no(raw: str) -> bool:
     if value in ("no", "false", "off", "0"):
         return False
     raise ValueError("expected yes or no")
+
+
+def _days(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 100000:
+        raise ValueError("must be a whole number of days from 0 to 100000")
+    return value
 
 
 def _positive_int(raw: str) -> int:
@@ -278,6 +287,8 @@ def load_config(
             values["deadline_check_seconds"] = _convert(
                 "[lifecycle] deadline_check_seconds", v, _positive_float
             )
+        if (v := get("lifecycle", "min_retention_days")) is not None:
+            values["min_retention_days"] = _convert("[lifecycle] min_retention_days", v, _days)
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)
         if parser.has_section("ldap"):

@@ -271,7 +271,9 @@ class SmartsyncServer(MultiService):
         from smartsyncd.service.deadlines import DeadlineTimer
         from smartsyncd.storage.lifecycle_store import lifecycle_of
 
-        timer = DeadlineTimer(lifecycle_of(store), self._reactor, self.config.deadline_check_seconds)
+        lifecycle = lifecycle_of(store)
+        lifecycle.firm_min_retention_days = self.config.min_retention_days
+        timer = DeadlineTimer(lifecycle, self._reactor, self.config.deadline_check_seconds)
         self.deadline_timer = timer
         timer.setServiceParent(self)
 

@@ -123,6 +123,12 @@ class EngagementStatus:
     retention_days: int | None  # None: keep every version forever
     report_date: datetime | None = None  # issue 20: storage/lifecycle.py
     assembly_deadline: datetime | None = None
+    min_retention_days: int | None = None  # the engagement's own minimum (storage/retention.py)
+    legal_hold: str | None = None  # the reason, while a legal hold is on
+    legal_hold_by: str | None = None
+    legal_hold_at: datetime | None = None
+    disposed_at: datetime | None = None
+    disposed_by: str | None = None
 
     @property
     def finalized(self) -> bool:

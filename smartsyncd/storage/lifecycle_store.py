@@ -1,6 +1,7 @@
 """The async face of the engagement's life (issue 20), mixed into ``SqlServerStore``.
 
-Report date and assembly deadline (``storage/lifecycle``): each method runs its synchronous
+Report date and assembly deadline (``storage/lifecycle``), minimum retention, legal hold and
+disposal (``storage/retention``): each method runs its synchronous
 function on the DB pool like the rest of the store. Kept apart so ``sqlstore`` stays small and
 the ``ServerStore`` Protocol (which the memory store implements too) is unchanged; callers that
 need these (``smartsync-admin``, the deadline timer) ask ``lifecycle_of(store)``.
@@ -13,7 +14,8 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from smartsyncd.core.errors import BadRequest
-from smartsyncd.storage import lifecycle
+from smartsyncd.storage import lifecycle, retention
+from smartsyncd.storage.gc import drop_packs
 
 T = TypeVar("T")
 
@@ -22,6 +24,12 @@ class LifecycleStore:
     """Mixin: needs ``run_db`` and ``_now`` from the store it is mixed into."""
 
     _now: Callable[[], datetime]
+    # the firm-wide minimum retention in days ([lifecycle] min_retention_days), set by whoever
+    # opens the store from a config (the daemon, smartsync-admin)
+    firm_min_retention_days: int | None = None
+
+    async def run_file(self, fn: Callable[..., T], *args: Any) -> T:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     async def run_db(self, fn: Callable[..., T], *args: Any) -> T:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -36,6 +44,23 @@ class LifecycleStore:
 
     async def next_deadline(self) -> datetime | None:
         return await self.run_db(lifecycle.next_deadline)
+
+
+    async def set_min_retention(self, engagement_id: int, days: int | None, actor: str) -> None:
+        await self.run_db(retention.set_min_retention, engagement_id, days, actor, self._now())
+
+    async def legal_hold(self, engagement_id: int, on: bool, reason: str, actor: str) -> None:
+        await self.run_db(retention.legal_hold, engagement_id, on, reason, actor, self._now())
+
+    async def dispose(self, engagement_id: int, actor: str) -> dict[str, Any]:
+        """Remove the content after retention (one transaction), then the pack files."""
+        now = self._now()
+        record, packs = await self.run_db(
+            retention.dispose, engagement_id, actor, now, self.firm_min_retention_days
+        )
+        # every pack of the engagement goes, also files no row named (crashed uploads)
+        await self.run_file(drop_packs, engagement_id, packs, set(), float("inf"), float("inf"))
+        return record
 
 
 def lifecycle_of(store: object) -> LifecycleStore:

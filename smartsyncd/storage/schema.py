@@ -38,6 +38,8 @@ Tables:
 - (4) login_failures: failed sign-ins per throttle key (resolved account), all daemons'.
 - (5) engagements.report_date/assembly_deadline/deadline_finalized_at: the assembly deadline
   and when the deadline timer finalized the engagement (``storage/lifecycle``).
+- (6) engagements.min_retention_days/legal_hold_*/disposed_*: retention, legal hold and
+  disposal (``storage/retention``).
 """
 
 from __future__ import annotations
@@ -253,6 +255,19 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             "ALTER TABLE engagements ADD COLUMN assembly_deadline TEXT",
             "ALTER TABLE engagements ADD COLUMN deadline_finalized_at TEXT",
             "CREATE INDEX engagements_deadline ON engagements (assembly_deadline)",
+        ],
+    ),
+    (
+        # Minimum retention, legal hold and disposal (docs/workflow.md, "Retention"):
+        # ``storage/retention``. A disposed engagement keeps its change log and audit chain.
+        6,
+        [
+            "ALTER TABLE engagements ADD COLUMN min_retention_days INTEGER",
+            "ALTER TABLE engagements ADD COLUMN legal_hold_reason TEXT",
+            "ALTER TABLE engagements ADD COLUMN legal_hold_by TEXT",
+            "ALTER TABLE engagements ADD COLUMN legal_hold_at TEXT",
+            "ALTER TABLE engagements ADD COLUMN disposed_at TEXT",
+            "ALTER TABLE engagements ADD COLUMN disposed_by TEXT",
         ],
     ),
     # ---- END branch `life` ----

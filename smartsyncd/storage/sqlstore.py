@@ -512,7 +512,7 @@ class SqlServerStore(LifecycleStore):
         return await self.run_db(workflow.reopen, engagement_id, actor, reason, self._now())
 
     async def set_retention(self, engagement_id: int, days: int | None, actor: str) -> None:
-        await self.run_db(workflow.set_retention, engagement_id, days, actor, self._now())
+        await self.run_db(workflow.set_retention, engagement_id, days, actor, self._now(), self.firm_min_retention_days)
 
     async def audit_records(self, engagement_id: int) -> list[AuditRecord]:
         return await self.run_db(audit.audit_records, engagement_id)
@@ -533,7 +533,9 @@ class SqlServerStore(LifecycleStore):
         """Collect what no retained version needs (see storage/gc.py); pack files are
         deleted after the metadata transaction, orphans only when older than ``grace``."""
         started = time.time()  # the file system's clock (mtimes), not the injected one
-        report, dead, recorded = await self.run_db(gc.gc_engagement, engagement_id, self._now(), grace)
+        report, dead, recorded = await self.run_db(
+            gc.gc_engagement, engagement_id, self._now(), grace, self.firm_min_retention_days
+        )
         if report.skipped:
             return report
         cutoff = self._now().timestamp() - grace.total_seconds()

@@ -150,3 +150,62 @@ def test_two_daemons_on_postgresql_finalize_each_deadline_once(tmp_path: Path) -
                 assert len(final) == 1, (name, final)
                 assert logs.count(f"engagement {name} finalized") == 1
             assert "all chains intact" in admin_ok(one, "audit", "verify").stdout
+
+
+def refused(done, *words: str) -> str:
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+    return done.stderr
+
+
+def test_firm_minimum_retention_refuses_shorter_retention_and_disposal(tmp_path: Path) -> None:
+    config = FAST_TIMER + "min_retention_days = 2555\n"
+    with running_daemon(tmp_path, config_text=config) as server:
+        server.add_user("alice", PASSWORD)
+        eng = new_engagement(server, "kept-1")
+        refused(server.admin("engagement", "retention", eng, "--days", "30"), "at least 2555 day(s)")
+        admin_ok(server, "engagement", "retention", eng, "--days", "3000")
+        admin_ok(server, "engagement", "finalize", eng, "--reason", "signed off")
+        refused(server.admin("engagement", "dispose", eng), "retained until", "2555 day(s)")
+        assert "disposed" not in admin_ok(server, "engagement", "status", eng).stdout
+
+
+def test_legal_hold_then_disposal_with_a_signed_record(server: Daemon, tmp_path: Path) -> None:
+    alice = User(server, tmp_path / "alice", "alice")
+    eng = new_engagement(server, "dispose-1")
+    a = alice.clone(eng, tmp_path / "a")
+    (a / "B-1 Cash.txt").write_text("the cash lead schedule")
+    (a / "memo.txt").write_text("a memo")
+    alice.ok("sync", str(a))
+    packs = list((server.data_dir / "chunks").rglob("*.pack"))
+    assert packs
+
+    admin_ok(server, "engagement", "set", eng, "--min-retention-days", "0")
+    admin_ok(server, "legal-hold", "set", eng, "--reason", "litigation hold 2026-17")
+    assert "LEGAL HOLD" in admin_ok(server, "engagement", "status", eng).stdout
+    gc = admin_ok(server, "gc", eng, "--grace-hours", "0").stdout
+    assert "legal hold" in gc
+    admin_ok(server, "engagement", "finalize", eng, "--reason", "signed off")
+    refused(server.admin("engagement", "dispose", eng), "legal hold", "litigation hold 2026-17")
+    admin_ok(server, "legal-hold", "release", eng, "--reason", "case closed")
+
+    done = admin_ok(server, "engagement", "dispose", eng).stdout
+    record = json.loads(done[done.index("{"):])
+    assert record["versions"] == 2 and record["current_files"] == 2 and record["disposed_by"].startswith("admin:")
+    assert not any(p.exists() for p in packs)
+    events = trail(server, eng)
+    dispose = [r for r in events if r["event"] == "dispose"]
+    assert len(dispose) == 1 and dispose[0]["record_hash"] == record["record_hash"]
+    assert json.loads(dispose[0]["detail"])["versions_digest"] == record["versions_digest"]
+    assert [r["event"] for r in events if r["event"].startswith("legal_hold")] == [
+        "legal_hold", "legal_hold_release"
+    ]
+    assert "all chains intact" in admin_ok(server, "audit", "verify", eng).stdout
+    refused(server.admin("engagement", "reopen", eng, "--reason", "oops"), "disposed")
+    # the content is gone: history says so, nothing can be restored
+    history = alice.json("history", str(a / "memo.txt"))["versions"]
+    assert [(v["version"], v["available"]) for v in history] == [(1, False)]
+    gone = alice.run("restore", str(a / "memo.txt"), "--version", "1")
+    assert gone.returncode != 0 and "Traceback" not in gone.stderr

@@ -5,6 +5,7 @@ deadline after a restart."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import date, timedelta
 
@@ -21,7 +22,7 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
 )
 from twisted.internet.task import Clock
 
-from smartsyncd.core.errors import BadRequest, Finalized
+from smartsyncd.core.errors import BadRequest, Finalized, Retained
 from smartsyncd.service.deadlines import DeadlineTimer
 from smartsyncd.storage.lifecycle import assembly_deadline, deadline_warning
 from smartsyncd.storage.sqlstore import SqlServerStore
@@ -145,3 +146,87 @@ async def test_timer_fires_at_the_deadline_and_rearms_after_a_restart(lstore, no
     assert (await lstore.engagement_status(f.id)).finalized
     assert [c.getTime() - clock.seconds() for c in clock.getDelayedCalls()] == [3600]
     restarted.stopService()
+
+
+# ------------------------------------------------------------------- retention, hold, dispose
+
+
+async def two_versions(store, now: Now, name: str = "acme") -> int:
+    """An engagement whose a.bin was replaced 40 days after its first version."""
+    e = await store.create_engagement(name, "")
+    c1, s1, r1 = await upload_file(store, e.id, os.urandom(5000))
+    await commit(store, e.id, "b1", [put("a.bin", None, c1, s1)], {"a.bin": full(c1, r1)}, now=T0)
+    c2, s2, r2 = await upload_file(store, e.id, os.urandom(5000))
+    await commit(store, e.id, "b2", [put("a.bin", 1, c2, s2)], {"a.bin": full(c2, r2)},
+                 now=T0 + timedelta(days=40))
+    return e.id
+
+
+@on_sync_store
+async def test_minimum_retention_keeps_versions_from_gc_and_admin(lstore, now) -> None:
+    eid = await two_versions(lstore, now)
+    lstore.firm_min_retention_days = 60  # the firm's default: longer than the engagement's 30
+    await lstore.set_min_retention(eid, 30, "admin:root")
+    with pytest.raises(Retained):
+        await lstore.set_retention(eid, 10, "admin:root")  # below the minimum: refused
+    with pytest.raises(Retained):
+        await lstore.set_min_retention(eid, 5, "admin:root")  # a minimum is never shortened
+    with pytest.raises(Retained):
+        await lstore.set_min_retention(eid, None, "admin:root")
+    await lstore.set_retention(eid, 60, "admin:root")
+    now.now = T0 + timedelta(days=90)  # replaced 50 days ago: inside the firm's 60
+    report = await lstore.gc(eid, timedelta(hours=1))
+    assert report.manifests_removed == 0
+    assert [v.available for v in await lstore.history(eid, "a.bin")] == [True, True]
+    now.now = T0 + timedelta(days=101)
+    assert (await lstore.gc(eid, timedelta(hours=1))).manifests_removed == 1
+
+
+@on_sync_store
+async def test_legal_hold_blocks_gc_and_disposal_regardless_of_retention(lstore, now, backend) -> None:  # noqa: F811
+    eid = await two_versions(lstore, now)
+    await lstore.set_retention(eid, 0, "admin:root")
+    await lstore.legal_hold(eid, True, "subpoena 2026-17", "admin:counsel")
+    with pytest.raises(BadRequest):
+        await lstore.legal_hold(eid, True, "again", "admin:counsel")
+    now.now = T0 + timedelta(days=400)
+    report = await lstore.gc(eid, timedelta(hours=1))
+    assert "legal hold" in (report.skipped or "") and report.manifests_removed == 0
+    await lstore.finalize(eid, "admin:root", "signed off", False)
+    now.now = T0 + timedelta(days=800)
+    with pytest.raises(Retained, match="legal hold"):
+        await lstore.dispose(eid, "admin:root")
+    status = await lstore.engagement_status(eid)
+    assert status.legal_hold == "subpoena 2026-17" and status.disposed_at is None
+    await lstore.legal_hold(eid, False, "case closed", "admin:counsel")
+    held = events(lstore, eid, "legal_hold_release")
+    assert held[0]["held_for"] == "subpoena 2026-17" and held[0]["actor"] == "admin:counsel"
+
+
+@on_sync_store
+async def test_dispose_after_retention_removes_content_and_leaves_a_record(lstore, now, backend) -> None:  # noqa: F811
+    eid = await two_versions(lstore, now)
+    with pytest.raises(Retained, match="not finalized"):
+        await lstore.dispose(eid, "admin:root")
+    await lstore.set_min_retention(eid, 365, "admin:root")
+    now.now = T0 + timedelta(days=50)
+    await lstore.finalize(eid, "admin:root", "signed off", False)
+    now.now = T0 + timedelta(days=50 + 364)
+    with pytest.raises(Retained, match="retained until"):
+        await lstore.dispose(eid, "admin:root")
+    packs = list((backend.data_dir / "chunks" / str(eid)).rglob("*.pack"))
+    assert packs
+    now.now = T0 + timedelta(days=50 + 366)
+    record = await lstore.dispose(eid, "admin:dpo")
+    assert (record["versions"], record["current_files"], record["contents"]) == (2, 1, 2)
+    assert record["logical_bytes"] == 10000 and record["stored_bytes"] > 0
+    assert record["disposed_by"] == "admin:dpo" and len(record["versions_digest"]) == 64
+    [event] = events(lstore, eid, "dispose")
+    assert event["versions_digest"] == record["versions_digest"]
+    assert not any(p.exists() for p in packs)
+    assert [v.available for v in await lstore.history(eid, "a.bin")] == [False, False]
+    assert all(r.problem is None for r in await lstore.verify_audit("acme"))
+    with pytest.raises(BadRequest, match="disposed"):
+        await lstore.reopen(eid, "admin:root", "oops")
+    with pytest.raises(BadRequest, match="already disposed"):
+        await lstore.dispose(eid, "admin:root")
