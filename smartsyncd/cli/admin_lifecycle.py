@@ -3,7 +3,8 @@
 ``engagement set ENG --report-date D --assembly-days N``: the report date and the assembly
 deadline the daemon finalizes the engagement at; ``--min-retention-days N``: the engagement's
 minimum retention. ``engagement dispose ENG``: remove the content after retention, print the
-disposal record. ``legal-hold set|release ENG --reason R``. Actors are ``admin:<OS login>`` as for the
+disposal record. ``legal-hold set|release ENG --reason R``. ``quota set|remove (--engagement
+ENG | --user U) [--bytes N]``, ``quota list``. Actors are ``admin:<OS login>`` as for the
 other workflow commands; exit 0 ok, 1 refused.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from smartsyncd.cli.admin_workflow import actor
 from smartsyncd.cli.context import AdminContext, AdminError
 from smartsyncd.storage.lifecycle_store import lifecycle_of
+from smartsyncd.storage.quotas import Scope
 
 
 def report_date(raw: str) -> date | datetime:
@@ -64,6 +66,40 @@ def add_parsers(commands: Any) -> None:
         one.add_argument("--reason", required=True, help="why (kept in the audit trail)")
 
 
+    quota = commands.add_parser("quota", help="storage quotas (logical and stored bytes)")
+    qa = quota.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for verb, text in (("set", "set the quota of an engagement or a user"), ("remove", "remove a quota")):
+        one = qa.add_parser(verb, help=text)
+        who = one.add_mutually_exclusive_group(required=True)
+        who.add_argument("--engagement", metavar="ENG")
+        who.add_argument("--user", metavar="U")
+        if verb == "set":
+            one.add_argument("--bytes", type=int, required=True, metavar="N",
+                             help="limit on both the live files' size and the bytes stored")
+    qa.add_parser("list", help="every quota with its use")
+
+
+async def quota(admin: AdminContext, args: argparse.Namespace) -> int:
+    store = lifecycle_of(admin.store)
+    if args.action == "list":
+        rows = await store.quotas()
+        admin.say("scope\tname\tlimit\tlogical\tstored")
+        for row in rows:
+            admin.say("\t".join(str(v) for v in row))
+        return 0
+    scope: Scope = "engagement" if args.engagement else "user"
+    principal: str = args.engagement or args.user
+    if scope == "engagement":
+        await admin.engagement(principal)
+    limit: int | None = args.bytes if args.action == "set" else None
+    if limit is not None and limit < 0:
+        raise AdminError("--bytes must be 0 or more")
+    logical, stored = await store.set_quota(scope, principal, limit, actor())
+    what = "no quota" if limit is None else f"quota {limit} bytes"
+    admin.say(f"{scope} {principal}: {what}; uses {logical} bytes logical, {stored} bytes stored")
+    return 0
+
+
 async def engagement_set(admin: AdminContext, args: argparse.Namespace) -> int:
     eng = await admin.engagement(args.name)
     store = lifecycle_of(admin.store)
@@ -107,4 +143,6 @@ async def run_lifecycle(admin: AdminContext, args: argparse.Namespace) -> int:
         await lifecycle_of(admin.store).legal_hold(int(eng.id), on, args.reason, actor())
         admin.say(f"{args.engagement}: legal hold " + ("set" if on else "released") + f": {args.reason}")
         return 0
+    if args.command == "quota":
+        return await quota(admin, args)
     raise AdminError(f"unknown command {args.command}")

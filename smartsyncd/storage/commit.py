@@ -33,7 +33,7 @@ from smartsyncd.core.model import (
 )
 from smartsyncd.core.paths import fold_key
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
-from smartsyncd.storage import headview, history, lifecycle
+from smartsyncd.storage import headview, history, lifecycle, quotas
 from smartsyncd.storage.api import (
     CommitResult,
     CommitResultItem,
@@ -164,6 +164,7 @@ def commit_tx(
     outcomes = commit_rules.plan_commit(changes, head_view, user, now, paths=paths)
     new_manifests = _resolve_manifests(db, engagement_id, changes, outcomes, manifests)
     results, written = _number_outcomes(outcomes, head, user, session, now, batch)
+    quotas.check_logical(db, engagement_id, user, written)  # 507 before any row is written
 
     _insert_manifests(db, engagement_id, new_manifests)
     _insert_changes(db, engagement_id, head, written, when)

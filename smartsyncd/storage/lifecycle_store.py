@@ -1,7 +1,7 @@
 """The async face of the engagement's life (issue 20), mixed into ``SqlServerStore``.
 
 Report date and assembly deadline (``storage/lifecycle``), minimum retention, legal hold and
-disposal (``storage/retention``): each method runs its synchronous
+disposal (``storage/retention``), quotas (``storage/quotas``): each method runs its synchronous
 function on the DB pool like the rest of the store. Kept apart so ``sqlstore`` stays small and
 the ``ServerStore`` Protocol (which the memory store implements too) is unchanged; callers that
 need these (``smartsync-admin``, the deadline timer) ask ``lifecycle_of(store)``.
@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from smartsyncd.core.errors import BadRequest
-from smartsyncd.storage import lifecycle, retention
+from smartsyncd.storage import lifecycle, quotas, retention
 from smartsyncd.storage.gc import drop_packs
 
 T = TypeVar("T")
@@ -61,6 +61,15 @@ class LifecycleStore:
         # every pack of the engagement goes, also files no row named (crashed uploads)
         await self.run_file(drop_packs, engagement_id, packs, set(), float("inf"), float("inf"))
         return record
+
+
+    async def set_quota(
+        self, scope: quotas.Scope, principal: str, limit: int | None, actor: str
+    ) -> tuple[int, int]:
+        return await self.run_db(quotas.set_quota, scope, principal, limit, actor, self._now())
+
+    async def quotas(self) -> list[tuple[str, str, int, int, int]]:
+        return await self.run_db(quotas.quota_report)
 
 
 def lifecycle_of(store: object) -> LifecycleStore:

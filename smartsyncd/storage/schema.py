@@ -40,6 +40,7 @@ Tables:
   and when the deadline timer finalized the engagement (``storage/lifecycle``).
 - (6) engagements.min_retention_days/legal_hold_*/disposed_*: retention, legal hold and
   disposal (``storage/retention``).
+- (7) quotas, packs.user_name: storage quotas per engagement and user (``storage/quotas``).
 """
 
 from __future__ import annotations
@@ -268,6 +269,21 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             "ALTER TABLE engagements ADD COLUMN legal_hold_at TEXT",
             "ALTER TABLE engagements ADD COLUMN disposed_at TEXT",
             "ALTER TABLE engagements ADD COLUMN disposed_by TEXT",
+        ],
+    ),
+    (
+        # Storage quotas per engagement (by name) and per user (``storage/quotas``); which
+        # user's upload wrote each pack, for the per-user stored bytes.
+        7,
+        [
+            """CREATE TABLE quotas (
+                scope TEXT NOT NULL CHECK (scope IN ('engagement', 'user')),
+                principal TEXT NOT NULL,
+                bytes BIGINT NOT NULL,
+                PRIMARY KEY (scope, principal)
+            )""",
+            "ALTER TABLE packs ADD COLUMN user_name TEXT",
+            "CREATE INDEX packs_user ON packs (user_name)",
         ],
     ),
     # ---- END branch `life` ----

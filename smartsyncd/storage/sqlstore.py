@@ -43,6 +43,7 @@ from smartsyncd.storage import (
     gc,
     history,
     locks,
+    quotas,
     workflow,
 )
 from smartsyncd.storage import (
@@ -357,19 +358,25 @@ class SqlServerStore(LifecycleStore):
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
         return await self.run_read(chunk_index.missing_chunks, engagement_id, tuple(hashes))
 
-    async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]:
+    async def store_chunks(
+        self, engagement_id: int, chunks: Sequence[VerifiedChunk], user: str | None = None
+    ) -> tuple[int, int]:
         unique = list({c.hash: c for c in chunks}.values())
         missing = set(await self.missing_chunks(engagement_id, [c.hash for c in unique]))
         to_write = [(c.hash, c.codec, c.raw_size, c.payload) for c in unique if c.hash in missing]
         if not to_write:
             return 0, len(chunks)
+        incoming = sum(len(w[3]) for w in to_write)
+        await self.run_db(quotas.check_stored, engagement_id, user, incoming)  # before any write
         pack = await self.run_file(PackStore.write_pack, engagement_id, to_write)
         entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
-        stored = await self.run_db(chunk_index.record_pack, engagement_id, pack.name, pack.size, entries, self._now())
+        stored = await self.run_db(
+            chunk_index.record_pack, engagement_id, pack.name, pack.size, entries, self._now(), user
+        )
         return stored, len(chunks) - stored
 
-    def open_upload(self, engagement_id: int) -> ChunkUpload:
-        return PackUpload(self, engagement_id, self._now)
+    def open_upload(self, engagement_id: int, user: str | None = None) -> ChunkUpload:
+        return PackUpload(self, engagement_id, self._now, user)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
         where = await self.run_read(chunk_index.chunk_locations, engagement_id, tuple(hashes))

@@ -634,7 +634,9 @@ class SyncAPI:
             records = chunkstream.decode_records(body, max_records=self.limits.chunks_per_request)
             prefixes = await self._delta_prefixes(access.engagement.id, records)
             verified = await self._run_blocking(chunkstream.verify_records, records, prefixes)
-            stored, present = await self._store.store_chunks(access.engagement.id, verified)
+            stored, present = await self._store.store_chunks(
+                access.engagement.id, verified, user=access.session.user
+            )
         log.info(
             "chunks for {engagement} from {user}: {stored} stored, {present} present",
             engagement=access.engagement.name,

@@ -6,6 +6,7 @@ daemons on one PostgreSQL database claiming each deadline once)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,9 @@ from daemon import Daemon, running_daemon
 from pg import PgCluster
 from test_cli_client import PASSWORD
 from test_workflow import User, admin_ok
+
+from smartsyncd.core.chunking import chunk_hash
+from smartsyncd.core.chunkstream import CODEC_RAW, encode_records
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +213,42 @@ def test_legal_hold_then_disposal_with_a_signed_record(server: Daemon, tmp_path:
     assert [(v["version"], v["available"]) for v in history] == [(1, False)]
     gone = alice.run("restore", str(a / "memo.txt"), "--version", "1")
     assert gone.returncode != 0 and "Traceback" not in gone.stderr
+
+
+CHUNKS_TYPE = "application/x-smartsync-chunks"
+
+
+def test_quotas_refuse_with_a_json_507_before_anything_is_written(server: Daemon, tmp_path: Path) -> None:
+    alice = User(server, tmp_path / "alice", "alice")
+    eng = new_engagement(server, "quota-1")
+    a = alice.clone(eng, tmp_path / "a")
+    admin_ok(server, "quota", "set", "--engagement", eng, "--bytes", "4000")
+    refused(server.admin("quota", "set", "--engagement", "nope", "--bytes", "1"), "nope")
+
+    # raw protocol: the chunk upload is answered 507 in JSON, and no pack reaches the disk
+    token = server.login("alice", PASSWORD)
+    data = os.urandom(6000)
+    status, answer = server.request(
+        "POST", f"/v1/engagements/{eng}/chunks", token=token, content_type=CHUNKS_TYPE,
+        body=encode_records([(chunk_hash(data), CODEC_RAW, len(data), data)]),
+    )
+    assert status == 507, answer
+    assert answer["error"] == "quota_exceeded" and answer["measure"] == "stored bytes"
+    assert (answer["limit"], answer["used"], answer["needed"]) == (4000, 0, 6000)
+    assert "storage quota of engagement 'quota-1'" in answer["message"]
+    assert not list((server.data_dir / "chunks").rglob("*.pack"))
+
+    # the real client: refused, the file stays, a raised quota lets the same sync through
+    (a / "big.bin").write_bytes(data)
+    done = alice.run("sync", str(a))
+    assert done.returncode != 0 and "storage quota" in done.stderr and "Traceback" not in done.stderr
+    assert (a / "big.bin").read_bytes() == data
+    admin_ok(server, "quota", "set", "--user", "alice", "--bytes", "100000")
+    admin_ok(server, "quota", "set", "--engagement", eng, "--bytes", "100000")
+    alice.ok("sync", str(a))
+    rows = [line.split("\t") for line in admin_ok(server, "quota", "list").stdout.splitlines()[1:]]
+    by = {(r[0], r[1]): r for r in rows}
+    assert by[("engagement", eng)][3] == "6000" and int(by[("engagement", eng)][4]) >= 6000
+    assert by[("user", "alice")][3] == "6000" and int(by[("user", "alice")][4]) >= 6000
+    quota_events = [r for r in trail(server, eng) if r["event"] == "quota"]
+    assert [json.loads(r["detail"])["bytes"] for r in quota_events] == [4000, 100000]

@@ -13,6 +13,7 @@ import pytest
 from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
     T0,
     backend,
+    chunk,
     commit,
     full,
     on_sync_store,
@@ -22,7 +23,8 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
 )
 from twisted.internet.task import Clock
 
-from smartsyncd.core.errors import BadRequest, Finalized, Retained
+from smartsyncd.core.errors import BadRequest, Finalized, QuotaExceeded, Retained
+from smartsyncd.core.model import ProposedChange
 from smartsyncd.service.deadlines import DeadlineTimer
 from smartsyncd.storage.lifecycle import assembly_deadline, deadline_warning
 from smartsyncd.storage.sqlstore import SqlServerStore
@@ -230,3 +232,70 @@ async def test_dispose_after_retention_removes_content_and_leaves_a_record(lstor
         await lstore.reopen(eid, "admin:root", "oops")
     with pytest.raises(BadRequest, match="already disposed"):
         await lstore.dispose(eid, "admin:root")
+
+
+# ------------------------------------------------------------------------------------ quotas
+
+
+@on_sync_store
+async def test_engagement_quota_refuses_growth_in_the_commit_and_allows_cleanup(lstore, now) -> None:
+    e = await lstore.create_engagement("acme", "")
+    await lstore.set_quota("engagement", "acme", 10000, "admin:root")
+    c1, s1, r1 = await upload_file(lstore, e.id, os.urandom(6000))
+    await commit(lstore, e.id, "b1", [put("a.bin", None, c1, s1)], {"a.bin": full(c1, r1)})
+    # the same content at a second path: no byte to store, but 6000 more live bytes
+    with pytest.raises(QuotaExceeded) as refused:
+        await commit(lstore, e.id, "b2", [put("b.bin", None, c1, s1)])
+    err = refused.value
+    assert err.status == 507 and err.to_json()["measure"] == "logical bytes"
+    assert (err.to_json()["limit"], err.to_json()["used"], err.to_json()["needed"]) == (10000, 6000, 6000)
+    assert await lstore.head(e.id) == 1  # nothing written
+    # a smaller version of a.bin shrinks the use: allowed
+    c2, s2, r2 = await upload_file(lstore, e.id, os.urandom(100))
+    await commit(lstore, e.id, "b3", [put("a.bin", 1, c2, s2)], {"a.bin": full(c2, r2)})
+    # over quota after the admin lowers it: deletes still go through
+    await lstore.set_quota("engagement", "acme", 100, "admin:root")
+    await commit(lstore, e.id, "b4", [ProposedChange(path="a.bin", kind="delete", base=2)])
+    assert await lstore.head(e.id) == 3
+    [(scope, name, limit, logical, stored)] = await lstore.quotas()
+    assert (scope, name, limit, logical) == ("engagement", "acme", 100, 0) and stored > 0
+    assert [d["bytes"] for d in events(lstore, e.id, "quota")] == [10000, 100]
+
+
+@on_sync_store
+async def test_stored_quota_refuses_before_a_pack_is_written(lstore, now, backend) -> None:  # noqa: F811
+    e = await lstore.create_engagement("acme", "")
+    await lstore.set_quota("user", "bob", 4000, "admin:root")
+    await upload_file(lstore, e.id, os.urandom(3000))  # nobody's: not bob's
+    packs = backend.data_dir / "chunks" / str(e.id)
+    before = sorted(packs.rglob("*.pack"))
+    big = [chunk(os.urandom(5000))]
+    with pytest.raises(QuotaExceeded, match="user 'bob'"):
+        await lstore.store_chunks(e.id, big, user="bob")
+    upload = lstore.open_upload(e.id, user="bob")
+    with pytest.raises(QuotaExceeded, match="stored bytes"):
+        await upload.append(big)
+    await upload.abort()
+    assert sorted(packs.rglob("*.pack")) == before  # nothing reached the disk
+    assert (await lstore.store_chunks(e.id, [chunk(os.urandom(3000))], user="bob"))[0] == 1
+    assert [(s, n, used) for s, n, _, _, used in await lstore.quotas()][0][2] > 3000
+    await lstore.set_quota("engagement", "acme", 1, "admin:root")
+    with pytest.raises(QuotaExceeded, match="engagement 'acme'"):
+        await lstore.store_chunks(e.id, [chunk(os.urandom(10))], user="alice")
+
+
+@on_sync_store
+async def test_user_quota_counts_live_files_they_wrote_in_every_engagement(lstore, now) -> None:
+    e = await lstore.create_engagement("acme", "")
+    f = await lstore.create_engagement("beta", "")
+    await lstore.set_quota("user", "bob", 8000, "admin:root")
+    c1, s1, r1 = await upload_file(lstore, e.id, os.urandom(6000))
+    await commit(lstore, e.id, "a1", [put("a.bin", None, c1, s1)], {"a.bin": full(c1, r1)}, user="bob")
+    c2, s2, r2 = await upload_file(lstore, f.id, os.urandom(6000))
+    with pytest.raises(QuotaExceeded, match="user 'bob'"):
+        await commit(lstore, f.id, "b1", [put("b.bin", None, c2, s2)], {"b.bin": full(c2, r2)}, user="bob")
+    # alice is not limited; when she replaces bob's file, bob's use drops and his commit fits
+    await commit(lstore, f.id, "b2", [put("b.bin", None, c2, s2)], {"b.bin": full(c2, r2)}, user="alice")
+    c3, s3, r3 = await upload_file(lstore, e.id, os.urandom(10))
+    await commit(lstore, e.id, "a2", [put("a.bin", 1, c3, s3)], {"a.bin": full(c3, r3)}, user="alice")
+    await commit(lstore, f.id, "b3", [put("c.bin", None, c2, s2)], user="bob")
