@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from smartsyncd.service.deadlines import DeadlineTimer
     from smartsyncd.service.pgnotify import PgNotifyBridge
     from smartsyncd.service.reactor import DaemonReactor
+    from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
 
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -141,6 +142,7 @@ class SmartsyncServer(MultiService):
         self.started: Deferred[None] | None = None
         self.notify_bridge: PgNotifyBridge | None = None  # when the metadata is in PostgreSQL
         self.deadline_timer: DeadlineTimer | None = None
+        self.api: SyncAPI | None = None
         self._stopping = False
         self.folder_lock: FilesystemLock | None = None
         self.setName("smartsyncd")
@@ -287,6 +289,7 @@ class SmartsyncServer(MultiService):
         notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
         api = SyncAPI(store, sessions, notifier, self._reactor, self._run_blocking)
+        self.api = api
         clients = ClientLimits(
             connections_per_address=config.connections_per_address,
             unauthenticated_bytes_per_address=config.unauthenticated_bytes_per_address,
@@ -376,6 +379,9 @@ class SmartsyncServer(MultiService):
             except FileNotFoundError:
                 pass
         await super().stopService()  # the children, in reverse order: the bridge
+        if self.api is not None:  # read events still buffered (web/readaudit.py)
+            api, self.api = self.api, None
+            await api.read_audit.flush()
         if self.notify_bridge is not None:
             bridge, self.notify_bridge = self.notify_bridge, None
             bridge.disownServiceParent()  # a next start adds a new one

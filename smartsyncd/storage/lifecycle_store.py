@@ -9,12 +9,12 @@ need these (``smartsync-admin``, the deadline timer) ask ``lifecycle_of(store)``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
 from smartsyncd.core.errors import BadRequest
-from smartsyncd.storage import lifecycle, quotas, retention
+from smartsyncd.storage import lifecycle, quotas, readaudit, retention
 from smartsyncd.storage.gc import drop_packs
 
 T = TypeVar("T")
@@ -70,6 +70,10 @@ class LifecycleStore:
 
     async def quotas(self) -> list[tuple[str, str, int, int, int]]:
         return await self.run_db(quotas.quota_report)
+
+
+    async def record_reads(self, events: Sequence[readaudit.ReadEvent]) -> int:
+        return await self.run_db(readaudit.record_reads, tuple(events))
 
 
 def lifecycle_of(store: object) -> LifecycleStore:

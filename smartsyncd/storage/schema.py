@@ -41,6 +41,8 @@ Tables:
 - (6) engagements.min_retention_days/legal_hold_*/disposed_*: retention, legal hold and
   disposal (``storage/retention``).
 - (7) quotas, packs.user_name: storage quotas per engagement and user (``storage/quotas``).
+- (8) changes_content index: where a downloaded content lives (``storage/readaudit``); read
+  events go to ``read:<name>`` chains in ``audit``.
 """
 
 from __future__ import annotations
@@ -285,6 +287,12 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             "ALTER TABLE packs ADD COLUMN user_name TEXT",
             "CREATE INDEX packs_user ON packs (user_name)",
         ],
+    ),
+    (
+        # Read access in the audit trail (``storage/readaudit``): a download names its content
+        # id; this index finds the paths and versions that hold it.
+        8,
+        ["CREATE INDEX changes_content ON changes (engagement_id, content)"],
     ),
     # ---- END branch `life` ----
 ]

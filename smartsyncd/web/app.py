@@ -66,6 +66,7 @@ from smartsyncd.web.history import check_from_body, check_from_query
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
 from smartsyncd.web.notify import ChangeNotifier
+from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.upload import UploadRequest
 
 log = Logger(namespace="smartsyncd.web")
@@ -331,6 +332,8 @@ class SyncAPI:
         self._version = server_version
         self._now = now or self._clock_now
         self._health = HealthCache(lambda: self._store.check_health(), clock)
+        # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
+        self.read_audit = ReadAudit(store, clock.callLater, self._now)  # type: ignore[misc]
         # parked long-polls: answered in bulk, one query and one encoding per woken group
         # the store's (id, generation), read by the first change feed or commit: constant while
         # the daemon runs (a restore or rollback happens with every daemon stopped)
@@ -534,10 +537,14 @@ class SyncAPI:
             if base_manifest is not None:
                 ops = manifest.make_delta(base_manifest.chunks, found.chunks)
                 if len(json_bytes(ops)) < len(json_bytes(full)):
+                    self.read_audit.note(eid, "download", access.session.user, access.session.id,
+                                         client_address(request), content=content, size=found.size)
                     return send_json(
                         request,
                         {"content": content, "size": found.size, "delta": {"base": base, "ops": ops}},
                     )
+        self.read_audit.note(eid, "download", access.session.user, access.session.id,
+                             client_address(request), content=content, size=found.size)
         return send_json(request, {"content": content, "size": found.size, "chunks": full})
 
     @_engagement_route(app, "read", "/v1/engagements/<eng>/chunks/fetch", methods=["POST"])

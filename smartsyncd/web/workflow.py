@@ -26,6 +26,7 @@ from smartsyncd.storage.api import CopyRecord, EngagementStatus
 from smartsyncd.storage.lifecycle import deadline_warning
 from smartsyncd.web.app import Access, SyncAPI, _engagement_route, _result_json, iso_utc
 from smartsyncd.web.bodies import expect_object, get_int, get_str, query_str, read_json
+from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.errors import send_json
 
 COPY_HEADER = b"smartsync-copy"
@@ -136,6 +137,8 @@ async def wf_checkin(self: SyncAPI, request: Request, access: Access) -> bytes:
 async def wf_history(self: SyncAPI, request: Request, access: Access) -> bytes:
     path = _path(request)
     versions = await self._store.history(access.engagement.id, path)
+    self.read_audit.note(access.engagement.id, "history", access.session.user, access.session.id,
+                         client_address(request), path=path, versions=len(versions))
     return send_json(
         request,
         {
@@ -181,6 +184,8 @@ async def wf_export(self: SyncAPI, request: Request, access: Access) -> bytes:
         raise BadRequest("query argument 'at' is missing", field="at")
     at = parse_time(raw, "at")
     seq, files = await self._store.export_at(access.engagement.id, at)
+    self.read_audit.note(access.engagement.id, "export", access.session.user, access.session.id,
+                         client_address(request), at=iso_utc(at), seq=seq, files=len(files))
     return send_json(
         request,
         {

@@ -252,3 +252,31 @@ def test_quotas_refuse_with_a_json_507_before_anything_is_written(server: Daemon
     assert by[("user", "alice")][3] == "6000" and int(by[("user", "alice")][4]) >= 6000
     quota_events = [r for r in trail(server, eng) if r["event"] == "quota"]
     assert [json.loads(r["detail"])["bytes"] for r in quota_events] == [4000, 100000]
+
+
+def test_downloads_exports_and_history_views_are_in_the_audit_trail(server: Daemon, tmp_path: Path) -> None:
+    server.add_user("bob", PASSWORD)
+    alice = User(server, tmp_path / "alice", "alice")
+    eng = new_engagement(server, "reads-1")
+    admin_ok(server, "grant", eng, "--user", "bob", "--role", "reader")
+    a = alice.clone(eng, tmp_path / "a")
+    (a / "B-1 Cash.txt").write_text("the cash lead schedule")
+    alice.ok("sync", str(a))
+    bob = User(server, tmp_path / "bob", "bob")
+    b = bob.clone(eng, tmp_path / "b")
+    assert (b / "B-1 Cash.txt").read_text() == "the cash lead schedule"
+    bob.ok("history", str(b / "B-1 Cash.txt"))
+    bob.ok("export", f"{server.url}/{eng}", "--at", iso(datetime.now(UTC)), str(tmp_path / "x"))
+
+    def reads() -> list[dict]:
+        return [r for r in trail(server, eng) if r["chain"] == f"read:{eng}"]
+
+    wait_for("three read events", lambda: len(reads()) >= 3)
+    got = {r["event"]: (r["actor"], json.loads(r["detail"])) for r in reads()}
+    actor, download = got["download"]
+    assert actor == "bob" and download["path"] == "B-1 Cash.txt" and download["address"] == "127.0.0.1"
+    assert download["versions"] == [{"path": "B-1 Cash.txt", "seq": 1}] and download["session"]
+    assert got["history"][0] == "bob" and got["history"][1]["path"] == "B-1 Cash.txt"
+    assert got["export"][0] == "bob" and got["export"][1]["files"] == 1
+    verify = admin_ok(server, "audit", "verify", eng).stdout
+    assert f"ok\tread:{eng}" in verify and "all chains intact" in verify

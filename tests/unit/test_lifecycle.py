@@ -299,3 +299,25 @@ async def test_user_quota_counts_live_files_they_wrote_in_every_engagement(lstor
     c3, s3, r3 = await upload_file(lstore, e.id, os.urandom(10))
     await commit(lstore, e.id, "a2", [put("a.bin", 1, c3, s3)], {"a.bin": full(c3, r3)}, user="alice")
     await commit(lstore, f.id, "b3", [put("c.bin", None, c2, s2)], user="bob")
+
+
+# ------------------------------------------------------------------------------- read audit
+
+
+@on_sync_store
+async def test_read_events_are_buffered_then_written_in_one_batch(lstore, now) -> None:
+    from smartsyncd.web.readaudit import ReadAudit
+
+    e = await lstore.create_engagement("acme", "")
+    c1, s1, r1 = await upload_file(lstore, e.id, b"working paper")
+    await commit(lstore, e.id, "b1", [put("a.txt", None, c1, s1)], {"a.txt": full(c1, r1)})
+    clock = Clock()
+    reads = ReadAudit(lstore, clock.callLater, now)
+    reads.note(e.id, "download", "bob", "s-1", "10.0.0.7", content=c1, size=s1)
+    reads.note(e.id, "history", "bob", "s-1", "10.0.0.7", path="a.txt", versions=1)
+    assert not [r for r in run_sync(lstore.audit_records(e.id)) if r.chain == "read:acme"]
+    clock.advance(1)
+    got = [r for r in run_sync(lstore.audit_records(e.id)) if r.chain == "read:acme"]
+    assert [(r.event, r.actor, r.seq) for r in got] == [("download", "bob", 1), ("history", "bob", 2)]
+    assert got[0].detail["versions"] == [{"path": "a.txt", "seq": 1}] and got[0].detail["address"] == "10.0.0.7"
+    assert all(r.problem is None for r in await lstore.verify_audit("acme"))
