@@ -182,7 +182,11 @@ def _add_audit_parsers(commands: Commands) -> None:
         "verify", help="check the hash chains (one engagement, or all and the global chain)"
     ).add_argument("engagement", nargs="?")
     export = audit.add_parser("export", help="who did what when, for quality reviewers")
-    export.add_argument("engagement")
+    export.add_argument("engagement", nargs="?")
+    export.add_argument(
+        "--global", dest="global_chain", action="store_true",
+        help="instead of an engagement: sign-ins and other events of no engagement",
+    )
     export.add_argument("--format", choices=["csv", "json"], default="csv")
 
 

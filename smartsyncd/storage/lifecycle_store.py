@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage import lifecycle, quotas, readaudit, retention
+from smartsyncd.storage.api import AuditRecord
 from smartsyncd.storage.gc import drop_packs
 
 T = TypeVar("T")
@@ -74,6 +75,10 @@ class LifecycleStore:
 
     async def record_reads(self, events: Sequence[readaudit.ReadEvent]) -> int:
         return await self.run_db(readaudit.record_reads, tuple(events))
+
+
+    async def global_audit_records(self) -> list[AuditRecord]:
+        return await self.run_db(readaudit.global_records)
 
 
 def lifecycle_of(store: object) -> LifecycleStore:

@@ -5,16 +5,20 @@ events, so recording reads never waits on (or delays) a commit's audit appends. 
 buffers read events and hands them here in batches (``web/readaudit.py``): one write
 transaction appends them all. A download is named by its content id; ``record_reads`` adds
 where that content is (the paths and change numbers that hold it, up to a few), so the trail
-says which file and version was read. Synchronous, over a ``MetadataDB``.
+says which file and version was read. ``global_records`` reads the ``global`` chain (sign-ins)
+for export. Synchronous, over a ``MetadataDB``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from smartsyncd.core.audit import GLOBAL_CHAIN
+from smartsyncd.storage.api import AuditRecord
 from smartsyncd.storage.audit import append_audit
 from smartsyncd.storage.db import MetadataDB, engagement_name, hash_bytes
 
@@ -57,3 +61,16 @@ def record_reads(db: MetadataDB, events: Sequence[ReadEvent]) -> int:
         return len(events)
 
     return db.write(tx)
+
+
+def global_records(db: MetadataDB) -> list[AuditRecord]:
+    """The ``global`` chain (sign-ins, user quotas), oldest first, for ``audit export --global``."""
+    rows = db.read(lambda: db.all(
+        "SELECT chain, seq, event, actor, at, engagement, detail, record_hash FROM audit WHERE chain = ? ORDER BY seq",
+        (GLOBAL_CHAIN,),
+    ))
+    return [
+        AuditRecord(chain=r[0], seq=int(r[1]), event=r[2], actor=r[3], time=datetime.fromisoformat(r[4]),
+                    engagement=r[5], detail=json.loads(r[6]), record_hash=bytes(r[7]).hex())
+        for r in rows
+    ]

@@ -280,3 +280,8 @@ def test_downloads_exports_and_history_views_are_in_the_audit_trail(server: Daem
     assert got["export"][0] == "bob" and got["export"][1]["files"] == 1
     verify = admin_ok(server, "audit", "verify", eng).stdout
     assert f"ok\tread:{eng}" in verify and "all chains intact" in verify
+    # sign-ins are exportable too: the global chain
+    signins = json.loads(admin_ok(server, "audit", "export", "--global", "--format", "json").stdout)["records"]
+    assert {("sign_in", "alice"), ("sign_in", "bob")} <= {(r["event"], r["actor"]) for r in signins}
+    both = server.admin("audit", "export", eng, "--global")
+    assert both.returncode == 1 and "not both" in both.stderr
