@@ -367,7 +367,7 @@ class SqlServerStore(LifecycleStore):
         if not to_write:
             return 0, len(chunks)
         incoming = sum(len(w[3]) for w in to_write)
-        await self.run_db(quotas.check_stored, engagement_id, user, incoming)  # before any write
+        await self.run_read(quotas.check_stored, engagement_id, user, incoming)  # before any write
         pack = await self.run_file(PackStore.write_pack, engagement_id, to_write)
         entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
         stored = await self.run_db(

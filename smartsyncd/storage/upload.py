@@ -49,7 +49,7 @@ class PackUpload:
         if fresh:
             incoming = sum(len(c.payload) for c in fresh)
             # a stored-bytes quota refuses before these bytes reach the disk (storage/quotas)
-            await self._store.run_db(quotas.check_stored, self._engagement_id, self._user, self._written + incoming)
+            await self._store.run_read(quotas.check_stored, self._engagement_id, self._user, self._written + incoming)
             await self._store.run_file(self._append, fresh)
             self._written += incoming
 
