@@ -125,11 +125,19 @@ class Admin:
         if args.command == "engagement":
             if args.action == "create":
                 return await self.engagement_create(args.name, args.title)
+            if args.action in ("set", "dispose"):
+                from smartsyncd.cli.admin_lifecycle import run_lifecycle
+
+                return await run_lifecycle(self, args)
             if args.action in ("finalize", "reopen", "retention", "status"):
                 from smartsyncd.cli.admin_workflow import engagement_action
 
                 return await engagement_action(self, args)
             return await self.engagement_list()
+        if args.command in ("legal-hold", "quota"):
+            from smartsyncd.cli.admin_lifecycle import run_lifecycle
+
+            return await run_lifecycle(self, args)
         if args.command in ("lock", "copies", "audit", "gc"):
             from smartsyncd.cli.admin_workflow import run_workflow
 
@@ -396,6 +404,7 @@ async def run_admin(
         raise AdminError(
             f"cannot open the server data in {config.data_dir}: {_describe(e)}"
         ) from None
+    store.firm_min_retention_days = config.min_retention_days  # issue 20: the firm's minimum
     try:
         from twisted.internet.threads import deferToThread
 

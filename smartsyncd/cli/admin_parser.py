@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from smartsyncd.cli.admin_backup import add_parsers
 
     add_parsers(commands)
+    from smartsyncd.cli import admin_lifecycle
+
+    admin_lifecycle.add_parsers(commands)
     return parser
 
 
@@ -116,6 +119,9 @@ def _add_engagement_parsers(commands: Commands) -> None:
     keep.add_argument("--days", type=int, metavar="N", help="keep replaced versions N days")
     keep.add_argument("--keep-all", action="store_true", help="keep every version (default)")
     _json(engagement.add_parser("status", help="sign-off state and retention")).add_argument("name")
+    from smartsyncd.cli.admin_lifecycle import add_engagement_actions
+
+    add_engagement_actions(engagement)
 
 
 def _add_grant_parsers(commands: Commands) -> None:
@@ -177,7 +183,11 @@ def _add_audit_parsers(commands: Commands) -> None:
         "verify", help="check the hash chains (one engagement, or all and the global chain)"
     )).add_argument("engagement", nargs="?")
     export = audit.add_parser("export", help="who did what when, for quality reviewers")
-    export.add_argument("engagement")
+    export.add_argument("engagement", nargs="?")
+    export.add_argument(
+        "--global", dest="global_chain", action="store_true",
+        help="instead of an engagement: sign-ins and other events of no engagement",
+    )
     export.add_argument("--format", choices=["csv", "json"], default="csv")
 
 

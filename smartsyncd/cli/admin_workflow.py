@@ -59,7 +59,12 @@ async def engagement_action(admin: AdminContext, args: argparse.Namespace) -> in
     admin.say(f"{status.name}\t" + (
         f"finalized {_when(status.finalized_at)} by {status.finalized_by}: {status.finalized_reason}"
         if status.finalized else "open"
-    ) + "\tretention " + ("keep all" if status.retention_days is None else f"{status.retention_days} days"))
+    ) + "\tretention " + ("keep all" if status.retention_days is None else f"{status.retention_days} days")
+        + ("" if status.assembly_deadline is None else
+           f"\treport {_when(status.report_date)}\tassembly deadline {_when(status.assembly_deadline)}")
+        + ("" if status.min_retention_days is None else f"\tminimum retention {status.min_retention_days} days")
+        + ("" if status.legal_hold is None else f"\tLEGAL HOLD by {status.legal_hold_by}: {status.legal_hold}")
+        + ("" if status.disposed_at is None else f"\tdisposed {_when(status.disposed_at)} by {status.disposed_by}"))
     return 0
 
 
@@ -96,7 +101,7 @@ async def run_workflow(admin: AdminContext, args: argparse.Namespace) -> int:
     if args.command == "audit":
         if args.action == "verify":
             return await _verify(admin, args.engagement)
-        return await _export(admin, args.engagement, args.format)
+        return await _export(admin, args.engagement, args.format, args.global_chain)
     return await _gc(admin, args.engagement, timedelta(hours=args.grace_hours))
 
 
@@ -115,8 +120,16 @@ async def _verify(admin: AdminContext, engagement: str | None) -> int:
     return 1 if bad else 0
 
 
-async def _export(admin: AdminContext, engagement: str, fmt: str) -> int:
-    records = await admin.store.audit_records(await _eid(admin, engagement))
+async def _export(admin: AdminContext, engagement: str | None, fmt: str, global_chain: bool = False) -> int:
+    if global_chain == (engagement is not None):
+        raise AdminError("give an engagement or --global (sign-ins), not both")
+    if engagement is None:
+        from smartsyncd.storage.lifecycle_store import lifecycle_of
+
+        records = await lifecycle_of(admin.store).global_audit_records()
+        engagement = "(global)"
+    else:
+        records = await admin.store.audit_records(await _eid(admin, engagement))
     rows = [
         {
             "time": r.time.isoformat(),

@@ -185,6 +185,9 @@ def _report_exit(session: Session, verb: str, report: SyncReport | StatusReport)
     if isinstance(finalized, dict):
         session.out.note(f"the engagement is finalized by {finalized.get('by')}: "
                          f"{finalized.get('reason')} (read-only)")
+    deadline = report.deadline if isinstance(report, StatusReport) else None
+    if deadline is not None and deadline.get("warning"):
+        session.out.note(f"warning: {deadline['warning']}")
     left = report.conflicts_left
     if left:
         session.out.note(f"{left} conflict cop{'y' if left == 1 else 'ies'} left: "

@@ -348,6 +348,7 @@ class SyncCopy:
         return StatusReport(
             locked=[{"path": path, "lock": why} for path, why in sorted(blocked.items())],
             finalized=answer.finalized.to_json() if answer and answer.finalized else None,
+            deadline=answer.deadline.to_json() if answer and answer.deadline else None,
             to_upload=[x.path for x in p.push_puts],
             to_delete_remote=[x.path for x in p.push_deletes],
             to_download=[x.path for x in p.pull_writes],

@@ -46,6 +46,7 @@ class StatusReport:
     head: int = 0
     locked: list[dict[str, str]] = field(default_factory=list)  # {path, lock}
     finalized: dict[str, str | None] | None = None  # {at, by, reason} when the engagement is signed off
+    deadline: dict[str, str | None] | None = None  # {at, report_date, warning}: assembly deadline
 
     @property
     def clean(self) -> bool:

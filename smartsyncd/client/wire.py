@@ -172,11 +172,26 @@ class FinalizedInfo:
 
 
 @dataclass(frozen=True)
+class DeadlineInfo:
+    """The engagement's assembly deadline (docs/workflow.md), and a warning near it when this
+    copy has unsynced work."""
+
+    at: str
+    report_date: str | None = None
+    warning: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"at": self.at, "report_date": self.report_date, "warning": self.warning}
+
+
+@dataclass(frozen=True)
 class CopyContact:
-    """``POST .../copies/<copy>/report``: the engagement's active locks and sign-off."""
+    """``POST .../copies/<copy>/report``: the engagement's active locks, sign-off and
+    assembly deadline."""
 
     locks: tuple[LockInfo, ...] = ()
     finalized: FinalizedInfo | None = None
+    deadline: DeadlineInfo | None = None
 
 
 # -- reading answers strictly (a malformed answer is a ProtocolError) ---------------------------
@@ -311,7 +326,12 @@ def parse_contact(value: object) -> CopyContact:
         )
     elif info:
         finalized = FinalizedInfo(None, None, None, known=False)
-    return CopyContact(locks=locks, finalized=finalized)
+    due = data.get("deadline")
+    deadline = None
+    if isinstance(due, dict) and isinstance(due.get("at"), str):
+        deadline = DeadlineInfo(due["at"], _str_or_none(due.get("report_date")),
+                                _str_or_none(due.get("warning")))
+    return CopyContact(locks=locks, finalized=finalized, deadline=deadline)
 
 
 def _int_or_none(value: object) -> int | None:

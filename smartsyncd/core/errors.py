@@ -98,6 +98,21 @@ class SessionExpired(SyncError):
     status = 401
 
 
+class Retained(SyncError):
+    """A minimum retention period or a legal hold forbids removing this (issue 20)."""
+
+    code = "retained"
+    status = 409
+
+
+class QuotaExceeded(SyncError):
+    """A storage quota of the engagement or the user would be exceeded; nothing was stored
+    (``quota``, ``principal``, ``measure``, ``limit``, ``used``, ``needed``)."""
+
+    code = "quota_exceeded"
+    status = 507
+
+
 class StorageFull(SyncError):
     """The server's chunk storage has no room: an operator must act, so clients do not retry."""
 

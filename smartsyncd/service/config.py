@@ -64,6 +64,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     ),
     "log": frozenset({"json_file"}),
     "admin": frozenset({"listen"}),
+    "lifecycle": frozenset({"deadline_check_seconds", "min_retention_days"}),
 }
 
 _T = TypeVar("_T")
@@ -104,6 +105,10 @@ class ServerConfig:
     admin_listen: str | None = None
     # on SIGTERM: how long in-flight requests (an upload mid-stream) may take to finish
     drain_seconds: float = 30.0
+    # issue 20: how often (at most) the deadline timer rereads the stored deadlines
+    deadline_check_seconds: float = 60.0
+    # the firm-wide minimum retention period in days (None: only per-engagement minimums)
+    min_retention_days: int | None = None
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -146,6 +151,13 @@ def _yes_no(raw: str) -> bool:
     if value in ("no", "false", "off", "0"):
         return False
     raise ValueError("expected yes or no")
+
+
+def _days(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 100000:
+        raise ValueError("must be a whole number of days from 0 to 100000")
+    return value
 
 
 def _positive_int(raw: str) -> int:
@@ -302,6 +314,12 @@ def load_config(
             values["login_failure_window_minutes"] = _convert(
                 "[limits] login_failure_window_minutes", v, _positive_float
             )
+        if (v := get("lifecycle", "deadline_check_seconds")) is not None:
+            values["deadline_check_seconds"] = _convert(
+                "[lifecycle] deadline_check_seconds", v, _positive_float
+            )
+        if (v := get("lifecycle", "min_retention_days")) is not None:
+            values["min_retention_days"] = _convert("[lifecycle] min_retention_days", v, _days)
         if (v := get("log", "json_file")) is not None:
             values["json_log_file"] = _resolve(v, base)
         if (v := get("admin", "listen")) is not None:

@@ -7,7 +7,8 @@ migrations run in its own threads), the site (sign-in backends and sessions, the
 application), then the listening port (and the port file, written after the bind).
 With PostgreSQL metadata a ``PgNotifyBridge`` (``service/pgnotify.py``) joins the tree as this
 service's child when the site is built: commits made by other daemons wake this daemon's
-long-polls. With ``[admin] listen`` an ``AdminListener`` child (service/admin.py) serves the
+long-polls; the assembly-deadline timer (``service/deadlines.py``) is a child too. With
+``[admin] listen`` an ``AdminListener`` child (service/admin.py) serves the
 metrics; it listens before the public listener does.
 
 Stop order is the reverse: stop listening, then drain (web/inflight.py: wake the parked
@@ -65,8 +66,10 @@ if TYPE_CHECKING:
 
     from smartsyncd.auth.sessions import Authenticator, SessionManager
     from smartsyncd.service.admin import AdminListener
+    from smartsyncd.service.deadlines import DeadlineTimer
     from smartsyncd.service.pgnotify import PgNotifyBridge
     from smartsyncd.service.reactor import DaemonReactor
+    from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
 
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -147,6 +150,8 @@ class SmartsyncServer(MultiService):
         self.certificate: CertificateInfo | None = None
         self.started: Deferred[None] | None = None
         self.notify_bridge: PgNotifyBridge | None = None  # when the metadata is in PostgreSQL
+        self.deadline_timer: DeadlineTimer | None = None
+        self.api: SyncAPI | None = None
         self._stopping = False
         self.folder_lock: FilesystemLock | None = None
         self.metrics = SyncMetrics(reactor.seconds)
@@ -183,6 +188,7 @@ class SmartsyncServer(MultiService):
             log.info("single sign-on: {what}", what=await self._run_blocking(
                 check_keytab, self.config.kerberos))
         site = self._build_site(self.store)
+        self._start_deadline_timer(self.store)
         await self._listen_admin(self.certificate)
         if self._stopping:
             return
@@ -286,6 +292,18 @@ class SmartsyncServer(MultiService):
         self.notify_bridge = bridge
         bridge.setServiceParent(self)  # started at once: this service is running
 
+    def _start_deadline_timer(self, store: ServerStore) -> None:
+        """The assembly-deadline timer (``service/deadlines.py``), a child service: re-armed
+        from the stored deadlines at every start; several daemons finalize each one once."""
+        from smartsyncd.service.deadlines import DeadlineTimer
+        from smartsyncd.storage.lifecycle_store import lifecycle_of
+
+        lifecycle = lifecycle_of(store)
+        lifecycle.firm_min_retention_days = self.config.min_retention_days
+        timer = DeadlineTimer(lifecycle, self._reactor, self.config.deadline_check_seconds)
+        self.deadline_timer = timer
+        timer.setServiceParent(self)
+
     def _build_site(self, daemon_store: ServerStore) -> Site:
         from smartsyncd.web.app import SyncAPI, make_site
         from smartsyncd.web.diskspace import disk_report
@@ -304,6 +322,7 @@ class SmartsyncServer(MultiService):
             store, sessions, notifier, self._reactor, self._run_blocking,
             disk=lambda: self._run_blocking(disk_report, folders, warn),
         )
+        self.api = api
         if config.kerberos is not None:  # issue 19: single sign-on
             from smartsyncd.auth.negotiate import NegotiateSignIn
 
@@ -470,13 +489,19 @@ class SmartsyncServer(MultiService):
             except FileNotFoundError:
                 pass
         await self._drain()
-        await super().stopService()  # the children, in reverse order: admin, the bridge
+        await super().stopService()  # the children, in reverse order: admin, timer, the bridge
+        if self.api is not None:  # read events still buffered (web/readaudit.py)
+            api, self.api = self.api, None
+            await api.read_audit.flush()
         if self.notify_bridge is not None:
             bridge, self.notify_bridge = self.notify_bridge, None
             bridge.disownServiceParent()  # a next start adds a new one
         if self.admin is not None:
             admin, self.admin = self.admin, None
             admin.disownServiceParent()
+        if self.deadline_timer is not None:
+            timer, self.deadline_timer = self.deadline_timer, None
+            timer.disownServiceParent()
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()

@@ -137,6 +137,14 @@ class EngagementStatus:
     finalized_by: str | None
     finalized_reason: str | None
     retention_days: int | None  # None: keep every version forever
+    report_date: datetime | None = None  # issue 20: storage/lifecycle.py
+    assembly_deadline: datetime | None = None
+    min_retention_days: int | None = None  # the engagement's own minimum (storage/retention.py)
+    legal_hold: str | None = None  # the reason, while a legal hold is on
+    legal_hold_by: str | None = None
+    legal_hold_at: datetime | None = None
+    disposed_at: datetime | None = None
+    disposed_by: str | None = None
 
     @property
     def finalized(self) -> bool:
@@ -299,8 +307,10 @@ class ChunkStore(Protocol):
     """Chunks and manifests."""
 
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]: ...
-    async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]: ...
-    def open_upload(self, engagement_id: int) -> ChunkUpload: ...
+    async def store_chunks(
+        self, engagement_id: int, chunks: Sequence[VerifiedChunk], user: str | None = None
+    ) -> tuple[int, int]: ...
+    def open_upload(self, engagement_id: int, user: str | None = None) -> ChunkUpload: ...
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]: ...
     async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None: ...
 

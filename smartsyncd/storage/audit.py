@@ -2,7 +2,8 @@
 
 Every engagement has ``eng:<name>`` (grants, revokes, check-out, check-in, lock breaks,
 finalize, reopen, retention, copy registration and abandon); events of no single engagement
-(sign-ins) go to one ``global`` chain (``core.audit``). ``audit_heads`` holds each chain's last
+(sign-ins) go to one ``global`` chain (``core.audit``); reads (downloads, exports, history
+views) to ``read:<name>`` (``storage/readaudit``). ``audit_heads`` holds each chain's last
 number and hash; appending updates that row first, which serializes appenders (a row lock on
 PostgreSQL, the write lock on SQLite) so a chain never forks. ``chain_changes`` links the change
 records a commit writes; ``verify_*`` recompute both chains. Synchronous, over a ``MetadataDB``.
@@ -141,8 +142,9 @@ def audit_records(db: MetadataDB, engagement_id: int) -> list[AuditRecord]:
                 record_hash="" if r[12] is None else bytes(r[12]).hex(),
             ))
         for r in db.all(
-            "SELECT chain, seq, event, actor, at, engagement, detail, record_hash FROM audit WHERE chain = ? ORDER BY seq",
-            (engagement_chain(name),),
+            "SELECT chain, seq, event, actor, at, engagement, detail, record_hash FROM audit"
+            " WHERE chain IN (?, ?) ORDER BY chain, seq",
+            (engagement_chain(name), f"read:{name}"),  # events, and reads (storage/readaudit)
         ):
             out.append(AuditRecord(
                 chain=r[0], seq=int(r[1]), event=r[2], actor=r[3], time=datetime.fromisoformat(r[4]),
@@ -192,7 +194,10 @@ def verify_engagement(db: MetadataDB, engagement_id: int) -> list[ChainReport]:
             f"changes:{name}", result.records, result.head_hash.hex(),
             None if result.problem is None else f"change log of {name}: {result.problem}",
         )
-        return [changes, _verify_audit_chain(db, engagement_chain(name))]
+        reports = [changes, _verify_audit_chain(db, engagement_chain(name))]
+        if db.one("SELECT 1 FROM audit_heads WHERE chain = ?", (f"read:{name}",)) is not None:
+            reports.append(_verify_audit_chain(db, f"read:{name}"))
+        return reports
 
     return db.read(tx)
 

@@ -72,6 +72,7 @@ def record_pack(
     pack_size: int,
     entries: Sequence[tuple[str, int, int, int, int]],
     now: datetime,
+    user: str | None = None,
 ) -> int:
     """Insert a written pack and its chunks (hash, codec, raw_size, offset, stored_size).
 
@@ -81,9 +82,9 @@ def record_pack(
     def tx() -> int:
         db.engagement_head(engagement_id)
         db.execute(
-            "INSERT INTO packs (engagement_id, id, size, created_at) VALUES (?, ?, ?, ?)"
+            "INSERT INTO packs (engagement_id, id, size, created_at, user_name) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (engagement_id, id) DO NOTHING",
-            (engagement_id, pack_name, pack_size, ts(now)),
+            (engagement_id, pack_name, pack_size, ts(now), user),
         )
         # One executemany, no lookup first: ON CONFLICT keeps a row that is already there
         # (an earlier upload, or a concurrent writer such as another daemon), and the

@@ -33,7 +33,7 @@ from smartsyncd.core.model import (
 )
 from smartsyncd.core.paths import fold_key
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
-from smartsyncd.storage import headview, history
+from smartsyncd.storage import headview, history, lifecycle, quotas
 from smartsyncd.storage.api import (
     CommitResult,
     CommitResultItem,
@@ -157,16 +157,20 @@ def commit_tx(
         history.check_history(db, engagement_id, head, check)
     # abandoned copy, finalized engagement, another user's lock: refuse the whole batch
     check_commit(db, engagement_id, user, copy, changes, now)
+    post_report = lifecycle.check_deadline(db, engagement_id, now)  # refuses past the deadline
 
     paths = commit_rules.validate_batch(changes)  # checked and normalized once per commit
     head_view = headview.head_view(db, engagement_id, len(changes), paths, normalized=True)
     outcomes = commit_rules.plan_commit(changes, head_view, user, now, paths=paths)
     new_manifests = _resolve_manifests(db, engagement_id, changes, outcomes, manifests)
     results, written = _number_outcomes(outcomes, head, user, session, now, batch)
+    quotas.check_logical(db, engagement_id, user, written)  # 507 before any row is written
 
     _insert_manifests(db, engagement_id, new_manifests)
     _insert_changes(db, engagement_id, head, written, when)
     _upsert_files(db, engagement_id, written)
+    if post_report:
+        lifecycle.audit_post_report(db, engagement_id, user, written, now)
     seq = head + len(written)
     db.execute("UPDATE engagements SET head = ? WHERE id = ?", (seq, engagement_id))
     if db.dialect.notify_commit and seq > head:

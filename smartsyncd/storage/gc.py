@@ -11,7 +11,8 @@ rows are gone, so they are simply unreachable bytes until every chunk of the pac
 files of dropped packs are deleted after the transaction commits (``drop_packs``, file pool); a
 crash in between leaves orphan files, which the next gc removes once they are older than
 ``grace`` (the same sweep removes packs of uploads that crashed before their rows were written).
-Finalized engagements are never collected.
+Finalized engagements and engagements under legal hold are never collected, and replaced
+versions younger than the minimum retention period are kept (``storage/retention``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from smartsyncd.storage.db import (
     ts,
 )
 from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.retention import effective_retention
 from smartsyncd.storage.workflow import engagement_status
 
 # --------------------------------------------------------------------------------------- gc
@@ -62,7 +64,7 @@ def retained_contents(
 
 
 def gc_engagement(
-    db: MetadataDB, engagement_id: int, now: datetime, grace: timedelta
+    db: MetadataDB, engagement_id: int, now: datetime, grace: timedelta, firm_min: int | None = None
 ) -> tuple[GcReport, list[str], set[str]]:
     """Drop what no retained version needs (one transaction). Returns the report, the packs
     whose files may now be deleted, and every pack still recorded (for the orphan sweep)."""
@@ -73,12 +75,15 @@ def gc_engagement(
         recorded = {str(r[0]) for r in db.all("SELECT id FROM packs WHERE engagement_id = ?", (engagement_id,))}
         if status.finalized:
             return GcReport(status.name, skipped="finalized: nothing is collected"), [], recorded
+        if status.legal_hold is not None:  # issue 20: a hold blocks every deletion
+            return GcReport(status.name, skipped=f"legal hold ({status.legal_hold}): nothing is collected"), [], recorded
+        retention_days = effective_retention(status, firm_min)  # never below the minimum
         rows = db.all(
             "SELECT seq, path, kind, content, committed_at, conflict_of FROM changes"
             " WHERE engagement_id = ? ORDER BY path, seq",
             (engagement_id,),
         )
-        keep = retained_contents(rows, status.retention_days, now)
+        keep = retained_contents(rows, retention_days, now)
         binary = db.dialect.binary
         live: set[bytes] = set()
         dead_manifests: list[bytes] = []
@@ -121,7 +126,7 @@ def gc_engagement(
         if removed or dead_manifests:
             audit_engagement(
                 db, engagement_id, "gc", "smartsync-admin", now,
-                {"retention_days": status.retention_days, "manifests": len(dead_manifests),
+                {"retention_days": retention_days, "manifests": len(dead_manifests),
                  "chunks": removed, "packs": len(empty)},
             )
         return report, [p for p, _ in empty], recorded - {p for p, _ in empty}

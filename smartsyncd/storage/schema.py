@@ -40,6 +40,13 @@ Tables:
   become ``local:<name>`` (local accounts with a password) or ``name:<name>`` (directory
   accounts, claimed for ``ad:<SID>`` at their next sign-in); throttle keys ``sid:`` become
   ``ad:``; principal_blocks: principals of any backend that ``user disable|remove`` refused.
+- (6) engagements.report_date/assembly_deadline/deadline_finalized_at: the assembly deadline
+  and when the deadline timer finalized the engagement (``storage/lifecycle``).
+- (7) engagements.min_retention_days/legal_hold_*/disposed_*: retention, legal hold and
+  disposal (``storage/retention``).
+- (8) quotas, packs.user_name: storage quotas per engagement and user (``storage/quotas``).
+- (9) changes_content index: where a downloaded content lives (``storage/readaudit``); read
+  events go to ``read:<name>`` chains in ``audit``.
 """
 
 from __future__ import annotations
@@ -276,6 +283,52 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             )""",
             _namespace_principals,
         ],
+    ),
+    # Issue 20: the engagement's whole life (6-9).
+    (
+        # Report date and assembly deadline (docs/workflow.md, "Report date and assembly
+        # deadline"): at ``assembly_deadline`` a daemon's timer finalizes the engagement.
+        6,
+        [
+            "ALTER TABLE engagements ADD COLUMN report_date TEXT",
+            "ALTER TABLE engagements ADD COLUMN assembly_deadline TEXT",
+            "ALTER TABLE engagements ADD COLUMN deadline_finalized_at TEXT",
+            "CREATE INDEX engagements_deadline ON engagements (assembly_deadline)",
+        ],
+    ),
+    (
+        # Minimum retention, legal hold and disposal (docs/workflow.md, "Retention"):
+        # ``storage/retention``. A disposed engagement keeps its change log and audit chain.
+        7,
+        [
+            "ALTER TABLE engagements ADD COLUMN min_retention_days INTEGER",
+            "ALTER TABLE engagements ADD COLUMN legal_hold_reason TEXT",
+            "ALTER TABLE engagements ADD COLUMN legal_hold_by TEXT",
+            "ALTER TABLE engagements ADD COLUMN legal_hold_at TEXT",
+            "ALTER TABLE engagements ADD COLUMN disposed_at TEXT",
+            "ALTER TABLE engagements ADD COLUMN disposed_by TEXT",
+        ],
+    ),
+    (
+        # Storage quotas per engagement (by name) and per user (``storage/quotas``); which
+        # user's upload wrote each pack, for the per-user stored bytes.
+        8,
+        [
+            """CREATE TABLE quotas (
+                scope TEXT NOT NULL CHECK (scope IN ('engagement', 'user')),
+                principal TEXT NOT NULL,
+                bytes BIGINT NOT NULL,
+                PRIMARY KEY (scope, principal)
+            )""",
+            "ALTER TABLE packs ADD COLUMN user_name TEXT",
+            "CREATE INDEX packs_user ON packs (user_name)",
+        ],
+    ),
+    (
+        # Read access in the audit trail (``storage/readaudit``): a download names its content
+        # id; this index finds the paths and versions that hold it.
+        9,
+        ["CREATE INDEX changes_content ON changes (engagement_id, content)"],
     ),
 ]
 

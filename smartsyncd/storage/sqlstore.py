@@ -44,6 +44,7 @@ from smartsyncd.storage import (
     history,
     locks,
     principals,
+    quotas,
     workflow,
 )
 from smartsyncd.storage import (
@@ -74,6 +75,7 @@ from smartsyncd.storage.commit import COMMIT_GC_THRESHOLD, fewer_gc_passes
 from smartsyncd.storage.db import Dialect, MetadataDB
 from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
+from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.upload import PackUpload
 
@@ -93,7 +95,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore:
+class SqlServerStore(LifecycleStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(
@@ -375,19 +377,25 @@ class SqlServerStore:
     async def missing_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[str]:
         return await self.run_read(chunk_index.missing_chunks, engagement_id, tuple(hashes))
 
-    async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]:
+    async def store_chunks(
+        self, engagement_id: int, chunks: Sequence[VerifiedChunk], user: str | None = None
+    ) -> tuple[int, int]:
         unique = list({c.hash: c for c in chunks}.values())
         missing = set(await self.missing_chunks(engagement_id, [c.hash for c in unique]))
         to_write = [(c.hash, c.codec, c.raw_size, c.payload) for c in unique if c.hash in missing]
         if not to_write:
             return 0, len(chunks)
+        incoming = sum(len(w[3]) for w in to_write)
+        await self.run_read(quotas.check_stored, engagement_id, user, incoming)  # before any write
         pack = await self.run_file(PackStore.write_pack, engagement_id, to_write)
         entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
-        stored = await self.run_db(chunk_index.record_pack, engagement_id, pack.name, pack.size, entries, self._now())
+        stored = await self.run_db(
+            chunk_index.record_pack, engagement_id, pack.name, pack.size, entries, self._now(), user
+        )
         return stored, len(chunks) - stored
 
-    def open_upload(self, engagement_id: int) -> ChunkUpload:
-        return PackUpload(self, engagement_id, self._now)
+    def open_upload(self, engagement_id: int, user: str | None = None) -> ChunkUpload:
+        return PackUpload(self, engagement_id, self._now, user)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
         where = await self.run_read(chunk_index.chunk_locations, engagement_id, tuple(hashes))
@@ -530,7 +538,7 @@ class SqlServerStore:
         return await self.run_db(workflow.reopen, engagement_id, actor, reason, self._now())
 
     async def set_retention(self, engagement_id: int, days: int | None, actor: str) -> None:
-        await self.run_db(workflow.set_retention, engagement_id, days, actor, self._now())
+        await self.run_db(workflow.set_retention, engagement_id, days, actor, self._now(), self.firm_min_retention_days)
 
     async def audit_records(self, engagement_id: int) -> list[AuditRecord]:
         return await self.run_db(audit.audit_records, engagement_id)
@@ -551,7 +559,9 @@ class SqlServerStore:
         """Collect what no retained version needs (see storage/gc.py); pack files are
         deleted after the metadata transaction, orphans only when older than ``grace``."""
         started = time.time()  # the file system's clock (mtimes), not the injected one
-        report, dead, recorded = await self.run_db(gc.gc_engagement, engagement_id, self._now(), grace)
+        report, dead, recorded = await self.run_db(
+            gc.gc_engagement, engagement_id, self._now(), grace, self.firm_min_retention_days
+        )
         if report.skipped:
             return report
         cutoff = self._now().timestamp() - grace.total_seconds()

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.storage import chunks as chunk_index
+from smartsyncd.storage import quotas
 from smartsyncd.storage.packs import PackStore, PackWriter
 from smartsyncd.storage.runner import StoreRunner
 
@@ -20,8 +21,12 @@ class PackUpload:
     """``ChunkUpload`` for ``SqlServerStore``: a ``PackWriter`` on the file pool, indexed by one
     ``record_pack`` transaction at ``finish`` (after the pack is durable)."""
 
-    def __init__(self, store: StoreRunner, engagement_id: int, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: StoreRunner, engagement_id: int, now: Callable[[], datetime], user: str | None = None
+    ) -> None:
         self._store = store
+        self._user = user
+        self._written = 0  # payload bytes appended so far (quota: before each write)
         self._now = now
         self._engagement_id = engagement_id
         self._writer: PackWriter | None = None
@@ -42,7 +47,11 @@ class PackUpload:
                 self._seen.add(c.hash)
                 fresh.append(c)
         if fresh:
+            incoming = sum(len(c.payload) for c in fresh)
+            # a stored-bytes quota refuses before these bytes reach the disk (storage/quotas)
+            await self._store.run_read(quotas.check_stored, self._engagement_id, self._user, self._written + incoming)
             await self._store.run_file(self._append, fresh)
+            self._written += incoming
 
     async def finish(self, total: int) -> tuple[int, int]:
         if self._done:
@@ -58,7 +67,7 @@ class PackUpload:
             raise
         entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
         stored = await self._store.run_db(
-            chunk_index.record_pack, self._engagement_id, pack.name, pack.size, entries, self._now()
+            chunk_index.record_pack, self._engagement_id, pack.name, pack.size, entries, self._now(), self._user
         )
         return stored, total - stored
 

@@ -18,6 +18,7 @@ from smartsyncd.core.errors import (
     Finalized,
     Locked,
     NotFound,
+    Retained,
     UnsyncedCopies,
 )
 from smartsyncd.core.locks import Lock, blocking_lock, describe
@@ -101,7 +102,9 @@ def check_commit(
 
 def engagement_status(db: MetadataDB, engagement_id: int) -> EngagementStatus:
     row = db.one(
-        "SELECT name, finalized_at, finalized_by, finalized_reason, retention_days FROM engagements WHERE id = ?",
+        "SELECT name, finalized_at, finalized_by, finalized_reason, retention_days, report_date,"
+        " assembly_deadline, min_retention_days, legal_hold_reason, legal_hold_by, legal_hold_at,"
+        " disposed_at, disposed_by FROM engagements WHERE id = ?",
         (engagement_id,),
     )
     if row is None:
@@ -112,6 +115,14 @@ def engagement_status(db: MetadataDB, engagement_id: int) -> EngagementStatus:
         finalized_by=row[2],
         finalized_reason=row[3],
         retention_days=None if row[4] is None else int(row[4]),
+        report_date=dt_or_none(row[5]),
+        assembly_deadline=dt_or_none(row[6]),
+        min_retention_days=None if row[7] is None else int(row[7]),
+        legal_hold=row[8],
+        legal_hold_by=row[9],
+        legal_hold_at=dt_or_none(row[10]),
+        disposed_at=dt_or_none(row[11]),
+        disposed_by=row[12],
     )
 
 
@@ -158,6 +169,8 @@ def reopen(db: MetadataDB, engagement_id: int, actor: str, reason: str, now: dat
         status = engagement_status(db, engagement_id)
         if not status.finalized:
             raise BadRequest(f"engagement {status.name!r} is not finalized")
+        if status.disposed_at is not None:
+            raise BadRequest(f"engagement {status.name!r} was disposed of: its content is gone")
         db.execute(
             "UPDATE engagements SET finalized_at = NULL, finalized_by = NULL, finalized_reason = NULL WHERE id = ?",
             (engagement_id,),
@@ -172,12 +185,28 @@ def reopen(db: MetadataDB, engagement_id: int, actor: str, reason: str, now: dat
     return db.write(tx)
 
 
-def set_retention(db: MetadataDB, engagement_id: int, days: int | None, actor: str, now: datetime) -> None:
+def minimum_retention(status: EngagementStatus, firm_min: int | None) -> int | None:
+    """The minimum retention period in days: the larger of the engagement's own and the firm's
+    default, or None when neither is set (``storage/retention``)."""
+    values = [d for d in (status.min_retention_days, firm_min) if d is not None]
+    return max(values) if values else None
+
+
+def set_retention(
+    db: MetadataDB, engagement_id: int, days: int | None, actor: str, now: datetime, firm_min: int | None = None
+) -> None:
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 0 or days > 100000):
         raise BadRequest("retention must be a whole number of days from 0 to 100000, or none (keep all)")
 
     def tx() -> None:
-        old = engagement_status(db, engagement_id).retention_days
+        status = engagement_status(db, engagement_id)
+        floor = minimum_retention(status, firm_min)
+        if days is not None and floor is not None and days < floor:  # issue 20
+            raise Retained(
+                f"engagement {status.name!r} must keep replaced versions at least {floor} day(s)"
+                " (its minimum retention period); a shorter retention is refused"
+            )
+        old = status.retention_days
         db.execute("UPDATE engagements SET retention_days = ? WHERE id = ?", (days, engagement_id))
         audit_engagement(db, engagement_id, "retention", actor, now, {"days": days, "previous": old})
 

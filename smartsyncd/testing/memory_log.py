@@ -76,7 +76,9 @@ class MemoryChangeLog:
         self._engagement(engagement_id)
         return [h for h in wanted if (engagement_id, h) not in self.chunks]
 
-    async def store_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> tuple[int, int]:
+    async def store_chunks(
+        self, engagement_id: int, chunks: Sequence[VerifiedChunk], user: str | None = None
+    ) -> tuple[int, int]:
         self._engagement(engagement_id)
         stored = 0
         for c in {c.hash: c for c in chunks}.values():
@@ -85,7 +87,7 @@ class MemoryChangeLog:
                 stored += 1
         return stored, len(chunks) - stored
 
-    def open_upload(self, engagement_id: int) -> ChunkUpload:
+    def open_upload(self, engagement_id: int, user: str | None = None) -> ChunkUpload:
         return _MemoryUpload(self.store_chunks, engagement_id)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:

@@ -46,6 +46,7 @@ from smartsyncd.web.parse import parse_json_off_reactor
 from smartsyncd.web.pool import RunBlocking
 from smartsyncd.web.pull import PullRoutes, StoreIdentity
 from smartsyncd.web.push import PushRoutes
+from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.segments import install_converters
 from smartsyncd.web.shapes import changes_body, iso_utc
 from smartsyncd.web.upload import UploadServices, upload_request_factory
@@ -94,11 +95,15 @@ class SyncAPI:
         install_converters(app)
         app.handle_errors(Exception)(self._error)
         self._add_routes(app)
-        PullRoutes(store, store, identity, self.longpolls, deltas, run_blocking, limits).add_to(
+        # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
+        self.read_audit = ReadAudit(store, clock.callLater, now)  # type: ignore[misc]
+        PullRoutes(
+            store, store, identity, self.longpolls, deltas, run_blocking, limits, self.read_audit
+        ).add_to(
             app, self.authorizer
         )
         PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
-        add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now))
+        add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
 
     def _add_routes(self, app: Klein) -> None:
         add_route(app, "/healthz", ["GET"], self.healthz, "healthz")

@@ -15,6 +15,7 @@ from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import query_float, query_int, query_str
+from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.deltas import READ_SLICE, DeltaBases
 from smartsyncd.web.errors import json_bytes, send_json
 from smartsyncd.web.history import check_from_query
@@ -28,6 +29,7 @@ from smartsyncd.web.parse import (
     parse_json_off_reactor,
 )
 from smartsyncd.web.pool import RunBlocking
+from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.shapes import CHUNKS_CONTENT_TYPE, changes_body, snapshot_json
 
 _RECORD_HEADER = chunkstream.HEADER_BYTES
@@ -59,7 +61,9 @@ class PullRoutes:
         deltas: DeltaBases,
         run_blocking: RunBlocking,
         limits: Limits,
+        read_audit: ReadAudit,
     ) -> None:
+        self._read_audit = read_audit  # downloads are audited (issue 20)
         self._changelog = changelog
         self._chunks = chunks
         self._identity = identity
@@ -113,11 +117,18 @@ class PullRoutes:
             if base_manifest is not None:
                 ops = manifest.make_delta(base_manifest.chunks, found.chunks)
                 if len(json_bytes(ops)) < len(json_bytes(full)):
+                    self._note_download(request, access, content, found.size)
                     return send_json(
                         request,
                         {"content": content, "size": found.size, "delta": {"base": base, "ops": ops}},
                     )
+        self._note_download(request, access, content, found.size)
         return send_json(request, {"content": content, "size": found.size, "chunks": full})
+
+    def _note_download(self, request: Request, access: Access, content: str, size: int) -> None:
+        self._read_audit.note(access.engagement.id, "download", access.session.user,
+                              access.session.id, client_address(request), content=content,
+                              size=size)
 
     async def fetch_chunks(self, request: Request, access: Access) -> bytes:
         limits = self._limits

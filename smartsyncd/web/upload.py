@@ -384,7 +384,9 @@ class ChunkUploadStream:
             self._error = e
             self._resume()
             return
-        self._upload = self._services.chunks.open_upload(self.access.engagement.id)
+        self._upload = self._services.chunks.open_upload(
+            self.access.engagement.id, user=self.access.session.user
+        )
         if self._wants_continue and not self._cancelled:
             send = getattr(self._request.channel, "_send100Continue", None)
             if send is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from klein import Klein
 from twisted.web.server import Request
@@ -22,14 +23,17 @@ from twisted.web.server import Request
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
 from smartsyncd.core.paths import normalize_path
-from smartsyncd.storage.api import WorkflowStore
+from smartsyncd.storage.api import EngagementStatus, WorkflowStore
+from smartsyncd.storage.lifecycle import deadline_warning
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import expect_object, get_int, get_str, query_str, read_json
+from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.errors import send_json
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.parse import copy_header, parse_time, query_path
 from smartsyncd.web.push import log_commit
+from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.shapes import (
     copy_json,
     export_file_json,
@@ -45,12 +49,18 @@ class WorkflowRoutes:
     """Locks, history, restore, export and sync copies, over the store's workflow role."""
 
     def __init__(
-        self, store: WorkflowStore, notifier: ChangeNotifier, limits: Limits, now: Callable[[], datetime]
+        self,
+        store: WorkflowStore,
+        notifier: ChangeNotifier,
+        limits: Limits,
+        now: Callable[[], datetime],
+        read_audit: ReadAudit,
     ) -> None:
         self._store = store
         self._notifier = notifier
         self._limits = limits
         self._now = now
+        self._read_audit = read_audit  # history views and exports are audited (issue 20)
 
     # -- locks -----------------------------------------------------------------------------------
 
@@ -80,6 +90,9 @@ class WorkflowRoutes:
     async def history(self, request: Request, access: Access) -> bytes:
         path = query_path(request)
         versions = await self._store.history(access.engagement.id, path)
+        self._read_audit.note(access.engagement.id, "history", access.session.user,
+                              access.session.id, client_address(request), path=path,
+                              versions=len(versions))
         return send_json(request, {"path": path, "versions": [version_json(v) for v in versions]})
 
     async def restore(self, request: Request, access: Access) -> bytes:
@@ -102,6 +115,9 @@ class WorkflowRoutes:
             raise BadRequest("query argument 'at' is missing", field="at")
         at = parse_time(raw, "at")
         seq, files = await self._store.export_at(access.engagement.id, at)
+        self._read_audit.note(access.engagement.id, "export", access.session.user,
+                              access.session.id, client_address(request), at=iso_utc(at), seq=seq,
+                              files=len(files))
         return send_json(request, {"at": iso_utc(at), "seq": seq, "files": [export_file_json(f) for f in files]})
 
     # -- copies ------------------------------------------------------------------------------------
@@ -133,8 +149,20 @@ class WorkflowRoutes:
                 "copy": copy_json(record),
                 "finalized": finalized_json(status),
                 "locks": [lock_json(lock) for lock in locks],
+                "deadline": deadline_json(status, record.unsynced, self._now()),
             },
         )
+
+
+def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> dict[str, Any] | None:
+    """The assembly deadline (issue 20) and, near it, a warning for a copy with unsynced work."""
+    if status.assembly_deadline is None:
+        return None
+    return {
+        "at": iso_utc(status.assembly_deadline),
+        "report_date": None if status.report_date is None else iso_utc(status.report_date),
+        "warning": deadline_warning(status.assembly_deadline, status.finalized, unsynced, now),
+    }
 
 
 def add_workflow_routes(app: Klein, authorizer: Authorizer, routes: WorkflowRoutes) -> None:
