@@ -145,6 +145,15 @@ class StorageFull(ServerRefused):
     """``storage_full``: the server has no room; an operator must act."""
 
 
+class QuotaExceeded(ServerRefused):
+    """``quota_exceeded``: a storage quota of the engagement or the user would be exceeded;
+    nothing was stored (the message names the quota, its limit and what is used)."""
+
+
+class Retained(ServerRefused):
+    """``retained``: a minimum retention period or a legal hold forbids removing this."""
+
+
 class Locked(ServerRefused):
     """``locked``: ``path`` is checked out by another user; the local edit waits."""
 
@@ -194,6 +203,8 @@ REFUSALS: dict[str, type[ServerRefused]] = {
     "rate_limited": RateLimited,
     "too_large": TooLarge,
     "storage_full": StorageFull,
+    "quota_exceeded": QuotaExceeded,
+    "retained": Retained,
     "history_diverged": HistoryDiverged,
     "locked": Locked,
     "batch_reused": BatchReused,

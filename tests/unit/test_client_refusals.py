@@ -34,6 +34,8 @@ EXPECTED: dict[type[server_errors.SyncError], type[ServerRefused]] = {
     server_errors.RateLimited: errors.RateLimited,
     server_errors.TooLarge: errors.TooLarge,
     server_errors.StorageFull: errors.StorageFull,
+    server_errors.QuotaExceeded: errors.QuotaExceeded,
+    server_errors.Retained: errors.Retained,
     server_errors.HistoryDiverged: errors.HistoryDiverged,
     server_errors.Locked: errors.Locked,
     server_errors.BatchReused: errors.BatchReused,
