@@ -80,8 +80,8 @@ class MeteredStore:
             m.conflicts.inc(conflicts)
         return result
 
-    def open_upload(self, engagement_id: int) -> ChunkUpload:
-        return _MeteredUpload(self._store.open_upload(engagement_id), self._metrics)
+    def open_upload(self, engagement_id: int, user: str | None = None) -> ChunkUpload:
+        return _MeteredUpload(self._store.open_upload(engagement_id, user), self._metrics)
 
 
 class _MeteredUpload:
