@@ -39,7 +39,6 @@ from smartsyncd.client.errors import (
     AuthError,
     ClientError,
     ConflictsLeft,
-    ServerRefused,
     TrustError,
     UsageError,
 )
@@ -56,6 +55,7 @@ from smartsyncd.client.trust import (
 from smartsyncd.client.userconfig import server_key
 
 EXIT_INTERRUPTED = 130
+EXIT_PARTIAL = 6  # finished, but some local changes could not sync (as rsync's 23)
 
 __all__ = ["COMMANDS", "Output", "Session", "build_parser", "main", "run"]
 
@@ -179,8 +179,7 @@ def _report_exit(session: Session, verb: str, report: SyncReport | StatusReport)
     data = report.to_json()
     session.out.result(describe_report(verb, data), data)
     if isinstance(report, SyncReport) and report.refused:
-        session.out.note(f"not pushed: {report.refused}")
-        return ServerRefused.exit_code
+        session.out.note(f"not pushed (kept in this copy; the pull went ahead): {report.refused}")
     finalized = report.finalized if isinstance(report, StatusReport) else None
     if isinstance(finalized, dict):
         session.out.note(f"the engagement is finalized by {finalized.get('by')}: "
@@ -193,6 +192,10 @@ def _report_exit(session: Session, verb: str, report: SyncReport | StatusReport)
         session.out.note(f"{left} conflict cop{'y' if left == 1 else 'ies'} left: "
                          f"see 'smartsync conflicts'")
         return ConflictsLeft.exit_code
+    if isinstance(report, SyncReport) and report.partial:
+        session.out.note("finished, but some local changes could not sync (see above, or "
+                         "'skipped' with --json); they stay in this copy")
+        return EXIT_PARTIAL
     return 0
 
 

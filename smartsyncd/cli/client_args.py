@@ -23,6 +23,9 @@ exit codes:
   4  network or trust problem (server unreachable after retries; unknown or changed
      certificate)
   5  the server refused the request (the message says why)
+  6  finished (the pull included), but some local changes could not sync: refused
+     (engagement finalized, a reader's role), waiting for another's check-in, or skipped;
+     --json lists each path and why under "skipped"
   130 interrupted (Ctrl-C) before the command finished
 
 Settings, session tokens and pinned certificate fingerprints are kept in

@@ -24,6 +24,7 @@ from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase
 from smartsyncd.client.errors import (
     BadChunk,
     Finalized,
+    Forbidden,
     Locked,
     MissingChunks,
     PathClash,
@@ -199,7 +200,7 @@ class Push:
         (everything stays local)."""
         try:
             self.report.bytes_sent += await self._upload(batch.wanted, batch.bases)
-        except Finalized as e:
+        except (Finalized, Forbidden) as e:  # signed off, or a role that may not write
             self.report.refused = e.message
             return False
         except BadChunk as e:
@@ -227,7 +228,7 @@ class Push:
             report.locked.append(path)
             report.skipped.append((path, e.message))
             return True
-        if isinstance(e, Finalized):  # signed off meanwhile: keep everything local
+        if isinstance(e, Finalized | Forbidden):  # signed off, or a reader: keep it all local
             report.refused = e.message
             return False
         if isinstance(e, UnknownContent | MissingChunks):

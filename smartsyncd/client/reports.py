@@ -22,11 +22,18 @@ class SyncReport:
     last_seq: int = 0
     unsynced: int = 0  # local changes still not on the server after this sync
     locked: list[str] = field(default_factory=list)  # local edits waiting for another's check-in
-    refused: str | None = None  # why the server refused every change (engagement finalized)
+    refused: str | None = None  # why the server refused every change (finalized, a reader)
+
+    @property
+    def partial(self) -> bool:
+        """The sync finished (the pull included), but some local changes could not be sent:
+        refused, waiting for another's check-in, or skipped (each path says why)."""
+        return bool(self.refused or self.locked or self.skipped)
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = asdict(self)
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        data["partial"] = self.partial
         return data
 
 

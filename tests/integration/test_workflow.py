@@ -190,7 +190,7 @@ def test_finalize_freezes_the_engagement_for_every_client_until_reopened(
     (b / "scratch.txt").unlink()
     for user, folder in ((alice, a), (bob, b)):
         done = user.run("sync", str(folder))
-        assert done.returncode == 5, done.stderr
+        assert done.returncode == 6, done.stderr  # finished, some changes could not sync
         assert "report signed 2026-03-31" in done.stderr and "finalized" in done.stderr
     assert (a / "report.txt").read_text() == "alice edits after sign-off"  # kept locally
     assert bob.run("checkout", str(b / "report.txt")).returncode == 5
@@ -319,3 +319,36 @@ def test_gc_keeps_every_chunk_a_retained_version_or_conflict_copy_needs(
     alice.ok("restore", str(fresh / conflict), "--version", "1")
     assert (fresh / conflict).read_bytes() == bob_edit
     assert admin_ok(server, "audit", "verify", eng).returncode == 0
+
+
+def test_a_reader_with_a_stray_file_still_receives_changes(
+    server: Daemon, people: tuple[User, User], tmp_path: Path
+) -> None:
+    """A reader's local file cannot be sent; it stays in the copy, is reported with the
+    partial exit code (6), and the pull still happens on every sync (the copy never goes stale)."""
+    alice, bob = people
+    eng = "reader-1"
+    admin_ok(server, "engagement", "create", eng)
+    admin_ok(server, "grant", eng, "--user", "alice", "--role", "editor")
+    admin_ok(server, "grant", eng, "--user", "bob", "--role", "reader")
+    a = alice.clone(eng, tmp_path / "a")
+    (a / "plan.txt").write_text("audit plan v1")
+    alice.ok("sync", str(a))
+    b = bob.clone(eng, tmp_path / "b")
+    assert (b / "plan.txt").read_text() == "audit plan v1"
+
+    (b / "my notes.txt").write_text("bob's own notes")  # a stray local file
+    (a / "plan.txt").write_text("audit plan v2")
+    alice.ok("sync", str(a))
+    for round_ in ("v2", "v3"):
+        done = bob.run("--json", "sync", str(b))
+        assert done.returncode == 6, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        report = json.loads(done.stdout)
+        assert report["partial"] is True and report["refused"]
+        assert (b / "plan.txt").read_text() == f"audit plan {round_}"  # pulled all the same
+        assert (b / "my notes.txt").read_text() == "bob's own notes"  # kept locally
+        (a / "plan.txt").write_text("audit plan v3")
+        alice.ok("sync", str(a))
+    fresh = alice.clone(eng, tmp_path / "fresh")
+    assert not (fresh / "my notes.txt").exists()  # never reached the server
