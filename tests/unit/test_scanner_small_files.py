@@ -16,9 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smartsyncd.client.scanner import Scanner
+from smartsyncd.client.state import FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_buffer, chunk_hash, make_chunker
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.planner import BaseEntry, plan
 
 SIZES = st.one_of(
     st.integers(min_value=1, max_value=64),
@@ -105,14 +107,30 @@ def test_file_replaced_after_the_walk_is_read_again(tmp_path: Path) -> None:
     assert entry.chunks == (ChunkRef(chunk_hash(b"bbbb"), 4),)
 
 
-def test_file_removed_after_the_walk_makes_the_scan_incomplete(tmp_path: Path) -> None:
-    (tmp_path / "gone.txt").write_bytes(b"x")
+def test_file_removed_after_the_walk_is_never_planned_as_deleted(tmp_path: Path) -> None:
+    """The walk saw it, the read did not find it: a new file is left out; a synced one stands
+    as its synced version (with the synced stat, so the next scan looks again and only then
+    sees the delete), and the scan stays complete so other deletes still plan."""
+    (tmp_path / "new.txt").write_bytes(b"x")
+    (tmp_path / "synced.txt").write_bytes(b"z" * 10)
     (tmp_path / "kept.txt").write_bytes(b"y")
-    job = Scanner(tmp_path).begin({})
-    (tmp_path / "gone.txt").unlink()
+    first = Scanner(tmp_path).scan({})
+    record = first.entries["synced.txt"]
+    base = {"synced.txt": FileRecord(path="synced.txt", seq=1, content=record.content,
+                                     size=record.size, mtime_ns=record.mtime_ns - 1,
+                                     inode=record.inode, chunks=record.chunks)}
+    job = Scanner(tmp_path).begin(base)
+    (tmp_path / "new.txt").unlink()
+    (tmp_path / "synced.txt").unlink()
     job.step(10)
-    assert set(job.result.entries) == {"kept.txt"}
-    assert not job.result.complete  # a file we could not read is never planned as deleted
+    assert set(job.result.entries) == {"kept.txt", "synced.txt"}
+    assert job.result.entries["synced.txt"].content == record.content
+    assert job.result.entries["synced.txt"].mtime_ns == record.mtime_ns - 1
+    assert job.result.complete
+    assert plan(job.result.entries, {"synced.txt": BaseEntry(1, record.content, record.size)},
+                []).push_deletes == []
+    later = Scanner(tmp_path).scan(base)
+    assert "synced.txt" not in later.entries  # gone now: the next sync sends the delete
 
 
 def test_file_growing_past_one_chunk_after_the_walk_is_chunked(tmp_path: Path) -> None:

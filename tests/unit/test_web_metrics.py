@@ -4,13 +4,13 @@ latency buckets' "le" bounds, and the text a scrape parses back to the same coun
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
+from webkit import Env
 
-from smartsyncd.web.app import SyncAPI
 from smartsyncd.web.metrics import OTHER_ROUTE, RouteOf, SyncMetrics
 
 
-def test_routes_are_templates_whatever_the_engagement() -> None:
-    route = RouteOf(SyncAPI.app.url_map)
+def test_routes_are_templates_whatever_the_engagement(env: Env) -> None:
+    route = RouteOf(env.api.app.url_map)  # the real application's routes
     assert route(b"POST", b"/v1/engagements/alpha/commit") == "/v1/engagements/<eng>/commit"
     assert route(b"POST", b"/v1/engagements/b%C3%A9ta/commit") == "/v1/engagements/<eng>/commit"
     assert route(b"POST", b"/v1/engagements/x/copies/c1/report") == (
