@@ -102,6 +102,13 @@ def check_keytab(config: KerberosConfig) -> str:
     if not os.path.isfile(config.keytab):
         raise ValueError(f"[kerberos] keytab {config.keytab} does not exist")
     try:
+        import gssapi  # noqa: F401  (an optional dependency: the 'sso' extra)
+    except ImportError:
+        raise ValueError(
+            "[kerberos] needs python-gssapi: pip install 'smartsyncd[sso]' (it builds against "
+            "libkrb5-dev on Debian)"
+        ) from None
+    try:
         _credentials(config)
     except BackendUnavailable as e:
         raise ValueError(f"[kerberos] {e}") from None

@@ -24,7 +24,7 @@ from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
-from smartsyncd.client.errors import AuthError, NetworkError, ProtocolError
+from smartsyncd.client.errors import AuthError, NetworkError, ProtocolError, UsageError
 from smartsyncd.client.proxy import tunnels_through
 from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
 
@@ -53,7 +53,12 @@ class _Initiator:
     """One pyspnego client context (blocking calls; run them in a thread)."""
 
     def __init__(self, service: str) -> None:
-        import spnego
+        try:
+            import spnego
+        except ImportError:
+            raise UsageError(
+                "single sign-on needs pyspnego: pip install 'smartsyncd[sso]'"
+            ) from None
 
         name, _, host = service.partition("@")
         self._context = spnego.client(hostname=host, service=name, protocol="kerberos")
