@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage import lifecycle, quotas, readaudit, retention
@@ -83,6 +83,22 @@ class LifecycleStore:
 
 def lifecycle_of(store: object) -> LifecycleStore:
     """The store's lifecycle methods, or a clear refusal for a store without them."""
-    if not isinstance(store, LifecycleStore):
+    found = lifecycle_or_none(store)
+    if found is None:
         raise BadRequest("this store keeps no report dates, retention or quotas")
-    return store
+    return found
+
+
+@runtime_checkable
+class StoreWrapper(Protocol):
+    """A store that passes every call on to ``inner`` and adds something (the daemon's metrics,
+    web/meteredstore.py; the admin command's fsck/gc record, storage/maintenance.py)."""
+
+    inner: object
+
+
+def lifecycle_or_none(store: object) -> LifecycleStore | None:
+    """The lifecycle store behind ``store`` (wrappers looked through), or None."""
+    while isinstance(store, StoreWrapper):
+        store = store.inner
+    return store if isinstance(store, LifecycleStore) else None

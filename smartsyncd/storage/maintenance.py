@@ -72,6 +72,7 @@ class RecordingStore:
     def __init__(self, store: Any, data_dir: str, now: Callable[[], datetime],
                  run_blocking: Callable[..., Any]) -> None:
         self._store = store
+        self.inner = store  # looked through for the lifecycle methods (lifecycle_or_none)
         self._data_dir = data_dir
         self._now = now
         self._run_blocking = run_blocking

@@ -39,6 +39,7 @@ class MeteredStore:
 
     def __init__(self, store: ServerStore, metrics: SyncMetrics) -> None:
         self._store = store
+        self.inner = store  # looked through for the lifecycle methods (lifecycle_or_none)
         self._metrics = metrics
         self._wrapped: dict[str, Callable[..., Any]] = {}
 

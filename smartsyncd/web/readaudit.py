@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from smartsyncd.storage.lifecycle_store import LifecycleStore
+from smartsyncd.storage.lifecycle_store import lifecycle_or_none
 from smartsyncd.storage.readaudit import ReadEvent
 
 log = Logger(namespace="smartsyncd.readaudit")
@@ -28,7 +28,7 @@ FLUSH_EVENTS = 500
 
 class ReadAudit:
     def __init__(self, store: object, call_later: Callable[..., Any], now: Callable[[], datetime]) -> None:
-        self._store = store if isinstance(store, LifecycleStore) else None
+        self._store = lifecycle_or_none(store)  # the metrics wrapper is looked through
         self._call_later = call_later
         self._now = now
         self._pending: list[ReadEvent] = []

@@ -106,7 +106,7 @@ def test_post_report_changes_warning_and_finalize_at_the_deadline(
     final = [r for r in trail(server, eng) if r["event"] == "finalize"]
     assert len(final) == 1 and final[0]["actor"] == "smartsyncd:assembly-deadline"
     late = alice.run("sync", str(a))
-    assert late.returncode == 5 and "assembly deadline" in late.stderr
+    assert late.returncode == 6 and "assembly deadline" in late.stderr
     assert (a / "late.txt").read_text() == "not yet synced"  # kept locally
     assert "all chains intact" in admin_ok(server, "audit", "verify", eng).stdout
 
