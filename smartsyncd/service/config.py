@@ -275,60 +275,15 @@ def load_config(
                 return raw or None
             return None
 
-        if (v := get("server", "data_dir")) is not None:
-            values["data_dir"] = _resolve(v, base)
-        if (v := get("server", "listen")) is not None:
-            values["listen"] = _convert("[server] listen", v, check_listen)
-        for key in ("tls_cert", "tls_key"):
-            if (v := get("server", key)) is not None:
-                values[key] = _resolve(v, base)
-        for key in (
-            "request_timeout", "request_deadline", "session_lifetime_days", "session_max_days",
-            "drain_seconds",
-        ):
-            if (v := get("server", key)) is not None:
-                values[key] = _convert(f"[server] {key}", v, _positive_float)
-        if (v := get("server", "proxy_protocol")) is not None:
-            values["proxy_protocol"] = _convert("[server] proxy_protocol", v, _yes_no)
-        if (v := get("server", "trusted_proxies")) is not None:
-            from smartsyncd.web.clientaddr import parse_trusted_proxies
-
-            values["trusted_proxies"] = _convert("[server] trusted_proxies", v, parse_trusted_proxies)
-        if (v := get("database", "url")) is not None:
-            values["database_url"] = _convert("[database] url", v, _database_url)
-        if (v := get("storage", "path")) is not None:
-            values["storage_path"] = _resolve(v, base)
-        if (v := get("storage", "warn_free_mb")) is not None:
-            values["warn_free_mb"] = _convert("[storage] warn_free_mb", v, _positive_int)
-        if (v := get("auth", "backends")) is not None:
-            values["auth_backends"] = _convert("[auth] backends", v, _backends)
-        for key in (
-            "login_failures_per_user",
-            "login_failures_per_address",
-            "connections_per_address",
-            "unauthenticated_bytes_per_address",
-        ):
-            if (v := get("limits", key)) is not None:
-                values[key] = _convert(f"[limits] {key}", v, _positive_int)
-        if (v := get("limits", "login_failure_window_minutes")) is not None:
-            values["login_failure_window_minutes"] = _convert(
-                "[limits] login_failure_window_minutes", v, _positive_float
-            )
-        if (v := get("lifecycle", "deadline_check_seconds")) is not None:
-            values["deadline_check_seconds"] = _convert(
-                "[lifecycle] deadline_check_seconds", v, _positive_float
-            )
-        if (v := get("lifecycle", "min_retention_days")) is not None:
-            values["min_retention_days"] = _convert("[lifecycle] min_retention_days", v, _days)
-        if (v := get("log", "json_file")) is not None:
-            values["json_log_file"] = _resolve(v, base)
-        if (v := get("admin", "listen")) is not None:
-            values["admin_listen"] = _convert("[admin] listen", v, check_admin_listen)
+        for section, key, field, convert in _OPTIONS:
+            if (v := get(section, key)) is not None:
+                if convert is _PATH:
+                    values[field] = _resolve(v, base)
+                else:
+                    values[field] = _convert(f"[{section}] {key}", v, convert)
         if parser.has_section("ldap"):
             ldap_section = dict(parser["ldap"])
             values["ldap"] = _ldap_config(ldap_section, base)
-        if (v := get("auth", "password_sign_in")) is not None:
-            values["password_sign_in"] = _convert("[auth] password_sign_in", v, _yes_no)
         if parser.has_section("kerberos"):
             values["kerberos"] = _kerberos_config(parser["kerberos"], base, values.get("ldap"))
 
@@ -385,3 +340,45 @@ def _ldap_config(section: Mapping[str, str], base: str) -> LdapConfig:
         message = str(e)
         prefix = "" if message.startswith("[ldap]") else "[ldap] "
         raise UsageError(f"{prefix}{message}") from None
+
+
+# [section] key -> ServerConfig field, converted by the function given (``_PATH``: a path
+# resolved against the config file's folder). [ldap] and [kerberos] are read as sections.
+def _PATH(text: str) -> str:  # noqa: N802 - a marker in the table, never called
+    return text
+
+
+def _parse_trusted_proxies(text: str) -> Any:
+    from smartsyncd.web.clientaddr import parse_trusted_proxies
+
+    return parse_trusted_proxies(text)
+
+
+_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("server", "data_dir", "data_dir", _PATH),
+    ("server", "listen", "listen", check_listen),
+    ("server", "tls_cert", "tls_cert", _PATH),
+    ("server", "tls_key", "tls_key", _PATH),
+    ("server", "request_timeout", "request_timeout", _positive_float),
+    ("server", "request_deadline", "request_deadline", _positive_float),
+    ("server", "session_lifetime_days", "session_lifetime_days", _positive_float),
+    ("server", "session_max_days", "session_max_days", _positive_float),
+    ("server", "drain_seconds", "drain_seconds", _positive_float),
+    ("server", "proxy_protocol", "proxy_protocol", _yes_no),
+    ("server", "trusted_proxies", "trusted_proxies", _parse_trusted_proxies),
+    ("database", "url", "database_url", _database_url),
+    ("storage", "path", "storage_path", _PATH),
+    ("storage", "warn_free_mb", "warn_free_mb", _positive_int),
+    ("auth", "backends", "auth_backends", _backends),
+    ("auth", "password_sign_in", "password_sign_in", _yes_no),
+    ("limits", "login_failures_per_user", "login_failures_per_user", _positive_int),
+    ("limits", "login_failures_per_address", "login_failures_per_address", _positive_int),
+    ("limits", "connections_per_address", "connections_per_address", _positive_int),
+    ("limits", "unauthenticated_bytes_per_address", "unauthenticated_bytes_per_address",
+     _positive_int),
+    ("limits", "login_failure_window_minutes", "login_failure_window_minutes", _positive_float),
+    ("lifecycle", "deadline_check_seconds", "deadline_check_seconds", _positive_float),
+    ("lifecycle", "min_retention_days", "min_retention_days", _days),
+    ("log", "json_file", "json_log_file", _PATH),
+    ("admin", "listen", "admin_listen", check_admin_listen),
+)
