@@ -1378,6 +1378,9 @@ class SyncCopy:
         if manifest.size != write.size:
             raise Unverifiable(f"manifest of {write.path} does not match its size")
         target = self.directory / write.path
+        # before a temp file is opened in the folder: a folder cannot be renamed on Windows
+        # while a file in it is open, and exfat-fuse loses the open file's path
+        await self._run(self._match_folder_case, write.path)
         resumable = manifest.size >= PARTIAL_MIN
         if resumable:  # a large file: resume into what an interrupted pull left
             temp, handle, have = await self._run(self._open_partial, manifest, target)
@@ -1522,15 +1525,19 @@ class SyncCopy:
         if current is not None and (old is None or current.content != old.content):
             moved_to = conflict_name(path, self.user, self._now(), self._taken)
             move_no_replace(target, self.directory / moved_to)
-        if self.case_insensitive and "/" in path:
-            folder = path.rpartition("/")[0]
-            if folder not in self._folders_matched:  # a folder renamed in case elsewhere
-                match_folders(self.directory, path)
-                self._folders_matched.add(folder)
         st = finish_temp(temp, handle, target, root=self.directory)
         if temp.parent != (self.directory / path).parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
         return st, moved_to
+
+    def _match_folder_case(self, path: str) -> None:
+        """On a case-insensitive copy, give ``path``'s existing folders the server's spelling
+        (a folder renamed in case elsewhere), once per folder and pull (blocking)."""
+        if self.case_insensitive and "/" in path:
+            folder = path.rpartition("/")[0]
+            if folder not in self._folders_matched:
+                match_folders(self.directory, path)
+                self._folders_matched.add(folder)
 
     def _taken(self, candidate: str) -> bool:
         return os.path.lexists(self.directory / candidate) or self.state.get(candidate) is not None

@@ -15,8 +15,10 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import pytest
 
 IMAGE_MB = 256
 
@@ -102,3 +104,17 @@ def exfat_mount(workdir: Path, size_mb: int = IMAGE_MB) -> Iterator[Path]:
     finally:
         _unmount(mountpoint, dev)
         image.unlink(missing_ok=True)
+
+
+@contextmanager
+def case_insensitive_folder(workdir: Path) -> Iterator[Path]:
+    """A mounted exFAT folder for a test; skips (with the reason) only when not root, and a
+    mount that fails fails the test: CI runs as root and must run these tests."""
+    if os.geteuid() != 0:
+        pytest.skip("a case-insensitive file system (exFAT on a loop device) needs root")
+    with ExitStack() as stack:
+        try:
+            folder = stack.enter_context(exfat_mount(workdir))
+        except CaseFsUnavailable as e:
+            pytest.fail(f"no case-insensitive file system for this test: {e}", pytrace=False)
+        yield folder

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from casefs import CaseFsUnavailable, exfat_mount
+from casefs import case_insensitive_folder
 from daemon import Daemon, running_daemon
 
 
@@ -21,20 +19,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
-
-
-@contextmanager
-def case_insensitive_folder(workdir: Path) -> Iterator[Path]:
-    """A mounted exFAT folder; skips (with the reason) only when not root, else a mount that
-    fails fails the test: CI runs as root and must run these tests."""
-    if os.geteuid() != 0:
-        pytest.skip("a case-insensitive file system (exFAT on a loop device) needs root")
-    with ExitStack() as stack:
-        try:
-            folder = stack.enter_context(exfat_mount(workdir))
-        except CaseFsUnavailable as e:
-            pytest.fail(f"no case-insensitive file system for this test: {e}", pytrace=False)
-        yield folder
 
 
 @pytest.fixture
