@@ -285,3 +285,26 @@ def test_folder_renamed_in_case_after_an_edit_reached_the_server(
     assert copy_files(fresh) == windows.files() == {
         "Q1/x.txt": b"bob's edit of x", "Q1/y.txt": b"y v1",
     }
+
+
+def test_folder_renamed_in_case_on_the_case_insensitive_copy_after_an_edit(
+    pair: tuple[Copy, Copy, str], tmp_path: Path
+) -> None:
+    # the same race the other way: Bob renames Q1 to q1 in Explorer after Alice's edit of
+    # Q1/x.txt reached the server. The server refuses the re-spelling; Bob's pull brings the
+    # edit into the folder, which takes the server's spelling again: nothing lost, one folder
+    linux, windows, url = pair
+    linux.write("Q1/x.txt", b"x v1")
+    linux.write("Q1/y.txt", b"y v1")
+    linux.sync()
+    windows.sync()
+    linux.write("Q1/x.txt", b"alice's edit of x")
+    linux.sync()
+    os.rename(windows.root / "Q1", windows.root / "q1")
+
+    done = windows.client.run("--json", "sync", str(windows.root))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["deleted_remote"] == 0, done.stdout
+    head = converge(linux, windows, url, tmp_path)
+    assert head == {"Q1/x.txt": b"alice's edit of x", "Q1/y.txt": b"y v1"}
+    assert stored_names(windows.root) == ["Q1"]
