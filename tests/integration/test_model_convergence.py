@@ -714,3 +714,57 @@ class TestCaseInsensitiveRegressions(unittest.TestCase):
             ]
         finally:
             state.teardown()
+
+    def test_case_only_rename_then_rename_pulled_in_one_go(self) -> None:
+        # issue 16 (found by a model run on exFAT before the fix): a copy left different from
+        # the server after a case-only rename followed by a rename
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Case.txt", data=b"v1")
+            state.create_or_edit(i=0, path="x/y/z.bin", data=b"z")
+            state.quiesce()
+            state.case_only_rename(i=0, pick=0)  # cASE.TXT
+            state.sync_copy(i=0)
+            state.rename(i=0, pick=0, to="b.docx")
+            state.folder_case_rename(i=0, pick=1)  # X/y/z.bin
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)  # both renames of each in one pull
+            assert sorted(state.c(1).files()) == ["X/y/z.bin", "b.docx"]
+            state.quiesce()
+        finally:
+            state.teardown()
+
+    def test_case_only_rename_then_rename_on_the_case_insensitive_copy(self) -> None:
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Case.txt", data=b"v1")
+            state.quiesce()
+            state.case_only_rename(i=1, pick=0)
+            state.rename(i=1, pick=0, to="a.txt")
+            state.create_or_edit(i=1, path="CASE.txt", data=b"new file, old name")
+            state.quiesce()
+            assert sorted(state.c(0).files()) == ["CASE.txt", "a.txt"]
+        finally:
+            state.teardown()
+
+    def test_folder_renamed_in_case_with_an_edit_inside(self) -> None:
+        # a folder renamed in case on ext4 together with an edit of a file in it: the exFAT
+        # copy renames its folder in place and takes the edit
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Working papers/B-1 Cash.xlsx", data=b"cash")
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"v1")
+            state.quiesce()
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"v2")
+            state.folder_case_rename(i=0, pick=0)
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)
+            assert state.c(1).files() == {
+                "wORKING PAPERS/B-1 Cash.xlsx": b"cash", "wORKING PAPERS/notes.txt": b"v2",
+            }
+            state.quiesce()
+        finally:
+            state.teardown()
