@@ -768,3 +768,20 @@ class TestCaseInsensitiveRegressions(unittest.TestCase):
             state.quiesce()
         finally:
             state.teardown()
+
+    def test_file_deleted_through_another_spelling_then_edited_elsewhere(self) -> None:
+        # Found by the exFAT model (issue 16's FileNotFoundError on a case variant): the exFAT
+        # copy renamed "Working papers" in case, then deleted notes.txt through the new
+        # spelling while the ext4 copy edited it. The pull looked the file up by the server's
+        # spelling: stat still found it (exfat-fuse's cache under the old name), the read did
+        # not, and the sync failed with FileNotFoundError every time.
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"v1")
+            state.quiesce()
+            state.folder_case_rename(i=1, pick=0)
+            state.edit_vs_delete(i=0, j=1, pick=0, data=b"edit")
+            state.quiesce()
+        finally:
+            state.teardown()
