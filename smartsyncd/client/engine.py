@@ -1524,7 +1524,17 @@ class SyncCopy:
         ensure_folder(self.directory, target.parent, create=False)  # LinkInPath: not written
         if current is not None and (old is None or current.content != old.content):
             moved_to = conflict_name(path, self.user, self._now(), self._taken)
-            move_no_replace(target, self.directory / moved_to)
+            try:
+                move_no_replace(target, self.directory / moved_to)
+            except FileNotFoundError:
+                # the name answered but is not there: on a case-insensitive copy the file may
+                # be under another spelling (exfat-fuse answers for a name renamed through
+                # another one); moved aside from there, so the write replaces nothing
+                stored = stored_spelling(self.directory, path) if self.case_insensitive else None
+                if stored is None:
+                    moved_to = None  # nothing there to keep
+                else:
+                    move_no_replace(self.directory / stored, self.directory / moved_to)
         st = finish_temp(temp, handle, target, root=self.directory)
         if temp.parent != (self.directory / path).parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
@@ -1559,7 +1569,10 @@ class SyncCopy:
         except LinkInPath:
             log.warn("{path} not deleted: a folder on the way is a symbolic link", path=path)
             return False
-        remove_file(self.directory, self.directory / path)
+        try:
+            remove_file(self.directory, self.directory / path)
+        except FileNotFoundError:
+            return False  # gone already (or only another spelling answered): nothing deleted
         return True
 
     # -- watch ---------------------------------------------------------------------------------

@@ -785,3 +785,25 @@ class TestCaseInsensitiveRegressions(unittest.TestCase):
             state.quiesce()
         finally:
             state.teardown()
+
+    def test_file_deleted_through_its_stored_spelling_then_edited_elsewhere(self) -> None:
+        # a file renamed in case on the exFAT copy over an edit elsewhere, then deleted there
+        # through its stored spelling while the other copy writes both spellings
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="a.txt", data=b"v1")
+            state.quiesce()
+            state.case_only_rename(i=1, pick=0)  # A.TXT on the exFAT copy
+            state.create_or_edit(i=0, path="a.txt", data=b"v2")
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)
+            state.quiesce()
+            state.delete(i=1, pick=0)
+            state.delete(i=1, pick=0)
+            state.create_or_edit(i=0, path="a.txt", data=b"v3")
+            state.create_or_edit(i=0, path="A.TXT", data=b"v4")
+            state.sync_copy(i=0)
+            state.quiesce()
+        finally:
+            state.teardown()
