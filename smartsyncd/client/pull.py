@@ -173,7 +173,10 @@ class Pull:
         except LinkInPath:
             log.warn("{path} not deleted: a folder on the way is a symbolic link", path=path)
             return False
-        remove_file(directory, directory / path)
+        try:
+            remove_file(directory, directory / path)
+        except FileNotFoundError:
+            return False  # gone already (or only another spelling answered): nothing deleted
         return True
 
 

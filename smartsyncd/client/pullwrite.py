@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from smartsyncd.client.casefold import match_folders
+from smartsyncd.client.casefold import match_folders, stored_spelling
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
 from smartsyncd.client.errors import Unverifiable
@@ -80,6 +80,9 @@ class FileWriter:
         if manifest.size != write.size:
             raise Unverifiable(f"manifest of {write.path} does not match its size")
         target = self.ctx.directory / write.path
+        # before a temp file is opened in the folder: a folder cannot be renamed on Windows
+        # while a file in it is open, and exfat-fuse loses the open file's path
+        await ctx.run(self._match_folder_case, write.path)
         resumable = manifest.size >= PARTIAL_MIN
         if resumable:  # a large file: resume into what an interrupted pull left
             temp, handle, have = await ctx.run(self._open_partial, manifest, target)
@@ -200,6 +203,15 @@ class FileWriter:
             raise
         return path, handle, have
 
+    def _match_folder_case(self, path: str) -> None:
+        """On a case-insensitive copy, give ``path``'s existing folders the server's spelling
+        (a folder renamed in case elsewhere), once per folder and pull (blocking)."""
+        if self.ctx.case_insensitive and "/" in path:
+            folder = path.rpartition("/")[0]
+            if folder not in self.folders_matched:
+                match_folders(self.ctx.directory, path)
+                self.folders_matched.add(folder)
+
     def _install(
         self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None
     ) -> tuple[os.stat_result, str | None]:
@@ -214,12 +226,18 @@ class FileWriter:
         ensure_folder(self.ctx.directory, target.parent, create=False)  # LinkInPath: not written
         if current is not None and (old is None or current.content != old.content):
             moved_to = self.ctx.conflict_target(path)
-            move_no_replace(target, self.ctx.directory / moved_to)
-        if self.ctx.case_insensitive and "/" in path:
-            folder = path.rpartition("/")[0]
-            if folder not in self.folders_matched:  # a folder renamed in case elsewhere
-                match_folders(self.ctx.directory, path)
-                self.folders_matched.add(folder)
+            try:
+                move_no_replace(target, self.ctx.directory / moved_to)
+            except FileNotFoundError:
+                # the name answered but is not there: on a case-insensitive copy the file may
+                # be under another spelling (exfat-fuse answers for a name renamed through
+                # another one); moved aside from there, so the write replaces nothing
+                stored = (stored_spelling(self.ctx.directory, path)
+                          if self.ctx.case_insensitive else None)
+                if stored is None:
+                    moved_to = None  # nothing there to keep
+                else:
+                    move_no_replace(self.ctx.directory / stored, self.ctx.directory / moved_to)
         st = finish_temp(temp, handle, target, root=self.ctx.directory)
         if temp.parent != (self.ctx.directory / path).parent:  # from .smartsync/partial
             fsync_dir(temp.parent)

@@ -196,7 +196,17 @@ class Scanner:
             raise OSError(f"{path} is not a regular file")
         if record is not None and same_stat(st, record.size, record.mtime_ns, record.inode):
             return _unchanged(path, st, record)
-        return self._hash(path, st)
+        try:
+            return self._hash(path, st)
+        except (FileNotFoundError, NotADirectoryError):
+            # gone between the stat and the read (deleted or renamed meanwhile; or a stale
+            # name cached for another spelling on a case-insensitive FUSE mount): absent only
+            # if a fresh look agrees, else treated as a file being changed (never a delete)
+            try:
+                os.stat(full, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            raise FileChanging(path) from None
 
     def _examine(
         self, path: str, st: os.stat_result, record: FileRecord | None, result: ScanResult

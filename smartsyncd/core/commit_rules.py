@@ -41,6 +41,11 @@ class HeadView(Protocol):
         """The spelling of the folder with fold key ``key`` that holds live files, if any."""
         ...
 
+    def live_paths_under(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` live paths starting with ``prefix`` (a folder's spelling and "/"),
+        in path order."""
+        ...
+
 
 @dataclass
 class _Batch:
@@ -51,6 +56,7 @@ class _Batch:
     folders: dict[str, str] = field(default_factory=dict)  # fold key -> spelling
     reserved: set[str] = field(default_factory=set)  # fold keys no conflict copy may take
     stale_deletes: set[str] = field(default_factory=set)  # fold keys of refused (stale) deletes
+    deleting: set[str] = field(default_factory=set)  # live paths this batch's deletes remove
     _head_folders: dict[str, str | None] = field(default_factory=dict)
     _chains: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
@@ -70,13 +76,26 @@ class _Batch:
         return self.head.live_path_with_key(key)
 
     def folder_spelling(self, key: str) -> str | None:
-        # Deletes earlier in the batch do not empty folders here: a folder that might still
-        # hold files keeps its spelling (conservative: refuse rather than guess).
+        # A folder keeps its spelling while it may hold files, unless this batch deletes every
+        # live file in it (anywhere in the batch: a folder's case-only rename sends all deletes
+        # before the puts of the new spelling, but the rule does not depend on the order).
         if key in self.folders:
             return self.folders[key]
         if key not in self._head_folders:  # many files of a batch share folders
-            self._head_folders[key] = self.head.folder_spelling(key)
+            spelling = self.head.folder_spelling(key)
+            if spelling and self._emptied(spelling):
+                spelling = None
+            self._head_folders[key] = spelling
         return self._head_folders[key]
+
+    def _emptied(self, folder: str) -> bool:
+        """Whether this batch deletes every live file under ``folder`` (cost bounded by the
+        batch: at most one more path than the batch deletes there is read)."""
+        prefix = folder + "/"
+        gone = sum(1 for path in self.deleting if path.startswith(prefix))
+        if not gone:
+            return False
+        return all(p in self.deleting for p in self.head.live_paths_under(prefix, gone + 1))
 
     def write_file(self, path: str, key: str | None = None) -> None:
         """``key``: ``fold_key(path)`` when the caller has it."""
@@ -193,9 +212,15 @@ def plan_commit(
     elif len(paths) != len(proposals):
         raise ValueError("paths must be validate_batch's result for these proposals")
     batch = _Batch(head=head, reserved={fold_key(p) for p in paths})
+    states = [head.state(path) for path in paths]
+    batch.deleting = {
+        path
+        for p, path, current in zip(proposals, paths, states, strict=True)
+        if p.kind == "delete" and current is not None and current.content is not None
+        and p.base == current.seq
+    }
     outcomes: list[Outcome] = []
-    for p, path in zip(proposals, paths, strict=True):
-        current = head.state(path)
+    for p, path, current in zip(proposals, paths, states, strict=True):
         if p.kind == "delete":
             outcomes.append(_plan_delete(p, path, current, batch))
         else:
@@ -222,6 +247,7 @@ def _plan_put(
     user: str,
     now: datetime,
 ) -> Outcome:
+    proposed = path
     live = current is not None and current.content is not None
     if current is not None and live and p.content == current.content:
         return Outcome(
@@ -235,10 +261,16 @@ def _plan_put(
     # A case-only rename whose delete was stale (the file was edited meanwhile): keep the
     # renamed content as a conflict copy instead of refusing the whole batch.
     if renamed_over_edit or (current is not None and live and p.base != current.seq):
+        if renamed_over_edit and twin is not None:
+            # beside the edited file, in its folder's live spelling: a conflict copy under the
+            # new spelling of a folder renamed in case would give one folder two spellings
+            folder = twin.rpartition("/")[0]
+            path = f"{folder}/{path.rpartition('/')[2]}" if folder else path.rpartition("/")[2]
         copy = _conflict_path(path, user, now, batch)
+        _check_clashes(copy, batch, fold_key(copy))
         batch.write_file(copy)
         batch.reserved.add(fold_key(copy))
-        return Outcome(path, "conflict", copy, "put", p.content, p.size, None)
+        return Outcome(proposed, "conflict", copy, "put", p.content, p.size, None)
     batch.write_file(path, key)
     prev = None if current is None else current.seq  # a tombstone: edit beats delete
     return Outcome(path, "applied", path, "put", p.content, p.size, prev)
@@ -260,6 +292,10 @@ class MemoryHead:
             s.path for s in self.files.values() if s.content is not None and fold_key(s.path) == key
         )
         return matches[0] if matches else None
+
+    def live_paths_under(self, prefix: str, limit: int) -> list[str]:
+        under = sorted(p for p, s in self.files.items() if s.content is not None and p.startswith(prefix))
+        return under[:limit]
 
     def folder_spelling(self, key: str) -> str | None:
         spellings = sorted(

@@ -7,6 +7,8 @@ large, or one indexed lookup at a time (``SqlHeadView``). All answer alike.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -65,6 +67,20 @@ class SqlHeadView:
         # casefold may change a segment's length (ß -> ss) but never the segment count.
         return "/".join(str(row[0]).split("/")[: key.count("/") + 1])
 
+    def live_paths_under(self, prefix: str, limit: int) -> list[str]:
+        # paths starting with "F/" are those in ["F/", "F0"): "0" follows "/" bytewise
+        rows = self._db.all(
+            "SELECT path FROM files WHERE engagement_id = ? AND path >= ? AND path < ?"
+            " AND content IS NOT NULL ORDER BY path LIMIT ?",
+            (self._id, prefix, _prefix_end(prefix), limit),
+        )
+        return [str(row[0]) for row in rows]
+
+
+def _prefix_end(prefix: str) -> str:
+    """The least string above every string that starts with ``prefix`` (which ends in "/")."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
 
 # A commit of n changes reads the engagement's whole ``files`` table in one query when it has
 # at most this many rows (cost proportional to the batch): three indexed lookups per change
@@ -81,6 +97,7 @@ class LoadedHeadView:
     def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
         """``rows``: (path, fold_key, seq, content, size) of every row, tombstones too."""
         self._states: dict[str, FileState] = {}
+        self._live_paths: list[str] | None = None
         live: list[tuple[str, str]] = []
         for path, key, seq, content, size in rows:
             self._states[path] = FileState(path=path, seq=int(seq), content=hex_or_none(content), size=int(size))
@@ -108,6 +125,17 @@ class LoadedHeadView:
         if not key:
             return ""
         return self._folders.get(key)
+
+    def live_paths_under(self, prefix: str, limit: int) -> list[str]:
+        if self._live_paths is None:  # asked only when a batch deletes files under a folder
+            self._live_paths = sorted(p for p, s in self._states.items() if s.content is not None)
+        start = bisect.bisect_left(self._live_paths, prefix)
+        out: list[str] = []
+        for path in itertools.islice(self._live_paths, start, start + limit):
+            if not path.startswith(prefix):
+                break
+            out.append(path)
+        return out
 
 
 class KeyedHeadView:
@@ -155,6 +183,9 @@ class KeyedHeadView:
     def folder_spelling(self, key: str) -> str | None:
         # the rows read hold only names at the batch's keys, not every file below a folder
         return self._sql.folder_spelling(key)
+
+    def live_paths_under(self, prefix: str, limit: int) -> list[str]:
+        return self._sql.live_paths_under(prefix, limit)
 
 
 def head_view(

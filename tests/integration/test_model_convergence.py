@@ -19,6 +19,10 @@ each copy equals the server's head and ``status`` is clean; at the end every con
 is fetched back from the server and hashes to its id; after a kill, ``smartsync-admin fsck``.
 
 CI size: a few minutes. ``SMARTSYNC_LONG=1`` runs thousands of steps (see docs/reliability.md).
+``SMARTSYNC_MODEL_COPIES_DIR`` puts the copies in another folder (on an exFAT or NTFS mount, say,
+to run the whole model the way Windows and macOS copies behave). ``TestModelConvergenceCaseInsensitive``
+always puts every other copy on a real exFAT mount (casefs.py) and adds folder renames in case,
+so case-only renames meet a case-insensitive copy in every run.
 Failing examples found while writing this are kept below as plain regression tests.
 """
 
@@ -28,12 +32,14 @@ import itertools
 import os
 import random
 import unittest
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from casefs import case_insensitive_folder, is_case_insensitive
 from daemon import Daemon, running_daemon
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -88,6 +94,9 @@ else:
     EXAMPLES, STEPS = 15, 30
 EXAMPLES = int(os.environ.get("SMARTSYNC_MODEL_EXAMPLES", EXAMPLES))
 STEPS = int(os.environ.get("SMARTSYNC_MODEL_STEPS", STEPS))
+# the case-insensitive variant: small by default (its own examples on top of the above)
+CI_EXAMPLES = int(os.environ.get("SMARTSYNC_MODEL_CI_EXAMPLES", 40 if long_run() else 4))
+COPIES_DIR = os.environ.get("SMARTSYNC_MODEL_COPIES_DIR")
 
 
 def run(coro: Any) -> Any:
@@ -136,17 +145,37 @@ class Copy:
         self.api = api
         self.copy = copy
         self.pending: dict[str, bytes] = {}  # user writes not yet seen by a successful sync
+        self.folded = is_case_insensitive(root)  # Windows- or Mac-like: one file per fold
 
     def files(self) -> dict[str, bytes]:
         return copy_files(self.root)
+
+    def resolve(self, path: str) -> str:
+        """The path a user's application reaches by ``path``: on a case-insensitive copy each
+        existing segment in its stored spelling (opening "memo.txt" opens "Memo.txt")."""
+        if not self.folded:
+            return path
+        folder = self.root
+        out: list[str] = []
+        for segment in path.split("/"):
+            try:
+                names = os.listdir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
+            stored = next((n for n in names if n.lower() == segment.lower()), segment)
+            out.append(stored)
+            folder = folder / stored
+        return "/".join(out)
 
 
 class Env:
     """The daemon shared by every example of a test, and a supply of fresh engagements."""
 
-    def __init__(self, daemon: Daemon, base: Path) -> None:
+    def __init__(self, daemon: Daemon, base: Path, copies: Path | None = None) -> None:
         self.daemon = daemon
         self.base = base
+        self.copies = base if copies is None else copies
+        self.folded: Path | None = None  # a case-insensitive folder: every other copy there
         self._pool: list[str] = []
         self._made = itertools.count(1)
         self._dirs = itertools.count(1)
@@ -164,8 +193,11 @@ class Env:
             self._pool = names
         return self._pool.pop()
 
-    def folder(self) -> Path:
-        return self.base / f"c{next(self._dirs)}"
+    def folder(self, i: int = 0) -> Path:
+        n = next(self._dirs)
+        if self.folded is not None and i % 2 == 1:
+            return self.folded / f"c{n}"
+        return self.copies / f"c{n}"
 
 
 ENV: Env | None = None
@@ -175,10 +207,14 @@ ENV: Env | None = None
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     global ENV
     base = tmp_path_factory.mktemp("model")
+    copies = None
+    if COPIES_DIR:
+        copies = Path(COPIES_DIR) / f"model-{uuid.uuid4().hex[:8]}"
+        copies.mkdir(parents=True)
     d = running_daemon(base)
     try:
         add_users(d, USERS)
-        ENV = Env(d, base)
+        ENV = Env(d, base, copies)
         yield ENV
         fsck(d)
         record_figures(
@@ -236,6 +272,7 @@ class SyncModel(RuleBasedStateMachine):
 
     def write(self, c: Copy, path: str, data: bytes) -> bool:
         """A user's application writing a file (not atomic, like most)."""
+        path = c.resolve(path)
         target = c.root / path
         for parent in [target.parent, *target.parent.parents]:
             if parent == c.root:
@@ -323,7 +360,7 @@ class SyncModel(RuleBasedStateMachine):
         self.observer = self.api_for("alice")  # reads the server's log; never faulty
         for i in range(n):
             api = self.api_for(USERS[i % len(USERS)])
-            root = self.env.folder()
+            root = self.env.folder(i)
             copy = run(SyncCopy.clone(api, self.eng, root))
             self.copies.append(Copy(root, api, copy))
 
@@ -361,6 +398,7 @@ class SyncModel(RuleBasedStateMachine):
         """Rename or move (into a new folder when ``to``'s folder does not exist yet)."""
         c = self.c(i)
         path = self.existing(c, pick)
+        to = c.resolve(to)
         if path is None or path == to:
             return
         target = c.root / to
@@ -406,8 +444,9 @@ class SyncModel(RuleBasedStateMachine):
         if path is None or not (b.root / path).is_file():
             return
         self.write(a, path, data)
-        os.unlink(b.root / path)
-        b.pending.pop(path, None)
+        gone = b.resolve(path)
+        os.unlink(b.root / gone)
+        b.pending.pop(gone, None)
 
     # -- syncs and faults ------------------------------------------------------------------------
 
@@ -538,6 +577,51 @@ TestModelConvergence.settings = settings(
 )
 
 
+@pytest.fixture(scope="module")
+def folded_env(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """``env`` with every other copy on a real exFAT mount (case-insensitive)."""
+    with case_insensitive_folder(tmp_path_factory.mktemp("exfat")) as folder:
+        env.folded = folder
+        try:
+            yield env
+        finally:
+            env.folded = None
+
+
+class CaseModel(SyncModel):
+    """The model with copies on both kinds of file system (``make_copies`` alternates) and
+    folders renamed in case too."""
+
+    @rule(i=copy_ix, pick=st.integers(0, 50))
+    def folder_case_rename(self, i: int, pick: int) -> None:
+        """Rename a file's top folder to other case (``Working papers`` -> ``wORKING PAPERS``),
+        as Explorer or Finder does: every file in it is renamed."""
+        c = self.c(i)
+        path = self.existing(c, pick)
+        if path is None or "/" not in path:
+            return
+        old = path.split("/")[0]
+        new = old.swapcase()
+        if new == old or any(p.split("/")[0] == new for p in c.files()):
+            return  # no letters, or a case-sensitive copy already has the other spelling
+        moved = {p: d for p, d in c.files().items() if p.split("/")[0] == old}
+        os.rename(c.root / old, c.root / new)
+        for p, data in moved.items():
+            c.pending.pop(p, None)
+            c.pending[new + p[len(old):]] = data
+
+
+TestModelConvergenceCaseInsensitive = pytest.mark.usefixtures("folded_env")(CaseModel.TestCase)
+TestModelConvergenceCaseInsensitive.settings = settings(
+    max_examples=CI_EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+    database=None,
+)
+
+
 @pytest.mark.usefixtures("env")
 class TestRegressions(unittest.TestCase):
     """Failing examples the machine found, kept as plain step lists."""
@@ -599,6 +683,127 @@ class TestRegressions(unittest.TestCase):
             head, log = state.server_log()
             # one commit: the delete and the put together, not a put refused then retried
             assert [c.kind for c in log[-2:]] == ["delete", "put"], log
+            state.quiesce()
+        finally:
+            state.teardown()
+
+
+@pytest.mark.usefixtures("folded_env")
+class TestCaseInsensitiveRegressions(unittest.TestCase):
+    """Case-only renames between copies on ext4 (even) and exFAT (odd), as plain steps."""
+
+    def test_new_file_pulled_into_a_folder_renamed_in_case_locally(self) -> None:
+        # Found by the exFAT model: copy 1 (exFAT) renamed "Working papers" in case while copy 0
+        # added a file to it; the server refuses the re-spelling (the folder is not emptied)
+        # and the pull of the new file opened its temp file in the folder, then renamed the
+        # folder back to the server's spelling: exfat-fuse lost the open file (FileNotFoundError
+        # on fsync), and Windows refuses to rename a folder with an open file in it. Folders
+        # now take the server's spelling before the temp file is opened.
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Working papers/B-1 Cash.xlsx", data=b"cash")
+            state.quiesce()
+            state.folder_case_rename(i=1, pick=0)
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"new")
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)
+            state.quiesce()
+            assert sorted(state.c(1).files()) == [
+                "Working papers/B-1 Cash.xlsx", "Working papers/notes.txt",
+            ]
+        finally:
+            state.teardown()
+
+    def test_case_only_rename_then_rename_pulled_in_one_go(self) -> None:
+        # issue 16 (found by a model run on exFAT before the fix): a copy left different from
+        # the server after a case-only rename followed by a rename
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Case.txt", data=b"v1")
+            state.create_or_edit(i=0, path="x/y/z.bin", data=b"z")
+            state.quiesce()
+            state.case_only_rename(i=0, pick=0)  # cASE.TXT
+            state.sync_copy(i=0)
+            state.rename(i=0, pick=0, to="b.docx")
+            state.folder_case_rename(i=0, pick=1)  # X/y/z.bin
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)  # both renames of each in one pull
+            assert sorted(state.c(1).files()) == ["X/y/z.bin", "b.docx"]
+            state.quiesce()
+        finally:
+            state.teardown()
+
+    def test_case_only_rename_then_rename_on_the_case_insensitive_copy(self) -> None:
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Case.txt", data=b"v1")
+            state.quiesce()
+            state.case_only_rename(i=1, pick=0)
+            state.rename(i=1, pick=0, to="a.txt")
+            state.create_or_edit(i=1, path="CASE.txt", data=b"new file, old name")
+            state.quiesce()
+            assert sorted(state.c(0).files()) == ["CASE.txt", "a.txt"]
+        finally:
+            state.teardown()
+
+    def test_folder_renamed_in_case_with_an_edit_inside(self) -> None:
+        # a folder renamed in case on ext4 together with an edit of a file in it: the exFAT
+        # copy renames its folder in place and takes the edit
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Working papers/B-1 Cash.xlsx", data=b"cash")
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"v1")
+            state.quiesce()
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"v2")
+            state.folder_case_rename(i=0, pick=0)
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)
+            assert state.c(1).files() == {
+                "wORKING PAPERS/B-1 Cash.xlsx": b"cash", "wORKING PAPERS/notes.txt": b"v2",
+            }
+            state.quiesce()
+        finally:
+            state.teardown()
+
+    def test_file_deleted_through_another_spelling_then_edited_elsewhere(self) -> None:
+        # Found by the exFAT model (issue 16's FileNotFoundError on a case variant): the exFAT
+        # copy renamed "Working papers" in case, then deleted notes.txt through the new
+        # spelling while the ext4 copy edited it. The pull looked the file up by the server's
+        # spelling: stat still found it (exfat-fuse's cache under the old name), the read did
+        # not, and the sync failed with FileNotFoundError every time.
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="Working papers/notes.txt", data=b"v1")
+            state.quiesce()
+            state.folder_case_rename(i=1, pick=0)
+            state.edit_vs_delete(i=0, j=1, pick=0, data=b"edit")
+            state.quiesce()
+        finally:
+            state.teardown()
+
+    def test_file_deleted_through_its_stored_spelling_then_edited_elsewhere(self) -> None:
+        # a file renamed in case on the exFAT copy over an edit elsewhere, then deleted there
+        # through its stored spelling while the other copy writes both spellings
+        state = CaseModel()
+        try:
+            state.make_copies(n=2)
+            state.create_or_edit(i=0, path="a.txt", data=b"v1")
+            state.quiesce()
+            state.case_only_rename(i=1, pick=0)  # A.TXT on the exFAT copy
+            state.create_or_edit(i=0, path="a.txt", data=b"v2")
+            state.sync_copy(i=0)
+            state.sync_copy(i=1)
+            state.quiesce()
+            state.delete(i=1, pick=0)
+            state.delete(i=1, pick=0)
+            state.create_or_edit(i=0, path="a.txt", data=b"v3")
+            state.create_or_edit(i=0, path="A.TXT", data=b"v4")
+            state.sync_copy(i=0)
             state.quiesce()
         finally:
             state.teardown()

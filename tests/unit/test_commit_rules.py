@@ -217,6 +217,61 @@ def test_folder_spelling_within_one_batch() -> None:
         plan_commit([put("New/a.txt", None, 1), put("NEW/b.txt", None, 2)], MemoryHead(), "a", NOW)
 
 
+def test_folder_respelled_in_case_with_all_its_files() -> None:
+    # a folder's case-only rename (Q1 -> q1) is a rename of every file in it: the new spelling
+    # must not clash with the old one the same batch empties (issue 16)
+    head = head_with(("Q1/x.txt", 1, 1), ("Q1/sub/y.txt", 2, 2), ("top.txt", 3, 3))
+    outcomes = commit(
+        head,
+        [
+            delete("Q1/x.txt", 1), delete("Q1/sub/y.txt", 2),
+            put("q1/x.txt", None, 1), put("q1/sub/y.txt", None, 2),
+        ],
+    )
+    assert [o.status for o in outcomes] == ["applied"] * 4
+    assert sorted(head.live()) == ["q1/sub/y.txt", "q1/x.txt", "top.txt"]
+    assert head.folder_spelling("q1") == "q1"
+
+
+def test_folder_respelled_while_a_file_stays_in_the_old_spelling_refused() -> None:
+    head = head_with(("Q1/x.txt", 1, 1), ("Q1/y.txt", 2, 2))
+    with pytest.raises(PathClash) as info:
+        plan_commit([delete("Q1/x.txt", 1), put("q1/x.txt", None, 1)], head, "alice", NOW)
+    assert info.value.details["existing"] == "Q1"
+    # the same folder re-spelled twice in one batch is refused too
+    with pytest.raises(PathClash):
+        plan_commit(
+            [
+                delete("Q1/x.txt", 1), delete("Q1/y.txt", 2),
+                put("q1/x.txt", None, 1), put("Q1/z.txt", None, 2),
+            ],
+            head, "alice", NOW,
+        )
+
+
+def test_folder_respelled_over_an_edit_keeps_one_spelling() -> None:
+    # bob edited Q1/x.txt after alice's copy renamed Q1 to q1: her delete of Q1/x.txt is
+    # stale, so Q1 keeps a live file and the re-spelling cannot apply; the refusal names the
+    # folder (the client holds the rename back) rather than a conflict copy under "q1" that
+    # would leave the server with two spellings of one folder
+    head = head_with(("Q1/x.txt", 1, 1), ("Q1/y.txt", 2, 2))
+    commit(head, [put("Q1/x.txt", 1, 5)], user="bob")  # seq 3
+    with pytest.raises(PathClash) as info:
+        plan_commit(
+            [
+                delete("Q1/x.txt", 1), delete("Q1/y.txt", 2),
+                put("q1/x.txt", None, 1), put("q1/y.txt", None, 2),
+            ],
+            head, "alice", NOW,
+        )
+    assert info.value.details["existing"] == "Q1"
+    # one file alone re-spelled over the edit: its conflict copy goes in the live spelling
+    d, p = commit(head, [delete("Q1/x.txt", 1), put("q1/x.txt", None, 1)])
+    assert d.status == "stale"
+    assert (p.status, p.write_path) == ("conflict", f"Q1/x{CONFLICT}.txt")
+    assert {anc.split("/")[0] for anc in head.live()} == {"Q1"}
+
+
 def test_file_where_folder_is_and_folder_where_file_is() -> None:
     head = head_with(("a/b.txt", 1, 1), ("f", 2, 1))
     with pytest.raises(PathClash, match="existing folder") as info:

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import pytest
 
-from smartsyncd.client.scanner import Scanner
+from smartsyncd.client.scanner import FileChanging, Scanner
 from smartsyncd.client.state import FileRecord
 from smartsyncd.core.chunking import chunk_buffer
 from smartsyncd.core.manifest import make_manifest
@@ -237,3 +237,27 @@ def test_a_file_another_program_holds_is_reported_kept_and_read_next_time(
     later = Scanner(tmp_path).scan(base)
     assert later.entries["Ledger.xlsx"].hashed
     assert later.entries["Ledger.xlsx"].content != base["Ledger.xlsx"].content
+
+
+def test_file_deleted_between_the_stat_and_the_read_is_absent(tmp_path: Path) -> None:
+    # check() stats, then opens: a file deleted in between is gone (issue 16: a sync failed
+    # with FileNotFoundError on a case variant on exFAT), not an error that stops the sync
+    (tmp_path / "memo.txt").write_bytes(b"v1")
+
+    def deleted_meanwhile(path: str) -> BinaryIO:
+        os.unlink(path)
+        return open(path, "rb")
+
+    assert Scanner(tmp_path, open_file=deleted_meanwhile).check("memo.txt", None) is None
+
+
+def test_file_the_stat_still_sees_but_cannot_be_opened_is_changing(tmp_path: Path) -> None:
+    # a name that stats but does not open (a stale cached spelling on a case-insensitive
+    # FUSE mount) is never read as a deletion: it is treated as a file being changed
+    (tmp_path / "memo.txt").write_bytes(b"v1")
+
+    def vanishing(path: str) -> BinaryIO:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    with pytest.raises(FileChanging):
+        Scanner(tmp_path, open_file=vanishing).check("memo.txt", None)

@@ -81,7 +81,8 @@ def _answers(view: Any) -> list[Any]:
     out: list[Any] = []
     for probe in PROBES:
         key = fold_key(probe) if probe else ""
-        out.append((probe, view.state(probe), view.live_path_with_key(key), view.folder_spelling(key)))
+        under = view.live_paths_under(probe + "/", 2) if probe else None
+        out.append((probe, view.state(probe), view.live_path_with_key(key), view.folder_spelling(key), under))
     return out
 
 
@@ -103,6 +104,10 @@ async def test_loaded_head_answers_like_the_indexed_lookups(store) -> None:  # n
     assert by_probe["Strasse"][2] == "Straße"
     assert by_probe["gone/only.txt"][0].content is None and by_probe["gone"][2] is None
     assert by_probe[""][2] == ""
+    # live paths under a folder: exact spelling, bounded, tombstones and lookalikes left out
+    assert by_probe["Working papers"][3] == ["Working papers/B-1 Cash.xlsx", "Working papers/Sub/Deep/x.txt"]
+    assert by_probe["Mixed"][3] == ["Mixed/ZED.txt"] and by_probe["mixed"][3] == []
+    assert by_probe["gone"][3] == []
 
 
 BATCHES: list[list[tuple[str, str, int | None, str]]] = [
@@ -117,6 +122,8 @@ BATCHES: list[list[tuple[str, str, int | None, str]]] = [
     [("mixed/new.txt", "put", None, "m1")],  # "Mixed" and "mixed2" exist: Mixed is the folder
     [("Résumé/cv.docx/inner.txt", "put", None, "r1")],  # a folder over a live file: refused
     [(f"R{NFD_E}sum{NFD_E}/other.docx", "put", None, "r2")],  # NFD spelling of a live folder
+    # a folder renamed in case with its one file ("mixed2" is another folder): applied
+    [("Mixed/ZED.txt", "delete", 8, ""), ("MIXED/zed.txt", "put", None, "z2")],
 ]
 
 
@@ -170,7 +177,7 @@ async def test_same_outcomes_with_either_head_view(backend, monkeypatch, request
     kinds = [o[0] if isinstance(o[0], str) else sorted({x[1] for x in o}) for o in loaded[:-1]]
     assert kinds == [
         ["applied"], "PathClash", ["applied", "conflict"], "PathClash", ["applied", "stale"],
-        "PathClash", "PathClash", "PathClash", ["applied"],
+        "PathClash", "PathClash", "PathClash", ["applied"], ["applied"],
     ], loaded
 
 
