@@ -68,7 +68,7 @@ def test_engagement_list_and_status(server: Daemon) -> None:
 
 def test_grants_locks_and_copies(server: Daemon) -> None:
     grants = as_json(server, "grants", "audit-2026")
-    assert [(g["kind"], g["principal"], g["role"]) for g in grants] == [("user", "alice", "editor")]
+    assert [(g["kind"], g["principal"], g["role"]) for g in grants] == [("user", "local:alice", "editor")]
     [lock] = as_json(server, "lock", "list", "audit-2026")
     assert (lock["path"], lock["holder"]) == ("tb.xlsx", "alice")
     [copy] = as_json(server, "copies", "list", "audit-2026")

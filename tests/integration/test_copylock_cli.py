@@ -22,6 +22,7 @@ from daemon import Daemon
 from reliability import wait_for
 from test_cli_client import Client, login, new_engagement, provisioned, smartsync_command
 
+from smartsyncd.client.copylock import NOTE_OFFSET
 from smartsyncd.client.localfs import TEMP_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,9 @@ def popen(client: Client, *args: str) -> subprocess.Popen[str]:
 
 def lock_holder(copy: Path) -> int | None:
     try:
-        return int(json.loads((copy / ".smartsync" / "lock").read_text() or "{}").get("pid"))
+        # the holder note starts after the lock's first byte (client/copylock.py NOTE_OFFSET)
+        note = (copy / ".smartsync" / "lock").read_bytes()[NOTE_OFFSET:]
+        return int(json.loads(note or b"{}").get("pid"))
     except (OSError, ValueError, TypeError):
         return None
 

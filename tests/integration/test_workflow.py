@@ -102,7 +102,9 @@ def test_checked_out_folder_refuses_others_and_the_edit_syncs_after_checkin(
     status = bob.json("status", str(b))
     assert status["locked"] and status["locked"][0]["path"] == "WP/cash.txt"
     assert "checked out by alice" in status["locked"][0]["lock"]
-    synced = bob.json("sync", str(b))
+    waiting = bob.run("--json", "sync", str(b))
+    assert waiting.returncode == 6, waiting.stderr  # finished; one edit waits (partial)
+    synced = json.loads(waiting.stdout)
     assert synced["locked"] == ["WP/cash.txt"] and synced["unsynced"] == 1
     assert any("checked out by alice" in s["reason"] for s in synced["skipped"])
     assert (b / "WP" / "cash.txt").read_text() == "bob's edit"  # the edit waits, not lost

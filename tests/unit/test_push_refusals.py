@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from smartsyncd.client.copycontext import offsets
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
+    BatchReused,
     Finalized,
     Forbidden,
     Locked,
@@ -202,9 +203,19 @@ def test_unknown_content_is_sent_again_with_its_whole_manifest(copy: SyncCopy) -
 
 def test_a_refusal_the_push_cannot_settle_is_raised(copy: SyncCopy) -> None:
     (copy.directory / "a.txt").write_bytes(b"alpha")
-    api = ScriptedServer(Forbidden("forbidden", "readers may not push", 403))
-    with pytest.raises(Forbidden):
+    api = ScriptedServer(BatchReused("batch_reused", "that batch key was used for other changes",
+                                     409))
+    with pytest.raises(BatchReused):
         push(copy, api)
+    assert copy.state.all_files() == {} and copy.state.pending_batch() is None
+
+
+def test_a_readers_change_stays_local_and_is_reported(copy: SyncCopy) -> None:
+    (copy.directory / "a.txt").write_bytes(b"alpha")
+    api = ScriptedServer(Forbidden("forbidden", "role 'reader' may not write", 403))
+    report = push(copy, api)  # settled: the sync goes on to pull
+    assert report.refused and "reader" in report.refused and report.partial
+    assert (copy.directory / "a.txt").read_bytes() == b"alpha"
     assert copy.state.all_files() == {} and copy.state.pending_batch() is None
 
 
