@@ -236,8 +236,7 @@ class ServerAPI(Transport):
         result: dict[str, Manifest] = {}
         while todo and not self.manifests_per_file:
             batch, todo = todo[:MANIFESTS_PER_REQUEST], todo[MANIFESTS_PER_REQUEST:]
-            files = [{"content": c} if bases[c] is None else
-                     {"content": c, "base": bases[c].content} for c in batch]  # type: ignore[union-attr]
+            files = [_manifest_item(c, bases[c]) for c in batch]
             try:
                 data = obj(await self._json(
                     "POST", _eng(eng, "manifests"), body={"files": files}, compress=True
@@ -489,6 +488,10 @@ class ServerAPI(Transport):
         )
         files = [obj(item, "export file") for item in field(data, "files", list, "export")]
         return field(data, "seq", int, "export"), files
+
+
+def _manifest_item(content: str, base: Manifest | None) -> dict[str, str]:
+    return {"content": content} if base is None else {"content": content, "base": base.content}
 
 
 def _parse_manifest(data: JSONObject, content: str, base: Manifest | None) -> Manifest:

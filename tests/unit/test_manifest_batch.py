@@ -243,3 +243,43 @@ async def test_an_older_server_is_asked_per_file(env: Env, tmp_path: Path) -> No
         copy.close()
 
 
+
+
+class DeferringAPI(CountingAPI):
+    """Passes on only the first manifest of each batched answer, the rest as ``deferred`` (as
+    a server does whose answer reached its size cap)."""
+
+    async def _json(self, method: str, path: str, **kw: Any) -> Any:
+        data = await super()._json(method, path, **kw)
+        if method == "POST" and path.endswith("/manifests"):
+            first, *rest = data["manifests"]
+            data = {"manifests": [first], "missing": data["missing"],
+                    "deferred": [m["content"] for m in rest] + data["deferred"]}
+        return data
+
+
+@in_memory
+async def test_the_client_asks_again_for_deferred_manifests(env: Env) -> None:
+    alice = await env.login("alice")
+    ids = await commit_files(env, alice, papers(4, "v1"), "b1")
+    api = client(env, alice, DeferringAPI)
+    got = await settled(env, api.manifests("alpha", [(c, None) for c in ids.values()]))
+    assert sorted(got) == sorted(ids.values())
+    assert all(got[c].content == c for c in ids.values())
+    assert api.calls.count("POST manifests") == 4 and "GET manifests/<content>" not in api.calls
+
+
+@in_memory
+async def test_an_unknown_content_is_refused_as_the_per_file_route_refuses_it(env: Env) -> None:
+    from smartsyncd.client.errors import ServerRefused
+
+    alice = await env.login("alice")
+    ids = await commit_files(env, alice, papers(2, "v1"), "b1")
+    api = client(env, alice)
+    unknown = "cd" * 32
+    try:
+        await settled(env, api.manifests("alpha", [*((c, None) for c in ids.values()), (unknown, None)]))
+    except ServerRefused as e:
+        assert e.status == 404 and e.code == "not_found"
+    else:
+        raise AssertionError("an unknown content must be refused, never read as an empty file")
