@@ -47,7 +47,8 @@ from smartsyncd.client.errors import HistoryDiverged, UsageError
 from smartsyncd.client.localfs import fsync_dir
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
-from smartsyncd.client.pullwrite import FileWriter, prune_partials
+from smartsyncd.client.pullbatch import write_groups
+from smartsyncd.client.pullwrite import FileWriter, Write, prune_partials
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
@@ -232,14 +233,15 @@ class SyncCopy:
         writer = FileWriter(self.ctx, api, report, prog)
         prog.start("download", sum(f.size for f in live))
         index: dict[str, tuple[str, int, int]] = {}
+        writes: list[Write] = []
+        for f in sorted(live, key=lambda f: f.path):
+            assert f.content is not None
+            if not remote_path_ok(f.path):
+                report.skipped.append((f.path, "server sent an invalid path; not written"))
+                continue
+            writes.append((PullWrite(f.path, f.seq, f.content, f.size, None), None))
         try:
-            for f in sorted(live, key=lambda f: f.path):
-                assert f.content is not None
-                if not remote_path_ok(f.path):
-                    report.skipped.append((f.path, "server sent an invalid path; not written"))
-                    continue
-                await writer.write_or_skip(PullWrite(f.path, f.seq, f.content, f.size, None),
-                                           None, index)
+            await write_groups(writer, writes, index)
         finally:
             prog.finish()
         await self._run(self.state.update, (), (), head)

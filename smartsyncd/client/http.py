@@ -65,6 +65,7 @@ CHUNKS_TYPE = b"application/x-smartsync-chunks"
 MISSING_PER_REQUEST = 10000
 LONG_POLL_CAP = 60.0
 PARALLEL_REQUESTS = 4  # chunk transfers on the wire at once
+MANIFESTS_PER_REQUEST = 1000  # the server's default cap (docs/protocol.md "Limits")
 
 __all__ = [
     "CHUNKS_PER_REQUEST", "UPLOAD_BODY_LIMIT", "DeltaHint", "HistoryKeeper", "Reply",
@@ -117,6 +118,8 @@ class ServerAPI(Transport):
         self.keeper: HistoryKeeper | None = None
         # where the last snapshot stood in the log (a clone keeps it)
         self.snapshot_history: HistoryMark | None = None
+        # the server answered 404 to POST .../manifests (an older one): manifests per file
+        self.manifests_per_file = False
 
     # -- sessions and information ------------------------------------------------------------
 
@@ -219,20 +222,46 @@ class ServerAPI(Transport):
         data = obj(
             await self._json("GET", _eng(eng, "manifests", content), params=params), "manifest"
         )
-        size = field(data, "size", int, "manifest")
-        try:
-            if "delta" in data:
-                delta = obj(data["delta"], "manifest delta")
-                if base is None or delta.get("base") != base.content:
-                    raise ProtocolError("manifest delta names a base this client did not ask for")
-                chunks = apply_delta(base.chunks, delta.get("ops"))
-            else:
-                chunks = chunks_from_json(data.get("chunks"))
-        except SyncError as exc:
-            raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
-        if content_id(chunks) != content or sum(c.size for c in chunks) != size:
-            raise ProtocolError(f"server sent a manifest that does not match content {content}")
-        return Manifest(content=content, size=size, chunks=tuple(chunks))
+        return _parse_manifest(data, content, base)
+
+    async def manifests(
+        self, eng: str, wanted: Sequence[tuple[str, Manifest | None]]
+    ) -> dict[str, Manifest]:
+        """The chunk lists of many contents (each as a delta against its base where given) in
+        as few requests as the server's caps allow (``POST .../manifests``); a server without
+        that route (404/405) is asked per file, as is any content it reports missing (so an
+        unknown one is refused as the per-file route refuses it)."""
+        bases = dict(wanted)
+        todo = list(bases)
+        result: dict[str, Manifest] = {}
+        while todo and not self.manifests_per_file:
+            batch, todo = todo[:MANIFESTS_PER_REQUEST], todo[MANIFESTS_PER_REQUEST:]
+            files = [_manifest_item(c, bases[c]) for c in batch]
+            try:
+                data = obj(await self._json(
+                    "POST", _eng(eng, "manifests"), body={"files": files}, compress=True
+                ), "manifests")
+            except ServerRefused as exc:
+                if exc.status not in (404, 405):
+                    raise
+                log.info("the server has no batched manifests; asking per file")
+                self.manifests_per_file = True
+                todo = batch + todo
+                break
+            for item in field(data, "manifests", list, "manifests"):
+                answer = obj(item, "manifest")
+                content = field(answer, "content", str, "manifest")
+                if content not in bases or content not in batch:
+                    raise ProtocolError(f"server sent a manifest not asked for: {content!r}")
+                result[content] = _parse_manifest(answer, content, bases[content])
+            deferred = [c for c in batch if c not in result]
+            if len(deferred) == len(batch):
+                todo.extend(deferred)  # nothing came back: per file below
+                break
+            todo = deferred + todo
+        for content in todo:
+            result[content] = await self.manifest(eng, content, bases[content])
+        return result
 
     async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
         """Download chunks (raw bytes by hash), each verified against its hash.
@@ -459,6 +488,28 @@ class ServerAPI(Transport):
         )
         files = [obj(item, "export file") for item in field(data, "files", list, "export")]
         return field(data, "seq", int, "export"), files
+
+
+def _manifest_item(content: str, base: Manifest | None) -> dict[str, str]:
+    return {"content": content} if base is None else {"content": content, "base": base.content}
+
+
+def _parse_manifest(data: JSONObject, content: str, base: Manifest | None) -> Manifest:
+    """One manifest answer (whole, or a delta against ``base``), checked against ``content``."""
+    size = field(data, "size", int, "manifest")
+    try:
+        if "delta" in data:
+            delta = obj(data["delta"], "manifest delta")
+            if base is None or delta.get("base") != base.content:
+                raise ProtocolError("manifest delta names a base this client did not ask for")
+            chunks = apply_delta(base.chunks, delta.get("ops"))
+        else:
+            chunks = chunks_from_json(data.get("chunks"))
+    except SyncError as exc:
+        raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
+    if content_id(chunks) != content or sum(c.size for c in chunks) != size:
+        raise ProtocolError(f"server sent a manifest that does not match content {content}")
+    return Manifest(content=content, size=size, chunks=tuple(chunks))
 
 
 def _iso(when: datetime) -> str:

@@ -1,7 +1,7 @@
 """The pull: follow the server's log from ``last_seq`` page by page (docs/protocol.md,
 "Pull"). Each page is planned against the files as they are now (each re-checked against its
 base right before it is replaced: an unpushed local edit becomes a conflict copy, never
-overwritten); files are written by ``pullwrite.FileWriter``; ``last_seq`` moves only after
+overwritten); files are written by ``pullwrite.FileWriter``, many at a time (``pullbatch``); ``last_seq`` moves only after
 they are durable. On a case-insensitive folder, case-only renames apply in place."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from smartsyncd.client.copycontext import CopyContext, log, offsets, remote_path
 from smartsyncd.client.localfs import remove_file
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.progress import Progress
+from smartsyncd.client.pullbatch import write_groups
 from smartsyncd.client.pullwrite import ChunkIndex, FileWriter
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import FileChanging, ScannedFile, load_rules
@@ -110,8 +111,8 @@ class Pull:
             index = await ctx.run(chunk_index, base)
             self.prog.start("download", sum(w.size for w in writes))
             try:
-                for w in sorted(writes, key=lambda w: w.path):
-                    await self.writer.write_or_skip(w, base.get(w.path), index)
+                ordered = sorted(writes, key=lambda w: w.path)
+                await write_groups(self.writer, [(w, base.get(w.path)) for w in ordered], index)
             finally:
                 self.prog.finish()
         for d in deletes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,53 +56,48 @@ class FileWriter:
         self.folders_matched: set[str] = set()
 
     async def write_or_skip(
-        self, write: PullWrite, old: FileRecord | None, index: ChunkIndex
+        self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
+        manifest: Manifest | None = None,
     ) -> None:
         """``_write_remote``, except that a file that cannot be verified (a stored manifest
         that lies about its chunks) or whose folder is a symbolic link is skipped and
         reported: one bad file must not stop the pull of every other."""
         try:
-            await self._write_remote(write, old, index)
+            await self._write_remote(write, old, index, manifest)
         except (Unverifiable, LinkInPath) as e:
-            why = e.strerror if isinstance(e, LinkInPath) else str(e)
-            log.warn("{path} not written: {why}", path=write.path, why=why)
-            self.report.skipped.append((write.path, str(why)))
+            self.skip(write.path, e)
+
+    def skip(self, path: str, e: Unverifiable | LinkInPath) -> None:
+        why = e.strerror if isinstance(e, LinkInPath) else str(e)
+        log.warn("{path} not written: {why}", path=path, why=why)
+        self.report.skipped.append((path, str(why)))
 
     async def _write_remote(
-        self, write: PullWrite, old: FileRecord | None, index: ChunkIndex
+        self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
+        manifest: Manifest | None = None,
     ) -> None:
         ctx, api, report = self.ctx, self.api, self.report
-        base_manifest = (
-            Manifest(old.content, old.size, old.chunks)
-            if old is not None and old.chunks is not None else None
-        )
-        manifest = await api.manifest(ctx.engagement, write.content, base=base_manifest)
-        if manifest.size != write.size:
-            raise Unverifiable(f"manifest of {write.path} does not match its size")
+        if manifest is None:
+            manifest = await api.manifest(ctx.engagement, write.content, base=base_of(old))
+        check_size(write, manifest)
         target = self.ctx.directory / write.path
         # before a temp file is opened in the folder: a folder cannot be renamed on Windows
         # while a file in it is open, and exfat-fuse loses the open file's path
-        await ctx.run(self._match_folder_case, write.path)
+        await ctx.run(self.match_folder_case, write.path)
         resumable = manifest.size >= PARTIAL_MIN
         if resumable:  # a large file: resume into what an interrupted pull left
             temp, handle, have = await ctx.run(self._open_partial, manifest, target)
         else:
             temp, handle = await ctx.run(open_temp, self.ctx.directory, target)
             have = 0
-        # a modified file whose synced version is here: chunks may come as deltas against it
-        delta_base = (
-            DeltaBase(old.content, old.size, old.chunks, manifest.chunks)
-            if old is not None and old.chunks is not None and old.size > 0
-            and old.content != manifest.content
-            else None
-        )
+        delta_base = delta_base_for(old, manifest)
         source: Path | bytes | None = None
         offset = sum(c.size for c in manifest.chunks[:have])
         try:
             if delta_base is not None and old is not None:
-                source = await ctx.run(self._download_base, write.path, old)
+                source = await ctx.run(self.download_base, write.path, old)
             for window in windows(manifest.chunks[have:], ctx.window_bytes):
-                local = await ctx.run(self._read_local, window, index)
+                local = await ctx.run(self.read_local, window, index)
                 need: list[tuple[ChunkRef, int]] = []
                 seen: set[str] = set()
                 for chunk, at in offsets(window):
@@ -117,9 +112,9 @@ class FileWriter:
                     items = [chunk for chunk, _ in need]
                 fetched = await api.fetch_chunks(ctx.engagement, items) if items else {}
                 report.bytes_received += sum(len(v) for v in fetched.values())
-                await ctx.run(_write_window, handle, window, local, fetched)
+                await ctx.run(write_window, handle, window, local, fetched)
                 self.prog.advance(sum(c.size for c in window))
-            st, moved_to = await ctx.run(self._install, temp, handle, write.path, old)
+            st, moved_to = await ctx.run(self.install, temp, handle, write.path, old)
         except BaseException as exc:
             # a cut connection keeps the part for the next attempt; a local disk error (a
             # full disk) frees its space instead
@@ -128,22 +123,36 @@ class FileWriter:
             else:
                 await ctx.run(discard_temp, temp, handle)
             raise
-        if moved_to is not None:
-            report.conflicts.append(moved_to)
-            log.info("local edit of {path} kept as {conflict_path}", path=write.path,
-                     conflict_path=moved_to)
-        record = FileRecord(
-            path=write.path, seq=write.seq, content=write.content, size=write.size,
-            mtime_ns=ctx.cache_mtime(st.st_mtime_ns), inode=st.st_ino,
-            chunks=manifest.chunks,
-        )
-        await ctx.run(ctx.state.update, [record], ())
-        for chunk, offset in offsets(manifest.chunks):
-            index.setdefault(chunk.hash, (write.path, offset, chunk.size))
-        await ctx.run(ctx.keep_bases, [(write.path, write.content, write.size)])
-        report.downloaded += 1
+        self.report_conflict(write.path, moved_to)
+        await self.record([(write, manifest, st)], index)
 
-    def _download_base(self, path: str, old: FileRecord) -> Path | bytes | None:
+    async def record(
+        self, done: Sequence[tuple[PullWrite, Manifest, os.stat_result]], index: ChunkIndex
+    ) -> None:
+        """Record files written and durable: their state rows, chunk index, base copies."""
+        ctx = self.ctx
+        records = [
+            FileRecord(
+                path=write.path, seq=write.seq, content=write.content, size=write.size,
+                mtime_ns=ctx.cache_mtime(st.st_mtime_ns), inode=st.st_ino,
+                chunks=manifest.chunks,
+            )
+            for write, manifest, st in done
+        ]
+        await ctx.run(ctx.state.update, records, ())
+        for write, manifest, _ in done:
+            for chunk, offset in offsets(manifest.chunks):
+                index.setdefault(chunk.hash, (write.path, offset, chunk.size))
+        await ctx.run(ctx.keep_bases, [(w.path, w.content, w.size) for w, _, _ in done])
+        self.report.downloaded += len(done)
+
+    def report_conflict(self, path: str, moved_to: str | None) -> None:
+        if moved_to is not None:
+            self.report.conflicts.append(moved_to)
+            log.info("local edit of {path} kept as {conflict_path}", path=path,
+                     conflict_path=moved_to)
+
+    def download_base(self, path: str, old: FileRecord) -> Path | bytes | None:
         """Where to read the synced version ``old`` of ``path`` for download deltas (blocking):
         the file itself while it looks unchanged (same size and inode, same or untrusted
         mtime), else the base copy's bytes. Either may be wrong (edited in place, damaged):
@@ -159,7 +168,7 @@ class FileWriter:
             return self.ctx.directory / path
         return self.ctx.base_cache.load(old.content, old.size)
 
-    def _read_local(
+    def read_local(
         self, window: list[ChunkRef], index: Mapping[str, tuple[str, int, int]]
     ) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -203,7 +212,7 @@ class FileWriter:
             raise
         return path, handle, have
 
-    def _match_folder_case(self, path: str) -> None:
+    def match_folder_case(self, path: str) -> None:
         """On a case-insensitive copy, give ``path``'s existing folders the server's spelling
         (a folder renamed in case elsewhere), once per folder and pull (blocking)."""
         if self.ctx.case_insensitive and "/" in path:
@@ -212,7 +221,7 @@ class FileWriter:
                 match_folders(self.ctx.directory, path)
                 self.folders_matched.add(folder)
 
-    def _install(
+    def install(
         self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None
     ) -> tuple[os.stat_result, str | None]:
         """Replace ``path`` with the finished temp file; an unpushed local edit (or an
@@ -242,6 +251,29 @@ class FileWriter:
         if temp.parent != (self.ctx.directory / path).parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
         return st, moved_to
+
+
+# a file to write and the synced version it replaces (None: new here)
+Write = tuple[PullWrite, FileRecord | None]
+
+
+def base_of(old: FileRecord | None) -> Manifest | None:
+    """The synced version's manifest: the base a manifest may come as a delta against."""
+    if old is None or old.chunks is None:
+        return None
+    return Manifest(old.content, old.size, old.chunks)
+
+
+def check_size(write: PullWrite, manifest: Manifest) -> None:
+    if manifest.size != write.size:
+        raise Unverifiable(f"manifest of {write.path} does not match its size")
+
+
+def delta_base_for(old: FileRecord | None, manifest: Manifest) -> DeltaBase | None:
+    """A modified file whose synced version is here: chunks may come as deltas against it."""
+    if old is None or old.chunks is None or old.size <= 0 or old.content == manifest.content:
+        return None
+    return DeltaBase(old.content, old.size, old.chunks, manifest.chunks)
 
 
 def partial_dir(directory: Path) -> Path:
@@ -302,7 +334,7 @@ def with_bases(
     return out
 
 
-def _write_window(
+def write_window(
     handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
     fetched: Mapping[str, bytes],
 ) -> None:

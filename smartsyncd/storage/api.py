@@ -313,6 +313,9 @@ class ChunkStore(Protocol):
     def open_upload(self, engagement_id: int, user: str | None = None) -> ChunkUpload: ...
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]: ...
     async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None: ...
+    async def get_manifests(
+        self, engagement_id: int, contents: Sequence[str]
+    ) -> dict[str, Manifest]: ...  # those found, by content id
 
 
 class ChangeLogStore(Protocol):

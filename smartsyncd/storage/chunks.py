@@ -158,3 +158,28 @@ def get_manifest(db: MetadataDB, engagement_id: int, content: str) -> Manifest |
         return Manifest(content=content, size=int(row[0]), chunks=manifest.decode_binary(bytes(row[1])))
 
     return db.read(tx)
+
+
+def get_manifests(db: MetadataDB, engagement_id: int, contents: Sequence[str]) -> dict[str, Manifest]:
+    """The manifests of ``contents`` that the engagement has, by content id (one read)."""
+    wanted = list(dict.fromkeys(contents))
+    raw = [hash_bytes(c, "content id") for c in wanted]
+
+    def tx() -> dict[str, Manifest]:
+        db.engagement_head(engagement_id)
+        found: dict[str, Manifest] = {}
+        for part in chunks_of(raw):
+            marks = ", ".join("?" for _ in part)
+            rows = db.all(
+                "SELECT content, size, body FROM manifests"
+                f" WHERE engagement_id = ? AND content IN ({marks})",
+                (engagement_id, *(db.dialect.binary(c) for c in part)),
+            )
+            for r in rows:
+                content = bytes(r[0]).hex()
+                found[content] = Manifest(
+                    content=content, size=int(r[1]), chunks=manifest.decode_binary(bytes(r[2]))
+                )
+        return found
+
+    return db.read(tx)

@@ -418,6 +418,9 @@ class SqlServerStore(LifecycleStore):
     async def get_manifest(self, engagement_id: int, content: str) -> Manifest | None:
         return await self.run_read(chunk_index.get_manifest, engagement_id, content)
 
+    async def get_manifests(self, engagement_id: int, contents: Sequence[str]) -> dict[str, Manifest]:
+        return await self.run_read(chunk_index.get_manifests, engagement_id, tuple(contents))
+
     # -- the change log
 
     async def commit(

@@ -107,6 +107,14 @@ class MemoryChangeLog:
             return None
         return Manifest(content=content, size=sum(c.size for c in refs), chunks=refs)
 
+    async def get_manifests(self, engagement_id: int, contents: Sequence[str]) -> dict[str, Manifest]:
+        found: dict[str, Manifest] = {}
+        for content in dict.fromkeys(contents):
+            m = await self.get_manifest(engagement_id, content)
+            if m is not None:
+                found[content] = m
+        return found
+
     # -- the change log
 
     async def commit(

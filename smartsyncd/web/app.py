@@ -149,6 +149,7 @@ class SyncAPI:
                     "json_body": self.limits.json_body,
                     "chunk_body": self.limits.chunk_body,
                     "chunks_per_request": self.limits.chunks_per_request,
+                    "manifests_per_request": self.limits.manifests_per_request,
                 },
                 "encodings": [bodycodec.ENCODING],
             },

@@ -22,6 +22,8 @@ class Limits:
     changes_per_commit: int = 10000
     max_wait: float = 60.0
     changes_page: int = 5000
+    manifests_per_request: int = 1000  # POST .../manifests: content ids asked at once
+    manifests_body: int = 8 * MiB  # its answer: the rest is "deferred" (asked again)
 
 
 @dataclass(frozen=True)

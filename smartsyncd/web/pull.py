@@ -21,6 +21,7 @@ from smartsyncd.web.errors import json_bytes, send_json
 from smartsyncd.web.history import check_from_query
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
+from smartsyncd.web.manifestbatch import manifests_answer, parse_manifest_request
 from smartsyncd.web.parse import (
     fetch_refs,
     hash_field,
@@ -79,6 +80,7 @@ class PullRoutes:
         engagement_route(app, authorizer, "read", eng + "/manifests/<content:content>", methods=["GET"])(
             self.manifest
         )
+        engagement_route(app, authorizer, "read", eng + "/manifests", methods=["POST"])(self.manifests)
         engagement_route(app, authorizer, "read", eng + "/chunks/fetch", methods=["POST"])(self.fetch_chunks)
 
     async def snapshot(self, request: Request, access: Access) -> bytes:
@@ -124,6 +126,19 @@ class PullRoutes:
                     )
         self._note_download(request, access, content, found.size)
         return send_json(request, {"content": content, "size": found.size, "chunks": full})
+
+    async def manifests(self, request: Request, access: Access) -> bytes:
+        """Many manifests in one answer (web/manifestbatch.py); each one served is audited as
+        a download, as the per-file route does."""
+        limits = self._limits
+        asked = await parse_json_off_reactor(self._run_blocking, json_body(request, limits.small_json))
+        wanted = parse_manifest_request(asked, limits.manifests_per_request)
+        ids = [w.content for w in wanted] + [w.base for w in wanted if w.base is not None]
+        found = await self._chunks.get_manifests(access.engagement.id, ids) if ids else {}
+        answer = await self._run_blocking(manifests_answer, wanted, found, limits.manifests_body)
+        for content, size in answer.served:
+            self._note_download(request, access, content, size)
+        return send_json(request, answer.body)
 
     def _note_download(self, request: Request, access: Access, content: str, size: int) -> None:
         self._read_audit.note(access.engagement.id, "download", access.session.user,

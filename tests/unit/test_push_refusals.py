@@ -109,6 +109,11 @@ class ScriptedServer:
     async def manifest(self, eng: str, content: str, base: Manifest | None = None) -> Manifest:
         raise AssertionError("not used by the push")
 
+    async def manifests(
+        self, eng: str, wanted: Sequence[tuple[str, Manifest | None]]
+    ) -> dict[str, Manifest]:
+        raise AssertionError("not used by the push")
+
     async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
         raise AssertionError("not used by the push")
 

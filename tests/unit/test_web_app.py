@@ -527,7 +527,8 @@ async def test_info_and_healthz_need_no_token(env: Env) -> None:
         "version": "0.1.0",
         "protocol": [1],
         "chunking": {"algorithm": "fastcdc", "min": 8192, "avg": 32768, "max": 262144},
-        "limits": {"json_body": LIMITS.json_body, "chunk_body": LIMITS.chunk_body, "chunks_per_request": 4096},
+        "limits": {"json_body": LIMITS.json_body, "chunk_body": LIMITS.chunk_body, "chunks_per_request": 4096,
+                   "manifests_per_request": 1000},
         "encodings": ["zstd"],
     }
     health = await env.call("GET", "/healthz")

@@ -1,0 +1,191 @@
+"""A pull or clone of many files in a handful of round trips (docs/protocol.md "Pull").
+
+The files to write go in groups of at most ``GROUP_FILES`` files and ``window_bytes`` of small
+files' data. A group's manifests come in one request (``Server.manifests``), the chunks of its
+small files (under ``pullwrite.PARTIAL_MIN``) in as few fetches as the size caps allow, and the
+next group is on the wire while this one is written. Each small file is still written as
+``pullwrite.FileWriter`` writes one: a temp file, fsync, rename, and a re-check against its
+base right before (an unpushed local edit becomes a conflict copy, never overwritten). Large
+files go through ``FileWriter`` itself (resumable partial downloads, windows of chunks) with
+their manifest already here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+
+from smartsyncd.client.copycontext import offsets
+from smartsyncd.client.errors import Unverifiable
+from smartsyncd.client.localfs import discard_temp, open_temp
+from smartsyncd.client.nofollow import LinkInPath
+from smartsyncd.client.pullwrite import (
+    PARTIAL_MIN,
+    ChunkIndex,
+    FileWriter,
+    Write,
+    base_of,
+    check_size,
+    delta_base_for,
+    with_bases,
+    write_window,
+)
+from smartsyncd.client.state import FileRecord
+from smartsyncd.client.wire import ChunkWanted
+from smartsyncd.core.model import ChunkRef, Manifest
+from smartsyncd.core.planner import PullWrite
+
+GROUP_FILES = 1000  # manifests asked at once (the server's default cap)
+
+
+@dataclass
+class _Small:
+    """A small file of a group: its manifest and the chunks found locally."""
+
+    write: PullWrite
+    old: FileRecord | None
+    manifest: Manifest
+    local: dict[str, bytes]
+
+
+@dataclass
+class _Group:
+    """A group with its manifests and its small files' chunks here, ready to be written."""
+
+    small: list[_Small] = field(default_factory=list)
+    large: list[tuple[PullWrite, FileRecord | None, Manifest]] = field(default_factory=list)
+    fetched: dict[str, bytes] = field(default_factory=dict)
+    skipped: list[tuple[str, Unverifiable]] = field(default_factory=list)
+
+
+def file_groups(writes: Sequence[Write], window_bytes: int) -> list[list[Write]]:
+    """``writes`` in order, cut into groups of at most ``GROUP_FILES`` files and
+    ``window_bytes`` of small files (large files are fetched in windows of their own)."""
+    out: list[list[Write]] = []
+    group: list[Write] = []
+    size = 0
+    for item in writes:
+        small = item[0].size < PARTIAL_MIN
+        if group and (len(group) >= GROUP_FILES or (small and size + item[0].size > window_bytes)):
+            out.append(group)
+            group, size = [], 0
+        group.append(item)
+        size += item[0].size if small else 0
+    if group:
+        out.append(group)
+    return out
+
+
+async def write_groups(writer: FileWriter, writes: Sequence[Write], index: ChunkIndex) -> None:
+    """Write ``writes`` (each with the synced version it replaces) group by group, the next
+    group's manifests and chunks coming while this one is written."""
+    groups = file_groups(writes, writer.ctx.window_bytes)
+    ahead: Deferred[_Group] | None = None
+    try:
+        for i, group in enumerate(groups):
+            if ahead is None:
+                ahead = Deferred.fromCoroutine(_fetch_group(writer, group, index))
+            ready = await ahead
+            ahead = None
+            if i + 1 < len(groups):
+                ahead = Deferred.fromCoroutine(_fetch_group(writer, groups[i + 1], index))
+            await _write_group(writer, ready, index)
+    finally:
+        if ahead is not None:
+            ahead.addErrback(lambda _: None)
+            ahead.cancel()
+
+
+async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex) -> _Group:
+    ctx, api = writer.ctx, writer.api
+    manifests = await api.manifests(ctx.engagement, [(w.content, base_of(old)) for w, old in group])
+    out = _Group()
+    small: list[tuple[PullWrite, FileRecord | None, Manifest]] = []
+    where: ChunkIndex = {}
+    for w, old in group:
+        m = manifests[w.content]
+        try:
+            check_size(w, m)
+        except Unverifiable as e:
+            out.skipped.append((w.path, e))
+            continue
+        if m.size >= PARTIAL_MIN:
+            out.large.append((w, old, m))
+            continue
+        small.append((w, old, m))
+        # looked up here, on the reactor: ``index`` grows while the group before is written
+        where.update((c.hash, index[c.hash]) for c in m.chunks if c.hash in index)
+    items: list[ChunkWanted] = []
+    for w, old, m, local, wanted in await ctx.run(_prepare, writer, small, where):
+        out.small.append(_Small(w, old, m, local))
+        items.extend(wanted)
+    if items:
+        out.fetched = await api.fetch_chunks(ctx.engagement, items)
+        writer.report.bytes_received += sum(len(v) for v in out.fetched.values())
+    return out
+
+
+def _prepare(
+    writer: FileWriter, small: list[tuple[PullWrite, FileRecord | None, Manifest]],
+    where: Mapping[str, tuple[str, int, int]],
+) -> list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]]:
+    """Per small file (blocking): the chunks found locally and the fetch items for the rest,
+    naming ranges of the synced version where it is here (deltas, as ``FileWriter`` does)."""
+    out = []
+    for w, old, m in small:
+        local = writer.read_local(list(m.chunks), where)
+        need: list[tuple[ChunkRef, int]] = []
+        seen: set[str] = set()
+        for chunk, at in offsets(m.chunks):
+            if chunk.hash not in local and chunk.hash not in seen:
+                seen.add(chunk.hash)
+                need.append((chunk, at))
+        items: list[ChunkWanted] = [chunk for chunk, _ in need]
+        delta = delta_base_for(old, m)
+        if need and delta is not None and old is not None:
+            source = writer.download_base(w.path, old)
+            if source is not None:
+                items = list(with_bases(need, delta, source))
+        out.append((w, old, m, local, items))
+    return out
+
+
+async def _write_group(writer: FileWriter, group: _Group, index: ChunkIndex) -> None:
+    ctx = writer.ctx
+    for path, e in group.skipped:
+        writer.skip(path, e)
+    done: list[tuple[PullWrite, Manifest, os.stat_result]] = []
+    try:
+        for item in group.small:
+            try:
+                st, moved_to = await ctx.run(_write_small, writer, item, group.fetched)
+            except (Unverifiable, LinkInPath) as e:
+                writer.skip(item.write.path, e)
+                continue
+            writer.report_conflict(item.write.path, moved_to)
+            done.append((item.write, item.manifest, st))
+            writer.prog.advance(item.write.size)
+    finally:
+        if done:  # durable already: recorded even when a later file of the group failed
+            await writer.record(done, index)
+    for w, old, m in group.large:
+        await writer.write_or_skip(w, old, index, m)
+
+
+def _write_small(
+    writer: FileWriter, item: _Small, fetched: Mapping[str, bytes]
+) -> tuple[os.stat_result, str | None]:
+    """Write one small file into a temp file and install it (blocking)."""
+    directory = writer.ctx.directory
+    # before the temp file is opened in the folder (client/pullwrite.py, case-insensitive copies)
+    writer.match_folder_case(item.write.path)
+    temp, handle = open_temp(directory, directory / item.write.path)
+    try:
+        write_window(handle, list(item.manifest.chunks), item.local, fetched)
+        return writer.install(temp, handle, item.write.path, item.old)
+    except BaseException:
+        discard_temp(temp, handle)
+        raise
