@@ -70,8 +70,7 @@ class CopyContext:
         return seq
 
     def seconds(self) -> float:
-        seconds: Callable[[], float] = self.clock.seconds  # type: ignore[misc]
-        return seconds()
+        return self.clock.seconds()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.seconds(), UTC)

@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -99,9 +98,8 @@ class NativeWatcher:
     ) -> None:
         self.root = Path(os.path.normpath(root))
         self._signature_of = signature_of
-        # zope interface methods: mypy without the zope plugin cannot call them via an attribute
-        self._call_later: Callable[..., DelayedCall] = clock.callLater  # type: ignore[misc]
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._call_later = clock.callLater
+        self._seconds = clock.seconds
         self.settle = settle
         self.max_delay = max_delay
         self.safety_interval = safety_interval
@@ -110,8 +108,8 @@ class NativeWatcher:
         self._changed_in = -1  # the newest generation that saw a relevant event
         self._first_event: float | None = None
         self._waiter: Deferred[bool] | None = None
-        self._settle_call: DelayedCall | None = None
-        self._safety_call: DelayedCall | None = None
+        self._settle_call: IDelayedCall | None = None
+        self._safety_call: IDelayedCall | None = None
         self.events_seen = 0  # relevant events, for tests and status
         self.seen_paths: deque[str] = deque(maxlen=100)  # the latest relevant paths
         self._observer: Any = None

@@ -482,7 +482,9 @@ class SmartsyncServer(MultiService):
             await self.started
         if self.port is not None:
             port, self.port = self.port, None
-            await port.stopListening()  # type: ignore[misc]  # zope interface method
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
         if self._port_file is not None:
             try:
                 os.unlink(self._port_file)

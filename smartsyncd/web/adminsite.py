@@ -62,7 +62,7 @@ class _AdminSite(Site):
 
 def make_admin_site(metrics: SyncMetrics, clock: Any) -> Site:
     root = _Index()
-    root.putChild(b"metrics", MetricsResource(metrics))  # type: ignore[arg-type]  # zope
+    root.putChild(b"metrics", MetricsResource(metrics))
     site = _AdminSite(root, reactor=clock, timeout=60)
     site.displayTracebacks = False
     return site

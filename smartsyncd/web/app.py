@@ -23,6 +23,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -75,8 +76,7 @@ class SyncAPI:
         self._store = store
         self._sessions = sessions
         self.clock = clock
-        # zope interface methods confuse mypy without the mypy-zope plugin
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._seconds = clock.seconds
         self._run_blocking = run_blocking
         self.limits = limits
         self._version = server_version
@@ -96,7 +96,7 @@ class SyncAPI:
         app.handle_errors(Exception)(self._error)
         self._add_routes(app)
         # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
-        self.read_audit = ReadAudit(store, clock.callLater, now)  # type: ignore[misc]
+        self.read_audit = ReadAudit(store, clock.callLater, now)
         PullRoutes(
             store, store, identity, self.longpolls, deltas, run_blocking, limits, self.read_audit
         ).add_to(
@@ -123,7 +123,7 @@ class SyncAPI:
         """The twisted.web resource serving this API."""
         return cast(IResource, self.app.resource())
 
-    def _error(self, request: Request, failure: Failure) -> bytes:
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
         return error_response(request, failure)
 
     # -- server information ----------------------------------------------------------------

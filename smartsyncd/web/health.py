@@ -52,7 +52,7 @@ def health_answer(checks: Checks) -> tuple[Checks, int]:
 class HealthCache:
     def __init__(self, check: Callable[[], Awaitable[Checks]], clock: IReactorTime, ttl: float = 1.0) -> None:
         self._check = check
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._seconds = clock.seconds
         self._ttl = ttl
         self._result: Checks | None = None
         self._at = 0.0
