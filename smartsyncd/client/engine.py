@@ -78,7 +78,7 @@ def fewer_gc_passes() -> AbstractContextManager[None]:
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 class SyncCopy:

@@ -57,7 +57,7 @@ class DeadlineTimer(Service):
         super().startService()
         self._schedule(0)
 
-    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()

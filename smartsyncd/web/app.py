@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
@@ -38,7 +38,7 @@ from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factor
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
-from smartsyncd.web.health import HealthCache, health_answer, with_disk
+from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
 from smartsyncd.web.negotiate import NegotiateSignIn, negotiate_login  # issue 19: SSO
@@ -71,7 +71,7 @@ class SyncAPI:
         limits: Limits = Limits(),
         server_version: str = smartsyncd.__version__,
         now: Callable[[], datetime] | None = None,
-        disk: Callable[[], Awaitable[dict[str, Any]]] | None = None,  # /healthz free space
+        disk: Callable[[], Awaitable[Checks]] | None = None,  # /healthz free space
     ) -> None:
         self._store = store
         self._sessions = sessions

@@ -11,8 +11,7 @@ checks; ``health_answer`` turns the checks into the answer: 503 ``error`` when a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -20,7 +19,7 @@ from twisted.logger import Logger, LogLevel
 
 log = Logger(namespace="smartsyncd.web")
 
-Checks = dict[str, Any]
+Checks = Mapping[str, object]  # part name -> "ok" / "error", or a report (disk, warnings)
 
 
 def with_disk(
