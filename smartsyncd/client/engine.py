@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -368,7 +367,7 @@ class SyncCopy:
     async def watch(
         self,
         api: Server,
-        stop: Deferred[Any],
+        stop: Deferred[None],
         on_report: Callable[[SyncReport], object],
         *,
         progress: Progress | None = None,

@@ -24,7 +24,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
@@ -34,6 +34,9 @@ from twisted.logger import Logger
 from smartsyncd.client.localfs import TEMP_PREFIX
 from smartsyncd.client.state import STATE_DIR
 from smartsyncd.core.ignore import IgnoreRules
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 log = Logger()
 
@@ -112,7 +115,7 @@ class NativeWatcher:
         self._safety_call: IDelayedCall | None = None
         self.events_seen = 0  # relevant events, for tests and status
         self.seen_paths: deque[str] = deque(maxlen=100)  # the latest relevant paths
-        self._observer: Any = None
+        self._observer: BaseObserver | None = None
 
     def start(self, reactor: IReactorFromThreads) -> None:
         """Start the system watcher (raises OSError or ImportError when it cannot run)."""

@@ -42,6 +42,6 @@ class ThreadPoolService(Service):
         super().stopService()
         self.pool.stop()
 
-    def run_blocking(self, f: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
+    def run_blocking(self, f: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
         """Run ``f(*args, **kwargs)`` in the pool; the Deferred fires on the reactor thread."""
         return deferToThreadPool(self._reactor, self.pool, f, *args, **kwargs)

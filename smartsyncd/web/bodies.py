@@ -23,7 +23,7 @@ from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest, TooLarge
 from smartsyncd.core.jsonscan import scan_depth
-from smartsyncd.core.jsonvalue import JSONObject, JSONValue
+from smartsyncd.core.jsonvalue import JSONDict, JSONValue
 from smartsyncd.web.admission import ClientAddresses
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class LimitedRequest(Request):
             {"error": "too_large", "message": f"request body over the limit of {limit} bytes", "limit": limit},
         )
 
-    def _answer_and_close(self, status: int, reason: bytes, answer: JSONObject) -> None:
+    def _answer_and_close(self, status: int, reason: bytes, answer: JSONDict) -> None:
         self._refused = True
         self.content = BytesIO()
         self._release()
@@ -345,14 +345,14 @@ def _bad_field(field: str, expected: str) -> BadRequest:
     return BadRequest(f"field {field!r} must be {expected}", field=field)
 
 
-def expect_object(value: object, field: str = "body") -> JSONObject:
+def expect_object(value: object, field: str = "body") -> JSONDict:
     if not isinstance(value, dict):
         raise _bad_field(field, "a JSON object")
     return value
 
 
 def get_str(
-    obj: JSONObject,
+    obj: JSONDict,
     key: str,
     field: str | None = None,
     *,
@@ -387,7 +387,7 @@ INT64_MAX = 2**63 - 1
 
 
 def get_int(
-    obj: JSONObject,
+    obj: JSONDict,
     key: str,
     field: str | None = None,
     *,
@@ -412,7 +412,7 @@ def get_int(
     return value
 
 
-def get_list(obj: JSONObject, key: str, field: str | None = None, *, max_len: int | None = None) -> list[JSONValue]:
+def get_list(obj: JSONDict, key: str, field: str | None = None, *, max_len: int | None = None) -> list[JSONValue]:
     name = field or key
     value = obj.get(key)
     if not isinstance(value, list):

@@ -13,7 +13,7 @@ import re
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
-from smartsyncd.core.jsonvalue import JSONObject
+from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.model import HistoryCheck
 from smartsyncd.web.bodies import expect_object, get_int, query_int, query_str
 
@@ -48,7 +48,7 @@ def check_from_query(request: Request, since: int) -> HistoryCheck:
     )
 
 
-def check_from_body(obj: JSONObject) -> HistoryCheck | None:
+def check_from_body(obj: JSONDict) -> HistoryCheck | None:
     """The check of a commit body's optional ``history`` object."""
     raw = obj.get("history")
     if raw is None:
