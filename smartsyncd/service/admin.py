@@ -70,5 +70,4 @@ class AdminListener(Service):
         if self.port is None:
             return None
         port, self.port = self.port, None
-        stopping: Deferred[None] | None = port.stopListening()  # type: ignore[misc]  # zope
-        return stopping
+        return port.stopListening()

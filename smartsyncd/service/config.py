@@ -348,13 +348,13 @@ def _PATH(text: str) -> str:  # noqa: N802 - a marker in the table, never called
     return text
 
 
-def _parse_trusted_proxies(text: str) -> Any:
+def _parse_trusted_proxies(text: str) -> tuple[Network, ...]:
     from smartsyncd.web.clientaddr import parse_trusted_proxies
 
     return parse_trusted_proxies(text)
 
 
-_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+_OPTIONS: tuple[tuple[str, str, str, Callable[[str], object]], ...] = (
     ("server", "data_dir", "data_dir", _PATH),
     ("server", "listen", "listen", check_listen),
     ("server", "tls_cert", "tls_cert", _PATH),

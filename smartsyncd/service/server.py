@@ -28,7 +28,7 @@ leaving a process that runs but serves nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -59,10 +59,12 @@ from smartsyncd.storage.api import ServerStore
 from smartsyncd.storage.durable import write_durably
 from smartsyncd.web.inflight import InFlight
 from smartsyncd.web.metrics import SyncMetrics
+from smartsyncd.web.pool import RunBlocking
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
     from twisted.web.server import Site
+    from werkzeug.routing import Map
 
     from smartsyncd.auth.sessions import Authenticator, SessionManager
     from smartsyncd.service.admin import AdminListener
@@ -71,8 +73,6 @@ if TYPE_CHECKING:
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
-
-RunBlocking = Callable[..., Awaitable[Any]]
 
 log = Logger(namespace="smartsyncd.service")
 
@@ -343,7 +343,7 @@ class SmartsyncServer(MultiService):
         self._meter(site, api.app.url_map, store, notifier)
         return site
 
-    def _meter(self, site: Site, url_map: Any, store: ServerStore, notifier: ChangeNotifier) -> None:
+    def _meter(self, site: Site, url_map: Map, store: ServerStore, notifier: ChangeNotifier) -> None:
         """Count the site's requests, track those in flight (the drain), and tell the metrics
         where to read the values they show when scraped (web/metrics.py)."""
         from smartsyncd.storage.maintenance import read_record
@@ -482,7 +482,9 @@ class SmartsyncServer(MultiService):
             await self.started
         if self.port is not None:
             port, self.port = self.port, None
-            await port.stopListening()  # type: ignore[misc]  # zope interface method
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
         if self._port_file is not None:
             try:
                 os.unlink(self._port_file)

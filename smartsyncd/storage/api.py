@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from smartsyncd.core.jsonvalue import JSONValue
 from smartsyncd.core.locks import Lock
 from smartsyncd.core.model import (
     Change,
@@ -97,7 +98,7 @@ class PutManifest:
     content: str
     chunks: tuple[ChunkRef, ...] | None = None
     delta_base: str | None = None
-    delta_ops: tuple[tuple, ...] | None = None
+    delta_ops: tuple[JSONValue, ...] | None = None  # raw ops, checked by manifest.apply_delta
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ from the daemon's ``SyncMetrics``; nothing here reads or changes engagement data
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from smartsyncd.web.metrics import SyncMetrics
 
@@ -29,11 +29,11 @@ class MetricsResource(Resource):
         super().__init__()
         self._metrics = metrics
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: Request) -> int:
         Deferred.fromCoroutine(self._answer(request))
         return NOT_DONE_YET
 
-    async def _answer(self, request: Any) -> None:
+    async def _answer(self, request: Request) -> None:
         try:
             await self._metrics.refresh()
             body = self._metrics.render()
@@ -50,19 +50,19 @@ class MetricsResource(Resource):
 
 
 class _Index(Resource):
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return _INDEX
 
 
 class _AdminSite(Site):
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         pass  # a scrape every few seconds: no access line each time
 
 
-def make_admin_site(metrics: SyncMetrics, clock: Any) -> Site:
+def make_admin_site(metrics: SyncMetrics, clock: IReactorTime) -> Site:
     root = _Index()
-    root.putChild(b"metrics", MetricsResource(metrics))  # type: ignore[arg-type]  # zope
+    root.putChild(b"metrics", MetricsResource(metrics))
     site = _AdminSite(root, reactor=clock, timeout=60)
     site.displayTracebacks = False
     return site

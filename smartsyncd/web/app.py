@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -37,7 +38,7 @@ from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factor
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
-from smartsyncd.web.health import HealthCache, health_answer, with_disk
+from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
 from smartsyncd.web.negotiate import NegotiateSignIn, negotiate_login  # issue 19: SSO
@@ -70,13 +71,12 @@ class SyncAPI:
         limits: Limits = Limits(),
         server_version: str = smartsyncd.__version__,
         now: Callable[[], datetime] | None = None,
-        disk: Callable[[], Awaitable[dict[str, Any]]] | None = None,  # /healthz free space
+        disk: Callable[[], Awaitable[Checks]] | None = None,  # /healthz free space
     ) -> None:
         self._store = store
         self._sessions = sessions
         self.clock = clock
-        # zope interface methods confuse mypy without the mypy-zope plugin
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._seconds = clock.seconds
         self._run_blocking = run_blocking
         self.limits = limits
         self._version = server_version
@@ -96,7 +96,7 @@ class SyncAPI:
         app.handle_errors(Exception)(self._error)
         self._add_routes(app)
         # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
-        self.read_audit = ReadAudit(store, clock.callLater, now)  # type: ignore[misc]
+        self.read_audit = ReadAudit(store, clock.callLater, now)
         PullRoutes(
             store, store, identity, self.longpolls, deltas, run_blocking, limits, self.read_audit
         ).add_to(
@@ -123,7 +123,7 @@ class SyncAPI:
         """The twisted.web resource serving this API."""
         return cast(IResource, self.app.resource())
 
-    def _error(self, request: Request, failure: Failure) -> bytes:
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
         return error_response(request, failure)
 
     # -- server information ----------------------------------------------------------------
