@@ -25,6 +25,7 @@ from smartsyncd.storage.statusview import EngagementSummary, StatusOverview
 from smartsyncd.web.refusals import Refusal
 
 ROOT = "/status"
+MAX_ROWS = 1000  # rows of one table
 
 _STYLE = (
     "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}"
@@ -65,13 +66,18 @@ def size(n: int) -> str:
     return f"{n} B"  # pragma: no cover - the loop always returns
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], empty: str) -> str:
-    """A table of already-escaped cells (``headers`` are this module's own words)."""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    if not body:
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], empty: str,
+          limit: int = MAX_ROWS) -> str:
+    """A table of already-escaped cells (``headers`` are this module's own words), at most
+    ``limit`` rows: a page of 10,000 parked long-polls or sessions would help nobody."""
+    kept = list(rows)
+    if not kept:
         return f"<p>{esc(empty)}</p>"
+    more = f"<p>{len(kept) - limit} more not shown.</p>" if len(kept) > limit else ""
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                   for row in kept[:limit])
     head = "".join(f"<th>{h}</th>" for h in headers)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
 def hidden_csrf(csrf: str) -> str:
@@ -227,10 +233,11 @@ def _sessions(sessions: Sequence[SessionRecord], now: datetime) -> str:
 
 
 def _transfers(transfers: Sequence[Transfer]) -> str:
+    longest = sorted(transfers, key=lambda t: t.seconds, reverse=True)
     rows = [(esc(t.method), esc(t.route), esc(t.client), f"{t.seconds:.1f} s",
-             size(t.received), size(t.sent)) for t in transfers]
+             size(t.received), size(t.sent)) for t in longest]
     return table(["Method", "Route", "Client", "Running for", "Received", "Sent"], rows,
-                 "Nothing in flight.")
+                 "Nothing in flight (parked long-polls are counted above).", limit=100)
 
 
 def _refusals(refusals: Sequence[Refusal], total: int) -> str:

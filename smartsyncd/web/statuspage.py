@@ -10,7 +10,8 @@ the policy again.
 
 Forged requests: every POST carries a ``csrf`` field, an HMAC of a purpose under a secret the
 browser holds only in its HttpOnly cookie (the session token, or before sign-in a random
-per-browser value in its own cookie), so another site can neither read nor compute it. A POST
+per-browser value in its own cookie), so another site can neither read nor compute it.
+A password is taken only over TLS, or over plain HTTP from this host (loopback). A POST
 without it, or with a wrong one, changes nothing and is answered 403. Requests never change
 anything on GET; each action (break a check-out, abandon a copy) is a GET of a confirmation
 page, then a POST of its form with a reason, run by the same store methods ``smartsync-admin
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,6 +126,13 @@ def _field(request: Any, name: str, required: bool = True) -> str:
     if required and not text:
         raise Refused(400, f"the form field {name!r} is missing")
     return text
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _cookie(request: Any, name: bytes) -> str | None:
@@ -239,6 +248,12 @@ class StatusPage(Resource):
                           " sign-in page")
         user, password = _field(request, "user"), _field(request, "password")
         address = client_address(request)
+        if not request.isSecure() and not _loopback(address):
+            # the password would have crossed the network in the clear: say so, sign nobody in
+            log.warn("status page: refused a sign-in over plain HTTP from {address}",
+                     address=address)
+            raise Refused(403, "sign in over TLS: this admin endpoint is plain HTTP, which is"
+                          " only for this host (set [admin] listen = ssl:...)")
         try:
             token, record = await self._sessions.sign_in(user, password, address)
         except AuthFailed:
@@ -307,8 +322,11 @@ class StatusPage(Resource):
         for request in inflight.live():
             started = getattr(request, "smartsync_started", None)
             method = getattr(request, "method", None) or b"?"
+            route = inflight.route(request)
+            if method == b"GET" and route.endswith("/changes"):
+                continue  # a parked long-poll: waiting, not transferring (counted on the page)
             out.append(html.Transfer(
-                method=method.decode("ascii", "replace"), route=inflight.route(request),
+                method=method.decode("ascii", "replace"), route=route,
                 client=client_address(request),
                 seconds=0.0 if started is None else max(0.0, seconds - started),
                 received=int(getattr(request, "_body_bytes", 0)), sent=int(request.sentLength),

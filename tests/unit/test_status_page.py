@@ -29,6 +29,7 @@ from smartsyncd.storage.statusview import EngagementSummary, StatusOverview
 from smartsyncd.testing.syncpool import run_sync
 from smartsyncd.web import statushtml as html
 from smartsyncd.web.adminsite import make_admin_site
+from smartsyncd.web.clientaddr import parse_trusted_proxies
 from smartsyncd.web.inflight import InFlight
 from smartsyncd.web.metrics import SyncMetrics
 from smartsyncd.web.refusals import MAX_PATH, RecentRefusals
@@ -109,6 +110,8 @@ def test_the_style_sheet_is_allowed_by_its_hash_and_nothing_else_is() -> None:
 def test_sizes_and_the_refusal_ring() -> None:
     assert [html.size(n) for n in (0, 1023, 1024, 5 << 20, 3 << 40)] == [
         "0 B", "1023 B", "1.0 KiB", "5.0 MiB", "3.0 TiB"]
+    capped = html.table(["n"], [[str(i)] for i in range(5)], "none", limit=2)
+    assert capped.count("<tr>") == 3 and "3 more not shown" in capped
     ring = RecentRefusals(keep=3)
     ring.add(1.0, "GET", b"/ok", 200, "a")  # not a refusal
     for i in range(5):
@@ -324,3 +327,22 @@ async def test_sign_out_ends_the_session(admin: Browser) -> None:
     r = await admin.go("POST", "/status/signout", {"csrf": csrf})
     assert r.status == 303 and "smartsync_status" not in admin.cookies
     assert await admin.env.store.list_sessions("alice") == []
+
+
+@in_memory
+async def test_a_password_over_plain_http_from_another_host_is_refused(admin: Browser) -> None:
+    # the client's address as a proxy in front reports it (the peer here is always loopback)
+    admin.site._agent._serverFactory.trusted_proxies = parse_trusted_proxies("127.0.0.1")
+    form = await admin.go("GET", "/status/signin")
+    headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in admin.cookies.items()),
+               "Content-Type": "application/x-www-form-urlencoded",
+               "X-Forwarded-For": "203.0.113.9"}
+    body = urlencode({"csrf": csrf_of(form), "user": "alice", "password": PASSWORD}).encode()
+    for scheme, status in (("http", 403), ("https", 303)):
+        d = admin.site.request("POST", f"{scheme}://admin.example/status/signin", headers=headers,
+                               data=body, allow_redirects=False)
+        r = await admin.env.reply(d)
+        assert r.status == status, r.body
+    assert b"sign in over TLS" in (await admin.env.reply(admin.site.request(
+        "POST", "http://admin.example/status/signin", headers=headers, data=body))).body
+    assert len(await admin.env.store.list_sessions("alice")) == 1  # only the TLS one
