@@ -322,9 +322,9 @@ def _confirm(admin: str, csrf: str, title: str, action: str, fields: Mapping[str
 def render_confirm_break(admin: str, csrf: str, engagement: str, lock: Lock) -> str:
     facts = (
         f"<p>Break the check-out of <b>{esc(lock.path)}</b> in <b>{esc(engagement)}</b>, held "
-        f"by <b>{esc(lock.holder)}</b> since {when(lock.since)}?</p><p>Their unsaved work is "
-        "not lost: their next commit of it may meet a newer version and become a conflict"
-        " copy.</p>"
+        f"by <b>{esc(lock.holder)}</b> since {when(lock.since)}?</p><p>Their edits are not "
+        "lost: they stay in their copy, and if someone else changes the file first, their next"
+        " sync keeps theirs as a conflict copy.</p>"
     )
     return _confirm(admin, csrf, "Break a check-out", "break",
                     {"engagement": engagement, "path": lock.path}, facts, "Break the check-out",

@@ -4,7 +4,7 @@ who is an admin, and sign-in, refusals and actions through the real admin Site i
 The Site is ``make_admin_site`` with the real ``StatusPage`` over the real SQLite store on
 synchronous pools and a real ``SessionManager`` (local accounts), driven by treq over an
 in-memory transport (tests/unit/webkit.py). The browser's view is in
-tests/integration/test_status_page.py.
+tests/integration/test_status_page_browser.py.
 """
 
 from __future__ import annotations
