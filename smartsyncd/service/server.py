@@ -158,6 +158,8 @@ class SmartsyncServer(MultiService):
         self.inflight = InFlight()
         self.notifier: ChangeNotifier | None = None
         self.admin: AdminListener | None = None
+        self.sessions: SessionManager | None = None
+        self.metered_store: ServerStore | None = None
         self.setName("smartsyncd")
 
     def startService(self) -> None:
@@ -313,7 +315,8 @@ class SmartsyncServer(MultiService):
 
         config = self.config
         store = cast(ServerStore, MeteredStore(daemon_store, self.metrics))
-        sessions = self._build_sessions(store)
+        self.metered_store = store
+        self.sessions = sessions = self._build_sessions(store)
         self.notifier = notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
         folders = self.storage_folders()
@@ -376,12 +379,20 @@ class SmartsyncServer(MultiService):
         """With ``[admin] listen``: the admin endpoint (service/admin.py), as a child."""
         if self.config.admin_listen is None:
             return
-        from smartsyncd.service.admin import AdminListener
+        from smartsyncd.service.admin import AdminListener, status_page, status_sources
         from smartsyncd.web.adminsite import make_admin_site
+        from smartsyncd.web.diskspace import free_space
 
+        assert self.sessions is not None and self.metered_store is not None
+        folders = self.storage_folders()
+        sources = status_sources(
+            self.config, self.metrics, lambda: self.inflight,
+            lambda: self._run_blocking(free_space, folders), list(folders),
+        )
+        page = status_page(self.config, self.metered_store, self.sessions, self._reactor, sources)
         admin = AdminListener(
             self._reactor, self.config.admin_listen,
-            make_admin_site(self.metrics, self._reactor), info.cert_path, info.key_path,
+            make_admin_site(self.metrics, self._reactor, page), info.cert_path, info.key_path,
         )
         self.admin = admin
         admin.setServiceParent(self)  # started at once: this service is running

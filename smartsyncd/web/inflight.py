@@ -67,7 +67,7 @@ class InFlight:
     def by_route(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for request in self.live():
-            route = self._route(request)
+            route = self.route(request)
             counts[route] = counts.get(route, 0) + 1
         return counts
 
@@ -75,7 +75,8 @@ class InFlight:
         """Chunk uploads whose body is still arriving or being stored (web/upload.py)."""
         return sum(1 for r in self.live() if getattr(r, "upload", None) is not None)
 
-    def _route(self, request: Request) -> str:
+    def route(self, request: Request) -> str:
+        """The route template of ``request`` (``other`` when no rule matches)."""
         # Before its body is in, a request has no ``path`` yet: the channel has the request line.
         channel = request.channel
         method = getattr(request, "method", None) or getattr(channel, "_command", None) or b""

@@ -41,7 +41,9 @@ from werkzeug.routing import Map
 import smartsyncd
 from smartsyncd.core.errors import SyncError
 from smartsyncd.storage.api import SessionRecord
+from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.inflight import InFlight
+from smartsyncd.web.refusals import RecentRefusals
 
 log = Logger(namespace="smartsyncd.web")
 
@@ -228,6 +230,7 @@ class SyncMetrics:
         self.seconds = seconds
         self.registry = CollectorRegistry()
         self.sources = Sources()
+        self.refusals = RecentRefusals()  # the status page's "recent refusals and errors"
         r = self.registry
         self.request_stats = RequestStats()
         r.register(self.request_stats)
@@ -355,6 +358,9 @@ def meter_site(site: Any, metrics: SyncMetrics, route_of: Callable[[bytes, bytes
             started = getattr(request, "smartsync_started", None)
             method = request.method.decode("ascii", "replace")
             path = getattr(request, "path", None) or getattr(request.channel, "_path", b"") or b""
+            if request.code >= 400:
+                metrics.refusals.add(seconds(), method[:10], path, request.code,
+                                     client_address(request))
             metrics.observe_request(
                 route_of(request.method, path.split(b"?", 1)[0]),
                 method if method in _METHODS else "other",  # labels stay a bounded set
