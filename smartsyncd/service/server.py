@@ -307,6 +307,7 @@ class SmartsyncServer(MultiService):
         timer.setServiceParent(self)
 
     def _build_site(self, daemon_store: ServerStore) -> Site:
+        from smartsyncd.auth.grantees import Directory
         from smartsyncd.web.app import SyncAPI, make_site
         from smartsyncd.web.diskspace import disk_report
         from smartsyncd.web.limits import ClientLimits
@@ -324,6 +325,7 @@ class SmartsyncServer(MultiService):
         api = SyncAPI(
             store, sessions, notifier, self._reactor, self._run_blocking,
             disk=lambda: self._run_blocking(disk_report, folders, warn),
+            directory=cast("Directory | None", sessions.backend("ldap")),  # grants by name
         )
         self.api = api
         if config.kerberos is not None:  # issue 19: single sign-on

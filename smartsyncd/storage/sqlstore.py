@@ -51,6 +51,7 @@ from smartsyncd.storage import (
     chunks as chunk_index,
 )
 from smartsyncd.storage.api import (
+    TOOL_ACTOR,
     AuditRecord,
     ChainReport,
     ChunkUpload,
@@ -62,6 +63,7 @@ from smartsyncd.storage.api import (
     FsckProblem,
     GcReport,
     Grant,
+    GrantCheck,
     PrincipalBlock,
     PrincipalKind,
     PutManifest,
@@ -313,11 +315,16 @@ class SqlServerStore(LifecycleStore, StatusViewStore):
     async def list_engagements(self) -> list[EngagementRecord]:
         return await self.run_read(accounts.list_engagements)
 
-    async def grant(self, grant: Grant) -> None:
-        await self.run_db(accounts.grant, grant, self._now())
+    async def grant(
+        self, grant: Grant, actor: str = TOOL_ACTOR, check: GrantCheck | None = None
+    ) -> None:
+        await self.run_db(accounts.grant, grant, self._now(), actor, check)
 
-    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
-        return await self.run_db(accounts.revoke, engagement, kind, principal, self._now())
+    async def revoke(
+        self, engagement: str, kind: PrincipalKind, principal: str, actor: str = TOOL_ACTOR,
+        check: GrantCheck | None = None,
+    ) -> bool:
+        return await self.run_db(accounts.revoke, engagement, kind, principal, self._now(), actor, check)
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
         return await self.run_read(accounts.list_grants, engagement)

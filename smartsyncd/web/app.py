@@ -6,7 +6,8 @@ uses, and answers the server and session routes itself. The route groups:
 
 - web/pull.py: snapshot, change feed (long-polls: web/longpoll.py), manifests, chunk fetch;
 - web/push.py: missing chunks, chunk upload (streamed: web/upload.py), commit;
-- web/workflow.py: locks, history, restore, export, sync copies.
+- web/workflow.py: locks, history, restore, export, sync copies;
+- web/manage.py: what an engagement's admins manage (lock breaks, copies, sign-off, grants).
 
 Every engagement route goes through ``access.engagement_route`` (session -> engagement + role ->
 ``acl.allows``), every path segment through a converter of web/segments.py, every failure
@@ -29,6 +30,7 @@ from twisted.web.server import Request, Site
 
 import smartsyncd
 from smartsyncd.auth.acl import allows
+from smartsyncd.auth.grantees import Directory, GranteeResolver
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import bodycodec, chunking
 from smartsyncd.storage.api import ServerStore
@@ -41,6 +43,7 @@ from smartsyncd.web.errors import error_response, send_json
 from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
+from smartsyncd.web.manage import ManageRoutes, add_manage_routes
 from smartsyncd.web.negotiate import NegotiateSignIn, negotiate_login  # issue 19: SSO
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.parse import parse_json_off_reactor
@@ -72,6 +75,7 @@ class SyncAPI:
         server_version: str = smartsyncd.__version__,
         now: Callable[[], datetime] | None = None,
         disk: Callable[[], Awaitable[Checks]] | None = None,  # /healthz free space
+        directory: Directory | None = None,  # names in an engagement admin's grants (issue 17)
     ) -> None:
         self._store = store
         self._sessions = sessions
@@ -104,6 +108,8 @@ class SyncAPI:
         )
         PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
         add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
+        resolver = GranteeResolver(store, directory)
+        add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))
 
     def _add_routes(self, app: Klein) -> None:
         add_route(app, "/healthz", ["GET"], self.healthz, "healthz")

@@ -4,8 +4,8 @@
 ``engagement_route`` check as every other engagement route (web/access.py): session ->
 engagement visible to the user -> role allows the operation. Check-out, check-in and restore
 need ``write``; history, locks, export and copy contact need ``read`` (a reader's copy registers
-and reports too). Admin-only actions (break a lock, finalize, reopen, abandon a copy, gc, audit)
-are in ``smartsync-admin``, not here.
+and reports too). What an engagement's admins manage (break a lock, finalize, reopen, copies,
+grants) is in web/manage.py; gc and the audit tools stay in ``smartsync-admin``.
 
 A client names its sync copy with the ``Smartsync-Copy`` header (``parse.copy_header``); a
 commit or restore from an abandoned copy is refused inside the commit transaction.
