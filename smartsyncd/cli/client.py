@@ -35,6 +35,7 @@ from smartsyncd.cli.client_session import (
     open_copy,
     read_password,
 )
+from smartsyncd.cli.client_wipe import Wiped, finish_interrupted, obey_order, print_wiped
 from smartsyncd.cli.client_workflow import (
     cmd_checkin,
     cmd_checkout,
@@ -49,6 +50,7 @@ from smartsyncd.client.errors import (
     ConflictsLeft,
     TrustError,
     UsageError,
+    WipeOrdered,
 )
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.sso import sso_login, sso_service  # issue 19: single sign-on
@@ -304,6 +306,9 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
 
 # -- entry point -----------------------------------------------------------------------------
 
+# commands whose DIR is a sync copy: a wipe of it that was interrupted is finished first
+_OPENS_A_COPY = frozenset({"sync", "status", "watch", "conflicts", "locks"})
+
 
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, ClientError):
@@ -332,9 +337,20 @@ async def run(
         session = Session(reactor, args, out)
         if args.command == "login":
             return await cmd_login(session, stdin)
+        if args.command in _OPENS_A_COPY:
+            await finish_interrupted(session, Path(args.directory))  # raises Wiped if it did
         return await COMMANDS[args.command](session)
     except CancelledError:
         raise
+    except WipeOrdered as order:  # the copy's server ordered it wiped: obey, say so
+        assert session is not None
+        try:
+            return print_wiped(out, await obey_order(session, order))
+        except ClientError as exc:
+            out.error(exc, exc.exit_code)
+            return exc.exit_code
+    except Wiped as done:  # an interrupted wipe was finished
+        return print_wiped(out, done)
     except ClientError as exc:
         code = exc.exit_code
         out.error(exc, code)

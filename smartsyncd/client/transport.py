@@ -182,10 +182,11 @@ class Transport:
         auth: bool = True,
         timeout: float | None = None,
         compress: bool = False,
+        name_copy: bool | None = None,
     ) -> object:
         reply = await self._request(
             method, path, body=body, params=params, auth=auth, timeout=timeout,
-            compress=compress,
+            compress=compress, name_copy=name_copy,
         )
         return decode_json(reply)
 
@@ -203,9 +204,12 @@ class Transport:
         timeout: float | None = None,
         expect: bytes = JSON_TYPE,
         compress: bool = False,
+        name_copy: bool | None = None,
     ) -> Reply:
         """One call with retries; on ``session_expired`` sign in again once and repeat.
-        ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch)."""
+        ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch).
+        ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls)."""
+        copy = self.copy_id if (auth if name_copy is None else name_copy) else None
         encoding: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
@@ -223,7 +227,7 @@ class Transport:
                     self._reactor,
                     lambda: self._attempt(
                         method, path, data, content_type, params, auth, timeout, expect,
-                        encoding,
+                        encoding, copy,
                     ),
                     attempts=self.max_attempts,
                     is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
@@ -253,14 +257,15 @@ class Transport:
         timeout: float | None,
         expect: bytes,
         encoding: bytes | None = None,
+        copy: str | None = None,
     ) -> Reply:
         headers: dict[bytes, list[bytes]] = {b"Accept": [expect], b"Accept-Encoding": [b"zstd"]}
         if encoding is not None:
             headers[b"Content-Encoding"] = [encoding]
         if auth and self.token:
             headers[b"Authorization"] = [b"Bearer " + self.token.encode("ascii")]
-        if auth and self.copy_id:
-            headers[b"Smartsync-Copy"] = [self.copy_id.encode("ascii")]
+        if copy:
+            headers[b"Smartsync-Copy"] = [copy.encode("ascii")]
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]
         self.requests += 1

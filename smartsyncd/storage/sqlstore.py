@@ -81,6 +81,7 @@ from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.statusview import StatusViewStore
 from smartsyncd.storage.upload import PackUpload
+from smartsyncd.storage.wipes import WipeStore
 
 __all__ = [
     "COMMIT_GC_THRESHOLD",
@@ -98,7 +99,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore(LifecycleStore, StatusViewStore):
+class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(
@@ -522,16 +523,20 @@ class SqlServerStore(LifecycleStore, StatusViewStore):
         return await self.run_db(locks.export_at, engagement_id, at)
 
     async def register_copy(
-        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
+        key_hash: str | None = None,
     ) -> CopyRecord:
-        return await self.run_db(copies.register_copy, engagement_id, copy_id, user, host, session, self._now())
+        return await self.run_db(
+            copies.register_copy, engagement_id, copy_id, user, host, session, self._now(), key_hash
+        )
 
     async def report_copy(
         self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
-        unsynced: int, since: datetime | None,
+        unsynced: int, since: datetime | None, key_hash: str | None = None,
     ) -> CopyRecord:
         return await self.run_db(
-            copies.report_copy, engagement_id, copy_id, user, host, session, unsynced, since, self._now()
+            copies.report_copy, engagement_id, copy_id, user, host, session, unsynced, since, self._now(),
+            key_hash,
         )
 
     async def list_copies(self, engagement_id: int) -> list[CopyRecord]:

@@ -34,6 +34,7 @@ from smartsyncd.auth.grantees import Directory, GranteeResolver
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import bodycodec, chunking
 from smartsyncd.storage.api import ServerStore
+from smartsyncd.storage.wipes import wipes_or_none
 from smartsyncd.web.access import Access, Authorizer, add_route, bearer_token, engagement_route
 from smartsyncd.web.admission import ClientAddresses
 from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factory, read_body
@@ -54,6 +55,7 @@ from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.segments import install_converters
 from smartsyncd.web.shapes import changes_body, iso_utc
 from smartsyncd.web.upload import UploadServices, upload_request_factory
+from smartsyncd.web.wipes import add_wipe_routes
 from smartsyncd.web.workflow import WorkflowRoutes, add_workflow_routes
 
 __all__ = ["Limits", "SyncAPI", "make_site"]
@@ -86,7 +88,7 @@ class SyncAPI:
         self._version = server_version
         now = now or self._clock_now
         self._health = HealthCache(with_disk(lambda: self._store.check_health(), disk), clock)
-        self.authorizer = Authorizer(sessions, store, store)
+        self.authorizer = Authorizer(sessions, store, store, wipes_or_none(store))
         identity = StoreIdentity(store)
         # parked long-polls: answered in bulk, one query and one encoding per woken group
         self.longpolls = LongPolls(
@@ -110,6 +112,7 @@ class SyncAPI:
         add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))
+        add_wipe_routes(app, wipes_or_none(store), limits)
 
     def _add_routes(self, app: Klein) -> None:
         add_route(app, "/healthz", ["GET"], self.healthz, "healthz")
@@ -164,6 +167,7 @@ class SyncAPI:
     # -- sessions --------------------------------------------------------------------------
 
     async def login(self, request: Request) -> bytes:
+        await self.authorizer.refuse_if_wiped(request, None)  # a wiped copy signing in again
         signed_in = await negotiate_login(request, self.sso)  # issue 19: None unless Negotiate
         if signed_in is None:
             raw = read_body(request, self.limits.login_json)

@@ -20,10 +20,12 @@ from klein import Klein
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
+from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import EngagementStatus, WorkflowStore
 from smartsyncd.storage.lifecycle import deadline_warning
+from smartsyncd.storage.wipes import KEY_HEX
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import expect_object, get_int, get_str, query_str, read_json
 from smartsyncd.web.clientaddr import client_address
@@ -127,7 +129,9 @@ class WorkflowRoutes:
         copy_id = get_str(body, "copy", max_len=64, non_empty=True)
         host = get_str(body, "host", max_len=255, non_empty=True)
         session = access.session
-        record = await self._store.register_copy(access.engagement.id, copy_id, session.user, host, session.id)
+        record = await self._store.register_copy(
+            access.engagement.id, copy_id, session.user, host, session.id, _key_hash(body)
+        )
         return send_json(request, copy_json(record))
 
     async def report_copy(self, request: Request, access: Access, copy: str) -> bytes:
@@ -140,7 +144,9 @@ class WorkflowRoutes:
             raise BadRequest("field 'since' must be an ISO 8601 time or null", field="since")
         since = None if since_raw is None else parse_time(since_raw, "since")
         eid, session = access.engagement.id, access.session
-        record = await self._store.report_copy(eid, copy, session.user, host, session.id, unsynced, since)
+        record = await self._store.report_copy(
+            eid, copy, session.user, host, session.id, unsynced, since, _key_hash(body)
+        )
         status = await self._store.engagement_status(eid)
         locks = await self._store.list_locks(eid)
         return send_json(
@@ -152,6 +158,17 @@ class WorkflowRoutes:
                 "deadline": deadline_json(status, record.unsynced, self._now()),
             },
         )
+
+
+def _key_hash(body: JSONDict) -> str | None:
+    """The optional ``key_hash``: SHA-256 of the copy's secret, which authenticates its wipe
+    report (web/wipes.py)."""
+    value = body.get("key_hash")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not KEY_HEX.match(value):
+        raise BadRequest("field 'key_hash' must be 64 lowercase hex digits", field="key_hash")
+    return value
 
 
 def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> JsonObject | None:

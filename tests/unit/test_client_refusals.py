@@ -41,6 +41,7 @@ EXPECTED: dict[type[server_errors.SyncError], type[ServerRefused]] = {
     server_errors.BatchReused: errors.BatchReused,
     server_errors.Finalized: errors.Finalized,
     server_errors.CopyAbandoned: errors.CopyAbandoned,
+    server_errors.WipeOrdered: errors.WipeOrdered,
     server_errors.UnsyncedCopies: errors.UnsyncedCopies,
     server_errors.LastAdmin: errors.LastAdmin,
 }
