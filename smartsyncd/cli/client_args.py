@@ -174,6 +174,8 @@ def _admin_commands(commands: Any, command: Any) -> None:
         _global_options(sub, defaults=False)
         if name == "abandon":
             sub.add_argument("copy", metavar="COPY", help="the copy id shown by 'copies list'")
+            sub.add_argument("--wipe", action="store_true",
+                             help="also order the copy wiped at its next contact (a lost laptop)")
         sub.add_argument("where", metavar="WHERE", nargs="?", default=".", help=WHERE_HELP)
     finalize = command("finalize", "sign the engagement off: read-only for everyone (admins)")
     finalize.add_argument("--force", action="store_true",

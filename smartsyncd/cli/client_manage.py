@@ -84,9 +84,11 @@ async def cmd_copies(session: Session) -> int:
                           *(_copy_line(c) for c in copies)])
         session.out.result(text, {"engagement": admin.engagement, "copies": [c.to_json() for c in copies]})
         return 0
-    c = await admin.abandon_copy(args.copy)
-    session.out.result(f"Abandoned copy {c.copy} ({c.user} on {c.host}); it can never commit again.",
-                       {"engagement": admin.engagement, "copy": c.to_json()})
+    c = await admin.abandon_copy(args.copy, wipe=args.wipe)
+    then = (" It is wiped at its next contact with the server (its files, settings and stored"
+            " sign-in), nothing uploaded first." if args.wipe else "")
+    session.out.result(f"Abandoned copy {c.copy} ({c.user} on {c.host}); it can never commit again.{then}",
+                       {"engagement": admin.engagement, "copy": c.to_json(), "wipe": args.wipe})
     return 0
 
 

@@ -82,9 +82,12 @@ class EngagementAdmin:
         data = obj(await self._api._json("GET", self._url("copies")), "copies")
         return [parse_copy(item) for item in field(data, "copies", list, "copies")]
 
-    async def abandon_copy(self, copy_id: str) -> CopyInfo:
-        """Revoke a copy for good (a lost laptop): its session ends, its commits are refused."""
-        return parse_copy((await self._post("abandon", "copies", copy_id, "abandon")).get("copy"))
+    async def abandon_copy(self, copy_id: str, wipe: bool = False) -> CopyInfo:
+        """Revoke a copy for good (a lost laptop): its session ends, its commits are refused;
+        ``wipe`` also orders it wiped at its next contact with the server."""
+        body: JSONObject = {"wipe": True} if wipe else {}
+        answer = await self._post("abandon", "copies", copy_id, "abandon", body=body)
+        return parse_copy(answer.get("copy"))
 
     async def finalize(self, reason: str, force: bool = False) -> FinalizeAnswer:
         """Sign the engagement off (read-only); ``UnsyncedCopies`` unless ``force``."""

@@ -22,8 +22,9 @@ from smartsyncd.core.model import ROLES, Role
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import Grant, GrantStore, PrincipalKind, WorkflowStore
 from smartsyncd.storage.db import MAX_REASON
+from smartsyncd.storage.wipes import wipes_or_none
 from smartsyncd.web.access import Access, Authorizer, engagement_route
-from smartsyncd.web.bodies import expect_object, get_str, read_json
+from smartsyncd.web.bodies import expect_object, get_str, parse_json, read_body, read_json
 from smartsyncd.web.errors import send_json
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.shapes import JsonObject, copy_json, finalized_json, lock_json
@@ -55,8 +56,25 @@ class ManageRoutes:
         return send_json(request, {"copies": [copy_json(c) for c in copies]})
 
     async def abandon_copy(self, request: Request, access: Access, copy: str) -> bytes:
-        record = await self._store.abandon_copy(access.engagement.id, copy, access.session.user)
-        return send_json(request, {"copy": copy_json(record)})
+        """Abandon a copy; with ``{"wipe": true}`` also order it wiped at its next contact
+        (docs/workflow.md, "Remote wipe"). A body is optional (older clients send none)."""
+        raw = read_body(request, self._limits.small_json)
+        wipe = expect_object(parse_json(raw)).get("wipe", False) if raw.strip() else False
+        if not isinstance(wipe, bool):
+            raise BadRequest("field 'wipe' must be true or false", field="wipe")
+        eid, user = access.engagement.id, access.session.user
+        if not wipe:
+            record = await self._store.abandon_copy(eid, copy, user)
+            return send_json(request, {"copy": copy_json(record)})
+        wipes = wipes_or_none(self._store)
+        if wipes is None:
+            raise BadRequest("this server's store cannot order a wipe", field="wipe")
+        order = await wipes.order_wipe(eid, copy, user)  # abandons it too, in one transaction
+        copies = {c.copy_id: c for c in await self._store.list_copies(eid)}
+        return send_json(request, {
+            "copy": copy_json(copies[order.copy_id]),
+            "wipe": {"ordered_by": order.ordered_by, "ordered_at": order.ordered_at.isoformat()},
+        })
 
     async def finalize(self, request: Request, access: Access) -> bytes:
         body = self._body(request)

@@ -209,3 +209,45 @@ def test_sign_in_naming_a_wiped_copy_gets_the_order_and_reports_are_keyed(
     assert done.returncode == 7, done.stderr
     assert json.loads(done.stdout)["reported"] is True
     assert len(trail(server, eng)) == before + 1  # one report event
+
+
+def test_an_engagement_admin_orders_a_wipe_from_their_own_machine(
+    server: Daemon, laptop: Client, tmp_path: Path
+) -> None:
+    eng = "wipe-by-admin-2026"
+    new_engagement(server, eng)
+    added = server.admin("user", "add", "hana", "--password-stdin", input=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    admin_ok(server, "grant", eng, "--user", "hana", "--role", "admin")
+    lost = tmp_path / "lost"
+    ok(laptop, "clone", f"{server.url}/{eng}", str(lost))
+    (lost / "a.txt").write_text("synced")
+    ok(laptop, "sync", str(lost))
+    copy = copy_id_of(lost)
+
+    home = tmp_path / "hana"
+    home.mkdir()
+    hana = Client(home)
+    signed = hana.run("login", server.url, "--user", "hana", "--password-stdin",
+                      "--trust-fingerprint", server.fingerprint, input=PASSWORD + "\n")
+    assert signed.returncode == 0, signed.stderr
+    # alice is only an editor: she may not order it
+    refused = laptop.run("copies", "abandon", copy, f"{server.url}/{eng}", "--wipe")
+    assert refused.returncode == 5, (refused.stdout, refused.stderr)
+    assert "wipe ordered" not in copies_row(server, eng, copy)
+
+    token = hana.settings()["servers"][server.url]["token"]
+    status, answer = raw(server, "POST", f"/v1/engagements/{eng}/copies/{copy}/abandon",
+                         {"wipe": "yes"}, {"Authorization": f"Bearer {token}"})
+    assert (status, answer["error"], answer["field"]) == (400, "bad_request", "wipe")
+    assert "abandoned" not in copies_row(server, eng, copy)
+
+    ordered = json.loads(ok(hana, "--json", "copies", "abandon", copy, f"{server.url}/{eng}", "--wipe").stdout)
+    assert ordered["wipe"] is True and ordered["copy"]["abandoned_by"] == "hana"
+    order = next(r for r in trail(server, eng) if r["event"] == "copy_wipe_order")
+    assert order["actor"] == "hana" and order["detail"]["copy"] == copy
+
+    done = laptop.run("--json", "sync", str(lost))
+    assert done.returncode == 7, (done.stdout, done.stderr)
+    assert json.loads(done.stdout)["files_removed"] == 1
+    assert list(lost.iterdir()) == []
