@@ -186,14 +186,59 @@ def test_raw_kerberos_token_without_spnego_is_accepted(
     assert answer["user"] == "kerin"
 
 
+def written(client: Client) -> dict[str, bytes]:
+    """Every file of the client's settings folder, with its content."""
+    if not client.config.exists():
+        return {}
+    return {str(p): p.read_bytes() for p in client.config.rglob("*") if p.is_file()}
+
+
 def test_cli_without_a_ticket_says_what_to_do(server: Daemon, realm: KerberosRealm, tmp_path: Path) -> None:
     client = Client(tmp_path)
+    before = sessions(server)
     done = client.run(
         "--trust-fingerprint", server.fingerprint, "login", sso_url(server), "--sso",
         env=realm.env(tmp_path / "no-such.ccache"),
     )
-    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # AuthError: sign-in failed
+    assert "no usable Kerberos ticket" in done.stderr
     assert "kinit" in done.stderr and "log on to the domain" in done.stderr
+    assert "expired" not in done.stderr
+    assert written(client) == {}
+    assert sessions(server) == before
+
+
+def test_cli_with_an_expired_ticket_says_so_and_writes_nothing(
+    server: Daemon, realm: KerberosRealm, tmp_path: Path
+) -> None:
+    """Two days on (the CLI under faketime), kinit's 10-hour tickets are expired for MIT's
+    library: a cache with the TGT only, and one that also holds the service ticket of an
+    earlier sign-in. The message names the cause and the remedy; the CLI's settings (the
+    earlier session included) and the server's session table stay as they were."""
+    fresh = Client(tmp_path / "fresh")
+    fresh_env = realm.env(ticket(realm, tmp_path, "kerin"))  # TGT only
+    signed_in = Client(tmp_path / "signed-in")
+    signed_in_env = realm.env(ticket(realm, tmp_path, "kdora"))
+    for client in (fresh, signed_in):
+        client.home.mkdir()
+    done = signed_in.run(
+        "--trust-fingerprint", server.fingerprint, "login", sso_url(server), "--sso",
+        env=signed_in_env,
+    )
+    assert done.returncode == 0, done.stderr  # the cache now holds HTTP/localhost's ticket too
+    for client, env in [(fresh, fresh_env), (signed_in, signed_in_env)]:
+        before, before_sessions = written(client), sessions(server)
+        done = client.run(
+            "--trust-fingerprint", server.fingerprint, "login", sso_url(server), "--sso",
+            env=env, wrapper=["faketime", "-f", "+2d"],
+        )
+        assert done.returncode == 3, done.stdout + done.stderr  # AuthError: sign-in failed
+        assert "Kerberos ticket has expired" in done.stderr
+        assert "kinit" in done.stderr and "log on to the domain" in done.stderr
+        assert "Signed in" not in done.stdout
+        assert written(client) == before
+        assert sessions(server) == before_sessions
+    assert signed_in.settings()["servers"][sso_url(server)]["token"]  # kept: not a sign-out
 
 
 def test_expired_session_signs_in_again_silently_with_the_ticket(
