@@ -19,6 +19,15 @@ from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
 
 from smartsyncd.cli.client_args import build_parser, split_source
+from smartsyncd.cli.client_manage import (
+    cmd_copies,
+    cmd_finalize,
+    cmd_grant,
+    cmd_grants,
+    cmd_locks_or_break,
+    cmd_reopen,
+    cmd_revoke,
+)
 from smartsyncd.cli.client_session import (
     Output,
     Session,
@@ -31,7 +40,6 @@ from smartsyncd.cli.client_workflow import (
     cmd_checkout,
     cmd_export,
     cmd_history,
-    cmd_locks,
     cmd_restore,
 )
 from smartsyncd.client.engine import SyncCopy
@@ -281,7 +289,13 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "conflicts": cmd_conflicts,
     "checkout": cmd_checkout,
     "checkin": cmd_checkin,
-    "locks": cmd_locks,
+    "locks": cmd_locks_or_break,
+    "copies": cmd_copies,
+    "finalize": cmd_finalize,
+    "reopen": cmd_reopen,
+    "grants": cmd_grants,
+    "grant": cmd_grant,
+    "revoke": cmd_revoke,
     "history": cmd_history,
     "restore": cmd_restore,
     "export": cmd_export,

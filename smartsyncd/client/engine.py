@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -78,7 +77,7 @@ def fewer_gc_passes() -> AbstractContextManager[None]:
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 class SyncCopy:
@@ -368,7 +367,7 @@ class SyncCopy:
     async def watch(
         self,
         api: Server,
-        stop: Deferred[Any],
+        stop: Deferred[None],
         on_report: Callable[[SyncReport], object],
         *,
         progress: Progress | None = None,

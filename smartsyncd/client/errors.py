@@ -132,6 +132,15 @@ class NotFound(ServerRefused):
 class Forbidden(ServerRefused):
     """``forbidden``: this user may not do that in this engagement."""
 
+    @property
+    def required(self) -> str | None:
+        """The role the refused request needs (``details['required']``), when the server says."""
+        return _text(self.details.get("required"))
+
+
+class LastAdmin(ServerRefused):
+    """``last_admin``: the change would leave the engagement without an admin grant."""
+
 
 class RateLimited(ServerRefused):
     """``rate_limited``: too many requests or sign-in attempts; try later."""
@@ -200,6 +209,7 @@ REFUSALS: dict[str, type[ServerRefused]] = {
     "bad_chunk": BadChunk,
     "not_found": NotFound,
     "forbidden": Forbidden,
+    "last_admin": LastAdmin,
     "rate_limited": RateLimited,
     "too_large": TooLarge,
     "storage_full": StorageFull,

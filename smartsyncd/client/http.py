@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
@@ -58,6 +58,9 @@ from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import HistoryCheck, Manifest
 
+if TYPE_CHECKING:
+    from smartsyncd.client.reactor import ClientReactor
+
 log = Logger()
 
 PROTOCOL_VERSION = 1
@@ -89,7 +92,7 @@ class ServerAPI(Transport):
         self,
         base_url: str,
         *,
-        reactor: Any,
+        reactor: ClientReactor,
         policy: IPolicyForHTTPS,
         token: str | None = None,
         relogin: Callable[[], Awaitable[str]] | None = None,

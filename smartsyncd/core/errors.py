@@ -178,3 +178,11 @@ class UnsyncedCopies(SyncError):
 
     code = "unsynced_copies"
     status = 409
+
+
+class LastAdmin(SyncError):
+    """An engagement admin's grant change would leave the engagement without any admin grant
+    (``engagement``); only ``smartsync-admin`` on the server may do that."""
+
+    code = "last_admin"
+    status = 409

@@ -51,6 +51,7 @@ from smartsyncd.storage import (
     chunks as chunk_index,
 )
 from smartsyncd.storage.api import (
+    TOOL_ACTOR,
     AuditRecord,
     ChainReport,
     ChunkUpload,
@@ -62,6 +63,7 @@ from smartsyncd.storage.api import (
     FsckProblem,
     GcReport,
     Grant,
+    GrantCheck,
     PrincipalBlock,
     PrincipalKind,
     PutManifest,
@@ -77,6 +79,7 @@ from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
 from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.statusview import StatusViewStore
 from smartsyncd.storage.upload import PackUpload
 
 __all__ = [
@@ -95,7 +98,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore(LifecycleStore):
+class SqlServerStore(LifecycleStore, StatusViewStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(
@@ -312,11 +315,16 @@ class SqlServerStore(LifecycleStore):
     async def list_engagements(self) -> list[EngagementRecord]:
         return await self.run_read(accounts.list_engagements)
 
-    async def grant(self, grant: Grant) -> None:
-        await self.run_db(accounts.grant, grant, self._now())
+    async def grant(
+        self, grant: Grant, actor: str = TOOL_ACTOR, check: GrantCheck | None = None
+    ) -> None:
+        await self.run_db(accounts.grant, grant, self._now(), actor, check)
 
-    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
-        return await self.run_db(accounts.revoke, engagement, kind, principal, self._now())
+    async def revoke(
+        self, engagement: str, kind: PrincipalKind, principal: str, actor: str = TOOL_ACTOR,
+        check: GrantCheck | None = None,
+    ) -> bool:
+        return await self.run_db(accounts.revoke, engagement, kind, principal, self._now(), actor, check)
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
         return await self.run_read(accounts.list_grants, engagement)

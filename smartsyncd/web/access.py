@@ -18,7 +18,7 @@ from klein import Klein
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from smartsyncd.auth.acl import allows
+from smartsyncd.auth.acl import allows, least_role
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core.errors import Finalized, Forbidden, NotFound
 from smartsyncd.core.model import Role
@@ -72,7 +72,11 @@ class Authorizer:
             # Same answer whether it does not exist or is not visible: no hint which.
             raise NotFound("no such engagement")
         if not allows(role, operation):
-            raise Forbidden(f"role {role!r} may not {operation} in engagement {name!r}")
+            needed = least_role(operation)
+            raise Forbidden(
+                f"this needs the role {needed!r} in engagement {name!r}; you have {role!r}",
+                role=role, required=needed,
+            )
         return Access(session=session, engagement=engagement, role=role)
 
     async def refuse_if_finalized(self, access: Access) -> None:

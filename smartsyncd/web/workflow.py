@@ -4,8 +4,8 @@
 ``engagement_route`` check as every other engagement route (web/access.py): session ->
 engagement visible to the user -> role allows the operation. Check-out, check-in and restore
 need ``write``; history, locks, export and copy contact need ``read`` (a reader's copy registers
-and reports too). Admin-only actions (break a lock, finalize, reopen, abandon a copy, gc, audit)
-are in ``smartsync-admin``, not here.
+and reports too). What an engagement's admins manage (break a lock, finalize, reopen, copies,
+grants) is in web/manage.py; gc and the audit tools stay in ``smartsync-admin``.
 
 A client names its sync copy with the ``Smartsync-Copy`` header (``parse.copy_header``); a
 commit or restore from an abandoned copy is refused inside the commit transaction.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from klein import Klein
 from twisted.web.server import Request
@@ -35,6 +34,7 @@ from smartsyncd.web.parse import copy_header, parse_time, query_path
 from smartsyncd.web.push import log_commit
 from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.shapes import (
+    JsonObject,
     copy_json,
     export_file_json,
     finalized_json,
@@ -154,7 +154,7 @@ class WorkflowRoutes:
         )
 
 
-def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> dict[str, Any] | None:
+def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> JsonObject | None:
     """The assembly deadline (issue 20) and, near it, a warning for a copy with unsynced work."""
     if status.assembly_deadline is None:
         return None
