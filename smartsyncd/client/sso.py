@@ -88,8 +88,9 @@ class _Initiator:
 
 def _ticket_error(service: str, exc: Exception) -> AuthError:
     """What to do about a token pyspnego could not make: an expired ticket says so."""
-    minor = getattr(getattr(exc, "base_error", None), "min_code", None)
-    if minor == _KRB5_TICKET_EXPIRED:
+    base = getattr(exc, "base_error", None)
+    # the code, or the library's text for it where a mechglue renumbers codes (macOS untested)
+    if getattr(base, "min_code", None) == _KRB5_TICKET_EXPIRED or "): Ticket expired" in str(base):
         return AuthError(f"single sign-on to {service} failed: {EXPIRED_TICKET_HELP}")
     return AuthError(f"single sign-on to {service} failed: {NO_TICKET_HELP} ({exc})")
 

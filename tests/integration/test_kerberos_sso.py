@@ -3,8 +3,9 @@
 Users get tickets with krb5-user's real ``kinit``; the daemon validates them with the keytab
 exported by ``samba-tool`` and maps them to AD accounts and groups through the directory, as a
 password sign-in does. Every bad input (malformed token, ticket for another service, replay, no
-mutual authentication, skewed clock, disabled account, another realm) is a 401 with the reason
-in the daemon's log and no new session.
+mutual authentication, skewed clock, expired ticket, disabled account, another realm) is a 401
+with the reason in the daemon's log and no new session. On the client, no ticket and an expired
+ticket (the CLI under faketime) each say what to do and write nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import http.client
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from kerberos import OTHER_HOST, KerberosRealm, kerberos, make_token  # noqa: F4
 from pg import PgCluster
 from samba import SambaDC, samba_dc  # noqa: F401  (samba_dc is the session fixture)
 from test_cli_client import Client
+from ticketforge import keytab_keys, with_ticket_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.samba]
 
@@ -332,6 +335,24 @@ def test_clock_skewed_ticket_is_refused(
     realm.service_ticket(cache)  # with the true time: the KDC refuses a skewed client too
     token = make_token(realm, cache, clock_offset="+10m")
     _refused(server, f"Negotiate {token}", "skew")
+
+
+@pytest.mark.parametrize("mech", ["spnego", "krb5"])
+def test_expired_ticket_is_refused(
+    server: Daemon, realm: KerberosRealm, tmp_path: Path, mech: str
+) -> None:
+    """A real client's token whose service ticket ended an hour ago (re-encrypted with the
+    keytab's key by tests/integration/ticketforge.py: no real client sends one, see there).
+    The same rewrite with an end time an hour ahead is accepted, so the refusal is the
+    expiry and nothing else the rewrite did."""
+    cache = ticket(realm, tmp_path, "kerin")
+    keys = keytab_keys(realm.keytab, realm.env())
+    now = datetime.now(UTC)
+    later = with_ticket_end(make_token(realm, cache, mech=mech), keys, now + timedelta(hours=1))
+    status, answer, _ = post_login(server, f"Negotiate {later}")
+    assert status == 200, answer
+    expired = with_ticket_end(make_token(realm, cache, mech=mech), keys, now - timedelta(hours=1))
+    _refused(server, f"Negotiate {expired}", "ticket expired (KRB5KRB_AP_ERR_TKT_EXPIRED)")
 
 
 def test_disabled_account_is_refused(server: Daemon, realm: KerberosRealm, tmp_path: Path) -> None:
