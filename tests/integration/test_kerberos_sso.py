@@ -259,6 +259,27 @@ def test_expired_session_signs_in_again_silently_with_the_ticket(
     assert client.settings()["servers"][url]["token"] != first
 
 
+def test_silent_sign_in_again_with_an_expired_ticket_says_so_and_keeps_the_settings(
+    server: Daemon, realm: KerberosRealm, tmp_path: Path
+) -> None:
+    """The session ends while the ticket has expired (the CLI two days on, under faketime):
+    the command says the ticket expired and changes nothing, so once the ticket is good again
+    (here: the true time) the next command signs in silently as before."""
+    env = realm.env(ticket(realm, tmp_path, "kdora"))
+    client = Client(tmp_path)
+    url = sso_url(server)
+    done = client.run("--trust-fingerprint", server.fingerprint, "login", url, "--sso", env=env)
+    assert done.returncode == 0, done.stderr
+    before = written(client)
+    done = server.admin("sessions", "revoke", "--user", "kdora")
+    assert done.returncode == 0, done.stderr
+    done = client.run("engagements", url, env=env, wrapper=["faketime", "-f", "+2d"])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Kerberos ticket has expired" in done.stderr and "kinit" in done.stderr
+    assert written(client) == before
+    assert visible(client, url, env) == {"sso-acme"}
+
+
 def test_cli_sso_against_a_server_without_kerberos_says_so(
     daemon: Daemon, realm: KerberosRealm, tmp_path: Path
 ) -> None:
