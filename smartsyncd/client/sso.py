@@ -39,6 +39,13 @@ NO_TICKET_HELP = (
     " computer with your domain account); on Windows log on to the domain (a local account has"
     " no ticket)"
 )
+EXPIRED_TICKET_HELP = (
+    "your Kerberos ticket has expired: on Linux or macOS run 'kinit yourname@REALM' again (or"
+    " sign out of the computer and in again with your domain account); on Windows lock and"
+    " unlock the computer, or log on to the domain again"
+)
+# KRB5KRB_AP_ERR_TKT_EXPIRED (-1765328352, MIT and Heimdal alike) as GSSAPI's unsigned minor status
+_KRB5_TICKET_EXPIRED = 0x96C73A20
 _MAX_ANSWER = 64 * 1024
 
 
@@ -80,6 +87,11 @@ class _Initiator:
 
 
 def _ticket_error(service: str, exc: Exception) -> AuthError:
+    """What to do about a token pyspnego could not make: an expired ticket says so."""
+    base = getattr(exc, "base_error", None)
+    # the code, or the library's text for it where a mechglue renumbers codes (macOS untested)
+    if getattr(base, "min_code", None) == _KRB5_TICKET_EXPIRED or "): Ticket expired" in str(base):
+        return AuthError(f"single sign-on to {service} failed: {EXPIRED_TICKET_HELP}")
     return AuthError(f"single sign-on to {service} failed: {NO_TICKET_HELP} ({exc})")
 
 
