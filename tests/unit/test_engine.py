@@ -1,123 +1,27 @@
-"""The sync engine against the real server wired in-process (SmartsyncServer over TLS on
-loopback, real SQLite store, real ServerAPI): clone, push/pull, deltas, conflicts, safety."""
+"""The sync engine against the real server Site in memory (tests/unit/clientkit.py: real
+``SyncAPI`` and SQLite store, real ``ServerAPI`` over treq's in-memory connections, one Clock,
+no reactor): clone, push/pull, deltas, conflicts, safety."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
+from clientkit import ENG, MemoryServer, counting_api, driven, files_of
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 
-from smartsyncd.auth.passwords import hash_password
-from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.state import StateError, marker_path
-from smartsyncd.client.trust import PinnedPolicy
-from smartsyncd.service.config import ServerConfig
-from smartsyncd.service.server import SmartsyncServer
-from smartsyncd.storage.api import Grant
-
-ENG = "acme-2026"
 
 
-class Server:
-    def __init__(self, service: SmartsyncServer) -> None:
-        self.service = service
-        self.apis: list[ServerAPI] = []
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.service.port.getHost().port}"
-
-    async def api(self, user: str = "alice", kind: Any = ServerAPI) -> Any:
-        """A logged-in ``kind`` (ServerAPI or a test's subclass of it), closed with the server."""
-        assert self.service.certificate is not None
-        api = kind(
-            self.url, reactor=reactor, policy=PinnedPolicy(self.service.certificate.fingerprint)
-        )
-        await api.login(user, "secret-pw")
-        self.apis.append(api)
-        return api
-
-
-async def _start(tmp_path: Path) -> Server:
-    config = ServerConfig(
-        data_dir=str(tmp_path / "server"), listen="ssl:0:interface=127.0.0.1"
-    )
-    service = SmartsyncServer(config, reactor, deferToThread)
-    service.startService()
-    assert service.started is not None
-    await service.started
-    store = service.store
-    for user in ("alice", "bob"):
-        await store.add_user(user, hash_password("secret-pw"))
-    await store.create_engagement(ENG, "Acme audit 2026")
-    for user in ("alice", "bob"):
-        await store.grant(Grant(ENG, "user", "local:" + user, user, "editor"))
-    return Server(service)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv: Server = pytest_twisted.blockon(Deferred.fromCoroutine(_start(tmp_path)))
-    yield srv
-    for api in srv.apis:
-        pytest_twisted.blockon(Deferred.fromCoroutine(api.close()))
-    pytest_twisted.blockon(srv.service.stopService())
-
-
-def files_of(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root and ".smartsync" in dirnames:
-            dirnames.remove(".smartsync")
-        for name in filenames:
-            full = Path(dirpath) / name
-            out[str(full.relative_to(root))] = full.read_bytes()
-    return out
-
-
-class CountingAPI(ServerAPI):
-    """Counts chunk uploads/fetches; optionally fails after ``fail_after`` upload requests."""
-
-    fail_after: int | None = None
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.uploads = 0
-        self.fetched: list[str] = []
-
-    async def upload_chunks(self, eng: str, chunks: Any) -> int:
-        if self.fail_after is not None and self.uploads >= self.fail_after:
-            from smartsyncd.client.errors import NetworkError
-
-            raise NetworkError("connection lost (injected)")
-        self.uploads += 1
-        return await super().upload_chunks(eng, chunks)
-
-    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
-        hashes = list(hashes)
-        self.fetched.extend(h if isinstance(h, str) else getattr(h, "hash", None) or h[0] for h in hashes)
-        return await super().fetch_chunks(eng, hashes)
-
-
-async def counting_api(server: Server, user: str = "alice") -> CountingAPI:
-    api: CountingAPI = await server.api(user, CountingAPI)
-    return api
-
-
-@pytest_twisted.ensureDeferred
-async def test_clone_sync_and_converge(server: Server, tmp_path: Path) -> None:
+@driven
+async def test_clone_sync_and_converge(server: MemoryServer, tmp_path: Path) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    a = await server.clone(a_api, tmp_path / "a")
+    b = await server.clone(b_api, tmp_path / "b")
     (tmp_path / "a" / "Working papers").mkdir()
     (tmp_path / "a" / "Working papers" / "B-1 Cash.xlsx").write_bytes(os.urandom(100_000))
     (tmp_path / "a" / "empty.txt").write_bytes(b"")
@@ -140,21 +44,21 @@ async def test_clone_sync_and_converge(server: Server, tmp_path: Path) -> None:
     assert not (tmp_path / "a" / "note.txt").exists()
 
     # a later clone sees the same tree
-    c = await SyncCopy.clone(await server.api("alice"), ENG, tmp_path / "c")
+    c = await server.clone(await server.api("alice"), tmp_path / "c")
     assert files_of(tmp_path / "c") == files_of(tmp_path / "a")
     assert c.conflicts() == []
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_edit_sends_a_delta_and_pull_fetches_only_new_chunks(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api, b_api = await counting_api(server, "alice"), await counting_api(server, "bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    a = await server.clone(a_api, tmp_path / "a")
     big = bytearray(os.urandom(3_000_000))
     (tmp_path / "a" / "big.bin").write_bytes(big)
     await a.sync(a_api)
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    b = await server.clone(b_api, tmp_path / "b")
 
     big[1_500_000] ^= 0xFF  # a one-byte edit in the middle
     (tmp_path / "a" / "big.bin").write_bytes(big)
@@ -170,13 +74,13 @@ async def test_edit_sends_a_delta_and_pull_fetches_only_new_chunks(
     assert report.bytes_received < 800_000
 
 
-@pytest_twisted.ensureDeferred
-async def test_rename_moves_no_chunks(server: Server, tmp_path: Path) -> None:
+@driven
+async def test_rename_moves_no_chunks(server: MemoryServer, tmp_path: Path) -> None:
     a_api, b_api = await counting_api(server, "alice"), await counting_api(server, "bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    a = await server.clone(a_api, tmp_path / "a")
     (tmp_path / "a" / "draft.docx").write_bytes(os.urandom(500_000))
     await a.sync(a_api)
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    b = await server.clone(b_api, tmp_path / "b")
     fetched_at_clone = len(b_api.fetched)
 
     (tmp_path / "a" / "final").mkdir()
@@ -191,15 +95,15 @@ async def test_rename_moves_no_chunks(server: Server, tmp_path: Path) -> None:
     assert files_of(tmp_path / "b") == files_of(tmp_path / "a")
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_concurrent_edits_make_a_conflict_copy_and_lose_nothing(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    a = await server.clone(a_api, tmp_path / "a")
     (tmp_path / "a" / "B-1.xlsx").write_bytes(b"original")
     await a.sync(a_api)
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    b = await server.clone(b_api, tmp_path / "b")
 
     (tmp_path / "a" / "B-1.xlsx").write_bytes(b"alice's numbers")
     (tmp_path / "b" / "B-1.xlsx").write_bytes(b"bob's numbers")
@@ -215,15 +119,15 @@ async def test_concurrent_edits_make_a_conflict_copy_and_lose_nothing(
     assert a.conflicts() == b.conflicts() == [conflict]
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_pull_never_overwrites_an_unpushed_local_edit(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    a = await server.clone(a_api, tmp_path / "a")
     (tmp_path / "a" / "memo.txt").write_bytes(b"v1")
     await a.sync(a_api)
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    b = await server.clone(b_api, tmp_path / "b")
     (tmp_path / "a" / "memo.txt").write_bytes(b"v2 from alice")
     await a.sync(a_api)
 
@@ -247,13 +151,13 @@ async def test_pull_never_overwrites_an_unpushed_local_edit(
     assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
 
 
-@pytest_twisted.ensureDeferred
-async def test_remote_delete_keeps_a_local_edit(server: Server, tmp_path: Path) -> None:
+@driven
+async def test_remote_delete_keeps_a_local_edit(server: MemoryServer, tmp_path: Path) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    a = await server.clone(a_api, tmp_path / "a")
     (tmp_path / "a" / "x.txt").write_bytes(b"one")
     await a.sync(a_api)
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    b = await server.clone(b_api, tmp_path / "b")
     (tmp_path / "a" / "x.txt").unlink()
     await a.sync(a_api)
     (tmp_path / "b" / "x.txt").write_bytes(b"bob edited")
@@ -263,12 +167,12 @@ async def test_remote_delete_keeps_a_local_edit(server: Server, tmp_path: Path) 
     assert (tmp_path / "a" / "x.txt").read_bytes() == b"bob edited"
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_interrupted_upload_resumes_with_only_missing_chunks(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     api = await counting_api(server)
-    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = await server.clone(api, tmp_path / "a")
     copy.window_bytes = 512 * 1024
     for i in range(4):
         (tmp_path / "a" / f"f{i}.bin").write_bytes(os.urandom(1_000_000))
@@ -287,17 +191,17 @@ async def test_interrupted_upload_resumes_with_only_missing_chunks(
     # random data does not compress: the two syncs together sent about 4 MB, not more
     assert sent_before + report.bytes_sent < 4_000_000 + 64 * 1024
     assert report.bytes_sent < 4_000_000 - sent_before + 64 * 1024
-    b = await SyncCopy.clone(await server.api("bob"), ENG, tmp_path / "b")
+    b = await server.clone(await server.api("bob"), tmp_path / "b")
     assert files_of(tmp_path / "b") == files_of(tmp_path / "a")
     assert b.conflicts() == []
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_emptied_folder_refuses_and_server_keeps_files(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     api = await server.api()
-    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = await server.clone(api, tmp_path / "a")
     (tmp_path / "a" / "keep.txt").write_bytes(b"precious")
     await copy.sync(api)
     for name in os.listdir(tmp_path / "a"):
@@ -307,25 +211,25 @@ async def test_emptied_folder_refuses_and_server_keeps_files(
     with pytest.raises(StateError):
         await copy.sync(api)
     with pytest.raises(StateError):
-        SyncCopy.open(tmp_path / "a")
+        server.open(tmp_path / "a")
     _head, files = await api.snapshot(ENG)
     assert [f.path for f in files] == ["keep.txt"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_clone_refuses_a_non_empty_folder(server: Server, tmp_path: Path) -> None:
+@driven
+async def test_clone_refuses_a_non_empty_folder(server: MemoryServer, tmp_path: Path) -> None:
     api = await server.api()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_bytes(b"x")
     with pytest.raises(UsageError, match="not empty"):
-        await SyncCopy.clone(api, ENG, tmp_path / "busy")
+        await server.clone(api, tmp_path / "busy")
     assert files_of(tmp_path / "busy") == {"x": b"x"}
 
 
-@pytest_twisted.ensureDeferred
-async def test_open_and_noop_sync_reads_no_file(server: Server, tmp_path: Path) -> None:
+@driven
+async def test_open_and_noop_sync_reads_no_file(server: MemoryServer, tmp_path: Path) -> None:
     api = await server.api()
-    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = await server.clone(api, tmp_path / "a")
     for i in range(50):
         (tmp_path / "a" / f"n{i}.txt").write_bytes(b"%d" % i)
         backdate(tmp_path / "a" / f"n{i}.txt")
@@ -339,7 +243,7 @@ async def test_open_and_noop_sync_reads_no_file(server: Server, tmp_path: Path) 
     from smartsyncd.client.scanner import Scanner
 
     copy.close()  # one open copy at a time (the copy lock)
-    again = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
+    again = server.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
     report = await again.sync(api)
     assert opened == []
     assert (report.uploaded, report.downloaded, report.bytes_sent) == (0, 0, 0)
@@ -347,39 +251,39 @@ async def test_open_and_noop_sync_reads_no_file(server: Server, tmp_path: Path) 
     assert status.clean and status.to_json()["clean"] is True
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_watch_syncs_remote_and_local_changes_until_stopped(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    a = await server.clone(a_api, tmp_path / "a")
+    b = await server.clone(b_api, tmp_path / "b")
     reports: list[Any] = []
     stop: Deferred[None] = Deferred()
     watching = Deferred.fromCoroutine(
         b.watch(b_api, stop, reports.append, poll_interval=0.05, long_poll=5)
     )
-    await wait_for(lambda: len(reports) >= 1)
+    await server.wait_for(lambda: len(reports) >= 1)
     (tmp_path / "a" / "from-a.txt").write_bytes(b"remote news")
     await a.sync(a_api)
-    await wait_for(lambda: (tmp_path / "b" / "from-a.txt").exists())
+    await server.wait_for(lambda: (tmp_path / "b" / "from-a.txt").exists())
     (tmp_path / "b" / "from-b.txt").write_bytes(b"local news")
-    await wait_for(lambda: any(r.uploaded for r in reports))
+    await server.wait_for(lambda: any(r.uploaded for r in reports))
     stop.callback(None)
     await watching
     await a.sync(a_api)
     assert (tmp_path / "a" / "from-b.txt").read_bytes() == b"local news"
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_watch_sends_an_edit_made_while_a_sync_was_finishing(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     """An edit that lands after a sync's scan but before the watch starts waiting is sent
     without any further event (it was missed until the next remote change: seen as a flaky
     watch test under load)."""
     b_api = await server.api("bob")
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    b = await server.clone(b_api, tmp_path / "b")
     reports: list[Any] = []
 
     def on_report(report: Any) -> None:
@@ -389,26 +293,13 @@ async def test_watch_sends_an_edit_made_while_a_sync_was_finishing(
 
     stop: Deferred[None] = Deferred()
     watching = Deferred.fromCoroutine(b.watch(b_api, stop, on_report, poll_interval=0.05, long_poll=30))
-    await wait_for(lambda: any(r.uploaded for r in reports))
+    await server.wait_for(lambda: any(r.uploaded for r in reports))
     stop.callback(None)
     await watching
-    other = await SyncCopy.clone(await server.api("alice"), ENG, tmp_path / "a")
+    other = await server.clone(await server.api("alice"), tmp_path / "a")
     assert (tmp_path / "a" / "late.txt").read_bytes() == b"edited during the sync's tail"
     other.close()
     b.close()
-
-
-async def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    """Poll a real condition on the reactor with a deadline (no fixed sleep)."""
-    from twisted.internet.task import deferLater
-
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
-    while not condition():
-        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
-            raise AssertionError("condition not reached in time")
-        await deferLater(reactor, 0.02, lambda: None)
-
-
 
 
 class LostAnswerAPI(ServerAPI):
@@ -430,12 +321,12 @@ class LostAnswerAPI(ServerAPI):
         return answer
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_retry_after_a_lost_commit_answer_reuses_the_batch_key(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     api: LostAnswerAPI = await server.api("alice", LostAnswerAPI)
-    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = await server.clone(api, tmp_path / "a")
     (tmp_path / "a" / "ledger.csv").write_bytes(b"1,2,3\n")
     api.lose_next = True
     from smartsyncd.client.errors import NetworkError
@@ -459,14 +350,14 @@ def backdate(path: Path, seconds: int = 60) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 1_000_000_000))
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_same_size_edit_with_an_unchanged_mtime_is_still_seen(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     """A coarse file system clock can give a quick same-size edit the same mtime: a file
     recorded right after it was written is re-read on the next scan."""
     api = await server.api()
-    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = await server.clone(api, tmp_path / "a")
     target = tmp_path / "a" / "cash.csv"
     target.write_bytes(b"100")
     await copy.sync(api)
@@ -476,13 +367,13 @@ async def test_same_size_edit_with_an_unchanged_mtime_is_still_seen(
     report = await copy.sync(api)
     assert report.uploaded == 1
     _head, files = await api.snapshot(ENG)
-    b = await SyncCopy.clone(await server.api("bob"), ENG, tmp_path / "b")
+    b = await server.clone(await server.api("bob"), tmp_path / "b")
     assert (tmp_path / "b" / "cash.csv").read_bytes() == b"999"
     assert len(files) == 1 and b.conflicts() == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_touched_file_is_read_once_then_cached(server: Server, tmp_path: Path) -> None:
+@driven
+async def test_touched_file_is_read_once_then_cached(server: MemoryServer, tmp_path: Path) -> None:
     api = await server.api()
     opened: list[str] = []
 
@@ -492,8 +383,8 @@ async def test_touched_file_is_read_once_then_cached(server: Server, tmp_path: P
 
     from smartsyncd.client.scanner import Scanner
 
-    (await SyncCopy.clone(api, ENG, tmp_path / "a")).close()
-    copy = SyncCopy.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
+    (await server.clone(api, tmp_path / "a")).close()
+    copy = server.open(tmp_path / "a", scanner=Scanner(tmp_path / "a", open_file=counting_open))
     target = tmp_path / "a" / "memo.txt"
     target.write_bytes(b"text")
     backdate(target, 120)
@@ -526,9 +417,9 @@ class ThresholdAPI(ServerAPI):
         return await super().commit(eng, batch, changes)
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_a_sync_collects_garbage_less_often_and_restores_the_thresholds(
-    server: Server, tmp_path: Path
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     import gc
 
@@ -537,7 +428,7 @@ async def test_a_sync_collects_garbage_less_often_and_restores_the_thresholds(
     before = gc.get_threshold()
     assert 0 < before[0] < SYNC_GC_THRESHOLD
     api: ThresholdAPI = await server.api("alice", ThresholdAPI)
-    copy = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    copy = await server.clone(api, tmp_path / "a")
     (tmp_path / "a" / "x.txt").write_bytes(b"x")
     await copy.sync(api)
     assert api.seen == [(SYNC_GC_THRESHOLD, *before[1:])]

@@ -1,4 +1,4 @@
-"""``SyncCopy`` and the copy lock against the real server wired in-process (test_engine's
+"""``SyncCopy`` and the copy lock against the real server Site in memory (the ``server``
 fixture): a second open of the same folder is refused with the message until the first is
 closed, a read-only open works beside it but cannot sync, a clone holds the lock, and the
 first sync after an interrupted one removes the orphaned temp files (not the resumable
@@ -10,34 +10,32 @@ import os
 from pathlib import Path
 
 import pytest
-import pytest_twisted
-from test_engine import ENG, Server, counting_api, files_of, server  # noqa: F401  (server: the fixture)
+from clientkit import MemoryServer, counting_api, driven, files_of
 
 from smartsyncd.client.copylock import syncing_path
-from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import CopyInUse, NetworkError, UsageError
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_second_open_is_refused_until_the_first_is_closed(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     api = await server.api()
     root = tmp_path / "a"
-    clone = await SyncCopy.clone(api, ENG, root)
+    clone = await server.clone(api, root)
     with pytest.raises(CopyInUse) as refused:  # the clone holds it
-        SyncCopy.open(root)
+        server.open(root)
     message = str(refused.value)
     assert str(root) in message and f"pid {os.getpid()}" in message
     assert "only one sync or watch at a time" in message
     assert refused.value.exit_code == 2
     clone.close()
 
-    first = SyncCopy.open(root)
+    first = server.open(root)
     with pytest.raises(CopyInUse):
-        SyncCopy.open(root)
+        server.open(root)
     # reading beside it is fine; syncing from a read-only open is refused
-    reader = SyncCopy.open(root, exclusive=False)
+    reader = server.open(root, exclusive=False)
     assert (await reader.status(api)).clean
     with pytest.raises(UsageError, match="read-only"):
         await reader.sync(api)
@@ -45,18 +43,18 @@ async def test_second_open_is_refused_until_the_first_is_closed(
     (root / "memo.txt").write_bytes(b"one")
     assert (await first.sync(api)).uploaded == 1
     first.close()
-    second = SyncCopy.open(root)
+    second = server.open(root)
     assert (await second.sync(api)).uploaded == 0
     second.close()
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_first_sync_after_an_interrupted_one_removes_its_temp_files(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     api = await server.api()
     root = tmp_path / "a"
-    copy = await SyncCopy.clone(api, ENG, root)
+    copy = await server.clone(api, root)
     assert not syncing_path(root).exists()  # a clean clone leaves no marker
     (root / "dir").mkdir()
     (root / "dir" / "ledger.csv").write_bytes(b"rows\n")
@@ -71,7 +69,7 @@ async def test_first_sync_after_an_interrupted_one_removes_its_temp_files(
     partial.mkdir()
     (partial / "c0ffee.part").write_bytes(b"kept for resume until the pull completes")
     (root / "user.~smartsync-like.tmp").write_bytes(b"a user's file")
-    again = SyncCopy.open(root)
+    again = server.open(root)
     report = await again.sync(api)
     again.close()
     assert not [p for p in root.rglob(".~smartsync-*") if ".smartsync" not in p.parts]
@@ -80,11 +78,11 @@ async def test_first_sync_after_an_interrupted_one_removes_its_temp_files(
     assert report.uploaded == 1  # the user's file, which only looks like ours
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failed_sync_keeps_the_marker(server: Server, tmp_path: Path) -> None:  # noqa: F811
+@driven
+async def test_a_failed_sync_keeps_the_marker(server: MemoryServer, tmp_path: Path) -> None:  # noqa: F811
     api = await counting_api(server)
     root = tmp_path / "a"
-    copy = await SyncCopy.clone(api, ENG, root)
+    copy = await server.clone(api, root)
     (root / "x.txt").write_bytes(b"x")
     api.fail_after = 0  # every chunk upload fails: the sync stops half-way
     with pytest.raises(NetworkError):
@@ -96,10 +94,10 @@ async def test_a_failed_sync_keeps_the_marker(server: Server, tmp_path: Path) ->
     copy.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_failed_clone_gives_the_lock_up(server: Server, tmp_path: Path) -> None:  # noqa: F811
+@driven
+async def test_a_failed_clone_gives_the_lock_up(server: MemoryServer, tmp_path: Path) -> None:  # noqa: F811
     api = await counting_api(server)
-    a = await SyncCopy.clone(api, ENG, tmp_path / "a")
+    a = await server.clone(api, tmp_path / "a")
     (tmp_path / "a" / "report.pdf").write_bytes(os.urandom(300_000))
     await a.sync(api)
     a.close()
@@ -110,9 +108,9 @@ async def test_a_failed_clone_gives_the_lock_up(server: Server, tmp_path: Path) 
 
     cut.fetch_chunks = no_fetch  # type: ignore[method-assign]
     with pytest.raises(NetworkError):
-        await SyncCopy.clone(cut, ENG, tmp_path / "b")
+        await server.clone(cut, tmp_path / "b")
     assert syncing_path(tmp_path / "b").exists()
-    b = SyncCopy.open(tmp_path / "b")  # same process: the failed clone did not keep the lock
+    b = server.open(tmp_path / "b")  # same process: the failed clone did not keep the lock
     await b.sync(await counting_api(server, "bob"))
     b.close()
     assert files_of(tmp_path / "b") == files_of(tmp_path / "a")

@@ -1,4 +1,4 @@
-"""Ignore rules through ``SyncCopy`` and the real server wired in-process (test_engine's
+"""Ignore rules through ``SyncCopy`` and the real server Site in memory (the ``server``
 fixture): ignored files never upload, a local delete of an ignored file never deletes it on the
 server, a remote change to it is never written, and ``status`` lists what it ignores."""
 
@@ -6,20 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest_twisted
-from test_engine import ENG, Server, files_of, server  # noqa: F401  (server: the fixture)
-
-from smartsyncd.client.engine import SyncCopy
+from clientkit import MemoryServer, driven, files_of
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_ignored_files_never_upload_delete_or_get_written(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a = await SyncCopy.clone(a_api, ENG, a_dir)
-    b = await SyncCopy.clone(b_api, ENG, b_dir)
+    a = await server.clone(a_api, a_dir)
+    b = await server.clone(b_api, b_dir)
 
     (a_dir / ".smartsyncignore").write_text("drafts/\n")
     (a_dir / "Ledger.xlsx").write_bytes(b"ledger v1")
@@ -59,7 +56,7 @@ async def test_ignored_files_never_upload_delete_or_get_written(
     # the server still holds the last synced notes.bak; a fresh clone receives what the server
     # holds (the rules it brings apply from its next sync)
     c_dir = tmp_path / "c"
-    await SyncCopy.clone(await server.api("alice"), ENG, c_dir)
+    await server.clone(await server.api("alice"), c_dir)
     assert (c_dir / "notes.bak").read_bytes() == b"notes v1"
     for copy in (a, b):
         copy.close()

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.threads import deferToThreadPool
+from webkit import in_memory
 
 from smartsyncd.auth import local as local_mod
 from smartsyncd.auth.identity import Identity, SignInRefused, UnknownUser
 from smartsyncd.auth.local import LocalAuthenticator
 from smartsyncd.auth.passwords import hash_password
 from smartsyncd.storage.api import UserRecord
-from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.testing.memory_store import MemoryServerStore
+from smartsyncd.testing.syncpool import open_sync_store, run_sync
 
 
 class CountingRunner:
@@ -30,14 +28,14 @@ class CountingRunner:
         return f(*args)
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
-async def store(request: Any, tmp_path: Any) -> Any:
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: Any, tmp_path: Any) -> Iterator[Any]:
     if request.param == "memory":
         yield MemoryServerStore()
         return
-    real = await open_server_store(str(tmp_path), reactor=reactor)
+    real = open_sync_store(str(tmp_path))
     yield real
-    await real.close()
+    run_sync(real.close())
 
 
 async def set_disabled(store: Any, name: str) -> None:
@@ -75,7 +73,7 @@ class UnreachableStore:
         raise AssertionError(f"the store was asked for {name!r}")
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_right_password_signs_in_without_groups(store: Any) -> None:
     await add(store, "alice", "s3cret-Pass")
     auth = LocalAuthenticator(store, CountingRunner())
@@ -84,7 +82,7 @@ async def test_right_password_signs_in_without_groups(store: Any) -> None:
     assert auth.name == "local"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_wrong_password_is_refused_not_unknown(store: Any) -> None:
     await add(store, "alice", "s3cret-Pass")
     auth = LocalAuthenticator(store, CountingRunner())
@@ -94,7 +92,7 @@ async def test_wrong_password_is_refused_not_unknown(store: Any) -> None:
     assert info.value.reason == "wrong password"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_empty_password_refused_before_the_store_is_asked() -> None:
     runner = CountingRunner()
     auth = LocalAuthenticator(UnreachableStore(), runner)  # type: ignore[arg-type]
@@ -104,7 +102,7 @@ async def test_empty_password_refused_before_the_store_is_asked() -> None:
     assert runner.calls == []
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_unknown_user_runs_a_dummy_verification(store: Any) -> None:
     runner = CountingRunner()
     auth = LocalAuthenticator(store, runner)
@@ -115,7 +113,7 @@ async def test_unknown_user_runs_a_dummy_verification(store: Any) -> None:
     assert local_mod._dummy_hash is not None and local_mod._dummy_hash.startswith("scrypt$")
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_disabled_account_refused_even_with_right_password(store: Any) -> None:
     await add(store, "bob", "pw-of-bob", disabled=True)
     runner = CountingRunner()
@@ -127,7 +125,7 @@ async def test_disabled_account_refused_even_with_right_password(store: Any) -> 
     assert runner.calls == ["verify_password"]  # same work as any other attempt
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_account_without_password_cannot_sign_in_locally(store: Any) -> None:
     await add(store, "dirk", None)
     auth = LocalAuthenticator(store, CountingRunner())
@@ -136,17 +134,7 @@ async def test_account_without_password_cannot_sign_in_locally(store: Any) -> No
     assert info.value.reason == "no local password"
 
 
-@pytest_twisted.ensureDeferred
-async def test_verification_runs_in_a_real_thread_pool(store: Any) -> None:
-    await add(store, "alice", "s3cret-Pass")
-    run = functools.partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    auth = LocalAuthenticator(store, run)
-    assert (await auth.authenticate("alice", "s3cret-Pass")).user == "alice"
-    with pytest.raises(SignInRefused):
-        await auth.authenticate("alice", "nope")
-
-
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_refresh_keeps_identity_until_account_is_disabled_or_removed(
     store: Any,
 ) -> None:
@@ -162,7 +150,7 @@ async def test_refresh_keeps_identity_until_account_is_disabled_or_removed(
         await auth.refresh(identity)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_malformed_user_names_never_reach_the_store() -> None:
     auth = LocalAuthenticator(UnreachableStore(), CountingRunner())  # type: ignore[arg-type]
     for name in ("a" * 257, "alice\nroot", "\ud800"):

@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
+from webkit import in_memory
 
 from smartsyncd.auth.identity import BackendUnavailable, Identity, SignInRefused, UnknownUser
 from smartsyncd.auth.local import LocalAuthenticator
@@ -19,8 +18,8 @@ from smartsyncd.auth.passwords import hash_password
 from smartsyncd.auth.ratelimit import LoginRateLimiter
 from smartsyncd.auth.sessions import SessionManager, hash_token
 from smartsyncd.core.errors import AuthFailed, RateLimited, SessionExpired, Unavailable
-from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.testing.memory_store import MemoryServerStore
+from smartsyncd.testing.syncpool import open_sync_store, run_sync
 
 START = 1_795_000_000.0  # late 2026
 ADDR = "192.0.2.10"
@@ -85,7 +84,7 @@ class Env:
         if self.kind == "memory":
             self.store = MemoryServerStore(now=self.now)
         else:
-            self.store = await open_server_store(str(self.tmp_path), reactor=reactor, now=self.now)
+            self.store = open_sync_store(str(self.tmp_path), now=self.now)
         self.manager = SessionManager(
             self.store,
             list(backends),
@@ -109,8 +108,8 @@ class Env:
         return b"".join(p.read_bytes() for p in sorted(self.tmp_path.rglob("*")) if p.is_file())
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
-async def make_env(request: Any, tmp_path: Any) -> Any:
+@pytest.fixture(params=["memory", "sqlite"])
+def make_env(request: Any, tmp_path: Any) -> Iterator[Any]:
     envs: list[Env] = []
 
     async def make(*backends: Any, **kw: Any) -> Env:
@@ -121,7 +120,7 @@ async def make_env(request: Any, tmp_path: Any) -> Any:
     yield make
     for env in envs:
         if env.kind == "sqlite":
-            await env.store.close()
+            run_sync(env.store.close())
 
 
 @pytest.fixture
@@ -138,7 +137,7 @@ def logged(events: list[dict]) -> str:
     return "\n".join(formatEvent(e) + " " + repr(e) for e in events)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_sign_in_stores_only_the_token_hash_and_resolves(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw-alice", {"S-1-5-21-1", "S-1-5-21-2"})})
     env = await make_env(ldap)
@@ -156,7 +155,7 @@ async def test_sign_in_stores_only_the_token_hash_and_resolves(make_env) -> None
     assert await env.manager.resolve(token) == record
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_tokens_are_unique_per_sign_in(make_env) -> None:
     env = await make_env(RecordingBackend("ldap", {"alice": ("pw", set())}))
     t1, r1 = await env.manager.sign_in("alice", "pw", ADDR)
@@ -164,7 +163,7 @@ async def test_tokens_are_unique_per_sign_in(make_env) -> None:
     assert t1 != t2 and r1.id != r2.id and await env.session_count() == 2
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_wrong_password_and_unknown_user_fail_the_same_way(make_env) -> None:
     env = await make_env(RecordingBackend("ldap", {"alice": ("pw", set())}))
     with pytest.raises(AuthFailed) as wrong:
@@ -179,7 +178,7 @@ async def test_wrong_password_and_unknown_user_fail_the_same_way(make_env) -> No
     assert await env.session_count() == 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_empty_password_or_user_refused_before_any_backend(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
     env = await make_env(ldap)
@@ -189,7 +188,7 @@ async def test_empty_password_or_user_refused_before_any_backend(make_env) -> No
     assert ldap.calls == []
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_unknown_user_falls_through_to_the_next_backend(make_env) -> None:
     env_store_user = "alice"
     ldap = RecordingBackend("ldap", {"dana": ("pw-dana", {"S-1-5-21-9"})})
@@ -211,7 +210,7 @@ async def test_unknown_user_falls_through_to_the_next_backend(make_env) -> None:
     assert ldap.calls == [("authenticate", "dana")]
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_refusal_by_a_backend_that_knows_the_user_stops(make_env) -> None:
     first = RecordingBackend("ldap", {"alice": ("old-pw", set())})
     second = RecordingBackend("ldap2", {"alice": ("pw", set())})
@@ -221,7 +220,7 @@ async def test_refusal_by_a_backend_that_knows_the_user_stops(make_env) -> None:
     assert second.calls == []
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_unavailable_backend_lets_the_next_try(make_env) -> None:
     first = RecordingBackend("dc1", {"alice": ("pw", {"g"})})
     second = RecordingBackend("dc2", {"alice": ("pw", {"g"})})
@@ -231,7 +230,7 @@ async def test_unavailable_backend_lets_the_next_try(make_env) -> None:
     assert rec.backend == "dc2"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_all_backends_unavailable_is_unavailable_not_a_failure(make_env) -> None:
     a, b = RecordingBackend("dc1"), RecordingBackend("dc2")
     a.unavailable = b.unavailable = True
@@ -246,7 +245,7 @@ async def test_all_backends_unavailable_is_unavailable_not_a_failure(make_env) -
         await env.manager.sign_in("alice", "pw", ADDR)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_rate_limited_after_failures_and_reset_after_window(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
     env = await make_env(ldap)
@@ -263,7 +262,7 @@ async def test_rate_limited_after_failures_and_reset_after_window(make_env) -> N
     assert rec.user == "alice"
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_missing_unknown_and_ended_tokens_are_session_expired(make_env) -> None:
     env = await make_env(RecordingBackend("ldap", {"alice": ("pw", set())}))
     for token in (None, "", "not-a-token"):
@@ -282,7 +281,7 @@ async def test_missing_unknown_and_ended_tokens_are_session_expired(make_env) ->
     await env.manager.sign_out("never-issued")
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_session_expires_without_use_and_slides_with_use(make_env) -> None:
     env = await make_env(
         RecordingBackend("ldap", {"alice": ("pw", set())}),
@@ -308,7 +307,7 @@ async def test_session_expires_without_use_and_slides_with_use(make_env) -> None
     assert await env.session_count() == 0  # the expired session was removed
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_refresh_interval_rereads_groups_and_a_refusal_ends_the_session(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", {"S-old"})})
     env = await make_env(ldap, refresh_interval=timedelta(minutes=15))
@@ -337,7 +336,7 @@ async def test_refresh_interval_rereads_groups_and_a_refusal_ends_the_session(ma
     assert await env.session_count() == 0
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_refresh_with_directory_down_keeps_old_groups_and_retries_later(
     make_env, events
 ) -> None:
@@ -363,7 +362,7 @@ async def test_refresh_with_directory_down_keeps_old_groups_and_retries_later(
     assert ldap.calls.count(("refresh", "alice")) == 2
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_session_of_a_backend_no_longer_configured_ends(make_env) -> None:
     ldap = RecordingBackend("ldap", {"alice": ("pw", set())})
     env = await make_env(ldap)
@@ -374,7 +373,7 @@ async def test_session_of_a_backend_no_longer_configured_ends(make_env) -> None:
         await other.resolve(token)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_no_password_or_token_in_any_logged_event(make_env, events) -> None:
     secret_ok, secret_bad = "Ok-Pa55word-7731", "Bad-Guess-4410"
     ldap = RecordingBackend("ldap", {"alice": (secret_ok, {"g"})})
@@ -403,7 +402,7 @@ async def test_no_password_or_token_in_any_logged_event(make_env, events) -> Non
         assert secret not in text
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_malformed_user_names_refused_before_any_backend_and_logged_safely(
     make_env, events
 ) -> None:
@@ -419,7 +418,7 @@ async def test_malformed_user_names_refused_before_any_backend_and_logged_safely
     assert any("alice\\nsign-in root" in line for line in lines)
 
 
-@pytest_twisted.ensureDeferred
+@in_memory
 async def test_use_never_slides_a_session_past_its_absolute_lifetime(make_env) -> None:
     env = await make_env(
         RecordingBackend("ldap", {"alice": ("pw", set())}),

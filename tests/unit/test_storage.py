@@ -13,7 +13,7 @@ import inspect
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,6 @@ from typing import Any
 
 import blake3
 import pytest
-import pytest_twisted
 import zstandard
 
 from smartsyncd.core.errors import (
@@ -43,8 +42,8 @@ from smartsyncd.storage.api import (
     SessionRecord,
     VerifiedChunk,
 )
-from smartsyncd.storage.schema import MIGRATIONS, SchemaTooNew
-from smartsyncd.storage.sqlite import DB_FILENAME, open_server_store
+from smartsyncd.storage.schema import SchemaTooNew
+from smartsyncd.storage.sqlite import DB_FILENAME
 from smartsyncd.storage.sqlstore import SqlServerStore
 from smartsyncd.testing.syncpool import open_sync_store, run_sync
 
@@ -72,9 +71,8 @@ class Backend:
     url: str | None  # None: SQLite in data_dir
 
     async def open(self, **kwargs: Any) -> SqlServerStore:
-        from twisted.internet import reactor
-
-        return await open_server_store(str(self.data_dir), reactor=reactor, database_url=self.url, **kwargs)
+        """The real store on synchronous pools (no reactor runs; async like the real opener)."""
+        return open_sync_store(str(self.data_dir), self.url, **kwargs)
 
     @property
     def integrity_or_raise(self) -> type[BaseException]:
@@ -108,15 +106,6 @@ def backend(request, tmp_path) -> Backend:
         return Backend("sqlite", tmp_path / "data", None)
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     return Backend("postgresql", tmp_path / "data", cluster.fresh_url())
-
-
-@pytest_twisted.async_yield_fixture()
-async def store(backend) -> AsyncIterator[SqlServerStore]:
-    s = await backend.open(now=lambda: T0)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
@@ -175,7 +164,7 @@ async def test_open_creates_and_migrates_the_database(store, backend, tmp_path) 
     assert (tmp_path / "data" / "chunks").is_dir()
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_reopen_keeps_data(backend) -> None:
     s = await backend.open()
     await s.add_user("alice", "hash1")
@@ -366,7 +355,7 @@ async def test_health(store, tmp_path) -> None:
     assert await store.check_health() == {"database": "ok", "storage": "error"}
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_closed_store_is_unavailable(backend) -> None:
     s = await backend.open()
     await s.close()
@@ -375,7 +364,7 @@ async def test_closed_store_is_unavailable(backend) -> None:
     assert await s.check_health() == {"database": "error", "storage": "error"}
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_work_caught_by_a_closing_store_is_unavailable_not_a_bug(backend) -> None:
     """A request whose database work runs as the daemon shuts the store down gets a 503 to
     retry, not a 500 'internal error' (seen as a closed-database error during shutdown)."""
@@ -394,13 +383,11 @@ async def test_work_caught_by_a_closing_store_is_unavailable_not_a_bug(backend) 
         await s.close()
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_unopenable_database_is_unavailable(tmp_path) -> None:
-    from twisted.internet import reactor
-
     (tmp_path / DB_FILENAME).mkdir()  # a folder where the database file should be
     with pytest.raises(Unavailable):
-        await open_server_store(str(tmp_path), reactor=reactor)
+        open_sync_store(str(tmp_path))
 
 
 def test_sqlite_outages_are_told_from_sql_mistakes(tmp_path) -> None:
@@ -425,7 +412,7 @@ def test_sqlite_outages_are_told_from_sql_mistakes(tmp_path) -> None:
     assert is_sqlite_outage(sqlite3.OperationalError("raised without a code"))
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_an_sql_mistake_is_not_reported_as_an_outage(backend) -> None:
     """A bug in a statement must surface as the driver's error (a 500, logged with its
     traceback), not as ``Unavailable`` (a 503 that clients retry forever)."""
@@ -854,7 +841,7 @@ async def test_commit_nfd_path_is_stored_nfc(store) -> None:
     assert list(files) == ["B\u00fcro.txt"]
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_newer_schema_is_refused(backend) -> None:
     s = await backend.open()
     await s.close()
@@ -863,90 +850,7 @@ async def test_newer_schema_is_refused(backend) -> None:
         await backend.open()
 
 
-# ------------------------------------------------------------- several daemons on PostgreSQL
-
-
-@pytest_twisted.ensureDeferred
-async def test_postgres_stores_opening_together_migrate_once(pg_cluster, tmp_path) -> None:
-    """Four stores (four daemons starting at once) on one fresh database: all open, one schema."""
-    from twisted.internet.defer import Deferred, gatherResults
-
-    url = pg_cluster.url(pg_cluster.create_database())
-    backend = Backend("postgresql", tmp_path / "data", url)
-    stores = await gatherResults([Deferred.fromCoroutine(backend.open()) for _ in range(4)])
-    try:
-        assert backend.raw("SELECT version FROM schema_version ORDER BY version") == [
-            (v,) for v, _ in MIGRATIONS
-        ]
-        assert await stores[0].create_engagement("acme", "")
-        assert [e.name for e in await stores[3].list_engagements()] == ["acme"]
-    finally:
-        for s in stores:
-            await s.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_postgres_concurrent_commits_from_two_stores_have_no_gap_or_duplicate(
-    pg_cluster, tmp_path
-) -> None:
-    """Two stores (two daemons, 4 connections each) commit 40 batches to one engagement at once."""
-    from twisted.internet.defer import Deferred, gatherResults
-
-    url = pg_cluster.url(pg_cluster.create_database())
-    a = await Backend("postgresql", tmp_path / "data", url).open()
-    b = await Backend("postgresql", tmp_path / "data", url).open()
-    try:
-        e = await a.create_engagement("acme", "")
-        c1, s1, refs1 = await upload_file(a, e.id, b"shared content")
-
-        async def one(store, i: int):
-            path = f"f{i:03d}.txt"
-            return await commit(store, e.id, f"batch-{i}", [put(path, None, c1, s1)], {path: full(c1, refs1)})
-
-        results = await gatherResults(
-            [Deferred.fromCoroutine(one(a if i % 2 else b, i)) for i in range(40)]
-        )
-        seqs = sorted(r.results[0].seq for r in results)
-        assert seqs == list(range(1, 41))
-        head, changes = await b.changes_since(e.id, 0, 100)
-        assert head == 40 and [c.seq for c in changes] == list(range(1, 41))
-        assert len({c.path for c in changes}) == 40
-        # the same batch retried through the other store applies nothing again
-        again = await one(a, 0)
-        assert again.replayed and (again.head, again.results) == (results[0].head, results[0].results)
-        assert await a.head(e.id) == 40
-        assert await a.fsck() == []
-    finally:
-        await a.close()
-        await b.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_postgres_connections_are_replaced_after_the_server_drops_them(pg_cluster, tmp_path) -> None:
-    """A database restart (here: every session terminated) heals without reopening the store."""
-    url = pg_cluster.url(pg_cluster.create_database())
-    backend = Backend("postgresql", tmp_path / "data", url)
-    s = await backend.open()
-    try:
-        await s.add_user("alice", "h")
-        dbname = url.rsplit("/", 1)[1]
-        pg_cluster.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
-        )
-        outcomes = []
-        for _ in range(8):  # each DB thread finds its dead connection at most once
-            try:
-                outcomes.append((await s.get_user("alice")) is not None)
-            except Unavailable:
-                outcomes.append(False)
-        assert outcomes[-1] is True
-        assert await s.check_health() == {"database": "ok", "storage": "ok"}
-    finally:
-        await s.close()
-
-
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_unreachable_postgres_is_unavailable(tmp_path) -> None:
     from pg import free_port
 

@@ -25,7 +25,6 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     pg_cluster,
     put,
     state,
-    store,
     sync_store,
     sync_test,
     upload_file,

@@ -17,7 +17,6 @@ from test_storage import (  # noqa: F401 - fixtures of the store suite
     backend,
     on_sync_store,
     pg_cluster,
-    store,
     sync_store,
     sync_test,
 )

@@ -1,12 +1,11 @@
 """The local-change watcher of ``watch`` (client/watcher.py): debounce and safety net on a
-Clock, idle cost counted in stat walks, the polling fallback, and real inotify events."""
+Clock, idle cost counted in stat walks, the polling fallback (real inotify events:
+tests/integration/test_watcher_events.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
@@ -137,38 +136,3 @@ def test_a_folder_that_cannot_be_watched_falls_back_to_polling(tmp_path: Path) -
     w = make_watcher(tmp_path / "missing", Walks(), Clock(), reactor, poll_interval=3.0)
     assert isinstance(w, PollingWatcher) and w.interval == 3.0
     assert not make_watcher(tmp_path, Walks(), Clock(), None).native  # no reactor: polling
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_real_file_event_wakes_the_watcher(tmp_path: Path) -> None:
-    (tmp_path / "Q1").mkdir()
-    walks = Walks()
-    w = make_watcher(tmp_path, walks, reactor, reactor)
-    assert isinstance(w, NativeWatcher)
-    w.settle = 0.05
-    try:
-        fired = w.changed(w.mark(), EMPTY)
-        (tmp_path / "Q1" / "Cash.xlsx").write_bytes(b"new figures")
-        assert await fired.addTimeout(30, reactor) is True
-        assert w.events_seen >= 1 and walks.count == 0
-    finally:
-        w.stop()
-
-
-@pytest.mark.parametrize("name", ["~$Cash.xlsx", ".smartsync/state.db"])
-@pytest_twisted.ensureDeferred
-async def test_real_events_for_ignored_files_do_not_wake_it(tmp_path: Path, name: str) -> None:
-    (tmp_path / ".smartsync").mkdir()
-    w = make_watcher(tmp_path, Walks(), reactor, reactor)
-    assert isinstance(w, NativeWatcher)
-    w.settle = 0.05
-    try:
-        quiet = w.changed(w.mark(), EMPTY)
-        (tmp_path / name).write_bytes(b"noise")
-        (tmp_path / "marker.txt").write_bytes(b"a real change, after the noise")
-        assert await quiet.addTimeout(30, reactor) is True
-        # the noise came first and was dropped: only the marker's events counted
-        assert w.events_seen >= 1
-        assert all("marker" in p for p in w.seen_paths)
-    finally:
-        w.stop()

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-import pytest_twisted
 from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
     T0,
     Backend,
@@ -20,6 +19,7 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     on_sync_store,
     pg_cluster,
     put,
+    sync_test,
     upload_file,
 )
 
@@ -163,7 +163,7 @@ async def test_hash_chain_detects_edit_removal_and_reorder(wstore, backend) -> N
     assert all_reports[-1].chain == "global" and all_reports[-1].problem is None
 
 
-@pytest_twisted.ensureDeferred
+@sync_test
 async def test_migration_backfills_hashes_of_existing_rows(tmp_path) -> None:
     from smartsyncd.storage.audit import backfill_change_hashes
     from smartsyncd.storage.sqlite import SQLITE

@@ -72,19 +72,31 @@ class _Body:
         pass
 
 
+def _body(data: Any) -> IBodyProducer:
+    # the client library hands large bodies over as its own (synchronous) producer
+    return data if IBodyProducer.providedBy(data) else _Body(data)  # type: ignore[no-any-return]
+
+
 class SiteClient:
     """treq over in-memory connections to ``site`` (one connection per request)."""
 
     def __init__(self, site: Site) -> None:
+        self.site = site
         self._agent = RequestTraversalAgent(Resource())
         self._agent._serverFactory = site  # serve with the real Site, not a bare one
-        self.http = HTTPClient(agent=self._agent, data_to_body_producer=_Body)
+        self.http = HTTPClient(agent=self._agent, data_to_body_producer=_body)
 
     def request(self, method: str, url: str, **kw: Any) -> Deferred:
         return self.http.request(method, url, **kw)
 
     def flush(self) -> None:
         self._agent.flush()
+
+    def pump(self) -> bool:
+        """Move the bytes of every open connection until none move; whether any did."""
+        moved = any([pump.flush() for pump in list(self._agent._pumps)])
+        self._agent.flush()  # and forget the connections both sides closed
+        return moved
 
 
 @dataclass

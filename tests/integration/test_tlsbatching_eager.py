@@ -3,6 +3,7 @@
 What OpenSSL produces goes straight to the socket when Twisted's buffer is empty; what the kernel
 does not take (a partial send, EAGAIN, a dead socket) goes through Twisted's buffered write. The
 TLS stream itself checks the order: a record that overtook another would fail decryption.
+(Moved from tests/unit, which runs no reactor.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import pytest_twisted
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
@@ -26,6 +28,8 @@ from zope.interface import implementer
 
 from smartsyncd.runtime.tlsbatching import BatchingTLSProtocol, batching_tls_endpoint
 from smartsyncd.service.tls import ensure_self_signed, tls_endpoint_string
+
+pytestmark = pytest.mark.integration
 
 HELLO = b"hello"
 REACTOR: Any = reactor

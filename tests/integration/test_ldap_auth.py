@@ -3,6 +3,8 @@
 Each rule of the directory sign-in has a test here that fails without the rule: empty password,
 filter escaping, certificate/host-name verification, no clear-text fallback, account state,
 nested groups (memberOf walk, member search), failover, and no password in any log event.
+In the integration tier: the directory listens on real loopback sockets with real TLS (LDAPS,
+StartTLS, unreachable and silent servers), driven by the running reactor.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from smartsyncd.testing.ldapserver import (
     start_directory,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 SVC_DN = "CN=SmartSync Service,CN=Users,DC=firm,DC=example"
 ALICE_DN = "CN=Alice Auditor,CN=Users,DC=firm,DC=example"
