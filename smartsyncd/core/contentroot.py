@@ -22,6 +22,7 @@ between two listings; ``classify`` names a difference against what a copy last s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -104,6 +105,13 @@ def statement_bytes(statement: RootStatement) -> bytes:
     """The signed bytes: the domain tag, then compact JSON with sorted keys (ASCII only)."""
     body = json.dumps(statement.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return STATEMENT_DOMAIN + body.encode("ascii")
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """SHA-256 of the 32 raw bytes of an Ed25519 public key, in the colon form of the
+    certificate fingerprints (``AB:CD:...``)."""
+    digest = hashlib.sha256(public_key).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, 64, 2))
 
 
 # -- what differs ----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ uses, and answers the server and session routes itself. The route groups:
 
 - web/pull.py: snapshot, change feed (long-polls: web/longpoll.py), manifests, chunk fetch;
 - web/push.py: missing chunks, chunk upload (streamed: web/upload.py), commit;
-- web/workflow.py: locks, history, restore, export, sync copies.
+- web/workflow.py: locks, history, restore, export, sync copies;
+- web/contentroot.py: the signed engagement content root and its listing.
 
 Every engagement route goes through ``access.engagement_route`` (session -> engagement + role ->
 ``acl.allows``), every path segment through a converter of web/segments.py, every failure
@@ -35,6 +36,7 @@ from smartsyncd.web.access import Access, Authorizer, add_route, bearer_token, e
 from smartsyncd.web.admission import ClientAddresses
 from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factory, read_body
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
+from smartsyncd.web.contentroot import ContentRootRoutes, add_content_root_routes
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
 from smartsyncd.web.health import HealthCache, health_answer, with_disk
@@ -104,6 +106,9 @@ class SyncAPI:
         )
         PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
         add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
+        add_content_root_routes(  # issue 20: the signed content root
+            app, self.authorizer, ContentRootRoutes(store, store, identity, run_blocking, self.read_audit, now)
+        )
 
     def _add_routes(self, app: Klein) -> None:
         add_route(app, "/healthz", ["GET"], self.healthz, "healthz")
