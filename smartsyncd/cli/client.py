@@ -33,6 +33,7 @@ from smartsyncd.cli.client_workflow import (
     cmd_history,
     cmd_locks,
     cmd_restore,
+    cmd_verify,
 )
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
@@ -285,6 +286,7 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "history": cmd_history,
     "restore": cmd_restore,
     "export": cmd_export,
+    "verify": cmd_verify,
 }
 
 
