@@ -37,6 +37,7 @@ from smartsyncd.core.contentroot import (
     key_fingerprint,
     statement_bytes,
 )
+from smartsyncd.core.ignore import IGNORE_FILE
 from smartsyncd.core.manifest import is_hash
 
 PAGE = 5000
@@ -80,6 +81,7 @@ class VerifyReport:
     differences: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # e.g. bad .smartsyncignore lines
     statement: dict[str, Any] = field(default_factory=dict)  # as signed: keep it with the signature
     signature: str = ""
 
@@ -90,6 +92,7 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["skipped"] = [{"path": p, "why": w} for p, w in self.skipped]
+        data["notes"] = [{"path": p, "why": w} for p, w in self.notes]
         data["unsynced"] = self.unsynced
         return data
 
@@ -174,11 +177,17 @@ def _unreadable(path: str, problems: Mapping[str, str]) -> str | None:
     return None
 
 
+def _unread(scan: ScanResult) -> list[tuple[str, str]]:
+    """What the scan could not read: its errors, less the problems of a ``.smartsyncignore``
+    that was read (a bad line: the file itself is compared like any other)."""
+    return [(p, w) for p, w in scan.errors if not (p == IGNORE_FILE and p in scan.entries)]
+
+
 def describe(
     diffs: list[Difference], base: Mapping[str, FileRecord], scan: ScanResult
 ) -> list[dict[str, Any]]:
     """Each difference as JSON, with why it exists."""
-    problems = {path: why for path, why in [*scan.skipped, *scan.errors]}
+    problems = {path: why for path, why in [*scan.skipped, *_unread(scan)]}
     out: list[dict[str, Any]] = []
     for d in diffs:
         synced = base.get(d.path)
@@ -212,7 +221,8 @@ async def verify_copy(
     local = {path: entry.content for path, entry in scan.entries.items()}
     local_root = await ctx.run(content_root, list(local.items()))
     differences: list[dict[str, Any]] = []
-    if local_root != statement.root or scan.errors:
+    unread = _unread(scan)
+    if local_root != statement.root or unread:
         listing = await _listing(api, ctx.engagement, statement.seq, page)
         if await ctx.run(content_root, listing) != statement.root:
             raise ProtocolError("root files: the listing does not add up to the signed root")
@@ -222,12 +232,12 @@ async def verify_copy(
         differences += [
             {"path": path, "kind": "unreadable", "reason": "unreadable", "local": None,
              "server": None, "why": why}
-            for path, why in scan.errors if path not in listed and path != "."
+            for path, why in unread if path not in listed and path != "."
         ]
     return VerifyReport(
         identical=not differences, engagement=ctx.engagement, seq=statement.seq, head=head,
         last_seq=await ctx.last_seq(), files=statement.files, local_files=len(local),
         root=statement.root, local_root=local_root, fingerprint=key_fingerprint(public),
         key_pinned_now=pin_now, differences=differences, ignored=sorted(scan.ignored),
-        skipped=sorted(scan.skipped), statement=statement.to_json(), signature=signature.hex(),
+        skipped=sorted(scan.skipped), notes=[e for e in scan.errors if e not in unread], statement=statement.to_json(), signature=signature.hex(),
     )
