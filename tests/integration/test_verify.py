@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +47,13 @@ def read_events(server: Daemon, eng: str) -> list[tuple[str, str]]:
         return [(str(r[0]), str(r[1])) for r in rows]
 
 
-def wait_for_events(server: Daemon, eng: str, count: int) -> list[tuple[str, str]]:
-    """The read events once at least ``count`` are written (buffered about a second)."""
-    import time
-
+def wait_for_verifies(server: Daemon, eng: str, since: int, count: int) -> list[tuple[str, str]]:
+    """The read events after the first ``since``, once ``count`` ``verify`` events are among
+    them (the daemon writes read events about a second after they happen)."""
     deadline = time.monotonic() + 20
     while True:
-        events = read_events(server, eng)
-        if len(events) >= count or time.monotonic() > deadline:
+        events = read_events(server, eng)[since:]
+        if sum(e[0] == "verify" for e in events) >= count or time.monotonic() > deadline:
             return events
         time.sleep(0.05)  # polling a condition with a deadline, not a fixed wait
 
@@ -125,19 +125,19 @@ def test_identical_changed_and_server_only(server: Daemon, tmp_path: Path) -> No
     assert code == 1 and earlier["seq"] == report["last_seq"] < report["seq"]
     assert {d["path"] for d in earlier["differences"]} == {"Prüfung.docx", "Working papers/B-1 Cash.xlsx"}
 
+    # eight verifications so far, each a read in the audit trail; none downloaded any content
+    events = wait_for_verifies(server, eng, before, 8)
+    events = events[events.index(("verify", "alice")):]  # bob's clone downloaded before this
+    assert events.count(("verify", "alice")) == 7 and events.count(("verify", "bob")) == 1
+    assert ("verify-list", "alice") in events
+    assert not [e for e in events if e[0] == "download"], events
+
     # after a sync both ways, both copies are identical again, at the new head
     alice.ok("sync", str(mine))
     bob.ok("sync", str(theirs))
     code, a = verify(alice, mine)
     code_b, b = verify(bob, theirs)
     assert (code, code_b) == (0, 0) and a["root"] == b["root"] and a["seq"] == b["seq"]
-
-    # each verify was a read in the audit trail; none downloaded any content
-    events = wait_for_events(server, eng, before + 8)[before:]
-    assert ("verify", "alice") in events and ("verify", "bob") in events
-    assert ("verify-list", "alice") in events
-    verify_events = [e for e in events if e[0].startswith("verify")]
-    assert len(verify_events) >= 8
 
 
 def test_signature_check_fails_when_the_key_differs(tmp_path: Path) -> None:
