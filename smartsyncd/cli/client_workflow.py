@@ -145,6 +145,9 @@ async def cmd_verify(session: Session) -> int:
     if report.key_pinned_now:
         session.out.note(f"accepted the server's signing key {report.fingerprint} for this copy "
                          "(compare it with 'smartsync-admin root-key' on the server)")
+    if report.skipped:
+        session.out.note(f"{len(report.skipped)} path(s) here cannot sync and were left out "
+                         "(links, names the server refuses; 'skipped' with --json)")
     if report.ignored:
         session.out.note(f"{len(report.ignored)} ignored path(s) here were left out (.smartsyncignore)")
     if report.seq > report.last_seq and not report.identical:

@@ -179,8 +179,10 @@ def _unreadable(path: str, problems: Mapping[str, str]) -> str | None:
 
 def _unread(scan: ScanResult) -> list[tuple[str, str]]:
     """What the scan could not read: its errors, less the problems of a ``.smartsyncignore``
-    that was read (a bad line: the file itself is compared like any other)."""
-    return [(p, w) for p, w in scan.errors if not (p == IGNORE_FILE and p in scan.entries)]
+    that was read (a bad line: the file itself is compared like any other), and the files that
+    kept changing while read (the other skipped names can never sync: links, bad names)."""
+    errors = [(p, w) for p, w in scan.errors if not (p == IGNORE_FILE and p in scan.entries)]
+    return errors + [(p, w) for p, w in scan.skipped if w.startswith("changing while being read")]
 
 
 def describe(
@@ -217,7 +219,9 @@ async def verify_copy(
         raise ProtocolError("root: the statement names another engagement or change number")
     if pin_now:
         await ctx.run(ctx.state.set_root_key, public.hex())
-    scan: ScanResult = await ctx.run(Scanner(ctx.directory).scan, {})  # every file read afresh
+    # every file read afresh: no base, so no stat cache (the engine's scanner's hooks kept)
+    fresh = Scanner(ctx.directory, open_file=ctx.scanner.open_file, retries=ctx.scanner.retries)
+    scan: ScanResult = await ctx.run(fresh.scan, {})
     local = {path: entry.content for path, entry in scan.entries.items()}
     local_root = await ctx.run(content_root, list(local.items()))
     differences: list[dict[str, Any]] = []
@@ -239,5 +243,6 @@ async def verify_copy(
         last_seq=await ctx.last_seq(), files=statement.files, local_files=len(local),
         root=statement.root, local_root=local_root, fingerprint=key_fingerprint(public),
         key_pinned_now=pin_now, differences=differences, ignored=sorted(scan.ignored),
-        skipped=sorted(scan.skipped), notes=[e for e in scan.errors if e not in unread], statement=statement.to_json(), signature=signature.hex(),
+        skipped=sorted(scan.skipped), notes=[e for e in scan.errors if e not in unread],
+        statement=statement.to_json(), signature=signature.hex(),
     )

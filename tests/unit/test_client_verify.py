@@ -1,18 +1,35 @@
 """The client's side of ``smartsync verify`` (client/verify.py) in plain calls: which key is
 accepted and when it is pinned, the signature check, and how scan problems name a difference
-(an unreadable file is never taken for a deletion; a bad ``.smartsyncignore`` line is a note)."""
+(an unreadable file is never taken for a deletion; a bad ``.smartsyncignore`` line is a note);
+``verify_copy`` over a real folder and state against a server in plain calls."""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
 
-from smartsyncd.client.errors import SignatureRefused
-from smartsyncd.client.scanner import ScannedFile, ScanResult
-from smartsyncd.client.state import FileRecord
-from smartsyncd.client.verify import check_key, check_signature, describe
-from smartsyncd.core.contentroot import RootStatement, compare, key_fingerprint, statement_bytes
+from smartsyncd.client.copycontext import CopyContext
+from smartsyncd.client.errors import ProtocolError, SignatureRefused
+from smartsyncd.client.scanner import ScannedFile, Scanner, ScanResult
+from smartsyncd.client.state import ClientState, CopyMeta, FileRecord
+from smartsyncd.client.verify import check_key, check_signature, describe, verify_copy
+from smartsyncd.core.chunking import chunk_buffer
+from smartsyncd.core.contentroot import (
+    RootStatement,
+    compare,
+    content_root,
+    key_fingerprint,
+    statement_bytes,
+)
+from smartsyncd.core.manifest import make_manifest
+from smartsyncd.testing.syncpool import run_sync
 
 A, B = "aa" * 32, "bb" * 32
 
@@ -66,3 +83,105 @@ def test_scan_problems_name_the_difference() -> None:
     got = {d["path"]: d["reason"] for d in describe(compare(local, server), base, scan)}
     # not readable here is never "deleted here": only gone.txt was really removed
     assert got == {"Private/a.txt": "unreadable", "gone.txt": "unsynced_delete", "locked.xlsx": "unreadable"}
+
+
+def test_a_file_changing_while_read_is_never_identical() -> None:
+    scan = ScanResult()
+    scan.skipped = [("draft.docx", "changing while being read; retried next sync"),
+                    ("link", "symbolic link (not synced)")]
+    got = describe(compare({}, [("draft.docx", A)]), {"draft.docx": _record("draft.docx", A)}, scan)
+    assert [(d["path"], d["reason"]) for d in got] == [("draft.docx", "unreadable")]
+
+
+class SignedRoot:
+    """A server in plain calls: signs the root of ``files`` and pages its listing."""
+
+    def __init__(self, files: dict[str, str], engagement: str = "acme") -> None:
+        self.key, self.public = _key()
+        self.files = sorted(files.items())
+        self.engagement = engagement
+        self.pages = 0
+
+    async def content_root(self, eng: str, seq: int | None = None) -> dict:
+        statement = RootStatement("store", 1, self.engagement, 7, len(self.files),
+                                  content_root(self.files), "2026-12-05T12:00:00Z")
+        return {"statement": statement.to_json(), "head": 7, "public_key": self.public.hex(),
+                "signature": self.key.sign(statement_bytes(statement)).hex()}
+
+    async def root_files(self, eng: str, seq: int, after: str | None, limit: int):  # noqa: ANN201
+        self.pages += 1
+        rest = [f for f in self.files if after is None or f[0] > after]
+        return rest[:limit], len(rest) > limit
+
+
+def _copy(tmp_path: Path, open_file=None) -> CopyContext:  # noqa: ANN001
+    state = ClientState.create(tmp_path, CopyMeta("https://h", "acme", "alice", "c1"))
+    scanner = Scanner(tmp_path) if open_file is None else Scanner(tmp_path, open_file=open_file)
+    return CopyContext(directory=tmp_path, state=state, run=maybeDeferred, scanner=scanner,
+                       clock=Clock(), user="alice", engagement="acme", copy_id="c1")
+
+
+def _content(data: bytes) -> str:
+    return make_manifest([r for r, _ in chunk_buffer(data)]).content
+
+
+def _run(coro: Any) -> Any:
+    return run_sync(coro)
+
+
+def test_library_call_identical_then_changed(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 2000  # several chunks
+    (tmp_path / "a.txt").write_bytes(b"alpha")
+    (tmp_path / "big.bin").write_bytes(big)
+    (tmp_path / "Thumbs.db").write_bytes(b"ignored by the built-in rules")
+    server = SignedRoot({"a.txt": _content(b"alpha"), "big.bin": _content(big)})
+    ctx = _copy(tmp_path)
+    report = _run(verify_copy(ctx, server))
+    assert report.identical and report.key_pinned_now and server.pages == 0  # no listing needed
+    assert report.ignored == ["Thumbs.db"] and report.local_files == 2
+    assert ctx.state.root_key() == server.public.hex()
+    (tmp_path / "a.txt").write_bytes(b"ALPHA")
+    report = _run(verify_copy(ctx, server, page=1))
+    assert not report.identical and not report.key_pinned_now and server.pages == 2
+    # never synced here, other bytes than the server's: an edit not sent
+    assert [(d["path"], d["reason"]) for d in report.differences] == [("a.txt", "unsynced_edit")]
+    # another server key: refused, and the pin stays
+    with pytest.raises(SignatureRefused):
+        _run(verify_copy(ctx, SignedRoot(dict(server.files))))
+    assert ctx.state.root_key() == server.public.hex()
+    # a statement for another engagement is not taken for this one
+    other = SignedRoot({}, engagement="other")
+    with pytest.raises(ProtocolError, match="another engagement"):
+        _run(verify_copy(ctx, other, expected_key=key_fingerprint(other.public)))
+
+
+def test_a_local_file_changing_while_read_is_unreadable_not_identical(tmp_path: Path) -> None:
+    (tmp_path / "draft.docx").write_bytes(b"x" * 20000)
+
+    class Growing(io.FileIO):
+        """A file another program appends to while the copy reads it."""
+
+        grown = False
+
+        def _grow(self) -> None:  # once per open: the file differs from its stat before
+            if not self.grown:
+                self.grown = True
+                with open(self.name, "ab") as w:
+                    w.write(b"more")
+
+        def read(self, size: int = -1) -> bytes:
+            data = super().read(size)
+            self._grow()
+            return data
+
+        def readinto(self, buffer: Any) -> int:
+            n = super().readinto(buffer)
+            self._grow()
+            return n
+
+    def growing(path: str) -> Growing:
+        return Growing(path, "rb")
+
+    report = _run(verify_copy(_copy(tmp_path, growing), SignedRoot({})))
+    assert not report.identical
+    assert [(d["path"], d["reason"]) for d in report.differences] == [("draft.docx", "unreadable")]
