@@ -128,8 +128,8 @@ def describe_verify(report: VerifyReport) -> str:
     lines = [f"This copy differs from the server's at seq {report.seq} "
              f"({len(report.differences)} difference(s), {report.unsynced} not synced yet; {signed}):"]
     for d in report.differences[:200]:
-        why = f" ({d['why']})" if d.get("why") else ""
-        lines.append(f"  {d['path']}: {REASONS.get(d['reason'], d['reason'])}{why}")
+        why = f" ({d.why})" if d.why else ""
+        lines.append(f"  {d.path}: {REASONS.get(d.reason, d.reason)}{why}")
     if len(report.differences) > 200:
         lines.append(f"  ... and {len(report.differences) - 200} more (--json lists all)")
     return "\n".join(lines)

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -65,6 +65,18 @@ class RootServer(Protocol):
     ) -> tuple[list[tuple[str, str]], bool]: ...
 
 
+@dataclass(frozen=True)
+class Found:
+    """One difference and why it exists (``REASONS`` says it in words)."""
+
+    path: str
+    kind: str  # only_here | only_on_server | different_content | unreadable
+    reason: str  # a key of REASONS
+    local: str | None  # content id here
+    server: str | None  # content id on the server at the seq
+    why: str | None = None  # what the scan said of a path it could not read
+
+
 @dataclass
 class VerifyReport:
     identical: bool
@@ -78,19 +90,20 @@ class VerifyReport:
     local_root: str
     fingerprint: str  # of the key that signed
     key_pinned_now: bool  # this run accepted the key (first use, or the fingerprint given)
-    differences: list[dict[str, Any]] = field(default_factory=list)
+    differences: list[Found] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)  # e.g. bad .smartsyncignore lines
-    statement: dict[str, Any] = field(default_factory=dict)  # as signed: keep it with the signature
+    statement: dict[str, str | int] = field(default_factory=dict)  # as signed: keep it with the signature
     signature: str = ""
 
     @property
     def unsynced(self) -> int:
-        return sum(1 for d in self.differences if str(d["reason"]).startswith("unsynced_"))
+        return sum(1 for d in self.differences if d.reason.startswith("unsynced_"))
 
-    def to_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = dict(self.__dict__)
+        data["differences"] = [asdict(d) for d in self.differences]
         data["skipped"] = [{"path": p, "why": w} for p, w in self.skipped]
         data["notes"] = [{"path": p, "why": w} for p, w in self.notes]
         data["unsynced"] = self.unsynced
@@ -187,21 +200,17 @@ def _unread(scan: ScanResult) -> list[tuple[str, str]]:
 
 def describe(
     diffs: list[Difference], base: Mapping[str, FileRecord], scan: ScanResult
-) -> list[dict[str, Any]]:
-    """Each difference as JSON, with why it exists."""
+) -> list[Found]:
+    """Each difference, with why it exists."""
     problems = {path: why for path, why in [*scan.skipped, *_unread(scan)]}
-    out: list[dict[str, Any]] = []
+    out: list[Found] = []
     for d in diffs:
         synced = base.get(d.path)
         why = _unreadable(d.path, problems) if d.local is None else None
         reason = "unreadable" if why is not None else classify(
             d, synced.content if synced else None, ignored=scan.rules.ignores(d.path)
         )
-        item: dict[str, Any] = {"path": d.path, "kind": d.kind, "reason": reason,
-                                "local": d.local, "server": d.server}
-        if why is not None:
-            item["why"] = why
-        out.append(item)
+        out.append(Found(d.path, d.kind, reason, d.local, d.server, why))
     return out
 
 
@@ -224,7 +233,7 @@ async def verify_copy(
     scan: ScanResult = await ctx.run(fresh.scan, {})
     local = {path: entry.content for path, entry in scan.entries.items()}
     local_root = await ctx.run(content_root, list(local.items()))
-    differences: list[dict[str, Any]] = []
+    differences: list[Found] = []
     unread = _unread(scan)
     if local_root != statement.root or unread:
         listing = await _listing(api, ctx.engagement, statement.seq, page)
@@ -232,10 +241,9 @@ async def verify_copy(
             raise ProtocolError("root files: the listing does not add up to the signed root")
         base: dict[str, FileRecord] = await ctx.run(ctx.state.all_files)
         differences = describe(compare(local, listing), base, scan)
-        listed = {d["path"] for d in differences}
+        listed = {d.path for d in differences}
         differences += [
-            {"path": path, "kind": "unreadable", "reason": "unreadable", "local": None,
-             "server": None, "why": why}
+            Found(path, "unreadable", "unreadable", None, None, why)
             for path, why in unread if path not in listed and path != "."
         ]
     return VerifyReport(

@@ -80,7 +80,7 @@ def test_scan_problems_name_the_difference() -> None:
     server = [(".smartsyncignore", A), ("Private/a.txt", B), ("gone.txt", B), ("locked.xlsx", B)]
     base = {p: _record(p, c) for p, c in server}
     local = {p: e.content for p, e in scan.entries.items()}
-    got = {d["path"]: d["reason"] for d in describe(compare(local, server), base, scan)}
+    got = {d.path: d.reason for d in describe(compare(local, server), base, scan)}
     # not readable here is never "deleted here": only gone.txt was really removed
     assert got == {"Private/a.txt": "unreadable", "gone.txt": "unsynced_delete", "locked.xlsx": "unreadable"}
 
@@ -90,7 +90,7 @@ def test_a_file_changing_while_read_is_never_identical() -> None:
     scan.skipped = [("draft.docx", "changing while being read; retried next sync"),
                     ("link", "symbolic link (not synced)")]
     got = describe(compare({}, [("draft.docx", A)]), {"draft.docx": _record("draft.docx", A)}, scan)
-    assert [(d["path"], d["reason"]) for d in got] == [("draft.docx", "unreadable")]
+    assert [(d.path, d.reason) for d in got] == [("draft.docx", "unreadable")]
 
 
 class SignedRoot:
@@ -144,7 +144,7 @@ def test_library_call_identical_then_changed(tmp_path: Path) -> None:
     report = _run(verify_copy(ctx, server, page=1))
     assert not report.identical and not report.key_pinned_now and server.pages == 2
     # never synced here, other bytes than the server's: an edit not sent
-    assert [(d["path"], d["reason"]) for d in report.differences] == [("a.txt", "unsynced_edit")]
+    assert [(d.path, d.reason) for d in report.differences] == [("a.txt", "unsynced_edit")]
     # another server key: refused, and the pin stays
     with pytest.raises(SignatureRefused):
         _run(verify_copy(ctx, SignedRoot(dict(server.files))))
@@ -184,4 +184,4 @@ def test_a_local_file_changing_while_read_is_unreadable_not_identical(tmp_path: 
 
     report = _run(verify_copy(_copy(tmp_path, growing), SignedRoot({})))
     assert not report.identical
-    assert [(d["path"], d["reason"]) for d in report.differences] == [("draft.docx", "unreadable")]
+    assert [(d.path, d.reason) for d in report.differences] == [("draft.docx", "unreadable")]
