@@ -1,8 +1,9 @@
 """The live files of an engagement at a change number, as the content root needs them (issue 20).
 
 (path, content id) of every live file after change ``seq``: at the head, the ``files`` table;
-before it, the last change of each path up to ``seq`` in the change log (which keeps every
-record, also past retention and after disposal). Head and rows are read in one read
+before it (or once the engagement was disposed of, which empties ``files``), the last change of
+each path up to ``seq`` in the change log (which keeps every record, also past retention and
+after disposal: a copy kept elsewhere can still be proven to be the disposed final file). Head and rows are read in one read
 transaction, so a commit landing meanwhile changes neither. Paths come back sorted bytewise
 (the order of ``core.contentroot``). ``listing_page`` reads a page after a path, for a client
 locating differences. Synchronous, over a ``MetadataDB``.
@@ -16,12 +17,15 @@ from smartsyncd.storage.db import MetadataDB, hex_or_none
 Listing = list[tuple[str, str]]
 
 
-def _at(db: MetadataDB, engagement_id: int, seq: int | None) -> tuple[int, int]:
-    """(the seq asked, or the head; the head)."""
+def _at(db: MetadataDB, engagement_id: int, seq: int | None) -> tuple[int, int, bool]:
+    """(the seq asked, or the head; the head; whether the ``files`` table can answer)."""
     head = db.engagement_head(engagement_id)
     if seq is not None and seq > head:
         raise BadRequest(f"seq {seq} is past the engagement's head {head}", field="seq")
-    return (head if seq is None else seq), head
+    at = head if seq is None else seq
+    # disposal empties ``files`` but keeps the log: the log says what the engagement held
+    disposed = db.one("SELECT disposed_at FROM engagements WHERE id = ?", (engagement_id,))[0]
+    return at, head, at == head and disposed is None
 
 
 def _rows(db: MetadataDB, engagement_id: int, seq: int, at_head: bool, after: str | None,
@@ -53,8 +57,8 @@ def listing_at(db: MetadataDB, engagement_id: int, seq: int | None) -> tuple[int
     """(seq, head, every live file at seq); ``seq`` None: the head."""
 
     def tx() -> tuple[int, int, Listing]:
-        at, head = _at(db, engagement_id, seq)
-        return at, head, _rows(db, engagement_id, at, at == head, None, None)
+        at, head, from_files = _at(db, engagement_id, seq)
+        return at, head, _rows(db, engagement_id, at, from_files, None, None)
 
     return db.read(tx)
 
@@ -66,8 +70,8 @@ def listing_page(
     more follow."""
 
     def tx() -> tuple[Listing, bool]:
-        at, head = _at(db, engagement_id, seq)
-        rows = _rows(db, engagement_id, at, at == head, after, limit + 1)
+        at, _head, from_files = _at(db, engagement_id, seq)
+        rows = _rows(db, engagement_id, at, from_files, after, limit + 1)
         return rows[:limit], len(rows) > limit
 
     return db.read(tx)

@@ -107,3 +107,15 @@ def test_a_key_others_may_read_is_refused(tmp_path: Path) -> None:
     os.chmod(signer.path, 0o644)
     with pytest.raises(Unavailable, match="chmod 600"):
         load_signer(str(tmp_path))
+
+
+@on_sync_store
+async def test_the_root_outlives_disposal(store) -> None:
+    e = await store.create_engagement("acme", "")
+    c1, s1, r1 = await upload_file(store, e.id, b"final file")
+    await commit(store, e.id, "b1", [put("report.pdf", None, c1, s1)], {"report.pdf": full(c1, r1)})
+    before = await store.content_listing(e.id, None)
+    await store.finalize(e.id, "admin:root", "signed off", False)
+    await store.dispose(e.id, "admin:root")  # no retention applies: disposed of at once
+    assert await store.content_listing(e.id, None) == before == (1, 1, [("report.pdf", c1)])
+    assert await store.content_listing_page(e.id, 1, None, 10) == ([("report.pdf", c1)], False)
