@@ -134,7 +134,7 @@ class Admin:
 
                 return await engagement_action(self, args)
             return await self.engagement_list()
-        if args.command in ("legal-hold", "quota"):
+        if args.command in ("legal-hold", "quota", "root-key"):
             from smartsyncd.cli.admin_lifecycle import run_lifecycle
 
             return await run_lifecycle(self, args)

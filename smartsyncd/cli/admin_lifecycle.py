@@ -4,7 +4,8 @@
 deadline the daemon finalizes the engagement at; ``--min-retention-days N``: the engagement's
 minimum retention. ``engagement dispose ENG``: remove the content after retention, print the
 disposal record. ``legal-hold set|release ENG --reason R``. ``quota set|remove (--engagement
-ENG | --user U) [--bytes N]``, ``quota list``. Actors are ``admin:<OS login>`` as for the
+ENG | --user U) [--bytes N]``, ``quota list``. ``root-key``: the fingerprint of the key that
+signs content roots (``storage/rootkey``). Actors are ``admin:<OS login>`` as for the
 other workflow commands; exit 0 ok, 1 refused.
 """
 
@@ -78,6 +79,21 @@ def add_parsers(commands: Any) -> None:
                              help="limit on both the live files' size and the bytes stored")
     qa.add_parser("list", help="every quota with its use")
 
+    commands.add_parser(
+        "root-key",
+        help="the store's key that signs engagement content roots: its fingerprint (made on first use)",
+    )
+
+
+async def root_key(admin: AdminContext) -> int:
+    """Print the signing key's fingerprint, the one ``smartsync verify`` shows and pins."""
+    signer = await lifecycle_of(admin.store).root_signer()
+    assert signer is not None
+    admin.say(f"content root signing key (Ed25519): {signer.path}")
+    admin.say(f"public key: {signer.public.hex()}")
+    admin.say(f"SHA-256 fingerprint: {signer.fingerprint}")
+    return 0
+
 
 async def quota(admin: AdminContext, args: argparse.Namespace) -> int:
     store = lifecycle_of(admin.store)
@@ -145,4 +161,6 @@ async def run_lifecycle(admin: AdminContext, args: argparse.Namespace) -> int:
         return 0
     if args.command == "quota":
         return await quota(admin, args)
+    if args.command == "root-key":
+        return await root_key(admin)
     raise AdminError(f"unknown command {args.command}")

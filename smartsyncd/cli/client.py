@@ -42,6 +42,7 @@ from smartsyncd.cli.client_workflow import (
     cmd_export,
     cmd_history,
     cmd_restore,
+    cmd_verify,
 )
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
@@ -301,6 +302,7 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "history": cmd_history,
     "restore": cmd_restore,
     "export": cmd_export,
+    "verify": cmd_verify,
 }
 
 

@@ -17,12 +17,13 @@ from smartsyncd.core.model import ROLES
 EPILOG = """\
 exit codes:
   0  success
-  1  finished, but conflict copies are left to resolve (sync, status, conflicts)
+  1  finished, but conflict copies are left to resolve (sync, status, conflicts);
+     verify: this copy differs from the server's
   2  usage error (bad arguments, missing password, damaged settings, not a sync copy,
      or the copy is in use by another sync or watch)
   3  authentication failed or session ended (run 'smartsync login' again)
   4  network or trust problem (server unreachable after retries; unknown or changed
-     certificate)
+     certificate; verify: a signature that does not check, or another signing key)
   5  the server refused the request (the message says why)
   6  finished (the pull included), but some local changes could not sync: refused
      (engagement finalized, a reader's role), waiting for another's check-in, or skipped;
@@ -158,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'2026-03-31 17:00' (local time) or ISO 8601 with a zone")
     export.add_argument("directory", metavar="DIR")
     _admin_commands(commands, command)
+    verify = command("verify", "prove this copy identical to the server's signed content "
+                               "root, or list what differs (downloads no file)")
+    verify.add_argument("directory", metavar="DIR", nargs="?", default=".")
+    verify.add_argument("--seq", type=_non_negative, metavar="N",
+                        help="compare with the server's files at change N (default: its head)")
+    verify.add_argument("--key-fingerprint", metavar="FP",
+                        help="the SHA-256 fingerprint of the server's signing key (from "
+                        "'smartsync-admin root-key'); else the key this copy accepted first")
     return parser
 
 

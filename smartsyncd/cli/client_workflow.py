@@ -1,5 +1,6 @@
 """The ``smartsync`` commands of the engagement workflow (docs/workflow.md): check-out and
-check-in, locks, a file's history and restore, and export of the engagement at a moment."""
+check-in, locks, a file's history and restore, export of the engagement at a moment, and
+``verify`` (this copy against the server's signed content root, issue 20)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.export import export_engagement
 from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.trust import normalize_fingerprint
+from smartsyncd.client.verify import REASONS, VerifyReport
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.locks import parse_duration
 
@@ -111,3 +114,41 @@ async def cmd_export(session: Session) -> int:
         text += "\n" + "\n".join(f"  past retention, not written: {p}" for p in report.missing)
     session.out.result(text, data)
     return 1 if report.missing else 0
+
+
+EXIT_DIFFERS = 1  # as diff(1) and cmp(1): the comparison ran and found differences
+
+
+def describe_verify(report: VerifyReport) -> str:
+    """The verdict, then each difference with why, for a person."""
+    signed = f"content root {report.root[:16]}..., signed by key {report.fingerprint}"
+    if report.identical:
+        return (f"This copy is identical to the server's at seq {report.seq} "
+                f"({report.files} files; {signed}).")
+    lines = [f"This copy differs from the server's at seq {report.seq} "
+             f"({len(report.differences)} difference(s), {report.unsynced} not synced yet; {signed}):"]
+    for d in report.differences[:200]:
+        why = f" ({d.why})" if d.why else ""
+        lines.append(f"  {d.path}: {REASONS.get(d.reason, d.reason)}{why}")
+    if len(report.differences) > 200:
+        lines.append(f"  ... and {len(report.differences) - 200} more (--json lists all)")
+    return "\n".join(lines)
+
+
+async def cmd_verify(session: Session) -> int:
+    args = session.args
+    expected = normalize_fingerprint(args.key_fingerprint) if args.key_fingerprint else None
+    copy, api = await open_copy(session, exclusive=False)  # reads only: works beside a sync
+    report = await copy.verify(api, seq=args.seq, expected_key=expected)
+    session.out.result(describe_verify(report), report.to_json())
+    if report.key_pinned_now:
+        session.out.note(f"accepted the server's signing key {report.fingerprint} for this copy "
+                         "(compare it with 'smartsync-admin root-key' on the server)")
+    if report.skipped:
+        session.out.note(f"{len(report.skipped)} path(s) here cannot sync and were left out "
+                         "(links, names the server refuses; 'skipped' with --json)")
+    if report.ignored:
+        session.out.note(f"{len(report.ignored)} ignored path(s) here were left out (.smartsyncignore)")
+    if report.seq > report.last_seq and not report.identical:
+        session.out.note(f"this copy last synced seq {report.last_seq}; 'smartsync sync' brings it up")
+    return 0 if report.identical else EXIT_DIFFERS

@@ -54,6 +54,7 @@ from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
 from smartsyncd.client.scanner import Scanner, ScanResult
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Watch
 from smartsyncd.client.wipe import refuse_if_wiping
 from smartsyncd.core.model import Change, FileState
@@ -365,6 +366,15 @@ class SyncCopy:
             last_seq=last_seq,
             head=head,
         )
+
+    async def verify(
+        self, api: RootServer, *, seq: int | None = None, expected_key: str | None = None
+    ) -> VerifyReport:
+        """Prove this copy identical to the server's signed content root at ``seq`` (default:
+        its head) or list what differs; reads every file afresh, downloads none
+        (client/verify.py). ``expected_key``: the signing key's fingerprint, else the one
+        this copy accepted first."""
+        return await verify_copy(self.ctx, api, seq=seq, expected_key=expected_key)
 
     # -- watch ---------------------------------------------------------------------------------
 

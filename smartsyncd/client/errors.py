@@ -73,6 +73,11 @@ class TrustError(NetworkError):
         self.presented = presented
 
 
+class SignatureRefused(TrustError):
+    """A signed content root does not check (``smartsync verify``): a bad signature, or a key
+    other than the one this copy accepted before or the one named on the command line."""
+
+
 class ProtocolError(NetworkError):
     """The server's answer does not follow docs/protocol.md (malformed JSON, bad manifest)."""
 

@@ -514,6 +514,28 @@ class ServerAPI(Transport):
         files = [obj(item, "export file") for item in field(data, "files", list, "export")]
         return field(data, "seq", int, "export"), files
 
+    # -- the signed content root (issue 20, docs/protocol.md "Content root") -------------------
+
+    async def content_root(self, eng: str, seq: int | None = None) -> JSONObject:
+        """The signed root at ``seq`` (default: the head); checked by ``client/verify.py``."""
+        params = {} if seq is None else {"seq": str(seq)}
+        return obj(await self._json("GET", _eng(eng, "root"), params=params), "root")
+
+    async def root_files(
+        self, eng: str, seq: int, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """A page of the (path, content id) pairs the root at ``seq`` is made of; more?"""
+        params = {"seq": str(seq), "limit": str(limit)}
+        if after is not None:
+            params["after"] = after
+        data = obj(await self._json("GET", _eng(eng, "root", "files"), params=params), "root files")
+        pairs: list[tuple[str, str]] = []
+        for item in field(data, "files", list, "root files"):
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise ProtocolError("root files: each file must be [path, content id]")
+            pairs.append((item[0], item[1]))
+        return pairs, bool(field(data, "more", bool, "root files"))
+
 
 def _manifest_item(content: str, base: Manifest | None) -> dict[str, str]:
     return {"content": content} if base is None else {"content": content, "base": base.content}

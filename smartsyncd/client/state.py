@@ -209,6 +209,13 @@ class ClientState:
     def set_last_seq(self, seq: int) -> None:
         self._set_many({"last_seq": str(int(seq))})
 
+    def root_key(self) -> str | None:
+        """The public key (hex) this copy accepts for signed content roots (issue 20)."""
+        return self._get("root_key")
+
+    def set_root_key(self, public_hex: str) -> None:
+        self._set_many({"root_key": public_hex})
+
     def pending_batch(self) -> tuple[str, str] | None:
         """The (batch id, digest of its changes) sent but not yet answered, if any."""
         batch, digest = self._get("pending_batch"), self._get("pending_digest")

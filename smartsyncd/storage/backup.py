@@ -3,8 +3,8 @@
 Backup, while the daemon runs: the database first, through SQLite's online backup API
 (``Connection.backup``: one consistent snapshot, even with commits going on), then every pack
 that snapshot references (packs are write-once, and a pack is durable before its rows are
-committed, so each one the snapshot names exists), then the TLS folder (copies pin the
-certificate), and ``BACKUP.json`` last: a folder without it is an unfinished backup and
+committed, so each one the snapshot names exists), the content root signing key (copies pin
+it, ``storage/rootkey``), then the TLS folder (copies pin the certificate), and ``BACKUP.json`` last: a folder without it is an unfinished backup and
 restore refuses it. A referenced pack gone meanwhile (gc collected it after the snapshot) fails
 the backup: run it again.
 
@@ -26,6 +26,7 @@ import time
 from datetime import UTC, datetime
 
 from smartsyncd.storage.durable import ensure_dir, fsync_dir, write_durably
+from smartsyncd.storage.rootkey import key_path
 
 MARKER = "BACKUP.json"
 DB_NAME = "metadata.sqlite3"
@@ -85,6 +86,9 @@ def backup_sqlite(db_path: str, packs_root: str, tls_dir: str, dest: str) -> dic
         if not os.path.exists(source):
             raise BackupError(f"pack {name} is gone (collected after the snapshot?): run the backup again")
         total += _copy_durably(source, _pack_path(os.path.join(dest, "chunks"), int(engagement_id), str(name)))
+    signing_key = key_path(packs_root)  # content roots stay signed by the same key (issue 20)
+    if os.path.exists(signing_key):
+        _copy_durably(signing_key, key_path(os.path.join(dest, "chunks")), 0o600)
     if os.path.isdir(tls_dir):
         for entry in sorted(os.listdir(tls_dir)):
             path = os.path.join(tls_dir, entry)

@@ -14,9 +14,11 @@ from datetime import date, datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from smartsyncd.core.errors import BadRequest
-from smartsyncd.storage import lifecycle, quotas, readaudit, retention
+from smartsyncd.storage import lifecycle, quotas, readaudit, retention, rootlisting
 from smartsyncd.storage.api import AuditRecord
 from smartsyncd.storage.gc import drop_packs
+from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.rootkey import RootSigner, load_signer
 
 T = TypeVar("T")
 
@@ -33,6 +35,9 @@ class LifecycleStore:
         raise NotImplementedError
 
     async def run_db(self, fn: Callable[..., T], *args: Any) -> T:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def run_read(self, fn: Callable[..., T], *args: Any) -> T:  # pragma: no cover - overridden
         raise NotImplementedError
 
     async def set_report_date(
@@ -79,6 +84,28 @@ class LifecycleStore:
 
     async def global_audit_records(self) -> list[AuditRecord]:
         return await self.run_db(readaudit.global_records)
+
+
+    # the content root (issue 20): the listing it is computed over, and the key that signs it
+    _root_signer: RootSigner | None = None
+
+    async def content_listing(self, engagement_id: int, seq: int | None) -> tuple[int, int, rootlisting.Listing]:
+        return await self.run_read(rootlisting.listing_at, engagement_id, seq)
+
+    async def content_listing_page(
+        self, engagement_id: int, seq: int, after: str | None, limit: int
+    ) -> tuple[rootlisting.Listing, bool]:
+        return await self.run_read(rootlisting.listing_page, engagement_id, seq, after, limit)
+
+    async def root_signer(self, create: bool = True) -> RootSigner | None:
+        """The store's signing key (``storage/rootkey``), made on first use when ``create``."""
+        if self._root_signer is None:
+            self._root_signer = await self.run_file(_signer_in, create)
+        return self._root_signer
+
+
+def _signer_in(packs: PackStore, create: bool) -> RootSigner | None:
+    return load_signer(packs.root, create)
 
 
 def lifecycle_of(store: object) -> LifecycleStore:

@@ -7,7 +7,8 @@ uses, and answers the server and session routes itself. The route groups:
 - web/pull.py: snapshot, change feed (long-polls: web/longpoll.py), manifests, chunk fetch;
 - web/push.py: missing chunks, chunk upload (streamed: web/upload.py), commit;
 - web/workflow.py: locks, history, restore, export, sync copies;
-- web/manage.py: what an engagement's admins manage (lock breaks, copies, sign-off, grants).
+- web/manage.py: what an engagement's admins manage (lock breaks, copies, sign-off, grants);
+- web/contentroot.py: the signed engagement content root and its listing.
 
 Every engagement route goes through ``access.engagement_route`` (session -> engagement + role ->
 ``acl.allows``), every path segment through a converter of web/segments.py, every failure
@@ -39,6 +40,7 @@ from smartsyncd.web.access import Access, Authorizer, add_route, bearer_token, e
 from smartsyncd.web.admission import ClientAddresses
 from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factory, read_body
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
+from smartsyncd.web.contentroot import ContentRootRoutes, add_content_root_routes
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
 from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
@@ -113,6 +115,9 @@ class SyncAPI:
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))
         add_wipe_routes(app, wipes_or_none(store), limits)
+        add_content_root_routes(  # issue 20: the signed content root
+            app, self.authorizer, ContentRootRoutes(store, store, identity, run_blocking, self.read_audit, now)
+        )
 
     def _add_routes(self, app: Klein) -> None:
         add_route(app, "/healthz", ["GET"], self.healthz, "healthz")

@@ -107,6 +107,13 @@ def converge(linux: Copy, windows: Copy, url: str, tmp_path: Path) -> dict[str, 
     for side in (linux, windows):
         status = side.status()
         assert status["clean"], f"{side.root} not clean: {status}"
+    # both prove the same signed content root: the case-insensitive copy's names hash alike
+    roots = set()
+    for side in (linux, windows):
+        done = side.client.run("--json", "verify", str(side.root))
+        assert done.returncode == 0, f"verify of {side.root}: {done.stdout} {done.stderr}"
+        roots.add(json.loads(done.stdout)["root"])
+    assert len(roots) == 1
     return head
 
 

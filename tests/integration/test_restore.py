@@ -7,7 +7,8 @@ only the record token can tell) or by ``backup`` (taken online) + ``restore``. A
 commits enough after the restore to pass the copies' seq again (4 records: seq 3-6), editing a
 file a copy also edited before the restore. Each copy then syncs: no local file is lost, the
 server gets what it lacked, the differing version becomes a conflict copy, the post-restore
-files arrive, and after another round every copy equals the server.
+files arrive, and after another round every copy equals the server, as ``verify`` proves
+with the store's signing key, which the backup and the folder copy carry along.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def server_files(d: Daemon) -> dict[str, str]:
     return {f["path"]: f["content"] for f in answer["files"]}
 
 
+def head_now(d: Daemon) -> int:
+    status, answer = d.request("GET", "/v1/engagements/audit", token=d.login("alice", PASSWORD))
+    assert status == 200, answer
+    return int(answer["head"])
+
+
 def start_on_same_port(d: Daemon, port: int) -> None:
     d.listen = f"ssl:{port}:interface=127.0.0.1"
     d.start()
@@ -75,6 +82,8 @@ async def test_copies_reconcile_after_the_store_is_restored(daemon: Daemon, tmp_
         await copies["bob"].sync(apis["bob"])  # seq 2
         for u in copies:
             await copies[u].sync(apis[u])
+            # identical to the server's signed content root; the copy accepts the store's key
+            assert (await copies[u].verify(apis[u])).identical
         # the state the store goes back to (seq 2)
         saved = tmp_path / "saved"
         port = d.port
@@ -147,6 +156,9 @@ async def test_copies_reconcile_after_the_store_is_restored(daemon: Daemon, tmp_
             assert copy_files(tmp_path / u) == final, u
         assert set(final) == set(server_files(d))
         assert b"a: alice's second version" in final.values()
+        for u in copies:  # the restored store signs with the key the copies accepted before
+            proof = await copies[u].verify(apis[u])
+            assert proof.identical and proof.seq == head_now(d), (u, proof.differences)
         fsck(d)
     finally:
         for c in copies.values():
