@@ -178,3 +178,19 @@ class UnsyncedCopies(SyncError):
 
     code = "unsynced_copies"
     status = 409
+
+
+class ConflictResolved(SyncError):
+    """The conflict item was already resolved (``resolved_by``, ``resolved_at``,
+    ``resolution``): nothing changed (docs/workflow.md, "Conflict review")."""
+
+    code = "conflict_resolved"
+    status = 409
+
+
+class ConflictStale(SyncError):
+    """The file or its conflict copy changed since the reviewer looked (``path_seq``,
+    ``copy_seq``: the versions now); nothing changed. List the item again and decide anew."""
+
+    code = "conflict_stale"
+    status = 409

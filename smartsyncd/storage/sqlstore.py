@@ -77,6 +77,7 @@ from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
 from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.review_store import ReviewStore
 from smartsyncd.storage.upload import PackUpload
 
 __all__ = [
@@ -95,7 +96,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore(LifecycleStore):
+class SqlServerStore(LifecycleStore, ReviewStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(
