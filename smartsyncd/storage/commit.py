@@ -169,7 +169,7 @@ def commit_tx(
 
     _insert_manifests(db, engagement_id, new_manifests)
     _insert_changes(db, engagement_id, head, written, when)
-    if any(c.conflict_of is not None for c in written):  # the review queue's items
+    if any(conflicts.makes_item(c) for c in written):  # the review queue's items
         conflicts.record_conflicts(db, engagement_id, written, when)  # before the files rows move
     _upsert_files(db, engagement_id, written)
     if post_report:

@@ -3,7 +3,9 @@ the commit transaction, read for listing and resolving.
 
 ``record_conflicts`` runs inside the commit transaction (``storage/commit``): every conflict
 copy the commit writes becomes an item, keyed by the seq of that write, with the version the
-edit lost to (the live file of the same fold key before the batch) and its author. A
+edit lost to (the live file of the same fold key before the batch) and its author. That covers
+the copies a client made itself (``core.conflicts.conflict_origin`` reads the name back) as
+well as those the server made. A
 resolution is in ``storage/review`` (which commits, so it cannot live here: ``commit`` imports
 this module). Synchronous functions over a ``MetadataDB``.
 """
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from smartsyncd.core.conflicts import LABEL_MARK, conflict_origin
 from smartsyncd.core.errors import NotFound
 from smartsyncd.core.model import Change, FileState
 from smartsyncd.core.paths import fold_key
@@ -38,20 +41,36 @@ def _hex(value: Any) -> str | None:
     return None if value is None else bytes(value).hex()
 
 
+def makes_item(change: Change) -> bool:
+    """Whether ``change`` writes a conflict copy: one the server made (``conflict_of``), or a
+    new file named as one (a copy the client made when a pulled version hit an unpushed edit,
+    pushed as a new file). A cheap test: the commit runs it on every written change."""
+    if change.kind != "put" or change.content is None:
+        return False
+    return change.conflict_of is not None or (LABEL_MARK in change.path and change.prev_seq is None)
+
+
 def record_conflicts(db: MetadataDB, engagement_id: int, written: Sequence[Change], when: str) -> None:
     """One item per conflict copy among ``written`` (called before the batch's files rows are
-    written, so the live file each edit lost to is still the head's)."""
+    written, so the live file each edit lost to is still the head's). A copy the client made
+    becomes an item only when the file its name points at is live."""
     binary = db.dialect.binary
     for c in written:
-        if c.conflict_of is None or c.content is None:
+        if not makes_item(c):
+            continue
+        origin = c.conflict_of or conflict_origin(c.path)
+        if origin is None:
             continue
         won = db.one(
             "SELECT f.path, f.seq, f.content, f.size, ch.user_name FROM files f"
             " LEFT JOIN changes ch ON ch.engagement_id = f.engagement_id AND ch.seq = f.seq"
             " WHERE f.engagement_id = ? AND f.fold_key = ? AND f.content IS NOT NULL",
-            (engagement_id, fold_key(c.conflict_of)),
+            (engagement_id, fold_key(origin)),
         )
-        path, seq, content, size, user = won if won is not None else (c.conflict_of, None, None, 0, None)
+        if won is None and c.conflict_of is None:
+            continue  # named like a conflict copy, of nothing live: an ordinary file
+        path, seq, content, size, user = won if won is not None else (origin, None, None, 0, None)
+        assert c.content is not None
         db.execute(
             "INSERT INTO conflicts (engagement_id, id, path, copy_path, theirs_seq, theirs_user,"
             " theirs_content, theirs_size, ours_user, ours_content, ours_size, created_at)"

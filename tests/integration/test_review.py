@@ -154,3 +154,33 @@ def test_an_edited_conflict_copy_is_kept(server: Daemon, tmp_path: Path) -> None
     # the item stays resolved; the copy is an ordinary file again, for bob to delete or keep
     mine = team.bob.run("--json", "conflicts", str(team.b))
     assert [i["state"] for i in json.loads(mine.stdout)["items"]] == ["resolved"]
+
+
+def test_a_conflict_copy_the_client_made_is_an_item_too(server: Daemon, tmp_path: Path) -> None:
+    """bob's edit waits behind alice's check-out; her newer version then reaches his copy,
+    which keeps his edit as a conflict copy and pushes it once she checks in."""
+    team = Team(server, tmp_path, "review-3")
+    (team.a / "WP").mkdir()
+    (team.a / "WP" / "fa.txt").write_text("v1")
+    team.alice.ok("sync", str(team.a))
+    team.bob.ok("sync", str(team.b))
+    team.alice.ok("checkout", str(team.a / "WP" / "fa.txt"))
+    (team.b / "WP" / "fa.txt").write_text("bob's edit")
+    (team.a / "WP" / "fa.txt").write_text("alice's edit")
+    team.alice.ok("sync", str(team.a))
+    # bob's push is refused (locked); the pull brings alice's version over his unpushed edit
+    waited = team.bob.run("--json", "sync", str(team.b))
+    assert waited.returncode == 1, waited.stderr  # a conflict copy is left (over "partial")
+    [copy] = [p for p in files(team.b) if p != "WP/fa.txt"]
+    assert files(team.b) == {"WP/fa.txt": "alice's edit", copy: "bob's edit"}
+    team.alice.ok("checkin", str(team.a / "WP" / "fa.txt"))
+    assert team.bob.run("sync", str(team.b)).returncode == 1  # sends the copy: a new file
+    versions = team.bob.json("history", str(team.b / copy))["versions"]
+    assert [(v["user"], v["conflict_of"]) for v in versions] == [("bob", None)]  # client-made
+    listed = team.rita.run("--json", "conflicts", "--all", str(team.r))
+    [item] = json.loads(listed.stdout)["items"]
+    assert (item["path"], item["copy_path"]) == ("WP/fa.txt", copy)
+    assert (item["theirs"]["user"], item["ours"]["user"]) == ("alice", "bob")
+    team.rita.ok("resolve", "--ours", str(item["id"]), str(team.r))
+    team.sync_all()
+    assert files(team.a) == files(team.b) == {"WP/fa.txt": "bob's edit"}

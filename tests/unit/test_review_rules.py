@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from smartsyncd.core.conflicts import conflict_name, conflict_origin
 from smartsyncd.core.errors import BadRequest, ConflictResolved, ConflictStale
 from smartsyncd.core.model import FileState, ProposedChange
 from smartsyncd.core.review import (
@@ -107,3 +108,23 @@ def test_choice_is_checked_and_digests_differ_per_request() -> None:
 def test_who_an_item_involves() -> None:
     assert item().involves("alice") and item().involves("bob")
     assert not item().involves("carol")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["WP/cash.xlsx", "noext", ".profile", "a/b/Memo v2.final.docx", "Ü/naïve résumé.txt"],
+)
+def test_a_conflict_copy_name_reads_back_to_its_file(path: str) -> None:
+    first = conflict_name(path, "bob smith", T0, lambda p: False)
+    assert conflict_origin(first) == path
+    taken = conflict_name(path, "bob", T0, lambda p: False)
+    second = conflict_name(path, "bob", T0, lambda p: p == taken)
+    assert " 0900 2)" in second and conflict_origin(second) == path
+    # a copy of a copy points at the copy it was made beside
+    assert conflict_origin(conflict_name(first, "carol", T0, lambda p: False)) == first
+
+
+def test_other_names_have_no_origin() -> None:
+    for path in ("WP/cash.xlsx", "notes (conflict).txt", "x (conflict bob 2026-12-01).txt",
+                 "x (conflict  2026-12-01 0900 y).txt"):
+        assert conflict_origin(path) is None, path

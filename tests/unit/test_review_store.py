@@ -184,3 +184,25 @@ def test_schema_10_keeps_grants_and_allows_the_reviewer_role(tmp_path, monkeypat
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"grants_principal", "conflicts_open"} <= names
     conn.close()
+
+
+@on_sync_store
+async def test_a_conflict_copy_a_client_made_becomes_an_item(store) -> None:
+    """A pulled version hit bob's unpushed edit: his client kept the edit as a conflict copy and
+    pushes it as a new file. Only a new file named as a copy of a live file makes an item."""
+    e = await store.create_engagement("acme", "")
+    theirs, tsize, trefs = await upload_file(store, e.id, b"alice's version")
+    await commit(store, e.id, "a1", [put("WP/cash.xlsx", None, theirs, tsize)],
+                 {"WP/cash.xlsx": full(theirs, trefs)})
+    ours, osize, orefs = await upload_file(store, e.id, b"bob's local edit")
+    copy = "WP/cash (conflict bob 2026-11-26 1530).xlsx"
+    stray = "WP/gone (conflict bob 2026-11-26 1530).xlsx"  # of no live file: no item
+    await commit(store, e.id, "b1", [put(copy, None, ours, osize), put(stray, None, ours, osize)],
+                 {copy: full(ours, orefs)}, user="bob")
+    [item] = await store.list_conflicts(e.id, None)
+    assert (item.id, item.path, item.copy_path) == (2, "WP/cash.xlsx", copy)
+    assert (item.theirs.seq, item.theirs.user, item.ours.user, item.ours.content) == (1, "alice", "bob", ours)
+    await store.resolve_conflict(e.id, 2, "theirs", "rita", None, "r1", (1, 2))
+    # the copy put again at its tombstone (an edit kept by bob's client) is no new item
+    await commit(store, e.id, "b2", [put(copy, None, ours, osize)], user="bob")
+    assert await store.list_conflicts(e.id, None) == []
