@@ -1,4 +1,5 @@
-"""Roles and what they allow: ``reader`` reads, ``editor`` also writes, ``admin`` also manages."""
+"""Roles and what they allow: ``reader`` reads, ``editor`` also writes, ``reviewer`` also
+resolves conflict items (docs/workflow.md, "Conflict review"), ``admin`` also manages."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from collections.abc import Iterable
 
 from smartsyncd.core.model import ROLES, Role
 
-OPERATIONS: frozenset[str] = frozenset({"read", "write", "admin"})
+OPERATIONS: frozenset[str] = frozenset({"read", "write", "review", "admin"})
 
 ROLE_ALLOWS: dict[Role, frozenset[str]] = {
     "reader": frozenset({"read"}),
     "editor": frozenset({"read", "write"}),
-    "admin": frozenset({"read", "write", "admin"}),
+    "reviewer": frozenset({"read", "write", "review"}),
+    "admin": frozenset({"read", "write", "review", "admin"}),
 }
 
 
@@ -28,7 +30,7 @@ def allows(role: Role | None, operation: str) -> bool:
 
 
 def role_rank(role: Role | None) -> int:
-    """0 for no role, then 1 reader, 2 editor, 3 admin."""
+    """0 for no role, then 1 reader, 2 editor, 3 reviewer, 4 admin."""
     if role is None:
         return 0
     if role not in ROLES:

@@ -28,6 +28,7 @@ from smartsyncd.cli.client_manage import (
     cmd_reopen,
     cmd_revoke,
 )
+from smartsyncd.cli.client_review import cmd_conflicts, cmd_resolve
 from smartsyncd.cli.client_session import (
     Output,
     Session,
@@ -274,14 +275,6 @@ async def cmd_watch(session: Session) -> int:
     return 0
 
 
-async def cmd_conflicts(session: Session) -> int:
-    copy = SyncCopy.open(Path(session.args.directory), exclusive=False)
-    names = list(copy.conflicts())
-    text = "\n".join(names) if names else "No conflict copies."
-    session.out.result(text, {"conflicts": names})
-    return ConflictsLeft.exit_code if names else 0
-
-
 COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "logout": cmd_logout,
     "engagements": cmd_engagements,
@@ -290,6 +283,7 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "status": cmd_status,
     "watch": cmd_watch,
     "conflicts": cmd_conflicts,
+    "resolve": cmd_resolve,
     "checkout": cmd_checkout,
     "checkin": cmd_checkin,
     "locks": cmd_locks_or_break,

@@ -4,6 +4,7 @@ the parsing of the arguments that name a server or a moment."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -85,6 +86,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _review_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """The conflict review queue's commands (docs/workflow.md, "Conflict review")."""
+    conflicts = command("conflicts", "list conflict copies here and your conflicts on the server")
+    conflicts.add_argument("directory", metavar="DIR", nargs="?", default=".")
+    conflicts.add_argument("--all", action="store_true",
+                           help="every open conflict of the engagement (the reviewer role)")
+    resolve = command("resolve", "resolve a conflict (reviewer): keep a version or a merge")
+    resolve.add_argument("id", metavar="ID", type=_positive, help="the number 'conflicts' shows")
+    resolve.add_argument("directory", metavar="DIR", nargs="?", default=".")
+    pick = resolve.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--ours", action="store_true",
+                      help="the edit kept as the conflict copy becomes the file")
+    pick.add_argument("--theirs", action="store_true", help="the file stays as it is")
+    pick.add_argument("--merged", metavar="FILE", help="this file (your merge) becomes the file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartsync",
@@ -127,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("sync", "push local changes, then pull the server's"),
         ("status", "show what a sync would move (changes nothing)"),
         ("watch", "sync continuously until interrupted"),
-        ("conflicts", "list conflict copies waiting to be resolved"),
     ]:
         sub = command(name, text)
         sub.add_argument("directory", metavar="DIR", nargs="?", default=".")
+
+    _review_commands(command)
 
     # engagement workflow (docs/workflow.md): PATH is a file or folder inside a sync copy
     checkout = command("checkout", "check out a file or folder: others' changes to it are "

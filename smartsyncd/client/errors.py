@@ -221,6 +221,16 @@ class UnsyncedCopies(ServerRefused):
     """``unsynced_copies``: finalize refused while copies hold unsynced work."""
 
 
+class ConflictResolved(ServerRefused):
+    """``conflict_resolved``: the conflict item was already resolved (``resolved_by``,
+    ``resolution``); nothing changed."""
+
+
+class ConflictStale(ServerRefused):
+    """``conflict_stale``: the file or its conflict copy changed since the item was listed
+    (``path_seq``, ``copy_seq`` are the versions now); nothing changed: list again."""
+
+
 class HistoryDiverged(ServerRefused):
     """The server's log is not the one this copy synced (it was restored or rolled back):
     ``details`` carry the server's ``store``, ``generation`` and ``head``. ``SyncCopy.sync``
@@ -260,6 +270,8 @@ REFUSALS: dict[str, type[ServerRefused]] = {
     "copy_abandoned": CopyAbandoned,
     "wipe_ordered": WipeOrdered,
     "unsynced_copies": UnsyncedCopies,
+    "conflict_resolved": ConflictResolved,
+    "conflict_stale": ConflictStale,
 }
 
 

@@ -37,10 +37,12 @@ from smartsyncd.client.wire import (
     ChunkWanted,
     CommitAnswer,
     CommitChange,
+    ConflictInfo,
     CopyContact,
     DeltaHint,
     HistoryMark,
     JSONObject,
+    Resolution,
     SessionInfo,
     Snapshot,
     UploadItem,
@@ -49,14 +51,16 @@ from smartsyncd.client.wire import (
     obj,
     parse_change,
     parse_commit,
+    parse_conflict,
     parse_contact,
     parse_file_state,
+    parse_resolution,
     parse_session,
 )
 from smartsyncd.core.chunkstream import decode_fetched, decode_to_raw
 from smartsyncd.core.errors import SyncError
-from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
-from smartsyncd.core.model import HistoryCheck, Manifest
+from smartsyncd.core.manifest import apply_delta, chunks_from_json, chunks_to_json, content_id
+from smartsyncd.core.model import ChunkRef, HistoryCheck, Manifest
 
 if TYPE_CHECKING:
     from smartsyncd.client.reactor import ClientReactor
@@ -502,6 +506,30 @@ class ServerAPI(Transport):
         data = obj(await self._json("POST", _eng(eng, "restore"), body=body), "restore")
         field(data, "head", int, "restore")
         return data
+
+    async def conflicts(
+        self, eng: str, everyone: bool = False, resolved: bool = False
+    ) -> list[ConflictInfo]:
+        """The review queue's open items (and resolved ones with ``resolved``): those this
+        user wrote a side of, or with ``everyone`` all of them (the reviewer role)."""
+        params = {k: "1" for k, on in (("all", everyone), ("resolved", resolved)) if on}
+        data = obj(await self._json("GET", _eng(eng, "conflicts"), params=params), "conflicts")
+        return [parse_conflict(item) for item in field(data, "conflicts", list, "conflicts")]
+
+    async def resolve_conflict(
+        self, eng: str, item: ConflictInfo, choice: str, batch: str,
+        merged: Sequence[ChunkRef] | None = None,
+    ) -> Resolution:
+        """Resolve ``item`` as listed (its ``path_seq``/``copy_seq``) by ``choice``: ours,
+        theirs, or merged (``merged``: the merge's chunks, uploaded first). Retried safely:
+        ``batch``. A changed item is refused (``ConflictStale``), a resolved one too
+        (``ConflictResolved``)."""
+        body: JSONObject = {"choice": choice, "batch": batch, "path_seq": item.path_seq,
+                            "copy_seq": item.copy_seq}
+        if merged is not None:
+            body["manifest"] = chunks_to_json(merged)
+        path = _eng(eng, "conflicts", str(item.id), "resolve")
+        return parse_resolution(await self._json("POST", path, body=body))
 
     async def export(self, eng: str, at: datetime) -> tuple[int, list[JSONObject]]:
         """The files as they stood at ``at``: ``(seq, [{path, seq, content, size, available}])``."""

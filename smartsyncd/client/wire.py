@@ -195,6 +195,60 @@ class CopyContact:
     deadline: DeadlineInfo | None = None
 
 
+@dataclass(frozen=True)
+class ConflictSide:
+    """One version of a conflict item: ``seq`` in the log, who wrote it, its content."""
+
+    seq: int | None
+    user: str | None
+    content: str | None
+    size: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"seq": self.seq, "user": self.user, "content": self.content, "size": self.size}
+
+
+@dataclass(frozen=True)
+class ConflictInfo:
+    """An item of the server's review queue (docs/protocol.md, "Conflict review"): the edit
+    ``ours`` of ``path`` lost to ``theirs`` and was kept as ``copy_path``. ``path_seq`` and
+    ``copy_seq`` are the versions now, which a resolution names."""
+
+    id: int
+    path: str
+    copy_path: str
+    created_at: str
+    theirs: ConflictSide
+    ours: ConflictSide
+    path_seq: int | None
+    copy_seq: int | None
+    copy_live: bool
+    state: str  # open | resolved
+    resolved_at: str | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+    resolved_seq: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id, "path": self.path, "copy_path": self.copy_path,
+            "created_at": self.created_at, "theirs": self.theirs.to_json(),
+            "ours": self.ours.to_json(), "path_seq": self.path_seq, "copy_seq": self.copy_seq,
+            "copy_live": self.copy_live, "state": self.state, "resolved_at": self.resolved_at,
+            "resolved_by": self.resolved_by, "resolution": self.resolution,
+            "resolved_seq": self.resolved_seq,
+        }
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """``POST .../conflicts/<id>/resolve``: the item as resolved and the commit it made."""
+
+    conflict: ConflictInfo
+    head: int
+    results: tuple[CommitResult, ...]
+
+
 # -- reading answers strictly (a malformed answer is a ProtocolError) ---------------------------
 
 
@@ -352,3 +406,44 @@ def _int_or_none(value: object) -> int | None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _side(value: object) -> ConflictSide:
+    data = obj(value, "conflict version")
+    return ConflictSide(
+        seq=_int_or_none(data.get("seq")), user=_str_or_none(data.get("user")),
+        content=_str_or_none(data.get("content")), size=field(data, "size", int, "conflict version"),
+    )
+
+
+def parse_conflict(value: object) -> ConflictInfo:
+    """One review queue item."""
+    data = obj(value, "conflict")
+    state = field(data, "state", str, "conflict")
+    if state not in ("open", "resolved"):
+        raise ProtocolError(f"conflict has an unknown state {state!r}")
+    return ConflictInfo(
+        id=field(data, "id", int, "conflict"),
+        path=field(data, "path", str, "conflict"),
+        copy_path=field(data, "copy_path", str, "conflict"),
+        created_at=field(data, "created_at", str, "conflict"),
+        theirs=_side(data.get("theirs")),
+        ours=_side(data.get("ours")),
+        path_seq=_int_or_none(data.get("path_seq")),
+        copy_seq=_int_or_none(data.get("copy_seq")),
+        copy_live=field(data, "copy_live", bool, "conflict"),
+        state=state,
+        resolved_at=_str_or_none(data.get("resolved_at")),
+        resolved_by=_str_or_none(data.get("resolved_by")),
+        resolution=_str_or_none(data.get("resolution")),
+        resolved_seq=_int_or_none(data.get("resolved_seq")),
+    )
+
+
+def parse_resolution(value: object) -> Resolution:
+    data = obj(value, "resolution")
+    return Resolution(
+        conflict=parse_conflict(data.get("conflict")),
+        head=field(data, "head", int, "resolution"),
+        results=tuple(_commit_result(r) for r in field(data, "results", list, "resolution")),
+    )

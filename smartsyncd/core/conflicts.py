@@ -2,6 +2,8 @@
 
 The name is always a valid path (docs/protocol.md, "Path rules"): the user name is sanitized
 and the stem shortened when the segment or the whole path would grow past its byte limit.
+``conflict_origin`` reads a name back: the file a conflict copy was made beside (the server
+makes review items of the copies a client made, docs/workflow.md "Conflict review").
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from smartsyncd.core.paths import (
 MAX_USER_CHARS = 64
 _MAX_ATTEMPTS = 100_000
 _UNSAFE_USER = re.compile('[\x00-\x1f\x7f/\\\\:*?"<>|]')
+_COPY_NAME = re.compile(r"(?P<stem>.+) \(conflict .+ \d{4}-\d{2}-\d{2} \d{4}(?: \d+)?\)(?P<ext>[^/()]*)")
+LABEL_MARK = " (conflict "  # in every conflict copy's name: a cheap test before the pattern
 
 
 def _sanitize_user(user: str) -> str:
@@ -80,3 +84,16 @@ def conflict_name(path: str, user: str, when: datetime, taken: Callable[[str], b
         if not taken(candidate):
             return candidate
     raise ValueError(f"no free conflict name for {path!r}")
+
+
+def conflict_origin(path: str) -> str | None:
+    """The path a conflict copy named ``path`` was made beside, or None for another name.
+    (A stem shortened to fit the length limits gives a path that need not exist.)"""
+    if LABEL_MARK not in path:
+        return None
+    folder, name = parent_of(path), name_of(path)
+    match = _COPY_NAME.fullmatch(name)
+    if match is None:
+        return None
+    origin = match["stem"] + match["ext"]
+    return f"{folder}/{origin}" if folder else origin

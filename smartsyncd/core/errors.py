@@ -189,6 +189,22 @@ class UnsyncedCopies(SyncError):
     status = 409
 
 
+class ConflictResolved(SyncError):
+    """The conflict item was already resolved (``resolved_by``, ``resolved_at``,
+    ``resolution``): nothing changed (docs/workflow.md, "Conflict review")."""
+
+    code = "conflict_resolved"
+    status = 409
+
+
+class ConflictStale(SyncError):
+    """The file or its conflict copy changed since the reviewer looked (``path_seq``,
+    ``copy_seq``: the versions now); nothing changed. List the item again and decide anew."""
+
+    code = "conflict_stale"
+    status = 409
+
+
 class LastAdmin(SyncError):
     """An engagement admin's grant change would leave the engagement without any admin grant
     (``engagement``); only ``smartsync-admin`` on the server may do that."""

@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Literal
 
 ChangeKind = Literal["put", "delete"]
-Role = Literal["reader", "editor", "admin"]
-ROLES: tuple[Role, ...] = ("reader", "editor", "admin")
+# weakest first: a stronger role may do all a weaker one may (auth/acl.py)
+Role = Literal["reader", "editor", "reviewer", "admin"]
+ROLES: tuple[Role, ...] = ("reader", "editor", "reviewer", "admin")
 
 # Commit outcome statuses (see docs/protocol.md, "commit"):
 #   applied   - written at the proposed path with a new sequence number

@@ -6,8 +6,9 @@ stored answer, replayed if the changes match its digest (else 409); else
 put's manifest is resolved (known content, a full chunk list, or a delta against a known
 manifest), checked (content id, size, every chunk present) and stored; sequence numbers
 head+1.. are assigned in outcome order; changes are inserted (hash-chained, ``storage/audit``),
-files upserted (tombstones stay as rows with NULL content), the head advanced and the answer
-stored. Any error rolls everything back. Synchronous functions over a ``MetadataDB``.
+files upserted (tombstones stay as rows with NULL content), each conflict copy recorded as a
+review item (``storage/conflicts``), the head advanced and the answer stored. Any error rolls
+everything back. Synchronous functions over a ``MetadataDB``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from smartsyncd.core.model import (
 )
 from smartsyncd.core.paths import fold_key
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
-from smartsyncd.storage import headview, history, lifecycle, quotas
+from smartsyncd.storage import conflicts, headview, history, lifecycle, quotas
 from smartsyncd.storage.api import (
     CommitResult,
     CommitResultItem,
@@ -168,6 +169,8 @@ def commit_tx(
 
     _insert_manifests(db, engagement_id, new_manifests)
     _insert_changes(db, engagement_id, head, written, when)
+    if any(conflicts.makes_item(c) for c in written):  # the review queue's items
+        conflicts.record_conflicts(db, engagement_id, written, when)  # before the files rows move
     _upsert_files(db, engagement_id, written)
     if post_report:
         lifecycle.audit_post_report(db, engagement_id, user, written, now)

@@ -47,6 +47,9 @@ Tables:
 - (8) quotas, packs.user_name: storage quotas per engagement and user (``storage/quotas``).
 - (9) changes_content index: where a downloaded content lives (``storage/readaudit``); read
   events go to ``read:<name>`` chains in ``audit``.
+- (10) grants.role may be ``reviewer`` (the CHECK is rebuilt: SQLite copies the table,
+  PostgreSQL swaps the constraint); conflicts: the review queue (``storage/review``), one row
+  per conflict copy a commit wrote, keyed by that write's seq.
 - (11) copy_wipes: remote wipe orders for abandoned copies and the copies' reports of them;
   copies.key_hash: SHA-256 of the copy's own secret, which authenticates that report
   (``storage/wipes``).
@@ -93,6 +96,34 @@ def _namespace_principals(conn: Any, dialect: Dialect) -> None:
         "UPDATE login_failures SET throttle_key = 'ad:' || substr(throttle_key, 5)"
         " WHERE substr(throttle_key, 1, 4) = 'sid:'"
     )
+
+
+def _allow_reviewer_role(conn: Any, dialect: Dialect) -> None:
+    """Migration 10's grants step: the role CHECK also allows ``reviewer``."""
+    roles = "('reader', 'editor', 'reviewer', 'admin')"
+    if dialect.name == "postgresql":
+        conn.execute("ALTER TABLE grants DROP CONSTRAINT IF EXISTS grants_role_check")
+        conn.execute(f"ALTER TABLE grants ADD CONSTRAINT grants_role_check CHECK (role IN {roles})")
+        return
+    # SQLite cannot alter a CHECK: copy into a new table of the same shape (nothing refers
+    # to grants, so dropping the old one breaks no foreign key)
+    conn.execute(
+        f"""CREATE TABLE grants_v10 (
+            engagement_id BIGINT NOT NULL REFERENCES engagements (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('user', 'group')),
+            principal TEXT NOT NULL,
+            display_name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN {roles}),
+            PRIMARY KEY (engagement_id, kind, principal)
+        )"""
+    )
+    conn.execute(
+        "INSERT INTO grants_v10 (engagement_id, kind, principal, display_name, role)"
+        " SELECT engagement_id, kind, principal, display_name, role FROM grants"
+    )
+    conn.execute("DROP TABLE grants")
+    conn.execute("ALTER TABLE grants_v10 RENAME TO grants")
+    conn.execute("CREATE INDEX grants_principal ON grants (kind, principal)")
 
 
 MIGRATIONS: list[tuple[int, list[Any]]] = [
@@ -335,6 +366,37 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
         # id; this index finds the paths and versions that hold it.
         9,
         ["CREATE INDEX changes_content ON changes (engagement_id, content)"],
+    ),
+    (
+        # Issue 20's review queue (docs/workflow.md, "Conflict review"): a ``reviewer`` role,
+        # and one item per conflict copy (``id`` is the seq that wrote the copy). ``theirs_*``
+        # is the version the edit lost to, ``ours_*`` the losing edit; ``resolution`` and
+        # ``resolved_seq`` (the head after the resolving commit) once resolved.
+        10,
+        [
+            _allow_reviewer_role,
+            """CREATE TABLE conflicts (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                id BIGINT NOT NULL,
+                path {path_text} NOT NULL,
+                copy_path {path_text} NOT NULL,
+                theirs_seq BIGINT,
+                theirs_user TEXT,
+                theirs_content {blob},
+                theirs_size BIGINT NOT NULL,
+                ours_user TEXT NOT NULL,
+                ours_content {blob} NOT NULL,
+                ours_size BIGINT NOT NULL,
+                created_at TEXT NOT NULL,
+                resolved_at TEXT,
+                resolved_by TEXT,
+                resolution TEXT CHECK (resolution IN ('ours', 'theirs', 'merged')),
+                resolved_seq BIGINT,
+                resolved_batch TEXT,
+                PRIMARY KEY (engagement_id, id)
+            )""",
+            "CREATE INDEX conflicts_open ON conflicts (engagement_id, resolved_at)",
+        ],
     ),
     (
         # Remote wipe of an abandoned copy (docs/workflow.md, "Remote wipe"): the admin's order,

@@ -79,6 +79,7 @@ from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
 from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.review_store import ReviewStore
 from smartsyncd.storage.statusview import StatusViewStore
 from smartsyncd.storage.upload import PackUpload
 from smartsyncd.storage.wipes import WipeStore
@@ -99,7 +100,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore):
+class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(

@@ -9,6 +9,7 @@ uses, and answers the server and session routes itself. The route groups:
 - web/workflow.py: locks, history, restore, export, sync copies;
 - web/manage.py: what an engagement's admins manage (lock breaks, copies, sign-off, grants);
 - web/contentroot.py: the signed engagement content root and its listing.
+- web/review.py: the conflict review queue (list, resolve).
 
 Every engagement route goes through ``access.engagement_route`` (session -> engagement + role ->
 ``acl.allows``), every path segment through a converter of web/segments.py, every failure
@@ -54,6 +55,7 @@ from smartsyncd.web.pool import RunBlocking
 from smartsyncd.web.pull import PullRoutes, StoreIdentity
 from smartsyncd.web.push import PushRoutes
 from smartsyncd.web.readaudit import ReadAudit
+from smartsyncd.web.review import ReviewRoutes, add_review_routes
 from smartsyncd.web.segments import install_converters
 from smartsyncd.web.shapes import changes_body, iso_utc
 from smartsyncd.web.upload import UploadServices, upload_request_factory
@@ -112,6 +114,7 @@ class SyncAPI:
         )
         PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
         add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
+        add_review_routes(app, self.authorizer, ReviewRoutes(store, notifier, limits, now))
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))
         add_wipe_routes(app, wipes_or_none(store), limits)

@@ -43,6 +43,8 @@ EXPECTED: dict[type[server_errors.SyncError], type[ServerRefused]] = {
     server_errors.CopyAbandoned: errors.CopyAbandoned,
     server_errors.WipeOrdered: errors.WipeOrdered,
     server_errors.UnsyncedCopies: errors.UnsyncedCopies,
+    server_errors.ConflictResolved: errors.ConflictResolved,
+    server_errors.ConflictStale: errors.ConflictStale,
     server_errors.LastAdmin: errors.LastAdmin,
 }
 # codes answered with a status the client maps before looking at the code

@@ -131,4 +131,4 @@ def test_a_migration_below_the_highest_applied_still_runs(monkeypatch: pytest.Mo
     assert schema.migrate(conn, dialect) == 12
     assert dialect.table_exists(conn, "copy_wipes")
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-    assert versions[-3:] == [9, 11, 12]
+    assert versions == sorted(v for v, _ in later)  # every number once, 11 among them
