@@ -102,6 +102,7 @@ class SyncCopy:
             user=meta.user, engagement=meta.engagement, copy_id=meta.copy_id,
             window_bytes=window_bytes, early_commit_files=EARLY_COMMIT_FILES,
         )
+        self.ctx.scanner.spellings = state.spellings()  # decomposed names kept as spelled
         self.directory = directory
         self.state = state
         # held while open (client/copylock.py); None: opened read-only (shared) or unlocked
@@ -121,6 +122,7 @@ class SyncCopy:
 
     @scanner.setter
     def scanner(self, scanner: Scanner) -> None:
+        scanner.spellings = self.ctx.scanner.spellings
         self.ctx.scanner = scanner
 
     @property

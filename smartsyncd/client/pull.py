@@ -170,12 +170,12 @@ class Pull:
         if current is None or old is None or current.content != old.content:
             return False  # gone already, or edited: kept (pushed again as a new file)
         try:
-            ensure_folder(directory, (directory / path).parent, create=False)
+            ensure_folder(directory, self.ctx.local(path).parent, create=False)
         except LinkInPath:
             log.warn("{path} not deleted: a folder on the way is a symbolic link", path=path)
             return False
         try:
-            remove_file(directory, directory / path)
+            remove_file(directory, self.ctx.local(path))
         except FileNotFoundError:
             return False  # gone already (or only another spelling answered): nothing deleted
         return True

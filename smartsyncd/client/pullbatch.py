@@ -182,7 +182,7 @@ def _write_small(
     directory = writer.ctx.directory
     # before the temp file is opened in the folder (client/pullwrite.py, case-insensitive copies)
     writer.match_folder_case(item.write.path)
-    temp, handle = open_temp(directory, directory / item.write.path)
+    temp, handle = open_temp(directory, writer.ctx.local(item.write.path))
     try:
         write_window(handle, list(item.manifest.chunks), item.local, fetched)
         return writer.install(temp, handle, item.write.path, item.old)

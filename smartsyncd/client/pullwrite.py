@@ -80,7 +80,7 @@ class FileWriter:
         if manifest is None:
             manifest = await api.manifest(ctx.engagement, write.content, base=base_of(old))
         check_size(write, manifest)
-        target = self.ctx.directory / write.path
+        target = self.ctx.local(write.path)
         # before a temp file is opened in the folder: a folder cannot be renamed on Windows
         # while a file in it is open, and exfat-fuse loses the open file's path
         await ctx.run(self.match_folder_case, write.path)
@@ -158,14 +158,14 @@ class FileWriter:
         mtime), else the base copy's bytes. Either may be wrong (edited in place, damaged):
         every chunk rebuilt from it is hash-checked, and one that fails is fetched whole."""
         try:
-            st = os.stat(self.ctx.directory / path, follow_symlinks=False)
+            st = os.stat(self.ctx.local(path), follow_symlinks=False)
         except OSError:
             st = None
         if (
             st is not None and stat.S_ISREG(st.st_mode) and st.st_size == old.size
             and st.st_ino == old.inode and old.mtime_ns in (st.st_mtime_ns, -1)
         ):
-            return self.ctx.directory / path
+            return self.ctx.local(path)
         return self.ctx.base_cache.load(old.content, old.size)
 
     def read_local(
@@ -176,7 +176,7 @@ class FileWriter:
             if chunk.hash in found or chunk.hash not in index:
                 continue
             path, offset, size = index[chunk.hash]
-            data = read_chunk(self.ctx.directory / path, offset, size, chunk.hash)
+            data = read_chunk(self.ctx.local(path), offset, size, chunk.hash)
             if data is not None:
                 found[chunk.hash] = data
         return found
@@ -231,7 +231,7 @@ class FileWriter:
             current: LocalEntry | None = self.ctx.scanner.check(path, old)
         except FileChanging:
             current = LocalEntry(content="changing", size=-1)
-        target = self.ctx.directory / path
+        target = self.ctx.local(path)
         ensure_folder(self.ctx.directory, target.parent, create=False)  # LinkInPath: not written
         if current is not None and (old is None or current.content != old.content):
             moved_to = self.ctx.conflict_target(path)
@@ -248,7 +248,7 @@ class FileWriter:
                 else:
                     move_no_replace(self.ctx.directory / stored, self.ctx.directory / moved_to)
         st = finish_temp(temp, handle, target, root=self.ctx.directory)
-        if temp.parent != (self.ctx.directory / path).parent:  # from .smartsync/partial
+        if temp.parent != target.parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
         return st, moved_to
 
