@@ -193,8 +193,9 @@ def _report_exit(session: Session, verb: str, report: SyncReport | StatusReport)
                          f"see 'smartsync conflicts'")
         return ConflictsLeft.exit_code
     if isinstance(report, SyncReport) and report.partial:
-        session.out.note("finished, but some local changes could not sync (see above, or "
-                         "'skipped' with --json); they stay in this copy")
+        session.out.note("finished, but some changes could not sync (see above, or 'skipped' "
+                         "with --json); local ones stay in this copy, files not pulled come "
+                         "with a later sync")
         return EXIT_PARTIAL
     return 0
 

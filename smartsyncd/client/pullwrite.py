@@ -14,6 +14,7 @@ from typing import BinaryIO
 from smartsyncd.client.casefold import match_folders, stored_spelling
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
+from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
 from smartsyncd.client.errors import Unverifiable
 from smartsyncd.client.localfs import (
     discard_temp,
@@ -54,6 +55,8 @@ class FileWriter:
         self.report = report
         self.prog = prog
         self.folders_matched: set[str] = set()
+        # seqs of the files this pull could not write for lack of disk space
+        self.no_room: list[int] = []
 
     async def write_or_skip(
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
@@ -66,6 +69,19 @@ class FileWriter:
             await self._write_remote(write, old, index, manifest)
         except (Unverifiable, LinkInPath) as e:
             self.skip(write.path, e)
+        except NoRoom as e:
+            self.skip_no_room(write, e)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.skip_no_room(write, await self.ctx.run(
+                no_room_after, write.path, self.ctx.local(write.path), write.size))
+
+    def skip_no_room(self, write: PullWrite, e: NoRoom) -> None:
+        """A file that does not fit: reported, and pulled again by the next sync."""
+        log.warn("{path} not written: {why}", path=write.path, why=e.reason)
+        self.report.skipped.append((write.path, e.reason))
+        self.no_room.append(write.seq)
 
     def skip(self, path: str, e: Unverifiable | LinkInPath) -> None:
         why = e.strerror if isinstance(e, LinkInPath) else str(e)
@@ -85,6 +101,7 @@ class FileWriter:
         # while a file in it is open, and exfat-fuse loses the open file's path
         await ctx.run(self.match_folder_case, write.path)
         resumable = manifest.size >= PARTIAL_MIN
+        await ctx.run(self.check_room, write.path, target, manifest)
         if resumable:  # a large file: resume into what an interrupted pull left
             temp, handle, have = await ctx.run(self._open_partial, manifest, target)
         else:
@@ -180,6 +197,16 @@ class FileWriter:
             if data is not None:
                 found[chunk.hash] = data
         return found
+
+    def check_room(self, path: str, target: Path, manifest: Manifest) -> None:
+        """Raise ``NoRoom`` when ``manifest`` cannot fit beside ``target`` (blocking); what an
+        interrupted download of it left in ``.smartsync/partial`` counts as room."""
+        part = partial_dir(self.ctx.directory) / f"{manifest.content}.part"
+        try:
+            have = os.stat(part).st_size if manifest.size >= PARTIAL_MIN else 0
+        except OSError:
+            have = 0
+        check_room(path, target, max(0, manifest.size - have))
 
     def _open_partial(
         self, manifest: Manifest, target: Path
