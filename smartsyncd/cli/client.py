@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -25,6 +26,7 @@ from smartsyncd.cli.client_session import (
     interactive,
     open_copy,
     read_password,
+    stamp,
 )
 from smartsyncd.cli.client_workflow import (
     cmd_checkin,
@@ -242,14 +244,16 @@ async def cmd_watch(session: Session) -> int:
     copy, api = await open_copy(session)
     stop: Deferred[None] = Deferred()
 
-
     def on_report(report: SyncReport) -> None:
         data = report.to_json()
-        # --json: one object per line (one per sync round).
-        session.out.result(describe_report("sync", data), data)
+        if session.out.json:  # one object per line (one per sync round)
+            session.out.result("", data)
+        else:  # each round on a line of its own with the time
+            session.out.result(f"{stamp(time.time())} {describe_report('sync', data)}", data)
 
     watching = Deferred.fromCoroutine(
-        copy.watch(api, stop, on_report, progress=session.progress)
+        copy.watch(api, stop, on_report, progress=session.progress,
+                   on_status=lambda status: session.out.stamped(status.describe()))
     )
 
     def shutdown() -> Deferred[None]:
@@ -259,7 +263,7 @@ async def cmd_watch(session: Session) -> int:
         return watching.addErrback(lambda _: None)
 
     session.reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    session.out.note(f"Watching {Path(session.args.directory).resolve()} (Ctrl-C to stop).")
+    session.out.stamped(f"watching {Path(session.args.directory).resolve()} (Ctrl-C to stop)")
     await watching
     return 0
 

@@ -55,7 +55,7 @@ from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
 from smartsyncd.client.scanner import Scanner, ScanResult
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
-from smartsyncd.client.watch import Watch
+from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.core.model import Change, FileState
 from smartsyncd.core.planner import PullWrite, plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
@@ -378,14 +378,16 @@ class SyncCopy:
         long_poll: float = 30.0,
         retry_delay: float = 5.0,
         native_watch: bool = True,
+        on_status: Callable[[Reachability], object] | None = None,
     ) -> None:
         """Sync, then wait for a server notification or a local change, and repeat until
-        ``stop`` fires (client/watch.py; ``native_watch=False`` forces the stat walk)."""
+        ``stop`` fires (client/watch.py; ``native_watch=False`` forces the stat walk).
+        ``on_status`` hears when the server stops answering and when it is back."""
 
         async def sync_once(api: Server, progress: Progress | None) -> SyncReport:
             return await self.sync(api, progress=progress)
 
-        await Watch(self.ctx, sync_once).run(
+        await Watch(self.ctx, sync_once, on_status).run(
             api, stop, on_report, progress=progress, poll_interval=poll_interval,
             long_poll=long_poll, retry_delay=retry_delay, native_watch=native_watch,
         )
