@@ -100,7 +100,7 @@ class CopyContext:
     # -- blocking file operations (run through ``run``) ---------------------------------------
 
     def taken(self, candidate: str) -> bool:
-        return os.path.lexists(self.directory / candidate) or self.state.get(candidate) is not None
+        return os.path.lexists(self.local(candidate)) or self.state.get(candidate) is not None
 
     def conflict_target(self, path: str) -> str:
         return conflict_name(path, self.user, self.now(), self.taken)
@@ -128,7 +128,7 @@ class CopyContext:
         if not same_stat(st, entry.size, entry.mtime_ns, entry.inode):
             return False  # edited again: the pull will make a local conflict copy instead
         try:
-            move_no_replace(source, self.directory / target)
+            move_no_replace(source, self.local(target))
         except OSError:
             return False
         return True

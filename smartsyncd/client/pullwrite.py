@@ -263,7 +263,7 @@ class FileWriter:
         if current is not None and (old is None or current.content != old.content):
             moved_to = self.ctx.conflict_target(path)
             try:
-                move_no_replace(target, self.ctx.directory / moved_to)
+                move_no_replace(target, self.ctx.local(moved_to))
             except FileNotFoundError:
                 # the name answered but is not there: on a case-insensitive copy the file may
                 # be under another spelling (exfat-fuse answers for a name renamed through
@@ -273,7 +273,7 @@ class FileWriter:
                 if stored is None:
                     moved_to = None  # nothing there to keep
                 else:
-                    move_no_replace(self.ctx.directory / stored, self.ctx.directory / moved_to)
+                    move_no_replace(self.ctx.directory / stored, self.ctx.local(moved_to))
         st = finish_temp(temp, handle, target, root=self.ctx.directory)
         if temp.parent != target.parent:  # from .smartsync/partial
             fsync_dir(temp.parent)

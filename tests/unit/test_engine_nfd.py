@@ -14,6 +14,8 @@ import pytest_twisted
 from test_engine import ENG, Server, files_of, server  # noqa: F401  (server: the fixture)
 
 from smartsyncd.client.engine import SyncCopy
+from smartsyncd.client.progress import NullProgress
+from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import Scanner
 
 NFC = "café.txt"
@@ -140,5 +142,34 @@ async def test_twin_forms_report_one_as_skipped(
     # neither local file was touched by the pull of its own upload
     assert (a_dir / NFC).read_bytes() == b"composed"
     assert (a_dir / NFD).read_bytes() == b"decomposed"
+    for copy in (a, b):
+        copy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_conflict_in_a_decomposed_folder_stays_in_that_folder(
+    server: Server, tmp_path: Path  # noqa: F811
+) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a = await SyncCopy.clone(a_api, ENG, a_dir)
+    b = await SyncCopy.clone(b_api, ENG, b_dir)
+    (a_dir / FOLDER_NFD).mkdir()
+    (a_dir / FOLDER_NFD / "q1.txt").write_bytes(b"v1")
+    await a.sync(a_api)
+    await b.sync(b_api)
+    (b_dir / FOLDER_NFC / "q1.txt").write_bytes(b"v2 by bob")
+    await b.sync(b_api)
+    (a_dir / FOLDER_NFD / "q1.txt").write_bytes(b"v2 by alice, not pushed")
+    await a._pull(a_api, report := SyncReport(), NullProgress())  # the pull half only
+    assert len(report.conflicts) == 1
+    # the conflict copy is beside the file, in the decomposed folder: no composed twin
+    assert names(a_dir) == sorted([".smartsync", FOLDER_NFD])
+    contents = sorted((a_dir / FOLDER_NFD / n).read_bytes() for n in names(a_dir / FOLDER_NFD))
+    assert contents == [b"v2 by alice, not pushed", b"v2 by bob"]
+    report = await a.sync(a_api)
+    assert report.skipped == [] and report.uploaded == 1  # the conflict copy goes up
+    await b.sync(b_api)
+    assert len(names(b_dir / FOLDER_NFC)) == 2
     for copy in (a, b):
         copy.close()
