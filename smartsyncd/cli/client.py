@@ -170,10 +170,21 @@ async def cmd_clone(session: Session) -> int:
     url, engagement = split_source(session.args.source)
     directory = Path(session.args.directory)
     api = await session.signed_in_api(url)
-    await SyncCopy.clone(api, engagement, directory, progress=session.progress)
+    copy = await SyncCopy.clone(api, engagement, directory, progress=session.progress)
     session.progress.finish()
-    data = {"server": url, "engagement": engagement, "directory": str(directory.resolve())}
-    session.out.result(f"Cloned {engagement} from {url} into {directory}.", data)
+    data: dict[str, Any] = {
+        "server": url, "engagement": engagement, "directory": str(directory.resolve()),
+    }
+    text = f"Cloned {engagement} from {url} into {directory}."
+    report = copy.clone_report
+    if report is not None and report.skipped:  # e.g. a file that did not fit on the disk
+        data["skipped"] = report.to_json()["skipped"]
+        data["partial"] = True
+        text += "\n" + "\n".join(f"  skipped: {path}: {why}" for path, why in report.skipped)
+    session.out.result(text, data)
+    if data.get("partial"):
+        session.out.note("some files were not written (see above); a later sync brings them")
+        return EXIT_PARTIAL
     return 0
 
 

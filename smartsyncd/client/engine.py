@@ -108,6 +108,7 @@ class SyncCopy:
         # held while open (client/copylock.py); None: opened read-only (shared) or unlocked
         self.lock = lock
         self.read_only = False
+        self.clone_report: SyncReport | None = None  # what ``clone`` wrote and skipped
         self.server_url = meta.server_url
         self.engagement = meta.engagement
         self.user = meta.user
@@ -246,8 +247,11 @@ class SyncCopy:
             await write_groups(writer, writes, index)
         finally:
             prog.finish()
-        await self._run(self.state.update, (), (), head)
+        # a file that did not fit on the disk: the next sync follows the log from the start
+        # (files written now are recognised by their state rows) so it arrives then
+        await self._run(self.state.update, (), (), 0 if writer.no_room else head)
         await self._run(end_sync, self.directory)
+        self.clone_report = report
         return report
 
     def close(self) -> None:

@@ -166,3 +166,43 @@ def test_a_write_that_runs_out_of_space_is_discarded_and_reported(
         filler.unlink()
     assert alice.sync()["downloaded"] == 1
     assert (alice.root / "2026" / "memo.txt").read_bytes() == b"a small memo"
+
+
+def test_a_clone_onto_a_full_disk_writes_what_fits_and_the_next_sync_the_rest(
+    server: Daemon, tmp_path: Path, small_disk: Path
+) -> None:
+    url = f"{server.url}/acme"
+    bob = Copy(server, "bob", tmp_path / "bob", tmp_path / "bob-copy")
+    bob.clone(url)
+    big = os.urandom(8 * MIB)
+    bob.write("scan.pdf", big)
+    bob.write("notes/memo.txt", b"a small memo")
+    bob.sync()
+    bob.write("notes/memo.txt", b"memo v2")  # the log has more than the snapshot's versions
+    bob.write("gone.txt", b"deleted later")
+    bob.sync()
+    (bob.root / "gone.txt").unlink()
+    bob.sync()
+
+    filler = small_disk / "filler.bin"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 5 * MIB))
+    alice = Copy(server, "alice", tmp_path / "alice", small_disk / "alice-copy")
+    done = alice.client.run("--json", "clone", url, str(alice.root))
+    assert done.returncode == 6, (done.stdout, done.stderr)
+    answer = json.loads(done.stdout)
+    assert [s["path"] for s in answer["skipped"]] == ["scan.pdf"]
+    assert "needs" in answer["skipped"][0]["reason"]
+    assert alice.files() == {"notes/memo.txt": b"memo v2"}
+    assert leftovers(alice.root) == []
+
+    filler.unlink()
+    report = alice.sync()
+    assert report["downloaded"] == 1 and not report["partial"]
+    assert alice.files() == {"notes/memo.txt": b"memo v2", "scan.pdf": big}
+    assert moved_nothing(alice.sync())
+
+
+def moved_nothing(report: dict) -> bool:
+    return (report["uploaded"], report["downloaded"], report["deleted_remote"],
+            report["deleted_local"]) == (0, 0, 0, 0)
