@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -35,6 +36,7 @@ from smartsyncd.cli.client_session import (
     interactive,
     open_copy,
     read_password,
+    stamp,
 )
 from smartsyncd.cli.client_wipe import Wiped, finish_interrupted, obey_order, print_wiped
 from smartsyncd.cli.client_workflow import (
@@ -180,10 +182,21 @@ async def cmd_clone(session: Session) -> int:
     url, engagement = split_source(session.args.source)
     directory = Path(session.args.directory)
     api = await session.signed_in_api(url)
-    await SyncCopy.clone(api, engagement, directory, progress=session.progress)
+    copy = await SyncCopy.clone(api, engagement, directory, progress=session.progress)
     session.progress.finish()
-    data = {"server": url, "engagement": engagement, "directory": str(directory.resolve())}
-    session.out.result(f"Cloned {engagement} from {url} into {directory}.", data)
+    data: dict[str, Any] = {
+        "server": url, "engagement": engagement, "directory": str(directory.resolve()),
+    }
+    text = f"Cloned {engagement} from {url} into {directory}."
+    report = copy.clone_report
+    if report is not None and report.skipped:  # e.g. a file that did not fit on the disk
+        data["skipped"] = report.to_json()["skipped"]
+        data["partial"] = True
+        text += "\n" + "\n".join(f"  skipped: {path}: {why}" for path, why in report.skipped)
+    session.out.result(text, data)
+    if data.get("partial"):
+        session.out.note("some files were not written (see above); a later sync brings them")
+        return EXIT_PARTIAL
     return 0
 
 
@@ -205,8 +218,9 @@ def _report_exit(session: Session, verb: str, report: SyncReport | StatusReport)
                          f"see 'smartsync conflicts'")
         return ConflictsLeft.exit_code
     if isinstance(report, SyncReport) and report.partial:
-        session.out.note("finished, but some local changes could not sync (see above, or "
-                         "'skipped' with --json); they stay in this copy")
+        session.out.note("finished, but some changes could not sync (see above, or 'skipped' "
+                         "with --json); local ones stay in this copy, files not pulled come "
+                         "with a later sync")
         return EXIT_PARTIAL
     return 0
 
@@ -253,14 +267,16 @@ async def cmd_watch(session: Session) -> int:
     copy, api = await open_copy(session)
     stop: Deferred[None] = Deferred()
 
-
     def on_report(report: SyncReport) -> None:
         data = report.to_json()
-        # --json: one object per line (one per sync round).
-        session.out.result(describe_report("sync", data), data)
+        if session.out.json:  # one object per line (one per sync round)
+            session.out.result("", data)
+        else:  # each round on a line of its own with the time
+            session.out.result(f"{stamp(time.time())} {describe_report('sync', data)}", data)
 
     watching = Deferred.fromCoroutine(
-        copy.watch(api, stop, on_report, progress=session.progress)
+        copy.watch(api, stop, on_report, progress=session.progress,
+                   on_status=lambda status: session.out.stamped(status.describe()))
     )
 
     def shutdown() -> Deferred[None]:
@@ -270,7 +286,7 @@ async def cmd_watch(session: Session) -> int:
         return watching.addErrback(lambda _: None)
 
     session.reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    session.out.note(f"Watching {Path(session.args.directory).resolve()} (Ctrl-C to stop).")
+    session.out.stamped(f"watching {Path(session.args.directory).resolve()} (Ctrl-C to stop)")
     await watching
     return 0
 

@@ -9,6 +9,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -17,6 +18,7 @@ from rich.console import Console
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
+from smartsyncd.client.backoff import RetryNotice
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import AuthError, ServerRefused, TrustError, UsageError
 from smartsyncd.client.http import ServerAPI
@@ -50,6 +52,17 @@ class Output:
             self.stderr.write(text.rstrip("\n") + "\n")
             self.stderr.flush()
 
+    def stamped(self, text: str) -> None:
+        """A line for a person, with the local date and time: stderr, unless quiet (also
+        with --json: stdout stays the result)."""
+        if not self.quiet:
+            self.stderr.write(f"{stamp(time.time())} {text.rstrip()}\n")
+            self.stderr.flush()
+
+    def retry(self, notice: RetryNotice) -> None:
+        """A request that failed and will be tried again: what failed and when."""
+        self.stamped(notice.describe(at=stamp(notice.retry_at, date=False)))
+
     def error(self, exc: BaseException, code: int) -> None:
         message = _one_line(str(exc)) or type(exc).__name__
         self.stderr.write(f"smartsync: error: {message}\n")
@@ -61,6 +74,11 @@ class Output:
                 json.dumps({"error": kind, "message": message, "exit_code": code}) + "\n"
             )
             self.stdout.flush()
+
+
+def stamp(seconds: float, *, date: bool = True) -> str:
+    """Local date and time of a Unix time: ``2026-12-05 13:05:01``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(seconds))
 
 
 def _one_line(text: str) -> str:
@@ -118,6 +136,7 @@ class Session:
             bwlimit=self._bwlimit(entry.bwlimit),
             proxy=self.args.proxy,
         )
+        api.on_retry = self.out.retry
         self._apis.append(api)
         return api
 

@@ -13,7 +13,7 @@ Quick use::
 
 from __future__ import annotations
 
-from smartsyncd.client.backoff import Backoff
+from smartsyncd.client.backoff import Backoff, RetryNotice
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
     AuthError,
@@ -30,6 +30,7 @@ from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.progress import NullProgress, Progress, RichProgress
 from smartsyncd.client.trust import CAPolicy, PinnedPolicy, fetch_fingerprint, normalize_fingerprint
 from smartsyncd.client.userconfig import UserConfig, config_dir
+from smartsyncd.client.watch import Reachability
 
 __all__ = [
     "AuthError",
@@ -42,6 +43,8 @@ __all__ = [
     "PinnedPolicy",
     "Progress",
     "ProtocolError",
+    "Reachability",
+    "RetryNotice",
     "RichProgress",
     "ServerAPI",
     "ServerRefused",

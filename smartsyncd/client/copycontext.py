@@ -89,10 +89,15 @@ class CopyContext:
             mtime_ns=self.cache_mtime(entry.mtime_ns), inode=entry.inode, chunks=chunks,
         )
 
+    def local(self, path: str) -> Path:
+        """Where the wire path ``path`` is on disk: under its local spelling when this copy
+        made it with a decomposed (NFD) name (``Scanner.local_name``)."""
+        return self.directory / self.scanner.local_name(path)
+
     # -- blocking file operations (run through ``run``) ---------------------------------------
 
     def taken(self, candidate: str) -> bool:
-        return os.path.lexists(self.directory / candidate) or self.state.get(candidate) is not None
+        return os.path.lexists(self.local(candidate)) or self.state.get(candidate) is not None
 
     def conflict_target(self, path: str) -> str:
         return conflict_name(path, self.user, self.now(), self.taken)
@@ -103,7 +108,7 @@ class CopyContext:
         for path, content, size in items:
             if size >= BASE_MIN_FILE:
                 try:
-                    self.base_cache.keep(self.directory / path, content, size)
+                    self.base_cache.keep(self.local(path), content, size)
                 except OSError as e:
                     log.warn("no base copy of {path}: {why}", path=path, why=str(e))
 
@@ -112,7 +117,7 @@ class CopyContext:
             self.base_cache.prune({r.content for r in self.state.all_files().values()})
 
     def move_if_unchanged(self, path: str, target: str, entry: ScannedFile) -> bool:
-        source = self.directory / path
+        source = self.local(path)
         try:
             st = os.stat(source, follow_symlinks=False)
         except OSError:
@@ -120,7 +125,7 @@ class CopyContext:
         if not same_stat(st, entry.size, entry.mtime_ns, entry.inode):
             return False  # edited again: the pull will make a local conflict copy instead
         try:
-            move_no_replace(source, self.directory / target)
+            move_no_replace(source, self.local(target))
         except OSError:
             return False
         return True

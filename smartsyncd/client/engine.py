@@ -55,7 +55,7 @@ from smartsyncd.client.scanner import Scanner, ScanResult
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
-from smartsyncd.client.watch import Watch
+from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
 from smartsyncd.core.model import Change, FileState
 from smartsyncd.core.planner import PullWrite, plan
@@ -103,11 +103,13 @@ class SyncCopy:
             user=meta.user, engagement=meta.engagement, copy_id=meta.copy_id,
             window_bytes=window_bytes, early_commit_files=EARLY_COMMIT_FILES,
         )
+        self.ctx.scanner.spellings = state.spellings()  # decomposed names kept as spelled
         self.directory = directory
         self.state = state
         # held while open (client/copylock.py); None: opened read-only (shared) or unlocked
         self.lock = lock
         self.read_only = False
+        self.clone_report: SyncReport | None = None  # what ``clone`` wrote and skipped
         self.server_url = meta.server_url
         self.engagement = meta.engagement
         self.user = meta.user
@@ -122,6 +124,7 @@ class SyncCopy:
 
     @scanner.setter
     def scanner(self, scanner: Scanner) -> None:
+        scanner.spellings = self.ctx.scanner.spellings
         self.ctx.scanner = scanner
 
     @property
@@ -246,8 +249,11 @@ class SyncCopy:
             await write_groups(writer, writes, index)
         finally:
             prog.finish()
-        await self._run(self.state.update, (), (), head)
+        # a file that did not fit on the disk: the next sync follows the log from the start
+        # (files written now are recognised by their state rows) so it arrives then
+        await self._run(self.state.update, (), (), 0 if writer.no_room else head)
         await self._run(end_sync, self.directory)
+        self.clone_report = report
         return report
 
     def close(self) -> None:
@@ -389,16 +395,18 @@ class SyncCopy:
         long_poll: float = 30.0,
         retry_delay: float = 5.0,
         native_watch: bool = True,
+        on_status: Callable[[Reachability], object] | None = None,
     ) -> None:
         """Sync, then wait for a server notification or a local change, and repeat until
-        ``stop`` fires (client/watch.py; ``native_watch=False`` forces the stat walk)."""
+        ``stop`` fires (client/watch.py; ``native_watch=False`` forces the stat walk).
+        ``on_status`` hears when the server stops answering and when it is back."""
 
         api.copy_id = self.copy_id  # the long-polls name the copy too: a wipe order ends the watch
 
         async def sync_once(api: Server, progress: Progress | None) -> SyncReport:
             return await self.sync(api, progress=progress)
 
-        await Watch(self.ctx, sync_once).run(
+        await Watch(self.ctx, sync_once, on_status).run(
             api, stop, on_report, progress=progress, poll_interval=poll_interval,
             long_poll=long_poll, retry_delay=retry_delay, native_watch=native_watch,
         )

@@ -30,16 +30,28 @@ CHANGES_PAGE = 5000
 async def pull(ctx: CopyContext, api: Server, report: SyncReport, prog: Progress) -> None:
     """Apply the server's changes after ``last_seq`` until none is left."""
     since = await ctx.last_seq()
+    held = False  # a file did not fit on the disk: last_seq stays before its page
     while True:
         _head, changes, more = await api.changes(ctx.engagement, since, CHANGES_PAGE)
         if not changes:
             return
         await ctx.run(ctx.state.check_marker)
-        await Pull(ctx, api, report, prog).apply(changes)
+        page = Pull(ctx, api, report, prog)
+        await page.apply(changes)
         since = changes[-1].seq
-        await ctx.run(ctx.state.update, (), (), since)  # after the files are durable
+        # the next sync reads this page again for what did not fit; what was written here
+        # is then recognised by its state row (``Pull.apply``) and not written twice
+        held = held or bool(page.writer.no_room)
+        if not held:
+            await ctx.run(ctx.state.update, (), (), since)  # after the files are durable
         if not more:
             return
+
+
+def _recorded(change: Change, synced: FileRecord | None) -> bool:
+    """The path's synced base is this change or a later one (a page read again after a file
+    did not fit on the disk, or this copy's own commit): nothing to write."""
+    return synced is not None and change.seq <= synced.seq
 
 
 class Pull:
@@ -56,12 +68,12 @@ class Pull:
     async def apply(self, changes: list[Change]) -> None:
         ctx, report = self.ctx, self.report
         valid = []
-        for change in changes:
-            if remote_path_ok(change.path):
-                valid.append(change)
-            else:
-                report.skipped.append((change.path, "server sent an invalid path; not written"))
         base: dict[str, FileRecord] = await ctx.run(ctx.state.all_files)
+        for change in changes:
+            if not remote_path_ok(change.path):
+                report.skipped.append((change.path, "server sent an invalid path; not written"))
+            elif not _recorded(change, base.get(change.path)):
+                valid.append(change)
         paths = {c.path for c in valid}
         folded = await case_insensitive(ctx)
         local = await ctx.run(self._check_paths, paths, base, folded)
@@ -170,12 +182,12 @@ class Pull:
         if current is None or old is None or current.content != old.content:
             return False  # gone already, or edited: kept (pushed again as a new file)
         try:
-            ensure_folder(directory, (directory / path).parent, create=False)
+            ensure_folder(directory, self.ctx.local(path).parent, create=False)
         except LinkInPath:
             log.warn("{path} not deleted: a folder on the way is a symbolic link", path=path)
             return False
         try:
-            remove_file(directory, directory / path)
+            remove_file(directory, self.ctx.local(path))
         except FileNotFoundError:
             return False  # gone already (or only another spelling answered): nothing deleted
         return True

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 
 from smartsyncd.client.copycontext import offsets
+from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
 from smartsyncd.client.errors import Unverifiable
 from smartsyncd.client.localfs import discard_temp, open_temp
 from smartsyncd.client.nofollow import LinkInPath
@@ -165,6 +166,15 @@ async def _write_group(writer: FileWriter, group: _Group, index: ChunkIndex) -> 
             except (Unverifiable, LinkInPath) as e:
                 writer.skip(item.write.path, e)
                 continue
+            except NoRoom as e:
+                writer.skip_no_room(item.write, e)
+                continue
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                writer.skip_no_room(item.write, await ctx.run(
+                    no_room_after, item.write.path, ctx.local(item.write.path), item.write.size))
+                continue
             writer.report_conflict(item.write.path, moved_to)
             done.append((item.write, item.manifest, st))
             writer.prog.advance(item.write.size)
@@ -182,7 +192,9 @@ def _write_small(
     directory = writer.ctx.directory
     # before the temp file is opened in the folder (client/pullwrite.py, case-insensitive copies)
     writer.match_folder_case(item.write.path)
-    temp, handle = open_temp(directory, directory / item.write.path)
+    target = writer.ctx.local(item.write.path)
+    check_room(item.write.path, target, item.manifest.size)
+    temp, handle = open_temp(directory, target)
     try:
         write_window(handle, list(item.manifest.chunks), item.local, fetched)
         return writer.install(temp, handle, item.write.path, item.old)

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from smartsyncd.client.casefold import match_folders, stored_spelling
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
+from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
 from smartsyncd.client.errors import Unverifiable
 from smartsyncd.client.localfs import (
     discard_temp,
@@ -54,6 +55,8 @@ class FileWriter:
         self.report = report
         self.prog = prog
         self.folders_matched: set[str] = set()
+        # seqs of the files this pull could not write for lack of disk space
+        self.no_room: list[int] = []
 
     async def write_or_skip(
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
@@ -66,6 +69,19 @@ class FileWriter:
             await self._write_remote(write, old, index, manifest)
         except (Unverifiable, LinkInPath) as e:
             self.skip(write.path, e)
+        except NoRoom as e:
+            self.skip_no_room(write, e)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.skip_no_room(write, await self.ctx.run(
+                no_room_after, write.path, self.ctx.local(write.path), write.size))
+
+    def skip_no_room(self, write: PullWrite, e: NoRoom) -> None:
+        """A file that does not fit: reported, and pulled again by the next sync."""
+        log.warn("{path} not written: {why}", path=write.path, why=e.reason)
+        self.report.skipped.append((write.path, e.reason))
+        self.no_room.append(write.seq)
 
     def skip(self, path: str, e: Unverifiable | LinkInPath) -> None:
         why = e.strerror if isinstance(e, LinkInPath) else str(e)
@@ -80,11 +96,12 @@ class FileWriter:
         if manifest is None:
             manifest = await api.manifest(ctx.engagement, write.content, base=base_of(old))
         check_size(write, manifest)
-        target = self.ctx.directory / write.path
+        target = self.ctx.local(write.path)
         # before a temp file is opened in the folder: a folder cannot be renamed on Windows
         # while a file in it is open, and exfat-fuse loses the open file's path
         await ctx.run(self.match_folder_case, write.path)
         resumable = manifest.size >= PARTIAL_MIN
+        await ctx.run(self.check_room, write.path, target, manifest)
         if resumable:  # a large file: resume into what an interrupted pull left
             temp, handle, have = await ctx.run(self._open_partial, manifest, target)
         else:
@@ -158,14 +175,14 @@ class FileWriter:
         mtime), else the base copy's bytes. Either may be wrong (edited in place, damaged):
         every chunk rebuilt from it is hash-checked, and one that fails is fetched whole."""
         try:
-            st = os.stat(self.ctx.directory / path, follow_symlinks=False)
+            st = os.stat(self.ctx.local(path), follow_symlinks=False)
         except OSError:
             st = None
         if (
             st is not None and stat.S_ISREG(st.st_mode) and st.st_size == old.size
             and st.st_ino == old.inode and old.mtime_ns in (st.st_mtime_ns, -1)
         ):
-            return self.ctx.directory / path
+            return self.ctx.local(path)
         return self.ctx.base_cache.load(old.content, old.size)
 
     def read_local(
@@ -176,10 +193,20 @@ class FileWriter:
             if chunk.hash in found or chunk.hash not in index:
                 continue
             path, offset, size = index[chunk.hash]
-            data = read_chunk(self.ctx.directory / path, offset, size, chunk.hash)
+            data = read_chunk(self.ctx.local(path), offset, size, chunk.hash)
             if data is not None:
                 found[chunk.hash] = data
         return found
+
+    def check_room(self, path: str, target: Path, manifest: Manifest) -> None:
+        """Raise ``NoRoom`` when ``manifest`` cannot fit beside ``target`` (blocking); what an
+        interrupted download of it left in ``.smartsync/partial`` counts as room."""
+        part = partial_dir(self.ctx.directory) / f"{manifest.content}.part"
+        try:
+            have = os.stat(part).st_size if manifest.size >= PARTIAL_MIN else 0
+        except OSError:
+            have = 0
+        check_room(path, target, max(0, manifest.size - have))
 
     def _open_partial(
         self, manifest: Manifest, target: Path
@@ -231,12 +258,12 @@ class FileWriter:
             current: LocalEntry | None = self.ctx.scanner.check(path, old)
         except FileChanging:
             current = LocalEntry(content="changing", size=-1)
-        target = self.ctx.directory / path
+        target = self.ctx.local(path)
         ensure_folder(self.ctx.directory, target.parent, create=False)  # LinkInPath: not written
         if current is not None and (old is None or current.content != old.content):
             moved_to = self.ctx.conflict_target(path)
             try:
-                move_no_replace(target, self.ctx.directory / moved_to)
+                move_no_replace(target, self.ctx.local(moved_to))
             except FileNotFoundError:
                 # the name answered but is not there: on a case-insensitive copy the file may
                 # be under another spelling (exfat-fuse answers for a name renamed through
@@ -246,9 +273,9 @@ class FileWriter:
                 if stored is None:
                     moved_to = None  # nothing there to keep
                 else:
-                    move_no_replace(self.ctx.directory / stored, self.ctx.directory / moved_to)
+                    move_no_replace(self.ctx.directory / stored, self.ctx.local(moved_to))
         st = finish_temp(temp, handle, target, root=self.ctx.directory)
-        if temp.parent != (self.ctx.directory / path).parent:  # from .smartsync/partial
+        if temp.parent != target.parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
         return st, moved_to
 

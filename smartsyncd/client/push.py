@@ -374,7 +374,7 @@ class Push:
         for path, wanted in to_read.items():
             # 1 MiB per pread: buffers of that size are reused by malloc, while a fresh 16 MiB
             # one is page-faulted in anew each time
-            got = read_chunks(self.ctx.directory / path, wanted, max_span=READ_SPAN)
+            got = read_chunks(self.ctx.local(path), wanted, max_span=READ_SPAN)
             for digest in got:
                 if got[digest] is None:
                     raise ChunkChanged(path)

@@ -28,6 +28,7 @@ async def scan_and_upload(
     (``commit_early``). ``base`` is updated with what those commits recorded."""
     api.copy_id = ctx.copy_id  # commits name this copy
     job = await ctx.run(ctx.scanner.begin, base)
+    await ctx.run(ctx.state.save_spellings, job.result.spellings)
     recorded: dict[str, FileRecord | None] = {}
     moved: list[bool] = []
 

@@ -8,6 +8,10 @@ chunk hashed. Files are opened only through the ``open_file`` hook (tests count 
 Unreadable folders make the scan *incomplete*: the planner then plans no deletes, because a
 file we could not see is unknown, never deleted. Names that break the path rules, symlinks,
 special files, case twins and files that keep changing while read are skipped with a reason.
+A decomposed (NFD) name, as macOS stores some, is reported under its NFC form (the name on the
+wire) and its local spelling kept in ``spellings`` (wire path -> local path, files and
+folders): every later access to the file goes through ``local_name``. Two names of one folder
+that are equal after NFC are never merged: one is skipped.
 Paths the ignore rules name (built-in defaults plus the copy's ``.smartsyncignore``, read afresh
 each scan) are listed in ``ignored`` and not read; ignored folders are not walked.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat as statmod
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +34,7 @@ from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, IgnoreRules
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import ChunkRef
-from smartsyncd.core.paths import fold_key, normalize_path
+from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry
 
 OpenFile = Callable[[str], BinaryIO]
@@ -67,6 +72,8 @@ class ScanResult:
     recorded: set[str] = field(default_factory=set)
     rules: IgnoreRules = field(default_factory=IgnoreRules.parse)
     ignored: list[str] = field(default_factory=list)  # folders end with "/"
+    # wire (NFC) path -> local spelling, for the files and folders whose names differ
+    spellings: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> list[str]:
@@ -90,6 +97,22 @@ class Scanner:
         # hashing every small file a second time
         self.recent: dict[str, bytes] = {}
         self._recent_bytes = 0
+        # the local spelling of each wire path whose name is decomposed here (from the last
+        # walk, or the state database before the first one)
+        self.spellings: dict[str, str] = {}
+
+    def local_name(self, path: str) -> str:
+        """The path on disk for the wire path ``path`` (its folders' local spellings too)."""
+        if not self.spellings:
+            return path
+        found = self.spellings.get(path)
+        if found is not None:
+            return found
+        for folder in reversed(ancestors(path)):
+            found = self.spellings.get(folder)
+            if found is not None:
+                return found + path[len(folder):]
+        return path
 
     # -- whole-folder scan ---------------------------------------------------------------------
 
@@ -106,13 +129,17 @@ class Scanner:
         self.forget_recent()
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, result, base)
+        self.spellings = result.spellings
         result.files = [path for path, _ in found]
         return ScanJob(self, base, result, self._drop_case_twins(found, base, result))
 
     def _walk(
         self, folder: Path, prefix: str, found: list[tuple[str, os.stat_result]],
         result: ScanResult, known: Mapping[str, object] | None = None,
+        local_prefix: str | None = None,
     ) -> None:
+        """Walk ``folder``: ``prefix`` is its wire path, ``local_prefix`` its spelling on
+        disk when that differs (a decomposed folder name)."""
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
@@ -120,6 +147,7 @@ class Scanner:
             result.complete = False
             result.errors.append((prefix or ".", f"cannot list folder: {e.strerror}"))
             return
+        losers = self._normalization_twins(entries, prefix, local_prefix or prefix)
         for entry in entries:
             name = entry.name
             if not prefix and name == STATE_DIR:
@@ -127,34 +155,64 @@ class Scanner:
             if name.startswith(TEMP_PREFIX):
                 continue
             rel = f"{prefix}{name}"
+            local = f"{local_prefix}{name}" if local_prefix is not None else rel
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:
                 result.complete = False
-                result.errors.append((rel, f"cannot stat: {e.strerror}"))
+                result.errors.append((local, f"cannot stat: {e.strerror}"))
                 continue
             if statmod.S_ISLNK(st.st_mode):
-                result.skipped.append((rel, "symbolic link (not synced)"))
+                result.skipped.append((local, "symbolic link (not synced)"))
                 continue
             is_dir = statmod.S_ISDIR(st.st_mode)
+            if not name.isascii():
+                rel = unicodedata.normalize("NFC", rel)  # checked by normalize_path below
             if result.rules.ignores_folder(rel) if is_dir else result.rules.ignores(rel):
                 result.ignored.append(rel + "/" if is_dir else rel)
                 continue
+            if name in losers:
+                result.skipped.append((local, losers[name]))
+                continue
             if known is None or rel not in known:  # a synced path was valid already
                 try:
-                    normal = normalize_path(rel)
+                    normalize_path(rel)
                 except InvalidPath as e:
-                    result.skipped.append((rel, e.message))
+                    result.skipped.append((local, e.message))
                     continue
-                if normal != rel:
-                    result.skipped.append((rel, "name is not NFC-normalized; rename it to sync it"))
-                    continue
+            if local != rel:
+                result.spellings[rel] = local
             if is_dir:
-                self._walk(Path(entry.path), rel + "/", found, result, known)
+                self._walk(Path(entry.path), rel + "/", found, result, known,
+                           local + "/" if local != rel else None)
             elif statmod.S_ISREG(st.st_mode):
                 found.append((rel, st))
             else:
-                result.skipped.append((rel, "not a regular file (not synced)"))
+                result.skipped.append((local, "not a regular file (not synced)"))
+
+    def _normalization_twins(
+        self, entries: list[os.DirEntry[str]], prefix: str, local_prefix: str
+    ) -> dict[str, str]:
+        """Names of one folder that are the same name after NFC (both forms can exist on
+        Linux): one is kept (the spelling synced before, else the NFC one), the others map
+        to the reason they are skipped."""
+        if all(entry.name.isascii() for entry in entries):
+            return {}
+        groups: dict[str, list[str]] = {}
+        for entry in entries:
+            if not entry.name.isascii():
+                nfc = unicodedata.normalize("NFC", entry.name)
+                groups.setdefault(nfc, []).append(entry.name)
+        losers: dict[str, str] = {}
+        for nfc, names in groups.items():
+            if len(names) < 2:
+                continue
+            synced = self.spellings.get(prefix + nfc, prefix + nfc)
+            names.sort(key=lambda n: (local_prefix + n != synced, n != nfc, n))
+            for name in names[1:]:
+                losers[name] = (f"same name as {local_prefix + names[0]!r} after Unicode "
+                                "normalization (NFC); rename one of them to sync it")
+        return losers
 
     @staticmethod
     def _drop_case_twins(
@@ -185,7 +243,7 @@ class Scanner:
     def check(self, path: str, record: FileRecord | None) -> ScannedFile | None:
         """Look at one path now: None if it does not exist; raises OSError if unreadable
         and ``FileChanging`` if it keeps changing."""
-        full = self.root / path
+        full = self.root / self.local_name(path)
         try:
             st = os.stat(full, follow_symlinks=False)
         except FileNotFoundError:
@@ -242,7 +300,7 @@ class Scanner:
         file's stat after the read equals it (same inode, size and mtime: the bytes read are
         the file the walk saw). Else, and for larger files, the general path below reads it
         (through the ``open_file`` hook) with its own before/after check."""
-        full = self._prefix + path
+        full = self._prefix + self.local_name(path)
         attempts = self.retries + 1
         if 0 < st.st_size <= MIN_CHUNK and self.open_file is _open_binary:
             found = _read_small(path, full, st)

@@ -7,7 +7,9 @@ written after the file itself is durable, and it must survive a power loss. Tabl
   the copy's secret (``copy_key``: authenticates its wipe report);
 - ``files``: the synced base per path (seq, content id, size), the (size, mtime_ns, inode) stat
   cache that lets a no-op scan skip reading files, and the encoded manifest (``chunks``) so the
-  next edit can send a delta and reuse unchanged chunks.
+  next edit can send a delta and reuse unchanged chunks;
+- ``spellings``: the local spelling of each path (file or folder) whose name is decomposed
+  (NFD) on this disk, by its NFC path on the wire.
 
 The marker ``DIR/.smartsync/copy.json`` names the engagement, server and copy id. Every method
 here blocks: the engine calls them on a thread (the connection is shared across threads, one
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS files (
     chunks BLOB
 );
 CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spellings (path TEXT PRIMARY KEY, local TEXT NOT NULL);
 """
 
 
@@ -322,6 +325,25 @@ class ClientState:
                     "INSERT OR REPLACE INTO meta(key, value) VALUES('last_seq', ?)",
                     (str(int(last_seq)),),
                 )
+
+
+    # -- local spellings of decomposed names ---------------------------------------------------
+
+    def spellings(self) -> dict[str, str]:
+        """Wire (NFC) path -> local spelling, for the names this copy has decomposed."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path, local FROM spellings").fetchall()
+        return {path: local for path, local in rows}
+
+    def save_spellings(self, spellings: dict[str, str]) -> None:
+        """Replace the remembered spellings with those of the last walk (if they changed)."""
+        if spellings == self.spellings():
+            return
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("DELETE FROM spellings")
+            self._conn.executemany(
+                "INSERT INTO spellings(path, local) VALUES (?, ?)", sorted(spellings.items())
+            )
 
 
 class _transaction:

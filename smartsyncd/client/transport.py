@@ -15,6 +15,7 @@ The typed calls on top live in :mod:`smartsyncd.client.http` (``ServerAPI``).
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
@@ -32,7 +33,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 
-from smartsyncd.client.backoff import Backoff, retrying
+import twisted
+from smartsyncd import __version__
+from smartsyncd.client.backoff import Backoff, RetryNotice, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
 from smartsyncd.client.errors import (
     AuthError,
@@ -59,6 +62,19 @@ JSON_TYPE = b"application/json"
 RETRY_STATUSES = frozenset({502, 503, 504})
 RESPONSE_CAP = 256 * 1024 * 1024  # a compressed JSON answer may not decompress beyond this
 IN_THREAD_BYTES = 256 * 1024  # (de)compress bodies larger than this off the reactor
+
+
+def user_agent() -> bytes:
+    """``smartsync/0.1.0 (Linux 6.1.0-18-amd64; x86_64; Python 3.11.2; Twisted 24.3.0)``:
+    which client and system a request came from, for the server's access log and support."""
+    system = " ".join(p for p in (platform.system(), platform.release()) if p) or "unknown"
+    parts = [system, platform.machine(), f"Python {platform.python_version()}",
+             f"Twisted {twisted.__version__}"]
+    text = f"smartsync/{__version__} ({'; '.join(p for p in parts if p)})"
+    return text.encode("ascii", "replace")
+
+
+USER_AGENT = user_agent()
 
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     net_error.ConnectError,
@@ -142,6 +158,8 @@ class Transport:
         self.requests = 0
         # the sync copy this connection speaks for (``Smartsync-Copy`` header), if any
         self.copy_id: str | None = None
+        # told of each retry before its wait (what failed, when the next try is)
+        self.on_retry: Callable[[RetryNotice], object] | None = None
         self._reactor = reactor
         self._bw_free_at = 0.0
         self._run_in_thread = run_in_thread
@@ -232,6 +250,8 @@ class Transport:
                     attempts=self.max_attempts,
                     is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
                     backoff=self.backoff,
+                    on_retry=self.on_retry,
+                    what=f"{method} {path}",
                 )
             except SessionExpired:
                 if not (auth and relogin and self.relogin is not None) or relogged:
@@ -259,7 +279,9 @@ class Transport:
         encoding: bytes | None = None,
         copy: str | None = None,
     ) -> Reply:
-        headers: dict[bytes, list[bytes]] = {b"Accept": [expect], b"Accept-Encoding": [b"zstd"]}
+        headers: dict[bytes, list[bytes]] = {
+            b"Accept": [expect], b"Accept-Encoding": [b"zstd"], b"User-Agent": [USER_AGENT],
+        }
         if encoding is not None:
             headers[b"Content-Encoding"] = [encoding]
         if auth and self.token:

@@ -1,11 +1,14 @@
 """Continuous sync (``smartsync watch``): sync, then wait for a server notification
 (long-poll) or a local change (the system's file watcher, else signature polling:
 client/watcher.py), and repeat until stopped. Network errors are retried after a delay; a
-missing folder or marker ends the watch with that error."""
+missing folder or marker ends the watch with that error. When the server stops answering, and
+when it answers again, the watch says so once each (``Reachability``: a log event and the
+``on_status`` callback)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, race
@@ -23,12 +26,46 @@ from smartsyncd.client.watcher import LocalWatcher, NativeWatcher, make_watcher
 SyncOnce = Callable[[Server, Progress | None], Awaitable[SyncReport]]
 
 
+@dataclass(frozen=True)
+class Reachability:
+    """The server stopped answering (``reachable`` False: ``error``, next try in ``retry_in``
+    seconds) or answers again (True)."""
+
+    reachable: bool
+    error: str | None = None
+    retry_in: float | None = None
+
+    def describe(self) -> str:
+        if self.reachable:
+            return "server reachable again"
+        return f"server unreachable ({self.error}); trying again in {self.retry_in:g} s"
+
+
 class Watch:
     """The watch loop of one copy; ``sync`` runs one sync (``SyncCopy.sync``)."""
 
-    def __init__(self, ctx: CopyContext, sync: SyncOnce) -> None:
+    def __init__(
+        self, ctx: CopyContext, sync: SyncOnce,
+        on_status: Callable[[Reachability], object] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.sync = sync
+        self.on_status = on_status
+        self.reachable = True
+
+    def _status(self, reachable: bool, error: str | None = None,
+                retry_in: float | None = None) -> None:
+        """Tell of a change of reachability (only a change: one line per outage)."""
+        if reachable == self.reachable:
+            return
+        self.reachable = reachable
+        status = Reachability(reachable, error, retry_in)
+        if reachable:
+            log.info("{status}", status=status.describe(), reachable=True)
+        else:
+            log.warn("{status}", status=status.describe(), reachable=False, error=error)
+        if self.on_status is not None:
+            self.on_status(status)
 
     async def run(
         self,
@@ -81,11 +118,14 @@ class Watch:
             # become part of the "already synced" picture we wait against.
             before = await self.ctx.run(self.ctx.scanner.signature)
             try:
-                on_report(await self.sync(api, progress))
+                report = await self.sync(api, progress)
             except NetworkError as e:
                 log.warn("sync failed, retrying: {why}", why=str(e))
+                self._status(False, str(e), retry_delay)
                 await self._wait(self._sleep(retry_delay), stopped)
                 continue
+            self._status(True)
+            on_report(report)
             mark = watcher.mark()
             signature = await self.ctx.run(self.ctx.scanner.signature)
             if signature != before:
@@ -114,12 +154,14 @@ class Watch:
             _head, changes, _more = await api.changes(self.ctx.engagement, since, 1, wait=wait)
         except NetworkError as e:
             log.warn("waiting for server changes failed: {why}", why=str(e))
+            self._status(False, str(e), retry_delay)
             await self._sleep(retry_delay)
             return False
         except HistoryDiverged:
             return True  # the sync reconciles
         except Exception as e:
             return e
+        self._status(True)
         return bool(changes)
 
     def _sleep(self, seconds: float) -> Deferred[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -206,6 +207,12 @@ def test_unreachable_server_exits_4(client: Client, tmp_path: Path) -> None:
     )
     assert done.returncode == 4, done.stderr
     assert "connection refused" in done.stderr and "after 2 attempts" in done.stderr
+    # the retry before it gave up says what failed and when it tries again (issue 16)
+    retry, error = done.stderr.strip().splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GET /v1/info failed \(cannot reach "
+                        r"https://127\.0\.0\.1:1: connection refused\); trying again at "
+                        r"\d\d:\d\d:\d\d \(in \d+\.\d s, try 2 of 2\)", retry), retry
+    assert error.startswith("smartsync: error: ")
 
 
 def test_usage_errors_exit_2(client: Client) -> None:

@@ -103,3 +103,48 @@ def test_cancel_while_waiting_stops_retrying() -> None:
     d.addErrback(lambda _: None)
     clock.advance(100)
     assert len(flaky.calls) == 1
+
+
+def test_each_retry_is_announced_before_its_wait() -> None:
+    """The embedder hears what failed and when the next try is, as a call and a log event."""
+    from twisted.logger import globalLogPublisher
+
+    from smartsyncd.client.backoff import RetryNotice
+
+    clock = Clock()
+    clock.advance(1000.0)
+    flaky = Flaky(clock, [NetworkError("connection refused", retryable=True)] * 2)
+    notices: list[RetryNotice] = []
+    events: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "smartsyncd.client.retry":
+            events.append(event)
+
+    backoff = Backoff(initial=1.0, factor=2.0, maximum=10.0, jitter=lambda: 1.0)
+    globalLogPublisher.addObserver(observe)
+    try:
+        d = Deferred.fromCoroutine(retrying(
+            clock, flaky, attempts=4, is_retryable=retryable, backoff=backoff,
+            on_retry=notices.append, what="GET /v1/engagements",
+        ))
+        assert [n.retry_at for n in notices] == [1001.0]  # told before the first wait
+        clock.pump([1.0, 2.0])
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert d.result == "ok"
+    assert notices == [
+        RetryNotice(1, 4, "connection refused", 1.0, 1001.0, "GET /v1/engagements"),
+        RetryNotice(2, 4, "connection refused", 2.0, 1003.0, "GET /v1/engagements"),
+    ]
+    assert notices[1].describe() == (
+        "GET /v1/engagements failed (connection refused); trying again in 2.0 s (try 3 of 4)"
+    )
+    assert notices[1].describe(at="13:05:01") == (
+        "GET /v1/engagements failed (connection refused); trying again at 13:05:01 (in 2.0 s, "
+        "try 3 of 4)"
+    )
+    assert [(e["attempt"], e["delay"], e["retry_at"]) for e in events] == [
+        (1, 1.0, 1001.0), (2, 2.0, 1003.0),
+    ]
+    assert flaky.calls == [1000.0, 1001.0, 1003.0]

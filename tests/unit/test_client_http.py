@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from smartsyncd.client.backoff import Backoff
+from smartsyncd.client.backoff import Backoff, RetryNotice
 from smartsyncd.client.bodyproducer import BytesProducer
 from smartsyncd.client.errors import (
     AuthError,
@@ -33,6 +34,7 @@ from smartsyncd.client.errors import (
     SessionExpired,
 )
 from smartsyncd.client.http import UPLOAD_BODY_LIMIT, ServerAPI
+from smartsyncd.client.transport import USER_AGENT
 from smartsyncd.client.trust import PinnedPolicy
 from smartsyncd.client.wire import CommitAnswer, CommitChange, CommitResult, HistoryMark
 from smartsyncd.core import bodycodec
@@ -56,6 +58,7 @@ class Seen:
     ctype: str | None
     body: bytes  # as sent before its Content-Encoding (decoded like the server does)
     encoding: str | None = None
+    agent: str | None = None  # User-Agent
 
 
 Answer = tuple[int, Any] | None  # (status, JSON value or raw bytes); None: never answer
@@ -85,6 +88,7 @@ class Script(Resource):
             ctype.decode() if ctype else None,
             bodycodec.decode(request.content.read(), enc, 1 << 30),
             enc,
+            (request.getHeader(b"user-agent") or b"").decode() or None,
         )
         self.seen.append(seen)
         answer = self.handler(seen)
@@ -187,6 +191,26 @@ def test_503_is_retried_then_succeeds(server: Server) -> None:
     assert result == [{"name": "a", "title": "A", "role": "editor", "head": 3}]
     assert server.script.paths() == ["/v1/engagements"] * 3
     assert api.requests == 3
+
+
+def test_each_retry_tells_what_failed_and_when_and_names_the_client(server: Server) -> None:
+    answers = [(503, {"error": "unavailable", "message": "db down"})] * 2 + [
+        (200, {"engagements": []})
+    ]
+    server.script.handler = lambda seen: answers.pop(0)
+    server.clock.advance(500.0)
+    api = server.api(backoff=Backoff(initial=1.0, factor=2.0, maximum=10.0, jitter=lambda: 1.0))
+    notices: list[RetryNotice] = []
+    api.on_retry = notices.append
+    assert server.run(api.list_engagements()) == []
+    assert [(n.attempt, n.delay, n.retry_at, n.what) for n in notices] == [
+        (1, 1.0, 501.0, "GET /v1/engagements"), (2, 2.0, 503.0, "GET /v1/engagements"),
+    ]
+    assert "503" in notices[0].error and "db down" in notices[0].error
+    agents = {seen.agent for seen in server.script.seen}
+    assert agents == {USER_AGENT.decode()}
+    assert re.fullmatch(r"smartsync/\d+\.\d+\.\d+\S* \(\S+ .*; Python 3\.\d+\.\d+; Twisted .+\)",
+                        USER_AGENT.decode())
 
 
 def test_unavailable_forever_is_network_error_not_empty(server: Server) -> None:
