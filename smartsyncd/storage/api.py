@@ -165,6 +165,8 @@ class VersionRecord:
     time: datetime
     conflict_of: str | None
     available: bool
+    mtime_ns: int | None = None  # the version's file date and read-only attribute, if known
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ class ExportFile:
     content: str
     size: int
     available: bool
+    mtime_ns: int | None = None
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ Tables:
 - (8) quotas, packs.user_name: storage quotas per engagement and user (``storage/quotas``).
 - (9) changes_content index: where a downloaded content lives (``storage/readaudit``); read
   events go to ``read:<name>`` chains in ``audit``.
+- (14) changes/files.mtime_ns, readonly: a put's file date (nanoseconds since 1970 UTC) and
+  read-only attribute (0/1), NULL when the client did not send them (issue 16).
 """
 
 from __future__ import annotations
@@ -329,6 +331,17 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
         # id; this index finds the paths and versions that hold it.
         9,
         ["CREATE INDEX changes_content ON changes (engagement_id, content)"],
+    ),
+    (
+        # File dates and the read-only attribute travel with each version (issue 16); 10-13
+        # are numbers taken by parallel work.
+        14,
+        [
+            "ALTER TABLE changes ADD COLUMN mtime_ns BIGINT",
+            "ALTER TABLE changes ADD COLUMN readonly INTEGER",
+            "ALTER TABLE files ADD COLUMN mtime_ns BIGINT",
+            "ALTER TABLE files ADD COLUMN readonly INTEGER",
+        ],
     ),
 ]
 
