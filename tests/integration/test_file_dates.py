@@ -118,3 +118,38 @@ def test_a_touch_sends_no_version(server: Daemon, tmp_path: Path) -> None:
     assert moved(ok(client, "sync", str(a))) == (0, 0)
     versions = ok(client, "history", str(memo))["versions"]
     assert [(v["version"], v["mtime"]) for v in versions] == [(1, MARCH_15)]
+
+
+BEFORE_1980 = int(datetime(1975, 6, 1, 12, 0, tzinfo=UTC).timestamp()) * 10**9
+
+
+def test_an_exfat_copy_keeps_what_it_can_store_and_never_ping_pongs(
+    server: Daemon, tmp_path: Path, exfat_dir: Path
+) -> None:
+    """exFAT (the USB drives some staff sync to; FAT too) rounds dates (to the second on this
+    mount), may clamp one before 1980 and ignores chmod: the copy records what the volume
+    stored, so nothing looks edited."""
+    home = tmp_path / "home"
+    home.mkdir()
+    client = Client(home)
+    assert login(client, server, "--trust-fingerprint", server.fingerprint).returncode == 0
+    a, usb = tmp_path / "a", exfat_dir / "copy"
+    for copy in (a, usb):
+        assert client.run("clone", f"{server.url}/acme-2026", str(copy)).returncode == 0
+    (a / "march.txt").write_bytes(b"odd nanoseconds")
+    os.utime(a / "march.txt", ns=(MARCH_15 + 123_456_789, MARCH_15 + 123_456_789))
+    (a / "old.txt").write_bytes(b"an archive from 1975")
+    os.utime(a / "old.txt", ns=(BEFORE_1980, BEFORE_1980))
+    assert moved(ok(client, "sync", str(a))) == (2, 0)
+
+    assert moved(ok(client, "sync", str(usb))) == (0, 2)
+    stored = date_of(usb / "march.txt")
+    assert abs(stored - (MARCH_15 + 123_456_789)) < 2 * 10**9  # rounded to what exFAT keeps
+    assert date_of(usb / "old.txt") < int(datetime(1980, 1, 2, tzinfo=UTC).timestamp()) * 10**9
+    for copy in (usb, a, usb):
+        assert moved(ok(client, "sync", str(copy))) == (0, 0)
+    # a same-size edit on the exFAT copy is still found
+    (usb / "march.txt").write_bytes(b"ODD NANOSECONDS")
+    assert moved(ok(client, "sync", str(usb))) == (1, 0)
+    assert moved(ok(client, "sync", str(a))) == (0, 1)
+    assert (a / "march.txt").read_bytes() == b"ODD NANOSECONDS"
