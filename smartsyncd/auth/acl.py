@@ -43,3 +43,25 @@ def max_role(roles: Iterable[Role | None]) -> Role | None:
         if role_rank(role) > role_rank(best):
             best = role
     return best
+
+
+# -- engagement admins managing grants (issue 17) ------------------------------------------------
+
+
+def least_role(operation: str) -> Role:
+    """The weakest role that allows ``operation``: what a refusal names as missing."""
+    for role in ROLES:
+        if allows(role, operation):
+            return role
+    raise ValueError(f"no role allows {operation!r}")  # pragma: no cover - every one is allowed
+
+
+def may_assign(actor: Role, current: Role | None, new: Role | None) -> bool:
+    """May someone with role ``actor`` change a grant from ``current`` to ``new`` (None: no
+    grant)? Never above their own role, and never touching a grant above their own role."""
+    return allows(actor, "admin") and max(role_rank(current), role_rank(new)) <= role_rank(actor)
+
+
+def keeps_an_admin(roles: Iterable[Role]) -> bool:
+    """True when the grants left (their roles) still include one that may manage."""
+    return any(allows(role, "admin") for role in roles)

@@ -68,13 +68,27 @@ def decode_token(text: str) -> bytes:
         raise TicketRefused("malformed Negotiate token (not base64)") from None
 
 
+# Refusals whose reason also says what to do, by GSSAPI minor status (the krb5 com_err code,
+# unsigned) and by the library's message for it: through SPNEGO, MIT's mechglue replaces the
+# krb5 code with a number of its own, different per process (100005 measured).
+_EXPIRED_REASON = (
+    "ticket expired (KRB5KRB_AP_ERR_TKT_EXPIRED): the user needs a new one (kinit, or log on to"
+    " the domain again)"
+)
+_KNOWN_MINOR = {0x96C73A20: _EXPIRED_REASON}  # KRB5KRB_AP_ERR_TKT_EXPIRED
+_KNOWN_MESSAGE = {"ticket expired": _EXPIRED_REASON}  # MIT's and Heimdal's text for that code
+
+
 def _gss_reason(error: Exception) -> str:
     """The useful part of a GSSAPI error ("Request is a replay", "Clock skew too great"...)."""
+    known = _KNOWN_MINOR.get(getattr(error, "min_code", None) or 0)
+    if known is not None:
+        return known
     text = str(error)
     major, _, minor = text.partition(", Minor (")
     minor = minor.split("): ", 1)[-1].strip()
     if minor and minor != "Unknown error":
-        return minor
+        return _KNOWN_MESSAGE.get(minor.casefold(), minor)
     major = major.split("): ", 1)[-1].strip().rstrip(".")
     return f"not a valid token ({major or type(error).__name__})"
 

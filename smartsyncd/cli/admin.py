@@ -241,81 +241,55 @@ class Admin:
             raise AdminError(f"unknown engagement {name!r}")
         return record
 
-    async def user_principal(self, name: str) -> tuple[str, str]:
-        """(principal id, display name) of a user given on the command line: an explicit id
-        (``local:alice``, ``ad:S-1-5-21-...``, a bare SID), a local account, else the
-        directory account (``FIRM\\alice`` names the directory one when both exist)."""
-        from smartsyncd.core.principals import (
-            DIRECTORY_SID,
-            LOCAL,
-            explicit_principal,
-            local_principal,
-        )
+    def _resolver(self) -> Any:
+        from smartsyncd.auth.grantees import GranteeResolver
 
-        explicit = explicit_principal(name)
-        if explicit is not None and explicit.startswith(LOCAL):
-            return explicit, explicit[len(LOCAL):]
-        if explicit is None and await self.store.get_user(name) is not None:
-            return local_principal(name), name
-        directory = self._directory()
-        if explicit is not None and (directory is None or not explicit.startswith(DIRECTORY_SID)):
-            return explicit, explicit  # an id needs no lookup: shown as itself
-        if directory is None:
-            raise AdminError(f"unknown user {name!r} (add it with: {PROG} user add {name})")
+        return GranteeResolver(self.store, self._directory())
+
+    async def user_principal(self, name: str) -> tuple[str, str]:
+        """(principal id, display name) of a user given on the command line
+        (``auth.grantees.GranteeResolver.user``: the daemon's ``POST .../grants`` resolves alike)."""
+        from smartsyncd.auth.grantees import NoSuchUser
+
         try:
-            found: tuple[str, str] = await directory.lookup_principal(
-                explicit[len(DIRECTORY_SID):] if explicit is not None else name
-            )
-        except Exception as e:  # noqa: BLE001 - any directory failure is one line for the admin
-            if explicit is not None:
-                return explicit, explicit
-            raise AdminError(f"user {name!r} not found in the directory: {_describe(e)}") from None
+            found: tuple[str, str] = await self._resolver().user(name)
+        except NoSuchUser:
+            raise AdminError(f"unknown user {name!r} (add it with: {PROG} user add {name})") from None
+        except SyncError as e:
+            raise AdminError(e.message) from None
         return found
 
-    async def _group_principal(self, name: str) -> tuple[str, str]:
-        directory = self._directory()
-        if directory is None:
-            return name, name
-        try:
-            group_id, display = await directory.lookup_group(name)
-        except Exception as e:  # noqa: BLE001 - any directory failure is one line for the admin
-            raise AdminError(f"group {name!r}: directory lookup failed: {_describe(e)}") from None
-        return group_id, display
-
     async def grant(self, engagement: str, user: str | None, group: str | None, role: str) -> int:
-        from smartsyncd.storage.api import Grant
-
         await self.engagement(engagement)
         if user is not None:
             principal, display = await self.user_principal(user)
+            from smartsyncd.storage.api import Grant
+
             record = Grant(engagement, "user", principal, display, role)  # type: ignore[arg-type]
         else:
             assert group is not None
-            group_id, display = await self._group_principal(group)
-            record = Grant(engagement, "group", group_id, display, role)  # type: ignore[arg-type]
+            try:
+                record = await self._resolver().grant(engagement, "group", group, role)
+            except SyncError as e:
+                raise AdminError(e.message) from None
         await self.store.grant(record)
         self.say(f"granted {role} on {engagement} to {record.kind} {_shown(record)}")
         return 0
 
     async def revoke(self, engagement: str, user: str | None, group: str | None) -> int:
+        from smartsyncd.auth.grantees import matching_grants
+
         await self.engagement(engagement)
         if user is not None:
             kind, wanted = "user", user
         else:
             assert group is not None
             kind, wanted = "group", group
-        # Match the stored id or the display name, so a directory group needs no lookup.
-        ids = {wanted, "local:" + wanted, "ad:" + wanted}
-        matches = [
-            g
-            for g in await self.store.list_grants(engagement)
-            if g.kind == kind
-            and (g.principal in ids or g.display_name.casefold() == wanted.casefold())
-        ]
+        matches = matching_grants(await self.store.list_grants(engagement), kind, wanted)  # type: ignore[arg-type]
         if not matches:
             raise AdminError(f"{kind} {wanted!r} has no grant on {engagement!r}")
         for g in matches:
-            await self.store.revoke(engagement, kind, g.principal)
+            await self.store.revoke(engagement, g.kind, g.principal)
             self.say(f"revoked {g.role} on {engagement} from {kind} {_shown(g)}")
         return 0
 

@@ -175,6 +175,11 @@ def _add_checkout_parsers(commands: Commands) -> None:
     )
     abandon.add_argument("engagement")
     abandon.add_argument("copy")
+    abandon.add_argument(
+        "--wipe", action="store_true",
+        help="also order the copy wiped: at its next contact it deletes its files and settings,"
+        " uploading nothing, and reports that (audited)",
+    )
 
 
 def _add_audit_parsers(commands: Commands) -> None:

@@ -15,6 +15,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from smartsyncd.cli.admin_wipe import order_wipe, wipe_states
 from smartsyncd.cli.context import AdminContext, AdminError
 from smartsyncd.core.errors import UnsyncedCopies
 
@@ -88,13 +89,17 @@ async def run_workflow(admin: AdminContext, args: argparse.Namespace) -> int:
         if args.action == "list":
             copies = await store.list_copies(eid)
             admin.say("copy\tuser\thost\tlast contact\tunsynced\tsince\tstate")
+            wiped = await wipe_states(admin, eid)
             for c in copies:
                 state = "active" if c.abandoned_at is None else f"abandoned {_when(c.abandoned_at)} by {c.abandoned_by}"
+                state += wiped.get(c.copy_id, "")
                 admin.say(
                     f"{c.copy_id}\t{c.user}\t{c.host}\t{_when(c.last_contact)}\t{c.unsynced}"
                     f"\t{_when(c.unsynced_since)}\t{state}"
                 )
             return 0
+        if args.wipe:
+            return await order_wipe(admin, eid, args.copy, actor())
         c = await store.abandon_copy(eid, args.copy, actor())
         admin.say(f"abandoned copy {c.copy_id} ({c.user} on {c.host}); it can never commit again")
         return 0

@@ -19,6 +19,15 @@ from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
 
 from smartsyncd.cli.client_args import build_parser, split_source
+from smartsyncd.cli.client_manage import (
+    cmd_copies,
+    cmd_finalize,
+    cmd_grant,
+    cmd_grants,
+    cmd_locks_or_break,
+    cmd_reopen,
+    cmd_revoke,
+)
 from smartsyncd.cli.client_session import (
     Output,
     Session,
@@ -26,12 +35,12 @@ from smartsyncd.cli.client_session import (
     open_copy,
     read_password,
 )
+from smartsyncd.cli.client_wipe import Wiped, finish_interrupted, obey_order, print_wiped
 from smartsyncd.cli.client_workflow import (
     cmd_checkin,
     cmd_checkout,
     cmd_export,
     cmd_history,
-    cmd_locks,
     cmd_restore,
 )
 from smartsyncd.client.engine import SyncCopy
@@ -41,6 +50,7 @@ from smartsyncd.client.errors import (
     ConflictsLeft,
     TrustError,
     UsageError,
+    WipeOrdered,
 )
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.sso import sso_login, sso_service  # issue 19: single sign-on
@@ -281,7 +291,13 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
     "conflicts": cmd_conflicts,
     "checkout": cmd_checkout,
     "checkin": cmd_checkin,
-    "locks": cmd_locks,
+    "locks": cmd_locks_or_break,
+    "copies": cmd_copies,
+    "finalize": cmd_finalize,
+    "reopen": cmd_reopen,
+    "grants": cmd_grants,
+    "grant": cmd_grant,
+    "revoke": cmd_revoke,
     "history": cmd_history,
     "restore": cmd_restore,
     "export": cmd_export,
@@ -289,6 +305,9 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
 
 
 # -- entry point -----------------------------------------------------------------------------
+
+# commands whose DIR is a sync copy: a wipe of it that was interrupted is finished first
+_OPENS_A_COPY = frozenset({"sync", "status", "watch", "conflicts", "locks"})
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -318,9 +337,20 @@ async def run(
         session = Session(reactor, args, out)
         if args.command == "login":
             return await cmd_login(session, stdin)
+        if args.command in _OPENS_A_COPY:
+            await finish_interrupted(session, Path(args.directory))  # raises Wiped if it did
         return await COMMANDS[args.command](session)
     except CancelledError:
         raise
+    except WipeOrdered as order:  # the copy's server ordered it wiped: obey, say so
+        assert session is not None
+        try:
+            return print_wiped(out, await obey_order(session, order))
+        except ClientError as exc:
+            out.error(exc, exc.exit_code)
+            return exc.exit_code
+    except Wiped as done:  # an interrupted wipe was finished
+        return print_wiped(out, done)
     except ClientError as exc:
         code = exc.exit_code
         out.error(exc, code)

@@ -12,6 +12,7 @@ from smartsyncd import __version__
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.trust import SYSTEM_TRUST
 from smartsyncd.client.userconfig import server_key
+from smartsyncd.core.model import ROLES
 
 EPILOG = """\
 exit codes:
@@ -138,8 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="let the check-out expire after this long (8h, 30m, 2d)")
     checkin = command("checkin", "release your check-out of a file or folder")
     checkin.add_argument("path", metavar="PATH")
-    locks = command("locks", "list the engagement's check-outs")
-    locks.add_argument("directory", metavar="DIR", nargs="?", default=".")
+    locks = command("locks", "list the engagement's check-outs; 'locks break PATH --reason "
+                             "...' ends another's (engagement admins)")
+    locks.add_argument("directory", metavar="DIR", nargs="?", default=".",
+                       help="the sync copy (default: here); 'break' to break a check-out")
+    locks.add_argument("path", metavar="PATH", nargs="?",
+                       help="with 'break': a file or folder in a copy, or URL/ENGAGEMENT/PATH")
+    locks.add_argument("--reason", help="with 'break': why (kept in the audit trail)")
     history = command("history", "list the versions of a file (number, who, when, size)")
     history.add_argument("path", metavar="PATH")
     restore = command("restore", "make an earlier version of a file its newest version")
@@ -151,7 +157,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--at", required=True, metavar="TIME",
                         help="'2026-03-31 17:00' (local time) or ISO 8601 with a zone")
     export.add_argument("directory", metavar="DIR")
+    _admin_commands(commands, command)
     return parser
+
+
+WHERE_HELP = "a sync copy's folder (default: here) or URL/ENGAGEMENT"
+
+
+def _admin_commands(commands: Any, command: Any) -> None:
+    """What an engagement's admins may do from their own machine (issue 17)."""
+    copies = command("copies", "list the engagement's sync copies, or abandon one (admins)")
+    actions = copies.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in [("list", "list each copy: user, host, last contact, unsynced work"),
+                       ("abandon", "revoke a copy for good (a lost laptop)")]:
+        sub = actions.add_parser(name, help=text, description=text)
+        _global_options(sub, defaults=False)
+        if name == "abandon":
+            sub.add_argument("copy", metavar="COPY", help="the copy id shown by 'copies list'")
+            sub.add_argument("--wipe", action="store_true",
+                             help="also order the copy wiped at its next contact (a lost laptop)")
+        sub.add_argument("where", metavar="WHERE", nargs="?", default=".", help=WHERE_HELP)
+    finalize = command("finalize", "sign the engagement off: read-only for everyone (admins)")
+    finalize.add_argument("--force", action="store_true",
+                          help="even while copies hold unsynced work (they are named)")
+    reopen = command("reopen", "lift the sign-off (admins)")
+    grants = command("grants", "list who has which role on the engagement (admins)")
+    grant = command("grant", "give a user or group a role on the engagement (admins)")
+    grant.add_argument("--role", required=True, choices=ROLES)
+    revoke = command("revoke", "take a user's or group's role on the engagement away (admins)")
+    for sub in (finalize, reopen):
+        sub.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    for sub in (grant, revoke):
+        who = sub.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user", help="a user name, local:NAME, ad:SID or a SID")
+        who.add_argument("--group", help="a directory group (name or id)")
+    for sub in (finalize, reopen, grants, grant, revoke):
+        sub.add_argument("where", metavar="WHERE", nargs="?", default=".", help=WHERE_HELP)
 
 
 def split_source(source: str) -> tuple[str, str]:

@@ -82,6 +82,8 @@ class Session:
         self.config = UserConfig.load(args.config_dir)
         self.progress = RichProgress(Console(stderr=True), quiet=out.quiet or out.json)
         self._apis: list[ServerAPI] = []
+        # the copy a command opened and its server: a wipe order is obeyed for it alone
+        self.opened: tuple[SyncCopy, ServerAPI] | None = None
 
     def explicit_fingerprint(self) -> str | None:
         value = self.args.trust_fingerprint
@@ -124,9 +126,13 @@ class Session:
         kbps = self.args.bwlimit if self.args.bwlimit is not None else configured
         return kbps * 1024 if kbps else None
 
-    async def signed_in_api(self, url: str) -> ServerAPI:
-        """A ServerAPI for a server the user has signed in to (or can sign in to now)."""
+    async def signed_in_api(self, url: str, copy: SyncCopy | None = None) -> ServerAPI:
+        """A ServerAPI for a server the user has signed in to (or can sign in to now); with
+        ``copy``, every request (a sign-in too) names it, and a wipe order is for it."""
         api = self.api(url, self.policy(url))
+        if copy is not None:
+            api.copy_id = copy.copy_id
+            self.opened = (copy, api)
         if api.token is None:
             if api.relogin is None:
                 raise AuthError(
@@ -158,6 +164,7 @@ class Session:
                 max_attempts=self.args.attempts,
                 proxy=self.args.proxy,
             )
+            fresh.copy_id = self._opened_copy_id()  # a sign-in is answered with a wipe order too
             self._apis.append(fresh)
             token = await fresh.login(user, password)
             self.config.set_token(url, user, token)
@@ -169,12 +176,16 @@ class Session:
     def _sso_relogin(self, url: str, service: str) -> Callable[[], Awaitable[str]]:
         async def relogin() -> str:
             fresh = self.api(url, self.policy(url), with_token=False)
+            fresh.copy_id = self._opened_copy_id()
             user, token = await sso_login(fresh, service, self.reactor)
             self.config.set_token(url, user, token, sso=service)
             self.config.save()
             return token
 
         return relogin
+
+    def _opened_copy_id(self) -> str | None:
+        return None if self.opened is None else self.opened[0].copy_id
 
     async def close(self) -> None:
         for api in self._apis:
@@ -204,5 +215,5 @@ async def open_copy(session: Session, *, exclusive: bool = True) -> tuple[SyncCo
     """Open the copy: ``exclusive`` (sync, watch, restore) takes the copy lock, and a copy
     another process syncs is refused (``CopyInUse``, exit 2); read-only commands pass False."""
     copy = SyncCopy.open(Path(session.args.directory), exclusive=exclusive)
-    api = await session.signed_in_api(copy.server_url)
+    api = await session.signed_in_api(copy.server_url, copy)
     return copy, api

@@ -33,8 +33,7 @@ async def _copy_api(
 ) -> tuple[SyncCopy, ServerAPI, str]:
     root, rel = copy_path(path_arg)
     copy = SyncCopy.open(root, exclusive=exclusive)
-    api = await session.signed_in_api(copy.server_url)
-    api.copy_id = copy.copy_id
+    api = await session.signed_in_api(copy.server_url, copy)
     return copy, api, rel
 
 

@@ -9,9 +9,8 @@ when the transport pauses it (its buffer is full), resuming when it drains.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import TaskStopped
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
@@ -31,11 +30,11 @@ class BytesProducer:
         self._paused = False
         self._stopped = False
         self._writing = False
-        self._consumer: Any = None
+        self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
         self.length = len(body)
 
-    def startProducing(self, consumer: Any) -> Deferred[None]:
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
         done: Deferred[None] = Deferred()
         self._done = done
@@ -45,14 +44,16 @@ class BytesProducer:
     def _write(self) -> None:
         if self._writing:  # resumed from inside our own write(): the running loop goes on
             return
-        body, piece = self._body, self._piece
+        body, piece, consumer = self._body, self._piece, self._consumer
         self._writing = True
         try:
-            while not (self._paused or self._stopped) and self._pos < len(body):
+            while (
+                consumer is not None and not (self._paused or self._stopped) and self._pos < len(body)
+            ):
                 start = self._pos
                 self._pos = min(start + piece, len(body))
                 # write() may pause us (transport buffer full) before it returns
-                self._consumer.write(body[start : self._pos].tobytes())
+                consumer.write(body[start : self._pos].tobytes())
         finally:
             self._writing = False
         if self._pos >= len(body) and not self._stopped and self._done is not None:

@@ -36,7 +36,7 @@ def wanted_item(item: ChunkWanted) -> tuple[str, tuple[int, DeltaHint | None]]:
     if isinstance(item, ChunkRef):
         return item.hash, (item.size, None)
     if len(item) == 3:
-        return item[0], (item[1], item[2])  # type: ignore[misc]
+        return item[0], (item[1], item[2])
     return item[0], (item[1], None)
 
 
@@ -92,7 +92,7 @@ def upload_batches(chunks: Iterable[UploadItem]) -> Iterator[list[UploadItem]]:
     total = based = 0
     for item in chunks:
         cost = len(item[1]) + RECORD_HEADER
-        base = len(item[2].prefix) if len(item) > 2 else 0  # type: ignore[misc]
+        base = len(item[2].prefix) if len(item) > 2 else 0
         if batch and (
             total + cost > UPLOAD_BODY_LIMIT or len(batch) >= CHUNKS_PER_REQUEST
             or based + base > UPLOAD_BASE_LIMIT
@@ -112,7 +112,7 @@ def encode_upload(batch: list[UploadItem]) -> bytes:
         digest, raw = item[0], item[1]
         codec, payload = compress_chunk(raw)
         if len(item) > 2:
-            hint = item[2]  # type: ignore[misc]
+            hint = item[2]
             delta = delta_payload(hint.base, hint.offset, hint.prefix, raw)
             if len(delta) < len(payload):
                 codec, payload = CODEC_DELTA, delta

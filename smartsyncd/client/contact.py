@@ -3,6 +3,7 @@ its unsynced changes at each sync, and read back the engagement's locks and sign
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Iterable
 from datetime import datetime
@@ -18,10 +19,17 @@ def _host() -> str:
     return socket.gethostname() or "unknown"
 
 
+async def _key_hash(ctx: CopyContext) -> str:
+    """SHA-256 of the copy's secret: the server keeps it from the first contact that names it,
+    to authenticate a wipe report (client/wipe.py)."""
+    key: str = await ctx.run(ctx.state.copy_key)
+    return hashlib.sha256(bytes.fromhex(key)).hexdigest()
+
+
 async def register(ctx: CopyContext, api: Server) -> None:
     """Tell the server about this new copy; later requests name it."""
     api.copy_id = ctx.copy_id
-    await api.register_copy(ctx.engagement, ctx.copy_id, _host())
+    await api.register_copy(ctx.engagement, ctx.copy_id, _host(), await _key_hash(ctx))
 
 
 async def contact(
@@ -32,7 +40,9 @@ async def contact(
     refusal is raised."""
     api.copy_id = ctx.copy_id
     try:
-        return await api.report_copy(ctx.engagement, ctx.copy_id, _host(), unsynced, since)
+        return await api.report_copy(
+            ctx.engagement, ctx.copy_id, _host(), unsynced, since, await _key_hash(ctx)
+        )
     except NetworkError as e:
         log.warn("could not report to the server: {why}", why=str(e))
         return None

@@ -9,11 +9,10 @@ few file operations more than one part performs (conflict names, base copies, gu
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -26,11 +25,10 @@ from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.paths import normalize_path
+from smartsyncd.runtime.blocking import RunBlocking  # deferToThread; synchronous in tests
 
 log = Logger(namespace="smartsyncd.client.engine")
 
-# runs a blocking call off the reactor (``deferToThread``; a synchronous stand-in in tests)
-RunBlocking = Callable[..., Awaitable[Any]]
 WINDOW_BYTES = 8 * 1024 * 1024  # assemble/fetch/upload in windows of this many raw bytes
 # A sync's scan examines this many files per blocking step; between steps the chunks of new
 # small files read so far start uploading (``client/early.py``), so scan and upload overlap.
@@ -70,8 +68,7 @@ class CopyContext:
         return seq
 
     def seconds(self) -> float:
-        seconds: Callable[[], float] = self.clock.seconds  # type: ignore[misc]
-        return seconds()
+        return self.clock.seconds()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.seconds(), UTC)

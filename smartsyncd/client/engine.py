@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -56,6 +55,7 @@ from smartsyncd.client.scanner import Scanner, ScanResult
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.watch import Watch
+from smartsyncd.client.wipe import refuse_if_wiping
 from smartsyncd.core.model import Change, FileState
 from smartsyncd.core.planner import PullWrite, plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
@@ -78,7 +78,7 @@ def fewer_gc_passes() -> AbstractContextManager[None]:
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 class SyncCopy:
@@ -167,6 +167,7 @@ class SyncCopy:
         process has open this way raises ``CopyInUse``. ``exclusive=False`` opens it for
         reading only (status, conflicts): no lock, and ``sync``/``watch`` are refused."""
         path = Path(directory).absolute()
+        refuse_if_wiping(path)  # a half-wiped copy must never sync (client/wipe.py)
         state = ClientState.open(path)
         lock: CopyLock | None = None
         if exclusive:
@@ -264,6 +265,7 @@ class SyncCopy:
 
     async def sync(self, api: Server, *, progress: Progress | None = None) -> SyncReport:
         """Push local changes, then pull remote ones."""
+        api.copy_id = self.copy_id  # from the first request: a wipe order comes before any upload
         api.keeper = reconcile.StateHistory(self.state, self._run)
         with fewer_gc_passes():
             try:
@@ -330,6 +332,7 @@ class SyncCopy:
 
     async def status(self, api: Server) -> StatusReport:
         """What would move (no file, state or server record is changed)."""
+        api.copy_id = self.copy_id
         await self._run(self.state.check_marker)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         scan: ScanResult = await self._run(self.scanner.scan, base)
@@ -368,7 +371,7 @@ class SyncCopy:
     async def watch(
         self,
         api: Server,
-        stop: Deferred[Any],
+        stop: Deferred[None],
         on_report: Callable[[SyncReport], object],
         *,
         progress: Progress | None = None,
@@ -379,6 +382,8 @@ class SyncCopy:
     ) -> None:
         """Sync, then wait for a server notification or a local change, and repeat until
         ``stop`` fires (client/watch.py; ``native_watch=False`` forces the stat walk)."""
+
+        api.copy_id = self.copy_id  # the long-polls name the copy too: a wipe order ends the watch
 
         async def sync_once(api: Server, progress: Progress | None) -> SyncReport:
             return await self.sync(api, progress=progress)

@@ -30,6 +30,17 @@ class CopyInUse(UsageError):
     per copy (exit 2, nothing was changed)."""
 
 
+class CopyWiped(ClientError):
+    """This copy was wiped on its server's order (its files and settings are gone): the
+    command did nothing else (exit 7)."""
+
+    exit_code = 7
+
+
+class WipeInterrupted(UsageError):
+    """A wipe of this copy was interrupted: it is finished before anything else runs here."""
+
+
 class AuthError(ClientError):
     """Sign-in failed, or the session ended and could not be renewed."""
 
@@ -132,6 +143,15 @@ class NotFound(ServerRefused):
 class Forbidden(ServerRefused):
     """``forbidden``: this user may not do that in this engagement."""
 
+    @property
+    def required(self) -> str | None:
+        """The role the refused request needs (``details['required']``), when the server says."""
+        return _text(self.details.get("required"))
+
+
+class LastAdmin(ServerRefused):
+    """``last_admin``: the change would leave the engagement without an admin grant."""
+
 
 class RateLimited(ServerRefused):
     """``rate_limited``: too many requests or sign-in attempts; try later."""
@@ -170,6 +190,28 @@ class CopyAbandoned(ServerRefused):
     """``copy_abandoned``: an admin abandoned this copy; it may never commit again."""
 
 
+class WipeOrdered(ServerRefused):
+    """``wipe_ordered``: an admin ordered this copy wiped (a lost laptop). Its ``details``
+    name the ``engagement``, ``copy``, ``ordered_by`` and ``ordered_at``; the copy obeys only
+    an order that names itself and came from its own server (client/wipe.py)."""
+
+    @property
+    def engagement(self) -> str | None:
+        return _text(self.details.get("engagement"))
+
+    @property
+    def copy(self) -> str | None:
+        return _text(self.details.get("copy"))
+
+    @property
+    def ordered_by(self) -> str | None:
+        return _text(self.details.get("ordered_by"))
+
+    @property
+    def ordered_at(self) -> str | None:
+        return _text(self.details.get("ordered_at"))
+
+
 class UnsyncedCopies(ServerRefused):
     """``unsynced_copies``: finalize refused while copies hold unsynced work."""
 
@@ -200,6 +242,7 @@ REFUSALS: dict[str, type[ServerRefused]] = {
     "bad_chunk": BadChunk,
     "not_found": NotFound,
     "forbidden": Forbidden,
+    "last_admin": LastAdmin,
     "rate_limited": RateLimited,
     "too_large": TooLarge,
     "storage_full": StorageFull,
@@ -210,6 +253,7 @@ REFUSALS: dict[str, type[ServerRefused]] = {
     "batch_reused": BatchReused,
     "finalized": Finalized,
     "copy_abandoned": CopyAbandoned,
+    "wipe_ordered": WipeOrdered,
     "unsynced_copies": UnsyncedCopies,
 }
 

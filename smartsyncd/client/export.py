@@ -9,11 +9,10 @@ written; nothing is ever half-written under its final name.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from twisted.internet.threads import deferToThread
 
@@ -25,6 +24,7 @@ from smartsyncd.client.wire import wire_mtime
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.paths import normalize_path
+from smartsyncd.runtime.blocking import RunBlocking
 
 WINDOW = 8 * 1024 * 1024
 
@@ -36,7 +36,7 @@ class ExportReport:
     bytes: int = 0
     missing: list[str] = field(default_factory=list)  # past retention: not written
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"seq": self.seq, "files": self.files, "bytes": self.bytes, "missing": self.missing}
 
 
@@ -56,7 +56,7 @@ async def export_engagement(
     engagement: str,
     at: datetime,
     directory: Path,
-    run_blocking: Callable[..., Awaitable[Any]] = deferToThread,
+    run_blocking: RunBlocking = deferToThread,
 ) -> ExportReport:
     root = directory.absolute()
     seq, files = await api.export(engagement, at)

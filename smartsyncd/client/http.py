@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
@@ -58,6 +58,9 @@ from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
 from smartsyncd.core.model import HistoryCheck, Manifest
 
+if TYPE_CHECKING:
+    from smartsyncd.client.reactor import ClientReactor
+
 log = Logger()
 
 PROTOCOL_VERSION = 1
@@ -89,7 +92,7 @@ class ServerAPI(Transport):
         self,
         base_url: str,
         *,
-        reactor: Any,
+        reactor: ClientReactor,
         policy: IPolicyForHTTPS,
         token: str | None = None,
         relogin: Callable[[], Awaitable[str]] | None = None,
@@ -140,7 +143,8 @@ class ServerAPI(Transport):
             raise AuthError("sign-in failed: empty password")
         data = obj(
             await self._json(
-                "POST", "/v1/login", body={"user": user, "password": password}, auth=False
+                "POST", "/v1/login", body={"user": user, "password": password}, auth=False,
+                name_copy=True,  # a copy an admin ordered wiped learns it here too
             ),
             "login",
         )
@@ -431,25 +435,46 @@ class ServerAPI(Transport):
 
     # -- engagement workflow (docs/protocol.md "Engagement workflow") ---------------------------
 
-    async def register_copy(self, eng: str, copy_id: str, host: str) -> JSONObject:
-        """Tell the server about a new sync copy (at clone)."""
-        return obj(
-            await self._json("POST", _eng(eng, "copies"), body={"copy": copy_id, "host": host}),
-            "copy",
-        )
+    async def register_copy(
+        self, eng: str, copy_id: str, host: str, key_hash: str | None = None
+    ) -> JSONObject:
+        """Tell the server about a new sync copy (at clone); ``key_hash``: SHA-256 of the
+        copy's secret, which later authenticates its wipe report."""
+        body = {"copy": copy_id, "host": host}
+        if key_hash is not None:
+            body["key_hash"] = key_hash
+        return obj(await self._json("POST", _eng(eng, "copies"), body=body), "copy")
 
     async def report_copy(
-        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None
+        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None,
+        key_hash: str | None = None,
     ) -> CopyContact:
         """A contact: how many local changes this copy holds unsynced, and since when. The
         answer carries the engagement's active locks and its sign-off state."""
-        body = {
+        body: dict[str, object] = {
             "host": host,
             "unsynced": unsynced,
             "since": None if since is None else _iso(since),
         }
+        if key_hash is not None:
+            body["key_hash"] = key_hash
         return parse_contact(
             await self._json("POST", _eng(eng, "copies", copy_id, "report"), body=body)
+        )
+
+    async def report_wipe(
+        self, eng: str, copy_id: str, key: str, host: str, files: int
+    ) -> JSONObject:
+        """Tell the server this copy obeyed its wipe order (docs/protocol.md "Remote wipe"):
+        authenticated by the copy's secret, not a session, and sent without the copy header
+        (which would only be answered with the order again). Idempotent."""
+        body = {"key": key, "host": host, "files": files}
+        return obj(
+            await self._json(
+                "POST", _eng(eng, "copies", copy_id, "wiped"), body=body, auth=False,
+                name_copy=False,
+            ),
+            "wipe report",
         )
 
     async def checkout(self, eng: str, path: str, seconds: int | None = None) -> JSONObject:

@@ -18,14 +18,19 @@ import base64
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from typing import Protocol as Protocol_
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,10 +53,7 @@ class ProxySetting:
         return f"http://{self.host}:{self.port}"
 
 
-class ClientEndpoint(Protocol_):
-    """What ``IStreamClientEndpoint`` promises, as a type mypy can check without zope's plugin."""
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]: ...
+ClientEndpoint = IStreamClientEndpoint
 
 
 class ProxyRefused(ConnectError):
@@ -85,7 +87,7 @@ def proxy_for(
     configured: str | None = None,
     *,
     system: Callable[[], Mapping[str, str]] = urllib.request.getproxies,
-    bypass: Callable[[str], Any] = urllib.request.proxy_bypass,
+    bypass: Callable[[str], object] = urllib.request.proxy_bypass,
 ) -> ProxySetting | None:
     """The proxy to reach ``server_url`` through, or None to connect directly."""
     if configured is not None:
@@ -104,19 +106,19 @@ def proxy_for(
 class _Tunnel(Protocol):
     """Speaks CONNECT to the proxy, then relays everything to the protocol it was asked for."""
 
-    # zope interfaces (IProtocol, ITransport) cannot be called through by mypy without its zope
-    # plugin: the wrapped protocol, its factory and our transport are typed Any here
-    def __init__(self, endpoint: ConnectTunnelEndpoint, factory: Any, ready: Deferred[Any]
-                 ) -> None:
+    def __init__(self, endpoint: ConnectTunnelEndpoint, factory: IProtocolFactory,
+                 ready: Deferred[IProtocol]) -> None:
         self._endpoint = endpoint
         self._factory = factory
         self._ready = ready
         self._answer = b""
-        self._inner: Any = None
+        self._inner: IProtocol | None = None
 
     @property
-    def _transport(self) -> Any:
-        return self.transport
+    def _transport(self) -> ITransport:
+        transport = self.transport
+        assert transport is not None  # used between connectionMade and connectionLost only
+        return transport
 
     def connectionMade(self) -> None:
         target = f"{self._endpoint.host}:{self._endpoint.port}".encode("idna")
@@ -187,7 +189,7 @@ class ConnectTunnelEndpoint:
         self.host = host
         self.port = port
 
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         tunnels: list[_Tunnel] = []
 
         def cancel(d: Deferred[IProtocol]) -> None:
@@ -213,7 +215,7 @@ class ConnectTunnelEndpoint:
         return ready
 
 
-def tunnels_through(reactor: Any, proxy: ProxySetting) -> Callable[[str, int], ClientEndpoint]:
+def tunnels_through(reactor: IReactorTCP, proxy: ProxySetting) -> Callable[[str, int], ClientEndpoint]:
     """For ``BatchingEndpointFactory(..., connect_via=...)``: each server connection becomes a
     tunnel through ``proxy``."""
 

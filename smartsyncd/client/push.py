@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred
 
+from smartsyncd.client.casefold import match_folders
 from smartsyncd.client.copycontext import WINDOW_BYTES, CopyContext, log, offsets, remote_path_ok
 from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase
 from smartsyncd.client.errors import (
@@ -36,6 +37,7 @@ from smartsyncd.client.errors import (
 )
 from smartsyncd.client.localfs import read_chunks
 from smartsyncd.client.progress import Progress
+from smartsyncd.client.pull import case_insensitive
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import ScannedFile, ScanResult
 from smartsyncd.client.server import Server
@@ -220,6 +222,8 @@ class Push:
         sent = {c.path for c in batch.changes}
         if isinstance(e, PathClash) and await self._clash_to_conflict(e, sent):
             return True
+        if isinstance(e, PathClash) and await self._take_server_folder_spelling(e, sent):
+            return True
         if isinstance(e, PathRefused | PathClash) and path is not None and path in sent:
             self._exclude_refused(e, path)
             return True
@@ -259,6 +263,43 @@ class Push:
         self.planned.add(target)
         return True
 
+    async def _take_server_folder_spelling(self, e: PathClash, sent: set[str]) -> bool:
+        """A new file written into a folder that another copy renamed in case: on a
+        case-insensitive copy the two spellings are one folder, so give the folder the
+        server's spelling and send its new files under it (else they would wait for a pull
+        to rename the folder, or for ever if nothing renames it). False when that does not
+        apply (a case-sensitive copy: there they are two folders)."""
+        path, existing = e.path, e.existing
+        if path is None or path not in sent or existing is None or "/" not in path:
+            return False
+        prefix = "/".join(path.split("/")[: existing.count("/") + 1])
+        if prefix == existing or fold_key(prefix) != fold_key(existing):
+            return False
+        if not await case_insensitive(self.ctx):
+            return False
+        under = [x.path for x in self.plan.push_puts if x.path.startswith(prefix + "/")]
+        synced = {fold_key(p) for p in self.base}
+        if path not in under or any(fold_key(p) in synced for p in under):
+            return False  # this copy renamed the folder itself: refused and reported as before
+        moved = under
+        try:
+            await self.ctx.run(match_folders, self.ctx.directory, existing + "/-")
+        except OSError as why:  # a file open inside it (Windows), say: wait for the pull
+            log.warn("could not give {folder} the server's spelling {existing}: {why}",
+                     folder=prefix, existing=existing, why=why)
+            return False
+        entries = self.scan.entries
+        for old in moved:
+            new = existing + old[len(prefix):]
+            entries[new] = replace(entries.pop(old), path=new)
+            self.planned.discard(old)
+            self.planned.add(new)
+        log.info("{folder} takes the server's spelling {existing} ({count} new files)",
+                 folder=prefix, existing=existing, count=len(moved))
+        self.plan = plan(entries, self.base, [], complete=self.scan.complete,
+                ignored=self.scan.rules.ignores)
+        return True
+
     def _exclude_refused(self, e: PathRefused | PathClash, path: str) -> None:
         self.excluded.add(path)
         existing = e.existing if isinstance(e, PathClash) else None
@@ -268,7 +309,7 @@ class Push:
             prefix = "/".join(path.split("/")[:depth]) + "/"
             if fold_key(prefix) == fold_key(existing + "/") and prefix != existing + "/":
                 for x in self.plan.push_puts:
-                    if x.path.startswith(prefix):
+                    if x.path.startswith(prefix) and x.path != path:
                         self.excluded.add(x.path)
                         self.report.skipped.append((x.path, e.message))
         self.report.skipped.append((path, e.message))

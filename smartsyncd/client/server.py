@@ -58,8 +58,15 @@ class Server(Protocol):
         self, eng: str, batch: str, changes: Sequence[CommitChange]
     ) -> CommitAnswer: ...
 
-    async def register_copy(self, eng: str, copy_id: str, host: str) -> JSONObject: ...
+    async def register_copy(
+        self, eng: str, copy_id: str, host: str, key_hash: str | None = None
+    ) -> JSONObject: ...
 
     async def report_copy(
-        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None
+        self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None,
+        key_hash: str | None = None,
     ) -> CopyContact: ...
+
+    async def report_wipe(
+        self, eng: str, copy_id: str, key: str, host: str, files: int
+    ) -> JSONObject: ...

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
@@ -22,11 +23,14 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
 
 from smartsyncd.client.errors import AuthError, NetworkError, ProtocolError, UsageError
 from smartsyncd.client.proxy import tunnels_through
 from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
+
+if TYPE_CHECKING:
+    from smartsyncd.client.reactor import ClientReactor
+    from smartsyncd.client.transport import HTTPRequester, Transport
 
 log = Logger()
 
@@ -35,6 +39,13 @@ NO_TICKET_HELP = (
     " computer with your domain account); on Windows log on to the domain (a local account has"
     " no ticket)"
 )
+EXPIRED_TICKET_HELP = (
+    "your Kerberos ticket has expired: on Linux or macOS run 'kinit yourname@REALM' again (or"
+    " sign out of the computer and in again with your domain account); on Windows lock and"
+    " unlock the computer, or log on to the domain again"
+)
+# KRB5KRB_AP_ERR_TKT_EXPIRED (-1765328352, MIT and Heimdal alike) as GSSAPI's unsigned minor status
+_KRB5_TICKET_EXPIRED = 0x96C73A20
 _MAX_ANSWER = 64 * 1024
 
 
@@ -76,10 +87,15 @@ class _Initiator:
 
 
 def _ticket_error(service: str, exc: Exception) -> AuthError:
+    """What to do about a token pyspnego could not make: an expired ticket says so."""
+    base = getattr(exc, "base_error", None)
+    # the code, or the library's text for it where a mechglue renumbers codes (macOS untested)
+    if getattr(base, "min_code", None) == _KRB5_TICKET_EXPIRED or "): Ticket expired" in str(base):
+        return AuthError(f"single sign-on to {service} failed: {EXPIRED_TICKET_HELP}")
     return AuthError(f"single sign-on to {service} failed: {NO_TICKET_HELP} ({exc})")
 
 
-async def sso_login(api: Any, service: str, reactor: Any) -> tuple[str, str]:
+async def sso_login(api: Transport, service: str, reactor: ClientReactor) -> tuple[str, str]:
     """Sign ``api`` (a ``client.http.ServerAPI``) in with the user's Kerberos ticket.
 
     Sets ``api.token`` and returns ``(user, token)``. Raises ``AuthError`` with what to do when
@@ -96,11 +112,11 @@ async def sso_login(api: Any, service: str, reactor: Any) -> tuple[str, str]:
     agent = Agent.usingEndpointFactory(
         reactor,
         BatchingEndpointFactory(
-            reactor, cast(IPolicyForHTTPS, api.policy),
+            reactor, api.policy,
             connect_via=tunnels_through(reactor, proxy) if proxy is not None else None,
         ),
     )
-    http = HTTPClient(agent, cookiejar=api.cookies)
+    http = cast("HTTPRequester", HTTPClient(agent, cookiejar=api.cookies))
     headers = Headers({
         b"Authorization": [b"Negotiate " + base64.b64encode(token)],
         b"Accept": [b"application/json"],
@@ -141,7 +157,7 @@ async def sso_login(api: Any, service: str, reactor: Any) -> tuple[str, str]:
     return user, session
 
 
-def _answer(body: bytes) -> dict[str, Any]:
+def _answer(body: bytes) -> dict[str, object]:
     if len(body) > _MAX_ANSWER:
         raise ProtocolError("single sign-on answer is too large")
     try:
@@ -151,7 +167,7 @@ def _answer(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _reply_token(values: list[bytes]) -> bytes | None:
+def _reply_token(values: Sequence[bytes]) -> bytes | None:
     for value in values:
         scheme, _, rest = value.strip().partition(b" ")
         if scheme.lower() == b"negotiate" and rest.strip():

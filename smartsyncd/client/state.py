@@ -3,7 +3,8 @@
 SQLite in WAL mode with ``synchronous=FULL``: a row saying "this file is synced at seq N" is only
 written after the file itself is durable, and it must survive a power loss. Tables:
 
-- ``meta``: server_url, engagement, user, copy_id, last_seq, pending batch id and digest;
+- ``meta``: server_url, engagement, user, copy_id, last_seq, pending batch id and digest,
+  the copy's secret (``copy_key``: authenticates its wipe report);
 - ``files``: the synced base per path (seq, content id, size), the (size, mtime_ns, inode) stat
   cache that lets a no-op scan skip reading files, and the encoded manifest (``chunks``) so the
   next edit can send a delta and reuse unchanged chunks.
@@ -16,6 +17,7 @@ call at a time, guarded by a lock).
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -189,6 +191,15 @@ class ClientState:
         if missing:
             raise StateError(f"sync state is damaged: missing {', '.join(missing)}")
         return CopyMeta(**{k: str(v) for k, v in values.items()})
+
+    def copy_key(self) -> str:
+        """This copy's secret (64 hex digits), drawn at its first use: the server keeps only
+        its SHA-256, which authenticates the copy's wipe report (client/wipe.py)."""
+        key = self._get("copy_key")
+        if key is None:
+            key = secrets.token_hex(32)
+            self._set_many({"copy_key": key})
+        return key
 
     @property
     def last_seq(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
 
 from OpenSSL import SSL
 from treq.client import HTTPClient
@@ -46,8 +46,12 @@ from smartsyncd.client.proxy import ProxySetting, proxy_for, tunnels_through
 from smartsyncd.client.trust import CAPolicy, PinnedPolicy
 from smartsyncd.core import bodycodec
 from smartsyncd.core.errors import SyncError
+from smartsyncd.runtime.blocking import RunBlocking
 from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
 from smartsyncd.runtime.twistedcompat import newclient as _newclient
+
+if TYPE_CHECKING:
+    from smartsyncd.client.reactor import ClientReactor
 
 log = Logger()
 
@@ -66,13 +70,24 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-RunInThread = Callable[..., Awaitable[Any]]
+RunInThread = RunBlocking  # (de)compression of large bodies, off the reactor
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class HTTPResponse(Protocol):
+    """What the transport reads of an answer (treq's response)."""
+
+    code: int
+    headers: Headers
+
+    def content(self) -> Deferred[bytes]: ...
 
 
 class HTTPRequester(Protocol):
     """What the transport needs of an HTTP client: treq's ``HTTPClient`` or ``StubTreq``."""
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+    def request(self, method: str, url: str, **kwargs: object) -> Deferred[HTTPResponse]: ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +111,7 @@ class Transport:
         self,
         base_url: str,
         *,
-        reactor: Any,  # IReactorTime and IReactorThreads (a Clock with ``http`` given)
+        reactor: ClientReactor,  # a Clock with ``http`` given
         policy: IPolicyForHTTPS,
         token: str | None = None,
         relogin: Callable[[], Awaitable[str]] | None = None,
@@ -167,10 +182,11 @@ class Transport:
         auth: bool = True,
         timeout: float | None = None,
         compress: bool = False,
+        name_copy: bool | None = None,
     ) -> object:
         reply = await self._request(
             method, path, body=body, params=params, auth=auth, timeout=timeout,
-            compress=compress,
+            compress=compress, name_copy=name_copy,
         )
         return decode_json(reply)
 
@@ -188,9 +204,12 @@ class Transport:
         timeout: float | None = None,
         expect: bytes = JSON_TYPE,
         compress: bool = False,
+        name_copy: bool | None = None,
     ) -> Reply:
         """One call with retries; on ``session_expired`` sign in again once and repeat.
-        ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch)."""
+        ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch).
+        ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls)."""
+        copy = self.copy_id if (auth if name_copy is None else name_copy) else None
         encoding: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
@@ -208,7 +227,7 @@ class Transport:
                     self._reactor,
                     lambda: self._attempt(
                         method, path, data, content_type, params, auth, timeout, expect,
-                        encoding,
+                        encoding, copy,
                     ),
                     attempts=self.max_attempts,
                     is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
@@ -238,14 +257,15 @@ class Transport:
         timeout: float | None,
         expect: bytes,
         encoding: bytes | None = None,
+        copy: str | None = None,
     ) -> Reply:
         headers: dict[bytes, list[bytes]] = {b"Accept": [expect], b"Accept-Encoding": [b"zstd"]}
         if encoding is not None:
             headers[b"Content-Encoding"] = [encoding]
         if auth and self.token:
             headers[b"Authorization"] = [b"Bearer " + self.token.encode("ascii")]
-        if auth and self.copy_id:
-            headers[b"Smartsync-Copy"] = [self.copy_id.encode("ascii")]
+        if copy:
+            headers[b"Smartsync-Copy"] = [copy.encode("ascii")]
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]
         self.requests += 1
@@ -264,7 +284,7 @@ class Transport:
 
         waiter: Deferred[Reply] = Deferred(cancel_by_caller)
 
-        def relay(result: Any) -> None:
+        def relay(result: Reply | Failure) -> None:
             if waiter.called:
                 return  # already failed by the cancel; drop the late result
             if isinstance(result, Failure):
@@ -326,13 +346,15 @@ class Transport:
         )
         body = await response.content()
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
+        encodings = response.headers.getRawHeaders(b"content-encoding")
+        encoding = encodings[0] if encodings else None
         if encoding is None:
             return Reply(response.code, body, ctype.decode("latin-1"))
         try:
-            decode = (bodycodec.decode, body, encoding.decode("latin-1"), RESPONSE_CAP)
+            name = encoding.decode("latin-1")
             raw = (
-                await self._in_thread(*decode) if len(body) > IN_THREAD_BYTES else decode[0](*decode[1:])
+                await self._in_thread(bodycodec.decode, body, name, RESPONSE_CAP)
+                if len(body) > IN_THREAD_BYTES else bodycodec.decode(body, name, RESPONSE_CAP)
             )
         except SyncError as exc:
             raise ProtocolError(f"server sent a body that does not decode: {exc.message}") from exc
@@ -356,10 +378,12 @@ class Transport:
         if self._bw_free_at > now:
             await deferLater(self._reactor, self._bw_free_at - now, lambda: None)
 
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _in_thread(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._run_in_thread is not None:
-            return await self._run_in_thread(fn, *args)
-        return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+            return await self._run_in_thread(fn, *args, **kwargs)
+        return await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), fn, *args, **kwargs
+        )
 
 
 def raise_for_status(reply: Reply, url: str) -> None:

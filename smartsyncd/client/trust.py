@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from OpenSSL import SSL, crypto
@@ -30,6 +30,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import (
@@ -46,6 +47,11 @@ from zope.interface import implementer
 
 from smartsyncd.client.errors import NetworkError, UsageError
 from smartsyncd.client.proxy import proxy_for, tunnels_through
+
+if TYPE_CHECKING:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from smartsyncd.client.reactor import ClientReactor
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 PROBE_TIMEOUT = 15.0
@@ -86,12 +92,12 @@ def _base_context() -> SSL.Context:
 class _LeafCheckingCreator:
     """Makes client connections whose verify callback judges only the leaf certificate."""
 
-    def __init__(self, context: SSL.Context, hostname: str, judge: Any) -> None:
+    def __init__(self, context: SSL.Context, hostname: str, judge: Callable[[str], bool]) -> None:
         self._context = context
         self._hostname = hostname
         self._judge = judge  # (fingerprint) -> bool
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         if not (isIPAddress(self._hostname) or isIPv6Address(self._hostname)):
             connection.set_tlsext_host_name(self._hostname.encode("idna"))
@@ -127,8 +133,7 @@ class PinnedPolicy:
         return False
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        creator: Any = _LeafCheckingCreator(self._context, _hostname_text(hostname), self._judge)
-        return cast(IOpenSSLClientConnectionCreator, creator)
+        return _LeafCheckingCreator(self._context, _hostname_text(hostname), self._judge)
 
     def failure_message(self, url: str) -> str:
         seen = f" (it now presents {self.presented})" if self.presented else ""
@@ -273,20 +278,19 @@ def split_url(url: str) -> tuple[str, int]:
 
 
 async def fetch_fingerprint(
-    reactor: Any, url: str, timeout: float = PROBE_TIMEOUT, *, proxy: str | None = None
+    reactor: ClientReactor, url: str, timeout: float = PROBE_TIMEOUT, *, proxy: str | None = None
 ) -> str:
     """Connect with TLS, accept any certificate, return its SHA-256 fingerprint; send nothing.
     ``proxy`` as for ``ServerAPI`` (None: the system's setting)."""
     host, port = split_url(url)
-    creator: Any = _LeafCheckingCreator(_base_context(), host, lambda fp: True)
+    creator = _LeafCheckingCreator(_base_context(), host, lambda fp: True)
     tunnel = proxy_for(url, proxy)
-    tcp: Any = (
+    tcp: IStreamClientEndpoint = (
         HostnameEndpoint(reactor, host, port, timeout=timeout) if tunnel is None
         else tunnels_through(reactor, tunnel)(host, port)
     )
     endpoint = wrapClientTLS(creator, tcp)
     probe = _Probe()
-    clock: Any = reactor
     connecting = connectProtocol(endpoint, probe)
     timed_out = False
 
@@ -299,7 +303,7 @@ async def fetch_fingerprint(
             transport: Any = probe.transport
             transport.abortConnection()
 
-    timer = clock.callLater(timeout, on_timeout)
+    timer = reactor.callLater(timeout, on_timeout)
     try:
         await connecting
         return await probe.result

@@ -14,9 +14,9 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
@@ -146,7 +146,7 @@ class UserConfig:
             self.servers[key].token = None
             self.servers[key].sso = None  # signing out also stops silent single sign-on
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "version": _VERSION,
             "servers": {
@@ -182,15 +182,19 @@ def write_private_file(path: Path, data: bytes) -> None:
     sync_folder(path.parent)
 
 
-def _opt_int(entry: dict[str, Any], key: str) -> int | None:
+def _opt_int(entry: Mapping[str, object], key: str) -> int | None:
     value = entry.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise TypeError(f"{key} must be a whole number >= 0")
     return value
 
 
-def _opt_str(entry: dict[str, Any], key: str) -> str | None:
+def _opt_str(entry: Mapping[str, object], key: str) -> str | None:
     value = entry.get(key)
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise TypeError(f"{key} must be a string")
     return value

@@ -33,7 +33,7 @@ class Watch:
     async def run(
         self,
         api: Server,
-        stop: Deferred[Any],
+        stop: Deferred[None],
         on_report: Callable[[SyncReport], object],
         *,
         progress: Progress | None = None,
@@ -61,7 +61,7 @@ class Watch:
     async def _loop(
         self,
         api: Server,
-        stop: Deferred[Any],
+        stop: Deferred[None],
         on_report: Callable[[SyncReport], object],
         watcher: LocalWatcher,
         progress: Progress | None,

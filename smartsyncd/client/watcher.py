@@ -24,17 +24,19 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from smartsyncd.client.localfs import TEMP_PREFIX
 from smartsyncd.client.state import STATE_DIR
 from smartsyncd.core.ignore import IgnoreRules
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 log = Logger()
 
@@ -99,9 +101,8 @@ class NativeWatcher:
     ) -> None:
         self.root = Path(os.path.normpath(root))
         self._signature_of = signature_of
-        # zope interface methods: mypy without the zope plugin cannot call them via an attribute
-        self._call_later: Callable[..., DelayedCall] = clock.callLater  # type: ignore[misc]
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._call_later = clock.callLater
+        self._seconds = clock.seconds
         self.settle = settle
         self.max_delay = max_delay
         self.safety_interval = safety_interval
@@ -110,11 +111,11 @@ class NativeWatcher:
         self._changed_in = -1  # the newest generation that saw a relevant event
         self._first_event: float | None = None
         self._waiter: Deferred[bool] | None = None
-        self._settle_call: DelayedCall | None = None
-        self._safety_call: DelayedCall | None = None
+        self._settle_call: IDelayedCall | None = None
+        self._safety_call: IDelayedCall | None = None
         self.events_seen = 0  # relevant events, for tests and status
         self.seen_paths: deque[str] = deque(maxlen=100)  # the latest relevant paths
-        self._observer: Any = None
+        self._observer: BaseObserver | None = None
 
     def start(self, reactor: IReactorFromThreads) -> None:
         """Start the system watcher (raises OSError or ImportError when it cannot run)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar, overload
 
 from smartsyncd.client.errors import ProtocolError
 from smartsyncd.core.manifest import chunks_to_json
@@ -19,6 +19,7 @@ from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, Change, ChunkRef, 
 
 # a JSON object as it arrives: its values are checked where they are read
 JSONObject = dict[str, object]
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,18 @@ def obj(value: object, what: str) -> JSONObject:
     return value
 
 
-def field(data: Mapping[str, object], key: str, kind: type, what: str, optional: bool = False) -> Any:
+@overload
+def field(
+    data: Mapping[str, object], key: str, kind: type[_V], what: str, optional: Literal[False] = False
+) -> _V: ...
+@overload
+def field(
+    data: Mapping[str, object], key: str, kind: type[_V], what: str, optional: Literal[True]
+) -> _V | None: ...
+def field(
+    data: Mapping[str, object], key: str, kind: type[_V], what: str, optional: bool = False
+) -> _V | None:
+    """``data[key]`` checked to be a ``kind`` (None allowed when ``optional``)."""
     value = data.get(key)
     if value is None and optional:
         return None

@@ -173,8 +173,25 @@ class CopyAbandoned(SyncError):
     status = 403
 
 
+class WipeOrdered(SyncError):
+    """An admin ordered the sync copy named by the ``Smartsync-Copy`` header wiped (a lost
+    laptop): the answer to any request that names it (``engagement``, ``copy``, ``ordered_by``,
+    ``ordered_at``), sent before its session is checked. The client deletes the copy."""
+
+    code = "wipe_ordered"
+    status = 410
+
+
 class UnsyncedCopies(SyncError):
     """Finalize refused: copies still hold unsynced work (``copies``); use --force to override."""
 
     code = "unsynced_copies"
+    status = 409
+
+
+class LastAdmin(SyncError):
+    """An engagement admin's grant change would leave the engagement without any admin grant
+    (``engagement``); only ``smartsync-admin`` on the server may do that."""
+
+    code = "last_admin"
     status = 409

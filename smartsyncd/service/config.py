@@ -63,7 +63,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "log": frozenset({"json_file"}),
-    "admin": frozenset({"listen"}),
+    "admin": frozenset({"listen", "users", "groups"}),
     "lifecycle": frozenset({"deadline_check_seconds", "min_retention_days"}),
 }
 
@@ -103,6 +103,9 @@ class ServerConfig:
     json_log_file: str | None = None
     # the admin endpoint (/metrics): a Twisted endpoint string; None: no admin listener
     admin_listen: str | None = None
+    # who may use the status page there: local account names, directory groups (issue 17)
+    admin_users: tuple[str, ...] = ()
+    admin_groups: tuple[str, ...] = ()
     # on SIGTERM: how long in-flight requests (an upload mid-stream) may take to finish
     drain_seconds: float = 30.0
     # issue 20: how often (at most) the deadline timer rereads the stored deadlines
@@ -211,6 +214,19 @@ def check_admin_listen(listen: str) -> str:
     return listen
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """Local account names separated by commas or white space."""
+    return tuple(n for n in raw.replace(",", " ").split() if n)
+
+
+def _groups(raw: str) -> tuple[str, ...]:
+    """Directory groups (a SID, name or DN: DNs hold commas), one per line or ``;``-separated."""
+    names = tuple(g.strip() for line in raw.splitlines() for g in line.split(";") if g.strip())
+    if not names:
+        raise ValueError("name at least one group")
+    return names
+
+
 def _resolve(path: str, base: str) -> str:
     return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
 
@@ -299,6 +315,8 @@ def load_config(
         raise UsageError("[auth] backends: 'ldap' is listed but there is no [ldap] section")
     if values.get("kerberos") is not None and "ldap" not in values.get("auth_backends", ()):
         raise UsageError("[kerberos] needs 'ldap' in [auth] backends (it re-reads the groups)")
+    if values.get("admin_groups") and "ldap" not in values.get("auth_backends", ()):
+        raise UsageError("[admin] groups needs 'ldap' in [auth] backends (groups are the directory's)")
     if not values.get("password_sign_in", True) and values.get("kerberos") is None:
         raise UsageError("[auth] password_sign_in = no needs [kerberos]: nobody could sign in")
 
@@ -348,13 +366,13 @@ def _PATH(text: str) -> str:  # noqa: N802 - a marker in the table, never called
     return text
 
 
-def _parse_trusted_proxies(text: str) -> Any:
+def _parse_trusted_proxies(text: str) -> tuple[Network, ...]:
     from smartsyncd.web.clientaddr import parse_trusted_proxies
 
     return parse_trusted_proxies(text)
 
 
-_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+_OPTIONS: tuple[tuple[str, str, str, Callable[[str], object]], ...] = (
     ("server", "data_dir", "data_dir", _PATH),
     ("server", "listen", "listen", check_listen),
     ("server", "tls_cert", "tls_cert", _PATH),
@@ -381,4 +399,6 @@ _OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("lifecycle", "min_retention_days", "min_retention_days", _days),
     ("log", "json_file", "json_log_file", _PATH),
     ("admin", "listen", "admin_listen", check_admin_listen),
+    ("admin", "users", "admin_users", _names),
+    ("admin", "groups", "admin_groups", _groups),
 )

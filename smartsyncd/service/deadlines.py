@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 log = Logger(namespace="smartsyncd.deadlines")
@@ -29,20 +30,13 @@ class DeadlineSource(Protocol):
     def next_deadline(self) -> Awaitable[datetime | None]: ...
 
 
-class TimerClock(Protocol):
-    """What the timer needs of the reactor (a ``twisted.internet.task.Clock`` in tests)."""
-
-    def seconds(self) -> float: ...
-    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any: ...
-
-
 class DeadlineTimer(Service):
     """One timer per daemon; ``clock`` is the reactor (a ``Clock`` in tests)."""
 
     def __init__(
         self,
         store: DeadlineSource,
-        clock: TimerClock,
+        clock: IReactorTime,
         check_every: float = DEFAULT_CHECK_SECONDS,
         on_finalized: Callable[[list[str]], None] | None = None,
     ) -> None:
@@ -50,7 +44,7 @@ class DeadlineTimer(Service):
         self._clock = clock
         self._check_every = check_every
         self._on_finalized = on_finalized
-        self._call: Any = None  # the IDelayedCall of the next step
+        self._call: IDelayedCall | None = None  # the next step
         self._running: Deferred[None] | None = None
         self.finalized: list[str] = []  # names this daemon finalized (its log and tests)
         self.checks = 0
@@ -63,7 +57,7 @@ class DeadlineTimer(Service):
         super().startService()
         self._schedule(0)
 
-    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()

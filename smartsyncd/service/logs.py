@@ -16,7 +16,7 @@ import os
 import signal
 from datetime import UTC, datetime
 from types import FrameType
-from typing import IO, Any, cast
+from typing import IO
 
 from twisted.application.service import Service
 from twisted.logger import (
@@ -35,11 +35,11 @@ _SECRET_WORDS = ("password", "passwd", "token", "secret", "authorization", "cook
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def ops_record(event: LogEvent) -> dict[str, Any]:
+def ops_record(event: LogEvent) -> dict[str, object]:
     """The JSON object written for one Twisted log event."""
     when = datetime.fromtimestamp(float(event.get("log_time", 0.0)), UTC)
     level = event.get("log_level")
-    record: dict[str, Any] = {
+    record: dict[str, object] = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": getattr(level, "name", "info"),
         "message": formatEvent(event),
@@ -81,8 +81,7 @@ class JsonLogService(Service):
         self.path = path
         self._publisher = publisher
         self.file: IO[str] | None = None
-        # @implementer is invisible to mypy without the zope plugin.
-        self._observer = cast(ILogObserver, _JsonLinesObserver(self))
+        self._observer: ILogObserver = _JsonLinesObserver(self)
         self._previous_usr1: SignalHandler = None
         self.setName("json-log")
 

@@ -8,7 +8,7 @@ Deferred; it is what the web layer and the local authenticator receive as ``run_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class ThreadPoolService(Service):
@@ -41,6 +42,6 @@ class ThreadPoolService(Service):
         super().stopService()
         self.pool.stop()
 
-    def run_blocking(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> Deferred[_T]:
+    def run_blocking(self, f: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
         """Run ``f(*args, **kwargs)`` in the pool; the Deferred fires on the reactor thread."""
         return deferToThreadPool(self._reactor, self.pool, f, *args, **kwargs)

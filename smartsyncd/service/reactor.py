@@ -1,10 +1,9 @@
 """The reactor as the service tree sees it: one type instead of ``Any``.
 
 ``DaemonReactor`` exists for the type checker only (as Twisted's own ``_IReactorCommon``): the
-interfaces the daemon's reactor provides (core, time, threads, TCP), with the two methods the
-service calls directly re-declared with ``self`` (Twisted's interface methods omit it, which
-mypy cannot call without the zope plugin). ``tap.makeService`` casts the global reactor to it
-once, at the root of the tree.
+interfaces the daemon's reactor provides (core, time, threads, TCP), joined into one interface
+that the mypy-zope plugin understands. ``tap.makeService`` casts the global reactor to it once,
+at the root of the tree.
 """
 
 from __future__ import annotations
@@ -20,6 +19,4 @@ if TYPE_CHECKING:
     )
 
     class DaemonReactor(IReactorCore, IReactorTime, IReactorThreads, IReactorTCP):
-        def seconds(self) -> float: ...
-
-        def stop(self) -> None: ...
+        pass

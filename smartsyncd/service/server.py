@@ -28,7 +28,7 @@ leaving a process that runs but serves nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -59,10 +59,12 @@ from smartsyncd.storage.api import ServerStore
 from smartsyncd.storage.durable import write_durably
 from smartsyncd.web.inflight import InFlight
 from smartsyncd.web.metrics import SyncMetrics
+from smartsyncd.web.pool import RunBlocking
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
     from twisted.web.server import Site
+    from werkzeug.routing import Map
 
     from smartsyncd.auth.sessions import Authenticator, SessionManager
     from smartsyncd.service.admin import AdminListener
@@ -71,8 +73,6 @@ if TYPE_CHECKING:
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
-
-RunBlocking = Callable[..., Awaitable[Any]]
 
 log = Logger(namespace="smartsyncd.service")
 
@@ -158,6 +158,8 @@ class SmartsyncServer(MultiService):
         self.inflight = InFlight()
         self.notifier: ChangeNotifier | None = None
         self.admin: AdminListener | None = None
+        self.sessions: SessionManager | None = None
+        self.metered_store: ServerStore | None = None
         self.setName("smartsyncd")
 
     def startService(self) -> None:
@@ -305,6 +307,7 @@ class SmartsyncServer(MultiService):
         timer.setServiceParent(self)
 
     def _build_site(self, daemon_store: ServerStore) -> Site:
+        from smartsyncd.auth.grantees import Directory
         from smartsyncd.web.app import SyncAPI, make_site
         from smartsyncd.web.diskspace import disk_report
         from smartsyncd.web.limits import ClientLimits
@@ -313,7 +316,8 @@ class SmartsyncServer(MultiService):
 
         config = self.config
         store = cast(ServerStore, MeteredStore(daemon_store, self.metrics))
-        sessions = self._build_sessions(store)
+        self.metered_store = store
+        self.sessions = sessions = self._build_sessions(store)
         self.notifier = notifier = ChangeNotifier(self._reactor)
         self._start_notify_bridge(notifier)
         folders = self.storage_folders()
@@ -321,6 +325,7 @@ class SmartsyncServer(MultiService):
         api = SyncAPI(
             store, sessions, notifier, self._reactor, self._run_blocking,
             disk=lambda: self._run_blocking(disk_report, folders, warn),
+            directory=cast("Directory | None", sessions.backend("ldap")),  # grants by name
         )
         self.api = api
         if config.kerberos is not None:  # issue 19: single sign-on
@@ -343,7 +348,7 @@ class SmartsyncServer(MultiService):
         self._meter(site, api.app.url_map, store, notifier)
         return site
 
-    def _meter(self, site: Site, url_map: Any, store: ServerStore, notifier: ChangeNotifier) -> None:
+    def _meter(self, site: Site, url_map: Map, store: ServerStore, notifier: ChangeNotifier) -> None:
         """Count the site's requests, track those in flight (the drain), and tell the metrics
         where to read the values they show when scraped (web/metrics.py)."""
         from smartsyncd.storage.maintenance import read_record
@@ -376,12 +381,20 @@ class SmartsyncServer(MultiService):
         """With ``[admin] listen``: the admin endpoint (service/admin.py), as a child."""
         if self.config.admin_listen is None:
             return
-        from smartsyncd.service.admin import AdminListener
+        from smartsyncd.service.admin import AdminListener, status_page, status_sources
         from smartsyncd.web.adminsite import make_admin_site
+        from smartsyncd.web.diskspace import free_space
 
+        assert self.sessions is not None and self.metered_store is not None
+        folders = self.storage_folders()
+        sources = status_sources(
+            self.config, self.metrics, lambda: self.inflight,
+            lambda: self._run_blocking(free_space, folders), list(folders),
+        )
+        page = status_page(self.config, self.metered_store, self.sessions, self._reactor, sources)
         admin = AdminListener(
             self._reactor, self.config.admin_listen,
-            make_admin_site(self.metrics, self._reactor), info.cert_path, info.key_path,
+            make_admin_site(self.metrics, self._reactor, page), info.cert_path, info.key_path,
         )
         self.admin = admin
         admin.setServiceParent(self)  # started at once: this service is running
@@ -482,7 +495,9 @@ class SmartsyncServer(MultiService):
             await self.started
         if self.port is not None:
             port, self.port = self.port, None
-            await port.stopListening()  # type: ignore[misc]  # zope interface method
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
         if self._port_file is not None:
             try:
                 os.unlink(self._port_file)

@@ -21,16 +21,13 @@ keep the certificate they were made with. Only the leaf certificate is loaded, a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from OpenSSL import SSL, crypto
 
 from smartsyncd.runtime.twistedcompat import renew_endpoint_context
 from smartsyncd.service.tls import CertificateInfo, read_tls_pair, restrict_context_ciphers
-
-RunBlocking = Callable[..., Awaitable[Any]]
+from smartsyncd.web.pool import RunBlocking
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,15 @@ from smartsyncd.core.audit import GLOBAL_CHAIN, engagement_chain
 from smartsyncd.core.errors import AuthFailed, BadRequest, NotFound
 from smartsyncd.core.model import ROLES, Role
 from smartsyncd.core.principals import local_principal
-from smartsyncd.storage.api import EngagementRecord, Grant, PrincipalKind, SessionRecord, UserRecord
+from smartsyncd.storage.api import (
+    TOOL_ACTOR,
+    EngagementRecord,
+    Grant,
+    GrantCheck,
+    PrincipalKind,
+    SessionRecord,
+    UserRecord,
+)
 from smartsyncd.storage.audit import append_audit
 from smartsyncd.storage.db import (
     CONTROL,
@@ -24,6 +32,7 @@ from smartsyncd.storage.db import (
     checked_text,
     chunks_of,
     dt,
+    lock_engagement,
     ts,
 )
 
@@ -171,7 +180,13 @@ def list_engagements(db: MetadataDB) -> list[EngagementRecord]:
     return [_engagement(r) for r in rows]
 
 
-def grant(db: MetadataDB, grant: Grant, now: datetime | None = None) -> None:
+def grant(
+    db: MetadataDB, grant: Grant, now: datetime | None = None, actor: str = TOOL_ACTOR,
+    check: GrantCheck | None = None,
+) -> None:
+    """Give ``grant`` (replacing the principal's role there), audited as done by ``actor``.
+    ``check`` sees the engagement's grants before and after, inside the transaction, and
+    refuses by raising (nothing changes)."""
     if grant.kind not in ("user", "group"):
         raise BadRequest("grant kind must be 'user' or 'group'")
     if grant.role not in ROLES:
@@ -182,6 +197,11 @@ def grant(db: MetadataDB, grant: Grant, now: datetime | None = None) -> None:
 
     def tx() -> None:
         engagement_id = db._engagement_id(grant.engagement)
+        if check is not None:
+            before = _checked_grants(db, engagement_id, grant.engagement)
+            key = (grant.kind, grant.principal)
+            after = [g for g in before if (g.kind, g.principal) != key] + [grant]
+            check(before, after)
         db.execute(
             "INSERT INTO grants (engagement_id, kind, principal, display_name, role)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (engagement_id, kind, principal)"
@@ -189,7 +209,7 @@ def grant(db: MetadataDB, grant: Grant, now: datetime | None = None) -> None:
             (engagement_id, grant.kind, grant.principal, display, grant.role),
         )
         append_audit(
-            db, engagement_chain(grant.engagement), "grant", "smartsync-admin", now or datetime.now(UTC),
+            db, engagement_chain(grant.engagement), "grant", actor, now or datetime.now(UTC),
             grant.engagement,
             {"kind": grant.kind, "principal": grant.principal, "display_name": display, "role": grant.role},
         )
@@ -198,22 +218,40 @@ def grant(db: MetadataDB, grant: Grant, now: datetime | None = None) -> None:
 
 
 def revoke(
-    db: MetadataDB, engagement: str, kind: PrincipalKind, principal: str, now: datetime | None = None
+    db: MetadataDB, engagement: str, kind: PrincipalKind, principal: str, now: datetime | None = None,
+    actor: str = TOOL_ACTOR, check: GrantCheck | None = None,
 ) -> bool:
+    """Take ``principal``'s grant away (False: it had none), audited as done by ``actor``;
+    ``check`` as for ``grant``."""
     def tx() -> bool:
         engagement_id = db._engagement_id(engagement)
+        if check is not None:
+            before = _checked_grants(db, engagement_id, engagement)
+            check(before, [g for g in before if (g.kind, g.principal) != (kind, principal)])
         cur = db.execute(
             "DELETE FROM grants WHERE engagement_id = ? AND kind = ? AND principal = ?",
             (engagement_id, kind, principal),
         )
         if cur.rowcount == 1:
             append_audit(
-                db, engagement_chain(engagement), "revoke", "smartsync-admin", now or datetime.now(UTC),
+                db, engagement_chain(engagement), "revoke", actor, now or datetime.now(UTC),
                 engagement, {"kind": kind, "principal": principal},
             )
         return bool(cur.rowcount == 1)
 
     return db.write(tx)
+
+
+def _checked_grants(db: MetadataDB, engagement_id: int, engagement: str) -> list[Grant]:
+    """The engagement's grants, read under its row lock so two checked changes (two admins
+    demoting each other) cannot both see the other still there."""
+    lock_engagement(db, engagement_id)
+    rows = db.all(
+        "SELECT kind, principal, display_name, role FROM grants WHERE engagement_id = ?"
+        " ORDER BY kind, principal",
+        (engagement_id,),
+    )
+    return [Grant(engagement, r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def list_grants(db: MetadataDB, engagement: str | None) -> list[Grant]:

@@ -6,11 +6,12 @@ thread pool, never on the reactor thread. Metadata is the only truth; chunk file
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from smartsyncd.core.jsonvalue import JSONValue
 from smartsyncd.core.locks import Lock
 from smartsyncd.core.model import (
     Change,
@@ -24,6 +25,9 @@ from smartsyncd.core.model import (
 )
 
 PrincipalKind = Literal["user", "group"]
+TOOL_ACTOR = "smartsync-admin"  # who grants and revokes in the audit trail, unless told
+
+
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class Grant:
     principal: str  # a user's principal id (core.principals), or a group's stable id (objectSid)
     display_name: str  # what admins see (the group's name when granted)
     role: Role
+
+
+# Called inside a grant change's transaction with the engagement's grants before and after it;
+# refuses by raising a ``SyncError`` (nothing changes). The rules are ``auth/grantees.py``'s.
+GrantCheck = Callable[[Sequence[Grant], Sequence[Grant]], None]
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ class PutManifest:
     content: str
     chunks: tuple[ChunkRef, ...] | None = None
     delta_base: str | None = None
-    delta_ops: tuple[tuple, ...] | None = None
+    delta_ops: tuple[JSONValue, ...] | None = None  # raw ops, checked by manifest.apply_delta
 
 
 @dataclass(frozen=True)
@@ -266,8 +275,14 @@ class GrantStore(Protocol):
     async def create_engagement(self, name: str, title: str) -> EngagementRecord: ...
     async def get_engagement(self, name: str) -> EngagementRecord | None: ...
     async def list_engagements(self) -> list[EngagementRecord]: ...
-    async def grant(self, grant: Grant) -> None: ...
-    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool: ...
+    # ``actor`` names who changed it in the audit trail; ``check`` may refuse (GrantCheck)
+    async def grant(
+        self, grant: Grant, actor: str = TOOL_ACTOR, check: GrantCheck | None = None
+    ) -> None: ...
+    async def revoke(
+        self, engagement: str, kind: PrincipalKind, principal: str, actor: str = TOOL_ACTOR,
+        check: GrantCheck | None = None,
+    ) -> bool: ...
     async def list_grants(self, engagement: str | None = None) -> list[Grant]: ...
     async def role_for(self, engagement: str, principal: str, groups: Sequence[str]) -> Role | None: ...
 
@@ -365,11 +380,12 @@ class WorkflowStore(Protocol):
     ) -> CommitResult: ...
     async def export_at(self, engagement_id: int, at: datetime) -> tuple[int, list[ExportFile]]: ...
     async def register_copy(
-        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
+        key_hash: str | None = None,  # SHA-256 of the copy's secret (storage/wipes.py)
     ) -> CopyRecord: ...
     async def report_copy(
         self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
-        unsynced: int, since: datetime | None,
+        unsynced: int, since: datetime | None, key_hash: str | None = None,
     ) -> CopyRecord: ...
     async def list_copies(self, engagement_id: int) -> list[CopyRecord]: ...
     async def abandon_copy(self, engagement_id: int, copy_id: str, actor: str) -> CopyRecord: ...

@@ -87,7 +87,8 @@ def _check_copy_id(copy_id: object) -> str:
 
 
 def _upsert_copy(
-    db: MetadataDB, engagement_id: int, copy_id: str, user: str, host: str, session: str | None, now: datetime
+    db: MetadataDB, engagement_id: int, copy_id: str, user: str, host: str, session: str | None, now: datetime,
+    key_hash: str | None = None,
 ) -> tuple[CopyRecord, bool]:
     existing = _get_copy(db, engagement_id, copy_id)
     if existing is not None:
@@ -95,27 +96,31 @@ def _upsert_copy(
             raise_if_abandoned(db, engagement_id, copy_id)
         if existing.user != user:
             raise Forbidden(f"copy {copy_id} belongs to another user")
+        # the copy's secret is kept from its first contact that names one (storage/wipes.py)
         db.execute(
-            "UPDATE copies SET host = ?, session_id = ?, last_contact = ? WHERE engagement_id = ? AND copy_id = ?",
-            (host, session, ts(now), engagement_id, copy_id),
+            "UPDATE copies SET host = ?, session_id = ?, last_contact = ?, key_hash = COALESCE(key_hash, ?)"
+            " WHERE engagement_id = ? AND copy_id = ?",
+            (host, session, ts(now), key_hash, engagement_id, copy_id),
         )
         return existing, False
     db.execute(
-        f"INSERT INTO copies (engagement_id, {_COPY_COLUMNS}, session_id) VALUES (?, ?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?)",
-        (engagement_id, copy_id, user, host, ts(now), ts(now), session),
+        f"INSERT INTO copies (engagement_id, {_COPY_COLUMNS}, session_id, key_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?, ?)",
+        (engagement_id, copy_id, user, host, ts(now), ts(now), session, key_hash),
     )
     audit_engagement(db, engagement_id, "copy_register", user, now, {"copy": copy_id, "host": host})
     return _get_copy(db, engagement_id, copy_id), True  # type: ignore[return-value]
 
 
 def register_copy(
-    db: MetadataDB, engagement_id: int, copy_id: str, user: str, host: str, session: str | None, now: datetime
+    db: MetadataDB, engagement_id: int, copy_id: str, user: str, host: str, session: str | None, now: datetime,
+    key_hash: str | None = None,
 ) -> CopyRecord:
     _check_copy_id(copy_id)
     checked_line(host, "host name")
 
     def tx() -> CopyRecord:
-        _upsert_copy(db, engagement_id, copy_id, user, host, session, now)
+        _upsert_copy(db, engagement_id, copy_id, user, host, session, now, key_hash)
         found = _get_copy(db, engagement_id, copy_id)
         assert found is not None
         return found
@@ -133,6 +138,7 @@ def report_copy(
     unsynced: int,
     since: datetime | None,
     now: datetime,
+    key_hash: str | None = None,
 ) -> CopyRecord:
     """A contact: the copy holds ``unsynced`` local changes, unsynced since ``since``."""
     _check_copy_id(copy_id)
@@ -141,7 +147,7 @@ def report_copy(
         raise BadRequest("unsynced must be a non-negative integer")
 
     def tx() -> CopyRecord:
-        before, _new = _upsert_copy(db, engagement_id, copy_id, user, host, session, now)
+        before, _new = _upsert_copy(db, engagement_id, copy_id, user, host, session, now, key_hash)
         if unsynced == 0:
             since_text = None
         elif since is not None:
@@ -169,26 +175,40 @@ def abandon_copy(db: MetadataDB, engagement_id: int, copy_id: str, actor: str, n
     """Revoke a copy for good: its session ends and its commits are refused from now on."""
 
     def tx() -> CopyRecord:
-        found = _get_copy(db, engagement_id, copy_id)
-        if found is None:
-            raise NotFound(f"no copy {copy_id!r} in this engagement", copy=copy_id)
+        found = find_copy(db, engagement_id, copy_id)
         if found.abandoned_at is not None:
             raise BadRequest(f"copy {copy_id} was already abandoned by {found.abandoned_by}")
-        row = db.one("SELECT session_id FROM copies WHERE engagement_id = ? AND copy_id = ?", (engagement_id, copy_id))
-        ended = 0
-        if row is not None and row[0]:
-            ended = max(db.execute("DELETE FROM sessions WHERE id = ?", (row[0],)).rowcount, 0)
-        db.execute(
-            "UPDATE copies SET abandoned_at = ?, abandoned_by = ? WHERE engagement_id = ? AND copy_id = ?",
-            (ts(now), actor, engagement_id, copy_id),
-        )
-        audit_engagement(
-            db, engagement_id, "copy_abandon", actor, now,
-            {"copy": copy_id, "user": found.user, "host": found.host, "unsynced": found.unsynced,
-             "sessions_ended": ended},
-        )
-        result = _get_copy(db, engagement_id, copy_id)
-        assert result is not None
-        return result
+        return abandon_in_transaction(db, engagement_id, found, actor, now)
 
     return db.write(tx)
+
+
+def find_copy(db: MetadataDB, engagement_id: int, copy_id: str) -> CopyRecord:
+    """The copy, or ``NotFound`` naming it."""
+    found = _get_copy(db, engagement_id, copy_id)
+    if found is None:
+        raise NotFound(f"no copy {copy_id!r} in this engagement", copy=copy_id)
+    return found
+
+
+def abandon_in_transaction(
+    db: MetadataDB, engagement_id: int, found: CopyRecord, actor: str, now: datetime
+) -> CopyRecord:
+    """``abandon_copy``'s writes, inside the caller's transaction (storage/wipes.py too)."""
+    copy_id = found.copy_id
+    row = db.one("SELECT session_id FROM copies WHERE engagement_id = ? AND copy_id = ?", (engagement_id, copy_id))
+    ended = 0
+    if row is not None and row[0]:
+        ended = max(db.execute("DELETE FROM sessions WHERE id = ?", (row[0],)).rowcount, 0)
+    db.execute(
+        "UPDATE copies SET abandoned_at = ?, abandoned_by = ? WHERE engagement_id = ? AND copy_id = ?",
+        (ts(now), actor, engagement_id, copy_id),
+    )
+    audit_engagement(
+        db, engagement_id, "copy_abandon", actor, now,
+        {"copy": copy_id, "user": found.user, "host": found.host, "unsynced": found.unsynced,
+         "sessions_ended": ended},
+    )
+    result = _get_copy(db, engagement_id, copy_id)
+    assert result is not None
+    return result

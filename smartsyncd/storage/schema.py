@@ -47,8 +47,14 @@ Tables:
 - (8) quotas, packs.user_name: storage quotas per engagement and user (``storage/quotas``).
 - (9) changes_content index: where a downloaded content lives (``storage/readaudit``); read
   events go to ``read:<name>`` chains in ``audit``.
+- (11) copy_wipes: remote wipe orders for abandoned copies and the copies' reports of them;
+  copies.key_hash: SHA-256 of the copy's own secret, which authenticates that report
+  (``storage/wipes``).
 - (14) changes/files.mtime_ns, readonly: a put's file date (nanoseconds since 1970 UTC) and
   read-only attribute (0/1), NULL when the client did not send them (issue 16).
+
+Numbers may have gaps (several branches draw them at once): a migration runs when its own number
+is not yet in ``schema_version``, whatever higher numbers are.
 """
 
 from __future__ import annotations
@@ -333,8 +339,28 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
         ["CREATE INDEX changes_content ON changes (engagement_id, content)"],
     ),
     (
-        # File dates and the read-only attribute travel with each version (issue 16); 10-13
-        # are numbers taken by parallel work.
+        # Remote wipe of an abandoned copy (docs/workflow.md, "Remote wipe"): the admin's order,
+        # the copy's report of it, and the hash of the copy's secret that authenticates the
+        # report (the copy's session ended when it was abandoned).
+        11,
+        [
+            "ALTER TABLE copies ADD COLUMN key_hash TEXT",
+            """CREATE TABLE copy_wipes (
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                copy_id TEXT NOT NULL,
+                ordered_by TEXT NOT NULL,
+                ordered_at TEXT NOT NULL,
+                reported_at TEXT,
+                reported_host TEXT,
+                reported_address TEXT,
+                files_removed BIGINT,
+                PRIMARY KEY (engagement_id, copy_id)
+            )""",
+            "CREATE INDEX copy_wipes_copy ON copy_wipes (copy_id)",
+        ],
+    ),
+    (
+        # File dates and the read-only attribute travel with each version (issue 16).
         14,
         [
             "ALTER TABLE changes ADD COLUMN mtime_ns BIGINT",
@@ -345,11 +371,17 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
     ),
 ]
 
-LATEST_VERSION = MIGRATIONS[-1][0]
+LATEST_VERSION = max(version for version, _ in MIGRATIONS)
 
 
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer smartsyncd; refuse rather than misread it."""
+
+
+def _applied(conn: Any, dialect: Dialect) -> set[int]:
+    if not dialect.table_exists(conn, "schema_version"):
+        return set()
+    return {int(row[0]) for row in conn.execute("SELECT version FROM schema_version").fetchall()}
 
 
 def current_version(conn: Any, dialect: Dialect) -> int:
@@ -385,7 +417,7 @@ def _migrate(conn: Any, dialect: Dialect) -> int:
                     f"database schema version {found} is newer than this smartsyncd "
                     f"supports ({LATEST_VERSION}); upgrade smartsyncd"
                 )
-            if found >= version:
+            if version in _applied(conn, dialect):
                 conn.execute("ROLLBACK")
                 continue
             for statement in statements:

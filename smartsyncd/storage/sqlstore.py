@@ -51,6 +51,7 @@ from smartsyncd.storage import (
     chunks as chunk_index,
 )
 from smartsyncd.storage.api import (
+    TOOL_ACTOR,
     AuditRecord,
     ChainReport,
     ChunkUpload,
@@ -62,6 +63,7 @@ from smartsyncd.storage.api import (
     FsckProblem,
     GcReport,
     Grant,
+    GrantCheck,
     PrincipalBlock,
     PrincipalKind,
     PutManifest,
@@ -77,7 +79,9 @@ from smartsyncd.storage.fsck import check_store
 from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadView
 from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.statusview import StatusViewStore
 from smartsyncd.storage.upload import PackUpload
+from smartsyncd.storage.wipes import WipeStore
 
 __all__ = [
     "COMMIT_GC_THRESHOLD",
@@ -95,7 +99,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore(LifecycleStore):
+class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(
@@ -312,11 +316,16 @@ class SqlServerStore(LifecycleStore):
     async def list_engagements(self) -> list[EngagementRecord]:
         return await self.run_read(accounts.list_engagements)
 
-    async def grant(self, grant: Grant) -> None:
-        await self.run_db(accounts.grant, grant, self._now())
+    async def grant(
+        self, grant: Grant, actor: str = TOOL_ACTOR, check: GrantCheck | None = None
+    ) -> None:
+        await self.run_db(accounts.grant, grant, self._now(), actor, check)
 
-    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
-        return await self.run_db(accounts.revoke, engagement, kind, principal, self._now())
+    async def revoke(
+        self, engagement: str, kind: PrincipalKind, principal: str, actor: str = TOOL_ACTOR,
+        check: GrantCheck | None = None,
+    ) -> bool:
+        return await self.run_db(accounts.revoke, engagement, kind, principal, self._now(), actor, check)
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:
         return await self.run_read(accounts.list_grants, engagement)
@@ -514,16 +523,20 @@ class SqlServerStore(LifecycleStore):
         return await self.run_db(locks.export_at, engagement_id, at)
 
     async def register_copy(
-        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None
+        self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
+        key_hash: str | None = None,
     ) -> CopyRecord:
-        return await self.run_db(copies.register_copy, engagement_id, copy_id, user, host, session, self._now())
+        return await self.run_db(
+            copies.register_copy, engagement_id, copy_id, user, host, session, self._now(), key_hash
+        )
 
     async def report_copy(
         self, engagement_id: int, copy_id: str, user: str, host: str, session: str | None,
-        unsynced: int, since: datetime | None,
+        unsynced: int, since: datetime | None, key_hash: str | None = None,
     ) -> CopyRecord:
         return await self.run_db(
-            copies.report_copy, engagement_id, copy_id, user, host, session, unsynced, since, self._now()
+            copies.report_copy, engagement_id, copy_id, user, host, session, unsynced, since, self._now(),
+            key_hash,
         )
 
     async def list_copies(self, engagement_id: int) -> list[CopyRecord]:

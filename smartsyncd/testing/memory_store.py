@@ -23,9 +23,11 @@ from smartsyncd.core.errors import AuthFailed, BadRequest, NotFound, Unavailable
 from smartsyncd.core.model import ROLES, Role
 from smartsyncd.core.principals import local_principal, pending_principal
 from smartsyncd.storage.api import (
+    TOOL_ACTOR,
     EngagementRecord,
     FsckProblem,
     Grant,
+    GrantCheck,
     PrincipalBlock,
     PrincipalKind,
     SessionRecord,
@@ -148,7 +150,9 @@ class MemoryServerStore(MemoryChangeLog):
         if engagement not in self.engagements:
             raise NotFound(f"no engagement named {engagement!r}", engagement=engagement)
 
-    async def grant(self, grant: Grant) -> None:
+    async def grant(
+        self, grant: Grant, actor: str = TOOL_ACTOR, check: GrantCheck | None = None
+    ) -> None:
         self._check()
         if grant.kind not in ("user", "group"):
             raise BadRequest("grant kind must be 'user' or 'group'")
@@ -158,13 +162,23 @@ class MemoryServerStore(MemoryChangeLog):
         display = grant.display_name or grant.principal
         checked_text(display, "display name")
         self._known(grant.engagement)
-        self.grants[(grant.engagement, grant.kind, grant.principal)] = dataclasses.replace(
+        key = (grant.engagement, grant.kind, grant.principal)
+        if check is not None:
+            before = await self.list_grants(grant.engagement)
+            check(before, [g for g in before if (g.engagement, g.kind, g.principal) != key] + [grant])
+        self.grants[key] = dataclasses.replace(
             grant, display_name=display
         )
 
-    async def revoke(self, engagement: str, kind: PrincipalKind, principal: str) -> bool:
+    async def revoke(
+        self, engagement: str, kind: PrincipalKind, principal: str, actor: str = TOOL_ACTOR,
+        check: GrantCheck | None = None,
+    ) -> bool:
         self._check()
         self._known(engagement)
+        if check is not None:
+            before = await self.list_grants(engagement)
+            check(before, [g for g in before if (g.kind, g.principal) != (kind, principal)])
         return self.grants.pop((engagement, kind, principal), None) is not None
 
     async def list_grants(self, engagement: str | None = None) -> list[Grant]:

@@ -2,7 +2,9 @@
 
 ``Authorizer.authorize`` is the one check of an engagement request: bearer token -> session ->
 engagement + role (an engagement the user has no role on is answered exactly like an unknown
-one) -> ``acl.allows(role, operation)``. ``engagement_route`` registers a handler behind it, so
+one) -> ``acl.allows(role, operation)``. Before all of it, a request naming a sync copy
+(``Smartsync-Copy``) that an admin ordered wiped is answered with that order (410
+``wipe_ordered``): the abandoned copy's session has ended, and the order must reach it. ``engagement_route`` registers a handler behind it, so
 a handler receives an ``Access`` instead of the engagement name and cannot skip the check; the
 streamed chunk upload (web/upload.py) calls ``authorize`` itself before reading the body.
 """
@@ -18,11 +20,13 @@ from klein import Klein
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from smartsyncd.auth.acl import allows
+from smartsyncd.auth.acl import allows, least_role
 from smartsyncd.auth.sessions import SessionManager
-from smartsyncd.core.errors import Finalized, Forbidden, NotFound
+from smartsyncd.core.errors import Finalized, Forbidden, NotFound, WipeOrdered
 from smartsyncd.core.model import Role
 from smartsyncd.storage.api import EngagementRecord, GrantStore, SessionRecord, WorkflowStore
+from smartsyncd.storage.wipes import WipeStore
+from smartsyncd.web.parse import copy_header
 from smartsyncd.web.shapes import iso_utc
 
 P = ParamSpec("P")
@@ -52,17 +56,38 @@ def bearer_token(request: Request) -> str | None:
 class Authorizer:
     """The session and per-engagement checks, over the sessions and the store's grants."""
 
-    def __init__(self, sessions: SessionManager, grants: GrantStore, status: WorkflowStore) -> None:
+    def __init__(
+        self, sessions: SessionManager, grants: GrantStore, status: WorkflowStore,
+        wipes: WipeStore | None = None,
+    ) -> None:
         self._sessions = sessions
         self._grants = grants
         self._status = status
+        self._wipes = wipes
+
+    async def refuse_if_wiped(self, request: Request, engagement: str | None) -> None:
+        """Answer the wipe order of the copy the request names, if an admin gave one (in
+        ``engagement``; None: in any, for a sign-in). One indexed read per such request."""
+        copy = copy_header(request)
+        if copy is None or self._wipes is None:
+            return
+        order = await self._wipes.wipe_order(engagement, copy)
+        if order is not None:
+            raise WipeOrdered(
+                f"an admin ({order.ordered_by}) ordered this sync copy ({copy}) wiped on"
+                f" {iso_utc(order.ordered_at)}: it deletes itself and reports that",
+                engagement=order.engagement, copy=order.copy_id, ordered_by=order.ordered_by,
+                ordered_at=iso_utc(order.ordered_at),
+            )
 
     async def check_session(self, request: Request) -> SessionRecord:
         """The live session of the request's bearer token (or SessionExpired)."""
+        await self.refuse_if_wiped(request, None)
         return await self._sessions.resolve(bearer_token(request))
 
     async def authorize(self, request: Request, name: str, operation: str) -> Access:
         """Session, then the engagement if this user may see it, then the role check."""
+        await self.refuse_if_wiped(request, name)
         session = await self._sessions.resolve(bearer_token(request))
         engagement = await self._grants.get_engagement(name)
         role = None
@@ -72,7 +97,11 @@ class Authorizer:
             # Same answer whether it does not exist or is not visible: no hint which.
             raise NotFound("no such engagement")
         if not allows(role, operation):
-            raise Forbidden(f"role {role!r} may not {operation} in engagement {name!r}")
+            needed = least_role(operation)
+            raise Forbidden(
+                f"this needs the role {needed!r} in engagement {name!r}; you have {role!r}",
+                role=role, required=needed,
+            )
         return Access(session=session, engagement=engagement, role=role)
 
     async def refuse_if_finalized(self, access: Access) -> None:

@@ -1,25 +1,31 @@
-"""The admin endpoint's web site: ``/metrics`` (Prometheus text format) and an index.
+"""The admin endpoint's web site: ``/metrics`` (Prometheus text format), ``/status`` and an index.
 
-Separate from the public site (its own listener, ``[admin] listen``, service/admin.py): it
-has no sign-in, so it is meant for a loopback or management address. Every answer is built
-from the daemon's ``SyncMetrics``; nothing here reads or changes engagement data.
+Separate from the public site (its own listener, ``[admin] listen``, service/admin.py).
+``/metrics`` has no sign-in, so the endpoint is meant for a loopback or management address;
+its answers are built from the daemon's ``SyncMetrics``. ``/status`` is the admin status page
+(web/statuspage.py), with its own sign-in, for ``[admin] users`` and ``groups``. Request bodies
+are capped (``StatusRequest``): the only ones are the status page's forms.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from smartsyncd.web.metrics import SyncMetrics
+from smartsyncd.web.statuspage import StatusPage, StatusRequest
 
 log = Logger(namespace="smartsyncd.web")
 
-_INDEX = b"smartsyncd admin endpoint\n/metrics  Prometheus metrics (text format)\n"
+_INDEX = (
+    b"smartsyncd admin endpoint\n/metrics  Prometheus metrics (text format)\n"
+    b"/status   the status page (sign in as an [admin] user or group member)\n"
+)
 
 
 class MetricsResource(Resource):
@@ -29,11 +35,11 @@ class MetricsResource(Resource):
         super().__init__()
         self._metrics = metrics
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: Request) -> int:
         Deferred.fromCoroutine(self._answer(request))
         return NOT_DONE_YET
 
-    async def _answer(self, request: Any) -> None:
+    async def _answer(self, request: Request) -> None:
         try:
             await self._metrics.refresh()
             body = self._metrics.render()
@@ -50,19 +56,24 @@ class MetricsResource(Resource):
 
 
 class _Index(Resource):
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return _INDEX
 
 
 class _AdminSite(Site):
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         pass  # a scrape every few seconds: no access line each time
 
 
-def make_admin_site(metrics: SyncMetrics, clock: Any) -> Site:
+def make_admin_site(
+    metrics: SyncMetrics, clock: IReactorTime, status: StatusPage | None = None
+) -> Site:
     root = _Index()
-    root.putChild(b"metrics", MetricsResource(metrics))  # type: ignore[arg-type]  # zope
+    root.putChild(b"metrics", MetricsResource(metrics))
+    if status is not None:
+        root.putChild(b"status", status)
     site = _AdminSite(root, reactor=clock, timeout=60)
+    site.requestFactory = StatusRequest  # type: ignore[assignment]
     site.displayTracebacks = False
     return site

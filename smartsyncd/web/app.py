@@ -6,7 +6,8 @@ uses, and answers the server and session routes itself. The route groups:
 
 - web/pull.py: snapshot, change feed (long-polls: web/longpoll.py), manifests, chunk fetch;
 - web/push.py: missing chunks, chunk upload (streamed: web/upload.py), commit;
-- web/workflow.py: locks, history, restore, export, sync copies.
+- web/workflow.py: locks, history, restore, export, sync copies;
+- web/manage.py: what an engagement's admins manage (lock breaks, copies, sign-off, grants).
 
 Every engagement route goes through ``access.engagement_route`` (session -> engagement + role ->
 ``acl.allows``), every path segment through a converter of web/segments.py, every failure
@@ -17,29 +18,33 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 import smartsyncd
 from smartsyncd.auth.acl import allows
+from smartsyncd.auth.grantees import Directory, GranteeResolver
 from smartsyncd.auth.sessions import SessionManager
 from smartsyncd.core import bodycodec, chunking
 from smartsyncd.storage.api import ServerStore
+from smartsyncd.storage.wipes import wipes_or_none
 from smartsyncd.web.access import Access, Authorizer, add_route, bearer_token, engagement_route
 from smartsyncd.web.admission import ClientAddresses
 from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factory, read_body
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
-from smartsyncd.web.health import HealthCache, health_answer, with_disk
+from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
+from smartsyncd.web.manage import ManageRoutes, add_manage_routes
 from smartsyncd.web.negotiate import NegotiateSignIn, negotiate_login  # issue 19: SSO
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.parse import parse_json_off_reactor
@@ -50,6 +55,7 @@ from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.segments import install_converters
 from smartsyncd.web.shapes import changes_body, iso_utc
 from smartsyncd.web.upload import UploadServices, upload_request_factory
+from smartsyncd.web.wipes import add_wipe_routes
 from smartsyncd.web.workflow import WorkflowRoutes, add_workflow_routes
 
 __all__ = ["Limits", "SyncAPI", "make_site"]
@@ -70,19 +76,19 @@ class SyncAPI:
         limits: Limits = Limits(),
         server_version: str = smartsyncd.__version__,
         now: Callable[[], datetime] | None = None,
-        disk: Callable[[], Awaitable[dict[str, Any]]] | None = None,  # /healthz free space
+        disk: Callable[[], Awaitable[Checks]] | None = None,  # /healthz free space
+        directory: Directory | None = None,  # names in an engagement admin's grants (issue 17)
     ) -> None:
         self._store = store
         self._sessions = sessions
         self.clock = clock
-        # zope interface methods confuse mypy without the mypy-zope plugin
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._seconds = clock.seconds
         self._run_blocking = run_blocking
         self.limits = limits
         self._version = server_version
         now = now or self._clock_now
         self._health = HealthCache(with_disk(lambda: self._store.check_health(), disk), clock)
-        self.authorizer = Authorizer(sessions, store, store)
+        self.authorizer = Authorizer(sessions, store, store, wipes_or_none(store))
         identity = StoreIdentity(store)
         # parked long-polls: answered in bulk, one query and one encoding per woken group
         self.longpolls = LongPolls(
@@ -96,7 +102,7 @@ class SyncAPI:
         app.handle_errors(Exception)(self._error)
         self._add_routes(app)
         # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
-        self.read_audit = ReadAudit(store, clock.callLater, now)  # type: ignore[misc]
+        self.read_audit = ReadAudit(store, clock.callLater, now)
         PullRoutes(
             store, store, identity, self.longpolls, deltas, run_blocking, limits, self.read_audit
         ).add_to(
@@ -104,6 +110,9 @@ class SyncAPI:
         )
         PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
         add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
+        resolver = GranteeResolver(store, directory)
+        add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))
+        add_wipe_routes(app, wipes_or_none(store), limits)
 
     def _add_routes(self, app: Klein) -> None:
         add_route(app, "/healthz", ["GET"], self.healthz, "healthz")
@@ -123,7 +132,7 @@ class SyncAPI:
         """The twisted.web resource serving this API."""
         return cast(IResource, self.app.resource())
 
-    def _error(self, request: Request, failure: Failure) -> bytes:
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
         return error_response(request, failure)
 
     # -- server information ----------------------------------------------------------------
@@ -158,6 +167,7 @@ class SyncAPI:
     # -- sessions --------------------------------------------------------------------------
 
     async def login(self, request: Request) -> bytes:
+        await self.authorizer.refuse_if_wiped(request, None)  # a wiped copy signing in again
         signed_in = await negotiate_login(request, self.sso)  # issue 19: None unless Negotiate
         if signed_in is None:
             raw = read_body(request, self.limits.login_json)

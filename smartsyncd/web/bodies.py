@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import re
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,7 +23,11 @@ from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest, TooLarge
 from smartsyncd.core.jsonscan import scan_depth
+from smartsyncd.core.jsonvalue import JSONDict, JSONValue
 from smartsyncd.web.admission import ClientAddresses
+
+if TYPE_CHECKING:
+    from smartsyncd.runtime.twistedcompat import GenericHTTPChannelProtocol
 
 log = Logger(namespace="smartsyncd.web")
 
@@ -41,7 +46,7 @@ class LimitedRequest(Request):
 
     max_body: int = GLOBAL_BODY_CAP
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._body_bytes = 0
         self._refused = False
@@ -134,7 +139,7 @@ class LimitedRequest(Request):
             {"error": "too_large", "message": f"request body over the limit of {limit} bytes", "limit": limit},
         )
 
-    def _answer_and_close(self, status: int, reason: bytes, answer: dict[str, Any]) -> None:
+    def _answer_and_close(self, status: int, reason: bytes, answer: JSONDict) -> None:
         self._refused = True
         self.content = BytesIO()
         self._release()
@@ -181,9 +186,9 @@ class GuardedChannel(HTTPChannel):
 
     _refused = False
     _host: str | None = None
-    _deadline: Any = None
+    _deadline: IDelayedCall | None = None
     _awaiting_request = False
-    _abort_call: Any = None
+    _abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -277,7 +282,7 @@ class GuardedChannel(HTTPChannel):
             super().rawDataReceived(data)
 
 
-def guarded_channel_factory() -> Any:
+def guarded_channel_factory() -> GenericHTTPChannelProtocol:
     """``Site.protocol`` (set on the instance, so called without arguments): Twisted's
     HTTP/1.1-or-2 wrapper around a ``GuardedChannel``."""
     from smartsyncd.runtime.twistedcompat import (
@@ -311,11 +316,11 @@ def check_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
         raise BadRequest(f"malformed JSON or JSON nested deeper than {max_depth} levels")
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> JSONValue:
     """Parse a UTF-8 JSON body strictly (no NaN/Infinity, depth-limited); BadRequest if not."""
     try:
         text = body.decode("utf-8")
@@ -328,7 +333,7 @@ def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise BadRequest(f"malformed JSON: {e}") from None
 
 
-def read_json(request: Request, limit: int) -> Any:
+def read_json(request: Request, limit: int) -> JSONValue:
     """Read a body under ``limit`` and parse it as JSON."""
     return parse_json(read_body(request, limit))
 
@@ -340,14 +345,14 @@ def _bad_field(field: str, expected: str) -> BadRequest:
     return BadRequest(f"field {field!r} must be {expected}", field=field)
 
 
-def expect_object(value: object, field: str = "body") -> dict[str, Any]:
+def expect_object(value: object, field: str = "body") -> JSONDict:
     if not isinstance(value, dict):
         raise _bad_field(field, "a JSON object")
     return value
 
 
 def get_str(
-    obj: dict[str, Any],
+    obj: JSONDict,
     key: str,
     field: str | None = None,
     *,
@@ -382,7 +387,7 @@ INT64_MAX = 2**63 - 1
 
 
 def get_int(
-    obj: dict[str, Any],
+    obj: JSONDict,
     key: str,
     field: str | None = None,
     *,
@@ -407,7 +412,7 @@ def get_int(
     return value
 
 
-def get_list(obj: dict[str, Any], key: str, field: str | None = None, *, max_len: int | None = None) -> list[Any]:
+def get_list(obj: JSONDict, key: str, field: str | None = None, *, max_len: int | None = None) -> list[JSONValue]:
     name = field or key
     value = obj.get(key)
     if not isinstance(value, list):

@@ -86,4 +86,4 @@ def access_log_formatter(trusted: tuple[Network, ...]) -> IAccessLogFormatter:
     def formatter(timestamp: str, request: Request) -> str:
         return str(combinedLogFormatter(timestamp, _ReportedRequest(request, trusted)))
 
-    return formatter  # type: ignore[return-value]
+    return formatter

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 
 def free_space(folders: Mapping[str, str]) -> dict[str, tuple[int, int]]:
@@ -26,9 +25,9 @@ def free_space(folders: Mapping[str, str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def disk_report(folders: Mapping[str, str], warn_bytes: int) -> dict[str, Any]:
+def disk_report(folders: Mapping[str, str], warn_bytes: int) -> dict[str, object]:
     """``{"disk": {label: {"free_bytes", "size_bytes", "low"}}, "warnings": [...]}``."""
-    disk: dict[str, Any] = {}
+    disk: dict[str, dict[str, object]] = {}
     warnings: list[str] = []
     space = free_space(folders)
     for label in folders:

@@ -12,7 +12,7 @@ import re
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
+from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from smartsyncd.core import bodycodec
@@ -29,7 +29,7 @@ def json_bytes(body: object) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def send_json(request: Request, body: object, status: int = 200) -> bytes:
+def send_json(request: IRequest, body: object, status: int = 200) -> bytes:
     """Set status and content type; return the encoded body for Klein to write."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
@@ -46,18 +46,19 @@ def send_json(request: Request, body: object, status: int = 200) -> bytes:
     return data
 
 
-def _path_text(request: Request) -> str:
-    return request.path.decode("utf-8", "replace")  # type: ignore[attr-defined, no-any-return]
+def _path_text(request: IRequest) -> str:
+    path: bytes = request.path
+    return path.decode("utf-8", "replace")
 
 
-def requested_version(request: Request) -> int | None:
+def requested_version(request: IRequest) -> int | None:
     """The N of a ``/vN/...`` request path, or None when the first segment is not ``vN``."""
     first = _path_text(request).lstrip("/").split("/", 1)[0]
     match = _VERSION_SEGMENT.match(first)
     return int(match.group(1)) if match and len(first) < 12 else None
 
 
-def error_response(request: Request, failure: Failure) -> bytes:
+def error_response(request: IRequest, failure: Failure) -> bytes:
     """Turn any failure of a handler into a JSON answer (Klein ``handle_errors`` target)."""
     exc = failure.value
     method = request.method.decode("ascii", "replace")

@@ -11,8 +11,7 @@ checks; ``health_answer`` turns the checks into the answer: 503 ``error`` when a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -20,7 +19,7 @@ from twisted.logger import Logger, LogLevel
 
 log = Logger(namespace="smartsyncd.web")
 
-Checks = dict[str, Any]
+Checks = Mapping[str, object]  # part name -> "ok" / "error", or a report (disk, warnings)
 
 
 def with_disk(
@@ -52,7 +51,7 @@ def health_answer(checks: Checks) -> tuple[Checks, int]:
 class HealthCache:
     def __init__(self, check: Callable[[], Awaitable[Checks]], clock: IReactorTime, ttl: float = 1.0) -> None:
         self._check = check
-        self._seconds: Callable[[], float] = clock.seconds  # type: ignore[misc]
+        self._seconds = clock.seconds
         self._ttl = ttl
         self._result: Checks | None = None
         self._at = 0.0

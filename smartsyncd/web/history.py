@@ -9,11 +9,11 @@ and a mismatch, or ``since`` past the head, answers 409 ``history_diverged``.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
+from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.model import HistoryCheck
 from smartsyncd.web.bodies import expect_object, get_int, query_int, query_str
 
@@ -48,7 +48,7 @@ def check_from_query(request: Request, since: int) -> HistoryCheck:
     )
 
 
-def check_from_body(obj: dict[str, Any]) -> HistoryCheck | None:
+def check_from_body(obj: JSONDict) -> HistoryCheck | None:
     """The check of a commit body's optional ``history`` object."""
     raw = obj.get("history")
     if raw is None:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
 
 RouteOf = Callable[[bytes, bytes], str]
 
@@ -36,17 +37,17 @@ class InFlight:
     """The requests received and not yet answered (weakly held)."""
 
     def __init__(self, route_of: RouteOf | None = None) -> None:
-        self._requests: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._requests: weakref.WeakSet[Request] = weakref.WeakSet()
         self._route_of = route_of
-        self._closing: weakref.WeakSet[Any] = weakref.WeakSet()  # answered while draining
+        self._closing: weakref.WeakSet[HTTPChannel] = weakref.WeakSet()  # answered while draining
         self.draining = False
 
-    def add(self, request: Any) -> None:
+    def add(self, request: Request) -> None:
         self._requests.add(request)
         if self.draining:
             _close_after(request)
 
-    def finished(self, request: Any) -> None:
+    def finished(self, request: Request) -> None:
         """``request`` is answered (called from ``Site.log``, before its connection is reused)."""
         self._requests.discard(request)
         if self.draining:
@@ -55,7 +56,7 @@ class InFlight:
                 channel.persistent = False  # HTTPChannel.requestDone then closes it
                 self._closing.add(channel)
 
-    def live(self) -> list[Any]:
+    def live(self) -> list[Request]:
         """The requests still waiting for their answer on an open connection."""
         return [
             r for r in list(self._requests)
@@ -66,7 +67,7 @@ class InFlight:
     def by_route(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for request in self.live():
-            route = self._route(request)
+            route = self.route(request)
             counts[route] = counts.get(route, 0) + 1
         return counts
 
@@ -74,7 +75,8 @@ class InFlight:
         """Chunk uploads whose body is still arriving or being stored (web/upload.py)."""
         return sum(1 for r in self.live() if getattr(r, "upload", None) is not None)
 
-    def _route(self, request: Any) -> str:
+    def route(self, request: Request) -> str:
+        """The route template of ``request`` (``other`` when no rule matches)."""
         # Before its body is in, a request has no ``path`` yet: the channel has the request line.
         channel = request.channel
         method = getattr(request, "method", None) or getattr(channel, "_command", None) or b""
@@ -92,7 +94,7 @@ class InFlight:
                 _abort(request)
             else:
                 _close_after(request)
-        now: Callable[[], float] = clock.seconds  # type: ignore[misc]  # zope interface method
+        now = clock.seconds
         end = now() + seconds
         while True:
             live = self.live()
@@ -109,19 +111,19 @@ class InFlight:
         return len(live)
 
 
-def _unsigned_and_arriving(request: Any) -> bool:
+def _unsigned_and_arriving(request: Request) -> bool:
     """Still receiving its request line, headers or body, and not signed in."""
     return request.path is None and not getattr(request, "authenticated", True)
 
 
-def _abort(request: Any) -> None:
+def _abort(request: Request) -> None:
     transport = getattr(request.channel, "transport", None)
     if transport is not None:
         abort = getattr(transport, "abortConnection", None)
         (abort or transport.loseConnection)()
 
 
-def _close_after(request: Any) -> None:
+def _close_after(request: Request) -> None:
     """Answer ``request`` with ``Connection: close`` and close its connection afterwards."""
     if not request.startedWriting:
         request.setHeader(b"connection", b"close")
@@ -130,7 +132,7 @@ def _close_after(request: Any) -> None:
         channel.persistent = False
 
 
-def _socket_open(channel: Any) -> bool:
+def _socket_open(channel: HTTPChannel) -> bool:
     """Whether the socket under ``channel`` (below any TLS layer) is still open."""
     transport = getattr(channel, "transport", None)
     while transport is not None and not hasattr(transport, "disconnected"):
@@ -138,23 +140,21 @@ def _socket_open(channel: Any) -> bool:
     return transport is not None and not transport.disconnected
 
 
-async def _closed(clock: IReactorTime, channels: list[Any], timeout: float) -> None:
+async def _closed(clock: IReactorTime, channels: list[HTTPChannel], timeout: float) -> None:
     """Until the sockets of ``channels`` are closed (their last answer sent) or ``timeout``."""
-    call_later: Callable[..., Any] = clock.callLater  # type: ignore[misc]  # zope
     waited = 0.0
     while waited < timeout and any(_socket_open(c) for c in channels):
         tick: Deferred[None] = Deferred()
-        call_later(_CLOSE_POLL, tick.callback, None)
+        clock.callLater(_CLOSE_POLL, tick.callback, None)
         await tick
         waited += _CLOSE_POLL
 
 
-async def _first(clock: IReactorTime, timeout: float, waits: list[Deferred[Any]]) -> None:
+async def _first(clock: IReactorTime, timeout: float, waits: list[Deferred[None]]) -> None:
     """Until every Deferred of ``waits`` fired (errors included) or ``timeout`` ran out."""
     timer: Deferred[None] = Deferred()
-    call_later: Callable[..., Any] = clock.callLater  # type: ignore[misc]  # zope
-    call = call_later(timeout, timer.callback, None)
-    everything: Deferred[Any] = DeferredList(waits, consumeErrors=True)  # type: ignore[assignment]
+    call = clock.callLater(timeout, timer.callback, None)
+    everything: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
     await DeferredList([everything, timer], fireOnOneCallback=True, consumeErrors=True)
     if call.active():
         call.cancel()

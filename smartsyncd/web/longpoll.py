@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
@@ -163,7 +163,7 @@ class LongPolls:
     ) -> None:
         self._notifier = notifier
         self._clock = clock
-        self._call_later: Callable[..., IDelayedCall] = clock.callLater  # type: ignore[misc]
+        self._call_later = clock.callLater
         self._changes_since = changes_since
         self._body_of = body_of
         self._slice = slice_size

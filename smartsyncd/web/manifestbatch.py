@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from smartsyncd.core import manifest
 from smartsyncd.core.errors import BadRequest
@@ -19,6 +18,7 @@ from smartsyncd.core.model import Manifest
 from smartsyncd.web.bodies import expect_object, get_list
 from smartsyncd.web.errors import json_bytes
 from smartsyncd.web.parse import hash_field
+from smartsyncd.web.shapes import JsonObject
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def parse_manifest_request(body: object, limit: int) -> list[Wanted]:
 
 @dataclass(frozen=True)
 class ManifestsAnswer:
-    body: dict[str, Any]
+    body: JsonObject
     served: list[tuple[str, int]]  # (content, size) of each manifest in the answer
 
 
@@ -57,7 +57,7 @@ def manifests_answer(
 ) -> ManifestsAnswer:
     """The answer: each found manifest whole, or as a delta against its base where that is
     smaller (the base must be found too), in the order asked, up to ``max_bytes``."""
-    answers: list[dict[str, Any]] = []
+    answers: list[JsonObject] = []
     served: list[tuple[str, int]] = []
     missing: list[str] = []
     deferred: list[str] = []
@@ -82,7 +82,7 @@ def manifests_answer(
     return ManifestsAnswer(body, served)
 
 
-def _one(w: Wanted, found: Manifest, base: Manifest | None) -> dict[str, Any]:
+def _one(w: Wanted, found: Manifest, base: Manifest | None) -> JsonObject:
     full = manifest.chunks_to_json(found.chunks)
     if base is not None:
         ops = manifest.make_delta(base.chunks, found.chunks)

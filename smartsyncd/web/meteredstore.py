@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import CancelledError
 
 from smartsyncd.core.errors import StorageFull, SyncError, Unavailable
-from smartsyncd.storage.api import ChunkUpload, CommitResult, ServerStore, VerifiedChunk
+from smartsyncd.core.model import HistoryCheck, ProposedChange
+from smartsyncd.storage.api import (
+    ChunkUpload,
+    CommitResult,
+    PutManifest,
+    ServerStore,
+    VerifiedChunk,
+)
 from smartsyncd.web.metrics import SyncMetrics
 
 
@@ -52,7 +60,7 @@ class MeteredStore:
             return target
         metrics = self._metrics
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
+        async def call(*args: object, **kwargs: object) -> object:
             try:
                 return await target(*args, **kwargs)
             except BaseException as e:
@@ -62,9 +70,22 @@ class MeteredStore:
         self._wrapped[name] = call
         return call
 
-    async def commit(self, *args: Any, **kwargs: Any) -> CommitResult:
+    async def commit(
+        self,
+        engagement_id: int,
+        user: str,
+        session: str | None,
+        batch: str,
+        changes: Sequence[ProposedChange],
+        manifests: dict[str, PutManifest],
+        now: datetime,
+        copy: str | None = None,
+        check: HistoryCheck | None = None,
+    ) -> CommitResult:
         try:
-            result: CommitResult = await self._store.commit(*args, **kwargs)
+            result = await self._store.commit(
+                engagement_id, user, session, batch, changes, manifests, now, copy=copy, check=check
+            )
         except BaseException as e:
             _count_error(self._metrics, "commit", e)
             raise

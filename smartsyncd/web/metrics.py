@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -34,12 +34,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from twisted.logger import Logger
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
 
 import smartsyncd
 from smartsyncd.core.errors import SyncError
+from smartsyncd.storage.api import SessionRecord
+from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.inflight import InFlight
+from smartsyncd.web.refusals import RecentRefusals
 
 log = Logger(namespace="smartsyncd.web")
 
@@ -53,6 +57,15 @@ _ENGAGEMENTS = b"/v1/engagements/"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
+class ScrapedValues(TypedDict, total=False):
+    """What ``refresh`` read before a scrape (and the free-space warning level, set once)."""
+
+    active_sessions: int
+    free_space: dict[str, tuple[int, int]]  # folder -> (free bytes, size bytes)
+    maintenance: Mapping[str, object]  # DATA/maintenance.json
+    free_warn_bytes: int
+
+
 @dataclass
 class Sources:
     """What the daemon reads when scraped; filled in once the site is built."""
@@ -61,10 +74,10 @@ class Sources:
     connections: Callable[[], int] | None = None
     draining: Callable[[], bool] | None = None
     inflight: InFlight | None = None
-    sessions: Callable[[], Awaitable[list[Any]]] | None = None
+    sessions: Callable[[], Awaitable[Sequence[SessionRecord]]] | None = None
     free_space: Callable[[], Awaitable[dict[str, tuple[int, int]]]] | None = None
-    maintenance: Callable[[], Awaitable[dict[str, Any]]] | None = None  # storage/maintenance.py
-    values: dict[str, Any] = field(default_factory=dict)
+    maintenance: Callable[[], Awaitable[Mapping[str, object]]] | None = None  # storage/maintenance.py
+    values: ScrapedValues = field(default_factory=lambda: ScrapedValues())
 
 
 class _ScrapeCollector(Collector):
@@ -113,28 +126,39 @@ class _ScrapeCollector(Collector):
                          "([storage] warn_free_mb)", s.values["free_warn_bytes"])
 
 
-def _maintenance(record: dict[str, Any]) -> Iterator[Metric]:
+def _maintenance(record: Mapping[str, object]) -> Iterator[Metric]:
     """The last ``smartsync-admin fsck`` and ``gc`` (DATA/maintenance.json), when there were."""
     try:
         fsck = record.get("fsck")
         if isinstance(fsck, dict):
             yield _gauge("smartsync_fsck_last_run_timestamp_seconds",
-                         "When the last smartsync-admin fsck finished", float(fsck["finished_at"]))
+                         "When the last smartsync-admin fsck finished", _number(fsck, "finished_at"))
             yield _gauge("smartsync_fsck_last_problems", "Problems the last fsck found",
-                         float(fsck["problems"]))
+                         _number(fsck, "problems"))
         gc = record.get("gc")
         if isinstance(gc, dict) and gc:
             runs = list(gc.values())
             yield _gauge("smartsync_gc_last_run_timestamp_seconds",
                          "When the last smartsync-admin gc finished",
-                         max(float(r["finished_at"]) for r in runs))
+                         max(_number(r, "finished_at") for r in runs))
             for key, text in (("bytes_freed", "Bytes"), ("chunks_removed", "Chunks"),
                               ("packs_removed", "Pack files")):
                 yield _gauge(f"smartsync_gc_last_{key}",
                              f"{text} the last gc of each engagement removed, summed",
-                             sum(float(r[key]) for r in runs))
+                             sum(_number(r, key) for r in runs))
     except (KeyError, TypeError, ValueError):
         return  # a damaged record shows nothing rather than failing the scrape
+
+
+def _number(entry: object, key: str) -> float:
+    """``float(entry[key])``, raising what it raises for a damaged record (not a mapping, no
+    such key, not a number)."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"not an object: {entry!r}")
+    value = entry[key]
+    if not isinstance(value, int | float | str):
+        raise TypeError(f"{key} is not a number: {value!r}")
+    return float(value)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -206,6 +230,7 @@ class SyncMetrics:
         self.seconds = seconds
         self.registry = CollectorRegistry()
         self.sources = Sources()
+        self.refusals = RecentRefusals()  # the status page's "recent refusals and errors"
         r = self.registry
         self.request_stats = RequestStats()
         r.register(self.request_stats)
@@ -321,18 +346,21 @@ def meter_site(site: Any, metrics: SyncMetrics, route_of: Callable[[bytes, bytes
     make_request = site.requestFactory
     site_log = site.log
 
-    def request_factory(*args: Any, **kwargs: Any) -> Any:
+    def request_factory(*args: object, **kwargs: object) -> Request:
         request = make_request(*args, **kwargs)
         request.smartsync_started = seconds()
         inflight.add(request)
         return request
 
-    def log_request(request: Any) -> None:
+    def log_request(request: Request) -> None:
         inflight.finished(request)
         try:
             started = getattr(request, "smartsync_started", None)
             method = request.method.decode("ascii", "replace")
             path = getattr(request, "path", None) or getattr(request.channel, "_path", b"") or b""
+            if request.code >= 400:
+                metrics.refusals.add(seconds(), method[:10], path, request.code,
+                                     client_address(request))
             metrics.observe_request(
                 route_of(request.method, path.split(b"?", 1)[0]),
                 method if method in _METHODS else "other",  # labels stay a bounded set

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import count
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class _Waiter:
@@ -31,15 +30,14 @@ class _Waiter:
     def __init__(self, since: int, wake: Callable[[], object]) -> None:
         self.since = since
         self.wake = wake
-        self.timer: Any = None  # IDelayedCall
+        self.timer: IDelayedCall | None = None
 
 
 class ChangeNotifier:
     """Per-engagement long-poll waiters driven by ``notify(engagement_id, head)``."""
 
     def __init__(self, clock: IReactorTime) -> None:
-        # zope interface methods confuse mypy without the mypy-zope plugin
-        self._call_later: Callable[..., Any] = clock.callLater  # type: ignore[misc]
+        self._call_later = clock.callLater
         self._waiters: dict[int, dict[int, _Waiter]] = {}
         self._heads: dict[int, int] = {}
         self._ids = count()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypeGuard
 
 from twisted.web.server import Request
 
 from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadRequest, TooLarge
+from smartsyncd.core.jsonvalue import JSONDict, JSONValue
 from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, HistoryCheck, ProposedChange
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import PutManifest
@@ -74,7 +75,7 @@ def fetch_refs(body: object, wanted: list[str], max_bytes: int) -> dict[str, Bas
     total = 0
     for k, item in enumerate(items):
         f = f"deltas[{k}]"
-        if not (isinstance(item, list) and len(item) == 4 and all(type(x) is int for x in item)):
+        if not _four_ints(item):
             raise BadRequest(f"field {f!r} must be [chunk index, base index, offset, length]", field=f)
         i, b, offset, length = item
         if not (0 <= i < len(wanted) and 0 <= b < len(bases)):
@@ -89,6 +90,10 @@ def fetch_refs(body: object, wanted: list[str], max_bytes: int) -> dict[str, Bas
     if total > max_bytes:
         raise TooLarge(f"the deltas name over {max_bytes} bytes of base ranges; ask for fewer", limit=max_bytes)
     return refs
+
+
+def _four_ints(item: JSONValue) -> TypeGuard[list[int]]:
+    return isinstance(item, list) and len(item) == 4 and all(type(x) is int for x in item)
 
 
 def _with_field(e: BadRequest, field: str) -> BadRequest:
@@ -158,7 +163,7 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
     return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests, check=check_from_body(obj))
 
 
-def file_attributes(item: dict[str, Any], f: str) -> tuple[int | None, bool | None]:
+def file_attributes(item: JSONDict, f: str) -> tuple[int | None, bool | None]:
     """A put's optional ``mtime`` (integer nanoseconds since 1970-01-01 UTC, up to 2^63 - 1)
     and ``readonly`` (true/false); null or absent is "not known" (issue 16)."""
     mtime_ns = get_int(item, "mtime", f"{f}.mtime", minimum=MTIME_NS_MIN, nullable=True, required=False)
@@ -168,7 +173,7 @@ def file_attributes(item: dict[str, Any], f: str) -> tuple[int | None, bool | No
     return mtime_ns, readonly
 
 
-def _plain_attributes(raw: dict[str, Any]) -> tuple[int | None, bool | None] | None:
+def _plain_attributes(raw: JSONDict) -> tuple[int | None, bool | None] | None:
     """``file_attributes`` for the fast path: None when either is malformed (the full checks
     then name the field)."""
     mtime_ns, readonly = raw.get("mtime"), raw.get("readonly")
@@ -267,7 +272,7 @@ def query_path(request: Request) -> str:
     return normalize_path(raw)
 
 
-async def parse_json_off_reactor(run_blocking: RunBlocking, body: bytes) -> Any:
+async def parse_json_off_reactor(run_blocking: RunBlocking, body: bytes) -> JSONValue:
     """``parse_json`` inline for a small body, on the CPU pool for a larger one (a 1 MiB
     body of empty lists takes about 0.15 s to parse)."""
     if len(body) > INLINE_JSON_BYTES:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from smartsyncd.storage.lifecycle_store import lifecycle_or_none
@@ -27,16 +27,16 @@ FLUSH_EVENTS = 500
 
 
 class ReadAudit:
-    def __init__(self, store: object, call_later: Callable[..., Any], now: Callable[[], datetime]) -> None:
+    def __init__(self, store: object, call_later: Callable[[float, Callable[[], None]], IDelayedCall], now: Callable[[], datetime]) -> None:
         self._store = lifecycle_or_none(store)  # the metrics wrapper is looked through
         self._call_later = call_later
         self._now = now
         self._pending: list[ReadEvent] = []
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
 
     def note(
         self, engagement_id: int, event: str, user: str, session: str | None, address: str | None,
-        **detail: Any,
+        **detail: object,
     ) -> None:
         if self._store is None:
             return

@@ -111,7 +111,7 @@ class UploadRequest(LimitedRequest):
 
     upload: ChunkUploadStream | None = None
 
-    def __init__(self, *args: Any, services: UploadServices, **kwargs: Any) -> None:
+    def __init__(self, *args: object, services: UploadServices, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._services = services
 

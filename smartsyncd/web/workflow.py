@@ -4,8 +4,8 @@
 ``engagement_route`` check as every other engagement route (web/access.py): session ->
 engagement visible to the user -> role allows the operation. Check-out, check-in and restore
 need ``write``; history, locks, export and copy contact need ``read`` (a reader's copy registers
-and reports too). Admin-only actions (break a lock, finalize, reopen, abandon a copy, gc, audit)
-are in ``smartsync-admin``, not here.
+and reports too). What an engagement's admins manage (break a lock, finalize, reopen, copies,
+grants) is in web/manage.py; gc and the audit tools stay in ``smartsync-admin``.
 
 A client names its sync copy with the ``Smartsync-Copy`` header (``parse.copy_header``); a
 commit or restore from an abandoned copy is refused inside the commit transaction.
@@ -15,16 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from klein import Klein
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
+from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import EngagementStatus, WorkflowStore
 from smartsyncd.storage.lifecycle import deadline_warning
+from smartsyncd.storage.wipes import KEY_HEX
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import expect_object, get_int, get_str, query_str, read_json
 from smartsyncd.web.clientaddr import client_address
@@ -35,6 +36,7 @@ from smartsyncd.web.parse import copy_header, parse_time, query_path
 from smartsyncd.web.push import log_commit
 from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.shapes import (
+    JsonObject,
     copy_json,
     export_file_json,
     finalized_json,
@@ -127,7 +129,9 @@ class WorkflowRoutes:
         copy_id = get_str(body, "copy", max_len=64, non_empty=True)
         host = get_str(body, "host", max_len=255, non_empty=True)
         session = access.session
-        record = await self._store.register_copy(access.engagement.id, copy_id, session.user, host, session.id)
+        record = await self._store.register_copy(
+            access.engagement.id, copy_id, session.user, host, session.id, _key_hash(body)
+        )
         return send_json(request, copy_json(record))
 
     async def report_copy(self, request: Request, access: Access, copy: str) -> bytes:
@@ -140,7 +144,9 @@ class WorkflowRoutes:
             raise BadRequest("field 'since' must be an ISO 8601 time or null", field="since")
         since = None if since_raw is None else parse_time(since_raw, "since")
         eid, session = access.engagement.id, access.session
-        record = await self._store.report_copy(eid, copy, session.user, host, session.id, unsynced, since)
+        record = await self._store.report_copy(
+            eid, copy, session.user, host, session.id, unsynced, since, _key_hash(body)
+        )
         status = await self._store.engagement_status(eid)
         locks = await self._store.list_locks(eid)
         return send_json(
@@ -154,7 +160,18 @@ class WorkflowRoutes:
         )
 
 
-def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> dict[str, Any] | None:
+def _key_hash(body: JSONDict) -> str | None:
+    """The optional ``key_hash``: SHA-256 of the copy's secret, which authenticates its wipe
+    report (web/wipes.py)."""
+    value = body.get("key_hash")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not KEY_HEX.match(value):
+        raise BadRequest("field 'key_hash' must be 64 lowercase hex digits", field="key_hash")
+    return value
+
+
+def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> JsonObject | None:
     """The assembly deadline (issue 20) and, near it, a warning for a copy with unsynced work."""
     if status.assembly_deadline is None:
         return None

@@ -142,6 +142,9 @@ ENDPOINTS = [
     "/v1/engagements/{eng}/history", "/v1/engagements/{eng}/restore",
     "/v1/engagements/{eng}/export", "/v1/engagements/{eng}/copies",
     "/v1/engagements/{eng}/copies/{hash}/report",
+    "/v1/engagements/{eng}/locks/break", "/v1/engagements/{eng}/copies/{hash}/abandon",
+    "/v1/engagements/{eng}/finalize", "/v1/engagements/{eng}/reopen",
+    "/v1/engagements/{eng}/grants", "/v1/engagements/{eng}/grants/revoke",
 ]
 token_kind = st.sampled_from(["valid", "none", "junk", "basic"])
 

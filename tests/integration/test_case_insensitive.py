@@ -308,3 +308,24 @@ def test_folder_renamed_in_case_on_the_case_insensitive_copy_after_an_edit(
     head = converge(linux, windows, url, tmp_path)
     assert head == {"Q1/x.txt": b"alice's edit of x", "Q1/y.txt": b"y v1"}
     assert stored_names(windows.root) == ["Q1"]
+
+
+def test_new_file_in_a_folder_renamed_in_case_elsewhere(
+    pair: tuple[Copy, Copy, str], tmp_path: Path
+) -> None:
+    # Found by the model on exFAT: a file written into the old spelling of a folder another
+    # copy had renamed in case was refused as a folder clash on every sync, never sent.
+    linux, windows, url = pair
+    linux.write("Working papers/A-1 Lead.xlsx", b"lead")
+    linux.sync()
+    windows.sync()
+    os.rename(linux.root / "Working papers", linux.root / "wORKING PAPERS")
+    linux.sync()
+    windows.write("Working papers/B-1 Cash.xlsx", b"cash")  # the stored spelling, as apps do
+    sent = windows.sync()  # under the server's spelling at once, not skipped
+    assert sent["uploaded"] == 1 and sent["deleted_remote"] == 0, sent
+    assert stored_names(windows.root) == ["wORKING PAPERS"]
+    head = converge(linux, windows, url, tmp_path)
+    assert head == {
+        "wORKING PAPERS/A-1 Lead.xlsx": b"lead", "wORKING PAPERS/B-1 Cash.xlsx": b"cash",
+    }

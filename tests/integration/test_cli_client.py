@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,15 +36,17 @@ class Client:
         self.config = home / "cfg"
 
     def run(
-        self, *args: str, input: str = "", env: dict[str, str] | None = None, timeout: float = 90
+        self, *args: str, input: str = "", env: dict[str, str] | None = None, timeout: float = 90,
+        wrapper: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[str]:
+        """Runs the CLI (under ``wrapper``, e.g. ``faketime -f +2d``, if given)."""
         full_env = {
             k: v for k, v in os.environ.items() if k not in ("SMARTSYNC_PASSWORD",)
         }
         full_env.update({"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / "xdg")})
         full_env.update(env or {})
         return subprocess.run(
-            [*smartsync_command(), "--config-dir", str(self.config), *args],
+            [*wrapper, *smartsync_command(), "--config-dir", str(self.config), *args],
             input=input,
             capture_output=True,
             text=True,

@@ -444,6 +444,15 @@ WORKFLOW_ENDPOINTS = [
     ("GET", "/export", None),
     ("POST", "/copies", {"copy": "x", "host": "h"}),
     ("POST", "/copies/x/report", {}),
+    # an engagement admin's routes (issue 17): a member of another engagement learns nothing
+    ("POST", "/locks/break", {"path": "TB.xlsx", "reason": "x"}),
+    ("GET", "/copies", None),
+    ("POST", "/copies/x/abandon", {}),
+    ("POST", "/finalize", {"reason": "x"}),
+    ("POST", "/reopen", {"reason": "x"}),
+    ("GET", "/grants", None),
+    ("POST", "/grants", {"user": "bob", "role": "admin"}),
+    ("POST", "/grants/revoke", {"user": "alice"}),
 ]
 
 

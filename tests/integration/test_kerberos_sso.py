@@ -3,8 +3,9 @@
 Users get tickets with krb5-user's real ``kinit``; the daemon validates them with the keytab
 exported by ``samba-tool`` and maps them to AD accounts and groups through the directory, as a
 password sign-in does. Every bad input (malformed token, ticket for another service, replay, no
-mutual authentication, skewed clock, disabled account, another realm) is a 401 with the reason
-in the daemon's log and no new session.
+mutual authentication, skewed clock, expired ticket, disabled account, another realm) is a 401
+with the reason in the daemon's log and no new session. On the client, no ticket and an expired
+ticket (the CLI under faketime) each say what to do and write nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import http.client
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from kerberos import OTHER_HOST, KerberosRealm, kerberos, make_token  # noqa: F4
 from pg import PgCluster
 from samba import SambaDC, samba_dc  # noqa: F401  (samba_dc is the session fixture)
 from test_cli_client import Client
+from ticketforge import keytab_keys, with_ticket_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.samba]
 
@@ -186,14 +189,59 @@ def test_raw_kerberos_token_without_spnego_is_accepted(
     assert answer["user"] == "kerin"
 
 
+def written(client: Client) -> dict[str, bytes]:
+    """Every file of the client's settings folder, with its content."""
+    if not client.config.exists():
+        return {}
+    return {str(p): p.read_bytes() for p in client.config.rglob("*") if p.is_file()}
+
+
 def test_cli_without_a_ticket_says_what_to_do(server: Daemon, realm: KerberosRealm, tmp_path: Path) -> None:
     client = Client(tmp_path)
+    before = sessions(server)
     done = client.run(
         "--trust-fingerprint", server.fingerprint, "login", sso_url(server), "--sso",
         env=realm.env(tmp_path / "no-such.ccache"),
     )
-    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # AuthError: sign-in failed
+    assert "no usable Kerberos ticket" in done.stderr
     assert "kinit" in done.stderr and "log on to the domain" in done.stderr
+    assert "expired" not in done.stderr
+    assert written(client) == {}
+    assert sessions(server) == before
+
+
+def test_cli_with_an_expired_ticket_says_so_and_writes_nothing(
+    server: Daemon, realm: KerberosRealm, tmp_path: Path
+) -> None:
+    """Two days on (the CLI under faketime), kinit's 10-hour tickets are expired for MIT's
+    library: a cache with the TGT only, and one that also holds the service ticket of an
+    earlier sign-in. The message names the cause and the remedy; the CLI's settings (the
+    earlier session included) and the server's session table stay as they were."""
+    fresh = Client(tmp_path / "fresh")
+    fresh_env = realm.env(ticket(realm, tmp_path, "kerin"))  # TGT only
+    signed_in = Client(tmp_path / "signed-in")
+    signed_in_env = realm.env(ticket(realm, tmp_path, "kdora"))
+    for client in (fresh, signed_in):
+        client.home.mkdir()
+    done = signed_in.run(
+        "--trust-fingerprint", server.fingerprint, "login", sso_url(server), "--sso",
+        env=signed_in_env,
+    )
+    assert done.returncode == 0, done.stderr  # the cache now holds HTTP/localhost's ticket too
+    for client, env in [(fresh, fresh_env), (signed_in, signed_in_env)]:
+        before, before_sessions = written(client), sessions(server)
+        done = client.run(
+            "--trust-fingerprint", server.fingerprint, "login", sso_url(server), "--sso",
+            env=env, wrapper=["faketime", "-f", "+2d"],
+        )
+        assert done.returncode == 3, done.stdout + done.stderr  # AuthError: sign-in failed
+        assert "Kerberos ticket has expired" in done.stderr
+        assert "kinit" in done.stderr and "log on to the domain" in done.stderr
+        assert "Signed in" not in done.stdout
+        assert written(client) == before
+        assert sessions(server) == before_sessions
+    assert signed_in.settings()["servers"][sso_url(server)]["token"]  # kept: not a sign-out
 
 
 def test_expired_session_signs_in_again_silently_with_the_ticket(
@@ -209,6 +257,27 @@ def test_expired_session_signs_in_again_silently_with_the_ticket(
     assert done.returncode == 0, done.stderr
     assert visible(client, url, env) == {"sso-acme"}  # no prompt, no password
     assert client.settings()["servers"][url]["token"] != first
+
+
+def test_silent_sign_in_again_with_an_expired_ticket_says_so_and_keeps_the_settings(
+    server: Daemon, realm: KerberosRealm, tmp_path: Path
+) -> None:
+    """The session ends while the ticket has expired (the CLI two days on, under faketime):
+    the command says the ticket expired and changes nothing, so once the ticket is good again
+    (here: the true time) the next command signs in silently as before."""
+    env = realm.env(ticket(realm, tmp_path, "kdora"))
+    client = Client(tmp_path)
+    url = sso_url(server)
+    done = client.run("--trust-fingerprint", server.fingerprint, "login", url, "--sso", env=env)
+    assert done.returncode == 0, done.stderr
+    before = written(client)
+    done = server.admin("sessions", "revoke", "--user", "kdora")
+    assert done.returncode == 0, done.stderr
+    done = client.run("engagements", url, env=env, wrapper=["faketime", "-f", "+2d"])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Kerberos ticket has expired" in done.stderr and "kinit" in done.stderr
+    assert written(client) == before
+    assert visible(client, url, env) == {"sso-acme"}
 
 
 def test_cli_sso_against_a_server_without_kerberos_says_so(
@@ -287,6 +356,24 @@ def test_clock_skewed_ticket_is_refused(
     realm.service_ticket(cache)  # with the true time: the KDC refuses a skewed client too
     token = make_token(realm, cache, clock_offset="+10m")
     _refused(server, f"Negotiate {token}", "skew")
+
+
+@pytest.mark.parametrize("mech", ["spnego", "krb5"])
+def test_expired_ticket_is_refused(
+    server: Daemon, realm: KerberosRealm, tmp_path: Path, mech: str
+) -> None:
+    """A real client's token whose service ticket ended an hour ago (re-encrypted with the
+    keytab's key by tests/integration/ticketforge.py: no real client sends one, see there).
+    The same rewrite with an end time an hour ahead is accepted, so the refusal is the
+    expiry and nothing else the rewrite did."""
+    cache = ticket(realm, tmp_path, "kerin")
+    keys = keytab_keys(realm.keytab, realm.env())
+    now = datetime.now(UTC)
+    later = with_ticket_end(make_token(realm, cache, mech=mech), keys, now + timedelta(hours=1))
+    status, answer, _ = post_login(server, f"Negotiate {later}")
+    assert status == 200, answer
+    expired = with_ticket_end(make_token(realm, cache, mech=mech), keys, now - timedelta(hours=1))
+    _refused(server, f"Negotiate {expired}", "ticket expired (KRB5KRB_AP_ERR_TKT_EXPIRED)")
 
 
 def test_disabled_account_is_refused(server: Daemon, realm: KerberosRealm, tmp_path: Path) -> None:

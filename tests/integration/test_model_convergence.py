@@ -615,9 +615,8 @@ TestModelConvergenceCaseInsensitive = pytest.mark.usefixtures("folded_env")(Case
 TestModelConvergenceCaseInsensitive.settings = settings(
     max_examples=CI_EXAMPLES,
     stateful_step_count=STEPS,
-    # CI runs a fixed set of examples: a fresh seed found the open case in docs/reliability.md
-    # (a new file in a folder renamed in case on the server is skipped, never lost) in 1 run of
-    # ~6; a long run (SMARTSYNC_LONG) keeps hunting with fresh seeds.
+    # CI runs a fixed set of examples (a failure there is reproducible from the log); a long
+    # run (SMARTSYNC_LONG) hunts with fresh seeds.
     derandomize=not long_run(),
     deadline=None,
     suppress_health_check=list(HealthCheck),

@@ -41,3 +41,52 @@ def test_rank_and_max_role() -> None:
     assert max_role(["admin", "reader"]) == "admin"
     with pytest.raises(ValueError):
         role_rank("owner")  # type: ignore[arg-type]
+
+
+# -- engagement admins (issue 17) ----------------------------------------------------------------
+
+
+def test_least_role_names_what_a_refusal_misses() -> None:
+    from smartsyncd.auth.acl import least_role
+
+    assert [least_role(op) for op in ("read", "write", "admin")] == ["reader", "editor", "admin"]
+    with pytest.raises(ValueError):
+        least_role("delete_everything")
+
+
+@pytest.mark.parametrize(
+    ("actor", "current", "new", "ok"),
+    [
+        ("admin", None, "reader", True),
+        ("admin", "reader", "admin", True),  # up to one's own role
+        ("admin", "admin", None, True),
+        ("admin", "editor", "reader", True),
+        ("editor", None, "reader", False),  # only a role that may manage
+        ("editor", "reader", None, False),
+        ("reader", None, "reader", False),
+    ],
+)
+def test_may_assign(actor, current, new, ok) -> None:
+    from smartsyncd.auth.acl import may_assign
+
+    assert may_assign(actor, current, new) is ok
+
+
+def test_may_assign_never_above_ones_own_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a role ranked above admin (none exists yet), an admin could neither give it nor
+    touch a grant of it: the rank comparison, not the role names, decides."""
+    from smartsyncd.auth import acl
+
+    monkeypatch.setattr(acl, "ROLES", ("reader", "editor", "admin", "owner"))
+    monkeypatch.setitem(acl.ROLE_ALLOWS, "owner", frozenset({"read", "write", "admin"}))  # type: ignore[index]
+    assert acl.may_assign("admin", None, "owner") is False  # type: ignore[arg-type]
+    assert acl.may_assign("admin", "owner", "reader") is False  # type: ignore[arg-type]
+    assert acl.may_assign("owner", "admin", "owner") is True  # type: ignore[arg-type]
+
+
+def test_keeps_an_admin() -> None:
+    from smartsyncd.auth.acl import keeps_an_admin
+
+    assert keeps_an_admin(["reader", "admin"]) is True
+    assert keeps_an_admin(["reader", "editor"]) is False
+    assert keeps_an_admin([]) is False

@@ -41,7 +41,9 @@ EXPECTED: dict[type[server_errors.SyncError], type[ServerRefused]] = {
     server_errors.BatchReused: errors.BatchReused,
     server_errors.Finalized: errors.Finalized,
     server_errors.CopyAbandoned: errors.CopyAbandoned,
+    server_errors.WipeOrdered: errors.WipeOrdered,
     server_errors.UnsyncedCopies: errors.UnsyncedCopies,
+    server_errors.LastAdmin: errors.LastAdmin,
 }
 # codes answered with a status the client maps before looking at the code
 BY_STATUS = {server_errors.AuthFailed, server_errors.SessionExpired, server_errors.Unavailable}

@@ -254,3 +254,22 @@ def test_warn_free_mb_is_read(tmp_path: Path) -> None:
     assert config.warn_free_mb == 50
     with pytest.raises(UsageError, match=re.escape("[storage] warn_free_mb")):
         load_config(write(tmp_path / "t.ini", "[storage]\nwarn_free_mb = 0\n"), cwd=str(tmp_path))
+
+
+def test_status_page_admins_are_read(tmp_path: Path) -> None:
+    config = load_config(cwd=str(tmp_path))
+    assert (config.admin_users, config.admin_groups) == ((), ())  # nobody unless configured
+    cert_pem, _key = generate_self_signed(["dc1.firm.example"], [], datetime.now(UTC))
+    (tmp_path / "ca.pem").write_bytes(cert_pem)
+    ldap = ("[auth]\nbackends = local, ldap\n[ldap]\nurls = ldaps://dc1.firm.example\n"
+            "base_dn = DC=firm,DC=example\nca_file = ca.pem\n")
+    text = ("[admin]\nlisten = ssl:9443\nusers = ops, it-lead  backup\n"
+            "groups = CN=SmartSync Admins,OU=Groups,DC=firm,DC=example\n"
+            "  S-1-5-21-1-2-3-512; IT Staff\n")
+    config = load_config(write(tmp_path / "s.ini", ldap + text), cwd=str(tmp_path))
+    assert config.admin_users == ("ops", "it-lead", "backup")
+    assert config.admin_groups == (
+        "CN=SmartSync Admins,OU=Groups,DC=firm,DC=example", "S-1-5-21-1-2-3-512", "IT Staff")
+    # groups are the directory's: without the ldap backend they could never match
+    with pytest.raises(UsageError, match=re.escape("[admin] groups needs 'ldap'")):
+        load_config(write(tmp_path / "t.ini", "[admin]\ngroups = IT Staff\n"), cwd=str(tmp_path))

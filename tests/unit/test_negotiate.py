@@ -27,7 +27,7 @@ from smartsyncd.auth.negotiate import (
 )
 from smartsyncd.auth.ratelimit import LoginRateLimiter
 from smartsyncd.auth.sessions import SessionManager
-from smartsyncd.client.sso import _reply_token, sso_service
+from smartsyncd.client.sso import _reply_token, _ticket_error, sso_service
 from smartsyncd.client.userconfig import UserConfig
 from smartsyncd.core.errors import AuthFailed
 from smartsyncd.service.config import load_config
@@ -131,6 +131,32 @@ def test_gssapi_errors_become_one_readable_reason() -> None:
     assert _gss_reason(Exception(replay)) == "Request is a replay"
     garbage = "Major (589824): Invalid token was supplied, Minor (2529638919): Unknown error"
     assert _gss_reason(Exception(garbage)) == "not a valid token (Invalid token was supplied)"
+
+
+def test_an_expired_ticket_is_named_by_its_code_or_the_librarys_text() -> None:
+    from gssapi.exceptions import GSSError
+
+    # raw Kerberos tokens keep the krb5 code; through SPNEGO MIT renumbers it (100005)
+    by_code = GSSError(851968, 0x96C73A20)  # KRB5KRB_AP_ERR_TKT_EXPIRED
+    by_text = Exception(
+        "Major (851968): Unspecified GSS failure.  Minor code may provide more information, "
+        "Minor (100005): Ticket expired"
+    )
+    for error in (by_code, by_text):
+        reason = _gss_reason(error)
+        assert reason.startswith("ticket expired (KRB5KRB_AP_ERR_TKT_EXPIRED)")
+        assert "kinit" in reason
+
+
+def test_client_says_an_expired_ticket_expired_and_a_missing_one_is_missing() -> None:
+    from gssapi.exceptions import GSSError
+    from spnego.exceptions import SpnegoError
+
+    expired = _ticket_error("HTTP@sync", SpnegoError(base_error=GSSError(851968, 0x96C73A20)))
+    assert "Kerberos ticket has expired" in str(expired) and "kinit" in str(expired)
+    assert "log on to the domain" in str(expired)
+    missing = _ticket_error("HTTP@sync", SpnegoError(base_error=GSSError(458752, 2529639053)))
+    assert "no usable Kerberos ticket" in str(missing) and "expired" not in str(missing)
 
 
 def test_a_missing_keytab_is_the_servers_fault_not_the_users(tmp_path: Path) -> None:
