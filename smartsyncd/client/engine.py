@@ -244,7 +244,7 @@ class SyncCopy:
             if not remote_path_ok(f.path):
                 report.skipped.append((f.path, "server sent an invalid path; not written"))
                 continue
-            writes.append((PullWrite(f.path, f.seq, f.content, f.size, None), None))
+            writes.append((PullWrite(f.path, f.seq, f.content, f.size, None, f.mtime_ns, f.readonly), None))
         try:
             await write_groups(writer, writes, index)
         finally:

@@ -3,7 +3,7 @@
 The server answers which version of each file was current after the last change committed at
 or before that moment (``GET .../export?at=``); each file is assembled from its manifest and
 fetched chunks (verified by hash on arrival) into a temp file, fsynced and renamed into a new
-or empty folder. A version past the engagement's retention is listed as ``missing`` and not
+or empty folder, with the version's date and read-only attribute. A version past the engagement's retention is listed as ``missing`` and not
 written; nothing is ever half-written under its final name.
 """
 
@@ -19,6 +19,8 @@ from twisted.internet.threads import deferToThread
 from smartsyncd.client.errors import ProtocolError, UsageError
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.localfs import discard_temp, finish_temp, fsync_dir, open_temp
+from smartsyncd.client.pullwrite import apply_attributes
+from smartsyncd.client.wire import wire_mtime
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.paths import normalize_path
@@ -93,6 +95,7 @@ async def export_engagement(
         except BaseException:
             await run_blocking(discard_temp, temp, handle)
             raise
+        await run_blocking(apply_attributes, target, wire_mtime(item), item.get("readonly") is True)
         report.files += 1
         report.bytes += manifest.size
     return report

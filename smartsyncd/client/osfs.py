@@ -6,14 +6,17 @@ hashed and written corrupted) and keeps it out of started programs. ``pread``/``
 back to a seek on Windows, which has neither; ``sync_file`` asks macOS for ``F_FULLFSYNC``
 (its ``fsync`` leaves data in the drive's cache); ``sync_folder`` is a no-op on Windows, where a
 folder cannot be opened and NTFS journals the rename itself. ``lock_exclusive`` is filelock's
-descriptor lock: ``flock`` on POSIX, ``LockFileEx`` on byte 0 on Windows. All calls block: run
-them on a thread. Direct ``os.open``/``os.pread``/``fcntl`` use in the client is refused by ruff
+descriptor lock: ``flock`` on POSIX, ``LockFileEx`` on byte 0 on Windows. ``is_readonly``,
+``set_readonly`` and ``set_mtime`` carry a file's date and read-only attribute (issue 16): the
+write bits on POSIX, ``FILE_ATTRIBUTE_READONLY`` on Windows (which ``os.chmod`` and ``os.stat``
+map to the write bits there). All calls block: run them on a thread. Direct ``os.open``/``os.pread``/``fcntl`` use in the client is refused by ruff
 (banned-api), so new code cannot forget this.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -100,3 +103,34 @@ def lock_exclusive(fd: int) -> bool:
     """Try to take an exclusive lock on ``fd`` without waiting; False when another open file
     description holds it. Released when ``fd`` is closed (or the process dies)."""
     return filelock.lock_descriptor(fd, blocking=False)
+
+
+WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def is_readonly(st: os.stat_result) -> bool:
+    """The read-only attribute as users see it: the owner may not write (POSIX), or
+    ``FILE_ATTRIBUTE_READONLY`` (Windows, where ``os.stat`` then reports no write bit)."""
+    return not st.st_mode & stat.S_IWUSR
+
+
+def set_readonly(path: Path | str, readonly: bool) -> None:
+    """Set or clear the read-only attribute. POSIX: remove every write bit, or give the owner
+    one back (group and others keep what they had); Windows: ``os.chmod`` sets or clears
+    ``FILE_ATTRIBUTE_READONLY`` only."""
+    if sys.platform == "win32":
+        os.chmod(path, stat.S_IREAD if readonly else stat.S_IREAD | stat.S_IWRITE)
+        return
+    mode = stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
+    wanted = mode & ~WRITE_BITS if readonly else mode | stat.S_IWUSR
+    if wanted != mode:
+        os.chmod(path, wanted)
+
+
+def set_mtime(path: Path | str, mtime_ns: int) -> None:
+    """Give ``path`` the modification time ``mtime_ns`` (nanoseconds since 1970 UTC), keeping
+    its access time. The file system may round it (FAT: 2 s, exFAT: 10 ms, NTFS: 100 ns) or
+    clamp it to what it can hold (FAT and exFAT start in 1980): callers read the stored value
+    back with ``os.stat``."""
+    atime_ns = os.stat(path).st_atime_ns
+    os.utime(path, ns=(atime_ns, mtime_ns))

@@ -6,6 +6,7 @@ they are durable. On a case-insensitive folder, case-only renames apply in place
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ from smartsyncd.client.casefold import probe_case_insensitive, rename_case, stor
 from smartsyncd.client.copycontext import CopyContext, log, offsets, remote_path_ok
 from smartsyncd.client.localfs import remove_file
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
+from smartsyncd.client.osfs import set_readonly
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.pullbatch import write_groups
 from smartsyncd.client.pullwrite import ChunkIndex, FileWriter
@@ -187,7 +189,10 @@ class Pull:
             log.warn("{path} not deleted: a folder on the way is a symbolic link", path=path)
             return False
         try:
-            remove_file(directory, self.ctx.local(path))
+            local = self.ctx.local(path)
+            if sys.platform == "win32" and current.readonly:
+                set_readonly(local, False)  # Windows refuses to delete it otherwise
+            remove_file(directory, local)
         except FileNotFoundError:
             return False  # gone already (or only another spelling answered): nothing deleted
         return True

@@ -197,7 +197,9 @@ def _write_small(
     temp, handle = open_temp(directory, target)
     try:
         write_window(handle, list(item.manifest.chunks), item.local, fetched)
-        return writer.install(temp, handle, item.write.path, item.old)
+        return writer.install(
+            temp, handle, item.write.path, item.old, item.write.mtime_ns, item.write.readonly
+        )
     except BaseException:
         discard_temp(temp, handle)
         raise

@@ -26,7 +26,7 @@ from smartsyncd.client.localfs import (
     read_chunk,
 )
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
-from smartsyncd.client.osfs import open_fd, sync_file
+from smartsyncd.client.osfs import is_readonly, open_fd, set_mtime, set_readonly, sync_file
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import FileChanging
@@ -131,7 +131,9 @@ class FileWriter:
                 report.bytes_received += sum(len(v) for v in fetched.values())
                 await ctx.run(write_window, handle, window, local, fetched)
                 self.prog.advance(sum(c.size for c in window))
-            st, moved_to = await ctx.run(self.install, temp, handle, write.path, old)
+            st, moved_to = await ctx.run(
+                self.install, temp, handle, write.path, old, write.mtime_ns, write.readonly
+            )
         except BaseException as exc:
             # a cut connection keeps the part for the next attempt; a local disk error (a
             # full disk) frees its space instead
@@ -249,10 +251,12 @@ class FileWriter:
                 self.folders_matched.add(folder)
 
     def install(
-        self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None
+        self, temp: Path, handle: BinaryIO, path: str, old: FileRecord | None,
+        mtime_ns: int | None = None, readonly: bool | None = None,
     ) -> tuple[os.stat_result, str | None]:
         """Replace ``path`` with the finished temp file; an unpushed local edit (or an
-        unexpected file) is first moved to a conflict copy. Returns (stat, conflict copy)."""
+        unexpected file) is first moved to a conflict copy. The new file gets the version's
+        date and read-only attribute. Returns (stat, conflict copy)."""
         moved_to: str | None = None
         try:
             current: LocalEntry | None = self.ctx.scanner.check(path, old)
@@ -274,10 +278,39 @@ class FileWriter:
                     moved_to = None  # nothing there to keep
                 else:
                     move_no_replace(self.ctx.directory / stored, self.ctx.local(moved_to))
-        st = finish_temp(temp, handle, target, root=self.ctx.directory)
+        clear_readonly(target)  # a read-only synced file is replaced like any other
+        finish_temp(temp, handle, target, root=self.ctx.directory)
         if temp.parent != target.parent:  # from .smartsync/partial
             fsync_dir(temp.parent)
-        return st, moved_to
+        return apply_attributes(target, mtime_ns, readonly), moved_to
+
+
+def clear_readonly(target: Path) -> None:
+    """Let ``target`` (if it is there) be replaced: Windows refuses to rename over a read-only
+    file. The new version then gets its own attribute (``apply_attributes``)."""
+    try:
+        st = os.stat(target, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode) and is_readonly(st):
+        set_readonly(target, False)
+
+
+def apply_attributes(target: Path, mtime_ns: int | None, readonly: bool | None) -> os.stat_result:
+    """Give a file just renamed into place its version's date and read-only attribute and
+    return its stat as stored (the date as the file system rounded or clamped it: that is
+    what the state records, so the next scan sees no change). A version without a date keeps
+    the time of the pull. A file system that refuses (a share without the right) keeps the
+    time of the pull too: logged, never a failed pull."""
+    try:
+        if mtime_ns is not None:
+            set_mtime(target, mtime_ns)
+        if readonly:
+            set_readonly(target, True)
+    except OSError as e:
+        log.warn("could not set the date or read-only attribute of {path}: {why}",
+                 path=str(target), why=e.strerror or str(e))
+    return os.stat(target)
 
 
 # a file to write and the synced version it replaces (None: new here)

@@ -39,12 +39,12 @@ from smartsyncd.client.localfs import read_chunks
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.pull import case_insensitive
 from smartsyncd.client.reports import SyncReport
-from smartsyncd.client.scanner import ScanResult
+from smartsyncd.client.scanner import ScannedFile, ScanResult
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, FileRecord
 from smartsyncd.client.wire import CommitAnswer, CommitChange, DeltaHint, ManifestDelta, UploadItem
 from smartsyncd.core.manifest import make_delta
-from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef
 from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import Plan, PushPut, plan
 
@@ -195,7 +195,7 @@ class Push:
         for chunk, offset in send:
             if chunk.hash not in self.present:
                 batch.wanted.setdefault(chunk.hash, (put.path, offset, chunk.size))
-        batch.changes.append(item)
+        batch.changes.append(with_attributes(item, entry))
 
     async def _send_chunks(self, batch: _Batch) -> bool:
         """Upload what the batch needs; False when the engagement was finalized meanwhile
@@ -482,3 +482,10 @@ def _batches(items: Iterable[str], size_of: Callable[[str], int], limit: int) ->
         size += size_of(item)
     if batch:
         yield batch
+
+
+def with_attributes(item: CommitChange, entry: ScannedFile) -> CommitChange:
+    """``item`` carrying the local file's date and read-only attribute (issue 16). A date the
+    protocol cannot carry (before 1970; -1, the stat cache's "not trusted") is left out."""
+    mtime_ns = entry.mtime_ns if MTIME_NS_MIN <= entry.mtime_ns <= MTIME_NS_MAX else None
+    return replace(item, mtime_ns=mtime_ns, readonly=entry.readonly)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from smartsyncd.client.copycontext import SCAN_STEP, CopyContext, log
 from smartsyncd.client.early import UPLOAD_WINDOW_BYTES, EarlyUpload
 from smartsyncd.client.errors import NetworkError, ServerRefused
-from smartsyncd.client.push import apply_results, own_head
+from smartsyncd.client.push import apply_results, own_head, with_attributes
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import ScannedFile, ScanResult
 from smartsyncd.client.server import Server
@@ -76,7 +76,9 @@ async def commit_early(
     the answer was lost: the push then sends these files again, and a batch the server
     did apply answers "unchanged"). Else the rows written, the paths dropped, and whether
     every file was simply applied (a conflict moves local files: the caller rescans)."""
-    changes = [CommitChange(e.path, "put", None, manifest=e.chunks or ()) for e in entries]
+    changes = [
+        with_attributes(CommitChange(e.path, "put", None, manifest=e.chunks or ()), e) for e in entries
+    ]
     await ctx.run(ctx.state.check_marker)
     last_seq = await ctx.last_seq()
     try:

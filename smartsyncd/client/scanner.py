@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
-from smartsyncd.client.osfs import open_fd
+from smartsyncd.client.osfs import is_readonly, open_fd
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
@@ -58,6 +58,7 @@ class ScannedFile(LocalEntry):
     inode: int
     chunks: tuple[ChunkRef, ...] | None = None
     hashed: bool = False
+    readonly: bool = False  # the read-only attribute (``osfs.is_readonly``)
 
 
 @dataclass
@@ -332,7 +333,7 @@ class Scanner:
                 return ScannedFile(
                     content=manifest.content, size=manifest.size, path=path,
                     mtime_ns=before.st_mtime_ns, inode=before.st_ino,
-                    chunks=manifest.chunks, hashed=True,
+                    chunks=manifest.chunks, hashed=True, readonly=is_readonly(before),
                 ), data
         raise FileChanging(path)
 
@@ -426,7 +427,7 @@ def _read_small(
     manifest = one_chunk_manifest(data)
     return ScannedFile(
         content=manifest.content, size=size, path=path, mtime_ns=st.st_mtime_ns,
-        inode=st.st_ino, chunks=manifest.chunks, hashed=True,
+        inode=st.st_ino, chunks=manifest.chunks, hashed=True, readonly=is_readonly(st),
     ), data
 
 
@@ -443,5 +444,5 @@ def _as_synced(path: str, record: FileRecord) -> ScannedFile:
 def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile:
     return ScannedFile(
         content=record.content, size=record.size, path=path, mtime_ns=st.st_mtime_ns,
-        inode=st.st_ino, chunks=record.chunks, hashed=False,
+        inode=st.st_ino, chunks=record.chunks, hashed=False, readonly=is_readonly(st),
     )

@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple, TypeVar, overload
 
 from smartsyncd.client.errors import ProtocolError
 from smartsyncd.core.manifest import chunks_to_json
-from smartsyncd.core.model import Change, ChunkRef, FileState
+from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, Change, ChunkRef, FileState
 
 # a JSON object as it arrives: its values are checked where they are read
 JSONObject = dict[str, object]
@@ -93,6 +93,9 @@ class CommitChange:
     size: int | None = None
     delta: ManifestDelta | None = None
     manifest: tuple[ChunkRef, ...] | None = None
+    # the local file's date (ns since 1970 UTC) and read-only attribute (protocol.md, Push 3)
+    mtime_ns: int | None = None
+    readonly: bool | None = None
 
     @classmethod
     def delete(cls, path: str, base: int | None) -> CommitChange:
@@ -102,6 +105,10 @@ class CommitChange:
         item: JSONObject = {"path": self.path, "kind": self.kind, "base": self.base}
         if self.kind == "delete":
             return item
+        if self.mtime_ns is not None:
+            item["mtime"] = self.mtime_ns
+        if self.readonly is not None:
+            item["readonly"] = self.readonly
         if self.manifest is not None:
             # the compact form: the server derives content id and size (protocol.md, Push 3)
             item["manifest"] = chunks_to_json(self.manifest)
@@ -286,6 +293,8 @@ def parse_file_state(item: object) -> FileState:
         seq=field(data, "seq", int, "snapshot file"),
         content=field(data, "content", str, "snapshot file"),
         size=field(data, "size", int, "snapshot file"),
+        mtime_ns=wire_mtime(data),
+        readonly=field(data, "readonly", bool, "snapshot file", optional=True),
     )
 
 
@@ -310,7 +319,18 @@ def parse_change(item: object) -> Change:
         conflict_of=field(data, "conflict_of", str, "change", optional=True),
         batch=field(data, "batch", str, "change", optional=True),
         record_hash=field(data, "hash", str, "change", optional=True),
+        mtime_ns=wire_mtime(data) if kind == "put" else None,
+        readonly=field(data, "readonly", bool, "change", optional=True) if kind == "put" else None,
     )
+
+
+def wire_mtime(data: Mapping[str, object]) -> int | None:
+    """A version's ``mtime`` (ns since 1970 UTC); None when absent (a server before issue 16)
+    or out of range: a date is never a reason to refuse a version."""
+    value = data.get("mtime")
+    if type(value) is not int or not MTIME_NS_MIN <= value <= MTIME_NS_MAX:
+        return None
+    return value
 
 
 def history_fields(

@@ -7,7 +7,7 @@ two breaks the chain at that point; ``verify_chain`` names the first record that
 
 Chains:
 - the change log of an engagement (one record per change, ``seq`` 1..head): fields
-  ``change_fields`` in this order;
+  ``change_fields`` in this order (a put's file date and read-only attribute last, when known);
 - the audit trail of an engagement (``eng:<name>``: grants, revokes, lock check-outs, check-ins
   and breaks, finalize, reopen, retention changes, copy abandon);
 - the global audit trail (``global``): sign-ins and other events of no one engagement.
@@ -85,9 +85,16 @@ def change_fields(
     committed_at: str,
     conflict_of: str | None,
     batch: str | None,
+    mtime_ns: int | None = None,
+    readonly: bool | None = None,
 ) -> list[Any]:
-    """The hashed fields of one change record (``committed_at`` exactly as stored)."""
-    return [seq, path, kind, content, size, prev_seq, user, session, committed_at, conflict_of, batch]
+    """The hashed fields of one change record (``committed_at`` exactly as stored). A put's
+    file date and read-only attribute follow when either is known (issue 16); a record
+    without them hashes exactly as records written before they existed."""
+    fields = [seq, path, kind, content, size, prev_seq, user, session, committed_at, conflict_of, batch]
+    if mtime_ns is not None or readonly is not None:
+        fields += [mtime_ns, readonly]
+    return fields
 
 
 def audit_fields(

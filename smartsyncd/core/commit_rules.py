@@ -20,7 +20,7 @@ from typing import Protocol
 from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import BadRequest, BatchReused, PathClash
 from smartsyncd.core.manifest import is_hash
-from smartsyncd.core.model import FileState, Outcome, ProposedChange
+from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, FileState, Outcome, ProposedChange
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 
 MAX_CHANGES = 10000
@@ -131,6 +131,7 @@ def validate_batch(proposals: Sequence[ProposedChange], max_changes: int = MAX_C
                 raise BadRequest(f"put of {path!r} needs a 64-hex content id", path=path)
             if not isinstance(p.size, int) or isinstance(p.size, bool) or p.size < 0:
                 raise BadRequest(f"put of {path!r} needs a size >= 0", path=path)
+            _check_attributes(p, path)
         elif p.base is None:
             raise BadRequest(f"delete of {path!r} needs the base version it deletes", path=path)
         paths.append(path)
@@ -150,6 +151,19 @@ def validate_batch(proposals: Sequence[ProposedChange], max_changes: int = MAX_C
             path = paths[rest[0]]
             raise BadRequest(f"path {path!r} appears more than once in the batch", path=path)
     return paths
+
+
+def _check_attributes(p: ProposedChange, path: str) -> None:
+    """A put's file date and read-only attribute, when given, are of the right type and range."""
+    if p.mtime_ns is not None and (
+        not isinstance(p.mtime_ns, int) or isinstance(p.mtime_ns, bool)
+        or not MTIME_NS_MIN <= p.mtime_ns <= MTIME_NS_MAX
+    ):
+        raise BadRequest(
+            f"put of {path!r}: mtime must be integer nanoseconds since 1970-01-01 UTC", path=path
+        )
+    if p.readonly is not None and not isinstance(p.readonly, bool):
+        raise BadRequest(f"put of {path!r}: readonly must be true or false", path=path)
 
 
 def _check_clashes(path: str, batch: _Batch, path_key: str) -> None:
@@ -270,10 +284,15 @@ def _plan_put(
         _check_clashes(copy, batch, fold_key(copy))
         batch.write_file(copy)
         batch.reserved.add(fold_key(copy))
-        return Outcome(proposed, "conflict", copy, "put", p.content, p.size, None)
+        return Outcome(
+            proposed, "conflict", copy, "put", p.content, p.size, None,
+            mtime_ns=p.mtime_ns, readonly=p.readonly,
+        )
     batch.write_file(path, key)
     prev = None if current is None else current.seq  # a tombstone: edit beats delete
-    return Outcome(path, "applied", path, "put", p.content, p.size, prev)
+    return Outcome(
+        path, "applied", path, "put", p.content, p.size, prev, mtime_ns=p.mtime_ns, readonly=p.readonly
+    )
 
 
 class MemoryHead:
@@ -321,7 +340,9 @@ class MemoryHead:
             self.head += 1
             content = o.content if o.kind == "put" else None
             size = o.size if o.kind == "put" else 0
-            self.files[o.write_path] = FileState(o.write_path, self.head, content, size)
+            self.files[o.write_path] = FileState(
+                o.write_path, self.head, content, size, o.mtime_ns, o.readonly
+            )
             seqs.append(self.head)
         return seqs
 
@@ -333,8 +354,14 @@ def batch_key(user: str, batch: str) -> str:
 
 
 def batch_digest(changes: Sequence[ProposedChange]) -> str:
-    """What a replay must match: the changes as proposed (path, kind, base, content, size)."""
-    rows = [[c.path, c.kind, c.base, c.content, c.size] for c in changes]
+    """What a replay must match: the changes as proposed (path, kind, base, content, size, and
+    the file date and read-only attribute when given: a batch without them digests as before)."""
+    rows: list[list[object]] = []
+    for c in changes:
+        row: list[object] = [c.path, c.kind, c.base, c.content, c.size]
+        if c.mtime_ns is not None or c.readonly is not None:
+            row += [c.mtime_ns, c.readonly]
+        rows.append(row)
     text = json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

@@ -49,6 +49,8 @@ class FileState:
     seq: int
     content: str | None
     size: int
+    mtime_ns: int | None = None
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class ProposedChange:
 
     ``base`` is the sequence number of the version the client edited (``None`` for a file the
     client believes is new). For a put, ``content`` and ``size`` name the new content; for a
-    delete both are ignored (``content is None``, ``size == 0``).
+    delete both are ignored (``content is None``, ``size == 0``). ``mtime_ns`` (nanoseconds
+    since 1970-01-01 UTC) and ``readonly`` are the file's date and read-only attribute as the
+    client saw them; ``None`` when it did not say (an older client). They travel with the
+    version and never decide anything.
     """
 
     path: str
@@ -65,6 +70,8 @@ class ProposedChange:
     base: int | None
     content: str | None = None
     size: int = 0
+    mtime_ns: int | None = None
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class Outcome:
     size: int
     prev_seq: int | None
     current_seq: int | None = None  # for unchanged/stale: the server's current version
+    mtime_ns: int | None = None  # the put's file date and read-only attribute, as proposed
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,14 @@ class Change:
     # the record's hash in the engagement's change chain (hex): the token a copy keeps for its
     # last seq, so the server can prove its log still holds what the copy synced
     record_hash: str | None = None
+    # a put's file date (ns since 1970 UTC) and read-only attribute; None: not known
+    mtime_ns: int | None = None
+    readonly: bool | None = None
+
+
+# the file dates a version may carry: 1970-01-01 up to the end of int64 nanoseconds (2262)
+MTIME_NS_MIN = 0
+MTIME_NS_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)

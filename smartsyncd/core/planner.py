@@ -62,13 +62,16 @@ class PushDelete:
 
 @dataclass(frozen=True)
 class PullWrite:
-    """Write the remote version ``seq`` of ``path`` (``base_content``: the local old version)."""
+    """Write the remote version ``seq`` of ``path`` (``base_content``: the local old version)
+    with its date and read-only attribute (None: not known; they never decide anything)."""
 
     path: str
     seq: int
     content: str
     size: int
     base_content: str | None
+    mtime_ns: int | None = None
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,7 @@ def _plan_pull(
             else:
                 write = PullWrite(
                     path, change.seq, change.content, change.size,
-                    synced.content if synced else None,
+                    synced.content if synced else None, change.mtime_ns, change.readonly,
                 )
                 result.conflicts.append(Conflict(path, write))
             return
@@ -252,7 +255,7 @@ def _plan_pull(
         result.pull_writes.append(
             PullWrite(
                 path, change.seq, change.content, change.size,
-                synced.content if synced else None,
+                synced.content if synced else None, change.mtime_ns, change.readonly,
             )
         )
         return

@@ -174,6 +174,8 @@ class VersionRecord:
     time: datetime
     conflict_of: str | None
     available: bool
+    mtime_ns: int | None = None  # the version's file date and read-only attribute, if known
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ class ExportFile:
     content: str
     size: int
     available: bool
+    mtime_ns: int | None = None
+    readonly: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -85,18 +85,25 @@ def audit_engagement(
 
 
 def _change_row_fields(row: Sequence[Any]) -> list[Any]:
-    """Fields of a changes row selected as ``_CHANGE_SELECT`` (content as stored blob)."""
+    """Fields of a changes row selected as ``_CHANGE_SELECT`` (content as stored blob; the
+    file date and read-only attribute at 13 and 14 when selected, as ``_DATED_SELECT`` does)."""
     content = None if row[3] is None else bytes(row[3]).hex()
+    mtime_ns = None if len(row) < 15 or row[13] is None else int(row[13])
+    readonly = None if len(row) < 15 or row[14] is None else bool(row[14])
     return change_fields(
         int(row[0]), row[1], row[2], content, int(row[4]),
         None if row[5] is None else int(row[5]), row[6], row[7], row[8], row[9], row[10],
+        mtime_ns, readonly,
     )
 
 
-_CHANGE_SELECT = (
-    "SELECT seq, path, kind, content, size, prev_seq, user_name, session_id, committed_at,"
-    " conflict_of, batch, prev_hash, record_hash FROM changes WHERE engagement_id = ?"
+_CHANGE_COLUMNS = (
+    "seq, path, kind, content, size, prev_seq, user_name, session_id, committed_at,"
+    " conflict_of, batch, prev_hash, record_hash"
 )
+# as the table was at migration 2 (its backfill runs before the dates exist)
+_CHANGE_SELECT = f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE engagement_id = ?"
+_DATED_SELECT = f"SELECT {_CHANGE_COLUMNS}, mtime_ns, readonly FROM changes WHERE engagement_id = ?"
 
 
 def chain_changes(
@@ -133,9 +140,11 @@ def audit_records(db: MetadataDB, engagement_id: int) -> list[AuditRecord]:
     def tx() -> list[AuditRecord]:
         name = engagement_name(db, engagement_id)
         out: list[AuditRecord] = []
-        for r in db.all(_CHANGE_SELECT + " ORDER BY seq", (engagement_id,)):
+        for r in db.all(_DATED_SELECT + " ORDER BY seq", (engagement_id,)):
             detail = {"path": r[1], "content": None if r[3] is None else bytes(r[3]).hex(), "size": int(r[4]),
                       "prev_seq": r[5], "session": r[7], "conflict_of": r[9], "batch": r[10]}
+            if r[13] is not None or r[14] is not None:
+                detail.update(mtime=r[13], readonly=None if r[14] is None else bool(r[14]))
             out.append(AuditRecord(
                 chain=f"changes:{name}", seq=int(r[0]), event=r[2], actor=r[6],
                 time=datetime.fromisoformat(r[8]), engagement=name, detail=detail,
@@ -187,7 +196,7 @@ def verify_engagement(db: MetadataDB, engagement_id: int) -> list[ChainReport]:
                 prev_hash=None if r[11] is None else bytes(r[11]),
                 record_hash=None if r[12] is None else bytes(r[12]),
             )
-            for r in db.all(_CHANGE_SELECT + " ORDER BY seq", (engagement_id,))
+            for r in db.all(_DATED_SELECT + " ORDER BY seq", (engagement_id,))
         )
         result = verify_chain(CHANGE_DOMAIN, records, head)
         changes = ChainReport(

@@ -24,7 +24,8 @@ from smartsyncd.storage.db import (
 )
 
 CHANGE_COLUMNS = (
-    "seq, path, kind, content, size, prev_seq, user_name, session_id, committed_at, conflict_of, batch"
+    "seq, path, kind, content, size, prev_seq, user_name, session_id, committed_at, conflict_of, batch,"
+    " mtime_ns, readonly"
 )
 
 
@@ -45,7 +46,9 @@ def _change(row: Any) -> Change:
         time=dt(row[8]),
         conflict_of=row[9],
         batch=row[10],
-        record_hash=hex_or_none(row[11]) if len(row) > 11 else None,
+        mtime_ns=None if row[11] is None else int(row[11]),
+        readonly=None if row[12] is None else bool(row[12]),
+        record_hash=hex_or_none(row[13]) if len(row) > 13 else None,
     )
 
 
@@ -84,11 +87,18 @@ def snapshot(db: MetadataDB, engagement_id: int) -> tuple[int, list[FileState]]:
     def tx() -> tuple[int, list[FileState]]:
         head = db.engagement_head(engagement_id)
         rows = db.all(
-            "SELECT path, seq, content, size FROM files WHERE engagement_id = ?"
+            "SELECT path, seq, content, size, mtime_ns, readonly FROM files WHERE engagement_id = ?"
             " AND content IS NOT NULL ORDER BY path",
             (engagement_id,),
         )
-        files = [FileState(path=r[0], seq=int(r[1]), content=hex_or_none(r[2]), size=int(r[3])) for r in rows]
+        files = [
+            FileState(
+                path=r[0], seq=int(r[1]), content=hex_or_none(r[2]), size=int(r[3]),
+                mtime_ns=None if r[4] is None else int(r[4]),
+                readonly=None if r[5] is None else bool(r[5]),
+            )
+            for r in rows
+        ]
         return head, files
 
     return db.read(tx)

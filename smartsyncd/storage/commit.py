@@ -224,6 +224,8 @@ def _number_outcomes(
                 time=now,
                 conflict_of=o.path if o.status == "conflict" else None,
                 batch=batch,
+                mtime_ns=o.mtime_ns if is_put else None,
+                readonly=o.readonly if is_put else None,
             )
         )
         results.append(
@@ -263,14 +265,14 @@ def _insert_changes(db: MetadataDB, engagement_id: int, head: int, written: Sequ
         [
             change_fields(
                 c.seq, c.path, c.kind, c.content, c.size, c.prev_seq, c.user, c.session, when,
-                c.conflict_of, c.batch,
+                c.conflict_of, c.batch, c.mtime_ns, c.readonly,
             )
             for c in written
         ],
     )
     db.executemany(
         f"INSERT INTO changes (engagement_id, {CHANGE_COLUMNS}, prev_hash, record_hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 engagement_id,
@@ -285,6 +287,8 @@ def _insert_changes(db: MetadataDB, engagement_id: int, head: int, written: Sequ
                 when,
                 c.conflict_of,
                 c.batch,
+                c.mtime_ns,
+                None if c.readonly is None else int(c.readonly),
                 binary(prev_hash),
                 binary(record_hash),
             )
@@ -301,9 +305,11 @@ def _upsert_files(db: MetadataDB, engagement_id: int, written: Sequence[Change])
     """The ``files`` rows at the written paths (a delete leaves a row with NULL content)."""
     binary = db.dialect.binary
     db.executemany(
-        "INSERT INTO files (engagement_id, path, fold_key, seq, content, size) VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO files (engagement_id, path, fold_key, seq, content, size, mtime_ns, readonly)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (engagement_id, path) DO UPDATE SET fold_key = excluded.fold_key,"
-        " seq = excluded.seq, content = excluded.content, size = excluded.size",
+        " seq = excluded.seq, content = excluded.content, size = excluded.size,"
+        " mtime_ns = excluded.mtime_ns, readonly = excluded.readonly",
         [
             (
                 engagement_id,
@@ -312,6 +318,8 @@ def _upsert_files(db: MetadataDB, engagement_id: int, written: Sequence[Change])
                 c.seq,
                 None if c.content is None else binary(bytes.fromhex(c.content)),
                 c.size,
+                c.mtime_ns,
+                None if c.readonly is None else int(c.readonly),
             )
             for c in written
         ],

@@ -137,7 +137,7 @@ def history(db: MetadataDB, engagement_id: int, path: str) -> list[VersionRecord
         db.engagement_head(engagement_id)
         rows = db.all(
             "SELECT c.seq, c.kind, c.content, c.size, c.user_name, c.committed_at, c.conflict_of,"
-            " m.content FROM changes c LEFT JOIN manifests m ON m.engagement_id = c.engagement_id"
+            " m.content, c.mtime_ns, c.readonly FROM changes c LEFT JOIN manifests m ON m.engagement_id = c.engagement_id"
             " AND m.content = c.content WHERE c.engagement_id = ? AND c.path = ? ORDER BY c.seq",
             (engagement_id, path),
         )
@@ -158,6 +158,8 @@ def history(db: MetadataDB, engagement_id: int, path: str) -> list[VersionRecord
                     time=datetime.fromisoformat(r[5]),
                     conflict_of=r[6],
                     available=is_put and r[7] is not None,
+                    mtime_ns=None if r[8] is None else int(r[8]),
+                    readonly=None if r[9] is None else bool(r[9]),
                 )
             )
         return out
@@ -187,13 +189,14 @@ def restore(
     def tx() -> CommitResult:
         lock_engagement(db, engagement_id)
         puts = db.all(
-            "SELECT seq, content, size FROM changes WHERE engagement_id = ? AND path = ? AND kind = 'put'"
+            "SELECT seq, content, size, mtime_ns, readonly FROM changes"
+            " WHERE engagement_id = ? AND path = ? AND kind = 'put'"
             " ORDER BY seq",
             (engagement_id, path),
         )
         if version > len(puts):
             raise NotFound(f"{path!r} has {len(puts)} version(s); there is no version {version}", path=path)
-        _, content_blob, size = puts[version - 1]
+        _, content_blob, size, mtime_ns, readonly = puts[version - 1]
         content = bytes(content_blob).hex()
         if chunks.manifest_row(db, engagement_id, content) is None:
             raise NotFound(
@@ -202,7 +205,12 @@ def restore(
             )
         current = db.one("SELECT seq FROM files WHERE engagement_id = ? AND path = ?", (engagement_id, path))
         base = None if current is None else int(current[0])
-        change = ProposedChange(path=path, kind="put", base=base, content=content, size=int(size))
+        # the old version comes back with its own date and read-only attribute
+        change = ProposedChange(
+            path=path, kind="put", base=base, content=content, size=int(size),
+            mtime_ns=None if mtime_ns is None else int(mtime_ns),
+            readonly=None if readonly is None else bool(readonly),
+        )
         return commit.commit_tx(
             db,
             engagement_id, user, session, batch, [change], {}, now, when, copy,
@@ -223,7 +231,7 @@ def export_at(db: MetadataDB, engagement_id: int, at: datetime) -> tuple[int, li
         if seq == 0:
             return 0, []
         rows = db.all(
-            "SELECT c.path, c.seq, c.content, c.size, m.content FROM changes c"
+            "SELECT c.path, c.seq, c.content, c.size, m.content, c.mtime_ns, c.readonly FROM changes c"
             " JOIN (SELECT path, MAX(seq) AS last_seq FROM changes WHERE engagement_id = ? AND seq <= ?"
             " GROUP BY path) l ON l.path = c.path AND l.last_seq = c.seq"
             " LEFT JOIN manifests m ON m.engagement_id = c.engagement_id AND m.content = c.content"
@@ -231,7 +239,11 @@ def export_at(db: MetadataDB, engagement_id: int, at: datetime) -> tuple[int, li
             (engagement_id, seq, engagement_id),
         )
         files = [
-            ExportFile(path=r[0], seq=int(r[1]), content=bytes(r[2]).hex(), size=int(r[3]), available=r[4] is not None)
+            ExportFile(
+                path=r[0], seq=int(r[1]), content=bytes(r[2]).hex(), size=int(r[3]),
+                available=r[4] is not None, mtime_ns=None if r[5] is None else int(r[5]),
+                readonly=None if r[6] is None else bool(r[6]),
+            )
             for r in rows
         ]
         return seq, files

@@ -53,6 +53,8 @@ Tables:
 - (11) copy_wipes: remote wipe orders for abandoned copies and the copies' reports of them;
   copies.key_hash: SHA-256 of the copy's own secret, which authenticates that report
   (``storage/wipes``).
+- (14) changes/files.mtime_ns, readonly: a put's file date (nanoseconds since 1970 UTC) and
+  read-only attribute (0/1), NULL when the client did not send them (issue 16).
 
 Numbers may have gaps (several branches draw them at once): a migration runs when its own number
 is not yet in ``schema_version``, whatever higher numbers are.
@@ -417,6 +419,16 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
                 PRIMARY KEY (engagement_id, copy_id)
             )""",
             "CREATE INDEX copy_wipes_copy ON copy_wipes (copy_id)",
+        ],
+    ),
+    (
+        # File dates and the read-only attribute travel with each version (issue 16).
+        14,
+        [
+            "ALTER TABLE changes ADD COLUMN mtime_ns BIGINT",
+            "ALTER TABLE changes ADD COLUMN readonly INTEGER",
+            "ALTER TABLE files ADD COLUMN mtime_ns BIGINT",
+            "ALTER TABLE files ADD COLUMN readonly INTEGER",
         ],
     ),
 ]

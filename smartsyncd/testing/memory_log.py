@@ -155,7 +155,7 @@ class MemoryChangeLog:
         prev = bytes.fromhex(log[-1].record_hash) if log and log[-1].record_hash else GENESIS
         chain = link(CHANGE_DOMAIN, prev, [
             change_fields(c.seq, c.path, c.kind, c.content, c.size, c.prev_seq, c.user, c.session, when,
-                          c.conflict_of, c.batch)
+                          c.conflict_of, c.batch, c.mtime_ns, c.readonly)
             for c in written
         ])
         written = [dataclasses.replace(c, record_hash=h.hex()) for c, (_, h) in zip(written, chain, strict=True)]
@@ -163,7 +163,10 @@ class MemoryChangeLog:
             self.manifests.setdefault((engagement_id, content), refs)
         log.extend(written)
         for c in written:
-            files[c.path] = FileState(path=c.path, seq=c.seq, content=c.content, size=c.size)
+            files[c.path] = FileState(
+                path=c.path, seq=c.seq, content=c.content, size=c.size, mtime_ns=c.mtime_ns,
+                readonly=c.readonly,
+            )
         seq = head + len(written)
         self.engagements[record.name] = dataclasses.replace(record, head=seq)
         result = CommitResult(
@@ -282,6 +285,7 @@ def _number(
             seq=seq, path=o.write_path, kind=o.kind, content=o.content if is_put else None,
             size=o.size if is_put else 0, prev_seq=o.prev_seq, user=user, session=session, time=now,
             conflict_of=o.path if conflict else None, batch=batch,
+            mtime_ns=o.mtime_ns if is_put else None, readonly=o.readonly if is_put else None,
         ))
         results.append(CommitResultItem(
             path=o.path, status=o.status, seq=seq, conflict_path=o.write_path if conflict else None,

@@ -16,8 +16,8 @@ from twisted.web.server import Request
 
 from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadRequest, TooLarge
-from smartsyncd.core.jsonvalue import JSONValue
-from smartsyncd.core.model import ChunkRef, HistoryCheck, ProposedChange
+from smartsyncd.core.jsonvalue import JSONDict, JSONValue
+from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, HistoryCheck, ProposedChange
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import PutManifest
 from smartsyncd.web.bodies import (
@@ -146,7 +146,13 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             content = hash_field(item.get("content"), f"{f}.content")
             size = get_int(item, "size", f"{f}.size", minimum=0)
         assert size is not None
-        changes.append(ProposedChange(path=path, kind="put", base=base, content=content, size=size))
+        mtime_ns, readonly = file_attributes(item, f)
+        changes.append(
+            ProposedChange(
+                path=path, kind="put", base=base, content=content, size=size,
+                mtime_ns=mtime_ns, readonly=readonly,
+            )
+        )
         if chunks is not None:
             manifests[path] = PutManifest(content=content, chunks=chunks)
         elif delta is not None:
@@ -155,6 +161,27 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             ops = get_list(d, "ops", f"{f}.delta.ops")
             manifests[path] = PutManifest(content=content, delta_base=delta_base, delta_ops=tuple(ops))
     return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests, check=check_from_body(obj))
+
+
+def file_attributes(item: JSONDict, f: str) -> tuple[int | None, bool | None]:
+    """A put's optional ``mtime`` (integer nanoseconds since 1970-01-01 UTC, up to 2^63 - 1)
+    and ``readonly`` (true/false); null or absent is "not known" (issue 16)."""
+    mtime_ns = get_int(item, "mtime", f"{f}.mtime", minimum=MTIME_NS_MIN, nullable=True, required=False)
+    readonly = item.get("readonly")
+    if readonly is not None and type(readonly) is not bool:
+        raise BadRequest(f"field '{f}.readonly' must be true, false or null", field=f"{f}.readonly")
+    return mtime_ns, readonly
+
+
+def _plain_attributes(raw: JSONDict) -> tuple[int | None, bool | None] | None:
+    """``file_attributes`` for the fast path: None when either is malformed (the full checks
+    then name the field)."""
+    mtime_ns, readonly = raw.get("mtime"), raw.get("readonly")
+    if mtime_ns is not None and (type(mtime_ns) is not int or not MTIME_NS_MIN <= mtime_ns <= MTIME_NS_MAX):
+        return None
+    if readonly is not None and type(readonly) is not bool:
+        return None
+    return mtime_ns, readonly
 
 
 def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | None:
@@ -183,6 +210,9 @@ def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | No
         or raw.get("size") is not None
     ):
         return None
+    attributes = _plain_attributes(raw)
+    if attributes is None:
+        return None
     refs = []
     for entry in full:
         if type(entry) is not list or len(entry) != 2:
@@ -196,7 +226,10 @@ def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | No
     path = normalize_path(path)
     size = sum(c.size for c in chunks)
     return (
-        ProposedChange(path=path, kind="put", base=base, content=content, size=size),
+        ProposedChange(
+            path=path, kind="put", base=base, content=content, size=size,
+            mtime_ns=attributes[0], readonly=attributes[1],
+        ),
         PutManifest(content=content, chunks=chunks),
     )
 

@@ -50,6 +50,8 @@ def change_json(change: Change) -> JsonObject:
         "time": iso_utc(change.time),
         "conflict_of": change.conflict_of,
         "hash": change.record_hash,
+        "mtime": change.mtime_ns,
+        "readonly": change.readonly,
     }
 
 
@@ -81,7 +83,10 @@ def snapshot_json(head: int, files: Sequence[FileState], token: str | None, iden
     return {
         "head": head,
         "files": [
-            {"path": f.path, "seq": f.seq, "content": f.content, "size": f.size}
+            {
+                "path": f.path, "seq": f.seq, "content": f.content, "size": f.size,
+                "mtime": f.mtime_ns, "readonly": f.readonly,
+            }
             for f in files
             if f.content is not None
         ],
@@ -131,8 +136,13 @@ def version_json(v: VersionRecord) -> JsonObject:
         "time": iso_utc(v.time),
         "conflict_of": v.conflict_of,
         "available": v.available,
+        "mtime": v.mtime_ns,
+        "readonly": v.readonly,
     }
 
 
 def export_file_json(f: ExportFile) -> JsonObject:
-    return {"path": f.path, "seq": f.seq, "content": f.content, "size": f.size, "available": f.available}
+    return {
+        "path": f.path, "seq": f.seq, "content": f.content, "size": f.size, "available": f.available,
+        "mtime": f.mtime_ns, "readonly": f.readonly,
+    }

@@ -34,6 +34,7 @@ ints = st.sampled_from([None, -1, 0, 3, True, False, 1.5, "3"])
 hashes = st.sampled_from([HASH, HASH2, "AB" * 32, "ab" * 31, 7, None])
 sizes = st.sampled_from([-1, 0, 1, 4096, 262144, 262145, True, 2.0, None])
 entry = st.one_of(st.tuples(hashes, sizes).map(list), st.just([HASH]), st.just("x"), st.just([HASH, 1, 2]))
+mtimes = st.sampled_from([None, -1, 0, 1742031012345678900, 2**63 - 1, 2**63, True, 1.5, "2025-03-15"])
 manifests: st.SearchStrategy[Any] = st.one_of(st.lists(entry, max_size=3), st.none(), st.just("not a list"), st.just({}))
 
 
@@ -46,7 +47,9 @@ def items(draw: Any) -> Any:
     else:
         item.update(kind="delete", base=draw(st.integers(0, 5)))
     for _ in range(draw(st.integers(0, 2))):
-        key = draw(st.sampled_from(["path", "kind", "base", "manifest", "content", "size", "delta"]))
+        key = draw(st.sampled_from(
+            ["path", "kind", "base", "manifest", "content", "size", "delta", "mtime", "readonly"]
+        ))
         if draw(st.integers(0, 3)) == 0:
             item.pop(key, None)
             continue
@@ -59,6 +62,8 @@ def items(draw: Any) -> Any:
                 "content": hashes,
                 "size": sizes,
                 "delta": st.just({"base": HASH2, "ops": []}),
+                "mtime": mtimes,
+                "readonly": st.sampled_from([None, True, False, 0, "yes"]),
             }[key]
         )
     return draw(st.one_of(st.just(item), st.just(item), st.just(item), st.just(item), st.just([item])))
@@ -118,3 +123,21 @@ def test_a_chunk_size_outside_1_to_max_is_refused_on_both_paths(size: Any) -> No
         parse_commit(json.dumps({"batch": "b", "changes": [item]}).encode(), Limits())
     assert refused.value.status == 400
     assert "changes[0].manifest[0]" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("mtime", -1), ("mtime", 2**63), ("mtime", 1.5), ("mtime", True), ("mtime", "2025-03-15T00:00:00Z"),
+     ("readonly", "yes"), ("readonly", 1)],
+)
+def test_a_nonsense_date_or_read_only_flag_is_a_400_naming_the_field(key: str, value: Any) -> None:
+    item = {"path": "a.txt", "kind": "put", "base": None, "manifest": [[HASH, 3]], key: value}
+    error = _outcome(json.dumps({"batch": "b", "changes": [item]}).encode())
+    assert error[0] == "BadRequest" and error[2]["field"] == f"changes[0].{key}"
+
+
+def test_dates_and_read_only_flags_reach_the_proposed_change() -> None:
+    item = {"path": "a.txt", "kind": "put", "base": None, "manifest": [[HASH, 3]],
+            "mtime": 1742031012345678900, "readonly": True}
+    parsed = parse_commit(json.dumps({"batch": "b", "changes": [item, {**item, "path": "b.txt", "mtime": None}]}).encode(), Limits())
+    assert [(c.mtime_ns, c.readonly) for c in parsed.changes] == [(1742031012345678900, True), (None, True)]
