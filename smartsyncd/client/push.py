@@ -42,7 +42,7 @@ from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, FileRecord
 from smartsyncd.client.wire import CommitAnswer, CommitChange, DeltaHint, ManifestDelta, UploadItem
 from smartsyncd.core.manifest import make_delta
-from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.model import ChunkRef, is_folder
 from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import Plan, PushPut, plan
 
@@ -178,7 +178,9 @@ class Push:
             return
         item = CommitChange(put.path, "put", put.base, put.content, put.size)
         send: Iterable[tuple[ChunkRef, int]] = ()
-        if put.content in known and put.path not in self.full:
+        if is_folder(put.content):
+            pass  # a folder entry: the id alone (docs/protocol.md, "Folder entries")
+        elif put.content in known and put.path not in self.full:
             pass  # the server has this content (rename, copy): only the id travels
         elif old is not None and old.chunks is not None and put.path not in self.full:
             item = replace(item, delta=ManifestDelta(old.content, make_delta(old.chunks, chunks)))
