@@ -6,8 +6,10 @@ inside keeps the file and its folder. ``fsck`` is clean after each test."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,7 @@ def test_an_empty_folder_deleted_on_one_copy_disappears_on_the_other(
     alice.sync()
     bob.sync()
     assert folders(bob.root) == {"Tax", "Tax/2025", "Legal"}
+    at = datetime.now(UTC)
     os.rmdir(bob.root / "Legal")
     os.rmdir(bob.root / "Tax/2025")  # Tax is left empty: it stays, now as its own entry
     report = bob.sync()
@@ -99,6 +102,12 @@ def test_an_empty_folder_deleted_on_one_copy_disappears_on_the_other(
     alice.sync()
     assert folders(alice.root) == {"Tax"}
     assert folders(fresh_clone(alice, url, tmp_path)) == {"Tax"}
+    # an export at a moment before the deletes has them, as empty folders
+    out = tmp_path / "export"
+    done = alice.client.run("--json", "export", url, "--at", at.isoformat(), str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["folders"] == 2
+    assert folders(out) == {"Tax", "Tax/2025", "Legal"}
 
 
 def test_a_folder_deleted_while_another_copy_adds_a_file_inside_keeps_the_file(
