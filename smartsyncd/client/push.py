@@ -233,6 +233,14 @@ class Push:
         if isinstance(e, Finalized | Forbidden):  # signed off, or a reader: keep it all local
             report.refused = e.message
             return False
+        if isinstance(e, UnknownContent) and any(
+            x.path == path and is_folder(x.content) for x in batch.puts
+        ):
+            # a server older than folder entries: the empty folder stays local, reported
+            assert path is not None
+            self.excluded.add(path)
+            report.skipped.append((path, "the server does not sync empty folders"))
+            return True
         if isinstance(e, UnknownContent | MissingChunks):
             self.full.update(x.path for x in batch.puts if path in (None, x.path))
             self.present.clear()  # ask the server again (collected meanwhile?)
