@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from smartsyncd.core.commit_rules import MemoryHead, plan_commit
 from smartsyncd.core.errors import BadRequest, PathClash
+from smartsyncd.core.ignore import IgnoreRules
 from smartsyncd.core.model import FOLDER_CONTENT, Change, FileState, ProposedChange, is_folder
 from smartsyncd.core.planner import BaseEntry, LocalEntry, PullWrite, PushDelete, PushPut, plan
 
@@ -138,6 +139,17 @@ def test_case_rename_of_an_empty_folder_applies_in_place() -> None:
     p = plan({"Lead": FOLDER}, base, remote, case_insensitive=True)
     assert [(r.old, r.new, r.seq) for r in p.renames] == [("Lead", "LEAD", 5)]
     assert not p.pull_deletes and not p.pull_writes
+
+
+def test_ignore_rules_apply_to_folder_entries_as_folders() -> None:
+    rules = IgnoreRules.parse("drafts/\n")
+    base = {"drafts": BaseEntry(3, FOLDER_CONTENT, 0)}  # synced before the rule
+    remote = [change(5, "a/drafts", FOLDER_CONTENT)]
+    # the walk skips the ignored folder, so it is not in ``local``: never a delete
+    p = plan({}, base, remote, ignored=rules.ignores)
+    assert p.push_empty and p.pull_empty
+    p = plan({"drafts": FOLDER, "New": FOLDER}, {}, [], ignored=rules.ignores)
+    assert [x.path for x in p.push_puts] == ["New"] and p.ignored == ["drafts"]
 
 
 # -- property: a folder delete never removes a file -----------------------------------------
