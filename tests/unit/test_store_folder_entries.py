@@ -1,7 +1,7 @@
 """Folder entries in the real store (issue 16), on SQLite and PostgreSQL and through each head
 view a commit may read (whole, at the batch's keys, row by row): committed without a manifest,
 files go inside and leave again, a delete of the entry deletes nothing inside, history, restore
-and export list entries as available, and ``fsck`` is clean."""
+and export list entries as available, gc leaves them whole, and ``fsck`` is clean."""
 
 from __future__ import annotations
 
@@ -66,6 +66,9 @@ async def test_folder_entries_in_the_store(store, monkeypatch, view) -> None:  #
     assert {(f.path, f.available) for f in exported} == {
         ("Tax", True), ("Audit/Planning", True), ("Tax/return.pdf", True),
     }
+    assert await store.fsck() == []
+    await store.gc(eid, timedelta(0))  # nothing of an entry to collect; it stays whole
+    assert [v.available for v in await store.history(eid, "Audit/Planning")] == [True]
     assert await store.fsck() == []
 
 
