@@ -19,10 +19,11 @@ from twisted.internet.threads import deferToThread
 from smartsyncd.client.errors import ProtocolError, UsageError
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.localfs import discard_temp, finish_temp, fsync_dir, open_temp
+from smartsyncd.client.nofollow import ensure_folder
 from smartsyncd.client.pullwrite import apply_attributes
 from smartsyncd.client.wire import wire_mtime
 from smartsyncd.core.errors import InvalidPath
-from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.model import ChunkRef, is_folder
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.runtime.blocking import RunBlocking
 
@@ -33,11 +34,15 @@ WINDOW = 8 * 1024 * 1024
 class ExportReport:
     seq: int = 0  # the change-log position the export reflects
     files: int = 0
+    folders: int = 0  # empty folders (folder entries) made
     bytes: int = 0
     missing: list[str] = field(default_factory=list)  # past retention: not written
 
     def to_json(self) -> dict[str, object]:
-        return {"seq": self.seq, "files": self.files, "bytes": self.bytes, "missing": self.missing}
+        return {
+            "seq": self.seq, "files": self.files, "folders": self.folders, "bytes": self.bytes,
+            "missing": self.missing,
+        }
 
 
 def _prepare(path: Path) -> None:
@@ -49,6 +54,12 @@ def _prepare(path: Path) -> None:
         return
     path.mkdir(parents=True)
     fsync_dir(path.parent)
+
+
+def _make_folder(root: Path, target: Path) -> None:
+    """Make ``target`` and its parents inside ``root`` (blocking), durably."""
+    ensure_folder(root, target)
+    fsync_dir(target.parent)
 
 
 async def export_engagement(
@@ -75,8 +86,12 @@ async def export_engagement(
         content = item.get("content")
         if not isinstance(content, str):
             raise ProtocolError(f"export answer names no content for {path}")
-        manifest = await api.manifest(engagement, content)
         target = root / path
+        if is_folder(content):  # an empty folder as it stood (docs/protocol.md)
+            await run_blocking(_make_folder, root, target)
+            report.folders += 1
+            continue
+        manifest = await api.manifest(engagement, content)
         temp, handle = await run_blocking(open_temp, root, target)
         try:
             window: list[ChunkRef] = []

@@ -73,6 +73,8 @@ MISSING_PER_REQUEST = 10000
 LONG_POLL_CAP = 60.0
 PARALLEL_REQUESTS = 4  # chunk transfers on the wire at once
 MANIFESTS_PER_REQUEST = 1000  # the server's default cap (docs/protocol.md "Limits")
+# asks for folder entries (docs/protocol.md, "Folder entries"); without it a server hides them
+FOLDERS = {"folders": "1"}
 
 __all__ = [
     "CHUNKS_PER_REQUEST", "UPLOAD_BODY_LIMIT", "DeltaHint", "HistoryKeeper", "Reply",
@@ -180,7 +182,7 @@ class ServerAPI(Transport):
 
     async def snapshot(self, eng: str) -> Snapshot:
         """Live files at the head: ``(head, files)``."""
-        data = obj(await self._json("GET", _eng(eng, "snapshot")), "snapshot")
+        data = obj(await self._json("GET", _eng(eng, "snapshot"), params=FOLDERS), "snapshot")
         head = field(data, "head", int, "snapshot")
         files = [parse_file_state(item) for item in field(data, "files", list, "snapshot")]
         self.snapshot_history = HistoryMark(head, *history_fields(data, "head_hash", "snapshot"))
@@ -191,7 +193,7 @@ class ServerAPI(Transport):
     ) -> ChangePage:
         """Changes with ``seq > since``: ``(head, changes, more)``; long-polls when ``wait``."""
         wait = max(0.0, min(float(wait), LONG_POLL_CAP))
-        params = {"since": str(since), "limit": str(limit)}
+        params = {"since": str(since), "limit": str(limit), **FOLDERS}
         if wait:
             params["wait"] = f"{wait:g}"
         keeper = self.keeper
@@ -535,7 +537,7 @@ class ServerAPI(Transport):
         """The files as they stood at ``at``: ``(seq, [{path, seq, content, size, available}])``."""
         data = obj(
             await self._json(
-                "GET", _eng(eng, "export"), params={"at": _iso(at)}
+                "GET", _eng(eng, "export"), params={"at": _iso(at), **FOLDERS}
             ),
             "export",
         )

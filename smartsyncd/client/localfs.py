@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -113,12 +114,13 @@ def move_no_replace(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
-def remove_file(root: Path, target: Path) -> None:
-    """Delete ``target`` durably, then remove folders left empty up to ``root``."""
+def remove_file(root: Path, target: Path, keep: Callable[[Path], bool] | None = None) -> None:
+    """Delete ``target`` durably, then remove folders left empty up to ``root``, stopping at
+    one ``keep`` names (a synced folder entry)."""
     os.unlink(target)
     fsync_dir(target.parent)
     parent = target.parent
-    while parent != root and root in parent.parents:
+    while parent != root and root in parent.parents and not (keep and keep(parent)):
         try:
             parent.rmdir()
         except OSError:

@@ -17,12 +17,13 @@ from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.osfs import set_readonly
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.pullbatch import write_groups
+from smartsyncd.client.pullfolders import remove_empty_folder
 from smartsyncd.client.pullwrite import ChunkIndex, FileWriter
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import FileChanging, ScannedFile, load_rules
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import FileRecord
-from smartsyncd.core.model import Change
+from smartsyncd.core.model import Change, is_folder
 from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import CaseRename, LocalEntry, PullDelete, PullWrite, plan
 
@@ -183,6 +184,8 @@ class Pull:
             return False
         if current is None or old is None or current.content != old.content:
             return False  # gone already, or edited: kept (pushed again as a new file)
+        if is_folder(old.content):  # only if empty: what is inside keeps its folder
+            return remove_empty_folder(directory, path, self._folder_entry)
         try:
             ensure_folder(directory, self.ctx.local(path).parent, create=False)
         except LinkInPath:
@@ -192,10 +195,17 @@ class Pull:
             local = self.ctx.local(path)
             if sys.platform == "win32" and current.readonly:
                 set_readonly(local, False)  # Windows refuses to delete it otherwise
-            remove_file(directory, local)
+            remove_file(directory, local,
+                        lambda folder: self._folder_entry(folder.relative_to(directory).as_posix()))
         except FileNotFoundError:
             return False  # gone already (or only another spelling answered): nothing deleted
         return True
+
+
+    def _folder_entry(self, path: str) -> bool:
+        """Whether ``path`` is synced as a folder entry (it stays when emptied)."""
+        record = self.ctx.state.get(path)
+        return record is not None and is_folder(record.content)
 
 
 async def case_insensitive(ctx: CopyContext) -> bool:

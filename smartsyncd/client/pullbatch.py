@@ -23,6 +23,7 @@ from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room
 from smartsyncd.client.errors import Unverifiable
 from smartsyncd.client.localfs import discard_temp, open_temp
 from smartsyncd.client.nofollow import LinkInPath
+from smartsyncd.client.pullfolders import make_folders
 from smartsyncd.client.pullwrite import (
     PARTIAL_MIN,
     ChunkIndex,
@@ -36,7 +37,7 @@ from smartsyncd.client.pullwrite import (
 )
 from smartsyncd.client.state import FileRecord
 from smartsyncd.client.wire import ChunkWanted
-from smartsyncd.core.model import ChunkRef, Manifest
+from smartsyncd.core.model import ChunkRef, Manifest, is_folder
 from smartsyncd.core.planner import PullWrite
 
 GROUP_FILES = 1000  # manifests asked at once (the server's default cap)
@@ -82,7 +83,12 @@ def file_groups(writes: Sequence[Write], window_bytes: int) -> list[list[Write]]
 
 async def write_groups(writer: FileWriter, writes: Sequence[Write], index: ChunkIndex) -> None:
     """Write ``writes`` (each with the synced version it replaces) group by group, the next
-    group's manifests and chunks coming while this one is written."""
+    group's manifests and chunks coming while this one is written. Folder entries are made
+    first (``pullfolders``): they have no manifest."""
+    folders = [w for w in writes if is_folder(w[0].content)]
+    if folders:
+        await make_folders(writer, folders)
+        writes = [w for w in writes if not is_folder(w[0].content)]
     groups = file_groups(writes, writer.ctx.window_bytes)
     ahead: Deferred[_Group] | None = None
     try:

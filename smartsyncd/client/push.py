@@ -44,7 +44,7 @@ from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, FileRecord
 from smartsyncd.client.wire import CommitAnswer, CommitChange, DeltaHint, ManifestDelta, UploadItem
 from smartsyncd.core.manifest import make_delta
-from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef
+from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, is_folder
 from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import Plan, PushPut, plan
 
@@ -180,7 +180,9 @@ class Push:
             return
         item = CommitChange(put.path, "put", put.base, put.content, put.size)
         send: Iterable[tuple[ChunkRef, int]] = ()
-        if put.content in known and put.path not in self.full:
+        if is_folder(put.content):
+            pass  # a folder entry: the id alone (docs/protocol.md, "Folder entries")
+        elif put.content in known and put.path not in self.full:
             pass  # the server has this content (rename, copy): only the id travels
         elif old is not None and old.chunks is not None and put.path not in self.full:
             item = replace(item, delta=ManifestDelta(old.content, make_delta(old.chunks, chunks)))
@@ -235,6 +237,14 @@ class Push:
         if isinstance(e, Finalized | Forbidden):  # signed off, or a reader: keep it all local
             report.refused = e.message
             return False
+        if isinstance(e, UnknownContent) and any(
+            x.path == path and is_folder(x.content) for x in batch.puts
+        ):
+            # a server older than folder entries: the empty folder stays local, reported
+            assert path is not None
+            self.excluded.add(path)
+            report.skipped.append((path, "the server does not sync empty folders"))
+            return True
         if isinstance(e, UnknownContent | MissingChunks):
             self.full.update(x.path for x in batch.puts if path in (None, x.path))
             self.present.clear()  # ask the server again (collected meanwhile?)

@@ -14,6 +14,10 @@ folders): every later access to the file goes through ``local_name``. Two names 
 that are equal after NFC are never merged: one is skipped.
 Paths the ignore rules name (built-in defaults plus the copy's ``.smartsyncignore``, read afresh
 each scan) are listed in ``ignored`` and not read; ignored folders are not walked.
+
+Folders travel through their files; a folder holding no file (nor folder) that syncs, and a
+folder synced as a folder entry, is reported as a folder entry too (``FOLDER_CONTENT``, size 0:
+docs/protocol.md "Folder entries"), one spelling per fold key like files.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, IgnoreRules
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
-from smartsyncd.core.model import ChunkRef
+from smartsyncd.core.model import FOLDER_CONTENT, ChunkRef, is_folder
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry
 
@@ -75,6 +79,8 @@ class ScanResult:
     ignored: list[str] = field(default_factory=list)  # folders end with "/"
     # wire (NFC) path -> local spelling, for the files and folders whose names differ
     spellings: dict[str, str] = field(default_factory=dict)
+    folders: list[tuple[str, os.stat_result]] = field(default_factory=list)  # every folder walked
+    unlisted: set[str] = field(default_factory=set)  # folders that could not be listed
 
     @property
     def changed(self) -> list[str]:
@@ -132,7 +138,9 @@ class Scanner:
         self._walk(self.root, "", found, result, base)
         self.spellings = result.spellings
         result.files = [path for path, _ in found]
-        return ScanJob(self, base, result, self._drop_case_twins(found, base, result))
+        kept = self._drop_case_twins(found, base, result)
+        _add_folder_entries(result, kept, base)
+        return ScanJob(self, base, result, kept)
 
     def _walk(
         self, folder: Path, prefix: str, found: list[tuple[str, os.stat_result]],
@@ -147,6 +155,7 @@ class Scanner:
         except OSError as e:
             result.complete = False
             result.errors.append((prefix or ".", f"cannot list folder: {e.strerror}"))
+            result.unlisted.add(prefix[:-1])  # unknown inside: never an empty folder
             return
         losers = self._normalization_twins(entries, prefix, local_prefix or prefix)
         for entry in entries:
@@ -184,6 +193,7 @@ class Scanner:
             if local != rel:
                 result.spellings[rel] = local
             if is_dir:
+                result.folders.append((rel, st))
                 self._walk(Path(entry.path), rel + "/", found, result, known,
                            local + "/" if local != rel else None)
             elif statmod.S_ISREG(st.st_mode):
@@ -251,6 +261,8 @@ class Scanner:
             return None
         except NotADirectoryError:
             return None
+        if statmod.S_ISDIR(st.st_mode):
+            return folder_entry(path, st)
         if not statmod.S_ISREG(st.st_mode):
             raise OSError(f"{path} is not a regular file")
         if record is not None and same_stat(st, record.size, record.mtime_ns, record.inode):
@@ -352,8 +364,11 @@ class Scanner:
         """(path, size, mtime_ns, inode) of every file: compare two to see a local change
         without reading any file."""
         found: list[tuple[str, os.stat_result]] = []
-        self._walk(self.root, "", found, ScanResult())
-        return frozenset((p, st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found)
+        walked = ScanResult()
+        self._walk(self.root, "", found, walked)
+        return frozenset(
+            (p, st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found + walked.folders
+        )
 
 
 class ScanJob:
@@ -446,3 +461,39 @@ def _unchanged(path: str, st: os.stat_result, record: FileRecord) -> ScannedFile
         content=record.content, size=record.size, path=path, mtime_ns=st.st_mtime_ns,
         inode=st.st_ino, chunks=record.chunks, hashed=False, readonly=is_readonly(st),
     )
+
+
+def folder_entry(path: str, st: os.stat_result) -> ScannedFile:
+    """A folder as the planner sees a folder entry (no content read, no chunks)."""
+    return ScannedFile(
+        content=FOLDER_CONTENT, size=0, path=path, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
+        chunks=(),
+    )
+
+
+def _add_folder_entries(
+    result: ScanResult, files: list[tuple[str, os.stat_result]], base: Mapping[str, FileRecord]
+) -> None:
+    """Report as folder entries the walked folders that hold nothing that syncs (no file kept,
+    no folder walked), and those synced as folder entries; a folder whose name case-folds like
+    a file or another folder kept is skipped (the server would refuse the batch)."""
+    holding: set[str] = set(result.unlisted)
+    for path, _ in files + result.folders:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in holding:
+            holding.add(parent)
+            parent = parent.rpartition("/")[0]
+    taken = {fold_key(path): path for path, _ in files}
+    taken.update((fold_key(folder), folder) for folder in holding)
+    wanted = [
+        (path, st) for path, st in result.folders
+        if path not in holding or (path in base and is_folder(base[path].content))
+    ]
+    wanted.sort(key=lambda item: (item[0] not in base, item[0]))  # the synced spelling first
+    for path, st in wanted:
+        key = fold_key(path)
+        if taken.get(key, path) != path:
+            result.skipped.append((path, f"differs from {taken[key]!r} only in case"))
+            continue
+        taken[key] = path
+        result.entries[path] = folder_entry(path, st)

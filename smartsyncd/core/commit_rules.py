@@ -20,7 +20,14 @@ from typing import Protocol
 from smartsyncd.core.conflicts import conflict_name
 from smartsyncd.core.errors import BadRequest, BatchReused, PathClash
 from smartsyncd.core.manifest import is_hash
-from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, FileState, Outcome, ProposedChange
+from smartsyncd.core.model import (
+    MTIME_NS_MAX,
+    MTIME_NS_MIN,
+    FileState,
+    Outcome,
+    ProposedChange,
+    is_folder,
+)
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 
 MAX_CHANGES = 10000
@@ -57,6 +64,7 @@ class _Batch:
     reserved: set[str] = field(default_factory=set)  # fold keys no conflict copy may take
     stale_deletes: set[str] = field(default_factory=set)  # fold keys of refused (stale) deletes
     deleting: set[str] = field(default_factory=set)  # live paths this batch's deletes remove
+    written: dict[str, bool] = field(default_factory=dict)  # path -> is a folder entry
     _head_folders: dict[str, str | None] = field(default_factory=dict)
     _chains: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
@@ -97,9 +105,18 @@ class _Batch:
             return False
         return all(p in self.deleting for p in self.head.live_paths_under(prefix, gone + 1))
 
-    def write_file(self, path: str, key: str | None = None) -> None:
-        """``key``: ``fold_key(path)`` when the caller has it."""
+    def is_folder_entry(self, path: str) -> bool:
+        """Whether the live name ``path`` is a folder entry (docs/protocol.md, "Folder
+        entries"), as this batch left it."""
+        if path in self.written:
+            return self.written[path]
+        current = self.head.state(path)
+        return current is not None and is_folder(current.content)
+
+    def write_file(self, path: str, key: str | None = None, entry: bool = False) -> None:
+        """``key``: ``fold_key(path)`` when the caller has it; ``entry``: a folder entry."""
         self.live[fold_key(path) if key is None else key] = path
+        self.written[path] = entry
         for folder, folder_key in self.folder_chain(path):
             self.folders.setdefault(folder_key, folder)
 
@@ -132,6 +149,8 @@ def validate_batch(proposals: Sequence[ProposedChange], max_changes: int = MAX_C
             if not isinstance(p.size, int) or isinstance(p.size, bool) or p.size < 0:
                 raise BadRequest(f"put of {path!r} needs a size >= 0", path=path)
             _check_attributes(p, path)
+            if is_folder(p.content) and p.size != 0:
+                raise BadRequest(f"folder entry {path!r} must have size 0", path=path)
         elif p.base is None:
             raise BadRequest(f"delete of {path!r} needs the base version it deletes", path=path)
         paths.append(path)
@@ -166,9 +185,10 @@ def _check_attributes(p: ProposedChange, path: str) -> None:
         raise BadRequest(f"put of {path!r}: readonly must be true or false", path=path)
 
 
-def _check_clashes(path: str, batch: _Batch, path_key: str) -> None:
+def _check_clashes(path: str, batch: _Batch, path_key: str, folder_entry: bool = False) -> None:
     """Refuse a new file whose name or folders clash with live names of another spelling
-    (``path_key``: ``fold_key(path)``, which the caller has)."""
+    (``path_key``: ``fold_key(path)``, which the caller has). A folder entry may name a folder
+    that holds files, and anything may go inside a folder entry, in the same spelling."""
     existing = batch.live_path_with_key(path_key)
     if existing is not None and existing != path:
         raise PathClash(
@@ -179,10 +199,14 @@ def _check_clashes(path: str, batch: _Batch, path_key: str) -> None:
     if existing == path:
         return  # an edit of a live file: its folders already exist with this spelling
     folder = batch.folder_spelling(path_key)
+    if folder is not None and folder_entry and folder == path:
+        return  # an entry for a folder that holds files: its folders exist in this spelling
     if folder is not None:
         raise PathClash(f"{path!r} is the name of an existing folder", path=path, existing=folder)
     for anc, key in batch.folder_chain(path):
         file_there = batch.live_path_with_key(key)
+        if file_there == anc and batch.is_folder_entry(anc):
+            continue  # inside a folder entry of this spelling: the entry is that folder
         if file_there is not None:
             raise PathClash(
                 f"folder {anc!r} of {path!r} is an existing file", path=path, existing=file_there
@@ -270,8 +294,9 @@ def _plan_put(
     key = fold_key(path)
     twin = batch.live_path_with_key(key)
     renamed_over_edit = key in batch.stale_deletes and twin is not None and twin != path
+    folder_entry = is_folder(p.content)
     if not renamed_over_edit:
-        _check_clashes(path, batch, key)
+        _check_clashes(path, batch, key, folder_entry)
     # A case-only rename whose delete was stale (the file was edited meanwhile): keep the
     # renamed content as a conflict copy instead of refusing the whole batch.
     if renamed_over_edit or (current is not None and live and p.base != current.seq):
@@ -281,14 +306,14 @@ def _plan_put(
             folder = twin.rpartition("/")[0]
             path = f"{folder}/{path.rpartition('/')[2]}" if folder else path.rpartition("/")[2]
         copy = _conflict_path(path, user, now, batch)
-        _check_clashes(copy, batch, fold_key(copy))
-        batch.write_file(copy)
+        _check_clashes(copy, batch, fold_key(copy), folder_entry)
+        batch.write_file(copy, entry=folder_entry)
         batch.reserved.add(fold_key(copy))
         return Outcome(
             proposed, "conflict", copy, "put", p.content, p.size, None,
             mtime_ns=p.mtime_ns, readonly=p.readonly,
         )
-    batch.write_file(path, key)
+    batch.write_file(path, key, folder_entry)
     prev = None if current is None else current.seq  # a tombstone: edit beats delete
     return Outcome(
         path, "applied", path, "put", p.content, p.size, prev, mtime_ns=p.mtime_ns, readonly=p.readonly

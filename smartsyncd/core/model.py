@@ -16,6 +16,16 @@ ChangeKind = Literal["put", "delete"]
 Role = Literal["reader", "editor", "reviewer", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "editor", "reviewer", "admin")
 
+# The content id of a folder entry (an empty folder that travels, docs/protocol.md "Folder
+# entries"): BLAKE3-256 of b"smartsync-folder-v1\n", which no manifest hashes to (manifest ids
+# hash another domain tag). A folder entry has size 0, no manifest and no chunks.
+FOLDER_CONTENT = "5298988b9dd19cf8babfab492913b426a8256ffaea58a888cc34df91dcc61216"
+
+
+def is_folder(content: str | None) -> bool:
+    """Whether a record's content names a folder entry (not a file, not a tombstone)."""
+    return content == FOLDER_CONTENT
+
 # Commit outcome statuses (see docs/protocol.md, "commit"):
 #   applied   - written at the proposed path with a new sequence number
 #   unchanged - the path already holds exactly this (content, or tombstone); nothing written

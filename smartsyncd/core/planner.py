@@ -12,7 +12,7 @@ Safety rules encoded here:
   and pushes it again as a new file (edit beats delete);
 - a rename is a delete plus a put of known content: no chunks move;
 - an ignored path (``core.ignore``) is outside the plan in all three trees: never pushed, never
-  deleted on either side, never written;
+  deleted on either side, never written (a folder entry is ignored by folder rules too);
 - on a case-insensitive copy a case-only rename (delete ``Memo.txt``, put ``memo.txt``: one
   file there) is a ``CaseRename`` applied in place, never a write then a delete of one file.
 """
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from smartsyncd.core.model import Change
+from smartsyncd.core.model import Change, is_folder
 from smartsyncd.core.paths import fold_key
 
 
@@ -189,10 +189,14 @@ def plan(
     result = Plan()
     newest = last_remote(remote)
     if ignored is not None:
-        result.ignored = sorted(p for p in local if ignored(p))
-        local = {p: e for p, e in local.items() if not ignored(p)}
-        base = {p: b for p, b in base.items() if not ignored(p)}
-        newest = {p: c for p, c in newest.items() if not ignored(p)}
+        def skip(path: str, content: str | None) -> bool:
+            # a folder entry is ignored as a folder ("drafts/" rules), like the walk skips it
+            return ignored(path) or (is_folder(content) and ignored(path + "/"))
+
+        result.ignored = sorted(p for p, e in local.items() if skip(p, e.content))
+        local = {p: e for p, e in local.items() if not skip(p, e.content)}
+        base = {p: b for p, b in base.items() if not skip(p, b.content)}
+        newest = {p: c for p, c in newest.items() if not skip(p, c.content)}
     if case_insensitive and newest:
         local, base, newest = _case_renames(result, local, base, newest)
     for path in sorted(set(local) | set(base) | set(newest)):

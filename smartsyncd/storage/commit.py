@@ -31,6 +31,7 @@ from smartsyncd.core.model import (
     HistoryCheck,
     Outcome,
     ProposedChange,
+    is_folder,
 )
 from smartsyncd.core.paths import fold_key
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
@@ -360,6 +361,10 @@ def _resolve_manifests(
         if o.write_path is None or o.kind != "put" or o.content is None:
             continue
         content: str = o.content
+        if is_folder(content):  # a folder entry has no manifest (docs/protocol.md)
+            if manifests.get(o.path) or manifests.get(proposal.path):
+                raise BadRequest("a folder entry takes no manifest or delta", path=o.path)
+            continue
         if content in new:
             known_size: int | None = new[content][0]
         else:

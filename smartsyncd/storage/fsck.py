@@ -5,7 +5,7 @@ For every engagement:
 - every chunk a manifest names has a chunk row (``missing_chunk``);
 - every chunk row's pack file exists (``missing_pack``) and its byte range decompresses
   (capped, as for uploads) to ``raw_size`` bytes that hash to the chunk name (``bad_chunk``);
-- every live file's content has a manifest (``missing_manifest``);
+- every live file's content has a manifest (``missing_manifest``; a folder entry has none);
 - the change log holds exactly the seqs 1..head (``bad_log``).
 
 Nothing is repaired: metadata pointing at missing data is an alarm for an operator, never a reason
@@ -22,6 +22,7 @@ from typing import Any
 from smartsyncd.core import manifest
 from smartsyncd.core.chunkstream import verify_records
 from smartsyncd.core.errors import SyncError
+from smartsyncd.core.model import is_folder
 from smartsyncd.storage.api import FsckProblem
 from smartsyncd.storage.changelog import engagement_ids
 from smartsyncd.storage.db import MetadataDB
@@ -67,7 +68,7 @@ def check_metadata(db: MetadataDB, engagement_id: int, name: str, head: int) -> 
             "SELECT path, content FROM files WHERE engagement_id = ? AND content IS NOT NULL",
             (engagement_id,),
         ):
-            if bytes(content) not in contents:
+            if bytes(content) not in contents and not is_folder(bytes(content).hex()):
                 report("missing_manifest", f"{path!r} has content {bytes(content).hex()} without a manifest")
 
         seqs = [int(r[0]) for r in db.all("SELECT seq FROM changes WHERE engagement_id = ? ORDER BY seq", (engagement_id,))]

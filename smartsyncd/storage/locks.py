@@ -17,7 +17,7 @@ from smartsyncd.core.errors import (
     NotFound,
 )
 from smartsyncd.core.locks import Lock, checkout_conflict, describe, overlaps
-from smartsyncd.core.model import ProposedChange
+from smartsyncd.core.model import ProposedChange, is_folder
 from smartsyncd.core.paths import fold_key, normalize_path
 from smartsyncd.storage import chunks, commit
 from smartsyncd.storage.api import (
@@ -157,7 +157,8 @@ def history(db: MetadataDB, engagement_id: int, path: str) -> list[VersionRecord
                     user=r[4],
                     time=datetime.fromisoformat(r[5]),
                     conflict_of=r[6],
-                    available=is_put and r[7] is not None,
+                    # a folder entry has no manifest to collect
+                    available=is_put and (r[7] is not None or is_folder(bytes(r[2]).hex())),
                     mtime_ns=None if r[8] is None else int(r[8]),
                     readonly=None if r[9] is None else bool(r[9]),
                 )
@@ -198,7 +199,7 @@ def restore(
             raise NotFound(f"{path!r} has {len(puts)} version(s); there is no version {version}", path=path)
         _, content_blob, size, mtime_ns, readonly = puts[version - 1]
         content = bytes(content_blob).hex()
-        if chunks.manifest_row(db, engagement_id, content) is None:
+        if not is_folder(content) and chunks.manifest_row(db, engagement_id, content) is None:
             raise NotFound(
                 f"version {version} of {path!r} is past the engagement's retention and was collected",
                 path=path,
@@ -241,7 +242,8 @@ def export_at(db: MetadataDB, engagement_id: int, at: datetime) -> tuple[int, li
         files = [
             ExportFile(
                 path=r[0], seq=int(r[1]), content=bytes(r[2]).hex(), size=int(r[3]),
-                available=r[4] is not None, mtime_ns=None if r[5] is None else int(r[5]),
+                available=r[4] is not None or is_folder(bytes(r[2]).hex()),
+                mtime_ns=None if r[5] is None else int(r[5]),
                 readonly=None if r[6] is None else bool(r[6]),
             )
             for r in rows

@@ -97,7 +97,7 @@ class SyncAPI:
         # parked long-polls: answered in bulk, one query and one encoding per woken group
         self.longpolls = LongPolls(
             notifier, clock, lambda e, s, n: self._store.changes_since(e, s, n),
-            lambda h, c: changes_body(h, c, identity.known),
+            lambda h, c, folders: changes_body(h, c, identity.known, folders),
         )
         deltas = DeltaBases(store, run_blocking, limits.delta_prefix_bytes)
         self.uploads = UploadServices(self.authorizer, store, deltas, run_blocking, limits)

@@ -450,6 +450,12 @@ def query_int(request: Request, name: str, default: int, minimum: int, maximum: 
     return value
 
 
+def asks_folders(request: Request) -> bool:
+    """``folders=1``: the client takes folder entries (docs/protocol.md, "Folder entries");
+    ``0`` or absent: it is shown none."""
+    return query_int(request, "folders", 0, 0, 1) == 1
+
+
 def query_float(request: Request, name: str, default: float, minimum: float, maximum: float) -> float:
     raw = _query_value(request, name)
     if raw is None:

@@ -59,8 +59,9 @@ from smartsyncd.web.notify import ChangeNotifier
 log = Logger(namespace="smartsyncd.web")
 
 ChangesSince = Callable[[int, int, int], Awaitable[tuple[int, list[Change]]]]
-BodyOf = Callable[[int, list[Change]], object]  # the JSON of a change feed page
-_GroupKey = tuple[int, int, int, int]
+# the JSON of a change feed page: (head, changes, whether the client asked for folder entries)
+BodyOf = Callable[[int, list[Change], bool], object]
+_GroupKey = tuple[int, int, int, int, bool]  # engagement, since, limit, head, folders
 _HeaderKey = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 _Variant = tuple[Headers, bytes, bytes]  # headers, body, the whole response as sent
 
@@ -86,13 +87,15 @@ class _Parked:
 
     __slots__ = (
         "owner", "request", "engagement_id", "since", "limit", "zstd", "headers", "key", "gone", "finished",
+        "folders",
     )
 
     def __init__(
         self, owner: LongPolls, request: Request, engagement_id: int, since: int, limit: int,
-        zstd: bool, headers: _HeaderKey,
+        zstd: bool, headers: _HeaderKey, folders: bool = True,
     ) -> None:
         self.owner = owner
+        self.folders = folders
         self.request = request
         self.engagement_id = engagement_id
         self.since = since
@@ -197,11 +200,17 @@ class LongPolls:
             for key, answer_head, answer_changes in groups:  # formed groups are answered, always
                 self._answer_fresh(key, answer_head, answer_changes)
 
-    def park(self, request: Request, engagement_id: int, since: int, limit: int, timeout: float) -> ParkedResource:
+    def park(
+        self, request: Request, engagement_id: int, since: int, limit: int, timeout: float,
+        folders: bool = True,
+    ) -> ParkedResource:
         """Hold ``request`` until the head passes ``since`` or ``timeout`` runs out; return the
-        resource the handler must return (it leaves the request open)."""
+        resource the handler must return (it leaves the request open). ``folders``: the client
+        asked for folder entries (docs/protocol.md)."""
         zstd = bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding"))
-        parked = _Parked(self, request, engagement_id, since, limit, zstd, self._header_key(request))
+        parked = _Parked(
+            self, request, engagement_id, since, limit, zstd, self._header_key(request), folders
+        )
         key = self._notifier.watch(engagement_id, since, timeout, parked)
         if key is not None:
             parked.key = key
@@ -230,7 +239,7 @@ class LongPolls:
 
     def _woken(self, parked: _Parked) -> None:
         eid = parked.engagement_id
-        key = (eid, parked.since, parked.limit, self._notifier.head(eid))
+        key = (eid, parked.since, parked.limit, self._notifier.head(eid), parked.folders)
         group = self._groups.get(key)
         if group is not None:
             group.append(parked)  # its query starts after this head was notified
@@ -253,17 +262,17 @@ class LongPolls:
 
     def _answer_fresh(self, key: _GroupKey, head: int, changes: Sequence[Change]) -> None:
         try:
-            answer = _Answer(200, json_bytes(self._body_of(head, list(changes))), datetimeToString())
+            answer = _Answer(200, json_bytes(self._body_of(head, list(changes), key[4])), datetimeToString())
         except Exception:
             answer = self._error_answer(Failure())
         self._answer_slice(self._groups.pop(key), 0, answer, min(FIRST_FRESH_SLICE, self._slice))
 
     async def _answer_group(self, key: _GroupKey) -> None:
-        eid, since, limit, _ = key
+        eid, since, limit, _, folders = key
         self.queries += 1
         try:
             head, changes = await self._changes_since(eid, since, limit)
-            answer = _Answer(200, json_bytes(self._body_of(head, changes)), datetimeToString())
+            answer = _Answer(200, json_bytes(self._body_of(head, changes, folders)), datetimeToString())
         except Exception:
             answer = self._error_answer(Failure())
         self._answer_slice(self._groups.pop(key), 0, answer)

@@ -14,7 +14,7 @@ from smartsyncd.core import chunkstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
-from smartsyncd.web.bodies import query_float, query_int, query_str
+from smartsyncd.web.bodies import asks_folders, query_float, query_int, query_str
 from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.deltas import READ_SLICE, DeltaBases
 from smartsyncd.web.errors import json_bytes, send_json
@@ -88,7 +88,8 @@ class PullRoutes:
         identity = await self._identity.get()
         # the record token at head: a clone remembers it (web/history.py)
         token = await self._changelog.record_token(access.engagement.id, head)
-        return send_json(request, snapshot_json(head, files, token, identity))
+        folders = asks_folders(request)
+        return send_json(request, snapshot_json(head, files, token, identity, folders))
 
     async def changes(self, request: Request, access: Access) -> bytes | ParkedResource:
         limits = self._limits
@@ -104,8 +105,8 @@ class PullRoutes:
         if not changes and wait > 0:
             # parked: web/longpoll.py answers it (with what changes_since then says) once a
             # commit moves the head past ``since`` or the wait runs out
-            return self._longpolls.park(request, eid, since, limit, wait)
-        return send_json(request, changes_body(head, changes, identity))
+            return self._longpolls.park(request, eid, since, limit, wait, asks_folders(request))
+        return send_json(request, changes_body(head, changes, identity, asks_folders(request)))
 
     async def manifest(self, request: Request, access: Access, content: str) -> bytes:
         base = query_str(request, "base")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from smartsyncd.core.locks import Lock
-from smartsyncd.core.model import Change, FileState
+from smartsyncd.core.model import Change, FileState, is_folder
 from smartsyncd.storage.api import (
     CommitResultItem,
     CopyRecord,
@@ -55,11 +55,20 @@ def change_json(change: Change) -> JsonObject:
     }
 
 
-def changes_body(head: int, changes: Sequence[Change], identity: tuple[str, int] | None = None) -> JsonObject:
+def changes_body(
+    head: int, changes: Sequence[Change], identity: tuple[str, int] | None = None,
+    folders: bool = True,
+) -> JsonObject:
     """The answer to ``GET .../changes`` for ``changes_since``'s (head, changes); ``identity``
-    is the store's (id, generation)."""
+    is the store's (id, generation). ``folders``: the client asked for folder entries; else a
+    folder-entry put is shown as a delete of its path (docs/protocol.md, "Folder entries")."""
     more = bool(changes) and changes[-1].seq < head
-    body: JsonObject = {"head": head, "changes": [change_json(c) for c in changes], "more": more}
+    items = [
+        change_json(c) if folders or not (c.kind == "put" and is_folder(c.content))
+        else {**change_json(c), "kind": "delete", "content": None, "size": 0}
+        for c in changes
+    ]
+    body: JsonObject = {"head": head, "changes": items, "more": more}
     if identity is not None:
         body["store"], body["generation"] = identity
     return body
@@ -78,8 +87,12 @@ def result_json(item: CommitResultItem) -> JsonObject:
     return out
 
 
-def snapshot_json(head: int, files: Sequence[FileState], token: str | None, identity: tuple[str, int]) -> JsonObject:
-    """The answer to ``GET .../snapshot``: the live files at ``head`` and its record token."""
+def snapshot_json(
+    head: int, files: Sequence[FileState], token: str | None, identity: tuple[str, int],
+    folders: bool = True,
+) -> JsonObject:
+    """The answer to ``GET .../snapshot``: the live files at ``head`` and its record token
+    (folder entries only for a client that asked for them)."""
     return {
         "head": head,
         "files": [
@@ -88,7 +101,7 @@ def snapshot_json(head: int, files: Sequence[FileState], token: str | None, iden
                 "mtime": f.mtime_ns, "readonly": f.readonly,
             }
             for f in files
-            if f.content is not None
+            if f.content is not None and (folders or not is_folder(f.content))
         ],
         "head_hash": token,
         "store": identity[0],

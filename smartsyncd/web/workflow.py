@@ -22,12 +22,20 @@ from twisted.web.server import Request
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
+from smartsyncd.core.model import is_folder
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import EngagementStatus, WorkflowStore
 from smartsyncd.storage.lifecycle import deadline_warning
 from smartsyncd.storage.wipes import KEY_HEX
 from smartsyncd.web.access import Access, Authorizer, engagement_route
-from smartsyncd.web.bodies import expect_object, get_int, get_str, query_str, read_json
+from smartsyncd.web.bodies import (
+    asks_folders,
+    expect_object,
+    get_int,
+    get_str,
+    query_str,
+    read_json,
+)
 from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.errors import send_json
 from smartsyncd.web.limits import Limits
@@ -120,7 +128,9 @@ class WorkflowRoutes:
         self._read_audit.note(access.engagement.id, "export", access.session.user,
                               access.session.id, client_address(request), at=iso_utc(at), seq=seq,
                               files=len(files))
-        return send_json(request, {"at": iso_utc(at), "seq": seq, "files": [export_file_json(f) for f in files]})
+        folders = asks_folders(request)  # else folder entries are left out (docs/protocol.md)
+        listed = [export_file_json(f) for f in files if folders or not is_folder(f.content)]
+        return send_json(request, {"at": iso_utc(at), "seq": seq, "files": listed})
 
     # -- copies ------------------------------------------------------------------------------------
 
