@@ -50,6 +50,9 @@ Tables:
 - (11) copy_wipes: remote wipe orders for abandoned copies and the copies' reports of them;
   copies.key_hash: SHA-256 of the copy's own secret, which authenticates that report
   (``storage/wipes``).
+- (16) engagements.volume: the storage volume holding the engagement's packs (NULL: the
+  default volume, ``[storage] path``); engagements.moving_to: the volume an ``engagement move``
+  is copying it to, until the switch (``storage/volumes``).
 
 Numbers may have gaps (several branches draw them at once): a migration runs when its own number
 is not yet in ``schema_version``, whatever higher numbers are.
@@ -355,6 +358,15 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
                 PRIMARY KEY (engagement_id, copy_id)
             )""",
             "CREATE INDEX copy_wipes_copy ON copy_wipes (copy_id)",
+        ],
+    ),
+    (
+        # Several storage volumes (docs/operations.md, "Storage volumes"): existing engagements
+        # stay on the default volume (NULL), so no file moves.
+        16,
+        [
+            "ALTER TABLE engagements ADD COLUMN volume TEXT",
+            "ALTER TABLE engagements ADD COLUMN moving_to TEXT",
         ],
     ),
 ]
