@@ -19,6 +19,7 @@ import pytest
 
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage import volumes
+from smartsyncd.storage.backup import BackupError, backup_sqlite, restore_sqlite
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.sqlite import open_server_store
 from smartsyncd.storage.sqlstore import SqlServerStore
@@ -301,5 +302,36 @@ def test_a_corrupt_copy_is_not_switched_to(backend: Backend, tmp_path: Path, mon
             run_sync(volumes.move_engagement(store, store.packs, "acme", "nas1"))
         assert backend.raw("SELECT volume FROM engagements") == [(None,)]
         run_sync(readable(store, e.id, hashes))
+    finally:
+        run_sync(store.close())
+
+
+def test_backup_and_restore_cover_every_volume(tmp_path: Path) -> None:
+    sqlite = Backend("sqlite", tmp_path / "data", None)
+    store = open_store(sqlite, tmp_path)
+    try:
+        on_default = run_sync(store.create_engagement("acme", ""))
+        on_nas2 = run_sync(store.create_engagement("beta", "", "nas2"))
+        hashes = {on_default.id: run_sync(fill(store, on_default.id, 1)), on_nas2.id: run_sync(fill(store, on_nas2.id, 2))}
+        roots = dict(store.packs.volumes)
+    finally:
+        run_sync(store.close())
+    db = str(sqlite.data_dir / "metadata.sqlite3")
+    info = backup_sqlite(db, roots, str(sqlite.data_dir / "tls"), str(tmp_path / "backup"))
+    assert info["packs"] == 3 and info["volumes"] == ["default", "nas2"]
+    assert len(pack_files(tmp_path / "backup" / "volumes" / "nas2")) == 2
+
+    with pytest.raises(BackupError, match="volumes not in \\[storage\\] volumes: nas2"):
+        restore_sqlite(str(tmp_path / "backup"), str(tmp_path / "new"), str(tmp_path / "x.db"),
+                       {"default": str(tmp_path / "new" / "chunks")}, force=False)
+    for folder in (sqlite.data_dir, tmp_path / "nas1", tmp_path / "nas2"):
+        os.rename(folder, f"{folder}.lost")
+    restore_sqlite(str(tmp_path / "backup"), str(sqlite.data_dir), db, roots, force=False)
+    assert len(pack_files(tmp_path / "nas2")) == 2
+    store = open_store(sqlite, tmp_path)
+    try:
+        assert run_sync(store.fsck()) == []
+        for engagement_id, wanted in hashes.items():
+            run_sync(readable(store, engagement_id, wanted))
     finally:
         run_sync(store.close())
