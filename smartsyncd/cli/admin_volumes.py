@@ -2,7 +2,8 @@
 
 ``volume list [--json]``: each volume of the config (``default`` is ``[storage] path``), its
 folder, free and total bytes, whether it is below ``[storage] warn_free_mb``, and how many
-engagements live on it. ``engagement create NAME --volume V`` places a new engagement (without
+engagements live on it (a volume the database names but the config lacks is listed without a
+folder). ``engagement create NAME --volume V`` places a new engagement (without
 ``--volume``: the volume with the most free space). ``engagement move NAME --volume V`` moves
 one online (``storage/volumes.py``), printing what it copied.
 """
@@ -84,10 +85,18 @@ async def _list(ctx: AdminContext, as_json: bool, warn_bytes: int) -> int:
             "engagements": sum(1 for p in placed if p[2] == name),
             "moving_in": sum(1 for p in placed if p[3] == name),
         })
+    for name in sorted({p[2] for p in placed} - set(folders)):  # named by the database only
+        rows.append({
+            "name": name, "path": None, "free_bytes": None, "size_bytes": None, "low": None,
+            "engagements": sum(1 for p in placed if p[2] == name), "moving_in": 0,
+        })
     if as_json:
         ctx.out.write(json.dumps(rows, indent=1) + "\n")
         return 0
     for r in rows:
+        if r["path"] is None:
+            ctx.say(f"{r['name']}\tNOT CONFIGURED\t{r['engagements']} engagements")
+            continue
         free_text = "unreadable" if r["free_bytes"] is None else f"{r['free_bytes']} bytes free of {r['size_bytes']}"
         low = " LOW" if r["low"] else ""
         ctx.say(f"{r['name']}\t{r['path']}\t{free_text}{low}\t{r['engagements']} engagements")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, running_daemon
+from daemon import Daemon, admin_command, running_daemon
 from test_cli_client import PASSWORD, Client, login
 
 pytestmark = pytest.mark.integration
@@ -143,6 +144,18 @@ def test_engagement_moves_between_volumes_while_a_client_syncs(tmp_path: Path) -
         assert checked.returncode == 0, checked.stdout + checked.stderr
         listed = {v["name"]: v for v in json.loads(admin_ok(d, "volume", "list", "--json"))}
         assert [listed[v]["engagements"] for v in ("default", "nas1", "nas2")] == [0, 0, 2]
+
+        # a config that lost a volume: the listing still names it, without a folder
+        partial = tmp_path / "partial.ini"
+        partial.write_text(f"[storage]\nvolumes = nas1:{nas1}\n")
+        done = subprocess.run(
+            [*admin_command(), "--config", str(partial), "--data-dir", str(d.data_dir), "volume", "list", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "which [storage] volumes does not list" in done.stderr
+        lost = next(v for v in json.loads(done.stdout) if v["name"] == "nas2")
+        assert (lost["path"], lost["engagements"]) == (None, 2)
 
         status, health = d.request("GET", "/healthz")
         assert status == 200, health
