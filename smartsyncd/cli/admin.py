@@ -108,8 +108,11 @@ class Admin:
         return self._ldap
 
     async def run(self, args: argparse.Namespace, password: str | None) -> int:
+        from smartsyncd.cli import admin_volumes
         from smartsyncd.cli.admin_json import run_json, wants_json
 
+        if admin_volumes.handles(args):
+            return await admin_volumes.run_volumes(self, args, self.config.warn_free_mb << 20)
         if wants_json(args):
             return await run_json(self, args)
         if args.command == "user":
@@ -124,7 +127,7 @@ class Admin:
             return await self.user_list()
         if args.command == "engagement":
             if args.action == "create":
-                return await self.engagement_create(args.name, args.title)
+                return await self.engagement_create(args.name, args.title, args.volume)
             if args.action in ("set", "dispose"):
                 from smartsyncd.cli.admin_lifecycle import run_lifecycle
 
@@ -220,11 +223,14 @@ class Admin:
             self.say("(no users)")
         return 0
 
-    async def engagement_create(self, name: str, title: str | None) -> int:
+    async def engagement_create(self, name: str, title: str | None, volume: str | None = None) -> int:
+        from smartsyncd.cli.admin_volumes import pick_volume
+
         if await self.store.get_engagement(name) is not None:
             raise AdminError(f"engagement {name!r} already exists")
-        await self.store.create_engagement(name, title if title is not None else name)
-        self.say(f"created engagement {name}")
+        placed = await pick_volume(self, volume)
+        await self.store.create_engagement(name, title if title is not None else name, placed)  # type: ignore[call-arg]
+        self.say(f"created engagement {name} on volume {placed}")
         return 0
 
     async def engagement_list(self) -> int:
@@ -373,6 +379,7 @@ async def run_admin(
             reactor=reactor,
             database_url=config.database_url,
             storage_path=config.storage_path,
+            volumes=dict(config.volumes),
         )
     except Exception as e:  # noqa: BLE001 - reported as one line: where and why
         raise AdminError(
@@ -414,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console entry point (``smartsync-admin``)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with argparse's message on a usage error
+    if args.command == "engagement" and args.action == "add":
+        args.action = "create"  # the alias
     try:
         config = load_config(default_config_file(args.config, args.data_dir), data_dir=args.data_dir)
         _check_args(args)

@@ -33,11 +33,11 @@ def add_parsers(commands: Any) -> None:
     )
 
 
-def _paths(config: ServerConfig) -> tuple[str, str]:
+def _paths(config: ServerConfig) -> tuple[str, dict[str, str]]:
+    """The database file, and every storage volume's folder by name."""
     from smartsyncd.storage.sqlite import DB_FILENAME
 
-    packs = config.storage_path or os.path.join(config.data_dir, "chunks")
-    return os.path.join(config.data_dir, DB_FILENAME), packs
+    return os.path.join(config.data_dir, DB_FILENAME), config.volume_folders
 
 
 async def new_generation(store: Any, out: TextIO) -> int:
@@ -68,7 +68,9 @@ async def run_backup(reactor: Any, args: argparse.Namespace, config: ServerConfi
         raise AdminError(str(e)) from None
     from smartsyncd.storage.sqlite import open_server_store
 
-    store = await open_server_store(config.data_dir, reactor=reactor, storage_path=config.storage_path)
+    store = await open_server_store(
+        config.data_dir, reactor=reactor, storage_path=config.storage_path, volumes=dict(config.volumes)
+    )
     try:
         out.write(f"restored {args.dest} (made {info.get('created')}) into {config.data_dir}\n")
         return await new_generation(store, out)

@@ -96,9 +96,12 @@ def _add_session_parsers(commands: Commands) -> None:
 
 def _add_engagement_parsers(commands: Commands) -> None:
     engagement = _actions(commands, "engagement", "engagements")
-    create = engagement.add_parser("create", help="create an engagement")
+    create = engagement.add_parser("create", aliases=["add"], help="create an engagement")
     create.add_argument("name", help="1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)")
     create.add_argument("--title", help="a readable title (default: the name)")
+    create.add_argument(
+        "--volume", metavar="V", help="the storage volume for its files (default: the one with most free space)"
+    )
     _json(engagement.add_parser("list", help="list engagements"))
     finalize = engagement.add_parser(
         "finalize", help="sign off: make the engagement read-only for everyone (audited)"
@@ -122,6 +125,9 @@ def _add_engagement_parsers(commands: Commands) -> None:
     from smartsyncd.cli.admin_lifecycle import add_engagement_actions
 
     add_engagement_actions(engagement)
+    from smartsyncd.cli.admin_volumes import add_parsers as add_volume_parsers
+
+    add_volume_parsers(commands, engagement)
 
 
 def _add_grant_parsers(commands: Commands) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,7 +52,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "database": frozenset({"url"}),
-    "storage": frozenset({"path", "warn_free_mb"}),
+    "storage": frozenset({"path", "warn_free_mb", "volumes"}),
     "auth": frozenset({"backends", "password_sign_in"}),
     "limits": frozenset(
         {
@@ -85,6 +86,8 @@ class ServerConfig:
     database_url: str | None = None  # None: SQLite in the data folder
     storage_path: str | None = None  # None: DATA/chunks
     warn_free_mb: int = 1024  # /healthz warns when a storage folder has less free
+    # [storage] volumes: more named pack folders beside the default one (storage/volumes.py)
+    volumes: tuple[tuple[str, str], ...] = ()
     auth_backends: tuple[str, ...] = ("local",)
     ldap: LdapConfig | None = None  # when [ldap] is configured
     kerberos: KerberosConfig | None = None  # [kerberos]: single sign-on (issue 19)
@@ -126,6 +129,11 @@ class ServerConfig:
     @property
     def key_path(self) -> str:
         return self.tls_key or os.path.join(self.tls_dir, "key.pem")
+
+    @property
+    def volume_folders(self) -> dict[str, str]:
+        """Every storage volume by name: ``default`` (``[storage] path``) and ``[storage] volumes``."""
+        return {"default": self.storage_path or os.path.join(self.data_dir, "chunks"), **dict(self.volumes)}
 
     @property
     def self_signed(self) -> bool:
@@ -219,6 +227,28 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(n for n in raw.replace(",", " ").split() if n)
 
 
+VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _volumes(raw: str, base: str) -> tuple[tuple[str, str], ...]:
+    """``name:/path`` pairs separated by white space or commas; ``default`` is ``[storage] path``."""
+    volumes: dict[str, str] = {}
+    for item in raw.replace(",", " ").split():
+        name, sep, path = item.partition(":")
+        if not sep or not path:
+            raise ValueError(f"{item!r} is not name:/path")
+        if not VOLUME_NAME.fullmatch(name):
+            raise ValueError(f"volume name {name!r}: use 1-32 of a-z 0-9 _ -, starting with a letter or digit")
+        if name == "default":
+            raise ValueError("'default' is the [storage] path folder; name the others differently")
+        if name in volumes:
+            raise ValueError(f"volume {name!r} is listed twice")
+        volumes[name] = _resolve(path, base)
+    if not volumes:
+        raise ValueError("name at least one volume (name:/path)")
+    return tuple(volumes.items())
+
+
 def _groups(raw: str) -> tuple[str, ...]:
     """Directory groups (a SID, name or DN: DNs hold commas), one per line or ``;``-separated."""
     names = tuple(g.strip() for line in raw.splitlines() for g in line.split(";") if g.strip())
@@ -297,6 +327,8 @@ def load_config(
                     values[field] = _resolve(v, base)
                 else:
                     values[field] = _convert(f"[{section}] {key}", v, convert)
+        if (raw_volumes := get("storage", "volumes")) is not None:
+            values["volumes"] = _convert("[storage] volumes", raw_volumes, lambda v: _volumes(v, base))
         if parser.has_section("ldap"):
             ldap_section = dict(parser["ldap"])
             values["ldap"] = _ldap_config(ldap_section, base)

@@ -249,6 +249,7 @@ class SmartsyncServer(MultiService):
             reactor=self._reactor,
             database_url=config.database_url,
             storage_path=config.storage_path,
+            volumes=dict(config.volumes),
             now=self._now,
         )
 
@@ -370,11 +371,13 @@ class SmartsyncServer(MultiService):
         sources.maintenance = lambda: self._run_blocking(read_record, self.config.data_dir)
 
     def storage_folders(self) -> dict[str, str]:
-        """The folders whose free space /healthz and the metrics report."""
+        """The folders whose free space /healthz and the metrics report: ``chunks`` is the
+        default volume, ``volume:NAME`` each of ``[storage] volumes``."""
         config = self.config
         return {
             "data": config.data_dir,
             "chunks": config.storage_path or os.path.join(config.data_dir, "chunks"),
+            **{f"volume:{name}": path for name, path in config.volumes},
         }
 
     async def _listen_admin(self, info: CertificateInfo) -> None:

@@ -145,7 +145,10 @@ def remove_user(db: MetadataDB, name: str) -> None:
 # -- engagements and grants
 
 
-def create_engagement(db: MetadataDB, name: str, title: str, now: datetime) -> EngagementRecord:
+def create_engagement(
+    db: MetadataDB, name: str, title: str, now: datetime, volume: str | None = None
+) -> EngagementRecord:
+    """A new engagement, its packs on ``volume`` (None: the default volume)."""
     if not isinstance(name, str) or not ENGAGEMENT_NAME.match(name):
         raise BadRequest(
             "engagement names are 1-100 characters of letters, digits, '.', '_' and '-',"
@@ -157,9 +160,9 @@ def create_engagement(db: MetadataDB, name: str, title: str, now: datetime) -> E
 
     def tx() -> EngagementRecord:
         cur = db.execute(
-            "INSERT INTO engagements (name, title, created_at, head) VALUES (?, ?, ?, 0)"
+            "INSERT INTO engagements (name, title, created_at, head, volume) VALUES (?, ?, ?, 0, ?)"
             " ON CONFLICT (name) DO NOTHING",
-            (name, title, ts(now)),
+            (name, title, ts(now), None if volume in (None, "default") else volume),
         )
         if cur.rowcount != 1:
             raise BadRequest(f"engagement {name!r} already exists", engagement=name)

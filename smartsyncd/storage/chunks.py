@@ -24,6 +24,7 @@ from smartsyncd.storage.db import (
     hash_bytes,
     ts,
 )
+from smartsyncd.storage.volumes import check_volume
 
 # -- chunks and manifests
 
@@ -73,14 +74,19 @@ def record_pack(
     entries: Sequence[tuple[str, int, int, int, int]],
     now: datetime,
     user: str | None = None,
+    volume: str | None = None,
 ) -> int:
     """Insert a written pack and its chunks (hash, codec, raw_size, offset, stored_size).
 
     Returns how many chunk rows were new (another upload may have won a race for some).
+    ``volume``: where the pack was written; ``VolumeMoved`` if the engagement lives elsewhere
+    now (``storage/volumes.py``).
     """
 
     def tx() -> int:
         db.engagement_head(engagement_id)
+        if volume is not None:
+            check_volume(db, engagement_id, volume)
         db.execute(
             "INSERT INTO packs (engagement_id, id, size, created_at, user_name) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (engagement_id, id) DO NOTHING",

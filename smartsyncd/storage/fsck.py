@@ -6,7 +6,9 @@ For every engagement:
 - every chunk row's pack file exists (``missing_pack``) and its byte range decompresses
   (capped, as for uploads) to ``raw_size`` bytes that hash to the chunk name (``bad_chunk``);
 - every live file's content has a manifest (``missing_manifest``; a folder entry has none);
-- the change log holds exactly the seqs 1..head (``bad_log``).
+- the change log holds exactly the seqs 1..head (``bad_log``);
+- packs are read on the engagement's volume (``storage/volumes.py``); an interrupted
+  ``engagement move`` is reported (``unfinished_move``).
 
 Nothing is repaired: metadata pointing at missing data is an alarm for an operator, never a reason
 to delete the entry. SQL runs on the store's DB thread, pack reads on its file pool.
@@ -26,7 +28,7 @@ from smartsyncd.core.model import is_folder
 from smartsyncd.storage.api import FsckProblem
 from smartsyncd.storage.changelog import engagement_ids
 from smartsyncd.storage.db import MetadataDB
-from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.packs import DEFAULT_VOLUME, PackStore
 from smartsyncd.storage.runner import StoreRunner
 
 ChunkRow = tuple[str, str, int, int, int, int]  # hash, pack, offset, stored_size, codec, raw_size
@@ -93,15 +95,17 @@ def chunk_rows(db: MetadataDB, engagement_id: int) -> list[ChunkRow]:
     return [(bytes(r[0]).hex(), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
 
-def check_packs(packs: PackStore, engagement_id: int, name: str, rows: Sequence[ChunkRow]) -> list[FsckProblem]:
-    """Read and verify every chunk's bytes (run on the file pool)."""
+def check_packs(
+    packs: PackStore, engagement_id: int, name: str, rows: Sequence[ChunkRow], volume: str | None = None
+) -> list[FsckProblem]:
+    """Read and verify every chunk's bytes on ``volume`` (default: the engagement's; file pool)."""
     problems: list[FsckProblem] = []
     by_pack: dict[str, list[ChunkRow]] = defaultdict(list)
     for row in rows:
         by_pack[row[1]].append(row)
     for pack, members in by_pack.items():
-        path = packs.path_for(engagement_id, pack)
         try:
+            path = packs.path_for(engagement_id, pack, volume)
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             problems.append(FsckProblem(name, "missing_pack", f"pack {pack} ({len(members)} chunks) is missing"))
@@ -125,6 +129,11 @@ def check_packs(packs: PackStore, engagement_id: int, name: str, rows: Sequence[
     return problems
 
 
+def _volumes(db: MetadataDB) -> list[tuple[int, tuple[str | None, str | None]]]:
+    rows = db.all("SELECT id, volume, moving_to FROM engagements")
+    return [(int(r[0]), (r[1], r[2])) for r in rows]
+
+
 def _message(e: Exception) -> str:
     return e.message if isinstance(e, SyncError) else str(e)
 
@@ -133,8 +142,16 @@ async def check_store(store: StoreRunner) -> list[FsckProblem]:
     """Run every check over every engagement; an empty list means the store is consistent."""
     problems: list[FsckProblem] = []
     engagements: list[Any] = await store.run_db(engagement_ids)
+    placed = dict(await store.run_db(_volumes))
     for engagement_id, name, head in engagements:
         problems += await store.run_db(check_metadata, engagement_id, name, head)
         rows = await store.run_db(chunk_rows, engagement_id)
-        problems += await store.run_file(check_packs, engagement_id, name, rows)
+        volume, moving_to = placed.get(engagement_id, (None, None))
+        problems += await store.run_file(check_packs, engagement_id, name, rows, volume or DEFAULT_VOLUME)
+        if moving_to is not None:
+            problems.append(FsckProblem(
+                name, "unfinished_move",
+                f"a move to volume {moving_to!r} was interrupted: run `smartsync-admin engagement move "
+                f"{name} --volume {moving_to}` again, or `--volume {volume or DEFAULT_VOLUME}` to cancel it",
+            ))
     return problems

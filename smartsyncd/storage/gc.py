@@ -153,7 +153,7 @@ def drop_packs(
             os.unlink(path)
         except FileNotFoundError:
             pass
-    root = os.path.join(packs.root, str(int(engagement_id)))
+    root = packs.engagement_dir(engagement_id)
     orphans = 0
     for folder, _dirs, files in os.walk(root):
         for file_name in files:

@@ -3,7 +3,14 @@
 A 256 MiB file is about 8,000 chunks; a file (and an fsync) per chunk would make uploads crawl.
 So each ``store_chunks`` call writes the chunks it lacks into ONE pack file:
 
-    <root>/<engagement_id>/<first 2 hex of name>/<name>.pack     name: see below
+    <volume>/<engagement_id>/<first 2 hex of name>/<name>.pack     name: see below
+
+A store has one or more volumes (``[storage] volumes``, docs/operations.md "Storage volumes"):
+named folders, ``default`` being ``[storage] path``. Each engagement lives on one; the database
+records which (``storage/volumes.py``) and ``PackStore`` keeps what it last learned in
+``place``. A read that misses on that volume looks on the others before failing (``locate``):
+another daemon (or ``smartsync-admin engagement move``) may have moved the engagement and
+removed the old files, and a pack has the same name on every volume.
 
 A pack starts with ``MAGIC`` and then holds records in the chunk stream format of
 docs/protocol.md (32-byte hash, codec, raw_len, payload_len, payload), so a pack describes itself
@@ -29,7 +36,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -37,6 +44,7 @@ import blake3
 from smartsyncd.storage.durable import DEFAULT_OPS, AtomicFile, FileOps, ensure_dir
 
 MAGIC = b"SSPACK1\n"
+DEFAULT_VOLUME = "default"
 _RECORD_HEADER = struct.Struct(">32sBII")  # hash, codec, raw_len, payload_len
 
 
@@ -56,22 +64,57 @@ class WrittenPack:
     name: str
     size: int
     entries: tuple[PackEntry, ...]
+    volume: str = DEFAULT_VOLUME
+
+
+class UnknownVolume(OSError):
+    """The database names a volume this daemon's ``[storage] volumes`` does not list."""
 
 
 class PackStore:
-    """Write-once pack files under ``root``; see the module docstring for the layout."""
+    """Write-once pack files on named volumes; see the module docstring for the layout.
+    ``root`` is the default volume's folder."""
 
-    def __init__(self, root: str, ops: FileOps = DEFAULT_OPS) -> None:
+    def __init__(self, root: str, ops: FileOps = DEFAULT_OPS, volumes: Mapping[str, str] | None = None) -> None:
         self.root = os.path.abspath(root)
         self._ops = ops
+        self.volumes = {DEFAULT_VOLUME: self.root}
+        self.volumes.update({name: os.path.abspath(path) for name, path in (volumes or {}).items()})
+        self._placed: dict[int, str] = {}  # engagement id -> volume, as last learned
 
     def prepare(self) -> None:
-        ensure_dir(self.root, self._ops)
+        for folder in self.volumes.values():
+            ensure_dir(folder, self._ops)
 
-    def path_for(self, engagement_id: int, name: str) -> str:
+    def place(self, engagement_id: int, volume: str | None) -> None:
+        """Remember that ``engagement_id`` lives on ``volume`` (None: the default)."""
+        self._placed[int(engagement_id)] = volume or DEFAULT_VOLUME
+
+    def volume_of(self, engagement_id: int) -> str:
+        return self._placed.get(int(engagement_id), DEFAULT_VOLUME)
+
+    def volume_root(self, volume: str) -> str:
+        try:
+            return self.volumes[volume]
+        except KeyError:
+            raise UnknownVolume(f"volume {volume!r} is not in [storage] volumes") from None
+
+    def engagement_dir(self, engagement_id: int, volume: str | None = None) -> str:
+        root = self.volume_root(volume or self.volume_of(engagement_id))
+        return os.path.join(root, str(int(engagement_id)))
+
+    def path_for(self, engagement_id: int, name: str, volume: str | None = None) -> str:
         if len(name) != 64 or any(c not in "0123456789abcdef" for c in name):
             raise ValueError(f"not a pack name: {name!r}")
-        return os.path.join(self.root, str(int(engagement_id)), name[:2], name + ".pack")
+        return os.path.join(self.engagement_dir(engagement_id, volume), name[:2], name + ".pack")
+
+    def locate(self, engagement_id: int, name: str) -> str | None:
+        """The volume holding this pack: the engagement's own first, then the others."""
+        own = self.volume_of(engagement_id)
+        for volume in sorted(self.volumes, key=lambda v: v != own):
+            if os.path.isfile(self.path_for(engagement_id, name, volume)):
+                return volume
+        return None
 
     def write_pack(self, engagement_id: int, chunks: Sequence[tuple[str, int, int, bytes]]) -> WrittenPack:
         """Durably write (hash hex, codec, raw_size, payload) records as one pack file."""
@@ -84,17 +127,30 @@ class PackStore:
         finally:
             writer.abort()
 
-    def open_writer(self, engagement_id: int) -> PackWriter:
-        """A pack written piece by piece (a streamed upload); see ``PackWriter``."""
-        return PackWriter(self, engagement_id)
+    def open_writer(self, engagement_id: int, volume: str | None = None) -> PackWriter:
+        """A pack written piece by piece (a streamed upload) on ``volume`` (default: where the
+        engagement was last seen); see ``PackWriter``."""
+        return PackWriter(self, engagement_id, volume or self.volume_of(engagement_id))
 
     def read_range(self, engagement_id: int, name: str, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at ``offset``; raise OSError if the pack is gone or too short."""
         return self.read_ranges(engagement_id, name, [(offset, size)])[0]
 
     def read_ranges(self, engagement_id: int, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Read several (offset, size) ranges of one pack, opening it once, in the given order."""
-        fd = os.open(self.path_for(engagement_id, name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        """Read several (offset, size) ranges of one pack, opening it once, in the given order.
+        A miss on the engagement's volume (moved meanwhile) is retried where the pack is now."""
+        try:
+            return self._read_ranges(self.path_for(engagement_id, name), name, ranges)
+        except OSError:
+            own = self.volume_of(engagement_id)
+            found = self.locate(engagement_id, name)
+            if found is None or found == own:
+                raise
+            self.place(engagement_id, found)
+            return self._read_ranges(self.path_for(engagement_id, name, found), name, ranges)
+
+    def _read_ranges(self, path: str, name: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         try:
             out = []
             for offset, size in ranges:
@@ -107,20 +163,21 @@ class PackStore:
             os.close(fd)
 
     def exists(self, engagement_id: int, name: str) -> bool:
-        return os.path.isfile(self.path_for(engagement_id, name))
+        return self.locate(engagement_id, name) is not None
 
     def probe(self) -> None:
-        """Write, fsync and remove a small file in the root (the storage health check). Each
+        """Write, fsync and remove a small file in each volume (the storage health check). Each
         call has its own file: with one shared name, a concurrent call's unlink made another's
         fail (100 of 240 concurrent /healthz answered 503 on a healthy store)."""
-        probe = os.path.join(self.root, f".health-probe-{os.getpid()}-{uuid.uuid4().hex}")
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"ok")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.unlink(probe)
+        for root in self.volumes.values():
+            probe = os.path.join(root, f".health-probe-{os.getpid()}-{uuid.uuid4().hex}")
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
 
 
 class PackWriter:
@@ -135,11 +192,12 @@ class PackWriter:
     all that can come back, as after a crash before the rename.
     """
 
-    def __init__(self, store: PackStore, engagement_id: int) -> None:
+    def __init__(self, store: PackStore, engagement_id: int, volume: str = DEFAULT_VOLUME) -> None:
         self._store = store
         self._ops = store._ops
         self.engagement_id = int(engagement_id)
-        engagement_dir = os.path.join(store.root, str(self.engagement_id))
+        self.volume = volume
+        engagement_dir = store.engagement_dir(self.engagement_id, volume)
         ensure_dir(engagement_dir, self._ops)  # a stat when it exists; mkdir + fsync only once
         self._file = AtomicFile(engagement_dir, ops=self._ops)
         self._hasher = blake3.blake3()
@@ -188,10 +246,10 @@ class PackWriter:
         if not self._entries:
             raise ValueError("a pack needs at least one chunk")
         name = self._hasher.hexdigest()
-        final = self._store.path_for(self.engagement_id, name)
+        final = self._store.path_for(self.engagement_id, name, self.volume)
         ensure_dir(os.path.dirname(final), self._ops)
         self._file.commit(final)
-        return WrittenPack(name=name, size=self._offset, entries=tuple(self._entries))
+        return WrittenPack(name=name, size=self._offset, entries=tuple(self._entries), volume=self.volume)
 
     def abort(self) -> None:
         """Remove the temp file unless committed (safe to call more than once)."""

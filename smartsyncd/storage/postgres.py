@@ -26,7 +26,7 @@ psycopg (3) is imported only here, so SQLite-only installs need not have it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,7 @@ from smartsyncd.storage.db import Dialect, MetadataDB, PoolFactory
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.schema import migrate
 from smartsyncd.storage.sqlstore import SqlServerStore
+from smartsyncd.storage.volumes import load_placements
 
 log = Logger(namespace="smartsyncd.storage")
 
@@ -111,6 +112,7 @@ async def open_postgres_store(
     data_dir: str,
     reactor: Any,
     storage_path: str | None = None,
+    volumes: Mapping[str, str] | None = None,
     now: Callable[[], datetime] | None = None,
     threads: int = POOL_THREADS,
     pool: PoolFactory = ThreadPool,
@@ -120,7 +122,7 @@ async def open_postgres_store(
     Raises ``Unavailable`` when the database or the storage folder cannot be reached.
     """
     dialect = postgres_dialect()
-    packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
+    packs = PackStore(storage_path or os.path.join(data_dir, "chunks"), volumes=volumes)
     db_pool = pool(minthreads=threads, maxthreads=threads, name="smartsyncd-db")
     file_pool = pool(minthreads=2, maxthreads=4, name="smartsyncd-files")
     db_pool.start()
@@ -151,7 +153,7 @@ async def open_postgres_store(
         threads=threads,
         root=packs.root,
     )
-    return SqlServerStore(
+    store = SqlServerStore(
         reactor=reactor,
         db=None,
         connect=connect,
@@ -161,6 +163,8 @@ async def open_postgres_store(
         file_pool=file_pool,
         clock=now,
     )
+    await load_placements(store, packs)
+    return store
 
 
 def _without_password(message: str, url: str) -> str:

@@ -55,6 +55,9 @@ Tables:
   (``storage/wipes``).
 - (14) changes/files.mtime_ns, readonly: a put's file date (nanoseconds since 1970 UTC) and
   read-only attribute (0/1), NULL when the client did not send them (issue 16).
+- (16) engagements.volume: the storage volume holding the engagement's packs (NULL: the
+  default volume, ``[storage] path``); engagements.moving_to: the volume an ``engagement move``
+  is copying it to, until the switch (``storage/volumes``).
 
 Numbers may have gaps (several branches draw them at once): a migration runs when its own number
 is not yet in ``schema_version``, whatever higher numbers are.
@@ -429,6 +432,15 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
             "ALTER TABLE changes ADD COLUMN readonly INTEGER",
             "ALTER TABLE files ADD COLUMN mtime_ns BIGINT",
             "ALTER TABLE files ADD COLUMN readonly INTEGER",
+        ],
+    ),
+    (
+        # Several storage volumes (docs/operations.md, "Storage volumes"): existing engagements
+        # stay on the default volume (NULL), so no file moves.
+        16,
+        [
+            "ALTER TABLE engagements ADD COLUMN volume TEXT",
+            "ALTER TABLE engagements ADD COLUMN moving_to TEXT",
         ],
     ),
 ]

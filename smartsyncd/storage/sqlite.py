@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ from smartsyncd.storage.durable import ensure_dir
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.schema import migrate
 from smartsyncd.storage.sqlstore import SqlServerStore
+from smartsyncd.storage.volumes import load_placements
 
 log = Logger(namespace="smartsyncd.storage")
 
@@ -111,6 +112,7 @@ async def open_server_store(
     reactor: Any,
     database_url: str | None = None,
     storage_path: str | None = None,
+    volumes: Mapping[str, str] | None = None,
     now: Callable[[], datetime] | None = None,
     pool: PoolFactory = ThreadPool,
 ) -> SqlServerStore:
@@ -126,10 +128,11 @@ async def open_server_store(
         from smartsyncd.storage.postgres import open_postgres_store
 
         return await open_postgres_store(
-            database_url, data_dir=data_dir, reactor=reactor, storage_path=storage_path, now=now, pool=pool
+            database_url, data_dir=data_dir, reactor=reactor, storage_path=storage_path, volumes=volumes,
+            now=now, pool=pool,
         )
     db_path = _sqlite_path(data_dir, database_url)
-    packs = PackStore(storage_path or os.path.join(data_dir, "chunks"))
+    packs = PackStore(storage_path or os.path.join(data_dir, "chunks"), volumes=volumes)
     db_pool = pool(minthreads=1, maxthreads=1, name="smartsyncd-db")
     read_pool = pool(minthreads=1, maxthreads=1, name="smartsyncd-db-read")
     file_pool = pool(minthreads=2, maxthreads=4, name="smartsyncd-files")
@@ -165,7 +168,9 @@ async def open_server_store(
             raise Unavailable(f"cannot open the store: {e}") from e
         raise
     log.info("metadata store open: {path}, chunks under {root}", path=db_path, root=packs.root)
-    return SqlServerStore(
+    store = SqlServerStore(
         reactor=reactor, db=meta, packs=packs, db_pool=db_pool, file_pool=file_pool, clock=now,
         reader=reader, read_pool=read_pool,
     )
+    await load_placements(store, packs)
+    return store

@@ -45,6 +45,7 @@ from smartsyncd.storage import (
     locks,
     principals,
     quotas,
+    volumes,
     workflow,
 )
 from smartsyncd.storage import (
@@ -308,8 +309,10 @@ class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore):
 
     # -- engagements and grants
 
-    async def create_engagement(self, name: str, title: str) -> EngagementRecord:
-        return await self.run_db(accounts.create_engagement, name, title, self._now())
+    async def create_engagement(self, name: str, title: str, volume: str | None = None) -> EngagementRecord:
+        record = await self.run_db(accounts.create_engagement, name, title, self._now(), volume)
+        self.packs.place(record.id, volume)
+        return record
 
     async def get_engagement(self, name: str) -> EngagementRecord | None:
         return await self.run_read(accounts.get_engagement, name)
@@ -398,9 +401,8 @@ class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore):
         incoming = sum(len(w[3]) for w in to_write)
         await self.run_read(quotas.check_stored, engagement_id, user, incoming)  # before any write
         pack = await self.run_file(PackStore.write_pack, engagement_id, to_write)
-        entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
-        stored = await self.run_db(
-            chunk_index.record_pack, engagement_id, pack.name, pack.size, entries, self._now(), user
+        stored = await volumes.record_written_pack(
+            self, chunk_index.record_pack, engagement_id, pack, self._now(), user
         )
         return stored, len(chunks) - stored
 
@@ -582,5 +584,8 @@ class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore):
         if report.skipped:
             return report
         cutoff = self._now().timestamp() - grace.total_seconds()
+        keep = await self.run_read(volumes.volumes_in_use, engagement_id)  # own, a move's target
+        self.packs.place(engagement_id, keep[0])
         orphans = await self.run_file(gc.drop_packs, engagement_id, dead, recorded, cutoff, started)
+        orphans += await self.run_file(volumes.remove_leftovers, engagement_id, keep, cutoff)
         return replace(report, orphan_packs_removed=orphans)

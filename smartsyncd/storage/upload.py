@@ -2,7 +2,9 @@
 
 Chunks are appended to a ``PackWriter`` on the file pool as they arrive; ``finish`` makes the
 pack durable, then indexes it in one ``chunks.record_pack`` transaction on the DB pool, so a
-crash between leaves an orphan pack (gc removes it), never a row without its bytes.
+crash between leaves an orphan pack (gc removes it), never a row without its bytes. The pack is
+written on the engagement's volume as read when the upload starts; if a move switched it
+meanwhile, ``volumes.record_written_pack`` copies the pack over before recording it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import datetime
 
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.storage import chunks as chunk_index
-from smartsyncd.storage import quotas
+from smartsyncd.storage import quotas, volumes
 from smartsyncd.storage.packs import PackStore, PackWriter
 from smartsyncd.storage.runner import StoreRunner
 
@@ -33,9 +35,10 @@ class PackUpload:
         self._seen: set[str] = set()
         self._done = False
 
-    def _append(self, packs: PackStore, chunks: Sequence[VerifiedChunk]) -> None:
+    def _append(self, packs: PackStore, chunks: Sequence[VerifiedChunk], volume: str | None) -> None:
         if self._writer is None:
-            self._writer = packs.open_writer(self._engagement_id)
+            packs.place(self._engagement_id, volume)
+            self._writer = packs.open_writer(self._engagement_id, volume)
         self._writer.append((c.hash, c.codec, c.raw_size, c.payload) for c in chunks)
 
     async def append(self, chunks: Sequence[VerifiedChunk]) -> None:
@@ -50,7 +53,10 @@ class PackUpload:
             incoming = sum(len(c.payload) for c in fresh)
             # a stored-bytes quota refuses before these bytes reach the disk (storage/quotas)
             await self._store.run_read(quotas.check_stored, self._engagement_id, self._user, self._written + incoming)
-            await self._store.run_file(self._append, fresh)
+            volume = None
+            if self._writer is None:  # where the engagement lives now (a move may have switched it)
+                volume = await self._store.run_read(volumes.engagement_volume, self._engagement_id)
+            await self._store.run_file(self._append, fresh, volume)
             self._written += incoming
 
     async def finish(self, total: int) -> tuple[int, int]:
@@ -65,9 +71,8 @@ class PackUpload:
         except BaseException:
             await self._store.run_file(lambda _packs: writer.abort())
             raise
-        entries = [(e.hash, e.codec, e.raw_size, e.offset, e.stored_size) for e in pack.entries]
-        stored = await self._store.run_db(
-            chunk_index.record_pack, self._engagement_id, pack.name, pack.size, entries, self._now(), self._user
+        stored = await volumes.record_written_pack(
+            self._store, chunk_index.record_pack, self._engagement_id, pack, self._now(), self._user
         )
         return stored, total - stored
 

@@ -164,6 +164,10 @@ def test_twistd_options_refuse_plain_tcp(tmp_path: Path, monkeypatch: pytest.Mon
         ("[auth]\nbackends = local,local\n", "[auth] backends"),
         ("[auth]\nbackends = local, ldap\n", "[auth] backends"),
         ("[database]\nurl = mysql://x\n", "[database] url"),
+        ("[storage]\nvolumes = /mnt/nas1\n", "[storage] volumes"),
+        ("[storage]\nvolumes = default:/mnt/nas1\n", "[storage] volumes"),
+        ("[storage]\nvolumes = a:/x a:/y\n", "[storage] volumes"),
+        ("[storage]\nvolumes = Big!:/x\n", "[storage] volumes"),
         ("[server]\ndatadir = x\n", "[server] datadir"),
         ("[sever]\ndata_dir = x\n", "[sever]"),
         ("no section header\n", "smartsync.ini"),
@@ -174,6 +178,15 @@ def test_bad_values_are_usage_errors_naming_the_key(text: str, named: str, tmp_p
     with pytest.raises(UsageError) as raised:
         load_config(conf, cwd=str(tmp_path))
     assert named in str(raised.value)
+
+
+def test_storage_volumes_are_named_folders_beside_the_default(tmp_path: Path) -> None:
+    conf = write(tmp_path / "etc" / "c.ini", "[storage]\npath = /srv/chunks\nvolumes = nas1:/mnt/nas1, nas2:rel\n")
+    config = load_config(conf, cwd=str(tmp_path))
+    assert config.volume_folders == {
+        "default": "/srv/chunks", "nas1": "/mnt/nas1", "nas2": str(tmp_path / "etc" / "rel"),
+    }
+    assert load_config(cwd=str(tmp_path)).volume_folders == {"default": str(tmp_path / "data" / "chunks")}
 
 
 def test_a_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
