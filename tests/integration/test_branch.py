@@ -1,0 +1,224 @@
+"""A branch office (issue 18): a branch daemon on a PostgreSQL hot standby, a central daemon on
+the primary, and a byte-counting relay as the office link between them. All real: PostgreSQL
+15 primary + streaming standby (pg_basebackup -R), two ``twistd smartsync`` daemons, the
+``smartsync`` CLI for every user.
+
+- The branch refuses to start on a primary (``pg_is_in_recovery()`` false).
+- Branch users clone and pull through the branch while a central user commits; a branch user's
+  commit is visible at central and, when its sync answers, already at the branch.
+- Five branch users clone the same 3 MiB file: its chunk bytes cross the link once.
+- The link cut: reads keep working at the branch, a write is refused with the client's
+  "kept locally" message and /healthz says central is unreachable; restored, the next sync
+  sends what was kept and central has it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Daemon, DaemonStartError, running_daemon
+from pg import PgCluster
+from relay import ByteRelay
+from test_cli_client import Client
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+BRANCH_USERS = ("bob", "carol", "dave", "erin", "frank")
+
+
+def _config(url: str, extra: str = "") -> str:
+    return f"[database]\nurl = {url}\n{extra}"
+
+
+class Office:
+    """central (on the primary) -- relay -- branch (on the standby)."""
+
+    def __init__(self, base: Path, primary: PgCluster, standby: PgCluster) -> None:
+        self.primary, self.standby = primary, standby
+        self.database = primary.create_database("branch")
+        self.central = running_daemon(base, config_text=_config(primary.url(self.database)), name="central")
+        for user in ("alice", *BRANCH_USERS):
+            self.central.add_user(user, PASSWORD)
+        self.central.new_engagement("acme", editors=("alice", *BRANCH_USERS))
+        self.relay = ByteRelay(self.central.port).start()
+        standby.wait_replayed()
+        branch_config = _config(
+            standby.url(self.database),
+            f"[branch]\ncentral = https://127.0.0.1:{self.relay.port}\n"
+            f"central_fingerprint = {self.central.fingerprint}\ncommit_wait_seconds = 20\n",
+        )
+        self.branch = running_daemon(base, config_text=branch_config, name="branch")
+
+    def stop(self) -> None:
+        self.branch.stop()
+        self.relay.stop()
+        self.central.stop()
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[tuple[PgCluster, PgCluster]]:
+    primary = PgCluster().start()
+    try:
+        standby = PgCluster.standby_of(primary).start()
+        try:
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.fixture(scope="module")
+def office(clusters: tuple[PgCluster, PgCluster], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Office]:
+    o = Office(tmp_path_factory.mktemp("office"), *clusters)
+    try:
+        yield o
+    finally:
+        o.stop()
+
+
+def user(tmp_path: Path, name: str, server: Daemon) -> Client:
+    home = tmp_path / f"home-{name}"
+    home.mkdir()
+    client = Client(home)
+    done = client.run(
+        "login", server.url, "--user", name, "--password-stdin",
+        "--trust-fingerprint", server.fingerprint, input=PASSWORD + "\n",
+    )
+    assert done.returncode == 0, done.stderr
+    return client
+
+
+def ok(done: object) -> None:
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"  # type: ignore[attr-defined]
+
+
+def test_branch_refuses_a_primary(clusters: tuple[PgCluster, PgCluster], tmp_path: Path) -> None:
+    primary, _ = clusters
+    config = _config(
+        primary.url(primary.create_database("notstandby")),
+        "[branch]\ncentral = https://127.0.0.1:9\n",
+    )
+    with pytest.raises(DaemonStartError) as refused:
+        running_daemon(tmp_path, config_text=config, name="wrong")
+    assert "pg_is_in_recovery() is false" in str(refused.value)
+
+
+def test_branch_reads_local_and_writes_reach_central(office: Office, tmp_path: Path) -> None:
+    alice = user(tmp_path, "alice", office.central)
+    bob = user(tmp_path, "bob", office.branch)
+    at_central, at_branch = tmp_path / "alice", tmp_path / "bob"
+    ok(alice.run("clone", f"{office.central.url}/acme", str(at_central)))
+    ok(bob.run("clone", f"{office.branch.url}/acme", str(at_branch)))
+
+    # a central user's commit reaches the branch user's pull through replication
+    (at_central / "Central memo.txt").write_text("from the data centre\n")
+    ok(alice.run("sync", str(at_central)))
+    office.standby.wait_replayed()
+    ok(bob.run("sync", str(at_branch)))
+    assert (at_branch / "Central memo.txt").read_text() == "from the data centre\n"
+
+    # a branch user's commit: at central, and at the branch as soon as the sync answered
+    (at_branch / "Branch note.txt").write_text("from the office\n")
+    ok(bob.run("sync", str(at_branch)))
+    status, answer = office.branch.request(
+        "GET", "/v1/engagements/acme/snapshot", token=_token(bob, office.branch)
+    )
+    assert status == 200 and "Branch note.txt" in {f["path"] for f in answer["files"]}
+    ok(alice.run("sync", str(at_central)))
+    assert (at_central / "Branch note.txt").read_text() == "from the office\n"
+
+    # and a second branch user sees it, pulled locally
+    carol_copy = tmp_path / "carol"
+    carol = user(tmp_path, "carol", office.branch)
+    ok(carol.run("clone", f"{office.branch.url}/acme", str(carol_copy)))
+    assert (carol_copy / "Branch note.txt").read_text() == "from the office\n"
+
+
+def test_a_long_poll_at_the_branch_wakes_on_replay(office: Office, tmp_path: Path) -> None:
+    alice = user(tmp_path, "alice", office.central)
+    token = _token(user(tmp_path, "dave", office.branch), office.branch)
+    status, head = office.branch.request("GET", "/v1/engagements/acme", token=token)
+    assert status == 200
+    copy = tmp_path / "alice-lp"
+    ok(alice.run("clone", f"{office.central.url}/acme", str(copy)))
+    (copy / "wake.txt").write_text("wake up\n")
+    started = time.monotonic()
+    ok(alice.run("sync", str(copy)))
+    status, answer = office.branch.request(
+        "GET", f"/v1/engagements/acme/changes?since={head['head']}&wait=20", token=token
+    )
+    assert status == 200 and "wake.txt" in {c["path"] for c in answer["changes"]}
+    assert time.monotonic() - started < 15
+
+
+def test_five_branch_users_one_copy_on_the_link(office: Office, tmp_path: Path) -> None:
+    alice = user(tmp_path, "alice", office.central)
+    copy = tmp_path / "alice-big"
+    ok(alice.run("clone", f"{office.central.url}/acme", str(copy)))
+    size = 3 << 20
+    (copy / "Ledger.bin").write_bytes(os.urandom(size))  # incompressible: bytes are bytes
+    ok(alice.run("sync", str(copy)))
+    office.standby.wait_replayed()
+    clients = [user(tmp_path, name, office.branch) for name in BRANCH_USERS]
+    office.relay.reset()
+    for name, client in zip(BRANCH_USERS, clients, strict=True):
+        ok(client.run("clone", f"{office.branch.url}/acme", str(tmp_path / f"big-{name}")))
+        assert (tmp_path / f"big-{name}" / "Ledger.bin").stat().st_size == size
+    crossed = office.relay.to_client
+    print(f"five clones of {size} bytes: {crossed} bytes from central over the link")
+    assert size <= crossed < size * 1.05, crossed
+
+
+def test_link_down_reads_work_writes_kept_then_sent(office: Office, tmp_path: Path) -> None:
+    alice = user(tmp_path, "alice", office.central)
+    erin = user(tmp_path, "erin", office.branch)
+    at_branch, at_central = tmp_path / "erin", tmp_path / "alice-down"
+    ok(erin.run("clone", f"{office.branch.url}/acme", str(at_branch)))
+    ok(alice.run("clone", f"{office.central.url}/acme", str(at_central)))
+    office.relay.stop()
+    try:
+        # reads: a fresh clone of what the branch has
+        ok(erin.run("clone", f"{office.branch.url}/acme", str(tmp_path / "erin-2")))
+        (at_branch / "Offline.txt").write_text("written while the link was down\n")
+        refused = erin.run("--attempts", "1", "sync", str(at_branch))
+        assert refused.returncode != 0
+        assert "kept locally, will sync when the central server is back" in refused.stderr
+        status, health = office.branch.request("GET", "/healthz")
+        assert status == 200, health
+        assert health["branch"]["central"] == "unreachable"
+        assert any("central unreachable" in w for w in health["warnings"])
+        metrics = office.branch.admin  # the metric is checked through /healthz's lag below
+        assert metrics is not None
+        assert health["branch"]["replication_lag_seconds"] is not None
+    finally:
+        office.relay.start()
+    assert (at_branch / "Offline.txt").exists()  # nothing lost
+    ok(erin.run("sync", str(at_branch)))
+    ok(alice.run("sync", str(at_central)))
+    assert (at_central / "Offline.txt").read_text() == "written while the link was down\n"
+
+
+def _token(client: Client, server: Daemon) -> str:
+    settings = client.settings()
+    text = json.dumps(settings)
+    for entry in _walk(settings):
+        if isinstance(entry, dict) and isinstance(entry.get("token"), str):
+            return entry["token"]
+    raise AssertionError(f"no token in the client's settings: {text[:200]}")
+
+
+def _walk(value: object) -> Iterator[object]:
+    yield value
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
