@@ -64,9 +64,14 @@ class PgCluster:
         self.primary = primary  # set: a streaming standby of this cluster
 
     @classmethod
-    def standby_of(cls, primary: PgCluster, folder: Path | None = None) -> PgCluster:
-        """A hot standby of ``primary`` (not started: call ``start``)."""
-        return cls(folder, durable=primary.durable, primary=primary)
+    def standby_of(
+        cls, primary: PgCluster, folder: Path | None = None, *, via_port: int | None = None
+    ) -> PgCluster:
+        """A hot standby of ``primary`` (not started: call ``start``); with ``via_port`` it
+        streams through that loopback port (a relay standing for the office link)."""
+        standby = cls(folder, durable=primary.durable, primary=primary)
+        standby.via_port = via_port
+        return standby
 
     def start(self) -> PgCluster:
         if not (PG_BIN / "initdb").exists():
@@ -79,6 +84,9 @@ class PgCluster:
                 [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.primary.port),
                  "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream", "--no-sync"]
             )
+            if done.returncode == 0 and getattr(self, "via_port", None):
+                with open(self.data / "postgresql.auto.conf", "a") as conf:  # the last one wins
+                    conf.write(f"primary_conninfo = 'host=127.0.0.1 port={self.via_port} user=postgres'\n")
             if done.returncode != 0:
                 raise PgStartError(f"pg_basebackup failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         if not self.data.exists():
