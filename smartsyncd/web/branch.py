@@ -201,7 +201,7 @@ class BranchRoot(Resource):
 
     def render(self, request: Request) -> bytes | int:
         kind = route_kind(request.method, request.uri)
-        if kind == LOCAL and not request.path.endswith(b"/chunks/fetch"):
+        if kind == LOCAL and not (request.method == b"POST" and request.path.endswith(b"/chunks/fetch")):
             return self.local.render(request)  # type: ignore[no-any-return]
         Deferred.fromCoroutine(self._answer(request, kind))
         return NOT_DONE_YET
