@@ -62,11 +62,14 @@ def in_recovery(conn: Any) -> bool:
 
 
 def replay_state(conn: Any) -> tuple[str | None, float | None]:
-    """(replayed WAL position, seconds since the last replayed transaction committed on the
-    primary); None for each when nothing has been replayed yet."""
+    """(replayed WAL position, lag in seconds): the lag is 0 while everything received is
+    replayed (an idle primary is not lag), else the age of the last replayed transaction;
+    None for each when nothing has been replayed yet."""
     row = conn.execute(
         "SELECT pg_last_wal_replay_lsn()::text,"
-        " EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp()))::float8"
+        " CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0"
+        " ELSE EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp()))::float8"
+        " END"
     ).fetchone()
     return (row[0], None if row[1] is None else max(0.0, float(row[1])))
 

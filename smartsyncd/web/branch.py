@@ -44,7 +44,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from smartsyncd.auth.sessions import hash_token
 from smartsyncd.core import chunkstream
-from smartsyncd.core.errors import BadChunk, CentralUnreachable, ReplicaBehind, SyncError
+from smartsyncd.core.errors import (
+    BadChunk,
+    CentralUnreachable,
+    ReplicaBehind,
+    SyncError,
+    Unavailable,
+)
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.web.access import Authorizer
 from smartsyncd.web.admission import route_body_limit
@@ -149,6 +155,12 @@ class BranchRequest(LimitedRequest):
         except SyncError as e:
             self.refuse_early(e)
             return
+        except Exception:
+            log.failure("session check before forwarding failed")
+            self.refuse_early(Unavailable("the session could not be checked; try again"))
+            return
+        if self._disconnected:
+            return
         self.mark_authenticated()
         self.requestHeaders.removeHeader(b"expect")  # central says "100 Continue" to us
         assert self.pipe is not None
@@ -177,6 +189,15 @@ class BranchRequest(LimitedRequest):
             self._refuse()
             return
         self.pipe.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The client went away mid-body: the request to central is abandoned too (central
+        drops an incomplete upload as it would the client's)."""
+        forwarded = self.forwarded
+        if self.pipe is not None and forwarded is not None and not forwarded.called:
+            forwarded.addErrback(lambda _f: None)  # nobody will answer it
+            forwarded.cancel()
+        super().connectionLost(reason)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.pipe is not None:  # the whole body arrived (and went on to central)

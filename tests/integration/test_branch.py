@@ -52,7 +52,7 @@ class Office:
         branch_config = _config(
             standby.url(self.database),
             f"[branch]\ncentral = https://127.0.0.1:{self.relay.port}\n"
-            f"central_fingerprint = {self.central.fingerprint}\ncommit_wait_seconds = 20\n",
+            f"central_fingerprint = {self.central.fingerprint}\ncommit_wait_seconds = 8\n",
         )
         self.branch = running_daemon(base, config_text=branch_config, name="branch")
 
@@ -163,14 +163,16 @@ def test_a_long_poll_at_the_branch_wakes_on_replay(office: Office, tmp_path: Pat
 
 
 def test_five_branch_users_one_copy_on_the_link(office: Office, tmp_path: Path) -> None:
-    alice = user(tmp_path, "alice", office.central)
-    copy = tmp_path / "alice-big"
-    ok(alice.run("clone", f"{office.central.url}/acme", str(copy)))
+    clients = [user(tmp_path, name, office.branch) for name in BRANCH_USERS]
+    # a branch user uploads it (streamed through the branch to central: not kept at the branch)
+    copy = tmp_path / "bob-big"
+    ok(clients[0].run("clone", f"{office.branch.url}/acme", str(copy)))
     size = 3 << 20
     (copy / "Ledger.bin").write_bytes(os.urandom(size))  # incompressible: bytes are bytes
-    ok(alice.run("sync", str(copy)))
-    office.standby.wait_replayed()
-    clients = [user(tmp_path, name, office.branch) for name in BRANCH_USERS]
+    office.relay.reset()
+    ok(clients[0].run("sync", str(copy)))
+    sent = office.relay.to_target
+    assert size <= sent < size * 1.05, sent
     office.relay.reset()
     # all five at once: the branch fetches each chunk from central once, the others wait for it
     with ThreadPoolExecutor(len(clients)) as pool:
@@ -182,7 +184,8 @@ def test_five_branch_users_one_copy_on_the_link(office: Office, tmp_path: Path) 
         ok(clone)
         assert (tmp_path / f"big-{name}" / "Ledger.bin").read_bytes() == (copy / "Ledger.bin").read_bytes()
     crossed = office.relay.to_client
-    print(f"five concurrent clones of {size} bytes: {crossed} bytes from central over the link")
+    print(f"upload of {size} bytes: {sent} bytes to central; five concurrent clones: {crossed}"
+          " bytes from central over the link")
     assert size <= crossed < size * 1.05, crossed
 
 
@@ -226,6 +229,32 @@ def test_link_down_reads_work_writes_kept_then_sent(office: Office, tmp_path: Pa
     ok(alice.run("sync", str(at_central)))
     assert (at_central / "Offline.txt").read_text() == "written while the link was down\n"
     wait_for(lambda: office.branch.request("GET", "/healthz")[1]["branch"]["central"] == "reachable")
+
+
+def test_a_commit_waits_for_the_standby_then_says_it_is_on_central(office: Office, tmp_path: Path) -> None:
+    frank = user(tmp_path, "frank", office.branch)
+    copy = tmp_path / "frank"
+    ok(frank.run("clone", f"{office.branch.url}/acme", str(copy)))
+    (copy / "Lagging.txt").write_text("committed while the standby is cut off\n")
+    office.wal_link.stop()  # HTTPS still up, replication stopped: the commit cannot replay
+    try:
+        started = time.monotonic()
+        refused = frank.run("--attempts", "1", "sync", str(copy))
+        waited = time.monotonic() - started
+        assert refused.returncode == 4, refused.stderr
+        assert "saved on the central server" in refused.stderr and "sending it again is safe" in refused.stderr
+        assert waited >= 8  # [branch] commit_wait_seconds
+        status, health = office.branch.request("GET", "/healthz")
+        assert health["branch"]["replication_lag_seconds"] is not None
+    finally:
+        office.wal_link.start()
+    ok(frank.run("sync", str(copy)))  # the retry: the same batch, not applied twice
+    office.standby.wait_replayed()
+    status, feed = office.central.request(
+        "GET", "/v1/engagements/acme/changes?since=0&limit=1000", token=_token(frank, office.branch)
+    )
+    assert status == 200
+    assert [c["path"] for c in feed["changes"]].count("Lagging.txt") == 1
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
