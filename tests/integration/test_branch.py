@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from admin_endpoint import ADMIN_CONFIG, admin_port, scrape, value
 from daemon import Daemon, DaemonStartError, running_daemon
 from pg import PgCluster
 from relay import ByteRelay
@@ -52,7 +53,8 @@ class Office:
         branch_config = _config(
             standby.url(self.database),
             f"[branch]\ncentral = https://127.0.0.1:{self.relay.port}\n"
-            f"central_fingerprint = {self.central.fingerprint}\ncommit_wait_seconds = 8\n",
+            f"central_fingerprint = {self.central.fingerprint}\ncommit_wait_seconds = 8\n"
+            + ADMIN_CONFIG,
         )
         self.branch = running_daemon(base, config_text=branch_config, name="branch")
 
@@ -221,6 +223,9 @@ def test_link_down_reads_work_writes_kept_then_sent(office: Office, tmp_path: Pa
         status, health = office.branch.request("GET", "/healthz")
         assert status == 200, health  # reads work: a warning, not an error
         assert any("central unreachable" in w for w in health["warnings"])
+        samples = scrape(admin_port(office.branch))
+        assert value(samples, "smartsync_branch_central_reachable") == 0
+        assert value(samples, "smartsync_branch_replication_lag_seconds") >= 0
     finally:
         office.wal_link.start()
         office.relay.start()
