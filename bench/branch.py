@@ -14,8 +14,8 @@ Lag: a branch session long-polls (``changes?wait=30``) while the central daemon 
 one-file commit (an empty file: no chunks); the lag is the time from central's commit answer to
 the branch's long-poll answer, median and 99th percentile over ``--commits`` commits. The
 branch polls its standby's replay position every 0.2 s, which adds up to 0.2 s (0.1 s on
-average) to the replication delay itself. The 0.3 s pause before each commit only lets the
-long-poll park (a bench: nothing is asserted on it).
+average) to the replication delay itself. The 0.3-0.5 s random pause before each commit lets the
+long-poll park and spreads the commits over the poll's phase (a bench: nothing is asserted).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -83,7 +84,8 @@ def lag_samples(office: Office, commits: int) -> list[float]:
 
         waiter = threading.Thread(target=poll)
         waiter.start()
-        time.sleep(0.3)  # let the long-poll park (a bench, not a test: no assertion on it)
+        # let the long-poll park; random so commits fall at every phase of the 0.2 s replay poll
+        time.sleep(0.3 + random.random() * 0.2)
         status, answer = office.central.request(
             "POST", "/v1/engagements/acme/commit", token=central_token,
             json_body={"batch": f"bench-lag-{os.getpid()}-{i}", "changes": [
