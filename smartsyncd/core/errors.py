@@ -211,3 +211,20 @@ class LastAdmin(SyncError):
 
     code = "last_admin"
     status = 409
+
+
+# -- branch offices (docs/branch-offices.md) ---------------------------------------------------
+
+
+class CentralUnreachable(Unavailable):
+    """A branch could not reach the central server for a write (or a chunk it lacks). The
+    client keeps its work and retries like any 503; nothing was lost."""
+
+    code = "central_unreachable"
+
+
+class ReplicaBehind(Unavailable):
+    """A branch forwarded a write that central made, but its standby had not replayed it within
+    the wait: the client's retry is idempotent (the commit's batch key)."""
+
+    code = "replica_behind"

@@ -66,6 +66,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "log": frozenset({"json_file"}),
     "admin": frozenset({"listen", "users", "groups"}),
     "lifecycle": frozenset({"deadline_check_seconds", "min_retention_days"}),
+    "branch": frozenset({"central", "central_fingerprint", "central_ca", "commit_wait_seconds"}),
 }
 
 _T = TypeVar("_T")
@@ -115,6 +116,13 @@ class ServerConfig:
     deadline_check_seconds: float = 60.0
     # the firm-wide minimum retention period in days (None: only per-engagement minimums)
     min_retention_days: int | None = None
+    # issue 18, a branch office (docs/branch-offices.md): the central server's URL, how to trust
+    # it (a pinned SHA-256 fingerprint or a CA file; neither: the system's roots), and how long
+    # a forwarded commit waits for the standby to replay it
+    branch_central: str | None = None
+    branch_central_fingerprint: str | None = None
+    branch_central_ca: str | None = None
+    branch_commit_wait_seconds: float = 30.0
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -351,8 +359,40 @@ def load_config(
         raise UsageError("[admin] groups needs 'ldap' in [auth] backends (groups are the directory's)")
     if not values.get("password_sign_in", True) and values.get("kerberos") is None:
         raise UsageError("[auth] password_sign_in = no needs [kerberos]: nobody could sign in")
+    _check_branch(values)
 
     return ServerConfig(config_file=config_path, ldap_section=ldap_section, **values)
+
+
+def _check_branch(values: Mapping[str, Any]) -> None:
+    """A branch needs a PostgreSQL standby and at most one way of trusting central."""
+    if values.get("branch_central") is None:
+        if any(k.startswith("branch_") for k in values):
+            raise UsageError("[branch]: set central = https://... (the central server's URL)")
+        return
+    if not str(values.get("database_url") or "").startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            "[branch] needs [database] url = postgresql://... naming a hot standby of the"
+            " central database (docs/branch-offices.md)"
+        )
+    if values.get("branch_central_fingerprint") and values.get("branch_central_ca"):
+        raise UsageError("[branch]: set central_fingerprint or central_ca, not both")
+
+
+def _https_url(raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError("expected https://host[:port] (the central server)")
+    return raw.rstrip("/")
+
+
+def _fingerprint(raw: str) -> str:
+    digits = raw.replace(":", "").strip()
+    if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise ValueError("expected a SHA-256 fingerprint (64 hex digits, colons allowed)")
+    return raw
 
 
 def _kerberos_config(
@@ -433,4 +473,8 @@ _OPTIONS: tuple[tuple[str, str, str, Callable[[str], object]], ...] = (
     ("admin", "listen", "admin_listen", check_admin_listen),
     ("admin", "users", "admin_users", _names),
     ("admin", "groups", "admin_groups", _groups),
+    ("branch", "central", "branch_central", _https_url),
+    ("branch", "central_fingerprint", "branch_central_fingerprint", _fingerprint),
+    ("branch", "central_ca", "branch_central_ca", _PATH),
+    ("branch", "commit_wait_seconds", "branch_commit_wait_seconds", _positive_float),
 )

@@ -28,7 +28,7 @@ leaving a process that runs but serves nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -325,7 +325,7 @@ class SmartsyncServer(MultiService):
         warn = config.warn_free_mb << 20
         api = SyncAPI(
             store, sessions, notifier, self._reactor, self._run_blocking,
-            disk=lambda: self._run_blocking(disk_report, folders, warn),
+            disk=lambda: self._extra_health(self._run_blocking(disk_report, folders, warn)),
             directory=cast("Directory | None", sessions.backend("ldap")),  # grants by name
         )
         self.api = api
@@ -346,8 +346,16 @@ class SmartsyncServer(MultiService):
             clients=clients,
             trusted_proxies=config.trusted_proxies,
         )
+        self._adapt_site(site, api)
         self._meter(site, api.app.url_map, store, notifier)
         return site
+
+    async def _extra_health(self, disk: Awaitable[dict[str, object]]) -> dict[str, object]:
+        """/healthz's checks beyond the store's: the free space (a branch adds its link)."""
+        return await disk
+
+    def _adapt_site(self, site: Site, api: SyncAPI) -> None:
+        """A hook before the site is metered (service/branch.py puts central in front)."""
 
     def _meter(self, site: Site, url_map: Map, store: ServerStore, notifier: ChangeNotifier) -> None:
         """Count the site's requests, track those in flight (the drain), and tell the metrics

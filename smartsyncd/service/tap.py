@@ -123,7 +123,12 @@ def makeService(options: Options) -> MultiService:
         reload.add_step("json log", json_log.reopen_and_describe)
     cpu = ThreadPoolService(reactor, name="cpu", min_threads=0, max_threads=2)
     cpu.setServiceParent(top)
-    server = SmartsyncServer(
+    server_class = SmartsyncServer
+    if config.branch_central is not None:  # issue 18: a branch office (service/branch.py)
+        from smartsyncd.service.branch import BranchServer
+
+        server_class = BranchServer
+    server = server_class(
         config,
         reactor,
         cpu.run_blocking,

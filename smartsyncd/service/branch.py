@@ -1,0 +1,155 @@
+"""``BranchServer``: the daemon of a branch office (issue 18, docs/branch-offices.md).
+
+The same service as ``SmartsyncServer`` (``service/server.py``) with these steps changed:
+
+- the store is the hot standby of the central database, opened read-only, refused unless
+  ``pg_is_in_recovery()`` (``storage/standby.open_standby_store``), with the chunk cache;
+- instead of the PostgreSQL NOTIFY bridge (notifications do not reach a standby), a
+  ``ReplicaWatcher`` (``web/branchreplay.py``) polls the standby's replay position and wakes
+  the long-polls behind an engagement head that moved; it also answers the forwarded commits'
+  waits and gives the replication lag;
+- the site gets central in front (``web/branch.py``): its request factory streams writes to
+  central, its root answers reads locally;
+- the assembly-deadline timer does not run here (finalizing is a write: central does it);
+- /healthz reports ``branch``: the link to central (probed every ``PROBE_INTERVAL_S``) and the
+  lag; the metric ``smartsync_branch_replication_lag_seconds`` gives the lag too.
+
+How the branch trusts central is configured like the client's trust: ``[branch]
+central_fingerprint`` pins the leaf certificate, ``central_ca`` verifies the chain and host
+name, neither uses the system's roots (``client/trust.py``'s policies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.iweb import IPolicyForHTTPS
+
+from smartsyncd.service.server import DaemonStore, SmartsyncServer
+from smartsyncd.web.branchreplay import ReplicaWatcher
+from smartsyncd.web.central import CentralLink
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from twisted.web.server import Site
+
+    from smartsyncd.service.config import ServerConfig
+    from smartsyncd.storage.api import ServerStore
+    from smartsyncd.web.app import SyncAPI
+    from smartsyncd.web.notify import ChangeNotifier
+
+log = Logger(namespace="smartsyncd.branch")
+
+PROBE_INTERVAL_S = 5.0
+
+
+def central_trust(config: ServerConfig) -> IPolicyForHTTPS:
+    """The TLS policy for central, as the client pins (``client/trust.py``)."""
+    from smartsyncd.client.trust import PinnedPolicy, SystemTrustPolicy, ca_policy
+
+    if config.branch_central_fingerprint:
+        return cast(IPolicyForHTTPS, PinnedPolicy(config.branch_central_fingerprint))
+    if config.branch_central_ca:
+        return cast(IPolicyForHTTPS, ca_policy(config.branch_central_ca))
+    return cast(IPolicyForHTTPS, SystemTrustPolicy())
+
+
+class _LagCollector(Collector):
+    def __init__(self, server: BranchServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        watcher, central = server.replica, server.central
+        if watcher is not None and watcher.lag_seconds is not None:
+            yield GaugeMetricFamily(
+                "smartsync_branch_replication_lag_seconds",
+                "How far the branch's standby is behind the central database (0 when it has"
+                " replayed everything it received)", value=watcher.lag_seconds,
+            )
+        if central is not None:
+            yield GaugeMetricFamily(
+                "smartsync_branch_central_reachable", "1 while the central server answers",
+                value=1 if central.reachable else 0,
+            )
+
+
+class BranchServer(SmartsyncServer):
+    """A branch office's daemon (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.replica: ReplicaWatcher | None = None
+        self.central: CentralLink | None = None
+        self._probe: LoopingCall | None = None
+        self.metrics.registry.register(_LagCollector(self))
+
+    async def _open_store(self) -> DaemonStore:
+        from smartsyncd.storage.standby import open_standby_store
+
+        config = self.config
+        assert config.database_url is not None  # load_config requires it with [branch]
+        log.info("branch office of {central}", central=config.branch_central)
+        store = await open_standby_store(
+            config.database_url, data_dir=config.data_dir, reactor=self._reactor,
+            storage_path=config.storage_path, now=self._now,
+        )
+        return cast(DaemonStore, store)
+
+    def _start_notify_bridge(self, notifier: ChangeNotifier) -> None:
+        assert self.store is not None
+        self.replica = ReplicaWatcher(cast(Any, self.store), notifier.notify, self._reactor)
+        self.replica.start()
+
+    def _start_deadline_timer(self, store: ServerStore) -> None:
+        """Finalizing at a deadline is a write: the central daemons do it."""
+
+    def _adapt_site(self, site: Site, api: SyncAPI) -> None:
+        from smartsyncd.web.branch import Branch, BranchRoot, branch_request_factory
+
+        config = self.config
+        assert config.branch_central is not None and self.replica is not None
+        self.central = central = CentralLink(
+            self._reactor, config.branch_central, central_trust(config),
+            timeout=config.request_timeout,
+        )
+        branch = Branch(
+            central=central, authorizer=api.authorizer, replica=self.replica, store=self.store,
+            run_blocking=self._run_blocking, limits=api.limits, clock=self._reactor,
+            commit_wait=config.branch_commit_wait_seconds,
+        )
+        site.resource = BranchRoot(branch, site.resource)
+        site.requestFactory = branch_request_factory(branch)  # type: ignore[assignment]
+        probe = LoopingCall(lambda: Deferred.fromCoroutine(central.probe()))
+        probe.clock = self._reactor
+        self._probe = probe
+        probe.start(PROBE_INTERVAL_S, now=True)
+
+    async def _extra_health(self, disk: Awaitable[dict[str, object]]) -> dict[str, object]:
+        checks = dict(await disk)
+        central, watcher = self.central, self.replica
+        reachable = central is not None and central.reachable
+        checks["branch"] = {
+            "central": "reachable" if reachable else "unreachable",
+            "replication_lag_seconds": watcher.lag_seconds if watcher is not None else None,
+        }
+        if not reachable:
+            warnings = list(cast(list[str], checks.get("warnings") or []))
+            warnings.append("branch: central unreachable (reads work, writes wait)")
+            checks["warnings"] = warnings
+        return checks
+
+    async def _stop(self) -> None:
+        if self._probe is not None and self._probe.running:
+            self._probe.stop()
+        await super()._stop()
+        if self.replica is not None:
+            await self.replica.stop()
+        if self.central is not None:
+            await self.central.close()
