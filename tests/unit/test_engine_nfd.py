@@ -1,5 +1,5 @@
-"""Decomposed (NFD) names through ``SyncCopy`` and the real server wired in-process
-(test_engine's fixture), on the test machine's own file system (ext4 and tmpfs keep the bytes
+"""Decomposed (NFD) names through ``SyncCopy`` and the real server Site in memory
+(tests/unit/clientkit.py), on the test machine's own file system (ext4 and tmpfs keep the bytes
 of a name as given): the name travels as NFC, keeps its NFD spelling on the copy that made it,
 edits and deletes go both ways without a second file or a ping-pong, and an NFC and an NFD name
 side by side are never merged."""
@@ -10,10 +10,9 @@ import os
 import unicodedata
 from pathlib import Path
 
-import pytest_twisted
-from test_engine import ENG, Server, files_of, server  # noqa: F401  (server: the fixture)
+from clientkit import MemoryServer as Server
+from clientkit import driven, files_of
 
-from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.progress import NullProgress
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import Scanner
@@ -59,14 +58,14 @@ def test_both_forms_side_by_side_are_never_merged(tmp_path: Path) -> None:
     assert [path for path, _ in result.skipped] == [NFC]
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_nfd_name_syncs_as_nfc_and_keeps_its_spelling(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a = await SyncCopy.clone(a_api, ENG, a_dir)
-    b = await SyncCopy.clone(b_api, ENG, b_dir)
+    a = await server.clone(a_api, a_dir)
+    b = await server.clone(b_api, b_dir)
 
     (a_dir / NFD).write_bytes(b"v1 by alice")
     (a_dir / FOLDER_NFD).mkdir()
@@ -103,7 +102,7 @@ async def test_nfd_name_syncs_as_nfc_and_keeps_its_spelling(
 
     # a spelling survives a reopen (state database): the pull still writes in place
     a.close()
-    a = SyncCopy.open(a_dir)
+    a = server.open(a_dir)
     assert a.scanner.spellings[NFC] == NFD
     (b_dir / NFC).write_bytes(b"v4 by bob")
     await b.sync(b_api)
@@ -124,14 +123,14 @@ async def test_nfd_name_syncs_as_nfc_and_keeps_its_spelling(
         copy.close()
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_twin_forms_report_one_as_skipped(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a = await SyncCopy.clone(a_api, ENG, a_dir)
-    b = await SyncCopy.clone(b_api, ENG, b_dir)
+    a = await server.clone(a_api, a_dir)
+    b = await server.clone(b_api, b_dir)
     (a_dir / NFC).write_bytes(b"composed")
     (a_dir / NFD).write_bytes(b"decomposed")
     report = await a.sync(a_api)
@@ -146,14 +145,14 @@ async def test_twin_forms_report_one_as_skipped(
         copy.close()
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_conflict_in_a_decomposed_folder_stays_in_that_folder(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a = await SyncCopy.clone(a_api, ENG, a_dir)
-    b = await SyncCopy.clone(b_api, ENG, b_dir)
+    a = await server.clone(a_api, a_dir)
+    b = await server.clone(b_api, b_dir)
     (a_dir / FOLDER_NFD).mkdir()
     (a_dir / FOLDER_NFD / "q1.txt").write_bytes(b"v1")
     await a.sync(a_api)

@@ -1,5 +1,5 @@
 """File dates and the read-only attribute through the sync engine (issue 16), against the real
-server in-process (``test_engine``'s fixture): a pulled file gets the version's date and
+server Site in memory (tests/unit/clientkit.py): a pulled file gets the version's date and
 attribute, its own stat cache then sees no change (no re-read, nothing pushed back), a local
 edit of the same size is still seen, a read-only file is updated by a pull, a touch alone
 makes no version, and the planner decides exactly as it does without dates."""
@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest_twisted
-from test_engine import ENG, Server, server  # noqa: F401 - the in-process server fixture
+from clientkit import ENG, driven
+from clientkit import MemoryServer as Server
 
 from smartsyncd.client import osfs
-from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.scanner import Scanner
 from smartsyncd.core.model import Change
 from smartsyncd.core.planner import BaseEntry, LocalEntry, plan
@@ -41,19 +40,19 @@ def counting_scanner(root: Path, opened: list[str]) -> Scanner:
     return Scanner(root, open_file=counting_open)
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_a_pulled_file_keeps_its_date_and_read_only_and_never_ping_pongs(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
-    (await SyncCopy.clone(b_api, ENG, tmp_path / "b")).close()
+    a = await server.clone(a_api, tmp_path / "a")
+    (await server.clone(b_api, tmp_path / "b")).close()
     dated(tmp_path / "a" / "WP" / "report.docx", b"signed off in March", MARCH_15, readonly=True)
     dated(tmp_path / "a" / "notes.txt", b"writable", MARCH_15 + 10**9)
     assert (await a.sync(a_api)).uploaded == 2
 
     opened: list[str] = []
-    b = SyncCopy.open(tmp_path / "b", scanner=counting_scanner(tmp_path / "b", opened))
+    b = server.open(tmp_path / "b", scanner=counting_scanner(tmp_path / "b", opened))
     assert (await b.sync(b_api)).downloaded == 2
     report_st = (tmp_path / "b" / "WP" / "report.docx").stat()
     assert report_st.st_mtime_ns == MARCH_15 and osfs.is_readonly(report_st)
@@ -68,13 +67,13 @@ async def test_a_pulled_file_keeps_its_date_and_read_only_and_never_ping_pongs(
     assert opened == [] and (await b_api.snapshot(ENG)).head == head
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_an_edit_elsewhere_comes_back_with_its_date_over_a_read_only_file(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    a = await server.clone(a_api, tmp_path / "a")
+    b = await server.clone(b_api, tmp_path / "b")
     dated(tmp_path / "a" / "cash.xlsx", b"v1 of the lead", MARCH_15, readonly=True)
     await a.sync(a_api)
     await b.sync(b_api)
@@ -93,13 +92,13 @@ async def test_an_edit_elsewhere_comes_back_with_its_date_over_a_read_only_file(
     assert a.conflicts() == [] and b.conflicts() == []
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_a_same_size_edit_of_a_pulled_file_is_still_sent(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")
+    a = await server.clone(a_api, tmp_path / "a")
+    b = await server.clone(b_api, tmp_path / "b")
     dated(tmp_path / "a" / "tb.csv", b"100", MARCH_15)
     await a.sync(a_api)
     await b.sync(b_api)
@@ -109,12 +108,12 @@ async def test_a_same_size_edit_of_a_pulled_file_is_still_sent(
     assert (tmp_path / "a" / "tb.csv").read_bytes() == b"999"
 
 
-@pytest_twisted.ensureDeferred
+@driven
 async def test_a_touch_alone_makes_no_version_and_a_future_date_does_not_ping_pong(
-    server: Server, tmp_path: Path  # noqa: F811
+    server: Server, tmp_path: Path
 ) -> None:
     a_api, b_api = await server.api("alice"), await server.api("bob")
-    a = await SyncCopy.clone(a_api, ENG, tmp_path / "a")
+    a = await server.clone(a_api, tmp_path / "a")
     dated(tmp_path / "a" / "memo.txt", b"text", MARCH_15)
     dated(tmp_path / "a" / "wrong clock.txt", b"from a laptop with a bad clock", MAY_1_2031)
     await a.sync(a_api)
@@ -122,7 +121,7 @@ async def test_a_touch_alone_makes_no_version_and_a_future_date_does_not_ping_po
     os.utime(tmp_path / "a" / "memo.txt", ns=(MARCH_15, MARCH_15 + 86_400 * 10**9))
     assert (await a.sync(a_api)).uploaded == 0
     assert (await a_api.snapshot(ENG)).head == head  # the date alone made no version
-    b = await SyncCopy.clone(b_api, ENG, tmp_path / "b")  # a clone writes dates too
+    b = await server.clone(b_api, tmp_path / "b")  # a clone writes dates too
     assert (tmp_path / "b" / "memo.txt").stat().st_mtime_ns == MARCH_15
     assert (tmp_path / "b" / "wrong clock.txt").stat().st_mtime_ns == MAY_1_2031
     for copy, api in [(b, b_api), (a, a_api), (b, b_api)]:
