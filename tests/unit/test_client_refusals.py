@@ -67,8 +67,9 @@ def _reply(exc: server_errors.SyncError) -> Reply:
 
 
 def test_every_server_refusal_has_a_client_type() -> None:
-    known = set(EXPECTED) | BY_STATUS
-    missing = [cls.__name__ for cls in _server_refusals() if cls not in known]
+    # a subclass of a status-mapped refusal (a branch's 503 central_unreachable) keeps its status
+    missing = [cls.__name__ for cls in _server_refusals()
+               if cls not in EXPECTED and not issubclass(cls, tuple(BY_STATUS))]
     assert missing == []
 
 

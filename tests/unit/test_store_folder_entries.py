@@ -16,7 +16,6 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
     on_sync_store,
     pg_cluster,
     put,
-    store,
     sync_store,
     upload_file,
 )

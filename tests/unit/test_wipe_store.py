@@ -119,16 +119,17 @@ async def test_a_copy_keeps_the_first_secret_it_named(wstore) -> None:
 
 
 def test_a_migration_below_the_highest_applied_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Branches draw numbers at once (10-13): a database that got 12 first still gets 11."""
+    """Branches draw numbers at once (10-16): a database that got a later one first still gets 11."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     dialect = SQLITE
-    later = [*schema.MIGRATIONS, (12, ["CREATE TABLE later_one (x INTEGER)"])]
+    top = schema.LATEST_VERSION + 1
+    later = [*schema.MIGRATIONS, (top, ["CREATE TABLE later_one (x INTEGER)"])]
     monkeypatch.setattr(schema, "MIGRATIONS", [m for m in later if m[0] != 11])
-    monkeypatch.setattr(schema, "LATEST_VERSION", 12)
-    assert schema.migrate(conn, dialect) == 12
+    monkeypatch.setattr(schema, "LATEST_VERSION", top)
+    assert schema.migrate(conn, dialect) == top
     assert not dialect.table_exists(conn, "copy_wipes")
-    monkeypatch.setattr(schema, "MIGRATIONS", sorted(later))
-    assert schema.migrate(conn, dialect) == 12
+    monkeypatch.setattr(schema, "MIGRATIONS", sorted(later, key=lambda m: m[0]))
+    assert schema.migrate(conn, dialect) == top
     assert dialect.table_exists(conn, "copy_wipes")
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
     assert versions == sorted(v for v, _ in later)  # every number once, 11 among them
