@@ -150,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _review_commands(command)
 
-    # engagement workflow (docs/workflow.md): PATH is a file or folder inside a sync copy
+    _workflow_commands(command)
+    _admin_commands(commands, command)
+    _verify_command(command)
+    return parser
+
+
+def _workflow_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """Check-out, locks, history, restore and export (docs/workflow.md)."""
+    # PATH is a file or folder inside a sync copy
     checkout = command("checkout", "check out a file or folder: others' changes to it are "
                                    "refused until you check it in")
     checkout.add_argument("path", metavar="PATH")
@@ -176,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--at", required=True, metavar="TIME",
                         help="'2026-03-31 17:00' (local time) or ISO 8601 with a zone")
     export.add_argument("directory", metavar="DIR")
-    _admin_commands(commands, command)
+
+
+def _verify_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """``verify``: the copy against the server's signed content root (issue 20)."""
     verify = command("verify", "prove this copy identical to the server's signed content "
                                "root, or list what differs (downloads no file)")
     verify.add_argument("directory", metavar="DIR", nargs="?", default=".")
@@ -185,7 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key-fingerprint", metavar="FP",
                         help="the SHA-256 fingerprint of the server's signing key (from "
                         "'smartsync-admin root-key'); else the key this copy accepted first")
-    return parser
 
 
 WHERE_HELP = "a sync copy's folder (default: here) or URL/ENGAGEMENT"
