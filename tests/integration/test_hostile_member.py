@@ -168,7 +168,7 @@ def test_a_stored_lying_manifest_is_skipped_and_the_pull_goes_on(
     server.start()
 
     report = alice.report("sync", str(copy))
-    assert report.get("downloaded") == 2, report
+    assert report.get("downloaded") == 2 and report["exit_code"] == 6, report
     skipped = {s["path"]: s["reason"] for s in report.get("skipped", [])}
     assert "m.bin" in skipped and "manifest" in skipped["m.bin"], report
     assert (copy / "a.txt").read_bytes() == b"first"
@@ -181,10 +181,13 @@ def test_a_stored_lying_manifest_is_skipped_and_the_pull_goes_on(
     report = alice.report("sync", str(copy))
     assert report.get("downloaded") == 1 and not report.get("skipped"), report
     assert (copy / "later.txt").read_bytes() == b"later"
-    # and a new clone succeeds, with that one file reported
+    # and a new clone finishes, with that one file reported: exit 6 ("partial"), as the
+    # sync above, so a script can tell a copy with a file missing from a whole one
     fresh = tmp_path / "fresh"
     report = alice.report("clone", f"{server.url}/old", str(fresh))
-    assert report["exit_code"] == 0, report
+    assert report["exit_code"] == 6 and report["partial"], report
+    skipped = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert list(skipped) == ["m.bin"] and "manifest" in skipped["m.bin"], report
     assert sorted(p.name for p in fresh.iterdir() if p.name != ".smartsync") == [
         "a.txt", "later.txt", "z.txt"]
 
