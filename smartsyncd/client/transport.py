@@ -25,7 +25,7 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,10 +45,12 @@ from smartsyncd.client.errors import (
     TrustError,
     refusal,
 )
+from smartsyncd.client.pacing import PacedBytesProducer, paced_content
 from smartsyncd.client.proxy import ProxySetting, proxy_for, tunnels_through
 from smartsyncd.client.trust import CAPolicy, PinnedPolicy
 from smartsyncd.core import bodycodec
 from smartsyncd.core.errors import SyncError
+from smartsyncd.core.pacing import Pacer
 from smartsyncd.runtime.blocking import RunBlocking
 from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
 from smartsyncd.runtime.twistedcompat import newclient as _newclient
@@ -98,6 +100,8 @@ class HTTPResponse(Protocol):
     headers: Headers
 
     def content(self) -> Deferred[bytes]: ...
+
+    def deliverBody(self, protocol: IProtocol) -> None: ...  # noqa: N802 - Twisted's name
 
 
 class HTTPRequester(Protocol):
@@ -161,7 +165,8 @@ class Transport:
         # told of each retry before its wait (what failed, when the next try is)
         self.on_retry: Callable[[RetryNotice], object] | None = None
         self._reactor = reactor
-        self._bw_free_at = 0.0
+        # paces request and response bytes together as they move (client/pacing.py)
+        self._pacer = Pacer(bwlimit) if bwlimit else None
         self._run_in_thread = run_in_thread
         # Cookies are kept for the life of this object: a load balancer's sticky-session
         # cookie (HAProxy's SERVERID) keeps every request on one server until it fails.
@@ -342,7 +347,6 @@ class Transport:
         received = reply.wire_bytes if reply.wire_bytes >= 0 else len(reply.body)
         self.bytes_sent += len(data or b"")
         self.bytes_received += received
-        await self._throttle(len(data or b"") + received)
         raise_for_status(reply, self.base_url)
         return reply
 
@@ -358,15 +362,15 @@ class Transport:
             method,
             url,
             headers=Headers(headers),
-            data=(
-                cast(IBodyProducer, BytesProducer(data))
-                if data is not None and len(data) > PIECE_BYTES else data
-            ),
+            data=self._body(data),
             params=dict(params) if params else None,
             allow_redirects=False,  # a redirect must never carry the bearer token elsewhere
             reactor=self._reactor,
         )
-        body = await response.content()
+        body = await (
+            response.content() if self._pacer is None
+            else paced_content(response, self._pacer, self._reactor)
+        )
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         encodings = response.headers.getRawHeaders(b"content-encoding")
         encoding = encodings[0] if encodings else None
@@ -382,6 +386,14 @@ class Transport:
             raise ProtocolError(f"server sent a body that does not decode: {exc.message}") from exc
         return Reply(response.code, raw, ctype.decode("latin-1"), len(body))
 
+    def _body(self, data: bytes | None) -> IBodyProducer | bytes | None:
+        """A request body as treq takes it: paced slices under a limit, else large pieces."""
+        if data is None:
+            return None
+        if self._pacer is not None:
+            return PacedBytesProducer(data, self._pacer, self._reactor)
+        return BytesProducer(data) if len(data) > PIECE_BYTES else data
+
     def _transport_error(self, exc: BaseException) -> NetworkError:
         if _is_tls_failure(exc):
             policy = self.policy
@@ -391,14 +403,6 @@ class Transport:
                     return TrustError(policy.failure_message(self.base_url), presented=presented)
             return TrustError(f"TLS handshake with {self.base_url} failed: {_describe(exc)}")
         return NetworkError(f"cannot reach {self.base_url}: {_describe(exc)}", retryable=True)
-
-    async def _throttle(self, nbytes: int) -> None:
-        if not self.bwlimit:
-            return
-        now = self._reactor.seconds()
-        self._bw_free_at = max(now, self._bw_free_at) + nbytes / self.bwlimit
-        if self._bw_free_at > now:
-            await deferLater(self._reactor, self._bw_free_at - now, lambda: None)
 
     async def _in_thread(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._run_in_thread is not None:

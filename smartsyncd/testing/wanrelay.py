@@ -178,6 +178,13 @@ class Counters:
     # (or first on it); with one request at a time on a connection, one per request
     turns: int = 0
     links: list[tuple[Link, Link]] = field(default_factory=list)
+    # when set, (reactor time, "up" or "down", bytes) as each piece reaches the relay: how a
+    # shaped sender spread its bytes (tests/integration/test_bwlimit_shaping.py)
+    trace: list[tuple[float, str, int]] | None = None
+
+    def note(self, clock: Any, direction: str, nbytes: int) -> None:
+        if self.trace is not None:
+            self.trace.append((clock.seconds(), direction, nbytes))
 
     @property
     def total(self) -> int:
@@ -224,6 +231,7 @@ class _Outbound(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.inbound.counters.down += len(data)
+        self.inbound.counters.note(self.inbound.reactor, "down", len(data))
         self.inbound.answered = True
         assert self.inbound.down is not None
         self.inbound.down.send(data)
@@ -285,6 +293,7 @@ class _Inbound(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.counters.up += len(data)
+        self.counters.note(self.reactor, "up", len(data))
         if self.answered:
             self.counters.turns += 1
             self.answered = False
