@@ -61,6 +61,7 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
             "login_failure_window_minutes",
             "connections_per_address",
             "unauthenticated_bytes_per_address",
+            "per_user_kbps",
         }
     ),
     "log": frozenset({"json_file"}),
@@ -97,6 +98,9 @@ class ServerConfig:
     login_failures_per_address: int = 20
     connections_per_address: int = 1024
     unauthenticated_bytes_per_address: int = 8 * 1024 * 1024
+    # each signed-in user's upload + download rate over all their connections, KiB/s (None:
+    # no limit; web/usershaping.py)
+    per_user_kbps: int | None = None
     # peers whose X-Forwarded-For names the client (smartsyncd.web.clientaddr)
     trusted_proxies: tuple[Network, ...] = ()
     # every connection starts with a PROXY protocol header (HAProxy's send-proxy-v2)
@@ -183,6 +187,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _kbps(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 10_000_000:
+        raise ValueError("must be a whole number of KiB/s from 1 to 10000000")
     return value
 
 
@@ -466,6 +477,7 @@ _OPTIONS: tuple[tuple[str, str, str, Callable[[str], object]], ...] = (
     ("limits", "connections_per_address", "connections_per_address", _positive_int),
     ("limits", "unauthenticated_bytes_per_address", "unauthenticated_bytes_per_address",
      _positive_int),
+    ("limits", "per_user_kbps", "per_user_kbps", _kbps),
     ("limits", "login_failure_window_minutes", "login_failure_window_minutes", _positive_float),
     ("lifecycle", "deadline_check_seconds", "deadline_check_seconds", _positive_float),
     ("lifecycle", "min_retention_days", "min_retention_days", _days),

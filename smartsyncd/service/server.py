@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
+    from smartsyncd.web.usershaping import UserShaper
 
 log = Logger(namespace="smartsyncd.service")
 
@@ -146,6 +147,7 @@ class SmartsyncServer(MultiService):
         self._on_fatal = on_fatal
         self.store: DaemonStore | None = None
         self.endpoint: IStreamServerEndpoint | None = None
+        self.shaper: UserShaper | None = None  # with [limits] per_user_kbps
         self.port: IListeningPort | None = None
         self.certificate: CertificateInfo | None = None
         self.started: Deferred[None] | None = None
@@ -348,6 +350,16 @@ class SmartsyncServer(MultiService):
         )
         self._adapt_site(site, api)
         self._meter(site, api.app.url_map, store, notifier)
+        if config.per_user_kbps is not None:  # [limits] per_user_kbps: web/usershaping.py
+            from smartsyncd.web.usershaping import UserShaper
+
+            shaper = UserShaper(
+                config.per_user_kbps * 1024, self._reactor, self.metrics.user_throttled.inc
+            )
+            api.authorizer.on_session = lambda request, session: shaper.bind(
+                request, session.principal
+            )
+            self.shaper = shaper
         return site
 
     async def _extra_health(self, disk: Awaitable[dict[str, object]]) -> dict[str, object]:
@@ -421,7 +433,12 @@ class SmartsyncServer(MultiService):
         )
         restrict_ciphers(endpoint)
         self.endpoint = endpoint
-        self.port = port = await endpoint.listen(site)
+        factory: Any = site
+        if self.shaper is not None:
+            from smartsyncd.web.usershaping import UserShapingFactory
+
+            factory = UserShapingFactory(site, self.shaper)
+        self.port = port = await endpoint.listen(factory)
         if self._stopping:
             return
         host: Any = port.getHost()

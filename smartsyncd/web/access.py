@@ -64,6 +64,8 @@ class Authorizer:
         self._grants = grants
         self._status = status
         self._wipes = wipes
+        # told of each request's signed-in session (web/usershaping.py: the per-user limit)
+        self.on_session: Callable[[Request, SessionRecord], object] | None = None
 
     async def refuse_if_wiped(self, request: Request, engagement: str | None) -> None:
         """Answer the wipe order of the copy the request names, if an admin gave one (in
@@ -83,12 +85,17 @@ class Authorizer:
     async def check_session(self, request: Request) -> SessionRecord:
         """The live session of the request's bearer token (or SessionExpired)."""
         await self.refuse_if_wiped(request, None)
-        return await self._sessions.resolve(bearer_token(request))
+        return self._seen(request, await self._sessions.resolve(bearer_token(request)))
+
+    def _seen(self, request: Request, session: SessionRecord) -> SessionRecord:
+        if self.on_session is not None:
+            self.on_session(request, session)
+        return session
 
     async def authorize(self, request: Request, name: str, operation: str) -> Access:
         """Session, then the engagement if this user may see it, then the role check."""
         await self.refuse_if_wiped(request, name)
-        session = await self._sessions.resolve(bearer_token(request))
+        session = self._seen(request, await self._sessions.resolve(bearer_token(request)))
         engagement = await self._grants.get_engagement(name)
         role = None
         if engagement is not None:

@@ -255,6 +255,10 @@ class SyncMetrics:
             "smartsync_store_errors", "Store operations that failed: unavailable (database or "
             "chunk folder), full (no space), internal", ["operation", "error"], registry=r,
         )
+        self.user_throttled = Counter(
+            "smartsync_user_throttled_seconds", "Time connections were held back by the per-user"
+            " bandwidth limit ([limits] per_user_kbps), summed over connections", registry=r,
+        )
         self.drains = Counter(
             "smartsync_drain_cut_requests", "Requests still running when the drain time ran out "
             "(their connections were closed)", registry=r,
