@@ -25,7 +25,7 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IDelayedCall, IProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,7 +50,7 @@ from smartsyncd.client.proxy import ProxySetting, proxy_for, tunnels_through
 from smartsyncd.client.trust import CAPolicy, PinnedPolicy
 from smartsyncd.core import bodycodec
 from smartsyncd.core.errors import SyncError
-from smartsyncd.core.pacing import Pacer
+from smartsyncd.core.pacing import TIMER_SLACK, Pacer
 from smartsyncd.runtime.blocking import RunBlocking
 from smartsyncd.runtime.tlsbatching import BatchingEndpointFactory
 from smartsyncd.runtime.twistedcompat import newclient as _newclient
@@ -321,12 +321,21 @@ class Transport:
 
         exchange.addBoth(relay)
 
+        limit = self.timeout if timeout is None else timeout
+        timer: IDelayedCall
+
         def expire() -> None:
-            nonlocal timed_out
+            nonlocal timed_out, timer
+            if self._pacer is not None:
+                # bytes the limit holds back are no silent server: the time counts from the
+                # last slice the pacer has booked (a 24 MiB request at 100 KiB/s takes 4 min)
+                now = self._reactor.seconds()
+                if self._pacer.free_at + limit > now + TIMER_SLACK:
+                    timer = self._reactor.callLater(self._pacer.free_at + limit - now, expire)
+                    return
             timed_out = True
             exchange.cancel()
 
-        limit = self.timeout if timeout is None else timeout
         timer = self._reactor.callLater(limit, expire)
         try:
             reply = await waiter

@@ -581,6 +581,15 @@ def test_caller_cancel_stops_without_retry(server: Server) -> None:
     assert api.requests == 1
 
 
+def test_a_paced_request_longer_than_the_timeout_is_not_timed_out(server: Server) -> None:
+    server.script.handler = lambda seen: (200, {"stored": 1, "present": 0})
+    api = server.api(bwlimit=100_000, timeout=2)
+    blob = os.urandom(600_000)  # 6 s at the limit, three times the timeout
+    server.run(api.upload_chunks("e", [(chunk_hash(blob), blob)]))
+    assert api.requests == 1  # neither timed out nor retried
+    assert server.clock.seconds() > 5
+
+
 def test_bandwidth_limit_paces_requests(server: Server) -> None:
     server.script.handler = lambda seen: (200, {"stored": 1, "present": 0})
     api = server.api(bwlimit=200_000)  # bytes per second
