@@ -242,6 +242,8 @@ class CopyService:
         """Wait for a change here or on the server, or a nudge; errors other than the
         network's (a wipe order, a missing folder) end the service."""
         while True:
+            # a failed long-poll (server down while idle) shows as offline until one answers
+            self._set_state(ServiceState.IDLE if self._watch.reachable else ServiceState.OFFLINE)
             remote = Deferred.fromCoroutine(
                 self._watch._remote_news(self.api, self.long_poll, self.poll_grace))
             remote.addTimeout(self.long_poll + self.poll_grace, self.clock,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clientkit import MemoryServer, driven, files_of
+from twisted.internet.defer import Deferred
 
 from smartsyncd.client.backoff import Backoff
 from smartsyncd.client.copyservice import CopyEvent, CopyService, ServiceState
@@ -145,3 +146,63 @@ async def test_idle_long_poll_is_restarted_and_wake_syncs(
     service.wake("network-changed")
     await server.wait_for(lambda: len([e for e in events if e.kind == "report"]) > syncs)
     await service.stop()
+
+
+class HangingAPI(SwitchableAPI):
+    """Long-polls that never answer while ``hang`` is set (a connection dead after a sleep)."""
+
+    hang = False
+    long_polls = 0
+
+    async def changes(self, eng: str, since: int, limit: int = 5000, wait: float = 0) -> Any:
+        if wait and self.hang:
+            self.long_polls += 1
+            await Deferred()  # never fires; only a cancel ends it
+        return await super().changes(eng, since, limit, wait)
+
+
+@driven
+async def test_a_hung_long_poll_is_abandoned_and_restarted(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    api: HangingAPI = await server.api("alice", HangingAPI)
+    copy = await server.clone(api, tmp_path / "a")
+    service = CopyService(copy, api, native_watch=False, long_poll=10.0, poll_grace=5.0)
+    reports: list[Any] = []
+    service.subscribe(lambda e: e.kind == "report" and reports.append(e.value))
+    api.hang = True
+    service.start()
+    await server.wait_for(lambda: api.long_polls == 1)
+    started = server.clock.seconds()
+    await server.wait_for(lambda: api.long_polls == 3)  # each abandoned after 10 + 5 s
+    assert 29 <= server.clock.seconds() - started <= 31
+    service.wake()  # the machine woke: the hung poll is dropped and a sync runs at once
+    woke_at = server.clock.seconds()
+    await server.wait_for(lambda: len(reports) == 2)
+    assert server.clock.seconds() - woke_at < 1
+    await service.stop()
+    assert service.state is S.STOPPED
+
+
+@driven
+async def test_events_name_the_conflict_copy_made_after_resume(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    service, _api, events = await _service(server, tmp_path)
+    (tmp_path / "a" / "B-1.xlsx").write_bytes(b"original")
+    service.start()
+    await server.wait_for(lambda: service.state is S.IDLE)
+    service.pause()
+    bob_api = await server.api("bob")
+    bob = await server.clone(bob_api, tmp_path / "b")
+    (tmp_path / "b" / "B-1.xlsx").write_bytes(b"bob's numbers")
+    await bob.sync(bob_api)
+    (tmp_path / "a" / "B-1.xlsx").write_bytes(b"alice's numbers")  # while paused
+    service.resume()
+    await server.wait_for(lambda: any(e.kind == "conflict" for e in events))
+    await server.wait_for(lambda: service.state is S.IDLE)
+    await service.stop()
+    conflict = next(e.value for e in events if e.kind == "conflict")
+    assert conflict.startswith("B-1 (conflict alice ")
+    assert (tmp_path / "a" / conflict).read_bytes() == b"alice's numbers"  # nothing lost
+    assert (tmp_path / "a" / "B-1.xlsx").read_bytes() == b"bob's numbers"
