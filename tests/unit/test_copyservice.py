@@ -71,7 +71,8 @@ async def test_pause_lets_the_sync_end_and_resume_sends_edits(
     (tmp_path / "a" / "first.txt").write_bytes(b"one")
 
     def pause_mid_sync(event: CopyEvent) -> None:  # the first sync is running when paused
-        if event.kind == "state" and event.value is S.SYNCING and not service._paused:
+        if event.kind == "state" and event.value is S.SYNCING:
+            service.listeners.remove(pause_mid_sync)
             service.pause()
 
     service.subscribe(pause_mid_sync)
@@ -79,7 +80,6 @@ async def test_pause_lets_the_sync_end_and_resume_sends_edits(
     await server.wait_for(lambda: service.state is S.PAUSED)
     reports = [e.value for e in events if e.kind == "report"]
     assert len(reports) == 1 and reports[0].uploaded == 1  # the sync ended whole
-    service.listeners.remove(pause_mid_sync)
 
     (tmp_path / "a" / "while-paused.txt").write_bytes(b"two")
     start = server.clock.seconds()
