@@ -77,3 +77,30 @@ def test_rules_set_by_the_admin_cli_are_enforced_on_an_old_client(
     assert after.returncode == 0 and json.loads(after.stdout)["uploaded"] == 2, after.stdout
     audit = server.admin("audit", "export", "acme-2026")
     assert audit.stdout.count("ignore_rules") == 2, audit.stdout
+
+
+def test_an_engagement_admin_sets_and_reads_rules_with_smartsync(
+    server: Daemon, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    client = Client(home)
+    assert login(client, server, "--trust-fingerprint", server.fingerprint).returncode == 0
+    where = f"{server.url}/acme-2026"
+    rules = tmp_path / "firm.rules"
+    rules.write_text(RULES)
+    as_editor = client.run("ignore-rules", "--set", str(rules), where)
+    assert as_editor.returncode == 5 and "admin" in as_editor.stderr, as_editor.stderr
+    assert server.admin("grant", "acme-2026", "--user", "alice", "--role", "admin").returncode == 0
+    bad = tmp_path / "bad.rules"
+    bad.write_text("[z-a]\n")
+    refused = client.run("ignore-rules", "--set", str(bad), where)
+    assert refused.returncode != 0 and "line 1" in refused.stderr, refused.stderr
+    done = client.run("--json", "ignore-rules", "--set", str(rules), where)
+    assert done.returncode == 0, done.stderr
+    assert server.admin("engagement", "ignore", "acme-2026", "--show").stdout == RULES
+    shown = json.loads(client.run("--json", "ignore-rules", where).stdout)
+    assert shown["rules"] == RULES and shown["digest"] == json.loads(done.stdout)["digest"]
+    assert "alice" in server.admin("audit", "export", "acme-2026").stdout
+    assert client.run("ignore-rules", "--clear", where).returncode == 0
+    assert client.run("ignore-rules", where).stdout.strip() == "No engagement ignore rules."
