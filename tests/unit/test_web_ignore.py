@@ -61,7 +61,7 @@ async def test_commit_of_an_ignored_path_is_refused_per_path_and_deletes_apply(e
     r = await env.call("POST", ENG + "/commit", token=tokens["alice"],
                        body={"batch": "b2", "changes": [put("ok.txt", new), put("scratch/n.txt", new)]})
     assert r.status == 400 and r.json()["error"] == "invalid_path"
-    assert r.json()["path"] == "scratch/n.txt"
+    assert (r.json()["path"], r.json()["reason"]) == ("scratch/n.txt", "ignored")
     assert await env.store.head(env.alpha) == 1  # nothing of the batch applied
     gone = await env.call("POST", ENG + "/commit", token=tokens["alice"], body={
         "batch": "b3", "changes": [{"path": "old.bak", "kind": "delete", "base": 1}]})
