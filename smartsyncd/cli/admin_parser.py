@@ -128,6 +128,9 @@ def _add_engagement_parsers(commands: Commands) -> None:
     from smartsyncd.cli.admin_volumes import add_parsers as add_volume_parsers
 
     add_volume_parsers(commands, engagement)
+    from smartsyncd.cli.admin_ignore import add_parsers as add_ignore_parsers
+
+    add_ignore_parsers(engagement)
 
 
 def _add_grant_parsers(commands: Commands) -> None:

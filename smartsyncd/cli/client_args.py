@@ -228,7 +228,11 @@ def _admin_commands(commands: Any, command: Any) -> None:
         who = sub.add_mutually_exclusive_group(required=True)
         who.add_argument("--user", help="a user name, local:NAME, ad:SID or a SID")
         who.add_argument("--group", help="a directory group (name or id)")
-    for sub in (finalize, reopen, grants, grant, revoke):
+    rules = command("ignore-rules", "show, set or clear the engagement-wide ignore rules (admins set)")
+    which = rules.add_mutually_exclusive_group()
+    which.add_argument("--set", metavar="FILE", help="publish the rules of FILE (gitignore syntax)")
+    which.add_argument("--clear", action="store_true", help="remove the engagement's rules")
+    for sub in (finalize, reopen, grants, grant, revoke, rules):
         sub.add_argument("where", metavar="WHERE", nargs="?", default=".", help=WHERE_HELP)
 
 

@@ -1,7 +1,7 @@
 """The ``smartsync`` commands of an engagement's admins (issue 17; docs/workflow.md).
 
 ``locks break PATH``, ``copies list|abandon``, ``finalize``, ``reopen``, ``grants``, ``grant``
-and ``revoke``, each over ``client.manage.EngagementAdmin``. The engagement is named by
+``revoke`` and ``ignore-rules`` (show, ``--set FILE``, ``--clear``), each over ``client.manage.EngagementAdmin``. The engagement is named by
 ``WHERE``: a sync copy's folder (default: the current one) or ``URL/ENGAGEMENT``, so an admin
 needs no copy. A member whose role is not ``admin`` is refused by the server (exit 5, the
 message naming the role needed).
@@ -12,12 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.threads import deferToThread
+
 from smartsyncd.cli.client_args import split_source
 from smartsyncd.cli.client_session import Session
 from smartsyncd.cli.client_workflow import cmd_locks, copy_path
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.manage import CopyInfo, EngagementAdmin, GrantInfo, GrantKind
+from smartsyncd.core.ignore import MAX_RULES_BYTES
 
 
 def _is_url(where: str) -> bool:
@@ -149,3 +152,33 @@ async def cmd_revoke(session: Session) -> int:
     text = "\n".join(f"Revoked {g.role} on {admin.engagement} from {g.kind} {_shown(g)}." for g in revoked)
     session.out.result(text, {"engagement": admin.engagement, "revoked": [g.to_json() for g in revoked]})
     return 0
+
+
+async def cmd_ignore_rules(session: Session) -> int:
+    """Show the engagement-wide ignore rules, or set them from a file, or clear them."""
+    admin = await _admin(session, session.args.where)
+    args = session.args
+    if args.clear or args.set is not None:
+        text = None if args.clear else await deferToThread(_read_rules_file, args.set)
+        digest = await admin.set_ignore_rules(text)
+        said = f"Cleared the ignore rules of {admin.engagement}." if text is None else (
+            f"Set the ignore rules of {admin.engagement} (digest {digest}).")
+        session.out.result(said, {"engagement": admin.engagement, "digest": digest})
+        return 0
+    rules, digest = await admin.ignore_rules()
+    session.out.result((rules or "No engagement ignore rules.").rstrip("\n"),
+                       {"engagement": admin.engagement, "rules": rules, "digest": digest})
+    return 0
+
+
+def _read_rules_file(name: str) -> str:
+    try:
+        data = Path(name).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {name}: {e.strerror or e}") from None
+    if len(data) > MAX_RULES_BYTES:
+        raise UsageError(f"{name} is over {MAX_RULES_BYTES} bytes; nothing changed")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name} is not UTF-8 text; nothing changed") from None

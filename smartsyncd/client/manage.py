@@ -115,6 +115,17 @@ class EngagementAdmin:
         data = await self._post("revoke", "grants", "revoke", body={kind: name})
         return [parse_grant(item) for item in field(data, "revoked", list, "revoke")]
 
+    async def ignore_rules(self) -> tuple[str | None, str | None]:
+        """The engagement-wide ignore rules and their digest (``None`` both when none)."""
+        data = obj(await self._api._json("GET", self._url("ignore")), "ignore rules")
+        return _text_or_none(data, "rules"), _text_or_none(data, "digest")
+
+    async def set_ignore_rules(self, text: str | None) -> str | None:
+        """Set (``text``) or clear (``None``) the rules; the new digest. A bad pattern is
+        refused by the server naming its line (``BadRequest``)."""
+        data = await self._post("ignore rules", "ignore", body={"rules": text})
+        return _text_or_none(data, "digest")
+
 
 def parse_lock(value: object) -> LockInfo:
     data = obj(value, "lock")
@@ -160,3 +171,10 @@ def _finalized(info: JSONObject) -> FinalizedInfo:
         return None if found is None else str(found)
 
     return FinalizedInfo(maybe("at"), maybe("by"), maybe("reason"))
+
+
+def _text_or_none(data: JSONObject, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"ignore rules answer: {key!r} is not text")
+    return value

@@ -6,19 +6,24 @@
 outcome is returned, so a refused batch applies nothing. Nothing is ever lost: a stale edit
 becomes a conflict copy, an edit of a deleted file is applied (edit beats delete), and a stale
 delete deletes nothing.
+
+``ignored`` (the engagement's published ignore rules) refuses a put that adds or changes an
+ignored path with ``InvalidPath`` naming it, as any per-path refusal: the client keeps the
+file and reports it as skipped. Deletes of ignored paths stay allowed, so a rule added after
+a file was stored never makes that file undeletable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from smartsyncd.core.conflicts import conflict_name
-from smartsyncd.core.errors import BadRequest, BatchReused, PathClash
+from smartsyncd.core.errors import BadRequest, BatchReused, InvalidPath, PathClash
 from smartsyncd.core.manifest import is_hash
 from smartsyncd.core.model import (
     MTIME_NS_MAX,
@@ -239,11 +244,13 @@ def plan_commit(
     now: datetime,
     max_changes: int = MAX_CHANGES,
     paths: Sequence[str] | None = None,
+    ignored: Callable[[str], bool] | None = None,
 ) -> list[Outcome]:
     """Decide every proposal of one batch, in order; raise (deciding nothing) on a refusal.
 
     ``paths``: ``validate_batch(proposals, max_changes)``'s result when the caller already has
-    it (then the batch is not checked again); ``None`` checks it here.
+    it (then the batch is not checked again); ``None`` checks it here. ``ignored``: the
+    engagement's ignore rules, refusing puts that add or change a path they match.
     """
     if paths is None:
         paths = validate_batch(proposals, max_changes)
@@ -251,6 +258,8 @@ def plan_commit(
         raise ValueError("paths must be validate_batch's result for these proposals")
     batch = _Batch(head=head, reserved={fold_key(p) for p in paths})
     states = [head.state(path) for path in paths]
+    if ignored is not None:
+        _check_ignored(proposals, paths, states, ignored)
     batch.deleting = {
         path
         for p, path, current in zip(proposals, paths, states, strict=True)
@@ -264,6 +273,21 @@ def plan_commit(
         else:
             outcomes.append(_plan_put(p, path, current, batch, user, now))
     return outcomes
+
+
+def _check_ignored(
+    proposals: Sequence[ProposedChange], paths: Sequence[str],
+    states: Sequence[FileState | None], ignored: Callable[[str], bool],
+) -> None:
+    for p, path, current in zip(proposals, paths, states, strict=True):
+        if p.kind != "put" or not ignored(path):
+            continue
+        if current is not None and current.content == p.content:
+            continue  # not a change: nothing to refuse
+        raise InvalidPath(
+            f"{path!r} is ignored by the engagement's rules; it stays local", path=path,
+            reason="ignored",
+        )
 
 
 def _plan_delete(p: ProposedChange, path: str, current: FileState | None, batch: _Batch) -> Outcome:

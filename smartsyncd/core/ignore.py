@@ -11,15 +11,23 @@ An ignored path is outside the sync in both directions: never uploaded, never de
 server when removed locally, never written or deleted locally by a pull (the planner drops it
 from all three of its trees). A pattern that cannot be parsed is reported and left out; the
 others still apply.
+
+The server may also publish engagement-wide rules (same syntax and size limit), set by whoever
+administers the engagement. ``check_engagement_rules`` refuses a bad one when it is set,
+naming the line; ``EngagementRules`` is the server's own check of a commit's puts (a delete of
+an ignored path stays allowed: a rule must never make a stored file undeletable).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pathspec
+
+from smartsyncd.core.errors import BadRequest
 
 IGNORE_FILE = ".smartsyncignore"
 DEFAULT_PATTERNS: tuple[str, ...] = (
@@ -74,3 +82,51 @@ class IgnoreRules:
 
 
 NO_RULES = IgnoreRules.parse(defaults=())
+
+
+def _bad_lines(text: str) -> list[tuple[int, str]]:
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except (ValueError, re.error) as e:
+            problems.append((number, f"not a valid pattern: {e}"))
+    return problems
+
+
+def check_engagement_rules(text: str) -> str:
+    """The engagement's rules as set (``text``), or raise ``BadRequest`` naming the first bad
+    line; returns the text unchanged. Unlike a ``.smartsyncignore``, nothing is left out
+    silently: the administrator sees the error at once."""
+    if len(text.encode("utf-8")) > MAX_RULES_BYTES:
+        raise BadRequest(f"ignore rules are limited to {MAX_RULES_BYTES} bytes")
+    if "\x00" in text:
+        raise BadRequest("ignore rules must not contain NUL characters")
+    problems = _bad_lines(text)
+    if problems:
+        number, why = problems[0]
+        raise BadRequest(f"ignore rules line {number}: {why}", line=number)
+    return text
+
+
+def rules_digest(text: str) -> str:
+    """The version of a rule set: SHA-256 of its UTF-8 text (the clients' cheap check, and
+    what the audit trail records)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EngagementRules:
+    """An engagement's published rules, compiled (already checked when they were set)."""
+
+    text: str
+    spec: pathspec.PathSpec
+    digest: str
+
+    @classmethod
+    def parse(cls, text: str) -> EngagementRules:
+        return cls(text, pathspec.GitIgnoreSpec.from_lines(text.splitlines()), rules_digest(text))
+
+    def ignores(self, path: str) -> bool:
+        """True when the engagement's rules ignore the file at ``path`` (case-sensitive)."""
+        return self.spec.match_file(path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from smartsyncd.core.ignore import EngagementRules
 from smartsyncd.core.jsonvalue import JSONValue
 from smartsyncd.core.locks import Lock
 from smartsyncd.core.model import (
@@ -285,6 +286,11 @@ class GrantStore(Protocol):
     ) -> bool: ...
     async def list_grants(self, engagement: str | None = None) -> list[Grant]: ...
     async def role_for(self, engagement: str, principal: str, groups: Sequence[str]) -> Role | None: ...
+    # the engagement's published ignore rules: set (checked, audited) or cleared with None
+    async def set_ignore_rules(
+        self, engagement: str, text: str | None, actor: str = TOOL_ACTOR
+    ) -> str | None: ...
+    async def ignore_rules(self, engagement_id: int) -> EngagementRules | None: ...
 
 
 class SessionStore(Protocol):

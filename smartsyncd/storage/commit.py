@@ -35,7 +35,7 @@ from smartsyncd.core.model import (
 )
 from smartsyncd.core.paths import fold_key
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
-from smartsyncd.storage import conflicts, headview, history, lifecycle, quotas
+from smartsyncd.storage import conflicts, headview, history, ignorerules, lifecycle, quotas
 from smartsyncd.storage.api import (
     CommitResult,
     CommitResultItem,
@@ -163,7 +163,10 @@ def commit_tx(
 
     paths = commit_rules.validate_batch(changes)  # checked and normalized once per commit
     head_view = headview.head_view(db, engagement_id, len(changes), paths, normalized=True)
-    outcomes = commit_rules.plan_commit(changes, head_view, user, now, paths=paths)
+    rules = ignorerules.ignore_rules(db, engagement_id)  # refuses puts of ignored paths
+    outcomes = commit_rules.plan_commit(
+        changes, head_view, user, now, paths=paths, ignored=None if rules is None else rules.ignores
+    )
     new_manifests = _resolve_manifests(db, engagement_id, changes, outcomes, manifests)
     results, written = _number_outcomes(outcomes, head, user, session, now, batch)
     quotas.check_logical(db, engagement_id, user, written)  # 507 before any row is written

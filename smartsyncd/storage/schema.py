@@ -58,6 +58,8 @@ Tables:
 - (16) engagements.volume: the storage volume holding the engagement's packs (NULL: the
   default volume, ``[storage] path``); engagements.moving_to: the volume an ``engagement move``
   is copying it to, until the switch (``storage/volumes``).
+- (72) engagement_ignore: an engagement's published ignore rules, their digest and who set
+  them when (``storage/ignorerules``, issue 16).
 
 Numbers may have gaps (several branches draw them at once): a migration runs when its own number
 is not yet in ``schema_version``, whatever higher numbers are.
@@ -441,6 +443,20 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
         [
             "ALTER TABLE engagements ADD COLUMN volume TEXT",
             "ALTER TABLE engagements ADD COLUMN moving_to TEXT",
+        ],
+    ),
+    (
+        # Engagement-wide ignore rules (docs/client.md, "Ignore rules"); numbered apart from
+        # the other branches' migrations drawn at the same time.
+        72,
+        [
+            """CREATE TABLE engagement_ignore (
+                engagement_id BIGINT PRIMARY KEY REFERENCES engagements (id),
+                rules TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                set_by TEXT NOT NULL,
+                set_at TEXT NOT NULL
+            )""",
         ],
     ),
 ]

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from smartsyncd.core.errors import StorageFull, SyncError, Unavailable
+from smartsyncd.core.ignore import EngagementRules
 from smartsyncd.core.locks import Lock
 from smartsyncd.core.model import Change, FileState, HistoryCheck, Manifest, ProposedChange, Role
 from smartsyncd.storage import (
@@ -42,6 +43,7 @@ from smartsyncd.storage import (
     copies,
     gc,
     history,
+    ignorerules,
     locks,
     principals,
     quotas,
@@ -336,6 +338,12 @@ class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore):
 
     async def role_for(self, engagement: str, principal: str, groups: Sequence[str]) -> Role | None:
         return await self.run_read(accounts.role_for, engagement, principal, tuple(groups))
+
+    async def set_ignore_rules(self, engagement: str, text: str | None, actor: str = TOOL_ACTOR) -> str | None:
+        return await self.run_db(ignorerules.set_ignore_rules, engagement, text, actor, self._now())
+
+    async def ignore_rules(self, engagement_id: int) -> EngagementRules | None:
+        return await self.run_read(ignorerules.ignore_rules, engagement_id)
 
     # -- principals of any backend
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from smartsyncd.core import commit_rules, manifest
 from smartsyncd.core.audit import CHANGE_DOMAIN, GENESIS, change_fields, link
 from smartsyncd.core.errors import BadRequest, MissingChunks, NotFound, UnknownContent
+from smartsyncd.core.ignore import EngagementRules
 from smartsyncd.core.model import (
     Change,
     ChunkRef,
@@ -54,6 +55,7 @@ class MemoryChangeLog:
         self.files: dict[int, dict[str, FileState]] = {}
         self.batches: dict[tuple[int, str], tuple[str, CommitResult]] = {}
         self.identity = ("memory", 1)
+        self.ignore: dict[int, EngagementRules] = {}  # engagement id -> published rules
 
     def _check(self) -> None:  # MemoryServerStore: raise Unavailable when told to
         raise NotImplementedError
@@ -148,7 +150,10 @@ class MemoryChangeLog:
             (f.path, fold_key(f.path), f.seq, None if f.content is None else bytes.fromhex(f.content), f.size)
             for f in files.values()
         )
-        outcomes = commit_rules.plan_commit(changes, view, user, now, paths=paths)
+        rules = self.ignore.get(engagement_id)
+        outcomes = commit_rules.plan_commit(
+            changes, view, user, now, paths=paths, ignored=None if rules is None else rules.ignores
+        )
         new = self._resolve(engagement_id, changes, outcomes, manifests)
         results, written = _number(outcomes, head, user, session, now, batch)
         log = self.changes.setdefault(engagement_id, [])

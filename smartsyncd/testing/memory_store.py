@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from smartsyncd.auth.acl import max_role
 from smartsyncd.core.errors import AuthFailed, BadRequest, NotFound, Unavailable
+from smartsyncd.core.ignore import EngagementRules, check_engagement_rules
 from smartsyncd.core.model import ROLES, Role
 from smartsyncd.core.principals import local_principal, pending_principal
 from smartsyncd.storage.api import (
@@ -169,6 +170,23 @@ class MemoryServerStore(MemoryChangeLog):
         self.grants[key] = dataclasses.replace(
             grant, display_name=display
         )
+
+    async def set_ignore_rules(
+        self, engagement: str, text: str | None, actor: str = TOOL_ACTOR
+    ) -> str | None:
+        self._check()
+        self._known(engagement)
+        engagement_id = self.engagements[engagement].id
+        if text is None:
+            self.ignore.pop(engagement_id, None)
+            return None
+        rules = EngagementRules.parse(check_engagement_rules(text))
+        self.ignore[engagement_id] = rules
+        return rules.digest
+
+    async def ignore_rules(self, engagement_id: int) -> EngagementRules | None:
+        self._engagement(engagement_id)
+        return self.ignore.get(engagement_id)
 
     async def revoke(
         self, engagement: str, kind: PrincipalKind, principal: str, actor: str = TOOL_ACTOR,

@@ -2,7 +2,7 @@
 
 A member whose role on the engagement allows ``admin`` may, on that engagement only, break a
 check-out, list and abandon sync copies, finalize and reopen, and list, give and take away
-roles. Every route goes through ``engagement_route`` with the ``admin`` operation (an editor or
+roles, and set or clear the engagement's ignore rules (any member may read them). Every route goes through ``engagement_route`` with the ``admin`` operation (an editor or
 reader is answered ``403 forbidden`` naming the role needed), and each handler calls the same
 store method ``smartsync-admin`` calls, with the signed-in user as the actor of the audit
 event. Grants are resolved as ``smartsync-admin grant`` resolves them (``auth/grantees.py``)
@@ -17,6 +17,7 @@ from twisted.web.server import Request
 
 from smartsyncd.auth.grantees import GranteeResolver, delegated_check, matching_grants
 from smartsyncd.core.errors import BadRequest, NotFound
+from smartsyncd.core.ignore import MAX_RULES_BYTES
 from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.model import ROLES, Role
 from smartsyncd.core.paths import normalize_path
@@ -115,6 +116,25 @@ class ManageRoutes:
         revoked = [g for g in matches if await self._grants.revoke(eng, g.kind, g.principal, access.session.user, check)]
         return send_json(request, {"revoked": [grant_json(g) for g in revoked]})
 
+    async def show_ignore(self, request: Request, access: Access) -> bytes:
+        """The engagement's ignore rules and their digest (``null`` both when it has none)."""
+        rules = await self._grants.ignore_rules(access.engagement.id)
+        if rules is None:
+            return send_json(request, {"rules": None, "digest": None})
+        return send_json(request, {"rules": rules.text, "digest": rules.digest})
+
+    async def set_ignore(self, request: Request, access: Access) -> bytes:
+        """Set (``{"rules": "..."}``) or clear (``{"rules": null}``) the rules; a bad pattern
+        is refused naming its line, and nothing changes."""
+        body = expect_object(read_json(request, MAX_RULES_BYTES * 2 + 1024))
+        if "rules" not in body:
+            raise BadRequest("field 'rules' is required (text, or null to clear)", field="rules")
+        text = body["rules"]
+        if text is not None and not isinstance(text, str):
+            raise BadRequest("field 'rules' must be text or null", field="rules")
+        digest = await self._grants.set_ignore_rules(access.engagement.name, text, access.session.user)
+        return send_json(request, {"rules": text, "digest": digest})
+
 
 def grant_json(g: Grant) -> JsonObject:
     return {"kind": g.kind, "principal": g.principal, "name": g.display_name, "role": g.role}
@@ -157,3 +177,5 @@ def add_manage_routes(app: Klein, authorizer: Authorizer, routes: ManageRoutes) 
     on(app, authorizer, "admin", eng + "/grants", methods=get)(routes.list_grants)
     on(app, authorizer, "admin", eng + "/grants", methods=post)(routes.grant)
     on(app, authorizer, "admin", eng + "/grants/revoke", methods=post)(routes.revoke)
+    on(app, authorizer, "read", eng + "/ignore", methods=get)(routes.show_ignore)
+    on(app, authorizer, "admin", eng + "/ignore", methods=post)(routes.set_ignore)

@@ -87,3 +87,16 @@ def test_malformed_answers_are_protocol_errors(server: Server, answer: dict) -> 
     server.script.handler = lambda seen: (200, answer)
     with pytest.raises(ProtocolError):
         server.run(EngagementAdmin(server.api(), "acme").grant("user", "x", "admin"))
+
+
+def test_ignore_rules_calls_send_their_route_and_check_the_answer(server: Server) -> None:  # noqa: F811
+    answers = {
+        ("GET", "/v1/engagements/acme/ignore"): {"rules": "*.bak\n", "digest": "ab" * 32},
+        ("POST", "/v1/engagements/acme/ignore"): {"rules": None, "digest": 7},
+    }
+    server.script.handler = lambda seen: (200, answers[(seen.method, seen.path)])
+    admin = EngagementAdmin(server.api(), "acme")
+    assert server.run(admin.ignore_rules()) == ("*.bak\n", "ab" * 32)
+    with pytest.raises(ProtocolError, match="digest"):
+        server.run(admin.set_ignore_rules(None))
+    assert json.loads(server.script.seen[-1].body) == {"rules": None}
