@@ -2,13 +2,20 @@
 file, time per user at the branch beside pulling from central, and the replication lag from a
 central commit to the branch's long-poll answer.
 
-    python bench/branch.py [--mb 20] [--users 5] [--commits 100]
+    python bench/branch.py [--mb 20] [--users 5] [--commits 100] [--wan]
 
 All real and on loopback: a PostgreSQL 15 primary and a streaming standby (through a relay,
 like the office link), a central ``twistd smartsync`` on the primary and a branch one on the
 standby, the ``smartsync`` CLI for every user, and a byte-counting relay between branch and
 central (tests/integration/relay.py). No WAN emulation (no delay, no rate cap): the time rows
 show the CPU cost of the branch's path, not a WAN's; the byte rows are what a WAN would carry.
+
+``--wan``: the office link is bench/wan.py's emulated WAN (``smartsyncd.testing.wanrelay``,
+50 ms round trip, 20 Mbit/s each way, run as its own process) behind the byte relay, and the
+users who clone from central directly go through the same kind of relay: the branch's users
+are on the LAN, the direct ones across the WAN. The relay paces each TCP connection on its
+own, so five concurrent direct users get five links' worth, not one shared office link: the
+direct row is the best case for central.
 
 Lag: a branch session long-polls (``changes?wait=30``) while the central daemon takes a
 one-file commit (an empty file: no chunks); the lag is the time from central's commit answer to
@@ -26,6 +33,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +50,7 @@ from pg import PgCluster  # noqa: E402
 from relay import ByteRelay  # noqa: E402
 from run import machine  # noqa: E402
 from test_branch import PASSWORD, Office, user  # noqa: E402
+from test_cli_client import Client  # noqa: E402
 
 from smartsyncd.core.manifest import content_id  # noqa: E402
 
@@ -62,6 +71,46 @@ def timed_clones(clients: list, url: str, base: Path, tag: str) -> tuple[float, 
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(one, range(len(clients))))
     return statistics.median(times), time.monotonic() - started
+
+
+def login_at(base: Path, name: str, url: str, fingerprint: str) -> Client:
+    """A signed-in ``smartsync`` home for ``name`` at ``url`` (central, or a relay in front)."""
+    home = base / f"home-{name}"
+    home.mkdir()
+    client = Client(home)
+    done = client.run("login", url, "--user", name, "--password-stdin",
+                      "--trust-fingerprint", fingerprint, input=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    return client
+
+
+def start_wan_relay(target_port: int) -> tuple[subprocess.Popen[str], int]:
+    """``smartsyncd.testing.wanrelay`` at 50 ms / 20 Mbit/s in front of ``target_port``."""
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "smartsyncd.testing.wanrelay", "--target",
+         f"127.0.0.1:{target_port}", "--rtt", "0.05", "--rate", "20000000"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert relay.stdout is not None
+    line = relay.stdout.readline()  # "relaying 127.0.0.1:PORT -> ..." once it listens
+    return relay, int(line.split()[1].rsplit(":", 1)[1])
+
+
+def central_through(office: Office, port: int) -> None:
+    """Point the office link (the byte relay, same port) at ``port``; wait till central answers."""
+    office.relay.stop()
+    office.relay.target_port = port
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            office.relay.start()  # the same port: the branch's config names it
+            break
+        except OSError:  # the listener's accept thread has not let go of the port yet
+            assert time.monotonic() < deadline, "the office link's port stayed busy"
+            time.sleep(0.2)
+    while office.branch.request("GET", "/healthz")[1]["branch"]["central"] != "reachable":
+        assert time.monotonic() < deadline, "the branch did not reach central through the relay"
+        time.sleep(0.2)
 
 
 def lag_samples(office: Office, commits: int) -> list[float]:
@@ -105,7 +154,9 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=20)
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--commits", type=int, default=100)
+    parser.add_argument("--wan", action="store_true", help="a 50 ms, 20 Mbit/s office link")
     args = parser.parse_args()
+    relays: list[subprocess.Popen[str]] = []
     base = Path(tempfile.mkdtemp(prefix="bench-branch-"))
     primary = PgCluster().start()
     wal = ByteRelay(primary.port).start()
@@ -121,25 +172,38 @@ def main() -> None:
         standby.wait_replayed()
         names = ["bob", "carol", "dave", "erin", "frank"][: args.users]
         at_branch = [user(base, n, office.branch) for n in names]
+        central_url = office.central.url
+        if args.wan:
+            to_central, wan_port = start_wan_relay(office.central.port)
+            direct, direct_port = start_wan_relay(office.central.port)
+            relays += [to_central, direct]
+            central_through(office, wan_port)
+            central_url = f"https://127.0.0.1:{direct_port}"
         office.relay.reset()
         branch_user, branch_wall = timed_clones(at_branch, office.branch.url, base, "branch")
         link = office.relay.to_client
         (base / "c").mkdir()
-        central_clients = [user(base / "c", n, office.central) for n in names]
-        central_user, central_wall = timed_clones(central_clients, office.central.url, base, "central")
-        lags = sorted(lag_samples(office, args.commits))
+        central_clients = [login_at(base / "c", n, central_url, office.central.fingerprint)
+                           for n in names]
+        central_user, central_wall = timed_clones(central_clients, central_url, base, "central")
+        lags = sorted(lag_samples(office, args.commits)) or [0.0]
         p99 = lags[min(len(lags) - 1, int(round(0.99 * (len(lags) - 1))))]
-        print(f"machine: {machine()}")
+        print(f"machine: {machine()}; office link: "
+              + ("50 ms RTT, 20 Mbit/s (wanrelay)" if args.wan else "loopback"))
         print(f"{args.users} branch users cloning {size} bytes at once: {link} bytes on the office "
               f"link ({link / size:.3f} copies); per user median {branch_user:.2f} s "
               f"(wall {branch_wall:.2f} s)")
-        print(f"same {args.users} users cloning from central directly: per user median "
+        print(f"same {args.users} users cloning from central directly"
+              f"{' across the WAN relay' if args.wan else ''}: per user median "
               f"{central_user:.2f} s (wall {central_wall:.2f} s); {args.users * size} bytes would "
               "cross a WAN")
         print(f"replication lag, central commit answer -> branch long-poll answer, "
               f"{len(lags)} commits: median {statistics.median(lags) * 1000:.0f} ms, "
               f"p99 {p99 * 1000:.0f} ms")
     finally:
+        for relay in relays:
+            relay.terminate()
+            relay.wait()
         office.stop()
         standby.stop()
         wal.stop()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.inflight import InFlight
     from smartsyncd.web.metrics import SyncMetrics
+    from smartsyncd.web.statushtml import BranchState
     from smartsyncd.web.statuspage import StatusPage, StatusSources
 
 log = Logger(namespace="smartsyncd.service")
@@ -57,7 +58,8 @@ def status_page(config: ServerConfig, store: object, sessions: SessionManager,
 
 
 def status_sources(config: ServerConfig, metrics: SyncMetrics, inflight: Callable[[], InFlight],
-                   free_space: Callable[[], Any], folders: list[str]) -> StatusSources:
+                   free_space: Callable[[], Any], folders: list[str],
+                   branch: Callable[[], BranchState | None] = lambda: None) -> StatusSources:
     from smartsyncd.web.statuspage import StatusSources
 
     sources = metrics.sources
@@ -65,7 +67,7 @@ def status_sources(config: ServerConfig, metrics: SyncMetrics, inflight: Callabl
         inflight=inflight, refusals=metrics.refusals, free_space=free_space, folders=folders,
         warn_bytes=config.warn_free_mb << 20,
         connections=lambda: sources.connections() if sources.connections else 0,
-        parked=lambda: sources.parked() if sources.parked else 0,
+        parked=lambda: sources.parked() if sources.parked else 0, branch=branch,
     )
 
 

@@ -12,7 +12,8 @@ The same service as ``SmartsyncServer`` (``service/server.py``) with these steps
   central, its root answers reads locally;
 - the assembly-deadline timer does not run here (finalizing is a write: central does it);
 - /healthz reports ``branch``: the link to central (probed every ``PROBE_INTERVAL_S``) and the
-  lag; the metric ``smartsync_branch_replication_lag_seconds`` gives the lag too.
+  lag; the metric ``smartsync_branch_replication_lag_seconds`` gives the lag too, and the
+  status page (``_branch_state``) shows both.
 
 How the branch trusts central is configured like the client's trust: ``[branch]
 central_fingerprint`` pins the leaf certificate, ``central_ca`` verifies the chain and host
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from smartsyncd.storage.api import ServerStore
     from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
+    from smartsyncd.web.statushtml import BranchState
 
 log = Logger(namespace="smartsyncd.branch")
 
@@ -130,6 +132,15 @@ class BranchServer(SmartsyncServer):
         probe.clock = self._reactor
         self._probe = probe
         probe.start(PROBE_INTERVAL_S, now=True)
+
+    def _branch_state(self) -> BranchState:
+        from smartsyncd.web.statushtml import BranchState
+
+        central, watcher = self.central, self.replica
+        return BranchState(
+            central_reachable=central is not None and central.reachable,
+            lag_seconds=watcher.lag_seconds if watcher is not None else None,
+        )
 
     async def _extra_health(self, disk: Awaitable[dict[str, object]]) -> dict[str, object]:
         checks = dict(await disk)

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from smartsyncd.service.reactor import DaemonReactor
     from smartsyncd.web.app import SyncAPI
     from smartsyncd.web.notify import ChangeNotifier
+    from smartsyncd.web.statushtml import BranchState
     from smartsyncd.web.usershaping import UserShaper
 
 log = Logger(namespace="smartsyncd.service")
@@ -362,6 +363,10 @@ class SmartsyncServer(MultiService):
             self.shaper = shaper
         return site
 
+    def _branch_state(self) -> BranchState | None:
+        """For the status page: a branch office's link and lag (service/branch.py); None here."""
+        return None
+
     async def _extra_health(self, disk: Awaitable[dict[str, object]]) -> dict[str, object]:
         """/healthz's checks beyond the store's: the free space (a branch adds its link)."""
         return await disk
@@ -412,7 +417,7 @@ class SmartsyncServer(MultiService):
         folders = self.storage_folders()
         sources = status_sources(
             self.config, self.metrics, lambda: self.inflight,
-            lambda: self._run_blocking(free_space, folders), list(folders),
+            lambda: self._run_blocking(free_space, folders), list(folders), self._branch_state,
         )
         page = status_page(self.config, self.metered_store, self.sessions, self._reactor, sources)
         admin = AdminListener(

@@ -103,7 +103,27 @@ def page(title: str, body: str, admin: str | None = None, csrf: str = "") -> str
 # -- sign-in and messages ----------------------------------------------------------------------
 
 
-def render_signin(csrf: str, message: str | None = None) -> str:
+@dataclass(frozen=True)
+class BranchState:
+    """A branch office's link to central and its standby's replication lag (service/branch.py)."""
+
+    central_reachable: bool
+    lag_seconds: float | None  # None: not measured yet
+
+
+def _branch(b: BranchState | None) -> str:
+    """The branch's state, on the overview and the sign-in page (the same facts as /healthz and
+    the admin listener's /metrics, which answer without a session)."""
+    if b is None:
+        return ""
+    link_state = ('<span class="ok">reachable</span>' if b.central_reachable else
+                  '<span class="warn">DOWN: reads are served from this branch, writes wait</span>')
+    lag = "not measured yet" if b.lag_seconds is None else f"{b.lag_seconds:.2f} s"
+    return ("<h2>Branch office</h2>" + table(
+        ["Link to central", "Replication lag"], [(link_state, esc(lag))], ""))
+
+
+def render_signin(csrf: str, message: str | None = None, branch: BranchState | None = None) -> str:
     note = f'<p class="warn">{esc(message)}</p>' if message else ""
     form = (
         f'{note}<form class="box" method="post" action="{link("signin")}">{hidden_csrf(csrf)}'
@@ -111,7 +131,7 @@ def render_signin(csrf: str, message: str | None = None) -> str:
         ' required></label></p><p><label>Password<br><input type="password" name="password"'
         ' autocomplete="current-password" required></label></p>'
         '<p><button type="submit">Sign in</button></p></form>'
-    )
+    ) + _branch(branch)
     return page("smartsyncd status: sign in", form)
 
 
@@ -152,6 +172,7 @@ class OverviewPage:
     warn_bytes: int
     connections: int
     parked: int
+    branch: BranchState | None = None  # on a branch office's daemon
 
 
 def _engagement_state(e: EngagementSummary) -> str:
@@ -276,6 +297,7 @@ def render_overview(v: OverviewPage) -> str:
     body = (
         f"<p>As of {when(v.now)}: {v.connections} open connections, {v.parked} parked"
         " long-polls.</p>"
+        f"{_branch(v.branch)}"
         f"<h2>Storage folders</h2>{_disk(v.disk, v.warn_bytes)}"
         f"<h2>Engagements</h2>{store}"
         f"<h2>Check-outs</h2>{locks}"

@@ -79,6 +79,7 @@ class StatusSources:
     warn_bytes: int
     connections: Callable[[], int] = lambda: 0
     parked: Callable[[], int] = lambda: 0
+    branch: Callable[[], html.BranchState | None] = lambda: None
 
 
 class StatusRequest(LimitedRequest):
@@ -241,7 +242,7 @@ class StatusPage(Resource):
         if not secret:
             secret = secrets.token_urlsafe(32)
             _set_cookie(request, SIGNIN_COOKIE, secret)
-        return html.render_signin(csrf_token(secret, "signin"), message)
+        return html.render_signin(csrf_token(secret, "signin"), message, self._sources.branch())
 
     async def _signin(self, request: StatusRequest) -> str:
         if not csrf_ok(_cookie(request, SIGNIN_COOKIE), "signin", _field(request, "csrf", False)):
@@ -313,7 +314,7 @@ class StatusPage(Resource):
             sessions=sessions, transfers=self._transfers(), refusals=src.refusals.newest_first(),
             refusals_total=src.refusals.total,
             disk={f: space.get(f) for f in src.folders}, warn_bytes=src.warn_bytes,
-            connections=src.connections(), parked=src.parked(),
+            connections=src.connections(), parked=src.parked(), branch=src.branch(),
         ))
 
     def _transfers(self) -> list[html.Transfer]:

@@ -8,7 +8,8 @@ the primary, and a byte-counting relay as the office link between them. All real
   commit is visible at central and, when its sync answers, already at the branch.
 - Five branch users clone the same 3 MiB file at once: its chunk bytes cross the link once.
 - The link cut: reads keep working at the branch, a write is refused with the client's
-  "kept locally" message and /healthz says central is unreachable; restored, the next sync
+  "kept locally" message, /healthz and the status page say central is unreachable (and the
+  replication lag); restored, the next sync
   sends what was kept and central has it.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,6 +101,14 @@ def user(tmp_path: Path, name: str, server: Daemon) -> Client:
     )
     assert done.returncode == 0, done.stderr
     return client
+
+
+def status_signin_page(daemon: Daemon) -> str:
+    """The admin listener's ``/status/signin`` page (plain HTTP on loopback in these tests)."""
+    url = f"http://127.0.0.1:{admin_port(daemon)}/status/signin"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+        return answer.read().decode("utf-8")
 
 
 def ok(done: object) -> None:
@@ -223,6 +233,11 @@ def test_link_down_reads_work_writes_kept_then_sent(office: Office, tmp_path: Pa
         status, health = office.branch.request("GET", "/healthz")
         assert status == 200, health  # reads work: a warning, not an error
         assert any("central unreachable" in w for w in health["warnings"])
+        assert health["branch"]["replication_lag_seconds"] >= 0
+        # the status page says it too: its sign-in page (a branch cannot sign anyone in: a
+        # session is a write) shows the same facts as /metrics beside it
+        page = status_signin_page(office.branch)
+        assert "Link to central" in page and "DOWN: reads are served from this branch" in page
         samples = scrape(admin_port(office.branch))
         assert value(samples, "smartsync_branch_central_reachable") == 0
         assert value(samples, "smartsync_branch_replication_lag_seconds") >= 0
@@ -234,6 +249,8 @@ def test_link_down_reads_work_writes_kept_then_sent(office: Office, tmp_path: Pa
     ok(alice.run("sync", str(at_central)))
     assert (at_central / "Offline.txt").read_text() == "written while the link was down\n"
     wait_for(lambda: office.branch.request("GET", "/healthz")[1]["branch"]["central"] == "reachable")
+    back = status_signin_page(office.branch)
+    assert '<span class="ok">reachable</span>' in back and "DOWN" not in back
 
 
 def test_a_commit_waits_for_the_standby_then_says_it_is_on_central(office: Office, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ tests/integration/test_status_page_browser.py.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,20 @@ def test_confirmation_pages_escape_the_hidden_fields_and_carry_the_token() -> No
     page = html.render_confirm_abandon("ops", "tok-123", "acme", copy)
     assert "2 unsynced change(s)" in page and "<script" not in page
     assert 'action="/status/abandon"' in page
+
+
+def test_a_branch_shows_its_link_to_central_and_its_lag() -> None:
+    down = html.BranchState(central_reachable=False, lag_seconds=2.5)
+    overview = html.render_overview(dataclasses.replace(hostile_overview(), branch=down))
+    signin = html.render_signin("t", branch=down)
+    for page in (overview, signin):
+        assert "<h2>Branch office</h2>" in page
+        assert "DOWN: reads are served from this branch, writes wait" in page and "2.50 s" in page
+    up = html.render_signin("t", branch=html.BranchState(central_reachable=True, lag_seconds=None))
+    assert '<span class="ok">reachable</span>' in up and "not measured yet" in up
+    # not a branch: no such section
+    assert "Branch office" not in html.render_signin("t")
+    assert "Branch office" not in html.render_overview(hostile_overview())
 
 
 def test_the_style_sheet_is_allowed_by_its_hash_and_nothing_else_is() -> None:
