@@ -17,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.osfs import open_fd, sync_file
 
 _REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT: symbolic links and junctions
@@ -143,4 +144,4 @@ def replace_into(root: Path, source: Path, target: Path) -> None:
             os.close(dfd)
         return
     _check_by_path(root, target.parent, create=False)
-    os.replace(source, target)
+    osfs.replace(source, target)
