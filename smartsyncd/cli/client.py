@@ -109,7 +109,7 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
     if args.ca_file:
         stored = args.ca_file if args.ca_file == SYSTEM_TRUST else str(Path(args.ca_file).resolve())
         session.config.set_ca_file(url, stored)
-    session.config.set_token(url, user, token, sso=service)
+    session.config.set_token(url, user, token, sso=service, keychain=args.keychain)
     session.config.save()
     fingerprint = session.config.server(url).fingerprint
     session.out.result(
@@ -145,8 +145,7 @@ async def _first_contact(session: Session, url: str) -> str:
 
 async def cmd_logout(session: Session) -> int:
     url = server_key(session.args.url)
-    entry = session.config.server(url)
-    if entry.token is None:
+    if session.config.token(url) is None:
         session.out.result(f"Not signed in to {url}.", {"server": url, "signed_out": True})
         return 0
     api = session.api(url, session.policy(url))
