@@ -145,11 +145,13 @@ def read_chunks(
 ) -> dict[str, bytes | None]:
     """``read_chunk`` for many ``(offset, size, hash)`` of one file: one open, and chunks that
     lie back to back (a new file's run of chunks) are read with one ``pread`` per run of at most
-    ``max_span`` bytes. Each chunk maps to its bytes, or None if they no longer hash to it."""
+    ``max_span`` bytes. Each chunk maps to its bytes, or None if they no longer hash to it (or
+    the file is gone). A file that cannot be opened (no permission, a Windows sharing
+    violation) raises that OSError, so the caller can say why."""
     out: dict[str, bytes | None] = {}
     try:
         fd = open_fd(path, os.O_RDONLY)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return {h: None for _, _, h in wanted}
     try:
         todo = sorted(wanted)
