@@ -58,9 +58,15 @@ def unlink(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
             raise
 
 
-def make_folder(path: str | os.PathLike[str], mode: int = 0o777) -> None:
-    """``os.mkdir`` with long paths on Windows."""
-    os.mkdir(native_path(path), mode)
+def make_folder(
+    path: str | os.PathLike[str], mode: int = 0o777, *, exist_ok: bool = False
+) -> None:
+    """``os.mkdir`` with long paths on Windows (``exist_ok``: a folder already there is fine)."""
+    try:
+        os.mkdir(native_path(path), mode)
+    except FileExistsError:
+        if not (exist_ok and os.path.isdir(native_path(path))):
+            raise
 
 
 def stat_path(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> os.stat_result:

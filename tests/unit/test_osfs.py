@@ -94,3 +94,13 @@ def test_path_wrappers_act_on_real_files_and_leave_paths_alone_off_windows(tmp_p
     osfs.unlink(folder / "b.txt", missing_ok=True)
     with pytest.raises(FileNotFoundError):
         osfs.unlink(folder / "b.txt")
+
+
+def test_make_folder_exist_ok_accepts_a_folder_but_never_a_file(tmp_path: Path) -> None:
+    osfs.make_folder(tmp_path / "Lead", exist_ok=True)
+    osfs.make_folder(tmp_path / "Lead", exist_ok=True)
+    with pytest.raises(FileExistsError):
+        osfs.make_folder(tmp_path / "Lead")
+    (tmp_path / "memo.txt").write_bytes(b"m")
+    with pytest.raises(FileExistsError):
+        osfs.make_folder(tmp_path / "memo.txt", exist_ok=True)
