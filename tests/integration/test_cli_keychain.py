@@ -15,6 +15,12 @@ from test_cli_client import Client, login, provisioned
 pytestmark = pytest.mark.integration
 
 
+def signed_in_users(server: Daemon) -> str:
+    done = server.admin("sessions", "list")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = provisioned(tmp_path_factory.mktemp("keychain-server"))
@@ -50,6 +56,7 @@ def test_token_lives_in_the_keychain_syncs_and_logout_removes_it(
     assert token not in raw and '"token"' not in raw
     entry = client.settings()["servers"][server.url]
     assert entry["keychain"] == "smartsync" and entry["user"] == "alice"
+    assert "alice" in signed_in_users(server)
 
     copy = tmp_path / "copy"
     cloned = client.run("clone", f"{server.url}/acme-2026", str(copy), env=keychain.env)
@@ -77,6 +84,7 @@ def test_locked_keychain_is_a_clear_error_and_nothing_is_written(
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "keychain" in done.stderr and "KeyringLocked" in done.stderr
     assert not (client.config / "config.json").exists()  # no token fell back to disk
+    assert "alice" not in signed_in_users(server)  # the session it could not keep was ended
 
 
 def test_no_keychain_at_all_refuses_rather_than_writing_the_token(
@@ -88,3 +96,4 @@ def test_no_keychain_at_all_refuses_rather_than_writing_the_token(
     assert done.returncode == 3, (done.stdout, done.stderr)
     assert "keychain" in done.stderr and "Traceback" not in done.stderr
     assert not (client.config / "config.json").exists()
+    assert "alice" not in signed_in_users(server)
