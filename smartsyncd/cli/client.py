@@ -57,6 +57,7 @@ from smartsyncd.client.errors import (
     UsageError,
     WipeOrdered,
 )
+from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.sso import sso_login, sso_service  # issue 19: single sign-on
 from smartsyncd.client.trust import (
@@ -110,15 +111,28 @@ async def cmd_login(session: Session, stdin: TextIO) -> int:
     if args.ca_file:
         stored = args.ca_file if args.ca_file == SYSTEM_TRUST else str(Path(args.ca_file).resolve())
         session.config.set_ca_file(url, stored)
-    session.config.set_token(url, user, token, sso=service)
+    try:
+        session.config.set_token(url, user, token, sso=service, keychain=args.keychain)
+    except ClientError:
+        await _end_unkept_session(api)  # the keychain refused the token: leave none behind
+        raise
     session.config.save()
-    fingerprint = session.config.server(url).fingerprint
+    entry = session.config.server(url)
     session.out.result(
-        f"Signed in to {url} as {user}{' with single sign-on' if service else ''}.",
-        {"server": url, "user": user, "fingerprint": fingerprint,
-         "ca_file": session.config.server(url).ca_file, "sso": service is not None},
+        f"Signed in to {url} as {user}{' with single sign-on' if service else ''}"
+        f"{' (token in the OS keychain)' if entry.keychain else ''}.",
+        {"server": url, "user": user, "fingerprint": entry.fingerprint,
+         "ca_file": entry.ca_file, "sso": service is not None, "keychain": entry.keychain},
     )
     return 0
+
+
+async def _end_unkept_session(api: ServerAPI) -> None:
+    """End on the server a session whose token could not be kept (best effort)."""
+    try:
+        await api.logout()
+    except ClientError:
+        pass  # the error that stopped the sign-in is the one to report
 
 
 async def _first_contact(session: Session, url: str) -> str:
@@ -146,8 +160,7 @@ async def _first_contact(session: Session, url: str) -> str:
 
 async def cmd_logout(session: Session) -> int:
     url = server_key(session.args.url)
-    entry = session.config.server(url)
-    if entry.token is None:
+    if session.config.token(url) is None:
         session.out.result(f"Not signed in to {url}.", {"server": url, "signed_out": True})
         return 0
     api = session.api(url, session.policy(url))

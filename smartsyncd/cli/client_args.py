@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="single sign-on with your Kerberos ticket (Windows domain logon, kinit)")
     login.add_argument("--spn", metavar="HTTP@HOST",
                        help="Kerberos service of the server with --sso (default: HTTP@URL host)")
+    # issue 16: opt-in, remembered per server; --no-keychain moves the token back to the file
+    login.add_argument("--keychain", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep the session token in the OS keychain, not the settings file")
 
     logout = command("logout", "end the session and forget its token")
     logout.add_argument("url", metavar="URL")

@@ -130,7 +130,7 @@ class Session:
             entry.url,
             reactor=self.reactor,
             policy=cast(IPolicyForHTTPS, policy),
-            token=entry.token if with_token else None,
+            token=self.config.token(url) if with_token else None,
             relogin=self._relogin(entry.url) if with_token else None,
             max_attempts=self.args.attempts,
             bwlimit=self._bwlimit(entry.bwlimit),

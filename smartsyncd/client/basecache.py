@@ -22,6 +22,7 @@ from pathlib import Path
 
 import zstandard
 
+from smartsyncd.client import osfs
 from smartsyncd.client.localfs import fsync_dir
 from smartsyncd.client.osfs import sync_file
 from smartsyncd.core.chunking import chunk_buffer
@@ -79,7 +80,7 @@ class BaseCache:
             f.write(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data))
             f.flush()
             sync_file(f.fileno())
-        os.replace(temp, target)
+        osfs.replace(temp, target)
         fsync_dir(self.root)
         return True
 
@@ -104,6 +105,6 @@ class BaseCache:
         for name in names:
             if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] not in keep:
                 try:
-                    os.unlink(self.root / name)
+                    osfs.unlink(self.root / name)
                 except OSError:
                     pass

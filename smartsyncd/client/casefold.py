@@ -13,6 +13,7 @@ import os
 import uuid
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.localfs import fsync_dir
 from smartsyncd.client.osfs import open_fd
 
@@ -29,7 +30,7 @@ def probe_case_insensitive(folder: Path) -> bool:
     try:
         return os.path.lexists(folder / probe.name.upper())
     finally:
-        os.unlink(probe)
+        osfs.unlink(probe)
 
 
 def _stored_name(folder: Path, name: str) -> str | None:
@@ -64,13 +65,13 @@ def stored_spelling(root: Path, path: str) -> str | None:
 def _rename_entry(folder: Path, old: str, new: str) -> None:
     """Rename ``old`` to ``new`` in ``folder`` where both name one entry; through a temp name
     when the file system keeps the old spelling on a direct rename."""
-    os.rename(folder / old, folder / new)
+    osfs.rename(folder / old, folder / new)
     if _stored_name(folder, new) != new:
         # a visible name: a crash between the two renames leaves a file the next scan pushes
         # as a rename, not a temp file cleaned away
         temp = f"{new}.case-{uuid.uuid4().hex[:8]}"
-        os.rename(folder / old, folder / temp)
-        os.rename(folder / temp, folder / new)
+        osfs.rename(folder / old, folder / temp)
+        osfs.rename(folder / temp, folder / new)
     fsync_dir(folder)
 
 

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import blake3
 
+from smartsyncd.client import osfs
 from smartsyncd.client.nofollow import ensure_folder, open_new, replace_into
 from smartsyncd.client.osfs import open_fd, pread, sync_file, sync_folder
 
@@ -60,11 +61,11 @@ def finish_temp(
     finally:
         handle.close()
     if root is None:
-        os.replace(temp, target)
+        osfs.replace(temp, target)
     else:
         replace_into(root, temp, target)
     fsync_dir(target.parent)
-    return os.stat(target)
+    return osfs.stat_path(target)
 
 
 def discard_temp(temp: Path, handle: BinaryIO | None = None) -> None:
@@ -76,10 +77,7 @@ def discard_temp(temp: Path, handle: BinaryIO | None = None) -> None:
     except OSError:
         pass  # the buffered bytes are being thrown away
     finally:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+        osfs.unlink(temp, missing_ok=True)
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
@@ -106,9 +104,9 @@ def move_no_replace(src: Path, dst: Path) -> None:
         # of a file that existed at the check)
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "conflict copy name taken", str(dst)) from None
-        os.rename(src, dst)
+        osfs.rename(src, dst)
     else:
-        os.unlink(src)
+        osfs.unlink(src)
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
@@ -117,7 +115,7 @@ def move_no_replace(src: Path, dst: Path) -> None:
 def remove_file(root: Path, target: Path, keep: Callable[[Path], bool] | None = None) -> None:
     """Delete ``target`` durably, then remove folders left empty up to ``root``, stopping at
     one ``keep`` names (a synced folder entry)."""
-    os.unlink(target)
+    osfs.unlink(target)
     fsync_dir(target.parent)
     parent = target.parent
     while parent != root and root in parent.parents and not (keep and keep(parent)):
@@ -147,11 +145,13 @@ def read_chunks(
 ) -> dict[str, bytes | None]:
     """``read_chunk`` for many ``(offset, size, hash)`` of one file: one open, and chunks that
     lie back to back (a new file's run of chunks) are read with one ``pread`` per run of at most
-    ``max_span`` bytes. Each chunk maps to its bytes, or None if they no longer hash to it."""
+    ``max_span`` bytes. Each chunk maps to its bytes, or None if they no longer hash to it (or
+    the file is gone). A file that cannot be opened (no permission, a Windows sharing
+    violation) raises that OSError, so the caller can say why."""
     out: dict[str, bytes | None] = {}
     try:
         fd = open_fd(path, os.O_RDONLY)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return {h: None for _, _, h in wanted}
     try:
         todo = sorted(wanted)

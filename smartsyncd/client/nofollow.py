@@ -17,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.osfs import open_fd, sync_file
 
 _REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT: symbolic links and junctions
@@ -97,12 +98,12 @@ def _check_by_path(root: Path, folder: Path, *, create: bool) -> None:
     for name in _parts(root, folder):
         here = here / name
         try:
-            st = os.lstat(here)
+            st = osfs.stat_path(here, follow_symlinks=False)
         except FileNotFoundError:
             if not create:
                 raise
-            here.mkdir(exist_ok=True)
-            st = os.lstat(here)
+            osfs.make_folder(here, exist_ok=True)
+            st = osfs.stat_path(here, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode) or getattr(st, "st_file_attributes", 0) & _REPARSE_POINT:
             raise LinkInPath(folder)
     if os.path.realpath(folder) != os.path.join(os.path.realpath(root), *_parts(root, folder)):
@@ -143,4 +144,4 @@ def replace_into(root: Path, source: Path, target: Path) -> None:
             os.close(dfd)
         return
     _check_by_path(root, target.parent, create=False)
-    os.replace(source, target)
+    osfs.replace(source, target)

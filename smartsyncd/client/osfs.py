@@ -9,8 +9,11 @@ folder cannot be opened and NTFS journals the rename itself. ``lock_exclusive`` 
 descriptor lock: ``flock`` on POSIX, ``LockFileEx`` on byte 0 on Windows. ``is_readonly``,
 ``set_readonly`` and ``set_mtime`` carry a file's date and read-only attribute (issue 16): the
 write bits on POSIX, ``FILE_ATTRIBUTE_READONLY`` on Windows (which ``os.chmod`` and ``os.stat``
-map to the write bits there). All calls block: run them on a thread. Direct ``os.open``/``os.pread``/``fcntl`` use in the client is refused by ruff
-(banned-api), so new code cannot forget this.
+map to the write bits there). On Windows every path given here gets the extended-length
+``\\\\?\\`` prefix (``native_path``, client/longpath.py) so paths over 260 characters work;
+the ``replace``, ``rename``, ``unlink``, ``make_folder`` and ``stat_path`` wrappers do the same
+for those calls. All calls block: run them on a thread. Direct ``os.open``/``os.pread``/``fcntl``
+use in the client is refused by ruff (banned-api), so new code cannot forget this.
 """
 
 from __future__ import annotations
@@ -22,15 +25,61 @@ from pathlib import Path
 
 import filelock
 
+from smartsyncd.client.longpath import extended_length
+
 # Windows: binary mode, not inherited by started programs. POSIX: close-on-exec.
 OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def native_path(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """``path`` as the operating system should get it: on Windows the absolute, extended-length
+    form (``\\\\?\\C:\\...``, no 260-character limit); elsewhere ``path`` unchanged."""
+    if sys.platform == "win32":
+        return extended_length(os.path.abspath(os.fspath(path)))
+    return path
+
+
+def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace`` with long paths on Windows."""
+    os.replace(native_path(source), native_path(target))
+
+
+def rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.rename`` with long paths on Windows (which refuses an existing ``target``)."""
+    os.rename(native_path(source), native_path(target))
+
+
+def unlink(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+    """``os.unlink`` with long paths on Windows."""
+    try:
+        os.unlink(native_path(path))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def make_folder(
+    path: str | os.PathLike[str], mode: int = 0o777, *, exist_ok: bool = False
+) -> None:
+    """``os.mkdir`` with long paths on Windows (``exist_ok``: a folder already there is fine)."""
+    try:
+        os.mkdir(native_path(path), mode)
+    except FileExistsError:
+        if not (exist_ok and os.path.isdir(native_path(path))):
+            raise
+
+
+def stat_path(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> os.stat_result:
+    """``os.stat`` with long paths on Windows."""
+    return os.stat(native_path(path), follow_symlinks=follow_symlinks)
 
 
 def open_fd(
     path: str | os.PathLike[str], flags: int, mode: int = 0o666, *, dir_fd: int | None = None
 ) -> int:
     """``os.open`` in binary mode and not inheritable, on every platform."""
-    return os.open(path, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)  # noqa: TID251
+    target = path if dir_fd is not None else native_path(path)
+    return os.open(target, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)  # noqa: TID251
 
 
 def pread(fd: int, size: int, offset: int) -> bytes:
@@ -119,7 +168,7 @@ def set_readonly(path: Path | str, readonly: bool) -> None:
     one back (group and others keep what they had); Windows: ``os.chmod`` sets or clears
     ``FILE_ATTRIBUTE_READONLY`` only."""
     if sys.platform == "win32":
-        os.chmod(path, stat.S_IREAD if readonly else stat.S_IREAD | stat.S_IWRITE)
+        os.chmod(native_path(path), stat.S_IREAD if readonly else stat.S_IREAD | stat.S_IWRITE)
         return
     mode = stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
     wanted = mode & ~WRITE_BITS if readonly else mode | stat.S_IWUSR
@@ -132,5 +181,5 @@ def set_mtime(path: Path | str, mtime_ns: int) -> None:
     its access time. The file system may round it (FAT: 2 s, exFAT: 10 ms, NTFS: 100 ns) or
     clamp it to what it can hold (FAT and exFAT start in 1980): callers read the stored value
     back with ``os.stat``."""
-    atime_ns = os.stat(path).st_atime_ns
-    os.utime(path, ns=(atime_ns, mtime_ns))
+    atime_ns = stat_path(path).st_atime_ns
+    os.utime(native_path(path), ns=(atime_ns, mtime_ns))

@@ -14,6 +14,7 @@ from pathlib import Path
 from smartsyncd.client.copycontext import CopyContext, log
 from smartsyncd.client.localfs import fsync_dir, move_no_replace
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
+from smartsyncd.client.osfs import make_folder, stat_path
 from smartsyncd.client.pullwrite import FileWriter, Write
 from smartsyncd.client.scanner import FileChanging
 from smartsyncd.client.state import FileRecord
@@ -60,9 +61,9 @@ def _make_folder(ctx: CopyContext, path: str, old: FileRecord | None) -> tuple[s
         moved_to = ctx.conflict_target(path)
         move_no_replace(target, root / moved_to)
     if not target.is_dir():
-        target.mkdir()
+        make_folder(target)
         fsync_dir(target.parent)
-    return moved_to, os.stat(target, follow_symlinks=False)
+    return moved_to, stat_path(target, follow_symlinks=False)
 
 
 def remove_empty_folder(

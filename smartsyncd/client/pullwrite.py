@@ -26,7 +26,15 @@ from smartsyncd.client.localfs import (
     read_chunk,
 )
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
-from smartsyncd.client.osfs import is_readonly, open_fd, set_mtime, set_readonly, sync_file
+from smartsyncd.client.osfs import (
+    is_readonly,
+    native_path,
+    open_fd,
+    set_mtime,
+    set_readonly,
+    stat_path,
+    sync_file,
+)
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import FileChanging
@@ -177,7 +185,7 @@ class FileWriter:
         mtime), else the base copy's bytes. Either may be wrong (edited in place, damaged):
         every chunk rebuilt from it is hash-checked, and one that fails is fetched whole."""
         try:
-            st = os.stat(self.ctx.local(path), follow_symlinks=False)
+            st = stat_path(self.ctx.local(path), follow_symlinks=False)
         except OSError:
             st = None
         if (
@@ -205,7 +213,7 @@ class FileWriter:
         interrupted download of it left in ``.smartsync/partial`` counts as room."""
         part = partial_dir(self.ctx.directory) / f"{manifest.content}.part"
         try:
-            have = os.stat(part).st_size if manifest.size >= PARTIAL_MIN else 0
+            have = stat_path(part).st_size if manifest.size >= PARTIAL_MIN else 0
         except OSError:
             have = 0
         check_room(path, target, max(0, manifest.size - have))
@@ -289,7 +297,7 @@ def clear_readonly(target: Path) -> None:
     """Let ``target`` (if it is there) be replaced: Windows refuses to rename over a read-only
     file. The new version then gets its own attribute (``apply_attributes``)."""
     try:
-        st = os.stat(target, follow_symlinks=False)
+        st = stat_path(target, follow_symlinks=False)
     except OSError:
         return
     if stat.S_ISREG(st.st_mode) and is_readonly(st):
@@ -310,7 +318,7 @@ def apply_attributes(target: Path, mtime_ns: int | None, readonly: bool | None) 
     except OSError as e:
         log.warn("could not set the date or read-only attribute of {path}: {why}",
                  path=str(target), why=e.strerror or str(e))
-    return os.stat(target)
+    return stat_path(target)
 
 
 # a file to write and the synced version it replaces (None: new here)
@@ -370,7 +378,7 @@ def with_bases(
     try:
         if isinstance(source, Path):
             try:
-                handle = open(source, "rb")  # noqa: SIM115  (closed below)
+                handle = open(native_path(source), "rb")  # noqa: SIM115  (closed below)
             except OSError:
                 return [(chunk.hash, chunk.size) for chunk, _ in need]
         for chunk, offset in need:

@@ -60,11 +60,12 @@ PUSH_ATTEMPTS = 5
 
 class ChunkChanged(Exception):
     """A chunk to upload could not be read back with its hash: the file changed since the
-    scan."""
+    scan, or cannot be opened now (held by another program: a Windows sharing violation)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reason: str = "changed while syncing; sent next time") -> None:
         super().__init__(path)
         self.path = path
+        self.reason = reason
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Push:
                     return
             except ChunkChanged as e:
                 self.excluded.add(e.path)
-                report.skipped.append((e.path, "changed while syncing; sent next time"))
+                report.skipped.append((e.path, e.reason))
                 continue
             # a folder emptied or unmounted since the scan must never turn into deletes
             await ctx.run(ctx.state.check_marker)
@@ -384,7 +385,12 @@ class Push:
         for path, wanted in to_read.items():
             # 1 MiB per pread: buffers of that size are reused by malloc, while a fresh 16 MiB
             # one is page-faulted in anew each time
-            got = read_chunks(self.ctx.local(path), wanted, max_span=READ_SPAN)
+            try:
+                got = read_chunks(self.ctx.local(path), wanted, max_span=READ_SPAN)
+            except OSError as e:  # e.g. open in Excel (Windows sharing violation 32/33)
+                raise ChunkChanged(
+                    path, f"cannot read now ({e.strerror or e}); retried next sync"
+                ) from None
             for digest in got:
                 if got[digest] is None:
                     raise ChunkChanged(path)

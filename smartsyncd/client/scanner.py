@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
-from smartsyncd.client.osfs import is_readonly, open_fd
+from smartsyncd.client.osfs import is_readonly, native_path, open_fd, stat_path
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
@@ -46,7 +46,7 @@ RECENT_BYTES = 64 * 1024 * 1024
 
 
 def _open_binary(path: str) -> BinaryIO:
-    return open(path, "rb")
+    return open(native_path(path), "rb")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +150,7 @@ class Scanner:
         """Walk ``folder``: ``prefix`` is its wire path, ``local_prefix`` its spelling on
         disk when that differs (a decomposed folder name)."""
         try:
-            with os.scandir(folder) as it:
+            with os.scandir(native_path(folder)) as it:
                 entries = list(it)
         except OSError as e:
             result.complete = False
@@ -256,7 +256,7 @@ class Scanner:
         and ``FileChanging`` if it keeps changing."""
         full = self.root / self.local_name(path)
         try:
-            st = os.stat(full, follow_symlinks=False)
+            st = stat_path(full, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
@@ -274,7 +274,7 @@ class Scanner:
             # name cached for another spelling on a case-insensitive FUSE mount): absent only
             # if a fresh look agrees, else treated as a file being changed (never a delete)
             try:
-                os.stat(full, follow_symlinks=False)
+                stat_path(full, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             raise FileChanging(path) from None
@@ -336,7 +336,7 @@ class Scanner:
                 elif before.st_size:
                     for chunk in make_chunker().cut_stream(f):
                         chunks.append(ChunkRef(chunk_hash(chunk.data), chunk.length))
-                after = os.stat(full, follow_symlinks=False)
+                after = stat_path(full, follow_symlinks=False)
             if (
                 same_stat(after, before.st_size, before.st_mtime_ns, before.st_ino)
                 and sum(c.size for c in chunks) == before.st_size

@@ -5,7 +5,8 @@ Windows, Application Support on macOS), file ``config.json``; the folder
 is 0700 and the file 0600 because it holds bearer tokens. Writes are atomic (temp file, fsync,
 rename, fsync the folder), so a crash leaves either the old or the new file, never half of one.
 The file is small and read/written by the CLI before or between network calls, so plain blocking
-I/O is used here.
+I/O is used here. With the keychain opt-in (``keychain``, client/keychain.py) the token lives in
+the OS keychain and the file records only the keychain's service name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 
 from smartsyncd.client.errors import UsageError
+from smartsyncd.client.keychain import KEYCHAIN_SERVICE, delete_token, load_token, store_token
 from smartsyncd.client.osfs import open_fd, sync_file, sync_folder
 
 APP_NAME = "smartsync"
@@ -77,6 +79,7 @@ class ServerSettings:
     token: str | None = None
     bwlimit: int | None = None  # KiB/s for transfers with this server (--bwlimit overrides)
     sso: str | None = None  # Kerberos service (HTTP@host) when signed in with single sign-on
+    keychain: str | None = None  # the OS keychain's service name holding the token (opt-in)
 
 
 class UserConfig:
@@ -110,6 +113,7 @@ class UserConfig:
                     token=_opt_str(entry, "token"),
                     bwlimit=_opt_int(entry, "bwlimit"),
                     sso=_opt_str(entry, "sso"),
+                    keychain=_opt_str(entry, "keychain"),
                 )
                 for url, entry in data["servers"].items()
             }
@@ -132,25 +136,58 @@ class UserConfig:
     def set_ca_file(self, url: str, ca_file: str | None) -> None:
         self._entry(url).ca_file = ca_file
 
-    def set_token(self, url: str, user: str, token: str, sso: str | None = None) -> None:
+    def set_token(
+        self, url: str, user: str, token: str, sso: str | None = None, *,
+        keychain: bool | None = None,
+    ) -> None:
         """Record a sign-in; ``sso`` is the Kerberos service of a single sign-on (re-used to
-        sign in again silently), None for a password sign-in."""
+        sign in again silently), None for a password sign-in. ``keychain`` True keeps the token
+        in the OS keychain from now on, False in this file again, None as the server's setting
+        was. Raises KeychainError (nothing changed) when the keychain cannot store it."""
         entry = self._entry(url)
+        use_keychain = bool(entry.keychain) if keychain is None else keychain
+        if use_keychain:
+            service = entry.keychain or KEYCHAIN_SERVICE
+            store_token(entry.url, user, token, service)
+            if entry.keychain and entry.user and entry.user != user:
+                delete_token(entry.url, entry.user, entry.keychain)
+            entry.keychain, entry.token = service, None
+        else:
+            if entry.keychain and entry.user:
+                delete_token(entry.url, entry.user, entry.keychain)
+            entry.keychain, entry.token = None, token
         entry.user = user
-        entry.token = token
         entry.sso = sso
 
+    def token(self, url: str) -> str | None:
+        """The session token for ``url``: from this file, or read from the OS keychain when
+        the server's token is kept there (KeychainError when it cannot be read)."""
+        entry = self.server(url)
+        if entry.keychain is None:
+            return entry.token
+        if entry.user is None:
+            return None
+        return load_token(entry.url, entry.user, entry.keychain)
+
     def forget_token(self, url: str) -> None:
+        """Sign out locally: drop the token (deleting it from the keychain when kept there;
+        KeychainError and nothing changed when the keychain refuses). The keychain opt-in stays."""
         key = server_key(url)
         if key in self.servers:
-            self.servers[key].token = None
-            self.servers[key].sso = None  # signing out also stops silent single sign-on
+            entry = self.servers[key]
+            if entry.keychain and entry.user:
+                delete_token(entry.url, entry.user, entry.keychain)
+            entry.token = None
+            entry.sso = None  # signing out also stops silent single sign-on
 
     def to_json(self) -> dict[str, object]:
         return {
             "version": _VERSION,
             "servers": {
-                key: {k: v for k, v in asdict(entry).items() if k != "url" and v is not None}
+                key: {
+                    k: v for k, v in asdict(entry).items()
+                    if k != "url" and v is not None and not (k == "token" and entry.keychain)
+                }
                 for key, entry in sorted(self.servers.items())
             },
         }

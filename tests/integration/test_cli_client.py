@@ -98,9 +98,13 @@ def client(tmp_path: Path) -> Client:
     return Client(home)
 
 
-def login(client: Client, server: Daemon, *extra: str, password: str = PASSWORD):
+def login(
+    client: Client, server: Daemon, *extra: str, password: str = PASSWORD,
+    env: dict[str, str] | None = None,
+):
     return client.run(
-        "login", server.url, "--user", "alice", "--password-stdin", *extra, input=password + "\n"
+        "login", server.url, "--user", "alice", "--password-stdin", *extra, input=password + "\n",
+        env=env,
     )
 
 

@@ -75,3 +75,32 @@ def test_lock_is_exclusive_across_open_file_descriptions(data_file: Path) -> Non
         if first >= 0:
             os.close(first)
         os.close(second)
+
+
+def test_path_wrappers_act_on_real_files_and_leave_paths_alone_off_windows(tmp_path: Path) -> None:
+    """Off Windows ``native_path`` is the identity (no ``\\\\?\\`` prefix reaches POSIX); the
+    wrappers then do exactly what the ``os`` calls they replace do."""
+    folder = tmp_path / "Acme"
+    assert osfs.native_path(folder) is folder
+    osfs.make_folder(folder)
+    first = folder / "a.txt"
+    first.write_bytes(b"one")
+    osfs.rename(first, folder / "b.txt")
+    (folder / "c.txt").write_bytes(b"three")
+    osfs.replace(folder / "c.txt", folder / "b.txt")
+    assert osfs.stat_path(folder / "b.txt").st_size == 5
+    assert sorted(p.name for p in folder.iterdir()) == ["b.txt"]
+    osfs.unlink(folder / "b.txt")
+    osfs.unlink(folder / "b.txt", missing_ok=True)
+    with pytest.raises(FileNotFoundError):
+        osfs.unlink(folder / "b.txt")
+
+
+def test_make_folder_exist_ok_accepts_a_folder_but_never_a_file(tmp_path: Path) -> None:
+    osfs.make_folder(tmp_path / "Lead", exist_ok=True)
+    osfs.make_folder(tmp_path / "Lead", exist_ok=True)
+    with pytest.raises(FileExistsError):
+        osfs.make_folder(tmp_path / "Lead")
+    (tmp_path / "memo.txt").write_bytes(b"m")
+    with pytest.raises(FileExistsError):
+        osfs.make_folder(tmp_path / "memo.txt", exist_ok=True)

@@ -107,3 +107,16 @@ def test_server_key_canonical_forms() -> None:
     for bad in ["http://a.example", "files.example", "https://", "https://a:notaport"]:
         with pytest.raises(UsageError):
             server_key(bad)
+
+
+def test_keychain_opt_in_round_trips_and_never_writes_a_token(tmp_path: Path) -> None:
+    """With the token in the OS keychain the file names the keychain, never a token (even one
+    left in memory), and a reload keeps the opt-in."""
+    config = UserConfig.load(tmp_path)
+    entry = config._entry("https://sync.example.com")
+    entry.user, entry.keychain, entry.token = "alice", "smartsync", "leaked-if-written"
+    config.save()
+    raw = config.path.read_text()
+    assert "leaked-if-written" not in raw and '"keychain": "smartsync"' in raw
+    again = UserConfig.load(tmp_path).server("https://sync.example.com")
+    assert (again.keychain, again.user, again.token) == ("smartsync", "alice", None)
