@@ -12,48 +12,30 @@ from __future__ import annotations
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import TaskStopped
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
+from smartsyncd.client.bodyproducer import BytesProducer
 from smartsyncd.core.pacing import Pacer
 
 SLICE_BYTES = 64 * 1024
 
 
-@implementer(IBodyProducer)
-class PacedBytesProducer:
+class PacedBytesProducer(BytesProducer):
     """Produce ``body`` in slices of ``slice_bytes``, each at the time ``pacer`` books for it,
     and honour the consumer's pause/resume (its buffer is full) as well."""
 
     def __init__(
         self, body: bytes, pacer: Pacer, clock: IReactorTime, slice_bytes: int = SLICE_BYTES
     ) -> None:
-        self._body = memoryview(body)
+        super().__init__(body, slice_bytes)
         self._pacer = pacer
         self._clock = clock
-        self._slice = slice_bytes
-        self._pos = 0
         self._start_at: float | None = None  # the booked start of the next slice
         self._timer: IDelayedCall | None = None
-        self._paused = False
-        self._stopped = False
-        self._writing = False
-        self._consumer: IConsumer | None = None
-        self._done: Deferred[None] | None = None
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self._consumer = consumer
-        done: Deferred[None] = Deferred()
-        self._done = done
-        self._write()
-        return done
 
     def _write(self) -> None:
         if self._writing:  # resumed from inside our own write(): the running loop goes on
@@ -64,7 +46,7 @@ class PacedBytesProducer:
                 if self._pos >= len(self._body):
                     self._finish()
                     return
-                n = min(self._slice, len(self._body) - self._pos)
+                n = min(self._piece, len(self._body) - self._pos)
                 now = self._clock.seconds()
                 if self._start_at is None:
                     self._start_at = self._pacer.reserve(n, now)
@@ -89,26 +71,10 @@ class PacedBytesProducer:
             done.callback(None)
 
     def _release(self) -> None:
-        self._body = memoryview(b"")
-        self._consumer = None
+        super()._release()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        if self._paused:
-            self._paused = False
-            self._write()
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self._release()
-        if self._done is not None:
-            done, self._done = self._done, None
-            done.errback(Failure(TaskStopped()))
 
 
 class _Pausable(TypingProtocol):
