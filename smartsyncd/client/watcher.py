@@ -21,6 +21,7 @@ sync, and ``changed(mark, signature)`` fires for any change after that point.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -116,6 +117,7 @@ class NativeWatcher:
         self.events_seen = 0  # relevant events, for tests and status
         self.seen_paths: deque[str] = deque(maxlen=100)  # the latest relevant paths
         self._observer: BaseObserver | None = None
+        self.stopping: threading.Thread | None = None  # stops watchdog's threads (see stop)
 
     def start(self, reactor: IReactorFromThreads) -> None:
         """Start the system watcher (raises OSError or ImportError when it cannot run)."""
@@ -139,9 +141,16 @@ class NativeWatcher:
         self._observer = observer
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer = None
+        """Stop waiting at once; watchdog's threads are stopped and joined on a thread of their
+        own, since ``Observer.stop`` joins its emitters and must never hold up the reactor
+        (a watch told to stop has to stop even if a system watcher is slow to let go)."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            stopper = threading.Thread(
+                target=_stop_observer, args=(observer,), name="smartsync-watch-stop", daemon=True
+            )
+            stopper.start()
+            self.stopping = stopper
         self._forget(self._waiter)
 
     def mark(self) -> int:
@@ -236,6 +245,11 @@ class NativeWatcher:
         ):
             return None
         return rel
+
+
+def _stop_observer(observer: BaseObserver) -> None:
+    observer.stop()
+    observer.join()
 
 
 def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:

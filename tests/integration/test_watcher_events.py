@@ -52,3 +52,21 @@ async def test_real_events_for_ignored_files_do_not_wake_it(tmp_path: Path, name
         assert all("marker" in p for p in w.seen_paths)
     finally:
         w.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_returns_at_once_and_the_system_watcher_ends(tmp_path: Path) -> None:
+    """``stop`` hands watchdog's stop-and-join to a thread of its own: a stuck or slow emitter
+    can never freeze the reactor of a ``watch`` told to stop (Ctrl-C)."""
+    w = make_watcher(tmp_path, Walks(), reactor, reactor)
+    assert isinstance(w, NativeWatcher)
+    observer = w._observer
+    assert observer is not None and observer.is_alive()
+    pending = w.changed(w.mark(), EMPTY)
+    w.stop()
+    assert w.stopping is not None
+    assert not pending.called  # forgotten, not fired: a stopped watcher reports nothing
+    w.stopping.join(30)
+    assert not w.stopping.is_alive() and not observer.is_alive()
+    (tmp_path / "late.txt").write_bytes(b"after the stop")
+    assert not pending.called
