@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from twisted.internet.threads import deferToThread
 
+from smartsyncd.client import osfs
 from smartsyncd.client.errors import ProtocolError, UsageError
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.localfs import discard_temp, finish_temp, fsync_dir, open_temp
@@ -52,7 +53,7 @@ def _prepare(path: Path) -> None:
         if any(path.iterdir()):
             raise UsageError(f"{path} is not empty: export into a new or empty folder")
         return
-    path.mkdir(parents=True)
+    osfs.make_folders(path)
     fsync_dir(path.parent)
 
 

@@ -69,6 +69,11 @@ def make_folder(
             raise
 
 
+def make_folders(path: str | os.PathLike[str], *, exist_ok: bool = False) -> None:
+    """``os.makedirs`` (missing parents too) with long paths on Windows."""
+    os.makedirs(native_path(path), exist_ok=exist_ok)
+
+
 def stat_path(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> os.stat_result:
     """``os.stat`` with long paths on Windows."""
     return os.stat(native_path(path), follow_symlinks=follow_symlinks)

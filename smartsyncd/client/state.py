@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.localfs import atomic_write_bytes, fsync_dir
 from smartsyncd.core.manifest import decode_binary, encode_binary
@@ -125,7 +126,7 @@ class ClientState:
     def create(cls, directory: Path, meta: CopyMeta) -> ClientState:
         """Create ``DIR/.smartsync`` with a fresh database and the marker (durably)."""
         sdir = state_dir(directory)
-        sdir.mkdir(parents=True, exist_ok=False)
+        osfs.make_folders(sdir, exist_ok=False)
         fsync_dir(directory)
         conn = cls._connect(sdir / STATE_FILE)
         state = cls(directory, conn)

@@ -24,7 +24,7 @@ import platformdirs
 
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.keychain import KEYCHAIN_SERVICE, delete_token, load_token, store_token
-from smartsyncd.client.osfs import open_fd, sync_file, sync_folder
+from smartsyncd.client.osfs import open_fd, replace, sync_file, sync_folder, unlink
 
 APP_NAME = "smartsync"
 CONFIG_FILE = "config.json"
@@ -201,7 +201,7 @@ class UserConfig:
 def write_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably; the file is readable by its owner only."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # left by a crashed run with the same pid
+    unlink(tmp, missing_ok=True)  # left by a crashed run with the same pid
     fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
     try:
         try:
@@ -212,9 +212,9 @@ def write_private_file(path: Path, data: bytes) -> None:
             sync_file(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        unlink(tmp, missing_ok=True)
         raise
     sync_folder(path.parent)
 

@@ -104,3 +104,16 @@ def test_make_folder_exist_ok_accepts_a_folder_but_never_a_file(tmp_path: Path) 
     (tmp_path / "memo.txt").write_bytes(b"m")
     with pytest.raises(FileExistsError):
         osfs.make_folder(tmp_path / "memo.txt", exist_ok=True)
+
+
+def test_make_folders_creates_missing_parents_and_refuses_an_existing_folder(
+    tmp_path: Path,
+) -> None:
+    """``make_folders`` (used for the state folder and export targets) creates the whole chain,
+    and without ``exist_ok`` refuses a folder already there, as ``Path.mkdir(parents=True)``."""
+    deep = tmp_path / "a" / "b" / ".smartsync"
+    osfs.make_folders(deep)
+    assert deep.is_dir()
+    with pytest.raises(FileExistsError):
+        osfs.make_folders(deep)
+    osfs.make_folders(deep, exist_ok=True)
