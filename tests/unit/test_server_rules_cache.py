@@ -50,3 +50,14 @@ async def test_cleared_rules_replace_the_cached_ones(tmp_path: Path) -> None:
     assert await current_rules(_answer(None), tmp_path, _run) is None
     assert read_cached(tmp_path) is None
     assert await current_rules(_failing(NetworkError("down")), tmp_path, _run) is None
+
+
+def test_engagement_rules_add_to_the_local_ones_case_sensitively() -> None:
+    from smartsyncd.core.ignore import EngagementRules, IgnoreRules
+
+    local = IgnoreRules.parse("*.tmp\n")
+    both = local.with_engagement(EngagementRules.parse("*.bak\nscratch/\n"))
+    assert both.ignores("x.tmp") and both.ignores("a/x.bak") and both.ignores("Thumbs.db")
+    assert both.ignores("scratch/note.txt") and both.ignores_folder("scratch")
+    assert not both.ignores("x.BAK") and not local.ignores("x.bak")
+    assert local.with_engagement(None) is local
