@@ -44,6 +44,7 @@ from smartsyncd.client.copycontext import (
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
 from smartsyncd.client.localfs import fsync_dir
+from smartsyncd.client.manage import EngagementAdmin
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
 from smartsyncd.client.pullbatch import write_groups
@@ -53,7 +54,9 @@ from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
 from smartsyncd.client.scanner import Scanner, ScanResult
 from smartsyncd.client.server import Server
+from smartsyncd.client.serverrules import current_rules
 from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.client.transport import Transport
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
@@ -285,6 +288,7 @@ class SyncCopy:
         ctx, prog, report = self.ctx, progress or NullProgress(), SyncReport()
         await self._run(self.state.check_marker)
         await self._begin_sync()
+        await self._load_engagement_rules(api)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         scan, early = await scan_and_upload(ctx, api, base, report)
         report.bytes_sent += early.bytes_sent
@@ -332,6 +336,14 @@ class SyncCopy:
         if self.read_only:
             raise UsageError(f"{self.directory} was opened read-only: it cannot sync")
         await self._run(begin_sync, self.directory)
+
+    async def _load_engagement_rules(self, api: Server) -> None:
+        """Fetch the engagement's published ignore rules for this sync's scan and pull (the
+        cached ones when the fetch fails); an API without HTTP (a test double) has none."""
+        if isinstance(api, Transport):
+            fetch = EngagementAdmin(api, self.engagement).ignore_rules
+            state_dir = self.directory / ".smartsync"
+            self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
 
     async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
         """Only the pull half of a sync."""

@@ -80,7 +80,8 @@ class Pull:
         paths = {c.path for c in valid}
         folded = await case_insensitive(ctx)
         local = await ctx.run(self._check_paths, paths, base, folded)
-        rules = await ctx.run(load_rules, ctx.directory, [])
+        rules = (await ctx.run(load_rules, ctx.directory, [])).with_engagement(
+            ctx.scanner.engagement_rules)
         p = plan(
             local, {k: base[k] for k in paths if k in base}, valid, complete=True,
             case_insensitive=folded, ignored=rules.ignores,

@@ -35,7 +35,7 @@ from smartsyncd.client.osfs import is_readonly, native_path, open_fd, stat_path
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
-from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, IgnoreRules
+from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, EngagementRules, IgnoreRules
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import FOLDER_CONTENT, ChunkRef, is_folder
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
@@ -107,6 +107,8 @@ class Scanner:
         # the local spelling of each wire path whose name is decomposed here (from the last
         # walk, or the state database before the first one)
         self.spellings: dict[str, str] = {}
+        # the engagement's server-published rules, set at the start of each sync
+        self.engagement_rules: EngagementRules | None = None
 
     def local_name(self, path: str) -> str:
         """The path on disk for the wire path ``path`` (its folders' local spellings too)."""
@@ -132,7 +134,8 @@ class Scanner:
         """Walk the folder (blocking); the files are examined by ``ScanJob.step``, so a
         caller can start uploading what the first steps read while later steps run."""
         errors: list[tuple[str, str]] = []
-        result = ScanResult(rules=load_rules(self.root, errors), errors=errors)
+        rules = load_rules(self.root, errors).with_engagement(self.engagement_rules)
+        result = ScanResult(rules=rules, errors=errors)
         self.forget_recent()
         found: list[tuple[str, os.stat_result]] = []
         self._walk(self.root, "", found, result, base)

@@ -131,7 +131,8 @@ class Watch:
             if signature != before:
                 continue  # our own downloads, or an edit made meanwhile: sync again to see
             if isinstance(watcher, NativeWatcher):
-                watcher.rules = await self.ctx.run(load_rules, self.ctx.directory, [])
+                local_rules = await self.ctx.run(load_rules, self.ctx.directory, [])
+                watcher.rules = local_rules.with_engagement(self.ctx.scanner.engagement_rules)
             while not stopped.called:
                 remote = Deferred.fromCoroutine(self._remote_news(api, long_poll, retry_delay))
                 local = watcher.changed(mark, signature)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pathspec
 
@@ -49,6 +49,7 @@ class IgnoreRules:
     defaults: pathspec.PathSpec
     custom: pathspec.PathSpec
     problems: tuple[tuple[int, str], ...] = field(default=())
+    engagement: pathspec.PathSpec | None = None  # the server-published rules, case-sensitive
 
     @classmethod
     def parse(cls, text: str | None = None, *, defaults: Iterable[str] = DEFAULT_PATTERNS
@@ -73,12 +74,18 @@ class IgnoreRules:
     def ignores(self, path: str) -> bool:
         """True when the file at ``path`` (``/``-separated, relative to the copy) is ignored,
         by its own name or by a folder on its way."""
-        return self.defaults.match_file(path.lower()) or self.custom.match_file(path)
+        return (self.defaults.match_file(path.lower()) or self.custom.match_file(path)
+                or (self.engagement is not None and self.engagement.match_file(path)))
 
     def ignores_folder(self, path: str) -> bool:
         """True when everything under the folder ``path`` is ignored (the walk skips it)."""
         folder = path.rstrip("/") + "/"
-        return self.defaults.match_file(folder.lower()) or self.custom.match_file(folder)
+        return (self.defaults.match_file(folder.lower()) or self.custom.match_file(folder)
+                or (self.engagement is not None and self.engagement.match_file(folder)))
+
+    def with_engagement(self, rules: EngagementRules | None) -> IgnoreRules:
+        """These rules plus the engagement's published ones (unchanged when ``None``)."""
+        return self if rules is None else replace(self, engagement=rules.spec)
 
 
 NO_RULES = IgnoreRules.parse(defaults=())

@@ -1,8 +1,7 @@
 """Engagement-wide ignore rules end to end (issue 16): the real ``smartsync-admin engagement
 ignore`` sets, shows and clears them on the real daemon, and the real ``smartsync`` client
-(which does not apply them itself yet: an "old client") has a new ignored file refused per
-path, reported under ``skipped`` with exit 6 and kept locally, while its other files upload
-and the delete of a file stored before the rule still reaches the server."""
+fetches and applies them at each sync: a new ignored file stays local (exit 0, nothing
+refused), a file the rules now ignore deletes nothing, and its other files upload."""
 
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ def server(tmp_path: Path) -> Iterator[Daemon]:
         d.stop()
 
 
-def test_rules_set_by_the_admin_cli_are_enforced_on_an_old_client(
+def test_rules_set_by_the_admin_cli_are_applied_by_the_client(
     server: Daemon, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
@@ -56,25 +55,25 @@ def test_rules_set_by_the_admin_cli_are_enforced_on_an_old_client(
     (copy / "scratch").mkdir()
     (copy / "scratch" / "note.txt").write_text("ignored by folder\n")
     (copy / "B-1 Cash.txt").write_text("cash 100\n")
-    (copy / "old.bak").unlink()  # stored before the rule: its delete must still apply
+    (copy / "old.bak").unlink()  # now ignored: its absence deletes nothing
     report = client.run("--json", "sync", str(copy))
     answer = json.loads(report.stdout)
-    assert report.returncode == 6, report.stdout + report.stderr
-    assert (answer["uploaded"], answer["deleted_remote"], answer["partial"]) == (1, 1, True), answer
-    skipped = {s["path"]: s["reason"] for s in answer["skipped"]}
-    assert "draft.bak" in skipped and "ignored" in skipped["draft.bak"], answer
-    assert "scratch/note.txt" in skipped, answer
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (answer["uploaded"], answer["deleted_remote"], answer["partial"]) == (1, 0, False), answer
+    assert answer["skipped"] == [], answer
     assert (copy / "draft.bak").read_text() == "a new ignored file\n"  # kept locally
 
     other = tmp_path / "other"
     assert client.run("clone", f"{server.url}/acme-2026", str(other)).returncode == 0
     assert (other / "B-1 Cash.txt").read_text() == "cash 100\n"
-    assert not (other / "old.bak").exists() and not (other / "draft.bak").exists()
+    assert (other / "old.bak").exists() and not (other / "draft.bak").exists()
 
     assert server.admin("engagement", "ignore", "acme-2026", "--clear").returncode == 0
     assert server.admin("engagement", "ignore", "acme-2026", "--show").stdout == ""
     after = client.run("--json", "sync", str(copy))
-    assert after.returncode == 0 and json.loads(after.stdout)["uploaded"] == 2, after.stdout
+    done_after = json.loads(after.stdout)
+    assert after.returncode == 0 and done_after["uploaded"] == 2, after.stdout
+    assert done_after["deleted_remote"] == 1, after.stdout  # old.bak, no longer ignored
     audit = server.admin("audit", "export", "acme-2026")
     assert audit.stdout.count("ignore_rules") == 2, audit.stdout
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clientkit import MemoryServer, driven, files_of
+from clientkit import ENG, MemoryServer, driven, files_of
 
 
 @driven
@@ -60,3 +60,34 @@ async def test_ignored_files_never_upload_delete_or_get_written(
     assert (c_dir / "notes.bak").read_bytes() == b"notes v1"
     for copy in (a, b):
         copy.close()
+
+
+@driven
+async def test_engagement_rules_keep_files_local_both_ways(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    a_api, b_api = await server.api("alice"), await server.api("bob")
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a = await server.clone(a_api, a_dir)
+    b = await server.clone(b_api, b_dir)
+    (a_dir / "draft.bak").write_bytes(b"alice's draft")  # before the rule: it uploads
+    (a_dir / "notes.bak").write_bytes(b"alice's notes")
+    assert (await a.sync(a_api)).uploaded == 2
+    await server.env.store.set_ignore_rules(ENG, "*.bak\n", actor="local:alice")
+
+    (b_dir / "draft.bak").write_bytes(b"bob's draft")
+    (b_dir / "B-1.txt").write_bytes(b"cash")
+    report = await b.sync(b_api)  # fetches the rules: the pull writes no .bak file
+    assert (report.uploaded, report.skipped, report.downloaded) == (1, [], 0), report
+    assert not (b_dir / "notes.bak").exists()
+    assert (b_dir / "draft.bak").read_bytes() == b"bob's draft"
+    assert "*.bak" in (b_dir / ".smartsync" / "engagement-ignore.json").read_text()
+
+    (a_dir / "draft.bak").unlink()  # a's own sync now knows the rule: this deletes nothing
+    assert (await a.sync(a_api)).deleted_remote == 0
+    (b_dir / "draft.bak").unlink()
+    (a_dir / "notes.bak").write_bytes(b"alice's notes v2")
+    await a.sync(a_api)
+    report = await b.sync(b_api)
+    assert report.deleted_remote == 0 and not (b_dir / "notes.bak").exists()
+    assert (a_dir / "notes.bak").read_bytes() == b"alice's notes v2"
