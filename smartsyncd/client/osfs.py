@@ -87,6 +87,15 @@ def open_fd(
     return os.open(target, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)  # noqa: TID251
 
 
+def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """Up to ``limit`` bytes from the start of a small file (a settings or cache file)."""
+    fd = open_fd(path, os.O_RDONLY)
+    try:
+        return pread(fd, limit, 0)
+    finally:
+        os.close(fd)
+
+
 def pread(fd: int, size: int, offset: int) -> bytes:
     """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
     if sys.platform == "win32":

@@ -10,9 +10,11 @@ from pathlib import Path
 
 from smartsyncd.client.errors import NetworkError, NotFound, ProtocolError, ServerRefused
 from smartsyncd.client.localfs import atomic_write_bytes
-from smartsyncd.core.ignore import EngagementRules
+from smartsyncd.client.osfs import read_small_file
+from smartsyncd.core.ignore import MAX_RULES_BYTES, EngagementRules
 
 CACHE_NAME = "engagement-ignore.json"
+CACHE_LIMIT = 6 * MAX_RULES_BYTES + 4096  # the rules as JSON: \u00XX escapes at worst
 
 FetchRules = Callable[[], Awaitable[tuple[str | None, str | None]]]
 
@@ -20,7 +22,7 @@ FetchRules = Callable[[], Awaitable[tuple[str | None, str | None]]]
 def read_cached(state_dir: Path) -> EngagementRules | None:
     """The rules last fetched for this copy (blocking), or None when none were kept."""
     try:
-        data = json.loads((state_dir / CACHE_NAME).read_bytes())
+        data = json.loads(read_small_file(state_dir / CACHE_NAME, CACHE_LIMIT))
     except (OSError, ValueError):
         return None
     text = data.get("rules") if isinstance(data, dict) else None
