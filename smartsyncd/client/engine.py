@@ -54,8 +54,8 @@ from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
 from smartsyncd.client.scanner import Scanner, ScanResult
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import current_rules
-from smartsyncd.client.state import ClientState, CopyMeta, FileRecord, StateError
+from smartsyncd.client.serverrules import current_rules, read_cached
+from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.transport import Transport
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
@@ -342,7 +342,7 @@ class SyncCopy:
         cached ones when the fetch fails); an API without HTTP (a test double) has none."""
         if isinstance(api, Transport):
             fetch = EngagementAdmin(api, self.engagement).ignore_rules
-            state_dir = self.directory / ".smartsync"
+            state_dir = self.directory / STATE_DIR
             self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
 
     async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
@@ -353,6 +353,8 @@ class SyncCopy:
         """What would move (no file, state or server record is changed)."""
         api.copy_id = self.copy_id
         await self._run(self.state.check_marker)
+        if self.scanner.engagement_rules is None:  # a fresh process: the last sync's rules
+            self.scanner.engagement_rules = await self._run(read_cached, self.directory / STATE_DIR)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         scan: ScanResult = await self._run(self.scanner.scan, base)
         last_seq = await self.ctx.last_seq()

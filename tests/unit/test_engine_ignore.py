@@ -82,6 +82,11 @@ async def test_engagement_rules_keep_files_local_both_ways(
     assert not (b_dir / "notes.bak").exists()
     assert (b_dir / "draft.bak").read_bytes() == b"bob's draft"
     assert "*.bak" in (b_dir / ".smartsync" / "engagement-ignore.json").read_text()
+    # a later `smartsync status` (a new process) applies the rules the last sync fetched
+    fresh = server.open(b_dir, exclusive=False)
+    status = await fresh.status(b_api)
+    assert "draft.bak" in status.ignored and status.clean, status
+    fresh.close()
 
     (a_dir / "draft.bak").unlink()  # a's own sync now knows the rule: this deletes nothing
     assert (await a.sync(a_api)).deleted_remote == 0
