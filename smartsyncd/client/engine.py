@@ -382,6 +382,7 @@ class SyncCopy:
             conflicts=[x.path for x in p.conflicts],
             skipped=scan.skipped + scan.errors,
             ignored=sorted(scan.ignored),
+            ignored_by={p: scan.rules.source(p) or "" for p in scan.ignored},
             conflicts_left=len(await self._run(self.conflicts)),
             last_seq=last_seq,
             head=head,

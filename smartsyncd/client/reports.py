@@ -48,6 +48,8 @@ class StatusReport:
     conflicts: list[str] = field(default_factory=list)  # local edits a remote change hits
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # by the ignore rules; folders end in /
+    # which rule set ignored each of them: built-in, .smartsyncignore or engagement
+    ignored_by: dict[str, str] = field(default_factory=dict)
     conflicts_left: int = 0
     last_seq: int = 0
     head: int = 0
@@ -65,5 +67,7 @@ class StatusReport:
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = asdict(self)
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        del data["ignored_by"]
+        data["ignored"] = [{"path": p, "rules": self.ignored_by.get(p, "")} for p in self.ignored]
         data["clean"] = self.clean
         return data

@@ -39,6 +39,8 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     ".DS_Store",
     "*.partial",
 )
+BUILT_IN = "built-in"  # the rule sets ``IgnoreRules.source`` names (IGNORE_FILE the third)
+ENGAGEMENT = "engagement"
 MAX_RULES_BYTES = 64 * 1024  # a larger .smartsyncignore is refused (reported), not parsed
 
 
@@ -74,14 +76,22 @@ class IgnoreRules:
     def ignores(self, path: str) -> bool:
         """True when the file at ``path`` (``/``-separated, relative to the copy) is ignored,
         by its own name or by a folder on its way."""
-        return (self.defaults.match_file(path.lower()) or self.custom.match_file(path)
-                or (self.engagement is not None and self.engagement.match_file(path)))
+        return self.source(path) is not None
+
+    def source(self, path: str) -> str | None:
+        """Which rule set ignores ``path`` (a folder ends in ``/``): ``built-in``, the
+        ``.smartsyncignore`` file or ``engagement`` (the first that matches), else None."""
+        if self.defaults.match_file(path.lower()):
+            return BUILT_IN
+        if self.custom.match_file(path):
+            return IGNORE_FILE
+        if self.engagement is not None and self.engagement.match_file(path):
+            return ENGAGEMENT
+        return None
 
     def ignores_folder(self, path: str) -> bool:
         """True when everything under the folder ``path`` is ignored (the walk skips it)."""
-        folder = path.rstrip("/") + "/"
-        return (self.defaults.match_file(folder.lower()) or self.custom.match_file(folder)
-                or (self.engagement is not None and self.engagement.match_file(folder)))
+        return self.source(path.rstrip("/") + "/") is not None
 
     def with_engagement(self, rules: EngagementRules | None) -> IgnoreRules:
         """These rules plus the engagement's published ones (unchanged when ``None``)."""

@@ -62,6 +62,14 @@ def test_rules_set_by_the_admin_cli_are_applied_by_the_client(
     assert (answer["uploaded"], answer["deleted_remote"], answer["partial"]) == (1, 0, False), answer
     assert answer["skipped"] == [], answer
     assert (copy / "draft.bak").read_text() == "a new ignored file\n"  # kept locally
+    (copy / "Thumbs.db").write_bytes(b"thumbnails")
+    status = client.run("--json", "status", str(copy))
+    assert status.returncode == 0, status.stderr
+    ignored = {x["path"]: x["rules"] for x in json.loads(status.stdout)["ignored"]}
+    assert ignored == {"draft.bak": "engagement", "scratch/": "engagement",
+                       "Thumbs.db": "built-in"}, status.stdout
+    text = client.run("status", str(copy)).stdout
+    assert "ignored: path draft.bak, rules engagement" in text, text
 
     other = tmp_path / "other"
     assert client.run("clone", f"{server.url}/acme-2026", str(other)).returncode == 0

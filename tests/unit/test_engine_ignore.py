@@ -29,6 +29,9 @@ async def test_ignored_files_never_upload_delete_or_get_written(
 
     status = await a.status(a_api)
     assert status.ignored == ["Thumbs.db", "drafts/", "~$Ledger.xlsx"]
+    assert status.ignored_by == {
+        "Thumbs.db": "built-in", "drafts/": ".smartsyncignore", "~$Ledger.xlsx": "built-in"}
+    assert status.to_json()["ignored"][1] == {"path": "drafts/", "rules": ".smartsyncignore"}
     assert status.clean
 
     await b.sync(b_api)
@@ -86,6 +89,7 @@ async def test_engagement_rules_keep_files_local_both_ways(
     fresh = server.open(b_dir, exclusive=False)
     status = await fresh.status(b_api)
     assert "draft.bak" in status.ignored and status.clean, status
+    assert status.ignored_by["draft.bak"] == "engagement"
     fresh.close()
 
     (a_dir / "draft.bak").unlink()  # a's own sync now knows the rule: this deletes nothing

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartsyncd.core.ignore import NO_RULES, IgnoreRules
+from smartsyncd.core.ignore import NO_RULES, EngagementRules, IgnoreRules
 from smartsyncd.core.model import Change
 from smartsyncd.core.planner import BaseEntry, LocalEntry, plan
 
@@ -92,3 +92,13 @@ def test_no_plan_ever_touches_an_ignored_path(local, base, remote, complete) -> 
         + [r.old for r in p.renames] + [r.new for r in p.renames]
     )
     assert not [t for t in touched if rules.ignores(t)]
+
+
+def test_source_names_the_rule_set_that_ignores_a_path() -> None:
+    rules = IgnoreRules.parse("drafts/\n*.tmp\n").with_engagement(EngagementRules.parse("*.bak\n*.tmp\n"))
+    assert rules.source("Thumbs.db") == "built-in"
+    assert rules.source("notes.tmp") == ".smartsyncignore"  # the first set that matches
+    assert rules.source("drafts/") == ".smartsyncignore"
+    assert rules.source("old.bak") == "engagement"
+    assert rules.source("Ledger.xlsx") is None
+    assert rules.ignores("old.bak") and rules.ignores_folder("drafts") and not rules.ignores("a.txt")
