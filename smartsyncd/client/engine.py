@@ -25,6 +25,7 @@ import re
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
@@ -44,7 +45,6 @@ from smartsyncd.client.copycontext import (
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
 from smartsyncd.client.localfs import fsync_dir
-from smartsyncd.client.manage import EngagementAdmin
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
 from smartsyncd.client.pullbatch import write_groups
@@ -52,15 +52,14 @@ from smartsyncd.client.pullwrite import FileWriter, Write, prune_partials
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
-from smartsyncd.client.scanner import Scanner, ScanResult
+from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
 from smartsyncd.client.serverrules import current_rules, read_cached
 from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
-from smartsyncd.client.transport import Transport
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
-from smartsyncd.core.model import Change, FileState
+from smartsyncd.core.model import Change, FileState, is_folder
 from smartsyncd.core.planner import PullWrite, plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 
@@ -219,6 +218,7 @@ class SyncCopy:
                    lock=lock)
         try:
             await run(begin_sync, path)
+            await copy._load_engagement_rules(api)
             report = await copy._clone_files(api, head, files, progress or NullProgress())
             await reconcile.after_clone(copy.state, run, api.snapshot_history)
         except BaseException:
@@ -242,11 +242,15 @@ class SyncCopy:
         prog.start("download", sum(f.size for f in live))
         index: dict[str, tuple[str, int, int]] = {}
         writes: list[Write] = []
+        rules = (await self._run(load_rules, self.directory, [])).with_engagement(
+            self.scanner.engagement_rules)
         for f in sorted(live, key=lambda f: f.path):
             assert f.content is not None
             if not remote_path_ok(f.path):
                 report.skipped.append((f.path, "server sent an invalid path; not written"))
                 continue
+            if rules.ignores(f.path) or (is_folder(f.content) and rules.ignores(f.path + "/")):
+                continue  # left on the server, as a pull leaves it (core/planner.py)
             writes.append((PullWrite(f.path, f.seq, f.content, f.size, None, f.mtime_ns, f.readonly), None))
         try:
             await write_groups(writer, writes, index)
@@ -339,11 +343,10 @@ class SyncCopy:
 
     async def _load_engagement_rules(self, api: Server) -> None:
         """Fetch the engagement's published ignore rules for this sync's scan and pull (the
-        cached ones when the fetch fails); an API without HTTP (a test double) has none."""
-        if isinstance(api, Transport):
-            fetch = EngagementAdmin(api, self.engagement).ignore_rules
-            state_dir = self.directory / STATE_DIR
-            self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
+        kept ones when unchanged or when the fetch fails)."""
+        fetch = partial(api.ignore_rules, self.engagement)
+        state_dir = self.directory / STATE_DIR
+        self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
 
     async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
         """Only the pull half of a sync."""

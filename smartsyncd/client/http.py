@@ -31,6 +31,7 @@ from smartsyncd.client.chunkpacking import (
 )
 from smartsyncd.client.errors import AuthError, ProtocolError, ServerRefused
 from smartsyncd.client.progress import Progress
+from smartsyncd.client.serverrules import RulesAnswer, parse_rules_answer
 from smartsyncd.client.transport import HTTPRequester, Reply, RunInThread, Transport, decode_json
 from smartsyncd.client.wire import (
     ChangePage,
@@ -116,8 +117,7 @@ class ServerAPI(Transport):
             backoff=backoff, max_attempts=max_attempts, bwlimit=bwlimit, timeout=timeout,
             http=http, run_in_thread=run_in_thread, proxy=proxy,
         )
-        # Only ``advance`` is called (per uploaded/fetched batch); the owner starts and
-        # finishes tasks.
+        # only ``advance`` is called (per batch); the owner starts and finishes tasks
         self.progress = progress
         # chunks that uploads sent although the server had them (its "present" count): a
         # caller that uploads without asking /missing first watches this to resume asking
@@ -483,23 +483,25 @@ class ServerAPI(Transport):
             "wipe report",
         )
 
+    async def ignore_rules(self, eng: str, etag: str | None) -> RulesAnswer:
+        """The engagement's published ignore rules, or UNCHANGED (a 304) while ``etag`` holds."""
+        reply = await self._request("GET", _eng(eng, "ignore"), if_none_match=etag)
+        return parse_rules_answer(reply)
+
     async def checkout(self, eng: str, path: str, seconds: int | None = None) -> JSONObject:
         body: JSONObject = {"path": path, "seconds": seconds}
         return obj(await self._json("POST", _eng(eng, "locks"), body=body), "lock")
 
     async def checkin(self, eng: str, path: str) -> JSONObject:
-        return obj(
-            await self._json("POST", _eng(eng, "locks", "release"), body={"path": path}), "lock"
-        )
+        reply = await self._json("POST", _eng(eng, "locks", "release"), body={"path": path})
+        return obj(reply, "lock")
 
     async def locks(self, eng: str) -> list[JSONObject]:
         data = obj(await self._json("GET", _eng(eng, "locks")), "locks")
         return [obj(item, "lock") for item in field(data, "locks", list, "locks")]
 
     async def history(self, eng: str, path: str) -> list[JSONObject]:
-        data = obj(
-            await self._json("GET", _eng(eng, "history"), params={"path": path}), "history"
-        )
+        data = obj(await self._json("GET", _eng(eng, "history"), params={"path": path}), "history")
         return [obj(item, "version") for item in field(data, "versions", list, "history")]
 
     async def restore(self, eng: str, path: str, version: int, batch: str) -> JSONObject:

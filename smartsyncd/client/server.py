@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from smartsyncd.client.http import HistoryKeeper
+from smartsyncd.client.serverrules import RulesAnswer
 from smartsyncd.client.wire import (
     ChangePage,
     ChunkWanted,
@@ -70,3 +71,5 @@ class Server(Protocol):
     async def report_wipe(
         self, eng: str, copy_id: str, key: str, host: str, files: int
     ) -> JSONObject: ...
+
+    async def ignore_rules(self, eng: str, etag: str | None) -> RulesAnswer: ...

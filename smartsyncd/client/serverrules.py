@@ -1,32 +1,66 @@
-"""The engagement's server-published ignore rules as the client sees them: fetched at each sync,
-kept in the copy's state folder so a failed fetch falls back to the last rules known rather
-than reading as "no rules", and absent (not an error) on an older server without the route."""
+"""The engagement's server-published ignore rules as the client sees them: fetched at each sync
+with the last known set's ETag (an unchanged set costs a bodiless 304), kept in the copy's state
+folder so a failed fetch falls back to the last rules known rather than reading as "no rules",
+and absent (not an error) on an older server without the route."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from twisted.web.http import NOT_MODIFIED
 
 from smartsyncd.client.errors import NetworkError, NotFound, ProtocolError, ServerRefused
 from smartsyncd.client.localfs import atomic_write_bytes
 from smartsyncd.client.osfs import read_small_file
-from smartsyncd.core.ignore import MAX_RULES_BYTES, EngagementRules
+from smartsyncd.client.transport import Reply, decode_json
+from smartsyncd.core.ignore import MAX_RULES_BYTES, EngagementRules, rules_etag
 
 CACHE_NAME = "engagement-ignore.json"
 CACHE_LIMIT = 6 * MAX_RULES_BYTES + 4096  # the rules as JSON: \u00XX escapes at worst
 
-FetchRules = Callable[[], Awaitable[tuple[str | None, str | None]]]
+
+@dataclass(frozen=True)
+class RulesAnswer:
+    """The server's answer to "the engagement's rules, unless still ``etag``": ``changed``
+    False for a 304 (the set named is current), else ``text`` (None: the engagement has none)."""
+
+    changed: bool
+    text: str | None = None
+
+
+UNCHANGED = RulesAnswer(changed=False)
+FetchRules = Callable[[str | None], Awaitable[RulesAnswer]]
+
+
+def parse_rules_answer(reply: Reply) -> RulesAnswer:
+    """A GET .../ignore reply as a :class:`RulesAnswer` (a 304, or the JSON body checked)."""
+    if reply.status == NOT_MODIFIED:
+        return UNCHANGED
+    data = decode_json(reply)
+    text = data.get("rules") if isinstance(data, dict) else 0
+    if text is not None and not isinstance(text, str):
+        raise ProtocolError("ignore rules: 'rules' must be text or null")
+    return RulesAnswer(changed=True, text=text)
+
+
+def read_cache(state_dir: Path) -> tuple[bool, EngagementRules | None]:
+    """(whether a set was kept, the set: None when the engagement had none) (blocking)."""
+    try:
+        data = json.loads(read_small_file(state_dir / CACHE_NAME, CACHE_LIMIT))
+    except (OSError, ValueError):
+        return False, None
+    text = data.get("rules") if isinstance(data, dict) else 0
+    if text is None:
+        return True, None
+    return (True, EngagementRules.parse(text)) if isinstance(text, str) else (False, None)
 
 
 def read_cached(state_dir: Path) -> EngagementRules | None:
     """The rules last fetched for this copy (blocking), or None when none were kept."""
-    try:
-        data = json.loads(read_small_file(state_dir / CACHE_NAME, CACHE_LIMIT))
-    except (OSError, ValueError):
-        return None
-    text = data.get("rules") if isinstance(data, dict) else None
-    return EngagementRules.parse(text) if isinstance(text, str) else None
+    return read_cache(state_dir)[1]
 
 
 def write_cached(state_dir: Path, rules: EngagementRules | None) -> None:
@@ -42,19 +76,21 @@ async def current_rules(
     state_dir: Path,
     run: Callable[..., Awaitable[object]],
 ) -> EngagementRules | None:
-    """The engagement's rules for this sync: fetched and kept; on a network or server failure
-    the cached ones; None on an older server that has no such route (404). ``run`` calls a
-    blocking function off the reactor."""
+    """The engagement's rules for this sync: fetched (conditionally, on the kept set's ETag)
+    and kept; on a network or server failure the kept ones; None on an older server that has no
+    such route (404). ``run`` calls a blocking function off the reactor."""
+    kept = await run(read_cache, state_dir)
+    assert isinstance(kept, tuple)
+    found, cached = kept
     try:
-        text, _digest = await fetch()
+        answer = await fetch(rules_etag(cached.digest if cached else None) if found else None)
     except NotFound:
         return None
     except (NetworkError, ProtocolError, ServerRefused):
-        cached = await run(read_cached, state_dir)
-        return cached if isinstance(cached, EngagementRules) else None
-    rules = None if text is None else EngagementRules.parse(text)
-    cached = await run(read_cached, state_dir)
-    known = cached.digest if isinstance(cached, EngagementRules) else None
-    if known != (None if rules is None else rules.digest):
+        return cached
+    if not answer.changed:
+        return cached
+    rules = None if answer.text is None else EngagementRules.parse(answer.text)
+    if not found or (cached.digest if cached else None) != (rules.digest if rules else None):
         await run(write_cached, state_dir, rules)
     return rules

@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http import NOT_MODIFIED
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 
@@ -228,10 +229,12 @@ class Transport:
         expect: bytes = JSON_TYPE,
         compress: bool = False,
         name_copy: bool | None = None,
+        if_none_match: str | None = None,
     ) -> Reply:
         """One call with retries; on ``session_expired`` sign in again once and repeat.
         ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch).
-        ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls)."""
+        ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls).
+        ``if_none_match``: a conditional GET; the answer may then be a bodiless 304."""
         copy = self.copy_id if (auth if name_copy is None else name_copy) else None
         encoding: bytes | None = None
         if body is not None:
@@ -250,7 +253,7 @@ class Transport:
                     self._reactor,
                     lambda: self._attempt(
                         method, path, data, content_type, params, auth, timeout, expect,
-                        encoding, copy,
+                        encoding, copy, if_none_match,
                     ),
                     attempts=self.max_attempts,
                     is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
@@ -283,6 +286,7 @@ class Transport:
         expect: bytes,
         encoding: bytes | None = None,
         copy: str | None = None,
+        if_none_match: str | None = None,
     ) -> Reply:
         headers: dict[bytes, list[bytes]] = {
             b"Accept": [expect], b"Accept-Encoding": [b"zstd"], b"User-Agent": [USER_AGENT],
@@ -295,6 +299,8 @@ class Transport:
             headers[b"Smartsync-Copy"] = [copy.encode("ascii")]
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]
+        if if_none_match is not None:
+            headers[b"If-None-Match"] = [if_none_match.encode("ascii")]
         self.requests += 1
         exchange = Deferred.fromCoroutine(
             self._exchange(method, self.base_url + path, headers, data, params)
@@ -356,7 +362,8 @@ class Transport:
         received = reply.wire_bytes if reply.wire_bytes >= 0 else len(reply.body)
         self.bytes_sent += len(data or b"")
         self.bytes_received += received
-        raise_for_status(reply, self.base_url)
+        if not (if_none_match is not None and reply.status == NOT_MODIFIED):
+            raise_for_status(reply, self.base_url)
         return reply
 
     async def _exchange(

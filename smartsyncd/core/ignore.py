@@ -132,6 +132,12 @@ def rules_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def rules_etag(digest: str | None) -> str:
+    """The HTTP entity tag of a rule set (its digest quoted), ``"none"`` for no rules: what the
+    server sends as ETag and a client names in If-None-Match."""
+    return '"' + (digest or "none") + '"'
+
+
 @dataclass(frozen=True)
 class EngagementRules:
     """An engagement's published rules, compiled (already checked when they were set)."""

@@ -13,11 +13,12 @@ never the last admin).
 from __future__ import annotations
 
 from klein import Klein
+from twisted.web.http import CACHED
 from twisted.web.server import Request
 
 from smartsyncd.auth.grantees import GranteeResolver, delegated_check, matching_grants
 from smartsyncd.core.errors import BadRequest, NotFound
-from smartsyncd.core.ignore import MAX_RULES_BYTES
+from smartsyncd.core.ignore import MAX_RULES_BYTES, rules_etag
 from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.model import ROLES, Role
 from smartsyncd.core.paths import normalize_path
@@ -117,8 +118,12 @@ class ManageRoutes:
         return send_json(request, {"revoked": [grant_json(g) for g in revoked]})
 
     async def show_ignore(self, request: Request, access: Access) -> bytes:
-        """The engagement's ignore rules and their digest (``null`` both when it has none)."""
+        """The engagement's ignore rules and their digest (``null`` both when it has none).
+        The digest is the ETag: a client that names it in If-None-Match gets a bodiless 304."""
         rules = await self._grants.ignore_rules(access.engagement.id)
+        if request.setETag(rules_etag(rules.digest if rules else None).encode()) == CACHED:
+            request.setHeader(b"cache-control", b"no-cache")
+            return b""
         if rules is None:
             return send_json(request, {"rules": None, "digest": None})
         return send_json(request, {"rules": rules.text, "digest": rules.digest})

@@ -8,6 +8,21 @@ from pathlib import Path
 
 from clientkit import ENG, MemoryServer, driven, files_of
 
+from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.serverrules import RulesAnswer
+from smartsyncd.core.ignore import rules_digest, rules_etag
+
+
+class RulesWatchingAPI(ServerAPI):
+    """The real API, noting each rules request's ETag and whether the set had changed."""
+
+    asked: list[tuple[str | None, bool]]
+
+    async def ignore_rules(self, eng: str, etag: str | None) -> RulesAnswer:
+        answer = await super().ignore_rules(eng, etag)
+        self.asked = [*getattr(self, "asked", []), (etag, answer.changed)]
+        return answer
+
 
 @driven
 async def test_ignored_files_never_upload_delete_or_get_written(
@@ -100,3 +115,34 @@ async def test_engagement_rules_keep_files_local_both_ways(
     report = await b.sync(b_api)
     assert report.deleted_remote == 0 and not (b_dir / "notes.bak").exists()
     assert (a_dir / "notes.bak").read_bytes() == b"alice's notes v2"
+
+
+@driven
+async def test_a_clone_applies_the_engagement_rules_and_unchanged_rules_cost_a_304(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    a_api = await server.api("alice")
+    a_dir, c_dir = tmp_path / "a", tmp_path / "c"
+    a = await server.clone(a_api, a_dir)
+    (a_dir / "memo.txt").write_bytes(b"memo")
+    (a_dir / "draft.bak").write_bytes(b"committed before the rule")
+    (a_dir / "old.bak").mkdir()  # a folder: "*.bak" ignores it as a folder too
+    assert (await a.sync(a_api)).uploaded == 3  # two files and the folder
+    await server.env.store.set_ignore_rules(ENG, "*.bak\n", actor="local:alice")
+
+    c_api = await server.api("bob", kind=RulesWatchingAPI)
+    c = await server.clone(c_api, c_dir)  # its first pull already knows the rules
+    assert files_of(c_dir) == {"memo.txt": b"memo"} and not (c_dir / "old.bak").exists()
+    tag = rules_etag(rules_digest("*.bak\n"))
+    assert c_api.asked == [(None, True)]
+    (c_dir / "draft.bak").write_bytes(b"bob's own draft")
+    report = await c.sync(c_api)
+    assert (report.uploaded, report.downloaded, report.skipped) == (0, 0, []), report
+    assert c_api.asked[-1] == (tag, False)  # unchanged: a bodiless 304
+
+    await server.env.store.set_ignore_rules(ENG, None, actor="local:alice")
+    await c.sync(c_api)  # the set changed: a full answer, and the rules no longer apply
+    assert c_api.asked[-1] == (tag, True)
+    assert (await c.sync(c_api)).uploaded == 0 and c_api.asked[-1] == (rules_etag(None), False)
+    for copy in (a, c):
+        copy.close()

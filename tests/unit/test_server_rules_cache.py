@@ -1,27 +1,45 @@
-"""The client's copy of the engagement's ignore rules: fetched, kept, and used when a fetch fails."""
+"""The client's copy of the engagement's ignore rules: fetched on the kept set's ETag, kept, and
+used when the server says it is unchanged (304) or a fetch fails."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from smartsyncd.client.errors import NetworkError, NotFound
-from smartsyncd.client.serverrules import CACHE_NAME, current_rules, read_cached
+from smartsyncd.client.serverrules import (
+    CACHE_NAME,
+    UNCHANGED,
+    RulesAnswer,
+    current_rules,
+    read_cached,
+)
+from smartsyncd.core.ignore import rules_digest, rules_etag
 
 
 async def _run(fn, *args):  # type: ignore[no-untyped-def]
     return fn(*args)
 
 
-def _answer(text: str | None):  # type: ignore[no-untyped-def]
-    async def fetch() -> tuple[str | None, str | None]:
-        return text, None
+def _answer(text: str | None, asked: list[str | None] | None = None):  # type: ignore[no-untyped-def]
+    async def fetch(etag: str | None) -> RulesAnswer:
+        if asked is not None:
+            asked.append(etag)
+        return RulesAnswer(changed=True, text=text)
 
     return fetch
 
 
 def _failing(error: Exception):  # type: ignore[no-untyped-def]
-    async def fetch() -> tuple[str | None, str | None]:
+    async def fetch(etag: str | None) -> RulesAnswer:
         raise error
+
+    return fetch
+
+
+def _unchanged(asked: list[str | None]):  # type: ignore[no-untyped-def]
+    async def fetch(etag: str | None) -> RulesAnswer:
+        asked.append(etag)
+        return UNCHANGED
 
     return fetch
 
@@ -50,6 +68,24 @@ async def test_cleared_rules_replace_the_cached_ones(tmp_path: Path) -> None:
     assert await current_rules(_answer(None), tmp_path, _run) is None
     assert read_cached(tmp_path) is None
     assert await current_rules(_failing(NetworkError("down")), tmp_path, _run) is None
+
+
+async def test_the_kept_set_is_named_by_its_etag_and_a_304_keeps_it(tmp_path: Path) -> None:
+    asked: list[str | None] = []
+    await current_rules(_answer("*.bak\n", asked), tmp_path, _run)  # nothing kept: no ETag
+    before = (tmp_path / CACHE_NAME).stat().st_mtime_ns
+    rules = await current_rules(_unchanged(asked), tmp_path, _run)
+    assert asked == [None, rules_etag(rules_digest("*.bak\n"))]
+    assert rules is not None and rules.ignores("x.bak")
+    assert (tmp_path / CACHE_NAME).stat().st_mtime_ns == before  # a 304 rewrites nothing
+
+
+async def test_a_kept_empty_set_is_named_none_and_a_304_means_still_none(tmp_path: Path) -> None:
+    asked: list[str | None] = []
+    await current_rules(_answer(None, asked), tmp_path, _run)
+    assert (tmp_path / CACHE_NAME).exists()  # "no rules" is kept too: it has an ETag
+    assert await current_rules(_unchanged(asked), tmp_path, _run) is None
+    assert asked == [None, rules_etag(None)] == [None, '"none"']
 
 
 def test_engagement_rules_add_to_the_local_ones_case_sensitively() -> None:

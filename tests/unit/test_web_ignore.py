@@ -66,3 +66,23 @@ async def test_commit_of_an_ignored_path_is_refused_per_path_and_deletes_apply(e
     gone = await env.call("POST", ENG + "/commit", token=tokens["alice"], body={
         "batch": "b3", "changes": [{"path": "old.bak", "kind": "delete", "base": 1}]})
     assert gone.status == 200 and gone.json()["results"][0]["status"] == "applied"
+
+
+@in_memory
+async def test_the_digest_is_the_etag_and_an_unchanged_set_is_a_bodiless_304(env: Env) -> None:
+    tokens = await tokens_with_an_admin(env)
+    rita = tokens["rita"]
+    none = await env.call("GET", ENG + "/ignore", token=rita)
+    assert none.headers.getRawHeaders(b"etag") == [b'"none"']
+    still_none = await env.call("GET", ENG + "/ignore", token=rita, headers={"If-None-Match": '"none"'})
+    assert (still_none.status, still_none.body) == (304, b"")
+    await env.call("POST", ENG + "/ignore", token=tokens["eve"], body={"rules": RULES})
+    tag = f'"{rules_digest(RULES)}"'
+    changed = await env.call("GET", ENG + "/ignore", token=rita, headers={"If-None-Match": '"none"'})
+    assert changed.status == 200 and changed.json()["rules"] == RULES
+    assert changed.headers.getRawHeaders(b"etag") == [tag.encode()]
+    same = await env.call("GET", ENG + "/ignore", token=rita, headers={"If-None-Match": tag})
+    assert (same.status, same.body) == (304, b"")
+    outsider = await env.call("GET", "/v1/engagements/beta/ignore", token=rita,
+                              headers={"If-None-Match": tag})
+    assert outsider.status in (403, 404)  # authorization comes before any 304
