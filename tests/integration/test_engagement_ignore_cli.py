@@ -74,7 +74,9 @@ def test_rules_set_by_the_admin_cli_are_applied_by_the_client(
     other = tmp_path / "other"
     assert client.run("clone", f"{server.url}/acme-2026", str(other)).returncode == 0
     assert (other / "B-1 Cash.txt").read_text() == "cash 100\n"
-    assert (other / "old.bak").exists() and not (other / "draft.bak").exists()
+    # the clone's first pull knows the rules: old.bak stays on the server, not written here
+    assert not (other / "old.bak").exists() and not (other / "draft.bak").exists()
+    assert json.loads(client.run("--json", "sync", str(other)).stdout)["downloaded"] == 0
 
     assert server.admin("engagement", "ignore", "acme-2026", "--clear").returncode == 0
     assert server.admin("engagement", "ignore", "acme-2026", "--show").stdout == ""
