@@ -9,6 +9,7 @@ never a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -427,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     build_parser().parse_args(arguments)  # usage errors exit 2 before the reactor starts
+    if _command_name(arguments) == "watch":
+        _take_sigint()
 
     async def _main(reactor: Any) -> None:
         command = Deferred.fromCoroutine(run(reactor, arguments))
@@ -452,6 +455,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         raise SystemExit(code)
 
     react(_main)
+
+
+def _take_sigint() -> None:
+    """Let Ctrl-C (SIGINT) stop a watch even when it was started with SIGINT ignored, as a
+    script's or CI step's background job (``cmd &``) is: Twisted only takes SIGINT over from
+    Python's default handler, and such a watch ignored every SIGINT sent to stop it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _command_name(arguments: Sequence[str]) -> str | None:
