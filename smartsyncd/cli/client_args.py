@@ -29,7 +29,8 @@ exit codes:
   6  finished (the pull included), but some local changes could not sync: refused
      (engagement finalized, a reader's role), waiting for another's check-in, or skipped;
      --json lists each path and why under "skipped"
-  130 interrupted (Ctrl-C) before the command finished
+  130 interrupted (Ctrl-C) before the command finished; watch: a sync still
+      running 10 s after Ctrl-C or SIGTERM was cancelled
 
 Settings, session tokens and pinned certificate fingerprints are kept in
 your settings folder ($XDG_CONFIG_HOME/smartsync or ~/.config/smartsync on Linux,
