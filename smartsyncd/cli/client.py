@@ -9,6 +9,7 @@ never a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +49,7 @@ from smartsyncd.cli.client_workflow import (
     cmd_restore,
     cmd_verify,
 )
+from smartsyncd.client.copyservice import CopyEvent, CopyService
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
     AuthError,
@@ -69,8 +71,10 @@ from smartsyncd.client.trust import (
     normalize_fingerprint,
 )
 from smartsyncd.client.userconfig import server_key
+from smartsyncd.client.watch import steady
 
 EXIT_INTERRUPTED = 130
+STOP_GRACE = 10.0  # seconds a stopping watch lets its running sync go on before cancelling it
 EXIT_PARTIAL = 6  # finished, but some local changes could not sync (as rsync's 23)
 
 __all__ = ["COMMANDS", "Output", "Session", "build_parser", "main", "run"]
@@ -279,30 +283,50 @@ async def cmd_status(session: Session) -> int:
 
 async def cmd_watch(session: Session) -> int:
     copy, api = await open_copy(session)
-    stop: Deferred[None] = Deferred()
-
-    def on_report(report: SyncReport) -> None:
-        data = report.to_json()
-        if session.out.json:  # one object per line (one per sync round)
-            session.out.result("", data)
-        else:  # each round on a line of its own with the time
-            session.out.result(f"{stamp(time.time())} {describe_report('sync', data)}", data)
-
-    watching = Deferred.fromCoroutine(
-        copy.watch(api, stop, on_report, progress=session.progress,
-                   on_status=lambda status: session.out.stamped(status.describe()))
+    args = session.args
+    service = CopyService(
+        copy, api, long_poll=args.long_poll, poll_retry=args.retry_delay,
+        backoff=steady(args.retry_delay), progress=session.progress, end_when_signed_out=True,
     )
+    service.subscribe(lambda event: _tell_watch_event(session, event))
+    cancelled = False
 
-    def shutdown() -> Deferred[None]:
-        # Ctrl-C / SIGTERM: ask the engine to finish the current step and stop.
-        if not stop.called:
-            stop.callback(None)
-        return watching.addErrback(lambda _: None)
+    def shutdown() -> Deferred[bool]:
+        # Ctrl-C / SIGTERM: let the running sync end, within STOP_GRACE seconds.
+        def said(clean: bool) -> bool:
+            nonlocal cancelled
+            if not clean:
+                cancelled = True
+                session.out.stamped(
+                    f"stopping took longer than {STOP_GRACE:g} s: cancelled what was running "
+                    f"(no file is left half-written; the next sync finishes the job)")
+            return clean
+
+        return service.stop(grace=STOP_GRACE).addCallback(said)
 
     session.reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    session.out.stamped(f"watching {Path(session.args.directory).resolve()} (Ctrl-C to stop)")
-    await watching
-    return 0
+    session.out.stamped(f"watching {Path(args.directory).resolve()} (Ctrl-C to stop)")
+    try:
+        await service.start()
+    except CancelledError:
+        if not cancelled:
+            raise
+    return EXIT_INTERRUPTED if cancelled else 0
+
+
+def _tell_watch_event(session: Session, event: CopyEvent) -> None:
+    """Each sync round on a line of its own (with --json: one object per line); a line when
+    the server stops answering, when it is back, and when the machine seems to have slept."""
+    if event.kind == "report":
+        data = event.value.to_json()
+        if session.out.json:
+            session.out.result("", data)
+        else:
+            session.out.result(f"{stamp(time.time())} {describe_report('sync', data)}", data)
+    elif event.kind == "reachability":
+        session.out.stamped(event.value.describe())
+    elif event.kind == "woke" and event.value == "clock-jump":
+        session.out.stamped("the clock jumped (the computer slept?): syncing now")
 
 
 COMMANDS: dict[str, Callable[[Session], Awaitable[int]]] = {
@@ -404,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     build_parser().parse_args(arguments)  # usage errors exit 2 before the reactor starts
+    if _command_name(arguments) == "watch":
+        _take_sigint()
 
     async def _main(reactor: Any) -> None:
         command = Deferred.fromCoroutine(run(reactor, arguments))
@@ -429,6 +455,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         raise SystemExit(code)
 
     react(_main)
+
+
+def _take_sigint() -> None:
+    """Let Ctrl-C (SIGINT) stop a watch even when it was started with SIGINT ignored, as a
+    script's or CI step's background job (``cmd &``) is: Twisted only takes SIGINT over from
+    Python's default handler, and such a watch ignored every SIGINT sent to stop it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _command_name(arguments: Sequence[str]) -> str | None:

@@ -29,7 +29,8 @@ exit codes:
   6  finished (the pull included), but some local changes could not sync: refused
      (engagement finalized, a reader's role), waiting for another's check-in, or skipped;
      --json lists each path and why under "skipped"
-  130 interrupted (Ctrl-C) before the command finished
+  130 interrupted (Ctrl-C) before the command finished; watch: a sync still
+      running 10 s after Ctrl-C or SIGTERM was cancelled
 
 Settings, session tokens and pinned certificate fingerprints are kept in
 your settings folder ($XDG_CONFIG_HOME/smartsync or ~/.config/smartsync on Linux,
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         sub = command(name, text)
         sub.add_argument("directory", metavar="DIR", nargs="?", default=".")
+        if name == "watch":
+            _watch_options(sub)
 
     _review_commands(command)
 
@@ -157,6 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_commands(commands, command)
     _verify_command(command)
     return parser
+
+
+def _watch_options(watch: argparse.ArgumentParser) -> None:
+    """How long ``watch`` waits on the server, and between tries when it cannot reach it."""
+    watch.add_argument("--long-poll", metavar="SECONDS", type=_seconds, default=30.0,
+                       help="ask the server to hold each wait for changes this long (default "
+                            "30; less where a proxy cuts idle connections sooner)")
+    watch.add_argument("--retry-delay", metavar="SECONDS", type=_seconds, default=5.0,
+                       help="wait this long before trying again when the server cannot be "
+                            "reached (default 5)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return value
 
 
 def _workflow_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:

@@ -153,14 +153,15 @@ def test_a_watch_is_told_on_its_long_poll_and_wipes_its_copy(
     watched = tmp_path / "watched"
     ok(laptop, "clone", f"{server.url}/{eng}", str(watched))
     (watched / "notes.txt").write_text("synced by the watch")
-    watcher = popen(laptop, "--json", "watch", str(watched))
+    # short long-polls: the order is answered on the next one, not after a parked 30 s
+    watcher = popen(laptop, "--json", "watch", str(watched), "--long-poll", "2")
     try:
         wait_for(lambda: watcher.poll() is not None or lock_holder(watched) == watcher.pid, 60,
                  "the watch to hold the copy lock")
         wait_for(lambda: watcher.poll() is not None or "notes.txt" in json.dumps(server_paths(server, eng)),
                  60, "the watch's first sync")
         admin_ok(server, "copies", "abandon", eng, copy_id_of(watched), "--wipe")
-        # the parked long-poll ends within its 30 s; the next one is answered with the order
+        # the parked long-poll ends within its 2 s; the next one is answered with the order
         wait_for(lambda: watcher.poll() is not None, 120, "the watch to obey the wipe order")
     finally:
         if watcher.poll() is None:
