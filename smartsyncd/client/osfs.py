@@ -103,9 +103,10 @@ def make_folder(
 def make_folders(
     path: str | os.PathLike[str], mode: int = 0o777, *, exist_ok: bool = False
 ) -> None:
-    """``os.makedirs`` (missing parents too, made with the default mode; ``mode`` applies
-    to ``path`` itself) with long paths on Windows."""
-    os.makedirs(native_path(path), mode, exist_ok=exist_ok)
+    """``Path.mkdir(mode, parents=True)``: missing parents made too (with the default mode;
+    ``mode`` applies to ``path`` itself), with long paths on Windows. Not ``os.makedirs``, which
+    raises another error when a parent is a broken link."""
+    Path(native_path(path)).mkdir(mode, parents=True, exist_ok=exist_ok)
 
 
 def stat_path(

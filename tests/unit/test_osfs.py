@@ -178,6 +178,12 @@ def test_make_folders_with_a_mode_matches_path_mkdir(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(FileExistsError):
         osfs.make_folders(tmp_path / "file", exist_ok=True)
+    os.symlink(tmp_path / "gone", tmp_path / "broken")  # os.makedirs: FileNotFoundError here
+    for exist_ok in (False, True):
+        with pytest.raises(FileExistsError):
+            (tmp_path / "broken" / "a").mkdir(parents=True, exist_ok=exist_ok)
+        with pytest.raises(FileExistsError):
+            osfs.make_folders(tmp_path / "broken" / "a", exist_ok=exist_ok)
 
 
 def test_descriptor_relative_wrappers_pass_names_as_they_are(tmp_path: Path) -> None:
@@ -301,7 +307,7 @@ WRAPPED: list[tuple[str, Callable[[], object], Any, str, list[object]]] = [
      ["\\\\?\\" + WIN_FOLDER]),
     ("make_folder", lambda: osfs.make_folder(WIN_FOLDER), os, "mkdir",
      ["\\\\?\\" + WIN_FOLDER, 0o777]),
-    ("make_folders", lambda: osfs.make_folders(WIN_FOLDER, 0o700), os, "makedirs",
+    ("make_folders", lambda: osfs.make_folders(WIN_FOLDER, 0o700), os, "mkdir",
      ["\\\\?\\" + WIN_FOLDER, 0o700]),
     ("stat_path", lambda: osfs.stat_path(WIN_FILE), os, "stat", [LONG_FILE]),
     ("chmod", lambda: osfs.chmod(WIN_FILE, 0o444), os, "chmod", [LONG_FILE, 0o444]),
