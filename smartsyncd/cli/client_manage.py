@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThread
 from smartsyncd.cli.client_args import split_source
 from smartsyncd.cli.client_session import Session
 from smartsyncd.cli.client_workflow import cmd_locks, copy_path
+from smartsyncd.client import osfs
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.manage import CopyInfo, EngagementAdmin, GrantInfo, GrantKind
@@ -173,7 +174,7 @@ async def cmd_ignore_rules(session: Session) -> int:
 
 def _read_rules_file(name: str) -> str:
     try:
-        data = Path(name).read_bytes()
+        data = osfs.read_bytes(Path(name))
     except OSError as e:
         raise UsageError(f"cannot read {name}: {e.strerror or e}") from None
     if len(data) > MAX_RULES_BYTES:

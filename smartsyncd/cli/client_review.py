@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 
 from smartsyncd.cli.client_session import Session
+from smartsyncd.client import osfs
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import AuthError, ConflictsLeft, NetworkError, UsageError
 from smartsyncd.client.review import describe, upload_merge
@@ -51,11 +52,11 @@ async def cmd_conflicts(session: Session) -> int:
 
 
 def _read_merge(path: Path) -> list[tuple[ChunkRef, bytes | memoryview]]:
-    if not path.is_file():
+    if not osfs.is_file(path):
         raise UsageError(f"--merged {path}: no such file")
-    if path.stat().st_size > MAX_MERGE_BYTES:
+    if osfs.stat_path(path).st_size > MAX_MERGE_BYTES:
         raise UsageError(f"--merged {path}: larger than {MAX_MERGE_BYTES} bytes")
-    return list(chunk_buffer(path.read_bytes()))
+    return list(chunk_buffer(osfs.read_bytes(path)))
 
 
 async def cmd_resolve(session: Session) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from smartsyncd.cli.client_args import parse_at, split_source
 from smartsyncd.cli.client_session import Session, open_copy
+from smartsyncd.client import osfs
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.export import export_engagement
@@ -24,7 +25,7 @@ def copy_path(path_arg: str) -> tuple[Path, str]:
     """The sync copy holding ``path_arg`` and the path inside it (``/``-separated)."""
     target = Path(path_arg).absolute()
     for root in [target, *target.parents]:
-        if (root / ".smartsync" / "copy.json").is_file():
+        if osfs.is_file(root / ".smartsync" / "copy.json"):
             if root == target:
                 raise UsageError(f"{path_arg} is the copy itself; name a file or folder in it")
             return root, target.relative_to(root).as_posix()

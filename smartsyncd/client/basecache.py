@@ -17,7 +17,6 @@ Everything here blocks (the engine runs it on a thread).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import zstandard
@@ -38,7 +37,7 @@ def worth_keeping(path: Path, size: int) -> bool:
     if not 0 < size <= MAX_FILE:
         return False
     try:
-        with open(path, "rb") as f:
+        with osfs.open_binary(path) as f:
             f.seek(max(0, size // 2 - SAMPLE // 2))
             sample = f.read(SAMPLE)
     except OSError:
@@ -58,7 +57,7 @@ class BaseCache:
         return self.root / (content + _SUFFIX)
 
     def has(self, content: str) -> bool:
-        return self._path(content).is_file()
+        return osfs.is_file(self._path(content))
 
     def keep(self, path: Path, content: str, size: int) -> bool:
         """Store the file at ``path`` as the base copy of ``content`` if it is worth it and
@@ -68,15 +67,15 @@ class BaseCache:
         if not worth_keeping(path, size):
             return False
         try:
-            data = path.read_bytes()
+            data = osfs.read_bytes(path)
         except OSError:
             return False
         if len(data) != size or content_id([ref for ref, _ in chunk_buffer(data)]) != content:
             return False  # changed since it was synced: no copy rather than a wrong one
-        self.root.mkdir(parents=True, exist_ok=True)
+        osfs.make_folders(self.root, exist_ok=True)
         target = self._path(content)
         temp = target.with_suffix(".tmp")
-        with open(temp, "wb") as f:
+        with osfs.open_binary(temp, "wb") as f:
             f.write(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data))
             f.flush()
             sync_file(f.fileno())
@@ -87,7 +86,7 @@ class BaseCache:
     def load(self, content: str, size: int) -> bytes | None:
         """The bytes of ``content`` (``size`` bytes), or None when there is no usable copy."""
         try:
-            frame = self._path(content).read_bytes()
+            frame = osfs.read_bytes(self._path(content))
         except OSError:
             return None
         try:
@@ -99,7 +98,7 @@ class BaseCache:
     def prune(self, keep: set[str]) -> None:
         """Remove copies whose content is not in ``keep``."""
         try:
-            names = os.listdir(self.root)
+            names = osfs.list_names(self.root)
         except OSError:
             return
         for name in names:

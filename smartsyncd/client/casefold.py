@@ -28,7 +28,7 @@ def probe_case_insensitive(folder: Path) -> bool:
     fd = open_fd(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
-        return os.path.lexists(folder / probe.name.upper())
+        return osfs.lexists(folder / probe.name.upper())
     finally:
         osfs.unlink(probe)
 
@@ -36,7 +36,7 @@ def probe_case_insensitive(folder: Path) -> bool:
 def _stored_name(folder: Path, name: str) -> str | None:
     """The stored spelling in ``folder`` of ``name`` (exact match first), or None."""
     try:
-        names = os.listdir(folder)
+        names = osfs.list_names(folder)
     except (FileNotFoundError, NotADirectoryError):
         return None
     if name in names:

@@ -8,7 +8,6 @@ few file operations more than one part performs (conflict names, base copies, gu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from smartsyncd.client import osfs
 from smartsyncd.client.basecache import BaseCache
 from smartsyncd.client.localfs import move_no_replace, same_stat
 from smartsyncd.client.scanner import ScannedFile, Scanner
@@ -97,7 +97,7 @@ class CopyContext:
     # -- blocking file operations (run through ``run``) ---------------------------------------
 
     def taken(self, candidate: str) -> bool:
-        return os.path.lexists(self.local(candidate)) or self.state.get(candidate) is not None
+        return osfs.lexists(self.local(candidate)) or self.state.get(candidate) is not None
 
     def conflict_target(self, path: str) -> str:
         return conflict_name(path, self.user, self.now(), self.taken)
@@ -113,13 +113,13 @@ class CopyContext:
                     log.warn("no base copy of {path}: {why}", path=path, why=str(e))
 
     def prune_bases(self) -> None:
-        if self.base_cache.root.is_dir() and any(self.base_cache.root.iterdir()):
+        if osfs.is_dir(self.base_cache.root) and any(osfs.list_names(self.base_cache.root)):
             self.base_cache.prune({r.content for r in self.state.all_files().values()})
 
     def move_if_unchanged(self, path: str, target: str, entry: ScannedFile) -> bool:
         source = self.local(path)
         try:
-            st = os.stat(source, follow_symlinks=False)
+            st = osfs.stat_path(source, follow_symlinks=False)
         except OSError:
             return False
         if not same_stat(st, entry.size, entry.mtime_ns, entry.inode):

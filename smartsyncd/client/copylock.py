@@ -34,6 +34,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from smartsyncd.client import osfs
 from smartsyncd.client.errors import CopyInUse
 from smartsyncd.client.localfs import TEMP_PREFIX, fsync_dir
 from smartsyncd.client.osfs import lock_exclusive, open_fd, pread, pwrite, sync_file
@@ -127,7 +128,7 @@ def begin_sync(directory: Path) -> int:
     interrupted sync is there, remove its orphaned temp files first (returns how many); then
     make sure the marker exists, durably (so a crash from here on is noticed next time)."""
     marker = syncing_path(directory)
-    if marker.exists():
+    if osfs.exists(marker):
         return remove_stale_temps(directory)  # the marker stays until this sync ends cleanly
     fd = open_fd(marker, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
@@ -142,7 +143,7 @@ def begin_sync(directory: Path) -> int:
 def end_sync(directory: Path) -> None:
     """The sync ended cleanly: no temp file of it is left. A lost unlink (power cut) only
     costs one harmless walk next time."""
-    syncing_path(directory).unlink(missing_ok=True)
+    osfs.unlink(syncing_path(directory), missing_ok=True)
 
 
 def is_stale_temp(name: str) -> bool:
@@ -160,14 +161,14 @@ def remove_stale_temps(directory: Path) -> int:
         folder = pending.pop()
         touched = False
         try:
-            with os.scandir(folder) as entries:
+            with osfs.scandir(folder) as entries:
                 for entry in entries:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             if not (folder == directory and entry.name == STATE_DIR):
                                 pending.append(Path(entry.path))
                         elif is_stale_temp(entry.name) and entry.is_file(follow_symlinks=False):
-                            os.unlink(entry.path)
+                            osfs.unlink(entry.path)
                             removed += 1
                             touched = True
                     except FileNotFoundError:

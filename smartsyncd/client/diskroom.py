@@ -10,8 +10,9 @@ what is free (``NoRoom``), pulled by a later sync once there is room.
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
+
+from smartsyncd.client import osfs
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # left free besides the file: the state database records it after the write, and a disk
@@ -51,9 +52,9 @@ def is_disk_full(exc: BaseException) -> bool:
 def free_bytes(target: Path) -> int:
     """Free bytes for an ordinary user on the volume that holds (or will hold) ``target``."""
     folder = target.parent
-    while not folder.exists() and folder != folder.parent:
+    while not osfs.exists(folder) and folder != folder.parent:
         folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return osfs.disk_usage(folder).free
 
 
 def check_room(path: str, target: Path, size: int) -> None:

@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
-from smartsyncd.client import contact, reconcile
+from smartsyncd.client import contact, osfs, reconcile
 from smartsyncd.client.copycontext import (
     EARLY_COMMIT_FILES,
     SCAN_STEP,
@@ -431,13 +431,13 @@ class SyncCopy:
 
 
 def _prepare_empty_dir(path: Path) -> None:
-    if path.exists():
-        if not path.is_dir():
+    if osfs.exists(path):
+        if not osfs.is_dir(path):
             raise UsageError(f"{path} exists and is not a folder")
-        if any(path.iterdir()):
+        if any(osfs.list_names(path)):
             raise UsageError(f"{path} is not empty: clone into a new or empty folder")
         return
-    path.mkdir(parents=True)
+    osfs.make_folders(path)
     fsync_dir(path.parent)
 
 __all__ = [

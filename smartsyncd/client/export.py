@@ -47,10 +47,10 @@ class ExportReport:
 
 
 def _prepare(path: Path) -> None:
-    if path.exists():
-        if not path.is_dir():
+    if osfs.exists(path):
+        if not osfs.is_dir(path):
             raise UsageError(f"{path} exists and is not a folder")
-        if any(path.iterdir()):
+        if any(osfs.list_names(path)):
             raise UsageError(f"{path} is not empty: export into a new or empty folder")
         return
     osfs.make_folders(path)

@@ -57,7 +57,7 @@ def open_folder(root: Path, folder: Path, *, create: bool) -> int:
                     if not create:
                         raise
                     try:
-                        os.mkdir(name, 0o777, dir_fd=fd)
+                        osfs.make_folder(name, 0o777, dir_fd=fd)
                     except FileExistsError:
                         pass
                     sync_file(fd)
@@ -86,7 +86,7 @@ def _open_child(name: str, flags: int, fd: int, folder: Path) -> int:
 
 def _is_link_at(name: str, fd: int) -> bool:
     try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+        return stat.S_ISLNK(osfs.stat_path(name, dir_fd=fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
 
@@ -106,7 +106,7 @@ def _check_by_path(root: Path, folder: Path, *, create: bool) -> None:
             st = osfs.stat_path(here, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode) or getattr(st, "st_file_attributes", 0) & _REPARSE_POINT:
             raise LinkInPath(folder)
-    if os.path.realpath(folder) != os.path.join(os.path.realpath(root), *_parts(root, folder)):
+    if osfs.real_path(folder) != os.path.join(osfs.real_path(root), *_parts(root, folder)):
         raise LinkInPath(folder)
 
 
@@ -139,7 +139,7 @@ def replace_into(root: Path, source: Path, target: Path) -> None:
     if _has_dir_fd() and os.rename in os.supports_dir_fd:  # renameat (replace is not listed)
         dfd = open_folder(root, target.parent, create=False)
         try:
-            os.replace(source, target.name, dst_dir_fd=dfd)
+            osfs.replace(source, target.name, dst_dir_fd=dfd)
         finally:
             os.close(dfd)
         return

@@ -11,19 +11,29 @@ descriptor lock: ``flock`` on POSIX, ``LockFileEx`` on byte 0 on Windows. ``is_r
 write bits on POSIX, ``FILE_ATTRIBUTE_READONLY`` on Windows (which ``os.chmod`` and ``os.stat``
 map to the write bits there). On Windows every path given here gets the extended-length
 ``\\\\?\\`` prefix (``native_path``, client/longpath.py) so paths over 260 characters work;
-the ``replace``, ``rename``, ``unlink``, ``make_folder`` and ``stat_path`` wrappers do the same
-for those calls. All calls block: run them on a thread. Direct ``os.open``/``os.pread``/``fcntl``
-use in the client is refused by ruff (banned-api), so new code cannot forget this.
+every wrapper of a path call here does the same (``replace``, ``rename``, ``unlink``,
+``remove_folder``, ``make_folder(s)``, ``stat_path``, ``chmod``, ``list_names``, ``scandir``,
+``open_binary``, ``read_bytes``/``read_text``, the ``exists``-style look-ups, ``real_path`` and
+``disk_usage``), and the rest of the client makes no direct file call
+(tests/unit/test_client_fs_calls.py). Each behaves on POSIX exactly as the call it stands for
+(same flags, same errors); a ``dir_fd`` name is passed as is. All calls block: run them on a
+thread. Direct ``os.open``/``os.pread``/``fcntl`` use in the client is refused by ruff
+(banned-api), so new code cannot forget this.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import filelock
+
+if TYPE_CHECKING:
+    from os import _ScandirIterator
 
 from smartsyncd.client.longpath import extended_length
 
@@ -39,9 +49,14 @@ def native_path(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
     return path
 
 
-def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """``os.replace`` with long paths on Windows."""
-    os.replace(native_path(source), native_path(target))
+def replace(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], *,
+    dst_dir_fd: int | None = None,
+) -> None:
+    """``os.replace`` with long paths on Windows (``dst_dir_fd``: ``target`` is a name in
+    that open folder, passed as is)."""
+    destination = target if dst_dir_fd is not None else native_path(target)
+    os.replace(native_path(source), destination, dst_dir_fd=dst_dir_fd)
 
 
 def rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
@@ -49,34 +64,129 @@ def rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> No
     os.rename(native_path(source), native_path(target))
 
 
-def unlink(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+def _at(path: str | os.PathLike[str], dir_fd: int | None) -> str | os.PathLike[str]:
+    """A name inside the open folder ``dir_fd`` goes as is (POSIX only); a path gets
+    ``native_path``."""
+    return path if dir_fd is not None else native_path(path)
+
+
+def unlink(
+    path: str | os.PathLike[str], *, missing_ok: bool = False, dir_fd: int | None = None
+) -> None:
     """``os.unlink`` with long paths on Windows."""
     try:
-        os.unlink(native_path(path))
+        os.unlink(_at(path, dir_fd), dir_fd=dir_fd)
     except FileNotFoundError:
         if not missing_ok:
             raise
 
 
+def remove_folder(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+    """``os.rmdir`` (an empty folder, or a folder link or junction itself) with long paths on
+    Windows."""
+    os.rmdir(_at(path, dir_fd), dir_fd=dir_fd)
+
+
 def make_folder(
-    path: str | os.PathLike[str], mode: int = 0o777, *, exist_ok: bool = False
+    path: str | os.PathLike[str], mode: int = 0o777, *, exist_ok: bool = False,
+    dir_fd: int | None = None,
 ) -> None:
-    """``os.mkdir`` with long paths on Windows (``exist_ok``: a folder already there is fine)."""
+    """``os.mkdir`` with long paths on Windows (``exist_ok``: a folder already there is fine;
+    it needs a path, not a name in ``dir_fd``)."""
     try:
-        os.mkdir(native_path(path), mode)
+        os.mkdir(_at(path, dir_fd), mode, dir_fd=dir_fd)
     except FileExistsError:
-        if not (exist_ok and os.path.isdir(native_path(path))):
+        if not (exist_ok and dir_fd is None and os.path.isdir(native_path(path))):
             raise
 
 
-def make_folders(path: str | os.PathLike[str], *, exist_ok: bool = False) -> None:
-    """``os.makedirs`` (missing parents too) with long paths on Windows."""
-    os.makedirs(native_path(path), exist_ok=exist_ok)
+def make_folders(
+    path: str | os.PathLike[str], mode: int = 0o777, *, exist_ok: bool = False
+) -> None:
+    """``Path.mkdir(mode, parents=True)``: missing parents made too (with the default mode;
+    ``mode`` applies to ``path`` itself), with long paths on Windows. Not ``os.makedirs``, which
+    raises another error when a parent is a broken link."""
+    Path(native_path(path)).mkdir(mode, parents=True, exist_ok=exist_ok)
 
 
-def stat_path(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> os.stat_result:
+def stat_path(
+    path: str | os.PathLike[str], *, follow_symlinks: bool = True, dir_fd: int | None = None
+) -> os.stat_result:
     """``os.stat`` with long paths on Windows."""
-    return os.stat(native_path(path), follow_symlinks=follow_symlinks)
+    return os.stat(_at(path, dir_fd), dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+
+def chmod(path: str | os.PathLike[str], mode: int) -> None:
+    """``os.chmod`` with long paths on Windows (where it sets or clears the read-only
+    attribute only)."""
+    os.chmod(native_path(path), mode)
+
+
+def list_names(path: str | os.PathLike[str]) -> list[str]:
+    """``os.listdir``: the names in folder ``path``, with long paths on Windows."""
+    return os.listdir(native_path(path))
+
+
+def scandir(path: str | os.PathLike[str] | int) -> _ScandirIterator[str]:
+    """``os.scandir`` of a folder path (long paths on Windows: each entry's ``path`` then
+    carries the prefix too) or of an open folder descriptor (POSIX)."""
+    if isinstance(path, int):
+        return os.scandir(path)
+    return os.scandir(native_path(path))
+
+
+def open_binary(path: str | os.PathLike[str], mode: Literal["rb", "wb"] = "rb") -> BinaryIO:
+    """The built-in ``open`` in binary mode (buffered, not inherited), with long paths on
+    Windows."""
+    return open(native_path(path), mode)
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """``Path.read_bytes``: the whole file, with long paths on Windows."""
+    with open(native_path(path), "rb") as f:
+        return f.read()
+
+
+def read_text(path: str | os.PathLike[str], encoding: str) -> str:
+    """``Path.read_text``: the whole file decoded (universal newlines, as ``Path.read_text``),
+    with long paths on Windows."""
+    with open(native_path(path), encoding=encoding) as f:
+        return f.read()
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """``Path.exists`` (follows links; a missing path is False, a permission error raises)
+    with long paths on Windows."""
+    return Path(native_path(path)).exists()
+
+
+def is_dir(path: str | os.PathLike[str]) -> bool:
+    """``Path.is_dir`` (follows links; a missing path is False, a permission error raises)
+    with long paths on Windows."""
+    return Path(native_path(path)).is_dir()
+
+
+def is_file(path: str | os.PathLike[str]) -> bool:
+    """``Path.is_file`` (follows links; a missing path is False, a permission error raises)
+    with long paths on Windows."""
+    return Path(native_path(path)).is_file()
+
+
+def lexists(path: str | os.PathLike[str]) -> bool:
+    """``os.path.lexists`` (a link counts, even a broken one; False on any error) with long
+    paths on Windows."""
+    return os.path.lexists(native_path(path))
+
+
+def real_path(path: str | os.PathLike[str]) -> str:
+    """``os.path.realpath`` (links resolved) with long paths on Windows, where the result then
+    keeps the ``\\\\?\\`` prefix."""
+    return os.path.realpath(native_path(path))
+
+
+def disk_usage(path: str | os.PathLike[str]) -> shutil._ntuple_diskusage:
+    """``shutil.disk_usage`` of the volume holding ``path``, with long paths on Windows."""
+    return shutil.disk_usage(native_path(path))
 
 
 def open_fd(

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.copycontext import CopyContext, log
 from smartsyncd.client.localfs import fsync_dir, move_no_replace
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
@@ -56,11 +57,11 @@ def _make_folder(ctx: CopyContext, path: str, old: FileRecord | None) -> tuple[s
     except FileChanging:  # a file being written there: kept, as an edit
         file_there, synced = True, False
     if synced:
-        target.unlink()  # the synced file the server replaced by this folder
+        osfs.unlink(target)  # the synced file the server replaced by this folder
     elif file_there:
         moved_to = ctx.conflict_target(path)
         move_no_replace(target, root / moved_to)
-    if not target.is_dir():
+    if not osfs.is_dir(target):
         make_folder(target)
         fsync_dir(target.parent)
     return moved_to, stat_path(target, follow_symlinks=False)
@@ -79,7 +80,7 @@ def remove_empty_folder(
         log.warn("{path} not removed: a folder on the way is a symbolic link", path=path)
         return False
     try:
-        target.rmdir()
+        osfs.remove_folder(target)
     except FileNotFoundError:
         return False
     except OSError:
@@ -89,7 +90,7 @@ def remove_empty_folder(
     parent = path.rpartition("/")[0]
     while parent and not keep(parent):
         try:
-            (root / parent).rmdir()
+            osfs.remove_folder(root / parent)
         except OSError:
             break
         fsync_dir((root / parent).parent)

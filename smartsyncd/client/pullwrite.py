@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from smartsyncd.client import osfs
 from smartsyncd.client.casefold import match_folders, stored_spelling
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
@@ -28,7 +29,6 @@ from smartsyncd.client.localfs import (
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.osfs import (
     is_readonly,
-    native_path,
     open_fd,
     set_mtime,
     set_readonly,
@@ -228,10 +228,10 @@ class FileWriter:
         chunks that do not verify."""
         make_parents(self.ctx.directory, target)
         folder = partial_dir(self.ctx.directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        osfs.make_folders(folder, exist_ok=True)
         path = folder / f"{manifest.content}.part"
         have, offset = 0, 0
-        if path.exists():
+        if osfs.exists(path):
             for chunk in manifest.chunks:
                 if read_chunk(path, offset, chunk.size, chunk.hash) is None:
                     break
@@ -351,9 +351,9 @@ def partial_dir(directory: Path) -> Path:
 def prune_partials(directory: Path) -> None:
     """Drop partial downloads nothing is waiting for (after a complete pull)."""
     folder = partial_dir(directory)
-    if folder.is_dir():
-        for leftover in folder.iterdir():
-            leftover.unlink(missing_ok=True)
+    if osfs.is_dir(folder):
+        for name in osfs.list_names(folder):
+            osfs.unlink(folder / name, missing_ok=True)
 
 
 def _keep_partial(path: Path, handle: BinaryIO) -> None:
@@ -378,7 +378,7 @@ def with_bases(
     try:
         if isinstance(source, Path):
             try:
-                handle = open(native_path(source), "rb")  # noqa: SIM115  (closed below)
+                handle = osfs.open_binary(source)  # noqa: SIM115  (closed below)
             except OSError:
                 return [(chunk.hash, chunk.size) for chunk, _ in need]
         for chunk, offset in need:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from smartsyncd.client import osfs
 from smartsyncd.client.localfs import TEMP_PREFIX, same_stat
-from smartsyncd.client.osfs import is_readonly, native_path, open_fd, stat_path
+from smartsyncd.client.osfs import is_readonly, open_fd, stat_path
 from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.core.chunking import MIN_CHUNK, chunk_hash, make_chunker
 from smartsyncd.core.errors import InvalidPath
@@ -46,7 +47,7 @@ RECENT_BYTES = 64 * 1024 * 1024
 
 
 def _open_binary(path: str) -> BinaryIO:
-    return open(native_path(path), "rb")
+    return osfs.open_binary(path)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +154,7 @@ class Scanner:
         """Walk ``folder``: ``prefix`` is its wire path, ``local_prefix`` its spelling on
         disk when that differs (a decomposed folder name)."""
         try:
-            with os.scandir(native_path(folder)) as it:
+            with osfs.scandir(folder) as it:
                 entries = list(it)
         except OSError as e:
             result.complete = False
@@ -410,7 +411,7 @@ def load_rules(root: Path, errors: list[tuple[str, str]]) -> IgnoreRules:
     or is too large adds an error and only the built-in rules apply; bad lines are reported."""
     path = root / IGNORE_FILE
     try:
-        with path.open("rb") as f:
+        with osfs.open_binary(path) as f:
             data = f.read(MAX_RULES_BYTES + 1)
     except FileNotFoundError:
         return IgnoreRules.parse()

@@ -85,11 +85,11 @@ def marker_path(directory: Path) -> Path:
 
 def read_marker(directory: Path) -> dict[str, str]:
     """Return the marker's fields; raise ``StateError`` when the folder or marker is missing."""
-    if not directory.is_dir():
+    if not osfs.is_dir(directory):
         raise StateError(f"sync folder {directory} is missing (unmounted or removed?)")
     path = marker_path(directory)
     try:
-        data = json.loads(path.read_text("utf-8"))
+        data = json.loads(osfs.read_text(path, "utf-8"))
     except FileNotFoundError:
         raise StateError(
             f"{directory} has no {STATE_DIR}/{MARKER_FILE} marker: not a sync copy, or the "
@@ -150,7 +150,7 @@ class ClientState:
         """Open an existing copy; the marker must be present and match the database."""
         marker = read_marker(directory)
         db = state_dir(directory) / STATE_FILE
-        if not db.is_file():
+        if not osfs.is_file(db):
             raise StateError(f"{db} is missing: the sync state of this copy is gone")
         state = cls(directory, cls._connect(db))
         state.check_marker(marker)

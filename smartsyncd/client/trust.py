@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from smartsyncd.client import osfs
 from smartsyncd.client.errors import NetworkError, UsageError
 from smartsyncd.client.proxy import proxy_for, tunnels_through
 
@@ -152,7 +153,7 @@ class CAPolicy:
     def __init__(self, ca_file: str | Path) -> None:
         self.ca_file = str(ca_file)
         try:
-            pem = Path(ca_file).read_bytes()
+            pem = osfs.read_bytes(Path(ca_file))
         except OSError as exc:
             raise UsageError(f"cannot read CA file {ca_file}: {exc.strerror}") from exc
         blocks = re.findall(

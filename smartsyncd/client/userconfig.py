@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
+from smartsyncd.client import osfs
 from smartsyncd.client.errors import UsageError
 from smartsyncd.client.keychain import KEYCHAIN_SERVICE, delete_token, load_token, store_token
 from smartsyncd.client.osfs import open_fd, replace, sync_file, sync_folder, unlink
@@ -46,9 +47,9 @@ def default_config_dir() -> Path:
 def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """The user's smartsync config folder, created with mode 0700 when missing."""
     path = Path(override) if override is not None else default_config_dir()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
-        path.chmod(0o700)
+    osfs.make_folders(path, 0o700, exist_ok=True)
+    if stat.S_IMODE(osfs.stat_path(path).st_mode) != 0o700:
+        osfs.chmod(path, 0o700)
     return path
 
 
@@ -99,7 +100,7 @@ class UserConfig:
         folder = config_dir(directory)
         path = folder / CONFIG_FILE
         try:
-            raw = path.read_bytes()
+            raw = osfs.read_bytes(path)
         except FileNotFoundError:
             return cls(folder)
         try:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.copylock import LOCK_FILE, CopyLock
 from smartsyncd.client.errors import ClientError, ProtocolError, WipeInterrupted, WipeOrdered
 from smartsyncd.client.localfs import atomic_write_bytes, fsync_dir
@@ -98,7 +99,7 @@ def wipe_marker_path(directory: Path) -> Path:
 def read_wipe_marker(directory: Path) -> WipeMarker | None:
     """The marker of a wipe that began in ``directory``, or None."""
     try:
-        data = json.loads(wipe_marker_path(directory).read_bytes())
+        data = json.loads(osfs.read_bytes(wipe_marker_path(directory)))
         return WipeMarker(**{k: data[k] for k in WipeMarker.__dataclass_fields__})
     except FileNotFoundError:
         return None
@@ -108,7 +109,7 @@ def read_wipe_marker(directory: Path) -> WipeMarker | None:
 
 def refuse_if_wiping(directory: Path) -> None:
     """A copy whose wipe began is never opened for syncing (``WipeInterrupted``)."""
-    if wipe_marker_path(directory).exists():
+    if osfs.exists(wipe_marker_path(directory)):
         raise WipeInterrupted(
             f"a wipe of {directory} ordered by its server was interrupted; run 'smartsync sync'"
             " there to finish it"
@@ -140,7 +141,7 @@ def count_files(directory: Path) -> int:
     todo = [directory]
     while todo:
         folder = todo.pop()
-        with os.scandir(folder) as entries:
+        with osfs.scandir(folder) as entries:
             for entry in entries:
                 if folder == directory and entry.name == STATE_DIR:
                     continue
@@ -172,14 +173,14 @@ def finish(directory: Path) -> None:
     """The wipe is reported: remove the marker, the lock file and the settings folder."""
     settings = directory / STATE_DIR
     _clear(settings, frozenset(), follow=False)
-    os.rmdir(settings)
+    osfs.remove_folder(settings)
     fsync_dir(directory)
 
 
 def _clear(folder: Path, keep: frozenset[str], *, follow: bool) -> int:
     """Empty ``folder``; ``follow``: it may itself be a link (the copy's root may be)."""
     if sys.platform == "win32":
-        if not follow and _is_link(os.lstat(folder)):
+        if not follow and _is_link(osfs.stat_path(folder, follow_symlinks=False)):
             raise OSError(errno.ELOOP, "the copy's settings folder is a link; not followed", str(folder))
         return _clear_by_path(folder, keep)
     fd = open_fd(folder, _NOFOLLOW_DIR & ~getattr(os, "O_NOFOLLOW", 0) if follow else _NOFOLLOW_DIR)
@@ -197,7 +198,7 @@ def _clear_at(fd: int, keep: frozenset[str]) -> int:
     """Empty the folder open as ``fd``: each child folder is opened relative to it with
     ``O_NOFOLLOW``, so a link (even one swapped in meanwhile) is unlinked, never entered."""
     count = 0
-    with os.scandir(fd) as it:
+    with osfs.scandir(fd) as it:
         names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it if e.name not in keep]
     for name, is_dir in names:
         if is_dir:
@@ -212,9 +213,9 @@ def _clear_at(fd: int, keep: frozenset[str]) -> int:
                     count += _clear_at(child, frozenset())
                 finally:
                     os.close(child)
-                os.rmdir(name, dir_fd=fd)
+                osfs.remove_folder(name, dir_fd=fd)
         if not is_dir:
-            os.unlink(name, dir_fd=fd)
+            osfs.unlink(name, dir_fd=fd)
             count += 1
     return count
 
@@ -222,21 +223,21 @@ def _clear_at(fd: int, keep: frozenset[str]) -> int:
 def _clear_by_path(folder: Path, keep: frozenset[str]) -> int:
     """Windows (no ``dir_fd``): links and junctions are reparse points, removed themselves."""
     count = 0
-    with os.scandir(folder) as it:
+    with osfs.scandir(folder) as it:
         entries = [e for e in it if e.name not in keep]
     for entry in entries:
         st = entry.stat(follow_symlinks=False)
         path = Path(entry.path)
         if stat.S_ISDIR(st.st_mode) and not _is_link(st):
             count += _clear_by_path(path, frozenset())
-            os.rmdir(path)
+            osfs.remove_folder(path)
         elif stat.S_ISDIR(st.st_mode):
-            os.rmdir(path)  # a junction or folder link: removes the link only
+            osfs.remove_folder(path)  # a junction or folder link: removes the link only
             count += 1
         else:
             if not st.st_mode & stat.S_IWRITE:
-                os.chmod(path, stat.S_IWRITE)  # Windows refuses to delete a read-only file
-            os.unlink(path)
+                osfs.chmod(path, stat.S_IWRITE)  # Windows refuses to delete a read-only file
+            osfs.unlink(path)
             count += 1
     return count
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ntpath
+
 import pytest
 
 from smartsyncd.client.longpath import extended_length
@@ -46,3 +48,10 @@ def test_long_path_stays_over_the_limit_and_keeps_every_component() -> None:
     path = "C:\\" + LONG + "\\f.xlsx"
     assert len(path) > 260
     assert extended_length(path).split("\\")[4:] == path.split("\\")[1:]
+
+
+@pytest.mark.parametrize("prefixed", ["\\\\?\\C:\\" + LONG + "\\f.xlsx", "\\\\?\\UNC\\server\\share\\a"])
+def test_a_prefixed_path_survives_the_abspath_native_path_applies_first(prefixed: str) -> None:
+    """``osfs.native_path`` runs ``abspath`` before the prefix; entry paths of a prefixed
+    ``osfs.scandir`` come back through it (wipe, stale temp removal) and stay as they are."""
+    assert extended_length(ntpath.abspath(prefixed)) == prefixed
