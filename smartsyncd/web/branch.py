@@ -27,7 +27,7 @@ the client retries like any 503.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from io import BytesIO
@@ -323,33 +323,41 @@ class ChunkFiller:
         wanted = hash_list(await branch.run_blocking(json.loads, raw), branch.limits.chunks_per_request)
         assert request.content is not None
         request.content.seek(0)  # the local app reads it again
-        engagement_id = access.engagement.id
+        await self.fill_hashes(access.engagement.id, request.uri, forward_headers(request), wanted)
+
+    async def fill_hashes(self, engagement_id: int, uri: bytes, headers: Headers, wanted: Sequence[str]) -> int:
+        """Fetch the ones of ``wanted`` the cache lacks from central (``POST uri`` with
+        ``headers``: a user's token, or the branch's credential for the prefetch), waiting for
+        fetches already in flight; returns the chunk bytes this call brought over the link."""
+        branch = self.branch
         lacking = branch.store.cache.lacking(engagement_id, wanted)  # in memory: same turn
         flights = {id(f): f for f in (self._inflight.get((engagement_id, h)) for h in lacking) if f}
         mine = [h for h in lacking if (engagement_id, h) not in self._inflight]
+        own: list[_Flight] = []
         for start in range(0, len(mine), FETCH_SLICE):
             part = mine[start : start + FETCH_SLICE]
             flight = _Flight()
             for h in part:
                 self._inflight[(engagement_id, h)] = flight
             flights[id(flight)] = flight
-            Deferred.fromCoroutine(self._fetch(request, engagement_id, part, flight))
+            own.append(flight)
+            Deferred.fromCoroutine(self._fetch(uri, headers, engagement_id, part, flight))
         for flight in list(flights.values()):
             await flight.wait()
+        return sum(f.bytes for f in own)
 
-    async def _fetch(self, request: Request, engagement_id: int, hashes: list[str], flight: _Flight) -> None:
+    async def _fetch(self, uri: bytes, headers: Headers, engagement_id: int, hashes: list[str], flight: _Flight) -> None:
         branch = self.branch
         try:
-            headers = forward_headers(request)
+            headers = headers.copy()
             headers.removeHeader(b"content-encoding")
             headers.setRawHeaders(b"content-type", [b"application/json"])
             headers.setRawHeaders(b"accept", [CHUNKS_CONTENT_TYPE])
             body = json.dumps({"chunks": hashes}).encode()
-            status, _, data = await branch.central.request(
-                b"POST", request.uri, headers, FileBodyProducer(BytesIO(body))
-            )
+            status, _, data = await branch.central.request(b"POST", uri, headers, FileBodyProducer(BytesIO(body)))
             if status != 200:
                 raise _central_refusal(status, data)
+            flight.bytes = len(data)
             chunks = await branch.run_blocking(_verified, data, hashes)
             await branch.store.cache_chunks(engagement_id, chunks)
             failure = None
@@ -384,6 +392,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self._waiters: list[Deferred[None]] = []
+        self.bytes = 0  # central's answer's size
         self._outcome: Failure | None | bool = False  # False: still running
 
     def wait(self) -> Deferred[None]:

@@ -1,0 +1,161 @@
+"""The branch's prefetch service on a Clock (issue 18): its states, pacing, resuming after a
+link cut, keeping up with new heads; and the branch credential's file and header rules.
+The real thing (standby, central, relay) is in tests/integration/test_branch_carry.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from smartsyncd.auth.branchcred import (
+    CredentialFileError,
+    header_value,
+    new_secret,
+    read_credential,
+    secret_from_header,
+    uses_branch_scheme,
+    write_credential,
+)
+from smartsyncd.core.errors import CentralUnreachable
+from smartsyncd.service.prefetch import Prefetcher
+from smartsyncd.storage.branches import CarriedEngagement
+
+CHUNK = 1000  # bytes each fake chunk costs on the link
+
+
+class FakeBranch:
+    """A standby's carry list and heads, a cache, and a link that can be cut."""
+
+    def __init__(self) -> None:
+        self.heads = {"acme": 3}
+        self.files: dict[str, list[str]] = {"acme": [f"a{i}" for i in range(10)]}
+        self.cache: set[tuple[str, str]] = set()
+        self.link_up = True
+        self.fail_after: int | None = None  # requests that pass before the link drops
+        self.requests: list[tuple[str, int]] = []
+
+    async def carried(self) -> list[CarriedEngagement]:
+        return [CarriedEngagement(i, name, head) for i, (name, head) in enumerate(sorted(self.heads.items()))]
+
+    async def lacking(self, engagement: CarriedEngagement) -> tuple[int, list[str]]:
+        return self.heads[engagement.name], [h for h in self.files[engagement.name] if (engagement.name, h) not in self.cache]
+
+    async def fetch(self, engagement: CarriedEngagement, hashes: Sequence[str]) -> int:
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                self.link_up = False
+            self.fail_after -= 1
+        if not self.link_up:
+            raise CentralUnreachable("link down")
+        self.requests.append((engagement.name, len(hashes)))
+        self.cache.update((engagement.name, h) for h in hashes)
+        return CHUNK * len(hashes)
+
+
+def started(branch: FakeBranch, clock: Clock, **kwargs: float) -> Prefetcher:
+    prefetch = Prefetcher(branch, clock, batch=4, rescan=10.0, retry=5.0, retry_max=20.0, **kwargs)  # type: ignore[arg-type]
+    prefetch.startService()
+    assert prefetch.state == "starting"
+    return prefetch
+
+
+def test_fetches_what_the_cache_lacks_in_batches_then_idles() -> None:
+    branch, clock = FakeBranch(), Clock()
+    branch.cache.add(("acme", "a0"))  # a user fetched one already
+    prefetch = started(branch, clock)
+    clock.advance(0)
+    assert branch.requests == [("acme", 4), ("acme", 4), ("acme", 1)]
+    assert prefetch.state == "idle"
+    assert prefetch.progress["acme"].head == 3 and prefetch.progress["acme"].bytes == 9 * CHUNK
+    clock.advance(10)  # the rescan: the head did not move, nothing is read or fetched
+    assert len(branch.requests) == 3 and prefetch.passes == 2
+
+
+def test_a_new_head_or_carry_is_fetched_on_wake_or_rescan() -> None:
+    branch, clock = FakeBranch(), Clock()
+    prefetch = started(branch, clock)
+    clock.advance(0)
+    branch.heads["acme"], branch.files["acme"] = 4, [*branch.files["acme"], "a10"]
+    prefetch.wake()  # the replay watcher saw the head move
+    clock.advance(0)
+    assert branch.requests[-1] == ("acme", 1) and prefetch.progress["acme"].head == 4
+    branch.heads["beta"], branch.files["beta"] = 1, ["b0", "b1"]  # carried at central, replayed
+    clock.advance(9.9)
+    assert not any(name == "beta" for name, _ in branch.requests)
+    clock.advance(0.1)
+    assert ("beta", 2) in branch.requests and prefetch.state == "idle"
+
+
+def test_a_cut_link_pauses_then_resumes_where_it_was() -> None:
+    branch, clock = FakeBranch(), Clock()
+    branch.fail_after = 1  # the second request finds the link down
+    prefetch = started(branch, clock)
+    clock.advance(0)
+    assert prefetch.state == "link_down" and branch.requests == [("acme", 4)]
+    clock.advance(5)  # first retry: still down
+    assert prefetch.state == "link_down" and len(branch.requests) == 1
+    clock.advance(9.9)  # the wait doubled to 10 s
+    assert len(branch.requests) == 1
+    branch.link_up, branch.fail_after = True, None
+    clock.advance(0.1)
+    assert prefetch.state == "idle"
+    assert branch.requests == [("acme", 4), ("acme", 4), ("acme", 2)]  # only what was lacking
+    assert len(branch.cache) == 10
+
+
+def test_paced_to_the_rate() -> None:
+    branch, clock = FakeBranch(), Clock()
+    prefetch = started(branch, clock, rate=2000.0)  # 2 chunks a second
+    clock.advance(0)
+    assert len(branch.requests) == 1 and prefetch.state == "fetching"
+    clock.advance(1.9)
+    assert len(branch.requests) == 1
+    clock.advance(0.1)  # 4 chunks = 4000 bytes = 2 s
+    assert len(branch.requests) == 2
+    clock.advance(2)
+    assert len(branch.requests) == 3 and prefetch.state == "fetching"
+    clock.advance(0.9)  # the last one (2 chunks: 1 s) is paced too, then the pass ends
+    assert prefetch.state == "fetching"
+    clock.advance(0.1)
+    assert prefetch.state == "idle"
+
+
+def test_stop_cancels_a_pass_and_the_timer() -> None:
+    branch, clock = FakeBranch(), Clock()
+    prefetch = started(branch, clock, rate=2000.0)
+    clock.advance(0)
+    prefetch.stopService()
+    assert prefetch.state == "stopped" and not clock.getDelayedCalls()
+    clock.advance(100)
+    assert len(branch.requests) == 1
+
+
+def test_credential_file_is_private_and_well_formed(tmp_path: Path) -> None:
+    secret = new_secret()
+    path = tmp_path / "branch.credential"
+    write_credential(str(path), secret)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert read_credential(str(path)) == secret
+    with pytest.raises(FileExistsError):
+        write_credential(str(path), new_secret())  # never overwritten
+    path.chmod(0o640)
+    with pytest.raises(CredentialFileError, match="chmod 600") as refused:
+        read_credential(str(path))
+    assert secret not in str(refused.value)
+    other = tmp_path / "other"
+    other.write_text("not a credential\n")
+    other.chmod(0o600)
+    with pytest.raises(CredentialFileError, match="does not hold a branch credential"):
+        read_credential(str(other))
+
+
+def test_header_scheme_is_not_a_bearer_token() -> None:
+    secret = new_secret()
+    header = header_value(secret)
+    assert uses_branch_scheme(header) and secret_from_header(header) == secret
+    assert uses_branch_scheme(b"smartsyncbranch junk") and secret_from_header(b"SmartsyncBranch junk") is None
+    assert not uses_branch_scheme(f"Bearer {secret}".encode())
