@@ -30,6 +30,7 @@ from smartsyncd.web.branchreplay import ReplicaWatcher
         (b"POST", b"/v1/engagements/acme/chunks/fetch", LOCAL),
         (b"POST", b"/v1/login", FORWARD),
         (b"POST", b"/v1/logout", FORWARD),
+        (b"POST", b"/v1/engagements/acme/copies", FORWARD),  # answered here when central is down
         (b"POST", b"/v1/engagements/acme/chunks", STREAM),
         (b"POST", b"/v1/engagements/acme/chunks/missing", STREAM),
         (b"POST", b"/v1/engagements/acme/commit", STREAM),
