@@ -16,7 +16,9 @@ The same service as ``SmartsyncServer`` (``service/server.py``) with these steps
   ``BranchPrefetch`` is its source: the carry list and heads from the standby, the chunks
   through the ``ChunkFiller`` users' fetches use, with the branch's credential;
 - /healthz reports ``branch``: the link to central (probed every ``PROBE_INTERVAL_S``), the
-  lag and the prefetch's state; the metric ``smartsync_branch_replication_lag_seconds`` gives the lag too, and the
+  lag, the prefetch's state and the cache's size;
+- with ``[branch] cache_max_bytes``, a ``CacheTrimmer`` (``service/cachetrim.py``) keeps the
+  cache under it, never trimming a carried engagement's head; the metric ``smartsync_branch_replication_lag_seconds`` gives the lag too, and the
   status page (``_branch_state``) shows both.
 
 How the branch trusts central is configured like the client's trust: ``[branch]
@@ -39,6 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from smartsyncd.auth.branchcred import header_value, read_credential, secret_hash
+from smartsyncd.service.cachetrim import CacheTrimmer
 from smartsyncd.service.prefetch import Prefetcher
 from smartsyncd.service.server import DaemonStore, SmartsyncServer
 from smartsyncd.storage.branches import CarriedEngagement, carried_engagements, head_chunks
@@ -109,9 +112,22 @@ class BranchPrefetch:
         head, refs = await self._store.run_read(head_chunks, engagement.id)
         return head, self._store.cache.lacking(engagement.id, [r.hash for r in refs])
 
+    async def protected(self) -> tuple[set[int], set[tuple[int, str]]]:
+        """What a cache trim must keep: the carried engagements and their heads' chunks."""
+        carried = await self.carried()
+        keep: set[tuple[int, str]] = set()
+        for engagement in carried:
+            _, refs = await self._store.run_read(head_chunks, engagement.id)
+            keep.update((engagement.id, r.hash) for r in refs)
+        return {e.id for e in carried}, keep
+
     async def fetch(self, engagement: CarriedEngagement, hashes: Sequence[str]) -> int:
         uri = f"/v1/engagements/{quote(engagement.name, safe='')}/chunks/fetch".encode("ascii")
         return await self._filler.fill_hashes(engagement.id, uri, self._headers, hashes)
+
+
+async def _nothing_carried() -> tuple[set[int], set[tuple[int, str]]]:
+    return set(), set()
 
 
 class BranchServer(SmartsyncServer):
@@ -123,6 +139,7 @@ class BranchServer(SmartsyncServer):
         self.central: CentralLink | None = None
         self._probe: LoopingCall | None = None
         self.prefetch: Prefetcher | None = None
+        self.trimmer: CacheTrimmer | None = None
         self._secret: str | None = None
         self.metrics.registry.register(_LagCollector(self))
 
@@ -171,13 +188,18 @@ class BranchServer(SmartsyncServer):
         api.authorizer.branch_gate = None  # a branch credential is for central only
         root = BranchRoot(branch, site.resource)
         site.resource = root
-        if self._secret is not None:
+        source = None if self._secret is None else BranchPrefetch(self.store, root.filler, self._secret)
+        if source is not None:
             rate = config.branch_prefetch_kbps
-            self.prefetch = Prefetcher(
-                BranchPrefetch(self.store, root.filler, self._secret), self._reactor,
-                rate=None if rate is None else rate * 1024.0,
-            )
+            self.prefetch = Prefetcher(source, self._reactor, rate=None if rate is None else rate * 1024.0)
             self.prefetch.setServiceParent(self)
+        if config.branch_cache_max_bytes is not None:
+            self.trimmer = CacheTrimmer(
+                self.store, config.branch_cache_max_bytes, self._reactor,
+                source.protected if source is not None else _nothing_carried,
+            )
+            root.filler.on_cached = self.trimmer.poke
+            self.trimmer.setServiceParent(self)
         site.requestFactory = branch_request_factory(branch)  # type: ignore[assignment]
         probe = LoopingCall(lambda: Deferred.fromCoroutine(central.probe()))
         probe.clock = self._reactor
@@ -201,6 +223,8 @@ class BranchServer(SmartsyncServer):
             "central": "reachable" if reachable else "unreachable",
             "replication_lag_seconds": watcher.lag_seconds if watcher is not None else None,
             "prefetch": None if self.prefetch is None else self.prefetch.report(),
+            "cache_bytes": cast(Any, self.store).cache.total_bytes,
+            "cache_max_bytes": self.config.branch_cache_max_bytes,
         }
         if not reachable:
             warnings = list(cast(list[str], checks.get("warnings") or []))

@@ -9,8 +9,8 @@ instead of migrated, and ``open_standby_store`` refuses a database that is not i
 ``BranchStore`` is the SQL store with what a read-only replica cannot do turned off: a session
 is neither slid forward nor deleted here (central does both, and the rows replay), read events
 are not written (left for central: see docs/branch-offices.md), and chunk payloads come from
-the branch's own cache (``storage/branchcache.py``), not from the pack rows, which name
-central's packs.
+the branch's own cache (``storage/branchcache.py``, trimmed to ``[branch] cache_max_bytes``),
+not from the pack rows, which name central's packs.
 
 ``replay_state`` is the cheap question the branch asks every few hundred milliseconds: the
 replayed WAL position and how old the last replayed transaction is. LISTEN/NOTIFY does not
@@ -31,10 +31,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from smartsyncd.core.errors import NotFound, Unavailable
+from smartsyncd.core.errors import Unavailable
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.storage.api import SessionRecord, StoredChunk
-from smartsyncd.storage.branchcache import ChunkCache
+from smartsyncd.storage.branchcache import ChunkCache, TrimReport
 from smartsyncd.storage.db import MetadataDB, PoolFactory
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.postgres import POOL_THREADS, connect_postgres, postgres_dialect
@@ -122,13 +122,19 @@ class BranchStore(SqlServerStore):
         (``web/branch.py``), so a chunk still absent is not known here (404)."""
         found = await self.run_file(lambda _packs: self.cache.read(engagement_id, hashes))
         lacking = [h for h in hashes if h not in found]
-        if lacking:
-            raise NotFound(f"{len(lacking)} unknown chunk(s)", chunks=lacking)
+        if lacking:  # the fetch brought them: trimmed since (a size limit); the retry fetches
+            raise Unavailable(
+                f"{len(lacking)} chunk(s) left this branch's cache meanwhile; try again", chunks=lacking
+            )
         return [found[h] for h in hashes]
 
     async def cache_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> int:
         """Keep verified chunks fetched from central (one durable pack)."""
         return await self.run_file(lambda _packs: self.cache.add(engagement_id, chunks))
+
+    async def trim_cache(self, max_bytes: int, carried: set[int], protected: set[tuple[int, str]]) -> TrimReport:
+        """Trim the chunk cache to its limit, off the reactor (``ChunkCache.trim``)."""
+        return await self.run_file(lambda _packs: self.cache.trim(max_bytes, carried, protected))
 
     async def replay_state(self) -> tuple[str | None, float | None]:
         return await self.run_read(lambda meta: replay_state(meta.conn))

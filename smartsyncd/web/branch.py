@@ -343,6 +343,7 @@ class ChunkFiller:
     def __init__(self, branch: Branch) -> None:
         self.branch = branch
         self._inflight: dict[tuple[int, str], _Flight] = {}
+        self.on_cached: Callable[[], None] | None = None  # the cache grew (service/cachetrim.py)
 
     async def fill(self, request: Request) -> None:
         branch = self.branch
@@ -389,6 +390,8 @@ class ChunkFiller:
             flight.bytes = len(data)
             chunks = await branch.run_blocking(_verified, data, hashes)
             await branch.store.cache_chunks(engagement_id, chunks)
+            if self.on_cached is not None:
+                self.on_cached()
             failure = None
         except Exception:
             failure = Failure()

@@ -1,10 +1,12 @@
 """The branch's prefetch service on a Clock (issue 18): its states, pacing, resuming after a
-link cut, keeping up with new heads; and the branch credential's file and header rules.
+link cut, keeping up with new heads; the chunk cache's trim order; and the branch
+credential's file and header rules.
 The real thing (standby, central, relay) is in tests/integration/test_branch_carry.py."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,9 +22,14 @@ from smartsyncd.auth.branchcred import (
     uses_branch_scheme,
     write_credential,
 )
+from smartsyncd.core import chunkstream
+from smartsyncd.core.chunking import chunk_hash
 from smartsyncd.core.errors import CentralUnreachable
+from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.service.prefetch import Prefetcher
+from smartsyncd.storage.branchcache import ChunkCache
 from smartsyncd.storage.branches import CarriedEngagement
+from smartsyncd.storage.packs import PackStore
 
 CHUNK = 1000  # bytes each fake chunk costs on the link
 
@@ -159,3 +166,33 @@ def test_header_scheme_is_not_a_bearer_token() -> None:
     assert uses_branch_scheme(header) and secret_from_header(header) == secret
     assert uses_branch_scheme(b"smartsyncbranch junk") and secret_from_header(b"SmartsyncBranch junk") is None
     assert not uses_branch_scheme(f"Bearer {secret}".encode())
+
+
+def _pack(cache: ChunkCache, engagement_id: int, size: int) -> str:
+    data = os.urandom(size)
+    codec, payload = chunkstream.compress_chunk(data)
+    chunk = VerifiedChunk(hash=chunk_hash(data), codec=codec, raw_size=size, payload=payload)
+    assert cache.add(engagement_id, [chunk]) == 1
+    return chunk.hash
+
+
+def test_trim_removes_least_recently_read_packs_of_engagements_not_carried_first(tmp_path: Path) -> None:
+    cache = ChunkCache(PackStore(str(tmp_path / "chunks")))
+    cache.load()
+    old, newer, read_lately = (_pack(cache, 2, 10_000) for _ in range(3))
+    carried_head, carried_old = _pack(cache, 1, 10_000), _pack(cache, 1, 10_000)
+    time.sleep(0.01)  # last reads are wall-clock times
+    assert cache.read(2, [read_lately])  # now the most recently read of engagement 2
+    per_pack = cache.total_bytes // 5
+    assert cache.trim(cache.total_bytes, {1}, {(1, carried_head)}).packs == 0  # under the limit
+
+    report = cache.trim(per_pack * 4, {1}, {(1, carried_head)})  # down to 90 %: two packs go
+    assert report.packs == 2 and report.bytes_kept == cache.total_bytes <= per_pack * 4 * 0.9
+    assert cache.lacking(2, [old, newer, read_lately]) == [old, newer]
+    assert len(list((tmp_path / "chunks" / "2").rglob("*.pack"))) == 1  # the files went too
+    # tighter: engagement 2's last pack, then the carried engagement's old version; its head stays
+    report = cache.trim(per_pack, {1}, {(1, carried_head)})
+    assert cache.lacking(2, [read_lately]) == [read_lately]
+    assert cache.lacking(1, [carried_head, carried_old]) == [carried_old]
+    assert report.bytes_kept == cache.total_bytes and len(list((tmp_path / "chunks").rglob("*.pack"))) == 1
+    assert ChunkCache(PackStore(str(tmp_path / "chunks"))).load() == 1  # a restart agrees
