@@ -17,6 +17,8 @@ The same service as ``SmartsyncServer`` (``service/server.py``) with these steps
   through the ``ChunkFiller`` users' fetches use, with the branch's credential;
 - /healthz reports ``branch``: the link to central (probed every ``PROBE_INTERVAL_S``), the
   lag, the prefetch's state and the cache's size;
+- with the credential, the users' read events are spooled (``storage/readspool.py``) and a
+  ``ReadForwarder`` (``service/readforward.py``) sends them to central's audit trail;
 - with ``[branch] cache_max_bytes``, a ``CacheTrimmer`` (``service/cachetrim.py``) keeps the
   cache under it, never trimming a carried engagement's head; the metric ``smartsync_branch_replication_lag_seconds`` gives the lag too, and the
   status page (``_branch_state``) shows both.
@@ -28,6 +30,7 @@ name, neither uses the system's roots (``client/trust.py``'s policies).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
@@ -43,8 +46,10 @@ from twisted.web.iweb import IPolicyForHTTPS
 from smartsyncd.auth.branchcred import header_value, read_credential, secret_hash
 from smartsyncd.service.cachetrim import CacheTrimmer
 from smartsyncd.service.prefetch import Prefetcher
+from smartsyncd.service.readforward import ReadForwarder
 from smartsyncd.service.server import DaemonStore, SmartsyncServer
 from smartsyncd.storage.branches import CarriedEngagement, carried_engagements, head_chunks
+from smartsyncd.storage.readspool import ReadSpool
 from smartsyncd.web.branchreplay import ReplicaWatcher
 from smartsyncd.web.central import CentralLink
 
@@ -140,6 +145,7 @@ class BranchServer(SmartsyncServer):
         self._probe: LoopingCall | None = None
         self.prefetch: Prefetcher | None = None
         self.trimmer: CacheTrimmer | None = None
+        self.read_forwarder: ReadForwarder | None = None
         self._secret: str | None = None
         self.metrics.registry.register(_LagCollector(self))
 
@@ -155,6 +161,10 @@ class BranchServer(SmartsyncServer):
             config.database_url, data_dir=config.data_dir, reactor=self._reactor,
             storage_path=config.storage_path, now=self._now,
         )
+        if self._secret is not None:  # read events wait here for central (storage/readspool.py)
+            store.spool = spool = ReadSpool(os.path.join(config.data_dir, "read-spool"))
+            waiting = await self._run_blocking(spool.prepare)
+            log.info("{n} batch(es) of read events wait for central", n=waiting)
         return cast(DaemonStore, store)
 
     def _start_notify_bridge(self, notifier: ChangeNotifier) -> None:
@@ -193,6 +203,12 @@ class BranchServer(SmartsyncServer):
             rate = config.branch_prefetch_kbps
             self.prefetch = Prefetcher(source, self._reactor, rate=None if rate is None else rate * 1024.0)
             self.prefetch.setServiceParent(self)
+        if self._secret is not None and cast(Any, self.store).spool is not None:
+            self.read_forwarder = ReadForwarder(
+                cast(Any, self.store).spool, central, header_value(self._secret), self._reactor,
+                self._run_blocking,
+            )
+            self.read_forwarder.setServiceParent(self)
         if config.branch_cache_max_bytes is not None:
             self.trimmer = CacheTrimmer(
                 self.store, config.branch_cache_max_bytes, self._reactor,
@@ -224,6 +240,7 @@ class BranchServer(SmartsyncServer):
             "replication_lag_seconds": watcher.lag_seconds if watcher is not None else None,
             "prefetch": None if self.prefetch is None else self.prefetch.report(),
             "cache_bytes": cast(Any, self.store).cache.total_bytes,
+            "read_events": None if self.read_forwarder is None else self.read_forwarder.state,
             "cache_max_bytes": self.config.branch_cache_max_bytes,
         }
         if not reachable:

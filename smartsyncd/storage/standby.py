@@ -8,7 +8,7 @@ instead of migrated, and ``open_standby_store`` refuses a database that is not i
 
 ``BranchStore`` is the SQL store with what a read-only replica cannot do turned off: a session
 is neither slid forward nor deleted here (central does both, and the rows replay), read events
-are not written (left for central: see docs/branch-offices.md), and chunk payloads come from
+are spooled for central (``storage/readspool.py``, sent by ``service/readforward.py``), chunk payloads come from
 the branch's own cache (``storage/branchcache.py``, trimmed to ``[branch] cache_max_bytes``),
 not from the pack rows, which name central's packs.
 
@@ -39,6 +39,7 @@ from smartsyncd.storage.db import MetadataDB, PoolFactory
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.postgres import POOL_THREADS, connect_postgres, postgres_dialect
 from smartsyncd.storage.readaudit import ReadEvent
+from smartsyncd.storage.readspool import ReadSpool
 from smartsyncd.storage.schema import LATEST_VERSION, current_version
 from smartsyncd.storage.sqlstore import SqlServerStore
 
@@ -106,6 +107,7 @@ class BranchStore(SqlServerStore):
     """The SQL store on a standby: no writes, chunk payloads from the branch's cache."""
 
     cache: ChunkCache
+    spool: ReadSpool | None = None  # with a branch credential: read events wait here for central
 
     async def update_session(self, session: SessionRecord) -> None:
         """Sliding and group refreshes stay in memory: central keeps the session row."""
@@ -114,8 +116,14 @@ class BranchStore(SqlServerStore):
         """An expired session is refused without deleting its row (central deletes it)."""
 
     async def record_reads(self, events: Sequence[ReadEvent]) -> int:
-        log.debug("{n} read event(s) not recorded at the branch", n=len(events))
-        return 0
+        """Kept in the spool for central (``service/readforward.py``); without a branch
+        credential they cannot be sent, and are dropped."""
+        spool = self.spool
+        if spool is None:
+            log.debug("{n} read event(s) not recorded at the branch", n=len(events))
+            return 0
+        await self.run_file(lambda _packs: spool.add(events))
+        return len(events)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
         """The chunks from the cache; the web layer fetched the missing ones first

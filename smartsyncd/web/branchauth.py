@@ -5,7 +5,8 @@ branch office's daemon prefetching an engagement it carries. ``BranchGate.author
 through only for ``POST .../chunks/fetch`` and ``POST .../manifests`` of an engagement the
 branch carries (``storage/branches.py``, one read), as the principal ``branch:NAME`` with the
 reader role; anything else, a write or any other route included, is a JSON 403 and changes
-nothing. The scheme is not ``Bearer``, so the credential never resolves to a user's session:
+nothing, except ``POST /v1/branch/reads`` (``web/branchreads.py``: the read events of the
+branch's users, for the audit trail; ``branch_of``). The scheme is not ``Bearer``, so the credential never resolves to a user's session:
 ``Authorizer.check_session`` (sign-in, listings) refuses it outright. Each pass is logged with
 the branch's principal (never the secret); manifests served are read-audited under it.
 """
@@ -22,7 +23,7 @@ from twisted.web.server import Request
 from smartsyncd.auth.branchcred import secret_from_header, secret_hash, uses_branch_scheme
 from smartsyncd.core.errors import Forbidden
 from smartsyncd.storage.api import EngagementRecord, SessionRecord
-from smartsyncd.storage.branches import carrying_branch, principal
+from smartsyncd.storage.branches import branch_of_secret, carrying_branch, principal
 
 log = Logger(namespace="smartsyncd.branch")
 
@@ -44,6 +45,17 @@ class BranchGate:
 
     def __init__(self, store: Any) -> None:
         self._store = store  # run_read and get_engagement (a SqlServerStore, maybe metered)
+
+    async def branch_of(self, request: Request) -> str:
+        """The branch whose credential the request presents (403 if none is valid)."""
+        raw = request.requestHeaders.getRawHeaders(b"authorization") or [b""]
+        secret = secret_from_header(raw[0])
+        if secret is None:
+            raise Forbidden("this needs a branch credential (Authorization: SmartsyncBranch ...)")
+        branch: str | None = await self._store.run_read(branch_of_secret, secret_hash(secret))
+        if branch is None:
+            raise Forbidden("unknown or revoked branch credential")
+        return branch
 
     async def authorize(self, request: Request, name: str, operation: str) -> tuple[SessionRecord, EngagementRecord]:
         if operation != "read" or request.method != b"POST" or not _BRANCH_READS.fullmatch(request.path):

@@ -11,6 +11,9 @@ CLI for every user.
   removed branch's credential are all a JSON 403 (or the sign-in's 401), and nothing changed.
 - The link cut: a user with a session clones the carried engagement from the branch alone,
   files identical; the copy registers itself at central at its next sync.
+- Read events at the branch (its database is read-only) reach central's audit trail under the
+  reading user, with the time of the read and ``via: branch:office1``; with the link down they
+  wait in the branch's spool folder, and go when it is back.
 - ``[branch] cache_max_bytes``: a non-carried engagement's chunks are trimmed (least recently
   used first) to keep the cache under the limit, the carried head is kept, and a later pull of
   the trimmed files still works (fetched again).
@@ -36,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 __all__ = ["clusters"]  # the module fixture, shared with test_branch.py
 CACHE_MAX = 4 << 20  # the carried acme holds about 2.2 MB of it
-USERS = ("alice", "bob", "carol", "erin")
+USERS = ("alice", "bob", "carol", "dave", "erin")
 
 
 class CarryOffice:
@@ -208,6 +211,9 @@ def test_the_branch_credential_reads_carried_chunks_only(office: CarryOffice, tm
         assert answer["error"] == "forbidden" and "branch" in answer["message"], answer
         assert secret not in json.dumps(answer)
     assert (office.central_head("other"), office.central_head("acme")) == head_before
+    # the branch's read events are for a branch credential only, never a user's session
+    status, answer = central.request("POST", "/v1/branch/reads", json_body={"events": []}, token=token)
+    assert status == 403, answer
     # not a user: no sign-in with it
     status, answer = central.request("POST", "/v1/login", json_body={"user": "branch:office1", "password": secret})
     assert status == 401, answer
@@ -305,3 +311,49 @@ def test_the_cache_is_trimmed_under_its_limit_and_a_later_pull_fetches_again(off
     assert digests(again, list(written)) == written
     assert office.relay.to_client >= 800_000, office.relay.to_client
     wait_for(lambda: cache_on_disk(office.branch) <= CACHE_MAX, timeout=60)
+
+
+def branch_reads(office: CarryOffice, reader: str) -> list[dict[str, Any]]:
+    """The download events central's audit trail has from ``reader`` at the branch."""
+    rows = json.loads(admin_ok(office.central, "audit", "export", "acme", "--format", "json"))["records"]
+    out = []
+    for row in rows:
+        detail = json.loads(row["detail"])
+        if row["event"] == "download" and row["actor"] == reader and detail.get("via") == "branch:office1":
+            out.append(row | {"detail": detail})
+    return out
+
+
+def spooled(office: CarryOffice) -> list[Path]:
+    return sorted((office.branch.data_dir / "read-spool").glob("*.jsonl"))
+
+
+def test_read_events_at_the_branch_reach_central_and_wait_out_a_cut(office: CarryOffice, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    dave = user(tmp_path, "dave", office.branch)
+    ok(dave.run("clone", f"{office.branch.url}/acme", str(tmp_path / "dave")))
+    wait_for(lambda: len(branch_reads(office, "dave")) > 0, timeout=60)
+    files = [p for p in (tmp_path / "dave").iterdir() if p.is_file()]
+    assert len(branch_reads(office, "dave")) >= len(files)  # one download per file, at least
+
+    office.relay.stop()
+    office.wal_link.stop()
+    try:
+        wait_for(lambda: office.branch.request("GET", "/healthz")[1]["branch"]["central"] == "unreachable")
+        ok(dave.run("--attempts", "1", "clone", f"{office.branch.url}/acme", str(tmp_path / "dave-offline")))
+        wait_for(lambda: len(spooled(office)) > 0)  # durably kept while central is out of reach
+        kept = sum(len(p.read_text().splitlines()) for p in spooled(office))
+        assert kept >= len(files)
+        assert (office.branch.data_dir / "read-spool").stat().st_mode & 0o077 == 0
+        before = len(branch_reads(office, "dave"))
+        cut_ended = datetime.now(UTC)
+    finally:
+        office.wal_link.start()
+        office.relay.start()
+    wait_for(lambda: not spooled(office), timeout=60)
+    rows = branch_reads(office, "dave")
+    assert len(rows) >= before + kept
+    late = [r for r in rows[before:] if datetime.fromisoformat(r["time"]) < cut_ended]
+    assert len(late) >= kept  # recorded with the time of the read, not of the delivery
+    assert all(r["detail"].get("address") for r in late)

@@ -1,6 +1,6 @@
 """The branch's prefetch service on a Clock (issue 18): its states, pacing, resuming after a
-link cut, keeping up with new heads; the chunk cache's trim order; and the branch
-credential's file and header rules.
+link cut, keeping up with new heads; the chunk cache's trim order; the read-event spool and
+central's checks of what it sends; and the branch credential's file and header rules.
 The real thing (standby, central, relay) is in tests/integration/test_branch_carry.py."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,15 @@ from smartsyncd.auth.branchcred import (
 )
 from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_hash
-from smartsyncd.core.errors import CentralUnreachable
+from smartsyncd.core.errors import BadRequest, CentralUnreachable
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.service.prefetch import Prefetcher
 from smartsyncd.storage.branchcache import ChunkCache
 from smartsyncd.storage.branches import CarriedEngagement
 from smartsyncd.storage.packs import PackStore
+from smartsyncd.storage.readaudit import ReadEvent
+from smartsyncd.storage.readspool import ReadSpool
+from smartsyncd.web.branchreads import parse_events
 
 CHUNK = 1000  # bytes each fake chunk costs on the link
 
@@ -196,3 +200,42 @@ def test_trim_removes_least_recently_read_packs_of_engagements_not_carried_first
     assert cache.lacking(1, [carried_head, carried_old]) == [carried_old]
     assert report.bytes_kept == cache.total_bytes and len(list((tmp_path / "chunks").rglob("*.pack"))) == 1
     assert ChunkCache(PackStore(str(tmp_path / "chunks"))).load() == 1  # a restart agrees
+
+
+def test_read_spool_keeps_batches_durably_until_removed(tmp_path: Path) -> None:
+    spool = ReadSpool(str(tmp_path / "read-spool"))
+    assert spool.prepare() == 0
+    at = datetime(2026, 12, 6, 1, 2, 3, tzinfo=UTC)
+    first = spool.add([ReadEvent(3, "download", "bob", at, {"content": "c" * 64, "size": 5})])
+    second = spool.add([ReadEvent(3, "history", "bob", at, {"path": "a.txt"})] * 2)
+    assert (tmp_path / "read-spool").stat().st_mode & 0o777 == 0o700
+    assert ReadSpool(str(tmp_path / "read-spool")).prepare() == 2  # a restart finds them
+    batches = spool.pending(2)  # whole batches only: the second would pass the cap
+    assert [name for name, _ in batches] == [first]
+    assert batches[0][1][0] == {"engagement_id": 3, "event": "download", "actor": "bob",
+                                "at": at.isoformat(), "detail": {"content": "c" * 64, "size": 5}}
+    assert [name for name, _ in spool.pending(1000)] == [first, second]
+    spool.remove([first])
+    spool.set_aside([second])
+    assert spool.pending(1000) == [] and (tmp_path / "read-spool" / (second + ".rejected")).exists()
+    # what central makes of a spooled event: the reader, the time of the read, and where
+    event = parse_events(batches[0][1], "branch:office1")[0]
+    assert (event.actor, event.at, event.detail["via"]) == ("bob", at, "branch:office1")
+
+
+@pytest.mark.parametrize(
+    ("events", "field"),
+    [
+        ("x", "events"),
+        ([{"engagement_id": "1", "event": "download", "actor": "a", "at": "2026-01-01T00:00:00", "detail": {}}], "events[0]"),
+        ([{"engagement_id": 1, "event": "commit", "actor": "a", "at": "2026-01-01T00:00:00", "detail": {}}], "events[0]"),
+        ([{"engagement_id": 1, "event": "download", "actor": "", "at": "2026-01-01T00:00:00", "detail": {}}], "events[0]"),
+        ([{"engagement_id": 1, "event": "download", "actor": "a", "at": "yesterday", "detail": {}}], "events[0]"),
+        ([{"engagement_id": 1, "event": "download", "actor": "a", "at": "2026-01-01T00:00:00", "detail": {"x": "y" * 5000}}], "events[0]"),
+        ([{}] * 1001, "events"),
+    ],
+)
+def test_central_refuses_malformed_read_events(events: object, field: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_events(events, "branch:office1")
+    assert refused.value.status == 400 and refused.value.to_json()["field"] == field
