@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThread
 from smartsyncd.auth.branchcred import new_secret, secret_hash, write_credential
 from smartsyncd.cli.admin_json import plain
 from smartsyncd.cli.context import AdminContext, AdminError
+from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage import branches
 from smartsyncd.storage.api import TOOL_ACTOR
 
@@ -60,7 +61,10 @@ async def run_branch(ctx: AdminContext, args: argparse.Namespace) -> int:
     if args.action == "list":
         return await _list(ctx, await store.run_read(branches.list_branches), args.json)
     if args.action in ("add", "rotate"):
-        branches.check_branch_name(args.name)
+        try:
+            branches.check_branch_name(args.name)
+        except BadRequest as e:
+            raise AdminError(e.message, code=2) from None
         secret = new_secret()
         if args.credential_file:  # first, so a file that exists refuses before any change
             try:

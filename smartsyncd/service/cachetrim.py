@@ -24,6 +24,7 @@ log = Logger(namespace="smartsyncd.branch")
 
 Protected = tuple[set[int], set[tuple[int, str]]]
 INTERVAL_S = 60.0
+REGROW = 0.05
 
 
 class CacheTrimmer(Service):
@@ -40,6 +41,9 @@ class CacheTrimmer(Service):
         self._running: Deferred[None] | None = None
         self._again = False
         self.trims = 0
+        # what a trim could not free (carried heads over the limit): no new trim until the cache
+        # grew by REGROW of the limit past it, rather than one after every fetch
+        self._floor = 0
         self.bytes_freed = 0
         self.setName("cache-trim")
 
@@ -58,7 +62,8 @@ class CacheTrimmer(Service):
 
     def poke(self) -> None:
         """Trim now if the cache is over its limit (cheap: the sizes are in memory)."""
-        if not self.running or self._store.cache.total_bytes <= self.max_bytes:
+        total = self._store.cache.total_bytes
+        if not self.running or total <= self.max_bytes or total < self._floor + self.max_bytes * REGROW:
             return
         if self._running is not None:
             self._again = True
@@ -81,6 +86,14 @@ class CacheTrimmer(Service):
             return
         self.trims += 1
         self.bytes_freed += report.bytes_freed
+        if report.bytes_kept > self.max_bytes:
+            if not self._floor:
+                log.warn("the chunk cache stays over [branch] cache_max_bytes ({limit}): {kept} bytes"
+                         " are carried engagements' heads, which are never trimmed",
+                         limit=self.max_bytes, kept=report.bytes_kept)
+            self._floor = report.bytes_kept
+        else:
+            self._floor = 0
         log.info(
             "chunk cache trimmed: {packs} pack(s), {chunks} chunk(s), {freed} bytes freed;"
             " {kept} bytes kept (limit {limit})", packs=report.packs, chunks=report.chunks,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon, running_daemon
+from daemon import Daemon, DaemonStartError, running_daemon
 from pg import PgCluster
 from relay import ByteRelay
 from test_branch import PASSWORD, _config, _token, clusters, ok, user, wait_for
@@ -233,6 +233,20 @@ def test_the_branch_credential_reads_carried_chunks_only(office: CarryOffice, tm
     assert status == 403 and "revoked" in answer["message"], answer
     audit = admin_ok(central, "audit", "export", "--global", "--format", "json")
     assert "branch_remove" in audit and "branch_carry" in audit
+
+
+def test_a_branch_refuses_a_credential_others_can_read(office: CarryOffice, tmp_path: Path) -> None:
+    loose = tmp_path / "loose.credential"
+    loose.write_text(office.secret + "\n")
+    loose.chmod(0o644)
+    config = _config(
+        office.standby.url(office.database),
+        f"[branch]\ncentral = https://127.0.0.1:{office.relay.port}\ncredential_file = {loose}\n",
+    )
+    with pytest.raises(DaemonStartError) as refused:
+        running_daemon(tmp_path, config_text=config, name="loose")
+    assert "may be read by others (mode 0644): chmod 600 it" in str(refused.value)
+    assert office.secret not in str(refused.value)
 
 
 def test_a_carried_engagement_clones_with_the_link_down(office: CarryOffice, tmp_path: Path) -> None:

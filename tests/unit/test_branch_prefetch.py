@@ -27,8 +27,9 @@ from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_hash
 from smartsyncd.core.errors import BadRequest, CentralUnreachable
 from smartsyncd.core.model import VerifiedChunk
+from smartsyncd.service.cachetrim import CacheTrimmer
 from smartsyncd.service.prefetch import Prefetcher
-from smartsyncd.storage.branchcache import ChunkCache
+from smartsyncd.storage.branchcache import ChunkCache, TrimReport
 from smartsyncd.storage.branches import CarriedEngagement
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.readaudit import ReadEvent
@@ -239,3 +240,41 @@ def test_central_refuses_malformed_read_events(events: object, field: str) -> No
     with pytest.raises(BadRequest) as refused:
         parse_events(events, "branch:office1")
     assert refused.value.status == 400 and refused.value.to_json()["field"] == field
+
+
+class FakeCacheStore:
+    def __init__(self) -> None:
+        self.cache = self
+        self.total_bytes = 0
+        self.protected_reads = 0
+        self.kept_floor = 0  # what a trim cannot go below (carried heads)
+
+    async def trim_cache(self, max_bytes: int, carried: set[int], protected: set[tuple[int, str]]) -> TrimReport:
+        before = self.total_bytes
+        self.total_bytes = max(self.kept_floor, min(before, int(max_bytes * 0.9)))
+        return TrimReport(1, 1, before - self.total_bytes, self.total_bytes)
+
+    async def protected(self) -> tuple[set[int], set[tuple[int, str]]]:
+        self.protected_reads += 1
+        return {1}, set()
+
+
+def test_trimmer_trims_when_over_and_not_again_while_carried_heads_fill_it() -> None:
+    store, clock = FakeCacheStore(), Clock()
+    trimmer = CacheTrimmer(store, 1000, clock, store.protected, interval=60)
+    trimmer.startService()
+    assert store.protected_reads == 0  # under the limit: nothing read
+    store.total_bytes = 1500
+    trimmer.poke()
+    assert store.total_bytes == 900 and trimmer.trims == 1 and trimmer.bytes_freed == 600
+    store.kept_floor, store.total_bytes = 1200, 1300  # the carried heads alone are over it
+    trimmer.poke()
+    assert store.total_bytes == 1200 and trimmer.trims == 2
+    store.total_bytes = 1230
+    trimmer.poke()  # grown by less than 5 % of the limit: no new read of the carried heads
+    clock.advance(60)
+    assert trimmer.trims == 2 and store.protected_reads == 2
+    store.total_bytes = 1260
+    trimmer.poke()
+    assert trimmer.trims == 3
+    trimmer.stopService()
