@@ -45,7 +45,10 @@ USERS = ("alice", "bob", "carol", "dave", "erin")
 class CarryOffice:
     """central -- relay -- branch, the branch holding the credential of branch ``office1``."""
 
-    def __init__(self, base: Path, primary: PgCluster, standby: PgCluster, wal_link: ByteRelay) -> None:
+    def __init__(
+        self, base: Path, primary: PgCluster, standby: PgCluster, wal_link: ByteRelay,
+        cache_max: int | None = CACHE_MAX,
+    ) -> None:
         self.primary, self.standby, self.wal_link = primary, standby, wal_link
         self.database = primary.create_database("carry")
         self.central = running_daemon(base, config_text=_config(primary.url(self.database)), name="central")
@@ -63,7 +66,8 @@ class CarryOffice:
             standby.url(self.database),
             f"[branch]\ncentral = https://127.0.0.1:{self.relay.port}\n"
             f"central_fingerprint = {self.central.fingerprint}\ncommit_wait_seconds = 8\n"
-            f"credential_file = {self.credential}\ncache_max_bytes = {CACHE_MAX}\n",
+            f"credential_file = {self.credential}\n"
+            + ("" if cache_max is None else f"cache_max_bytes = {cache_max}\n"),
         ))
 
     def prefetch(self) -> dict[str, Any]:
