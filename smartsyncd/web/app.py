@@ -108,6 +108,8 @@ class SyncAPI:
         self._add_routes(app)
         # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
         self.read_audit = ReadAudit(store, clock.callLater, now)
+        if self.authorizer.branch_gate is not None:  # a branch's prefetch is audited too
+            self.authorizer.branch_gate.read_audit = self.read_audit
         PullRoutes(
             store, store, identity, self.longpolls, deltas, run_blocking, limits, self.read_audit
         ).add_to(

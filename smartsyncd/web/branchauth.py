@@ -8,7 +8,9 @@ reader role; anything else, a write or any other route included, is a JSON 403 a
 nothing, except ``POST /v1/branch/reads`` (``web/branchreads.py``: the read events of the
 branch's users, for the audit trail; ``branch_of``). The scheme is not ``Bearer``, so the credential never resolves to a user's session:
 ``Authorizer.check_session`` (sign-in, listings) refuses it outright. Each pass is logged with
-the branch's principal (never the secret); manifests served are read-audited under it.
+the branch's principal (never the secret) and read-audited in the engagement's read chain as
+``branch_fetch`` or ``branch_manifests`` by ``branch:NAME`` (the manifests served are also
+audited as downloads under it, as for any reader).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from smartsyncd.auth.branchcred import secret_from_header, secret_hash, uses_bra
 from smartsyncd.core.errors import Forbidden
 from smartsyncd.storage.api import EngagementRecord, SessionRecord
 from smartsyncd.storage.branches import branch_of_secret, carrying_branch, principal
+from smartsyncd.web.clientaddr import client_address
+from smartsyncd.web.readaudit import ReadAudit
 
 log = Logger(namespace="smartsyncd.branch")
 
@@ -45,6 +49,7 @@ class BranchGate:
 
     def __init__(self, store: Any) -> None:
         self._store = store  # run_read and get_engagement (a SqlServerStore, maybe metered)
+        self.read_audit: ReadAudit | None = None  # set by the SyncAPI (web/app.py)
 
     async def branch_of(self, request: Request) -> str:
         """The branch whose credential the request presents (403 if none is valid)."""
@@ -71,8 +76,10 @@ class BranchGate:
         if engagement is None:
             raise Forbidden(f"branch {branch!r} does not carry this engagement; {ONLY_READS}")
         who = principal(branch)
-        log.info("{who} reads {what} of {engagement}", who=who, engagement=name,
-                 what=request.path.rsplit(b"/", 1)[-1].decode("ascii"))
+        what = request.path.rsplit(b"/", 1)[-1].decode("ascii")
+        log.info("{who} reads {what} of {engagement}", who=who, engagement=name, what=what)
+        if self.read_audit is not None:  # one event per request, in the engagement's read chain
+            self.read_audit.note(engagement.id, "branch_" + what, who, who, client_address(request))
         now = datetime.now(UTC)
         session = SessionRecord(
             id=who, token_hash="", user=who, groups=(), backend="branch", created_at=now,

@@ -237,6 +237,12 @@ def test_the_branch_credential_reads_carried_chunks_only(office: CarryOffice, tm
     assert status == 403 and "revoked" in answer["message"], answer
     audit = admin_ok(central, "audit", "export", "--global", "--format", "json")
     assert "branch_remove" in audit and "branch_carry" in audit
+    # the prefetch's reads are in acme's read chain, by the branch
+    rows = json.loads(admin_ok(central, "audit", "export", "acme", "--format", "json"))["records"]
+    by_branch = {(r["event"], r["actor"]) for r in rows if r["actor"].startswith("branch:")}
+    assert {("branch_fetch", "branch:office1"), ("branch_manifests", "branch:office1")} <= by_branch
+    assert not any(r["actor"].startswith("branch:") for r in json.loads(
+        admin_ok(central, "audit", "export", "other", "--format", "json"))["records"])
 
 
 def test_a_branch_refuses_a_credential_others_can_read(office: CarryOffice, tmp_path: Path) -> None:
