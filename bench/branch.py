@@ -17,6 +17,11 @@ are on the LAN, the direct ones across the WAN. The relay paces each TCP connect
 own, so five concurrent direct users get five links' worth, not one shared office link: the
 direct row is the best case for central.
 
+``--carry``: the branch carries the engagement (``smartsync-admin branch carry``, a branch
+credential): the time from central's commit answer until the branch's prefetch has the whole
+head (its /healthz), the bytes that crossed the office link meanwhile, then the bytes and time
+per user of ``--users`` branch users cloning it at once (the lag rows are skipped).
+
 Lag: a branch session long-polls (``changes?wait=30``) while the central daemon takes a
 one-file commit (an empty file: no chunks); the lag is the time from central's commit answer to
 the branch's long-poll answer, median and 99th percentile over ``--commits`` commits. The
@@ -149,13 +154,54 @@ def lag_samples(office: Office, commits: int) -> list[float]:
     return samples
 
 
+def carry_main(size: int, users: int) -> None:
+    from test_branch_carry import CarryOffice
+
+    base = Path(tempfile.mkdtemp(prefix="bench-carry-"))
+    primary = PgCluster().start()
+    wal = ByteRelay(primary.port).start()
+    standby = PgCluster.standby_of(primary, via_port=wal.port).start()
+    office = CarryOffice(base, primary, standby, wal, cache_max=None)
+    try:
+        alice = user(base, "alice", office.central)
+        copy = base / "alice"
+        assert alice.run("clone", f"{office.central.url}/acme", str(copy)).returncode == 0
+        for i in range(10):
+            (copy / f"Part {i}.bin").write_bytes(os.urandom(size // 10))
+        office.relay.reset()  # alice uploads to central directly: the relay sees the prefetch only
+        assert alice.run("sync", str(copy), timeout=600).returncode == 0
+        committed = time.monotonic()
+        office.wait_carried("acme", office.central_head("acme"))
+        prefetched, link = time.monotonic() - committed, office.relay.to_client
+        names = ["bob", "carol", "dave", "erin", "alice"][:users]
+        (base / "b").mkdir()
+        at_branch = [user(base / "b", n, office.branch) for n in names]
+        office.relay.reset()
+        per_user, wall = timed_clones(at_branch, office.branch.url, base, "carried")
+        print(f"machine: {machine()}; office link: loopback")
+        print(f"carried engagement of {size} bytes (10 files): complete at the branch {prefetched:.2f} s"
+              f" after central's commit answer (replication included; it starts as the commit replays), {link} bytes on the office link"
+              f" ({link / size:.3f} copies)")
+        print(f"{users} branch users then clone it at once: {office.relay.to_client} bytes on the"
+              f" office link; per user median {per_user:.2f} s (wall {wall:.2f} s)")
+    finally:
+        office.stop()
+        standby.stop()
+        wal.stop()
+        primary.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=20)
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--commits", type=int, default=100)
     parser.add_argument("--wan", action="store_true", help="a 50 ms, 20 Mbit/s office link")
+    parser.add_argument("--carry", action="store_true", help="prefetch: the branch carries it")
     args = parser.parse_args()
+    if args.carry:
+        carry_main(args.mb << 20, args.users)
+        return
     relays: list[subprocess.Popen[str]] = []
     base = Path(tempfile.mkdtemp(prefix="bench-branch-"))
     primary = PgCluster().start()

@@ -108,9 +108,11 @@ class Admin:
         return self._ldap
 
     async def run(self, args: argparse.Namespace, password: str | None) -> int:
-        from smartsyncd.cli import admin_ignore, admin_volumes
+        from smartsyncd.cli import admin_branch, admin_ignore, admin_volumes
         from smartsyncd.cli.admin_json import run_json, wants_json
 
+        if admin_branch.handles(args):
+            return await admin_branch.run_branch(self, args)
         if admin_ignore.handles(args):
             return await admin_ignore.run_ignore(self, args)
         if admin_volumes.handles(args):

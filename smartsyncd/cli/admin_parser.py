@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     from smartsyncd.cli import admin_lifecycle
 
     admin_lifecycle.add_parsers(commands)
+    from smartsyncd.cli import admin_branch
+
+    admin_branch.add_parsers(commands)
     return parser
 
 

@@ -67,7 +67,10 @@ _KNOWN_KEYS: dict[str, frozenset[str]] = {
     "log": frozenset({"json_file"}),
     "admin": frozenset({"listen", "users", "groups"}),
     "lifecycle": frozenset({"deadline_check_seconds", "min_retention_days"}),
-    "branch": frozenset({"central", "central_fingerprint", "central_ca", "commit_wait_seconds"}),
+    "branch": frozenset({
+        "central", "central_fingerprint", "central_ca", "commit_wait_seconds", "credential_file",
+        "prefetch_kbps", "cache_max_bytes",
+    }),
 }
 
 _T = TypeVar("_T")
@@ -127,6 +130,11 @@ class ServerConfig:
     branch_central_fingerprint: str | None = None
     branch_central_ca: str | None = None
     branch_commit_wait_seconds: float = 30.0
+    # the branch's credential (prefetch of carried engagements), the prefetch's pace (None: one
+    # request at a time, unpaced) and the chunk cache's size limit (None: never trimmed)
+    branch_credential_file: str | None = None
+    branch_prefetch_kbps: int | None = None
+    branch_cache_max_bytes: int | None = None
     config_file: str | None = None
     ldap_section: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -489,4 +497,7 @@ _OPTIONS: tuple[tuple[str, str, str, Callable[[str], object]], ...] = (
     ("branch", "central_fingerprint", "branch_central_fingerprint", _fingerprint),
     ("branch", "central_ca", "branch_central_ca", _PATH),
     ("branch", "commit_wait_seconds", "branch_commit_wait_seconds", _positive_float),
+    ("branch", "credential_file", "branch_credential_file", _PATH),
+    ("branch", "prefetch_kbps", "branch_prefetch_kbps", _kbps),
+    ("branch", "cache_max_bytes", "branch_cache_max_bytes", _positive_int),
 )

@@ -8,6 +8,13 @@ is rebuilt at start by reading each pack's record headers (``load``): nothing of
 kept in the read-only database, and a crash can lose at most a pack not yet renamed, which is
 fetched again. Only verified chunks are written (the caller checked every hash).
 
+With a size limit (``[branch] cache_max_bytes``) ``trim`` removes whole packs, least recently
+read first, those of engagements the branch does not carry before those it does, never a pack
+holding a chunk of a carried engagement's head (``protected``), until the packs take at most
+``TRIM_TO`` of the limit. The index entries go first, then the files; a read that raced with
+the removal finds the chunk lacking, and the next fetch brings it again. The last read of each
+pack is kept in memory (at start: the file's modification time).
+
 Blocking: the store runs it on its file pool (several threads: the index has a lock).
 """
 
@@ -16,14 +23,16 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.storage.api import StoredChunk
 from smartsyncd.storage.packs import MAGIC, PackStore
 
 _RECORD_HEADER = struct.Struct(">32sBII")  # as storage/packs.py writes them
+TRIM_TO = 0.9  # a trim frees down to this share of the limit, so it does not run at every fetch
 
 
 @dataclass(frozen=True)
@@ -35,13 +44,35 @@ class CachedChunk:
     raw_size: int
 
 
+@dataclass
+class _PackUse:
+    size: int
+    last_read: float
+    hashes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrimReport:
+    packs: int
+    chunks: int
+    bytes_freed: int
+    bytes_kept: int
+
+
 class ChunkCache:
     """Verified chunks from central, per engagement, in packs under ``packs.root``."""
 
     def __init__(self, packs: PackStore) -> None:
         self.packs = packs
         self._index: dict[tuple[int, str], CachedChunk] = {}
+        self._packs: dict[tuple[int, str], _PackUse] = {}
         self._lock = threading.Lock()
+
+    @property
+    def total_bytes(self) -> int:
+        """What the cache's packs take on disk."""
+        with self._lock:
+            return sum(p.size for p in self._packs.values())
 
     def __len__(self) -> int:
         return len(self._index)
@@ -51,6 +82,7 @@ class ChunkCache:
         self.packs.prepare()
         root = self.packs.root
         found: dict[tuple[int, str], CachedChunk] = {}
+        packs: dict[tuple[int, str], _PackUse] = {}
         for engagement in os.listdir(root):
             if not engagement.isdigit():
                 continue
@@ -58,9 +90,16 @@ class ChunkCache:
             for shard in _subfolders(engagement_dir):
                 for entry in os.listdir(shard):
                     if entry.endswith(".pack") and len(entry) == 69:
-                        found.update(_index_pack(int(engagement), entry[:-5], os.path.join(shard, entry)))
+                        path = os.path.join(shard, entry)
+                        records = _index_pack(int(engagement), entry[:-5], path)
+                        found.update(records)
+                        info = os.stat(path)
+                        packs[(int(engagement), entry[:-5])] = _PackUse(
+                            info.st_size, info.st_mtime, [h for _, h in records]
+                        )
         with self._lock:
             self._index = found
+            self._packs = packs
         return len(found)
 
     def has(self, engagement_id: int, chunk_hash: str) -> bool:
@@ -82,6 +121,9 @@ class ChunkCache:
                 self._index[(engagement_id, e.hash)] = CachedChunk(
                     pack.name, e.offset, e.stored_size, e.codec, e.raw_size
                 )
+            self._packs[(engagement_id, pack.name)] = _PackUse(
+                pack.size, time.time(), [e.hash for e in pack.entries]
+            )
         return len(new)
 
     def read(self, engagement_id: int, hashes: Sequence[str]) -> dict[str, StoredChunk]:
@@ -92,11 +134,51 @@ class ChunkCache:
             if where is not None:
                 by_pack.setdefault(where.pack, []).append((h, where))
         out: dict[str, StoredChunk] = {}
+        now = time.time()
         for pack, wanted in by_pack.items():
-            data = self.packs.read_ranges(engagement_id, pack, [(w.offset, w.stored_size) for _, w in wanted])
+            try:
+                data = self.packs.read_ranges(engagement_id, pack, [(w.offset, w.stored_size) for _, w in wanted])
+            except FileNotFoundError:
+                continue  # trimmed meanwhile: lacking, fetched again
+            with self._lock:
+                use = self._packs.get((engagement_id, pack))
+                if use is not None:
+                    use.last_read = now
             for (h, w), payload in zip(wanted, data, strict=True):
                 out[h] = StoredChunk(hash=h, codec=w.codec, raw_size=w.raw_size, payload=payload)
         return out
+
+    def trim(self, max_bytes: int, carried: set[int], protected: set[tuple[int, str]]) -> TrimReport:
+        """Remove packs until they take at most ``TRIM_TO * max_bytes`` (see the module
+        docstring); ``carried``: engagement ids, ``protected``: their head chunks."""
+        victims: list[tuple[int, str]] = []
+        freed = chunks = 0
+        with self._lock:
+            total = sum(p.size for p in self._packs.values())
+            if total <= max_bytes:
+                return TrimReport(0, 0, 0, total)
+            target = int(max_bytes * TRIM_TO)
+            order = sorted(self._packs.items(), key=lambda kv: (kv[0][0] in carried, kv[1].last_read))
+            for key, use in order:
+                if total <= target:
+                    break
+                if any((key[0], h) in protected for h in use.hashes):
+                    continue
+                victims.append(key)
+                total -= use.size
+                freed += use.size
+                del self._packs[key]
+                for h in use.hashes:
+                    where = self._index.get((key[0], h))
+                    if where is not None and where.pack == key[1]:
+                        del self._index[(key[0], h)]
+                        chunks += 1
+        for engagement_id, name in victims:
+            try:
+                os.unlink(self.packs.path_for(engagement_id, name))
+            except FileNotFoundError:
+                pass
+        return TrimReport(len(victims), chunks, freed, total)
 
 
 def _subfolders(folder: str) -> list[str]:

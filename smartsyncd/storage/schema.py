@@ -60,6 +60,9 @@ Tables:
   is copying it to, until the switch (``storage/volumes``).
 - (72) engagement_ignore: an engagement's published ignore rules, their digest and who set
   them when (``storage/ignorerules``, issue 16).
+- (73) branches: branch offices' credentials (the SHA-256 of each secret, never the secret);
+  branch_carry: which engagements each branch carries (prefetches), replicated to the
+  branch's standby with everything else (``storage/branches``, issue 18).
 
 Numbers may have gaps (several branches draw them at once): a migration runs when its own number
 is not yet in ``schema_version``, whatever higher numbers are.
@@ -456,6 +459,26 @@ MIGRATIONS: list[tuple[int, list[Any]]] = [
                 digest TEXT NOT NULL,
                 set_by TEXT NOT NULL,
                 set_at TEXT NOT NULL
+            )""",
+        ],
+    ),
+    (
+        # Branch offices' credentials and carry lists (docs/branch-offices.md, "Carry").
+        73,
+        [
+            """CREATE TABLE branches (
+                name TEXT PRIMARY KEY,
+                secret_hash TEXT NOT NULL UNIQUE,
+                created_by TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                rotated_at TEXT
+            )""",
+            """CREATE TABLE branch_carry (
+                branch TEXT NOT NULL REFERENCES branches (name) ON DELETE CASCADE,
+                engagement_id BIGINT NOT NULL REFERENCES engagements (id),
+                added_by TEXT NOT NULL,
+                added_at TEXT NOT NULL,
+                PRIMARY KEY (branch, engagement_id)
             )""",
         ],
     ),

@@ -8,9 +8,9 @@ instead of migrated, and ``open_standby_store`` refuses a database that is not i
 
 ``BranchStore`` is the SQL store with what a read-only replica cannot do turned off: a session
 is neither slid forward nor deleted here (central does both, and the rows replay), read events
-are not written (left for central: see docs/branch-offices.md), and chunk payloads come from
-the branch's own cache (``storage/branchcache.py``), not from the pack rows, which name
-central's packs.
+are spooled for central (``storage/readspool.py``, sent by ``service/readforward.py``), chunk payloads come from
+the branch's own cache (``storage/branchcache.py``, trimmed to ``[branch] cache_max_bytes``),
+not from the pack rows, which name central's packs.
 
 ``replay_state`` is the cheap question the branch asks every few hundred milliseconds: the
 replayed WAL position and how old the last replayed transaction is. LISTEN/NOTIFY does not
@@ -31,14 +31,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from smartsyncd.core.errors import NotFound, Unavailable
+from smartsyncd.core.errors import Unavailable
 from smartsyncd.core.model import VerifiedChunk
 from smartsyncd.storage.api import SessionRecord, StoredChunk
-from smartsyncd.storage.branchcache import ChunkCache
+from smartsyncd.storage.branchcache import ChunkCache, TrimReport
 from smartsyncd.storage.db import MetadataDB, PoolFactory
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.postgres import POOL_THREADS, connect_postgres, postgres_dialect
 from smartsyncd.storage.readaudit import ReadEvent
+from smartsyncd.storage.readspool import ReadSpool
 from smartsyncd.storage.schema import LATEST_VERSION, current_version
 from smartsyncd.storage.sqlstore import SqlServerStore
 
@@ -106,6 +107,7 @@ class BranchStore(SqlServerStore):
     """The SQL store on a standby: no writes, chunk payloads from the branch's cache."""
 
     cache: ChunkCache
+    spool: ReadSpool | None = None  # with a branch credential: read events wait here for central
 
     async def update_session(self, session: SessionRecord) -> None:
         """Sliding and group refreshes stay in memory: central keeps the session row."""
@@ -114,21 +116,33 @@ class BranchStore(SqlServerStore):
         """An expired session is refused without deleting its row (central deletes it)."""
 
     async def record_reads(self, events: Sequence[ReadEvent]) -> int:
-        log.debug("{n} read event(s) not recorded at the branch", n=len(events))
-        return 0
+        """Kept in the spool for central (``service/readforward.py``); without a branch
+        credential they cannot be sent, and are dropped."""
+        spool = self.spool
+        if spool is None:
+            log.debug("{n} read event(s) not recorded at the branch", n=len(events))
+            return 0
+        await self.run_file(lambda _packs: spool.add(events))
+        return len(events)
 
     async def read_chunks(self, engagement_id: int, hashes: Sequence[str]) -> list[StoredChunk]:
         """The chunks from the cache; the web layer fetched the missing ones first
         (``web/branch.py``), so a chunk still absent is not known here (404)."""
         found = await self.run_file(lambda _packs: self.cache.read(engagement_id, hashes))
         lacking = [h for h in hashes if h not in found]
-        if lacking:
-            raise NotFound(f"{len(lacking)} unknown chunk(s)", chunks=lacking)
+        if lacking:  # the fetch brought them: trimmed since (a size limit); the retry fetches
+            raise Unavailable(
+                f"{len(lacking)} chunk(s) left this branch's cache meanwhile; try again", chunks=lacking
+            )
         return [found[h] for h in hashes]
 
     async def cache_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> int:
         """Keep verified chunks fetched from central (one durable pack)."""
         return await self.run_file(lambda _packs: self.cache.add(engagement_id, chunks))
+
+    async def trim_cache(self, max_bytes: int, carried: set[int], protected: set[tuple[int, str]]) -> TrimReport:
+        """Trim the chunk cache to its limit, off the reactor (``ChunkCache.trim``)."""
+        return await self.run_file(lambda _packs: self.cache.trim(max_bytes, carried, protected))
 
     async def replay_state(self) -> tuple[str | None, float | None]:
         return await self.run_read(lambda meta: replay_state(meta.conn))

@@ -4,7 +4,10 @@
 engagement + role (an engagement the user has no role on is answered exactly like an unknown
 one) -> ``acl.allows(role, operation)``. Before all of it, a request naming a sync copy
 (``Smartsync-Copy``) that an admin ordered wiped is answered with that order (410
-``wipe_ordered``): the abandoned copy's session has ended, and the order must reach it. ``engagement_route`` registers a handler behind it, so
+``wipe_ordered``): the abandoned copy's session has ended, and the order must reach it.
+A branch office's credential (``Authorization: SmartsyncBranch``) is checked by
+``web/branchauth.py`` instead: chunk and manifest reads of a carried engagement, else 403.
+``engagement_route`` registers a handler behind it, so
 a handler receives an ``Access`` instead of the engagement name and cannot skip the check; the
 streamed chunk upload (web/upload.py) calls ``authorize`` itself before reading the body.
 """
@@ -26,6 +29,7 @@ from smartsyncd.core.errors import Finalized, Forbidden, NotFound, WipeOrdered
 from smartsyncd.core.model import Role
 from smartsyncd.storage.api import EngagementRecord, GrantStore, SessionRecord, WorkflowStore
 from smartsyncd.storage.wipes import WipeStore
+from smartsyncd.web import branchauth
 from smartsyncd.web.parse import copy_header
 from smartsyncd.web.shapes import iso_utc
 
@@ -45,7 +49,10 @@ class Access:
 
 
 def bearer_token(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    """The token of an ``Authorization: Bearer <token>`` header, or None; a branch credential
+    is refused (403): it is never a user's session."""
+    if branchauth.claims(request):
+        raise Forbidden(branchauth.ONLY_READS)
     raw = request.requestHeaders.getRawHeaders(b"authorization")
     if not raw:
         return None
@@ -66,6 +73,8 @@ class Authorizer:
         self._wipes = wipes
         # told of each request's signed-in session (web/usershaping.py: the per-user limit)
         self.on_session: Callable[[Request, SessionRecord], object] | None = None
+        # branch offices' credentials (None at a branch daemon itself: service/branch.py)
+        self.branch_gate: branchauth.BranchGate | None = branchauth.BranchGate(grants)
 
     async def refuse_if_wiped(self, request: Request, engagement: str | None) -> None:
         """Answer the wipe order of the copy the request names, if an admin gave one (in
@@ -94,6 +103,11 @@ class Authorizer:
 
     async def authorize(self, request: Request, name: str, operation: str) -> Access:
         """Session, then the engagement if this user may see it, then the role check."""
+        if branchauth.claims(request):
+            if self.branch_gate is None:
+                raise Forbidden(branchauth.ONLY_READS)
+            session, record = await self.branch_gate.authorize(request, name, operation)
+            return Access(session=session, engagement=record, role="reader")
         await self.refuse_if_wiped(request, name)
         session = self._seen(request, await self._sessions.resolve(bearer_token(request)))
         engagement = await self._grants.get_engagement(name)

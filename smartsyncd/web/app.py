@@ -40,6 +40,7 @@ from smartsyncd.storage.wipes import wipes_or_none
 from smartsyncd.web.access import Access, Authorizer, add_route, bearer_token, engagement_route
 from smartsyncd.web.admission import ClientAddresses
 from smartsyncd.web.bodies import expect_object, get_str, guarded_channel_factory, read_body
+from smartsyncd.web.branchreads import add_branch_read_routes
 from smartsyncd.web.clientaddr import Network, access_log_formatter, client_address
 from smartsyncd.web.contentroot import ContentRootRoutes, add_content_root_routes
 from smartsyncd.web.deltas import DeltaBases
@@ -107,6 +108,8 @@ class SyncAPI:
         self._add_routes(app)
         # downloads, exports, history views: buffered into the audit trail (web/readaudit.py)
         self.read_audit = ReadAudit(store, clock.callLater, now)
+        if self.authorizer.branch_gate is not None:  # a branch's prefetch is audited too
+            self.authorizer.branch_gate.read_audit = self.read_audit
         PullRoutes(
             store, store, identity, self.longpolls, deltas, run_blocking, limits, self.read_audit
         ).add_to(
@@ -118,6 +121,7 @@ class SyncAPI:
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))
         add_wipe_routes(app, wipes_or_none(store), limits)
+        add_branch_read_routes(app, self.authorizer, store, limits, run_blocking)  # issue 18
         add_content_root_routes(  # issue 20: the signed content root
             app, self.authorizer, ContentRootRoutes(store, store, identity, run_blocking, self.read_audit, now)
         )

@@ -7,7 +7,7 @@ standby (``storage/standby.py``), with this in front of it:
   alone, where it goes. A write to an engagement (chunk upload, commit, locks, restore, copies,
   management) is streamed to central as its body arrives (``central.BodyPipe``), once the
   bearer token checked out against the replicated sessions, so nothing is buffered whole here.
-  Sign-in and sign-out are small bodies, forwarded once read.
+  Sign-in, sign-out and a new copy's registration are small bodies, forwarded once read.
 - ``BranchRoot`` answers: local requests go to the ``SyncAPI`` resource; forwarded ones get
   central's answer. A commit or restore answer carries the engagement's new ``head``: the answer
   waits until the standby has replayed it (``ReplicaWatcher.wait_for_head``), so a user never
@@ -19,16 +19,19 @@ standby (``storage/standby.py``), with this in front of it:
   branch holds no secret of its own), verified by hash off the reactor, written to the cache's
   packs, once per chunk however many requests want it at the same time.
 
-When central cannot be reached, reads keep working from what the branch has and writes get
-``503 central_unreachable`` ("kept locally, will sync when the central server is back"), which
+When central cannot be reached, reads keep working from what the branch has (a clone of a
+carried engagement included: its copy's registration is answered here, and central learns of
+the copy at its first report), and writes get ``503 central_unreachable`` ("kept locally, will sync when the central server is back"), which
 the client retries like any 503.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from io import BytesIO
 from typing import Any
@@ -52,9 +55,10 @@ from smartsyncd.core.errors import (
     Unavailable,
 )
 from smartsyncd.core.model import VerifiedChunk
+from smartsyncd.storage.api import CopyRecord
 from smartsyncd.web.access import Authorizer
 from smartsyncd.web.admission import route_body_limit
-from smartsyncd.web.bodies import LimitedRequest
+from smartsyncd.web.bodies import LimitedRequest, expect_object, get_str, read_json
 from smartsyncd.web.branchreplay import ReplicaWatcher, poll_until
 from smartsyncd.web.central import BodyPipe, CentralLink
 from smartsyncd.web.clientaddr import client_address
@@ -62,7 +66,7 @@ from smartsyncd.web.errors import json_bytes
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.parse import hash_list, json_body
 from smartsyncd.web.pool import RunBlocking
-from smartsyncd.web.shapes import CHUNKS_CONTENT_TYPE
+from smartsyncd.web.shapes import CHUNKS_CONTENT_TYPE, copy_json
 from smartsyncd.web.upload import _network_transport
 
 log = Logger(namespace="smartsyncd.branch")
@@ -74,6 +78,7 @@ _HOP_BY_HOP = frozenset({
     b"content-length", b"proxy-authorization", b"proxy-connection", b"expect", b"trailer",
     b"accept-encoding",  # central answers plain JSON: the branch reads commit answers
 })
+_COPY_REGISTRATION = re.compile(rb"/v1/engagements/[^/]+/copies")
 FETCH_SLICE = 256  # chunks per request to central (under its 32 MiB answer limit)
 LOCAL, FORWARD, STREAM = "local", "forward", "stream"
 
@@ -84,7 +89,7 @@ def route_kind(method: bytes | None, uri: bytes | None) -> str:
     if method in (b"GET", b"HEAD") or not uri:
         return LOCAL
     path = unquote_to_bytes(uri.split(b"?", 1)[0])
-    if path in (b"/v1/login", b"/v1/logout"):
+    if path in (b"/v1/login", b"/v1/logout") or _COPY_REGISTRATION.fullmatch(path):
         return FORWARD
     if path.startswith(_ENGAGEMENTS) and path.count(b"/") >= 4:
         if path.endswith(_LOCAL_POSTS) and path.count(b"/") == 4 + path.endswith(b"/fetch"):
@@ -236,7 +241,12 @@ class BranchRoot(Resource):
                     request.write(body)
                     request.finish()
                 return
-            status, headers, data = await self._forward(request, kind)
+            try:
+                status, headers, data = await self._forward(request, kind)
+            except CentralUnreachable:
+                if not _COPY_REGISTRATION.fullmatch(request.path):
+                    raise
+                status, headers, data = await self._register_here(request)
             data = await self._settle(request, status, data)
         except SyncError as e:
             status, headers, data = e.status, Headers(), json_bytes(e.to_json())
@@ -254,6 +264,25 @@ class BranchRoot(Resource):
                 request.responseHeaders.setRawHeaders(name, values)
         request.write(data)
         request.finish()
+
+    async def _register_here(self, request: Request) -> tuple[int, Headers, bytes]:
+        """A new copy's registration while central is out of reach: answered here, so a clone
+        of what the branch has works offline. Central learns of the copy at its first report
+        (each sync reports, and a report registers a copy central does not know)."""
+        branch = self.branch
+        name = unquote_to_bytes(request.path[len(_ENGAGEMENTS):].split(b"/", 1)[0]).decode("utf-8")
+        access = await branch.authorizer.authorize(request, name, "read")
+        assert request.content is not None
+        request.content.seek(0)
+        body = expect_object(read_json(request, branch.limits.small_json))
+        copy_id = get_str(body, "copy", max_len=64, non_empty=True)
+        host = get_str(body, "host", max_len=255, non_empty=True)
+        now = datetime.fromtimestamp(branch.clock.seconds(), UTC)
+        record = CopyRecord(copy_id, access.session.user, host, now, now, 0, None, None, None)
+        log.info("copy {copy} of {engagement} registered at the branch while central is unreachable",
+                 copy=copy_id, engagement=name)
+        headers = Headers({b"content-type": [b"application/json"]})
+        return 200, headers, json_bytes(copy_json(record))
 
     async def _forward(self, request: Request, kind: str) -> tuple[int, Headers, bytes]:
         if kind == STREAM:
@@ -314,6 +343,7 @@ class ChunkFiller:
     def __init__(self, branch: Branch) -> None:
         self.branch = branch
         self._inflight: dict[tuple[int, str], _Flight] = {}
+        self.on_cached: Callable[[], None] | None = None  # the cache grew (service/cachetrim.py)
 
     async def fill(self, request: Request) -> None:
         branch = self.branch
@@ -323,35 +353,45 @@ class ChunkFiller:
         wanted = hash_list(await branch.run_blocking(json.loads, raw), branch.limits.chunks_per_request)
         assert request.content is not None
         request.content.seek(0)  # the local app reads it again
-        engagement_id = access.engagement.id
+        await self.fill_hashes(access.engagement.id, request.uri, forward_headers(request), wanted)
+
+    async def fill_hashes(self, engagement_id: int, uri: bytes, headers: Headers, wanted: Sequence[str]) -> int:
+        """Fetch the ones of ``wanted`` the cache lacks from central (``POST uri`` with
+        ``headers``: a user's token, or the branch's credential for the prefetch), waiting for
+        fetches already in flight; returns the chunk bytes this call brought over the link."""
+        branch = self.branch
         lacking = branch.store.cache.lacking(engagement_id, wanted)  # in memory: same turn
         flights = {id(f): f for f in (self._inflight.get((engagement_id, h)) for h in lacking) if f}
         mine = [h for h in lacking if (engagement_id, h) not in self._inflight]
+        own: list[_Flight] = []
         for start in range(0, len(mine), FETCH_SLICE):
             part = mine[start : start + FETCH_SLICE]
             flight = _Flight()
             for h in part:
                 self._inflight[(engagement_id, h)] = flight
             flights[id(flight)] = flight
-            Deferred.fromCoroutine(self._fetch(request, engagement_id, part, flight))
+            own.append(flight)
+            Deferred.fromCoroutine(self._fetch(uri, headers, engagement_id, part, flight))
         for flight in list(flights.values()):
             await flight.wait()
+        return sum(f.bytes for f in own)
 
-    async def _fetch(self, request: Request, engagement_id: int, hashes: list[str], flight: _Flight) -> None:
+    async def _fetch(self, uri: bytes, headers: Headers, engagement_id: int, hashes: list[str], flight: _Flight) -> None:
         branch = self.branch
         try:
-            headers = forward_headers(request)
+            headers = headers.copy()
             headers.removeHeader(b"content-encoding")
             headers.setRawHeaders(b"content-type", [b"application/json"])
             headers.setRawHeaders(b"accept", [CHUNKS_CONTENT_TYPE])
             body = json.dumps({"chunks": hashes}).encode()
-            status, _, data = await branch.central.request(
-                b"POST", request.uri, headers, FileBodyProducer(BytesIO(body))
-            )
+            status, _, data = await branch.central.request(b"POST", uri, headers, FileBodyProducer(BytesIO(body)))
             if status != 200:
                 raise _central_refusal(status, data)
+            flight.bytes = len(data)
             chunks = await branch.run_blocking(_verified, data, hashes)
             await branch.store.cache_chunks(engagement_id, chunks)
+            if self.on_cached is not None:
+                self.on_cached()
             failure = None
         except Exception:
             failure = Failure()
@@ -384,6 +424,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self._waiters: list[Deferred[None]] = []
+        self.bytes = 0  # central's answer's size
         self._outcome: Failure | None | bool = False  # False: still running
 
     def wait(self) -> Deferred[None]:

@@ -30,6 +30,7 @@ from smartsyncd.web.branchreplay import ReplicaWatcher
         (b"POST", b"/v1/engagements/acme/chunks/fetch", LOCAL),
         (b"POST", b"/v1/login", FORWARD),
         (b"POST", b"/v1/logout", FORWARD),
+        (b"POST", b"/v1/engagements/acme/copies", FORWARD),  # answered here when central is down
         (b"POST", b"/v1/engagements/acme/chunks", STREAM),
         (b"POST", b"/v1/engagements/acme/chunks/missing", STREAM),
         (b"POST", b"/v1/engagements/acme/commit", STREAM),
@@ -146,6 +147,14 @@ def test_branch_config(tmp_path: Path) -> None:
     assert config.branch_central == "https://sync.example.com:8443"
     assert config.branch_central_fingerprint == fingerprint
     assert config.branch_commit_wait_seconds == 30.0
+    assert config.branch_credential_file is None and config.branch_cache_max_bytes is None
+    carrying = load_config(str(_config(tmp_path, (
+        "[database]\nurl = postgresql://branch@localhost/smartsync\n"
+        "[branch]\ncentral = https://sync.example.com\ncredential_file = branch.credential\n"
+        "cache_max_bytes = 5000000000\nprefetch_kbps = 2048\n"
+    ))))
+    assert carrying.branch_credential_file == str(tmp_path / "branch.credential")  # beside the ini
+    assert (carrying.branch_cache_max_bytes, carrying.branch_prefetch_kbps) == (5_000_000_000, 2048)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +167,10 @@ def test_branch_config(tmp_path: Path) -> None:
          "central_fingerprint = 12\n", "SHA-256"),
         ("[database]\nurl = postgresql://x/y\n[branch]\ncentral = https://c\n"
          f"central_fingerprint = {'ab' * 32}\ncentral_ca = ca.pem\n", "not both"),
+        ("[database]\nurl = postgresql://x/y\n[branch]\ncentral = https://c\ncache_max_bytes = 0\n",
+         "at least 1"),
+        ("[database]\nurl = postgresql://x/y\n[branch]\ncentral = https://c\nprefetch_kbps = fast\n",
+         "prefetch_kbps"),
     ],
 )
 def test_branch_config_refusals(tmp_path: Path, text: str, message: str) -> None:
