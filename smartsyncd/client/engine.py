@@ -290,6 +290,7 @@ class SyncCopy:
 
     async def _sync(self, api: Server, progress: Progress | None) -> SyncReport:
         ctx, prog, report = self.ctx, progress or NullProgress(), SyncReport()
+        ctx.pulled_through = None
         await self._run(self.state.check_marker)
         await self._begin_sync()
         await self._load_engagement_rules(api)
@@ -302,7 +303,7 @@ class SyncCopy:
         push_plan = plan(scan.entries, base, [], complete=scan.complete,
                 ignored=scan.rules.ignores)  # one planner pass
         waiting, since = pending(scan, base, push_plan)
-        answer = await contact.contact(ctx, api, len(waiting), since)
+        answer = await contact.contact(ctx, api, len(waiting), since, skip_if_idle=True)
         finalized = answer.finalized if answer else None
         if finalized:  # read-only: nothing to push; local changes stay local
             report.refused = finalized.describe() if waiting else None
@@ -342,11 +343,12 @@ class SyncCopy:
         await self._run(begin_sync, self.directory)
 
     async def _load_engagement_rules(self, api: Server) -> None:
-        """Fetch the engagement's published ignore rules for this sync's scan and pull (the
-        kept ones when unchanged or when the fetch fails)."""
+        """The engagement's published ignore rules for this sync's scan and pull: the kept
+        ones while fresh, when unchanged (304) or when the fetch fails."""
         fetch = partial(api.ignore_rules, self.engagement)
         state_dir = self.directory / STATE_DIR
-        self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
+        self.scanner.engagement_rules = await current_rules(
+            fetch, state_dir, self._run, self.ctx.seconds())
 
     async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
         """Only the pull half of a sync."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from clientkit import ENG, MemoryServer, driven, files_of
 
 from smartsyncd.client.http import ServerAPI
-from smartsyncd.client.serverrules import RulesAnswer
+from smartsyncd.client.serverrules import FRESH_FOR, RulesAnswer
 from smartsyncd.core.ignore import rules_digest, rules_etag
 
 
@@ -95,6 +95,7 @@ async def test_engagement_rules_keep_files_local_both_ways(
 
     (b_dir / "draft.bak").write_bytes(b"bob's draft")
     (b_dir / "B-1.txt").write_bytes(b"cash")
+    server.clock.advance(FRESH_FOR + 1)  # b's kept "no rules" (from its clone) is now stale
     report = await b.sync(b_api)  # fetches the rules: the pull writes no .bak file
     assert (report.uploaded, report.skipped, report.downloaded) == (1, [], 0), report
     assert not (b_dir / "notes.bak").exists()
@@ -135,14 +136,36 @@ async def test_a_clone_applies_the_engagement_rules_and_unchanged_rules_cost_a_3
     assert files_of(c_dir) == {"memo.txt": b"memo"} and not (c_dir / "old.bak").exists()
     tag = rules_etag(rules_digest("*.bak\n"))
     assert c_api.asked == [(None, True)]
-    (c_dir / "draft.bak").write_bytes(b"bob's own draft")
-    report = await c.sync(c_api)
+    (c_dir / "mine.bak").write_bytes(b"bob's own draft")
+    report = await c.sync(c_api)  # the rules were confirmed a moment ago: no request
     assert (report.uploaded, report.downloaded, report.skipped) == (0, 0, []), report
+    assert c_api.asked == [(None, True)]
+    server.clock.advance(FRESH_FOR + 1)
+    await c.sync(c_api)
     assert c_api.asked[-1] == (tag, False)  # unchanged: a bodiless 304
 
     await server.env.store.set_ignore_rules(ENG, None, actor="local:alice")
-    await c.sync(c_api)  # the set changed: a full answer, and the rules no longer apply
-    assert c_api.asked[-1] == (tag, True)
+    server.clock.advance(FRESH_FOR + 1)
+    report = await c.sync(c_api)  # the set changed: a full answer; mine.bak now uploads
+    assert c_api.asked[-1] == (tag, True) and report.uploaded == 1, report
+    server.clock.advance(FRESH_FOR + 1)
     assert (await c.sync(c_api)).uploaded == 0 and c_api.asked[-1] == (rules_etag(None), False)
     for copy in (a, c):
         copy.close()
+
+
+@driven
+async def test_rules_newer_than_the_kept_set_refuse_once_then_apply(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    a_api = await server.api("alice")
+    a_dir = tmp_path / "a"
+    a = await server.clone(a_api, a_dir)  # keeps "no rules", fresh for FRESH_FOR
+    await server.env.store.set_ignore_rules(ENG, "*.bak\n", actor="local:alice")
+    (a_dir / "draft.bak").write_bytes(b"draft")
+    report = await a.sync(a_api)  # the kept set is fresh: the server refuses the path
+    assert [p for p, _ in report.skipped] == ["draft.bak"] and report.partial, report
+    report = await a.sync(a_api)  # the refusal marked the set stale: fetched, applied
+    assert (report.skipped, report.uploaded, report.partial) == ([], 0, False), report
+    assert (a_dir / "draft.bak").read_bytes() == b"draft"
+    a.close()
