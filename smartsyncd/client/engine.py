@@ -54,11 +54,12 @@ from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
 from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import current_rules, read_cached
+from smartsyncd.client.serverrules import current_rules, mark_stale, read_cached
 from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
+from smartsyncd.core.ignore import rules_etag
 from smartsyncd.core.model import Change, FileState, is_folder
 from smartsyncd.core.planner import PullWrite, plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
@@ -296,14 +297,20 @@ class SyncCopy:
         await self._load_engagement_rules(api)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         scan, early = await scan_and_upload(ctx, api, base, report)
-        report.bytes_sent += early.bytes_sent
-        report.skipped.extend(scan.skipped)
-        report.skipped.extend(scan.errors)
         await refresh_stat_cache(ctx, scan, base)
         push_plan = plan(scan.entries, base, [], complete=scan.complete,
                 ignored=scan.rules.ignores)  # one planner pass
         waiting, since = pending(scan, base, push_plan)
         answer = await contact.contact(ctx, api, len(waiting), since, skip_if_idle=True)
+        if answer is not None and await self._rules_moved(api, answer.ignore_etag):
+            report.bytes_sent += early.bytes_sent  # the engagement's rules changed: rescan
+            scan, early = await scan_and_upload(ctx, api, base, report)
+            push_plan = plan(scan.entries, base, [], complete=scan.complete,
+                    ignored=scan.rules.ignores)
+            waiting, since = pending(scan, base, push_plan)
+        report.bytes_sent += early.bytes_sent
+        report.skipped.extend(scan.skipped)
+        report.skipped.extend(scan.errors)
         finalized = answer.finalized if answer else None
         if finalized:  # read-only: nothing to push; local changes stay local
             report.refused = finalized.describe() if waiting else None
@@ -349,6 +356,18 @@ class SyncCopy:
         state_dir = self.directory / STATE_DIR
         self.scanner.engagement_rules = await current_rules(
             fetch, state_dir, self._run, self.ctx.seconds())
+
+    async def _rules_moved(self, api: Server, etag: str | None) -> bool:
+        """Whether the engagement's rules, named by ``etag`` in the report's answer (None: an
+        older server), differ from the kept set this sync scanned with; if so they are
+        fetched now, so nothing the current rules ignore is pushed."""
+        kept = self.scanner.engagement_rules
+        if etag is None or etag == rules_etag(kept.digest if kept else None):
+            return False
+        await self._run(mark_stale, self.directory / STATE_DIR)
+        await self._load_engagement_rules(api)
+        now = self.scanner.engagement_rules
+        return (now.digest if now else None) != (kept.digest if kept else None)
 
     async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
         """Only the pull half of a sync."""

@@ -155,17 +155,24 @@ async def test_a_clone_applies_the_engagement_rules_and_unchanged_rules_cost_a_3
 
 
 @driven
-async def test_rules_newer_than_the_kept_set_refuse_once_then_apply(
+async def test_rules_newer_than_the_kept_set_apply_before_anything_is_pushed(
     server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api = await server.api("alice")
     a_dir = tmp_path / "a"
-    a = await server.clone(a_api, a_dir)  # keeps "no rules", fresh for FRESH_FOR
+    a = await server.clone(a_api, a_dir)
+    (a_dir / "old.bak").write_bytes(b"stored before the rule")
+    assert (await a.sync(a_api)).uploaded == 1  # keeps "no rules", fresh for FRESH_FOR
     await server.env.store.set_ignore_rules(ENG, "*.bak\n", actor="local:alice")
     (a_dir / "draft.bak").write_bytes(b"draft")
-    report = await a.sync(a_api)  # the kept set is fresh: the server refuses the path
-    assert [p for p, _ in report.skipped] == ["draft.bak"] and report.partial, report
-    report = await a.sync(a_api)  # the refusal marked the set stale: fetched, applied
-    assert (report.skipped, report.uploaded, report.partial) == ([], 0, False), report
-    assert (a_dir / "draft.bak").read_bytes() == b"draft"
+    (a_dir / "old.bak").unlink()
+    (a_dir / "memo.txt").write_bytes(b"memo")
+    # the report's answer names the new rules' ETag: fetched and scanned again before the push
+    report = await a.sync(a_api)
+    assert (report.uploaded, report.deleted_remote, report.skipped) == (1, 0, []), report
+    assert not report.partial and (a_dir / "draft.bak").read_bytes() == b"draft"
+    server.clock.advance(1)
+    fresh = server.open(a_dir, exclusive=False)
+    assert (await fresh.status(a_api)).ignored_by["draft.bak"] == "engagement"
+    fresh.close()
     a.close()
