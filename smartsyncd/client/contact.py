@@ -14,9 +14,6 @@ from smartsyncd.client.server import Server
 from smartsyncd.client.wire import CopyContact
 from smartsyncd.core.locks import covers
 
-# An idle copy still reports this often, so the copies list shows it alive (docs/workflow.md).
-IDLE_REPORT_EVERY = 15 * 60.0
-
 
 def _host() -> str:
     return socket.gethostname() or "unknown"
@@ -36,29 +33,19 @@ async def register(ctx: CopyContext, api: Server) -> None:
 
 
 async def contact(
-    ctx: CopyContext, api: Server, unsynced: int, since: datetime | None, *,
-    skip_if_idle: bool = False,
+    ctx: CopyContext, api: Server, unsynced: int, since: datetime | None
 ) -> CopyContact | None:
     """Report this copy's unsynced count; the answer has locks and the sign-off state.
     Best effort on network trouble (the sync itself reports that); an abandoned copy's
-    refusal is raised. ``skip_if_idle``: send nothing (None) when there is nothing to report
-    and the server heard "nothing unsynced" from this copy less than ``IDLE_REPORT_EVERY``
-    ago; a sync with nothing to push needs neither the locks nor the sign-off state."""
+    refusal is raised."""
     api.copy_id = ctx.copy_id
-    now = ctx.seconds()
-    if skip_if_idle and unsynced == 0:
-        last = await ctx.run(ctx.state.idle_report_at)
-        if last is not None and 0 <= now - last < IDLE_REPORT_EVERY:
-            return None
     try:
-        answer = await api.report_copy(
+        return await api.report_copy(
             ctx.engagement, ctx.copy_id, _host(), unsynced, since, await _key_hash(ctx)
         )
     except NetworkError as e:
         log.warn("could not report to the server: {why}", why=str(e))
         return None
-    await ctx.run(ctx.state.set_idle_report_at, now if unsynced == 0 else None)
-    return answer
 
 
 def blocked(user: str, answer: CopyContact | None, paths: Iterable[str]) -> dict[str, str]:

@@ -41,8 +41,7 @@ from smartsyncd.client.pull import case_insensitive
 from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import ScannedFile, ScanResult
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import mark_stale
-from smartsyncd.client.state import STATE_DIR, ClientState, FileRecord
+from smartsyncd.client.state import ClientState, FileRecord
 from smartsyncd.client.wire import CommitAnswer, CommitChange, DeltaHint, ManifestDelta, UploadItem
 from smartsyncd.core.manifest import make_delta
 from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, is_folder
@@ -232,8 +231,6 @@ class Push:
             return True
         if isinstance(e, PathRefused | PathClash) and path is not None and path in sent:
             self._exclude_refused(e, path)
-            if e.details.get("reason") == "ignored":  # rules newer than the kept set
-                await self.ctx.run(mark_stale, self.ctx.directory / STATE_DIR)
             return True
         if isinstance(e, Locked) and path is not None and path in sent:
             self.excluded.add(path)  # the local edit stays; it syncs after check-in

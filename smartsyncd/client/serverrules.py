@@ -20,10 +20,6 @@ from smartsyncd.core.ignore import MAX_RULES_BYTES, EngagementRules, rules_etag
 
 CACHE_NAME = "engagement-ignore.json"
 CACHE_LIMIT = 6 * MAX_RULES_BYTES + 4096  # the rules as JSON: \u00XX escapes at worst
-# Kept rules younger than this are used without asking (a sync every minute makes no rules
-# request); the server still enforces the current rules on every commit, and a refusal for
-# "ignored" marks the kept set stale so the next sync asks.
-FRESH_FOR = 300.0
 
 
 @dataclass(frozen=True)
@@ -50,74 +46,51 @@ def parse_rules_answer(reply: Reply) -> RulesAnswer:
     return RulesAnswer(changed=True, text=text)
 
 
-@dataclass(frozen=True)
-class KeptRules:
-    """The copy's last known set: ``rules`` None when the engagement had none; ``checked``
-    when the server last confirmed it (seconds; 0 when unknown or marked stale)."""
-
-    rules: EngagementRules | None
-    checked: float
-
-
-def read_cache(state_dir: Path) -> KeptRules | None:
-    """The kept set, or None when none was kept (blocking)."""
+def read_cache(state_dir: Path) -> tuple[bool, EngagementRules | None]:
+    """(whether a set was kept, the set: None when the engagement had none) (blocking)."""
     try:
         data = json.loads(read_small_file(state_dir / CACHE_NAME, CACHE_LIMIT))
     except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    text, checked = data.get("rules"), data.get("checked")
-    when = float(checked) if isinstance(checked, int | float) else 0.0
+        return False, None
+    text = data.get("rules") if isinstance(data, dict) else 0
     if text is None:
-        return KeptRules(None, when)
-    return KeptRules(EngagementRules.parse(text), when) if isinstance(text, str) else None
+        return True, None
+    return (True, EngagementRules.parse(text)) if isinstance(text, str) else (False, None)
 
 
 def read_cached(state_dir: Path) -> EngagementRules | None:
     """The rules last fetched for this copy (blocking), or None when none were kept."""
-    kept = read_cache(state_dir)
-    return None if kept is None else kept.rules
+    return read_cache(state_dir)[1]
 
 
-def write_cached(state_dir: Path, rules: EngagementRules | None, checked: float = 0.0) -> None:
-    """Keep ``rules`` (None: the engagement has none) as the copy's last known set, confirmed
-    by the server at ``checked`` (blocking)."""
+def write_cached(state_dir: Path, rules: EngagementRules | None) -> None:
+    """Keep ``rules`` (None: the engagement has none) as the copy's last known set (blocking)."""
     text = None if rules is None else rules.text
     digest = None if rules is None else rules.digest
-    body = json.dumps({"rules": text, "digest": digest, "checked": checked}).encode("utf-8")
+    body = json.dumps({"rules": text, "digest": digest}).encode("utf-8")
     atomic_write_bytes(state_dir / CACHE_NAME, body)
-
-
-def mark_stale(state_dir: Path) -> None:
-    """Have the next sync ask the server (a commit was refused for a path it ignores)."""
-    kept = read_cache(state_dir)
-    if kept is not None and kept.checked:
-        write_cached(state_dir, kept.rules, 0.0)
 
 
 async def current_rules(
     fetch: FetchRules,
     state_dir: Path,
     run: Callable[..., Awaitable[object]],
-    now: float,
 ) -> EngagementRules | None:
-    """The engagement's rules for this sync: the kept set while the server confirmed it less
-    than ``FRESH_FOR`` seconds before ``now``; else fetched (conditionally, on the kept set's
-    ETag) and kept; on a network or server failure the kept ones; None on an older server that
-    has no such route (404). ``run`` calls a blocking function off the reactor."""
+    """The engagement's rules for this sync: fetched (conditionally, on the kept set's ETag)
+    and kept; on a network or server failure the kept ones; None on an older server that has no
+    such route (404). ``run`` calls a blocking function off the reactor."""
     kept = await run(read_cache, state_dir)
-    assert kept is None or isinstance(kept, KeptRules)
-    cached = None if kept is None else kept.rules
-    if kept is not None and 0 <= now - kept.checked < FRESH_FOR:
-        return cached
+    assert isinstance(kept, tuple)
+    found, cached = kept
     try:
-        answer = await fetch(None if kept is None else rules_etag(cached.digest if cached else None))
+        answer = await fetch(rules_etag(cached.digest if cached else None) if found else None)
     except NotFound:
         return None
     except (NetworkError, ProtocolError, ServerRefused):
         return cached
-    rules = cached if not answer.changed else (
-        None if answer.text is None else EngagementRules.parse(answer.text))
-    await run(write_cached, state_dir, rules, now)  # confirmed now, changed or not
+    if not answer.changed:
+        return cached
+    rules = None if answer.text is None else EngagementRules.parse(answer.text)
+    if not found or (cached.digest if cached else None) != (rules.digest if rules else None):
+        await run(write_cached, state_dir, rules)
     return rules

@@ -220,15 +220,6 @@ class ClientState:
     def set_root_key(self, public_hex: str) -> None:
         self._set_many({"root_key": public_hex})
 
-    def idle_report_at(self) -> float | None:
-        """When the server was last told this copy held nothing unsynced (None: not since
-        its last report of unsynced work, or never)."""
-        value = self._get("idle_report_at")
-        return float(value) if value is not None else None
-
-    def set_idle_report_at(self, when: float | None) -> None:
-        self._set_many({"idle_report_at": None if when is None else repr(when)})
-
     def pending_batch(self) -> tuple[str, str] | None:
         """The (batch id, digest of its changes) sent but not yet answered, if any."""
         batch, digest = self._get("pending_batch"), self._get("pending_digest")

@@ -3,24 +3,17 @@ used when the server says it is unchanged (304) or a fetch fails."""
 
 from __future__ import annotations
 
-import itertools
-import json
 from pathlib import Path
 
 from smartsyncd.client.errors import NetworkError, NotFound
 from smartsyncd.client.serverrules import (
     CACHE_NAME,
-    FRESH_FOR,
     UNCHANGED,
     RulesAnswer,
     current_rules,
-    mark_stale,
     read_cached,
 )
 from smartsyncd.core.ignore import rules_digest, rules_etag
-
-# each call a little more than FRESH_FOR after the one before: every call asks the server
-_times = itertools.count(0.0, FRESH_FOR + 1)
 
 
 async def _run(fn, *args):  # type: ignore[no-untyped-def]
@@ -52,62 +45,47 @@ def _unchanged(asked: list[str | None]):  # type: ignore[no-untyped-def]
 
 
 async def test_fetched_rules_apply_and_are_kept(tmp_path: Path) -> None:
-    rules = await current_rules(_answer("*.bak\n"), tmp_path, _run, next(_times))
+    rules = await current_rules(_answer("*.bak\n"), tmp_path, _run)
     assert rules is not None and rules.ignores("a/x.bak") and not rules.ignores("x.txt")
     kept = read_cached(tmp_path)
     assert kept is not None and kept.text == "*.bak\n"
 
 
 async def test_a_failed_fetch_uses_the_cached_rules_not_none(tmp_path: Path) -> None:
-    await current_rules(_answer("*.bak\n"), tmp_path, _run, next(_times))
-    rules = await current_rules(_failing(NetworkError("unreachable")), tmp_path, _run, next(_times))
+    await current_rules(_answer("*.bak\n"), tmp_path, _run)
+    rules = await current_rules(_failing(NetworkError("unreachable")), tmp_path, _run)
     assert rules is not None and rules.ignores("x.bak")
 
 
 async def test_an_older_server_without_the_route_means_no_rules(tmp_path: Path) -> None:
     refused = NotFound("not_found", "no such route", 404)
-    assert await current_rules(_failing(refused), tmp_path, _run, next(_times)) is None
+    assert await current_rules(_failing(refused), tmp_path, _run) is None
     assert not (tmp_path / CACHE_NAME).exists()
 
 
 async def test_cleared_rules_replace_the_cached_ones(tmp_path: Path) -> None:
-    await current_rules(_answer("*.bak\n"), tmp_path, _run, next(_times))
-    assert await current_rules(_answer(None), tmp_path, _run, next(_times)) is None
+    await current_rules(_answer("*.bak\n"), tmp_path, _run)
+    assert await current_rules(_answer(None), tmp_path, _run) is None
     assert read_cached(tmp_path) is None
-    assert await current_rules(_failing(NetworkError("down")), tmp_path, _run, next(_times)) is None
+    assert await current_rules(_failing(NetworkError("down")), tmp_path, _run) is None
 
 
 async def test_the_kept_set_is_named_by_its_etag_and_a_304_keeps_it(tmp_path: Path) -> None:
     asked: list[str | None] = []
-    await current_rules(_answer("*.bak\n", asked), tmp_path, _run, 0.0)  # nothing kept: no ETag
-    rules = await current_rules(_unchanged(asked), tmp_path, _run, FRESH_FOR + 1)
+    await current_rules(_answer("*.bak\n", asked), tmp_path, _run)  # nothing kept: no ETag
+    before = (tmp_path / CACHE_NAME).stat().st_mtime_ns
+    rules = await current_rules(_unchanged(asked), tmp_path, _run)
     assert asked == [None, rules_etag(rules_digest("*.bak\n"))]
     assert rules is not None and rules.ignores("x.bak")
-    kept = json.loads((tmp_path / CACHE_NAME).read_text())
-    assert (kept["rules"], kept["checked"]) == ("*.bak\n", FRESH_FOR + 1)  # confirmed then
+    assert (tmp_path / CACHE_NAME).stat().st_mtime_ns == before  # a 304 rewrites nothing
 
 
 async def test_a_kept_empty_set_is_named_none_and_a_304_means_still_none(tmp_path: Path) -> None:
     asked: list[str | None] = []
-    await current_rules(_answer(None, asked), tmp_path, _run, next(_times))
+    await current_rules(_answer(None, asked), tmp_path, _run)
     assert (tmp_path / CACHE_NAME).exists()  # "no rules" is kept too: it has an ETag
-    assert await current_rules(_unchanged(asked), tmp_path, _run, next(_times)) is None
+    assert await current_rules(_unchanged(asked), tmp_path, _run) is None
     assert asked == [None, rules_etag(None)] == [None, '"none"']
-
-
-async def test_a_freshly_confirmed_set_is_used_without_asking_until_marked_stale(
-    tmp_path: Path,
-) -> None:
-    asked: list[str | None] = []
-    await current_rules(_answer("*.bak\n", asked), tmp_path, _run, 1000.0)
-    rules = await current_rules(_unchanged(asked), tmp_path, _run, 1000.0 + FRESH_FOR - 1)
-    assert asked == [None] and rules is not None and rules.ignores("x.bak")  # no request
-    await current_rules(_unchanged(asked), tmp_path, _run, 1000.0 + FRESH_FOR + 1)
-    assert len(asked) == 2  # stale: a conditional request, answered 304
-    mark_stale(tmp_path)  # a commit was refused for a path the current rules ignore
-    await current_rules(_answer("*.tmp\n", asked), tmp_path, _run, 1000.0 + FRESH_FOR + 2)
-    assert len(asked) == 3 and read_cached(tmp_path).ignores("a.tmp")  # type: ignore[union-attr]
-    assert await current_rules(_answer(None, asked), tmp_path, _run, 500.0) is None  # clock went back
 
 
 def test_engagement_rules_add_to_the_local_ones_case_sensitively() -> None:
