@@ -59,6 +59,8 @@ class CopyContext:
     base_cache: BaseCache = field(init=False)
     # probed once per open (casefold.py): the folder may be a different volume next time
     case_insensitive: bool | None = None
+    # this sync's own commit was the log's head (push.own_head): the pull has nothing to ask
+    pulled_through: int | None = None
 
     def __post_init__(self) -> None:
         self.base_cache = BaseCache(self.directory / ".smartsync" / "base")

@@ -54,11 +54,12 @@ from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
 from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import current_rules, read_cached
+from smartsyncd.client.serverrules import current_rules, read_cache, read_cached
 from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
+from smartsyncd.core.ignore import rules_etag
 from smartsyncd.core.model import Change, FileState, is_folder
 from smartsyncd.core.planner import PullWrite, plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
@@ -290,19 +291,27 @@ class SyncCopy:
 
     async def _sync(self, api: Server, progress: Progress | None) -> SyncReport:
         ctx, prog, report = self.ctx, progress or NullProgress(), SyncReport()
+        ctx.pulled_through = None
         await self._run(self.state.check_marker)
         await self._begin_sync()
-        await self._load_engagement_rules(api)
+        asked = await self._start_with_kept_rules(api)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         scan, early = await scan_and_upload(ctx, api, base, report)
-        report.bytes_sent += early.bytes_sent
-        report.skipped.extend(scan.skipped)
-        report.skipped.extend(scan.errors)
         await refresh_stat_cache(ctx, scan, base)
         push_plan = plan(scan.entries, base, [], complete=scan.complete,
                 ignored=scan.rules.ignores)  # one planner pass
         waiting, since = pending(scan, base, push_plan)
         answer = await contact.contact(ctx, api, len(waiting), since)
+        if await self._rules_moved(api, answer.ignore_etag if answer else None, asked):
+            report.bytes_sent += early.bytes_sent  # the engagement's rules changed: rescan
+            scan, early = await scan_and_upload(ctx, api, base, report)
+            await refresh_stat_cache(ctx, scan, base)
+            push_plan = plan(scan.entries, base, [], complete=scan.complete,
+                    ignored=scan.rules.ignores)
+            waiting, since = pending(scan, base, push_plan)
+        report.bytes_sent += early.bytes_sent
+        report.skipped.extend(scan.skipped)
+        report.skipped.extend(scan.errors)
         finalized = answer.finalized if answer else None
         if finalized:  # read-only: nothing to push; local changes stay local
             report.refused = finalized.describe() if waiting else None
@@ -342,11 +351,33 @@ class SyncCopy:
         await self._run(begin_sync, self.directory)
 
     async def _load_engagement_rules(self, api: Server) -> None:
-        """Fetch the engagement's published ignore rules for this sync's scan and pull (the
-        kept ones when unchanged or when the fetch fails)."""
+        """Fetch the engagement's published ignore rules (conditionally, on the kept set's
+        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails."""
         fetch = partial(api.ignore_rules, self.engagement)
         state_dir = self.directory / STATE_DIR
         self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
+
+    async def _start_with_kept_rules(self, api: Server) -> bool:
+        """Scan with the rules the copy kept; fetch them first only when none were kept.
+        Whether the server was asked."""
+        found, kept = await self._run(read_cache, self.directory / STATE_DIR)
+        if found:
+            self.scanner.engagement_rules = kept
+            return False
+        await self._load_engagement_rules(api)
+        return True
+
+    async def _rules_moved(self, api: Server, etag: str | None, asked: bool) -> bool:
+        """Whether the engagement's rules differ from the set this sync scanned with. The
+        copy report's answer names their ETag (``etag``; None: an older server or no answer:
+        ask then, unless this sync already did); newer rules are fetched before anything is
+        pushed, so nothing the current rules ignore is uploaded or deleted."""
+        before = self.scanner.engagement_rules
+        if etag == rules_etag(before.digest if before else None) or (etag is None and asked):
+            return False
+        await self._load_engagement_rules(api)
+        after = self.scanner.engagement_rules
+        return (after.digest if after else None) != (before.digest if before else None)
 
     async def _pull(self, api: Server, report: SyncReport, prog: Progress) -> None:
         """Only the pull half of a sync."""

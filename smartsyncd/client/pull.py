@@ -31,8 +31,12 @@ CHANGES_PAGE = 5000
 
 
 async def pull(ctx: CopyContext, api: Server, report: SyncReport, prog: Progress) -> None:
-    """Apply the server's changes after ``last_seq`` until none is left."""
+    """Apply the server's changes after ``last_seq`` until none is left (nothing to ask when
+    this sync's own commit was the head it answered: ``CopyContext.pulled_through``)."""
     since = await ctx.last_seq()
+    if ctx.pulled_through is not None and ctx.pulled_through == since:
+        ctx.pulled_through = None
+        return
     held = False  # a file did not fit on the disk: last_seq stays before its page
     while True:
         _head, changes, more = await api.changes(ctx.engagement, since, CHANGES_PAGE)

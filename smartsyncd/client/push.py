@@ -56,6 +56,9 @@ BULK_UPLOAD_WINDOW_BYTES = 16 * 1024 * 1024
 BULK_UPLOADS_IN_FLIGHT = 2
 READ_SPAN = 1024 * 1024  # reading for upload: back-to-back chunks this many bytes at a time
 PUSH_ATTEMPTS = 5
+# Uploads up to this many raw bytes go without asking the server which chunks it lacks first:
+# asking is what lets a large upload resume, and costs a round trip a small edit can save.
+ASK_FIRST_ABOVE = 256 * 1024
 
 
 class ChunkChanged(Exception):
@@ -139,10 +142,9 @@ class Push:
                 if settled:
                     continue
                 return
-            await apply_results(
-                ctx, answer, batch.changes, self.scan, self.base, report,
-                own_head(answer, last_seq),
-            )
+            own = own_head(answer, last_seq)
+            await apply_results(ctx, answer, batch.changes, self.scan, self.base, report, own)
+            ctx.pulled_through = own
             await ctx.run(ctx.state.clear_pending_batch)
             report.unsynced = len(self.planned & self.excluded)
             return
@@ -336,7 +338,10 @@ class Push:
         if not wanted:
             return 0
         ctx, prog = self.ctx, self.prog
-        missing = await self.api.missing_chunks(ctx.engagement, list(wanted))
+        if sum(size for _path, _offset, size in wanted.values()) <= ASK_FIRST_ABOVE:
+            missing = list(wanted)  # small: one request saved outweighs resending a little
+        else:
+            missing = await self.api.missing_chunks(ctx.engagement, list(wanted))
         if not missing:
             return 0
         prog.start("upload", sum(wanted[h][2] for h in missing))

@@ -200,6 +200,7 @@ class CopyContact:
     locks: tuple[LockInfo, ...] = ()
     finalized: FinalizedInfo | None = None
     deadline: DeadlineInfo | None = None
+    ignore_etag: str | None = None  # the engagement rules' ETag (None: an older server)
 
 
 @dataclass(frozen=True)
@@ -417,7 +418,8 @@ def parse_contact(value: object) -> CopyContact:
     if isinstance(due, dict) and isinstance(due.get("at"), str):
         deadline = DeadlineInfo(due["at"], _str_or_none(due.get("report_date")),
                                 _str_or_none(due.get("warning")))
-    return CopyContact(locks=locks, finalized=finalized, deadline=deadline)
+    return CopyContact(locks=locks, finalized=finalized, deadline=deadline,
+                       ignore_etag=_str_or_none(data.get("ignore")))
 
 
 def _int_or_none(value: object) -> int | None:

@@ -116,7 +116,7 @@ class SyncAPI:
             app, self.authorizer
         )
         PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
-        add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit))
+        add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit, store))
         add_review_routes(app, self.authorizer, ReviewRoutes(store, notifier, limits, now))
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from klein import Klein
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
+from smartsyncd.core.ignore import EngagementRules, rules_etag
 from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
 from smartsyncd.core.model import is_folder
@@ -55,6 +57,12 @@ from smartsyncd.web.shapes import (
 )
 
 
+class RulesLookup(Protocol):
+    """Where a copy report reads the engagement's ignore rules (for their ETag)."""
+
+    async def ignore_rules(self, engagement_id: int) -> EngagementRules | None: ...
+
+
 class WorkflowRoutes:
     """Locks, history, restore, export and sync copies, over the store's workflow role."""
 
@@ -65,8 +73,10 @@ class WorkflowRoutes:
         limits: Limits,
         now: Callable[[], datetime],
         read_audit: ReadAudit,
+        rules: RulesLookup,
     ) -> None:
         self._store = store
+        self._rules = rules
         self._notifier = notifier
         self._limits = limits
         self._now = now
@@ -159,6 +169,7 @@ class WorkflowRoutes:
         )
         status = await self._store.engagement_status(eid)
         locks = await self._store.list_locks(eid)
+        rules = await self._rules.ignore_rules(eid)
         return send_json(
             request,
             {
@@ -166,6 +177,8 @@ class WorkflowRoutes:
                 "finalized": finalized_json(status),
                 "locks": [lock_json(lock) for lock in locks],
                 "deadline": deadline_json(status, record.unsynced, self._now()),
+                # the rules' ETag: a copy whose kept rules are older fetches them before pushing
+                "ignore": rules_etag(rules.digest if rules else None),
             },
         )
 

@@ -118,7 +118,7 @@ async def test_engagement_rules_keep_files_local_both_ways(
 
 
 @driven
-async def test_a_clone_applies_the_engagement_rules_and_unchanged_rules_cost_a_304(
+async def test_a_clone_applies_the_engagement_rules_and_later_syncs_ask_only_when_they_change(
     server: MemoryServer, tmp_path: Path
 ) -> None:
     a_api = await server.api("alice")
@@ -135,14 +135,37 @@ async def test_a_clone_applies_the_engagement_rules_and_unchanged_rules_cost_a_3
     assert files_of(c_dir) == {"memo.txt": b"memo"} and not (c_dir / "old.bak").exists()
     tag = rules_etag(rules_digest("*.bak\n"))
     assert c_api.asked == [(None, True)]
-    (c_dir / "draft.bak").write_bytes(b"bob's own draft")
-    report = await c.sync(c_api)
+    (c_dir / "mine.bak").write_bytes(b"bob's own draft")
+    report = await c.sync(c_api)  # the report's answer names the same rules: no request
     assert (report.uploaded, report.downloaded, report.skipped) == (0, 0, []), report
-    assert c_api.asked[-1] == (tag, False)  # unchanged: a bodiless 304
+    assert c_api.asked == [(None, True)]
 
     await server.env.store.set_ignore_rules(ENG, None, actor="local:alice")
-    await c.sync(c_api)  # the set changed: a full answer, and the rules no longer apply
-    assert c_api.asked[-1] == (tag, True)
-    assert (await c.sync(c_api)).uploaded == 0 and c_api.asked[-1] == (rules_etag(None), False)
+    report = await c.sync(c_api)  # the report names other rules: fetched, mine.bak uploads
+    assert c_api.asked[-1] == (tag, True) and report.uploaded == 1, report
+    assert (await c.sync(c_api)).uploaded == 0 and len(c_api.asked) == 2
     for copy in (a, c):
         copy.close()
+
+
+@driven
+async def test_rules_newer_than_the_kept_set_apply_before_anything_is_pushed(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    a_api = await server.api("alice")
+    a_dir = tmp_path / "a"
+    a = await server.clone(a_api, a_dir)
+    (a_dir / "old.bak").write_bytes(b"stored before the rule")
+    assert (await a.sync(a_api)).uploaded == 1  # keeps "no rules"
+    await server.env.store.set_ignore_rules(ENG, "*.bak\n", actor="local:alice")
+    (a_dir / "draft.bak").write_bytes(b"draft")
+    (a_dir / "old.bak").unlink()
+    (a_dir / "memo.txt").write_bytes(b"memo")
+    # the report's answer names the new rules' ETag: fetched and scanned again before the push
+    report = await a.sync(a_api)
+    assert (report.uploaded, report.deleted_remote, report.skipped) == (1, 0, []), report
+    assert not report.partial and (a_dir / "draft.bak").read_bytes() == b"draft"
+    fresh = server.open(a_dir, exclusive=False)
+    assert (await fresh.status(a_api)).ignored_by["draft.bak"] == "engagement"
+    fresh.close()
+    a.close()
