@@ -94,15 +94,15 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
 def move_no_replace(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``, refusing (FileExistsError) when ``dst`` exists; fsync both
     folders. Uses link + unlink so an existing ``dst`` is never replaced."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    osfs.make_folders(dst.parent, exist_ok=True)
     try:
-        os.link(src, dst, follow_symlinks=False)
+        osfs.link(src, dst)
     except OSError as e:
         if e.errno == errno.EEXIST:
             raise FileExistsError(errno.EEXIST, "conflict copy name taken", str(dst)) from None
         # file systems without hard links: check, then rename (a small race, never a replace
         # of a file that existed at the check)
-        if os.path.lexists(dst):
+        if osfs.lexists(dst):
             raise FileExistsError(errno.EEXIST, "conflict copy name taken", str(dst)) from None
         osfs.rename(src, dst)
     else:
@@ -120,7 +120,7 @@ def remove_file(root: Path, target: Path, keep: Callable[[Path], bool] | None = 
     parent = target.parent
     while parent != root and root in parent.parents and not (keep and keep(parent)):
         try:
-            parent.rmdir()
+            osfs.remove_folder(parent)
         except OSError:
             break
         fsync_dir(parent.parent)
@@ -130,7 +130,7 @@ def remove_file(root: Path, target: Path, keep: Callable[[Path], bool] | None = 
 def read_chunk(path: Path, offset: int, size: int, expect: str) -> bytes | None:
     """Read ``size`` bytes at ``offset``; return them only if they hash to ``expect``."""
     try:
-        with open(path, "rb") as f:
+        with osfs.open_binary(path) as f:
             f.seek(offset)
             data = f.read(size)
     except OSError:

@@ -81,6 +81,11 @@ def unlink(
             raise
 
 
+def link(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.link`` without following a link at ``source``, with long paths on Windows."""
+    os.link(native_path(source), native_path(target), follow_symlinks=False)
+
+
 def remove_folder(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
     """``os.rmdir`` (an empty folder, or a folder link or junction itself) with long paths on
     Windows."""

@@ -16,10 +16,8 @@ from pathlib import Path
 import smartsyncd
 
 ROOT = Path(smartsyncd.__file__).parent
-# The wrappers themselves, and localfs (temp files and conflict moves through osfs). localfs
-# still makes 5 direct calls (move_no_replace's mkdir, link and lexists, remove_file's rmdir,
-# read_chunk's open): outside the change that routed the others; route them next (issue 16).
-ALLOWED = {"client/osfs.py", "client/longpath.py", "client/localfs.py"}
+# The wrappers themselves: every other client module goes through them.
+ALLOWED = {"client/osfs.py", "client/longpath.py"}
 OS_PATH_CALLS = {
     "open", "mkdir", "makedirs", "rmdir", "removedirs", "unlink", "remove", "rename",
     "replace", "stat", "lstat", "scandir", "listdir", "utime", "chmod", "walk", "link",

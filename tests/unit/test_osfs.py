@@ -303,6 +303,7 @@ WRAPPED: list[tuple[str, Callable[[], object], Any, str, list[object]]] = [
     ("replace", lambda: osfs.replace(WIN_FILE, WIN_OTHER), os, "replace", [LONG_FILE, LONG_OTHER]),
     ("rename", lambda: osfs.rename(WIN_FILE, WIN_OTHER), os, "rename", [LONG_FILE, LONG_OTHER]),
     ("unlink", lambda: osfs.unlink(WIN_FILE), os, "unlink", [LONG_FILE]),
+    ("link", lambda: osfs.link(WIN_FILE, WIN_OTHER), os, "link", [LONG_FILE, LONG_OTHER]),
     ("remove_folder", lambda: osfs.remove_folder(WIN_FOLDER), os, "rmdir",
      ["\\\\?\\" + WIN_FOLDER]),
     ("make_folder", lambda: osfs.make_folder(WIN_FOLDER), os, "mkdir",
