@@ -37,6 +37,9 @@ SCAN_STEP = 256
 # batch while the scan goes on (the last ones go with the push, after the scan)
 EARLY_COMMIT_FILES = 2000
 BASE_MIN_FILE = 64 * 1024  # smaller files are cheap to send whole: no base copy
+# ...unless this copy just uploaded an edit of it: a file edited once is likely edited again,
+# and its next edit then travels as a delta of a few hundred bytes, not the whole file
+EDITED_BASE_MIN_FILE = 2 * 1024
 # an mtime this close to "now" may not change on a quick same-size edit (coarse file system
 # timestamps): such files are re-read once on the next scan
 RACY_NS = 1_000_000_000
@@ -104,11 +107,14 @@ class CopyContext:
     def conflict_target(self, path: str) -> str:
         return conflict_name(path, self.user, self.now(), self.taken)
 
-    def keep_bases(self, items: Iterable[tuple[str, str, int]]) -> None:
-        """Keep base copies of synced versions for the next delta (an optimization only: a
-        failure leaves no copy and the next edit travels as plain chunks)."""
+    def keep_bases(
+        self, items: Iterable[tuple[str, str, int]], min_size: int = BASE_MIN_FILE
+    ) -> None:
+        """Keep base copies of synced versions of at least ``min_size`` bytes for the next
+        delta (an optimization only: a failure leaves no copy and the next edit travels as
+        plain chunks)."""
         for path, content, size in items:
-            if size >= BASE_MIN_FILE:
+            if size >= min_size:
                 try:
                     self.base_cache.keep(self.local(path), content, size)
                 except OSError as e:

@@ -20,7 +20,14 @@ from dataclasses import dataclass, replace
 from twisted.internet.defer import Deferred
 
 from smartsyncd.client.casefold import match_folders
-from smartsyncd.client.copycontext import WINDOW_BYTES, CopyContext, log, offsets, remote_path_ok
+from smartsyncd.client.copycontext import (
+    EDITED_BASE_MIN_FILE,
+    WINDOW_BYTES,
+    CopyContext,
+    log,
+    offsets,
+    remote_path_ok,
+)
 from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase
 from smartsyncd.client.errors import (
     BadChunk,
@@ -461,7 +468,9 @@ async def apply_results(
                 puts.append(ctx.record(entry, item.seq, cpath, chunks))
                 drops.append(path)
     await ctx.run(ctx.state.update, puts, drops, own)
-    await ctx.run(ctx.keep_bases, [(r.path, r.content, r.size) for r in puts])
+    edited = [(r.path, r.content, r.size) for r in puts if r.path in base]
+    await ctx.run(ctx.keep_bases, edited, EDITED_BASE_MIN_FILE)
+    await ctx.run(ctx.keep_bases, [(r.path, r.content, r.size) for r in puts if r.path not in base])
     return puts, drops
 
 
