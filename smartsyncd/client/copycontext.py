@@ -9,7 +9,7 @@ few file operations more than one part performs (conflict names, base copies, gu
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,7 +81,7 @@ class CopyContext:
         return mtime_ns if now_ns - mtime_ns >= RACY_NS else -1
 
     def record(
-        self, entry: ScannedFile, seq: int, at: str, chunks: tuple[ChunkRef, ...] | None
+        self, entry: ScannedFile, seq: int, at: str, chunks: Sequence[ChunkRef] | None
     ) -> FileRecord:
         """The state row of ``entry`` synced as ``seq`` at path ``at``."""
         return FileRecord(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -60,7 +60,7 @@ class ScannedFile(LocalEntry):
     path: str
     mtime_ns: int
     inode: int
-    chunks: tuple[ChunkRef, ...] | None = None
+    chunks: Sequence[ChunkRef] | None = None
     hashed: bool = False
     readonly: bool = False  # the read-only attribute (``osfs.is_readonly``)
 

@@ -8,7 +8,7 @@ builds a wire dict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple, TypeVar, overload
@@ -92,7 +92,7 @@ class CommitChange:
     content: str | None = None
     size: int | None = None
     delta: ManifestDelta | None = None
-    manifest: tuple[ChunkRef, ...] | None = None
+    manifest: Sequence[ChunkRef] | None = None
     # the local file's date (ns since 1970 UTC) and read-only attribute (protocol.md, Push 3)
     mtime_ns: int | None = None
     readonly: bool | None = None
