@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 
+from smartsyncd.client import transport
 from smartsyncd.client.backoff import Backoff
 from smartsyncd.client.chunkpacking import (
     CHUNKS_PER_REQUEST,
@@ -46,8 +47,10 @@ from smartsyncd.client.wire import (
     SessionInfo,
     Snapshot,
     UploadItem,
+    encode_commit,
     field,
     history_fields,
+    history_json,
     obj,
     parse_change,
     parse_commit,
@@ -422,19 +425,15 @@ class ServerAPI(Transport):
         self, eng: str, batch: str, changes: Sequence[CommitChange]
     ) -> CommitAnswer:
         """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
-        body: JSONObject = {"batch": batch, "changes": [c.to_json() for c in changes]}
         keeper = self.keeper
-        if keeper is not None:
-            check = await keeper.check(None)
-            body["history"] = {
-                k: v for k, v in (
-                    ("seq", check.seq), ("hash", check.hash), ("store", check.store),
-                    ("generation", check.generation),
-                ) if v is not None
-            }
-        answer = parse_commit(
-            await self._json("POST", _eng(eng, "commit"), body=body, compress=True), len(changes)
+        history = None if keeper is None else history_json(await keeper.check(None))
+        # written and compressed in a thread, manifests from their packed form (wire.py)
+        data, encoding = await self._in_thread(
+            encode_commit, batch, changes, history, self.compress_requests
         )
+        reply = await self._request("POST", _eng(eng, "commit"), data=data,
+                                    content_type=transport.JSON_TYPE, encoding=encoding)
+        answer = parse_commit(decode_json(reply), len(changes))
         if keeper is not None and answer.history is not None:
             await keeper.seen(answer.history)
         return answer

@@ -228,12 +228,13 @@ class Transport:
         expect: bytes = JSON_TYPE,
         compress: bool = False,
         name_copy: bool | None = None,
+        encoding: bytes | None = None,
     ) -> Reply:
         """One call with retries; on ``session_expired`` sign in again once and repeat.
         ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch).
-        ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls)."""
+        ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls).
+        ``encoding``: the ``Content-Encoding`` of a ``data`` already encoded (a commit)."""
         copy = self.copy_id if (auth if name_copy is None else name_copy) else None
-        encoding: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             content_type = JSON_TYPE

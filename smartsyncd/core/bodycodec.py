@@ -10,7 +10,7 @@ so a zstd bomb costs nothing (field-lessons.md, lesson 8).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import zstandard
 
@@ -33,6 +33,17 @@ def _compressor() -> zstandard.ZstdCompressor:
 def compress(data: bytes) -> bytes:
     """One zstd frame of ``data`` (level 3; records the content size)."""
     return _compressor().compress(data)
+
+
+def compress_pieces(pieces: Iterable[bytes]) -> bytes:
+    """One zstd frame of the concatenated ``pieces``, compressed as they come (a large commit's
+    body is never whole before compression; the frame then states no content size)."""
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    out = bytearray()
+    for piece in pieces:
+        out += compressor.compress(piece)
+    out += compressor.flush()
+    return bytes(out)
 
 
 def worth_compressing(data: bytes) -> bool:

@@ -18,6 +18,7 @@ from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadRequest, TooLarge
 from smartsyncd.core.jsonvalue import JSONDict, JSONValue
 from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, HistoryCheck, ProposedChange
+from smartsyncd.core.packed import PackedBuilder
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import PutManifest
 from smartsyncd.web.bodies import (
@@ -213,15 +214,20 @@ def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | No
     attributes = _plain_attributes(raw)
     if attributes is None:
         return None
-    refs = []
+    refs: list[ChunkRef] = []
+    packed = PackedBuilder()  # a large manifest: 40 bytes per entry (core/packed.py)
+    large = len(full) > manifest.PACK_MIN_ENTRIES
     for entry in full:
         if type(entry) is not list or len(entry) != 2:
             return None
         h, n = entry
         if type(n) is not int or not 0 < n <= chunking.MAX_CHUNK or not manifest.is_hash(h):
             return None
-        refs.append(ChunkRef(h, n))
-    chunks = tuple(refs)
+        if large:
+            packed.append_digest(bytes.fromhex(h), n)
+        else:
+            refs.append(ChunkRef(h, n))
+    chunks = packed.done() if large else tuple(refs)
     content = manifest.content_id(chunks)
     path = normalize_path(path)
     size = sum(c.size for c in chunks)
