@@ -45,8 +45,10 @@ def make_manifest(chunks: Sequence[ChunkRef]) -> Manifest:
 
 def compact(chunks: Sequence[ChunkRef]) -> Sequence[ChunkRef]:
     """``chunks`` as kept in bulk: a tuple when small, ``PackedChunks`` when large."""
-    if isinstance(chunks, PackedChunks | tuple) or len(chunks) <= PACK_MIN_ENTRIES:
-        return chunks if isinstance(chunks, PackedChunks | tuple) else tuple(chunks)
+    if isinstance(chunks, PackedChunks):
+        return chunks
+    if len(chunks) <= PACK_MIN_ENTRIES:
+        return chunks if isinstance(chunks, tuple) else tuple(chunks)
     return PackedChunks.of(chunks)
 
 
