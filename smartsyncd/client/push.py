@@ -48,6 +48,7 @@ from smartsyncd.core.manifest import content_id, make_delta
 from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, is_folder
 from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import Plan, PushPut, plan
+from smartsyncd.runtime.malloctune import fix_mmap_threshold
 
 # The push's upload of a copy with the default window: 16 MiB per request, two on the wire.
 # Each request costs the server an fsync of its pack, an fsync of the shard folder and a
@@ -335,6 +336,7 @@ class Push:
         total = await ctx.run(wanted.total_bytes)
         if not total:
             return 0
+        fix_mmap_threshold()  # 16 MiB windows freed to the system, not kept as heap holes
         prog.start("upload", total)
         sent = 0
         try:
