@@ -398,9 +398,10 @@ class ServerAPI(Transport):
         try:
             for batch in upload_batches(chunks):
                 body = await self._in_thread(encode_upload, batch)
+                raw_total = sum(len(item[1]) for item in batch)
+                batch.clear()  # its bytes are in ``body``: not held again while that travels
                 while len(in_flight) >= PARALLEL_REQUESTS:
                     sent += await in_flight.pop(0)
-                raw_total = sum(len(item[1]) for item in batch)
                 in_flight.append(
                     Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
                 )

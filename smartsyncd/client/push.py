@@ -369,9 +369,11 @@ class Push:
                     raw, pending = in_flight.pop(0)
                     sent += await pending
                     prog.advance(raw)
-                upload = Deferred.fromCoroutine(self.api.upload_chunks(ctx.engagement, data))
-                in_flight.append((sum(len(item[1]) for item in data), upload))
+                raw = sum(len(item[1]) for item in data)
+                # an iterator: the window's raw bytes are dropped once encoded into its body
+                upload = Deferred.fromCoroutine(self.api.upload_chunks(ctx.engagement, iter(data)))
                 del data
+                in_flight.append((raw, upload))
             while in_flight:
                 raw, pending = in_flight.pop(0)
                 sent += await pending

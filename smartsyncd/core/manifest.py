@@ -113,6 +113,10 @@ def chunks_from_json(
 ) -> Sequence[ChunkRef]:
     """Parse ``[[hash, size], ...]`` strictly (packed when large); ``BadRequest`` names the
     first problem."""
+    if isinstance(value, PackedChunks):  # lifted from the body, each entry checked there
+        if len(value) > max_entries:
+            raise BadRequest(f"{field} has {len(value)} entries, more than {max_entries}")
+        return value
     if not isinstance(value, list | tuple):
         raise BadRequest(f"{field} must be a list of [hash, size] pairs")
     if len(value) > max_entries:

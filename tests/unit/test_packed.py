@@ -26,6 +26,7 @@ from smartsyncd.client.wanted import Wanted
 from smartsyncd.client.wire import CommitChange, commit_pieces, encode_commit
 from smartsyncd.core import bodycodec, manifest
 from smartsyncd.core.errors import BadRequest, MissingChunks
+from smartsyncd.core.manifestlift import lift_manifests
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.packed import JSON_PIECE_ENTRIES, PackedBuilder, PackedChunks, manifest_json
 from smartsyncd.storage import commit as commit_module
@@ -187,3 +188,48 @@ def test_builder_appends_digests_and_refs_alike() -> None:
     for c in chunks[2:]:
         builder.append_digest(bytes.fromhex(c.hash), c.size)
     assert len(builder) == 5 and builder.done() == chunks
+
+
+def test_large_manifests_are_lifted_from_the_body_bytes() -> None:
+    big, small = refs(manifest.PACK_MIN_ENTRIES * 2), refs(3, seed=5)
+    body = {"batch": 'odd "manifest":[ key', "changes": [
+        {"path": "big", "kind": "put", "base": None,
+         "manifest": manifest.chunks_to_json(big)},
+        {"path": "small", "kind": "put", "base": None, "manifest": manifest.chunks_to_json(small)},
+    ]}
+    for separators in ((",", ":"), (", ", ": ")):  # a compact body and json.dumps' default
+        data = json.dumps(body, separators=separators).encode()
+        rest, lifted = lift_manifests(data, "m:", manifest.PACK_MIN_ENTRIES, 10**6)
+        assert lifted == [big] and len(rest) < 1000
+        back = json.loads(rest)
+        assert back["changes"][0]["manifest"] == "m:0"
+        assert back["batch"] == 'odd "manifest":[ key'  # a string is never cut
+        assert back["changes"][1]["manifest"] == manifest.chunks_to_json(small)
+        parsed = parse_commit(data, Limits())
+        assert parsed.manifests["big"].chunks == big and parsed.batch == body["batch"]
+        assert parsed.manifests["small"].chunks == small
+    # over the entry limit: left for the strict parser, which refuses it
+    data = json.dumps(body).encode()
+    assert lift_manifests(data, "m:", 10, len(big) - 1) == (data, [])
+
+
+@pytest.mark.parametrize("bad", [
+    lambda e: [e[0].upper(), e[1]], lambda e: [e[0], 0], lambda e: [e[0], 262145],
+    lambda e: [e[0], e[1], 1], lambda e: [e[0], 1.5], lambda e: {"h": e[0]},
+])
+def test_a_malformed_large_manifest_is_not_lifted_and_is_refused(bad) -> None:
+    wire = manifest.chunks_to_json(refs(manifest.PACK_MIN_ENTRIES * 2))
+    wire[400] = bad(wire[400])
+    data = json.dumps({"batch": "b", "changes": [
+        {"path": "f", "kind": "put", "base": None, "manifest": wire}]}).encode()
+    assert lift_manifests(data, "m:", 1, 10**6) == (data, [])
+    with pytest.raises(BadRequest) as info:
+        parse_commit(data, Limits())
+    assert info.value.details["field"] == "changes[0].manifest"
+
+
+def test_a_forged_placeholder_is_only_a_string() -> None:
+    data = json.dumps({"batch": "b", "changes": [
+        {"path": "f", "kind": "put", "base": None, "manifest": "m:0"}]}).encode()
+    with pytest.raises(BadRequest, match="list"):
+        parse_commit(data, Limits())
