@@ -51,6 +51,7 @@ from smartsyncd.client.wire import (
     field,
     history_fields,
     history_json,
+    manifests_json,
     obj,
     parse_change,
     parse_commit,
@@ -252,7 +253,8 @@ class ServerAPI(Transport):
             files = [_manifest_item(c, bases[c]) for c in batch]
             try:
                 data = obj(await self._json(
-                    "POST", _eng(eng, "manifests"), body={"files": files}, compress=True
+                    "POST", _eng(eng, "manifests"), body={"files": files}, compress=True,
+                    decode=manifests_json,  # large chunk lists packed from the bytes (wire.py)
                 ), "manifests")
             except ServerRefused as exc:
                 if exc.status not in (404, 405):
@@ -586,7 +588,7 @@ def _parse_manifest(data: JSONObject, content: str, base: Manifest | None) -> Ma
         raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
     if content_id(chunks) != content or sum(c.size for c in chunks) != size:
         raise ProtocolError(f"server sent a manifest that does not match content {content}")
-    return Manifest(content=content, size=size, chunks=tuple(chunks))
+    return Manifest(content=content, size=size, chunks=chunks)
 
 
 def _iso(when: datetime) -> str:

@@ -206,12 +206,14 @@ class Transport:
         timeout: float | None = None,
         compress: bool = False,
         name_copy: bool | None = None,
+        decode: Callable[[bytes], object] | None = None,
     ) -> object:
+        """``decode``: parses the answer's bytes instead of ``json.loads`` (a manifests answer)."""
         reply = await self._request(
             method, path, body=body, params=params, auth=auth, timeout=timeout,
             compress=compress, name_copy=name_copy,
         )
-        return decode_json(reply)
+        return decode_json(reply) if decode is None else decode(reply.body)
 
     async def _request(
         self,

@@ -9,6 +9,7 @@ builds a wire dict.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,8 @@ from typing import Literal, NamedTuple, TypeVar, overload
 
 from smartsyncd.client.errors import ProtocolError
 from smartsyncd.core import bodycodec
-from smartsyncd.core.manifest import chunks_to_json
+from smartsyncd.core.manifest import DEFAULT_MAX_ENTRIES, PACK_MIN_ENTRIES, chunks_to_json
+from smartsyncd.core.manifestlift import lift_manifests
 from smartsyncd.core.model import (
     MTIME_NS_MAX,
     MTIME_NS_MIN,
@@ -178,6 +180,23 @@ def history_json(check: HistoryCheck) -> dict[str, object]:
             ("generation", check.generation),
         ) if v is not None
     }
+
+
+def manifests_json(body: bytes) -> object:
+    """A ``POST .../manifests`` answer parsed with each large ``chunks`` list packed straight
+    from the bytes (core/manifestlift.py), not made into a list per entry first."""
+    marker = secrets.token_hex(16) + ":"
+    rest, lifted = lift_manifests(body, marker, PACK_MIN_ENTRIES, DEFAULT_MAX_ENTRIES, b"chunks")
+    try:
+        data = json.loads(rest)
+    except ValueError as exc:
+        raise ProtocolError("server answered manifests without valid JSON") from exc
+    items = data.get("manifests") if isinstance(data, dict) and lifted else None
+    for item in items if isinstance(items, list) else ():
+        value = item.get("chunks") if isinstance(item, dict) else None
+        if isinstance(value, str) and value.startswith(marker):
+            item["chunks"] = lifted[int(value[len(marker) :])]
+    return data
 
 
 def _dumps(value: object) -> bytes:

@@ -9,7 +9,8 @@ string ``marker + index``; the caller puts the packed lists back where those str
 (web/parse.py). ``"manifest":[`` can only be a key and its array in JSON (inside a string
 every quote is escaped), and an array that does not parse here entry by entry (a bad hash, a
 size out of range, another spelling) is left in the body as it was, for the strict parser to
-refuse and name. The marker is the caller's random string, so a body cannot forge one.
+refuse and name. The marker is the caller's random string, so a body cannot forge one. The client lifts the
+``"chunks"`` arrays of a manifests answer the same way (client/wire.py ``manifests_json``).
 """
 
 from __future__ import annotations
@@ -19,30 +20,31 @@ import re
 from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.packed import PackedBuilder, PackedChunks
 
-_KEY = re.compile(rb'"manifest"\s*:\s*\[')
+_KEYS = {key: re.compile(b'"' + key + rb'"\s*:\s*\[') for key in (b"manifest", b"chunks")}
 _ENTRY = re.compile(rb'\s*\[\s*"([0-9a-f]{64})"\s*,\s*([1-9][0-9]{0,9})\s*\]\s*([,\]])')
 _EMPTY = re.compile(rb"\s*\]")
 
 
 def lift_manifests(
-    body: bytes, marker: str, min_entries: int, max_entries: int
+    body: bytes, marker: str, min_entries: int, max_entries: int, key: bytes = b"manifest"
 ) -> tuple[bytes, list[PackedChunks]]:
-    """``body`` with each large, well-formed manifest array replaced by ``"<marker><i>"``,
-    and the packed lists by ``i``. Arrays of fewer than ``min_entries`` or more than
-    ``max_entries`` entries stay as they are."""
-    if b'"manifest"' not in body:
+    """``body`` with each large, well-formed manifest array under ``key`` (``manifest`` in a
+    commit, ``chunks`` in a manifests answer) replaced by ``"<marker><i>"``, and the packed
+    lists by ``i``. Arrays of fewer than ``min_entries`` or more than ``max_entries`` entries
+    stay as they are."""
+    if b'"' + key + b'"' not in body:
         return body, []
     out: list[bytes] = []
     lifted: list[PackedChunks] = []
     done = 0  # body[:done] is in ``out`` already
-    for key in _KEY.finditer(body):
-        if key.start() < done:
+    for found in _KEYS[key].finditer(body):
+        if found.start() < done:
             continue
-        packed, end = _scan_array(body, key.end(), max_entries)
+        packed, end = _scan_array(body, found.end(), max_entries)
         if packed is None or len(packed) < min_entries:
             continue
-        out.append(body[done : key.start()])
-        out.append(b'"manifest":"' + marker.encode("ascii") + str(len(lifted)).encode() + b'"')
+        out.append(body[done : found.start()])
+        out.append(b'"' + key + b'":"' + marker.encode("ascii") + str(len(lifted)).encode() + b'"')
         lifted.append(packed)
         done = end
     if not lifted:

@@ -23,7 +23,7 @@ from test_storage import (  # noqa: F401 - fixtures and helpers of the store sui
 )
 
 from smartsyncd.client.wanted import Wanted
-from smartsyncd.client.wire import CommitChange, commit_pieces, encode_commit
+from smartsyncd.client.wire import CommitChange, commit_pieces, encode_commit, manifests_json
 from smartsyncd.core import bodycodec, manifest
 from smartsyncd.core.errors import BadRequest, MissingChunks
 from smartsyncd.core.manifestlift import lift_manifests
@@ -233,3 +233,19 @@ def test_a_forged_placeholder_is_only_a_string() -> None:
         {"path": "f", "kind": "put", "base": None, "manifest": "m:0"}]}).encode()
     with pytest.raises(BadRequest, match="list"):
         parse_commit(data, Limits())
+
+
+def test_the_client_packs_large_chunk_lists_of_a_manifests_answer() -> None:
+    big, small = refs(manifest.PACK_MIN_ENTRIES * 3), refs(2, seed=4)
+    answer = {"manifests": [
+        {"content": manifest.content_id(big), "size": 1, "chunks": manifest.chunks_to_json(big)},
+        {"content": manifest.content_id(small), "size": 1, "chunks": manifest.chunks_to_json(small)},
+    ], "missing": [], "deferred": []}
+    data = manifests_json(json.dumps(answer).encode())
+    assert isinstance(data, dict)
+    first, second = data["manifests"]
+    assert isinstance(first["chunks"], PackedChunks) and first["chunks"] == big
+    assert second["chunks"] == manifest.chunks_to_json(small)
+    assert manifest.chunks_from_json(first["chunks"]) is first["chunks"]
+    with pytest.raises(BadRequest, match="more than 10"):
+        manifest.chunks_from_json(first["chunks"], max_entries=10)
