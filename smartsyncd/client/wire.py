@@ -165,7 +165,10 @@ def encode_commit(
     """The commit body and its ``Content-Encoding`` (zstd when ``compress`` and worth it),
     compressed as it is written (blocking for a large commit: run it in a thread)."""
     if compress and sum(len(c.manifest or ()) for c in changes) > JSON_PIECE_ENTRIES:
-        return bodycodec.compress_pieces(commit_pieces(batch, changes, history)), b"zstd"
+        # written twice, once to count it: a frame that states its size is decompressed by
+        # the daemon into one buffer, not pieces joined into a second copy
+        size = sum(len(piece) for piece in commit_pieces(batch, changes, history))
+        return bodycodec.compress_pieces(commit_pieces(batch, changes, history), size), b"zstd"
     data = b"".join(commit_pieces(batch, changes, history))
     if compress and bodycodec.worth_compressing(data):
         return bodycodec.compress(data), b"zstd"

@@ -35,10 +35,11 @@ def compress(data: bytes) -> bytes:
     return _compressor().compress(data)
 
 
-def compress_pieces(pieces: Iterable[bytes]) -> bytes:
+def compress_pieces(pieces: Iterable[bytes], size: int = -1) -> bytes:
     """One zstd frame of the concatenated ``pieces``, compressed as they come (a large commit's
-    body is never whole before compression; the frame then states no content size)."""
-    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    body is never whole before compression). ``size``, their total length when known, goes in
+    the frame header: the receiver then decompresses into one buffer of that size."""
+    compressor = _compressor().compressobj(size=size)
     out = bytearray()
     for piece in pieces:
         out += compressor.compress(piece)

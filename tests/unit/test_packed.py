@@ -9,6 +9,7 @@ import random
 
 import blake3
 import pytest
+import zstandard
 from test_storage import (  # noqa: F401 - fixtures and helpers of the store suite
     backend,
     chunk,
@@ -30,7 +31,10 @@ from smartsyncd.core.manifestlift import lift_manifests
 from smartsyncd.core.model import ChunkRef
 from smartsyncd.core.packed import JSON_PIECE_ENTRIES, PackedBuilder, PackedChunks, manifest_json
 from smartsyncd.storage import commit as commit_module
+from smartsyncd.web.errors import json_bytes
 from smartsyncd.web.limits import Limits
+from smartsyncd.web.manifestbatch import Wanted as ManifestWanted
+from smartsyncd.web.manifestbatch import answer_bytes, manifests_answer
 from smartsyncd.web.parse import parse_commit
 
 
@@ -115,8 +119,9 @@ def test_the_commit_body_is_written_as_json_dumps_would() -> None:
     assert b"".join(commit_pieces("b-1", changes, history)) == expected
     data, encoding = encode_commit("b-1", changes, history, compress=True)
     assert encoding == b"zstd" and len(data) < len(expected)
+    assert zstandard.frame_content_size(data) == len(expected)
     assert bodycodec.decode(data, "zstd", len(expected)) == expected
-    # the daemon's limit holds for a body compressed as it was written (no size in its header)
+    # the daemon's cap holds for a body compressed as it was written (its size in the header)
     with pytest.raises(Exception, match="over the limit"):
         bodycodec.decode(data, "zstd", len(expected) - 1)
     plain, none = encode_commit("b-1", changes[:1], None, compress=False)
@@ -249,3 +254,22 @@ def test_the_client_packs_large_chunk_lists_of_a_manifests_answer() -> None:
     assert manifest.chunks_from_json(first["chunks"]) is first["chunks"]
     with pytest.raises(BadRequest, match="more than 10"):
         manifest.chunks_from_json(first["chunks"], max_entries=10)
+
+
+def test_the_daemon_writes_a_manifests_answer_from_packed_lists() -> None:
+    big, small = refs(manifest.PACK_MIN_ENTRIES * 3), refs(2, seed=4)
+    found = {m.content: m for m in (manifest.make_manifest(big), manifest.make_manifest(small))}
+    wanted = [ManifestWanted(c, None) for c in found] + [ManifestWanted("ef" * 32, None)]
+    answer = manifests_answer(wanted, found, 10**8)
+    assert isinstance(answer.body["manifests"][0]["chunks"], PackedChunks)  # type: ignore[index]
+    as_lists = {"manifests": [
+        {"content": m.content, "size": m.size, "chunks": manifest.chunks_to_json(m.chunks)}
+        for m in found.values()
+    ], "missing": ["ef" * 32], "deferred": []}
+    expected = json_bytes(as_lists)
+    assert answer_bytes(answer.body, compress=False) == (expected, False)
+    data, compressed = answer_bytes(answer.body, compress=True)
+    assert compressed and bodycodec.decode(data, "zstd", len(expected)) == expected
+    # the size cap counts the packed list's JSON: just under it, the second one is deferred
+    capped = manifests_answer(wanted, found, len(json_bytes(as_lists["manifests"][0])) + 2)
+    assert capped.body["deferred"] == [manifest.content_id(small)]
