@@ -38,6 +38,7 @@ from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, EngagementRules, IgnoreRules
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import FOLDER_CONTENT, ChunkRef, is_folder
+from smartsyncd.core.packed import PackedBuilder
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry
 
@@ -326,7 +327,7 @@ class Scanner:
                 return found
             attempts -= 1  # changed since the walk: that was the first attempt
         for _attempt in range(attempts):
-            chunks: list[ChunkRef] = []
+            chunks = PackedBuilder()  # 40 bytes a chunk, not a ChunkRef: a 20 GB file is 600,000
             data: bytes | None = None
             with self.open_file(full) as f:
                 before = os.fstat(f.fileno())

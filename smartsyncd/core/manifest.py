@@ -14,7 +14,7 @@ import blake3
 from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.core.model import ChunkRef, Manifest
-from smartsyncd.core.packed import PackedChunks
+from smartsyncd.core.packed import PackedBuilder, PackedChunks
 
 # a chunk list of more entries than this is kept packed (core/packed.py): 40 bytes per entry
 # instead of a ChunkRef and its hex string (about 200 bytes); smaller ones stay tuples, which
@@ -47,6 +47,8 @@ def compact(chunks: Sequence[ChunkRef]) -> Sequence[ChunkRef]:
     """``chunks`` as kept in bulk: a tuple when small, ``PackedChunks`` when large."""
     if isinstance(chunks, PackedChunks):
         return chunks
+    if isinstance(chunks, PackedBuilder) and len(chunks) > PACK_MIN_ENTRIES:
+        return chunks.done()
     if len(chunks) <= PACK_MIN_ENTRIES:
         return chunks if isinstance(chunks, tuple) else tuple(chunks)
     return PackedChunks.of(chunks)
@@ -64,7 +66,7 @@ def one_chunk_manifest(data: bytes) -> Manifest:
 
 def encode_binary(chunks: Sequence[ChunkRef]) -> bytes:
     """The storage form: 40 bytes per entry (32-byte hash, 8-byte big-endian size)."""
-    if isinstance(chunks, PackedChunks):
+    if isinstance(chunks, PackedChunks | PackedBuilder):
         return chunks.binary
     if len(chunks) == 1:  # most files of a folder of working papers: no join
         return bytes.fromhex(chunks[0].hash) + chunks[0].size.to_bytes(8, "big")

@@ -35,6 +35,8 @@ class PackedChunks(Sequence[ChunkRef]):
         """Pack ``chunks`` (consumed once, as it goes: never held as a list)."""
         if isinstance(chunks, PackedChunks):
             return chunks
+        if isinstance(chunks, PackedBuilder):
+            return chunks.done()
         builder = PackedBuilder()
         for c in chunks:
             builder.append(c)
@@ -97,13 +99,40 @@ class PackedChunks(Sequence[ChunkRef]):
         return f"PackedChunks({len(self)} entries)"
 
 
-class PackedBuilder:
-    """Appends entries to a growing packed chunk list (``done`` gives the ``PackedChunks``)."""
+class PackedBuilder(Sequence[ChunkRef]):
+    """A growing packed chunk list (``done`` gives the ``PackedChunks``): what a scan appends
+    a file's chunks to, 40 bytes each, instead of a list of ``ChunkRef``s."""
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = bytearray()
+
+    @overload
+    def __getitem__(self, index: int) -> ChunkRef: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> PackedChunks: ...
+
+    def __getitem__(self, index: int | slice) -> ChunkRef | PackedChunks:
+        return PackedChunks(bytes(self._buf))[index] if isinstance(index, slice) else self._at(index)
+
+    def _at(self, index: int) -> ChunkRef:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("packed chunk index out of range")
+        at = index * ENTRY
+        return ChunkRef(self._buf[at : at + 32].hex(),
+                        int.from_bytes(self._buf[at + 32 : at + ENTRY], "big"))
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        return iter(self.done())
+
+    @property
+    def binary(self) -> bytes:
+        return bytes(self._buf)
 
     def append(self, chunk: ChunkRef) -> None:
         self._buf += bytes.fromhex(chunk.hash)

@@ -193,6 +193,13 @@ def test_builder_appends_digests_and_refs_alike() -> None:
     for c in chunks[2:]:
         builder.append_digest(bytes.fromhex(c.hash), c.size)
     assert len(builder) == 5 and builder.done() == chunks
+    # a scan appends to it and reads it back as a sequence (client/scanner.py)
+    assert builder[-1] == chunks[-1] and builder[1:3] == chunks[1:3] and list(builder) == list(chunks)
+    assert isinstance(manifest.make_manifest(builder).chunks, tuple)  # small: a tuple
+    for c in refs(manifest.PACK_MIN_ENTRIES):
+        builder.append(c)
+    made = manifest.make_manifest(builder)
+    assert isinstance(made.chunks, PackedChunks) and made.content == manifest.content_id(list(builder))
 
 
 def test_large_manifests_are_lifted_from_the_body_bytes() -> None:
