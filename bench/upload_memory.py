@@ -5,13 +5,15 @@
 For each size (MiB): a fresh ``twistd smartsync`` on loopback (no relay), a fresh engagement, the
 real CLI: ``clone`` (empty), write one seeded random file, ``sync`` under ``/usr/bin/time -v``
 (the client's peak RSS), then ``clone`` of the engagement into a second folder (the download's
-peak RSS). The daemon's peak is its ``VmHWM`` from /proc after each step (a fresh daemon per
-size, so the figure belongs to that size).
+peak RSS). The daemon's peak is its ``VmHWM`` from /proc after each step, reset before it
+(``clear_refs``), so the figure belongs to that transfer; "at start" is its peak from start-up
+and sign-in. A fresh daemon per size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -43,11 +45,20 @@ def vm_hwm(pid: int) -> int:
     return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) * 1024  # type: ignore[union-attr]
 
 
+CLIENT_ENV: dict[str, str] = {}  # --client-env: extra environment of the measured client runs
+
+
+def reset_hwm(pid: int) -> None:
+    """Start a new ``VmHWM`` from the current RSS (Linux: clear_refs 5), so the next peak read
+    belongs to the step that follows, not to start-up and sign-in (the password hash)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def timed(cmd: list[str], stdin: str = "") -> tuple[float, int]:
     """Run under /usr/bin/time -v: (seconds, peak RSS bytes)."""
     start = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", *cmd], input=stdin, capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, **CLIENT_ENV})
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{cmd}: {done.returncode}\n{done.stdout}\n{done.stderr}")
@@ -88,6 +99,7 @@ def measure(work: Path, size_mib: int, download: bool, trace: bool = False) -> d
         subprocess.run(["sync"], check=True)
         assert daemon.process is not None
         before = vm_hwm(daemon.process.pid)
+        reset_hwm(daemon.process.pid)
         if trace:
             for at, rss in timeline([*cli, "sync", str(mine)]):
                 print(f"  {at:6.2f} s  {rss / 1e6:6.0f} MB", flush=True)
@@ -97,6 +109,7 @@ def measure(work: Path, size_mib: int, download: bool, trace: bool = False) -> d
                "daemon_up": daemon_up}
         (mine / "archive.bin").unlink()  # disk: only the server's and the download's copy
         if download:
+            reset_hwm(daemon.process.pid)
             down_s, down_rss = timed([*cli, "clone", f"{daemon.url}/{eng}",
                                       str(work / f"down-{size_mib}")])
             row.update(down_s=down_s, down_rss=down_rss, daemon_down=vm_hwm(daemon.process.pid))
@@ -113,11 +126,14 @@ def main() -> None:
     parser.add_argument("--no-download", action="store_true")
     parser.add_argument("--timeline", action="store_true",
                         help="print the client's RSS over the upload instead of the table")
+    parser.add_argument("--client-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the measured client runs (e.g. malloc tunables)")
     args = parser.parse_args()
+    CLIENT_ENV.update(item.split("=", 1) for item in args.client_env)
     work = Path(tempfile.mkdtemp(prefix="smartsync-mem-"))
     try:
-        print("| file | upload time | client peak RSS, upload | daemon peak RSS after upload "
-              "| download time | client peak RSS, download | daemon peak RSS after download |")
+        print("| file | upload time | client peak RSS, upload | daemon peak RSS, upload "
+              "| download time | client peak RSS, download | daemon peak RSS, download |")
         print("|---|---|---|---|---|---|---|")
         for size in (int(s) for s in args.sizes.split(",")):
             r = measure(work, size, not args.no_download and not args.timeline, args.timeline)

@@ -8,7 +8,7 @@ few file operations more than one part performs (conflict names, base copies, gu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,7 +86,7 @@ class CopyContext:
         return mtime_ns if now_ns - mtime_ns >= RACY_NS else -1
 
     def record(
-        self, entry: ScannedFile, seq: int, at: str, chunks: tuple[ChunkRef, ...] | None
+        self, entry: ScannedFile, seq: int, at: str, chunks: Sequence[ChunkRef] | None
     ) -> FileRecord:
         """The state row of ``entry`` synced as ``seq`` at path ``at``."""
         return FileRecord(

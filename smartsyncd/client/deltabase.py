@@ -5,7 +5,7 @@ and downloads of an edited file then travel as zstd deltas against those bytes
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from smartsyncd.client.copycontext import offsets
@@ -22,8 +22,8 @@ class DeltaBase:
 
     content: str
     size: int
-    old_chunks: tuple[ChunkRef, ...]
-    new_chunks: tuple[ChunkRef, ...]
+    old_chunks: Sequence[ChunkRef]
+    new_chunks: Sequence[ChunkRef]
     _anchors: list[tuple[int, int]] | None = None
 
     def shift(self, new_offset: int) -> int:

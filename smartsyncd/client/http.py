@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 
+from smartsyncd.client import transport
 from smartsyncd.client.backoff import Backoff
 from smartsyncd.client.chunkpacking import (
     CHUNKS_PER_REQUEST,
@@ -41,14 +42,18 @@ from smartsyncd.client.wire import (
     ConflictInfo,
     CopyContact,
     DeltaHint,
+    HistoryKeeper,
     HistoryMark,
     JSONObject,
     Resolution,
     SessionInfo,
     Snapshot,
     UploadItem,
+    encode_commit,
     field,
     history_fields,
+    history_json,
+    manifests_json,
     obj,
     parse_change,
     parse_commit,
@@ -61,7 +66,7 @@ from smartsyncd.client.wire import (
 from smartsyncd.core.chunkstream import decode_fetched, decode_to_raw
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import apply_delta, chunks_from_json, chunks_to_json, content_id
-from smartsyncd.core.model import ChunkRef, HistoryCheck, Manifest
+from smartsyncd.core.model import ChunkRef, Manifest
 
 if TYPE_CHECKING:
     from smartsyncd.client.reactor import ClientReactor
@@ -81,14 +86,6 @@ __all__ = [
     "CHUNKS_PER_REQUEST", "UPLOAD_BODY_LIMIT", "DeltaHint", "HistoryKeeper", "Reply",
     "ServerAPI", "fetch_batches", "fetch_body",
 ]
-
-
-class HistoryKeeper(Protocol):
-    """A copy's memory of the log it follows (``client/reconcile.py``)."""
-
-    async def check(self, since: int | None) -> HistoryCheck: ...
-
-    async def seen(self, mark: HistoryMark) -> None: ...
 
 
 class ServerAPI(Transport):
@@ -249,7 +246,8 @@ class ServerAPI(Transport):
             files = [_manifest_item(c, bases[c]) for c in batch]
             try:
                 data = obj(await self._json(
-                    "POST", _eng(eng, "manifests"), body={"files": files}, compress=True
+                    "POST", _eng(eng, "manifests"), body={"files": files}, compress=True,
+                    decode=manifests_json,  # large chunk lists packed from the bytes (wire.py)
                 ), "manifests")
             except ServerRefused as exc:
                 if exc.status not in (404, 405):
@@ -395,9 +393,10 @@ class ServerAPI(Transport):
         try:
             for batch in upload_batches(chunks):
                 body = await self._in_thread(encode_upload, batch)
+                raw_total = sum(len(item[1]) for item in batch)
+                batch.clear()  # its bytes are in ``body``: not held again while that travels
                 while len(in_flight) >= PARALLEL_REQUESTS:
                     sent += await in_flight.pop(0)
-                raw_total = sum(len(item[1]) for item in batch)
                 in_flight.append(
                     Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
                 )
@@ -422,19 +421,15 @@ class ServerAPI(Transport):
         self, eng: str, batch: str, changes: Sequence[CommitChange]
     ) -> CommitAnswer:
         """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
-        body: JSONObject = {"batch": batch, "changes": [c.to_json() for c in changes]}
         keeper = self.keeper
-        if keeper is not None:
-            check = await keeper.check(None)
-            body["history"] = {
-                k: v for k, v in (
-                    ("seq", check.seq), ("hash", check.hash), ("store", check.store),
-                    ("generation", check.generation),
-                ) if v is not None
-            }
-        answer = parse_commit(
-            await self._json("POST", _eng(eng, "commit"), body=body, compress=True), len(changes)
+        history = None if keeper is None else history_json(await keeper.check(None))
+        # written and compressed in a thread, manifests from their packed form (wire.py)
+        data, encoding = await self._in_thread(
+            encode_commit, batch, changes, history, self.compress_requests
         )
+        reply = await self._request("POST", _eng(eng, "commit"), data=data,
+                                    content_type=transport.JSON_TYPE, encoding=encoding)
+        answer = parse_commit(decode_json(reply), len(changes))
         if keeper is not None and answer.history is not None:
             await keeper.seen(answer.history)
         return answer
@@ -588,7 +583,7 @@ def _parse_manifest(data: JSONObject, content: str, base: Manifest | None) -> Ma
         raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
     if content_id(chunks) != content or sum(c.size for c in chunks) != size:
         raise ProtocolError(f"server sent a manifest that does not match content {content}")
-    return Manifest(content=content, size=size, chunks=tuple(chunks))
+    return Manifest(content=content, size=size, chunks=chunks)
 
 
 def _iso(when: datetime) -> str:

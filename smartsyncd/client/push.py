@@ -25,7 +25,6 @@ from smartsyncd.client.copycontext import (
     WINDOW_BYTES,
     CopyContext,
     log,
-    offsets,
     remote_path_ok,
 )
 from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase
@@ -49,11 +48,13 @@ from smartsyncd.client.reports import SyncReport
 from smartsyncd.client.scanner import ScannedFile, ScanResult
 from smartsyncd.client.server import Server
 from smartsyncd.client.state import ClientState, FileRecord
+from smartsyncd.client.wanted import MISSING_WINDOW, Wanted
 from smartsyncd.client.wire import CommitAnswer, CommitChange, DeltaHint, ManifestDelta, UploadItem
-from smartsyncd.core.manifest import make_delta
-from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, is_folder
+from smartsyncd.core.manifest import content_id, make_delta
+from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, is_folder
 from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import Plan, PushPut, plan
+from smartsyncd.runtime.malloctune import fix_mmap_threshold
 
 # The push's upload of a copy with the default window: 16 MiB per request, two on the wire.
 # Each request costs the server an fsync of its pack, an fsync of the shard folder and a
@@ -80,11 +81,11 @@ class ChunkChanged(Exception):
 
 @dataclass
 class _Batch:
-    """One commit attempt: its changes, the chunks to upload for them (hash -> (path,
-    offset, size)), the synced versions deltas line up with, and the puts it covers."""
+    """One commit attempt: its changes, the chunks to upload for them (by file,
+    client/wanted.py), the synced versions deltas line up with, and the puts it covers."""
 
     changes: list[CommitChange]
-    wanted: dict[str, tuple[str, int, int]]
+    wanted: Wanted
     bases: dict[str, DeltaBase]
     puts: list[PushPut]
 
@@ -175,7 +176,9 @@ class Push:
             return None
         # deletes first: a case-only rename (delete a.txt, put A.txt) must not clash with
         # the name it replaces
-        batch = _Batch([CommitChange.delete(d.path, d.base) for d in deletes], {}, {}, puts)
+        batch = _Batch(
+            [CommitChange.delete(d.path, d.base) for d in deletes], Wanted(self.present), {}, puts
+        )
         known = {r.content for r in self.base.values()}
         for put in puts:
             self._add_put(batch, put, known)
@@ -189,24 +192,19 @@ class Push:
             self.excluded.add(put.path)
             return
         item = CommitChange(put.path, "put", put.base, put.content, put.size)
-        send: Iterable[tuple[ChunkRef, int]] = ()
         if is_folder(put.content):
             pass  # a folder entry: the id alone (docs/protocol.md, "Folder entries")
         elif put.content in known and put.path not in self.full:
             pass  # the server has this content (rename, copy): only the id travels
         elif old is not None and old.chunks is not None and put.path not in self.full:
             item = replace(item, delta=ManifestDelta(old.content, make_delta(old.chunks, chunks)))
-            had = {c.hash for c in old.chunks}
-            send = [(c, o) for c, o in offsets(chunks) if c.hash not in had]
+            batch.wanted.add(put.path, chunks, had=old.chunks)
             batch.bases[put.path] = DeltaBase(old.content, old.size, old.chunks, chunks)
         else:
             # the compact form: the server derives content id and size from the manifest
             # (protocol.md, Push step 3)
             item = CommitChange(put.path, "put", put.base, manifest=chunks)
-            send = offsets(chunks)
-        for chunk, offset in send:
-            if chunk.hash not in self.present:
-                batch.wanted.setdefault(chunk.hash, (put.path, offset, chunk.size))
+            batch.wanted.add(put.path, chunks)
         batch.changes.append(with_attributes(item, entry))
 
     async def _send_chunks(self, batch: _Batch) -> bool:
@@ -335,23 +333,40 @@ class Push:
         self.report.skipped.append((path, e.message))
         log.warn("server refused {path}: {why}", path=path, why=e.message)
 
-    async def _upload(
-        self, wanted: Mapping[str, tuple[str, int, int]],
-        bases: Mapping[str, DeltaBase] | None = None,
-    ) -> int:
+    async def _upload(self, wanted: Wanted, bases: Mapping[str, DeltaBase] | None = None) -> int:
         """Upload the chunks the server lacks; returns bytes sent. Asking first is what makes
         an interrupted upload resume where it stopped. Chunks of a file in ``bases`` whose
-        previous version has a base copy travel as deltas against it where that is smaller."""
-        if not wanted:
-            return 0
+        previous version has a base copy travel as deltas against it where that is smaller.
+        Asked, read and sent ``MISSING_WINDOW`` chunks at a time (a window's uploads
+        finish before the next window is asked about: a chunk repeated later is then found
+        present), so memory follows the window, not the file."""
         ctx, prog = self.ctx, self.prog
-        if sum(size for _path, _offset, size in wanted.values()) <= ASK_FIRST_ABOVE:
-            missing = list(wanted)  # small: one request saved outweighs resending a little
-        else:
-            missing = await self.api.missing_chunks(ctx.engagement, list(wanted))
-        if not missing:
+        total = await ctx.run(wanted.total_bytes)
+        if not total:
             return 0
-        prog.start("upload", sum(wanted[h][2] for h in missing))
+        fix_mmap_threshold()  # 16 MiB windows freed to the system, not kept as heap holes
+        prog.start("upload", total)
+        sent = 0
+        try:
+            for window in wanted.windows(MISSING_WINDOW):
+                if total <= ASK_FIRST_ABOVE:  # small: a round trip saved outweighs resending
+                    missing = list(window)
+                else:
+                    missing = await self.api.missing_chunks(ctx.engagement, list(window))
+                lacking = set(missing)
+                prog.advance(sum(where[2] for h, where in window.items() if h not in lacking))
+                if missing:
+                    sent += await self._upload_window(missing, window, bases or {})
+        finally:
+            prog.finish()
+            self._loaded_base = None
+        return sent
+
+    async def _upload_window(
+        self, missing: list[str], wanted: Mapping[str, tuple[str, int, int]],
+        bases: Mapping[str, DeltaBase],
+    ) -> int:
+        ctx, prog = self.ctx, self.prog
         sent = 0
         # a copy opened with a smaller window (low memory, tests) keeps it
         limit = BULK_UPLOAD_WINDOW_BYTES if ctx.window_bytes >= WINDOW_BYTES else ctx.window_bytes
@@ -360,15 +375,16 @@ class Push:
         in_flight: list[tuple[int, Deferred[int]]] = []
         try:
             for batch in _batches(missing, lambda h: wanted[h][2], limit):
-                data = await ctx.run(
-                    self._read_for_upload, [(h, wanted[h]) for h in batch], bases or {}
-                )
+                data = await ctx.run(self._read_for_upload, [(h, wanted[h]) for h in batch], bases)
                 while len(in_flight) >= BULK_UPLOADS_IN_FLIGHT:
                     raw, pending = in_flight.pop(0)
                     sent += await pending
                     prog.advance(raw)
-                upload = Deferred.fromCoroutine(self.api.upload_chunks(ctx.engagement, data))
-                in_flight.append((sum(len(item[1]) for item in data), upload))
+                raw = sum(len(item[1]) for item in data)
+                # an iterator: the window's raw bytes are dropped once encoded into its body
+                upload = Deferred.fromCoroutine(self.api.upload_chunks(ctx.engagement, iter(data)))
+                del data
+                in_flight.append((raw, upload))
             while in_flight:
                 raw, pending = in_flight.pop(0)
                 sent += await pending
@@ -377,8 +393,6 @@ class Push:
             for _, pending in in_flight:  # only left after a failure: stop the rest quietly
                 pending.addErrback(lambda _: None)
                 pending.cancel()
-            prog.finish()
-            self._loaded_base = None
         return sent
 
     def _read_for_upload(
@@ -477,7 +491,11 @@ async def apply_results(
 def batch_key(state: ClientState, changes: Sequence[CommitChange]) -> str:
     """The idempotency key (blocking): reused when the same changes are sent again after a
     lost answer; persisted before the commit is sent."""
-    wire = [c.to_json() for c in changes]
+    # a manifest counts by its content id, which names it: a large one is never JSON here
+    wire = [
+        c.to_json(with_manifest=False) | ({} if c.manifest is None else {"manifest": content_id(c.manifest)})
+        for c in changes
+    ]
     digest = hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
     pending = state.pending_batch()
     if pending is not None and pending[1] == digest:

@@ -17,7 +17,7 @@ from smartsyncd.core.model import ChunkRef
 
 async def upload_merge(
     api: ServerAPI, eng: str, pieces: Sequence[tuple[ChunkRef, bytes | memoryview]]
-) -> tuple[ChunkRef, ...]:
+) -> Sequence[ChunkRef]:
     """Upload the chunks the engagement lacks of a file cut into ``pieces``
     (``core.chunking.chunk_buffer``, off the reactor); return its chunk list."""
     refs = tuple(ref for ref, _ in pieces)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +39,7 @@ from smartsyncd.core.errors import InvalidPath
 from smartsyncd.core.ignore import IGNORE_FILE, MAX_RULES_BYTES, EngagementRules, IgnoreRules
 from smartsyncd.core.manifest import make_manifest, one_chunk_manifest
 from smartsyncd.core.model import FOLDER_CONTENT, ChunkRef, is_folder
+from smartsyncd.core.packed import PackedBuilder
 from smartsyncd.core.paths import ancestors, fold_key, normalize_path
 from smartsyncd.core.planner import LocalEntry
 
@@ -61,7 +62,7 @@ class ScannedFile(LocalEntry):
     path: str
     mtime_ns: int
     inode: int
-    chunks: tuple[ChunkRef, ...] | None = None
+    chunks: Sequence[ChunkRef] | None = None
     hashed: bool = False
     readonly: bool = False  # the read-only attribute (``osfs.is_readonly``)
 
@@ -327,7 +328,7 @@ class Scanner:
                 return found
             attempts -= 1  # changed since the walk: that was the first attempt
         for _attempt in range(attempts):
-            chunks: list[ChunkRef] = []
+            chunks = PackedBuilder()  # 40 bytes a chunk, not a ChunkRef: a 20 GB file is 600,000
             data: bytes | None = None
             with self.open_file(full) as f:
                 before = os.fstat(f.fileno())

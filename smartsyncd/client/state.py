@@ -22,7 +22,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +64,7 @@ class FileRecord(BaseEntry):
     path: str
     mtime_ns: int
     inode: int
-    chunks: tuple[ChunkRef, ...] | None = None
+    chunks: Sequence[ChunkRef] | None = None
 
 
 @dataclass(frozen=True)
@@ -364,6 +364,6 @@ def _record(row: tuple) -> FileRecord:
     path, seq, content, size, mtime_ns, inode, chunks = row
     return FileRecord(
         path=path, seq=seq, content=content, size=size, mtime_ns=mtime_ns, inode=inode,
-        chunks=None if chunks is None else tuple(decode_binary(bytes(chunks))),
+        chunks=None if chunks is None else decode_binary(bytes(chunks)),
     )
 

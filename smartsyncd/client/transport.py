@@ -207,12 +207,14 @@ class Transport:
         timeout: float | None = None,
         compress: bool = False,
         name_copy: bool | None = None,
+        decode: Callable[[bytes], object] | None = None,
     ) -> object:
+        """``decode``: parses the answer's bytes instead of ``json.loads`` (a manifests answer)."""
         reply = await self._request(
             method, path, body=body, params=params, auth=auth, timeout=timeout,
             compress=compress, name_copy=name_copy,
         )
-        return decode_json(reply)
+        return decode_json(reply) if decode is None else decode(reply.body)
 
     async def _request(
         self,
@@ -230,13 +232,14 @@ class Transport:
         compress: bool = False,
         name_copy: bool | None = None,
         if_none_match: str | None = None,
+        encoding: bytes | None = None,
     ) -> Reply:
         """One call with retries; on ``session_expired`` sign in again once and repeat.
         ``compress``: the endpoint takes a zstd-encoded JSON body (commit, missing, fetch).
         ``name_copy``: send the ``Smartsync-Copy`` header (None: with signed-in calls).
-        ``if_none_match``: a conditional GET; the answer may then be a bodiless 304."""
+        ``if_none_match``: a conditional GET; the answer may then be a bodiless 304.
+        ``encoding``: the ``Content-Encoding`` of a ``data`` already encoded (a commit)."""
         copy = self.copy_id if (auth if name_copy is None else name_copy) else None
-        encoding: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             content_type = JSON_TYPE
@@ -252,8 +255,9 @@ class Transport:
                 return await retrying(
                     self._reactor,
                     lambda: self._attempt(
-                        method, path, data, content_type, params, auth, timeout, expect,
-                        encoding, copy, if_none_match,
+                        method, path, data,
+                        self._headers(expect, auth, content_type, encoding, copy, if_none_match),
+                        params, timeout, if_none_match,
                     ),
                     attempts=self.max_attempts,
                     is_retryable=lambda exc: isinstance(exc, NetworkError) and exc.retryable,
@@ -274,20 +278,11 @@ class Transport:
                     ) from exc
                 raise
 
-    async def _attempt(
-        self,
-        method: str,
-        path: str,
-        data: bytes | None,
-        content_type: bytes | None,
-        params: Mapping[str, str] | None,
-        auth: bool,
-        timeout: float | None,
-        expect: bytes,
-        encoding: bytes | None = None,
-        copy: str | None = None,
-        if_none_match: str | None = None,
-    ) -> Reply:
+    def _headers(
+        self, expect: bytes, auth: bool, content_type: bytes | None, encoding: bytes | None,
+        copy: str | None, if_none_match: str | None,
+    ) -> dict[bytes, list[bytes]]:
+        """One attempt's request headers (built per attempt: a re-login changes the token)."""
         headers: dict[bytes, list[bytes]] = {
             b"Accept": [expect], b"Accept-Encoding": [b"zstd"], b"User-Agent": [USER_AGENT],
         }
@@ -301,6 +296,18 @@ class Transport:
             headers[b"Content-Type"] = [content_type]
         if if_none_match is not None:
             headers[b"If-None-Match"] = [if_none_match.encode("ascii")]
+        return headers
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        headers: dict[bytes, list[bytes]],
+        params: Mapping[str, str] | None,
+        timeout: float | None,
+        if_none_match: str | None = None,
+    ) -> Reply:
         self.requests += 1
         exchange = Deferred.fromCoroutine(
             self._exchange(method, self.base_url + path, headers, data, params)

@@ -8,14 +8,26 @@ builds a wire dict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple, TypeVar, overload
+from typing import Literal, NamedTuple, Protocol, TypeVar, overload
 
 from smartsyncd.client.errors import ProtocolError
-from smartsyncd.core.manifest import chunks_to_json
-from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, Change, ChunkRef, FileState
+from smartsyncd.core import bodycodec
+from smartsyncd.core.manifest import DEFAULT_MAX_ENTRIES, PACK_MIN_ENTRIES, chunks_to_json
+from smartsyncd.core.manifestlift import lift_manifests
+from smartsyncd.core.model import (
+    MTIME_NS_MAX,
+    MTIME_NS_MIN,
+    Change,
+    ChunkRef,
+    FileState,
+    HistoryCheck,
+)
+from smartsyncd.core.packed import JSON_PIECE_ENTRIES, manifest_json
 
 # a JSON object as it arrives: its values are checked where they are read
 JSONObject = dict[str, object]
@@ -92,7 +104,7 @@ class CommitChange:
     content: str | None = None
     size: int | None = None
     delta: ManifestDelta | None = None
-    manifest: tuple[ChunkRef, ...] | None = None
+    manifest: Sequence[ChunkRef] | None = None
     # the local file's date (ns since 1970 UTC) and read-only attribute (protocol.md, Push 3)
     mtime_ns: int | None = None
     readonly: bool | None = None
@@ -101,7 +113,9 @@ class CommitChange:
     def delete(cls, path: str, base: int | None) -> CommitChange:
         return cls(path, "delete", base)
 
-    def to_json(self) -> JSONObject:
+    def to_json(self, with_manifest: bool = True) -> JSONObject:
+        """The wire form; without the ``manifest`` list when ``with_manifest`` is false
+        (``commit_pieces`` writes it from the packed form)."""
         item: JSONObject = {"path": self.path, "kind": self.kind, "base": self.base}
         if self.kind == "delete":
             return item
@@ -111,13 +125,93 @@ class CommitChange:
             item["readonly"] = self.readonly
         if self.manifest is not None:
             # the compact form: the server derives content id and size (protocol.md, Push 3)
-            item["manifest"] = chunks_to_json(self.manifest)
+            if with_manifest:
+                item["manifest"] = chunks_to_json(self.manifest)
             return item
         item["content"] = self.content
         item["size"] = self.size
         if self.delta is not None:
             item["delta"] = {"base": self.delta.base, "ops": self.delta.ops}
         return item
+
+
+def commit_pieces(
+    batch: str, changes: Sequence[CommitChange], history: Mapping[str, object] | None
+) -> Iterator[bytes]:
+    """The commit body (``json.dumps`` of ``{"batch", "changes", "history"}`` with compact
+    separators, byte for byte) in pieces: each manifest is written from its packed form a few
+    thousand entries at a time (core/packed.py), never as a list of lists or one string."""
+    yield b'{"batch":' + _dumps(batch) + b',"changes":['
+    for n, change in enumerate(changes):
+        item = _dumps(change.to_json(with_manifest=False))
+        if n:
+            yield b","
+        if change.kind == "put" and change.manifest is not None:
+            yield item[:-1] + b',"manifest":'
+            yield from manifest_json(change.manifest)
+            yield b"}"
+        else:
+            yield item
+    yield b"]"
+    if history is not None:
+        yield b',"history":' + _dumps(history)
+    yield b"}"
+
+
+def encode_commit(
+    batch: str, changes: Sequence[CommitChange], history: Mapping[str, object] | None,
+    compress: bool,
+) -> tuple[bytes, bytes | None]:
+    """The commit body and its ``Content-Encoding`` (zstd when ``compress`` and worth it),
+    compressed as it is written (blocking for a large commit: run it in a thread)."""
+    if compress and sum(len(c.manifest or ()) for c in changes) > JSON_PIECE_ENTRIES:
+        # written twice, once to count it: a frame that states its size is decompressed by
+        # the daemon into one buffer, not pieces joined into a second copy
+        size = sum(len(piece) for piece in commit_pieces(batch, changes, history))
+        return bodycodec.compress_pieces(commit_pieces(batch, changes, history), size), b"zstd"
+    data = b"".join(commit_pieces(batch, changes, history))
+    if compress and bodycodec.worth_compressing(data):
+        return bodycodec.compress(data), b"zstd"
+    return data, None
+
+
+class HistoryKeeper(Protocol):
+    """A copy's memory of the log it follows (``client/reconcile.py``)."""
+
+    async def check(self, since: int | None) -> HistoryCheck: ...
+
+    async def seen(self, mark: HistoryMark) -> None: ...
+
+
+def history_json(check: HistoryCheck) -> dict[str, object]:
+    """A commit's ``history``: the copy's view of the log (client/reconcile.py)."""
+    return {
+        k: v for k, v in (
+            ("seq", check.seq), ("hash", check.hash), ("store", check.store),
+            ("generation", check.generation),
+        ) if v is not None
+    }
+
+
+def manifests_json(body: bytes) -> object:
+    """A ``POST .../manifests`` answer parsed with each large ``chunks`` list packed straight
+    from the bytes (core/manifestlift.py), not made into a list per entry first."""
+    marker = secrets.token_hex(16) + ":"
+    rest, lifted = lift_manifests(body, marker, PACK_MIN_ENTRIES, DEFAULT_MAX_ENTRIES, b"chunks")
+    try:
+        data = json.loads(rest)
+    except ValueError as exc:
+        raise ProtocolError("server answered manifests without valid JSON") from exc
+    items = data.get("manifests") if isinstance(data, dict) and lifted else None
+    for item in items if isinstance(items, list) else ():
+        value = item.get("chunks") if isinstance(item, dict) else None
+        if isinstance(value, str) and value.startswith(marker):
+            item["chunks"] = lifted[int(value[len(marker) :])]
+    return data
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 CommitStatus = Literal["applied", "unchanged", "conflict", "stale"]

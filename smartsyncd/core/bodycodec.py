@@ -10,7 +10,7 @@ so a zstd bomb costs nothing (field-lessons.md, lesson 8).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import zstandard
 
@@ -33,6 +33,18 @@ def _compressor() -> zstandard.ZstdCompressor:
 def compress(data: bytes) -> bytes:
     """One zstd frame of ``data`` (level 3; records the content size)."""
     return _compressor().compress(data)
+
+
+def compress_pieces(pieces: Iterable[bytes], size: int = -1) -> bytes:
+    """One zstd frame of the concatenated ``pieces``, compressed as they come (a large commit's
+    body is never whole before compression). ``size``, their total length when known, goes in
+    the frame header: the receiver then decompresses into one buffer of that size."""
+    compressor = _compressor().compressobj(size=size)
+    out = bytearray()
+    for piece in pieces:
+        out += compressor.compress(piece)
+    out += compressor.flush()
+    return bytes(out)
 
 
 def worth_compressing(data: bytes) -> bool:

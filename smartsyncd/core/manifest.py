@@ -14,6 +14,12 @@ import blake3
 from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.core.model import ChunkRef, Manifest
+from smartsyncd.core.packed import PackedBuilder, PackedChunks
+
+# a chunk list of more entries than this is kept packed (core/packed.py): 40 bytes per entry
+# instead of a ChunkRef and its hex string (about 200 bytes); smaller ones stay tuples, which
+# are faster to walk for the many small files of a folder
+PACK_MIN_ENTRIES = 256
 
 MANIFEST_DOMAIN = b"smartsync-manifest-v1\n"
 ENTRY_BYTES = 40  # 32 hash bytes + 8 size bytes
@@ -32,9 +38,20 @@ def content_id_of_binary(body: bytes) -> str:
 
 
 def make_manifest(chunks: Sequence[ChunkRef]) -> Manifest:
-    """The manifest of a chunk list (size is the sum of the chunk sizes)."""
-    refs = tuple(chunks)
+    """The manifest of a chunk list (size is the sum of the chunk sizes); packed when large."""
+    refs = compact(chunks)
     return Manifest(content=content_id(refs), size=sum(c.size for c in refs), chunks=refs)
+
+
+def compact(chunks: Sequence[ChunkRef]) -> Sequence[ChunkRef]:
+    """``chunks`` as kept in bulk: a tuple when small, ``PackedChunks`` when large."""
+    if isinstance(chunks, PackedChunks):
+        return chunks
+    if isinstance(chunks, PackedBuilder) and len(chunks) > PACK_MIN_ENTRIES:
+        return chunks.done()
+    if len(chunks) <= PACK_MIN_ENTRIES:
+        return chunks if isinstance(chunks, tuple) else tuple(chunks)
+    return PackedChunks.of(chunks)
 
 
 def one_chunk_manifest(data: bytes) -> Manifest:
@@ -49,15 +66,20 @@ def one_chunk_manifest(data: bytes) -> Manifest:
 
 def encode_binary(chunks: Sequence[ChunkRef]) -> bytes:
     """The storage form: 40 bytes per entry (32-byte hash, 8-byte big-endian size)."""
+    if isinstance(chunks, PackedChunks | PackedBuilder):
+        return chunks.binary
     if len(chunks) == 1:  # most files of a folder of working papers: no join
         return bytes.fromhex(chunks[0].hash) + chunks[0].size.to_bytes(8, "big")
     return b"".join(bytes.fromhex(c.hash) + c.size.to_bytes(8, "big") for c in chunks)
 
 
-def decode_binary(data: bytes) -> tuple[ChunkRef, ...]:
-    """Inverse of ``encode_binary``; ``ValueError`` on a length that is not a multiple of 40."""
+def decode_binary(data: bytes) -> Sequence[ChunkRef]:
+    """Inverse of ``encode_binary`` (packed when large); ``ValueError`` on a length that is
+    not a multiple of 40."""
     if len(data) % ENTRY_BYTES:
         raise ValueError(f"binary manifest length {len(data)} is not a multiple of {ENTRY_BYTES}")
+    if len(data) > PACK_MIN_ENTRIES * ENTRY_BYTES:
+        return PackedChunks(data)
     view = memoryview(data)
     return tuple(
         ChunkRef(view[i : i + 32].hex(), int.from_bytes(view[i + 32 : i + 40], "big"))
@@ -90,13 +112,19 @@ def _entry(value: object, where: str) -> ChunkRef:
 
 def chunks_from_json(
     value: object, *, max_entries: int = DEFAULT_MAX_ENTRIES, field: str = "manifest"
-) -> tuple[ChunkRef, ...]:
-    """Parse ``[[hash, size], ...]`` strictly; ``BadRequest`` names the first problem."""
+) -> Sequence[ChunkRef]:
+    """Parse ``[[hash, size], ...]`` strictly (packed when large); ``BadRequest`` names the
+    first problem."""
+    if isinstance(value, PackedChunks):  # lifted from the body, each entry checked there
+        if len(value) > max_entries:
+            raise BadRequest(f"{field} has {len(value)} entries, more than {max_entries}")
+        return value
     if not isinstance(value, list | tuple):
         raise BadRequest(f"{field} must be a list of [hash, size] pairs")
     if len(value) > max_entries:
         raise BadRequest(f"{field} has {len(value)} entries, more than {max_entries}")
-    return tuple(_entry(item, f"{field}[{i}]") for i, item in enumerate(value))
+    entries = (_entry(item, f"{field}[{i}]") for i, item in enumerate(value))
+    return PackedChunks.of(entries) if len(value) > PACK_MIN_ENTRIES else tuple(entries)
 
 
 def make_delta(base: Sequence[ChunkRef], new: Sequence[ChunkRef]) -> list[list]:
@@ -148,7 +176,7 @@ def _int_field(value: object, where: str) -> int:
 
 def apply_delta(
     base: Sequence[ChunkRef], ops: object, max_entries: int = DEFAULT_MAX_ENTRIES
-) -> tuple[ChunkRef, ...]:
+) -> Sequence[ChunkRef]:
     """Apply delta ops to ``base``; ``BadRequest`` on any malformed op or out-of-range copy."""
     if not isinstance(ops, list | tuple):
         raise BadRequest("delta ops must be a list")
@@ -178,4 +206,4 @@ def apply_delta(
             out.extend(added)
         else:
             raise BadRequest(f"{where}: unknown op {op[0][:20]!r}")
-    return tuple(out)
+    return compact(out)

@@ -7,6 +7,7 @@ lowercase hex BLAKE3-256 strings on every interface (JSON, storage API); storage
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -34,9 +35,10 @@ def is_folder(content: str | None) -> bool:
 Status = Literal["applied", "unchanged", "conflict", "stale"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkRef:
-    """One chunk of a file: its BLAKE3 hash (hex) and its uncompressed length."""
+    """One chunk of a file: its BLAKE3 hash (hex) and its uncompressed length (slots: a
+    large file's manifest makes hundreds of thousands of them)."""
 
     hash: str
     size: int
@@ -44,11 +46,12 @@ class ChunkRef:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The ordered chunk list of one file content; ``content`` is its content id."""
+    """The ordered chunk list of one file content; ``content`` is its content id. A large
+    one's ``chunks`` is a ``core.packed.PackedChunks`` (40 bytes per entry)."""
 
     content: str
     size: int
-    chunks: tuple[ChunkRef, ...]
+    chunks: Sequence[ChunkRef]
 
 
 @dataclass(frozen=True)

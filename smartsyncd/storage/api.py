@@ -105,7 +105,7 @@ class PutManifest:
     """The chunk list sent with a put: full, or as a delta against ``base`` (a content id)."""
 
     content: str
-    chunks: tuple[ChunkRef, ...] | None = None
+    chunks: Sequence[ChunkRef] | None = None
     delta_base: str | None = None
     delta_ops: tuple[JSONValue, ...] | None = None  # raw ops, checked by manifest.apply_delta
 

@@ -14,7 +14,7 @@ everything back. Synchronous functions over a ``MetadataDB``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 
@@ -245,7 +245,7 @@ def _number_outcomes(
 
 
 def _insert_manifests(
-    db: MetadataDB, engagement_id: int, new_manifests: Mapping[str, tuple[int, tuple[ChunkRef, ...], bytes]]
+    db: MetadataDB, engagement_id: int, new_manifests: Mapping[str, tuple[int, Sequence[ChunkRef], bytes]]
 ) -> None:
     binary = db.dialect.binary
     db.executemany(
@@ -352,9 +352,9 @@ def _resolve_manifests(
     proposals: Sequence[ProposedChange],
     outcomes: Sequence[Outcome],
     manifests: Mapping[str, PutManifest],
-) -> dict[str, tuple[int, tuple[ChunkRef, ...], bytes]]:
+) -> dict[str, tuple[int, Sequence[ChunkRef], bytes]]:
     """The manifests this batch must add (content -> (size, chunks, stored body)), all checked."""
-    new: dict[str, tuple[int, tuple[ChunkRef, ...], bytes]] = {}
+    new: dict[str, tuple[int, Sequence[ChunkRef], bytes]] = {}
     known = _manifest_sizes(
         db,
         engagement_id,
@@ -395,27 +395,58 @@ def _resolve_manifests(
             raise BadRequest("the manifest's chunk sizes do not add up to the size", path=o.path)
         new[content] = (o.size, chunks, body)
 
-    # every chunk present, at the size the manifest gives it: a manifest that lies about a
-    # chunk's size would stop every other copy's pull at this change
-    claimed: dict[str, tuple[int, str]] = {}
-    for content, (_, chunks, _) in new.items():
-        for c in chunks:
-            first = claimed.setdefault(c.hash, (c.size, content))
-            if first[0] != c.size:
-                raise BadRequest(f"chunk {c.hash} is given two sizes ({first[0]} and {c.size})")
-    wanted = list(claimed)
-    raw = [bytes.fromhex(h) for h in wanted]
-    stored = stored_sizes(db, engagement_id, raw)
-    missing = [h for h, r in zip(wanted, raw, strict=True) if r not in stored]
+    _check_chunks(db, engagement_id, new, outcomes)
+    return new
+
+
+# manifest entries checked per query round: a 20 GB file's 600,000 are never all in one dict
+CHECK_WINDOW_ENTRIES = 20_000
+
+
+def _check_chunks(
+    db: MetadataDB, engagement_id: int, new: Mapping[str, tuple[int, Sequence[ChunkRef], bytes]],
+    outcomes: Sequence[Outcome],
+) -> None:
+    """Every chunk present, at the size the manifest gives it: a manifest that lies about a
+    chunk's size would stop every other copy's pull at this change. Checked a window of
+    entries at a time (a chunk given two sizes within one window is named as such; across
+    windows the stored size tells the lie)."""
+    missing: list[str] = []
+    lie: BadRequest | None = None  # missing chunks are named first, as they always were
+    for window in _entry_windows(new, CHECK_WINDOW_ENTRIES):
+        claimed: dict[bytes, tuple[int, str]] = {}
+        for digest, size, content in window:
+            first = claimed.setdefault(digest, (size, content))
+            if first[0] != size:
+                raise BadRequest(f"chunk {digest.hex()} is given two sizes ({first[0]} and {size})")
+        stored = stored_sizes(db, engagement_id, list(claimed))
+        for digest, (size, content) in claimed.items():
+            if digest not in stored:
+                missing.append(digest.hex())
+            elif lie is None and stored[digest] != size:
+                lie = BadRequest(
+                    f"the manifest gives chunk {digest.hex()} {size} bytes; it has {stored[digest]}",
+                    path=_path_of(outcomes, content),
+                )
     if missing:
         raise MissingChunks(f"{len(missing)} chunk(s) must be uploaded first", chunks=missing)
-    for h, r in zip(wanted, raw, strict=True):
-        if stored[r] != claimed[h][0]:
-            raise BadRequest(
-                f"the manifest gives chunk {h} {claimed[h][0]} bytes; it has {stored[r]}",
-                path=_path_of(outcomes, claimed[h][1]),
-            )
-    return new
+    if lie is not None:
+        raise lie
+
+
+def _entry_windows(
+    new: Mapping[str, tuple[int, Sequence[ChunkRef], bytes]], size: int
+) -> Iterator[list[tuple[bytes, int, str]]]:
+    """(digest, size, content) of every entry of ``new``, ``size`` entries at a time."""
+    window: list[tuple[bytes, int, str]] = []
+    for content, (_, _, body) in new.items():
+        for at in range(0, len(body), manifest.ENTRY_BYTES):
+            window.append((body[at : at + 32], int.from_bytes(body[at + 32 : at + 40], "big"), content))
+            if len(window) >= size:
+                yield window
+                window = []
+    if window:
+        yield window
 
 
 def _path_of(outcomes: Sequence[Outcome], content: str) -> str | None:
@@ -427,18 +458,18 @@ def _sent_chunks(
     engagement_id: int,
     path: str,
     sent: PutManifest,
-    new: Mapping[str, tuple[int, tuple[ChunkRef, ...], bytes]],
-) -> tuple[ChunkRef, ...]:
+    new: Mapping[str, tuple[int, Sequence[ChunkRef], bytes]],
+) -> Sequence[ChunkRef]:
     if sent.chunks is not None:
         for c in sent.chunks:
             if not manifest.is_hash(c.hash) or not isinstance(c.size, int) or c.size <= 0:
                 raise BadRequest("a manifest entry is malformed", path=path)
-        return tuple(sent.chunks)
+        return manifest.compact(sent.chunks)
     if sent.delta_base is None or sent.delta_ops is None:
         raise BadRequest("a put manifest needs a chunk list or a delta", path=path)
     hash_bytes(sent.delta_base, "delta base")
     if sent.delta_base in new:
-        base: tuple[ChunkRef, ...] = new[sent.delta_base][1]
+        base: Sequence[ChunkRef] = new[sent.delta_base][1]
     else:
         row = manifest_row(db, engagement_id, sent.delta_base)
         if row is None:

@@ -50,7 +50,7 @@ class MemoryChangeLog:
 
     def __init__(self) -> None:
         self.chunks: dict[tuple[int, str], StoredChunk] = {}
-        self.manifests: dict[tuple[int, str], tuple[ChunkRef, ...]] = {}
+        self.manifests: dict[tuple[int, str], Sequence[ChunkRef]] = {}
         self.changes: dict[int, list[Change]] = {}
         self.files: dict[int, dict[str, FileState]] = {}
         self.batches: dict[tuple[int, str], tuple[str, CommitResult]] = {}
@@ -187,9 +187,9 @@ class MemoryChangeLog:
         proposals: Sequence[ProposedChange],
         outcomes: Sequence[Outcome],
         manifests: dict[str, PutManifest],
-    ) -> dict[str, tuple[ChunkRef, ...]]:
+    ) -> dict[str, Sequence[ChunkRef]]:
         """The manifests the batch adds, checked as the SQL store checks them."""
-        new: dict[str, tuple[ChunkRef, ...]] = {}
+        new: dict[str, Sequence[ChunkRef]] = {}
         for proposal, o in zip(proposals, outcomes, strict=True):
             if o.write_path is None or o.kind != "put" or o.content is None:
                 continue
@@ -219,8 +219,8 @@ class MemoryChangeLog:
         return new
 
     def _sent_refs(
-        self, engagement_id: int, path: str, sent: PutManifest, new: dict[str, tuple[ChunkRef, ...]]
-    ) -> tuple[ChunkRef, ...]:
+        self, engagement_id: int, path: str, sent: PutManifest, new: dict[str, Sequence[ChunkRef]]
+    ) -> Sequence[ChunkRef]:
         if sent.chunks is not None:
             for c in sent.chunks:
                 if not manifest.is_hash(c.hash) or not isinstance(c.size, int) or c.size <= 0:

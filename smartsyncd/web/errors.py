@@ -46,6 +46,17 @@ def send_json(request: IRequest, body: object, status: int = 200) -> bytes:
     return data
 
 
+def send_encoded_json(request: IRequest, data: bytes, compressed: bool) -> bytes:
+    """``send_json`` for a body already written (and zstd-compressed when ``compressed``)."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    if compressed:
+        request.setHeader(b"content-encoding", b"zstd")
+        request.setHeader(b"vary", b"accept-encoding")
+    return data
+
+
 def _path_text(request: IRequest) -> str:
     path: bytes = request.path
     return path.decode("utf-8", "replace")

@@ -8,6 +8,8 @@ field, a body or list over its limit a ``TooLarge``. ``parse_commit`` may run on
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeGuard
@@ -17,7 +19,9 @@ from twisted.web.server import Request
 from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadRequest, TooLarge
 from smartsyncd.core.jsonvalue import JSONDict, JSONValue
+from smartsyncd.core.manifestlift import lift_manifests
 from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, HistoryCheck, ProposedChange
+from smartsyncd.core.packed import PackedBuilder, PackedChunks
 from smartsyncd.core.paths import normalize_path
 from smartsyncd.storage.api import PutManifest
 from smartsyncd.web.bodies import (
@@ -106,13 +110,23 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
     Unknown keys are ignored; a wrong type is a BadRequest naming the field; paths are
     normalized (InvalidPath names the path). Delta ops are kept raw: storage applies them.
     """
+    # large manifests are packed from the bytes, never parsed into lists (core/manifestlift.py)
+    marker = secrets.token_hex(16) + ":"
+    body, lifted = lift_manifests(body, marker, manifest.PACK_MIN_ENTRIES, manifest.DEFAULT_MAX_ENTRIES)
     obj = expect_object(parse_json(body))
     batch = get_str(obj, "batch", max_len=128, non_empty=True)
     items = get_list(obj, "changes", max_len=limits.changes_per_commit)
     changes: list[ProposedChange] = []
     manifests: dict[str, PutManifest] = {}
+
+    def manifest_of(item: JSONDict) -> object:
+        value = item.get("manifest")
+        if lifted and type(value) is str and value.startswith(marker):
+            return lifted[int(value[len(marker) :])]
+        return value
+
     for i, raw in enumerate(items):
-        fast = _plain_change(raw)
+        fast = _plain_change(raw, manifest_of)
         if fast is not None:
             changes.append(fast[0])
             if fast[1] is not None:
@@ -128,7 +142,7 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             continue
         if kind != "put":
             raise BadRequest(f"field '{f}.kind' must be \"put\" or \"delete\"", field=f"{f}.kind")
-        full, delta = item.get("manifest"), item.get("delta")
+        full, delta = manifest_of(item), item.get("delta")
         if full is not None and delta is not None:
             raise BadRequest(f"{f} has both 'manifest' and 'delta'", field=f)
         chunks = None
@@ -184,7 +198,13 @@ def _plain_attributes(raw: JSONDict) -> tuple[int | None, bool | None] | None:
     return mtime_ns, readonly
 
 
-def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | None:
+def _sent_manifest(item: JSONDict) -> object:
+    return item.get("manifest")
+
+
+def _plain_change(
+    raw: object, manifest_of: Callable[[JSONDict], object] = _sent_manifest
+) -> tuple[ProposedChange, PutManifest | None] | None:
     """The two shapes a sync sends nearly always, checked without building field names: a
     delete, and a put with a full manifest only (content id and size derived). ``None`` for
     anything else, valid or not: ``parse_commit``'s full checks then decide and name the field.
@@ -200,10 +220,10 @@ def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | No
     kind = raw.get("kind")
     if kind == "delete":
         return ProposedChange(path=normalize_path(path), kind="delete", base=base), None
-    full = raw.get("manifest")
+    full = manifest_of(raw)
     if (
         kind != "put"
-        or type(full) is not list
+        or not isinstance(full, list | PackedChunks)
         or len(full) > manifest.DEFAULT_MAX_ENTRIES
         or raw.get("delta") is not None
         or raw.get("content") is not None
@@ -213,15 +233,28 @@ def _plain_change(raw: object) -> tuple[ProposedChange, PutManifest | None] | No
     attributes = _plain_attributes(raw)
     if attributes is None:
         return None
-    refs = []
+    if isinstance(full, PackedChunks):
+        return _plain_put(path, base, attributes, full)
+    refs: list[ChunkRef] = []
+    packed = PackedBuilder()  # a large manifest: 40 bytes per entry (core/packed.py)
+    large = len(full) > manifest.PACK_MIN_ENTRIES
     for entry in full:
         if type(entry) is not list or len(entry) != 2:
             return None
         h, n = entry
         if type(n) is not int or not 0 < n <= chunking.MAX_CHUNK or not manifest.is_hash(h):
             return None
-        refs.append(ChunkRef(h, n))
-    chunks = tuple(refs)
+        if large:
+            packed.append_digest(bytes.fromhex(h), n)
+        else:
+            refs.append(ChunkRef(h, n))
+    return _plain_put(path, base, attributes, packed.done() if large else tuple(refs))
+
+
+def _plain_put(
+    path: str, base: int | None, attributes: tuple[int | None, bool | None],
+    chunks: Sequence[ChunkRef],
+) -> tuple[ProposedChange, PutManifest]:
     content = manifest.content_id(chunks)
     path = normalize_path(path)
     size = sum(c.size for c in chunks)

@@ -10,18 +10,18 @@ from __future__ import annotations
 from klein import Klein
 from twisted.web.server import Request
 
-from smartsyncd.core import chunkstream, manifest
+from smartsyncd.core import bodycodec, chunkstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import asks_folders, query_float, query_int, query_str
 from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.deltas import READ_SLICE, DeltaBases
-from smartsyncd.web.errors import json_bytes, send_json
+from smartsyncd.web.errors import json_bytes, send_encoded_json, send_json
 from smartsyncd.web.history import check_from_query
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
-from smartsyncd.web.manifestbatch import manifests_answer, parse_manifest_request
+from smartsyncd.web.manifestbatch import answer_bytes, manifests_answer, parse_manifest_request
 from smartsyncd.web.parse import (
     fetch_refs,
     hash_field,
@@ -139,7 +139,9 @@ class PullRoutes:
         answer = await self._run_blocking(manifests_answer, wanted, found, limits.manifests_body)
         for content, size in answer.served:
             self._note_download(request, access, content, size)
-        return send_json(request, answer.body)
+        zstd = bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        data, compressed = await self._run_blocking(answer_bytes, answer.body, zstd)
+        return send_encoded_json(request, data, compressed)
 
     def _note_download(self, request: Request, access: Access, content: str, size: int) -> None:
         self._read_audit.note(access.engagement.id, "download", access.session.user,

@@ -36,6 +36,7 @@ from twisted.web.http import RESPONSES
 
 from smartsyncd.core import chunkstream
 from smartsyncd.core.errors import BadChunk, SyncError, Unavailable
+from smartsyncd.runtime.malloctune import fix_mmap_threshold
 from smartsyncd.storage.api import ChunkStore, ChunkUpload, VerifiedChunk
 from smartsyncd.web.access import Access, Authorizer
 from smartsyncd.web.admission import is_commit, route_body_limit
@@ -89,6 +90,7 @@ class UploadServices:
 
 def upload_request_factory(services: UploadServices) -> Callable[..., UploadRequest]:
     """The ``Site.requestFactory`` whose requests stream uploads with ``services``."""
+    fix_mmap_threshold()  # uploads' and downloads' MiB buffers freed to the system when done
     return partial(UploadRequest, services=services)
 
 

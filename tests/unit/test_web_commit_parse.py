@@ -83,7 +83,7 @@ def test_the_shortcut_parses_as_the_full_checks(change_items: list[Any]) -> None
     body = json.dumps({"batch": "b", "changes": change_items}).encode()
     fast = _outcome(body)
     saved = web_parse._plain_change
-    web_parse._plain_change = lambda raw: None  # every item through the full checks
+    web_parse._plain_change = lambda raw, *_: None  # every item through the full checks
     try:
         full = _outcome(body)
     finally:
