@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from smartsyncd.service.periodic import PeriodicService
 
 log = Logger(namespace="smartsyncd.branch")
 
@@ -27,38 +27,24 @@ INTERVAL_S = 60.0
 REGROW = 0.05
 
 
-class CacheTrimmer(Service):
+class CacheTrimmer(PeriodicService):
+    """Keeps the branch's chunk cache under ``max_bytes``, off the reactor, least recently
+    read first and never a carried engagement's head."""
+
     def __init__(
         self, store: Any, max_bytes: int, clock: IReactorTime,
         protected: Callable[[], Awaitable[Protected]], interval: float = INTERVAL_S,
     ) -> None:
+        super().__init__(clock, interval, "cache-trim")
         self._store = store  # storage/standby.BranchStore: its cache and trim_cache
         self.max_bytes = max_bytes
-        self._clock = clock
         self._protected = protected
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._running: Deferred[None] | None = None
         self._again = False
         self.trims = 0
         # what a trim could not free (carried heads over the limit): no new trim until the cache
         # grew by REGROW of the limit past it, rather than one after every fetch
         self._floor = 0
         self.bytes_freed = 0
-        self.setName("cache-trim")
-
-    def startService(self) -> None:
-        super().startService()
-        loop = LoopingCall(self.poke)
-        loop.clock = self._clock
-        self._loop = loop
-        loop.start(self._interval, now=True)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return self._running
 
     def poke(self) -> None:
         """Trim now if the cache is over its limit (cheap: the sizes are in memory)."""

@@ -17,15 +17,14 @@ from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from smartsyncd.core.errors import CentralUnreachable
+from smartsyncd.service.periodic import PeriodicService
 from smartsyncd.storage.readspool import ReadSpool
 
 log = Logger(namespace="smartsyncd.branch")
@@ -35,35 +34,20 @@ INTERVAL_S = 5.0
 URI = b"/v1/branch/reads"
 
 
-class ReadForwarder(Service):
+class ReadForwarder(PeriodicService):
+    """Sends the spooled read events to central in batches while the link is up."""
+
     def __init__(
         self, spool: ReadSpool, central: Any, credential: bytes, clock: IReactorTime,
         run_blocking: Callable[..., Awaitable[Any]], interval: float = INTERVAL_S,
     ) -> None:
+        super().__init__(clock, interval, "read-forward")
         self._spool = spool
         self._central = central  # web/central.CentralLink
         self._credential = credential  # the Authorization header's value
-        self._clock = clock
         self._run_blocking = run_blocking
-        self._interval = interval
-        self._loop: LoopingCall | None = None
-        self._running: Deferred[None] | None = None
         self.state = "idle"
         self.sent = 0  # events central recorded since start
-        self.setName("read-forward")
-
-    def startService(self) -> None:
-        super().startService()
-        loop = LoopingCall(self.poke)
-        loop.clock = self._clock
-        self._loop = loop
-        loop.start(self._interval, now=True)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return self._running
 
     def poke(self) -> None:
         if not self.running or self._running is not None:
