@@ -431,9 +431,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if _command_name(arguments) == "watch":
         _take_sigint()
 
+    unfinished = [False]  # the reactor stopped before the command ended (a watch cancelled)
+
     async def _main(reactor: Any) -> None:
         command = Deferred.fromCoroutine(run(reactor, arguments))
         interrupted = False
+        reactor.addSystemEventTrigger(
+            "after", "shutdown", lambda: unfinished.__setitem__(0, not command.called))
 
         def on_shutdown() -> Deferred[Any] | None:
             nonlocal interrupted
@@ -454,7 +458,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             code = EXIT_INTERRUPTED
         raise SystemExit(code)
 
-    react(_main)
+    try:
+        react(_main)
+    except SystemExit as done:
+        if unfinished[0] and done.code in (0, None):
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        raise
 
 
 def _take_sigint() -> None:
