@@ -1,7 +1,8 @@
-"""The engagement's server-published ignore rules as the client sees them: fetched at each sync
-with the last known set's ETag (an unchanged set costs a bodiless 304), kept in the copy's state
-folder so a failed fetch falls back to the last rules known rather than reading as "no rules",
-and absent (not an error) on an older server without the route."""
+"""The engagement's server-published ignore rules as the client sees them: kept in the copy's
+state folder and fetched (with the kept set's ETag: an unchanged set costs a bodiless 304) at a
+clone, when none were kept, or when the copy report's answer names another ETag
+(``SyncCopy._rules_moved``); a failed fetch falls back to the last rules known rather than
+reading as "no rules", and an older server without the route means none."""
 
 from __future__ import annotations
 
