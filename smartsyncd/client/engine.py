@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
 from smartsyncd.client import contact, osfs, reconcile
+from smartsyncd.client.chunkindex import ChunkIndex
 from smartsyncd.client.copycontext import (
     EARLY_COMMIT_FILES,
     SCAN_STEP,
@@ -241,7 +242,7 @@ class SyncCopy:
         live = [f for f in files if f.content is not None]
         writer = FileWriter(self.ctx, api, report, prog)
         prog.start("download", sum(f.size for f in live))
-        index: dict[str, tuple[str, int, int]] = {}
+        index = ChunkIndex()
         writes: list[Write] = []
         rules = (await self._run(load_rules, self.directory, [])).with_engagement(
             self.scanner.engagement_rules)

@@ -226,7 +226,7 @@ async def case_insensitive(ctx: CopyContext) -> bool:
 
 def chunk_index(base: Mapping[str, FileRecord]) -> ChunkIndex:
     """Where each chunk of a synced file sits locally: hash -> (path, offset, size)."""
-    index: ChunkIndex = {}
+    index = ChunkIndex()
     for record in base.values():
         if record.chunks:
             for chunk, offset in offsets(record.chunks):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 
+from smartsyncd.client.chunkindex import ChunkIndex, Location
 from smartsyncd.client.copycontext import offsets
 from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
 from smartsyncd.client.errors import Unverifiable
@@ -26,7 +27,6 @@ from smartsyncd.client.nofollow import LinkInPath
 from smartsyncd.client.pullfolders import make_folders
 from smartsyncd.client.pullwrite import (
     PARTIAL_MIN,
-    ChunkIndex,
     FileWriter,
     Write,
     base_of,
@@ -111,7 +111,7 @@ async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex
     manifests = await api.manifests(ctx.engagement, [(w.content, base_of(old)) for w, old in group])
     out = _Group()
     small: list[tuple[PullWrite, FileRecord | None, Manifest]] = []
-    where: ChunkIndex = {}
+    where: dict[str, Location] = {}
     for w, old in group:
         m = manifests[w.content]
         try:

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from smartsyncd.client import osfs
 from smartsyncd.client.casefold import match_folders, stored_spelling
+from smartsyncd.client.chunkindex import ChunkIndex, Location
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
 from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
@@ -47,8 +48,8 @@ from smartsyncd.core.planner import LocalEntry, PullWrite
 # downloads of at least this size go through .smartsync/partial/<content>.part, kept when
 # the pull is cut, so the next attempt fetches only the chunks it does not have yet
 PARTIAL_MIN = 4 * 1024 * 1024
-# where each chunk of a synced file sits locally: hash -> (path, offset, size)
-ChunkIndex = dict[str, tuple[str, int, int]]
+# where chunks sit locally, for copying instead of fetching: the whole index, or a group's part
+ChunkLocations = ChunkIndex | Mapping[str, Location]
 
 
 class FileWriter:
@@ -196,7 +197,7 @@ class FileWriter:
         return self.ctx.base_cache.load(old.content, old.size)
 
     def read_local(
-        self, window: list[ChunkRef], index: Mapping[str, tuple[str, int, int]]
+        self, window: list[ChunkRef], index: ChunkLocations
     ) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         for chunk in window:
