@@ -52,7 +52,7 @@ from smartsyncd.client.pullbatch import write_groups
 from smartsyncd.client.pullwrite import FileWriter, Write, prune_partials
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import StatusReport, SyncReport
-from smartsyncd.client.scan import pending, refresh_stat_cache, scan_and_upload
+from smartsyncd.client.scan import pending, survey
 from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
 from smartsyncd.client.serverrules import current_rules, read_cache, read_cached
@@ -297,19 +297,11 @@ class SyncCopy:
         await self._begin_sync()
         asked = await self._start_with_kept_rules(api)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
-        scan, early = await scan_and_upload(ctx, api, base, report)
-        await refresh_stat_cache(ctx, scan, base)
-        push_plan = plan(scan.entries, base, [], complete=scan.complete,
-                ignored=scan.rules.ignores)  # one planner pass
-        waiting, since = pending(scan, base, push_plan)
+        scan, early, push_plan, waiting, since = await survey(ctx, api, base, report)
         answer = await contact.contact(ctx, api, len(waiting), since)
         if await self._rules_moved(api, answer.ignore_etag if answer else None, asked):
             report.bytes_sent += early.bytes_sent  # the engagement's rules changed: rescan
-            scan, early = await scan_and_upload(ctx, api, base, report)
-            await refresh_stat_cache(ctx, scan, base)
-            push_plan = plan(scan.entries, base, [], complete=scan.complete,
-                    ignored=scan.rules.ignores)
-            waiting, since = pending(scan, base, push_plan)
+            scan, early, push_plan, waiting, since = await survey(ctx, api, base, report)
         report.bytes_sent += early.bytes_sent
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)

@@ -127,3 +127,16 @@ def pending(
     mtimes = [scan.entries[x.path].mtime_ns for x in p.push_puts if x.path in scan.entries]
     since = datetime.fromtimestamp(min(mtimes) / 1e9, UTC) if mtimes else None
     return paths, since
+
+
+async def survey(
+    ctx: CopyContext, api: Server, base: dict[str, FileRecord], report: SyncReport
+) -> tuple[ScanResult, EarlyUpload, Plan, list[str], datetime | None]:
+    """A sync's look at the folder: scan (uploading early), refresh the stat cache and plan
+    the push. The scan, its early upload, the push plan, the paths waiting and the oldest
+    edit among them."""
+    scan, early = await scan_and_upload(ctx, api, base, report)
+    await refresh_stat_cache(ctx, scan, base)
+    push_plan = plan(scan.entries, base, [], complete=scan.complete, ignored=scan.rules.ignores)
+    waiting, since = pending(scan, base, push_plan)
+    return scan, early, push_plan, waiting, since

@@ -62,14 +62,7 @@ class PackedChunks(Sequence[ChunkRef]):
             if step == 1:
                 return PackedChunks(self._data[start * ENTRY : max(start, stop) * ENTRY])
             return PackedChunks.of(self[i] for i in range(start, stop, step))
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("packed chunk index out of range")
-        at = index * ENTRY
-        return ChunkRef(self._data[at : at + 32].hex(),
-                        int.from_bytes(self._data[at + 32 : at + ENTRY], "big"))
+        return _entry(self._data, index)
 
     def __iter__(self) -> Iterator[ChunkRef]:
         data = self._data
@@ -99,6 +92,17 @@ class PackedChunks(Sequence[ChunkRef]):
         return f"PackedChunks({len(self)} entries)"
 
 
+def _entry(data: bytes | bytearray, index: int) -> ChunkRef:
+    """Entry ``index`` (negative from the end) of packed ``data`` as a ``ChunkRef``."""
+    n = len(data) // ENTRY
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError("packed chunk index out of range")
+    at = index * ENTRY
+    return ChunkRef(data[at : at + 32].hex(), int.from_bytes(data[at + 32 : at + ENTRY], "big"))
+
+
 class PackedBuilder(Sequence[ChunkRef]):
     """A growing packed chunk list (``done`` gives the ``PackedChunks``): what a scan appends
     a file's chunks to, 40 bytes each, instead of a list of ``ChunkRef``s."""
@@ -118,14 +122,7 @@ class PackedBuilder(Sequence[ChunkRef]):
         return PackedChunks(bytes(self._buf))[index] if isinstance(index, slice) else self._at(index)
 
     def _at(self, index: int) -> ChunkRef:
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("packed chunk index out of range")
-        at = index * ENTRY
-        return ChunkRef(self._buf[at : at + 32].hex(),
-                        int.from_bytes(self._buf[at + 32 : at + ENTRY], "big"))
+        return _entry(self._buf, index)
 
     def __iter__(self) -> Iterator[ChunkRef]:
         return iter(self.done())
