@@ -179,6 +179,7 @@ async def cmd_logout(session: Session) -> int:
     # Forget the token either way: a local sign-out must not depend on the network.
     session.config.forget_token(url)
     session.config.save()
+    session.forget_tls_session(url)
     if failure is not None:
         raise failure
     session.out.result(f"Signed out of {url}.", {"server": url, "signed_out": True})

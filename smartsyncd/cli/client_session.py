@@ -18,12 +18,14 @@ from rich.console import Console
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
+from smartsyncd.client import osfs
 from smartsyncd.client.backoff import RetryNotice
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import AuthError, ServerRefused, TrustError, UsageError
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.progress import RichProgress
 from smartsyncd.client.sso import sso_login  # issue 19: single sign-on
+from smartsyncd.client.tlsresume import ResumptionSlot, session_file, trust_identity
 from smartsyncd.client.trust import PinnedPolicy, TrustPolicy, ca_policy, normalize_fingerprint
 from smartsyncd.client.userconfig import UserConfig
 
@@ -100,12 +102,32 @@ class Session:
         self.config = UserConfig.load(args.config_dir)
         self.progress = RichProgress(Console(stderr=True), quiet=out.quiet or out.json)
         self._apis: list[ServerAPI] = []
+        self._resumption: dict[tuple[str, str], ResumptionSlot] = {}  # (url, trust label)
         # the copy a command opened and its server: a wipe order is obeyed for it alone
         self.opened: tuple[SyncCopy, ServerAPI] | None = None
 
     def explicit_fingerprint(self) -> str | None:
         value = self.args.trust_fingerprint
         return normalize_fingerprint(value) if value else None
+
+    def _slot(self, url: str, label: str) -> ResumptionSlot:
+        slot = self._resumption.get((url, label))
+        if slot is None:
+            slot = ResumptionSlot(
+                session_file(self.config.directory, url), trust_identity(url, label)
+            )
+            slot.load()
+            self._resumption[(url, label)] = slot
+        return slot
+
+    def forget_tls_session(self, url: str) -> None:
+        """Sign-out: no kept TLS session for ``url`` (from any trust)."""
+        key = self.config.server(url).url
+        for (slot_url, _), slot in list(self._resumption.items()):
+            if slot_url == key:
+                slot.forget()
+                del self._resumption[(slot_url, _)]
+        osfs.unlink(session_file(self.config.directory, key), missing_ok=True)
 
     def policy(self, url: str) -> TrustPolicy:
         """The trust policy for ``url`` from the options or the saved settings."""
@@ -125,7 +147,11 @@ class Session:
         )
 
     def api(self, url: str, policy: TrustPolicy, *, with_token: bool = True) -> ServerAPI:
+        """A ServerAPI for ``url``; its connections offer the TLS session kept from the last
+        run (kept again at ``close`` only if the token is kept in the settings file)."""
         entry = self.config.server(url)
+        if policy.resumption is None and entry.keychain is None:
+            policy.resumption = self._slot(entry.url, policy.trust_label)
         api = ServerAPI(
             entry.url,
             reactor=self.reactor,
@@ -209,6 +235,11 @@ class Session:
     async def close(self) -> None:
         for api in self._apis:
             await api.close()
+        for (url, _), slot in self._resumption.items():
+            if self.config.server(url).keychain is None:
+                slot.save()  # a small durable write, as config.json's
+            else:  # the token went to the keychain: no ticket on disk beside it
+                slot.forget()
 
 
 def read_password(args: argparse.Namespace, stdin: TextIO) -> str:

@@ -28,6 +28,7 @@ def _forget(session: Session) -> Callable[[str], None]:
     def forget(url: str) -> None:
         session.config.forget_token(url)
         session.config.save()
+        session.forget_tls_session(url)
 
     return forget
 

@@ -10,10 +10,15 @@ Policies, each an ``IPolicyForHTTPS`` for ``twisted.web.client.Agent``:
 
 :func:`fetch_fingerprint` performs a bare TLS handshake (no HTTP, nothing secret sent) to show a
 user the fingerprint before it is pinned. TLS 1.2 is the lowest version offered.
+
+A policy may carry a :class:`~smartsyncd.client.tlsresume.ResumptionSlot` (``resumption``):
+its connections then offer the session ticket kept from the last run, bound to the policy's
+``trust_label`` (the pin, or the CA certificates' digest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import ssl
 import subprocess
@@ -48,6 +53,8 @@ from zope.interface import implementer
 from smartsyncd.client import osfs
 from smartsyncd.client.errors import NetworkError, UsageError
 from smartsyncd.client.proxy import proxy_for, tunnels_through
+from smartsyncd.client.tlsresume import ResumptionSlot, was_resumed
+from smartsyncd.runtime.twistedcompat import client_creator_context
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -84,19 +91,31 @@ def _hostname_text(hostname: bytes | str) -> str:
     return hostname.decode("ascii") if isinstance(hostname, bytes) else hostname
 
 
+# A session remembers the session-id context of the connection that made it, and OpenSSL
+# refuses to resume it on a connection with another one. Twisted gives each context a random
+# one, so every client context gets this fixed one before its first connection.
+CLIENT_SESSION_CONTEXT = b"smartsync-client"
+
+
 def _base_context() -> SSL.Context:
     # CertificateOptions gives Twisted's vetted cipher list and protocol options.
-    return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2).getContext()
+    context = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2).getContext()
+    context.set_session_id(CLIENT_SESSION_CONTEXT)
+    return context
 
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _LeafCheckingCreator:
     """Makes client connections whose verify callback judges only the leaf certificate."""
 
-    def __init__(self, context: SSL.Context, hostname: str, judge: Callable[[str], bool]) -> None:
+    def __init__(
+        self, context: SSL.Context, hostname: str, judge: Callable[[str], bool],
+        resumption: ResumptionSlot | None = None,
+    ) -> None:
         self._context = context
         self._hostname = hostname
         self._judge = judge  # (fingerprint) -> bool
+        self._resumption = resumption
 
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
@@ -111,6 +130,38 @@ class _LeafCheckingCreator:
             return bool(judge(cert_fingerprint(cert)))
 
         connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        if self._resumption is not None:
+            connection.set_info_callback(_resumed_leaf_check(judge))
+            self._resumption.prepare(connection)
+        return connection
+
+
+def _resumed_leaf_check(judge: Callable[[str], bool]) -> Callable[[SSL.Connection, int, int], None]:
+    """An info callback: a resumed handshake runs no verify callback, so the leaf the resumed
+    session carries is judged once the handshake is done, and the connection fails if refused."""
+
+    def check(connection: SSL.Connection, where: int, ret: int) -> None:
+        if not where & SSL.SSL_CB_HANDSHAKE_DONE or not was_resumed(connection):
+            return
+        cert = connection.get_peer_certificate()
+        if cert is None or not judge(cert_fingerprint(cert)):
+            transport: Any = connection.get_app_data()
+            transport.failVerification(Failure(SSL.Error("resumed session: certificate refused")))
+
+    return check
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ResumingCreator:
+    """Another creator's connections, offered the kept session ticket."""
+
+    def __init__(self, inner: IOpenSSLClientConnectionCreator, resumption: ResumptionSlot) -> None:
+        self._inner = inner
+        self._resumption = resumption
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        self._resumption.prepare(connection)
         return connection
 
 
@@ -125,7 +176,13 @@ class PinnedPolicy:
     def __init__(self, fingerprint: str) -> None:
         self.fingerprint = normalize_fingerprint(fingerprint)
         self.presented: str | None = None
+        self.resumption: ResumptionSlot | None = None
         self._context = _base_context()
+
+    @property
+    def trust_label(self) -> str:
+        """How this policy trusts: what a kept session ticket is bound to."""
+        return f"pin:{self.fingerprint}"
 
     def _judge(self, seen: str) -> bool:
         if seen == self.fingerprint:
@@ -134,7 +191,9 @@ class PinnedPolicy:
         return False
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        return _LeafCheckingCreator(self._context, _hostname_text(hostname), self._judge)
+        return _LeafCheckingCreator(
+            self._context, _hostname_text(hostname), self._judge, self.resumption
+        )
 
     def failure_message(self, url: str) -> str:
         seen = f" (it now presents {self.presented})" if self.presented else ""
@@ -167,6 +226,9 @@ class CAPolicy:
             raise UsageError(f"CA file {ca_file} holds a damaged certificate") from exc
         self._root = trustRootFromCertificates(certs)
         self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+        self._resumable: set[str] = set()  # hosts whose context takes a kept session
+        self.resumption: ResumptionSlot | None = None
+        self.trust_label = "ca:" + hashlib.sha256(b"\n".join(blocks)).hexdigest()
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         host = _hostname_text(hostname)
@@ -177,7 +239,13 @@ class CAPolicy:
                 trustRoot=self._root,
                 extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
             )
+            context = client_creator_context(creator)
+            if context is not None:
+                context.set_session_id(CLIENT_SESSION_CONTEXT)
+                self._resumable.add(host)
             self._creators[host] = creator
+        if self.resumption is not None and host in self._resumable:
+            return _ResumingCreator(creator, self.resumption)
         return creator
 
     def failure_message(self, url: str) -> str:
@@ -211,6 +279,9 @@ class SystemTrustPolicy(CAPolicy):
                 raise UsageError("no trusted root certificates were found on this system")
             self._root = trustRootFromCertificates(certs)
         self._creators = {}
+        self._resumable = set()
+        self.resumption = None
+        self.trust_label = SYSTEM_TRUST
 
     def failure_message(self, url: str) -> str:
         return (

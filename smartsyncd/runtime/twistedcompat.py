@@ -84,6 +84,8 @@ PRIVATES: tuple[Private, ...] = (
             "service/tlsreload.py (certificate reload)", set_in="__init__"),
     Private("twisted.internet.ssl:CertificateOptions", "privateKey",
             "service/tlsreload.py (certificate reload)", set_in="__init__"),
+    Private("twisted.internet._sslverify:ClientTLSOptions", "_createConnection",
+            "client/trust.py (session resumption)", set_in="__init__"),
     Private("twisted.internet.abstract:FileDescriptor", "_tempDataLen",
             "runtime/tlsbatching.py (eager send)", set_in="__init__"),
     Private("twisted.internet.tcp:Server", "_writeDisconnecting",
@@ -188,6 +190,19 @@ def endpoint_tls_context(endpoint: object) -> Context | None:
     if options is None:
         return None
     context: Context = options.getContext()
+    return context
+
+
+def client_creator_context(creator: object) -> Context | None:
+    """The OpenSSL context behind ``optionsForClientTLS``'s creator, or None if this Twisted
+    hides it. (``ClientTLSOptions`` makes each connection with its ``CertificateOptions``'
+    bound ``_makeTLSConnection``; the context is that object's ``getContext()``.)"""
+    make = getattr(creator, "_createConnection", None)
+    options = getattr(make, "__self__", None)
+    get_context = getattr(options, "getContext", None)
+    if get_context is None:
+        return None
+    context: Context = get_context()
     return context
 
 

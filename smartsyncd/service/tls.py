@@ -13,7 +13,13 @@ The minimum protocol is TLS 1.2 (Twisted's ``CertificateOptions`` default); TLS 
 forward-secret AEAD suites (``AEAD_CIPHERS``); ``sslmethod=`` in an endpoint string is refused
 by ``config.check_listen``.
 
-Everything here blocks (key generation, file I/O): the daemon runs it on a thread pool.
+The listeners keep TLS sessions (issue 15): a client that kept a session ticket from its last
+run resumes with a short handshake (no certificate sent). The tickets are OpenSSL's stateful
+TLS 1.3 ones: a short identifier of a session held in the daemon's memory (OpenSSL's session
+cache, at most 20,480 sessions, each used once), for ``TICKET_LIFETIME``. There is no ticket
+key to steal or rotate; TLS 1.3 resumption still runs an (EC)DHE exchange, so a resumed
+session keeps forward secrecy. A restart or a certificate reload (a new context) forgets them,
+as does a daemon other than the one behind the balancer that issued them: a full handshake.
 """
 
 from __future__ import annotations
@@ -230,6 +236,10 @@ def tls_endpoint_string(listen: str, cert_path: str, key_path: str) -> str:
 AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
+# How long a session ticket may be used (a working day).
+TICKET_LIFETIME = 8 * 3600
+
+
 def restrict_ciphers(endpoint: object) -> None:
     """Limit a listening ``ssl:`` endpoint to ``AEAD_CIPHERS`` (the endpoint string has no
     cipher option; its ``CertificateOptions`` keeps one context for every connection)."""
@@ -239,8 +249,11 @@ def restrict_ciphers(endpoint: object) -> None:
 
 
 def restrict_context_ciphers(context: SSL.Context) -> None:
-    """Limit TLS 1.2 on ``context`` to ``AEAD_CIPHERS``."""
+    """Limit TLS 1.2 on ``context`` to ``AEAD_CIPHERS``, and keep sessions for resumption
+    for ``TICKET_LIFETIME``."""
     context.set_cipher_list(AEAD_CIPHERS.encode("ascii"))
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_timeout(TICKET_LIFETIME)
 
 
 def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:

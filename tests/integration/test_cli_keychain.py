@@ -66,6 +66,8 @@ def test_token_lives_in_the_keychain_syncs_and_logout_removes_it(
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout)["uploaded"] == 1
 
+    # a TLS session ticket is kept only where the token itself is kept on disk (issue 15)
+    assert list(client.config.glob("tls-session-*")) == []
     out = client.run("logout", server.url, env=keychain.env)
     assert out.returncode == 0, out.stderr
     assert keychain.lookup("smartsync", key) is None
