@@ -385,13 +385,16 @@ async def run(
     args = build_parser().parse_args(list(argv))
     out = Output(args, stdout, stderr)
     session: Session | None = None
+    code: int | None = None
     try:
         session = Session(reactor, args, out)
         if args.command == "login":
-            return await cmd_login(session, stdin)
+            code = await cmd_login(session, stdin)
+            return code
         if args.command in _OPENS_A_COPY:
             await finish_interrupted(session, Path(args.directory))  # raises Wiped if it did
-        return await COMMANDS[args.command](session)
+        code = await COMMANDS[args.command](session)
+        return code
     except CancelledError:
         raise
     except WipeOrdered as order:  # the copy's server ordered it wiped: obey, say so
@@ -422,7 +425,8 @@ async def run(
     finally:
         if session is not None:
             session.progress.finish()
-            await session.close()
+            # a command that failed leaves the settings folder as it found it
+            await session.close(keep_tls_sessions=code == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -232,14 +232,19 @@ class Session:
     def _opened_copy_id(self) -> str | None:
         return None if self.opened is None else self.opened[0].copy_id
 
-    async def close(self) -> None:
+    async def close(self, *, keep_tls_sessions: bool = True) -> None:
+        """Close the connections; keep each TLS session for the next run if
+        ``keep_tls_sessions`` and the server's token is kept in the settings file."""
         for api in self._apis:
             await api.close()
+        if not keep_tls_sessions:
+            return
         for (url, _), slot in self._resumption.items():
-            if self.config.server(url).keychain is None:
-                slot.save()  # a small durable write, as config.json's
-            else:  # the token went to the keychain: no ticket on disk beside it
+            entry = self.config.server(url)
+            if entry.keychain is not None:  # the token is in the keychain: no ticket on disk
                 slot.forget()
+            elif entry.token is not None:  # kept with the token, as the issue asks
+                slot.save()  # a small durable write, as config.json's
 
 
 def read_password(args: argparse.Namespace, stdin: TextIO) -> str:
