@@ -26,6 +26,7 @@ from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IProtocol
+from twisted.internet.task import TaskStopped
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -360,7 +361,7 @@ class Transport:
                     f"{self.base_url}: no answer to {method} {path} within {limit:g}s",
                     retryable=True,
                 ) from None
-            if isinstance(exc, _TRANSPORT_ERRORS):
+            if isinstance(exc, _TRANSPORT_ERRORS) or _body_stopped_by_lost_connection(exc):
                 raise self._transport_error(exc) from exc
             raise
         finally:
@@ -477,6 +478,16 @@ def decode_json(reply: Reply) -> object:
         return json.loads(reply.body)
     except ValueError as exc:
         raise ProtocolError(f"server answered HTTP {reply.status} without valid JSON") from exc
+
+
+def _body_stopped_by_lost_connection(exc: BaseException) -> bool:
+    """A body cut because its connection went away: the transport stops the body's producer
+    before it tells the HTTP protocol, so the request fails with RequestGenerationFailed
+    holding only TaskStopped, not with RequestTransmissionFailed (a race in the same loss)."""
+    if not isinstance(exc, _newclient.RequestGenerationFailed):
+        return False
+    reasons = [r.value if isinstance(r, Failure) else r for r in exc.reasons]
+    return bool(reasons) and all(isinstance(r, TaskStopped) for r in reasons)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

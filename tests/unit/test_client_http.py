@@ -18,8 +18,9 @@ from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, TaskStopped
 from twisted.python.failure import Failure
+from twisted.web._newclient import RequestGenerationFailed
 from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -237,6 +238,38 @@ def test_connection_refused_is_retried_then_network_error(server: Server) -> Non
         server.run(api.info())
     assert caught.value.retryable is False  # given up: the final error is not retried again
     assert api.requests == 3 and len(tried) == 3
+
+
+class FailingBody:
+    """An HTTP client whose request fails while its body is being sent."""
+
+    def __init__(self, *reasons: BaseException) -> None:
+        self.reasons = reasons
+        self.tried = 0
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        self.tried += 1
+        return fail(RequestGenerationFailed([Failure(r) for r in self.reasons]))
+
+
+def test_a_body_cut_by_a_lost_connection_is_a_network_error_and_retried(server: Server) -> None:
+    # the transport stops the body's producer before the protocol hears of the loss: the
+    # request then fails with RequestGenerationFailed([TaskStopped]) (seen in test_drain)
+    http = FailingBody(TaskStopped())
+    api = server.api(http=http, max_attempts=2)
+    with pytest.raises(NetworkError, match="cannot reach"):
+        server.run(api.info())
+    assert http.tried == 2
+
+
+def test_a_body_that_fails_for_another_reason_is_not_called_a_network_error(
+    server: Server,
+) -> None:
+    http = FailingBody(TaskStopped(), ValueError("a bug in a body producer"))
+    api = server.api(http=http, max_attempts=3)
+    with pytest.raises(RequestGenerationFailed):
+        server.run(api.info())
+    assert http.tried == 1
 
 
 def test_no_answer_times_out_and_is_retried(server: Server) -> None:
