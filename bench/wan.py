@@ -5,7 +5,8 @@
 Starts the real ``twistd smartsync`` and an rsync daemon on loopback, and for each link setting
 (50 ms round trip at 20 Mbit/s each way; 300 ms at 2 Mbit/s) a relay in front of each
 (smartsyncd.testing.wanrelay: delay and token-bucket pacing each way, the TCP handshake's round
-trip charged). The real ``smartsync`` command (login, clone, sync) and ``rsync -az`` run as
+trip charged; one link shared by all of a client's connections, ``LinkSettings(shared=True)``,
+so two connections do not get twice the rate). The real ``smartsync`` command (login, clone, sync) and ``rsync -az`` run as
 subprocesses through the relays, one after the other in the same go, on the same seeded
 engagement: ``--files`` small work papers (1-8 KiB, two-thirds text) and two 4 MiB scans.
 
@@ -301,9 +302,10 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="smartsync-wan-"))
     bench = WanBench(reactor, work, args)
     links = [
-        ("50 ms, 20 Mbit/s", LinkSettings(rtt=0.050, rate=20e6 / 8), args.runs, args.files),
-        ("300 ms, 2 Mbit/s", LinkSettings(rtt=0.300, rate=2e6 / 8), args.slow_runs,
-         args.slow_files),
+        ("50 ms, 20 Mbit/s", LinkSettings(rtt=0.050, rate=20e6 / 8, shared=True), args.runs,
+         args.files),
+        ("300 ms, 2 Mbit/s", LinkSettings(rtt=0.300, rate=2e6 / 8, shared=True),
+         args.slow_runs, args.slow_files),
     ]
     if args.only:
         links = [link for link in links if link[0].startswith(args.only)]
