@@ -266,6 +266,17 @@ class FileWriter:
         """Replace ``path`` with the finished temp file; an unpushed local edit (or an
         unexpected file) is first moved to a conflict copy. The new file gets the version's
         date and read-only attribute. Returns (stat, conflict copy)."""
+        moved_to = self.make_way(path, old)
+        target = self.ctx.local(path)
+        finish_temp(temp, handle, target, root=self.ctx.directory)
+        if temp.parent != target.parent:  # from .smartsync/partial
+            fsync_dir(temp.parent)
+        return apply_attributes(target, mtime_ns, readonly), moved_to
+
+    def make_way(self, path: str, old: FileRecord | None) -> str | None:
+        """Right before ``path`` is replaced (blocking): an unpushed local edit (or an
+        unexpected file) there is moved to a conflict copy, a read-only synced file made
+        replaceable. Returns the conflict copy or None. ``LinkInPath``: not to be written."""
         moved_to: str | None = None
         try:
             current: LocalEntry | None = self.ctx.scanner.check(path, old)
@@ -288,10 +299,7 @@ class FileWriter:
                 else:
                     move_no_replace(self.ctx.directory / stored, self.ctx.local(moved_to))
         clear_readonly(target)  # a read-only synced file is replaced like any other
-        finish_temp(temp, handle, target, root=self.ctx.directory)
-        if temp.parent != target.parent:  # from .smartsync/partial
-            fsync_dir(temp.parent)
-        return apply_attributes(target, mtime_ns, readonly), moved_to
+        return moved_to
 
 
 def clear_readonly(target: Path) -> None:
