@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 
+from smartsyncd.client import osfs
 from smartsyncd.client.chunkindex import ChunkIndex, Location
 from smartsyncd.client.copycontext import offsets
+from smartsyncd.client.deltabase import windows
 from smartsyncd.client.errors import Unverifiable
 from smartsyncd.client.pullfolders import make_folders
 from smartsyncd.client.pullinstall import SmallFile, install_slice, slices
@@ -30,6 +32,7 @@ from smartsyncd.client.pullwrite import (
     base_of,
     check_size,
     delta_base_for,
+    partial_dir,
     with_bases,
 )
 from smartsyncd.client.state import FileRecord
@@ -48,6 +51,15 @@ class _Group:
     large: list[tuple[PullWrite, FileRecord | None, Manifest]] = field(default_factory=list)
     fetched: dict[str, bytes] = field(default_factory=dict)
     skipped: list[tuple[str, Unverifiable]] = field(default_factory=list)
+    # the first window of the new large files, still streaming while the small ones install
+    large_chunks: Deferred[dict[str, bytes]] | None = None
+
+    def drop(self) -> None:
+        """Cancel what is still coming (the group will not be written)."""
+        if self.large_chunks is not None:
+            self.large_chunks.addErrback(lambda _: None)
+            self.large_chunks.cancel()
+            self.large_chunks = None
 
 
 def file_groups(writes: Sequence[Write], window_bytes: int) -> list[list[Write]]:
@@ -86,9 +98,13 @@ async def write_groups(writer: FileWriter, writes: Sequence[Write], index: Chunk
             ahead = None
             if i + 1 < len(groups):
                 ahead = Deferred.fromCoroutine(_fetch_group(writer, groups[i + 1], index))
-            await _write_group(writer, ready, index)
+            try:
+                await _write_group(writer, ready, index)
+            finally:
+                ready.drop()
     finally:
         if ahead is not None:
+            ahead.addCallback(lambda group: group.drop())
             ahead.addErrback(lambda _: None)
             ahead.cancel()
 
@@ -113,21 +129,70 @@ async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex
         # looked up here, on the reactor: ``index`` grows while the group before is written
         where.update((c.hash, index[c.hash]) for c in m.chunks if c.hash in index)
     items: list[ChunkWanted] = []
-    for w, old, m, local, wanted in await ctx.run(_prepare, writer, small, where):
+    prepared, fresh = await ctx.run(_prepare, writer, small, where, out.large)
+    for w, old, m, local, wanted in prepared:
         out.small.append(SmallFile(w, old, m, local))
         items.extend(wanted)
-    if items:
-        out.fetched = await api.fetch_chunks(ctx.engagement, items)
-        writer.report.bytes_received += sum(len(v) for v in out.fetched.values())
+    large = _large_window(fresh, index, ctx.window_bytes)
+    if large:  # asked now, beside the small files' chunks: on the wire while they install
+        out.large_chunks = Deferred.fromCoroutine(_fetch(writer, large))
+    try:
+        if items:
+            out.fetched = await _fetch(writer, items)
+    except BaseException:
+        out.drop()
+        raise
     return out
+
+
+async def _fetch(writer: FileWriter, items: list[ChunkWanted]) -> dict[str, bytes]:
+    fetched = await writer.api.fetch_chunks(writer.ctx.engagement, items)
+    writer.report.bytes_received += sum(len(v) for v in fetched.values())
+    return fetched
+
+
+def _large_window(
+    fresh: Sequence[Manifest], index: ChunkIndex, budget: int
+) -> list[ChunkWanted]:
+    """The first window of each new large file (no synced version, no partial download),
+    together at most ``budget`` bytes; chunks found locally are left out."""
+    items: list[ChunkWanted] = []
+    seen: set[str] = set()
+    for m in fresh:
+        first = next(windows(m.chunks, budget), [])
+        size = sum(c.size for c in first)
+        if size > budget:
+            break
+        budget -= size
+        for chunk in first:
+            if chunk.hash not in seen and chunk.hash not in index:
+                seen.add(chunk.hash)
+                items.append(chunk)
+    return items
 
 
 def _prepare(
     writer: FileWriter, small: list[tuple[PullWrite, FileRecord | None, Manifest]],
     where: Mapping[str, tuple[str, int, int]],
-) -> list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]]:
+    large: Sequence[tuple[PullWrite, FileRecord | None, Manifest]] = (),
+) -> tuple[
+    list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]],
+    list[Manifest],
+]:
     """Per small file (blocking): the chunks found locally and the fetch items for the rest,
-    naming ranges of the synced version where it is here (deltas, as ``FileWriter`` does)."""
+    naming ranges of the synced version where it is here (deltas, as ``FileWriter`` does).
+    Also the manifests of the ``large`` files new here with no partial download to resume:
+    their first window can be asked at once."""
+    fresh = [m for w, old, m in large
+             if old is None and not osfs.exists(partial_dir(writer.ctx.directory)
+                                                / f"{m.content}.part")]
+    return _prepare_small(writer, small, where), fresh
+
+
+def _prepare_small(
+    writer: FileWriter, small: list[tuple[PullWrite, FileRecord | None, Manifest]],
+    where: Mapping[str, tuple[str, int, int]],
+) -> list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]]:
     out = []
     for w, old, m in small:
         local = writer.read_local(list(m.chunks), where)
@@ -166,5 +231,9 @@ async def _write_group(writer: FileWriter, group: _Group, index: ChunkIndex) -> 
             await writer.record([(i.write, i.manifest, st) for i, st, _ in result.done], index)
         if result.error is not None:
             raise result.error
+    prefetched: dict[str, bytes] = {}
+    if group.large_chunks is not None:
+        coming, group.large_chunks = group.large_chunks, None
+        prefetched = await coming
     for w, old, m in group.large:
-        await writer.write_or_skip(w, old, index, m)
+        await writer.write_or_skip(w, old, index, m, prefetched)

@@ -69,13 +69,14 @@ class FileWriter:
 
     async def write_or_skip(
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
-        manifest: Manifest | None = None,
+        manifest: Manifest | None = None, prefetched: Mapping[str, bytes] | None = None,
     ) -> None:
         """``_write_remote``, except that a file that cannot be verified (a stored manifest
         that lies about its chunks) or whose folder is a symbolic link is skipped and
-        reported: one bad file must not stop the pull of every other."""
+        reported: one bad file must not stop the pull of every other. ``prefetched``: chunks
+        already fetched (verified) for it, used instead of asking again."""
         try:
-            await self._write_remote(write, old, index, manifest)
+            await self._write_remote(write, old, index, manifest, prefetched or {})
         except (Unverifiable, LinkInPath) as e:
             self.skip(write.path, e)
         except NoRoom as e:
@@ -99,7 +100,7 @@ class FileWriter:
 
     async def _write_remote(
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
-        manifest: Manifest | None = None,
+        manifest: Manifest | None = None, prefetched: Mapping[str, bytes] | None = None,
     ) -> None:
         ctx, api, report = self.ctx, self.api, self.report
         if manifest is None:
@@ -124,6 +125,9 @@ class FileWriter:
                 source = await ctx.run(self.download_base, write.path, old)
             for window in windows(manifest.chunks[have:], ctx.window_bytes):
                 local = await ctx.run(self.read_local, window, index)
+                if prefetched:
+                    local.update((c.hash, prefetched[c.hash]) for c in window
+                                 if c.hash in prefetched and c.hash not in local)
                 need: list[tuple[ChunkRef, int]] = []
                 seen: set[str] = set()
                 for chunk, at in offsets(window):

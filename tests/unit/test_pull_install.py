@@ -205,3 +205,44 @@ def test_a_file_whose_folder_is_a_link_is_skipped_and_the_rest_installed(
     assert sorted(ctx.state.all_files()) == sorted(set(files) - {"Linked/outside.txt"})
     assert _temps(tmp_path) == []
 
+
+
+class LoggingStore(Store):
+    """Logs each chunk request: which files' chunks, and how many files were on disk then."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.asked: list[tuple[set[str], int]] = []
+        self.owner: dict[str, str] = {}
+
+    def add_file(self, path: str, data: bytes) -> Manifest:
+        m = self.add(data)
+        self.owner.update((c.hash, path) for c in m.chunks)
+        return m
+
+    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+        items = list(hashes)
+        on_disk = sum(1 for p in self.root.rglob("*.txt") if p.is_file())
+        got = await super().fetch_chunks(eng, items)
+        self.asked.append(({self.owner[h] for h in got}, on_disk))
+        return got
+
+
+def test_a_large_files_chunks_are_asked_beside_the_small_files_not_after(
+    tmp_path: Path,
+) -> None:
+    ctx, store = _copy(tmp_path), LoggingStore(tmp_path)
+    files = _files(100)
+    scan = os.urandom(5 * 1024 * 1024)  # a scan: large (PARTIAL_MIN and up), new here
+    writes = []
+    for seq, (path, data) in enumerate(sorted(files.items()) + [("Scans/scan.pdf", scan)], 1):
+        m = store.add_file(path, data)
+        writes.append(PullWrite(path, seq, m.content, m.size, None))
+    run_sync(write_groups(_writer(ctx, store), [(w, None) for w in writes], ChunkIndex()))
+    assert (tmp_path / "Scans/scan.pdf").read_bytes() == scan
+    assert sorted(ctx.state.all_files()) == sorted([*files, "Scans/scan.pdf"])
+    # two requests, both asked before any small file was installed; the scan's chunks are
+    # not asked again when it is written
+    assert [on_disk for _, on_disk in store.asked] == [0, 0]
+    assert {"Scans/scan.pdf"} in [owners for owners, _ in store.asked]
