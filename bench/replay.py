@@ -129,7 +129,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     bench = ReplayBench(reactor, work, args)
     start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = os.getloadavg()
-    settings = LinkSettings(rtt=args.rtt, rate=args.rate_mbit * 1e6 / 8)
+    settings = LinkSettings(rtt=args.rtt, rate=args.rate_mbit * 1e6 / 8, shared=True)
     try:
         bench.start()
         table = await bench.replay(repo, commits, settings)

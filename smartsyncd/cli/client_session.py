@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from rich.console import Console
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
@@ -100,7 +99,7 @@ class Session:
         self.args = args
         self.out = out
         self.config = UserConfig.load(args.config_dir)
-        self.progress = RichProgress(Console(stderr=True), quiet=out.quiet or out.json)
+        self.progress = RichProgress(quiet=out.quiet or out.json)  # stderr; rich only if drawn
         self._apis: list[ServerAPI] = []
         self._resumption: dict[tuple[str, str], ResumptionSlot] = {}  # (url, trust label)
         # the copy a command opened and its server: a wipe order is obeyed for it alone

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -64,6 +65,9 @@ from smartsyncd.core.ignore import rules_etag
 from smartsyncd.core.model import Change, FileState, is_folder
 from smartsyncd.core.planner import PullWrite, plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 _CONFLICT_RE = re.compile(r" \(conflict .+ \d{4}-\d{2}-\d{2} \d{4}(?: \d+)?\)[^/()]*$")
 # Cyclic GC while a sync runs: a first sync of thousands of small files keeps tens of thousands
@@ -207,8 +211,8 @@ class SyncCopy:
         run: RunBlocking = run_blocking or deferToThread
         path = Path(directory).absolute()
         await run(_prepare_empty_dir, path)
-        head, files = await api.snapshot(engagement)  # checks access before anything is created
-        session = await api.session()
+        # the snapshot checks access before anything is created; the session goes with it
+        (head, files), session = await both(api.snapshot(engagement), api.session())
         meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
         state = await run(ClientState.create, path, meta)
         try:
@@ -220,7 +224,7 @@ class SyncCopy:
                    lock=lock)
         try:
             await run(begin_sync, path)
-            await copy._load_engagement_rules(api)
+            await both(copy._load_engagement_rules(api), contact.register(copy.ctx, api))
             report = await copy._clone_files(api, head, files, progress or NullProgress())
             await reconcile.after_clone(copy.state, run, api.snapshot_history)
         except BaseException:
@@ -237,7 +241,6 @@ class SyncCopy:
     async def _clone_files(
         self, api: Server, head: int, files: list[FileState], prog: Progress
     ) -> SyncReport:
-        await contact.register(self.ctx, api)
         report = SyncReport()
         live = [f for f in files if f.content is not None]
         writer = FileWriter(self.ctx, api, report, prog)
@@ -463,6 +466,19 @@ def _prepare_empty_dir(path: Path) -> None:
         return
     osfs.make_folders(path)
     fsync_dir(path.parent)
+
+
+async def both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:
+    """Two requests that do not depend on each other on the wire at once (one round trip, not
+    two). The first one's failure is raised (the second is then cancelled), else the second's."""
+    ahead, behind = Deferred.fromCoroutine(first), Deferred.fromCoroutine(second)
+    try:
+        a = await ahead
+    except BaseException:
+        behind.addErrback(lambda _: None)
+        behind.cancel()
+        raise
+    return a, await behind
 
 __all__ = [
     "SCAN_STEP", "SYNC_GC_THRESHOLD", "StateError", "StatusReport", "SyncCopy",

@@ -3,24 +3,19 @@
 The library only calls ``start``/``advance``/``finish``; what a user sees is the renderer's
 business. :class:`RichProgress` (used by the CLI) draws a bar on stderr, and only for tasks
 still running after ``delay`` seconds, so quick syncs print nothing but their summary.
+rich is imported only when a console is first needed (a ``--quiet`` command never imports it).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as _RichBar
+if TYPE_CHECKING:  # rich is imported when a bar is first needed: a quiet command never is
+    from rich.console import Console
+    from rich.progress import Progress as _RichBar
+    from rich.progress import TaskID
 
 
 class Progress(Protocol):
@@ -57,7 +52,7 @@ class RichProgress:
         delay: float = 1.0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.console = console or Console(stderr=True)
+        self._console = console
         self.quiet = quiet
         self.delay = delay
         self._now = now
@@ -67,6 +62,15 @@ class RichProgress:
         self._started = 0.0
         self._bar: _RichBar | None = None
         self._bar_task: TaskID | None = None
+
+    @property
+    def console(self) -> Console:
+        """The console the bar is drawn on (stderr unless one was given), made on first use."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
 
     @property
     def showing(self) -> bool:
@@ -94,6 +98,15 @@ class RichProgress:
         self._bar.update(self._bar_task, completed=self._done)
 
     def _show(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as _RichBar
+
         self._bar = _RichBar(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -5,26 +5,26 @@ files' data. A group's manifests come in one request (``Server.manifests``), the
 small files (under ``pullwrite.PARTIAL_MIN``) in as few fetches as the size caps allow, and the
 next group is on the wire while this one is written. Each small file is still written as
 ``pullwrite.FileWriter`` writes one: a temp file, fsync, rename, and a re-check against its
-base right before (an unpushed local edit becomes a conflict copy, never overwritten). Large
+base right before (an unpushed local edit becomes a conflict copy, never overwritten), but
+in slices whose fsyncs go together (``pullinstall``). Large
 files go through ``FileWriter`` itself (resumable partial downloads, windows of chunks) with
 their manifest already here.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 
+from smartsyncd.client import osfs
 from smartsyncd.client.chunkindex import ChunkIndex, Location
 from smartsyncd.client.copycontext import offsets
-from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
+from smartsyncd.client.deltabase import windows
 from smartsyncd.client.errors import Unverifiable
-from smartsyncd.client.localfs import discard_temp, open_temp
-from smartsyncd.client.nofollow import LinkInPath
 from smartsyncd.client.pullfolders import make_folders
+from smartsyncd.client.pullinstall import SmallFile, install_slice, slices
 from smartsyncd.client.pullwrite import (
     PARTIAL_MIN,
     FileWriter,
@@ -32,8 +32,8 @@ from smartsyncd.client.pullwrite import (
     base_of,
     check_size,
     delta_base_for,
+    partial_dir,
     with_bases,
-    write_window,
 )
 from smartsyncd.client.state import FileRecord
 from smartsyncd.client.wire import ChunkWanted
@@ -44,23 +44,22 @@ GROUP_FILES = 1000  # manifests asked at once (the server's default cap)
 
 
 @dataclass
-class _Small:
-    """A small file of a group: its manifest and the chunks found locally."""
-
-    write: PullWrite
-    old: FileRecord | None
-    manifest: Manifest
-    local: dict[str, bytes]
-
-
-@dataclass
 class _Group:
     """A group with its manifests and its small files' chunks here, ready to be written."""
 
-    small: list[_Small] = field(default_factory=list)
+    small: list[SmallFile] = field(default_factory=list)
     large: list[tuple[PullWrite, FileRecord | None, Manifest]] = field(default_factory=list)
     fetched: dict[str, bytes] = field(default_factory=dict)
     skipped: list[tuple[str, Unverifiable]] = field(default_factory=list)
+    # the first window of the new large files, still streaming while the small ones install
+    large_chunks: Deferred[dict[str, bytes]] | None = None
+
+    def drop(self) -> None:
+        """Cancel what is still coming (the group will not be written)."""
+        if self.large_chunks is not None:
+            self.large_chunks.addErrback(lambda _: None)
+            self.large_chunks.cancel()
+            self.large_chunks = None
 
 
 def file_groups(writes: Sequence[Write], window_bytes: int) -> list[list[Write]]:
@@ -99,9 +98,13 @@ async def write_groups(writer: FileWriter, writes: Sequence[Write], index: Chunk
             ahead = None
             if i + 1 < len(groups):
                 ahead = Deferred.fromCoroutine(_fetch_group(writer, groups[i + 1], index))
-            await _write_group(writer, ready, index)
+            try:
+                await _write_group(writer, ready, index)
+            finally:
+                ready.drop()
     finally:
         if ahead is not None:
+            ahead.addCallback(lambda group: group.drop())
             ahead.addErrback(lambda _: None)
             ahead.cancel()
 
@@ -126,21 +129,70 @@ async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex
         # looked up here, on the reactor: ``index`` grows while the group before is written
         where.update((c.hash, index[c.hash]) for c in m.chunks if c.hash in index)
     items: list[ChunkWanted] = []
-    for w, old, m, local, wanted in await ctx.run(_prepare, writer, small, where):
-        out.small.append(_Small(w, old, m, local))
+    prepared, fresh = await ctx.run(_prepare, writer, small, where, out.large)
+    for w, old, m, local, wanted in prepared:
+        out.small.append(SmallFile(w, old, m, local))
         items.extend(wanted)
-    if items:
-        out.fetched = await api.fetch_chunks(ctx.engagement, items)
-        writer.report.bytes_received += sum(len(v) for v in out.fetched.values())
+    large = _large_window(fresh, index, ctx.window_bytes)
+    if large:  # asked now, beside the small files' chunks: on the wire while they install
+        out.large_chunks = Deferred.fromCoroutine(_fetch(writer, large))
+    try:
+        if items:
+            out.fetched = await _fetch(writer, items)
+    except BaseException:
+        out.drop()
+        raise
     return out
+
+
+async def _fetch(writer: FileWriter, items: list[ChunkWanted]) -> dict[str, bytes]:
+    fetched = await writer.api.fetch_chunks(writer.ctx.engagement, items)
+    writer.report.bytes_received += sum(len(v) for v in fetched.values())
+    return fetched
+
+
+def _large_window(
+    fresh: Sequence[Manifest], index: ChunkIndex, budget: int
+) -> list[ChunkWanted]:
+    """The first window of each new large file (no synced version, no partial download),
+    together at most ``budget`` bytes; chunks found locally are left out."""
+    items: list[ChunkWanted] = []
+    seen: set[str] = set()
+    for m in fresh:
+        first = next(windows(m.chunks, budget), [])
+        size = sum(c.size for c in first)
+        if size > budget:
+            break
+        budget -= size
+        for chunk in first:
+            if chunk.hash not in seen and chunk.hash not in index:
+                seen.add(chunk.hash)
+                items.append(chunk)
+    return items
 
 
 def _prepare(
     writer: FileWriter, small: list[tuple[PullWrite, FileRecord | None, Manifest]],
     where: Mapping[str, tuple[str, int, int]],
-) -> list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]]:
+    large: Sequence[tuple[PullWrite, FileRecord | None, Manifest]] = (),
+) -> tuple[
+    list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]],
+    list[Manifest],
+]:
     """Per small file (blocking): the chunks found locally and the fetch items for the rest,
-    naming ranges of the synced version where it is here (deltas, as ``FileWriter`` does)."""
+    naming ranges of the synced version where it is here (deltas, as ``FileWriter`` does).
+    Also the manifests of the ``large`` files new here with no partial download to resume:
+    their first window can be asked at once."""
+    fresh = [m for w, old, m in large
+             if old is None and not osfs.exists(partial_dir(writer.ctx.directory)
+                                                / f"{m.content}.part")]
+    return _prepare_small(writer, small, where), fresh
+
+
+def _prepare_small(
+    writer: FileWriter, small: list[tuple[PullWrite, FileRecord | None, Manifest]],
+    where: Mapping[str, tuple[str, int, int]],
+) -> list[tuple[PullWrite, FileRecord | None, Manifest, dict[str, bytes], list[ChunkWanted]]]:
     out = []
     for w, old, m in small:
         local = writer.read_local(list(m.chunks), where)
@@ -161,51 +213,27 @@ def _prepare(
 
 
 async def _write_group(writer: FileWriter, group: _Group, index: ChunkIndex) -> None:
+    """The group's small files in slices (``pullinstall``: fsyncs batched, one state
+    transaction a slice), then its large files one at a time."""
     ctx = writer.ctx
     for path, e in group.skipped:
         writer.skip(path, e)
-    done: list[tuple[PullWrite, Manifest, os.stat_result]] = []
-    try:
-        for item in group.small:
-            try:
-                st, moved_to = await ctx.run(_write_small, writer, item, group.fetched)
-            except (Unverifiable, LinkInPath) as e:
-                writer.skip(item.write.path, e)
-                continue
-            except NoRoom as e:
-                writer.skip_no_room(item.write, e)
-                continue
-            except OSError as e:
-                if not is_disk_full(e):
-                    raise
-                writer.skip_no_room(item.write, await ctx.run(
-                    no_room_after, item.write.path, ctx.local(item.write.path), item.write.size))
-                continue
+    for part in slices(group.small):
+        result = await ctx.run(install_slice, writer, part, group.fetched)
+        for item, why in result.skipped:
+            writer.skip(item.write.path, why)
+        for item, room in result.no_room:
+            writer.skip_no_room(item.write, room)
+        for item, _st, moved_to in result.done:
             writer.report_conflict(item.write.path, moved_to)
-            done.append((item.write, item.manifest, st))
             writer.prog.advance(item.write.size)
-    finally:
-        if done:  # durable already: recorded even when a later file of the group failed
-            await writer.record(done, index)
+        if result.done:  # durable: recorded even when a later file of the slice failed
+            await writer.record([(i.write, i.manifest, st) for i, st, _ in result.done], index)
+        if result.error is not None:
+            raise result.error
+    prefetched: dict[str, bytes] = {}
+    if group.large_chunks is not None:
+        coming, group.large_chunks = group.large_chunks, None
+        prefetched = await coming
     for w, old, m in group.large:
-        await writer.write_or_skip(w, old, index, m)
-
-
-def _write_small(
-    writer: FileWriter, item: _Small, fetched: Mapping[str, bytes]
-) -> tuple[os.stat_result, str | None]:
-    """Write one small file into a temp file and install it (blocking)."""
-    directory = writer.ctx.directory
-    # before the temp file is opened in the folder (client/pullwrite.py, case-insensitive copies)
-    writer.match_folder_case(item.write.path)
-    target = writer.ctx.local(item.write.path)
-    check_room(item.write.path, target, item.manifest.size)
-    temp, handle = open_temp(directory, target)
-    try:
-        write_window(handle, list(item.manifest.chunks), item.local, fetched)
-        return writer.install(
-            temp, handle, item.write.path, item.old, item.write.mtime_ns, item.write.readonly
-        )
-    except BaseException:
-        discard_temp(temp, handle)
-        raise
+        await writer.write_or_skip(w, old, index, m, prefetched)

@@ -69,13 +69,14 @@ class FileWriter:
 
     async def write_or_skip(
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
-        manifest: Manifest | None = None,
+        manifest: Manifest | None = None, prefetched: Mapping[str, bytes] | None = None,
     ) -> None:
         """``_write_remote``, except that a file that cannot be verified (a stored manifest
         that lies about its chunks) or whose folder is a symbolic link is skipped and
-        reported: one bad file must not stop the pull of every other."""
+        reported: one bad file must not stop the pull of every other. ``prefetched``: chunks
+        already fetched (verified) for it, used instead of asking again."""
         try:
-            await self._write_remote(write, old, index, manifest)
+            await self._write_remote(write, old, index, manifest, prefetched or {})
         except (Unverifiable, LinkInPath) as e:
             self.skip(write.path, e)
         except NoRoom as e:
@@ -99,7 +100,7 @@ class FileWriter:
 
     async def _write_remote(
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
-        manifest: Manifest | None = None,
+        manifest: Manifest | None = None, prefetched: Mapping[str, bytes] | None = None,
     ) -> None:
         ctx, api, report = self.ctx, self.api, self.report
         if manifest is None:
@@ -124,6 +125,9 @@ class FileWriter:
                 source = await ctx.run(self.download_base, write.path, old)
             for window in windows(manifest.chunks[have:], ctx.window_bytes):
                 local = await ctx.run(self.read_local, window, index)
+                if prefetched:
+                    local.update((c.hash, prefetched[c.hash]) for c in window
+                                 if c.hash in prefetched and c.hash not in local)
                 need: list[tuple[ChunkRef, int]] = []
                 seen: set[str] = set()
                 for chunk, at in offsets(window):
@@ -266,6 +270,17 @@ class FileWriter:
         """Replace ``path`` with the finished temp file; an unpushed local edit (or an
         unexpected file) is first moved to a conflict copy. The new file gets the version's
         date and read-only attribute. Returns (stat, conflict copy)."""
+        moved_to = self.make_way(path, old)
+        target = self.ctx.local(path)
+        finish_temp(temp, handle, target, root=self.ctx.directory)
+        if temp.parent != target.parent:  # from .smartsync/partial
+            fsync_dir(temp.parent)
+        return apply_attributes(target, mtime_ns, readonly), moved_to
+
+    def make_way(self, path: str, old: FileRecord | None) -> str | None:
+        """Right before ``path`` is replaced (blocking): an unpushed local edit (or an
+        unexpected file) there is moved to a conflict copy, a read-only synced file made
+        replaceable. Returns the conflict copy or None. ``LinkInPath``: not to be written."""
         moved_to: str | None = None
         try:
             current: LocalEntry | None = self.ctx.scanner.check(path, old)
@@ -288,10 +303,7 @@ class FileWriter:
                 else:
                     move_no_replace(self.ctx.directory / stored, self.ctx.local(moved_to))
         clear_readonly(target)  # a read-only synced file is replaced like any other
-        finish_temp(temp, handle, target, root=self.ctx.directory)
-        if temp.parent != target.parent:  # from .smartsync/partial
-            fsync_dir(temp.parent)
-        return apply_attributes(target, mtime_ns, readonly), moved_to
+        return moved_to
 
 
 def clear_readonly(target: Path) -> None:

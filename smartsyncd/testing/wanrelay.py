@@ -14,7 +14,11 @@ the one for the next delivery, which delivers every packet due by then in order.
 waiting to leave are the link's queue (a router's buffer): past ``buffer`` bytes the sender is
 paused (TCP's flow control) until the queue has drained to half. The TCP handshake's round trip
 is charged too: the first client bytes leave no earlier than one round trip after the accept.
-Not modelled: loss, TCP slow start, per-packet header bytes. Counts are of TCP payload bytes.
+With ``LinkSettings(shared=True)`` every connection through the relay shares one
+:class:`Pacer` per direction (one access link, as a laptop on a hotel line has): two connections
+together get the link's rate, not twice it, and share its queue. Without it each connection is
+paced on its own (a link per connection). Not modelled: loss, TCP slow start, per-packet header
+bytes. Counts are of TCP payload bytes.
 """
 
 from __future__ import annotations
@@ -32,12 +36,53 @@ DEFAULT_PACKET = 1448  # a TCP segment's payload on a 1500-byte MTU
 DEFAULT_BUFFER = 256 * 1024
 
 
+def default_burst(packet: int = DEFAULT_PACKET) -> int:
+    """The bucket's depth when none is given: four full segments."""
+    return max(packet, 4 * DEFAULT_PACKET)
+
+
+class Pacer:
+    """A token bucket (``rate`` bytes/s, ``burst`` bytes deep): when each packet leaves.
+
+    Departures are computed in the order packets are offered, so a pacer shared by several
+    :class:`Link` objects is one first-in first-out link for all of them."""
+
+    def __init__(self, clock: Any, rate: float | None, burst: int) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.t_last = clock.seconds()
+
+    def departure(self, t: float, n: int) -> float:
+        """When a packet of ``n`` bytes, ready to leave at ``t``, leaves."""
+        t = max(t, self.t_last)
+        if self.rate is None:
+            return t
+        tokens = min(float(self.burst), self.tokens + (t - self.t_last) * self.rate)
+        if tokens < n:
+            t += (n - tokens) / self.rate
+            tokens = float(n)
+        self.tokens = tokens - n
+        self.t_last = t
+        return t
+
+    def backlog(self, now: float) -> float:
+        """Bytes waiting to leave at ``now``."""
+        if self.rate is None:
+            return 0.0
+        return max(0.0, self.t_last - now) * self.rate
+
+
 class Link:
     """One direction of the link: pacing by a token bucket, then a fixed delay, in order.
 
     ``deliver`` receives the bytes at the far end; ``on_drained_close`` runs once the far end
     has had everything after :meth:`close`. ``sender`` (an ``IPushProducer``, the near
-    end's transport) is paused while more than ``buffer`` bytes wait to leave.
+    end's transport) is paused while more than ``buffer`` bytes wait to leave. ``pacer``, when
+    given, is a bucket shared with other links (its rate and depth then apply, not this link's).
     """
 
     def __init__(
@@ -51,23 +96,27 @@ class Link:
         packet: int = DEFAULT_PACKET,
         buffer: int = DEFAULT_BUFFER,
         not_before: float = 0.0,
+        pacer: Pacer | None = None,
     ) -> None:
         if latency < 0 or (rate is not None and rate <= 0):
             raise ValueError("latency must be >= 0 and rate > 0")
         self.clock = clock
         self.deliver = deliver
         self.latency = latency
-        self.rate = rate
-        self.burst = burst if burst is not None else max(packet, 4 * DEFAULT_PACKET)
+        if pacer is None:
+            pacer = Pacer(clock, rate, burst if burst is not None else default_burst(packet))
+        self.pacer = pacer
+        self.rate = pacer.rate
+        self.burst = pacer.burst
         self.packet = min(packet, self.burst)
         self.buffer = buffer
         self.not_before = not_before
         self.sender: Any = None  # an IPushProducer
         self.on_drained_close: Callable[[], None] | None = None
         self.bytes = 0  # everything ever sent into this direction
-        self._tokens = float(self.burst)
-        self._t_last = clock.seconds()
         self._queue: deque[tuple[float, bytes]] = deque()  # (arrival time, packet), in order
+        self._held: list[bytes] = []  # written before ``not_before``
+        self._hold_timer: Any = None
         self._timer: Any = None  # IDelayedCall
         self._resume: Any = None
         self._paused = False
@@ -79,48 +128,54 @@ class Link:
             return
         self.bytes += len(data)
         now = self.clock.seconds()
+        if now < self.not_before or self._held:
+            # the TCP handshake is not over: the bytes join the link's queue only then, so a
+            # shared pacer is not held up by this connection's handshake
+            self._held.append(data)
+            if self._hold_timer is None:
+                self._hold_timer = self.clock.callLater(self.not_before - now, self._release)
+            return
+        self._offer(data, now)
+
+    def _release(self) -> None:
+        self._hold_timer = None
+        held, self._held = b"".join(self._held), []
+        self._offer(held, self.not_before)  # the handshake's end, even if this call runs late
+        if self._closing and not self._queue:
+            self._finish()
+
+    def _offer(self, data: bytes, now: float) -> None:
         view = memoryview(data)
         for at in range(0, len(data), self.packet):
             piece = view[at : at + self.packet]
             self._queue.append((self._departure(now, len(piece)) + self.latency, bytes(piece)))
         self._arm()
-        self._flow_control(now)
+        self._flow_control(self.clock.seconds())
 
     def backlog(self, now: float | None = None) -> float:
         """Bytes waiting to leave (the link's queue), at ``now``."""
-        if self.rate is None:
-            return 0.0
-        now = self.clock.seconds() if now is None else now
-        return max(0.0, self._t_last - now) * self.rate
+        return self.pacer.backlog(self.clock.seconds() if now is None else now)
 
     def close(self) -> None:
         """The near end closed: deliver what is queued, then run ``on_drained_close``."""
         self._closing = True
         self._cancel_resume()
-        if not self._queue:
+        if not self._queue and not self._held:
             self._finish()
 
     def abort(self) -> None:
         """Drop everything queued (the far end is gone)."""
         self._closing = True
         self._queue.clear()
-        for call in (self._timer, self._resume):
+        self._held.clear()
+        for call in (self._timer, self._resume, self._hold_timer):
             if call is not None and call.active():
                 call.cancel()
-        self._timer = self._resume = None
+        self._timer = self._resume = self._hold_timer = None
 
     def _departure(self, now: float, n: int) -> float:
         """When a packet of ``n`` bytes written at ``now`` leaves (token bucket)."""
-        t = max(now, self._t_last, self.not_before)
-        if self.rate is None:
-            return t
-        tokens = min(float(self.burst), self._tokens + (t - self._t_last) * self.rate)
-        if tokens < n:
-            t += (n - tokens) / self.rate
-            tokens = float(n)
-        self._tokens = tokens - n
-        self._t_last = t
-        return t
+        return self.pacer.departure(max(now, self.not_before), n)
 
     def _arm(self) -> None:
         if self._timer is None and self._queue:
@@ -137,7 +192,7 @@ class Link:
             self.deliver(b"".join(due))
         if self._queue:
             self._arm()
-        elif self._closing:
+        elif self._closing and not self._held:
             self._finish()
 
     def _finish(self) -> None:
@@ -202,7 +257,10 @@ class Counters:
 
 @dataclass
 class LinkSettings:
-    """Both directions are the same: ``rtt`` is the round trip, ``rate`` bytes/s each way."""
+    """Both directions are the same: ``rtt`` is the round trip, ``rate`` bytes/s each way.
+
+    ``shared``: one pacing bucket per direction for all the relay's connections (one link that
+    a client's several connections share); otherwise each connection is paced on its own."""
 
     rtt: float
     rate: float | None
@@ -210,11 +268,17 @@ class LinkSettings:
     packet: int = DEFAULT_PACKET
     buffer: int = DEFAULT_BUFFER
     handshake: bool = True
+    shared: bool = False
+
+    def pacer(self, clock: Any) -> Pacer:
+        """A bucket at this setting's rate and depth (one direction's, when ``shared``)."""
+        burst = self.burst if self.burst is not None else default_burst(self.packet)
+        return Pacer(clock, self.rate, burst)
 
     def link(self, clock: Any, deliver: Callable[[bytes], None], *,
-             not_before: float = 0.0) -> Link:
+             not_before: float = 0.0, pacer: Pacer | None = None) -> Link:
         return Link(clock, deliver, latency=self.rtt / 2, rate=self.rate, burst=self.burst,
-                    packet=self.packet, buffer=self.buffer, not_before=not_before)
+                    packet=self.packet, buffer=self.buffer, not_before=not_before, pacer=pacer)
 
 
 class _Outbound(Protocol):
@@ -246,8 +310,10 @@ class _Inbound(Protocol):
     factory: RelayFactory
 
     def __init__(self, counters: Counters, settings: LinkSettings, reactor: Any,
-                 target: tuple[str, int]) -> None:
+                 target: tuple[str, int],
+                 pacers: tuple[Pacer, Pacer] | None = None) -> None:
         self.counters = counters
+        self.pacers = pacers  # (up, down) shared by every connection, or None
         self.settings = settings
         self.reactor = reactor
         self.target = target
@@ -262,9 +328,11 @@ class _Inbound(Protocol):
         self.counters.connections += 1
         accepted = self.reactor.seconds()
         hold = self.settings.rtt if self.settings.handshake else 0.0
-        self.up = self.settings.link(self.reactor, self._to_target, not_before=accepted + hold)
+        up_pacer, down_pacer = self.pacers if self.pacers is not None else (None, None)
+        self.up = self.settings.link(self.reactor, self._to_target, not_before=accepted + hold,
+                                     pacer=up_pacer)
         self.down = self.settings.link(self.reactor, self._to_client,
-                                       not_before=accepted + hold)
+                                       not_before=accepted + hold, pacer=down_pacer)
         self.up.sender = self.transport
         self.up.on_drained_close = self._close_target
         self.down.on_drained_close = self._close_client
@@ -355,9 +423,12 @@ class RelayFactory(Factory):
         self.target = target
         self.settings = settings
         self.counters = Counters()
+        self.pacers: tuple[Pacer, Pacer] | None = None
+        if settings.shared:
+            self.pacers = (settings.pacer(reactor), settings.pacer(reactor))
 
     def buildProtocol(self, addr: Any) -> Any:
-        return _Inbound(self.counters, self.settings, self.reactor, self.target)
+        return _Inbound(self.counters, self.settings, self.reactor, self.target, self.pacers)
 
 
 def listen_relay(reactor: Any, target_port: int, settings: LinkSettings,
@@ -379,6 +450,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="bits per second each way (default: unlimited)")
     parser.add_argument("--buffer", type=int, default=DEFAULT_BUFFER,
                         help="bytes queued per direction before the sender is paused")
+    parser.add_argument("--per-connection", action="store_true",
+                        help="pace each connection on its own (default: one shared link)")
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     from twisted.internet import reactor as global_reactor
@@ -386,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     reactor: Any = global_reactor
 
     settings = LinkSettings(rtt=args.rtt, rate=args.rate / 8 if args.rate else None,
-                            buffer=args.buffer)
+                            buffer=args.buffer, shared=not args.per_connection)
     factory = RelayFactory(reactor, (host or "127.0.0.1", int(port)), settings)
     listening = reactor.listenTCP(args.listen, factory, interface="127.0.0.1")
     print(f"relaying 127.0.0.1:{listening.getHost().port} -> {args.target}", flush=True)

@@ -168,3 +168,70 @@ def test_the_first_bytes_wait_for_the_tcp_handshake_round_trip() -> None:
     assert far.received() == b"client hello"  # 1.5 round trips after the connect
 
 
+
+
+def test_two_connections_on_a_shared_link_get_its_rate_together_not_twice_it() -> None:
+    clock = Clock()
+    settings = LinkSettings(rtt=0.0, rate=100_000.0, burst=2000, packet=1000, buffer=10**9,
+                            shared=True)
+    pacer = settings.pacer(clock)
+    first, second = Far(clock), Far(clock)
+    links = [settings.link(clock, far, pacer=pacer) for far in (first, second)]
+    for link, fill in zip(links, (b"a", b"b"), strict=True):
+        link.send(fill * 100_000)
+    for i in range(1, 250):
+        t = i * 0.01
+        run_until(clock, t)
+        together = first.by(t) + second.by(t)
+        assert together <= 2000 + 100_000 * t + 1e-6  # one link's worth, never two
+        assert together >= min(200_000, 2000 + 100_000 * t - 1000 - 1e-6)
+    assert first.received() == b"a" * 100_000
+    assert second.received() == b"b" * 100_000
+    # 200,000 bytes at 100,000 bytes/s: 2 s, where two separate links would take 1 s
+    assert max(first.arrivals[-1][0], second.arrivals[-1][0]) == pytest.approx(1.98)
+
+
+def test_without_sharing_each_connection_has_a_link_of_its_own() -> None:
+    clock = Clock()
+    settings = LinkSettings(rtt=0.0, rate=100_000.0, burst=2000, packet=1000, buffer=10**9)
+    first, second = Far(clock), Far(clock)
+    for far, fill in ((first, b"a"), (second, b"b")):
+        settings.link(clock, far).send(fill * 100_000)
+    run_until(clock, 5)
+    assert first.arrivals[-1][0] == pytest.approx(0.98)
+    assert second.arrivals[-1][0] == pytest.approx(0.98)
+
+
+def test_a_new_connections_handshake_does_not_hold_up_the_shared_link() -> None:
+    clock = Clock()
+    settings = LinkSettings(rtt=0.2, rate=10_000.0, burst=1000, packet=1000, buffer=10**9,
+                            shared=True)
+    pacer = settings.pacer(clock)
+    old, new = Far(clock), Far(clock)
+    busy = settings.link(clock, old, pacer=pacer)
+    opening = settings.link(clock, new, pacer=pacer, not_before=clock.seconds() + settings.rtt)
+    opening.send(b"hello")  # waits for its handshake, 0.2 s
+    busy.send(b"x" * 1000)  # the link is free now: leaves at once, arrives after 0.1 s
+    run_until(clock, 0.1)
+    assert old.received() == b"x" * 1000
+    run_until(clock, 1)
+    # the hello joined the queue at 0.2 s, behind nothing: it arrived 0.1 s later
+    assert new.arrivals == [(pytest.approx(0.3), b"hello")]
+
+
+def test_the_relay_gives_every_connection_the_same_pacers_when_shared() -> None:
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from smartsyncd.testing.wanrelay import RelayFactory
+
+    reactor = MemoryReactorClock()
+    for shared in (True, False):
+        factory = RelayFactory(reactor, ("127.0.0.1", 1), LinkSettings(rtt=0.05, rate=1e6,
+                                                                       shared=shared))
+        inbound = [factory.buildProtocol(None) for _ in range(2)]
+        for protocol in inbound:
+            protocol.makeConnection(StringTransport())
+        ups = {id(protocol.up.pacer) for protocol in inbound}
+        downs = {id(protocol.down.pacer) for protocol in inbound}
+        assert (len(ups), len(downs)) == ((1, 1) if shared else (2, 2))
+        assert ups.isdisjoint(downs)
