@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred
@@ -114,6 +114,10 @@ class Push:
         }
         self.excluded: set[str] = set()
         self.full: set[str] = set()  # paths to send with a full manifest (server lacks the base)
+        # the copy's report a commit carries, given the unsynced count it would leave (issue
+        # 15); ``reported``: that count, when the server recorded it with the last commit
+        self.fold_report: Callable[[int], Awaitable[dict[str, object]]] | None = None
+        self.reported: int | None = None
         self._loaded_base: tuple[str, bytes] | None = None
 
     async def run(self, blocked: Mapping[str, str] | None = None) -> None:
@@ -140,8 +144,10 @@ class Push:
             await ctx.run(ctx.state.check_marker)
             key = await ctx.run(batch_key, ctx.state, batch.changes)
             last_seq = await ctx.last_seq()
+            leaves = len(self.planned & self.excluded)
+            fold = None if self.fold_report is None else await self.fold_report(leaves)
             try:
-                answer = await self.api.commit(ctx.engagement, key, batch.changes)
+                answer = await self.api.commit(ctx.engagement, key, batch.changes, fold)
             except ServerRefused as e:
                 await ctx.run(ctx.state.clear_pending_batch)  # nothing was applied
                 settled = await self._refused(e, batch)
@@ -155,6 +161,7 @@ class Push:
             ctx.pulled_through = own
             await ctx.run(ctx.state.clear_pending_batch)
             report.unsynced = len(self.planned & self.excluded)
+            self.reported = leaves if answer.reported else None
             return
         raise UsageError("push did not settle after several attempts; try again")
 

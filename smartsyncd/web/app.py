@@ -115,8 +115,11 @@ class SyncAPI:
         ).add_to(
             app, self.authorizer
         )
-        PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
-        add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit, store))
+        PushRoutes(
+            store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now, store,
+        ).add_to(app)
+        add_workflow_routes(app, self.authorizer, WorkflowRoutes(
+            store, notifier, limits, now, self.read_audit, store, (store, identity)))
         add_review_routes(app, self.authorizer, ReviewRoutes(store, notifier, limits, now))
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))

@@ -1,5 +1,7 @@
 """Fewer bytes per small sync (issue 15): request headers on kept-alive connections (the real
-Agent, pool and Site over in-memory ``iosim`` connections; client/leanagent.py)."""
+Agent, pool and Site over in-memory ``iosim`` connections; client/leanagent.py), and the
+daemon's side: a copy report folded into a commit (web/copyreport.py) and the head in a
+report's answer (web/workflow.py), on the real Site and store (tests/unit/webkit.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from twisted.web.client import Agent
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from webkit import Env, in_memory, put, upload
 
 from smartsyncd.client.leanagent import LeanPool
 from smartsyncd.client.transport import USER_AGENT
@@ -91,3 +94,65 @@ def test_user_agent_once_per_connection_and_one_accept_encoding() -> None:
     assert all(headers[b"accept-encoding"] == [b"zstd"] for _, headers in recorder.seen)
     assert all(b"accept" not in headers for _, headers in recorder.seen)
 
+
+# -- the daemon: a report folded into a commit, the head in a report's answer -----------------
+
+ALPHA = "/v1/engagements/alpha"
+COPY = {"Smartsync-Copy": "copy-1"}
+REPORT = {"host": "laptop", "unsynced": 2, "since": "2026-11-18T08:00:00Z"}
+
+
+async def _signed_in_copy(env: Env) -> str:
+    token = await env.login("alice")
+    r = await env.call("POST", ALPHA + "/copies", token=token, body={"copy": "copy-1", "host": "laptop"})
+    assert r.status == 200, r.body
+    return token
+
+
+@in_memory
+async def test_a_commit_records_the_report_it_carries(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    chunks = await upload(env, token, b"hello")
+    body = {"batch": "b1", "changes": [put("a.txt", chunks)], "report": REPORT}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200, r.body
+    assert r.json()["reported"] is True and r.json()["head"] == 1
+    [record] = await env.store.list_copies(env.alpha)
+    assert (record.copy_id, record.unsynced, record.host) == ("copy-1", 2, "laptop")
+    # without its copy named there is nothing to record the report for: not "reported"
+    body = {"batch": "b2", "changes": [put("b.txt", chunks)], "report": REPORT}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body)
+    assert r.status == 200 and "reported" not in r.json()
+
+
+@in_memory
+async def test_a_bad_folded_report_is_refused_and_nothing_is_committed(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    chunks = await upload(env, token, b"hello")
+    for bad, field in (
+        ({**REPORT, "unsynced": -1}, "report.unsynced"),
+        ({**REPORT, "since": "yesterday"}, "report.since"),
+        ({**REPORT, "key_hash": "XYZ"}, "report.key_hash"),
+        ("two", "report"),
+    ):
+        body = {"batch": "b1", "changes": [put("a.txt", chunks)], "report": bad}
+        r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+        assert r.status == 400 and r.json()["field"] == field, r.body
+    r = await env.call("GET", ALPHA + "/changes?since=0", token=token)
+    assert r.json()["head"] == 0 and r.json()["changes"] == []
+    [record] = await env.store.list_copies(env.alpha)
+    assert record.unsynced == 0
+
+
+@in_memory
+async def test_a_report_naming_its_place_in_the_log_gets_the_head(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    path = ALPHA + "/copies/copy-1/report"
+    r = await env.call("POST", path, token=token, body=REPORT)
+    assert r.status == 200 and "head" not in r.json()  # not asked: the answer as before
+    r = await env.call("POST", path, token=token, body={**REPORT, "history": {"seq": 0}})
+    assert r.status == 200 and r.json()["head"] == 0
+    assert {"store", "generation"} <= set(r.json())
+    # a place past the head: the store was restored (as the changes feed says it)
+    r = await env.call("POST", path, token=token, body={**REPORT, "history": {"seq": 5}})
+    assert r.status == 409 and r.json()["error"] == "history_diverged", r.body
