@@ -45,6 +45,7 @@ from smartsyncd.client.copycontext import (
 )
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
+from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.localfs import fsync_dir
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
@@ -316,6 +317,7 @@ class SyncCopy:
             push = Push(ctx, api, scan, base, report, prog, push_plan, present=early.present)
             if answer is not None:  # the report after the push rides in its commit (issue 15)
                 push.fold_report = partial(contact.folded, ctx, since=since)
+                push.inline = InlineUpload(answer.inline) if answer.inline else None
             await push.run(contact.blocked(self.user, answer, waiting))
             reported = reported if push.reported is None else push.reported
         await pull(ctx, api, report, prog)

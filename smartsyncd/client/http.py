@@ -420,14 +420,15 @@ class ServerAPI(Transport):
 
     async def commit(
         self, eng: str, batch: str, changes: Sequence[CommitChange],
-        report: Mapping[str, object] | None = None,
+        report: Mapping[str, object] | None = None, chunks: str | None = None,
     ) -> CommitAnswer:
         """Commit a batch of changes; a retried ``batch`` key returns the first answer.
         ``report``: the copy's report (``report_body``) folded in: ``answer.reported`` says
-        whether the server recorded it (an older one ignores it)."""
+        whether the server recorded it (an older one ignores it). ``chunks``: small uploads
+        carried along (client/inline.py), only to a server that advertised it."""
         keeper = self.keeper
         history = None if keeper is None else history_json(await keeper.check(None))
-        extra = None if report is None else {"report": report}
+        extra = {k: v for k, v in (("report", report), ("chunks", chunks)) if v is not None}
         # written and compressed in a thread, manifests from their packed form (wire.py)
         data, encoding = await self._in_thread(
             encode_commit, batch, changes, history, self.compress_requests, extra

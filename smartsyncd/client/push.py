@@ -41,6 +41,7 @@ from smartsyncd.client.errors import (
     UnknownContent,
     UsageError,
 )
+from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.localfs import read_chunks
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.pull import case_insensitive
@@ -118,6 +119,8 @@ class Push:
         # 15); ``reported``: that count, when the server recorded it with the last commit
         self.fold_report: Callable[[int], Awaitable[dict[str, object]]] | None = None
         self.reported: int | None = None
+        # small uploads ride in the commit when the server takes them (client/inline.py)
+        self.inline: InlineUpload | None = None
         self._loaded_base: tuple[str, bytes] | None = None
 
     async def run(self, blocked: Mapping[str, str] | None = None) -> None:
@@ -147,7 +150,8 @@ class Push:
             leaves = len(self.planned & self.excluded)
             fold = None if self.fold_report is None else await self.fold_report(leaves)
             try:
-                answer = await self.api.commit(ctx.engagement, key, batch.changes, fold)
+                chunks = None if self.inline is None else self.inline.take()
+                answer = await self.api.commit(ctx.engagement, key, batch.changes, fold, chunks)
             except ServerRefused as e:
                 await ctx.run(ctx.state.clear_pending_batch)  # nothing was applied
                 settled = await self._refused(e, batch)
@@ -260,6 +264,9 @@ class Push:
             self.excluded.add(path)
             report.skipped.append((path, "the server does not sync empty folders"))
             return True
+        if self.inline is not None and e.code in ("bad_chunk", "too_large", "bad_request"):
+            self.inline = None  # the server would not take them in the commit: upload them
+            return True
         if isinstance(e, UnknownContent | MissingChunks):
             self.full.update(x.path for x in batch.puts if path in (None, x.path))
             self.present.clear()  # ask the server again (collected meanwhile?)
@@ -356,6 +363,11 @@ class Push:
         sent = 0
         try:
             for window in wanted.windows(MISSING_WINDOW):
+                if self.inline is not None and self.inline.fits(total):  # in the commit
+                    items = await ctx.run(self._read_for_upload, list(window.items()), bases or {})
+                    sent += await self.inline.hold(ctx.run, items)
+                    prog.advance(total)
+                    continue
                 if total <= ASK_FIRST_ABOVE:  # small: a round trip saved outweighs resending
                     missing = list(window)
                 else:

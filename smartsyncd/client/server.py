@@ -57,7 +57,7 @@ class Server(Protocol):
 
     async def commit(
         self, eng: str, batch: str, changes: Sequence[CommitChange],
-        report: Mapping[str, object] | None = None,
+        report: Mapping[str, object] | None = None, chunks: str | None = None,
     ) -> CommitAnswer: ...
 
     async def register_copy(

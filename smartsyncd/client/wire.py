@@ -306,6 +306,7 @@ class CopyContact:
     head: int | None = None
     store: str | None = None
     generation: int | None = None
+    inline: int = 0  # raw chunk bytes a commit may carry (0: an older server; issue 15)
 
 
 @dataclass(frozen=True)
@@ -528,7 +529,8 @@ def parse_contact(value: object) -> CopyContact:
     return CopyContact(locks=locks, finalized=finalized, deadline=deadline,
                        ignore_etag=_str_or_none(data.get("ignore")),
                        head=field(data, "head", int, "report", optional=True),
-                       store=store, generation=generation)
+                       store=store, generation=generation,
+                       inline=_int_or_none(data.get("inline")) or 0)
 
 
 def _int_or_none(value: object) -> int | None:

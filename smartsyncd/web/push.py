@@ -16,11 +16,13 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from smartsyncd.core import bodycodec
+from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore, CommitResult, WorkflowStore
 from smartsyncd.web.access import Access, Authorizer, add_route, engagement_route
 from smartsyncd.web.bodies import expect_object, read_body
 from smartsyncd.web.copyreport import parse_report
 from smartsyncd.web.errors import send_json
+from smartsyncd.web.inlinechunks import InlineChunks
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls
 from smartsyncd.web.parse import (
@@ -55,9 +57,12 @@ class PushRoutes:
         limits: Limits,
         now: Callable[[], datetime],
         copies: WorkflowStore | None = None,
+        inline: InlineChunks | None = None,
     ) -> None:
-        """``copies``: where a report folded into a commit is recorded (None: not taken)."""
+        """``copies``: where a report folded into a commit is recorded (None: not taken);
+        ``inline``: stores the small uploads a commit carries (None: refused)."""
         self._copies = copies
+        self._inline = inline
         self._chunks = chunks
         self._changelog = changelog
         self._authorizer = authorizer
@@ -120,6 +125,10 @@ class PushRoutes:
         # after the commit; a request that does not name its copy has no report to record
         copy = copy_header(request)
         report = None if parsed.report is None else parse_report(parsed.report, "report.")
+        if parsed.chunks is not None:  # stored durably before the commit's transaction
+            if self._inline is None:
+                raise BadRequest("this server takes no chunks in a commit", field="chunks")
+            await self._inline.store(access, parsed.chunks)
         store, generation = await self._identity.get()
         result = await self._changelog.commit(
             eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now(),

@@ -76,10 +76,13 @@ class WorkflowRoutes:
         read_audit: ReadAudit,
         rules: RulesLookup,
         log: tuple[ChangeLogStore, StoreIdentity] | None = None,
+        inline: int = 0,
     ) -> None:
         """``log``: where a copy report that names the copy's place in the log (``history``)
-        reads the head it answers with (None: such reports are answered without it)."""
+        reads the head it answers with (None: such reports are answered without it);
+        ``inline``: the raw chunk bytes a commit may carry, advertised in its answer."""
         self._log = log
+        self._inline = inline
         self._store = store
         self._rules = rules
         self._notifier = notifier
@@ -183,6 +186,8 @@ class WorkflowRoutes:
             changelog, identity = self._log
             answer["head"], _ = await changelog.changes_since(eid, check.seq, 1, check=check)
             answer["store"], answer["generation"] = await identity.get()
+            if self._inline:
+                answer["inline"] = self._inline  # small uploads may ride in the commit
         return send_json(request, answer)
 
 

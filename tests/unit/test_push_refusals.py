@@ -89,7 +89,7 @@ class ScriptedServer:
         return sum(len(item[1]) for item in items)
 
     async def commit(
-        self, eng: str, batch: str, changes: Sequence[CommitChange], report: object = None
+        self, eng: str, batch: str, changes: Sequence[CommitChange], *more: object
     ) -> CommitAnswer:
         self.commits.append(list(changes))
         reaction = self.reactions.pop(0) if self.reactions else applied

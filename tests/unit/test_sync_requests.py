@@ -9,6 +9,7 @@ fields it does not know) gets today's flow, with nothing lost.
 from __future__ import annotations
 
 import json
+import os
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,29 @@ async def test_an_edit_sync_reports_in_its_commit(server: MemoryServer, tmp_path
     notes = tmp_path / "a" / "notes.txt"
     notes.write_bytes(b"first version\n" * 50)
     assert (await copy.sync(api)).uploaded == 1
-    # a new file's chunks go while the scan runs (client/early.py); its report is in the commit
-    assert api.take() == ["POST missing", "POST chunks", "POST report", "POST commit"]
+    # a small new file's chunks go in the commit (client/inline.py), as does the report after
+    assert api.take() == ["POST report", "POST commit"]
     notes.write_bytes(b"second version\n" * 50)
     report = await copy.sync(api)
     assert report.uploaded == 1 and report.unsynced == 0
-    # no second report, no changes feed: the commit was the head by itself
-    assert api.take() == ["POST report", "POST chunks", "POST commit"]
+    # no upload, no second report, no changes feed: the commit was the head by itself
+    assert api.take() == ["POST report", "POST commit"]
     copies = await server.env.store.list_copies(server.env.alpha)
     assert [(c.copy_id, c.unsynced) for c in copies] == [(copy.copy_id, 0)]
     assert (await copy.sync(api)).uploaded == 0
     assert api.take() == ["POST report"]
+
+
+@driven
+async def test_an_upload_over_the_inline_limit_goes_ahead(server: MemoryServer, tmp_path: Path) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    big = tmp_path / "a" / "big.bin"
+    big.write_bytes(b"")
+    await copy.sync(api)
+    api.take()
+    big.write_bytes(os.urandom(40 * 1024))  # over the 32 KiB a commit may carry
+    assert (await copy.sync(api)).uploaded == 1
+    assert api.take() == ["POST report", "POST chunks", "POST commit"]
 
 
 @driven
@@ -115,8 +128,6 @@ async def test_an_older_server_gets_the_old_flow(server: MemoryServer, tmp_path:
     report = await copy.sync(api)
     assert report.uploaded == 1
     # the commit's answer did not say "reported": the report after the push goes alone
-    assert api.take() == [
-        "POST missing", "POST chunks", "POST report", "POST commit", "POST report",
-    ]
+    assert api.take() == ["POST report", "POST chunks", "POST commit", "POST report"]
     copies = await server.env.store.list_copies(server.env.alpha)
     assert [c.unsynced for c in copies] == [0]

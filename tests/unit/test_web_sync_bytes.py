@@ -5,6 +5,7 @@ report's answer (web/workflow.py), on the real Site and store (tests/unit/webkit
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import treq
@@ -15,10 +16,12 @@ from twisted.web.client import Agent
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from webkit import Env, in_memory, put, upload
+from webkit import Env, chunk_of, in_memory, put, upload
 
 from smartsyncd.client.leanagent import LeanPool
 from smartsyncd.client.transport import USER_AGENT
+from smartsyncd.core import chunkstream
+from smartsyncd.web.inlinechunks import INLINE_RAW_BYTES
 
 
 class MemoryEndpoints:
@@ -156,3 +159,73 @@ async def test_a_report_naming_its_place_in_the_log_gets_the_head(env: Env) -> N
     # a place past the head: the store was restored (as the changes feed says it)
     r = await env.call("POST", path, token=token, body={**REPORT, "history": {"seq": 5}})
     assert r.status == 409 and r.json()["error"] == "history_diverged", r.body
+
+
+# -- small uploads in the commit (web/inlinechunks.py) -----------------------------------------
+
+
+def _inline(*datas: bytes, bad: bool = False) -> str:
+    records = [chunk_of(d)[1] for d in datas]
+    if bad:  # a record whose bytes do not hash to its name
+        records[0] = (records[0][0], *chunk_of(datas[0][::-1])[1][1:])
+    return base64.b64encode(chunkstream.encode_records(records)).decode("ascii")
+
+
+async def _head(env: Env, token: str) -> int:
+    r = await env.call("GET", ALPHA + "/changes?since=0", token=token)
+    return int(r.json()["head"])
+
+
+@in_memory
+async def test_chunks_in_the_commit_are_stored_then_committed(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    r = await env.call("POST", ALPHA + "/copies/copy-1/report", token=token,
+                       body={**REPORT, "history": {"seq": 0}})
+    assert r.json()["inline"] == INLINE_RAW_BYTES  # advertised to a client that names its place
+    datas = [b"small edit\n" * 10, b"x" * 3000]
+    refs = [chunk_of(d)[0] for d in datas]
+    body = {"batch": "b1", "changes": [put("a.txt", refs)], "chunks": _inline(*datas),
+            "report": {**REPORT, "unsynced": 0}}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200, r.body
+    assert r.json()["results"][0]["status"] == "applied" and r.json()["reported"] is True
+    missing = await env.call("POST", ALPHA + "/chunks/missing", token=token,
+                             body={"chunks": [c.hash for c in refs]})
+    assert missing.json()["missing"] == []
+
+
+@in_memory
+async def test_bad_chunks_in_a_commit_are_refused_and_nothing_changes(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    good, other = b"good bytes\n" * 5, b"other bytes\n" * 5
+    refs = [chunk_of(good)[0], chunk_of(other)[0]]
+    for chunks, status, code in (
+        (_inline(good, bad=True), 400, "bad_chunk"),  # names the chunk
+        ("not base64!", 400, "bad_request"),
+        (12, 400, "bad_request"),
+        (_inline(b"y" * (INLINE_RAW_BYTES + 1)), 413, "too_large"),
+        (base64.b64encode(b"\x01\x02").decode(), 400, "bad_chunk"),  # a truncated stream
+    ):
+        body = {"batch": "b1", "changes": [put("a.txt", refs)], "chunks": chunks}
+        r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+        assert (r.status, r.json()["error"]) == (status, code), r.body
+    assert await _head(env, token) == 0
+    missing = await env.call("POST", ALPHA + "/chunks/missing", token=token,
+                             body={"chunks": [c.hash for c in refs]})
+    assert missing.json()["missing"] == [c.hash for c in refs]  # none was stored
+    bad = {"batch": "b1", "changes": [put("a.txt", refs[:1])], "chunks": _inline(good, bad=True)}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=bad, headers=COPY)
+    assert r.json()["chunk"] == refs[0].hash
+
+
+@in_memory
+async def test_chunks_in_a_commit_to_a_finalized_engagement_are_423(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    await env.store.finalize(env.alpha, "admin:root", "signed off", True)
+    data = b"late edit\n"
+    body = {"batch": "b1", "changes": [put("a.txt", [chunk_of(data)[0]])], "chunks": _inline(data)}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 423 and r.json()["error"] == "finalized", r.body
+    assert await env.store.missing_chunks(env.alpha, [chunk_of(data)[0].hash]) == [
+        chunk_of(data)[0].hash
+    ]
