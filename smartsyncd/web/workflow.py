@@ -186,6 +186,7 @@ class WorkflowRoutes:
             changelog, identity = self._log
             answer["head"], _ = await changelog.changes_since(eid, check.seq, 1, check=check)
             answer["store"], answer["generation"] = await identity.get()
+            del answer["copy"]  # the copy's own record: this client never reads it back
             if self._inline:
                 answer["inline"] = self._inline  # small uploads may ride in the commit
         return send_json(request, answer)

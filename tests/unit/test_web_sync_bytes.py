@@ -156,6 +156,7 @@ async def test_a_report_naming_its_place_in_the_log_gets_the_head(env: Env) -> N
     r = await env.call("POST", path, token=token, body={**REPORT, "history": {"seq": 0}})
     assert r.status == 200 and r.json()["head"] == 0
     assert {"store", "generation"} <= set(r.json())
+    assert "copy" not in r.json()  # a new client's brief answer: not its own record again
     # a place past the head: the store was restored (as the changes feed says it)
     r = await env.call("POST", path, token=token, body={**REPORT, "history": {"seq": 5}})
     assert r.status == 409 and r.json()["error"] == "history_diverged", r.body
