@@ -264,9 +264,14 @@ class Push:
             self.excluded.add(path)
             report.skipped.append((path, "the server does not sync empty folders"))
             return True
-        if self.inline is not None and e.code in ("bad_chunk", "too_large", "bad_request"):
-            self.inline = None  # the server would not take them in the commit: upload them
-            return True
+        if self.inline is not None and (
+            e.code in ("bad_chunk", "too_large", "bad_request") or isinstance(e, MissingChunks)
+        ):
+            # the server would not take chunks in the commit (or did not see them: another
+            # daemon behind the same name, older): upload them from the next attempt on
+            self.inline = None
+            if not isinstance(e, MissingChunks):
+                return True
         if isinstance(e, UnknownContent | MissingChunks):
             self.full.update(x.path for x in batch.puts if path in (None, x.path))
             self.present.clear()  # ask the server again (collected meanwhile?)
