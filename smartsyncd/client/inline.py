@@ -17,6 +17,8 @@ from smartsyncd.client.chunkpacking import encode_upload
 from smartsyncd.client.wire import UploadItem
 from smartsyncd.runtime.blocking import RunBlocking
 
+INLINE_CHUNKS = 64  # chunks a commit may carry (docs/protocol.md; web/inlinechunks.py)
+
 
 def encode_inline(items: Sequence[UploadItem]) -> str:
     """The ``chunks`` field of a commit for ``items`` (blocking: compression)."""
@@ -30,8 +32,9 @@ class InlineUpload:
         self.limit = limit  # raw bytes, as the server advertised
         self._held: str | None = None
 
-    def fits(self, raw_bytes: int) -> bool:
-        return 0 < raw_bytes <= self.limit
+    def fits(self, raw_bytes: int, chunks: int) -> bool:
+        """Whether an upload of ``chunks`` chunks, ``raw_bytes`` in all, can go inline."""
+        return 0 < raw_bytes <= self.limit and chunks <= INLINE_CHUNKS
 
     async def hold(self, run: RunBlocking, items: Sequence[UploadItem]) -> int:
         """Encode ``items`` (in a thread) for the next commit; the bytes they will take."""

@@ -368,7 +368,8 @@ class Push:
         sent = 0
         try:
             for window in wanted.windows(MISSING_WINDOW):
-                if self.inline is not None and self.inline.fits(total):  # in the commit
+                # in the commit: then this window is the only one (it holds every chunk)
+                if self.inline is not None and self.inline.fits(total, len(window)):
                     items = await ctx.run(self._read_for_upload, list(window.items()), bases or {})
                     sent += await self.inline.hold(ctx.run, items)
                     prog.advance(total)

@@ -24,7 +24,7 @@ from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.pool import RunBlocking
 
 INLINE_RAW_BYTES = 32 * 1024  # raw chunk bytes a commit may carry
-INLINE_RECORDS = 64
+INLINE_RECORDS = 64  # chunks a commit may carry (as client/inline.py knows)
 
 
 @dataclass(frozen=True)

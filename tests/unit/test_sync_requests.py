@@ -131,3 +131,12 @@ async def test_an_older_server_gets_the_old_flow(server: MemoryServer, tmp_path:
     assert api.take() == ["POST report", "POST chunks", "POST commit", "POST report"]
     copies = await server.env.store.list_copies(server.env.alpha)
     assert [c.unsynced for c in copies] == [0]
+
+
+@driven
+async def test_many_tiny_new_files_go_ahead_of_the_commit(server: MemoryServer, tmp_path: Path) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    for i in range(70):  # 70 chunks: over the 64 a commit may carry, under its 32 KiB
+        (tmp_path / "a" / f"n{i:02d}.txt").write_bytes(b"note %d\n" % i)
+    assert (await copy.sync(api)).uploaded == 70
+    assert api.take() == ["POST report", "POST chunks", "POST commit"]
