@@ -10,6 +10,7 @@ from datetime import datetime
 
 from smartsyncd.client.copycontext import CopyContext, log
 from smartsyncd.client.errors import NetworkError
+from smartsyncd.client.http import report_body
 from smartsyncd.client.server import Server
 from smartsyncd.client.wire import CopyContact
 from smartsyncd.core.locks import covers
@@ -46,6 +47,11 @@ async def contact(
     except NetworkError as e:
         log.warn("could not report to the server: {why}", why=str(e))
         return None
+
+
+async def folded(ctx: CopyContext, unsynced: int, since: datetime | None) -> dict[str, object]:
+    """The report a commit carries (issue 15): what stays unsynced if the commit applies."""
+    return report_body(_host(), unsynced, since if unsynced else None, await _key_hash(ctx))
 
 
 def blocked(user: str, answer: CopyContact | None, paths: Iterable[str]) -> dict[str, str]:

@@ -22,6 +22,10 @@ UPLOADS_IN_FLIGHT = 3
 # once a window of at least this many chunks came back all-missing from /missing, the next
 # windows upload without asking (a first sync of new files: the server has none of them)
 BLIND_AFTER_CHUNKS = 64
+# New files of at most this many bytes in all, none sent yet when the scan ends, are left to
+# the push: they go with the commit (client/inline.py), or in one upload without asking
+# /missing first (client/push.py) instead of this one's two requests (issue 15).
+LEAVE_TO_PUSH_BYTES = 2 * 1024
 
 
 class ChunkServer(Protocol):
@@ -181,6 +185,9 @@ class EarlyUpload:
         not committed yet are left to the push). Raises what stopped an early commit
         other than the server's refusal or the network."""
         self._final = True
+        if not self.present and not self._running and self._pending_bytes <= LEAVE_TO_PUSH_BYTES:
+            self._pending.clear()  # a few small new files: the push sends them
+            self._pending_bytes = 0
         self._pump()
         # batches keep committing while the last uploads run; then what is left waits
         while self._running or self._committing is not None:

@@ -46,6 +46,7 @@ from smartsyncd.client.copycontext import (
 )
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
+from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.localfs import fsync_dir
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
@@ -302,6 +303,8 @@ class SyncCopy:
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         scan, early, push_plan, waiting, since = await survey(ctx, api, base, report)
         answer = await contact.contact(ctx, api, len(waiting), since)
+        if answer is not None and answer.head is not None and answer.head == await ctx.last_seq():
+            ctx.pulled_through = answer.head  # nothing new on the server: the pull asks nothing
         if await self._rules_moved(api, answer.ignore_etag if answer else None, asked):
             report.bytes_sent += early.bytes_sent  # the engagement's rules changed: rescan
             scan, early, push_plan, waiting, since = await survey(ctx, api, base, report)
@@ -309,14 +312,19 @@ class SyncCopy:
         report.skipped.extend(scan.skipped)
         report.skipped.extend(scan.errors)
         finalized = answer.finalized if answer else None
+        reported = len(waiting)  # the unsynced count the server has
         if finalized:  # read-only: nothing to push; local changes stay local
             report.refused = finalized.describe() if waiting else None
             report.unsynced = len(waiting)
         else:
             push = Push(ctx, api, scan, base, report, prog, push_plan, present=early.present)
+            if answer is not None:  # the report after the push rides in its commit (issue 15)
+                push.fold_report = partial(contact.folded, ctx, since=since)
+                push.inline = InlineUpload(answer.inline) if answer.inline else None
             await push.run(contact.blocked(self.user, answer, waiting))
+            reported = reported if push.reported is None else push.reported
         await pull(ctx, api, report, prog)
-        if answer is not None and report.unsynced != len(waiting):
+        if answer is not None and report.unsynced != reported:
             await contact.contact(ctx, api, report.unsynced, since if report.unsynced else None)
         await self._finish_sync(report, scan)
         return report

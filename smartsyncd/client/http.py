@@ -31,6 +31,7 @@ from smartsyncd.client.chunkpacking import (
     wanted_item,
 )
 from smartsyncd.client.errors import AuthError, ProtocolError, ServerRefused
+from smartsyncd.client.manifestanswer import manifest_item, parse_manifest
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.serverrules import RulesAnswer, parse_rules_answer
 from smartsyncd.client.transport import HTTPRequester, Reply, RunInThread, Transport, decode_json
@@ -65,7 +66,7 @@ from smartsyncd.client.wire import (
 )
 from smartsyncd.core.chunkstream import decode_fetched, decode_to_raw
 from smartsyncd.core.errors import SyncError
-from smartsyncd.core.manifest import apply_delta, chunks_from_json, chunks_to_json, content_id
+from smartsyncd.core.manifest import chunks_to_json
 from smartsyncd.core.model import ChunkRef, Manifest
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class ServerAPI(Transport):
         data = obj(
             await self._json("GET", _eng(eng, "manifests", content), params=params), "manifest"
         )
-        return _parse_manifest(data, content, base)
+        return parse_manifest(data, content, base)
 
     async def manifests(
         self, eng: str, wanted: Sequence[tuple[str, Manifest | None]]
@@ -243,7 +244,7 @@ class ServerAPI(Transport):
         result: dict[str, Manifest] = {}
         while todo and not self.manifests_per_file:
             batch, todo = todo[:MANIFESTS_PER_REQUEST], todo[MANIFESTS_PER_REQUEST:]
-            files = [_manifest_item(c, bases[c]) for c in batch]
+            files = [manifest_item(c, bases[c]) for c in batch]
             try:
                 data = obj(await self._json(
                     "POST", _eng(eng, "manifests"), body={"files": files}, compress=True,
@@ -261,7 +262,7 @@ class ServerAPI(Transport):
                 content = field(answer, "content", str, "manifest")
                 if content not in bases or content not in batch:
                     raise ProtocolError(f"server sent a manifest not asked for: {content!r}")
-                result[content] = _parse_manifest(answer, content, bases[content])
+                result[content] = parse_manifest(answer, content, bases[content])
             deferred = [c for c in batch if c not in result]
             if len(deferred) == len(batch):
                 todo.extend(deferred)  # nothing came back: per file below
@@ -418,14 +419,19 @@ class ServerAPI(Transport):
         return len(body)
 
     async def commit(
-        self, eng: str, batch: str, changes: Sequence[CommitChange]
+        self, eng: str, batch: str, changes: Sequence[CommitChange],
+        report: Mapping[str, object] | None = None, chunks: str | None = None,
     ) -> CommitAnswer:
-        """Commit a batch of changes; a retried ``batch`` key returns the first answer."""
+        """Commit a batch of changes; a retried ``batch`` key returns the first answer.
+        ``report``: the copy's report (``report_body``) folded in: ``answer.reported`` says
+        whether the server recorded it (an older one ignores it). ``chunks``: small uploads
+        carried along (client/inline.py), only to a server that advertised it."""
         keeper = self.keeper
         history = None if keeper is None else history_json(await keeper.check(None))
+        extra = {k: v for k, v in (("report", report), ("chunks", chunks)) if v is not None}
         # written and compressed in a thread, manifests from their packed form (wire.py)
         data, encoding = await self._in_thread(
-            encode_commit, batch, changes, history, self.compress_requests
+            encode_commit, batch, changes, history, self.compress_requests, extra
         )
         reply = await self._request("POST", _eng(eng, "commit"), data=data,
                                     content_type=transport.JSON_TYPE, encoding=encoding)
@@ -452,16 +458,17 @@ class ServerAPI(Transport):
     ) -> CopyContact:
         """A contact: how many local changes this copy holds unsynced, and since when. The
         answer carries the engagement's active locks and its sign-off state."""
-        body: dict[str, object] = {
-            "host": host,
-            "unsynced": unsynced,
-            "since": None if since is None else _iso(since),
-        }
-        if key_hash is not None:
-            body["key_hash"] = key_hash
-        return parse_contact(
+        body = report_body(host, unsynced, since, key_hash)
+        keeper = self.keeper
+        check = None if keeper is None else await keeper.check(None)
+        if check is not None:  # the answer then says the head: nothing to ask when at it
+            body["history"] = history_json(check)
+        answer = parse_contact(
             await self._json("POST", _eng(eng, "copies", copy_id, "report"), body=body)
         )
+        if keeper is not None and answer.head is not None:
+            await keeper.seen(HistoryMark(None, None, answer.store, answer.generation))
+        return answer
 
     async def report_wipe(
         self, eng: str, copy_id: str, key: str, host: str, files: int
@@ -564,26 +571,16 @@ class ServerAPI(Transport):
         return pairs, bool(field(data, "more", bool, "root files"))
 
 
-def _manifest_item(content: str, base: Manifest | None) -> dict[str, str]:
-    return {"content": content} if base is None else {"content": content, "base": base.content}
-
-
-def _parse_manifest(data: JSONObject, content: str, base: Manifest | None) -> Manifest:
-    """One manifest answer (whole, or a delta against ``base``), checked against ``content``."""
-    size = field(data, "size", int, "manifest")
-    try:
-        if "delta" in data:
-            delta = obj(data["delta"], "manifest delta")
-            if base is None or delta.get("base") != base.content:
-                raise ProtocolError("manifest delta names a base this client did not ask for")
-            chunks = apply_delta(base.chunks, delta.get("ops"))
-        else:
-            chunks = chunks_from_json(data.get("chunks"))
-    except SyncError as exc:
-        raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
-    if content_id(chunks) != content or sum(c.size for c in chunks) != size:
-        raise ProtocolError(f"server sent a manifest that does not match content {content}")
-    return Manifest(content=content, size=size, chunks=chunks)
+def report_body(
+    host: str, unsynced: int, since: datetime | None, key_hash: str | None
+) -> dict[str, object]:
+    """A copy's report: alone (``report_copy``) or folded into a commit."""
+    body: dict[str, object] = {
+        "host": host, "unsynced": unsynced, "since": None if since is None else _iso(since),
+    }
+    if key_hash is not None:
+        body["key_hash"] = key_hash
+    return body
 
 
 def _iso(when: datetime) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from twisted.internet.defer import Deferred
@@ -41,6 +41,7 @@ from smartsyncd.client.errors import (
     UnknownContent,
     UsageError,
 )
+from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.localfs import read_chunks
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.pull import case_insensitive
@@ -114,6 +115,12 @@ class Push:
         }
         self.excluded: set[str] = set()
         self.full: set[str] = set()  # paths to send with a full manifest (server lacks the base)
+        # the copy's report a commit carries, given the unsynced count it would leave (issue
+        # 15); ``reported``: that count, when the server recorded it with the last commit
+        self.fold_report: Callable[[int], Awaitable[dict[str, object]]] | None = None
+        self.reported: int | None = None
+        # small uploads ride in the commit when the server takes them (client/inline.py)
+        self.inline: InlineUpload | None = None
         self._loaded_base: tuple[str, bytes] | None = None
 
     async def run(self, blocked: Mapping[str, str] | None = None) -> None:
@@ -140,8 +147,11 @@ class Push:
             await ctx.run(ctx.state.check_marker)
             key = await ctx.run(batch_key, ctx.state, batch.changes)
             last_seq = await ctx.last_seq()
+            leaves = len(self.planned & self.excluded)
+            fold = None if self.fold_report is None else await self.fold_report(leaves)
             try:
-                answer = await self.api.commit(ctx.engagement, key, batch.changes)
+                chunks = None if self.inline is None else self.inline.take()
+                answer = await self.api.commit(ctx.engagement, key, batch.changes, fold, chunks)
             except ServerRefused as e:
                 await ctx.run(ctx.state.clear_pending_batch)  # nothing was applied
                 settled = await self._refused(e, batch)
@@ -155,6 +165,7 @@ class Push:
             ctx.pulled_through = own
             await ctx.run(ctx.state.clear_pending_batch)
             report.unsynced = len(self.planned & self.excluded)
+            self.reported = leaves if answer.reported else None
             return
         raise UsageError("push did not settle after several attempts; try again")
 
@@ -253,6 +264,14 @@ class Push:
             self.excluded.add(path)
             report.skipped.append((path, "the server does not sync empty folders"))
             return True
+        if self.inline is not None and (
+            e.code in ("bad_chunk", "too_large", "bad_request") or isinstance(e, MissingChunks)
+        ):
+            # the server would not take chunks in the commit (or did not see them: another
+            # daemon behind the same name, older): upload them from the next attempt on
+            self.inline = None
+            if not isinstance(e, MissingChunks):
+                return True
         if isinstance(e, UnknownContent | MissingChunks):
             self.full.update(x.path for x in batch.puts if path in (None, x.path))
             self.present.clear()  # ask the server again (collected meanwhile?)
@@ -349,6 +368,12 @@ class Push:
         sent = 0
         try:
             for window in wanted.windows(MISSING_WINDOW):
+                # in the commit: then this window is the only one (it holds every chunk)
+                if self.inline is not None and self.inline.fits(total, len(window)):
+                    items = await ctx.run(self._read_for_upload, list(window.items()), bases or {})
+                    sent += await self.inline.hold(ctx.run, items)
+                    prog.advance(total)
+                    continue
                 if total <= ASK_FIRST_ABOVE:  # small: a round trip saved outweighs resending
                     missing = list(window)
                 else:

@@ -3,7 +3,7 @@ engine's parts call, in typed values only (client/wire.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -56,7 +56,8 @@ class Server(Protocol):
     async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]: ...
 
     async def commit(
-        self, eng: str, batch: str, changes: Sequence[CommitChange]
+        self, eng: str, batch: str, changes: Sequence[CommitChange],
+        report: Mapping[str, object] | None = None, chunks: str | None = None,
     ) -> CommitAnswer: ...
 
     async def register_copy(

@@ -47,6 +47,7 @@ from smartsyncd.client.errors import (
     TrustError,
     refusal,
 )
+from smartsyncd.client.leanagent import LeanPool
 from smartsyncd.client.pacing import PacedBytesProducer, paced_content
 from smartsyncd.client.proxy import ProxySetting, proxy_for, tunnels_through
 from smartsyncd.client.trust import CAPolicy, PinnedPolicy
@@ -175,7 +176,8 @@ class Transport:
         self.cookies = IndexableCookieJar()
         self._pool: HTTPConnectionPool | None = None
         if http is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            # User-Agent once per connection, one Accept-Encoding (client/leanagent.py)
+            self._pool = LeanPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 4
             self._pool.retryAutomatically = False  # we retry ourselves, with backoff
             # HTTPS as Agent does it, with TLS moving data in large pieces
@@ -285,8 +287,8 @@ class Transport:
     ) -> dict[bytes, list[bytes]]:
         """One attempt's request headers (built per attempt: a re-login changes the token)."""
         headers: dict[bytes, list[bytes]] = {
-            b"Accept": [expect], b"Accept-Encoding": [b"zstd"], b"User-Agent": [USER_AGENT],
-        }
+            b"Accept-Encoding": [b"zstd"], b"User-Agent": [USER_AGENT],
+        }  # no Accept: each route answers one type
         if encoding is not None:
             headers[b"Content-Encoding"] = [encoding]
         if auth and self.token:

@@ -136,7 +136,8 @@ class CommitChange:
 
 
 def commit_pieces(
-    batch: str, changes: Sequence[CommitChange], history: Mapping[str, object] | None
+    batch: str, changes: Sequence[CommitChange], history: Mapping[str, object] | None,
+    extra: Mapping[str, object] | None = None,
 ) -> Iterator[bytes]:
     """The commit body (``json.dumps`` of ``{"batch", "changes", "history"}`` with compact
     separators, byte for byte) in pieces: each manifest is written from its packed form a few
@@ -155,21 +156,25 @@ def commit_pieces(
     yield b"]"
     if history is not None:
         yield b',"history":' + _dumps(history)
+    for key, value in (extra or {}).items():  # the copy's report (issue 15)
+        yield b"," + _dumps(key) + b":" + _dumps(value)
     yield b"}"
 
 
 def encode_commit(
     batch: str, changes: Sequence[CommitChange], history: Mapping[str, object] | None,
-    compress: bool,
+    compress: bool, extra: Mapping[str, object] | None = None,
 ) -> tuple[bytes, bytes | None]:
     """The commit body and its ``Content-Encoding`` (zstd when ``compress`` and worth it),
-    compressed as it is written (blocking for a large commit: run it in a thread)."""
+    compressed as it is written (blocking for a large commit: run it in a thread).
+    ``extra``: more top-level fields (a folded report)."""
     if compress and sum(len(c.manifest or ()) for c in changes) > JSON_PIECE_ENTRIES:
         # written twice, once to count it: a frame that states its size is decompressed by
         # the daemon into one buffer, not pieces joined into a second copy
-        size = sum(len(piece) for piece in commit_pieces(batch, changes, history))
-        return bodycodec.compress_pieces(commit_pieces(batch, changes, history), size), b"zstd"
-    data = b"".join(commit_pieces(batch, changes, history))
+        size = sum(len(piece) for piece in commit_pieces(batch, changes, history, extra))
+        pieces = commit_pieces(batch, changes, history, extra)
+        return bodycodec.compress_pieces(pieces, size), b"zstd"
+    data = b"".join(commit_pieces(batch, changes, history, extra))
     if compress and bodycodec.worth_compressing(data):
         return bodycodec.compress(data), b"zstd"
     return data, None
@@ -236,6 +241,7 @@ class CommitAnswer:
     head: int
     results: tuple[CommitResult, ...]
     history: HistoryMark | None = None
+    reported: bool = False  # the report folded into the commit was recorded (issue 15)
 
     @property
     def all_applied(self) -> bool:
@@ -295,6 +301,12 @@ class CopyContact:
     finalized: FinalizedInfo | None = None
     deadline: DeadlineInfo | None = None
     ignore_etag: str | None = None  # the engagement rules' ETag (None: an older server)
+    # the log's head when the report named the copy's place in it (``history``), with the
+    # store's identity; None: not asked, or an older server (then the changes feed is asked)
+    head: int | None = None
+    store: str | None = None
+    generation: int | None = None
+    inline: int = 0  # raw chunk bytes a commit may carry (0: an older server; issue 15)
 
 
 @dataclass(frozen=True)
@@ -474,6 +486,7 @@ def parse_commit(value: object, changes: int) -> CommitAnswer:
         head=head,
         results=tuple(_commit_result(item) for item in results),
         history=HistoryMark(head if token is not None else None, token, store, generation),
+        reported=data.get("reported") is True,
     )
 
 
@@ -512,8 +525,12 @@ def parse_contact(value: object) -> CopyContact:
     if isinstance(due, dict) and isinstance(due.get("at"), str):
         deadline = DeadlineInfo(due["at"], _str_or_none(due.get("report_date")),
                                 _str_or_none(due.get("warning")))
+    _token, store, generation = history_fields(data, None, "report")
     return CopyContact(locks=locks, finalized=finalized, deadline=deadline,
-                       ignore_etag=_str_or_none(data.get("ignore")))
+                       ignore_etag=_str_or_none(data.get("ignore")),
+                       head=field(data, "head", int, "report", optional=True),
+                       store=store, generation=generation,
+                       inline=_int_or_none(data.get("inline")) or 0)
 
 
 def _int_or_none(value: object) -> int | None:

@@ -46,6 +46,7 @@ from smartsyncd.web.contentroot import ContentRootRoutes, add_content_root_route
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
 from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
+from smartsyncd.web.inlinechunks import INLINE_RAW_BYTES, InlineChunks
 from smartsyncd.web.limits import ClientLimits, Limits
 from smartsyncd.web.longpoll import LongPolls
 from smartsyncd.web.manage import ManageRoutes, add_manage_routes
@@ -115,8 +116,13 @@ class SyncAPI:
         ).add_to(
             app, self.authorizer
         )
-        PushRoutes(store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now).add_to(app)
-        add_workflow_routes(app, self.authorizer, WorkflowRoutes(store, notifier, limits, now, self.read_audit, store))
+        PushRoutes(
+            store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now, store,
+            InlineChunks(self.authorizer, store, deltas, run_blocking),
+        ).add_to(app)
+        add_workflow_routes(app, self.authorizer, WorkflowRoutes(
+            store, notifier, limits, now, self.read_audit, store, (store, identity),
+            INLINE_RAW_BYTES))
         add_review_routes(app, self.authorizer, ReviewRoutes(store, notifier, limits, now))
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))

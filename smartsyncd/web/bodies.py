@@ -117,7 +117,7 @@ class LimitedRequest(Request):
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
-            value = b"smartsyncd"  # no Twisted version for scanners
+            return  # no Server header: no version for scanners, and bytes on every answer
         super().setHeader(name, value)
 
     def process(self) -> None:

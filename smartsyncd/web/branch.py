@@ -79,6 +79,7 @@ _HOP_BY_HOP = frozenset({
     b"accept-encoding",  # central answers plain JSON: the branch reads commit answers
 })
 _COPY_REGISTRATION = re.compile(rb"/v1/engagements/[^/]+/copies")
+_COPY_REPORT = re.compile(rb"/v1/engagements/[^/]+/copies/[^/]+/report")
 FETCH_SLICE = 256  # chunks per request to central (under its 32 MiB answer limit)
 LOCAL, FORWARD, STREAM = "local", "forward", "stream"
 
@@ -323,7 +324,10 @@ class BranchRoot(Resource):
                 )
             return data
         head = answer.get("head")
-        if isinstance(head, int) and request.path.startswith(_ENGAGEMENTS):
+        # a copy report's head is only read (is there anything to pull?): a pull the replica
+        # cannot serve yet waits for the next sync; only a write's answer waits here
+        if (isinstance(head, int) and request.path.startswith(_ENGAGEMENTS)
+                and not _COPY_REPORT.fullmatch(request.path)):
             name = unquote_to_bytes(request.path[len(_ENGAGEMENTS):].split(b"/", 1)[0])
             engagement = await branch.store.get_engagement(name.decode("utf-8"))
             if engagement is not None and not await branch.replica.wait_for_head(

@@ -52,6 +52,8 @@ class ParsedCommit:
     changes: tuple[ProposedChange, ...]
     manifests: dict[str, PutManifest]
     check: HistoryCheck | None = None  # the copy's view of the log (web/history.py)
+    report: object = None  # the copy's report folded in, unparsed (web/copyreport.py)
+    chunks: object = None  # small uploads carried along, unparsed (web/inlinechunks.py)
 
 
 def hash_field(value: object, field: str) -> str:
@@ -174,7 +176,8 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
             delta_base = hash_field(d.get("base"), f"{f}.delta.base")
             ops = get_list(d, "ops", f"{f}.delta.ops")
             manifests[path] = PutManifest(content=content, delta_base=delta_base, delta_ops=tuple(ops))
-    return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests, check=check_from_body(obj))
+    return ParsedCommit(batch=batch, changes=tuple(changes), manifests=manifests, check=check_from_body(obj),
+                        report=obj.get("report"), chunks=obj.get("chunks"))
 
 
 def file_attributes(item: JSONDict, f: str) -> tuple[int | None, bool | None]:

@@ -16,10 +16,13 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from smartsyncd.core import bodycodec
-from smartsyncd.storage.api import ChangeLogStore, ChunkStore, CommitResult
+from smartsyncd.core.errors import BadRequest
+from smartsyncd.storage.api import ChangeLogStore, ChunkStore, CommitResult, WorkflowStore
 from smartsyncd.web.access import Access, Authorizer, add_route, engagement_route
 from smartsyncd.web.bodies import expect_object, read_body
+from smartsyncd.web.copyreport import parse_report
 from smartsyncd.web.errors import send_json
+from smartsyncd.web.inlinechunks import InlineChunks
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls
 from smartsyncd.web.parse import (
@@ -53,7 +56,13 @@ class PushRoutes:
         run_blocking: RunBlocking,
         limits: Limits,
         now: Callable[[], datetime],
+        copies: WorkflowStore | None = None,
+        inline: InlineChunks | None = None,
     ) -> None:
+        """``copies``: where a report folded into a commit is recorded (None: not taken);
+        ``inline``: stores the small uploads a commit carries (None: refused)."""
+        self._copies = copies
+        self._inline = inline
         self._chunks = chunks
         self._changelog = changelog
         self._authorizer = authorizer
@@ -112,10 +121,18 @@ class PushRoutes:
             parsed = parse_commit(body, limits)
         eng = access.engagement
         user = access.session.user
+        # the copy's report folded in (issue 15): checked before anything is written, recorded
+        # after the commit; a request that does not name its copy has no report to record
+        copy = copy_header(request)
+        report = None if parsed.report is None else parse_report(parsed.report, "report.")
+        if parsed.chunks is not None:  # stored durably before the commit's transaction
+            if self._inline is None:
+                raise BadRequest("this server takes no chunks in a commit", field="chunks")
+            await self._inline.store(access, parsed.chunks)
         store, generation = await self._identity.get()
         result = await self._changelog.commit(
             eng.id, user, access.session.id, parsed.batch, list(parsed.changes), parsed.manifests, self._now(),
-            copy=copy_header(request), check=parsed.check,
+            copy=copy, check=parsed.check,
         )
         # wakes the long-polls behind the new head; those this commit's records answer need no query
         self._longpolls.committed(eng.id, result.head, result.changes)
@@ -124,6 +141,9 @@ class PushRoutes:
         if result.head_hash is not None:
             answer["head_hash"] = result.head_hash
         answer["store"], answer["generation"] = store, generation
+        if report is not None and copy is not None and self._copies is not None:
+            await report.record(self._copies, eng.id, copy, user, access.session.id)
+            answer["reported"] = True
         return send_json(request, answer)
 
 

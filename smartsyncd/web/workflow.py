@@ -22,13 +22,11 @@ from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.core.ignore import EngagementRules, rules_etag
-from smartsyncd.core.jsonvalue import JSONDict
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
 from smartsyncd.core.model import is_folder
 from smartsyncd.core.paths import normalize_path
-from smartsyncd.storage.api import EngagementStatus, WorkflowStore
+from smartsyncd.storage.api import ChangeLogStore, EngagementStatus, WorkflowStore
 from smartsyncd.storage.lifecycle import deadline_warning
-from smartsyncd.storage.wipes import KEY_HEX
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import (
     asks_folders,
@@ -39,10 +37,13 @@ from smartsyncd.web.bodies import (
     read_json,
 )
 from smartsyncd.web.clientaddr import client_address
+from smartsyncd.web.copyreport import key_hash, parse_report
 from smartsyncd.web.errors import send_json
+from smartsyncd.web.history import check_from_body
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.notify import ChangeNotifier
 from smartsyncd.web.parse import copy_header, parse_time, query_path
+from smartsyncd.web.pull import StoreIdentity
 from smartsyncd.web.push import log_commit
 from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.shapes import (
@@ -74,7 +75,14 @@ class WorkflowRoutes:
         now: Callable[[], datetime],
         read_audit: ReadAudit,
         rules: RulesLookup,
+        log: tuple[ChangeLogStore, StoreIdentity] | None = None,
+        inline: int = 0,
     ) -> None:
+        """``log``: where a copy report that names the copy's place in the log (``history``)
+        reads the head it answers with (None: such reports are answered without it);
+        ``inline``: the raw chunk bytes a commit may carry, advertised in its answer."""
+        self._log = log
+        self._inline = inline
         self._store = store
         self._rules = rules
         self._notifier = notifier
@@ -150,48 +158,38 @@ class WorkflowRoutes:
         host = get_str(body, "host", max_len=255, non_empty=True)
         session = access.session
         record = await self._store.register_copy(
-            access.engagement.id, copy_id, session.user, host, session.id, _key_hash(body)
+            access.engagement.id, copy_id, session.user, host, session.id, key_hash(body)
         )
         return send_json(request, copy_json(record))
 
     async def report_copy(self, request: Request, access: Access, copy: str) -> bytes:
         body = expect_object(read_json(request, self._limits.small_json))
-        host = get_str(body, "host", max_len=255, non_empty=True)
-        unsynced = get_int(body, "unsynced", minimum=0)
-        assert unsynced is not None
-        since_raw = body.get("since")
-        if since_raw is not None and not isinstance(since_raw, str):
-            raise BadRequest("field 'since' must be an ISO 8601 time or null", field="since")
-        since = None if since_raw is None else parse_time(since_raw, "since")
+        report = parse_report(body)
+        check = check_from_body(body)  # the copy's place in the log: the answer has the head
         eid, session = access.engagement.id, access.session
-        record = await self._store.report_copy(
-            eid, copy, session.user, host, session.id, unsynced, since, _key_hash(body)
-        )
+        record = await report.record(self._store, eid, copy, session.user, session.id)
         status = await self._store.engagement_status(eid)
         locks = await self._store.list_locks(eid)
         rules = await self._rules.ignore_rules(eid)
-        return send_json(
-            request,
-            {
-                "copy": copy_json(record),
-                "finalized": finalized_json(status),
-                "locks": [lock_json(lock) for lock in locks],
-                "deadline": deadline_json(status, record.unsynced, self._now()),
-                # the rules' ETag: a copy whose kept rules are older fetches them before pushing
-                "ignore": rules_etag(rules.digest if rules else None),
-            },
-        )
-
-
-def _key_hash(body: JSONDict) -> str | None:
-    """The optional ``key_hash``: SHA-256 of the copy's secret, which authenticates its wipe
-    report (web/wipes.py)."""
-    value = body.get("key_hash")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not KEY_HEX.match(value):
-        raise BadRequest("field 'key_hash' must be 64 lowercase hex digits", field="key_hash")
-    return value
+        answer: JsonObject = {
+            "copy": copy_json(record),
+            "finalized": finalized_json(status),
+            "locks": [lock_json(lock) for lock in locks],
+            "deadline": deadline_json(status, record.unsynced, self._now()),
+            # the rules' ETag: a copy whose kept rules are older fetches them before pushing
+            "ignore": rules_etag(rules.digest if rules else None),
+        }
+        if check is not None and self._log is not None:
+            # checked as the changes feed checks it (409 history_diverged: a restored store);
+            # a copy at the head asks nothing more this sync (issue 15: a no-op sync is one
+            # request)
+            changelog, identity = self._log
+            answer["head"], _ = await changelog.changes_since(eid, check.seq, 1, check=check)
+            answer["store"], answer["generation"] = await identity.get()
+            del answer["copy"]  # the copy's own record: this client never reads it back
+            if self._inline:
+                answer["inline"] = self._inline  # small uploads may ride in the commit
+        return send_json(request, answer)
 
 
 def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> JsonObject | None:

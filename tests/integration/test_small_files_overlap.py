@@ -53,10 +53,10 @@ class RecordingAPI(ServerAPI):
         self.on_missing: Any = None
         self.on_commit: Any = None
 
-    async def commit(self, eng: str, batch: str, changes: Any) -> CommitAnswer:
+    async def commit(self, eng: str, batch: str, changes: Any, *more: Any) -> CommitAnswer:
         if self.on_commit is not None:
             self.on_commit(changes)
-        return await super().commit(eng, batch, changes)
+        return await super().commit(eng, batch, changes, *more)
 
     async def missing_chunks(self, eng: str, hashes: Any) -> list[str]:
         if self.on_missing is not None:

@@ -176,3 +176,40 @@ def test_branch_config(tmp_path: Path) -> None:
 def test_branch_config_refusals(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(str(_config(tmp_path, text)))
+
+
+class _Engagements:
+    async def get_engagement(self, name: str) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(id=1, name=name)
+
+
+class _Answered:
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+
+def test_a_write_waits_for_the_replica_but_a_copy_report_does_not() -> None:
+    """A commit's head waits until the standby replayed it; a copy report's head (issue 15:
+    the answer says whether there is anything to pull) is only read, and goes out at once."""
+    from typing import Any
+
+    from smartsyncd.web.branch import Branch, BranchRoot
+
+    replica, clock = FakeReplica(), Clock()
+    watcher = ReplicaWatcher(replica, lambda e, h: None, clock)
+    _poll(watcher)  # engagement 1 is at 5 on the standby
+    branch: Any = Branch(central=None, authorizer=None, replica=watcher,  # type: ignore[arg-type]
+                         store=_Engagements(), run_blocking=None, limits=None,  # type: ignore[arg-type]
+                         clock=clock, commit_wait=30.0)
+    root = BranchRoot(branch, local=None)  # type: ignore[arg-type]
+    data = b'{"head":9,"locks":[]}'
+    report: Any = _Answered(b"/v1/engagements/alpha/copies/c1/report")
+    assert Deferred.fromCoroutine(root._settle(report, 200, data)).result == data
+    commit: Any = _Answered(b"/v1/engagements/alpha/commit")
+    waiting = Deferred.fromCoroutine(root._settle(commit, 200, data))
+    assert not waiting.called
+    replica.lsn, replica.heads[1] = "0/2", 9
+    _poll(watcher)
+    assert waiting.result == data

@@ -310,9 +310,9 @@ class LostAnswerAPI(ServerAPI):
         self.lose_next = False
         self.batches: list[str] = []
 
-    async def commit(self, eng: str, batch: str, changes: Any) -> Any:
+    async def commit(self, eng: str, batch: str, changes: Any, *more: Any) -> Any:
         self.batches.append(batch)
-        answer = await super().commit(eng, batch, changes)
+        answer = await super().commit(eng, batch, changes, *more)
         if self.lose_next:
             self.lose_next = False
             from smartsyncd.client.errors import NetworkError
@@ -406,7 +406,7 @@ class ThresholdAPI(ServerAPI):
         self.seen: list[tuple[int, int, int]] = []
         self.fail = False
 
-    async def commit(self, eng: str, batch: str, changes: Any) -> Any:
+    async def commit(self, eng: str, batch: str, changes: Any, *more: Any) -> Any:
         import gc
 
         self.seen.append(gc.get_threshold())
@@ -414,7 +414,7 @@ class ThresholdAPI(ServerAPI):
             from smartsyncd.client.errors import NetworkError
 
             raise NetworkError("connection lost (injected)", retryable=False)
-        return await super().commit(eng, batch, changes)
+        return await super().commit(eng, batch, changes, *more)
 
 
 @driven

@@ -83,7 +83,8 @@ async def test_a_failed_sync_keeps_the_marker(server: MemoryServer, tmp_path: Pa
     api = await counting_api(server)
     root = tmp_path / "a"
     copy = await server.clone(api, root)
-    (root / "x.txt").write_bytes(b"x")
+    # over the 32 KiB a commit may carry (client/inline.py): its chunks are uploaded first
+    (root / "x.txt").write_bytes(os.urandom(40_000))
     api.fail_after = 0  # every chunk upload fails: the sync stops half-way
     with pytest.raises(NetworkError):
         await copy.sync(api)

@@ -19,14 +19,17 @@ from twisted.python.failure import Failure
 from smartsyncd.client.copycontext import offsets
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
+    BadChunk,
     BatchReused,
     Finalized,
     Forbidden,
     Locked,
+    MissingChunks,
     PathClash,
     ServerRefused,
     UnknownContent,
 )
+from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.progress import NullProgress
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import SyncReport
@@ -79,6 +82,7 @@ class ScriptedServer:
         self.commits: list[list[CommitChange]] = []
         self.stored: set[str] = set()
         self.head = 10
+        self.inline: list[object] = []  # each commit's inline chunks (client/inline.py)
 
     async def missing_chunks(self, eng: str, hashes: Iterable[str]) -> list[str]:
         return [h for h in hashes if h not in self.stored]
@@ -89,9 +93,10 @@ class ScriptedServer:
         return sum(len(item[1]) for item in items)
 
     async def commit(
-        self, eng: str, batch: str, changes: Sequence[CommitChange]
+        self, eng: str, batch: str, changes: Sequence[CommitChange], *more: object
     ) -> CommitAnswer:
         self.commits.append(list(changes))
+        self.inline.append(more[1] if len(more) > 1 else None)
         reaction = self.reactions.pop(0) if self.reactions else applied
         if isinstance(reaction, ServerRefused):
             raise reaction
@@ -232,3 +237,22 @@ def test_a_path_held_by_another_user_is_not_sent(copy: SyncCopy) -> None:
     assert [paths(c) for c in api.commits] == [["b.txt"]]
     assert report.locked == ["a.txt"] and report.unsynced == 1
     assert isinstance(copy.state.all_files()["b.txt"], FileRecord)
+
+
+@pytest.mark.parametrize("refusal", [
+    MissingChunks("missing_chunks", "chunks missing", 409, {}),  # a server that ignored them
+    BadChunk("bad_chunk", "chunk does not hash to its name", 400, {}),
+    ServerRefused("too_large", "inline chunks over 16384 bytes", 413, {}),
+])
+def test_chunks_the_commit_could_not_carry_are_uploaded_next(
+    copy: SyncCopy, refusal: ServerRefused
+) -> None:
+    (copy.directory / "a.txt").write_bytes(b"alpha")
+    api = ScriptedServer(refusal)
+    base = copy.state.all_files()
+    report = SyncReport()
+    pushing = Push(copy.ctx, api, copy.scanner.scan(base), base, report, NullProgress())
+    pushing.inline = InlineUpload(32 * 1024)
+    done(pushing.run())
+    assert isinstance(api.inline[0], str) and api.inline[1:] == [None]
+    assert len(api.stored) == 1 and report.uploaded == 1 and pushing.inline is None

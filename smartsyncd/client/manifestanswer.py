@@ -1,0 +1,32 @@
+"""A manifest answer of the server (``GET``/``POST .../manifests``) checked into a ``Manifest``:
+whole or as a delta against a base the client named, and always against its content id."""
+
+from __future__ import annotations
+
+from smartsyncd.client.errors import ProtocolError
+from smartsyncd.client.wire import JSONObject, field, obj
+from smartsyncd.core.errors import SyncError
+from smartsyncd.core.manifest import apply_delta, chunks_from_json, content_id
+from smartsyncd.core.model import Manifest
+
+
+def manifest_item(content: str, base: Manifest | None) -> dict[str, str]:
+    return {"content": content} if base is None else {"content": content, "base": base.content}
+
+
+def parse_manifest(data: JSONObject, content: str, base: Manifest | None) -> Manifest:
+    """One manifest answer (whole, or a delta against ``base``), checked against ``content``."""
+    size = field(data, "size", int, "manifest")
+    try:
+        if "delta" in data:
+            delta = obj(data["delta"], "manifest delta")
+            if base is None or delta.get("base") != base.content:
+                raise ProtocolError("manifest delta names a base this client did not ask for")
+            chunks = apply_delta(base.chunks, delta.get("ops"))
+        else:
+            chunks = chunks_from_json(data.get("chunks"))
+    except SyncError as exc:
+        raise ProtocolError(f"server sent a malformed manifest: {exc.message}") from exc
+    if content_id(chunks) != content or sum(c.size for c in chunks) != size:
+        raise ProtocolError(f"server sent a manifest that does not match content {content}")
+    return Manifest(content=content, size=size, chunks=chunks)
