@@ -15,7 +15,6 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from smartsyncd.core import bodycodec
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore, CommitResult
 from smartsyncd.web.access import Access, Authorizer, add_route, engagement_route
 from smartsyncd.web.bodies import expect_object, read_body
@@ -30,6 +29,7 @@ from smartsyncd.web.parse import (
     hash_list,
     json_body,
     parse_commit,
+    parse_encoded_commit,
     parse_json_off_reactor,
 )
 from smartsyncd.web.pool import RunBlocking
@@ -102,14 +102,14 @@ class PushRoutes:
         limits = self._limits
         body = read_body(request, limits.json_body)
         encoding = content_encoding(request)
-        if encoding is not None:
-            body = await self._run_blocking(bodycodec.decode, body, encoding, limits.json_body)
         # a batch of a few hundred changes already takes tens of ms to parse and check: off the
-        # reactor, which meanwhile keeps reading the same client's chunk uploads
-        if len(body) > INLINE_JSON_BYTES:
-            parsed: ParsedCommit = await self._run_blocking(parse_commit, body, limits)
+        # reactor, which meanwhile keeps reading the same client's chunk uploads. Compressed, it
+        # is decompressed piece by piece as it is parsed (web/parse.py parse_encoded_commit).
+        if encoding is not None or len(body) > INLINE_JSON_BYTES:
+            parsed: ParsedCommit = await self._run_blocking(parse_encoded_commit, body, encoding, limits)
         else:
             parsed = parse_commit(body, limits)
+        del body  # a large commit's body is 25 MB: not held through the store's transaction
         eng = access.engagement
         user = access.session.user
         store, generation = await self._identity.get()
