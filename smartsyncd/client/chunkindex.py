@@ -14,6 +14,7 @@ hash (``localfs.read_chunk``) and fetched when it does not match."""
 
 from __future__ import annotations
 
+import heapq
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
@@ -28,6 +29,7 @@ SEGMENT_MIN = 1024  # a file of this many chunks or more is kept as a packed seg
 _POS_BITS = 20
 SEGMENT_MAX = 1 << _POS_BITS  # entries of one segment (a key keeps the position in 20 bits)
 _POS_MASK = (1 << _POS_BITS) - 1
+_SORT_BLOCK = 1 << 16
 _PREFIX_HEX = (64 - _POS_BITS) // 4  # 11 hex digits: the digest's first 44 bits
 
 Location = tuple[str, int, int]
@@ -74,14 +76,24 @@ def _segment(number: int, chunks: Iterable[ChunkRef], offset: int) -> tuple[_Seg
             offsets.append(offset)
             sizes.append(chunk.size)
             offset += chunk.size
-    keys = array("Q", sorted(p << _POS_BITS | pos for pos, p in enumerate(prefixes)))
-    return _Segment(keys, offsets, sizes, [0], [number]), offset
+    return _Segment(_sorted_keys(prefixes), offsets, sizes, [0], [number]), offset
+
+
+def _sorted_keys(prefixes: array[int]) -> array[int]:
+    """The keys ``prefix << 20 | position``, sorted: blocks of ``_SORT_BLOCK`` sorted as lists,
+    then merged into the array as they come, so no list of every key exists at once (550,000
+    Python ints are 22 MB)."""
+    blocks = [
+        array("Q", sorted(p << _POS_BITS | pos for pos, p in enumerate(prefixes[at : at + _SORT_BLOCK], at)))
+        for at in range(0, len(prefixes), _SORT_BLOCK)
+    ]
+    return blocks[0] if len(blocks) == 1 else array("Q", heapq.merge(*blocks))
 
 
 def _merge(a: _Segment, b: _Segment) -> _Segment:
     """``a`` then ``b`` as one segment (``a``'s entries first: an equal prefix finds ``a``'s)."""
     shift = len(a)
-    keys = array("Q", sorted([*a.keys, *(k + shift for k in b.keys)]))
+    keys = array("Q", heapq.merge(a.keys, (k + shift for k in b.keys)))
     return _Segment(keys, a.offsets + b.offsets, a.sizes + b.sizes,
                     a.starts + [s + shift for s in b.starts], a.paths + b.paths)
 

@@ -87,6 +87,7 @@ def test_a_repeated_chunk_in_one_large_file_finds_its_first_place() -> None:
 
 def test_a_file_past_the_segment_limit_keeps_its_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chunkindex, "SEGMENT_MAX", 1500)
+    monkeypatch.setattr(chunkindex, "_SORT_BLOCK", 256)  # keys sorted in blocks, then merged
     chunks = _file(7, 4000)
     index = ChunkIndex()
     index.add("huge.bin", PackedChunks.of(chunks))
