@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from smartsyncd.client.casefold import probe_case_insensitive, rename_case, stored_spelling
-from smartsyncd.client.copycontext import CopyContext, log, offsets, remote_path_ok
+from smartsyncd.client.copycontext import CopyContext, log, remote_path_ok
 from smartsyncd.client.localfs import remove_file
 from smartsyncd.client.nofollow import LinkInPath, ensure_folder
 from smartsyncd.client.osfs import set_readonly
@@ -229,8 +229,7 @@ def chunk_index(base: Mapping[str, FileRecord]) -> ChunkIndex:
     index = ChunkIndex()
     for record in base.values():
         if record.chunks:
-            for chunk, offset in offsets(record.chunks):
-                index.setdefault(chunk.hash, (record.path, offset, chunk.size))
+            index.add(record.path, record.chunks)
     return index
 
 

@@ -173,8 +173,7 @@ class FileWriter:
         ]
         await ctx.run(ctx.state.update, records, ())
         for write, manifest, _ in done:
-            for chunk, offset in offsets(manifest.chunks):
-                index.setdefault(chunk.hash, (write.path, offset, chunk.size))
+            index.add(write.path, manifest.chunks)
         await ctx.run(ctx.keep_bases, [(w.path, w.content, w.size) for w, _, _ in done])
         self.report.downloaded += len(done)
 

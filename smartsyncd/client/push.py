@@ -57,11 +57,12 @@ from smartsyncd.core.paths import fold_key
 from smartsyncd.core.planner import Plan, PushPut, plan
 from smartsyncd.runtime.malloctune import fix_mmap_threshold
 
-# The push's upload of a copy with the default window: 16 MiB per request, two on the wire.
+# The push's upload of a copy with the default window: 8 MiB per request, two on the wire.
 # Each request costs the server an fsync of its pack, an fsync of the shard folder and a
 # transaction, and both sides per-request CPU (bench/upload_cpu.py --window; figures in
-# bench/RESULTS.md).
-BULK_UPLOAD_WINDOW_BYTES = 16 * 1024 * 1024
+# bench/RESULTS.md). 16 MiB was ~8% faster but held 3 x 16 MiB (the window being read and two
+# bodies) on top of the rest: 8 MiB keeps a 20 GB upload's client under 256 MB (issue 15).
+BULK_UPLOAD_WINDOW_BYTES = 8 * 1024 * 1024
 BULK_UPLOADS_IN_FLIGHT = 2
 READ_SPAN = 1024 * 1024  # reading for upload: back-to-back chunks this many bytes at a time
 PUSH_ATTEMPTS = 5
@@ -363,7 +364,7 @@ class Push:
         total = await ctx.run(wanted.total_bytes)
         if not total:
             return 0
-        fix_mmap_threshold()  # 16 MiB windows freed to the system, not kept as heap holes
+        fix_mmap_threshold()  # 8 MiB windows freed to the system, not kept as heap holes
         prog.start("upload", total)
         sent = 0
         try:

@@ -10,7 +10,7 @@ so a zstd bomb costs nothing (field-lessons.md, lesson 8).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import zstandard
 
@@ -20,6 +20,7 @@ ENCODING = "zstd"
 # Bodies smaller than this are sent as they are: compressing them saves less than a header.
 MIN_COMPRESS = 1024
 MAX_WINDOW = 8 * 1024 * 1024
+PIECE = 1024 * 1024  # decode_pieces: decompressed bytes per piece
 _local = threading.local()
 
 
@@ -112,3 +113,50 @@ def decode(data: bytes, encoding: str | None, cap: int) -> bytes:
     if len(out) > cap:
         raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
     return out
+
+
+def decode_pieces(data: bytes, encoding: str | None, cap: int, piece: int = PIECE) -> Iterator[bytes]:
+    """``decode``'s result in pieces of at most ``piece`` bytes (one piece when not compressed),
+    so a large commit body is never whole once decompressed; the same errors, raised while
+    iterating (a piece already yielded may precede them), and nothing held beyond one piece."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        if len(data) > cap:
+            raise TooLarge(f"body over the limit of {cap} bytes", limit=cap)
+        yield data
+        return
+    if name != ENCODING:
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use zstd or none",
+                         field="content-encoding")
+    got = 0
+    try:
+        if zstandard.frame_content_size(data) > cap:
+            raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        # read_to_iter stops at the end of the first frame: what follows is checked below
+        for part in dctx.read_to_iter(data, read_size=zstandard.DECOMPRESSION_RECOMMENDED_INPUT_SIZE,
+                                      write_size=piece):
+            got += len(part)
+            if got > cap:
+                raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
+            yield part
+        end = _frame_end(data)
+    except zstandard.ZstdError as e:
+        raise BadRequest(f"body is not a valid zstd frame: {e}") from None
+    if end != len(data):
+        raise BadRequest("body is not a valid zstd frame: data after the frame")
+
+
+def _frame_end(data: bytes) -> int:
+    """Where the zstd frame at the start of ``data`` ends (RFC 8878 section 3.1.1: the frame
+    header, blocks of a 3-byte header each, an optional 4-byte checksum), once the frame has
+    decompressed without error: a walk over the block headers, not a second decompression."""
+    pos = zstandard.frame_header_size(data)
+    while True:
+        if pos + 3 > len(data):
+            return -1
+        header = int.from_bytes(data[pos : pos + 3], "little")
+        pos += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)  # an RLE block holds one byte
+        if header & 1:  # the last block
+            break
+    return pos + 4 if zstandard.get_frame_parameters(data).has_checksum else pos

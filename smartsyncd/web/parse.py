@@ -19,7 +19,7 @@ from twisted.web.server import Request
 from smartsyncd.core import bodycodec, chunking, chunkstream, manifest
 from smartsyncd.core.errors import BadRequest, TooLarge
 from smartsyncd.core.jsonvalue import JSONDict, JSONValue
-from smartsyncd.core.manifestlift import lift_manifests
+from smartsyncd.core.manifestlift import NotLiftable, StreamLifter, lift_manifests
 from smartsyncd.core.model import MTIME_NS_MAX, MTIME_NS_MIN, ChunkRef, HistoryCheck, ProposedChange
 from smartsyncd.core.packed import PackedBuilder, PackedChunks
 from smartsyncd.core.paths import normalize_path
@@ -115,6 +115,29 @@ def parse_commit(body: bytes, limits: Limits) -> ParsedCommit:
     # large manifests are packed from the bytes, never parsed into lists (core/manifestlift.py)
     marker = secrets.token_hex(16) + ":"
     body, lifted = lift_manifests(body, marker, manifest.PACK_MIN_ENTRIES, manifest.DEFAULT_MAX_ENTRIES)
+    return _parse_lifted(body, lifted, marker, limits)
+
+
+def parse_encoded_commit(body: bytes, encoding: str | None, limits: Limits) -> ParsedCommit:
+    """``parse_commit`` of a body still in its ``Content-Encoding``: decompressed piece by
+    piece into a ``StreamLifter``, so a 20 GB file's commit (about 45 MB of JSON, 25 MB sent)
+    is never whole once decompressed, only its packed manifest (40 bytes per chunk) and the
+    rest of the body. A body the stream cannot lift (core/manifestlift.py ``NotLiftable``: it
+    is bad or oddly spelled) is decoded whole and parsed by ``parse_commit``, which refuses or
+    accepts it as before. Pure; for the CPU pool."""
+    marker = secrets.token_hex(16) + ":"
+    lifter = StreamLifter(marker, manifest.PACK_MIN_ENTRIES, manifest.DEFAULT_MAX_ENTRIES)
+    try:
+        for piece in bodycodec.decode_pieces(body, encoding, limits.json_body):
+            lifter.feed(piece)
+        rest, lifted = lifter.finish()
+    except NotLiftable:
+        return parse_commit(bodycodec.decode(body, encoding, limits.json_body), limits)
+    del lifter
+    return _parse_lifted(rest, lifted, marker, limits)
+
+
+def _parse_lifted(body: bytes, lifted: list[PackedChunks], marker: str, limits: Limits) -> ParsedCommit:
     obj = expect_object(parse_json(body))
     batch = get_str(obj, "batch", max_len=128, non_empty=True)
     items = get_list(obj, "changes", max_len=limits.changes_per_commit)

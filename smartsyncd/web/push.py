@@ -15,7 +15,6 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from smartsyncd.core import bodycodec
 from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore, CommitResult, WorkflowStore
 from smartsyncd.web.access import Access, Authorizer, add_route, engagement_route
@@ -33,6 +32,7 @@ from smartsyncd.web.parse import (
     hash_list,
     json_body,
     parse_commit,
+    parse_encoded_commit,
     parse_json_off_reactor,
 )
 from smartsyncd.web.pool import RunBlocking
@@ -111,14 +111,14 @@ class PushRoutes:
         limits = self._limits
         body = read_body(request, limits.json_body)
         encoding = content_encoding(request)
-        if encoding is not None:
-            body = await self._run_blocking(bodycodec.decode, body, encoding, limits.json_body)
         # a batch of a few hundred changes already takes tens of ms to parse and check: off the
-        # reactor, which meanwhile keeps reading the same client's chunk uploads
-        if len(body) > INLINE_JSON_BYTES:
-            parsed: ParsedCommit = await self._run_blocking(parse_commit, body, limits)
+        # reactor, which meanwhile keeps reading the same client's chunk uploads. Compressed, it
+        # is decompressed piece by piece as it is parsed (web/parse.py parse_encoded_commit).
+        if encoding is not None or len(body) > INLINE_JSON_BYTES:
+            parsed: ParsedCommit = await self._run_blocking(parse_encoded_commit, body, encoding, limits)
         else:
             parsed = parse_commit(body, limits)
+        del body  # a large commit's body is 25 MB: not held through the store's transaction
         eng = access.engagement
         user = access.session.user
         # the copy's report folded in (issue 15): checked before anything is written, recorded

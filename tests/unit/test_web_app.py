@@ -761,7 +761,7 @@ async def test_a_large_commit_is_parsed_off_the_reactor_and_applied(env: Env) ->
     assert r.status == 200, r.body
     assert r.json()["head"] == 1500
     assert {x["status"] for x in r.json()["results"]} == {"applied"}
-    assert "parse_commit" in env.offloaded
+    assert "parse_encoded_commit" in env.offloaded
 
 
 @in_memory
