@@ -488,6 +488,7 @@ async def both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) ->
         raise
     return a, await behind
 
+
 __all__ = [
     "SCAN_STEP", "SYNC_GC_THRESHOLD", "StateError", "StatusReport", "SyncCopy",
     "SyncReport", "fewer_gc_passes",

@@ -168,8 +168,6 @@ def test_the_first_bytes_wait_for_the_tcp_handshake_round_trip() -> None:
     assert far.received() == b"client hello"  # 1.5 round trips after the connect
 
 
-
-
 def test_two_connections_on_a_shared_link_get_its_rate_together_not_twice_it() -> None:
     clock = Clock()
     settings = LinkSettings(rtt=0.0, rate=100_000.0, burst=2000, packet=1000, buffer=10**9,
