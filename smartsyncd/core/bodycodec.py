@@ -106,8 +106,9 @@ def decode(data: bytes, encoding: str | None, cap: int) -> bytes:
                 if got > cap:
                     raise TooLarge(f"decompressed body over the limit of {cap} bytes", limit=cap)
                 out = b"".join(parts)
-            # one whole frame and nothing after it
-            dctx.decompress(data, max_output_size=max(len(out), 1), allow_extra_data=False)
+            # one whole frame and nothing after it (a second frame would be read as more body)
+            if _frame_end(data) != len(data):
+                raise BadRequest("body is not a valid zstd frame: data after the frame")
     except zstandard.ZstdError as e:
         raise BadRequest(f"body is not a valid zstd frame: {e}") from None
     if len(out) > cap:
