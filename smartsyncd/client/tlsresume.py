@@ -23,8 +23,9 @@ the traffic reveals, quantum computer or not. A connection that offers the ticke
   server that supports the hybrid: OpenSSL's default groups put the hybrid alone in the first
   preference tuple, so it is chosen over the X25519 share that was sent;
 - is watched: a server that resumed only after a HelloRetryRequest wants a key exchange on
-  every resumption (HAProxy terminating TLS, an older daemon), so the next offers carry the
-  default key shares instead (``dhe`` in the file) and save that round trip.
+  every resumption (HAProxy terminating TLS, an older daemon), so the chain's next offers carry
+  the default key shares instead (``dhe`` in the file) and save that round trip; a new chain
+  asks again.
 
 (Offering X25519 with ``psk_dhe_ke`` only, idea (a) of the issue, cannot be had from OpenSSL:
 its server picks the key-share group before and regardless of whether the ticket is accepted,
@@ -295,6 +296,7 @@ class ResumptionSlot:
             root = watch.offered_root
         elif is_post_quantum(negotiated_group(connection)):
             root = now
+            self._dhe = False  # a new chain asks the server again (it may have changed)
         else:
             self.refused_classical += 1
             return

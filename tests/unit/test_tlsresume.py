@@ -419,6 +419,9 @@ def test_a_server_that_resumes_only_with_key_exchange_gets_full_shares(tmp_path:
     assert again.resumed and again.group == HYBRID
     assert again.up > MLKEM_SHARE_UP and again.down > MLKEM_SHARE_DOWN
     assert again.up < retried.up  # one ClientHello, not two
+    clock = [9_000_000.0]  # the chain ends: a full handshake, and the server is asked again
+    assert not _saved_run(server, tmp_path, clock).resumed
+    assert json.loads(session_file(tmp_path, URL).read_bytes())["dhe"] is False
 
 
 def test_the_daemon_never_reads_early_data(tmp_path: Path) -> None:
