@@ -131,8 +131,7 @@ class _LeafCheckingCreator:
 
         connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
         if self._resumption is not None:
-            connection.set_info_callback(_resumed_leaf_check(judge))
-            self._resumption.prepare(connection)
+            self._resumption.prepare(connection, _resumed_leaf_check(judge))
         return connection
 
 

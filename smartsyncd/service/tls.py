@@ -16,10 +16,20 @@ by ``config.check_listen``.
 The listeners keep TLS sessions (issue 15): a client that kept a session ticket from its last
 run resumes with a short handshake (no certificate sent). The tickets are OpenSSL's stateful
 TLS 1.3 ones: a short identifier of a session held in the daemon's memory (OpenSSL's session
-cache, at most 20,480 sessions, each used once), for ``TICKET_LIFETIME``. There is no ticket
-key to steal or rotate; TLS 1.3 resumption still runs an (EC)DHE exchange, so a resumed
-session keeps forward secrecy. A restart or a certificate reload (a new context) forgets them,
-as does a daemon other than the one behind the balancer that issued them: a full handshake.
+cache, at most 20,480 sessions), for ``TICKET_LIFETIME``. There is no ticket key to steal or
+rotate. A restart or a certificate reload (a new context) forgets them, as does a daemon other
+than the one behind the balancer that issued them: a full handshake.
+
+A resumption may skip the key exchange (``psk_ke``: ``SSL_OP_ALLOW_NO_DHE_KEX`` and
+``SSL_OP_PREFER_NO_DHE_KEX``) when the client offers that mode: this client does, because its
+tickets come from a post-quantum handshake (``client/tlsresume.py`` has the reasoning), and it
+saves the 1.1 KB hybrid key share. A client that offers only ``psk_dhe_ke`` (browsers) resumes
+with a key exchange as before, and the groups are OpenSSL's defaults, the hybrid
+X25519MLKEM768 first. Tickets are single use: OpenSSL drops a stateful session from its cache
+when it is resumed only under its early-data anti-replay rule, so the context states 1 byte of
+early data (8 bytes more per ticket); the daemon never reads early data, and OpenSSL rejects
+it then (a client sends it again after the handshake). So a resumed ticket's secret leaves the
+daemon's memory, and only the newest ticket of each client's chain is held.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
@@ -248,12 +259,21 @@ def restrict_ciphers(endpoint: object) -> None:
         restrict_context_ciphers(context)
 
 
+# OpenSSL's option bits (ssl.h), not exported by pyOpenSSL.
+OP_ALLOW_NO_DHE_KEX = 1 << 10
+OP_PREFER_NO_DHE_KEX = 1 << 35
+# Early data stated in each ticket: not read, only there to make tickets single use.
+TICKET_EARLY_DATA = 1
+
+
 def restrict_context_ciphers(context: SSL.Context) -> None:
     """Limit TLS 1.2 on ``context`` to ``AEAD_CIPHERS``, and keep sessions for resumption
-    for ``TICKET_LIFETIME``."""
+    for ``TICKET_LIFETIME``, each resumed once, without key exchange if the client asks."""
     context.set_cipher_list(AEAD_CIPHERS.encode("ascii"))
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     context.set_timeout(TICKET_LIFETIME)
+    context.set_options(OP_ALLOW_NO_DHE_KEX | OP_PREFER_NO_DHE_KEX)
+    _lib.SSL_CTX_set_max_early_data(context._context, TICKET_EARLY_DATA)
 
 
 def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
