@@ -307,6 +307,7 @@ class CopyContact:
     store: str | None = None
     generation: int | None = None
     inline: int = 0  # raw chunk bytes a commit may carry (0: an older server; issue 15)
+    expect: int = 0  # a commit may carry the report with what the copy assumed (0: it may not)
 
 
 @dataclass(frozen=True)
@@ -530,7 +531,8 @@ def parse_contact(value: object) -> CopyContact:
                        ignore_etag=_str_or_none(data.get("ignore")),
                        head=field(data, "head", int, "report", optional=True),
                        store=store, generation=generation,
-                       inline=_int_or_none(data.get("inline")) or 0)
+                       inline=_int_or_none(data.get("inline")) or 0,
+                       expect=_int_or_none(data.get("expect")) or 0)
 
 
 def _int_or_none(value: object) -> int | None:
