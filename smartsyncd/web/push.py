@@ -3,7 +3,9 @@
 ``PushRoutes.add_to`` registers them behind the ``write`` check (web/access.py). A chunk
 upload's body is streamed, verified and written while it arrives (web/upload.py) and authorized
 before it is read; its route only waits for the durable result. A commit is parsed (off the
-reactor when large), applied in one store transaction, and wakes the long-polls it answers.
+reactor when large), applied in one store transaction, and wakes the long-polls it answers; one
+whose report says what the copy assumed (``report.expect``) is checked first, and refused with
+the report's answer when that no longer holds (web/copyreport.py).
 """
 
 from __future__ import annotations
