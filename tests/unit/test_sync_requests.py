@@ -23,10 +23,12 @@ import pytest
 from clientkit import MemoryServer, driven
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from webkit import PASSWORD
 
-from smartsyncd.client.errors import WipeOrdered
+from smartsyncd.client.errors import CopyAbandoned, SessionExpired, WipeOrdered
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.onerequest import OFFER_NAME
+from smartsyncd.storage.api import Grant
 
 
 class RecordingAPI(ServerAPI):
@@ -258,3 +260,43 @@ async def test_a_server_that_stops_offering_it_is_asked_the_old_way(
     assert (await copy.sync(api)).uploaded == 1
     assert api.take() == ["POST report", "POST chunks", "POST commit", "POST report"]
     assert await _unsynced(server) == [0]
+
+
+@driven
+async def test_an_abandoned_copy_commits_nothing(server: MemoryServer, tmp_path: Path) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await server.env.store.abandon_copy(server.env.alpha, copy.copy_id, "admin:root")
+    (tmp_path / "a" / "a.txt").write_bytes(b"work\n")
+    with pytest.raises(SessionExpired):  # its session ended with it, as its report would hear
+        await copy.sync(api)
+    assert api.take() == ["POST commit"]
+    assert await _log(server) == []
+    # signed in again, the commit is refused for the copy: the offer goes, the next sync reports
+    api.token = await api.login("alice", PASSWORD)
+    api.take()
+    with pytest.raises(CopyAbandoned):
+        await copy.sync(api)
+    assert api.take() == ["POST commit"]
+    assert await _log(server) == []
+    assert not (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+    with pytest.raises(CopyAbandoned):
+        await copy.sync(api)
+    assert api.take() == ["POST report"]
+
+
+@driven
+async def test_a_user_made_a_reader_since_the_last_report_is_told_as_before(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await server.env.store.grant(Grant("alpha", "user", "local:alice", "alice", "reader"))
+    (tmp_path / "a" / "a.txt").write_bytes(b"work\n")
+    report = await copy.sync(api)
+    # refused for the role: the report it skipped, then the push it decides, as before
+    assert api.take() == ["POST commit", "POST report", "POST commit"]
+    assert report.refused is not None and "reader" in report.refused and report.unsynced == 1
+    assert await _log(server) == [] and await _unsynced(server) == [1]
+    # a reader's report offers nothing: from now on it reports first
+    assert not (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+    await copy.sync(api)
+    assert api.take() == ["POST report", "POST commit"]
