@@ -31,6 +31,9 @@ from smartsyncd.core.packed import JSON_PIECE_ENTRIES, manifest_json
 
 # a JSON object as it arrives: its values are checked where they are read
 JSONObject = dict[str, object]
+# commits under 1 KiB are compressed too when that saves more than the header it costs
+SMALL_COMMIT = 256
+ENCODING_HEADER = len(b"Content-Encoding: zstd\r\n")
 _V = TypeVar("_V")
 
 
@@ -177,6 +180,11 @@ def encode_commit(
     data = b"".join(commit_pieces(batch, changes, history, extra))
     if compress and bodycodec.worth_compressing(data):
         return bodycodec.compress(data), b"zstd"
+    if compress and len(data) >= SMALL_COMMIT:
+        # a small edit's commit is mostly hex ids: zstd takes about a quarter off (issue 15)
+        packed = bodycodec.compress(data)
+        if len(packed) + ENCODING_HEADER < len(data):
+            return packed, b"zstd"
     return data, None
 
 
