@@ -49,9 +49,17 @@ async def contact(
         return None
 
 
-async def folded(ctx: CopyContext, unsynced: int, since: datetime | None) -> dict[str, object]:
-    """The report a commit carries (issue 15): what stays unsynced if the commit applies."""
-    return report_body(_host(), unsynced, since if unsynced else None, await _key_hash(ctx))
+async def folded(
+    ctx: CopyContext, unsynced: int, since: datetime | None,
+    expect: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The report a commit carries (issue 15): what stays unsynced if the commit applies;
+    ``expect`` (client/onerequest.py): the commit applies only while what the copy assumed
+    holds."""
+    body = report_body(_host(), unsynced, since if unsynced else None, await _key_hash(ctx))
+    if expect is not None:
+        body["expect"] = expect
+    return body
 
 
 def blocked(user: str, answer: CopyContact | None, paths: Iterable[str]) -> dict[str, str]:

@@ -11,7 +11,8 @@ each in its own module over one ``CopyContext`` (client/copycontext.py):
   persisted before sending; refusals are settled by type.
 - pull (client/pull.py, client/pullwrite.py): the log from ``last_seq``, each file re-checked
   against its base right before it is replaced; ``last_seq`` moves after files are durable.
-- server contact (client/contact.py): the copy's unsynced count, locks and sign-off state.
+- server contact (client/contact.py): the copy's unsynced count, locks and sign-off state;
+  a small edit's commit carries that report instead (client/onerequest.py).
 - watch (client/watch.py): sync again on a server notification or a local change.
 
 Errors are never deletions: a missing marker or folder stops the sync, an unreadable file is
@@ -25,6 +26,7 @@ import re
 import uuid
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +50,15 @@ from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
 from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.localfs import fsync_dir
+from smartsyncd.client.onerequest import (
+    Found,
+    Offer,
+    keep_offer,
+    offered,
+    push_alone,
+    read_offer,
+    small_push,
+)
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
 from smartsyncd.client.pullbatch import write_groups
@@ -62,6 +73,7 @@ from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
+from smartsyncd.client.wire import CopyContact
 from smartsyncd.core.ignore import rules_etag
 from smartsyncd.core.model import Change, FileState, is_folder
 from smartsyncd.core.planner import PullWrite, plan
@@ -300,34 +312,80 @@ class SyncCopy:
         await self._run(self.state.check_marker)
         await self._begin_sync()
         asked = await self._start_with_kept_rules(api)
+        offer = await self._run(read_offer, self.directory)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
-        scan, early, push_plan, waiting, since = await survey(ctx, api, base, report)
-        answer = await contact.contact(ctx, api, len(waiting), since)
+        found = Found(*await survey(ctx, api, base, report))
+        pushed: Push | None = None
+        answer: CopyContact | None = None
+        conflicts = len(report.conflicts)
+        if offer is not None and offer.url == api.base_url and small_push(
+            found.plan, found.scan.entries, base, offer.inline
+        ):
+            # a small edit: the commit carries the report and is the sync's one request
+            pushed, answer = await push_alone(
+                ctx, api, offer, found, base, report, prog, self.scanner.engagement_rules)
+        if pushed is None:
+            # the report first (its answer may have come with a refused commit: then no
+            # request more than today), then the push it lets this sync decide
+            found, answer, reported = await self._report_and_push(
+                api, offer, answer, asked, found, base, report, prog,
+                len(report.conflicts) > conflicts)
+        else:
+            reported = len(found.waiting) if pushed.reported is None else pushed.reported
+        await pull(ctx, api, report, prog)
+        if (answer is not None or pushed is not None) and report.unsynced != reported:
+            since = found.since if report.unsynced else None
+            await self._report(api, report.unsynced, since, offer)
+        await self._finish_sync(report, found.scan)
+        return report
+
+    async def _report(
+        self, api: Server, unsynced: int, since: datetime | None, offer: Offer | None
+    ) -> CopyContact | None:
+        """The copy report; what its answer offers is kept for the next run (issue 15)."""
+        answer = await contact.contact(self.ctx, api, unsynced, since)
+        if answer is not None and offered(api, answer) != offer:
+            await self._run(keep_offer, self.directory, offered(api, answer))
+        return answer
+
+    async def _report_and_push(
+        self, api: Server, offer: Offer | None, answer: CopyContact | None, asked: bool,
+        found: Found, base: dict[str, FileRecord], report: SyncReport, prog: Progress,
+        moved: bool = False,
+    ) -> tuple[Found, CopyContact | None, int]:
+        """The copy report (unless ``answer`` came already), then the push its answer lets this
+        sync decide: locked paths wait, a finalized engagement keeps everything local, newer
+        rules are fetched and the folder scanned again first (also when ``moved``: files were
+        moved aside). The look at the folder the push went by, the answer, and the unsynced count
+        the server has."""
+        ctx = self.ctx
+        if answer is None:
+            answer = await self._report(api, len(found.waiting), found.since, offer)
+        elif offered(api, answer) != offer:  # a refused commit's answer: kept as a report's
+            await self._run(keep_offer, self.directory, offered(api, answer))
         if answer is not None and answer.head is not None and answer.head == await ctx.last_seq():
             ctx.pulled_through = answer.head  # nothing new on the server: the pull asks nothing
-        if await self._rules_moved(api, answer.ignore_etag if answer else None, asked):
-            report.bytes_sent += early.bytes_sent  # the engagement's rules changed: rescan
-            scan, early, push_plan, waiting, since = await survey(ctx, api, base, report)
-        report.bytes_sent += early.bytes_sent
-        report.skipped.extend(scan.skipped)
-        report.skipped.extend(scan.errors)
+        if await self._rules_moved(api, answer.ignore_etag if answer else None, asked) or moved:
+            report.bytes_sent += found.early.bytes_sent  # the engagement's rules changed: rescan
+            found = Found(*await survey(ctx, api, base, report))
+        report.bytes_sent += found.early.bytes_sent
+        report.skipped.extend(found.scan.skipped)
+        report.skipped.extend(found.scan.errors)
         finalized = answer.finalized if answer else None
+        waiting = found.waiting
         reported = len(waiting)  # the unsynced count the server has
         if finalized:  # read-only: nothing to push; local changes stay local
             report.refused = finalized.describe() if waiting else None
             report.unsynced = len(waiting)
         else:
-            push = Push(ctx, api, scan, base, report, prog, push_plan, present=early.present)
+            push = Push(ctx, api, found.scan, base, report, prog, found.plan,
+                        present=found.early.present)
             if answer is not None:  # the report after the push rides in its commit (issue 15)
-                push.fold_report = partial(contact.folded, ctx, since=since)
+                push.fold_report = partial(contact.folded, ctx, since=found.since)
                 push.inline = InlineUpload(answer.inline) if answer.inline else None
             await push.run(contact.blocked(self.user, answer, waiting))
             reported = reported if push.reported is None else push.reported
-        await pull(ctx, api, report, prog)
-        if answer is not None and report.unsynced != reported:
-            await contact.contact(ctx, api, report.unsynced, since if report.unsynced else None)
-        await self._finish_sync(report, scan)
-        return report
+        return found, answer, reported
 
     async def _finish_sync(self, report: SyncReport, scan: ScanResult) -> None:
         self.scanner.forget_recent()

@@ -30,6 +30,18 @@ class SyncReport:
         refused, waiting for another's check-in, or skipped (each path says why)."""
         return bool(self.refused or self.locked or self.skipped)
 
+    def absorb(self, part: SyncReport) -> None:
+        """Take in what a push reported on its own (issue 15: a push that went without the
+        copy report): its counts added, its lists appended, its unsynced count and refusal."""
+        for name in ("uploaded", "bytes_sent", "downloaded", "bytes_received", "deleted_remote",
+                     "deleted_local"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.conflicts.extend(part.conflicts)
+        self.skipped.extend(part.skipped)
+        self.locked.extend(part.locked)
+        self.unsynced = part.unsynced
+        self.refused = part.refused or self.refused
+
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = asdict(self)
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]

@@ -31,6 +31,9 @@ from smartsyncd.core.packed import JSON_PIECE_ENTRIES, manifest_json
 
 # a JSON object as it arrives: its values are checked where they are read
 JSONObject = dict[str, object]
+# commits under 1 KiB are compressed too when that saves more than the header it costs
+SMALL_COMMIT = 256
+ENCODING_HEADER = len(b"Content-Encoding: zstd\r\n")
 _V = TypeVar("_V")
 
 
@@ -177,6 +180,11 @@ def encode_commit(
     data = b"".join(commit_pieces(batch, changes, history, extra))
     if compress and bodycodec.worth_compressing(data):
         return bodycodec.compress(data), b"zstd"
+    if compress and len(data) >= SMALL_COMMIT:
+        # a small edit's commit is mostly hex ids: zstd takes about a quarter off (issue 15)
+        packed = bodycodec.compress(data)
+        if len(packed) + ENCODING_HEADER < len(data):
+            return packed, b"zstd"
     return data, None
 
 
@@ -307,6 +315,7 @@ class CopyContact:
     store: str | None = None
     generation: int | None = None
     inline: int = 0  # raw chunk bytes a commit may carry (0: an older server; issue 15)
+    expect: int = 0  # a commit may carry the report with what the copy assumed (0: it may not)
 
 
 @dataclass(frozen=True)
@@ -530,7 +539,8 @@ def parse_contact(value: object) -> CopyContact:
                        ignore_etag=_str_or_none(data.get("ignore")),
                        head=field(data, "head", int, "report", optional=True),
                        store=store, generation=generation,
-                       inline=_int_or_none(data.get("inline")) or 0)
+                       inline=_int_or_none(data.get("inline")) or 0,
+                       expect=_int_or_none(data.get("expect")) or 0)
 
 
 def _int_or_none(value: object) -> int | None:

@@ -116,13 +116,14 @@ class SyncAPI:
         ).add_to(
             app, self.authorizer
         )
+        workflow = WorkflowRoutes(
+            store, notifier, limits, now, self.read_audit, store, (store, identity),
+            INLINE_RAW_BYTES)
         PushRoutes(
             store, store, self.authorizer, identity, self.longpolls, run_blocking, limits, now, store,
-            InlineChunks(self.authorizer, store, deltas, run_blocking),
+            InlineChunks(self.authorizer, store, deltas, run_blocking), workflow.answers,
         ).add_to(app)
-        add_workflow_routes(app, self.authorizer, WorkflowRoutes(
-            store, notifier, limits, now, self.read_audit, store, (store, identity),
-            INLINE_RAW_BYTES))
+        add_workflow_routes(app, self.authorizer, workflow)
         add_review_routes(app, self.authorizer, ReviewRoutes(store, notifier, limits, now))
         resolver = GranteeResolver(store, directory)
         add_manage_routes(app, self.authorizer, ManageRoutes(store, store, resolver, limits))

@@ -3,7 +3,9 @@
 ``PushRoutes.add_to`` registers them behind the ``write`` check (web/access.py). A chunk
 upload's body is streamed, verified and written while it arrives (web/upload.py) and authorized
 before it is read; its route only waits for the durable result. A commit is parsed (off the
-reactor when large), applied in one store transaction, and wakes the long-polls it answers.
+reactor when large), applied in one store transaction, and wakes the long-polls it answers; one
+whose report says what the copy assumed (``report.expect``) is checked first, and refused with
+the report's answer when that no longer holds (web/copyreport.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from smartsyncd.core.errors import BadRequest
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore, CommitResult, WorkflowStore
 from smartsyncd.web.access import Access, Authorizer, add_route, engagement_route
 from smartsyncd.web.bodies import expect_object, read_body
-from smartsyncd.web.copyreport import parse_report
+from smartsyncd.web.copyreport import ReportAnswers, parse_report
 from smartsyncd.web.errors import send_json
 from smartsyncd.web.inlinechunks import InlineChunks
 from smartsyncd.web.limits import Limits
@@ -58,11 +60,14 @@ class PushRoutes:
         now: Callable[[], datetime],
         copies: WorkflowStore | None = None,
         inline: InlineChunks | None = None,
+        answers: ReportAnswers | None = None,
     ) -> None:
         """``copies``: where a report folded into a commit is recorded (None: not taken);
-        ``inline``: stores the small uploads a commit carries (None: refused)."""
+        ``inline``: stores the small uploads a commit carries (None: refused); ``answers``:
+        checks a report's ``expect`` and answers for it (None: such a commit is refused)."""
         self._copies = copies
         self._inline = inline
+        self._answers = answers
         self._chunks = chunks
         self._changelog = changelog
         self._authorizer = authorizer
@@ -125,6 +130,14 @@ class PushRoutes:
         # after the commit; a request that does not name its copy has no report to record
         copy = copy_header(request)
         report = None if parsed.report is None else parse_report(parsed.report, "report.")
+        if report is not None and report.expect is not None:
+            # an edit sync in one request: what the report's answer would have let the copy
+            # decide is checked before anything is stored (409 expect_unmet carries it)
+            if copy is None or self._answers is None or self._copies is None:
+                raise BadRequest("this commit cannot check 'report.expect': report alone first",
+                                 field="report.expect")
+            paths = (c.path for c in parsed.changes)
+            await self._answers.refuse_if_unmet(access, copy, report, parsed.check, paths)
         if parsed.chunks is not None:  # stored durably before the commit's transaction
             if self._inline is None:
                 raise BadRequest("this server takes no chunks in a commit", field="chunks")

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from klein import Klein
 from twisted.web.server import Request
 
 from smartsyncd.core.errors import BadRequest
-from smartsyncd.core.ignore import EngagementRules, rules_etag
 from smartsyncd.core.locks import MAX_LOCK_SECONDS
 from smartsyncd.core.model import is_folder
 from smartsyncd.core.paths import normalize_path
-from smartsyncd.storage.api import ChangeLogStore, EngagementStatus, WorkflowStore
-from smartsyncd.storage.lifecycle import deadline_warning
+from smartsyncd.storage.api import ChangeLogStore, WorkflowStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import (
     asks_folders,
@@ -37,7 +34,7 @@ from smartsyncd.web.bodies import (
     read_json,
 )
 from smartsyncd.web.clientaddr import client_address
-from smartsyncd.web.copyreport import key_hash, parse_report
+from smartsyncd.web.copyreport import ReportAnswers, RulesLookup, key_hash, parse_report
 from smartsyncd.web.errors import send_json
 from smartsyncd.web.history import check_from_body
 from smartsyncd.web.limits import Limits
@@ -47,21 +44,13 @@ from smartsyncd.web.pull import StoreIdentity
 from smartsyncd.web.push import log_commit
 from smartsyncd.web.readaudit import ReadAudit
 from smartsyncd.web.shapes import (
-    JsonObject,
     copy_json,
     export_file_json,
-    finalized_json,
     iso_utc,
     lock_json,
     result_json,
     version_json,
 )
-
-
-class RulesLookup(Protocol):
-    """Where a copy report reads the engagement's ignore rules (for their ETag)."""
-
-    async def ignore_rules(self, engagement_id: int) -> EngagementRules | None: ...
 
 
 class WorkflowRoutes:
@@ -81,10 +70,9 @@ class WorkflowRoutes:
         """``log``: where a copy report that names the copy's place in the log (``history``)
         reads the head it answers with (None: such reports are answered without it);
         ``inline``: the raw chunk bytes a commit may carry, advertised in its answer."""
-        self._log = log
-        self._inline = inline
+        # the report's answer, shared with a commit that expected it (web/copyreport.py)
+        self.answers = ReportAnswers(store, rules, log, inline, now)
         self._store = store
-        self._rules = rules
         self._notifier = notifier
         self._limits = limits
         self._now = now
@@ -166,41 +154,7 @@ class WorkflowRoutes:
         body = expect_object(read_json(request, self._limits.small_json))
         report = parse_report(body)
         check = check_from_body(body)  # the copy's place in the log: the answer has the head
-        eid, session = access.engagement.id, access.session
-        record = await report.record(self._store, eid, copy, session.user, session.id)
-        status = await self._store.engagement_status(eid)
-        locks = await self._store.list_locks(eid)
-        rules = await self._rules.ignore_rules(eid)
-        answer: JsonObject = {
-            "copy": copy_json(record),
-            "finalized": finalized_json(status),
-            "locks": [lock_json(lock) for lock in locks],
-            "deadline": deadline_json(status, record.unsynced, self._now()),
-            # the rules' ETag: a copy whose kept rules are older fetches them before pushing
-            "ignore": rules_etag(rules.digest if rules else None),
-        }
-        if check is not None and self._log is not None:
-            # checked as the changes feed checks it (409 history_diverged: a restored store);
-            # a copy at the head asks nothing more this sync (issue 15: a no-op sync is one
-            # request)
-            changelog, identity = self._log
-            answer["head"], _ = await changelog.changes_since(eid, check.seq, 1, check=check)
-            answer["store"], answer["generation"] = await identity.get()
-            del answer["copy"]  # the copy's own record: this client never reads it back
-            if self._inline:
-                answer["inline"] = self._inline  # small uploads may ride in the commit
-        return send_json(request, answer)
-
-
-def deadline_json(status: EngagementStatus, unsynced: int, now: datetime) -> JsonObject | None:
-    """The assembly deadline (issue 20) and, near it, a warning for a copy with unsynced work."""
-    if status.assembly_deadline is None:
-        return None
-    return {
-        "at": iso_utc(status.assembly_deadline),
-        "report_date": None if status.report_date is None else iso_utc(status.report_date),
-        "warning": deadline_warning(status.assembly_deadline, status.finalized, unsynced, now),
-    }
+        return send_json(request, await self.answers.answer(access, copy, report, check))
 
 
 def add_workflow_routes(app: Klein, authorizer: Authorizer, routes: WorkflowRoutes) -> None:

@@ -1,24 +1,38 @@
 """Requests per sync (issue 15, "fewer bytes per small sync"): the real client and the real
 server Site in memory (tests/unit/clientkit.py), each request the client sends recorded.
 
-A no-op sync is one request (the copy report, whose answer says the log's head); an edit
-sync's report after the push rides in the commit; a server older than both (it ignores the
-fields it does not know) gets today's flow, with nothing lost.
+A no-op sync is one request (the copy report, whose answer says the log's head); a small edit
+sync is one request too (the commit carries the report and what the copy assumed,
+client/onerequest.py), compressed when that makes it smaller; a server older than both (it
+ignores the fields it does not know) gets the old flow, with nothing lost.
+
+When an assumption no longer holds (another user's lock, a finalized engagement, new ignore
+rules), the commit is refused with what the report alone would have answered and the sync goes
+on from there exactly as after a report: the same outcome and user message, no request more.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import uuid
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pytest
 from clientkit import MemoryServer, driven
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from webkit import PASSWORD
 
+from smartsyncd.client.errors import CopyAbandoned, SessionExpired, WipeOrdered
 from smartsyncd.client.http import ServerAPI
+from smartsyncd.client.onerequest import OFFER_NAME
+from smartsyncd.client.wire import CommitChange, ManifestDelta, encode_commit
+from smartsyncd.core import bodycodec
+from smartsyncd.storage.api import Grant
 
 
 class RecordingAPI(ServerAPI):
@@ -51,7 +65,10 @@ class OlderServer(Resource):
         path = request.path.rstrip(b"/")
         if request.method == b"POST" and (path.endswith(b"/report") or path.endswith(b"/commit")):
             raw = request.content.read()
-            body = json.loads(raw)  # small commits go uncompressed
+            if request.getHeader(b"content-encoding") == b"zstd":  # a small commit may be
+                raw = bodycodec.decode(raw, "zstd", 1 << 20)
+                request.requestHeaders.removeHeader(b"content-encoding")
+            body = json.loads(raw)
             body.pop("history" if path.endswith(b"/report") else "report", None)
             request.content = BytesIO(json.dumps(body).encode())
         return self.app.render(request)
@@ -74,22 +91,24 @@ async def test_a_no_op_sync_is_one_request(server: MemoryServer, tmp_path: Path)
 
 
 @driven
-async def test_an_edit_sync_reports_in_its_commit(server: MemoryServer, tmp_path: Path) -> None:
+async def test_an_edit_sync_is_one_request(server: MemoryServer, tmp_path: Path) -> None:
     copy, api = await _copy(server, tmp_path, "a")
     notes = tmp_path / "a" / "notes.txt"
     notes.write_bytes(b"first version\n" * 50)
     assert (await copy.sync(api)).uploaded == 1
-    # a small new file's chunks go in the commit (client/inline.py), as does the report after
-    assert api.take() == ["POST report", "POST commit"]
+    # the last report offered it: a small new file's chunks and the report ride in the commit
+    assert api.take() == ["POST commit"]
     notes.write_bytes(b"second version\n" * 50)
     report = await copy.sync(api)
     assert report.uploaded == 1 and report.unsynced == 0
-    # no upload, no second report, no changes feed: the commit was the head by itself
-    assert api.take() == ["POST report", "POST commit"]
+    # no report, no upload, no changes feed: the commit was the head by itself
+    assert api.take() == ["POST commit"]
     copies = await server.env.store.list_copies(server.env.alpha)
     assert [(c.copy_id, c.unsynced) for c in copies] == [(copy.copy_id, 0)]
     assert (await copy.sync(api)).uploaded == 0
     assert api.take() == ["POST report"]
+    (_head, changes) = await server.env.store.changes_since(server.env.alpha, 0, 10)
+    assert [(c.path, c.size) for c in changes] == [("notes.txt", 700), ("notes.txt", 750)]
 
 
 @driven
@@ -140,3 +159,165 @@ async def test_many_tiny_new_files_go_ahead_of_the_commit(server: MemoryServer, 
         (tmp_path / "a" / f"n{i:02d}.txt").write_bytes(b"note %d\n" % i)
     assert (await copy.sync(api)).uploaded == 70
     assert api.take() == ["POST report", "POST chunks", "POST commit"]
+
+
+# -- a commit that carries the report, refused: the sync goes on as after a report -------------
+
+
+async def _log(server: MemoryServer) -> list[tuple[str, str]]:
+    _head, changes = await server.env.store.changes_since(server.env.alpha, 0, 100)
+    return [(c.path, c.user) for c in changes]
+
+
+async def _unsynced(server: MemoryServer) -> list[int]:
+    return [c.unsynced for c in await server.env.store.list_copies(server.env.alpha)]
+
+
+@driven
+async def test_a_file_another_user_checked_out_waits_as_after_a_report(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    notes = tmp_path / "a" / "notes.txt"
+    notes.write_bytes(b"v1\n")
+    await copy.sync(api)
+    bob = await server.api("bob")
+    await bob.checkout("alpha", "notes.txt")
+    api.take()
+    notes.write_bytes(b"v2, while bob has it\n")
+    (tmp_path / "a" / "other.txt").write_bytes(b"not locked\n")
+    report = await copy.sync(api)
+    # the commit refused with the report's answer (nothing applied), then the push it lets
+    # the sync decide: two requests, as a report and a commit were
+    assert api.take() == ["POST commit", "POST commit"]
+    assert report.locked == ["notes.txt"] and report.uploaded == 1 and report.unsynced == 1
+    [(path, why)] = report.skipped
+    # the message of the report's locks (client/contact.py), not the commit's refusal
+    assert path == "notes.txt" and why.startswith("checked out by bob since")
+    assert why.endswith("; kept locally until check-in")
+    assert await _log(server) == [("notes.txt", "alice"), ("other.txt", "alice")]
+    assert notes.read_bytes() == b"v2, while bob has it\n"
+    assert await _unsynced(server) == [1]
+
+
+@driven
+async def test_a_finalized_engagement_keeps_the_edit_local_in_one_request(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    notes = tmp_path / "a" / "notes.txt"
+    notes.write_bytes(b"v1\n")
+    await copy.sync(api)
+    api.take()
+    await server.env.store.finalize(server.env.alpha, "admin:root", "signed off", True)
+    notes.write_bytes(b"too late\n")
+    report = await copy.sync(api)
+    assert api.take() == ["POST commit"]  # refused: the report's answer says finalized
+    assert report.refused is not None and report.refused.startswith("the engagement was finalized")
+    assert report.unsynced == 1 and report.uploaded == 0
+    assert await _log(server) == [("notes.txt", "alice")]
+    assert notes.read_bytes() == b"too late\n"
+    assert await _unsynced(server) == [1]  # recorded as the report alone would have been
+
+
+@driven
+async def test_new_engagement_rules_are_fetched_before_anything_is_pushed(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await server.env.store.set_ignore_rules("alpha", "*.tmp\n")
+    (tmp_path / "a" / "scratch.tmp").write_bytes(b"scratch\n")
+    (tmp_path / "a" / "a.txt").write_bytes(b"work\n")
+    report = await copy.sync(api)
+    # refused (the rules moved), the new rules fetched, the folder scanned again, then pushed
+    assert api.take() == ["POST commit", "GET ignore", "POST commit"]
+    assert report.uploaded == 1 and report.skipped == [] and report.unsynced == 0
+    assert await _log(server) == [("a.txt", "alice")]
+
+
+@driven
+async def test_a_wipe_order_answers_the_commit_and_nothing_is_committed(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await server.env.store.order_wipe(server.env.alpha, copy.copy_id, "admin:root")
+    (tmp_path / "a" / "a.txt").write_bytes(b"work\n")
+    with pytest.raises(WipeOrdered):
+        await copy.sync(api)
+    assert api.take() == ["POST commit"]
+    assert await _log(server) == []
+    # the next sync reports first, as before the offer (client/onerequest.py)
+    assert not (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+
+
+@driven
+async def test_a_server_that_stops_offering_it_is_asked_the_old_way(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    assert (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+    site = server.env.stub.site
+    site.resource = OlderServer(site.resource)  # the daemon downgraded
+    (tmp_path / "a" / "notes.txt").write_bytes(b"an edit\n")
+    assert (await copy.sync(api)).uploaded == 1
+    # it ignored what it did not know: the commit applied, and no "reported" in its answer
+    assert api.take() == ["POST commit", "POST report"]
+    assert not (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+    (tmp_path / "a" / "notes.txt").write_bytes(b"a second edit\n")
+    assert (await copy.sync(api)).uploaded == 1
+    assert api.take() == ["POST report", "POST chunks", "POST commit", "POST report"]
+    assert await _unsynced(server) == [0]
+
+
+@driven
+async def test_an_abandoned_copy_commits_nothing(server: MemoryServer, tmp_path: Path) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await server.env.store.abandon_copy(server.env.alpha, copy.copy_id, "admin:root")
+    (tmp_path / "a" / "a.txt").write_bytes(b"work\n")
+    with pytest.raises(SessionExpired):  # its session ended with it, as its report would hear
+        await copy.sync(api)
+    assert api.take() == ["POST commit"]
+    assert await _log(server) == []
+    # signed in again, the commit is refused for the copy: the offer goes, the next sync reports
+    api.token = await api.login("alice", PASSWORD)
+    api.take()
+    with pytest.raises(CopyAbandoned):
+        await copy.sync(api)
+    assert api.take() == ["POST commit"]
+    assert await _log(server) == []
+    assert not (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+    with pytest.raises(CopyAbandoned):
+        await copy.sync(api)
+    assert api.take() == ["POST report"]
+
+
+@driven
+async def test_a_user_made_a_reader_since_the_last_report_is_told_as_before(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await server.env.store.grant(Grant("alpha", "user", "local:alice", "alice", "reader"))
+    (tmp_path / "a" / "a.txt").write_bytes(b"work\n")
+    report = await copy.sync(api)
+    # refused for the role: the report it skipped, then the push it decides, as before
+    assert api.take() == ["POST commit", "POST report", "POST commit"]
+    assert report.refused is not None and "reader" in report.refused and report.unsynced == 1
+    assert await _log(server) == [] and await _unsynced(server) == [1]
+    # a reader's report offers nothing: from now on it reports first
+    assert not (tmp_path / "a" / ".smartsync" / OFFER_NAME).exists()
+    await copy.sync(api)
+    assert api.take() == ["POST report", "POST commit"]
+
+
+def test_a_small_commit_goes_compressed_when_that_is_smaller() -> None:
+    ids = [secrets.token_hex(32) for _ in range(4)]  # hex ids, as random as real ones
+    edit = CommitChange("x.py", "put", 1, ids[0], 3007,
+                        delta=ManifestDelta(ids[1], [["add", [[ids[2], 3007]]]]))
+    history = {"seq": 1, "hash": ids[3], "store": str(uuid.uuid4()), "generation": 1}
+    plain, none = encode_commit(str(uuid.uuid4()), [edit], history, compress=False)
+    data, encoding = encode_commit(str(uuid.uuid4()), [edit], history, compress=True)
+    assert none is None and encoding == b"zstd" and len(plain) < bodycodec.MIN_COMPRESS
+    assert len(data) + len(b"Content-Encoding: zstd\r\n") < len(plain) * 0.85
+    assert json.loads(bodycodec.decode(data, "zstd", 1 << 20))["changes"] == [edit.to_json()]
+    tiny, encoding = encode_commit("b", [CommitChange.delete("a.txt", 1)], None, compress=True)
+    assert encoding is None and json.loads(tiny)["changes"][0]["path"] == "a.txt"
