@@ -42,7 +42,6 @@ from smartsyncd.client.copycontext import (
     CopyContext,
     RunBlocking,
     log,
-    remote_path_ok,
 )
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
@@ -50,8 +49,14 @@ from smartsyncd.client.inline import InlineUpload
 from smartsyncd.client.localfs import fsync_dir
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
-from smartsyncd.client.pullbatch import write_groups
-from smartsyncd.client.pullwrite import FileWriter, Write, prune_partials
+from smartsyncd.client.pullbatch import (
+    ask_first_manifests,
+    clone_writes,
+    drop_asked,
+    fired,
+    write_groups,
+)
+from smartsyncd.client.pullwrite import FileWriter, prune_partials
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, survey
@@ -63,8 +68,8 @@ from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
 from smartsyncd.core.ignore import rules_etag
-from smartsyncd.core.model import Change, FileState, is_folder
-from smartsyncd.core.planner import PullWrite, plan
+from smartsyncd.core.model import Change, FileState, Manifest
+from smartsyncd.core.planner import plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 
 A = TypeVar("A")
@@ -214,21 +219,37 @@ class SyncCopy:
         await run(_prepare_empty_dir, path)
         # the snapshot checks access before anything is created; the session goes with it
         (head, files), session = await both(api.snapshot(engagement), api.session())
-        meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
-        state = await run(ClientState.create, path, meta)
+        # on the wire while the copy is made and its rules asked (one round trip less)
+        asked: Deferred[dict[str, Manifest]] | None = ask_first_manifests(
+            api, engagement, clone_writes(files), window_bytes)
+        registered: Deferred[None] | None = None
         try:
-            lock = await run(CopyLock.acquire, path)
+            meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
+            state = await run(ClientState.create, path, meta)
+            try:
+                lock = await run(CopyLock.acquire, path)
+            except BaseException:
+                state.close()
+                raise
         except BaseException:
-            state.close()
+            drop_asked(asked)
             raise
         copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes,
                    lock=lock)
         try:
             await run(begin_sync, path)
-            await both(copy._load_engagement_rules(api), contact.register(copy.ctx, api))
-            report = await copy._clone_files(api, head, files, progress or NullProgress())
+            await copy._load_engagement_rules(api)
+            # after the rules, on their connection: not a third one beside the manifests;
+            # the large files' first window waits for it (pullbatch.write_groups ``hold``)
+            registered = Deferred.fromCoroutine(contact.register(copy.ctx, api))
+            report = await copy._clone_files(api, head, files, progress or NullProgress(),
+                                             asked, fired(registered))
+            asked = None
+            await registered
             await reconcile.after_clone(copy.state, run, api.snapshot_history)
         except BaseException:
+            drop_asked(asked)
+            drop_asked(registered)
             # the lock goes with the failure: the half-made copy can be opened again (in this
             # process too), and its next sync finishes the pull and removes the temp files
             copy.close()
@@ -240,26 +261,22 @@ class SyncCopy:
         return copy
 
     async def _clone_files(
-        self, api: Server, head: int, files: list[FileState], prog: Progress
+        self, api: Server, head: int, files: list[FileState], prog: Progress,
+        asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
     ) -> SyncReport:
         report = SyncReport()
-        live = [f for f in files if f.content is not None]
         writer = FileWriter(self.ctx, api, report, prog)
-        prog.start("download", sum(f.size for f in live))
+        prog.start("download", sum(f.size for f in files if f.content is not None))
         index = ChunkIndex()
-        writes: list[Write] = []
-        rules = (await self._run(load_rules, self.directory, [])).with_engagement(
-            self.scanner.engagement_rules)
-        for f in sorted(live, key=lambda f: f.path):
-            assert f.content is not None
-            if not remote_path_ok(f.path):
-                report.skipped.append((f.path, "server sent an invalid path; not written"))
-                continue
-            if rules.ignores(f.path) or (is_folder(f.content) and rules.ignores(f.path + "/")):
-                continue  # left on the server, as a pull leaves it (core/planner.py)
-            writes.append((PullWrite(f.path, f.seq, f.content, f.size, None, f.mtime_ns, f.readonly), None))
         try:
-            await write_groups(writer, writes, index)
+            rules = (await self._run(load_rules, self.directory, [])).with_engagement(
+                self.scanner.engagement_rules)
+        except BaseException:
+            drop_asked(asked)
+            raise
+        writes = clone_writes(files, rules.ignores, report)
+        try:
+            await write_groups(writer, writes, index, asked, hold)
         finally:
             prog.finish()
         # a file that did not fit on the disk: the next sync follows the log from the start
