@@ -377,8 +377,11 @@ async def run(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    wait_for_close: bool = True,
 ) -> int:
-    """Run one command; returns the exit code (never raises except on cancel)."""
+    """Run one command; returns the exit code (never raises except on cancel).
+    ``wait_for_close``: False when the process exits right after (``main``): the server's
+    answer to closing each connection is not waited for."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -426,7 +429,7 @@ async def run(
         if session is not None:
             session.progress.finish()
             # a command that failed leaves the settings folder as it found it
-            await session.close(keep_tls_sessions=code == 0)
+            await session.close(keep_tls_sessions=code == 0, wait=wait_for_close)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -439,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     unfinished = [False]  # the reactor stopped before the command ended (a watch cancelled)
 
     async def _main(reactor: Any) -> None:
-        command = Deferred.fromCoroutine(run(reactor, arguments))
+        command = Deferred.fromCoroutine(run(reactor, arguments, wait_for_close=False))
         interrupted = False
         reactor.addSystemEventTrigger(
             "after", "shutdown", lambda: unfinished.__setitem__(0, not command.called))
