@@ -470,8 +470,26 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         react(_main)
     except SystemExit as done:
         if unfinished[0] and done.code in (0, None):
-            raise SystemExit(EXIT_INTERRUPTED) from None
-        raise
+            _leave(EXIT_INTERRUPTED)
+        _leave(done.code)
+
+
+def _leave(code: object) -> NoReturn:
+    """Exit now, skipping the interpreter's teardown (about 0.1 s after a clone of 1,000
+    files: freeing its objects and modules). Nothing is left to it: files and state rows
+    are durable and closed when a command returns (SQLite's WAL is committed with
+    synchronous=FULL; the next open folds it in), the copy lock is the kernel's (flock,
+    dropped with the process), the reactor and its threads have stopped; only the output
+    streams are flushed here."""
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
 
 
 def _take_sigint() -> None:

@@ -97,3 +97,19 @@ def test_an_exiting_command_does_not_wait_for_the_servers_close(tmp_path: Path) 
     for api in waiting:
         api.answered.callback(None)
     assert done.called
+
+
+def test_the_command_exits_without_the_teardown_and_loses_no_output() -> None:
+    """``main`` leaves through ``_leave``: its output is flushed (a pipe buffers it), its
+    exit code kept, and the interpreter's teardown (atexit, freeing every object) skipped."""
+    probe = ("import atexit, sys\n"
+             "from smartsyncd.cli.client import _leave\n"
+             "atexit.register(lambda: print('teardown ran'))\n"
+             "sys.stdout.write('Cloned acme into copy.')\n"
+             "sys.stderr.write('a note')\n"
+             "_leave(3)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "Cloned acme into copy.", "a note")
+    done = subprocess.run([sys.executable, "-c", probe.replace("_leave(3)", "_leave(None)")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "teardown" not in done.stdout
