@@ -8,6 +8,10 @@ never a traceback.
 
 from __future__ import annotations
 
+# isort: off
+from smartsyncd.cli import startup  # first: no collector passes while the rest imports
+# isort: on
+
 import os
 import signal
 import sys
@@ -72,6 +76,8 @@ from smartsyncd.client.trust import (
 )
 from smartsyncd.client.userconfig import server_key
 from smartsyncd.client.watch import steady
+
+startup.imported()
 
 EXIT_INTERRUPTED = 130
 STOP_GRACE = 10.0  # seconds a stopping watch lets its running sync go on before cancelling it

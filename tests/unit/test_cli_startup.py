@@ -113,3 +113,15 @@ def test_the_command_exits_without_the_teardown_and_loses_no_output() -> None:
     done = subprocess.run([sys.executable, "-c", probe.replace("_leave(3)", "_leave(None)")],
                           capture_output=True, text=True)
     assert done.returncode == 0 and "teardown" not in done.stdout
+
+
+def test_the_collector_is_off_only_while_the_command_imports() -> None:
+    probe = ("import gc\n{before}\n"
+             "from smartsyncd.cli import startup\n"
+             "off = not gc.isenabled()\n"
+             "import smartsyncd.cli.client\n"
+             "print(off, gc.isenabled())\n")
+    for before, after in (("", "True True"), ("gc.disable()", "True False")):
+        done = subprocess.run([sys.executable, "-c", probe.format(before=before)],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.split() == after.split()
