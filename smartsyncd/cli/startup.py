@@ -5,7 +5,7 @@ hundred thousand objects that all live until the process ends; the collector's p
 them while they are made cost about 30 ms of a 300 ms start (a median of 8 interleaved runs,
 ``import smartsyncd.cli.client`` with and without). ``smartsyncd.cli.client`` imports this
 module first and calls :func:`imported` after its own imports; the collector's state from
-before comes back then.
+before comes back then, with what the imports made set aside for good.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ gc.disable()
 
 
 def imported() -> None:
-    """The command's modules are loaded: collect as before."""
+    """The command's modules are loaded: collect as before, but never over what was made so
+    far (``gc.freeze``: modules, classes, functions, which live as long as the process).
+    Without it the first collection after the imports walks all of them at once (measured:
+    about 100 ms spent in the middle of a clone's first answer)."""
     if _was_enabled:
+        gc.freeze()
         gc.enable()
