@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
@@ -62,7 +62,7 @@ from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, survey
 from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import current_rules, read_cache, read_cached
+from smartsyncd.client.serverrules import RulesAnswer, current_rules, read_cache, read_cached
 from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
@@ -218,10 +218,14 @@ class SyncCopy:
         path = Path(directory).absolute()
         await run(_prepare_empty_dir, path)
         # the snapshot checks access before anything is created; the session goes with it
-        (head, files), session = await both(api.snapshot(engagement), api.session())
-        # on the wire while the copy is made and its rules asked (one round trip less)
+        (head, files), session = await both(api.snapshot(engagement, chunks=True),
+                                            api.session())
+        # carried by the snapshot, or on the wire while the copy is made; so are the rules
+        # (a new copy keeps none: asked without an ETag)
         asked: Deferred[dict[str, Manifest]] | None = ask_first_manifests(
             api, engagement, clone_writes(files), window_bytes)
+        rules: Deferred[RulesAnswer] | None = Deferred.fromCoroutine(
+            api.ignore_rules(engagement, None))
         registered: Deferred[None] | None = None
         try:
             meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
@@ -233,12 +237,14 @@ class SyncCopy:
                 raise
         except BaseException:
             drop_asked(asked)
+            drop_asked(rules)
             raise
         copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes,
                    lock=lock)
         try:
             await run(begin_sync, path)
-            await copy._load_engagement_rules(api)
+            await copy._load_engagement_rules(api, rules)
+            rules = None
             # after the rules, on their connection: not a third one beside the manifests;
             # the large files' first window waits for it (pullbatch.write_groups ``hold``)
             registered = Deferred.fromCoroutine(contact.register(copy.ctx, api))
@@ -249,6 +255,7 @@ class SyncCopy:
             await reconcile.after_clone(copy.state, run, api.snapshot_history)
         except BaseException:
             drop_asked(asked)
+            drop_asked(rules)
             drop_asked(registered)
             # the lock goes with the failure: the half-made copy can be opened again (in this
             # process too), and its next sync finishes the pull and removes the temp files
@@ -371,10 +378,15 @@ class SyncCopy:
             raise UsageError(f"{self.directory} was opened read-only: it cannot sync")
         await self._run(begin_sync, self.directory)
 
-    async def _load_engagement_rules(self, api: Server) -> None:
+    async def _load_engagement_rules(
+        self, api: Server, asked: Deferred[RulesAnswer] | None = None
+    ) -> None:
         """Fetch the engagement's published ignore rules (conditionally, on the kept set's
-        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails."""
+        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails.
+        ``asked``: their answer to a request without an ETag, already on the way."""
         fetch = partial(api.ignore_rules, self.engagement)
+        if asked is not None:
+            fetch = partial(_asked_or_ask, asked, fetch)
         state_dir = self.directory / STATE_DIR
         self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
 
@@ -491,6 +503,17 @@ def _prepare_empty_dir(path: Path) -> None:
         return
     osfs.make_folders(path)
     fsync_dir(path.parent)
+
+
+async def _asked_or_ask(
+    asked: Deferred[RulesAnswer], fetch: Callable[[str | None], Awaitable[RulesAnswer]],
+    etag: str | None,
+) -> RulesAnswer:
+    """The answer asked ahead (without an ETag) when none is kept, else a request."""
+    if etag is None:
+        return await asked
+    drop_asked(asked)
+    return await fetch(etag)
 
 
 async def both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:

@@ -3,8 +3,10 @@
 The files to write go in groups of at most ``GROUP_FILES`` files and ``window_bytes`` of small
 files' data. A group's manifests come in one request (``Server.manifests``), the chunks of its
 small files (under ``pullwrite.PARTIAL_MIN``) in as few fetches as the size caps allow, and the
-next group is on the wire while this one is written. A clone asks its first group's manifests
-as soon as the snapshot is here (``ask_first_manifests``), beside the copy's set-up requests. Each small file is still written as
+next group is on the wire while this one is written. A clone's snapshot carries the first
+files' chunk lists (``Server.snapshot(chunks=True)``); what it did not carry of the first group
+is asked as soon as the snapshot is here (``ask_first_manifests``), beside the copy's set-up
+requests. Each small file is still written as
 ``pullwrite.FileWriter`` writes one: a temp file, fsync, rename, and a re-check against its
 base right before (an unpushed local edit becomes a conflict copy, never overwritten), but
 in slices whose fsyncs go together (``pullinstall``). Large
@@ -18,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from smartsyncd.client import osfs
 from smartsyncd.client.chunkindex import ChunkIndex, Location
@@ -113,10 +115,21 @@ def ask_first_manifests(
     """Ask now the manifests of the files ``write_groups`` would put in its first group
     (``writes`` as it will be given them, or more: what is not asked here is asked then)."""
     files = [w for w in writes if not is_folder(w[0].content)]
-    first = file_groups(files, window_bytes)[:1]
-    return Deferred.fromCoroutine(
-        api.manifests(engagement, [(w.content, base_of(old)) for group in first
-                                   for w, old in group]))
+    first = [w for group in file_groups(files, window_bytes)[:1] for w in group]
+    known = api.snapshot_manifests  # what the snapshot carried (snapshot(chunks=True))
+    have = {w.content: known[w.content] for w, old in first
+            if old is None and w.content in known}
+    rest = [(w.content, base_of(old)) for w, old in first if w.content not in have]
+    if not rest:
+        return succeed(have)
+    return Deferred.fromCoroutine(_more_manifests(api, engagement, rest, have))
+
+
+async def _more_manifests(
+    api: Server, engagement: str, rest: list[tuple[str, Manifest | None]],
+    have: dict[str, Manifest],
+) -> dict[str, Manifest]:
+    return {**have, **await api.manifests(engagement, rest)}
 
 
 def fired(d: Deferred[Any]) -> Deferred[None]:
