@@ -306,6 +306,8 @@ class WanBench:
                     else:
                         env.pop("PYTHONPATH", None)
                     os.sync()
+                    counters = rsync_f.counters if kind == "rsync" else factory.counters
+                    counters.reset()
                     delivered.clear()
                     ups.clear()
                     events.clear()
@@ -319,7 +321,9 @@ class WanBench:
                     if r == 0 and self.args.trace and kind != "rsync":
                         print(timeline(events, start))
                     print(f"{kind}: {split[0]:.2f} s = {split[1]:.2f} before the first byte + "
-                          f"{split[2]:.2f} transfer + {split[3]:.2f} after the last", flush=True)
+                          f"{split[2]:.2f} transfer + {split[3]:.2f} after the last; "
+                          f"{counters.up:,} B up, {counters.down:,} B down, {counters.turns} "
+                          f"turns, {counters.connections} connections", flush=True)
                     shutil.rmtree(target, ignore_errors=True)
             print(f"\nclone, {files:,} files, medians of {rounds}:")
             for kind, got in times.items():
