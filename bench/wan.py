@@ -15,6 +15,12 @@ into an empty folder), a day of edits (a handful of small edits in several files
 files, one deleted), no-op sync. Wall time is the median of the runs; bytes each way are counted
 at the relay (TCP payload: TLS records and HTTP for smartsync, rsync's protocol for rsync);
 ``turns`` counts request-answer turns (client bytes after server bytes on a connection).
+
+``--clone-rounds N [--base-code DIR]``: instead, N rounds of the clone alone at one link
+(``--only``), each ours, then (with ``--base-code``) the same command with ``PYTHONPATH=DIR``
+(another checkout's client, e.g. ``git archive main``), then rsync; per run the time split at
+the relay: before the first byte up, until the last byte reached the client, after it (exit).
+``--compile``: byte-compile smartsyncd (and ``--base-code``) first, as an installed client is.
 """
 
 from __future__ import annotations
@@ -240,6 +246,98 @@ class WanBench:
             ours.close_all()
             theirs.close_all()
 
+    async def clone_rounds(self, settings: LinkSettings, files: int, rounds: int,
+                           base_code: str | None) -> None:
+        """Clones only, alternating ours / the base checkout's client / rsync, with where each
+        one's wall time went: start-up before the first byte, the transfer, the tail."""
+        from smartsyncd.testing import wanrelay
+
+        delivered: list[float] = []
+        original = wanrelay._Inbound._to_client
+
+        events: list[tuple[float, str, int]] = []
+        conns: dict[int, int] = {}
+
+        def to_client(inbound: Any, data: bytes) -> None:
+            delivered.append(time.perf_counter())
+            n = conns.setdefault(id(inbound), len(conns))
+            events.append((delivered[-1], f"down{n}", len(data)))
+            original(inbound, data)
+
+        wanrelay._Inbound._to_client = to_client  # type: ignore[method-assign]
+        relay, factory = listen_relay(self.reactor, self.daemon.port, settings)
+        rsync_relay, rsync_f = listen_relay(self.reactor, self.rsync.port, settings)
+        url = f"https://127.0.0.1:{relay.getHost().port}"
+        rsync_url = f"rsync://127.0.0.1:{rsync_relay.getHost().port}/bench/"
+        cli = [*smartsync_cmd(), "--quiet", "--config-dir", str(self.config)]
+        ups: list[float] = []
+        original_up = wanrelay._Inbound.dataReceived
+
+        def up(inbound: Any, data: bytes) -> None:
+            ups.append(time.perf_counter())
+            n = conns.setdefault(id(inbound), len(conns))
+            events.append((ups[-1], f"up{n}", len(data)))
+            original_up(inbound, data)
+
+        wanrelay._Inbound.dataReceived = up  # type: ignore[method-assign]
+        kinds = ["ours", *(["base"] if base_code else []), "rsync"]
+        times: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in kinds}
+        try:
+            await self.run([*cli, "--trust-fingerprint", self.daemon.fingerprint, "login", url,
+                            "--user", "bench", "--password-stdin"], stdin=PASSWORD + "\n")
+            self.count += 1
+            eng = self.daemon.new_engagement(f"wan-{self.count}", editors=["bench"])
+            base = self.work / f"clones-{self.count}"
+            await self.run([*cli, "clone", f"{url}/{eng}", str(base / "mine")])
+            write_engagement(base / "mine", files)
+            write_engagement(self.rsync.module_dir, files)
+            await self.run([*cli, "sync", str(base / "mine")])
+            env = dict(os.environ)
+            for r in range(rounds):
+                for kind in kinds:
+                    target = base / f"{kind}-{r}"
+                    if kind == "rsync":
+                        target.mkdir()
+                        cmd = ["rsync", "-az", "--delete", f"{rsync_url}", f"{target}/"]
+                    else:
+                        cmd = [*cli, "clone", f"{url}/{eng}", str(target)]
+                    if kind == "base" and base_code:
+                        env["PYTHONPATH"] = base_code
+                    else:
+                        env.pop("PYTHONPATH", None)
+                    os.sync()
+                    counters = rsync_f.counters if kind == "rsync" else factory.counters
+                    counters.reset()
+                    delivered.clear()
+                    ups.clear()
+                    events.clear()
+                    conns.clear()
+                    start = time.perf_counter()
+                    await deferred_run(cmd, env)
+                    end = time.perf_counter()
+                    split = (end - start, ups[0] - start, delivered[-1] - ups[0],
+                             end - delivered[-1])
+                    times[kind].append(split)
+                    if r == 0 and self.args.trace and kind != "rsync":
+                        print(timeline(events, start))
+                    print(f"{kind}: {split[0]:.2f} s = {split[1]:.2f} before the first byte + "
+                          f"{split[2]:.2f} transfer + {split[3]:.2f} after the last; "
+                          f"{counters.up:,} B up, {counters.down:,} B down, {counters.turns} "
+                          f"turns, {counters.connections} connections", flush=True)
+                    shutil.rmtree(target, ignore_errors=True)
+            print(f"\nclone, {files:,} files, medians of {rounds}:")
+            for kind, got in times.items():
+                med = [statistics.median(t[i] for t in got) for i in range(4)]
+                print(f"  {kind}: {med[0]:.2f} s ({med[1]:.2f} start + {med[2]:.2f} transfer + "
+                      f"{med[3]:.2f} tail); runs " + ", ".join(f"{t[0]:.2f}" for t in got))
+        finally:
+            wanrelay._Inbound._to_client = original  # type: ignore[method-assign]
+            wanrelay._Inbound.dataReceived = original_up  # type: ignore[method-assign]
+            await relay.stopListening()
+            await rsync_relay.stopListening()
+            factory.counters.close_all()
+            rsync_f.counters.close_all()
+
     async def profile_clone(self, settings: LinkSettings, files: int, out: Path) -> str:
         """One clone through the relay with the client under cProfile and /usr/bin/time:
         where its wall time goes (waiting in the reactor's poll vs Python work)."""
@@ -299,6 +397,41 @@ class WanBench:
         return "\n".join(lines)
 
 
+async def deferred_run(cmd: list[str], env: dict[str, str]) -> None:
+    from twisted.internet.threads import deferToThread
+
+    done = await deferToThread(subprocess.run, cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def timeline(events: list[tuple[float, str, int]], start: float, gap: float = 0.02) -> str:
+    """Bursts of bytes reaching each side (one line per run of one direction and connection
+    with no pause over ``gap`` s), in seconds from the command's start."""
+    lines: list[str] = []
+    burst: list[Any] = []
+    for t, direction, n in events:
+        if burst and (burst[2] != direction or t - burst[1] > gap):
+            lines.append(f"    {burst[0] - start:6.3f}-{burst[1] - start:6.3f} {burst[2]:>5} "
+                         f"{burst[3]:>9,} B")
+            burst = []
+        if not burst:
+            burst = [t, t, direction, 0]
+        burst[1] = t
+        burst[3] += n
+    if burst:
+        lines.append(f"    {burst[0] - start:6.3f}-{burst[1] - start:6.3f} {burst[2]:>5} "
+                     f"{burst[3]:>9,} B")
+    return "\n".join(lines)
+
+
+def compile_code(*roots: Path) -> None:
+    """Write .pyc files for smartsyncd, as installing a wheel does (pip compiles at install)."""
+    for root in roots:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "smartsyncd")],
+                       check=True)
+
+
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="smartsync-wan-"))
     bench = WanBench(reactor, work, args)
@@ -313,7 +446,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = os.getloadavg()
     try:
+        if args.compile:
+            compile_code(HERE.parent, *([Path(args.base_code)] if args.base_code else []))
         bench.start()
+        if args.clone_rounds:
+            await bench.clone_rounds(links[0][1], links[0][3], args.clone_rounds, args.base_code)
+            return
         if args.profile:
             print(await bench.profile_clone(links[0][1], args.files, Path(args.profile)))
             return
@@ -345,6 +483,16 @@ if __name__ == "__main__":
     parser.add_argument("--profile", metavar="FILE",
                         help="instead: one clone at the first link with the client under "
                              "cProfile (stats to FILE) and /usr/bin/time")
+    parser.add_argument("--clone-rounds", type=int, metavar="N",
+                        help="instead: N rounds of the clone alone at the first link (with "
+                             "--only), ours / --base-code's / rsync, with start-up, transfer "
+                             "and tail times")
+    parser.add_argument("--base-code", metavar="DIR",
+                        help="with --clone-rounds: also clone with PYTHONPATH=DIR")
+    parser.add_argument("--trace", action="store_true",
+                        help="with --clone-rounds: print the first round's bursts of bytes")
+    parser.add_argument("--compile", action="store_true",
+                        help="byte-compile smartsyncd (and --base-code) first")
     ns = parser.parse_args()
     from twisted.internet import defer, task
 

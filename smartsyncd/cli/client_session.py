@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
@@ -231,11 +232,17 @@ class Session:
     def _opened_copy_id(self) -> str | None:
         return None if self.opened is None else self.opened[0].copy_id
 
-    async def close(self, *, keep_tls_sessions: bool = True) -> None:
+    async def close(self, *, keep_tls_sessions: bool = True, wait: bool = True) -> None:
         """Close the connections; keep each TLS session for the next run if
-        ``keep_tls_sessions`` and the server's token is kept in the settings file."""
-        for api in self._apis:
-            await api.close()
+        ``keep_tls_sessions`` and the server's token is kept in the settings file. Without
+        ``wait`` the server's answer to each close is not waited for (a round trip): for a
+        process about to exit, whose close_notify is sent and whose exit closes the sockets."""
+        closing = [Deferred.fromCoroutine(api.close()) for api in self._apis]
+        for done in closing:
+            if wait:
+                await done
+            else:
+                done.addErrback(lambda _: None)
         if not keep_tls_sessions:
             return
         for (url, _), slot in self._resumption.items():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
@@ -44,7 +44,6 @@ from smartsyncd.client.copycontext import (
     CopyContext,
     RunBlocking,
     log,
-    remote_path_ok,
 )
 from smartsyncd.client.copylock import CopyLock, begin_sync, end_sync
 from smartsyncd.client.errors import HistoryDiverged, UsageError
@@ -61,22 +60,28 @@ from smartsyncd.client.onerequest import (
 )
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
-from smartsyncd.client.pullbatch import write_groups
-from smartsyncd.client.pullwrite import FileWriter, Write, prune_partials
+from smartsyncd.client.pullbatch import (
+    ask_first_manifests,
+    clone_writes,
+    drop_asked,
+    fired,
+    write_groups,
+)
+from smartsyncd.client.pullwrite import FileWriter, prune_partials
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, survey
 from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import current_rules, read_cache, read_cached
+from smartsyncd.client.serverrules import RulesAnswer, current_rules, read_cache, read_cached
 from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
 from smartsyncd.client.wire import CopyContact
 from smartsyncd.core.ignore import rules_etag
-from smartsyncd.core.model import Change, FileState, is_folder
-from smartsyncd.core.planner import PullWrite, plan
+from smartsyncd.core.model import Change, FileState, Manifest
+from smartsyncd.core.planner import plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 
 A = TypeVar("A")
@@ -225,22 +230,45 @@ class SyncCopy:
         path = Path(directory).absolute()
         await run(_prepare_empty_dir, path)
         # the snapshot checks access before anything is created; the session goes with it
-        (head, files), session = await both(api.snapshot(engagement), api.session())
-        meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
-        state = await run(ClientState.create, path, meta)
+        (head, files), session = await both(api.snapshot(engagement, chunks=True),
+                                            api.session())
+        # carried by the snapshot, or on the wire while the copy is made; so are the rules
+        # (a new copy keeps none: asked without an ETag)
+        asked: Deferred[dict[str, Manifest]] | None = ask_first_manifests(
+            api, engagement, clone_writes(files), window_bytes)
+        rules: Deferred[RulesAnswer] | None = Deferred.fromCoroutine(
+            api.ignore_rules(engagement, None))
+        registered: Deferred[None] | None = None
         try:
-            lock = await run(CopyLock.acquire, path)
+            meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
+            state = await run(ClientState.create, path, meta)
+            try:
+                lock = await run(CopyLock.acquire, path)
+            except BaseException:
+                state.close()
+                raise
         except BaseException:
-            state.close()
+            drop_asked(asked)
+            drop_asked(rules)
             raise
         copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes,
                    lock=lock)
         try:
             await run(begin_sync, path)
-            await both(copy._load_engagement_rules(api), contact.register(copy.ctx, api))
-            report = await copy._clone_files(api, head, files, progress or NullProgress())
+            await copy._load_engagement_rules(api, rules)
+            rules = None
+            # after the rules, on their connection: not a third one beside the manifests;
+            # the large files' first window waits for it (pullbatch.write_groups ``hold``)
+            registered = Deferred.fromCoroutine(contact.register(copy.ctx, api))
+            report = await copy._clone_files(api, head, files, progress or NullProgress(),
+                                             asked, fired(registered))
+            asked = None
+            await registered
             await reconcile.after_clone(copy.state, run, api.snapshot_history)
         except BaseException:
+            drop_asked(asked)
+            drop_asked(rules)
+            drop_asked(registered)
             # the lock goes with the failure: the half-made copy can be opened again (in this
             # process too), and its next sync finishes the pull and removes the temp files
             copy.close()
@@ -252,26 +280,22 @@ class SyncCopy:
         return copy
 
     async def _clone_files(
-        self, api: Server, head: int, files: list[FileState], prog: Progress
+        self, api: Server, head: int, files: list[FileState], prog: Progress,
+        asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
     ) -> SyncReport:
         report = SyncReport()
-        live = [f for f in files if f.content is not None]
         writer = FileWriter(self.ctx, api, report, prog)
-        prog.start("download", sum(f.size for f in live))
+        prog.start("download", sum(f.size for f in files if f.content is not None))
         index = ChunkIndex()
-        writes: list[Write] = []
-        rules = (await self._run(load_rules, self.directory, [])).with_engagement(
-            self.scanner.engagement_rules)
-        for f in sorted(live, key=lambda f: f.path):
-            assert f.content is not None
-            if not remote_path_ok(f.path):
-                report.skipped.append((f.path, "server sent an invalid path; not written"))
-                continue
-            if rules.ignores(f.path) or (is_folder(f.content) and rules.ignores(f.path + "/")):
-                continue  # left on the server, as a pull leaves it (core/planner.py)
-            writes.append((PullWrite(f.path, f.seq, f.content, f.size, None, f.mtime_ns, f.readonly), None))
         try:
-            await write_groups(writer, writes, index)
+            rules = (await self._run(load_rules, self.directory, [])).with_engagement(
+                self.scanner.engagement_rules)
+        except BaseException:
+            drop_asked(asked)
+            raise
+        writes = clone_writes(files, rules.ignores, report)
+        try:
+            await write_groups(writer, writes, index, asked, hold)
         finally:
             prog.finish()
         # a file that did not fit on the disk: the next sync follows the log from the start
@@ -412,10 +436,15 @@ class SyncCopy:
             raise UsageError(f"{self.directory} was opened read-only: it cannot sync")
         await self._run(begin_sync, self.directory)
 
-    async def _load_engagement_rules(self, api: Server) -> None:
+    async def _load_engagement_rules(
+        self, api: Server, asked: Deferred[RulesAnswer] | None = None
+    ) -> None:
         """Fetch the engagement's published ignore rules (conditionally, on the kept set's
-        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails."""
+        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails.
+        ``asked``: their answer to a request without an ETag, already on the way."""
         fetch = partial(api.ignore_rules, self.engagement)
+        if asked is not None:
+            fetch = partial(_asked_or_ask, asked, fetch)
         state_dir = self.directory / STATE_DIR
         self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
 
@@ -532,6 +561,17 @@ def _prepare_empty_dir(path: Path) -> None:
         return
     osfs.make_folders(path)
     fsync_dir(path.parent)
+
+
+async def _asked_or_ask(
+    asked: Deferred[RulesAnswer], fetch: Callable[[str | None], Awaitable[RulesAnswer]],
+    etag: str | None,
+) -> RulesAnswer:
+    """The answer asked ahead (without an ETag) when none is kept, else a request."""
+    if etag is None:
+        return await asked
+    drop_asked(asked)
+    return await fetch(etag)
 
 
 async def both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:

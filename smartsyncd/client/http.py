@@ -125,6 +125,7 @@ class ServerAPI(Transport):
         self.keeper: HistoryKeeper | None = None
         # where the last snapshot stood in the log (a clone keeps it)
         self.snapshot_history: HistoryMark | None = None
+        self.snapshot_manifests: dict[str, Manifest] = {}  # from the last snapshot(chunks=True)
         # the server answered 404 to POST .../manifests (an older one): manifests per file
         self.manifests_per_file = False
 
@@ -178,11 +179,19 @@ class ServerAPI(Transport):
 
     # -- pull ----------------------------------------------------------------------------------
 
-    async def snapshot(self, eng: str) -> Snapshot:
-        """Live files at the head: ``(head, files)``."""
-        data = obj(await self._json("GET", _eng(eng, "snapshot"), params=FOLDERS), "snapshot")
-        head = field(data, "head", int, "snapshot")
-        files = [parse_file_state(item) for item in field(data, "files", list, "snapshot")]
+    async def snapshot(self, eng: str, *, chunks: bool = False) -> Snapshot:
+        """Live files at the head: ``(head, files)``. With ``chunks`` the server is asked for
+        the first files' chunk lists too (a clone): kept, checked against their content ids,
+        in ``snapshot_manifests`` (empty from a server that does not send them)."""
+        params = {**FOLDERS, "chunks": "1"} if chunks else FOLDERS
+        data = obj(await self._json("GET", _eng(eng, "snapshot"), params=params), "snapshot")
+        head, items = field(data, "head", int, "snapshot"), field(data, "files", list, "snapshot")
+        files = [parse_file_state(item) for item in items]
+        self.snapshot_manifests = {
+            f.content: parse_manifest(item, f.content, None)
+            for f, item in zip(files, items, strict=True)
+            if chunks and f.content is not None and "chunks" in obj(item, "snapshot file")
+        }
         self.snapshot_history = HistoryMark(head, *history_fields(data, "head_hash", "snapshot"))
         return Snapshot(head, files)
 

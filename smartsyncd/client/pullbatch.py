@@ -3,7 +3,10 @@
 The files to write go in groups of at most ``GROUP_FILES`` files and ``window_bytes`` of small
 files' data. A group's manifests come in one request (``Server.manifests``), the chunks of its
 small files (under ``pullwrite.PARTIAL_MIN``) in as few fetches as the size caps allow, and the
-next group is on the wire while this one is written. Each small file is still written as
+next group is on the wire while this one is written. A clone's snapshot carries the first
+files' chunk lists (``Server.snapshot(chunks=True)``); what it did not carry of the first group
+is asked as soon as the snapshot is here (``ask_first_manifests``), beside the copy's set-up
+requests. Each small file is still written as
 ``pullwrite.FileWriter`` writes one: a temp file, fsync, rename, and a re-check against its
 base right before (an unpushed local edit becomes a conflict copy, never overwritten), but
 in slices whose fsyncs go together (``pullinstall``). Large
@@ -13,14 +16,15 @@ their manifest already here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from smartsyncd.client import osfs
 from smartsyncd.client.chunkindex import ChunkIndex, Location
-from smartsyncd.client.copycontext import offsets
+from smartsyncd.client.copycontext import offsets, remote_path_ok
 from smartsyncd.client.deltabase import windows
 from smartsyncd.client.errors import Unverifiable
 from smartsyncd.client.pullfolders import make_folders
@@ -35,9 +39,11 @@ from smartsyncd.client.pullwrite import (
     partial_dir,
     with_bases,
 )
+from smartsyncd.client.reports import SyncReport
+from smartsyncd.client.server import Server
 from smartsyncd.client.state import FileRecord
 from smartsyncd.client.wire import ChunkWanted
-from smartsyncd.core.model import ChunkRef, Manifest, is_folder
+from smartsyncd.core.model import ChunkRef, FileState, Manifest, is_folder
 from smartsyncd.core.planner import PullWrite
 
 GROUP_FILES = 1000  # manifests asked at once (the server's default cap)
@@ -80,20 +86,101 @@ def file_groups(writes: Sequence[Write], window_bytes: int) -> list[list[Write]]
     return out
 
 
-async def write_groups(writer: FileWriter, writes: Sequence[Write], index: ChunkIndex) -> None:
+def clone_writes(
+    files: Sequence[FileState], ignores: Callable[[str], bool] | None = None,
+    report: SyncReport | None = None,
+) -> list[Write]:
+    """A clone's writes from the snapshot's ``files``, by path: live, valid (an invalid one is
+    reported as skipped) and, with ``ignores``, not ignored (left on the server, as a pull
+    leaves them: core/planner.py)."""
+    out: list[Write] = []
+    for f in sorted(files, key=lambda f: f.path):
+        if f.content is None:
+            continue
+        if not remote_path_ok(f.path):
+            if report is not None:
+                report.skipped.append((f.path, "server sent an invalid path; not written"))
+            continue
+        if ignores is not None and (
+                ignores(f.path) or (is_folder(f.content) and ignores(f.path + "/"))):
+            continue
+        out.append((PullWrite(f.path, f.seq, f.content, f.size, None, f.mtime_ns, f.readonly),
+                    None))
+    return out
+
+
+def ask_first_manifests(
+    api: Server, engagement: str, writes: Sequence[Write], window_bytes: int
+) -> Deferred[dict[str, Manifest]]:
+    """Ask now the manifests of the files ``write_groups`` would put in its first group
+    (``writes`` as it will be given them, or more: what is not asked here is asked then)."""
+    files = [w for w in writes if not is_folder(w[0].content)]
+    first = [w for group in file_groups(files, window_bytes)[:1] for w in group]
+    known = api.snapshot_manifests  # what the snapshot carried (snapshot(chunks=True))
+    have = {w.content: known[w.content] for w, old in first
+            if old is None and w.content in known}
+    rest = [(w.content, base_of(old)) for w, old in first if w.content not in have]
+    if not rest:
+        return succeed(have)
+    return Deferred.fromCoroutine(_more_manifests(api, engagement, rest, have))
+
+
+async def _more_manifests(
+    api: Server, engagement: str, rest: list[tuple[str, Manifest | None]],
+    have: dict[str, Manifest],
+) -> dict[str, Manifest]:
+    return {**have, **await api.manifests(engagement, rest)}
+
+
+def fired(d: Deferred[Any]) -> Deferred[None]:
+    """A Deferred that fires (None) when ``d`` does, success or failure; ``d`` keeps its
+    result for whoever awaits it."""
+    out: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        if not out.called:
+            out.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return out
+
+
+def drop_asked(asked: Deferred[Any] | None) -> None:
+    """Cancel what was asked ahead and will not be used (a failure is not reported)."""
+    if asked is not None:
+        asked.addErrback(lambda _: None)
+        asked.cancel()
+
+
+async def write_groups(
+    writer: FileWriter, writes: Sequence[Write], index: ChunkIndex,
+    asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
+) -> None:
     """Write ``writes`` (each with the synced version it replaces) group by group, the next
     group's manifests and chunks coming while this one is written. Folder entries are made
-    first (``pullfolders``): they have no manifest."""
-    folders = [w for w in writes if is_folder(w[0].content)]
-    if folders:
-        await make_folders(writer, folders)
-        writes = [w for w in writes if not is_folder(w[0].content)]
+    first (``pullfolders``): they have no manifest. ``asked``: manifests already on the way
+    (``ask_first_manifests``), used for the first group; ``hold``: the first group's large
+    files are asked for only once it fires (a request still using the other connection: the
+    small files' data fills the link meanwhile, and no third connection is opened)."""
+    try:
+        folders = [w for w in writes if is_folder(w[0].content)]
+        if folders:
+            await make_folders(writer, folders)
+            writes = [w for w in writes if not is_folder(w[0].content)]
+    except BaseException:
+        drop_asked(asked)
+        raise
     groups = file_groups(writes, writer.ctx.window_bytes)
+    if not groups:
+        drop_asked(asked)
     ahead: Deferred[_Group] | None = None
     try:
         for i, group in enumerate(groups):
             if ahead is None:
-                ahead = Deferred.fromCoroutine(_fetch_group(writer, group, index))
+                ahead = Deferred.fromCoroutine(
+                    _fetch_group(writer, group, index, asked, hold))
+                asked = None
             ready = await ahead
             ahead = None
             if i + 1 < len(groups):
@@ -109,9 +196,15 @@ async def write_groups(writer: FileWriter, writes: Sequence[Write], index: Chunk
             ahead.cancel()
 
 
-async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex) -> _Group:
+async def _fetch_group(
+    writer: FileWriter, group: list[Write], index: ChunkIndex,
+    asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
+) -> _Group:
     ctx, api = writer.ctx, writer.api
-    manifests = await api.manifests(ctx.engagement, [(w.content, base_of(old)) for w, old in group])
+    manifests: dict[str, Manifest] = {} if asked is None else dict(await asked)
+    rest = [(w.content, base_of(old)) for w, old in group if w.content not in manifests]
+    if rest:
+        manifests.update(await api.manifests(ctx.engagement, rest))
     out = _Group()
     small: list[tuple[PullWrite, FileRecord | None, Manifest]] = []
     where: dict[str, Location] = {}
@@ -135,7 +228,7 @@ async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex
         items.extend(wanted)
     large = _large_window(fresh, index, ctx.window_bytes)
     if large:  # asked now, beside the small files' chunks: on the wire while they install
-        out.large_chunks = Deferred.fromCoroutine(_fetch(writer, large))
+        out.large_chunks = Deferred.fromCoroutine(_fetch(writer, large, hold))
     try:
         if items:
             out.fetched = await _fetch(writer, items)
@@ -145,7 +238,11 @@ async def _fetch_group(writer: FileWriter, group: list[Write], index: ChunkIndex
     return out
 
 
-async def _fetch(writer: FileWriter, items: list[ChunkWanted]) -> dict[str, bytes]:
+async def _fetch(
+    writer: FileWriter, items: list[ChunkWanted], hold: Deferred[None] | None = None
+) -> dict[str, bytes]:
+    if hold is not None:
+        await hold
     fetched = await writer.api.fetch_chunks(writer.ctx.engagement, items)
     writer.report.bytes_received += sum(len(v) for v in fetched.values())
     return fetched

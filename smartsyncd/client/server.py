@@ -32,10 +32,11 @@ class Server(Protocol):
     chunks_present: int  # chunks uploads sent that the server had already
     keeper: HistoryKeeper | None
     snapshot_history: HistoryMark | None
+    snapshot_manifests: dict[str, Manifest]  # chunk lists the last snapshot carried
 
     async def session(self) -> SessionInfo: ...
 
-    async def snapshot(self, eng: str) -> Snapshot: ...
+    async def snapshot(self, eng: str, *, chunks: bool = False) -> Snapshot: ...
 
     async def changes(
         self, eng: str, since: int, limit: int = 5000, wait: float = 0

@@ -1,4 +1,5 @@
-"""The pull routes (docs/protocol.md "Pull"): snapshot, change feed, manifests, chunk fetch.
+"""The pull routes (docs/protocol.md "Pull"): snapshot (with the first files' chunk lists for
+a clone that asks), change feed, manifests, chunk fetch.
 
 ``PullRoutes.add_to`` registers them behind the ``read`` check (web/access.py). They read the
 change log and the chunk store and shape the answer (web/shapes.py); a change feed with nothing
@@ -7,11 +8,14 @@ new waits in web/longpoll.py until a commit or its timeout.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from klein import Klein
 from twisted.web.server import Request
 
 from smartsyncd.core import bodycodec, chunkstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
+from smartsyncd.core.model import is_folder
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import asks_folders, query_float, query_int, query_str
@@ -31,9 +35,15 @@ from smartsyncd.web.parse import (
 )
 from smartsyncd.web.pool import RunBlocking
 from smartsyncd.web.readaudit import ReadAudit
-from smartsyncd.web.shapes import CHUNKS_CONTENT_TYPE, changes_body, snapshot_json
+from smartsyncd.web.shapes import (
+    CHUNKS_CONTENT_TYPE,
+    JsonObject,
+    changes_body,
+    snapshot_json,
+)
 
 _RECORD_HEADER = chunkstream.HEADER_BYTES
+SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
 class StoreIdentity:
@@ -89,7 +99,35 @@ class PullRoutes:
         # the record token at head: a clone remembers it (web/history.py)
         token = await self._changelog.record_token(access.engagement.id, head)
         folders = asks_folders(request)
-        return send_json(request, snapshot_json(head, files, token, identity, folders))
+        body = snapshot_json(head, files, token, identity, folders)
+        if query_str(request, "chunks") == "1":
+            await self._add_chunk_lists(request, access, body)
+        return send_json(request, body)
+
+    async def _add_chunk_lists(self, request: Request, access: Access, body: JsonObject) -> None:
+        """``?chunks=1`` (a clone): the first files by path (up to the batched manifests'
+        caps) carry their chunk lists, as ``POST .../manifests`` would answer them, so the
+        clone asks for chunks without a manifests round trip. Each one served is audited as a
+        download, as there. A client that does not ask gets the snapshot as before; one that
+        asks an older server gets no lists and asks ``POST .../manifests``."""
+        limits = self._limits
+        entries = cast(list[dict[str, Any]], body["files"])
+        chosen = sorted((e for e in entries if not is_folder(e["content"])),
+                        key=lambda e: e["path"])[: limits.manifests_per_request]
+        if not chosen:
+            return
+        eid = access.engagement.id
+        found = await self._chunks.get_manifests(eid, list({e["content"] for e in chosen}))
+        budget = limits.manifests_body // 4  # the rest is asked with POST .../manifests
+        for entry in chosen:
+            m = found.get(entry["content"])
+            if m is None:
+                continue
+            budget -= SNAPSHOT_REF_BYTES * len(m.chunks)
+            if budget < 0:
+                break
+            entry["chunks"] = manifest.chunks_to_json(m.chunks)
+            self._note_download(request, access, m.content, m.size)
 
     async def changes(self, request: Request, access: Access) -> bytes | ParkedResource:
         limits = self._limits

@@ -1,12 +1,23 @@
 """What the ``smartsync`` command imports before it needs it (issue 15: every command's start
 was paying for rich, and the argument parser's ``smartsyncd.client.errors`` pulled in the whole
-client library). Checked in a fresh interpreter through ``sys.modules``, never by timing."""
+client library). Checked in a fresh interpreter through ``sys.modules``, never by timing.
+And its end: an exiting command does not wait a round trip for the server's close."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+
+from smartsyncd.cli.client_args import build_parser
+from smartsyncd.cli.client_session import Output, Session
 
 
 def _modules_after(code: str) -> set[str]:
@@ -51,3 +62,66 @@ def test_the_client_package_still_offers_its_names() -> None:
         "assert sorted(c.__all__) == sorted(n for n in c.__all__ if hasattr(c, n))\n"
     )
     assert "smartsyncd.client.engine" in modules
+
+
+class _Closing:
+    """An API whose connections take a round trip to close: ``close`` ends when told."""
+
+    def __init__(self) -> None:
+        self.answered: Deferred[None] = Deferred()
+        self.asked = False
+
+    async def close(self) -> None:
+        self.asked = True
+        await self.answered
+
+
+def _session(tmp_path: Path, apis: list[_Closing]) -> Session:
+    args = build_parser().parse_args(["--quiet", "--config-dir", str(tmp_path), "engagements",
+                                      "https://sync.example"])
+    session = Session(Clock(), args, Output(args, io.StringIO(), io.StringIO()))
+    session._apis.extend(cast(Any, apis))
+    return session
+
+
+def test_an_exiting_command_does_not_wait_for_the_servers_close(tmp_path: Path) -> None:
+    """``main`` closes without waiting for the server's answer to each close (a round trip
+    at the end of every command); ``run`` called in-process still waits by default."""
+    apis = [_Closing(), _Closing()]
+    done = Deferred.fromCoroutine(_session(tmp_path, apis).close(wait=False))
+    assert all(api.asked for api in apis) and done.called
+    apis[0].answered.errback(ConnectionDone())  # the reactor's end drops what is left: quiet
+    waiting = [_Closing(), _Closing()]
+    done = Deferred.fromCoroutine(_session(tmp_path, waiting).close())
+    assert not done.called
+    for api in waiting:
+        api.answered.callback(None)
+    assert done.called
+
+
+def test_the_command_exits_without_the_teardown_and_loses_no_output() -> None:
+    """``main`` leaves through ``_leave``: its output is flushed (a pipe buffers it), its
+    exit code kept, and the interpreter's teardown (atexit, freeing every object) skipped."""
+    probe = ("import atexit, sys\n"
+             "from smartsyncd.cli.client import _leave\n"
+             "atexit.register(lambda: print('teardown ran'))\n"
+             "sys.stdout.write('Cloned acme into copy.')\n"
+             "sys.stderr.write('a note')\n"
+             "_leave(3)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "Cloned acme into copy.", "a note")
+    done = subprocess.run([sys.executable, "-c", probe.replace("_leave(3)", "_leave(None)")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "teardown" not in done.stdout
+
+
+def test_the_collector_is_off_only_while_the_command_imports() -> None:
+    probe = ("import gc\n{before}\n"
+             "from smartsyncd.cli import startup\n"
+             "off = not gc.isenabled()\n"
+             "import smartsyncd.cli.client\n"
+             "print(off, gc.isenabled())\n")
+    for before, after in (("", "True True"), ("gc.disable()", "True False")):
+        done = subprocess.run([sys.executable, "-c", probe.format(before=before)],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.split() == after.split()

@@ -15,6 +15,7 @@ from webkit import Env, in_memory, put, upload
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.core import manifest
+from smartsyncd.core.model import FOLDER_CONTENT
 from smartsyncd.web.manifestbatch import Wanted, manifests_answer
 from smartsyncd.web.readaudit import FLUSH_SECONDS
 
@@ -56,6 +57,40 @@ async def test_many_manifests_in_one_answer_with_missing_listed(env: Env) -> Non
     events = [a for a in await env.store.audit_records(env.alpha) if a.chain == "read:alpha"]
     downloads = [a.detail for a in events if a.event == "download"]
     assert len(downloads) == 5 and all(d["address"] is not None for d in downloads)
+
+
+@in_memory
+async def test_a_snapshot_carries_chunk_lists_only_when_asked(env: Env) -> None:
+    alice = await env.login("alice")
+    ids = await commit_files(env, alice, {f"wp/{i}.txt": f"paper {i}".encode() for i in range(5)}, "b1")
+    r = await env.call("POST", ENG + "/commit", token=alice, body={"batch": "b2", "changes": [
+        {"path": "empty folder", "kind": "put", "base": None, "content": FOLDER_CONTENT,
+         "size": 0}]})
+    assert r.status == 200, r.body
+    rita = await env.login("rita")
+    plain = await env.call("GET", ENG + "/snapshot?folders=1", token=rita)
+    assert plain.status == 200 and all("chunks" not in f for f in plain.json()["files"])
+    env.clock.advance(FLUSH_SECONDS)
+    before = await downloads(env)
+    assert before == []  # a plain snapshot serves no chunk list
+    r = await env.call("GET", ENG + "/snapshot?folders=1&chunks=1", token=rita)
+    assert r.status == 200, r.body
+    files = {f["path"]: f for f in r.json()["files"]}
+    assert "chunks" not in files["empty folder"]  # a folder entry has no chunk list
+    for path, content in ids.items():
+        refs = manifest.chunks_from_json(files[path]["chunks"])
+        assert manifest.content_id(refs) == content
+        assert sum(c.size for c in refs) == files[path]["size"]
+    # each list served is a download in the read audit, as from POST .../manifests
+    env.clock.advance(FLUSH_SECONDS)
+    assert await downloads(env) == sorted(ids.values())
+
+
+async def downloads(env: Env) -> list[str]:
+    """The contents of the download events in alpha's read audit, sorted."""
+    events = await env.store.audit_records(env.alpha)
+    return sorted(a.detail["content"] for a in events
+                  if a.chain == "read:alpha" and a.event == "download")
 
 
 @in_memory
@@ -178,7 +213,8 @@ async def test_clone_and_pull_of_200_files_take_a_handful_of_requests(env: Env, 
     copy = await settled(env, SyncCopy.clone(api, "alpha", tmp_path / "copy", run_blocking=run_inline))
     try:
         assert {p: (tmp_path / "copy" / p).read_bytes() for p in first} == first
-        assert api.calls.count("POST manifests") == 1 and api.calls.count("POST chunks/fetch") == 1
+        # the chunk lists came with the snapshot: no manifest request at all
+        assert "POST manifests" not in api.calls and api.calls.count("POST chunks/fetch") == 1
         assert "GET manifests/<content>" not in api.calls
         # 200 remote edits: one pull, again one manifest request and one fetch
         second = papers(200, "v2")
@@ -224,6 +260,8 @@ class OldServerAPI(CountingAPI):
         if method == "POST" and path.endswith("/manifests"):
             kw = dict(kw, body=None)
             return await super()._request("POST", path + "-not-a-route", **kw)
+        if path.endswith("/snapshot"):  # no chunk lists in its snapshot either
+            kw = dict(kw, params={k: v for k, v in kw["params"].items() if k != "chunks"})
         return await super()._request(method, path, **kw)
 
 
