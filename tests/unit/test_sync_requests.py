@@ -33,6 +33,7 @@ from smartsyncd.client.onerequest import OFFER_NAME
 from smartsyncd.client.wire import CommitChange, ManifestDelta, encode_commit
 from smartsyncd.core import bodycodec
 from smartsyncd.storage.api import Grant
+from smartsyncd.web.copyreport import ReportAnswers
 
 
 class RecordingAPI(ServerAPI):
@@ -118,9 +119,53 @@ async def test_an_upload_over_the_inline_limit_goes_ahead(server: MemoryServer, 
     big.write_bytes(b"")
     await copy.sync(api)
     api.take()
-    big.write_bytes(os.urandom(40 * 1024))  # over the 32 KiB a commit may carry
+    big.write_bytes(os.urandom(40 * 1024))  # over the 32 KiB a commit may carry, encoded
     assert (await copy.sync(api)).uploaded == 1
+    # found too large once encoded: nothing went before the report
     assert api.take() == ["POST report", "POST chunks", "POST commit"]
+
+
+@driven
+async def test_an_edit_inside_a_large_chunk_is_one_request(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    module = tmp_path / "a" / "module.py"
+    lines = [b"def f%d(x):\n    return x + %d\n" % (i % 50, i % 7) for i in range(3000)]
+    module.write_bytes(b"".join(lines))  # about 80 KB: over 32 KiB raw, small once encoded
+    await copy.sync(api)
+    api.take()
+    lines[1500] = b"def changed(x):\n    return x\n"
+    module.write_bytes(b"".join(lines))
+    report = await copy.sync(api)
+    assert report.uploaded == 1 and report.unsynced == 0
+    # the server counts what a commit carries as sent: no report and no upload first
+    assert api.take() == ["POST commit"]
+    assert (tmp_path / "a" / "module.py").read_bytes() == b"".join(lines)
+
+
+@driven
+async def test_a_server_that_counts_raw_bytes_gets_the_large_chunk_uploaded_first(
+    server: MemoryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = ReportAnswers.answer
+
+    async def without_raw(self: ReportAnswers, *a: Any, **kw: Any) -> Any:
+        body = await answer(self, *a, **kw)
+        body.pop("inline_raw", None)  # as main's server before issue 15's s12 answered
+        return body
+
+    monkeypatch.setattr(ReportAnswers, "answer", without_raw)
+    copy, api = await _copy(server, tmp_path, "a")
+    module = tmp_path / "a" / "module.py"
+    lines = [b"def f%d(x):\n    return x + %d\n" % (i % 50, i % 7) for i in range(3000)]
+    module.write_bytes(b"".join(lines))
+    await copy.sync(api)
+    api.take()
+    lines[1500] = b"def changed(x):\n    return x\n"
+    module.write_bytes(b"".join(lines))
+    assert (await copy.sync(api)).uploaded == 1
+    assert api.take() == ["POST report", "POST chunks", "POST commit"]  # its limit is raw
 
 
 @driven
