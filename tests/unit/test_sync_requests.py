@@ -169,6 +169,18 @@ async def test_a_server_that_counts_raw_bytes_gets_the_large_chunk_uploaded_firs
 
 
 @driven
+async def test_a_new_file_of_a_few_kib_is_one_request(server: MemoryServer, tmp_path: Path) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await copy.sync(api)
+    api.take()
+    text = os.urandom(2000).hex().encode()  # 4 KB: over the 2 KiB left to the push before
+    (tmp_path / "a" / "changes.rst").write_bytes(text)
+    assert (await copy.sync(api)).uploaded == 1
+    # left to the push (not uploaded while the scan went on): it rides in the commit
+    assert api.take() == ["POST commit"]
+
+
+@driven
 async def test_a_remote_change_is_still_pulled(server: MemoryServer, tmp_path: Path) -> None:
     a, a_api = await _copy(server, tmp_path, "a")
     b, b_api = await _copy(server, tmp_path, "b")
