@@ -381,7 +381,8 @@ class SyncCopy:
             push = Push(ctx, api, found.scan, base, report, prog, found.plan,
                         present=found.early.present)
             if answer is not None:  # the report after the push rides in its commit (issue 15)
-                push.fold_report = partial(contact.folded, ctx, since=found.since)
+                push.fold_report = partial(contact.folded, ctx, since=found.since,
+                                           keyed=answer.keyed)
                 push.inline = (InlineUpload(answer.inline, answer.inline_raw)
                                if answer.inline else None)
             await push.run(contact.blocked(self.user, answer, waiting))

@@ -62,19 +62,21 @@ class Found(NamedTuple):
 class Offer:
     """What the server at ``url`` last offered in a report's answer: commits that carry up to
     ``inline`` chunk bytes (as sent, decoding to at most ``raw``; raw when ``raw`` is 0: an
-    older server) and check a report's ``expect`` (version ``expect``)."""
+    older server) and check a report's ``expect`` (version ``expect``); ``keyed``: it holds
+    the copy's key hash, which the reports commits carry then leave out."""
 
     url: str
     inline: int
     expect: int
     raw: int = 0
+    keyed: bool = False
 
 
 def offered(api: Server, answer: CopyContact) -> Offer | None:
     """The offer of a report's answer (None: it makes none)."""
     if answer.inline <= 0 or answer.expect < 1:
         return None
-    return Offer(api.base_url, answer.inline, answer.expect, answer.inline_raw)
+    return Offer(api.base_url, answer.inline, answer.expect, answer.inline_raw, answer.keyed)
 
 
 def read_offer(directory: Path) -> Offer | None:
@@ -82,7 +84,7 @@ def read_offer(directory: Path) -> Offer | None:
     try:
         data = json.loads(osfs.read_small_file(directory / STATE_DIR / OFFER_NAME, 4096))
         offer = Offer(str(data["url"]), int(data["inline"]), int(data["expect"]),
-                      int(data.get("raw", 0)))
+                      int(data.get("raw", 0)), data.get("keyed") is True)
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return offer if offer.inline > 0 and offer.expect >= 1 else None
@@ -94,7 +96,8 @@ def keep_offer(directory: Path, offer: Offer | None) -> None:
     if offer is None:
         osfs.unlink(path, missing_ok=True)
         return
-    body = {"url": offer.url, "inline": offer.inline, "expect": offer.expect, "raw": offer.raw}
+    body = {"url": offer.url, "inline": offer.inline, "expect": offer.expect, "raw": offer.raw,
+            "keyed": offer.keyed}
     atomic_write_bytes(path, json.dumps(body).encode("utf-8"))
 
 
@@ -156,7 +159,8 @@ async def push_alone(
     part = SyncReport()  # taken in only when the push went through
     push = Push(ctx, api, found.scan, base, part, prog, found.plan, present=found.early.present)
     expect = expectation(rules, len(found.waiting), found.since)
-    push.fold_report = partial(contact.folded, ctx, since=found.since, expect=expect)
+    push.fold_report = partial(contact.folded, ctx, since=found.since, expect=expect,
+                               keyed=offer.keyed)
     push.inline = InlineUpload(offer.inline, offer.raw, strict=True)
     answer = None
     try:

@@ -173,6 +173,8 @@ class ReportAnswers:
                 answer["inline_raw"] = INLINE_RAW_CAP  # ``inline`` counts bytes as sent
                 if allows(access.role, "write"):  # a reader's commit is refused anyway
                     answer["expect"] = EXPECT_VERSION  # a small edit may skip the report
+                    if report.key_hash is not None:  # kept (the first one named stays)
+                        answer["keyed"] = True  # its commits need not name it again
         return answer
 
     async def refuse_if_unmet(

@@ -180,6 +180,46 @@ async def test_a_new_file_of_a_few_kib_is_one_request(server: MemoryServer, tmp_
     assert api.take() == ["POST commit"]
 
 
+class BodyAPI(RecordingAPI):
+    """Also keeps the report each commit carried."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.folded: list[dict[str, Any]] = []
+
+    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+        if path.endswith("/commit"):
+            data, encoding = kw["data"], kw.get("encoding")
+            if encoding is not None:
+                data = bodycodec.decode(data, "zstd", 1 << 22)
+            self.folded.append(json.loads(data)["report"])
+        return await super()._request(method, path, **kw)
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+@driven
+async def test_a_commit_names_the_key_hash_until_the_server_says_it_has_it(
+    server: MemoryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keyed: bool
+) -> None:
+    if not keyed:  # a server from before issue 15's s12: it never says so
+        answer = ReportAnswers.answer
+
+        async def unkeyed(self: ReportAnswers, *a: Any, **kw: Any) -> Any:
+            body = await answer(self, *a, **kw)
+            body.pop("keyed", None)
+            return body
+
+        monkeypatch.setattr(ReportAnswers, "answer", unkeyed)
+    api: BodyAPI = await server.api("alice", BodyAPI)
+    copy = await server.clone(api, tmp_path / "a")
+    await copy.sync(api)  # a report alone: it names the key hash
+    (tmp_path / "a" / "notes.txt").write_bytes(b"an edit\n")
+    assert (await copy.sync(api)).uploaded == 1
+    assert api.take()[-1:] == ["POST commit"]
+    assert ("key_hash" in api.folded[-1]) is not keyed
+    assert len(api.folded[-1].get("key_hash", "ab" * 32)) == 64
+
+
 @driven
 async def test_a_remote_change_is_still_pulled(server: MemoryServer, tmp_path: Path) -> None:
     a, a_api = await _copy(server, tmp_path, "a")

@@ -199,6 +199,17 @@ async def test_chunks_in_the_commit_are_stored_then_committed(env: Env) -> None:
 
 
 @in_memory
+async def test_a_report_naming_the_key_hash_is_told_it_is_kept(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    path = ALPHA + "/copies/copy-1/report"
+    body = {**REPORT, "history": {"seq": 0}}
+    r = await env.call("POST", path, token=token, body=body)
+    assert r.status == 200 and "keyed" not in r.json()  # not named: not said
+    r = await env.call("POST", path, token=token, body={**body, "key_hash": "ab" * 32})
+    assert r.status == 200 and r.json()["keyed"] is True  # commits may leave it out
+
+
+@in_memory
 async def test_a_large_chunk_that_encodes_small_rides_in_the_commit(env: Env) -> None:
     # an edit inside a 100 KB chunk: over 32 KiB raw, a few hundred bytes as sent (issue 15)
     token = await _signed_in_copy(env)
