@@ -199,6 +199,24 @@ async def test_chunks_in_the_commit_are_stored_then_committed(env: Env) -> None:
 
 
 @in_memory
+async def test_a_commit_answer_names_the_store_only_when_the_copy_did_not(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    r = await env.call("POST", ALPHA + "/copies/copy-1/report", token=token,
+                       body={**REPORT, "history": {"seq": 0}})
+    store, generation = r.json()["store"], r.json()["generation"]
+    refs = await upload(env, token, b"first\n")
+    body = {"batch": "b1", "changes": [put("a.txt", refs)],
+            "history": {"seq": 0, "store": store, "generation": generation}}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200 and r.json()["head"] == 1, r.body
+    assert "store" not in r.json() and "generation" not in r.json()  # it has these
+    body = {"batch": "b2", "changes": [put("b.txt", refs)],
+            "history": {"seq": 1, "hash": r.json()["head_hash"]}}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200 and (r.json()["store"], r.json()["generation"]) == (store, generation)
+
+
+@in_memory
 async def test_a_report_naming_the_key_hash_is_told_it_is_kept(env: Env) -> None:
     token = await _signed_in_copy(env)
     path = ALPHA + "/copies/copy-1/report"
