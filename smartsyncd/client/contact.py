@@ -51,12 +51,14 @@ async def contact(
 
 async def folded(
     ctx: CopyContext, unsynced: int, since: datetime | None,
-    expect: dict[str, object] | None = None,
+    expect: dict[str, object] | None = None, keyed: bool = False,
 ) -> dict[str, object]:
     """The report a commit carries (issue 15): what stays unsynced if the commit applies;
     ``expect`` (client/onerequest.py): the commit applies only while what the copy assumed
-    holds."""
-    body = report_body(_host(), unsynced, since if unsynced else None, await _key_hash(ctx))
+    holds; ``keyed``: the server said it holds the copy's key hash (a report alone always
+    names it again, so a server that lost it learns it back)."""
+    key = None if keyed else await _key_hash(ctx)
+    body = report_body(_host(), unsynced, since if unsynced else None, key)
     if expect is not None:
         body["expect"] = expect
     return body

@@ -25,7 +25,7 @@ BLIND_AFTER_CHUNKS = 64
 # New files of at most this many bytes in all, none sent yet when the scan ends, are left to
 # the push: they go with the commit (client/inline.py), or in one upload without asking
 # /missing first (client/push.py) instead of this one's two requests (issue 15).
-LEAVE_TO_PUSH_BYTES = 2 * 1024
+LEAVE_TO_PUSH_BYTES = 32 * 1024
 
 
 class ChunkServer(Protocol):

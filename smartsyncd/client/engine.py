@@ -343,7 +343,7 @@ class SyncCopy:
         answer: CopyContact | None = None
         conflicts = len(report.conflicts)
         if offer is not None and offer.url == api.base_url and small_push(
-            found.plan, found.scan.entries, base, offer.inline
+            found.plan, found.scan.entries, base, offer.raw or offer.inline
         ):
             # a small edit: the commit carries the report and is the sync's one request
             pushed, answer = await push_alone(
@@ -405,8 +405,10 @@ class SyncCopy:
             push = Push(ctx, api, found.scan, base, report, prog, found.plan,
                         present=found.early.present)
             if answer is not None:  # the report after the push rides in its commit (issue 15)
-                push.fold_report = partial(contact.folded, ctx, since=found.since)
-                push.inline = InlineUpload(answer.inline) if answer.inline else None
+                push.fold_report = partial(contact.folded, ctx, since=found.since,
+                                           keyed=answer.keyed)
+                push.inline = (InlineUpload(answer.inline, answer.inline_raw)
+                               if answer.inline else None)
             await push.run(contact.blocked(self.user, answer, waiting))
             reported = reported if push.reported is None else push.reported
         return found, answer, reported

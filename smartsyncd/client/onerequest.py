@@ -31,7 +31,7 @@ from smartsyncd.client.copycontext import CopyContext, log
 from smartsyncd.client.early import EarlyUpload
 from smartsyncd.client.errors import ServerRefused
 from smartsyncd.client.http import report_body
-from smartsyncd.client.inline import INLINE_CHUNKS, InlineUpload
+from smartsyncd.client.inline import INLINE_CHUNKS, InlineUpload, NotCarried
 from smartsyncd.client.localfs import atomic_write_bytes
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.push import Push
@@ -61,25 +61,30 @@ class Found(NamedTuple):
 @dataclass(frozen=True)
 class Offer:
     """What the server at ``url`` last offered in a report's answer: commits that carry up to
-    ``inline`` raw chunk bytes and check a report's ``expect`` (version ``expect``)."""
+    ``inline`` chunk bytes (as sent, decoding to at most ``raw``; raw when ``raw`` is 0: an
+    older server) and check a report's ``expect`` (version ``expect``); ``keyed``: it holds
+    the copy's key hash, which the reports commits carry then leave out."""
 
     url: str
     inline: int
     expect: int
+    raw: int = 0
+    keyed: bool = False
 
 
 def offered(api: Server, answer: CopyContact) -> Offer | None:
     """The offer of a report's answer (None: it makes none)."""
     if answer.inline <= 0 or answer.expect < 1:
         return None
-    return Offer(api.base_url, answer.inline, answer.expect)
+    return Offer(api.base_url, answer.inline, answer.expect, answer.inline_raw, answer.keyed)
 
 
 def read_offer(directory: Path) -> Offer | None:
     """The offer kept in the copy's state folder (blocking); None when none or unreadable."""
     try:
         data = json.loads(osfs.read_small_file(directory / STATE_DIR / OFFER_NAME, 4096))
-        offer = Offer(str(data["url"]), int(data["inline"]), int(data["expect"]))
+        offer = Offer(str(data["url"]), int(data["inline"]), int(data["expect"]),
+                      int(data.get("raw", 0)), data.get("keyed") is True)
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return offer if offer.inline > 0 and offer.expect >= 1 else None
@@ -91,17 +96,19 @@ def keep_offer(directory: Path, offer: Offer | None) -> None:
     if offer is None:
         osfs.unlink(path, missing_ok=True)
         return
-    body = {"url": offer.url, "inline": offer.inline, "expect": offer.expect}
+    body = {"url": offer.url, "inline": offer.inline, "expect": offer.expect, "raw": offer.raw,
+            "keyed": offer.keyed}
     atomic_write_bytes(path, json.dumps(body).encode("utf-8"))
 
 
 def small_push(
     push: Plan, entries: Mapping[str, ScannedFile], base: Mapping[str, FileRecord], limit: int
 ) -> bool:
-    """Whether ``push`` surely fits one commit carrying its chunks: at most ``INLINE_CHUNKS``
+    """Whether ``push`` may fit one commit carrying its chunks: at most ``INLINE_CHUNKS``
     changes, and the chunks its puts may upload (whole files when new, the chunks an edit
     does not share with its synced version) at most ``INLINE_CHUNKS`` of ``limit`` raw bytes
-    in all. It over-counts (chunks the server may have already), never under."""
+    in all. It over-counts (chunks the server may have already), never under. Whether their
+    encoding fits what the server takes as sent is known only once encoded (``push_alone``)."""
     if push.push_empty or len(push.push_puts) + len(push.push_deletes) > INLINE_CHUNKS:
         return False
     known = {r.content for r in base.values()}
@@ -152,11 +159,15 @@ async def push_alone(
     part = SyncReport()  # taken in only when the push went through
     push = Push(ctx, api, found.scan, base, part, prog, found.plan, present=found.early.present)
     expect = expectation(rules, len(found.waiting), found.since)
-    push.fold_report = partial(contact.folded, ctx, since=found.since, expect=expect)
-    push.inline = InlineUpload(offer.inline)
+    push.fold_report = partial(contact.folded, ctx, since=found.since, expect=expect,
+                               keyed=offer.keyed)
+    push.inline = InlineUpload(offer.inline, offer.raw, strict=True)
     answer = None
     try:
         await push.run()
+    except NotCarried as e:  # nothing was sent: the sync reports first, as for a large push
+        log.info("not one request: {why}", why=e)
+        return None, None
     except ServerRefused as e:
         answer = await unmet_answer(api, e)
         if answer is None:  # not for this to settle: the next sync reports first

@@ -372,9 +372,11 @@ class Push:
                 # in the commit: then this window is the only one (it holds every chunk)
                 if self.inline is not None and self.inline.fits(total, len(window)):
                     items = await ctx.run(self._read_for_upload, list(window.items()), bases or {})
-                    sent += await self.inline.hold(ctx.run, items)
-                    prog.advance(total)
-                    continue
+                    held = await self.inline.hold(ctx.run, items)
+                    if held is not None:  # else over what a commit carries, encoded: upload
+                        sent += held
+                        prog.advance(total)
+                        continue
                 if total <= ASK_FIRST_ABOVE:  # small: a round trip saved outweighs resending
                     missing = list(window)
                 else:

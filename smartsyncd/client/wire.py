@@ -314,8 +314,10 @@ class CopyContact:
     head: int | None = None
     store: str | None = None
     generation: int | None = None
-    inline: int = 0  # raw chunk bytes a commit may carry (0: an older server; issue 15)
+    inline: int = 0  # chunk bytes a commit may carry (0: an older server; issue 15)
+    inline_raw: int = 0  # ...decoding to at most this (0: ``inline`` counts raw bytes)
     expect: int = 0  # a commit may carry the report with what the copy assumed (0: it may not)
+    keyed: bool = False  # the server holds the copy's key hash (its reports may leave it out)
 
 
 @dataclass(frozen=True)
@@ -540,7 +542,9 @@ def parse_contact(value: object) -> CopyContact:
                        head=field(data, "head", int, "report", optional=True),
                        store=store, generation=generation,
                        inline=_int_or_none(data.get("inline")) or 0,
-                       expect=_int_or_none(data.get("expect")) or 0)
+                       inline_raw=_int_or_none(data.get("inline_raw")) or 0,
+                       expect=_int_or_none(data.get("expect")) or 0,
+                       keyed=data.get("keyed") is True)
 
 
 def _int_or_none(value: object) -> int | None:

@@ -27,6 +27,7 @@ from smartsyncd.storage.lifecycle import deadline_warning
 from smartsyncd.storage.wipes import KEY_HEX
 from smartsyncd.web.access import Access
 from smartsyncd.web.bodies import expect_object, get_int, get_str
+from smartsyncd.web.inlinechunks import INLINE_RAW_CAP
 from smartsyncd.web.parse import parse_time
 from smartsyncd.web.pull import StoreIdentity
 from smartsyncd.web.shapes import JsonObject, copy_json, finalized_json, iso_utc, lock_json
@@ -169,8 +170,11 @@ class ReportAnswers:
             del answer["copy"]  # the copy's own record: this client never reads it back
             if self._inline:
                 answer["inline"] = self._inline  # small uploads may ride in the commit
+                answer["inline_raw"] = INLINE_RAW_CAP  # ``inline`` counts bytes as sent
                 if allows(access.role, "write"):  # a reader's commit is refused anyway
                     answer["expect"] = EXPECT_VERSION  # a small edit may skip the report
+                    if report.key_hash is not None:  # kept (the first one named stays)
+                        answer["keyed"] = True  # its commits need not name it again
         return answer
 
     async def refuse_if_unmet(

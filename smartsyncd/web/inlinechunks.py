@@ -1,7 +1,9 @@
 """Small uploads that ride in the commit (issue 15: one request less per small edit).
 
 A commit body may carry ``"chunks"``: the base64 of a chunk stream (docs/protocol.md, "Chunk
-stream format"; deltas included) of at most ``INLINE_RAW_BYTES`` raw bytes in all. Before the
+stream format"; deltas included) of about ``INLINE_RAW_BYTES`` as sent (a client judges its
+encoded stream by it; an older one, the raw bytes) and at most ``INLINE_RAW_CAP`` raw bytes
+once decoded, which bounds what one commit makes the daemon decompress and hold. Before the
 commit's transaction the daemon checks it as a chunk upload is checked (the engagement is not
 finalized: else 423; every record decompresses, capped, and hashes to its name: else 400
 ``bad_chunk`` naming the chunk) and stores the chunks durably (pack fsync, rename, folder
@@ -23,8 +25,14 @@ from smartsyncd.web.access import Access, Authorizer
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.pool import RunBlocking
 
-INLINE_RAW_BYTES = 32 * 1024  # raw chunk bytes a commit may carry
+INLINE_RAW_BYTES = 32 * 1024  # chunk stream bytes a commit may carry (advertised: "inline")
+# raw bytes they may decode to (advertised: "inline_raw"): an edit inside a large chunk is a
+# small delta of up to four whole chunks (issue 15)
+INLINE_RAW_CAP = 1024 * 1024
 INLINE_RECORDS = 64  # chunks a commit may carry (as client/inline.py knows)
+# a record's payload is never larger than its raw bytes (raw is sent when zstd does not help,
+# a delta only when smaller), so an older client's stream of INLINE_RAW_BYTES raw fits this
+_SENT_LIMIT = INLINE_RAW_BYTES + chunkstream.HEADER_BYTES * INLINE_RECORDS
 
 
 @dataclass(frozen=True)
@@ -58,15 +66,18 @@ def parse_inline(value: object) -> list[chunkstream.Record]:
     of a well-formed chunk stream, 413 over the limits."""
     if not isinstance(value, str):
         raise BadRequest("field 'chunks' must be a base64 chunk stream", field="chunks")
-    if len(value) > (INLINE_RAW_BYTES + chunkstream.ZSTD_SLACK * INLINE_RECORDS) * 4 // 3 + 4:
+    if len(value) > _SENT_LIMIT * 4 // 3 + 4:
         raise TooLarge(f"inline chunks over {INLINE_RAW_BYTES} bytes: upload them first",
                        limit=INLINE_RAW_BYTES)
     try:
         body = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("field 'chunks' is not valid base64", field="chunks") from None
-    records = chunkstream.decode_records(body, INLINE_RECORDS)
-    if sum(raw_len for _h, _codec, raw_len, _payload in records) > INLINE_RAW_BYTES:
+    if len(body) > _SENT_LIMIT:
         raise TooLarge(f"inline chunks over {INLINE_RAW_BYTES} bytes: upload them first",
                        limit=INLINE_RAW_BYTES)
+    records = chunkstream.decode_records(body, INLINE_RECORDS)
+    if sum(raw_len for _h, _codec, raw_len, _payload in records) > INLINE_RAW_CAP:
+        raise TooLarge(f"inline chunks over {INLINE_RAW_CAP} raw bytes: upload them first",
+                       limit=INLINE_RAW_CAP)
     return records

@@ -153,7 +153,10 @@ class PushRoutes:
         answer: JsonObject = {"head": result.head, "results": [result_json(r) for r in result.results]}
         if result.head_hash is not None:
             answer["head_hash"] = result.head_hash
-        answer["store"], answer["generation"] = store, generation
+        check = parsed.check
+        if check is None or (check.store, check.generation) != (store, generation):
+            # else the copy named these very ones: it keeps what it has (issue 15: bytes)
+            answer["store"], answer["generation"] = store, generation
         if report is not None and copy is not None and self._copies is not None:
             await report.record(self._copies, eng.id, copy, user, access.session.id)
             answer["reported"] = True

@@ -145,12 +145,14 @@ async def test_uploads_start_while_the_scan_goes_on_and_each_chunk_travels_once(
     data = (tmp_path / "a" / "folder0" / "f0000.bin").read_bytes()
     (tmp_path / "a" / "copy-of-f0000.bin").write_bytes(data)
     os.rename(tmp_path / "a" / "folder1" / "f0001.bin", tmp_path / "a" / "moved.bin")
-    fresh = os.urandom(3000)
+    # (over the 32 KiB of new files a push would send with its commit without asking)
+    fresh = [os.urandom(7000) for _ in range(5)]
     b_api = await connect(server, apis, "bob")
-    await b_api.upload_chunks(eng, [(chunk_hash(fresh), fresh)])
-    (tmp_path / "a" / "same-as-bob.bin").write_bytes(fresh)
+    await b_api.upload_chunks(eng, [(chunk_hash(f), f) for f in fresh])
+    for i, f in enumerate(fresh):
+        (tmp_path / "a" / f"same-as-bob-{i}.bin").write_bytes(f)
     report = await copy.sync(api)
-    assert report.uploaded == 3 and report.skipped == []
+    assert report.uploaded == 7 and report.skipped == []
     assert api.uploads == []
     assert report.bytes_sent == 0
     await assert_server_has(server, api, eng, tmp_path / "a")

@@ -33,6 +33,7 @@ from smartsyncd.client.onerequest import OFFER_NAME
 from smartsyncd.client.wire import CommitChange, ManifestDelta, encode_commit
 from smartsyncd.core import bodycodec
 from smartsyncd.storage.api import Grant
+from smartsyncd.web.copyreport import ReportAnswers
 
 
 class RecordingAPI(ServerAPI):
@@ -118,9 +119,105 @@ async def test_an_upload_over_the_inline_limit_goes_ahead(server: MemoryServer, 
     big.write_bytes(b"")
     await copy.sync(api)
     api.take()
-    big.write_bytes(os.urandom(40 * 1024))  # over the 32 KiB a commit may carry
+    big.write_bytes(os.urandom(40 * 1024))  # over the 32 KiB a commit may carry, encoded
     assert (await copy.sync(api)).uploaded == 1
+    # found too large once encoded: nothing went before the report
     assert api.take() == ["POST report", "POST chunks", "POST commit"]
+
+
+@driven
+async def test_an_edit_inside_a_large_chunk_is_one_request(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    module = tmp_path / "a" / "module.py"
+    lines = [b"def f%d(x):\n    return x + %d\n" % (i % 50, i % 7) for i in range(3000)]
+    module.write_bytes(b"".join(lines))  # about 80 KB: over 32 KiB raw, small once encoded
+    await copy.sync(api)
+    api.take()
+    lines[1500] = b"def changed(x):\n    return x\n"
+    module.write_bytes(b"".join(lines))
+    report = await copy.sync(api)
+    assert report.uploaded == 1 and report.unsynced == 0
+    # the server counts what a commit carries as sent: no report and no upload first
+    assert api.take() == ["POST commit"]
+    assert (tmp_path / "a" / "module.py").read_bytes() == b"".join(lines)
+
+
+@driven
+async def test_a_server_that_counts_raw_bytes_gets_the_large_chunk_uploaded_first(
+    server: MemoryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = ReportAnswers.answer
+
+    async def without_raw(self: ReportAnswers, *a: Any, **kw: Any) -> Any:
+        body = await answer(self, *a, **kw)
+        body.pop("inline_raw", None)  # as main's server before issue 15's s12 answered
+        return body
+
+    monkeypatch.setattr(ReportAnswers, "answer", without_raw)
+    copy, api = await _copy(server, tmp_path, "a")
+    module = tmp_path / "a" / "module.py"
+    lines = [b"def f%d(x):\n    return x + %d\n" % (i % 50, i % 7) for i in range(3000)]
+    module.write_bytes(b"".join(lines))
+    await copy.sync(api)
+    api.take()
+    lines[1500] = b"def changed(x):\n    return x\n"
+    module.write_bytes(b"".join(lines))
+    assert (await copy.sync(api)).uploaded == 1
+    assert api.take() == ["POST report", "POST chunks", "POST commit"]  # its limit is raw
+
+
+@driven
+async def test_a_new_file_of_a_few_kib_is_one_request(server: MemoryServer, tmp_path: Path) -> None:
+    copy, api = await _copy(server, tmp_path, "a")
+    await copy.sync(api)
+    api.take()
+    text = os.urandom(2000).hex().encode()  # 4 KB: over the 2 KiB left to the push before
+    (tmp_path / "a" / "changes.rst").write_bytes(text)
+    assert (await copy.sync(api)).uploaded == 1
+    # left to the push (not uploaded while the scan went on): it rides in the commit
+    assert api.take() == ["POST commit"]
+
+
+class BodyAPI(RecordingAPI):
+    """Also keeps the report each commit carried."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.folded: list[dict[str, Any]] = []
+
+    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+        if path.endswith("/commit"):
+            data, encoding = kw["data"], kw.get("encoding")
+            if encoding is not None:
+                data = bodycodec.decode(data, "zstd", 1 << 22)
+            self.folded.append(json.loads(data)["report"])
+        return await super()._request(method, path, **kw)
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+@driven
+async def test_a_commit_names_the_key_hash_until_the_server_says_it_has_it(
+    server: MemoryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keyed: bool
+) -> None:
+    if not keyed:  # a server from before issue 15's s12: it never says so
+        answer = ReportAnswers.answer
+
+        async def unkeyed(self: ReportAnswers, *a: Any, **kw: Any) -> Any:
+            body = await answer(self, *a, **kw)
+            body.pop("keyed", None)
+            return body
+
+        monkeypatch.setattr(ReportAnswers, "answer", unkeyed)
+    api: BodyAPI = await server.api("alice", BodyAPI)
+    copy = await server.clone(api, tmp_path / "a")
+    await copy.sync(api)  # a report alone: it names the key hash
+    (tmp_path / "a" / "notes.txt").write_bytes(b"an edit\n")
+    assert (await copy.sync(api)).uploaded == 1
+    assert api.take()[-1:] == ["POST commit"]
+    assert ("key_hash" in api.folded[-1]) is not keyed
+    assert len(api.folded[-1].get("key_hash", "ab" * 32)) == 64
 
 
 @driven

@@ -6,6 +6,7 @@ report's answer (web/workflow.py), on the real Site and store (tests/unit/webkit
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 import treq
@@ -21,7 +22,8 @@ from webkit import Env, chunk_of, in_memory, put, upload
 from smartsyncd.client.leanagent import LeanPool
 from smartsyncd.client.transport import USER_AGENT
 from smartsyncd.core import chunkstream
-from smartsyncd.web.inlinechunks import INLINE_RAW_BYTES
+from smartsyncd.core.chunking import MAX_CHUNK
+from smartsyncd.web.inlinechunks import INLINE_RAW_BYTES, INLINE_RAW_CAP
 
 
 class MemoryEndpoints:
@@ -183,6 +185,7 @@ async def test_chunks_in_the_commit_are_stored_then_committed(env: Env) -> None:
     r = await env.call("POST", ALPHA + "/copies/copy-1/report", token=token,
                        body={**REPORT, "history": {"seq": 0}})
     assert r.json()["inline"] == INLINE_RAW_BYTES  # advertised to a client that names its place
+    assert r.json()["inline_raw"] == INLINE_RAW_CAP  # ``inline`` counts bytes as sent
     datas = [b"small edit\n" * 10, b"x" * 3000]
     refs = [chunk_of(d)[0] for d in datas]
     body = {"batch": "b1", "changes": [put("a.txt", refs)], "chunks": _inline(*datas),
@@ -196,6 +199,48 @@ async def test_chunks_in_the_commit_are_stored_then_committed(env: Env) -> None:
 
 
 @in_memory
+async def test_a_commit_answer_names_the_store_only_when_the_copy_did_not(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    r = await env.call("POST", ALPHA + "/copies/copy-1/report", token=token,
+                       body={**REPORT, "history": {"seq": 0}})
+    store, generation = r.json()["store"], r.json()["generation"]
+    refs = await upload(env, token, b"first\n")
+    body = {"batch": "b1", "changes": [put("a.txt", refs)],
+            "history": {"seq": 0, "store": store, "generation": generation}}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200 and r.json()["head"] == 1, r.body
+    assert "store" not in r.json() and "generation" not in r.json()  # it has these
+    body = {"batch": "b2", "changes": [put("b.txt", refs)],
+            "history": {"seq": 1, "hash": r.json()["head_hash"]}}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200 and (r.json()["store"], r.json()["generation"]) == (store, generation)
+
+
+@in_memory
+async def test_a_report_naming_the_key_hash_is_told_it_is_kept(env: Env) -> None:
+    token = await _signed_in_copy(env)
+    path = ALPHA + "/copies/copy-1/report"
+    body = {**REPORT, "history": {"seq": 0}}
+    r = await env.call("POST", path, token=token, body=body)
+    assert r.status == 200 and "keyed" not in r.json()  # not named: not said
+    r = await env.call("POST", path, token=token, body={**body, "key_hash": "ab" * 32})
+    assert r.status == 200 and r.json()["keyed"] is True  # commits may leave it out
+
+
+@in_memory
+async def test_a_large_chunk_that_encodes_small_rides_in_the_commit(env: Env) -> None:
+    # an edit inside a 100 KB chunk: over 32 KiB raw, a few hundred bytes as sent (issue 15)
+    token = await _signed_in_copy(env)
+    data = b"".join(b"line %d of a long module\n" % i for i in range(4000))
+    assert len(data) > INLINE_RAW_BYTES
+    ref = chunk_of(data)[0]
+    body = {"batch": "b1", "changes": [put("big.py", [ref])], "chunks": _inline(data)}
+    r = await env.call("POST", ALPHA + "/commit", token=token, body=body, headers=COPY)
+    assert r.status == 200 and r.json()["results"][0]["status"] == "applied", r.body
+    assert await env.store.missing_chunks(env.alpha, [ref.hash]) == []
+
+
+@in_memory
 async def test_bad_chunks_in_a_commit_are_refused_and_nothing_changes(env: Env) -> None:
     token = await _signed_in_copy(env)
     good, other = b"good bytes\n" * 5, b"other bytes\n" * 5
@@ -204,7 +249,8 @@ async def test_bad_chunks_in_a_commit_are_refused_and_nothing_changes(env: Env) 
         (_inline(good, bad=True), 400, "bad_chunk"),  # names the chunk
         ("not base64!", 400, "bad_request"),
         (12, 400, "bad_request"),
-        (_inline(b"y" * (INLINE_RAW_BYTES + 1)), 413, "too_large"),
+        (_inline(*[bytes([i]) * MAX_CHUNK for i in range(5)]), 413, "too_large"),  # raw
+        (_inline(os.urandom(INLINE_RAW_BYTES + 4096)), 413, "too_large"),  # as sent
         (base64.b64encode(b"\x01\x02").decode(), 400, "bad_chunk"),  # a truncated stream
     ):
         body = {"batch": "b1", "changes": [put("a.txt", refs)], "chunks": chunks}
