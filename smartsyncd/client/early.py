@@ -23,6 +23,11 @@ from smartsyncd.client.wire import UploadItem
 # its own connection (issue 15).
 UPLOAD_WINDOW_BYTES = 4 * 1024 * 1024
 UPLOADS_IN_FLIGHT = 2
+# After the first window of a new large file's chunks, windows of this many bytes: each
+# request costs the server an fsync of its pack and a transaction (the push's window,
+# client/push.py). The first stays smaller, so the small files sent before it are confirmed
+# (and committed) while the rest is still on the wire.
+STREAM_WINDOW_BYTES = 8 * 1024 * 1024
 # once a window of at least this many chunks came back all-missing from /missing, the next
 # windows upload without asking (a first sync of new files: the server has none of them)
 BLIND_AFTER_CHUNKS = 64
@@ -93,11 +98,13 @@ class EarlyUpload:
         window: int = UPLOAD_WINDOW_BYTES, in_flight: int = UPLOADS_IN_FLIGHT,
         commit: Callable[[list[ScannedFile]], Awaitable[bool]] | None = None,
         commit_files: int = EARLY_COMMIT_FILES, blind: bool = False,
+        stream_window: int = STREAM_WINDOW_BYTES,
     ) -> None:
         """``commit``: commits new files whose chunks are confirmed, in batches of
         ``commit_files`` while the scan goes on; returns False to stop early commits.
         ``blind``: upload the first windows without asking (nothing of the engagement was
-        ever synced here: a first upload), until an upload finds chunks present."""
+        ever synced here: a first upload), until an upload finds chunks present.
+        ``stream_window``: the window once a new large file's chunks have begun to go."""
         self.commit = commit
         self.commit_files = commit_files
         self._waiting: dict[str, list[NewFile]] = {}  # chunk hash -> files waiting for it
@@ -113,6 +120,8 @@ class EarlyUpload:
         # rename: the push sends it (its id alone, or what /missing says is lacking)
         self.known_first = {r.chunks[0].hash for r in base.values() if r.chunks}
         self.window = window
+        self.stream_window = stream_window
+        self._streaming = False
         self.in_flight = in_flight
         self.present = Confirmed()
         self.bytes_sent = 0
@@ -160,6 +169,7 @@ class EarlyUpload:
     def begin_file(self) -> NewFile:
         """A new large file about to be read in pieces (``offer_chunks``, then
         ``end_file`` or ``drop_file``)."""
+        self._streaming = True
         return NewFile()
 
     def offer_chunks(self, new: NewFile, chunks: Iterable[tuple[str, bytes]]) -> None:
@@ -219,6 +229,8 @@ class EarlyUpload:
                 batch[digest] = self._pending.pop(digest)
                 size += len(batch[digest])
             self._pending_bytes -= size
+            if self._streaming:  # a large file's windows: fewer, larger requests
+                self.window = max(self.window, self.stream_window)
             sending: Deferred[None] = Deferred.fromCoroutine(self._send(batch))
             self._running.append(sending)
             sending.addBoth(self._done, sending)
@@ -271,13 +283,15 @@ class EarlyUpload:
                 missing = await self.api.missing_chunks(self.engagement, list(batch))
                 if len(missing) == len(batch) and len(batch) >= BLIND_AFTER_CHUNKS:
                     self.blind = True
+            digests = list(batch)
             if missing:
+                # taken out as they are encoded: the request holds its body, not both
                 self.bytes_sent += await self.api.upload_chunks(
-                    self.engagement, [(h, batch[h]) for h in missing]
+                    self.engagement, ((h, batch.pop(h)) for h in missing)
                 )
             if blind and self.api.chunks_present != present_before:
                 self.blind = False  # the server had some: ask again from the next window
-            for digest in batch:
+            for digest in digests:
                 waiters = self._waiting.pop(digest, ())
                 if any(not new.streamed for new in waiters):
                     self.present.add(digest)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from smartsyncd.client.copycontext import SCAN_STEP, CopyContext, log
-from smartsyncd.client.early import UPLOAD_WINDOW_BYTES, EarlyUpload
+from smartsyncd.client.early import STREAM_WINDOW_BYTES, UPLOAD_WINDOW_BYTES, EarlyUpload
 from smartsyncd.client.errors import NetworkError, ServerRefused
 from smartsyncd.client.newfiles import FileStream
 from smartsyncd.client.push import apply_results, own_head, with_attributes
@@ -51,6 +51,7 @@ async def scan_and_upload(
 
     early = EarlyUpload(
         api, ctx.engagement, base, window=min(ctx.window_bytes, UPLOAD_WINDOW_BYTES),
+        stream_window=min(ctx.window_bytes, STREAM_WINDOW_BYTES),
         commit=commit, commit_files=ctx.early_commit_files,
         blind=bool(job.todo) and not base and await ctx.last_seq() == 0
         and await ctx.run(first_upload, ctx.directory),
