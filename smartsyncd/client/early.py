@@ -15,6 +15,7 @@ from smartsyncd.client.copycontext import EARLY_COMMIT_FILES, log
 from smartsyncd.client.scanner import ScannedFile
 from smartsyncd.client.state import FileRecord
 from smartsyncd.client.wire import UploadItem
+from smartsyncd.runtime.malloctune import fix_mmap_threshold
 
 # Early uploads go in requests of at most this many raw bytes, two on the wire at once: the
 # server verifies and stores one while the next arrives and the client reads the one after.
@@ -170,6 +171,7 @@ class EarlyUpload:
         """A new large file about to be read in pieces (``offer_chunks``, then
         ``end_file`` or ``drop_file``)."""
         self._streaming = True
+        fix_mmap_threshold()  # 8 MiB windows freed to the system, not kept as heap holes
         return NewFile()
 
     def offer_chunks(self, new: NewFile, chunks: Iterable[tuple[str, bytes]]) -> None:
@@ -209,6 +211,11 @@ class EarlyUpload:
             waiting: Deferred[None] = Deferred()
             self._room.append(waiting)
             await waiting
+
+    def room_bytes(self) -> int:
+        """How much to read next: what tops the window up (a read ends after a whole chunk,
+        so the window in hand stays within one chunk of ``window``)."""
+        return max(self.window - self._pending_bytes, 1)
 
     def _wake(self) -> None:
         if self.failed or self._closed or self._pending_bytes < self.window:

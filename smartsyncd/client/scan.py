@@ -106,7 +106,7 @@ async def upload_new_file(
         try:
             while not stream.done:
                 await early.room()
-                chunks = await ctx.run(stream.read, early.window)
+                chunks = await ctx.run(stream.read, early.room_bytes())
                 if first and chunks and not early.wants(path, chunks[0][0]):
                     break  # its first chunk begins a synced file: hashed the usual way
                 first = False
