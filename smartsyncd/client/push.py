@@ -28,6 +28,7 @@ from smartsyncd.client.copycontext import (
     remote_path_ok,
 )
 from smartsyncd.client.deltabase import DELTA_SLACK, DeltaBase
+from smartsyncd.client.early import Confirmed
 from smartsyncd.client.errors import (
     BadChunk,
     Finalized,
@@ -109,6 +110,8 @@ class Push:
         self.report = report
         self.prog = prog
         self.present = set() if present is None else present
+        # new large files uploaded whole during the scan, path -> content id
+        self.sent_files: dict[str, str] = present.files if isinstance(present, Confirmed) else {}
         self.plan = planned_push or plan(scan.entries, base, [], complete=scan.complete,
                 ignored=scan.rules.ignores)
         self.planned = {x.path for x in self.plan.push_puts} | {
@@ -208,6 +211,10 @@ class Push:
             pass  # a folder entry: the id alone (docs/protocol.md, "Folder entries")
         elif put.content in known and put.path not in self.full:
             pass  # the server has this content (rename, copy): only the id travels
+        elif self.sent_files.get(put.path) == put.content and put.path not in self.full:
+            # a new large file the scan read and uploaded (client/early.py): all its chunks
+            # are on the server already
+            item = CommitChange(put.path, "put", put.base, manifest=chunks)
         elif old is not None and old.chunks is not None and put.path not in self.full:
             item = replace(item, delta=ManifestDelta(old.content, make_delta(old.chunks, chunks)))
             batch.wanted.add(put.path, chunks, had=old.chunks)

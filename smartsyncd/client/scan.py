@@ -5,19 +5,25 @@ the push's (client/push.py)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 from smartsyncd.client.copycontext import SCAN_STEP, CopyContext, log
-from smartsyncd.client.early import UPLOAD_WINDOW_BYTES, EarlyUpload
+from smartsyncd.client.early import STREAM_WINDOW_BYTES, UPLOAD_WINDOW_BYTES, EarlyUpload
 from smartsyncd.client.errors import NetworkError, ServerRefused
+from smartsyncd.client.newfiles import FileStream
 from smartsyncd.client.push import apply_results, own_head, with_attributes
 from smartsyncd.client.reports import SyncReport
-from smartsyncd.client.scanner import ScannedFile, ScanResult
+from smartsyncd.client.scanner import FileChanging, ScanJob, ScannedFile, ScanResult
 from smartsyncd.client.server import Server
-from smartsyncd.client.state import FileRecord
+from smartsyncd.client.state import STATE_DIR, FileRecord
 from smartsyncd.client.wire import CommitChange
 from smartsyncd.core.planner import Plan, plan
+
+# in the state folder: this copy began a chunk upload once (``first_upload``)
+UPLOAD_BEGUN = "upload-begun"
 
 
 async def scan_and_upload(
@@ -45,11 +51,19 @@ async def scan_and_upload(
 
     early = EarlyUpload(
         api, ctx.engagement, base, window=min(ctx.window_bytes, UPLOAD_WINDOW_BYTES),
+        stream_window=min(ctx.window_bytes, STREAM_WINDOW_BYTES),
         commit=commit, commit_files=ctx.early_commit_files,
+        blind=bool(job.todo) and not base and await ctx.last_seq() == 0
+        and await ctx.run(first_upload, ctx.directory),
     )
+    job.defer_new = True
     try:
         while not job.done:
             early.offer(await ctx.run(job.step, SCAN_STEP))
+        # new large files after the small ones: the small files' windows go first, so they
+        # are confirmed (and committed) while the large files' windows are on the wire
+        for path, st in job.take_deferred():
+            await upload_new_file(ctx, job, early, path, st)
         await early.finish()
     except BaseException:
         early.abort()
@@ -66,6 +80,45 @@ async def scan_and_upload(
     if moved:
         scan = await ctx.run(ctx.scanner.scan, base)
     return scan, early
+
+
+def first_upload(directory: Path) -> bool:
+    """Whether this copy never began an upload (blocking); marks that it has. Only then may a
+    copy with nothing synced upload without asking first: after an interrupted first
+    upload, asking is what makes it resume where it stopped."""
+    marker = directory / STATE_DIR / UPLOAD_BEGUN
+    if marker.exists():
+        return False
+    marker.touch()
+    return True
+
+
+async def upload_new_file(
+    ctx: CopyContext, job: ScanJob, early: EarlyUpload, path: str, st: os.stat_result
+) -> None:
+    """Read a new large file once, its chunks going to the early upload as they are hashed
+    (a window at a time: the scan waits while the upload has a window in hand). A file that
+    cannot be read this way, changed while read, or looks like a copy of a synced one is
+    examined the usual way instead (the push then sends what it needs)."""
+    new = early.begin_file()
+    with FileStream(ctx.scanner, path) as stream:
+        first = True
+        try:
+            while not stream.done:
+                await early.room()
+                chunks = await ctx.run(stream.read, early.room_bytes())
+                if first and chunks and not early.wants(path, chunks[0][0]):
+                    break  # its first chunk begins a synced file: hashed the usual way
+                first = False
+                early.offer_chunks(new, chunks)
+            else:
+                job.result.entries[path] = entry = await ctx.run(stream.finish)
+                early.end_file(new, entry)
+                return
+        except (FileChanging, OSError):
+            pass
+    early.drop_file(new)
+    await ctx.run(job.examine, path, st)
 
 
 async def commit_early(

@@ -388,6 +388,10 @@ class ScanJob:
         self.result = result
         self.todo = todo
         self.position = 0
+        # new files (no base row) larger than one chunk are left out of ``step`` and listed
+        # here, for the caller to read once while uploading them (client/newfiles.py)
+        self.defer_new = False
+        self.deferred: list[tuple[str, os.stat_result]] = []
 
     @property
     def done(self) -> bool:
@@ -400,11 +404,25 @@ class ScanJob:
         end = min(len(self.todo), self.position + count)
         entries = self.result.entries
         for path, st in self.todo[self.position:end]:
-            data = self.scanner._examine(path, st, self.base.get(path), self.result)
+            record = self.base.get(path)
+            if self.defer_new and record is None and st.st_size > MIN_CHUNK:
+                self.deferred.append((path, st))
+                continue
+            data = self.scanner._examine(path, st, record, self.result)
             if data is not None:
                 read.append((entries[path], data))
         self.position = end
         return read
+
+    def take_deferred(self) -> list[tuple[str, os.stat_result]]:
+        """The new large files the steps so far left out (``defer_new``), once."""
+        taken, self.deferred = self.deferred, []
+        return taken
+
+    def examine(self, path: str, st: os.stat_result) -> None:
+        """Look at one file as ``step`` would (blocking): a deferred file that could not be
+        streamed is read here the usual way, with its retries and reasons."""
+        self.scanner._examine(path, st, self.base.get(path), self.result)
 
 
 def load_rules(root: Path, errors: list[tuple[str, str]]) -> IgnoreRules:

@@ -29,10 +29,10 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols import portforward
 
 from smartsyncd.client.backoff import Backoff
+from smartsyncd.client.early import UPLOAD_WINDOW_BYTES
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import NetworkError
 from smartsyncd.client.http import ServerAPI
-from smartsyncd.client.push import BULK_UPLOAD_WINDOW_BYTES
 from smartsyncd.client.trust import PinnedPolicy
 from tests.integration.admin_endpoint import ADMIN_CONFIG, admin_port, value, wait_for_metric
 from tests.integration.daemon import Daemon, running_daemon
@@ -147,9 +147,10 @@ async def upload_held_mid_stream(d: Daemon, tmp_path: Path, data: bytes) -> tupl
 @pytest_twisted.ensureDeferred
 async def test_sigterm_lets_an_upload_mid_stream_finish_then_exits(tmp_path: Path) -> None:
     d = start(tmp_path / "server", drain_seconds=120)
-    # one upload request (within one upload window: 8 MiB since issue 15's memory work; a
-    # larger file would put two requests on the wire, both held)
-    data = random.Random(5).randbytes(BULK_UPLOAD_WINDOW_BYTES * 3 // 4)
+    # one upload request (within one upload window: a new file goes up as the scan reads
+    # it, 4 MiB a request, client/early.py; a larger file would put two requests on the
+    # wire, both held)
+    data = random.Random(5).randbytes(UPLOAD_WINDOW_BYTES * 3 // 4)
     proxy, listening, api, copy, syncing = await upload_held_mid_stream(d, tmp_path, data)
     try:
         before = len(d.log_text())
@@ -190,7 +191,7 @@ async def test_sigterm_lets_an_upload_mid_stream_finish_then_exits(tmp_path: Pat
 @pytest_twisted.ensureDeferred
 async def test_an_upload_over_the_drain_time_is_cut_and_sent_again(tmp_path: Path) -> None:
     d = start(tmp_path / "server", drain_seconds=1)
-    data = random.Random(6).randbytes(6 * MiB)
+    data = random.Random(6).randbytes(UPLOAD_WINDOW_BYTES * 3 // 4)  # one request
     proxy, listening, api, copy, syncing = await upload_held_mid_stream(d, tmp_path, data)
     try:
         before = len(d.log_text())

@@ -39,6 +39,23 @@ class _ThenAct:
         self._act()
 
 
+async def _synced_then_edited(server: MemoryServer, api: Any, folder: Path, tag: bytes) -> Path:
+    """Ledger.xlsx synced, then edited: an edit is hashed by the scan and read back by the
+    push (a new file is uploaded as the scan reads it: client/newfiles.py)."""
+    (await server.clone(api, folder)).close()
+    target = folder / "Ledger.xlsx"
+    target.write_bytes(ledger(b"version zero "))
+    copy = server.open(folder)
+    try:
+        await copy.sync(api)
+    finally:
+        copy.close()
+    target.write_bytes(ledger(tag))
+    later = os.stat(target).st_mtime_ns + 2_000_000_000
+    os.utime(target, ns=(later, later))
+    return target
+
+
 async def _sync_with(server: MemoryServer, folder: Path, act: Any) -> Any:
     """Open the copy with a scanner whose read of Ledger.xlsx is followed by ``act``; sync."""
     acted: list[bool] = []
@@ -64,9 +81,8 @@ async def test_a_file_changed_after_its_scan_is_skipped_not_committed_then_sent(
     server: MemoryServer, tmp_path: Path
 ) -> None:
     api = await server.api()
-    (await server.clone(api, tmp_path / "a")).close()
-    target = tmp_path / "a" / "Ledger.xlsx"
-    target.write_bytes(ledger(b"version one "))
+    target = await _synced_then_edited(server, api, tmp_path / "a", b"version one ")
+    _head, before = await api.snapshot(ENG)
 
     def excel_saves() -> None:  # same size, new bytes: only the hashes can tell
         target.write_bytes(ledger(b"version two "))
@@ -75,7 +91,7 @@ async def test_a_file_changed_after_its_scan_is_skipped_not_committed_then_sent(
     assert report.skipped == [("Ledger.xlsx", "changed while syncing; sent next time")]
     assert report.partial and report.uploaded == 0
     _head, files = await api.snapshot(ENG)
-    assert [f.path for f in files] == []  # nothing half-read was committed
+    assert files == before  # nothing half-read was committed
 
     again = server.open(tmp_path / "a")
     try:
@@ -95,9 +111,8 @@ async def test_a_file_that_cannot_be_opened_at_upload_is_reported_and_retried(
     """Between the scan and the upload the path becomes a socket, which ``open`` refuses
     (ENXIO) even for root: a real failing open standing in for Windows' sharing violation."""
     api = await server.api()
-    (await server.clone(api, tmp_path / "a")).close()
-    target = tmp_path / "a" / "Ledger.xlsx"
-    target.write_bytes(ledger(b"final figures "))
+    target = await _synced_then_edited(server, api, tmp_path / "a", b"final figures ")
+    _head, before = await api.snapshot(ENG)
     kept = tmp_path / "kept.xlsx"
     holder = socket.socket(socket.AF_UNIX)
 
@@ -113,7 +128,7 @@ async def test_a_file_that_cannot_be_opened_at_upload_is_reported_and_retried(
     assert path == "Ledger.xlsx" and reason.startswith("cannot read now (")
     assert reason.endswith("; retried next sync") and report.partial
     _head, files = await api.snapshot(ENG)
-    assert [f.path for f in files] == []
+    assert files == before
 
     os.unlink(target)
     os.rename(kept, target)  # the other program let go
