@@ -10,9 +10,11 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from smartsyncd.client import osfs
 from smartsyncd.client.copycontext import SCAN_STEP, CopyContext, log
 from smartsyncd.client.early import STREAM_WINDOW_BYTES, UPLOAD_WINDOW_BYTES, EarlyUpload
 from smartsyncd.client.errors import NetworkError, ServerRefused
+from smartsyncd.client.localfs import atomic_write_bytes
 from smartsyncd.client.newfiles import FileStream
 from smartsyncd.client.push import apply_results, own_head, with_attributes
 from smartsyncd.client.reports import SyncReport
@@ -87,9 +89,9 @@ def first_upload(directory: Path) -> bool:
     copy with nothing synced upload without asking first: after an interrupted first
     upload, asking is what makes it resume where it stopped."""
     marker = directory / STATE_DIR / UPLOAD_BEGUN
-    if marker.exists():
+    if osfs.exists(marker):
         return False
-    marker.touch()
+    atomic_write_bytes(marker, b"")  # durable: a crash must not make the next upload blind
     return True
 
 
