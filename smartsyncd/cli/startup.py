@@ -53,6 +53,8 @@ def server_to_reach(argv: Sequence[str], environ: Mapping[str, str],
                     platform: str = sys.platform) -> tuple[str, int] | None:
     """``(host, port)`` the command will connect to first, when that is plain from ``argv``
     (and the copy's marker) and no proxy can be in the way; else None."""
+    if platform == "win32":
+        return None  # adopting a socket there is not what Twisted's reactors promise
     command: str | None = None
     positionals: list[str] = []
     proxy: str | None = None
@@ -75,7 +77,7 @@ def server_to_reach(argv: Sequence[str], environ: Mapping[str, str],
     if proxy is not None:
         if proxy.strip().lower() not in _PROXY_OFF:
             return None
-    elif platform in ("win32", "darwin") or any(
+    elif platform == "darwin" or any(
             key.lower() in ("https_proxy", "all_proxy") for key in environ):
         return None  # the system's proxy settings decide (client/proxy.py): not read here
     url: str | None

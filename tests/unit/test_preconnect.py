@@ -34,7 +34,7 @@ def test_the_server_is_taken_from_a_clone_or_the_copys_marker(tmp_path: Path) ->
 @pytest.mark.parametrize("argv, env, platform", [
     (["clone", "https://f.example/acme", "d"], {"HTTPS_PROXY": "http://p:3128"}, "linux"),
     (["clone", "https://f.example/acme", "d"], {"all_proxy": "http://p:3128"}, "linux"),
-    (["clone", "https://f.example/acme", "d"], {}, "win32"),  # the system's settings decide
+    (["clone", "https://f.example/acme", "d"], {}, "darwin"),  # the system's settings decide
     (["--proxy", "http://p:3128", "clone", "https://f.example/acme", "d"], {}, "linux"),
     (["clone", "--unknown", "https://f.example/acme", "d"], {}, "linux"),
     (["clone", "http://f.example/acme", "d"], {}, "linux"),  # refused by the command
@@ -50,8 +50,9 @@ def test_no_early_connection_when_in_doubt(argv: list[str], env: dict[str, str],
 
 def test_proxy_direct_still_connects_early() -> None:
     argv = ["--proxy", "direct", "clone", "https://f.example/acme", "d"]
-    assert server_to_reach(argv, {"HTTPS_PROXY": "http://p:3128"}, "win32") == (
+    assert server_to_reach(argv, {"HTTPS_PROXY": "http://p:3128"}, "darwin") == (
         "f.example", 443)
+    assert server_to_reach(argv, {}, "win32") is None
 
 
 def test_discarded_while_connecting_the_socket_is_closed_when_it_connects() -> None:
@@ -85,3 +86,26 @@ def test_only_the_command_connects_early_on_import() -> None:
     done = subprocess.run([sys.executable, "-c", probe, "clone", "https://127.0.0.1:9/a", "d"],
                           capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "0"]
+
+
+def test_the_console_script_connects_early_to_the_server_it_names(tmp_path: Path) -> None:
+    """Run as ``smartsync clone URL DIR`` (the console script's name), importing the command
+    begins two connections to the server (a clone's two) before the rest is imported."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        script = tmp_path / "smartsync"
+        script.write_text(
+            "import sys\n"
+            "from smartsyncd.cli import startup\n"
+            "from smartsyncd.client import preconnect\n"
+            f"began = preconnect._pending[('127.0.0.1', {port})]\n"
+            "[early.join(10) for early in began]\n"
+            "print(len(began), sum(early._sock is not None for early in began),\n"
+            "      any(m.startswith('twisted') for m in sys.modules))\n")
+        done = subprocess.run([sys.executable, str(script), "--quiet", "clone",
+                               f"https://127.0.0.1:{port}/acme", str(tmp_path / "copy")],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.split() == ["2", "2", "False"]
+    finally:
+        listener.close()
