@@ -50,9 +50,10 @@ _MARKER = os.path.join(".smartsync", "copy.json")
 
 
 def server_to_reach(argv: Sequence[str], environ: Mapping[str, str],
-                    platform: str = sys.platform) -> tuple[str, int] | None:
-    """``(host, port)`` the command will connect to first, when that is plain from ``argv``
-    (and the copy's marker) and no proxy can be in the way; else None."""
+                    platform: str = sys.platform) -> tuple[str, int, int] | None:
+    """``(host, port, connections)`` the command will open first, when that is plain from
+    ``argv`` (and the copy's marker) and no proxy can be in the way; else None. A clone asks
+    for the file list and the rules at once: two connections."""
     if platform == "win32":
         return None  # adopting a socket there is not what Twisted's reactors promise
     command: str | None = None
@@ -87,7 +88,10 @@ def server_to_reach(argv: Sequence[str], environ: Mapping[str, str],
         url = _copy_server(positionals[0] if positionals else ".")
     else:
         return None
-    return _address(url) if url else None
+    address = _address(url) if url else None
+    if address is None:
+        return None
+    return (*address, 2 if command == "clone" else 1)
 
 
 def _copy_server(directory: str) -> str | None:
@@ -121,8 +125,8 @@ def connect_early(argv: Sequence[str] | None = None) -> None:
     if target is not None:
         from smartsyncd.client import preconnect
 
-        # a clone asks for the file list and the rules at once, on two connections
-        preconnect.start(*target, count=2 if "clone" in argv else 1)
+        host, port, count = target
+        preconnect.start(host, port, count=count)
 
 
 connect_early()

@@ -20,15 +20,17 @@ def test_the_server_is_taken_from_a_clone_or_the_copys_marker(tmp_path: Path) ->
     env: dict[str, str] = {}
     assert server_to_reach(["--quiet", "--config-dir", "/c", "clone",
                             "https://Files.Example:8443/acme", "dir"], env, "linux") == (
-        "files.example", 8443)
+        "files.example", 8443, 2)
     assert server_to_reach(["clone", "https://files.example/acme", "d"], env, "linux") == (
-        "files.example", 443)
+        "files.example", 443, 2)
     (tmp_path / ".smartsync").mkdir()
     (tmp_path / ".smartsync" / "copy.json").write_text(
         '{"server": "https://127.0.0.1:9443", "engagement": "acme", "copy_id": "c1"}')
-    assert server_to_reach(["sync", str(tmp_path)], env, "linux") == ("127.0.0.1", 9443)
+    assert server_to_reach(["sync", str(tmp_path)], env, "linux") == ("127.0.0.1", 9443, 1)
     assert server_to_reach(["--json", "status", str(tmp_path)], env, "linux") == (
-        "127.0.0.1", 9443)
+        "127.0.0.1", 9443, 1)
+    assert server_to_reach(["engagements", "https://f.example"], env, "linux") == (
+        "f.example", 443, 1)
 
 
 @pytest.mark.parametrize("argv, env, platform", [
@@ -51,7 +53,7 @@ def test_no_early_connection_when_in_doubt(argv: list[str], env: dict[str, str],
 def test_proxy_direct_still_connects_early() -> None:
     argv = ["--proxy", "direct", "clone", "https://f.example/acme", "d"]
     assert server_to_reach(argv, {"HTTPS_PROXY": "http://p:3128"}, "darwin") == (
-        "f.example", 443)
+        "f.example", 443, 2)
     assert server_to_reach(argv, {}, "win32") is None
 
 
