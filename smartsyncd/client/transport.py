@@ -460,7 +460,10 @@ class PreconnectedEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
         early = preconnect.claim(self._host, self._port)
-        if early is None or not IReactorSocket.providedBy(self._reactor):
+        if early is not None and not IReactorSocket.providedBy(self._reactor):
+            early.discard()  # a reactor that cannot adopt it: connect as usual
+            early = None
+        if early is None:
             return self._fresh().connect(protocolFactory)
         return Deferred.fromCoroutine(self._adopt(early, protocolFactory))
 
