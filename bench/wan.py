@@ -282,6 +282,7 @@ class WanBench:
         wanrelay._Inbound.dataReceived = up  # type: ignore[method-assign]
         kinds = ["ours", *(["base"] if base_code else []), "rsync"]
         times: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in kinds}
+        answered: dict[str, list[float]] = {k: [] for k in kinds}
         try:
             await self.run([*cli, "--trust-fingerprint", self.daemon.fingerprint, "login", url,
                             "--user", "bench", "--password-stdin"], stdin=PASSWORD + "\n")
@@ -318,18 +319,22 @@ class WanBench:
                     split = (end - start, ups[0] - start, delivered[-1] - ups[0],
                              end - delivered[-1])
                     times[kind].append(split)
+                    answered[kind].append(delivered[0] - start)  # the TCP handshake's wait too
                     if r == 0 and self.args.trace and kind != "rsync":
                         print(timeline(events, start))
                     print(f"{kind}: {split[0]:.2f} s = {split[1]:.2f} before the first byte + "
                           f"{split[2]:.2f} transfer + {split[3]:.2f} after the last; "
                           f"{counters.up:,} B up, {counters.down:,} B down, {counters.turns} "
-                          f"turns, {counters.connections} connections", flush=True)
+                          f"turns, {counters.connections} connections; first answer at "
+                          f"{answered[kind][-1]:.2f} s", flush=True)
                     shutil.rmtree(target, ignore_errors=True)
             print(f"\nclone, {files:,} files, medians of {rounds}:")
             for kind, got in times.items():
                 med = [statistics.median(t[i] for t in got) for i in range(4)]
                 print(f"  {kind}: {med[0]:.2f} s ({med[1]:.2f} start + {med[2]:.2f} transfer + "
-                      f"{med[3]:.2f} tail); runs " + ", ".join(f"{t[0]:.2f}" for t in got))
+                      f"{med[3]:.2f} tail; first answer at "
+                      f"{statistics.median(answered[kind]):.2f}); runs "
+                      + ", ".join(f"{t[0]:.2f}" for t in got))
         finally:
             wanrelay._Inbound._to_client = original  # type: ignore[method-assign]
             wanrelay._Inbound.dataReceived = original_up  # type: ignore[method-assign]

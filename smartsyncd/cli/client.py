@@ -9,7 +9,8 @@ never a traceback.
 from __future__ import annotations
 
 # isort: off
-from smartsyncd.cli import startup  # first: no collector passes while the rest imports
+from smartsyncd.cli import startup  # first: no collector passes, and the server's TCP
+# handshake under way, while the rest imports (issue 15)
 # isort: on
 
 import os
@@ -53,6 +54,7 @@ from smartsyncd.cli.client_workflow import (
     cmd_restore,
     cmd_verify,
 )
+from smartsyncd.client import preconnect
 from smartsyncd.client.copyservice import CopyEvent, CopyService
 from smartsyncd.client.engine import SyncCopy
 from smartsyncd.client.errors import (
@@ -432,6 +434,7 @@ async def run(
                             f"(set SMARTSYNC_DEBUG=1 for details)"), 1)
         return 1
     finally:
+        preconnect.discard_all()  # begun at the start and not used (e.g. a proxy, an error)
         if session is not None:
             session.progress.finish()
             # a command that failed leaves the settings folder as it found it

@@ -18,14 +18,21 @@ import json
 import platform
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IProtocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorSocket,
+    IStreamClientEndpoint,
+)
 from twisted.internet.task import TaskStopped
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -34,9 +41,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import NOT_MODIFIED
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
+from zope.interface import implementer
 
 import twisted
 from smartsyncd import __version__
+from smartsyncd.client import preconnect
 from smartsyncd.client.backoff import Backoff, RetryNotice, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
 from smartsyncd.client.errors import (
@@ -187,7 +196,8 @@ class Transport:
                 BatchingEndpointFactory(
                     reactor, policy,
                     connect_via=(tunnels_through(reactor, self.proxy)
-                                 if self.proxy is not None else None),
+                                 if self.proxy is not None
+                                 else lambda host, port: PreconnectedEndpoint(reactor, host, port)),
                 ),
                 pool=self._pool,
             )
@@ -436,6 +446,45 @@ class Transport:
         return await deferToThreadPool(
             self._reactor, self._reactor.getThreadPool(), fn, *args, **kwargs
         )
+
+
+@implementer(IStreamClientEndpoint)
+class PreconnectedEndpoint:
+    """TCP to ``host:port``: over the connection the command began while importing
+    (client/preconnect.py) if there is one for it, else as ``HostnameEndpoint`` connects."""
+
+    def __init__(self, reactor: ClientReactor, host: str, port: int) -> None:
+        self._reactor = reactor
+        self._host = host
+        self._port = port
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+        early = preconnect.claim(self._host, self._port)
+        if early is not None and not IReactorSocket.providedBy(self._reactor):
+            early.discard()  # a reactor that cannot adopt it: connect as usual
+            early = None
+        if early is None:
+            return self._fresh().connect(protocolFactory)
+        return Deferred.fromCoroutine(self._adopt(early, protocolFactory))
+
+    def _fresh(self) -> IStreamClientEndpoint:
+        return HostnameEndpoint(self._reactor, self._host, self._port)
+
+    async def _adopt(self, early: preconnect.Preconnect, factory: IProtocolFactory) -> IProtocol:
+        sock = await early.take(self._reactor)
+        if sock is None:  # it failed: connect as usual, which reports its own error
+            return await self._fresh().connect(factory)
+        try:
+            sock.setblocking(False)
+            # posixbase's returns the new connection (the interface promises nothing)
+            adopt: Any = cast(IReactorSocket, self._reactor).adoptStreamConnection
+            adopted = adopt(sock.fileno(), sock.family, factory)
+        finally:
+            sock.close()  # the reactor holds its own duplicate of the descriptor
+        protocol = cast(IProtocol | None, getattr(adopted, "protocol", None))
+        if protocol is None:
+            raise net_error.ConnectError(string="the connection was refused by its protocol")
+        return protocol
 
 
 def raise_for_status(reply: Reply, url: str) -> None:
