@@ -11,7 +11,7 @@ at once.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -33,6 +33,8 @@ from smartsyncd.client.chunkpacking import (
 from smartsyncd.client.errors import AuthError, ProtocolError, ServerRefused
 from smartsyncd.client.manifestanswer import manifest_item, parse_manifest
 from smartsyncd.client.progress import Progress
+from smartsyncd.client.reportbody import iso_time as _iso
+from smartsyncd.client.reportbody import report_body as report_body
 from smartsyncd.client.serverrules import RulesAnswer, parse_rules_answer
 from smartsyncd.client.transport import HTTPRequester, Reply, RunInThread, Transport, decode_json
 from smartsyncd.client.wire import (
@@ -578,22 +580,6 @@ class ServerAPI(Transport):
                 raise ProtocolError("root files: each file must be [path, content id]")
             pairs.append((item[0], item[1]))
         return pairs, bool(field(data, "more", bool, "root files"))
-
-
-def report_body(
-    host: str, unsynced: int, since: datetime | None, key_hash: str | None
-) -> dict[str, object]:
-    """A copy's report: alone (``report_copy``) or folded into a commit."""
-    body: dict[str, object] = {
-        "host": host, "unsynced": unsynced, "since": None if since is None else _iso(since),
-    }
-    if key_hash is not None:
-        body["key_hash"] = key_hash
-    return body
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _eng(name: str, *rest: str) -> str:
