@@ -24,7 +24,7 @@ from smartsyncd.client.backoff import Backoff
 from smartsyncd.client.chunkpacking import (
     CHUNKS_PER_REQUEST,
     UPLOAD_BODY_LIMIT,
-    encode_upload,
+    encode_body,
     fetch_batches,
     fetch_body,
     upload_batches,
@@ -130,6 +130,8 @@ class ServerAPI(Transport):
         self.snapshot_manifests: dict[str, Manifest] = {}  # from the last snapshot(chunks=True)
         # the server answered 404 to POST .../manifests (an older one): manifests per file
         self.manifests_per_file = False
+        # its /missing answer said it takes zstd-encoded uploads (chunkpacking.encode_body)
+        self.stream_chunks = False
 
     # -- sessions and information ------------------------------------------------------------
 
@@ -376,6 +378,7 @@ class ServerAPI(Transport):
                 ),
                 "missing",
             )
+            self.stream_chunks = self.stream_chunks or data.get("zstd") is True
             if "missing_index" in data:  # the compact answer: positions in ``batch``
                 index = field(data, "missing_index", list, "missing")
                 if not all(
@@ -404,13 +407,13 @@ class ServerAPI(Transport):
         in_flight: list[Deferred[int]] = []
         try:
             for batch in upload_batches(chunks):
-                body = await self._in_thread(encode_upload, batch)
+                body, encoding = await self._in_thread(encode_body, batch, self.stream_chunks)
                 raw_total = sum(len(item[1]) for item in batch)
                 batch.clear()  # its bytes are in ``body``: not held again while that travels
                 while len(in_flight) >= PARALLEL_REQUESTS:
                     sent += await in_flight.pop(0)
                 in_flight.append(
-                    Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
+                    Deferred.fromCoroutine(self._post_chunks(path, body, raw_total, encoding))
                 )
             while in_flight:
                 sent += await in_flight.pop(0)
@@ -420,8 +423,12 @@ class ServerAPI(Transport):
                 pending.cancel()
         return sent
 
-    async def _post_chunks(self, path: str, body: bytes, raw_total: int) -> int:
-        reply = await self._request("POST", path, data=body, content_type=CHUNKS_TYPE)
+    async def _post_chunks(
+        self, path: str, body: bytes, raw_total: int, encoding: bytes | None
+    ) -> int:
+        reply = await self._request(
+            "POST", path, data=body, content_type=CHUNKS_TYPE, encoding=encoding
+        )
         present = obj(decode_json(reply), "upload").get("present")
         if type(present) is int and present > 0:
             self.chunks_present += present
