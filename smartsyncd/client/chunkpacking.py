@@ -1,16 +1,22 @@
 """How chunk transfers are packed into requests (docs/protocol.md "Limits"): fetches by raw
 size, count and base bytes named; uploads by record size, count and base bytes; upload bodies
-encoded (zstd or delta per chunk, whichever is smaller). Pure functions, run in threads by
-:class:`smartsyncd.client.http.ServerAPI`."""
+encoded (zstd or delta per chunk, whichever is smaller), or, to a server that takes it, as
+one zstd stream over raw records when that is smaller (``encode_body``). Pure functions, run
+in threads by :class:`smartsyncd.client.http.ServerAPI`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
 from smartsyncd.client.wire import ChunkWanted, DeltaHint, UploadItem
+from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import MAX_CHUNK
 from smartsyncd.core.chunkstream import (
     CODEC_DELTA,
+    CODEC_RAW,
+    CODEC_ZSTD,
+    STREAM_BODY_CAP,
+    Record,
     compress_chunk,
     delta_payload,
     encode_records,
@@ -28,6 +34,13 @@ FETCH_BASE_LIMIT = 24 * 1024 * 1024
 UPLOAD_BASE_LIMIT = 48 * 1024 * 1024
 CHUNKS_PER_REQUEST = 4096
 RECORD_HEADER = 41  # hash 32 + codec 1 + raw_len 4 + payload_len 4
+# An upload of at most this many raw bytes may go as one zstd stream (``encode_body``); larger
+# ones (a large file's windows, a bulk upload) keep a frame per chunk, as fast as before.
+STREAM_RAW_LIMIT = 4 * 1024 * 1024
+# Up to this many raw bytes, the stream is compressed harder: zstd level 9 takes about 18 ms a
+# MiB, nothing next to the link, and makes treq's first tree (253 KB) 57.3 KB instead of 64.2.
+STREAM_HARD_BYTES = 1024 * 1024
+STREAM_HARD_LEVEL = 9
 
 
 def wanted_item(item: ChunkWanted) -> tuple[str, tuple[int, DeltaHint | None]]:
@@ -107,6 +120,36 @@ def upload_batches(chunks: Iterable[UploadItem]) -> Iterator[list[UploadItem]]:
 
 
 def encode_upload(batch: list[UploadItem]) -> bytes:
+    return encode_records(_records(batch))
+
+
+def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | None]:
+    """The request body for ``batch`` and its ``Content-Encoding`` (None: a frame per chunk).
+
+    With ``stream`` (the server takes ``Content-Encoding: zstd`` uploads), a batch of at most
+    ``STREAM_RAW_LIMIT`` raw bytes in which some chunk compresses goes as one zstd frame over
+    raw records (deltas and incompressible chunks as they are) when that is smaller: many
+    small files compress across each other (issue 15: the chunk uploads of treq's first tree,
+    78.1 KB, are 59.5 KB)."""
+    records = _records(batch)
+    plain = encode_records(records)
+    if not stream or not any(r[1] == CODEC_ZSTD for r in records):
+        return plain, None
+    size = sum(r[2] for r in records) + RECORD_HEADER * len(records)
+    if size > STREAM_RAW_LIMIT:
+        return plain, None
+    raw = [
+        (r[0], CODEC_RAW, r[2], bytes(item[1])) if r[1] == CODEC_ZSTD else r
+        for r, item in zip(records, batch, strict=True)
+    ]
+    body = encode_records(raw)
+    if len(body) > STREAM_BODY_CAP:
+        return plain, None
+    framed = bodycodec.compress(body, STREAM_HARD_LEVEL if size <= STREAM_HARD_BYTES else 3)
+    return (framed, bodycodec.ENCODING.encode()) if len(framed) < len(plain) else (plain, None)
+
+
+def _records(batch: list[UploadItem]) -> list[Record]:
     records = []
     for item in batch:
         digest, raw = item[0], item[1]
@@ -117,5 +160,4 @@ def encode_upload(batch: list[UploadItem]) -> bytes:
             if len(delta) < len(payload):
                 codec, payload = CODEC_DELTA, delta
         records.append((digest, codec, len(raw), payload))
-    return encode_records(records)
-
+    return records

@@ -11,7 +11,7 @@ at once.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -24,7 +24,7 @@ from smartsyncd.client.backoff import Backoff
 from smartsyncd.client.chunkpacking import (
     CHUNKS_PER_REQUEST,
     UPLOAD_BODY_LIMIT,
-    encode_upload,
+    encode_body,
     fetch_batches,
     fetch_body,
     upload_batches,
@@ -33,6 +33,8 @@ from smartsyncd.client.chunkpacking import (
 from smartsyncd.client.errors import AuthError, ProtocolError, ServerRefused
 from smartsyncd.client.manifestanswer import manifest_item, parse_manifest
 from smartsyncd.client.progress import Progress
+from smartsyncd.client.reportbody import iso_time as _iso
+from smartsyncd.client.reportbody import report_body as report_body
 from smartsyncd.client.serverrules import RulesAnswer, parse_rules_answer
 from smartsyncd.client.transport import HTTPRequester, Reply, RunInThread, Transport, decode_json
 from smartsyncd.client.wire import (
@@ -128,6 +130,8 @@ class ServerAPI(Transport):
         self.snapshot_manifests: dict[str, Manifest] = {}  # from the last snapshot(chunks=True)
         # the server answered 404 to POST .../manifests (an older one): manifests per file
         self.manifests_per_file = False
+        # its /missing answer said it takes zstd-encoded uploads (chunkpacking.encode_body)
+        self.stream_chunks = False
 
     # -- sessions and information ------------------------------------------------------------
 
@@ -374,6 +378,7 @@ class ServerAPI(Transport):
                 ),
                 "missing",
             )
+            self.stream_chunks = self.stream_chunks or data.get("zstd") is True
             if "missing_index" in data:  # the compact answer: positions in ``batch``
                 index = field(data, "missing_index", list, "missing")
                 if not all(
@@ -402,13 +407,13 @@ class ServerAPI(Transport):
         in_flight: list[Deferred[int]] = []
         try:
             for batch in upload_batches(chunks):
-                body = await self._in_thread(encode_upload, batch)
+                body, encoding = await self._in_thread(encode_body, batch, self.stream_chunks)
                 raw_total = sum(len(item[1]) for item in batch)
                 batch.clear()  # its bytes are in ``body``: not held again while that travels
                 while len(in_flight) >= PARALLEL_REQUESTS:
                     sent += await in_flight.pop(0)
                 in_flight.append(
-                    Deferred.fromCoroutine(self._post_chunks(path, body, raw_total))
+                    Deferred.fromCoroutine(self._post_chunks(path, body, raw_total, encoding))
                 )
             while in_flight:
                 sent += await in_flight.pop(0)
@@ -418,8 +423,12 @@ class ServerAPI(Transport):
                 pending.cancel()
         return sent
 
-    async def _post_chunks(self, path: str, body: bytes, raw_total: int) -> int:
-        reply = await self._request("POST", path, data=body, content_type=CHUNKS_TYPE)
+    async def _post_chunks(
+        self, path: str, body: bytes, raw_total: int, encoding: bytes | None
+    ) -> int:
+        reply = await self._request(
+            "POST", path, data=body, content_type=CHUNKS_TYPE, encoding=encoding
+        )
         present = obj(decode_json(reply), "upload").get("present")
         if type(present) is int and present > 0:
             self.chunks_present += present
@@ -578,22 +587,6 @@ class ServerAPI(Transport):
                 raise ProtocolError("root files: each file must be [path, content id]")
             pairs.append((item[0], item[1]))
         return pairs, bool(field(data, "more", bool, "root files"))
-
-
-def report_body(
-    host: str, unsynced: int, since: datetime | None, key_hash: str | None
-) -> dict[str, object]:
-    """A copy's report: alone (``report_copy``) or folded into a commit."""
-    body: dict[str, object] = {
-        "host": host, "unsynced": unsynced, "since": None if since is None else _iso(since),
-    }
-    if key_hash is not None:
-        body["key_hash"] = key_hash
-    return body
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _eng(name: str, *rest: str) -> str:

@@ -1,5 +1,5 @@
 """zstd ``Content-Encoding`` of JSON request and response bodies (docs/protocol.md, "Compressed
-JSON bodies"). Pure: no I/O.
+JSON bodies") and of chunk uploads sent as one stream (web/upload.py). Pure: no I/O.
 
 Large JSON bodies (a commit of thousands of files, a page of 5000 changes, a list of missing
 chunks) are mostly repeated keys and hex hashes; zstd roughly halves the hashes and removes
@@ -24,16 +24,18 @@ PIECE = 1024 * 1024  # decode_pieces: decompressed bytes per piece
 _local = threading.local()
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_local, "compressor", None)
-    if c is None:
-        c = _local.compressor = zstandard.ZstdCompressor(level=3)
-    return c
+def _compressor(level: int = 3) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level)
+    return cache[level]
 
 
-def compress(data: bytes) -> bytes:
-    """One zstd frame of ``data`` (level 3; records the content size)."""
-    return _compressor().compress(data)
+def compress(data: bytes, level: int = 3) -> bytes:
+    """One zstd frame of ``data`` (records the content size)."""
+    return _compressor(level).compress(data)
 
 
 def compress_pieces(pieces: Iterable[bytes], size: int = -1) -> bytes:

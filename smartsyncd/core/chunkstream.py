@@ -11,6 +11,11 @@ dictionary. The receiver reads the range from its own copy of ``base`` (same eng
 decompresses with the window capped at ``MAX_WINDOW`` and the output at the record's length, and
 verifies the hash like any other record. A 1% edit of a CSV chunk travels as a few hundred
 bytes instead of the whole compressed chunk.
+
+A whole upload body may also travel as one zstd frame (``Content-Encoding: zstd``, at most
+``STREAM_BODY_CAP`` bytes sent and decoded): a first upload of many small files then carries
+them as raw records compressed across files, which costs less than a frame per chunk (issue
+15). The receiver compresses such raw records itself before storing them (``recompress``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ DELTA_HEADER_BYTES = _DELTA_HEADER.size
 MAX_WINDOW = 1 << 23  # 8 MiB: far above what a 256 KiB chunk needs
 ZSTD_SLACK = 1024  # a zstd frame of incompressible data is a little larger than its input
 PROBE_BYTES = 4096  # sample size of the compressibility probe
+# an upload body sent as one zstd frame: the most bytes it may take, sent and once decoded
+STREAM_BODY_CAP = 8 << 20
 _local = threading.local()
 _HEADER = struct.Struct(">32sBII")  # hash, codec, raw_len, payload_len
 HEADER_BYTES = _HEADER.size
@@ -193,18 +200,23 @@ def _decompress(h: str, raw_len: int, payload: bytes, prefix: bytes | None = Non
         raise BadChunk(f"chunk does not decompress: {exc}", chunk=h) from None
 
 
-def verify_records(records: Sequence[Record], prefixes: Prefixes | None = None) -> list[VerifiedChunk]:
+def verify_records(
+    records: Sequence[Record], prefixes: Prefixes | None = None, recompress: bool = False
+) -> list[VerifiedChunk]:
     """Decompress (capped) and hash every record; ``BadChunk`` names the first bad one.
 
     The payload is kept as sent, so storage keeps the sender's compression; a delta record is
     stored self-contained (zstd level 1 of its bytes, or raw). ``prefixes`` holds the base
-    ranges named by delta records (see ``delta_ref``).
+    ranges named by delta records (see ``delta_ref``). ``recompress``: raw records came in a
+    compressed body and are stored as ``compress_chunk`` makes them (as a sender would).
     """
     out: list[VerifiedChunk] = []
     for record in records:
         raw = _raw_of(record, prefixes)
         h, codec, raw_len, payload = record
-        if codec == CODEC_DELTA:
+        if codec == CODEC_RAW and recompress:
+            codec, payload = compress_chunk(raw)
+        elif codec == CODEC_DELTA:
             codec, payload = compress_chunk(raw, level=1)
         out.append(VerifiedChunk(hash=h, codec=codec, raw_size=raw_len, payload=payload))
     return out

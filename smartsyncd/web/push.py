@@ -91,9 +91,11 @@ class PushRoutes:
         await self._authorizer.refuse_if_finalized(access)
         missing = await self._chunks.missing_chunks(access.engagement.id, list(dict.fromkeys(wanted)))
         if expect_object(body).get("answer") == "index":
-            # compact answer: positions in the request instead of 64-character hashes
+            # compact answer: positions in the request instead of 64-character hashes; "zstd":
+            # uploads may come as one zstd stream (web/upload.py; an older client ignores it)
             lacking = set(missing)
-            return send_json(request, {"missing_index": [i for i, h in enumerate(wanted) if h in lacking]})
+            index = [i for i, h in enumerate(wanted) if h in lacking]
+            return send_json(request, {"missing_index": index, "zstd": True})
         return send_json(request, {"missing": missing})
 
     async def upload_chunks(self, request: Request, eng: str) -> bytes:

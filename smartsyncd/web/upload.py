@@ -19,6 +19,14 @@ the ``UploadServices`` it needs) recognises the chunk upload route when the head
    then the answer. Any bad record refuses the whole request (400 ``bad_chunk``): what was
    written is deleted, nothing is indexed, and the rest of the body is read and dropped so the
    connection stays usable. A dropped connection aborts the same way.
+
+A body sent with ``Content-Encoding: zstd`` (issue 15: a first upload of many small files as
+one compression stream; the /missing answer's ``"zstd"`` tells a client it may) is at most
+``chunkstream.STREAM_BODY_CAP`` bytes as sent (413 and close beyond), held until its last
+byte, then decoded on the CPU pool with the same cap on its decoded size (a zstd bomb costs
+nothing; damage or data after the frame is 400) and handled as a plain body from there on;
+its raw records are compressed for the store as a sender would have. Any other encoding is
+400. Nothing is stored when any of this fails.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
-from smartsyncd.core import chunkstream
-from smartsyncd.core.errors import BadChunk, SyncError, Unavailable
+from smartsyncd.core import bodycodec, chunkstream
+from smartsyncd.core.errors import BadChunk, BadRequest, SyncError, Unavailable
 from smartsyncd.runtime.malloctune import fix_mmap_threshold
 from smartsyncd.storage.api import ChunkStore, ChunkUpload, VerifiedChunk
 from smartsyncd.web.access import Access, Authorizer
@@ -128,11 +136,14 @@ class UploadRequest(LimitedRequest):
         if eng is None:
             self._limit_by_route(limits, method, uri, length)
             return
-        if length is not None and length > limits.chunk_body:
-            self._refuse(limits.chunk_body)
+        encoding = self.requestHeaders.getRawHeaders(b"content-encoding")
+        upload = ChunkUploadStream(self._services, self, eng, self._take_continue(),
+                                   encoding[0].decode("latin-1") if encoding else None)
+        if length is not None and length > upload.limit:
+            self._refuse(upload.limit)
             return
-        self.upload = ChunkUploadStream(self._services, self, eng, self._take_continue())
-        self.upload.start()
+        self.upload = upload
+        upload.start()
 
     def _take_continue(self) -> bool:
         """Whether the client asked for "100 Continue"; we answer it ourselves once allowed."""
@@ -222,13 +233,17 @@ class ChunkUploadStream:
     """The body of one chunk upload: parse as it arrives, verify and store batch by batch."""
 
     def __init__(
-        self, services: UploadServices, request: UploadRequest, engagement: str, wants_continue: bool
+        self, services: UploadServices, request: UploadRequest, engagement: str,
+        wants_continue: bool, encoding: str | None = None,
     ) -> None:
         self._services = services
         self._request = request
         self._engagement = engagement
         self._wants_continue = wants_continue
-        self.limit = services.limits.chunk_body
+        name = (encoding or "identity").strip().lower()
+        # a compressed body is held whole (``_packed``) until its last byte is in
+        self._packed: bytearray | None = None if name == "identity" else bytearray()
+        self.limit = services.limits.chunk_body if self._packed is None else chunkstream.STREAM_BODY_CAP
         self._max_records = services.limits.chunks_per_request
         self._buf = bytearray()
         self._head: tuple[str, int, int, int] | None = None
@@ -244,6 +259,9 @@ class ChunkUploadStream:
         self._delta_bytes = 0  # base bytes named by the delta records of earlier slices
         self._worker: Deferred[None] | None = None
         self._paused: _Reading | None = None
+        if name not in ("identity", bodycodec.ENCODING):
+            self._fail(BadRequest(f"unsupported Content-Encoding {encoding!r} for chunks; use zstd or none",
+                                  field="content-encoding"))
 
     # -- reactor side ----------------------------------------------------------------------
 
@@ -265,6 +283,9 @@ class ChunkUploadStream:
         """Body bytes in arrival order; complete records join the current batch."""
         if self._error is not None or self._cancelled:
             return  # refused already: read and drop the rest so the answer can follow
+        if self._packed is not None:
+            self._packed += data  # the handler caps it at ``limit``
+            return
         try:
             self._parse(data)
         except SyncError as e:
@@ -347,6 +368,8 @@ class ChunkUploadStream:
         if self._ended:
             raise RuntimeError("finish called twice")
         self._ended = True
+        if self._packed is not None and self._error is None:
+            await self._unpack()
         if self._error is None and (self._buf or self._head is not None):
             self._fail(BadChunk("chunk stream truncated inside a record"))
         self._flush()
@@ -358,6 +381,20 @@ class ChunkUploadStream:
         assert self.access is not None and self._upload is not None
         stored, present = await self._upload.finish(self.records)
         return self.access, stored, present
+
+    async def _unpack(self) -> None:
+        """Decode the held compressed body (on the CPU pool) into this request's batches."""
+        assert self._packed is not None
+        packed, self._packed = bytes(self._packed), bytearray()
+        try:
+            records = await self._services.run_blocking(unpack_body, packed, self._max_records)
+        except Exception as e:  # noqa: BLE001 - kept and raised by finish
+            self._fail(e)
+            return
+        for record in records:
+            self._add(record)
+            if self._batch_bytes >= BATCH_BYTES:
+                self._flush()
 
     # -- the worker ------------------------------------------------------------------------
 
@@ -422,5 +459,14 @@ class ChunkUploadStream:
         spent = self._delta_bytes
         self._delta_bytes += chunkstream.delta_base_bytes(batch)
         prefixes = await self._services.deltas.upload_bases(self.access.engagement.id, batch, spent)
-        return await self._services.run_blocking(chunkstream.verify_records, batch, prefixes)
+        return await self._services.run_blocking(
+            chunkstream.verify_records, batch, prefixes, self._packed is not None
+        )
+
+
+def unpack_body(packed: bytes, max_records: int) -> list[chunkstream.Record]:
+    """The records of a zstd-encoded chunk upload (blocking): 413 when it decodes to more than
+    ``STREAM_BODY_CAP`` bytes, 400 when damaged, followed by other data, or malformed."""
+    body = bodycodec.decode(packed, bodycodec.ENCODING, chunkstream.STREAM_BODY_CAP)
+    return chunkstream.decode_records(body, max_records)
 
