@@ -31,6 +31,7 @@ async def register(ctx: CopyContext, api: Server) -> None:
     """Tell the server about this new copy; later requests name it."""
     api.copy_id = ctx.copy_id
     await api.register_copy(ctx.engagement, ctx.copy_id, _host(), await _key_hash(ctx))
+    await ctx.run(ctx.state.set_takes_zstd_uploads, api.stream_chunks)
 
 
 async def contact(

@@ -337,6 +337,7 @@ class SyncCopy:
         await self._begin_sync()
         asked = await self._start_with_kept_rules(api)
         offer = await self._run(read_offer, self.directory)
+        api.stream_chunks = api.stream_chunks or await self._run(self.state.takes_zstd_uploads)
         base: dict[str, FileRecord] = await self._run(self.state.all_files)
         found = Found(*await survey(ctx, api, base, report))
         pushed: Push | None = None

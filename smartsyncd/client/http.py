@@ -378,7 +378,7 @@ class ServerAPI(Transport):
                 ),
                 "missing",
             )
-            self.stream_chunks = self.stream_chunks or data.get("zstd") is True
+            self.stream_chunks = data.get("zstd") is True  # a daemon put back says no
             if "missing_index" in data:  # the compact answer: positions in ``batch``
                 index = field(data, "missing_index", list, "missing")
                 if not all(
@@ -468,7 +468,9 @@ class ServerAPI(Transport):
         body = {"copy": copy_id, "host": host}
         if key_hash is not None:
             body["key_hash"] = key_hash
-        return obj(await self._json("POST", _eng(eng, "copies"), body=body), "copy")
+        answer = obj(await self._json("POST", _eng(eng, "copies"), body=body), "copy")
+        self.stream_chunks = answer.get("zstd") is True
+        return answer
 
     async def report_copy(
         self, eng: str, copy_id: str, host: str, unsynced: int, since: datetime | None,

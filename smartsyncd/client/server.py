@@ -33,6 +33,7 @@ class Server(Protocol):
     keeper: HistoryKeeper | None
     snapshot_history: HistoryMark | None
     snapshot_manifests: dict[str, Manifest]  # chunk lists the last snapshot carried
+    stream_chunks: bool  # it takes uploads as one zstd stream (client/chunkpacking.py)
 
     async def session(self) -> SessionInfo: ...
 

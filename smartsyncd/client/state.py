@@ -189,6 +189,14 @@ class ClientState:
                         (key, value),
                     )
 
+    def takes_zstd_uploads(self) -> bool:
+        """Whether the server said, when this copy registered, that it takes uploads as one
+        zstd stream (kept for the copy's first upload, which asks nothing before sending)."""
+        return self._get("zstd_uploads") == "1"
+
+    def set_takes_zstd_uploads(self, takes: bool) -> None:
+        self._set_many({"zstd_uploads": "1" if takes else None})
+
     def meta(self) -> CopyMeta:
         values = {k: self._get(k) for k in ("server_url", "engagement", "user", "copy_id")}
         missing = [k for k, v in values.items() if v is None]

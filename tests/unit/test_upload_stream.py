@@ -174,3 +174,40 @@ async def test_bad_stream_bodies_are_refused_and_store_nothing(
     # the same chunks sent right are then stored
     r = await env.call("POST", CHUNKS, token=token, data=GOOD, headers={"Content-Encoding": "zstd"})
     assert r.status == 200 and r.json()["stored"] == len(BATCH), r.body
+
+
+# -- a new copy's first upload -------------------------------------------------------------------
+
+
+@driven
+async def test_a_new_copys_first_upload_streams_without_asking(
+    server: MemoryServer, tmp_path: Any
+) -> None:
+    # the clone and the first sync are two runs of the command: two API objects. The first
+    # upload asks no /missing question (client/scan.py first_upload), so only what the
+    # registration's answer said, kept in the copy's state, tells it the server takes a stream.
+    cloning: EncodingAPI = await server.api("alice", EncodingAPI)
+    copy = await server.clone(cloning, tmp_path / "a")
+    assert copy.state.takes_zstd_uploads()
+    copy.close()
+    for i in range(60):
+        (tmp_path / "a" / f"paper-{i:02}.txt").write_bytes(source_file(i))
+    syncing: EncodingAPI = await server.api("alice", EncodingAPI)
+    asked: list[str] = []
+    missing = syncing.missing_chunks
+
+    async def noting_missing(eng: str, hashes: Any) -> list[str]:
+        asked.append(eng)
+        return await missing(eng, hashes)
+
+    syncing.missing_chunks = noting_missing  # type: ignore[method-assign]
+    copy = server.open(tmp_path / "a")
+    report = await copy.sync(syncing)
+    assert report.uploaded == 60 and asked == []
+    assert b"zstd" in syncing.upload_encodings
+    copy.close()
+    # the server has every file as written
+    other = await server.clone(await server.api("bob"), tmp_path / "b")
+    other.close()
+    for i in range(60):
+        assert (tmp_path / "b" / f"paper-{i:02}.txt").read_bytes() == source_file(i)
