@@ -12,6 +12,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 
 from smartsyncd.client.copycontext import EARLY_COMMIT_FILES, log
+from smartsyncd.client.errors import QuotaExceeded, StorageFull
 from smartsyncd.client.scanner import ScannedFile
 from smartsyncd.client.state import FileRecord
 from smartsyncd.client.wire import UploadItem
@@ -307,6 +308,8 @@ class EarlyUpload:
                     if not new.left and not new.open:
                         self._confirmed(new)
         except Exception as e:  # noqa: BLE001 - best effort: the push sends what is missing
+            if isinstance(e, (StorageFull, QuotaExceeded)) and self._commit_error is None:
+                self._commit_error = e  # the push would only be refused again: the sync stops
             if not self.failed:
                 log.info("early upload stopped ({why}); the push sends the rest", why=str(e))
             self.failed = True
@@ -316,7 +319,8 @@ class EarlyUpload:
     async def finish(self) -> None:
         """Send what is left and wait for every request and a running early commit (files
         not committed yet are left to the push). Raises what stopped an early commit
-        other than the server's refusal or the network."""
+        other than the server's refusal or the network, and an upload refused for want of
+        room (full storage, a quota), which the push's own upload would only meet again."""
         self._final = True
         if not self.present and not self._running and self._pending_bytes <= LEAVE_TO_PUSH_BYTES:
             self._pending.clear()  # a few small new files: the push sends them
