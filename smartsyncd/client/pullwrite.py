@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
+
+from twisted.internet.defer import Deferred, succeed
 
 from smartsyncd.client import osfs
 from smartsyncd.client.casefold import match_folders, stored_spelling
@@ -50,6 +53,8 @@ from smartsyncd.core.planner import LocalEntry, PullWrite
 PARTIAL_MIN = 4 * 1024 * 1024
 # where chunks sit locally, for copying instead of fetching: the whole index, or a group's part
 ChunkLocations = ChunkIndex | Mapping[str, Location]
+# windows of a large file fetched at once (one written while the others are on the wire)
+WINDOWS_AHEAD = 3
 
 
 class FileWriter:
@@ -102,7 +107,7 @@ class FileWriter:
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
         manifest: Manifest | None = None, prefetched: Mapping[str, bytes] | None = None,
     ) -> None:
-        ctx, api, report = self.ctx, self.api, self.report
+        ctx, api = self.ctx, self.api
         if manifest is None:
             manifest = await api.manifest(ctx.engagement, write.content, base=base_of(old))
         check_size(write, manifest)
@@ -123,27 +128,40 @@ class FileWriter:
         try:
             if delta_base is not None and old is not None:
                 source = await ctx.run(self.download_base, write.path, old)
-            for window in windows(manifest.chunks[have:], ctx.window_bytes):
-                local = await ctx.run(self.read_local, window, index)
-                if prefetched:
-                    local.update((c.hash, prefetched[c.hash]) for c in window
-                                 if c.hash in prefetched and c.hash not in local)
-                need: list[tuple[ChunkRef, int]] = []
-                seen: set[str] = set()
-                for chunk, at in offsets(window):
-                    if chunk.hash not in local and chunk.hash not in seen:
-                        seen.add(chunk.hash)
-                        need.append((chunk, offset + at))
-                offset += sum(c.size for c in window)
-                items: list[ChunkWanted]
-                if source is not None and delta_base is not None:
-                    items = list(await ctx.run(with_bases, need, delta_base, source))
-                else:
-                    items = [chunk for chunk, _ in need]
-                fetched = await api.fetch_chunks(ctx.engagement, items) if items else {}
-                report.bytes_received += sum(len(v) for v in fetched.values())
-                await ctx.run(write_window, handle, window, local, fetched)
-                self.prog.advance(sum(c.size for c in window))
+            # the next windows' fetches are on the wire while one is written: bounded by
+            # WINDOWS_AHEAD windows held, written in order (a cut leaves a clean prefix)
+            ahead: deque[tuple[list[ChunkRef], dict[str, bytes], Deferred[dict[str, bytes]]]]
+            ahead = deque()
+            try:
+                for window in windows(manifest.chunks[have:], ctx.window_bytes):
+                    local = await ctx.run(self.read_local, window, index)
+                    if prefetched:
+                        local.update((c.hash, prefetched[c.hash]) for c in window
+                                     if c.hash in prefetched and c.hash not in local)
+                    need: list[tuple[ChunkRef, int]] = []
+                    seen: set[str] = set()
+                    for chunk, at in offsets(window):
+                        if chunk.hash not in local and chunk.hash not in seen:
+                            seen.add(chunk.hash)
+                            need.append((chunk, offset + at))
+                    offset += sum(c.size for c in window)
+                    items: list[ChunkWanted]
+                    if source is not None and delta_base is not None:
+                        items = list(await ctx.run(with_bases, need, delta_base, source))
+                    else:
+                        items = [chunk for chunk, _ in need]
+                    fetching: Deferred[dict[str, bytes]] = (
+                        Deferred.fromCoroutine(api.fetch_chunks(ctx.engagement, items))
+                        if items else succeed({}))
+                    ahead.append((window, local, fetching))
+                    if len(ahead) >= WINDOWS_AHEAD:
+                        await self._write_fetched(handle, *ahead.popleft())
+                while ahead:
+                    await self._write_fetched(handle, *ahead.popleft())
+            finally:
+                for _, _, pending in ahead:
+                    pending.addErrback(lambda _: None)
+                    pending.cancel()
             st, moved_to = await ctx.run(
                 self.install, temp, handle, write.path, old, write.mtime_ns, write.readonly
             )
@@ -157,6 +175,16 @@ class FileWriter:
             raise
         self.report_conflict(write.path, moved_to)
         await self.record([(write, manifest, st)], index)
+
+    async def _write_fetched(
+        self, handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
+        fetching: Deferred[dict[str, bytes]],
+    ) -> None:
+        """Write one window of a large file once its fetched chunks are here (verified)."""
+        fetched = await fetching
+        self.report.bytes_received += sum(len(v) for v in fetched.values())
+        await self.ctx.run(write_window, handle, window, local, fetched)
+        self.prog.advance(sum(c.size for c in window))
 
     async def record(
         self, done: Sequence[tuple[PullWrite, Manifest, os.stat_result]], index: ChunkIndex
