@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from smartsyncd.client import osfs
 from smartsyncd.client.casefold import match_folders, stored_spelling
-from smartsyncd.client.chunkindex import ChunkIndex, Location
+from smartsyncd.client.chunkindex import SEGMENT_MIN, ChunkIndex, Location, build_segments
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
 from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
@@ -201,7 +201,11 @@ class FileWriter:
         ]
         await ctx.run(ctx.state.update, records, ())
         for write, manifest, _ in done:
-            index.add(write.path, manifest.chunks)
+            if len(manifest.chunks) >= SEGMENT_MIN:  # a large file's segment: off the reactor
+                built = await ctx.run(build_segments, index.number(write.path), manifest.chunks)
+                index.add_segments(built)
+            else:
+                index.add(write.path, manifest.chunks)
         await ctx.run(ctx.keep_bases, [(w.path, w.content, w.size) for w, _, _ in done])
         self.report.downloaded += len(done)
 
