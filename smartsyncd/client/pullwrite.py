@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -183,7 +184,7 @@ class FileWriter:
         """Write one window of a large file once its fetched chunks are here (verified)."""
         fetched = await fetching
         self.report.bytes_received += sum(len(v) for v in fetched.values())
-        await self.ctx.run(write_window, handle, window, local, fetched)
+        await self.ctx.run(write_and_start_writeback, handle, window, local, fetched)
         self.prog.advance(sum(c.size for c in window))
 
     async def record(
@@ -458,3 +459,41 @@ def write_window(
             raise Unverifiable(f"chunk {chunk.hash} has {len(data)} bytes, its manifest says "
                                f"{chunk.size}; the file was not written")
         handle.write(data)
+
+
+def write_and_start_writeback(
+    handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
+    fetched: Mapping[str, bytes],
+) -> None:
+    """``write_window`` for a large file, then (Linux) ask the kernel to start writing the
+    file's dirty pages out, so the fsync before its rename waits for the last window only
+    (it took 0.16-0.19 s of a 1.5 s 256 MiB clone). Durability is unchanged: the fsync still
+    comes before the rename; this only starts the disk's work earlier."""
+    write_window(handle, window, local, fetched)
+    start = _writeback()
+    if start is not None:
+        handle.flush()
+        start(handle.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its result is ignored
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+_start_writeback: list[Callable[[int, int, int, int], int] | None] = []
+
+
+def _writeback() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux; Python's os module lacks it), loaded on first use
+    (ctypes is not imported at start-up); None elsewhere or if it is missing."""
+    if not _start_writeback:
+        found: Callable[[int, int, int, int], int] | None = None
+        if sys.platform == "linux":
+            import ctypes
+
+            try:
+                call = ctypes.CDLL(None, use_errno=True).sync_file_range
+                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                call.restype = ctypes.c_int
+                found = call
+            except (OSError, AttributeError):
+                found = None
+        _start_writeback.append(found)
+    return _start_writeback[0]
