@@ -425,9 +425,11 @@ def table(results: dict[str, list[tuple[float, float]]], blake: list[float], tot
         cpus = [c for _, c in rows if c == c]
         cpu = f"{statistics.median(cpus):.2f}" if cpus else "-"
         each = ", ".join(f"{total / s / 1e6:.0f}" for s, _ in rows)
-        same = bare["down" if "download" in name or "clone" in name else "up"]
+        down = "download" in name or "clone" in name
+        same = bare["down" if down else "up"]
         ratio = f"{statistics.median(same) / secs:.2f}" if same else "-"
-        versus = f"{rsync_s / secs:.2f}" if rsync_s == rsync_s else "-"
+        # rsync runs the upload direction only
+        versus = f"{rsync_s / secs:.2f}" if rsync_s == rsync_s and not down else "-"
         print(f"| {name} | {total / secs / 1e6:.0f} | {each} | {versus} | {ratio} | {cpu} |")
 
 
