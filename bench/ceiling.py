@@ -1,6 +1,6 @@
-"""What this machine allows for a large upload: the floors under issue 7's 256 MiB row, in one go.
+"""What this machine allows for a large upload and download: the floors under issue 7's 256 MiB row, in one go.
 
-    python bench/ceiling.py [--mb 256] [--runs 3]
+    python bench/ceiling.py [--mb 256] [--runs 3] [--only up|down]
 
 Each round runs, one after the other on the same machine, the same seeded random file through:
 
@@ -14,9 +14,19 @@ Each round runs, one after the other on the same machine, the same seeded random
 - ``smartsyncd``: an initial sync of the file to the real daemon (``twistd``) over TLS: FastCDC
   and BLAKE3 on the client, BLAKE3 verification, pack write and fsync on the daemon.
 
+The download rows (``--only down`` runs only them):
+
+- ``bare Twisted TLS download``: the mirror of the stream above, the Twisted TLS *server*
+  streaming 256 KiB writes (a push producer) to a Twisted TLS client that only counts them (two
+  processes): the most a Twisted TLS download can move here;
+- ``smartsyncd clone``: a clone of an engagement holding only that file (uploaded once, before
+  the first round, outside the timing) into a fresh folder: snapshot, chunk fetch and reads on
+  the daemon; receive, BLAKE3 verification, write, fsync and rename on the client. Timed from
+  the call to the clone's return, CPU of both processes from /proc.
+
 It also times BLAKE3 on one thread, the figure the issue's own machine notes give (4.8 GB/s), to
 scale the issue's numbers to this VM. Rounds alternate the four, so a busy spell hits all of
-them; the table shows medians, MB/s, each row's ratio to rsync and to bare Twisted TLS, and
+them (the download rows after the upload rows); the table shows medians, MB/s, each row's ratio to rsync and to bare Twisted TLS, and
 CPU-seconds of both processes (from /proc).
 """
 
@@ -118,6 +128,47 @@ def serve_twisted(port: int, key: str, cert: str, total: int) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
+def serve_twisted_down(port: int, key: str, cert: str, total: int) -> None:
+    """A Twisted TLS server that streams ``total`` bytes to each client (256 KiB writes from a
+    push producer), then waits for the client to close."""
+    from twisted.internet import endpoints, protocol, reactor, ssl
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface import implementer
+
+    payload = os.urandom(WRITE)
+
+    @implementer(IPushProducer)
+    class Stream(protocol.Protocol):
+        def connectionMade(self) -> None:
+            self.sent, self.paused, self.started = 0, False, False
+            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+        def dataReceived(self, data: bytes) -> None:  # the client's go: one byte
+            self.started = True
+            self.resumeProducing()
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            while self.started and not self.paused and self.sent < total:
+                self.transport.write(payload)  # type: ignore[union-attr]
+                self.sent += WRITE
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def stopProducing(self) -> None:
+            self.paused = True
+
+    pem = Path(cert).read_text() + Path(key).read_text()
+    options = ssl.PrivateCertificate.loadPEM(pem).options()
+    endpoints.SSL4ServerEndpoint(reactor, port, options, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Stream))
+    reactor.run()  # type: ignore[attr-defined]
+
+
+SERVERS = {"pyopenssl": serve_pyopenssl, "twisted": serve_twisted, "twisted-down": serve_twisted_down}
+
+
 # --- the senders ----------------------------------------------------------------------------
 
 def send_pyopenssl(port: int, data: bytes, total: int) -> float:
@@ -193,6 +244,44 @@ def _send_twisted_main(port: int, total: int) -> None:
     task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
 
 
+def receive_twisted(port: int, total: int) -> tuple[float, float]:
+    """Receive ``total`` bytes over Twisted's TLS in a child process: its wall seconds from the
+    request byte to the last byte, and its CPU-seconds over that time."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--receive-twisted", str(port), str(total)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    seconds, cpu = out.split()[-2:]
+    return float(seconds), float(cpu)
+
+
+def _receive_twisted_main(port: int, total: int) -> None:
+    from twisted.internet import defer, endpoints, protocol, ssl, task
+
+    class Count(protocol.Protocol):
+        def connectionMade(self) -> None:
+            self.done: defer.Deferred[float] = defer.Deferred()
+            self.got = 0
+            self.start, self.cpu = time.perf_counter(), time.process_time()
+            self.transport.write(b"g")  # type: ignore[union-attr]
+
+        def dataReceived(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got >= total and not self.done.called:
+                self.cpu = time.process_time() - self.cpu
+                self.done.callback(time.perf_counter() - self.start)
+
+    async def run(reactor: Any) -> None:
+        options = ssl.CertificateOptions(verify=False)
+        endpoint = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
+        stream = await endpoint.connect(protocol.Factory.forProtocol(Count))
+        seconds = await stream.done
+        stream.transport.loseConnection()
+        print(f"{seconds:.6f} {stream.cpu:.6f}")
+
+    task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
+
+
 def blake3_gbps(data: bytes) -> float:
     import blake3
 
@@ -214,8 +303,10 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     source = work / "src"
     datagen.write_big_file(source / "big.bin", total, seed=1)
     data = (source / "big.bin").read_bytes()
+    up, down = args.only in (None, "up"), args.only in (None, "down")
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    for kind in ("pyopenssl", "twisted"):
+    kinds = (["pyopenssl", "twisted"] if up else []) + (["twisted-down"] if down else [])
+    for kind in kinds:
         port = free_port()
         proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(key), str(cert), str(total)])
         wait_for_port(port, proc)
@@ -228,41 +319,20 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         daemon.add_user("bench", PASSWORD)
         api = ServerAPI(daemon.url, reactor=reactor, policy=PinnedPolicy(daemon.fingerprint))
         await api.login("bench", PASSWORD)
+        held = None
+        if down:  # the engagement every clone reads: the file uploaded once, not timed
+            held = daemon.new_engagement("ceiling-down", editors=["bench"])
+            copy = await SyncCopy.clone(api, held, work / "copies" / held)
+            os.link(source / "big.bin", work / "copies" / held / "big.bin")
+            await copy.sync(api)
+            copy.close()
         with RsyncDaemon(work / "rsync") as rsyncd:
             for run in range(args.runs):
                 blake.append(blake3_gbps(data))
-
-                rsync_dir = work / f"rsync-src-{run}"
-                rsync_dir.mkdir()
-                os.link(source / "big.bin", rsync_dir / "big.bin")
-                r = rsyncd.push(rsync_dir)
-                results.setdefault("rsync (no TLS, no fsync)", []).append((r.seconds, float("nan")))
-                for child in rsyncd.module_dir.iterdir():
-                    child.unlink()
-
-                proc, port = servers["pyopenssl"]
-                c0, s0 = cpu_seconds(os.getpid()), cpu_seconds(proc.pid)
-                seconds = send_pyopenssl(port, data, total)
-                cpu = cpu_seconds(os.getpid()) - c0 + cpu_seconds(proc.pid) - s0
-                results.setdefault("pyOpenSSL, socket BIO (TLS only)", []).append((seconds, cpu))
-
-                proc, port = servers["twisted"]
-                s0 = cpu_seconds(proc.pid)
-                seconds, sender_cpu = send_twisted(port, total)
-                cpu = cpu_seconds(proc.pid) - s0 + sender_cpu
-                results.setdefault("bare Twisted TLS stream (TLS only)", []).append((seconds, cpu))
-
-                name = daemon.new_engagement(f"ceiling-{run}", editors=["bench"])
-                directory = work / "copies" / name
-                copy = await SyncCopy.clone(api, name, directory)
-                os.link(source / "big.bin", directory / "big.bin")
-                d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
-                start = time.perf_counter()
-                await copy.sync(api)
-                seconds = time.perf_counter() - start
-                cpu = cpu_seconds(daemon.process.pid) - d0 + cpu_seconds(os.getpid()) - c0
-                copy.close()
-                results.setdefault("smartsyncd initial sync (chunk, hash, verify, fsync)", []).append((seconds, cpu))
+                if up:
+                    await upload_rows(api, daemon, rsyncd, servers, work, source, data, total, run, results)
+                if held is not None:
+                    await download_rows(api, daemon, servers, work, held, total, run, results)
                 print(f"round {run + 1}: " + "; ".join(
                     f"{n.split(' (')[0]} {total / v[-1][0] / 1e6:.0f} MB/s" for n, v in results.items())
                     + f"; blake3 {blake[-1]:.2f} GB/s; load {os.getloadavg()[0]:.2f}", flush=True)
@@ -273,30 +343,109 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)  # the file, its hard links, packs, rsync's copy
-    rsync_s = statistics.median(s for s, _ in results["rsync (no TLS, no fsync)"])
-    twisted_s = statistics.median(s for s, _ in results["bare Twisted TLS stream (TLS only)"])
+    table(results, blake, total)
+
+
+async def upload_rows(api: Any, daemon: Any, rsyncd: RsyncDaemon, servers: dict[str, tuple[subprocess.Popen[bytes], int]],
+                      work: Path, source: Path, data: bytes, total: int, run: int,
+                      results: dict[str, list[tuple[float, float]]]) -> None:
+    from smartsyncd.client.engine import SyncCopy
+
+    rsync_dir = work / f"rsync-src-{run}"
+    rsync_dir.mkdir()
+    os.link(source / "big.bin", rsync_dir / "big.bin")
+    r = rsyncd.push(rsync_dir)
+    results.setdefault("rsync (no TLS, no fsync)", []).append((r.seconds, float("nan")))
+    for child in rsyncd.module_dir.iterdir():
+        child.unlink()
+
+    proc, port = servers["pyopenssl"]
+    c0, s0 = cpu_seconds(os.getpid()), cpu_seconds(proc.pid)
+    seconds = send_pyopenssl(port, data, total)
+    cpu = cpu_seconds(os.getpid()) - c0 + cpu_seconds(proc.pid) - s0
+    results.setdefault("pyOpenSSL, socket BIO (TLS only)", []).append((seconds, cpu))
+
+    proc, port = servers["twisted"]
+    s0 = cpu_seconds(proc.pid)
+    seconds, sender_cpu = send_twisted(port, total)
+    cpu = cpu_seconds(proc.pid) - s0 + sender_cpu
+    results.setdefault("bare Twisted TLS stream (TLS only)", []).append((seconds, cpu))
+
+    name = daemon.new_engagement(f"ceiling-{run}", editors=["bench"])
+    directory = work / "copies" / name
+    copy = await SyncCopy.clone(api, name, directory)
+    os.link(source / "big.bin", directory / "big.bin")
+    d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+    start = time.perf_counter()
+    await copy.sync(api)
+    seconds = time.perf_counter() - start
+    cpu = cpu_seconds(daemon.process.pid) - d0 + cpu_seconds(os.getpid()) - c0
+    copy.close()
+    results.setdefault("smartsyncd initial sync (chunk, hash, verify, fsync)", []).append((seconds, cpu))
+
+
+async def download_rows(api: Any, daemon: Any, servers: dict[str, tuple[subprocess.Popen[bytes], int]],
+                        work: Path, held: str, total: int, run: int,
+                        results: dict[str, list[tuple[float, float]]]) -> None:
+    from smartsyncd.client.engine import SyncCopy
+
+    proc, port = servers["twisted-down"]
+    s0 = cpu_seconds(proc.pid)
+    seconds, receiver_cpu = receive_twisted(port, total)
+    cpu = cpu_seconds(proc.pid) - s0 + receiver_cpu
+    results.setdefault("bare Twisted TLS download (TLS only)", []).append((seconds, cpu))
+
+    directory = work / "clones" / f"clone-{run}"
+    d0, c0 = cpu_seconds(daemon.process.pid), cpu_seconds(os.getpid())
+    start = time.perf_counter()
+    copy = await SyncCopy.clone(api, held, directory)
+    seconds = time.perf_counter() - start
+    cpu = cpu_seconds(daemon.process.pid) - d0 + cpu_seconds(os.getpid()) - c0
+    copy.close()
+    if (directory / "big.bin").stat().st_size != total:
+        raise RuntimeError("the clone did not bring the whole file")
+    shutil.rmtree(directory)
+    results.setdefault("smartsyncd clone (fetch, verify, write, fsync)", []).append((seconds, cpu))
+
+
+def table(results: dict[str, list[tuple[float, float]]], blake: list[float], total: int) -> None:
+    rsync = results.get("rsync (no TLS, no fsync)")
+    rsync_s = statistics.median(s for s, _ in rsync) if rsync else float("nan")
+    bare = {
+        "up": [s for s, _ in results.get("bare Twisted TLS stream (TLS only)", [])],
+        "down": [s for s, _ in results.get("bare Twisted TLS download (TLS only)", [])],
+    }
     print(f"\nBLAKE3, one thread: median {statistics.median(blake):.2f} GB/s "
           f"(the issue's machine notes: 4.8 GB/s, i.e. {4.8 / statistics.median(blake):.1f} x this VM)")
-    print("\n| what | median MB/s | runs (MB/s) | ratio to rsync | ratio to bare Twisted TLS | CPU-s, both ends |")
+    print("\n| what | median MB/s | runs (MB/s) | ratio to rsync | ratio to bare Twisted TLS"
+          " (same direction) | CPU-s, both ends |")
     print("|---|---|---|---|---|---|")
     for name, rows in results.items():
         secs = statistics.median(s for s, _ in rows)
         cpus = [c for _, c in rows if c == c]
         cpu = f"{statistics.median(cpus):.2f}" if cpus else "-"
         each = ", ".join(f"{total / s / 1e6:.0f}" for s, _ in rows)
-        print(f"| {name} | {total / secs / 1e6:.0f} | {each} | {rsync_s / secs:.2f} | {twisted_s / secs:.2f} | {cpu} |")
+        down = "download" in name or "clone" in name
+        same = bare["down" if down else "up"]
+        ratio = f"{statistics.median(same) / secs:.2f}" if same else "-"
+        # rsync runs the upload direction only
+        versus = f"{rsync_s / secs:.2f}" if rsync_s == rsync_s and not down else "-"
+        print(f"| {name} | {total / secs / 1e6:.0f} | {each} | {versus} | {ratio} | {cpu} |")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         kind, port, key, cert, total = sys.argv[2:7]
-        (serve_pyopenssl if kind == "pyopenssl" else serve_twisted)(int(port), key, cert, int(total))
+        SERVERS[kind](int(port), key, cert, int(total))
     elif sys.argv[1:2] == ["--send-twisted"]:
         _send_twisted_main(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--receive-twisted"]:
+        _receive_twisted_main(int(sys.argv[2]), int(sys.argv[3]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--mb", type=int, default=256, help="file size in MiB")
-        parser.add_argument("--runs", type=int, default=3, help="rounds (each runs all four)")
+        parser.add_argument("--runs", type=int, default=3, help="rounds (each runs every row)")
+        parser.add_argument("--only", choices=["up", "down"], help="only the upload or the download rows")
         ns = parser.parse_args()
         from twisted.internet import defer, task
 

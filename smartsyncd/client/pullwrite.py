@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from twisted.internet.defer import Deferred, succeed
+
 from smartsyncd.client import osfs
 from smartsyncd.client.casefold import match_folders, stored_spelling
-from smartsyncd.client.chunkindex import ChunkIndex, Location
+from smartsyncd.client.chunkindex import SEGMENT_MIN, ChunkIndex, Location, build_segments
 from smartsyncd.client.copycontext import CopyContext, log, offsets
 from smartsyncd.client.deltabase import DeltaBase, base_range, windows
 from smartsyncd.client.diskroom import NoRoom, check_room, is_disk_full, no_room_after
@@ -50,6 +54,8 @@ from smartsyncd.core.planner import LocalEntry, PullWrite
 PARTIAL_MIN = 4 * 1024 * 1024
 # where chunks sit locally, for copying instead of fetching: the whole index, or a group's part
 ChunkLocations = ChunkIndex | Mapping[str, Location]
+# windows of a large file fetched at once (one written while the others are on the wire)
+WINDOWS_AHEAD = 3
 
 
 class FileWriter:
@@ -102,7 +108,7 @@ class FileWriter:
         self, write: PullWrite, old: FileRecord | None, index: ChunkIndex,
         manifest: Manifest | None = None, prefetched: Mapping[str, bytes] | None = None,
     ) -> None:
-        ctx, api, report = self.ctx, self.api, self.report
+        ctx, api = self.ctx, self.api
         if manifest is None:
             manifest = await api.manifest(ctx.engagement, write.content, base=base_of(old))
         check_size(write, manifest)
@@ -123,27 +129,40 @@ class FileWriter:
         try:
             if delta_base is not None and old is not None:
                 source = await ctx.run(self.download_base, write.path, old)
-            for window in windows(manifest.chunks[have:], ctx.window_bytes):
-                local = await ctx.run(self.read_local, window, index)
-                if prefetched:
-                    local.update((c.hash, prefetched[c.hash]) for c in window
-                                 if c.hash in prefetched and c.hash not in local)
-                need: list[tuple[ChunkRef, int]] = []
-                seen: set[str] = set()
-                for chunk, at in offsets(window):
-                    if chunk.hash not in local and chunk.hash not in seen:
-                        seen.add(chunk.hash)
-                        need.append((chunk, offset + at))
-                offset += sum(c.size for c in window)
-                items: list[ChunkWanted]
-                if source is not None and delta_base is not None:
-                    items = list(await ctx.run(with_bases, need, delta_base, source))
-                else:
-                    items = [chunk for chunk, _ in need]
-                fetched = await api.fetch_chunks(ctx.engagement, items) if items else {}
-                report.bytes_received += sum(len(v) for v in fetched.values())
-                await ctx.run(write_window, handle, window, local, fetched)
-                self.prog.advance(sum(c.size for c in window))
+            # the next windows' fetches are on the wire while one is written: bounded by
+            # WINDOWS_AHEAD windows held, written in order (a cut leaves a clean prefix)
+            ahead: deque[tuple[list[ChunkRef], dict[str, bytes], Deferred[dict[str, bytes]]]]
+            ahead = deque()
+            try:
+                for window in windows(manifest.chunks[have:], ctx.window_bytes):
+                    local = await ctx.run(self.read_local, window, index)
+                    if prefetched:
+                        local.update((c.hash, prefetched[c.hash]) for c in window
+                                     if c.hash in prefetched and c.hash not in local)
+                    need: list[tuple[ChunkRef, int]] = []
+                    seen: set[str] = set()
+                    for chunk, at in offsets(window):
+                        if chunk.hash not in local and chunk.hash not in seen:
+                            seen.add(chunk.hash)
+                            need.append((chunk, offset + at))
+                    offset += sum(c.size for c in window)
+                    items: list[ChunkWanted]
+                    if source is not None and delta_base is not None:
+                        items = list(await ctx.run(with_bases, need, delta_base, source))
+                    else:
+                        items = [chunk for chunk, _ in need]
+                    fetching: Deferred[dict[str, bytes]] = (
+                        Deferred.fromCoroutine(api.fetch_chunks(ctx.engagement, items))
+                        if items else succeed({}))
+                    ahead.append((window, local, fetching))
+                    if len(ahead) >= WINDOWS_AHEAD:
+                        await self._write_fetched(handle, *ahead.popleft())
+                while ahead:
+                    await self._write_fetched(handle, *ahead.popleft())
+            finally:
+                for _, _, pending in ahead:
+                    pending.addErrback(lambda _: None)
+                    pending.cancel()
             st, moved_to = await ctx.run(
                 self.install, temp, handle, write.path, old, write.mtime_ns, write.readonly
             )
@@ -157,6 +176,16 @@ class FileWriter:
             raise
         self.report_conflict(write.path, moved_to)
         await self.record([(write, manifest, st)], index)
+
+    async def _write_fetched(
+        self, handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
+        fetching: Deferred[dict[str, bytes]],
+    ) -> None:
+        """Write one window of a large file once its fetched chunks are here (verified)."""
+        fetched = await fetching
+        self.report.bytes_received += sum(len(v) for v in fetched.values())
+        await self.ctx.run(write_and_start_writeback, handle, window, local, fetched)
+        self.prog.advance(sum(c.size for c in window))
 
     async def record(
         self, done: Sequence[tuple[PullWrite, Manifest, os.stat_result]], index: ChunkIndex
@@ -173,7 +202,11 @@ class FileWriter:
         ]
         await ctx.run(ctx.state.update, records, ())
         for write, manifest, _ in done:
-            index.add(write.path, manifest.chunks)
+            if len(manifest.chunks) >= SEGMENT_MIN:  # a large file's segment: off the reactor
+                built = await ctx.run(build_segments, index.number(write.path), manifest.chunks)
+                index.add_segments(built)
+            else:
+                index.add(write.path, manifest.chunks)
         await ctx.run(ctx.keep_bases, [(w.path, w.content, w.size) for w, _, _ in done])
         self.report.downloaded += len(done)
 
@@ -426,3 +459,41 @@ def write_window(
             raise Unverifiable(f"chunk {chunk.hash} has {len(data)} bytes, its manifest says "
                                f"{chunk.size}; the file was not written")
         handle.write(data)
+
+
+def write_and_start_writeback(
+    handle: BinaryIO, window: list[ChunkRef], local: Mapping[str, bytes],
+    fetched: Mapping[str, bytes],
+) -> None:
+    """``write_window`` for a large file, then (Linux) ask the kernel to start writing the
+    file's dirty pages out, so the fsync before its rename waits for the last window only
+    (it took 0.16-0.19 s of a 1.5 s 256 MiB clone). Durability is unchanged: the fsync still
+    comes before the rename; this only starts the disk's work earlier."""
+    write_window(handle, window, local, fetched)
+    start = _writeback()
+    if start is not None:
+        handle.flush()
+        start(handle.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its result is ignored
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+_start_writeback: list[Callable[[int, int, int, int], int] | None] = []
+
+
+def _writeback() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux; Python's os module lacks it), loaded on first use
+    (ctypes is not imported at start-up); None elsewhere or if it is missing."""
+    if not _start_writeback:
+        found: Callable[[int, int, int, int], int] | None = None
+        if sys.platform == "linux":
+            import ctypes
+
+            try:
+                call = ctypes.CDLL(None, use_errno=True).sync_file_range
+                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                call.restype = ctypes.c_int
+                found = call
+            except (OSError, AttributeError):
+                found = None
+        _start_writeback.append(found)
+    return _start_writeback[0]

@@ -48,6 +48,7 @@ from smartsyncd import __version__
 from smartsyncd.client import preconnect
 from smartsyncd.client.backoff import Backoff, RetryNotice, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
+from smartsyncd.client.bodyread import read_body
 from smartsyncd.client.errors import (
     AuthError,
     NetworkError,
@@ -404,7 +405,7 @@ class Transport:
             reactor=self._reactor,
         )
         body = await (
-            response.content() if self._pacer is None
+            read_body(response, self._in_thread, IN_THREAD_BYTES) if self._pacer is None
             else paced_content(response, self._pacer, self._reactor)
         )
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]

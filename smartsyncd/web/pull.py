@@ -21,7 +21,7 @@ from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import asks_folders, query_float, query_int, query_str
 from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.deltas import READ_SLICE, DeltaBases
-from smartsyncd.web.errors import json_bytes, send_encoded_json, send_json
+from smartsyncd.web.errors import json_bytes, send_encoded_json, send_json, whole
 from smartsyncd.web.history import check_from_query
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
@@ -43,6 +43,7 @@ from smartsyncd.web.shapes import (
 )
 
 _RECORD_HEADER = chunkstream.HEADER_BYTES
+ENCODE_ON_REACTOR = 256 * 1024  # a fetch answer larger than this is joined on a pool thread
 SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
@@ -212,8 +213,11 @@ class PullRoutes:
         records: list[chunkstream.Record] = [(h, *found[h]) for h in wanted]
         if refs:  # compressing against the bases is CPU work: off the reactor
             records = await self._run_blocking(chunkstream.delta_encode_records, records, refs, prefixes)
-        body = chunkstream.encode_records(records)
+        # joining megabytes of payloads is a copy: off the reactor, which only sends it
+        body = (await self._run_blocking(chunkstream.encode_records, records)
+                if total > ENCODE_ON_REACTOR else chunkstream.encode_records(records))
         if len(body) > cap:  # duplicates in the request
             raise TooLarge(f"response over the limit of {cap} bytes; ask for fewer", limit=cap)
         request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
-        return body
+        # Content-Length framing: a chunked answer is joined again with its size line
+        return whole(request, body)
