@@ -14,32 +14,15 @@ functions block: callers on the reactor thread run them in a thread pool.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+
+from smartsyncd.runtime import writeback
 
 _TEMP_SUFFIX = ".tmp"
 # Buffers per writev call (POSIX allows at least 16; Linux 1024).
 _IOV_MAX = max(16, min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16))
-_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's ``sync_file_range`` from libc (Python has no binding), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_sync_file_range = _load_sync_file_range()
 
 
 class FileOps:
@@ -64,8 +47,7 @@ class FileOps:
         """Ask the kernel to start writing ``length`` bytes at ``offset`` to disk, without
         waiting (Linux; elsewhere nothing). Never a durability step: only ``fsync`` is; it
         leaves the final fsync less to write, so an upload's answer comes sooner."""
-        if _sync_file_range is not None:
-            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error: fsync reports it
+        writeback.start_writeback(fd, offset, length)
 
     def close(self, fd: int) -> None:
         os.close(fd)
