@@ -99,9 +99,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         push.BULK_UPLOAD_WINDOW_BYTES = int(args.window * MiB)
         chunkpacking.UPLOAD_BODY_LIMIT = max(chunkpacking.UPLOAD_BODY_LIMIT, int(args.window * MiB) + (1 << 20))
     if args.in_flight:
-        from smartsyncd.client import push
+        from smartsyncd.client import early, push
 
         push.BULK_UPLOADS_IN_FLIGHT = args.in_flight
+        if hasattr(early, "STREAM_IN_FLIGHT"):  # a new large file's windows (issue 15, s13)
+            early.STREAM_IN_FLIGHT = args.in_flight
     work = Path(tempfile.mkdtemp(prefix="smartsync-upload-cpu-"))
     daemon = running_daemon(work / "server")
     rows = []

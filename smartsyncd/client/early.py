@@ -30,6 +30,10 @@ UPLOADS_IN_FLIGHT = 2
 # client/push.py). The first stays smaller, so the small files sent before it are confirmed
 # (and committed) while the rest is still on the wire.
 STREAM_WINDOW_BYTES = 8 * 1024 * 1024
+# ... and this many of them on the wire: the server answers a window only once its pack is
+# fsynced and indexed (15-45 ms on loopback), so with two the link idles while both wait;
+# on a slow link they share it as two would (issue 15, s13).
+STREAM_IN_FLIGHT = 4
 # once a window of at least this many chunks came back all-missing from /missing, the next
 # windows upload without asking (a first sync of new files: the server has none of them)
 BLIND_AFTER_CHUNKS = 64
@@ -100,7 +104,7 @@ class EarlyUpload:
         window: int = UPLOAD_WINDOW_BYTES, in_flight: int = UPLOADS_IN_FLIGHT,
         commit: Callable[[list[ScannedFile]], Awaitable[bool]] | None = None,
         commit_files: int = EARLY_COMMIT_FILES, blind: bool = False,
-        stream_window: int = STREAM_WINDOW_BYTES,
+        stream_window: int = STREAM_WINDOW_BYTES, stream_in_flight: int | None = None,
     ) -> None:
         """``commit``: commits new files whose chunks are confirmed, in batches of
         ``commit_files`` while the scan goes on; returns False to stop early commits.
@@ -123,6 +127,7 @@ class EarlyUpload:
         self.known_first = {r.chunks[0].hash for r in base.values() if r.chunks}
         self.window = window
         self.stream_window = stream_window
+        self.stream_in_flight = STREAM_IN_FLIGHT if stream_in_flight is None else stream_in_flight
         self._streaming = False
         self.in_flight = in_flight
         self.present = Confirmed()
@@ -239,6 +244,7 @@ class EarlyUpload:
             self._pending_bytes -= size
             if self._streaming:  # a large file's windows: fewer, larger requests
                 self.window = max(self.window, self.stream_window)
+                self.in_flight = max(self.in_flight, self.stream_in_flight)
             sending: Deferred[None] = Deferred.fromCoroutine(self._send(batch))
             self._running.append(sending)
             sending.addBoth(self._done, sending)

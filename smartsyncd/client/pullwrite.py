@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,6 +47,7 @@ from smartsyncd.client.state import FileRecord
 from smartsyncd.client.wire import ChunkWanted, DeltaHint
 from smartsyncd.core.model import ChunkRef, Manifest
 from smartsyncd.core.planner import LocalEntry, PullWrite
+from smartsyncd.runtime.writeback import start_writeback
 
 # downloads of at least this size go through .smartsync/partial/<content>.part, kept when
 # the pull is cut, so the next attempt fetches only the chunks it does not have yet
@@ -470,30 +470,5 @@ def write_and_start_writeback(
     (it took 0.16-0.19 s of a 1.5 s 256 MiB clone). Durability is unchanged: the fsync still
     comes before the rename; this only starts the disk's work earlier."""
     write_window(handle, window, local, fetched)
-    start = _writeback()
-    if start is not None:
-        handle.flush()
-        start(handle.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: its result is ignored
-
-
-_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
-_start_writeback: list[Callable[[int, int, int, int], int] | None] = []
-
-
-def _writeback() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux; Python's os module lacks it), loaded on first use
-    (ctypes is not imported at start-up); None elsewhere or if it is missing."""
-    if not _start_writeback:
-        found: Callable[[int, int, int, int], int] | None = None
-        if sys.platform == "linux":
-            import ctypes
-
-            try:
-                call = ctypes.CDLL(None, use_errno=True).sync_file_range
-                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                call.restype = ctypes.c_int
-                found = call
-            except (OSError, AttributeError):
-                found = None
-        _start_writeback.append(found)
-    return _start_writeback[0]
+    handle.flush()
+    start_writeback(handle.fileno())

@@ -212,6 +212,10 @@ class PackWriter:
 
     def _write_records(self, headers: list[bytes], parts: list[bytes | memoryview], size: int) -> None:
         self._file.write_many(parts)
+        # the disk starts on these bytes while the next batch arrives: the fsync in ``commit``
+        # (before the upload's answer) then waits for less (issue 15, s13: 5-7 ms -> ~2 ms
+        # for 8 MiB on the bench VM)
+        self._file.start_writeback(self._offset, size)
         self._hasher.update(b"".join(headers))  # the name covers the headers (module docstring)
         self._offset += size
 
