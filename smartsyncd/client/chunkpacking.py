@@ -75,11 +75,12 @@ def fetch_batches(wanted: Mapping[str, tuple[int, DeltaHint | None]]) -> Iterato
 
 
 def fetch_body(
-    batch: list[str], hints: Mapping[str, DeltaHint]
+    batch: list[str], hints: Mapping[str, DeltaHint], stream: bool = False
 ) -> tuple[dict[str, object], dict[tuple[str, int, int], bytes]]:
     """The fetch request for ``batch`` (with ``bases``/``deltas`` for the hinted chunks) and
-    the base ranges it names, by ``(base, offset, length)``."""
-    body: dict[str, object] = {"chunks": batch}
+    the base ranges it names, by ``(base, offset, length)``. ``stream``: the answer may come
+    as one zstd stream (core/fetchstream.py)."""
+    body: dict[str, object] = {"chunks": batch, **({"stream": 1} if stream else {})}
     prefixes: dict[tuple[str, int, int], bytes] = {}
     bases: dict[str, int] = {}
     deltas: list[list[int]] = []

@@ -285,14 +285,17 @@ class ServerAPI(Transport):
             result[content] = await self.manifest(eng, content, bases[content])
         return result
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+    async def fetch_chunks(
+        self, eng: str, hashes: Iterable[ChunkWanted], stream: bool = False
+    ) -> dict[str, bytes]:
         """Download chunks (raw bytes by hash), each verified against its hash.
 
         Items may be plain hashes or ``(hash, size)``/``ChunkRef``; sizes pack requests up to
         16 MiB (an unknown size counts as the largest chunk). A ``(hash, size, DeltaHint)``
         names bytes of a version this client has: the server may send the chunk as a delta
         against them (docs/protocol.md, codec 2); a delta that does not rebuild to its hash
-        is fetched again whole, and a refused request is repeated without deltas.
+        is fetched again whole, and a refused request is repeated without deltas. ``stream``:
+        asks for one zstd stream (small files: client/pullbatch.py; a server ignores it).
         """
         wanted: dict[str, tuple[int, DeltaHint | None]] = {}
         for item in hashes:
@@ -313,7 +316,7 @@ class ServerAPI(Transport):
                     collect(done, await waiting)
                 hints = {h: hint for h in batch if (hint := wanted[h][1]) is not None}
                 in_flight.append(
-                    (batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch, hints)))
+                    (batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch, hints, stream)))
                 )
             while in_flight:
                 done, waiting = in_flight.pop(0)
@@ -325,9 +328,10 @@ class ServerAPI(Transport):
         return result
 
     async def _fetch_batch(
-        self, eng: str, batch: list[str], hints: Mapping[str, DeltaHint] | None = None
+        self, eng: str, batch: list[str], hints: Mapping[str, DeltaHint] | None = None,
+        stream: bool = False,
     ) -> dict[str, bytes]:
-        body, prefixes = fetch_body(batch, hints or {})
+        body, prefixes = fetch_body(batch, hints or {}, stream)
         try:
             reply = await self._request(
                 "POST", _eng(eng, "chunks", "fetch"), body=body, expect=CHUNKS_TYPE,
@@ -339,7 +343,7 @@ class ServerAPI(Transport):
             # the server would not use our bases (a version it no longer has?): whole chunks
             # (a 404 for the chunks themselves comes back from the plain request too)
             log.warn("fetch with deltas refused ({why}); fetching whole chunks", why=exc.message)
-            return await self._fetch_batch(eng, batch)
+            return await self._fetch_batch(eng, batch, stream=stream)
         try:
             raw: dict[str, bytes]
             if prefixes:
@@ -357,7 +361,7 @@ class ServerAPI(Transport):
             # them; fetch them again without a delta
             log.warn("{n} chunk(s) did not rebuild from the local base; fetching them whole",
                      n=len(failed))
-            raw.update(await self._fetch_batch(eng, failed))
+            raw.update(await self._fetch_batch(eng, failed, stream=stream))
         absent = [h for h in batch if h not in raw]
         if absent:
             raise ProtocolError(f"server left out {len(absent)} requested chunk(s)")

@@ -13,15 +13,22 @@ from typing import Any, cast
 from klein import Klein
 from twisted.web.server import Request
 
-from smartsyncd.core import bodycodec, chunkstream, manifest
+from smartsyncd.core import bodycodec, chunkstream, fetchstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.core.model import is_folder
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
-from smartsyncd.web.bodies import asks_folders, query_float, query_int, query_str
+from smartsyncd.web.bodies import (
+    asks_folders,
+    expect_object,
+    get_int,
+    query_float,
+    query_int,
+    query_str,
+)
 from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.deltas import READ_SLICE, DeltaBases
-from smartsyncd.web.errors import json_bytes, send_encoded_json, send_json
+from smartsyncd.web.errors import json_bytes, send_encoded_json, send_json, whole
 from smartsyncd.web.history import check_from_query
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
@@ -43,6 +50,7 @@ from smartsyncd.web.shapes import (
 )
 
 _RECORD_HEADER = chunkstream.HEADER_BYTES
+INLINE_ANSWER = 1 << 20  # a chunks answer larger than this is joined off the reactor
 SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
@@ -192,6 +200,9 @@ class PullRoutes:
         wanted = hash_list(asked, limits.chunks_per_request)
         # optional base ranges: chunks may come back as deltas against a version the caller has
         refs = fetch_refs(asked, wanted, limits.delta_prefix_bytes)
+        # "stream": 1 and zstd accepted: one zstd frame, small chunks raw in it (issue 15)
+        stream = get_int(expect_object(asked), "stream", minimum=0, required=False) == 1 and (
+            bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding")))
         prefixes = await self._deltas.fetch_bases(access.engagement.id, refs.values()) if refs else {}
         unique = list(dict.fromkeys(wanted))
         cap = limits.chunk_body
@@ -212,8 +223,27 @@ class PullRoutes:
         records: list[chunkstream.Record] = [(h, *found[h]) for h in wanted]
         if refs:  # compressing against the bases is CPU work: off the reactor
             records = await self._run_blocking(chunkstream.delta_encode_records, records, refs, prefixes)
-        body = chunkstream.encode_records(records)
-        if len(body) > cap:  # duplicates in the request
+        size = fetchstream.plain_size(records)
+        if size > cap:  # duplicates in the request
             raise TooLarge(f"response over the limit of {cap} bytes; ask for fewer", limit=cap)
         request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
-        return body
+        if stream:
+            ordered = await self._run_blocking(fetchstream.stream_records, records)
+            if ordered is not None:
+                return await self._send_stream(request, ordered)
+        if size > INLINE_ANSWER:
+            return whole(request, await self._run_blocking(chunkstream.encode_records, records))
+        return whole(request, chunkstream.encode_records(records))
+
+    async def _send_stream(self, request: Request, ordered: list[chunkstream.Record]) -> bytes:
+        """The answer as one zstd frame, written piece by piece as a thread compresses it
+        (``fetchstream.StreamEncoder``): the first bytes leave within milliseconds instead of
+        after the whole answer is compressed; its length is not known up front (chunked)."""
+        request.setHeader(b"content-encoding", bodycodec.ENCODING.encode())
+        request.setHeader(b"vary", b"accept-encoding")
+        encoder = fetchstream.StreamEncoder(ordered)
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)  # the client left: compress no more
+        while not encoder.done and not gone:
+            request.write(await self._run_blocking(encoder.next_piece))
+        return b""
