@@ -31,7 +31,8 @@ from smartsyncd.client.chunkpacking import (
     wanted_item,
 )
 from smartsyncd.client.errors import AuthError, ProtocolError, ServerRefused
-from smartsyncd.client.manifestanswer import manifest_item, parse_manifest
+from smartsyncd.client.fetchanswer import decode_answer
+from smartsyncd.client.manifestanswer import manifest_item, parse_manifest, snapshot_files
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.reportbody import iso_time as _iso
 from smartsyncd.client.reportbody import report_body as report_body
@@ -62,11 +63,9 @@ from smartsyncd.client.wire import (
     parse_commit,
     parse_conflict,
     parse_contact,
-    parse_file_state,
     parse_resolution,
     parse_session,
 )
-from smartsyncd.core.chunkstream import decode_fetched, decode_to_raw
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import chunks_to_json
 from smartsyncd.core.model import ChunkRef, Manifest
@@ -187,15 +186,11 @@ class ServerAPI(Transport):
         """Live files at the head: ``(head, files)``. With ``chunks`` the server is asked for
         the first files' chunk lists too (a clone): kept, checked against their content ids,
         in ``snapshot_manifests`` (empty from a server that does not send them)."""
-        params = {**FOLDERS, "chunks": "1"} if chunks else FOLDERS
+        # lean: a file with its chunk list may leave its content id out (client/manifestanswer.py)
+        params = {**FOLDERS, "chunks": "1", "lean": "1"} if chunks else FOLDERS
         data = obj(await self._json("GET", _eng(eng, "snapshot"), params=params), "snapshot")
         head, items = field(data, "head", int, "snapshot"), field(data, "files", list, "snapshot")
-        files = [parse_file_state(item) for item in items]
-        self.snapshot_manifests = {
-            f.content: parse_manifest(item, f.content, None)
-            for f, item in zip(files, items, strict=True)
-            if chunks and f.content is not None and "chunks" in obj(item, "snapshot file")
-        }
+        files, self.snapshot_manifests = snapshot_files(items, chunks)
         self.snapshot_history = HistoryMark(head, *history_fields(data, "head_hash", "snapshot"))
         return Snapshot(head, files)
 
@@ -344,16 +339,9 @@ class ServerAPI(Transport):
             # (a 404 for the chunks themselves comes back from the plain request too)
             log.warn("fetch with deltas refused ({why}); fetching whole chunks", why=exc.message)
             return await self._fetch_batch(eng, batch, stream=stream)
-        try:
-            raw: dict[str, bytes]
-            if prefixes:
-                raw, failed = await self._in_thread(
-                    decode_fetched, reply.body, prefixes, CHUNKS_PER_REQUEST
-                )
-            else:
-                raw, failed = await self._in_thread(
-                    decode_to_raw, reply.body, CHUNKS_PER_REQUEST
-                ), []
+        try:  # by hash, or by position in ``batch`` (a stream: client/fetchanswer.py)
+            raw, failed = await self._in_thread(
+                decode_answer, reply.body, reply.content_type, batch, prefixes)
         except SyncError as exc:
             raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
         if failed:

@@ -13,7 +13,8 @@ hash, order free) once the transport has decoded it under its cap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Mapping, Sequence
 
 import zstandard
 
@@ -24,7 +25,9 @@ from smartsyncd.core.chunkstream import (
     MAX_WINDOW,
     Record,
     encode_records,
+    parse_header,
 )
+from smartsyncd.core.errors import BadChunk
 
 # stored zstd chunks up to this raw size travel raw in the stream; larger ones (a large file's
 # chunks) gain little from the shared context and go as stored (no recompression cost)
@@ -35,6 +38,12 @@ STREAM_RAW_BUDGET = 8 << 20
 # zstd level of the stream: 1,000 work papers (bench/wan.py) are 1.97 MB at level 3 (12 ms),
 # 1.92 MB at 6 (30 ms), 1.88 MB at 9 (48 ms), against 2.08 MB as stored frames
 STREAM_LEVEL = 6
+# The stream's records name each chunk by its position in the request's "chunks" list (the
+# client knows the hashes it asked for: 32 incompressible bytes a record saved), under their own
+# media type; a stream the server could not make goes in the usual form, by hash.
+INDEXED_TYPE = b"application/x-smartsync-chunks-indexed"
+_INDEXED = struct.Struct(">IBII")  # position in the request, codec, raw_len, payload_len
+_SAVED = HEADER_BYTES - _INDEXED.size
 # raw bytes of the first piece (StreamEncoder) and of each piece after it: the first goes out
 # within a few milliseconds, the rest is compressed while what came before is on the wire
 FIRST_PIECE = 64 * 1024
@@ -77,12 +86,15 @@ class StreamEncoder:
     with a zstd block flush; the last one ends the frame. The frame states its content size."""
 
     def __init__(self, ordered: Sequence[Record], level: int = STREAM_LEVEL,
-                 first: int = FIRST_PIECE, piece: int = PIECE) -> None:
+                 first: int = FIRST_PIECE, piece: int = PIECE,
+                 index: Mapping[str, int] | None = None) -> None:
         self._records = ordered
+        self._index = index  # records by position (``encode_indexed``), else by hash
         self._at = 0
         self._piece = first
         self._next_piece = piece
-        self._cobj = zstandard.ZstdCompressor(level=level).compressobj(size=plain_size(ordered))
+        size = plain_size(ordered) - (0 if index is None else _SAVED * len(ordered))
+        self._cobj = zstandard.ZstdCompressor(level=level).compressobj(size=size)
         self.done = False
         self.raw_bytes = 0
 
@@ -93,7 +105,8 @@ class StreamEncoder:
         while end < len(self._records) and (size < self._piece or end == self._at):
             size += HEADER_BYTES + len(self._records[end][3])
             end += 1
-        data = encode_records(self._records[self._at : end])
+        part = self._records[self._at : end]
+        data = encode_records(part) if self._index is None else encode_indexed(part, self._index)
         self._at, self._piece = end, self._next_piece
         self.raw_bytes += len(data)
         out = self._cobj.compress(data)
@@ -115,6 +128,52 @@ def stream_answer(records: Sequence[Record], level: int = STREAM_LEVEL) -> bytes
         pieces.append(encoder.next_piece())
     framed = b"".join(pieces)
     return framed if len(framed) < plain_size(records) else None
+
+
+def positions(asked: Sequence[str]) -> dict[str, int]:
+    """Each hash's first position in the request's list (a repeated hash is sent once)."""
+    out: dict[str, int] = {}
+    for i, h in enumerate(asked):
+        out.setdefault(h, i)
+    return out
+
+
+def encode_indexed(records: Sequence[Record], index: Mapping[str, int]) -> bytes:
+    """``encode_records`` with each hash replaced by its position ``index[hash]``."""
+    parts: list[bytes] = []
+    for h, codec, raw_len, payload in records:
+        parts.append(_INDEXED.pack(index[h], codec, raw_len, len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def by_hash(body: bytes | memoryview, asked: Sequence[str], max_records: int = 4096) -> bytes:
+    """Client side: an indexed answer (decoded) rewritten in the usual form, each position
+    replaced by the hash asked there, for ``chunkstream``'s checks (``BadChunk`` on a position
+    outside the request, a repeated one, or a record cut short; the usual format's caps are
+    checked there: each chunk's length, codec and hash)."""
+    view = memoryview(body)
+    parts: list[bytes] = []
+    seen: set[int] = set()
+    pos = 0
+    while pos < len(view):
+        if len(seen) >= max_records:
+            raise BadChunk(f"more than {max_records} chunks in one body")
+        if len(view) - pos < _INDEXED.size:
+            raise BadChunk("chunk stream truncated inside a record header")
+        at, codec, raw_len, payload_len = _INDEXED.unpack_from(view, pos)
+        if at >= len(asked) or at in seen:
+            raise BadChunk(f"chunk position {at} was not asked for, or came twice")
+        seen.add(at)
+        header = struct.pack(">32sBII", bytes.fromhex(asked[at]), codec, raw_len, payload_len)
+        parse_header(header)  # the codec and lengths within the format's caps, before the copy
+        pos += _INDEXED.size
+        if len(view) - pos < payload_len:
+            raise BadChunk("chunk stream truncated inside a payload", chunk=asked[at])
+        parts.append(header)
+        parts.append(bytes(view[pos : pos + payload_len]))
+        pos += payload_len
+    return b"".join(parts)
 
 
 def _expand(dctx: zstandard.ZstdDecompressor, payload: bytes, raw_len: int) -> bytes | None:

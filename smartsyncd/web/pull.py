@@ -116,7 +116,8 @@ class PullRoutes:
         """``?chunks=1`` (a clone): the first files by path (up to the batched manifests'
         caps) carry their chunk lists, as ``POST .../manifests`` would answer them, so the
         clone asks for chunks without a manifests round trip. Each one served is audited as a
-        download, as there. A client that does not ask gets the snapshot as before; one that
+        download, as there. ``&lean=1``: a file with its list leaves ``content`` out (its
+        content id is the list's). A client that does not ask gets the snapshot as before; one that
         asks an older server gets no lists and asks ``POST .../manifests``."""
         limits = self._limits
         entries = cast(list[dict[str, Any]], body["files"])
@@ -127,6 +128,7 @@ class PullRoutes:
         eid = access.engagement.id
         found = await self._chunks.get_manifests(eid, list({e["content"] for e in chosen}))
         budget = limits.manifests_body // 4  # the rest is asked with POST .../manifests
+        lean = query_str(request, "lean") == "1"
         for entry in chosen:
             m = found.get(entry["content"])
             if m is None:
@@ -135,6 +137,8 @@ class PullRoutes:
             if budget < 0:
                 break
             entry["chunks"] = manifest.chunks_to_json(m.chunks)
+            if lean:  # the client derives it from the list: 32 incompressible bytes a file
+                del entry["content"]
             self._note_download(request, access, m.content, m.size)
 
     async def changes(self, request: Request, access: Access) -> bytes | ParkedResource:
@@ -230,18 +234,22 @@ class PullRoutes:
         if stream:
             ordered = await self._run_blocking(fetchstream.stream_records, records)
             if ordered is not None:
-                return await self._send_stream(request, ordered)
+                return await self._send_stream(request, ordered, fetchstream.positions(wanted))
         if size > INLINE_ANSWER:
             return whole(request, await self._run_blocking(chunkstream.encode_records, records))
         return whole(request, chunkstream.encode_records(records))
 
-    async def _send_stream(self, request: Request, ordered: list[chunkstream.Record]) -> bytes:
-        """The answer as one zstd frame, written piece by piece as a thread compresses it
-        (``fetchstream.StreamEncoder``): the first bytes leave within milliseconds instead of
-        after the whole answer is compressed; its length is not known up front (chunked)."""
+    async def _send_stream(
+        self, request: Request, ordered: list[chunkstream.Record], index: dict[str, int]
+    ) -> bytes:
+        """The answer as one zstd frame of records by position in the request (``index``),
+        written piece by piece as a thread compresses it (``fetchstream.StreamEncoder``): the
+        first bytes leave within milliseconds instead of after the whole answer is compressed;
+        its length is not known up front (chunked)."""
+        request.setHeader(b"content-type", fetchstream.INDEXED_TYPE)
         request.setHeader(b"content-encoding", bodycodec.ENCODING.encode())
         request.setHeader(b"vary", b"accept-encoding")
-        encoder = fetchstream.StreamEncoder(ordered)
+        encoder = fetchstream.StreamEncoder(ordered, index=index)
         gone: list[object] = []
         request.notifyFinish().addErrback(gone.append)  # the client left: compress no more
         while not encoder.done and not gone:

@@ -16,12 +16,15 @@ import pytest
 import zstandard
 from clientkit import ENG, MemoryServer, driven, files_of
 from twisted.internet.defer import Deferred
-from webkit import Env, in_memory, upload
+from webkit import Env, in_memory, put, upload
 
 from smartsyncd.client.errors import ProtocolError
+from smartsyncd.client.manifestanswer import snapshot_files
 from smartsyncd.core import bodycodec, chunkstream, fetchstream
 from smartsyncd.core.chunking import chunk_hash
 from smartsyncd.core.chunkstream import CODEC_DELTA, CODEC_RAW, CODEC_ZSTD, Record, encode_records
+from smartsyncd.core.errors import BadChunk
+from smartsyncd.core.manifest import chunks_from_json, content_id
 
 FETCH = "/v1/engagements/alpha/chunks/fetch"
 WORDS = ["fees", "rent", "payroll", "accrual", "tested", "agreed", "variance", "ledger"]
@@ -100,6 +103,27 @@ def test_pieces_make_one_frame_of_the_ordered_records_stating_its_size() -> None
     assert len(frame) * 100 < fetchstream.plain_size(records) * 95
 
 
+def test_indexed_records_round_trip_and_bad_positions_are_refused() -> None:
+    datas = [paper(i) for i in range(5)]
+    asked = [chunk_hash(d) for d in datas]
+    records = [stored(d) for d in datas]
+    index = fetchstream.positions([*asked, asked[0]])
+    assert index == {h: i for i, h in enumerate(asked)}
+    assert fetchstream.by_hash(fetchstream.encode_indexed(records, index), asked) == encode_records(records)
+    bad = [
+        fetchstream.encode_indexed(records, {**index, asked[2]: 5}),  # a position not asked
+        fetchstream.encode_indexed(records, {**index, asked[2]: 1}),  # one position twice
+        fetchstream.encode_indexed(records, index)[:-1],  # cut short
+        fetchstream.encode_indexed(records, index) + b"\0" * 5,  # a header cut short
+        fetchstream.encode_indexed([(asked[0], 7, 3000, b"x")], index),  # an unknown codec
+    ]
+    for body in bad:
+        with pytest.raises(BadChunk):
+            fetchstream.by_hash(body, asked)
+    with pytest.raises(BadChunk, match="more than 2"):
+        fetchstream.by_hash(fetchstream.encode_indexed(records, index), asked, max_records=2)
+
+
 # -- the route ---------------------------------------------------------------------------------
 
 
@@ -117,12 +141,13 @@ async def test_the_answer_is_one_stream_only_when_asked_and_accepted(env: Env) -
     r = await env.call("POST", FETCH, token=token, body={"chunks": hashes, "stream": 1}, headers=zstd)
     assert r.status == 200, r.body
     assert r.headers.getRawHeaders("content-encoding") == ["zstd"]
-    assert r.headers.getRawHeaders("content-type") == ["application/x-smartsync-chunks"]
-    assert len(r.body) * 100 < len(plain) * 95
-    records = decoded(r.body)
-    assert [(h, c) for h, c, _, _ in records] == [(h, CODEC_RAW) for h in hashes]
-    assert chunkstream.decode_to_raw(bodycodec.decode(r.body, "zstd", 1 << 20)) == dict(
-        zip(hashes, datas, strict=True))
+    assert r.headers.getRawHeaders("content-type") == ["application/x-smartsync-chunks-indexed"]
+    assert len(r.body) * 100 < len(plain) * 90
+    # records by position in the request: the hashes are the client's, not sent again
+    body = fetchstream.by_hash(bodycodec.decode(r.body, "zstd", 1 << 20), hashes)
+    assert [(h, c) for h, c, _, _ in chunkstream.decode_records(body)] == [
+        (h, CODEC_RAW) for h in hashes]
+    assert chunkstream.decode_to_raw(body) == dict(zip(hashes, datas, strict=True))
     # not accepted, not asked, or asked off: the answer as before, byte for byte
     for body, headers in [({"chunks": hashes, "stream": 1}, {}), ({"chunks": hashes}, zstd),
                           ({"chunks": hashes, "stream": 0}, zstd)]:
@@ -215,3 +240,54 @@ async def test_a_damaged_or_oversized_stream_is_refused_and_a_clone_writes_nothi
     with pytest.raises(ProtocolError, match="does not decode"):
         await server.clone(api, tmp_path / "b")
     assert not (tmp_path / "b").exists() or files_of(tmp_path / "b") == {}
+
+
+# -- a clone's snapshot without the content ids it can derive ------------------------------------
+
+
+@in_memory
+async def test_a_lean_snapshot_leaves_out_only_the_content_ids_of_files_with_lists(env: Env) -> None:
+    token = await env.login("alice")
+    refs = await upload(env, token, paper(1), paper(2), paper(3, 20_000))
+    files = [put("a.csv", refs[:1]), put("b.csv", refs[1:2]), put("c.csv", refs[1:])]
+    r = await env.call("POST", "/v1/engagements/alpha/commit", token=token,
+                       body={"batch": "b1", "changes": files})
+    assert r.status == 200, r.body
+    snap = "/v1/engagements/alpha/snapshot?chunks=1"
+    full = (await env.call("GET", snap, token=token)).json()["files"]
+    lean = (await env.call("GET", snap + "&lean=1", token=token)).json()["files"]
+    assert [f["content"] for f in full] == [f["content"] for f in files]
+    assert all("chunks" in f for f in full)
+    # the same entries, less the content ids: each is its chunk list's
+    assert lean == [{k: v for k, v in f.items() if k != "content"} for f in full]
+    for entry, f in zip(lean, files, strict=True):
+        assert content_id(chunks_from_json(entry["chunks"])) == f["content"]
+
+
+@driven
+async def test_a_client_derives_the_content_ids_and_checks_the_rest(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    source = await server.api("alice")
+    origin = await server.clone(source, tmp_path / "a")
+    papers = {f"WP {i:03}.csv": paper(i) for i in range(12)}
+    for name, data in papers.items():
+        (tmp_path / "a" / name).write_bytes(data)
+    await origin.sync(source)
+    origin.close()
+    api = await server.api("bob")
+    snapshot = await api.snapshot(ENG, chunks=True)
+    assert {f.content for f in snapshot.files} == set(api.snapshot_manifests)
+    assert {f.path for f in snapshot.files} == set(papers)
+    for f in snapshot.files:
+        assert api.snapshot_manifests[f.content].size == f.size == len(papers[f.path])
+    copy = await server.clone(api, tmp_path / "b")
+    copy.close()
+    assert files_of(tmp_path / "b") == papers
+    # a lean entry whose size does not match its list is refused, not written
+    items: list[object] = [{"path": "x", "seq": 1, "size": 5, "mtime": 0,
+                            "chunks": [[chunk_hash(b"abcd"), 4]]}]
+    with pytest.raises(ProtocolError, match="does not match"):
+        snapshot_files(items, True)
+    with pytest.raises(ProtocolError):
+        snapshot_files([{"path": "x", "seq": 1, "size": 4, "mtime": 0}], True)
