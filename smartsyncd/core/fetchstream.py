@@ -44,6 +44,9 @@ STREAM_LEVEL = 6
 INDEXED_TYPE = b"application/x-smartsync-chunks-indexed"
 _INDEXED = struct.Struct(">IBII")  # position in the request, codec, raw_len, payload_len
 _SAVED = HEADER_BYTES - _INDEXED.size
+# what a stream answer's headers add (Content-Encoding, Vary, the longer media type): a small
+# answer (one piece) goes as a stream only when it is smaller by more than this
+STREAM_HEADER_BYTES = 64
 # raw bytes of the first piece (StreamEncoder) and of each piece after it: the first goes out
 # within a few milliseconds, the rest is compressed while what came before is on the wire
 FIRST_PIECE = 64 * 1024

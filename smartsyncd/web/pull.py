@@ -234,22 +234,32 @@ class PullRoutes:
         if stream:
             ordered = await self._run_blocking(fetchstream.stream_records, records)
             if ordered is not None:
-                return await self._send_stream(request, ordered, fetchstream.positions(wanted))
+                sent = await self._send_stream(request, ordered, fetchstream.positions(wanted), size)
+                if sent is not None:
+                    return sent
         if size > INLINE_ANSWER:
             return whole(request, await self._run_blocking(chunkstream.encode_records, records))
         return whole(request, chunkstream.encode_records(records))
 
     async def _send_stream(
-        self, request: Request, ordered: list[chunkstream.Record], index: dict[str, int]
-    ) -> bytes:
+        self, request: Request, ordered: list[chunkstream.Record], index: dict[str, int],
+        plain: int,
+    ) -> bytes | None:
         """The answer as one zstd frame of records by position in the request (``index``),
         written piece by piece as a thread compresses it (``fetchstream.StreamEncoder``): the
         first bytes leave within milliseconds instead of after the whole answer is compressed;
-        its length is not known up front (chunked)."""
+        its length is not known up front (chunked). An answer of one piece goes whole, or not
+        at all (None) when it is not smaller than the ``plain`` one with its own headers."""
+        encoder = fetchstream.StreamEncoder(ordered, index=index)
+        first = await self._run_blocking(encoder.next_piece)
+        if encoder.done and len(first) + fetchstream.STREAM_HEADER_BYTES >= plain:
+            return None
         request.setHeader(b"content-type", fetchstream.INDEXED_TYPE)
         request.setHeader(b"content-encoding", bodycodec.ENCODING.encode())
         request.setHeader(b"vary", b"accept-encoding")
-        encoder = fetchstream.StreamEncoder(ordered, index=index)
+        if encoder.done:
+            return whole(request, first)
+        request.write(first)
         gone: list[object] = []
         request.notifyFinish().addErrback(gone.append)  # the client left: compress no more
         while not encoder.done and not gone:

@@ -156,6 +156,26 @@ async def test_the_answer_is_one_stream_only_when_asked_and_accepted(env: Env) -
         assert r.body == plain
 
 
+@in_memory
+async def test_a_small_answer_streams_only_when_that_is_smaller(env: Env) -> None:
+    # one small paper its sender compressed hard: the stream would save the 28 bytes of its
+    # hash, less than its own headers cost; sixteen (one piece): worth it
+    token = await env.login("alice")
+    data = paper(1)
+    hard = (chunk_hash(data), CODEC_ZSTD, len(data), zstandard.ZstdCompressor(level=19).compress(data))
+    r = await env.call("POST", "/v1/engagements/alpha/chunks", token=token, data=encode_records([hard]))
+    assert r.status == 200, r.body
+    zstd = {"Accept-Encoding": "zstd"}
+    r = await env.call("POST", FETCH, token=token, body={"chunks": [hard[0]], "stream": 1},
+                       headers=zstd)
+    assert r.status == 200 and r.headers.getRawHeaders("content-encoding") in (None, [""])
+    assert r.body == encode_records([hard])
+    some = await _stored(env, token, [paper(i) for i in range(16)])
+    r = await env.call("POST", FETCH, token=token, body={"chunks": some, "stream": 1}, headers=zstd)
+    assert r.status == 200 and r.headers.getRawHeaders("content-encoding") == ["zstd"]
+    assert len(bodycodec.decode(r.body, "zstd", 1 << 20)) < fetchstream.FIRST_PIECE
+
+
 @pytest.mark.parametrize("value", ["yes", -1, [1], 1.5])
 @in_memory
 async def test_a_bad_stream_field_is_a_json_400(env: Env, value: Any) -> None:
