@@ -31,7 +31,8 @@ from smartsyncd.client.chunkpacking import (
     wanted_item,
 )
 from smartsyncd.client.errors import AuthError, ProtocolError, ServerRefused
-from smartsyncd.client.manifestanswer import manifest_item, parse_manifest
+from smartsyncd.client.fetchanswer import decode_answer
+from smartsyncd.client.manifestanswer import manifest_item, parse_manifest, snapshot_files
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.reportbody import iso_time as _iso
 from smartsyncd.client.reportbody import report_body as report_body
@@ -62,11 +63,9 @@ from smartsyncd.client.wire import (
     parse_commit,
     parse_conflict,
     parse_contact,
-    parse_file_state,
     parse_resolution,
     parse_session,
 )
-from smartsyncd.core.chunkstream import decode_fetched, decode_to_raw
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import chunks_to_json
 from smartsyncd.core.model import ChunkRef, Manifest
@@ -187,15 +186,11 @@ class ServerAPI(Transport):
         """Live files at the head: ``(head, files)``. With ``chunks`` the server is asked for
         the first files' chunk lists too (a clone): kept, checked against their content ids,
         in ``snapshot_manifests`` (empty from a server that does not send them)."""
-        params = {**FOLDERS, "chunks": "1"} if chunks else FOLDERS
+        # lean: a file with its chunk list may leave its content id out (client/manifestanswer.py)
+        params = {**FOLDERS, "chunks": "1", "lean": "1"} if chunks else FOLDERS
         data = obj(await self._json("GET", _eng(eng, "snapshot"), params=params), "snapshot")
         head, items = field(data, "head", int, "snapshot"), field(data, "files", list, "snapshot")
-        files = [parse_file_state(item) for item in items]
-        self.snapshot_manifests = {
-            f.content: parse_manifest(item, f.content, None)
-            for f, item in zip(files, items, strict=True)
-            if chunks and f.content is not None and "chunks" in obj(item, "snapshot file")
-        }
+        files, self.snapshot_manifests = snapshot_files(items, chunks)
         self.snapshot_history = HistoryMark(head, *history_fields(data, "head_hash", "snapshot"))
         return Snapshot(head, files)
 
@@ -285,14 +280,17 @@ class ServerAPI(Transport):
             result[content] = await self.manifest(eng, content, bases[content])
         return result
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+    async def fetch_chunks(
+        self, eng: str, hashes: Iterable[ChunkWanted], stream: bool = False
+    ) -> dict[str, bytes]:
         """Download chunks (raw bytes by hash), each verified against its hash.
 
         Items may be plain hashes or ``(hash, size)``/``ChunkRef``; sizes pack requests up to
         16 MiB (an unknown size counts as the largest chunk). A ``(hash, size, DeltaHint)``
         names bytes of a version this client has: the server may send the chunk as a delta
         against them (docs/protocol.md, codec 2); a delta that does not rebuild to its hash
-        is fetched again whole, and a refused request is repeated without deltas.
+        is fetched again whole, and a refused request is repeated without deltas. ``stream``:
+        asks for one zstd stream (small files: client/pullbatch.py; a server ignores it).
         """
         wanted: dict[str, tuple[int, DeltaHint | None]] = {}
         for item in hashes:
@@ -313,7 +311,7 @@ class ServerAPI(Transport):
                     collect(done, await waiting)
                 hints = {h: hint for h in batch if (hint := wanted[h][1]) is not None}
                 in_flight.append(
-                    (batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch, hints)))
+                    (batch, Deferred.fromCoroutine(self._fetch_batch(eng, batch, hints, stream)))
                 )
             while in_flight:
                 done, waiting = in_flight.pop(0)
@@ -325,9 +323,10 @@ class ServerAPI(Transport):
         return result
 
     async def _fetch_batch(
-        self, eng: str, batch: list[str], hints: Mapping[str, DeltaHint] | None = None
+        self, eng: str, batch: list[str], hints: Mapping[str, DeltaHint] | None = None,
+        stream: bool = False,
     ) -> dict[str, bytes]:
-        body, prefixes = fetch_body(batch, hints or {})
+        body, prefixes = fetch_body(batch, hints or {}, stream)
         try:
             reply = await self._request(
                 "POST", _eng(eng, "chunks", "fetch"), body=body, expect=CHUNKS_TYPE,
@@ -339,17 +338,10 @@ class ServerAPI(Transport):
             # the server would not use our bases (a version it no longer has?): whole chunks
             # (a 404 for the chunks themselves comes back from the plain request too)
             log.warn("fetch with deltas refused ({why}); fetching whole chunks", why=exc.message)
-            return await self._fetch_batch(eng, batch)
-        try:
-            raw: dict[str, bytes]
-            if prefixes:
-                raw, failed = await self._in_thread(
-                    decode_fetched, reply.body, prefixes, CHUNKS_PER_REQUEST
-                )
-            else:
-                raw, failed = await self._in_thread(
-                    decode_to_raw, reply.body, CHUNKS_PER_REQUEST
-                ), []
+            return await self._fetch_batch(eng, batch, stream=stream)
+        try:  # by hash, or by position in ``batch`` (a stream: client/fetchanswer.py)
+            raw, failed = await self._in_thread(
+                decode_answer, reply.body, reply.content_type, batch, prefixes)
         except SyncError as exc:
             raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
         if failed:
@@ -357,7 +349,7 @@ class ServerAPI(Transport):
             # them; fetch them again without a delta
             log.warn("{n} chunk(s) did not rebuild from the local base; fetching them whole",
                      n=len(failed))
-            raw.update(await self._fetch_batch(eng, failed))
+            raw.update(await self._fetch_batch(eng, failed, stream=stream))
         absent = [h for h in batch if h not in raw]
         if absent:
             raise ProtocolError(f"server left out {len(absent)} requested chunk(s)")

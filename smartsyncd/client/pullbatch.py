@@ -230,8 +230,8 @@ async def _fetch_group(
     if large:  # asked now, beside the small files' chunks: on the wire while they install
         out.large_chunks = Deferred.fromCoroutine(_fetch(writer, large, hold))
     try:
-        if items:
-            out.fetched = await _fetch(writer, items)
+        if items:  # small files: one zstd stream, compressed across files (issue 15)
+            out.fetched = await _fetch(writer, items, stream=True)
     except BaseException:
         out.drop()
         raise
@@ -239,11 +239,12 @@ async def _fetch_group(
 
 
 async def _fetch(
-    writer: FileWriter, items: list[ChunkWanted], hold: Deferred[None] | None = None
+    writer: FileWriter, items: list[ChunkWanted], hold: Deferred[None] | None = None,
+    stream: bool = False,
 ) -> dict[str, bytes]:
     if hold is not None:
         await hold
-    fetched = await writer.api.fetch_chunks(writer.ctx.engagement, items)
+    fetched = await writer.api.fetch_chunks(writer.ctx.engagement, items, stream=stream)
     writer.report.bytes_received += sum(len(v) for v in fetched.values())
     return fetched
 

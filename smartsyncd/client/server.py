@@ -55,7 +55,9 @@ class Server(Protocol):
 
     async def upload_chunks(self, eng: str, chunks: Iterable[UploadItem]) -> int: ...
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]: ...
+    async def fetch_chunks(
+        self, eng: str, hashes: Iterable[ChunkWanted], stream: bool = False
+    ) -> dict[str, bytes]: ...
 
     async def commit(
         self, eng: str, batch: str, changes: Sequence[CommitChange],

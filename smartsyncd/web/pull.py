@@ -13,12 +13,19 @@ from typing import Any, cast
 from klein import Klein
 from twisted.web.server import Request
 
-from smartsyncd.core import bodycodec, chunkstream, manifest
+from smartsyncd.core import bodycodec, chunkstream, fetchstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.core.model import is_folder
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
 from smartsyncd.web.access import Access, Authorizer, engagement_route
-from smartsyncd.web.bodies import asks_folders, query_float, query_int, query_str
+from smartsyncd.web.bodies import (
+    asks_folders,
+    expect_object,
+    get_int,
+    query_float,
+    query_int,
+    query_str,
+)
 from smartsyncd.web.clientaddr import client_address
 from smartsyncd.web.deltas import READ_SLICE, DeltaBases
 from smartsyncd.web.errors import json_bytes, send_encoded_json, send_json, whole
@@ -43,7 +50,7 @@ from smartsyncd.web.shapes import (
 )
 
 _RECORD_HEADER = chunkstream.HEADER_BYTES
-ENCODE_ON_REACTOR = 256 * 1024  # a fetch answer larger than this is joined on a pool thread
+INLINE_ANSWER = 1 << 20  # a chunks answer larger than this is joined off the reactor
 SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
@@ -109,7 +116,8 @@ class PullRoutes:
         """``?chunks=1`` (a clone): the first files by path (up to the batched manifests'
         caps) carry their chunk lists, as ``POST .../manifests`` would answer them, so the
         clone asks for chunks without a manifests round trip. Each one served is audited as a
-        download, as there. A client that does not ask gets the snapshot as before; one that
+        download, as there. ``&lean=1``: a file with its list leaves ``content`` out (its
+        content id is the list's). A client that does not ask gets the snapshot as before; one that
         asks an older server gets no lists and asks ``POST .../manifests``."""
         limits = self._limits
         entries = cast(list[dict[str, Any]], body["files"])
@@ -120,6 +128,7 @@ class PullRoutes:
         eid = access.engagement.id
         found = await self._chunks.get_manifests(eid, list({e["content"] for e in chosen}))
         budget = limits.manifests_body // 4  # the rest is asked with POST .../manifests
+        lean = query_str(request, "lean") == "1"
         for entry in chosen:
             m = found.get(entry["content"])
             if m is None:
@@ -128,6 +137,8 @@ class PullRoutes:
             if budget < 0:
                 break
             entry["chunks"] = manifest.chunks_to_json(m.chunks)
+            if lean:  # the client derives it from the list: 32 incompressible bytes a file
+                del entry["content"]
             self._note_download(request, access, m.content, m.size)
 
     async def changes(self, request: Request, access: Access) -> bytes | ParkedResource:
@@ -193,6 +204,9 @@ class PullRoutes:
         wanted = hash_list(asked, limits.chunks_per_request)
         # optional base ranges: chunks may come back as deltas against a version the caller has
         refs = fetch_refs(asked, wanted, limits.delta_prefix_bytes)
+        # "stream": 1 and zstd accepted: one zstd frame, small chunks raw in it (issue 15)
+        stream = get_int(expect_object(asked), "stream", minimum=0, required=False) == 1 and (
+            bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding")))
         prefixes = await self._deltas.fetch_bases(access.engagement.id, refs.values()) if refs else {}
         unique = list(dict.fromkeys(wanted))
         cap = limits.chunk_body
@@ -213,11 +227,41 @@ class PullRoutes:
         records: list[chunkstream.Record] = [(h, *found[h]) for h in wanted]
         if refs:  # compressing against the bases is CPU work: off the reactor
             records = await self._run_blocking(chunkstream.delta_encode_records, records, refs, prefixes)
-        # joining megabytes of payloads is a copy: off the reactor, which only sends it
-        body = (await self._run_blocking(chunkstream.encode_records, records)
-                if total > ENCODE_ON_REACTOR else chunkstream.encode_records(records))
-        if len(body) > cap:  # duplicates in the request
+        size = fetchstream.plain_size(records)
+        if size > cap:  # duplicates in the request
             raise TooLarge(f"response over the limit of {cap} bytes; ask for fewer", limit=cap)
         request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
-        # Content-Length framing: a chunked answer is joined again with its size line
-        return whole(request, body)
+        if stream:
+            ordered = await self._run_blocking(fetchstream.stream_records, records)
+            if ordered is not None:
+                sent = await self._send_stream(request, ordered, fetchstream.positions(wanted), size)
+                if sent is not None:
+                    return sent
+        if size > INLINE_ANSWER:
+            return whole(request, await self._run_blocking(chunkstream.encode_records, records))
+        return whole(request, chunkstream.encode_records(records))
+
+    async def _send_stream(
+        self, request: Request, ordered: list[chunkstream.Record], index: dict[str, int],
+        plain: int,
+    ) -> bytes | None:
+        """The answer as one zstd frame of records by position in the request (``index``),
+        written piece by piece as a thread compresses it (``fetchstream.StreamEncoder``): the
+        first bytes leave within milliseconds instead of after the whole answer is compressed;
+        its length is not known up front (chunked). An answer of one piece goes whole, or not
+        at all (None) when it is not smaller than the ``plain`` one with its own headers."""
+        encoder = fetchstream.StreamEncoder(ordered, index=index)
+        first = await self._run_blocking(encoder.next_piece)
+        if encoder.done and len(first) + fetchstream.STREAM_HEADER_BYTES >= plain:
+            return None
+        request.setHeader(b"content-type", fetchstream.INDEXED_TYPE)
+        request.setHeader(b"content-encoding", bodycodec.ENCODING.encode())
+        request.setHeader(b"vary", b"accept-encoding")
+        if encoder.done:
+            return whole(request, first)
+        request.write(first)
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)  # the client left: compress no more
+        while not encoder.done and not gone:
+            request.write(await self._run_blocking(encoder.next_piece))
+        return b""

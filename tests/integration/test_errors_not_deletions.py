@@ -59,8 +59,8 @@ class HookedAPI(ServerAPI):
 
     after_fetch: Any = None
 
-    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
-        got = await super().fetch_chunks(eng, hashes)
+    async def fetch_chunks(self, eng: str, hashes: Any, stream: bool = False) -> dict[str, bytes]:
+        got = await super().fetch_chunks(eng, hashes, stream)
         hook, self.after_fetch = self.after_fetch, None
         if hook is not None:
             hook()

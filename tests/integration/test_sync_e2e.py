@@ -62,9 +62,9 @@ class FlakyAPI(ServerAPI):
         self.uploads += 1
         return await super().upload_chunks(eng, chunks)
 
-    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
+    async def fetch_chunks(self, eng: str, hashes: Any, stream: bool = False) -> dict[str, bytes]:
         self.fetches += 1
-        return await super().fetch_chunks(eng, hashes)
+        return await super().fetch_chunks(eng, hashes, stream)
 
 
 @pytest.fixture

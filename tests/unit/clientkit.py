@@ -154,10 +154,10 @@ class CountingAPI(ServerAPI):
         self.uploads += 1
         return await super().upload_chunks(eng, chunks)
 
-    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
+    async def fetch_chunks(self, eng: str, hashes: Any, stream: bool = False) -> dict[str, bytes]:
         hashes = list(hashes)
         self.fetched.extend(h if isinstance(h, str) else getattr(h, "hash", None) or h[0] for h in hashes)
-        return await super().fetch_chunks(eng, hashes)
+        return await super().fetch_chunks(eng, hashes, stream)
 
 
 async def counting_api(server: MemoryServer, user: str = "alice") -> CountingAPI:

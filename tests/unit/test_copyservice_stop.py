@@ -29,7 +29,7 @@ class SlowFetchAPI(SwitchableAPI):
     delay = 0.0
     fetches = 0
 
-    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
+    async def fetch_chunks(self, eng: str, hashes: Any, stream: bool = False) -> dict[str, bytes]:
         self.fetches += 1
         if self.hang:
             await Deferred()  # a download stuck on a dead connection: only a cancel ends it

@@ -65,7 +65,9 @@ class Store:
                         ) -> dict[str, Manifest]:
         return {content: self.manifests_by_content[content] for content, _ in wanted}
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+    async def fetch_chunks(
+        self, eng: str, hashes: Iterable[ChunkWanted], stream: bool = False
+    ) -> dict[str, bytes]:
         out = {}
         for item in hashes:
             h = item if isinstance(item, str) else item.hash if hasattr(item, "hash") else item[0]
@@ -221,10 +223,12 @@ class LoggingStore(Store):
         self.owner.update((c.hash, path) for c in m.chunks)
         return m
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+    async def fetch_chunks(
+        self, eng: str, hashes: Iterable[ChunkWanted], stream: bool = False
+    ) -> dict[str, bytes]:
         items = list(hashes)
         on_disk = sum(1 for p in self.root.rglob("*.txt") if p.is_file())
-        got = await super().fetch_chunks(eng, items)
+        got = await super().fetch_chunks(eng, items, stream)
         self.asked.append(({self.owner[h] for h in got}, on_disk))
         return got
 

@@ -39,7 +39,7 @@ class SlowFetchAPI(ServerAPI):
         self.in_flight = self.most_in_flight = self.calls = 0
         self.received = 0
 
-    async def fetch_chunks(self, eng: str, hashes: Any) -> dict[str, bytes]:
+    async def fetch_chunks(self, eng: str, hashes: Any, stream: bool = False) -> dict[str, bytes]:
         self.calls += 1
         number = self.calls
         self.in_flight += 1
@@ -48,7 +48,7 @@ class SlowFetchAPI(ServerAPI):
             await deferLater(self.clock, RTT, lambda: None)
             if number == self.fail_at:
                 raise NetworkError("connection lost (injected)")
-            got = await super().fetch_chunks(eng, hashes)
+            got = await super().fetch_chunks(eng, hashes, stream=stream)
         finally:
             self.in_flight -= 1
         self.received += sum(len(v) for v in got.values())

@@ -119,7 +119,9 @@ class ScriptedServer:
     ) -> dict[str, Manifest]:
         raise AssertionError("not used by the push")
 
-    async def fetch_chunks(self, eng: str, hashes: Iterable[ChunkWanted]) -> dict[str, bytes]:
+    async def fetch_chunks(
+        self, eng: str, hashes: Iterable[ChunkWanted], stream: bool = False
+    ) -> dict[str, bytes]:
         raise AssertionError("not used by the push")
 
     async def register_copy(self, eng: str, copy_id: str, host: str) -> dict[str, Any]:

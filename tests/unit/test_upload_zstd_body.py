@@ -75,6 +75,21 @@ def test_small_compressible_batch_goes_as_one_smaller_stream() -> None:
     assert encode_body(list(batch), stream=False) == (plain, None)
 
 
+def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
+    # text papers among incompressible ones (a .docx, a .pdf): in scan order the stream
+    # would cost as much as a frame per chunk; the text ones go first and together
+    rng = random.Random(7)
+    text = items(40)
+    noise = [(chunk_hash(d), d) for d in (rng.randbytes(3000) for _ in range(20))]
+    batch = [item for pair in zip(text[:20], noise, strict=True) for item in pair] + text[20:]
+    plain = encode_upload(list(batch))
+    body, encoding = encode_body(list(batch), stream=True)
+    assert encoding == b"zstd" and len(body) < len(plain)
+    records = chunkstream.decode_records(bodycodec.decode(body, "zstd", STREAM_BODY_CAP))
+    assert [(h, codec, payload) for h, codec, _, payload in records] == [
+        (h, CODEC_RAW, d) for h, d in text] + [(h, CODEC_RAW, d) for h, d in noise]
+
+
 def test_incompressible_or_large_batches_keep_a_frame_per_chunk() -> None:
     noise = [(chunk_hash(d), d) for d in (os.urandom(3000) for _ in range(20))]
     assert encode_body(list(noise), stream=True) == (encode_upload(list(noise)), None)
