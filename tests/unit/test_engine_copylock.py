@@ -104,7 +104,7 @@ async def test_a_failed_clone_gives_the_lock_up(server: MemoryServer, tmp_path: 
     a.close()
     cut = await counting_api(server, "bob")
 
-    async def no_fetch(eng: str, hashes: object) -> dict[str, bytes]:
+    async def no_fetch(eng: str, hashes: object, stream: bool = False) -> dict[str, bytes]:
         raise NetworkError("connection lost (injected)")
 
     cut.fetch_chunks = no_fetch  # type: ignore[method-assign]
