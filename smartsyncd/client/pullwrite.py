@@ -55,7 +55,7 @@ PARTIAL_MIN = 4 * 1024 * 1024
 # where chunks sit locally, for copying instead of fetching: the whole index, or a group's part
 ChunkLocations = ChunkIndex | Mapping[str, Location]
 # windows of a large file fetched at once (one written while the others are on the wire)
-WINDOWS_AHEAD = 3
+WINDOWS_AHEAD = 2
 
 
 class FileWriter:
