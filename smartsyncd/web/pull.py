@@ -16,7 +16,7 @@ from twisted.web.server import Request
 from smartsyncd.core import bodycodec, chunkstream, fetchstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.core.model import is_folder
-from smartsyncd.storage.api import ChangeLogStore, ChunkStore
+from smartsyncd.storage.api import ChangeLogStore, ChunkStore, RecordSpanReader
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import (
     asks_folders,
@@ -51,6 +51,7 @@ from smartsyncd.web.shapes import (
 
 _RECORD_HEADER = chunkstream.HEADER_BYTES
 INLINE_ANSWER = 1 << 20  # a chunks answer larger than this is joined off the reactor
+SPAN_MIN_CHUNKS = 8  # fewer: small files' chunks, seldom stored back to back (one read fails)
 SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
@@ -207,6 +208,10 @@ class PullRoutes:
         # "stream": 1 and zstd accepted: one zstd frame, small chunks raw in it (issue 15)
         stream = get_int(expect_object(asked), "stream", minimum=0, required=False) == 1 and (
             bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding")))
+        span = None if refs or stream else await self._record_span(access.engagement.id, wanted)
+        if span is not None:
+            request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
+            return whole(request, span)
         prefixes = await self._deltas.fetch_bases(access.engagement.id, refs.values()) if refs else {}
         unique = list(dict.fromkeys(wanted))
         cap = limits.chunk_body
@@ -240,6 +245,14 @@ class PullRoutes:
         if size > INLINE_ANSWER:
             return whole(request, await self._run_blocking(chunkstream.encode_records, records))
         return whole(request, chunkstream.encode_records(records))
+
+    async def _record_span(self, engagement_id: int, wanted: list[str]) -> bytes | None:
+        """A large file's window as one read of its pack when its chunks sit there back to back
+        (storage/spanread.py), headers checked against the index; None: read chunk by chunk."""
+        chunks = self._chunks
+        if len(wanted) < SPAN_MIN_CHUNKS or not isinstance(chunks, RecordSpanReader):
+            return None
+        return await chunks.read_record_span(engagement_id, wanted, self._limits.chunk_body)
 
     async def _send_stream(
         self, request: Request, ordered: list[chunkstream.Record], index: dict[str, int],

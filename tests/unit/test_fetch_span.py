@@ -1,0 +1,128 @@
+"""A download's window answered with one read of its pack (issue 15, storage/spanread.py).
+
+The pure parts (which runs of chunks lie back to back, the header check) and the route through
+the real Site on a real SQLite store (webkit.py): chunks uploaded in one request and asked in
+that order come back as the pack's bytes, byte for byte what ``encode_records`` makes; asked
+in another order, spread over packs, or under a header that no longer matches the index, they
+come back read chunk by chunk, and a damaged header is never sent."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from webkit import Env, in_memory, upload
+
+from smartsyncd.core import chunkstream
+from smartsyncd.core.chunking import chunk_hash
+from smartsyncd.core.chunkstream import HEADER_BYTES, encode_records
+from smartsyncd.storage.chunks import record_span
+from smartsyncd.storage.packs import PackStore, records_match
+
+FETCH = "/v1/engagements/alpha/chunks/fetch"
+
+
+def datas(n: int, seed: int = 0) -> list[bytes]:
+    """Chunks of the two stored codecs: text (zstd) and noise (raw)."""
+    return [(b"row %d,%d\n" % (seed, i)) * 300 if i % 2 else os.urandom(2000 + i) for i in range(n)]
+
+
+def stored(data: bytes) -> chunkstream.Record:
+    codec, payload = chunkstream.compress_chunk(data)
+    return chunk_hash(data), codec, len(data), payload
+
+
+# -- the pure parts --------------------------------------------------------------------------
+
+
+def test_a_run_is_one_span_only_when_back_to_back_in_order_in_one_pack(tmp_path: Path) -> None:
+    packs = PackStore(str(tmp_path))
+    records = [stored(d) for d in datas(5)]
+    pack = packs.write_pack(1, records)
+    where = {e.hash: (pack.name, e.offset, e.stored_size, e.codec, e.raw_size) for e in pack.entries}
+    hashes = [r[0] for r in records]
+    span = record_span(where, hashes, HEADER_BYTES, 1 << 20)
+    assert span is not None
+    name, offset, expected = span
+    assert (name, offset) == (pack.name, pack.entries[0].offset - HEADER_BYTES)
+    assert packs.read_records(1, name, offset, expected) == encode_records(records)
+    # a middle run too; not out of order, with a gap, a duplicate, over the cap, in two packs
+    middle = record_span(where, hashes[1:4], HEADER_BYTES, 1 << 20)
+    assert middle is not None and packs.read_records(1, *middle) == encode_records(records[1:4])
+    for asked in ([hashes[1], hashes[0]], [hashes[0], hashes[2]], [hashes[0], hashes[0]]):
+        assert record_span(where, asked, HEADER_BYTES, 1 << 20) is None
+    whole = len(encode_records(records))
+    assert record_span(where, hashes, HEADER_BYTES, whole - 1) is None
+    assert record_span(where, hashes, HEADER_BYTES, whole) is not None
+    other = dict(where, **{hashes[4]: ("f" * 64, *where[hashes[4]][1:])})
+    assert record_span(other, hashes, HEADER_BYTES, 1 << 20) is None
+
+
+def test_a_header_that_differs_from_the_index_is_not_a_match() -> None:
+    records = [stored(d) for d in datas(3)]
+    data = encode_records(records)
+    expected = [(bytes.fromhex(h), c, n, len(p)) for h, c, n, p in records]
+    assert records_match(data, expected)
+    for field in range(4):  # hash, codec, raw length, payload length
+        wrong = [list(e) for e in expected]
+        wrong[1][field] = b"\0" * 32 if field == 0 else wrong[1][field] + 1  # type: ignore[operator]
+        assert not records_match(data, [tuple(w) for w in wrong])  # type: ignore[misc]
+    assert not records_match(data + b"x", expected) and not records_match(data[:-1], expected)
+    assert not records_match(data, expected[:2])
+
+
+# -- the route -------------------------------------------------------------------------------
+
+
+def _pack_file(root: Path) -> Path:
+    found = [p for p in root.rglob("*.pack")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@in_memory
+async def test_a_window_in_upload_order_is_the_packs_bytes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await env.login("alice")
+    chunks = datas(12)
+    hashes = [c.hash for c in await upload(env, token, *chunks)]
+    plain = encode_records(stored(d) for d in chunks)
+    read: list[str] = []
+    original = PackStore.read_records
+
+    def spy(self: PackStore, *args: object) -> bytes | None:  # the same answer, noted
+        read.append(str(args[1]))
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PackStore, "read_records", spy)
+    r = await env.call("POST", FETCH, token=token, body={"chunks": hashes})
+    assert r.status == 200 and r.body == plain and len(read) == 1
+    # another order: read chunk by chunk, the same records in the order asked
+    turned = hashes[::-1]
+    r = await env.call("POST", FETCH, token=token, body={"chunks": turned})
+    assert r.status == 200 and r.body == encode_records(stored(d) for d in chunks[::-1])
+    assert len(read) == 1
+    # too few chunks for a span: as before
+    r = await env.call("POST", FETCH, token=token, body={"chunks": hashes[:3]})
+    assert r.status == 200 and r.body == encode_records(stored(d) for d in chunks[:3])
+
+
+@in_memory
+async def test_a_damaged_header_in_the_pack_is_never_sent(env: Env, tmp_path: Path) -> None:
+    token = await env.login("alice")
+    chunks = datas(10, seed=1)
+    hashes = [c.hash for c in await upload(env, token, *chunks)]
+    path = _pack_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    first = data.index(bytes.fromhex(hashes[5]))
+    codec_at = first + 32  # the fifth record's codec byte: 0/1 swapped
+    data[codec_at] ^= 1
+    os.chmod(path, 0o600)
+    path.write_bytes(bytes(data))
+    r = await env.call("POST", FETCH, token=token, body={"chunks": hashes})
+    assert r.status == 200
+    # read chunk by chunk: every header is the index's, as sent before this change
+    assert r.body == encode_records(stored(d) for d in chunks)
+    assert struct.unpack_from(">B", r.body, r.body.index(bytes.fromhex(hashes[5])) + 32)[0] == stored(
+        chunks[5])[1]
