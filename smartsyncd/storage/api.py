@@ -345,12 +345,12 @@ class ChunkStore(Protocol):
 
 @runtime_checkable
 class RecordSpanReader(Protocol):
-    """A chunk store that can answer a run of chunks stored back to back with one read
+    """A chunk store that can answer runs of chunks stored back to back with one read each
     (storage/spanread.py); None when they are not, and the caller uses ``read_chunks``."""
 
-    async def read_record_span(
-        self, engagement_id: int, hashes: Sequence[str], max_bytes: int
-    ) -> bytes | None: ...
+    async def read_record_spans(
+        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int
+    ) -> list[bytes] | None: ...
 
 
 class ChangeLogStore(Protocol):

@@ -149,27 +149,33 @@ def chunk_locations(db: MetadataDB, engagement_id: int, hashes: Sequence[str]) -
 RecordSpan = tuple[str, int, list[tuple[bytes, int, int, int]]]
 
 
-def record_span(
-    where: dict[str, tuple[str, int, int, int, int]], hashes: Sequence[str], header: int, max_bytes: int
-) -> RecordSpan | None:
-    """(pack, offset of the first record header, each record's expected header fields) when
-    ``hashes`` (with ``chunk_locations``' answer ``where``) are stored back to back, in this
-    order, in one pack, and take at most ``max_bytes`` with their ``header``-byte headers; else
-    None. A large file's first upload stores its chunks so, and a download asks for them so."""
-    if not hashes:
-        return None
-    pack, offset, _, _, _ = where[hashes[0]]
-    start = next_at = offset - header
-    expected: list[tuple[bytes, int, int, int]] = []
+def record_spans(
+    where: dict[str, tuple[str, int, int, int, int]],
+    hashes: Sequence[str],
+    header: int,
+    max_bytes: int,
+    max_spans: int,
+) -> list[RecordSpan] | None:
+    """``hashes`` (located by ``chunk_locations``' answer ``where``) as at most ``max_spans``
+    runs stored back to back, in this order, each in one pack: (pack, offset of the run's first
+    record header, each record's expected header fields). None when they need more runs, or
+    take more than ``max_bytes`` with their ``header``-byte headers. A large file's first upload
+    stores its chunks so (one pack per upload window), and a download asks for them so."""
+    spans: list[RecordSpan] = []
+    pack, next_at, total = "", -1, 0
     for h in hashes:
         p, at, stored, codec, raw_size = where[h]
         if p != pack or at != next_at + header:
-            return None
-        expected.append((bytes.fromhex(h), codec, raw_size, stored))
+            if len(spans) == max_spans:
+                return None
+            pack = p
+            spans.append((p, at - header, []))
+        spans[-1][2].append((bytes.fromhex(h), codec, raw_size, stored))
         next_at = at + stored
-        if next_at - start > max_bytes:
+        total += header + stored
+        if total > max_bytes:
             return None
-    return pack, start, expected
+    return spans or None
 
 
 def manifest_row(db: MetadataDB, engagement_id: int, content: str) -> Any:

@@ -52,6 +52,7 @@ from smartsyncd.web.shapes import (
 _RECORD_HEADER = chunkstream.HEADER_BYTES
 INLINE_ANSWER = 1 << 20  # a chunks answer larger than this is joined off the reactor
 SPAN_MIN_CHUNKS = 8  # fewer: small files' chunks, seldom stored back to back (one read fails)
+SPAN_MAX_PIECES = 4  # a window's packs: one per upload window it overlaps
 SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
@@ -208,10 +209,8 @@ class PullRoutes:
         # "stream": 1 and zstd accepted: one zstd frame, small chunks raw in it (issue 15)
         stream = get_int(expect_object(asked), "stream", minimum=0, required=False) == 1 and (
             bodycodec.accepts(request.requestHeaders.getRawHeaders(b"accept-encoding")))
-        span = None if refs or stream else await self._record_span(access.engagement.id, wanted)
-        if span is not None:
-            request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
-            return whole(request, span)
+        if not refs and not stream and await self._send_spans(request, access.engagement.id, wanted):
+            return b""
         prefixes = await self._deltas.fetch_bases(access.engagement.id, refs.values()) if refs else {}
         unique = list(dict.fromkeys(wanted))
         cap = limits.chunk_body
@@ -246,13 +245,21 @@ class PullRoutes:
             return whole(request, await self._run_blocking(chunkstream.encode_records, records))
         return whole(request, chunkstream.encode_records(records))
 
-    async def _record_span(self, engagement_id: int, wanted: list[str]) -> bytes | None:
-        """A large file's window as one read of its pack when its chunks sit there back to back
-        (storage/spanread.py), headers checked against the index; None: read chunk by chunk."""
+    async def _send_spans(self, request: Request, engagement_id: int, wanted: list[str]) -> bool:
+        """A large file's window written as one read per pack it touches, when its chunks sit
+        there back to back (storage/spanread.py, headers checked against the index); False:
+        nothing written, read chunk by chunk."""
         chunks = self._chunks
         if len(wanted) < SPAN_MIN_CHUNKS or not isinstance(chunks, RecordSpanReader):
-            return None
-        return await chunks.read_record_span(engagement_id, wanted, self._limits.chunk_body)
+            return False
+        pieces = await chunks.read_record_spans(engagement_id, wanted, self._limits.chunk_body, SPAN_MAX_PIECES)
+        if pieces is None:
+            return False
+        request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
+        request.setHeader(b"content-length", b"%d" % sum(len(p) for p in pieces))
+        for piece in pieces:
+            request.write(piece)
+        return True
 
     async def _send_stream(
         self, request: Request, ordered: list[chunkstream.Record], index: dict[str, int],

@@ -18,7 +18,7 @@ from webkit import Env, in_memory, upload
 from smartsyncd.core import chunkstream
 from smartsyncd.core.chunking import chunk_hash
 from smartsyncd.core.chunkstream import HEADER_BYTES, encode_records
-from smartsyncd.storage.chunks import record_span
+from smartsyncd.storage.chunks import record_spans
 from smartsyncd.storage.packs import PackStore, records_match
 
 FETCH = "/v1/engagements/alpha/chunks/fetch"
@@ -37,27 +37,33 @@ def stored(data: bytes) -> chunkstream.Record:
 # -- the pure parts --------------------------------------------------------------------------
 
 
-def test_a_run_is_one_span_only_when_back_to_back_in_order_in_one_pack(tmp_path: Path) -> None:
+def test_runs_back_to_back_in_order_are_one_span_per_pack(tmp_path: Path) -> None:
     packs = PackStore(str(tmp_path))
-    records = [stored(d) for d in datas(5)]
-    pack = packs.write_pack(1, records)
-    where = {e.hash: (pack.name, e.offset, e.stored_size, e.codec, e.raw_size) for e in pack.entries}
+    records = [stored(d) for d in datas(8)]
+    one, two = packs.write_pack(1, records[:5]), packs.write_pack(1, records[5:])
+    where = {e.hash: (p.name, e.offset, e.stored_size, e.codec, e.raw_size)
+             for p in (one, two) for e in p.entries}
     hashes = [r[0] for r in records]
-    span = record_span(where, hashes, HEADER_BYTES, 1 << 20)
-    assert span is not None
-    name, offset, expected = span
-    assert (name, offset) == (pack.name, pack.entries[0].offset - HEADER_BYTES)
-    assert packs.read_records(1, name, offset, expected) == encode_records(records)
-    # a middle run too; not out of order, with a gap, a duplicate, over the cap, in two packs
-    middle = record_span(where, hashes[1:4], HEADER_BYTES, 1 << 20)
-    assert middle is not None and packs.read_records(1, *middle) == encode_records(records[1:4])
+
+    def spans(asked: list[str], max_bytes: int = 1 << 20, max_spans: int = 4) -> list[bytes] | None:
+        found = record_spans(where, asked, HEADER_BYTES, max_bytes, max_spans)
+        if found is None:
+            return None
+        return [packs.read_records(1, *span) or b"?" for span in found]
+
+    # each pack's run read whole: the wire's records, as ``encode_records`` makes them
+    assert spans(hashes) == [encode_records(records[:5]), encode_records(records[5:])]
+    assert spans(hashes[1:4]) == [encode_records(records[1:4])]
+    first = record_spans(where, hashes, HEADER_BYTES, 1 << 20, 4)
+    assert first is not None and first[0][:2] == (one.name, one.entries[0].offset - HEADER_BYTES)
+    # out of order, a gap, a duplicate: more runs, each one record
     for asked in ([hashes[1], hashes[0]], [hashes[0], hashes[2]], [hashes[0], hashes[0]]):
-        assert record_span(where, asked, HEADER_BYTES, 1 << 20) is None
+        assert spans(asked) == [encode_records([records[hashes.index(h)]]) for h in asked]
+        assert record_spans(where, asked, HEADER_BYTES, 1 << 20, 1) is None
+    # over the byte cap or the run cap: None
     whole = len(encode_records(records))
-    assert record_span(where, hashes, HEADER_BYTES, whole - 1) is None
-    assert record_span(where, hashes, HEADER_BYTES, whole) is not None
-    other = dict(where, **{hashes[4]: ("f" * 64, *where[hashes[4]][1:])})
-    assert record_span(other, hashes, HEADER_BYTES, 1 << 20) is None
+    assert spans(hashes, max_bytes=whole - 1) is None and spans(hashes, max_bytes=whole) is not None
+    assert spans(hashes, max_spans=1) is None and spans([]) is None
 
 
 def test_a_header_that_differs_from_the_index_is_not_a_match() -> None:
@@ -86,7 +92,8 @@ def _pack_file(root: Path) -> Path:
 async def test_a_window_in_upload_order_is_the_packs_bytes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     token = await env.login("alice")
     chunks = datas(12)
-    hashes = [c.hash for c in await upload(env, token, *chunks)]
+    # two uploads, two packs: the window is one read of each
+    hashes = [c.hash for c in await upload(env, token, *chunks[:7]) + await upload(env, token, *chunks[7:])]
     plain = encode_records(stored(d) for d in chunks)
     read: list[str] = []
     original = PackStore.read_records
@@ -97,12 +104,12 @@ async def test_a_window_in_upload_order_is_the_packs_bytes(env: Env, monkeypatch
 
     monkeypatch.setattr(PackStore, "read_records", spy)
     r = await env.call("POST", FETCH, token=token, body={"chunks": hashes})
-    assert r.status == 200 and r.body == plain and len(read) == 1
+    assert r.status == 200 and r.body == plain and len(read) == 2
     # another order: read chunk by chunk, the same records in the order asked
     turned = hashes[::-1]
     r = await env.call("POST", FETCH, token=token, body={"chunks": turned})
     assert r.status == 200 and r.body == encode_records(stored(d) for d in chunks[::-1])
-    assert len(read) == 1
+    assert len(read) == 2
     # too few chunks for a span: as before
     r = await env.call("POST", FETCH, token=token, body={"chunks": hashes[:3]})
     assert r.status == 200 and r.body == encode_records(stored(d) for d in chunks[:3])
