@@ -349,7 +349,8 @@ class RecordSpanReader(Protocol):
     (storage/spanread.py); None when they are not, and the caller uses ``read_chunks``."""
 
     async def read_record_spans(
-        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int
+        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int,
+        piece_bytes: int,
     ) -> list[bytes] | None: ...
 
 

@@ -32,13 +32,14 @@ class SpanReadStore:
         raise NotImplementedError
 
     async def read_record_spans(
-        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int
+        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int,
+        piece_bytes: int,
     ) -> list[bytes] | None:
-        """The chunk stream of ``hashes`` in order, in at most ``max_spans`` pieces each read
-        at once, or None (see the module docstring). ``NotFound`` for unknown hashes, as
+        """The chunk stream of ``hashes`` in order, in at most ``max_spans`` pieces of at most
+        ``piece_bytes`` (or one record), each read at once, or None (see the module docstring). ``NotFound`` for unknown hashes, as
         ``read_chunks``."""
         where = await self.run_read(chunk_index.chunk_locations, engagement_id, tuple(hashes))
-        spans = chunk_index.record_spans(where, hashes, HEADER_BYTES, max_bytes, max_spans)
+        spans = chunk_index.record_spans(where, hashes, HEADER_BYTES, max_bytes, max_spans, piece_bytes)
         if spans is None:
             return None
         return await self.run_file(_read_spans, engagement_id, spans)

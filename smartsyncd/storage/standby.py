@@ -137,7 +137,8 @@ class BranchStore(SqlServerStore):
         return [found[h] for h in hashes]
 
     async def read_record_spans(
-        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int
+        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int,
+        piece_bytes: int,
     ) -> list[bytes] | None:
         """Never: chunks here come from the cache (``read_chunks``), not the packs."""
         return None

@@ -16,6 +16,7 @@ from twisted.web.server import Request
 from smartsyncd.core import bodycodec, chunkstream, fetchstream, manifest
 from smartsyncd.core.errors import NotFound, TooLarge
 from smartsyncd.core.model import is_folder
+from smartsyncd.runtime.malloctune import fix_mmap_threshold, keep_heap_top
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore, RecordSpanReader
 from smartsyncd.web.access import Access, Authorizer, engagement_route
 from smartsyncd.web.bodies import (
@@ -52,7 +53,8 @@ from smartsyncd.web.shapes import (
 _RECORD_HEADER = chunkstream.HEADER_BYTES
 INLINE_ANSWER = 1 << 20  # a chunks answer larger than this is joined off the reactor
 SPAN_MIN_CHUNKS = 8  # fewer: small files' chunks, seldom stored back to back (one read fails)
-SPAN_MAX_PIECES = 4  # a window's packs: one per upload window it overlaps
+SPAN_MAX_PIECES = 12  # an 8 MiB window in SPAN_PIECE_BYTES pieces, over two or three packs
+SPAN_PIECE_BYTES = 1 << 20  # under the 4 MiB mmap threshold: heap buffers, reused
 SNAPSHOT_REF_BYTES = 80  # a chunk reference's JSON in a snapshot's chunk list, about
 
 
@@ -85,6 +87,8 @@ class PullRoutes:
         read_audit: ReadAudit,
     ) -> None:
         self._read_audit = read_audit  # downloads are audited (issue 20)
+        fix_mmap_threshold()  # before the trim threshold fixes the default one (128 KiB)
+        keep_heap_top()  # a download's 1 MiB pieces reused, not faulted in afresh (issue 15)
         self._changelog = changelog
         self._chunks = chunks
         self._identity = identity
@@ -252,7 +256,8 @@ class PullRoutes:
         chunks = self._chunks
         if len(wanted) < SPAN_MIN_CHUNKS or not isinstance(chunks, RecordSpanReader):
             return False
-        pieces = await chunks.read_record_spans(engagement_id, wanted, self._limits.chunk_body, SPAN_MAX_PIECES)
+        pieces = await chunks.read_record_spans(
+            engagement_id, wanted, self._limits.chunk_body, SPAN_MAX_PIECES, SPAN_PIECE_BYTES)
         if pieces is None:
             return False
         request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)

@@ -45,8 +45,9 @@ def test_runs_back_to_back_in_order_are_one_span_per_pack(tmp_path: Path) -> Non
              for p in (one, two) for e in p.entries}
     hashes = [r[0] for r in records]
 
-    def spans(asked: list[str], max_bytes: int = 1 << 20, max_spans: int = 4) -> list[bytes] | None:
-        found = record_spans(where, asked, HEADER_BYTES, max_bytes, max_spans)
+    def spans(asked: list[str], max_bytes: int = 1 << 20, max_spans: int = 4,
+              piece: int = 1 << 20) -> list[bytes] | None:
+        found = record_spans(where, asked, HEADER_BYTES, max_bytes, max_spans, piece)
         if found is None:
             return None
         return [packs.read_records(1, *span) or b"?" for span in found]
@@ -54,16 +55,21 @@ def test_runs_back_to_back_in_order_are_one_span_per_pack(tmp_path: Path) -> Non
     # each pack's run read whole: the wire's records, as ``encode_records`` makes them
     assert spans(hashes) == [encode_records(records[:5]), encode_records(records[5:])]
     assert spans(hashes[1:4]) == [encode_records(records[1:4])]
-    first = record_spans(where, hashes, HEADER_BYTES, 1 << 20, 4)
+    first = record_spans(where, hashes, HEADER_BYTES, 1 << 20, 4, 1 << 20)
     assert first is not None and first[0][:2] == (one.name, one.entries[0].offset - HEADER_BYTES)
     # out of order, a gap, a duplicate: more runs, each one record
     for asked in ([hashes[1], hashes[0]], [hashes[0], hashes[2]], [hashes[0], hashes[0]]):
         assert spans(asked) == [encode_records([records[hashes.index(h)]]) for h in asked]
-        assert record_spans(where, asked, HEADER_BYTES, 1 << 20, 1) is None
+        assert record_spans(where, asked, HEADER_BYTES, 1 << 20, 1, 1 << 20) is None
     # over the byte cap or the run cap: None
     whole = len(encode_records(records))
     assert spans(hashes, max_bytes=whole - 1) is None and spans(hashes, max_bytes=whole) is not None
     assert spans(hashes, max_spans=1) is None and spans([]) is None
+    # pieces cut at a size: each a whole number of records, a record larger than it alone
+    sizes = [HEADER_BYTES + len(r[3]) for r in records]
+    cut = sizes[0] + sizes[1]
+    assert spans(hashes[:3], piece=cut) == [encode_records(records[:2]), encode_records(records[2:3])]
+    assert spans(hashes[:2], piece=1) == [encode_records(records[:1]), encode_records(records[1:2])]
 
 
 def test_a_header_that_differs_from_the_index_is_not_a_match() -> None:
@@ -91,7 +97,7 @@ def _pack_file(root: Path) -> Path:
 @in_memory
 async def test_a_window_in_upload_order_is_the_packs_bytes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     token = await env.login("alice")
-    chunks = datas(12)
+    chunks = datas(14)  # more than SPAN_MAX_PIECES: in reverse, read chunk by chunk
     # two uploads, two packs: the window is one read of each
     hashes = [c.hash for c in await upload(env, token, *chunks[:7]) + await upload(env, token, *chunks[7:])]
     plain = encode_records(stored(d) for d in chunks)
