@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from smartsyncd.core.ignore import EngagementRules
 from smartsyncd.core.jsonvalue import JSONValue
@@ -341,6 +341,17 @@ class ChunkStore(Protocol):
     async def get_manifests(
         self, engagement_id: int, contents: Sequence[str]
     ) -> dict[str, Manifest]: ...  # those found, by content id
+
+
+@runtime_checkable
+class RecordSpanReader(Protocol):
+    """A chunk store that can answer runs of chunks stored back to back with one read each
+    (storage/spanread.py); None when they are not, and the caller uses ``read_chunks``."""
+
+    async def read_record_spans(
+        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int,
+        piece_bytes: int,
+    ) -> list[bytes] | None: ...
 
 
 class ChangeLogStore(Protocol):

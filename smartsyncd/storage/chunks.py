@@ -146,6 +146,43 @@ def chunk_locations(db: MetadataDB, engagement_id: int, hashes: Sequence[str]) -
     return db.read(tx)
 
 
+RecordSpan = tuple[str, int, list[tuple[bytes, int, int, int]]]
+
+
+def record_spans(
+    where: dict[str, tuple[str, int, int, int, int]],
+    hashes: Sequence[str],
+    header: int,
+    max_bytes: int,
+    max_spans: int,
+    piece_bytes: int,
+) -> list[RecordSpan] | None:
+    """``hashes`` (located by ``chunk_locations``' answer ``where``) as at most ``max_spans``
+    runs stored back to back, in this order, each in one pack: (pack, offset of the run's first
+    record header, each record's expected header fields). None when they need more runs, or
+    take more than ``max_bytes`` with their ``header``-byte headers. A large file's first upload
+    stores its chunks so (one pack per upload window), and a download asks for them so. A run
+    is also cut before it would pass ``piece_bytes``: buffers under the malloc mmap threshold
+    come from the heap, reused without page faults (runtime/malloctune.py)."""
+    spans: list[RecordSpan] = []
+    pack, next_at, total, piece = "", -1, 0, 0
+    for h in hashes:
+        p, at, stored, codec, raw_size = where[h]
+        if p != pack or at != next_at + header or piece + header + stored > piece_bytes:
+            if len(spans) == max_spans:
+                return None
+            pack = p
+            spans.append((p, at - header, []))
+            piece = 0
+        spans[-1][2].append((bytes.fromhex(h), codec, raw_size, stored))
+        next_at = at + stored
+        total += header + stored
+        piece += header + stored
+        if total > max_bytes:
+            return None
+    return spans or None
+
+
 def manifest_row(db: MetadataDB, engagement_id: int, content: str) -> Any:
     return db.one(
         "SELECT size, body FROM manifests WHERE engagement_id = ? AND content = ?",

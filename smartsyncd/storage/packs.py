@@ -162,6 +162,17 @@ class PackStore:
         finally:
             os.close(fd)
 
+    def read_records(
+        self, engagement_id: int, name: str, offset: int, expected: Sequence[tuple[bytes, int, int, int]]
+    ) -> bytes | None:
+        """The records stored back to back from ``offset`` (a record header's start), in one
+        read, when every header there is ``expected``'s (hash, codec, raw_size, stored_size):
+        the bytes are then the download's wire answer as is (docs/protocol.md). None when any
+        header differs (a damaged or rewritten pack: the caller reads chunk by chunk)."""
+        size = sum(_RECORD_HEADER.size + stored for _, _, _, stored in expected)
+        data = self.read_range(engagement_id, name, offset, size)
+        return data if records_match(data, expected) else None
+
     def exists(self, engagement_id: int, name: str) -> bool:
         return self.locate(engagement_id, name) is not None
 
@@ -178,6 +189,16 @@ class PackStore:
             finally:
                 os.close(fd)
             os.unlink(probe)
+
+
+def records_match(data: bytes, expected: Sequence[tuple[bytes, int, int, int]]) -> bool:
+    """Whether ``data`` is exactly the records ``expected`` describes, header by header."""
+    pos = 0
+    for fields in expected:
+        if len(data) - pos < _RECORD_HEADER.size or _RECORD_HEADER.unpack_from(data, pos) != fields:
+            return False
+        pos += _RECORD_HEADER.size + fields[3]
+    return pos == len(data)
 
 
 class PackWriter:

@@ -50,9 +50,7 @@ from smartsyncd.storage import (
     volumes,
     workflow,
 )
-from smartsyncd.storage import (
-    chunks as chunk_index,
-)
+from smartsyncd.storage import chunks as chunk_index
 from smartsyncd.storage.api import (
     TOOL_ACTOR,
     AuditRecord,
@@ -83,6 +81,7 @@ from smartsyncd.storage.headview import KeyedHeadView, LoadedHeadView, SqlHeadVi
 from smartsyncd.storage.lifecycle_store import LifecycleStore
 from smartsyncd.storage.packs import PackStore
 from smartsyncd.storage.review_store import ReviewStore
+from smartsyncd.storage.spanread import SpanReadStore
 from smartsyncd.storage.statusview import StatusViewStore
 from smartsyncd.storage.upload import PackUpload
 from smartsyncd.storage.wipes import WipeStore
@@ -103,7 +102,7 @@ T = TypeVar("T")
 log = Logger(namespace="smartsyncd.storage")
 
 
-class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore):
+class SqlServerStore(LifecycleStore, StatusViewStore, WipeStore, ReviewStore, SpanReadStore):
     """``storage.api.ServerStore`` over ``MetadataDB`` (DB thread) and ``PackStore`` (file pool)."""
 
     def __init__(

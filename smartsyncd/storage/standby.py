@@ -136,6 +136,13 @@ class BranchStore(SqlServerStore):
             )
         return [found[h] for h in hashes]
 
+    async def read_record_spans(
+        self, engagement_id: int, hashes: Sequence[str], max_bytes: int, max_spans: int,
+        piece_bytes: int,
+    ) -> list[bytes] | None:
+        """Never: chunks here come from the cache (``read_chunks``), not the packs."""
+        return None
+
     async def cache_chunks(self, engagement_id: int, chunks: Sequence[VerifiedChunk]) -> int:
         """Keep verified chunks fetched from central (one durable pack)."""
         return await self.run_file(lambda _packs: self.cache.add(engagement_id, chunks))

@@ -29,3 +29,17 @@ def test_an_environment_setting_is_left_alone() -> None:
                          check=True).stdout.split()
     assert out == ["False"]
     assert malloctune.M_MMAP_THRESHOLD == -3
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's threshold is glibc's")
+def test_the_heap_top_kept_is_set_once_and_an_environment_setting_left_alone() -> None:
+    code = ("from smartsyncd.runtime.malloctune import keep_heap_top as k; "
+            "print(k(), k(), k(1 << 20))")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "True", "True"]
+    env["MALLOC_TRIM_THRESHOLD_"] = "131072"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False", "False"]
