@@ -13,6 +13,7 @@ from smartsyncd.cli import startup  # first: no collector passes, and the server
 # handshake under way, while the rest imports (issue 15)
 # isort: on
 
+import argparse
 import importlib
 import os
 import signal
@@ -416,14 +417,16 @@ async def run(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     wait_for_close: bool = True,
+    parsed: argparse.Namespace | None = None,
 ) -> int:
     """Run one command; returns the exit code (never raises except on cancel).
     ``wait_for_close``: False when the process exits right after (``main``): the server's
-    answer to closing each connection is not waited for."""
+    answer to closing each connection is not waited for. ``parsed``: ``argv`` as
+    ``build_parser`` parses it, when the caller did already (``main``: 5 ms less)."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    args = build_parser().parse_args(list(argv))
+    args = parsed if parsed is not None else build_parser().parse_args(list(argv))
     out = Output(args, stdout, stderr)
     session: Session | None = None
     code: int | None = None
@@ -484,14 +487,15 @@ async def run(
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console-script entry point."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    build_parser().parse_args(arguments)  # usage errors exit 2 before the reactor starts
+    parsed = build_parser().parse_args(arguments)  # usage errors exit 2 before the reactor
     if _command_name(arguments) == "watch":
         _take_sigint()
 
     unfinished = [False]  # the reactor stopped before the command ended (a watch cancelled)
 
     async def _main(reactor: Any) -> None:
-        command = Deferred.fromCoroutine(run(reactor, arguments, wait_for_close=False))
+        command = Deferred.fromCoroutine(
+            run(reactor, arguments, wait_for_close=False, parsed=parsed))
         interrupted = False
         reactor.addSystemEventTrigger(
             "after", "shutdown", lambda: unfinished.__setitem__(0, not command.called))
