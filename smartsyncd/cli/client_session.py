@@ -21,7 +21,13 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from smartsyncd.client import osfs, preconnect
 from smartsyncd.client.backoff import RetryNotice
-from smartsyncd.client.errors import AuthError, ServerRefused, TrustError, UsageError
+from smartsyncd.client.errors import (
+    AuthError,
+    ClientError,
+    ServerRefused,
+    TrustError,
+    UsageError,
+)
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.progress import RichProgress
 from smartsyncd.client.tlsresume import ResumptionSlot, session_file, trust_identity
@@ -178,13 +184,13 @@ class Session:
         """Begin TLS on the connections begun at the start for ``url`` (issue 15), on the
         ServerAPI that ``signed_in_api(url)`` will then return (True); nothing if none was
         begun, or the server is not trusted yet (the command says so when it asks)."""
-        key = self.config.server(url).url
-        if key in self._early or not preconnect.pending(*_host_port(key)):
-            return False
         try:
+            key = self.config.server(url).url
+            if key in self._early or not preconnect.pending(*_host_port(key)):
+                return False
             api = self.api(url, self.policy(url), with_token=False)
-        except TrustError:
-            return False
+        except (ClientError, OSError, ValueError):
+            return False  # raised again, in the command's own order, when it asks
         self._early[key] = api
         return bool(api.open_early())
 

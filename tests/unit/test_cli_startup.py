@@ -127,6 +127,31 @@ def test_an_exiting_command_does_not_wait_for_the_servers_close(tmp_path: Path) 
     assert done.called
 
 
+def test_opening_early_leaves_every_error_to_the_command(tmp_path: Path) -> None:
+    """Issue 15: TLS begun before the engine imports never raises: an untrusted server or a
+    missing CA file is reported when the command asks, in its own order, as before."""
+    from smartsyncd.client import preconnect
+
+    def unreachable(address: tuple[str, int], timeout: float) -> Any:
+        raise OSError("no network in unit tests")
+
+    began = preconnect.start("sync.example", 443, connect=unreachable)
+    try:
+        for extra in ([], ["--ca-file", str(tmp_path / "missing.pem")]):
+            args = build_parser().parse_args(["--config-dir", str(tmp_path), *extra,
+                                              "engagements", "https://sync.example"])
+            session = Session(Clock(), args, Output(args, io.StringIO(), io.StringIO()))
+            assert session.open_early("https://sync.example") is False
+            assert session._apis == [] and preconnect.pending("sync.example", 443) == 1
+        args = build_parser().parse_args(["--config-dir", str(tmp_path), "engagements",
+                                          "https://elsewhere.example"])
+        session = Session(Clock(), args, Output(args, io.StringIO(), io.StringIO()))
+        assert session.open_early("https://elsewhere.example") is False  # none begun there
+    finally:
+        began[0].join(10)
+        preconnect.discard_all()
+
+
 def test_the_command_exits_without_the_teardown_and_loses_no_output() -> None:
     """``main`` leaves through ``_leave``: its output is flushed (a pipe buffers it), its
     exit code kept, and the interpreter's teardown (atexit, freeing every object) skipped."""
