@@ -9,8 +9,8 @@ certificate that does not verify) is simply not used: the pool skips a lost conn
 the request opens its own, which fails the same way and reports it as before.
 
 Twisted's ``HTTPConnectionPool`` has no public call for "open one and keep it": this module
-uses its ``_newConnection`` and ``_putConnection`` (stable since Twisted 12.1; checked by
-tests/unit/test_warmup.py) and nothing else private.
+uses its ``_newConnection`` and ``_putConnection`` (their signatures and Agent's pool key
+are checked by tests/unit/test_warmup.py) and nothing else private.
 """
 
 from __future__ import annotations
