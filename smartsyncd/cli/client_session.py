@@ -12,22 +12,30 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
-from smartsyncd.client import osfs
+from smartsyncd.client import osfs, preconnect
 from smartsyncd.client.backoff import RetryNotice
-from smartsyncd.client.engine import SyncCopy
-from smartsyncd.client.errors import AuthError, ServerRefused, TrustError, UsageError
+from smartsyncd.client.errors import (
+    AuthError,
+    ClientError,
+    ServerRefused,
+    TrustError,
+    UsageError,
+)
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.client.progress import RichProgress
-from smartsyncd.client.sso import sso_login  # issue 19: single sign-on
 from smartsyncd.client.tlsresume import ResumptionSlot, session_file, trust_identity
 from smartsyncd.client.trust import PinnedPolicy, TrustPolicy, ca_policy, normalize_fingerprint
 from smartsyncd.client.userconfig import UserConfig
+
+if TYPE_CHECKING:
+    from smartsyncd.client.engine import SyncCopy
 
 PASSWORD_ENV = "SMARTSYNC_PASSWORD"
 
@@ -103,6 +111,7 @@ class Session:
         self.progress = RichProgress(quiet=out.quiet or out.json)  # stderr; rich only if drawn
         self._apis: list[ServerAPI] = []
         self._resumption: dict[tuple[str, str], ResumptionSlot] = {}  # (url, trust label)
+        self._early: dict[str, ServerAPI] = {}  # by server: opened by ``open_early``
         # the copy a command opened and its server: a wipe order is obeyed for it alone
         self.opened: tuple[SyncCopy, ServerAPI] | None = None
 
@@ -171,10 +180,31 @@ class Session:
         kbps = self.args.bwlimit if self.args.bwlimit is not None else configured
         return kbps * 1024 if kbps else None
 
+    def open_early(self, url: str) -> bool:
+        """Begin TLS on the connections begun at the start for ``url`` (issue 15), on the
+        ServerAPI that ``signed_in_api(url)`` will then return (True); nothing if none was
+        begun, or the server is not trusted yet (the command says so when it asks)."""
+        try:
+            key = self.config.server(url).url
+            if key in self._early or not preconnect.pending(*_host_port(key)):
+                return False
+            api = self.api(url, self.policy(url), with_token=False)
+        except (ClientError, OSError, ValueError):
+            return False  # raised again, in the command's own order, when it asks
+        self._early[key] = api
+        return bool(api.open_early())
+
     async def signed_in_api(self, url: str, copy: SyncCopy | None = None) -> ServerAPI:
         """A ServerAPI for a server the user has signed in to (or can sign in to now); with
         ``copy``, every request (a sign-in too) names it, and a wipe order is for it."""
-        api = self.api(url, self.policy(url))
+        policy = self.policy(url)
+        key = self.config.server(url).url
+        api = self._early.pop(key, None)
+        if api is None:
+            api = self.api(url, policy)
+        else:  # what ``api`` would have given it (it was made without them)
+            api.token = self.config.token(url)
+            api.relogin = self._relogin(key)
         if copy is not None:
             api.copy_id = copy.copy_id
             self.opened = (copy, api)
@@ -222,6 +252,8 @@ class Session:
         async def relogin() -> str:
             fresh = self.api(url, self.policy(url), with_token=False)
             fresh.copy_id = self._opened_copy_id()
+            from smartsyncd.client.sso import sso_login  # issue 19: single sign-on
+
             user, token = await sso_login(fresh, service, self.reactor)
             self.config.set_token(url, user, token, sso=service)
             self.config.save()
@@ -253,6 +285,11 @@ class Session:
                 slot.save()  # a small durable write, as config.json's
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 443
+
+
 def read_password(args: argparse.Namespace, stdin: TextIO) -> str:
     if args.password_stdin:
         line = stdin.readline()
@@ -275,6 +312,8 @@ def read_password(args: argparse.Namespace, stdin: TextIO) -> str:
 async def open_copy(session: Session, *, exclusive: bool = True) -> tuple[SyncCopy, ServerAPI]:
     """Open the copy: ``exclusive`` (sync, watch, restore) takes the copy lock, and a copy
     another process syncs is refused (``CopyInUse``, exit 2); read-only commands pass False."""
+    from smartsyncd.client.engine import SyncCopy
+
     copy = SyncCopy.open(Path(session.args.directory), exclusive=exclusive)
     api = await session.signed_in_api(copy.server_url, copy)
     return copy, api

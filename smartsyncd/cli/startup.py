@@ -85,7 +85,7 @@ def server_to_reach(argv: Sequence[str], environ: Mapping[str, str],
     if command in ("clone", "engagements") and positionals:
         url = positionals[0]
     elif command in ("sync", "status") and len(positionals) <= 1:
-        url = _copy_server(positionals[0] if positionals else ".")
+        url = copy_server(positionals[0] if positionals else ".")
     else:
         return None
     address = _address(url) if url else None
@@ -94,7 +94,8 @@ def server_to_reach(argv: Sequence[str], environ: Mapping[str, str],
     return (*address, 2 if command == "clone" else 1)
 
 
-def _copy_server(directory: str) -> str | None:
+def copy_server(directory: str) -> str | None:
+    """The server named in the copy's marker in ``directory`` (None if it cannot be read)."""
     try:
         with open(os.path.join(directory, _MARKER), "rb") as marker:
             server = json.loads(marker.read(65536)).get("server")

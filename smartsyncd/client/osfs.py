@@ -30,8 +30,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
-import filelock
-
 if TYPE_CHECKING:
     from os import _ScandirIterator
 
@@ -280,6 +278,8 @@ def sync_folder(path: Path | str) -> None:
 def lock_exclusive(fd: int) -> bool:
     """Try to take an exclusive lock on ``fd`` without waiting; False when another open file
     description holds it. Released when ``fd`` is closed (or the process dies)."""
+    import filelock  # here: the command's start needs osfs, not the lock (issue 15)
+
     return filelock.lock_descriptor(fd, blocking=False)
 
 

@@ -127,3 +127,8 @@ def discard_all() -> None:
         _, began = _pending.popitem()
         for early in began:
             early.discard()
+
+
+def pending(host: str, port: int) -> int:
+    """How many connections begun for ``host:port`` are still unclaimed."""
+    return len(_pending.get((host, port), ()))

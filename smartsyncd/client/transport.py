@@ -61,6 +61,7 @@ from smartsyncd.client.leanagent import LeanPool
 from smartsyncd.client.pacing import PacedBytesProducer, paced_content
 from smartsyncd.client.proxy import ProxySetting, proxy_for, tunnels_through
 from smartsyncd.client.trust import CAPolicy, PinnedPolicy
+from smartsyncd.client.warmup import open_early
 from smartsyncd.core import bodycodec
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.pacing import TIMER_SLACK, Pacer
@@ -192,18 +193,22 @@ class Transport:
             self._pool.retryAutomatically = False  # we retry ourselves, with backoff
             # HTTPS as Agent does it, with TLS moving data in large pieces
             # (smartsyncd/runtime/tlsbatching.py)
-            agent = Agent.usingEndpointFactory(
-                reactor,
-                BatchingEndpointFactory(
-                    reactor, policy,
-                    connect_via=(tunnels_through(reactor, self.proxy)
-                                 if self.proxy is not None
-                                 else lambda host, port: PreconnectedEndpoint(reactor, host, port)),
-                ),
-                pool=self._pool,
+            self._endpoints = BatchingEndpointFactory(
+                reactor, policy,
+                connect_via=(tunnels_through(reactor, self.proxy)
+                             if self.proxy is not None
+                             else lambda host, port: PreconnectedEndpoint(reactor, host, port)),
             )
+            agent = Agent.usingEndpointFactory(reactor, self._endpoints, pool=self._pool)
             http = cast(HTTPRequester, HTTPClient(agent, cookiejar=self.cookies))
         self._http: HTTPRequester = http
+
+    def open_early(self) -> list[Deferred[None]]:
+        """TLS now on the connections begun at the start for this server, if any; the first
+        requests find them in the pool (client/warmup.py). Each fires once in the pool."""
+        if self._pool is None or self.proxy is not None:
+            return []
+        return open_early(self._pool, self._endpoints, self.base_url)
 
     async def close(self) -> None:
         """Close pooled connections (call before stopping the reactor)."""

@@ -66,9 +66,11 @@ def lock_holder(copy: Path) -> int | None:
 
 
 def temp_files(root: Path) -> list[str]:
+    """The temp files beside user files under ``root``: not the copy's own ``.smartsync/``
+    writes (a kill during one leaves it there; the sweep skips that folder by design)."""
     return sorted(
         os.path.join(d, n) for d, _dirs, names in os.walk(root) for n in names
-        if n.startswith(TEMP_PREFIX)
+        if n.startswith(TEMP_PREFIX) and Path(d).relative_to(root).parts[:1] != (".smartsync",)
     )
 
 

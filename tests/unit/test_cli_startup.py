@@ -47,6 +47,34 @@ def test_a_quiet_session_draws_nothing_and_imports_no_rich() -> None:
     assert _under(modules, "rich") == set()
 
 
+def test_the_command_module_leaves_the_engine_until_a_command_needs_it() -> None:
+    """Issue 15: what a clone's or sync's TLS handshake does not need is imported after its
+    ClientHello left (cli/client.py ``_open_early``), not before; every command still runs
+    (the next test)."""
+    modules = _modules_after(
+        "import smartsyncd.cli.client as c\n"
+        "assert all(f.__name__.startswith('cmd_') for f in c.COMMANDS.values())\n"
+    )
+    for later in ("smartsyncd.client.engine", "smartsyncd.client.state",
+                  "smartsyncd.client.scanner", "smartsyncd.client.copyservice",
+                  "smartsyncd.client.watch", "smartsyncd.client.sso", "smartsyncd.client.wipe",
+                  "smartsyncd.cli.client_manage", "smartsyncd.cli.client_review",
+                  "smartsyncd.cli.client_workflow", "smartsyncd.cli.client_wipe",
+                  "filelock", "sqlite3"):
+        assert later not in modules, later
+    assert "smartsyncd.client.http" in modules  # the handshake's own needs stay up front
+
+
+def test_each_command_imported_later_names_a_function_that_exists() -> None:
+    import importlib
+
+    from smartsyncd.cli import client
+
+    for command, (module, name) in client._ELSEWHERE.items():
+        found = getattr(importlib.import_module(f"smartsyncd.cli.{module}"), name)
+        assert callable(found) and client.COMMANDS[command].__name__ == name, command
+
+
 def test_the_client_errors_do_not_import_the_client_library() -> None:
     modules = _modules_after("import smartsyncd.client.errors")
     assert "smartsyncd.client.engine" not in modules
@@ -97,6 +125,31 @@ def test_an_exiting_command_does_not_wait_for_the_servers_close(tmp_path: Path) 
     for api in waiting:
         api.answered.callback(None)
     assert done.called
+
+
+def test_opening_early_leaves_every_error_to_the_command(tmp_path: Path) -> None:
+    """Issue 15: TLS begun before the engine imports never raises: an untrusted server or a
+    missing CA file is reported when the command asks, in its own order, as before."""
+    from smartsyncd.client import preconnect
+
+    def unreachable(address: tuple[str, int], timeout: float) -> Any:
+        raise OSError("no network in unit tests")
+
+    began = preconnect.start("sync.example", 443, connect=unreachable)
+    try:
+        for extra in ([], ["--ca-file", str(tmp_path / "missing.pem")]):
+            args = build_parser().parse_args(["--config-dir", str(tmp_path), *extra,
+                                              "engagements", "https://sync.example"])
+            session = Session(Clock(), args, Output(args, io.StringIO(), io.StringIO()))
+            assert session.open_early("https://sync.example") is False
+            assert session._apis == [] and preconnect.pending("sync.example", 443) == 1
+        args = build_parser().parse_args(["--config-dir", str(tmp_path), "engagements",
+                                          "https://elsewhere.example"])
+        session = Session(Clock(), args, Output(args, io.StringIO(), io.StringIO()))
+        assert session.open_early("https://elsewhere.example") is False  # none begun there
+    finally:
+        began[0].join(10)
+        preconnect.discard_all()
 
 
 def test_the_command_exits_without_the_teardown_and_loses_no_output() -> None:
