@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,9 @@ def test_dates_and_read_only_travel_between_copies_and_through_history(
     ]
     # an export as of now writes the current version with its date
     exported = tmp_path / "export"
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    # whole seconds: "now" rounded down could fall before the commit made earlier in this
+    # second (the commands now run well under a second), so a second ahead
+    now = (datetime.now(UTC) + timedelta(seconds=1)).isoformat(timespec="seconds")
     assert ok(client, "export", f"{server.url}/acme-2026", "--at", now, str(exported))["files"] == 1
     assert date_of(exported / "Reports" / "Management letter.docx") == APRIL_2
 
