@@ -108,17 +108,22 @@ class PullRoutes:
         engagement_route(app, authorizer, "read", eng + "/chunks/fetch", methods=["POST"])(self.fetch_chunks)
 
     async def snapshot(self, request: Request, access: Access) -> bytes:
+        # flags checked before any work: a bad value is a 400 naming it, not a silent "no"
+        with_lists = query_int(request, "chunks", 0, 0, 1) == 1
+        lean = query_int(request, "lean", 0, 0, 1) == 1
         head, files = await self._changelog.snapshot(access.engagement.id)
         identity = await self._identity.get()
         # the record token at head: a clone remembers it (web/history.py)
         token = await self._changelog.record_token(access.engagement.id, head)
         folders = asks_folders(request)
         body = snapshot_json(head, files, token, identity, folders)
-        if query_str(request, "chunks") == "1":
-            await self._add_chunk_lists(request, access, body)
+        if with_lists:
+            await self._add_chunk_lists(request, access, body, lean)
         return send_json(request, body)
 
-    async def _add_chunk_lists(self, request: Request, access: Access, body: JsonObject) -> None:
+    async def _add_chunk_lists(
+        self, request: Request, access: Access, body: JsonObject, lean: bool
+    ) -> None:
         """``?chunks=1`` (a clone): the first files by path (up to the batched manifests'
         caps) carry their chunk lists, as ``POST .../manifests`` would answer them, so the
         clone asks for chunks without a manifests round trip. Each one served is audited as a
@@ -134,7 +139,6 @@ class PullRoutes:
         eid = access.engagement.id
         found = await self._chunks.get_manifests(eid, list({e["content"] for e in chosen}))
         budget = limits.manifests_body // 4  # the rest is asked with POST .../manifests
-        lean = query_str(request, "lean") == "1"
         for entry in chosen:
             m = found.get(entry["content"])
             if m is None:

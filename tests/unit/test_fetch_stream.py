@@ -296,6 +296,18 @@ async def test_a_lean_snapshot_leaves_out_only_the_content_ids_of_files_with_lis
         assert content_id(chunks_from_json(entry["chunks"])) == f["content"]
 
 
+@in_memory
+async def test_a_snapshot_flag_of_another_value_is_a_400_naming_it(env: Env) -> None:
+    token = await env.login("alice")
+    for query, field in (("chunks=yes", "chunks"), ("chunks=2", "chunks"),
+                         ("chunks=1&lean=true", "lean")):
+        r = await env.call("GET", f"/v1/engagements/alpha/snapshot?{query}", token=token)
+        assert r.status == 400, (query, r.body)
+        assert r.json()["error"] == "bad_request" and r.json()["field"] == field
+    assert (await env.call("GET", "/v1/engagements/alpha/snapshot?chunks=0&lean=0",
+                           token=token)).status == 200
+
+
 @driven
 async def test_a_client_derives_the_content_ids_and_checks_the_rest(
     server: MemoryServer, tmp_path: Path
