@@ -190,19 +190,36 @@ def send_pyopenssl(port: int, data: bytes, total: int) -> float:
     return seconds
 
 
-def send_twisted(port: int, total: int) -> tuple[float, float]:
-    """Stream ``total`` bytes over Twisted's TLS from a child process: its wall seconds and the
-    CPU-seconds it spent from the first write to the answer (its start-up not counted)."""
+def twisted_child(role: str, port: int, total: int) -> tuple[float, float]:
+    """Run the Twisted TLS client of ``role`` (``--send-twisted``: stream ``total`` bytes up;
+    ``--receive-twisted``: ask for them and count them down) in a child process: its wall
+    seconds and CPU-seconds over the transfer (its start-up not counted)."""
     out = subprocess.run(
-        [sys.executable, __file__, "--send-twisted", str(port), str(total)],
+        [sys.executable, __file__, role, str(port), str(total)],
         check=True, capture_output=True, text=True,
     ).stdout
     seconds, cpu = out.split()[-2:]
     return float(seconds), float(cpu)
 
 
-def _send_twisted_main(port: int, total: int) -> None:
+def _report_over_tls(port: int, client: Any) -> None:
+    """Connect ``client`` (a protocol class whose ``done`` fires with the wall seconds and that
+    sets ``cpu``) to the bare server over Twisted's TLS and print both figures."""
     from twisted.internet import defer, endpoints, protocol, ssl, task
+
+    async def run(reactor: Any) -> None:
+        options = ssl.CertificateOptions(verify=False)
+        endpoint = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
+        stream = await endpoint.connect(protocol.Factory.forProtocol(client))
+        seconds = await stream.done
+        stream.transport.loseConnection()
+        print(f"{seconds:.6f} {stream.cpu:.6f}")
+
+    task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
+
+
+def _send_twisted_main(port: int, total: int) -> None:
+    from twisted.internet import defer, protocol
     from twisted.internet.interfaces import IPushProducer
     from zope.interface import implementer
 
@@ -233,30 +250,11 @@ def _send_twisted_main(port: int, total: int) -> None:
             self.cpu = time.process_time() - self.cpu
             self.done.callback(time.perf_counter() - self.start)
 
-    async def run(reactor: Any) -> None:
-        options = ssl.CertificateOptions(verify=False)
-        endpoint = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
-        stream = await endpoint.connect(protocol.Factory.forProtocol(Stream))
-        seconds = await stream.done
-        stream.transport.loseConnection()
-        print(f"{seconds:.6f} {stream.cpu:.6f}")
-
-    task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
-
-
-def receive_twisted(port: int, total: int) -> tuple[float, float]:
-    """Receive ``total`` bytes over Twisted's TLS in a child process: its wall seconds from the
-    request byte to the last byte, and its CPU-seconds over that time."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--receive-twisted", str(port), str(total)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    seconds, cpu = out.split()[-2:]
-    return float(seconds), float(cpu)
+    _report_over_tls(port, Stream)
 
 
 def _receive_twisted_main(port: int, total: int) -> None:
-    from twisted.internet import defer, endpoints, protocol, ssl, task
+    from twisted.internet import defer, protocol
 
     class Count(protocol.Protocol):
         def connectionMade(self) -> None:
@@ -271,15 +269,7 @@ def _receive_twisted_main(port: int, total: int) -> None:
                 self.cpu = time.process_time() - self.cpu
                 self.done.callback(time.perf_counter() - self.start)
 
-    async def run(reactor: Any) -> None:
-        options = ssl.CertificateOptions(verify=False)
-        endpoint = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
-        stream = await endpoint.connect(protocol.Factory.forProtocol(Count))
-        seconds = await stream.done
-        stream.transport.loseConnection()
-        print(f"{seconds:.6f} {stream.cpu:.6f}")
-
-    task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
+    _report_over_tls(port, Count)
 
 
 def blake3_gbps(data: bytes) -> float:
@@ -367,7 +357,7 @@ async def upload_rows(api: Any, daemon: Any, rsyncd: RsyncDaemon, servers: dict[
 
     proc, port = servers["twisted"]
     s0 = cpu_seconds(proc.pid)
-    seconds, sender_cpu = send_twisted(port, total)
+    seconds, sender_cpu = twisted_child("--send-twisted", port, total)
     cpu = cpu_seconds(proc.pid) - s0 + sender_cpu
     results.setdefault("bare Twisted TLS stream (TLS only)", []).append((seconds, cpu))
 
@@ -391,7 +381,7 @@ async def download_rows(api: Any, daemon: Any, servers: dict[str, tuple[subproce
 
     proc, port = servers["twisted-down"]
     s0 = cpu_seconds(proc.pid)
-    seconds, receiver_cpu = receive_twisted(port, total)
+    seconds, receiver_cpu = twisted_child("--receive-twisted", port, total)
     cpu = cpu_seconds(proc.pid) - s0 + receiver_cpu
     results.setdefault("bare Twisted TLS download (TLS only)", []).append((seconds, cpu))
 

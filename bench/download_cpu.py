@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
 import datagen  # noqa: E402
 from daemon import running_daemon  # noqa: E402
-from upload_cpu import by_pool, delta, minor_faults, split_main, thread_cpu, thread_names  # noqa: E402
+from upload_cpu import by_pool, measured, thread_names  # noqa: E402
 
 MiB = 1 << 20
 PASSWORD = "bench password 1"
@@ -59,40 +56,17 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         source.close()
         for run in range(args.runs):
             directory = work / "clones" / f"clone-{run}"
-            spies = []
-            if args.spy:
-                Path(args.spy).mkdir(parents=True, exist_ok=True)
-                for label, spied in (("daemon", pid), ("client", os.getpid())):
-                    spies.append(subprocess.Popen(
-                        ["py-spy", "record", "-p", str(spied), "-f", "raw", "-r", "250", "--threads",
-                         "-o", str(Path(args.spy) / f"down-{label}-{run}.txt")],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    ))
-                time.sleep(1.0)  # py-spy attaches before the clone starts (bench only)
-            d0, c0 = thread_cpu(pid), thread_cpu(os.getpid())
-            f0 = minor_faults(pid), minor_faults(os.getpid())
-            start = time.perf_counter()
-            copy = await SyncCopy.clone(api, name, directory)
-            seconds = time.perf_counter() - start
-            d1, c1 = thread_cpu(pid), thread_cpu(os.getpid())
-            f1 = minor_faults(pid), minor_faults(os.getpid())
-            for spy in spies:
-                spy.send_signal(signal.SIGINT)
-                spy.wait()
+            m, copy = await measured(SyncCopy.clone(api, name, directory), pid, args.spy, f"down-{run}")
             copy.close()
             if (directory / "big.bin").stat().st_size != args.mb * MiB:
                 raise RuntimeError("the clone did not bring the whole file")
             shutil.rmtree(directory)
-            dd, cd = delta(d1, d0), delta(c1, c0)
-            rows.append((seconds, sum(dd.values()), sum(cd.values())))
-            print(f"run {run + 1}: {seconds:.2f} s = {args.mb * MiB / seconds / 1e6:.0f} MB/s; "
+            dd, cd = m.daemon, m.client
+            rows.append((m.seconds, sum(dd.values()), sum(cd.values())))
+            print(f"run {run + 1}: {m.seconds:.2f} s = {args.mb * MiB / m.seconds / 1e6:.0f} MB/s; "
                   f"daemon CPU {sum(dd.values()):.2f} s; client CPU {sum(cd.values()):.2f} s; "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
-            dm, dp = split_main(dd, pid)
-            cm, cp = split_main(cd, os.getpid())
-            print(f"  daemon: reactor thread {dm:.2f}, pool threads {dp:.2f}; "
-                  f"client: reactor thread {cm:.2f}, pool threads {cp:.2f}; minor page faults: "
-                  f"daemon {f1[0] - f0[0]}, client {f1[1] - f0[1]}", flush=True)
+            print(m.split_line(pid), flush=True)
             if args.threads:
                 print(f"  daemon by thread: {by_pool(dd, thread_names(pid))}", flush=True)
                 print(f"  client by thread: {by_pool(cd, thread_names(os.getpid()))}", flush=True)

@@ -21,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -33,6 +35,7 @@ from daemon import running_daemon  # noqa: E402
 from procstat import thread_cpu_seconds  # noqa: E402
 
 MiB = 1 << 20
+T = TypeVar("T")
 PASSWORD = "bench password 1"
 
 
@@ -86,6 +89,52 @@ def split_main(cpu: dict[str, float], pid: int) -> tuple[float, float]:
     return main, sum(cpu.values()) - main
 
 
+@dataclass
+class Measured:
+    """One timed transfer: wall seconds, CPU per thread of the daemon and of this process, and
+    the two processes' minor page faults."""
+
+    seconds: float
+    daemon: dict[str, float]
+    client: dict[str, float]
+    faults: tuple[int, int]
+
+    def split_line(self, pid: int) -> str:
+        """The reactor-thread / pool-threads split of both ends, and the page faults."""
+        dm, dp = split_main(self.daemon, pid)
+        cm, cp = split_main(self.client, os.getpid())
+        return (f"  daemon: reactor thread {dm:.2f}, pool threads {dp:.2f}; "
+                f"client: reactor thread {cm:.2f}, pool threads {cp:.2f}; minor page faults: "
+                f"daemon {self.faults[0]}, client {self.faults[1]}")
+
+
+async def measured(transfer: Awaitable[T], pid: int, spy: str | None, label: str) -> tuple[Measured, T]:
+    """Await ``transfer`` (a coroutine: it starts when awaited) and measure it against the daemon
+    ``pid``; with ``spy`` (a folder), py-spy records both processes meanwhile (raw profiles
+    ``{daemon,client}-{label}.txt``). Its result comes back beside the figures."""
+    spies = []
+    if spy:
+        Path(spy).mkdir(parents=True, exist_ok=True)
+        for who, spied in (("daemon", pid), ("client", os.getpid())):
+            spies.append(subprocess.Popen(
+                ["py-spy", "record", "-p", str(spied), "-f", "raw", "-r", "250", "--threads",
+                 "-o", str(Path(spy) / f"{who}-{label}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        time.sleep(1.0)  # py-spy attaches before the transfer starts (bench only)
+    d0, c0 = thread_cpu(pid), thread_cpu(os.getpid())
+    f0 = minor_faults(pid), minor_faults(os.getpid())
+    start = time.perf_counter()
+    result = await transfer
+    seconds = time.perf_counter() - start
+    d1, c1 = thread_cpu(pid), thread_cpu(os.getpid())
+    f1 = minor_faults(pid), minor_faults(os.getpid())
+    for running in spies:
+        running.send_signal(signal.SIGINT)
+        running.wait()
+    return Measured(seconds, delta(d1, d0), delta(c1, c0), (f1[0] - f0[0], f1[1] - f0[1])), result
+
+
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     import smartsyncd
     from smartsyncd.client.engine import SyncCopy
@@ -117,38 +166,15 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             directory = work / "copies" / name
             copy = await SyncCopy.clone(api, name, directory)
             datagen.write_big_file(directory / "big.bin", args.mb * MiB, seed=run + 1)
-            spies = []
-            if args.spy:
-                Path(args.spy).mkdir(parents=True, exist_ok=True)
-                for label, spied in (("daemon", pid), ("client", os.getpid())):
-                    spies.append(subprocess.Popen(
-                        ["py-spy", "record", "-p", str(spied), "-f", "raw", "-r", "250", "--threads",
-                         "-o", str(Path(args.spy) / f"{label}-{run}.txt")],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    ))
-                time.sleep(1.0)  # py-spy attaches before the upload starts (bench only)
-            d0, c0 = thread_cpu(pid), thread_cpu(os.getpid())
-            f0 = minor_faults(pid), minor_faults(os.getpid())
-            start = time.perf_counter()
-            await copy.sync(api)
-            seconds = time.perf_counter() - start
-            d1, c1 = thread_cpu(pid), thread_cpu(os.getpid())
-            f1 = minor_faults(pid), minor_faults(os.getpid())
-            for spy in spies:
-                spy.send_signal(signal.SIGINT)
-                spy.wait()
+            m, _ = await measured(copy.sync(api), pid, args.spy, str(run))
             copy.close()
-            dd, cd = delta(d1, d0), delta(c1, c0)
+            dd, cd = m.daemon, m.client
             main_thread = max(dd.values()) if dd else 0.0
-            rows.append((seconds, sum(dd.values()), main_thread, sum(cd.values())))
-            print(f"run {run + 1}: {seconds:.2f} s = {args.mb * MiB / seconds / 1e6:.0f} MB/s; "
+            rows.append((m.seconds, sum(dd.values()), main_thread, sum(cd.values())))
+            print(f"run {run + 1}: {m.seconds:.2f} s = {args.mb * MiB / m.seconds / 1e6:.0f} MB/s; "
                   f"daemon CPU {sum(dd.values()):.2f} s (busiest thread {main_thread:.2f}); "
                   f"client CPU {sum(cd.values()):.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
-            dm, dp = split_main(dd, pid)
-            cm, cp = split_main(cd, os.getpid())
-            print(f"  daemon: reactor thread {dm:.2f}, pool threads {dp:.2f}; "
-                  f"client: reactor thread {cm:.2f}, pool threads {cp:.2f}; minor page faults: "
-                  f"daemon {f1[0] - f0[0]}, client {f1[1] - f0[1]}", flush=True)
+            print(m.split_line(pid), flush=True)
             if args.threads:
                 print(f"  daemon by thread: {by_pool(dd, thread_names(pid))}", flush=True)
         await api.close()
