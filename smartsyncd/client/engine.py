@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
@@ -61,26 +61,33 @@ from smartsyncd.client.onerequest import (
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
 from smartsyncd.client.pullbatch import (
+    ask_first_chunks,
     ask_first_manifests,
     clone_writes,
     drop_asked,
     fired,
     write_groups,
 )
-from smartsyncd.client.pullwrite import FileWriter, prune_partials
+from smartsyncd.client.pullwrite import FileWriter, Write, prune_partials
 from smartsyncd.client.push import Push
 from smartsyncd.client.reports import StatusReport, SyncReport
 from smartsyncd.client.scan import pending, survey
 from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
-from smartsyncd.client.serverrules import RulesAnswer, current_rules, read_cache, read_cached
+from smartsyncd.client.serverrules import (
+    current_rules,
+    first_rules,
+    read_cache,
+    read_cached,
+    write_cached,
+)
 from smartsyncd.client.state import STATE_DIR, ClientState, CopyMeta, FileRecord, StateError
 from smartsyncd.client.verify import RootServer, VerifyReport, verify_copy
 from smartsyncd.client.watch import Reachability, Watch
 from smartsyncd.client.wipe import refuse_if_wiping
 from smartsyncd.client.wire import CopyContact
 from smartsyncd.core.ignore import rules_etag
-from smartsyncd.core.model import Change, FileState, Manifest
+from smartsyncd.core.model import Change, Manifest
 from smartsyncd.core.planner import plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
 
@@ -229,18 +236,24 @@ class SyncCopy:
         run: RunBlocking = run_blocking or deferToThread
         path = Path(directory).absolute()
         await run(_prepare_empty_dir, path)
-        # the snapshot checks access before anything is created; the session goes with it
-        (head, files), session = await both(api.snapshot(engagement, chunks=True),
-                                            api.session())
-        # carried by the snapshot, or on the wire while the copy is made; so are the rules
-        # (a new copy keeps none: asked without an ETag)
+        local_rules = await run(load_rules, path, [])
+        # the snapshot checks access before anything is created; the rules (a new copy keeps
+        # none: asked without an ETag) go beside it, as they decide what is fetched
+        (head, files), (rules, answered) = await both(
+            api.snapshot(engagement, chunks=True), first_rules(partial(api.ignore_rules, engagement)))
+        prog = progress or NullProgress()
+        prog.start("download", sum(f.size for f in files if f.content is not None))
+        report = SyncReport()
+        writes = clone_writes(files, local_rules.with_engagement(rules).ignores, report)
+        # carried by the snapshot, or on the wire while the copy is made (issue 15), as the
+        # first small files' chunks are
         asked: Deferred[dict[str, Manifest]] | None = ask_first_manifests(
-            api, engagement, clone_writes(files), window_bytes)
-        rules: Deferred[RulesAnswer] | None = Deferred.fromCoroutine(
-            api.ignore_rules(engagement, None))
+            api, engagement, writes, window_bytes)
+        chunks = ask_first_chunks(api, engagement, writes, window_bytes)
         registered: Deferred[None] | None = None
         try:
-            meta = CopyMeta(api.base_url, engagement, session.user, str(uuid.uuid4()))
+            meta = CopyMeta(api.base_url, engagement, (await api.session()).user,
+                            str(uuid.uuid4()))
             state = await run(ClientState.create, path, meta)
             try:
                 lock = await run(CopyLock.acquire, path)
@@ -249,26 +262,29 @@ class SyncCopy:
                 raise
         except BaseException:
             drop_asked(asked)
-            drop_asked(rules)
+            drop_asked(chunks)
+            prog.finish()
             raise
         copy = cls(path, state, clock=clock, run_blocking=run, window_bytes=window_bytes,
                    lock=lock)
         try:
             await run(begin_sync, path)
-            await copy._load_engagement_rules(api, rules)
-            rules = None
-            # after the rules, on their connection: not a third one beside the manifests;
-            # the large files' first window waits for it (pullbatch.write_groups ``hold``)
+            copy.scanner.engagement_rules = rules
+            if answered:
+                await run(write_cached, path / STATE_DIR, rules)
+            # on the session's connection: not a third one beside the chunks; the large
+            # files' first window waits for it (pullbatch.write_groups ``hold``)
             registered = Deferred.fromCoroutine(contact.register(copy.ctx, api))
-            report = await copy._clone_files(api, head, files, progress or NullProgress(),
-                                             asked, fired(registered))
-            asked = None
+            await copy._clone_files(api, head, writes, report, prog, asked, fired(registered),
+                                    chunks)
+            asked = chunks = None
             await registered
             await reconcile.after_clone(copy.state, run, api.snapshot_history)
         except BaseException:
             drop_asked(asked)
-            drop_asked(rules)
+            drop_asked(chunks)
             drop_asked(registered)
+            prog.finish()
             # the lock goes with the failure: the half-made copy can be opened again (in this
             # process too), and its next sync finishes the pull and removes the temp files
             copy.close()
@@ -280,22 +296,13 @@ class SyncCopy:
         return copy
 
     async def _clone_files(
-        self, api: Server, head: int, files: list[FileState], prog: Progress,
-        asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
-    ) -> SyncReport:
-        report = SyncReport()
+        self, api: Server, head: int, writes: list[Write], report: SyncReport, prog: Progress,
+        asked: Deferred[dict[str, Manifest]] | None, hold: Deferred[None],
+        chunks: Deferred[dict[str, bytes]] | None,
+    ) -> None:
         writer = FileWriter(self.ctx, api, report, prog)
-        prog.start("download", sum(f.size for f in files if f.content is not None))
-        index = ChunkIndex()
         try:
-            rules = (await self._run(load_rules, self.directory, [])).with_engagement(
-                self.scanner.engagement_rules)
-        except BaseException:
-            drop_asked(asked)
-            raise
-        writes = clone_writes(files, rules.ignores, report)
-        try:
-            await write_groups(writer, writes, index, asked, hold)
+            await write_groups(writer, writes, ChunkIndex(), asked, hold, chunks)
         finally:
             prog.finish()
         # a file that did not fit on the disk: the next sync follows the log from the start
@@ -303,7 +310,6 @@ class SyncCopy:
         await self._run(self.state.update, (), (), 0 if writer.no_room else head)
         await self._run(end_sync, self.directory)
         self.clone_report = report
-        return report
 
     def close(self) -> None:
         """Close the state and give up the copy lock (another process may open it now)."""
@@ -439,15 +445,10 @@ class SyncCopy:
             raise UsageError(f"{self.directory} was opened read-only: it cannot sync")
         await self._run(begin_sync, self.directory)
 
-    async def _load_engagement_rules(
-        self, api: Server, asked: Deferred[RulesAnswer] | None = None
-    ) -> None:
+    async def _load_engagement_rules(self, api: Server) -> None:
         """Fetch the engagement's published ignore rules (conditionally, on the kept set's
-        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails.
-        ``asked``: their answer to a request without an ETag, already on the way."""
+        ETag) for the scan and pull; the kept ones when unchanged or the fetch fails."""
         fetch = partial(api.ignore_rules, self.engagement)
-        if asked is not None:
-            fetch = partial(_asked_or_ask, asked, fetch)
         state_dir = self.directory / STATE_DIR
         self.scanner.engagement_rules = await current_rules(fetch, state_dir, self._run)
 
@@ -564,17 +565,6 @@ def _prepare_empty_dir(path: Path) -> None:
         return
     osfs.make_folders(path)
     fsync_dir(path.parent)
-
-
-async def _asked_or_ask(
-    asked: Deferred[RulesAnswer], fetch: Callable[[str | None], Awaitable[RulesAnswer]],
-    etag: str | None,
-) -> RulesAnswer:
-    """The answer asked ahead (without an ETag) when none is kept, else a request."""
-    if etag is None:
-        return await asked
-    drop_asked(asked)
-    return await fetch(etag)
 
 
 async def both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from smartsyncd.client import osfs
 from smartsyncd.client.chunkindex import ChunkIndex, Location
+from smartsyncd.client.chunkpacking import wanted_item
 from smartsyncd.client.copycontext import offsets, remote_path_ok
 from smartsyncd.client.deltabase import windows
 from smartsyncd.client.errors import Unverifiable
@@ -109,13 +110,17 @@ def clone_writes(
     return out
 
 
+def _first_group(writes: Sequence[Write], window_bytes: int) -> list[Write]:
+    files = [w for w in writes if not is_folder(w[0].content)]
+    return [w for group in file_groups(files, window_bytes)[:1] for w in group]
+
+
 def ask_first_manifests(
     api: Server, engagement: str, writes: Sequence[Write], window_bytes: int
 ) -> Deferred[dict[str, Manifest]]:
     """Ask now the manifests of the files ``write_groups`` would put in its first group
     (``writes`` as it will be given them, or more: what is not asked here is asked then)."""
-    files = [w for w in writes if not is_folder(w[0].content)]
-    first = [w for group in file_groups(files, window_bytes)[:1] for w in group]
+    first = _first_group(writes, window_bytes)
     known = api.snapshot_manifests  # what the snapshot carried (snapshot(chunks=True))
     have = {w.content: known[w.content] for w, old in first
             if old is None and w.content in known}
@@ -123,6 +128,26 @@ def ask_first_manifests(
     if not rest:
         return succeed(have)
     return Deferred.fromCoroutine(_more_manifests(api, engagement, rest, have))
+
+
+def ask_first_chunks(
+    api: Server, engagement: str, writes: Sequence[Write], window_bytes: int
+) -> Deferred[dict[str, bytes]] | None:
+    """A clone's first small files' chunks, asked as soon as its snapshot and rules are here,
+    so that they are on the wire while the copy is set up (its state, lock and first
+    requests: about 0.1 s in which the link idled, issue 15). Only when the snapshot carried
+    every manifest of the first group (else that request comes first) and its files are all
+    new (no synced version, no local chunk: a clone); the first group's fetch
+    (``write_groups`` ``chunks``) asks for whatever this does not cover."""
+    first = _first_group(writes, window_bytes)
+    known = api.snapshot_manifests
+    if any(old is not None or w.content not in known for w, old in first):
+        return None
+    items = [c for w, _ in first if known[w.content].size < PARTIAL_MIN
+             for c in known[w.content].chunks]
+    if not items:
+        return None
+    return Deferred.fromCoroutine(api.fetch_chunks(engagement, items, stream=True))
 
 
 async def _more_manifests(
@@ -156,11 +181,13 @@ def drop_asked(asked: Deferred[Any] | None) -> None:
 async def write_groups(
     writer: FileWriter, writes: Sequence[Write], index: ChunkIndex,
     asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
+    chunks: Deferred[dict[str, bytes]] | None = None,
 ) -> None:
     """Write ``writes`` (each with the synced version it replaces) group by group, the next
     group's manifests and chunks coming while this one is written. Folder entries are made
     first (``pullfolders``): they have no manifest. ``asked``: manifests already on the way
-    (``ask_first_manifests``), used for the first group; ``hold``: the first group's large
+    (``ask_first_manifests``), used for the first group, as ``chunks`` are
+    (``ask_first_chunks``); ``hold``: the first group's large
     files are asked for only once it fires (a request still using the other connection: the
     small files' data fills the link meanwhile, and no third connection is opened)."""
     try:
@@ -170,17 +197,19 @@ async def write_groups(
             writes = [w for w in writes if not is_folder(w[0].content)]
     except BaseException:
         drop_asked(asked)
+        drop_asked(chunks)
         raise
     groups = file_groups(writes, writer.ctx.window_bytes)
     if not groups:
         drop_asked(asked)
+        drop_asked(chunks)
     ahead: Deferred[_Group] | None = None
     try:
         for i, group in enumerate(groups):
             if ahead is None:
                 ahead = Deferred.fromCoroutine(
-                    _fetch_group(writer, group, index, asked, hold))
-                asked = None
+                    _fetch_group(writer, group, index, asked, hold, chunks))
+                asked = chunks = None
             ready = await ahead
             ahead = None
             if i + 1 < len(groups):
@@ -199,6 +228,19 @@ async def write_groups(
 async def _fetch_group(
     writer: FileWriter, group: list[Write], index: ChunkIndex,
     asked: Deferred[dict[str, Manifest]] | None = None, hold: Deferred[None] | None = None,
+    chunks: Deferred[dict[str, bytes]] | None = None,
+) -> _Group:
+    try:
+        return await _make_group(writer, group, index, asked, hold, chunks)
+    except BaseException:
+        drop_asked(chunks)  # nothing, once used
+        raise
+
+
+async def _make_group(
+    writer: FileWriter, group: list[Write], index: ChunkIndex,
+    asked: Deferred[dict[str, Manifest]] | None, hold: Deferred[None] | None,
+    chunks: Deferred[dict[str, bytes]] | None,
 ) -> _Group:
     ctx, api = writer.ctx, writer.api
     manifests: dict[str, Manifest] = {} if asked is None else dict(await asked)
@@ -231,7 +273,9 @@ async def _fetch_group(
         out.large_chunks = Deferred.fromCoroutine(_fetch(writer, large, hold))
     try:
         if items:  # small files: one zstd stream, compressed across files (issue 15)
-            out.fetched = await _fetch(writer, items, stream=True)
+            out.fetched = await _fetch(writer, items, stream=True, asked=chunks)
+        else:
+            drop_asked(chunks)
     except BaseException:
         out.drop()
         raise
@@ -240,11 +284,15 @@ async def _fetch_group(
 
 async def _fetch(
     writer: FileWriter, items: list[ChunkWanted], hold: Deferred[None] | None = None,
-    stream: bool = False,
+    stream: bool = False, asked: Deferred[dict[str, bytes]] | None = None,
 ) -> dict[str, bytes]:
+    """``items``' chunks; ``asked``: some already on the way (``ask_first_chunks``)."""
     if hold is not None:
         await hold
-    fetched = await writer.api.fetch_chunks(writer.ctx.engagement, items, stream=stream)
+    fetched = {} if asked is None else dict(await asked)
+    rest = [i for i in items if wanted_item(i)[0] not in fetched]
+    if rest:
+        fetched.update(await writer.api.fetch_chunks(writer.ctx.engagement, rest, stream=stream))
     writer.report.bytes_received += sum(len(v) for v in fetched.values())
     return fetched
 

@@ -95,3 +95,20 @@ async def current_rules(
     if not found or (cached.digest if cached else None) != (rules.digest if rules else None):
         await run(write_cached, state_dir, rules)
     return rules
+
+
+async def first_rules(
+    fetch: FetchRules,
+) -> tuple[EngagementRules | None, bool]:
+    """A new copy's rules, asked without an ETag (beside its snapshot: a clone's writes
+    depend on them): ``(rules, True)`` from an answer, to be kept (``write_cached``) once
+    the copy's state exists; ``(None, False)`` where ``current_rules`` with nothing kept
+    would keep nothing (an older server without the route, or no answer)."""
+    try:
+        answer = await fetch(None)
+    except (NotFound, NetworkError, ProtocolError, ServerRefused):
+        return None, False
+    if not answer.changed:
+        return None, False
+    return (None if answer.text is None else EngagementRules.parse(answer.text)), True
+

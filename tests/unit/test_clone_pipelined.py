@@ -1,11 +1,13 @@
 """A clone asks the requests that do not depend on each other together (client/engine.py):
-the snapshot (carrying the first files' chunk lists) with the session, then the engagement's
-rules, then the chunks. From a server whose snapshot carries no chunk lists: the snapshot
-with the session, then the first files' manifests with the engagement's rules
-(the copy's registration right after the rules, on their connection, while the manifests
-are still coming), then the chunks, which do not wait for the registration. Each request here takes 50 ms of Clock time before the
-in-memory server answers, as a WAN's round trip would; the order of asking and answering
-shows which went together."""
+the snapshot (carrying the first files' chunk lists) with the engagement's rules, which
+decide what is written; then at once the first small files' chunks, beside the session (the
+copy's state is made meanwhile) and then the copy's registration. From a server whose
+snapshot carries no chunk lists: the snapshot with the rules, then the first files'
+manifests with the session (the registration right after the session, on its connection,
+while the manifests are still coming), then the chunks, which do not wait for the
+registration. Each request here takes 50 ms of Clock time before the in-memory server
+answers, as a WAN's round trip would; the order of asking and answering shows which went
+together."""
 
 from __future__ import annotations
 
@@ -95,10 +97,11 @@ async def test_a_clone_gets_the_chunk_lists_with_the_snapshot(
     order = [event for event, _ in api.events].index
     assert files_of(tmp_path / "copy") == files
     assert "manifests asked" not in at  # every list came with the snapshot
-    assert at["session asked"] < at["snapshot answered"]
-    # then the rules (with the copy made), then the chunks, not waiting for the registration
-    assert order("rules answered") < order("fetch asked") < order("register answered")
-    assert at["fetch asked"] - at["snapshot asked"] < 3 * RTT
+    assert at["rules asked"] < at["snapshot answered"]
+    # the chunks as soon as both are here: before the copy is made (its session's answer)
+    assert order("rules answered") < order("fetch asked") < order("session answered")
+    assert order("session answered") < order("register asked")
+    assert at["fetch asked"] - at["snapshot asked"] < 2 * RTT  # one turn, not three
 
 
 @driven
@@ -115,12 +118,12 @@ async def test_a_clone_asks_independent_requests_together(
     at = dict(api.events)
     order = [event for event, _ in api.events].index
     assert files_of(tmp_path / "copy") == files
-    assert at["session asked"] < at["snapshot answered"]
-    # the manifests leave with the snapshot's answer, before the rules are even asked
-    assert order("snapshot answered") < order("manifests asked") < order("rules asked")
-    assert at["rules asked"] < at["manifests answered"]
-    # the registration follows the rules, and the chunks do not wait for it
-    assert order("rules answered") < order("register asked") < order("manifests answered")
+    assert at["rules asked"] < at["snapshot answered"]
+    # the manifests leave with the snapshot's answer, beside the session
+    assert order("snapshot answered") < order("manifests asked")
+    assert at["session asked"] < at["manifests answered"]
+    # the registration follows the session, and the chunks do not wait for it
+    assert order("session answered") < order("register asked") < order("manifests answered")
     assert order("fetch asked") < order("register answered")
     # snapshot, manifests beside rules, then chunks: the fetch is asked after two turns
     # (and the manifests' extra 30 ms), not four
