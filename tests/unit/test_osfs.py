@@ -82,6 +82,27 @@ def test_lock_is_exclusive_across_open_file_descriptions(data_file: Path) -> Non
         os.close(second)
 
 
+def test_the_copy_lock_and_filelocks_exclude_each_other(tmp_path: Path) -> None:
+    """``lock_exclusive`` calls ``flock`` itself on POSIX (filelock's import is slow): a
+    holder through filelock's descriptor lock (as a client of an earlier release takes it)
+    still excludes it, and the other way round."""
+    import filelock
+
+    data_file = tmp_path / "lock"
+    data_file.write_bytes(b"")
+    first = osfs.open_fd(data_file, os.O_RDWR)
+    second = osfs.open_fd(data_file, os.O_RDWR)
+    try:
+        assert filelock.lock_descriptor(first, blocking=False)
+        assert not osfs.lock_exclusive(second)
+        filelock.unlock_descriptor(first)
+        assert osfs.lock_exclusive(second)
+        assert not filelock.lock_descriptor(first, blocking=False)
+    finally:
+        os.close(first)
+        os.close(second)
+
+
 def test_path_wrappers_act_on_real_files_and_leave_paths_alone_off_windows(tmp_path: Path) -> None:
     """Off Windows ``native_path`` is the identity (no ``\\\\?\\`` prefix reaches POSIX); the
     wrappers then do exactly what the ``os`` calls they replace do."""
