@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -37,6 +36,7 @@ from twisted.internet.threads import deferToThread
 
 from smartsyncd.client import contact, osfs, reconcile
 from smartsyncd.client.chunkindex import ChunkIndex
+from smartsyncd.client.clonestart import start_clone
 from smartsyncd.client.copycontext import (
     EARLY_COMMIT_FILES,
     SCAN_STEP,
@@ -61,7 +61,6 @@ from smartsyncd.client.onerequest import (
 from smartsyncd.client.progress import NullProgress, Progress
 from smartsyncd.client.pull import CHANGES_PAGE, pull
 from smartsyncd.client.pullbatch import (
-    ask_first_chunks,
     ask_first_manifests,
     clone_writes,
     drop_asked,
@@ -76,7 +75,6 @@ from smartsyncd.client.scanner import Scanner, ScanResult, load_rules
 from smartsyncd.client.server import Server
 from smartsyncd.client.serverrules import (
     current_rules,
-    first_rules,
     read_cache,
     read_cached,
     write_cached,
@@ -90,9 +88,6 @@ from smartsyncd.core.ignore import rules_etag
 from smartsyncd.core.model import Change, Manifest
 from smartsyncd.core.planner import plan
 from smartsyncd.runtime.gcthreshold import raised_gen0_threshold
-
-A = TypeVar("A")
-B = TypeVar("B")
 
 _CONFLICT_RE = re.compile(r" \(conflict .+ \d{4}-\d{2}-\d{2} \d{4}(?: \d+)?\)[^/()]*$")
 # Cyclic GC while a sync runs: a first sync of thousands of small files keeps tens of thousands
@@ -237,10 +232,10 @@ class SyncCopy:
         path = Path(directory).absolute()
         await run(_prepare_empty_dir, path)
         local_rules = await run(load_rules, path, [])
-        # the snapshot checks access before anything is created; the rules (a new copy keeps
-        # none: asked without an ETag) go beside it, as they decide what is fetched
-        (head, files), (rules, answered) = await both(
-            api.snapshot(engagement, chunks=True), first_rules(partial(api.ignore_rules, engagement)))
+        # the snapshot checks access before anything is created; the first chunks and the
+        # rules come beside it (client/clonestart.py)
+        begun = await start_clone(api, engagement, window_bytes)
+        (head, files), rules = begun.snapshot, begun.rules
         prog = progress or NullProgress()
         prog.start("download", sum(f.size for f in files if f.content is not None))
         report = SyncReport()
@@ -249,7 +244,7 @@ class SyncCopy:
         # first small files' chunks are
         asked: Deferred[dict[str, Manifest]] | None = ask_first_manifests(
             api, engagement, writes, window_bytes)
-        chunks = ask_first_chunks(api, engagement, writes, window_bytes)
+        chunks = begun.chunks(api, engagement, writes, window_bytes)
         registered: Deferred[None] | None = None
         try:
             meta = CopyMeta(api.base_url, engagement, (await api.session()).user,
@@ -270,7 +265,7 @@ class SyncCopy:
         try:
             await run(begin_sync, path)
             copy.scanner.engagement_rules = rules
-            if answered:
+            if begun.answered:
                 await run(write_cached, path / STATE_DIR, rules)
             # on the session's connection: not a third one beside the chunks; the large
             # files' first window waits for it (pullbatch.write_groups ``hold``)
@@ -565,19 +560,6 @@ def _prepare_empty_dir(path: Path) -> None:
         return
     osfs.make_folders(path)
     fsync_dir(path.parent)
-
-
-async def both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:
-    """Two requests that do not depend on each other on the wire at once (one round trip, not
-    two). The first one's failure is raised (the second is then cancelled), else the second's."""
-    ahead, behind = Deferred.fromCoroutine(first), Deferred.fromCoroutine(second)
-    try:
-        a = await ahead
-    except BaseException:
-        behind.addErrback(lambda _: None)
-        behind.cancel()
-        raise
-    return a, await behind
 
 
 __all__ = [

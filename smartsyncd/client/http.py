@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -36,8 +35,10 @@ from smartsyncd.client.manifestanswer import manifest_item, parse_manifest, snap
 from smartsyncd.client.progress import Progress
 from smartsyncd.client.reportbody import iso_time as _iso
 from smartsyncd.client.reportbody import report_body as report_body
+from smartsyncd.client.rootapi import RootCalls
+from smartsyncd.client.rootapi import eng_path as _eng
 from smartsyncd.client.serverrules import RulesAnswer, parse_rules_answer
-from smartsyncd.client.transport import HTTPRequester, Reply, RunInThread, Transport, decode_json
+from smartsyncd.client.transport import HTTPRequester, Reply, RunInThread, decode_json
 from smartsyncd.client.wire import (
     ChangePage,
     ChunkWanted,
@@ -66,6 +67,7 @@ from smartsyncd.client.wire import (
     parse_resolution,
     parse_session,
 )
+from smartsyncd.core.chunkstream import decode_to_raw
 from smartsyncd.core.errors import SyncError
 from smartsyncd.core.manifest import chunks_to_json
 from smartsyncd.core.model import ChunkRef, Manifest
@@ -90,7 +92,7 @@ __all__ = [
 ]
 
 
-class ServerAPI(Transport):
+class ServerAPI(RootCalls):
     """Typed calls to one smartsyncd server (``base_url`` like ``https://host:8443``); the
     keyword arguments are the transport's (:class:`Transport`) and ``progress``."""
 
@@ -193,6 +195,23 @@ class ServerAPI(Transport):
         files, self.snapshot_manifests = snapshot_files(items, chunks)
         self.snapshot_history = HistoryMark(head, *history_fields(data, "head_hash", "snapshot"))
         return Snapshot(head, files)
+
+    async def first_chunks(self, eng: str, small: int, budget: int, files: int) -> dict[str, bytes]:
+        """A clone's first small files' chunks, picked by the server while the snapshot comes
+        (docs/protocol.md, "First chunks"), each checked against its hash; none when it picks
+        none (204), from an older server (404), or one that refused the request: the usual
+        fetch then asks for them and says what is wrong."""
+        params = {"small": str(small), "budget": str(budget), "files": str(files)}
+        try:
+            reply = await self._request("GET", _eng(eng, "snapshot", "chunks"), params=params)
+            raw = await self._in_thread(decode_to_raw, reply.body, CHUNKS_PER_REQUEST)
+        except ServerRefused:
+            return {}
+        except SyncError as exc:
+            raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
+        if self.progress is not None:
+            self.progress.advance(sum(map(len, raw.values())))
+        return raw
 
     async def changes(
         self, eng: str, since: int, limit: int = 5000, wait: float = 0
@@ -560,28 +579,3 @@ class ServerAPI(Transport):
         files = [obj(item, "export file") for item in field(data, "files", list, "export")]
         return field(data, "seq", int, "export"), files
 
-    # -- the signed content root (issue 20, docs/protocol.md "Content root") -------------------
-
-    async def content_root(self, eng: str, seq: int | None = None) -> JSONObject:
-        """The signed root at ``seq`` (default: the head); checked by ``client/verify.py``."""
-        params = {} if seq is None else {"seq": str(seq)}
-        return obj(await self._json("GET", _eng(eng, "root"), params=params), "root")
-
-    async def root_files(
-        self, eng: str, seq: int, after: str | None, limit: int
-    ) -> tuple[list[tuple[str, str]], bool]:
-        """A page of the (path, content id) pairs the root at ``seq`` is made of; more?"""
-        params = {"seq": str(seq), "limit": str(limit)}
-        if after is not None:
-            params["after"] = after
-        data = obj(await self._json("GET", _eng(eng, "root", "files"), params=params), "root files")
-        pairs: list[tuple[str, str]] = []
-        for item in field(data, "files", list, "root files"):
-            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
-                raise ProtocolError("root files: each file must be [path, content id]")
-            pairs.append((item[0], item[1]))
-        return pairs, bool(field(data, "more", bool, "root files"))
-
-
-def _eng(name: str, *rest: str) -> str:
-    return "/v1/engagements/" + "/".join(quote(part, safe="") for part in (name, *rest))

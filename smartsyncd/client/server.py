@@ -39,6 +39,10 @@ class Server(Protocol):
 
     async def snapshot(self, eng: str, *, chunks: bool = False) -> Snapshot: ...
 
+    async def first_chunks(
+        self, eng: str, small: int, budget: int, files: int
+    ) -> dict[str, bytes]: ...
+
     async def changes(
         self, eng: str, since: int, limit: int = 5000, wait: float = 0
     ) -> ChangePage: ...

@@ -5,6 +5,7 @@ work) and holds no sync rules: it builds the app, hands each route group the sto
 uses, and answers the server and session routes itself. The route groups:
 
 - web/pull.py: snapshot, change feed (long-polls: web/longpoll.py), manifests, chunk fetch;
+  web/firstchunks.py: a clone's first small files' chunks, asked beside its snapshot;
 - web/push.py: missing chunks, chunk upload (streamed: web/upload.py), commit;
 - web/workflow.py: locks, history, restore, export, sync copies;
 - web/manage.py: what an engagement's admins manage (lock breaks, copies, sign-off, grants);
@@ -45,6 +46,7 @@ from smartsyncd.web.clientaddr import Network, access_log_formatter, client_addr
 from smartsyncd.web.contentroot import ContentRootRoutes, add_content_root_routes
 from smartsyncd.web.deltas import DeltaBases
 from smartsyncd.web.errors import error_response, send_json
+from smartsyncd.web.firstchunks import FirstChunks
 from smartsyncd.web.health import Checks, HealthCache, health_answer, with_disk
 from smartsyncd.web.inlinechunks import INLINE_RAW_BYTES, InlineChunks
 from smartsyncd.web.limits import ClientLimits, Limits
@@ -116,6 +118,8 @@ class SyncAPI:
         ).add_to(
             app, self.authorizer
         )
+        FirstChunks(store, store, store, run_blocking, limits, self.read_audit).add_to(
+            app, self.authorizer)
         workflow = WorkflowRoutes(
             store, notifier, limits, now, self.read_audit, store, (store, identity),
             INLINE_RAW_BYTES)

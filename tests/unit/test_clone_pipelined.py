@@ -1,8 +1,10 @@
-"""A clone asks the requests that do not depend on each other together (client/engine.py):
-the snapshot (carrying the first files' chunk lists) with the engagement's rules, which
-decide what is written; then at once the first small files' chunks, beside the session (the
-copy's state is made meanwhile) and then the copy's registration. From a server whose
-snapshot carries no chunk lists: the snapshot with the rules, then the first files'
+"""A clone asks the requests that do not depend on each other together (client/engine.py,
+client/clonestart.py): the snapshot (carrying the first files' chunk lists) with the first
+small files' chunks, which the server picks (``GET .../snapshot/chunks``); then the
+engagement's rules, which decide what is written; the copy's session and registration after.
+When the server picks none (an engagement with rules, an older server): the rules at once,
+then the chunks as soon as the snapshot and the rules are here. From a server whose snapshot
+carries no chunk lists either: the snapshot with the chunks' ask, then the first files'
 manifests with the session (the registration right after the session, on its connection,
 while the manifests are still coming), then the chunks, which do not wait for the
 registration. Each request here takes 50 ms of Clock time before the in-memory server
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clientkit import MemoryServer, driven, files_of
+from twisted.internet.defer import succeed
 from twisted.internet.task import deferLater
 
 from smartsyncd.client.http import ServerAPI
@@ -31,15 +34,16 @@ class SlowAPI(ServerAPI):
     def _note(self, what: str) -> None:
         self.events.append((what, self.clock.seconds()))
 
-    async def _late(self, name: str, call: Any) -> Any:
+    async def _late(self, name: str, call: Any, extra: float = 0.0) -> Any:
         self._note(f"{name} asked")
-        await deferLater(self.clock, RTT, lambda: None)
+        await deferLater(self.clock, RTT + extra, lambda: None)
         answer = await call
         self._note(f"{name} answered")
         return answer
 
     async def snapshot(self, eng: str, *, chunks: bool = False) -> Any:
-        return await self._late("snapshot", super().snapshot(eng, chunks=chunks))
+        # 20 ms more: the file list is a larger answer than most
+        return await self._late("snapshot", super().snapshot(eng, chunks=chunks), 0.02)
 
     async def session(self) -> Any:
         return await self._late("session", super().session())
@@ -58,6 +62,9 @@ class SlowAPI(ServerAPI):
         self._note("manifests answered")
         return answer
 
+    async def first_chunks(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._late("first chunks", super().first_chunks(*args, **kwargs))
+
     async def fetch_chunks(self, *args: Any, **kwargs: Any) -> Any:
         if "fetch asked" not in dict(self.events):
             self._note("fetch asked")
@@ -65,10 +72,14 @@ class SlowAPI(ServerAPI):
 
 
 class OlderServerAPI(SlowAPI):
-    """As against a server that sends no chunk lists with the snapshot."""
+    """As against a server that sends no chunk lists with the snapshot and has no route for
+    the first chunks (its 404 is an empty pick to ``ServerAPI.first_chunks``)."""
 
     async def snapshot(self, eng: str, *, chunks: bool = False) -> Any:
         return await super().snapshot(eng)
+
+    async def first_chunks(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._late("first chunks", succeed({}))
 
 
 async def _engagement(server: MemoryServer, tmp_path: Path) -> dict[str, bytes]:
@@ -97,11 +108,10 @@ async def test_a_clone_gets_the_chunk_lists_with_the_snapshot(
     order = [event for event, _ in api.events].index
     assert files_of(tmp_path / "copy") == files
     assert "manifests asked" not in at  # every list came with the snapshot
-    assert at["rules asked"] < at["snapshot answered"]
-    # the chunks as soon as both are here: before the copy is made (its session's answer)
-    assert order("rules answered") < order("fetch asked") < order("session answered")
-    assert order("session answered") < order("register asked")
-    assert at["fetch asked"] - at["snapshot asked"] < 2 * RTT  # one turn, not three
+    # every small file's chunks came with the snapshot's turn, picked by the server
+    assert at["first chunks asked"] < at["snapshot answered"] and "fetch asked" not in at
+    assert order("snapshot answered") < order("rules asked")
+    assert order("rules answered") < order("session asked") < order("register asked")
 
 
 @driven
@@ -118,6 +128,9 @@ async def test_a_clone_asks_independent_requests_together(
     at = dict(api.events)
     order = [event for event, _ in api.events].index
     assert files_of(tmp_path / "copy") == files
+    # the rules as soon as the server picked no chunks, beside the snapshot
+    assert at["first chunks asked"] < at["snapshot answered"]
+    assert order("first chunks answered") < order("rules asked")
     assert at["rules asked"] < at["snapshot answered"]
     # the manifests leave with the snapshot's answer, beside the session
     assert order("snapshot answered") < order("manifests asked")
@@ -127,5 +140,31 @@ async def test_a_clone_asks_independent_requests_together(
     assert order("fetch asked") < order("register answered")
     # snapshot, manifests beside rules, then chunks: the fetch is asked after two turns
     # (and the manifests' extra 30 ms), not four
-    assert at["fetch asked"] - at["snapshot asked"] < 3 * RTT
-    assert at["fetch asked"] >= at["manifests answered"]
+    # snapshot and rules, then manifests beside the session, then chunks: no wait between
+    assert at["manifests asked"] == max(at["snapshot answered"], at["rules answered"])
+    assert at["fetch asked"] == at["manifests answered"]
+
+
+@driven
+async def test_under_ignore_rules_the_clone_asks_the_chunks_itself(
+    server: MemoryServer, tmp_path: Path
+) -> None:
+    """The server picks nothing for an engagement with rules (they decide what is written):
+    the rules go at once, the chunks as soon as the snapshot and the rules are here, and an
+    ignored file is neither fetched nor written."""
+    files = await _engagement(server, tmp_path)
+    await server.env.store.set_ignore_rules("alpha", "wp/03.txt\n")
+    api: SlowAPI = await server.api("alice", SlowAPI)
+    api.events = []
+    api.clock = server.clock
+    copy = await server.clone(api, tmp_path / "copy")
+    copy.close()
+    at = dict(api.events)
+    order = [event for event, _ in api.events].index
+    del files["wp/03.txt"]
+    assert files_of(tmp_path / "copy") == files
+    assert order("first chunks answered") < order("rules asked")
+    assert at["rules asked"] < at["snapshot answered"]
+    # the fetch as soon as both are here
+    assert at["fetch asked"] == max(at["snapshot answered"], at["rules answered"])
+    assert order("fetch asked") < order("session answered")

@@ -107,7 +107,11 @@ async def test_a_failed_clone_gives_the_lock_up(server: MemoryServer, tmp_path: 
     async def no_fetch(eng: str, hashes: object, stream: bool = False) -> dict[str, bytes]:
         raise NetworkError("connection lost (injected)")
 
+    async def no_first_chunks(eng: str, *limits: int) -> dict[str, bytes]:
+        raise NetworkError("connection lost (injected)")
+
     cut.fetch_chunks = no_fetch  # type: ignore[method-assign]
+    cut.first_chunks = no_first_chunks  # type: ignore[method-assign]
     with pytest.raises(NetworkError):
         await server.clone(cut, tmp_path / "b")
     assert syncing_path(tmp_path / "b").exists()

@@ -229,14 +229,15 @@ class _Mangled:
 
 
 class _Damaging:
-    """The client's HTTP, with the body of each chunk fetch answer mangled on the way."""
+    """The client's HTTP, with the body of each chunk fetch answer (and of the first chunks
+    a clone asks beside its snapshot) mangled on the way."""
 
     def __init__(self, http: Any, mangle: Any) -> None:
         self._http, self._mangle = http, mangle
 
     def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
         d: Deferred[Any] = self._http.request(method, url, **kw)
-        if url.endswith("/chunks/fetch"):
+        if url.endswith(("/chunks/fetch", "/snapshot/chunks")):
             d.addCallback(_Mangled, self._mangle)
         return d
 
