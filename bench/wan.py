@@ -20,6 +20,7 @@ at the relay (TCP payload: TLS records and HTTP for smartsync, rsync's protocol 
 (``--only``), each ours, then (with ``--base-code``) the same command with ``PYTHONPATH=DIR``
 (another checkout's client, e.g. ``git archive main``), then rsync; per run the time split at
 the relay: before the first byte up, until the last byte reached the client, after it (exit).
+``--upload`` with it: first uploads instead (a new engagement each, rsync into an empty module).
 ``--compile``: byte-compile smartsyncd (and ``--base-code``) first, as an installed client is.
 """
 
@@ -247,9 +248,10 @@ class WanBench:
             theirs.close_all()
 
     async def clone_rounds(self, settings: LinkSettings, files: int, rounds: int,
-                           base_code: str | None) -> None:
-        """Clones only, alternating ours / the base checkout's client / rsync, with where each
-        one's wall time went: start-up before the first byte, the transfer, the tail."""
+                           base_code: str | None, upload: bool = False) -> None:
+        """Clones only (``upload``: first uploads only), alternating ours / the base
+        checkout's client / rsync, with where each one's wall time went: start-up before the
+        first byte, the transfer, the tail."""
         from smartsyncd.testing import wanrelay
 
         delivered: list[float] = []
@@ -297,7 +299,17 @@ class WanBench:
             for r in range(rounds):
                 for kind in kinds:
                     target = base / f"{kind}-{r}"
-                    if kind == "rsync":
+                    if upload and kind == "rsync":  # into an empty module, as a new engagement
+                        shutil.rmtree(self.rsync.module_dir)
+                        self.rsync.module_dir.mkdir()
+                        cmd = ["rsync", "-az", "--delete", f"{base / 'mine'}/", rsync_url]
+                    elif upload:
+                        self.count += 1
+                        new = self.daemon.new_engagement(f"wan-{self.count}", editors=["bench"])
+                        await self.run([*cli, "clone", f"{url}/{new}", str(target)])
+                        write_engagement(target, files)
+                        cmd = [*cli, "sync", str(target)]
+                    elif kind == "rsync":
                         target.mkdir()
                         cmd = ["rsync", "-az", "--delete", f"{rsync_url}", f"{target}/"]
                     else:
@@ -328,7 +340,8 @@ class WanBench:
                           f"turns, {counters.connections} connections; first answer at "
                           f"{answered[kind][-1]:.2f} s", flush=True)
                     shutil.rmtree(target, ignore_errors=True)
-            print(f"\nclone, {files:,} files, medians of {rounds}:")
+            print(f"\n{'first upload' if upload else 'clone'}, {files:,} files, medians of "
+                  f"{rounds}:")
             for kind, got in times.items():
                 med = [statistics.median(t[i] for t in got) for i in range(4)]
                 print(f"  {kind}: {med[0]:.2f} s ({med[1]:.2f} start + {med[2]:.2f} transfer + "
@@ -455,7 +468,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             compile_code(HERE.parent, *([Path(args.base_code)] if args.base_code else []))
         bench.start()
         if args.clone_rounds:
-            await bench.clone_rounds(links[0][1], links[0][3], args.clone_rounds, args.base_code)
+            await bench.clone_rounds(links[0][1], links[0][3], args.clone_rounds, args.base_code,
+                                     args.upload)
             return
         if args.profile:
             print(await bench.profile_clone(links[0][1], args.files, Path(args.profile)))
@@ -494,6 +508,8 @@ if __name__ == "__main__":
                              "and tail times")
     parser.add_argument("--base-code", metavar="DIR",
                         help="with --clone-rounds: also clone with PYTHONPATH=DIR")
+    parser.add_argument("--upload", action="store_true",
+                        help="with --clone-rounds: first uploads instead of clones")
     parser.add_argument("--trace", action="store_true",
                         help="with --clone-rounds: print the first round's bursts of bytes")
     parser.add_argument("--compile", action="store_true",
