@@ -8,7 +8,8 @@ files are the snapshot's first by path (core/firstchunks.py; ``small``, ``budget
 chunk records, by hash, in one zstd stream sent piece by piece as it is compressed (as
 ``chunks/fetch`` with ``"stream": 1``). Each file served is audited as a download. Nothing is
 picked (204) for an engagement with published ignore rules, which decide what a copy writes
-(the client then asks once it has them), or for a client that does not take zstd.
+(the client then asks once it has them), for a client that does not take zstd, or when the
+chunks are not at hand (a branch office's cache: ``chunks/fetch`` fills it from central).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from klein import Klein
 from twisted.web.server import Request
 
 from smartsyncd.core import bodycodec, chunkstream, fetchstream
+from smartsyncd.core.errors import Unavailable
 from smartsyncd.core.firstchunks import first_chunks, first_files
 from smartsyncd.core.ignore import EngagementRules
 from smartsyncd.storage.api import ChangeLogStore, ChunkStore
@@ -77,9 +79,14 @@ class FirstChunks:
             return _nothing(request)
         hashes = [c.hash for c in refs]
         records: list[chunkstream.Record] = []
-        for start in range(0, len(hashes), READ_SLICE * 8):
-            for chunk in await self._chunks.read_chunks(eid, hashes[start : start + READ_SLICE * 8]):
-                records.append((chunk.hash, chunk.codec, chunk.raw_size, chunk.payload))
+        try:
+            for start in range(0, len(hashes), READ_SLICE * 8):
+                for chunk in await self._chunks.read_chunks(eid, hashes[start : start + READ_SLICE * 8]):
+                    records.append((chunk.hash, chunk.codec, chunk.raw_size, chunk.payload))
+        except Unavailable:
+            # not here now (a branch office's cache, which chunks/fetch fills from central):
+            # the client asks chunks/fetch, which gets them or says what is wrong
+            return _nothing(request)
         address = client_address(request)
         for f in served:
             self._read_audit.note(eid, "download", access.session.user, access.session.id,
