@@ -81,6 +81,19 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not start")
 
 
+def tune_malloc() -> None:
+    """The daemon's glibc malloc settings (runtime/malloctune.py: 4 MiB mmap threshold, 16 MiB
+    kept at the heap top), set in every bare Twisted process too. Without them the bare
+    download server's heap top was trimmed and regrown on every 256 KiB write: the 262 KB join
+    of its ciphertext (``FileDescriptor.doWrite``) faulted in fresh pages each time, about 100k
+    minor faults and a third of its CPU per 256 MiB, which the upload's sender happened not to
+    pay (issue 15, s14): a ceiling that depended on where the allocator's top landed."""
+    from smartsyncd.runtime.malloctune import fix_mmap_threshold, keep_heap_top
+
+    fix_mmap_threshold()
+    keep_heap_top()
+
+
 # --- the servers, each run as `python bench/ceiling.py --serve KIND PORT KEY CERT TOTAL` --------
 
 def serve_pyopenssl(port: int, key: str, cert: str, total: int) -> None:
@@ -426,10 +439,14 @@ def table(results: dict[str, list[tuple[float, float]]], blake: list[float], tot
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         kind, port, key, cert, total = sys.argv[2:7]
+        if kind != "pyopenssl":
+            tune_malloc()
         SERVERS[kind](int(port), key, cert, int(total))
     elif sys.argv[1:2] == ["--send-twisted"]:
+        tune_malloc()
         _send_twisted_main(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1:2] == ["--receive-twisted"]:
+        tune_malloc()
         _receive_twisted_main(int(sys.argv[2]), int(sys.argv[3]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
