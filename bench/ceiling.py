@@ -24,6 +24,10 @@ The download rows (``--only down`` runs only them):
   the daemon; receive, BLAKE3 verification, write, fsync and rename on the client. Timed from
   the call to the clone's return, CPU of both processes from /proc.
 
+Every bare Twisted process (both directions) runs with the daemon's glibc malloc settings
+(``tune_malloc``): without them the bare download server faulted in fresh pages for every write
+and cost twice the CPU of the upload's sender (issue 15, s14; bench/RESULTS.md).
+
 It also times BLAKE3 on one thread, the figure the issue's own machine notes give (4.8 GB/s), to
 scale the issue's numbers to this VM. Rounds alternate the four, so a busy spell hits all of
 them (the download rows after the upload rows); the table shows medians, MB/s, each row's ratio to rsync and to bare Twisted TLS, and
