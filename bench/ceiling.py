@@ -24,6 +24,10 @@ The download rows (``--only down`` runs only them):
   the daemon; receive, BLAKE3 verification, write, fsync and rename on the client. Timed from
   the call to the clone's return, CPU of both processes from /proc.
 
+Every bare Twisted process (both directions) runs with the daemon's glibc malloc settings
+(``tune_malloc``): without them the bare download server faulted in fresh pages for every write
+and cost twice the CPU of the upload's sender (issue 15, s14; bench/RESULTS.md).
+
 It also times BLAKE3 on one thread, the figure the issue's own machine notes give (4.8 GB/s), to
 scale the issue's numbers to this VM. Rounds alternate the four, so a busy spell hits all of
 them (the download rows after the upload rows); the table shows medians, MB/s, each row's ratio to rsync and to bare Twisted TLS, and
@@ -79,6 +83,19 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.05)  # polling a port that is coming up, bounded by the deadline
     raise RuntimeError("server did not start")
+
+
+def tune_malloc() -> None:
+    """The daemon's glibc malloc settings (runtime/malloctune.py: 4 MiB mmap threshold, 16 MiB
+    kept at the heap top), set in every bare Twisted process too. Without them the bare
+    download server's heap top was trimmed and regrown on every 256 KiB write: the 262 KB join
+    of its ciphertext (``FileDescriptor.doWrite``) faulted in fresh pages each time, about 100k
+    minor faults and a third of its CPU per 256 MiB, which the upload's sender happened not to
+    pay (issue 15, s14): a ceiling that depended on where the allocator's top landed."""
+    from smartsyncd.runtime.malloctune import fix_mmap_threshold, keep_heap_top
+
+    fix_mmap_threshold()
+    keep_heap_top()
 
 
 # --- the servers, each run as `python bench/ceiling.py --serve KIND PORT KEY CERT TOTAL` --------
@@ -426,10 +443,14 @@ def table(results: dict[str, list[tuple[float, float]]], blake: list[float], tot
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         kind, port, key, cert, total = sys.argv[2:7]
+        if kind != "pyopenssl":
+            tune_malloc()
         SERVERS[kind](int(port), key, cert, int(total))
     elif sys.argv[1:2] == ["--send-twisted"]:
+        tune_malloc()
         _send_twisted_main(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1:2] == ["--receive-twisted"]:
+        tune_malloc()
         _receive_twisted_main(int(sys.argv[2]), int(sys.argv[3]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -34,6 +34,7 @@ from smartsyncd.web.history import check_from_query
 from smartsyncd.web.limits import Limits
 from smartsyncd.web.longpoll import LongPolls, ParkedResource
 from smartsyncd.web.manifestbatch import answer_bytes, manifests_answer, parse_manifest_request
+from smartsyncd.web.pacedpieces import write_pieces
 from smartsyncd.web.parse import (
     fetch_refs,
     hash_field,
@@ -266,8 +267,7 @@ class PullRoutes:
             return False
         request.setHeader(b"content-type", CHUNKS_CONTENT_TYPE)
         request.setHeader(b"content-length", b"%d" % sum(len(p) for p in pieces))
-        for piece in pieces:
-            request.write(piece)
+        await write_pieces(request, pieces)
         return True
 
     async def _send_stream(

@@ -1,6 +1,6 @@
 """``client/bodyread.read_body``: a response body as treq delivers it, in pieces, joined on a
 pool thread when it is large (a chunk fetch answer) and in place when it is small; a body cut
-by a lost connection fails as treq's ``content()`` would."""
+by a lost connection fails as treq's ``content()`` would. ``read_pieces`` keeps the pieces."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from smartsyncd.client.bodyread import read_body
+from smartsyncd.client.bodyread import read_body, read_pieces
 
 
 class Response:
@@ -66,3 +66,11 @@ def test_a_cut_body_fails() -> None:
     calls: list[Callable[..., Any]] = []
     with pytest.raises(ConnectionLost):
         result(read_body(Response([b"x" * 10], ConnectionLost()), recording(calls), 1))
+
+
+def test_read_pieces_keeps_the_pieces_as_they_came() -> None:
+    pieces = [bytes([i]) * (1000 + i) for i in range(5)]
+    got = result(read_pieces(Response(pieces, ResponseDone())))
+    assert got == pieces and all(a is b for a, b in zip(got, pieces, strict=True))
+    with pytest.raises(ConnectionLost):
+        result(read_pieces(Response([b"x" * 10], ConnectionLost())))
