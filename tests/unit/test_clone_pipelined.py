@@ -13,6 +13,7 @@ together."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +95,24 @@ async def _engagement(server: MemoryServer, tmp_path: Path) -> dict[str, bytes]:
     return files
 
 
+async def _clone_timed(server: MemoryServer, tmp_path: Path, kind: type[SlowAPI]) -> tuple[
+    dict[str, float], Callable[[str], int]
+]:
+    """Clone into ``copy`` through ``kind``: when each event happened, and their order."""
+    api: SlowAPI = await server.api("alice", kind)
+    api.events = []
+    api.clock = server.clock
+    copy = await server.clone(api, tmp_path / "copy")
+    copy.close()
+    return dict(api.events), [event for event, _ in api.events].index
+
+
 @driven
 async def test_a_clone_gets_the_chunk_lists_with_the_snapshot(
     server: MemoryServer, tmp_path: Path
 ) -> None:
     files = await _engagement(server, tmp_path)
-    api: SlowAPI = await server.api("alice", SlowAPI)
-    api.events = []
-    api.clock = server.clock
-    copy = await server.clone(api, tmp_path / "copy")
-    copy.close()
-    at = dict(api.events)
-    order = [event for event, _ in api.events].index
+    at, order = await _clone_timed(server, tmp_path, SlowAPI)
     assert files_of(tmp_path / "copy") == files
     assert "manifests asked" not in at  # every list came with the snapshot
     # every small file's chunks came with the snapshot's turn, picked by the server
@@ -120,13 +127,7 @@ async def test_a_clone_asks_independent_requests_together(
 ) -> None:
     """From a server whose snapshot carries no chunk lists."""
     files = await _engagement(server, tmp_path)
-    api: SlowAPI = await server.api("alice", OlderServerAPI)
-    api.events = []
-    api.clock = server.clock
-    copy = await server.clone(api, tmp_path / "copy")
-    copy.close()
-    at = dict(api.events)
-    order = [event for event, _ in api.events].index
+    at, order = await _clone_timed(server, tmp_path, OlderServerAPI)
     assert files_of(tmp_path / "copy") == files
     # the rules as soon as the server picked no chunks, beside the snapshot
     assert at["first chunks asked"] < at["snapshot answered"]
@@ -138,8 +139,6 @@ async def test_a_clone_asks_independent_requests_together(
     # the registration follows the session, and the chunks do not wait for it
     assert order("session answered") < order("register asked") < order("manifests answered")
     assert order("fetch asked") < order("register answered")
-    # snapshot, manifests beside rules, then chunks: the fetch is asked after two turns
-    # (and the manifests' extra 30 ms), not four
     # snapshot and rules, then manifests beside the session, then chunks: no wait between
     assert at["manifests asked"] == max(at["snapshot answered"], at["rules answered"])
     assert at["fetch asked"] == at["manifests answered"]
@@ -154,13 +153,7 @@ async def test_under_ignore_rules_the_clone_asks_the_chunks_itself(
     ignored file is neither fetched nor written."""
     files = await _engagement(server, tmp_path)
     await server.env.store.set_ignore_rules("alpha", "wp/03.txt\n")
-    api: SlowAPI = await server.api("alice", SlowAPI)
-    api.events = []
-    api.clock = server.clock
-    copy = await server.clone(api, tmp_path / "copy")
-    copy.close()
-    at = dict(api.events)
-    order = [event for event, _ in api.events].index
+    at, order = await _clone_timed(server, tmp_path, SlowAPI)
     del files["wp/03.txt"]
     assert files_of(tmp_path / "copy") == files
     assert order("first chunks answered") < order("rules asked")
