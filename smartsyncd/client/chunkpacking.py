@@ -20,6 +20,7 @@ from smartsyncd.core.chunkstream import (
     compress_chunk,
     delta_payload,
     encode_records,
+    record_pieces,
 )
 from smartsyncd.core.model import ChunkRef
 
@@ -124,8 +125,10 @@ def encode_upload(batch: list[UploadItem]) -> bytes:
     return encode_records(_records(batch))
 
 
-def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | None]:
-    """The request body for ``batch`` and its ``Content-Encoding`` (None: a frame per chunk).
+def encode_body(batch: list[UploadItem], stream: bool) -> tuple[list[bytes], bytes | None]:
+    """The request body for ``batch``, as pieces sent in order (a record's header, its payload:
+    an 8 MiB body is never joined into one buffer), and its ``Content-Encoding`` (None: a
+    frame per chunk).
 
     With ``stream`` (the server takes ``Content-Encoding: zstd`` uploads), a batch of at most
     ``STREAM_RAW_LIMIT`` raw bytes in which some chunk compresses goes as one zstd frame over
@@ -133,7 +136,7 @@ def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | N
     small files compress across each other (issue 15: the chunk uploads of treq's first tree,
     78.1 KB, are 59.5 KB)."""
     records = _records(batch)
-    plain = encode_records(records)
+    plain = record_pieces(records)
     if not stream or not any(r[1] == CODEC_ZSTD for r in records):
         return plain, None
     size = sum(r[2] for r in records) + RECORD_HEADER * len(records)
@@ -148,7 +151,9 @@ def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | N
     if len(body) > STREAM_BODY_CAP:
         return plain, None
     framed = bodycodec.compress(body, STREAM_HARD_LEVEL if size <= STREAM_HARD_BYTES else 3)
-    return (framed, bodycodec.ENCODING.encode()) if len(framed) < len(plain) else (plain, None)
+    if len(framed) < sum(map(len, plain)):
+        return [framed], bodycodec.ENCODING.encode()
+    return plain, None
 
 
 def _records(batch: list[UploadItem]) -> list[Record]:

@@ -416,7 +416,7 @@ class ServerAPI(Transport):
         return sent
 
     async def _post_chunks(
-        self, path: str, body: bytes, raw_total: int, encoding: bytes | None
+        self, path: str, body: list[bytes], raw_total: int, encoding: bytes | None
     ) -> int:
         reply = await self._request(
             "POST", path, data=body, content_type=CHUNKS_TYPE, encoding=encoding
@@ -426,7 +426,7 @@ class ServerAPI(Transport):
             self.chunks_present += present
         if self.progress is not None:
             self.progress.advance(raw_total)
-        return len(body)
+        return sum(map(len, body))
 
     async def commit(
         self, eng: str, batch: str, changes: Sequence[CommitChange],

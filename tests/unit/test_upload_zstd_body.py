@@ -65,14 +65,16 @@ class EncodingAPI(ServerAPI):
 def test_small_compressible_batch_goes_as_one_smaller_stream() -> None:
     batch = items(60)
     plain = encode_upload(list(batch))
-    body, encoding = encode_body(list(batch), stream=True)
-    assert encoding == b"zstd"
+    pieces, encoding = encode_body(list(batch), stream=True)
+    body = b"".join(pieces)
+    assert encoding == b"zstd" and len(pieces) == 1
     assert len(body) * 100 < len(plain) * 90  # across files: well under a frame per chunk
     records = chunkstream.decode_records(bodycodec.decode(body, "zstd", STREAM_BODY_CAP))
     assert [(h, codec, payload) for h, codec, _, payload in records] == [
         (h, CODEC_RAW, d) for h, d in batch
     ]
-    assert encode_body(list(batch), stream=False) == (plain, None)
+    pieces, encoding = encode_body(list(batch), stream=False)
+    assert (b"".join(pieces), encoding) == (plain, None)
 
 
 def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
@@ -83,7 +85,8 @@ def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
     noise = [(chunk_hash(d), d) for d in (rng.randbytes(3000) for _ in range(20))]
     batch = [item for pair in zip(text[:20], noise, strict=True) for item in pair] + text[20:]
     plain = encode_upload(list(batch))
-    body, encoding = encode_body(list(batch), stream=True)
+    pieces, encoding = encode_body(list(batch), stream=True)
+    body = b"".join(pieces)
     assert encoding == b"zstd" and len(body) < len(plain)
     records = chunkstream.decode_records(bodycodec.decode(body, "zstd", STREAM_BODY_CAP))
     assert [(h, codec, payload) for h, codec, _, payload in records] == [
@@ -92,11 +95,14 @@ def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
 
 def test_incompressible_or_large_batches_keep_a_frame_per_chunk() -> None:
     noise = [(chunk_hash(d), d) for d in (os.urandom(3000) for _ in range(20))]
-    assert encode_body(list(noise), stream=True) == (encode_upload(list(noise)), None)
+    pieces, encoding = encode_body(list(noise), stream=True)
+    assert (b"".join(pieces), encoding) == (encode_upload(list(noise)), None)
+    # a header and a payload per record, the payload the chunk's own bytes (no copy)
+    assert len(pieces) == 2 * len(noise) and all(p is d for p, (_, d) in zip(pieces[1::2], noise, strict=True))
     big = items(STREAM_RAW_LIMIT // 30000 + 1, 30000)  # over the stream's raw limit
-    body, encoding = encode_body(list(big), stream=True)
+    pieces, encoding = encode_body(list(big), stream=True)
     assert encoding is None
-    assert [r[1] for r in chunkstream.decode_records(body)] == [CODEC_ZSTD] * len(big)
+    assert [r[1] for r in chunkstream.decode_records(b"".join(pieces))] == [CODEC_ZSTD] * len(big)
 
 
 # -- round trip through the real server --------------------------------------------------------
