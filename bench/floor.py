@@ -52,10 +52,10 @@ from procstat import cpu_seconds  # noqa: E402
 from rsync_baseline import free_port  # noqa: E402
 
 MiB = 1 << 20
-WRITE = ceiling.WRITE
+BLOCK = ceiling.WRITE  # bytes per hand-off and per transport write (1 MiB was no better)
 FRAME = struct.Struct(">32sI")  # BLAKE3 digest, payload length (0: the end)
 BATCH = 4 * MiB
-AHEAD = 8  # 256 KiB writes the sender's thread may be ahead of the socket
+AHEAD = 8  # blocks the sender's thread may be ahead of the socket
 
 
 # --- the floor's receiver, run as `python bench/floor.py --serve PORT KEY CERT FOLDER` --------
@@ -186,7 +186,7 @@ def _send_floor_main(port: int, path: str) -> None:
                 for chunk in make_chunker().cut_stream(f):
                     block += FRAME.pack(blake3.blake3(chunk.data).digest(), chunk.length)
                     block += chunk.data
-                    if len(block) >= WRITE:
+                    if len(block) >= BLOCK:
                         self.room.acquire()
                         reactor.callFromThread(self.deliver, block)  # type: ignore[attr-defined]
                         block = bytearray()
