@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+from smartsyncd.client.bodyproducer import PIECE_BYTES, Body, BodyBuffers, fill
 from smartsyncd.client.wire import ChunkWanted, DeltaHint, UploadItem
 from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import MAX_CHUNK
@@ -154,6 +155,19 @@ def encode_body(batch: list[UploadItem], stream: bool) -> tuple[list[bytes], byt
     if len(framed) < sum(map(len, plain)):
         return [framed], bodycodec.ENCODING.encode()
     return plain, None
+
+
+def encode_request(
+    batch: list[UploadItem], stream: bool, buffers: BodyBuffers
+) -> tuple[Body, bytes | None, bytearray | None]:
+    """``encode_body``, a large body joined into a buffer of ``buffers`` (also returned: give
+    it back once the request is done; None for a small body, sent as its pieces)."""
+    pieces, encoding = encode_body(batch, stream)
+    size = sum(map(len, pieces))
+    if size <= PIECE_BYTES:
+        return pieces, encoding, None
+    buffer = buffers.take(size)
+    return [fill(buffer, pieces)], encoding, buffer
 
 
 def _records(batch: list[UploadItem]) -> list[Record]:

@@ -17,7 +17,13 @@ import zstandard
 from clientkit import MemoryServer, driven
 from webkit import Env, in_memory
 
-from smartsyncd.client.chunkpacking import STREAM_RAW_LIMIT, encode_body, encode_upload
+from smartsyncd.client.bodyproducer import BodyBuffers
+from smartsyncd.client.chunkpacking import (
+    STREAM_RAW_LIMIT,
+    encode_body,
+    encode_request,
+    encode_upload,
+)
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.core import bodycodec, chunkstream
 from smartsyncd.core.chunking import chunk_hash
@@ -232,3 +238,26 @@ async def test_a_new_copys_first_upload_streams_without_asking(
     other.close()
     for i in range(60):
         assert (tmp_path / "b" / f"paper-{i:02}.txt").read_bytes() == source_file(i)
+
+
+def test_a_large_body_is_joined_into_a_reused_buffer() -> None:
+    """Over 1 MiB, the request body is one view of a buffer from ``BodyBuffers``, the same
+    bytes as the records joined; the buffer is reused by the next request while another is
+    out, and none is kept once nothing is out. A small body goes as its pieces."""
+    buffers = BodyBuffers(keep=2)
+    big = [(chunk_hash(d), d) for d in (os.urandom(100_000) for _ in range(15))]
+    body, encoding, buffer = encode_request(list(big), False, buffers)
+    assert encoding is None and buffer is not None
+    assert b"".join(body) == encode_upload(list(big))
+    other = encode_request(list(big[:12]), False, buffers)[2]  # a second request out
+    assert other is not None and other is not buffer
+    buffers.give(buffer)
+    assert buffers.kept == 1
+    again = encode_request(list(big[3:]), False, buffers)
+    assert again[2] is buffer and b"".join(again[0]) == encode_upload(list(big[3:]))
+    buffers.give(other)
+    buffers.give(buffer)
+    assert buffers.kept == 0  # nothing out: nothing kept
+    small = items(5)
+    pieces, _, none = encode_request(list(small), False, buffers)
+    assert none is None and b"".join(pieces) == encode_upload(list(small))
