@@ -24,7 +24,6 @@ import bisect
 import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import overload
 
 import zstandard
 
@@ -49,10 +48,6 @@ _HEADER = struct.Struct(">32sBII")  # hash, codec, raw_len, payload_len
 HEADER_BYTES = _HEADER.size
 
 Record = tuple[str, int, int, bytes]
-# A record as an upload parsed it: its payload may be a view into the bytes it arrived in
-# (web/upload.py cuts records out of each socket read without copying them).
-Payload = bytes | memoryview
-InRecord = tuple[str, int, int, Payload]
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -92,13 +87,13 @@ def delta_payload(base: str, offset: int, prefix: bytes, raw: bytes | memoryview
     return _DELTA_HEADER.pack(bytes.fromhex(base), offset, len(prefix)) + frame
 
 
-def delta_base_bytes(records: Iterable[InRecord]) -> int:
+def delta_base_bytes(records: Iterable[Record]) -> int:
     """The base bytes the delta records among ``records`` name (each range counted once)."""
     refs = {delta_ref(r) for r in records if r[1] == CODEC_DELTA}
     return sum(length for _, _, length in refs)
 
 
-def delta_ref(record: InRecord) -> tuple[str, int, int]:
+def delta_ref(record: Record) -> tuple[str, int, int]:
     """``(base content id, offset, length)`` named by a codec-2 record; ``BadChunk`` if bad."""
     h, codec, _raw_len, payload = record
     if codec != CODEC_DELTA:
@@ -171,11 +166,7 @@ def decode_records(body: bytes | memoryview, max_records: int = 4096) -> list[Re
 Prefixes = Mapping[tuple[str, int, int], bytes]
 
 
-@overload
-def _raw_of(record: Record, prefixes: Prefixes | None = None) -> bytes: ...
-@overload
-def _raw_of(record: InRecord, prefixes: Prefixes | None = None) -> Payload: ...
-def _raw_of(record: InRecord, prefixes: Prefixes | None = None) -> Payload:
+def _raw_of(record: Record, prefixes: Prefixes | None = None) -> bytes:
     h, codec, raw_len, payload = record
     if codec == CODEC_RAW:
         raw = payload
@@ -196,7 +187,7 @@ def _raw_of(record: InRecord, prefixes: Prefixes | None = None) -> Payload:
     return raw
 
 
-def _decompress(h: str, raw_len: int, payload: Payload, prefix: bytes | None = None) -> bytes:
+def _decompress(h: str, raw_len: int, payload: bytes, prefix: bytes | None = None) -> bytes:
     if raw_len > MAX_CHUNK:
         raise BadChunk(f"chunk length {raw_len} is over {MAX_CHUNK}", chunk=h)
     try:
@@ -216,7 +207,7 @@ def _decompress(h: str, raw_len: int, payload: Payload, prefix: bytes | None = N
 
 
 def verify_records(
-    records: Sequence[InRecord], prefixes: Prefixes | None = None, recompress: bool = False
+    records: Sequence[Record], prefixes: Prefixes | None = None, recompress: bool = False
 ) -> list[VerifiedChunk]:
     """Decompress (capped) and hash every record; ``BadChunk`` names the first bad one.
 

@@ -155,4 +155,4 @@ class VerifiedChunk:
     hash: str
     codec: int
     raw_size: int
-    payload: bytes | memoryview  # an upload's: a view into the bytes it arrived in
+    payload: bytes

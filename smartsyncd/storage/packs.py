@@ -116,9 +116,7 @@ class PackStore:
                 return volume
         return None
 
-    def write_pack(
-        self, engagement_id: int, chunks: Sequence[tuple[str, int, int, bytes | memoryview]]
-    ) -> WrittenPack:
+    def write_pack(self, engagement_id: int, chunks: Sequence[tuple[str, int, int, bytes]]) -> WrittenPack:
         """Durably write (hash hex, codec, raw_size, payload) records as one pack file."""
         if not chunks:
             raise ValueError("a pack needs at least one chunk")

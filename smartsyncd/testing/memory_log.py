@@ -85,7 +85,7 @@ class MemoryChangeLog:
         stored = 0
         for c in {c.hash: c for c in chunks}.values():
             if (engagement_id, c.hash) not in self.chunks:
-                self.chunks[engagement_id, c.hash] = StoredChunk(c.hash, c.codec, c.raw_size, bytes(c.payload))
+                self.chunks[engagement_id, c.hash] = StoredChunk(c.hash, c.codec, c.raw_size, c.payload)
                 stored += 1
         return stored, len(chunks) - stored
 

@@ -46,7 +46,7 @@ class DeltaBases:
             raise BadRequest("a delta base is no longer stored; fetch without it", field="bases") from None
 
     async def upload_bases(
-        self, engagement_id: int, records: Sequence[chunkstream.InRecord], spent: int = 0
+        self, engagement_id: int, records: Sequence[chunkstream.Record], spent: int = 0
     ) -> Prefixes:
         """The base ranges named by delta records, read from this engagement's own content
         (a base it does not have is a ``bad_chunk``); at most ``max_bytes`` in all, counting

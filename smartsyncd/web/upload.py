@@ -247,10 +247,10 @@ class ChunkUploadStream:
         self._max_records = services.limits.chunks_per_request
         self._buf = bytearray()
         self._head: tuple[str, int, int, int] | None = None
-        self._batch: list[chunkstream.InRecord] = []
+        self._batch: list[chunkstream.Record] = []
         self._batch_bytes = 0
         self.records = 0
-        self._queue: DeferredQueue[list[chunkstream.InRecord] | None] = DeferredQueue()
+        self._queue: DeferredQueue[list[chunkstream.Record] | None] = DeferredQueue()
         self._error: BaseException | None = None
         self._cancelled = False
         self._ended = False
@@ -295,10 +295,9 @@ class ChunkUploadStream:
             self._flush()
 
     def _parse(self, data: bytes) -> None:
-        # Records are views into each arriving piece (no copy: verified and written to the
-        # pack from there, the piece freed with its batch); only a record split across two
-        # pieces is gathered in ``_buf`` (its header, then its payload, whose parsed header
-        # waits in ``_head``).
+        # Records are cut straight out of each arriving piece (one copy per payload); only a
+        # record split across two pieces is gathered in ``_buf`` (its header, then its
+        # payload, whose parsed header waits in ``_head``).
         view = memoryview(data)
         pos, size = 0, len(view)
         carry = self._buf
@@ -329,7 +328,7 @@ class ChunkUploadStream:
                 self._head = head
                 carry += view[start:]
                 return
-            self._add((head[0], head[1], head[2], view[start:end]))
+            self._add((head[0], head[1], head[2], view[start:end].tobytes()))
             pos = end
         carry += view[pos:]
 
@@ -338,7 +337,7 @@ class ChunkUploadStream:
             raise BadChunk(f"more than {self._max_records} chunks in one body")
         return chunkstream.parse_header(buf, pos)
 
-    def _add(self, record: chunkstream.InRecord) -> None:
+    def _add(self, record: chunkstream.Record) -> None:
         self.records += 1
         self._batch.append(record)
         self._batch_bytes += len(record[3])
@@ -454,7 +453,7 @@ class ChunkUploadStream:
         if self._error is not None:
             await self._upload.abort()
 
-    async def _verify(self, batch: list[chunkstream.InRecord]) -> list[VerifiedChunk]:
+    async def _verify(self, batch: list[chunkstream.Record]) -> list[VerifiedChunk]:
         assert self.access is not None
         # the cap on named base bytes holds for the whole request, not per slice
         spent = self._delta_bytes

@@ -110,20 +110,3 @@ def test_the_count_cap_applies_to_split_records_too() -> None:
     _feed(stream, BODY, [len(BODY) // 3, len(BODY) // 2])
     assert isinstance(stream._error, BadChunk)
     assert "more than 3 chunks" in str(stream._error)
-
-
-def test_a_record_inside_one_piece_is_a_view_of_that_piece() -> None:
-    """No copy per payload: a record wholly inside an arriving piece is kept as a view of it
-    (verified and written to the pack from there); only a split record is gathered anew."""
-    stream = _stream()
-    split = len(BODY) // 2
-    first, second = BODY[:split], BODY[split:]
-    stream.feed(first)
-    stream.feed(second)
-    parsed = _parsed(stream)
-    assert parsed == RECORDS
-    viewed = [r[3] for r in parsed if isinstance(r[3], memoryview)]
-    assert viewed and all(p.obj is first or p.obj is second for p in viewed)
-    assert len(viewed) == len(RECORDS) - 1  # the one across the cut was gathered
-    verified = chunkstream.verify_records(parsed)
-    assert [bytes(v.payload) for v in verified] == [r[3] for r in RECORDS]
