@@ -8,13 +8,15 @@ Each round runs, one after the other on the same seeded random file:
   writes from a push producer to a server that only counts them, two processes;
 - ``floor pipeline``: the least this design's upload does, over Twisted TLS with no HTTP and
   no protocol, two processes; both ends use the daemon's and the client's TLS layer
-  (runtime/tlsbatching.py: many records per step), as smartsyncd does. The sender cuts the file with FastCDC (``cut_stream``,
-  the client's parameters), names each chunk with BLAKE3 and streams ``hash, length, bytes``
-  frames gathered into 256 KiB writes; the cutting runs on a thread beside the reactor (as the
-  client's pool does), at most 2 MiB ahead. The receiver cuts the frames out of each arriving
-  piece (memoryviews, no copy), and a worker thread checks each chunk's BLAKE3 and ``writev``s
-  4 MiB batches to one file, fsyncs it at the end and then answers one byte; reading pauses
-  while two batches wait. No zstd probe, no pack index, no database, no answers per request;
+  (runtime/tlsbatching.py: many records per step), as smartsyncd does. The sender cuts the
+  file with FastCDC (``cut_stream``, the client's parameters), names each chunk with BLAKE3
+  and streams ``hash, length, bytes`` frames gathered into 256 KiB writes; the cutting runs on
+  a thread beside the reactor (as the client's pool does), at most 2 MiB ahead, or (the third
+  row) on the reactor thread itself, a block each time the transport takes more. The receiver
+  cuts the frames out of each arriving piece (memoryviews, no copy), and a worker thread
+  checks each chunk's BLAKE3 and ``writev``s 4 MiB batches to one file, fsyncs it at the end
+  and then answers one byte; reading pauses while two batches wait. No zstd probe, no pack
+  index, no database, no answers per request;
 - ``steps alone``: each necessary step over the whole file, one thread, in this process:
   reading the file (1 MiB ``readinto``, page cache), FastCDC (``cut_buf``), BLAKE3 of each
   chunk (done twice: the client names, the daemon verifies), the client's zstd probe
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +157,9 @@ def serve_floor(port: int, key: str, cert: str, folder: str) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-# --- the floor's sender, run as `python bench/floor.py --send PORT FILE` -------------------
+# --- the floor's sender, run as `python bench/floor.py --send PORT FILE [inline]` ----------
 
-def _send_floor_main(port: int, path: str) -> None:
+def _send_floor_main(port: int, path: str, inline: bool) -> None:
     import blake3
     from twisted.internet import defer, protocol, reactor, task
     from twisted.internet.interfaces import IPushProducer
@@ -169,29 +171,37 @@ def _send_floor_main(port: int, path: str) -> None:
     fix_mmap_threshold()  # as the client's upload sets it (client/early.py), heap top kept
     keep_heap_top()
 
+    def blocks() -> Iterator[bytearray]:
+        block = bytearray()
+        with open(path, "rb") as f:
+            for chunk in make_chunker().cut_stream(f):
+                block += FRAME.pack(blake3.blake3(chunk.data).digest(), chunk.length)
+                block += chunk.data
+                if len(block) >= BLOCK:
+                    yield block
+                    block = bytearray()
+        block += FRAME.pack(bytes(32), 0)
+        yield block
+
     @implementer(IPushProducer)
     class Stream(protocol.Protocol):
         def connectionMade(self) -> None:
             self.done: defer.Deferred[float] = defer.Deferred()
-            self.ready: list[bytes | bytearray] = []
+            self.ready: list[bytearray] = []
             self.room = threading.Semaphore(AHEAD)
+            self.source = blocks() if inline else None
             self.paused = False
             self.start, self.cpu = time.perf_counter(), time.process_time()
             self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-            threading.Thread(target=self.cut, daemon=True).start()
+            if inline:
+                self.resumeProducing()
+            else:
+                threading.Thread(target=self.cut, daemon=True).start()
 
         def cut(self) -> None:
-            block = bytearray()
-            with open(path, "rb") as f:
-                for chunk in make_chunker().cut_stream(f):
-                    block += FRAME.pack(blake3.blake3(chunk.data).digest(), chunk.length)
-                    block += chunk.data
-                    if len(block) >= BLOCK:
-                        self.room.acquire()
-                        reactor.callFromThread(self.deliver, block)  # type: ignore[attr-defined]
-                        block = bytearray()
-            block += FRAME.pack(bytes(32), 0)
-            reactor.callFromThread(self.deliver, block)  # type: ignore[attr-defined]
+            for block in blocks():
+                self.room.acquire()
+                reactor.callFromThread(self.deliver, block)  # type: ignore[attr-defined]
 
         def deliver(self, block: bytearray) -> None:
             self.ready.append(block)
@@ -199,6 +209,10 @@ def _send_floor_main(port: int, path: str) -> None:
 
         def resumeProducing(self) -> None:
             self.paused = False
+            if self.source is not None:  # inline: cut and name the next block here
+                while not self.paused and (block := next(self.source, None)) is not None:
+                    self.transport.write(block)  # type: ignore[union-attr]
+                return
             while self.ready and not self.paused:
                 self.transport.write(self.ready.pop(0))  # type: ignore[union-attr]
                 self.room.release()
@@ -322,12 +336,15 @@ def main(args: argparse.Namespace) -> None:
           f"{args.runs} rounds", flush=True)
     try:
         for run in range(args.runs):
-            for name, kind, argv in (
-                ("bare Twisted TLS stream", "twisted", [str(HERE / "ceiling.py"), "--send-twisted"]),
-                ("floor pipeline (cut, hash, TLS, verify, write, fsync)", "floor", [__file__, "--send"]),
+            for name, kind, argv, tail in (
+                ("bare Twisted TLS stream", "twisted", [str(HERE / "ceiling.py"), "--send-twisted"],
+                 [str(total)]),
+                ("floor pipeline (cut, hash, TLS, verify, write, fsync)", "floor", [__file__, "--send"],
+                 [str(source)]),
+                ("same, the sender cutting on its reactor thread", "floor", [__file__, "--send"],
+                 [str(source), "inline"]),
             ):
                 proc, port = servers[kind]
-                tail = [str(total)] if kind == "twisted" else [str(source)]
                 s0 = cpu_seconds(proc.pid)
                 seconds, sender = _child([*argv, str(port), *tail])
                 receiver = cpu_seconds(proc.pid) - s0
@@ -380,7 +397,7 @@ if __name__ == "__main__":
         port, key, cert, folder = sys.argv[2:6]
         serve_floor(int(port), key, cert, folder)
     elif sys.argv[1:2] == ["--send"]:
-        _send_floor_main(int(sys.argv[2]), sys.argv[3])
+        _send_floor_main(int(sys.argv[2]), sys.argv[3], sys.argv[4:5] == ["inline"])
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--mb", type=int, default=256, help="file size in MiB")
