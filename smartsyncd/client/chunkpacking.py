@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+from smartsyncd.client.bodyproducer import PIECE_BYTES, Body, BodyBuffers, fill
 from smartsyncd.client.wire import ChunkWanted, DeltaHint, UploadItem
 from smartsyncd.core import bodycodec
 from smartsyncd.core.chunking import MAX_CHUNK
@@ -20,6 +21,7 @@ from smartsyncd.core.chunkstream import (
     compress_chunk,
     delta_payload,
     encode_records,
+    record_pieces,
 )
 from smartsyncd.core.model import ChunkRef
 
@@ -124,8 +126,10 @@ def encode_upload(batch: list[UploadItem]) -> bytes:
     return encode_records(_records(batch))
 
 
-def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | None]:
-    """The request body for ``batch`` and its ``Content-Encoding`` (None: a frame per chunk).
+def encode_body(batch: list[UploadItem], stream: bool) -> tuple[list[bytes], bytes | None]:
+    """The request body for ``batch``, as pieces sent in order (a record's header, its payload:
+    an 8 MiB body is never joined into one buffer), and its ``Content-Encoding`` (None: a
+    frame per chunk).
 
     With ``stream`` (the server takes ``Content-Encoding: zstd`` uploads), a batch of at most
     ``STREAM_RAW_LIMIT`` raw bytes in which some chunk compresses goes as one zstd frame over
@@ -133,7 +137,7 @@ def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | N
     small files compress across each other (issue 15: the chunk uploads of treq's first tree,
     78.1 KB, are 59.5 KB)."""
     records = _records(batch)
-    plain = encode_records(records)
+    plain = record_pieces(records)
     if not stream or not any(r[1] == CODEC_ZSTD for r in records):
         return plain, None
     size = sum(r[2] for r in records) + RECORD_HEADER * len(records)
@@ -148,7 +152,22 @@ def encode_body(batch: list[UploadItem], stream: bool) -> tuple[bytes, bytes | N
     if len(body) > STREAM_BODY_CAP:
         return plain, None
     framed = bodycodec.compress(body, STREAM_HARD_LEVEL if size <= STREAM_HARD_BYTES else 3)
-    return (framed, bodycodec.ENCODING.encode()) if len(framed) < len(plain) else (plain, None)
+    if len(framed) < sum(map(len, plain)):
+        return [framed], bodycodec.ENCODING.encode()
+    return plain, None
+
+
+def encode_request(
+    batch: list[UploadItem], stream: bool, buffers: BodyBuffers
+) -> tuple[Body, bytes | None, bytearray | None]:
+    """``encode_body``, a large body joined into a buffer of ``buffers`` (also returned: give
+    it back once the request is done; None for a small body, sent as its pieces)."""
+    pieces, encoding = encode_body(batch, stream)
+    size = sum(map(len, pieces))
+    if size <= PIECE_BYTES:
+        return pieces, encoding, None
+    buffer = buffers.take(size)
+    return [fill(buffer, pieces)], encoding, buffer
 
 
 def _records(batch: list[UploadItem]) -> list[Record]:

@@ -20,10 +20,11 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from smartsyncd.client import transport
 from smartsyncd.client.backoff import Backoff
+from smartsyncd.client.bodyproducer import Body, BodyBuffers, body_length
 from smartsyncd.client.chunkpacking import (
     CHUNKS_PER_REQUEST,
     UPLOAD_BODY_LIMIT,
-    encode_body,
+    encode_request,
     fetch_batches,
     fetch_body,
     upload_batches,
@@ -133,6 +134,7 @@ class ServerAPI(RootCalls):
         self.manifests_per_file = False
         # its /missing answer said it takes zstd-encoded uploads (chunkpacking.encode_body)
         self.stream_chunks = False
+        self._bodies = BodyBuffers(keep=PARALLEL_REQUESTS)
 
     # -- sessions and information ------------------------------------------------------------
 
@@ -409,23 +411,26 @@ class ServerAPI(RootCalls):
         """Upload chunks given as ``(hash, raw bytes)`` or ``(hash, raw bytes, DeltaHint)``;
         returns request body bytes sent.
 
-        Chunks are zstd-compressed in a thread and packed up to 24 MiB / 4096 per request; two
-        requests are on the wire at once (so the server verifies one while the next arrives)
-        and the next one is packed meanwhile.
-        """
+        Chunks are zstd-compressed in a thread and packed up to 24 MiB / 4096 per request,
+        ``PARALLEL_REQUESTS`` on the wire at once, the next one packed meanwhile."""
         path = _eng(eng, "chunks")
         sent = 0
         in_flight: list[Deferred[int]] = []
         try:
             for batch in upload_batches(chunks):
-                body, encoding = await self._in_thread(encode_body, batch, self.stream_chunks)
+                body, encoding, buffer = await self._in_thread(
+                    encode_request, batch, self.stream_chunks, self._bodies)
                 raw_total = sum(len(item[1]) for item in batch)
                 batch.clear()  # its bytes are in ``body``: not held again while that travels
-                while len(in_flight) >= PARALLEL_REQUESTS:
-                    sent += await in_flight.pop(0)
-                in_flight.append(
-                    Deferred.fromCoroutine(self._post_chunks(path, body, raw_total, encoding))
-                )
+                try:
+                    while len(in_flight) >= PARALLEL_REQUESTS:
+                        sent += await in_flight.pop(0)
+                except BaseException:
+                    if buffer is not None:  # _post_chunks gives it back, but never started
+                        self._bodies.give(buffer)
+                    raise
+                in_flight.append(Deferred.fromCoroutine(
+                    self._post_chunks(path, body, raw_total, encoding, buffer)))
             while in_flight:
                 sent += await in_flight.pop(0)
         finally:
@@ -435,17 +440,23 @@ class ServerAPI(RootCalls):
         return sent
 
     async def _post_chunks(
-        self, path: str, body: bytes, raw_total: int, encoding: bytes | None
+        self, path: str, body: Body, raw_total: int, encoding: bytes | None,
+        buffer: bytearray | None,
     ) -> int:
-        reply = await self._request(
-            "POST", path, data=body, content_type=CHUNKS_TYPE, encoding=encoding
-        )
+        size = body_length(body)
+        try:
+            reply = await self._request(
+                "POST", path, data=body, content_type=CHUNKS_TYPE, encoding=encoding
+            )
+        finally:
+            if buffer is not None:
+                self._bodies.give(buffer)
         present = obj(decode_json(reply), "upload").get("present")
         if type(present) is int and present > 0:
             self.chunks_present += present
         if self.progress is not None:
             self.progress.advance(raw_total)
-        return len(body)
+        return size
 
     async def commit(
         self, eng: str, batch: str, changes: Sequence[CommitChange],

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from smartsyncd.client.bodyproducer import BytesProducer
+from smartsyncd.client.bodyproducer import Body, BytesProducer
 from smartsyncd.core.pacing import Pacer
 
 SLICE_BYTES = 64 * 1024
@@ -29,7 +29,7 @@ class PacedBytesProducer(BytesProducer):
     and honour the consumer's pause/resume (its buffer is full) as well."""
 
     def __init__(
-        self, body: bytes, pacer: Pacer, clock: IReactorTime, slice_bytes: int = SLICE_BYTES
+        self, body: Body, pacer: Pacer, clock: IReactorTime, slice_bytes: int = SLICE_BYTES
     ) -> None:
         super().__init__(body, slice_bytes)
         self._pacer = pacer
@@ -43,10 +43,10 @@ class PacedBytesProducer(BytesProducer):
         self._writing = True
         try:
             while self._consumer is not None and not (self._paused or self._stopped):
-                if self._pos >= len(self._body):
+                if not self._body.left:
                     self._finish()
                     return
-                n = min(self._piece, len(self._body) - self._pos)
+                n = min(self._piece, self._body.left)
                 now = self._clock.seconds()
                 if self._start_at is None:
                     self._start_at = self._pacer.reserve(n, now)
@@ -55,8 +55,7 @@ class PacedBytesProducer(BytesProducer):
                         self._timer = self._clock.callLater(self._start_at - now, self._due)
                     return
                 self._start_at = None
-                start, self._pos = self._pos, self._pos + n
-                self._consumer.write(self._body[start : self._pos].tobytes())
+                self._consumer.write(self._body.take(n))
         finally:
             self._writing = False
 

@@ -47,7 +47,7 @@ import twisted
 from smartsyncd import __version__
 from smartsyncd.client import preconnect
 from smartsyncd.client.backoff import Backoff, RetryNotice, retrying
-from smartsyncd.client.bodyproducer import PIECE_BYTES, BytesProducer
+from smartsyncd.client.bodyproducer import PIECE_BYTES, Body, BytesProducer, body_length, joined
 from smartsyncd.client.bodyread import read_body
 from smartsyncd.client.errors import (
     AuthError,
@@ -241,7 +241,7 @@ class Transport:
         path: str,
         *,
         body: object = None,
-        data: bytes | None = None,
+        data: Body | None = None,
         content_type: bytes | None = None,
         params: Mapping[str, str] | None = None,
         auth: bool = True,
@@ -260,14 +260,15 @@ class Transport:
         ``encoding``: the ``Content-Encoding`` of a ``data`` already encoded (a commit)."""
         copy = self.copy_id if (auth if name_copy is None else name_copy) else None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
+            encoded = json.dumps(body, separators=(",", ":")).encode()
             content_type = JSON_TYPE
-            if compress and self.compress_requests and bodycodec.worth_compressing(data):
-                data = (
-                    await self._in_thread(bodycodec.compress, data)
-                    if len(data) > IN_THREAD_BYTES else bodycodec.compress(data)
+            if compress and self.compress_requests and bodycodec.worth_compressing(encoded):
+                encoded = (
+                    await self._in_thread(bodycodec.compress, encoded)
+                    if len(encoded) > IN_THREAD_BYTES else bodycodec.compress(encoded)
                 )
                 encoding = b"zstd"
+            data = encoded
         relogged = False
         while True:
             try:
@@ -321,7 +322,7 @@ class Transport:
         self,
         method: str,
         path: str,
-        data: bytes | None,
+        data: Body | None,
         headers: dict[bytes, list[bytes]],
         params: Mapping[str, str] | None,
         timeout: float | None,
@@ -386,7 +387,7 @@ class Transport:
             if timer.active():
                 timer.cancel()
         received = reply.wire_bytes if reply.wire_bytes >= 0 else len(reply.body)
-        self.bytes_sent += len(data or b"")
+        self.bytes_sent += body_length(data) if data is not None else 0
         self.bytes_received += received
         if not (if_none_match is not None and reply.status == NOT_MODIFIED):
             raise_for_status(reply, self.base_url)
@@ -397,7 +398,7 @@ class Transport:
         method: str,
         url: str,
         headers: dict[bytes, list[bytes]],
-        data: bytes | None,
+        data: Body | None,
         params: Mapping[str, str] | None,
     ) -> Reply:
         response = await self._http.request(
@@ -428,13 +429,13 @@ class Transport:
             raise ProtocolError(f"server sent a body that does not decode: {exc.message}") from exc
         return Reply(response.code, raw, ctype.decode("latin-1"), len(body))
 
-    def _body(self, data: bytes | None) -> IBodyProducer | bytes | None:
+    def _body(self, data: Body | None) -> IBodyProducer | bytes | None:
         """A request body as treq takes it: paced slices under a limit, else large pieces."""
         if data is None:
             return None
         if self._pacer is not None:
             return PacedBytesProducer(data, self._pacer, self._reactor)
-        return BytesProducer(data) if len(data) > PIECE_BYTES else data
+        return BytesProducer(data) if body_length(data) > PIECE_BYTES else joined(data)
 
     def _transport_error(self, exc: BaseException) -> NetworkError:
         if _is_tls_failure(exc):

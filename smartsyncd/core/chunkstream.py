@@ -108,6 +108,12 @@ def delta_ref(record: Record) -> tuple[str, int, int]:
 
 def encode_records(records: Iterable[Record]) -> bytes:
     """Serialize ``(hash hex, codec, raw_len, payload)`` records; ``ValueError`` on bad fields."""
+    return b"".join(record_pieces(records))
+
+
+def record_pieces(records: Iterable[Record]) -> list[bytes]:
+    """``encode_records`` as the pieces it would join: each record's header, then its payload
+    (the same object when it is ``bytes``), so a large body is sent without one joined copy."""
     parts: list[bytes] = []
     for h, codec, raw_len, payload in records:
         if codec not in CODECS:
@@ -117,7 +123,7 @@ def encode_records(records: Iterable[Record]) -> bytes:
             raise ValueError("chunk hash must be 32 bytes")
         parts.append(_HEADER.pack(digest, codec, raw_len, len(payload)))
         parts.append(bytes(payload))
-    return b"".join(parts)
+    return parts
 
 
 def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[str, int, int, int]:

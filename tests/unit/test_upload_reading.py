@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import blake3
@@ -163,3 +164,54 @@ def test_producer_lets_go_of_the_body_once_done_or_stopped() -> None:
             results[0].trap(Exception)  # type: ignore[union-attr]
         assert sys.getrefcount(body) == baseline, finish  # the producer itself still exists
         assert producer.length == len(body)
+
+
+def test_producer_of_pieces_gathers_small_ones_and_cuts_large_ones() -> None:
+    """A chunk upload's body is a list of record headers and payloads (never joined into one
+    8 MiB buffer): each write is ``piece`` bytes of them in order, whatever the pieces' sizes."""
+    rng = random.Random(5)
+    pieces = [rng.randbytes(n) for n in (41, 3000, 41, 2500, 0, 41, 9000, 7, 1000, 41, 1)]
+    body = b"".join(pieces)
+    writes: list[bytes] = []
+
+    class Taker:
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+
+    producer = BytesProducer(pieces, piece=4096)
+    assert producer.length == len(body)
+    results: list[object] = []
+    producer.startProducing(Taker()).addBoth(results.append)
+    assert results == [None]
+    assert b"".join(writes) == body
+    assert [len(w) for w in writes] == [4096] * (len(body) // 4096) + [len(body) % 4096]
+    # a piece that is a whole write on its own goes out as it is, not copied
+    one = rng.randbytes(4096)
+    writes.clear()
+    BytesProducer([b"", one], piece=4096).startProducing(Taker())
+    assert writes == [one] and writes[0] is one
+
+
+def test_paced_producer_of_pieces_sends_them_in_order() -> None:
+    from twisted.internet.task import Clock
+
+    from smartsyncd.client.pacing import PacedBytesProducer
+    from smartsyncd.core.pacing import Pacer
+
+    rng = random.Random(6)
+    pieces = [rng.randbytes(n) for n in (41, 70_000, 41, 30_000, 41, 150_000)]
+    clock = Clock()
+    writes: list[bytes] = []
+
+    class Taker:
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+
+    producer = PacedBytesProducer(pieces, Pacer(1_000_000), clock, slice_bytes=65_536)
+    results: list[object] = []
+    producer.startProducing(Taker()).addBoth(results.append)
+    while not results:
+        assert clock.getDelayedCalls(), "the paced producer stalled"
+        clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+    assert results == [None] and b"".join(writes) == b"".join(pieces)
+    assert max(map(len, writes)) <= 65_536 and len(writes) == -(-sum(map(len, pieces)) // 65_536)

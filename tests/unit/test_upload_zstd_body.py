@@ -17,7 +17,13 @@ import zstandard
 from clientkit import MemoryServer, driven
 from webkit import Env, in_memory
 
-from smartsyncd.client.chunkpacking import STREAM_RAW_LIMIT, encode_body, encode_upload
+from smartsyncd.client.bodyproducer import BodyBuffers
+from smartsyncd.client.chunkpacking import (
+    STREAM_RAW_LIMIT,
+    encode_body,
+    encode_request,
+    encode_upload,
+)
 from smartsyncd.client.http import ServerAPI
 from smartsyncd.core import bodycodec, chunkstream
 from smartsyncd.core.chunking import chunk_hash
@@ -65,14 +71,16 @@ class EncodingAPI(ServerAPI):
 def test_small_compressible_batch_goes_as_one_smaller_stream() -> None:
     batch = items(60)
     plain = encode_upload(list(batch))
-    body, encoding = encode_body(list(batch), stream=True)
-    assert encoding == b"zstd"
+    pieces, encoding = encode_body(list(batch), stream=True)
+    body = b"".join(pieces)
+    assert encoding == b"zstd" and len(pieces) == 1
     assert len(body) * 100 < len(plain) * 90  # across files: well under a frame per chunk
     records = chunkstream.decode_records(bodycodec.decode(body, "zstd", STREAM_BODY_CAP))
     assert [(h, codec, payload) for h, codec, _, payload in records] == [
         (h, CODEC_RAW, d) for h, d in batch
     ]
-    assert encode_body(list(batch), stream=False) == (plain, None)
+    pieces, encoding = encode_body(list(batch), stream=False)
+    assert (b"".join(pieces), encoding) == (plain, None)
 
 
 def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
@@ -83,7 +91,8 @@ def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
     noise = [(chunk_hash(d), d) for d in (rng.randbytes(3000) for _ in range(20))]
     batch = [item for pair in zip(text[:20], noise, strict=True) for item in pair] + text[20:]
     plain = encode_upload(list(batch))
-    body, encoding = encode_body(list(batch), stream=True)
+    pieces, encoding = encode_body(list(batch), stream=True)
+    body = b"".join(pieces)
     assert encoding == b"zstd" and len(body) < len(plain)
     records = chunkstream.decode_records(bodycodec.decode(body, "zstd", STREAM_BODY_CAP))
     assert [(h, codec, payload) for h, codec, _, payload in records] == [
@@ -92,11 +101,14 @@ def test_a_mixed_batch_streams_its_compressible_records_first() -> None:
 
 def test_incompressible_or_large_batches_keep_a_frame_per_chunk() -> None:
     noise = [(chunk_hash(d), d) for d in (os.urandom(3000) for _ in range(20))]
-    assert encode_body(list(noise), stream=True) == (encode_upload(list(noise)), None)
+    pieces, encoding = encode_body(list(noise), stream=True)
+    assert (b"".join(pieces), encoding) == (encode_upload(list(noise)), None)
+    # a header and a payload per record, the payload the chunk's own bytes (no copy)
+    assert len(pieces) == 2 * len(noise) and all(p is d for p, (_, d) in zip(pieces[1::2], noise, strict=True))
     big = items(STREAM_RAW_LIMIT // 30000 + 1, 30000)  # over the stream's raw limit
-    body, encoding = encode_body(list(big), stream=True)
+    pieces, encoding = encode_body(list(big), stream=True)
     assert encoding is None
-    assert [r[1] for r in chunkstream.decode_records(body)] == [CODEC_ZSTD] * len(big)
+    assert [r[1] for r in chunkstream.decode_records(b"".join(pieces))] == [CODEC_ZSTD] * len(big)
 
 
 # -- round trip through the real server --------------------------------------------------------
@@ -226,3 +238,26 @@ async def test_a_new_copys_first_upload_streams_without_asking(
     other.close()
     for i in range(60):
         assert (tmp_path / "b" / f"paper-{i:02}.txt").read_bytes() == source_file(i)
+
+
+def test_a_large_body_is_joined_into_a_reused_buffer() -> None:
+    """Over 1 MiB, the request body is one view of a buffer from ``BodyBuffers``, the same
+    bytes as the records joined; the buffer is reused by the next request while another is
+    out, and none is kept once nothing is out. A small body goes as its pieces."""
+    buffers = BodyBuffers(keep=2)
+    big = [(chunk_hash(d), d) for d in (os.urandom(100_000) for _ in range(15))]
+    body, encoding, buffer = encode_request(list(big), False, buffers)
+    assert encoding is None and buffer is not None
+    assert b"".join(body) == encode_upload(list(big))
+    other = encode_request(list(big[:12]), False, buffers)[2]  # a second request out
+    assert other is not None and other is not buffer
+    buffers.give(buffer)
+    assert buffers.kept == 1
+    again = encode_request(list(big[3:]), False, buffers)
+    assert again[2] is buffer and b"".join(again[0]) == encode_upload(list(big[3:]))
+    buffers.give(other)
+    buffers.give(buffer)
+    assert buffers.kept == 0  # nothing out: nothing kept
+    small = items(5)
+    pieces, _, none = encode_request(list(small), False, buffers)
+    assert none is None and b"".join(pieces) == encode_upload(list(small))
