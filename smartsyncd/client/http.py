@@ -206,7 +206,8 @@ class ServerAPI(RootCalls):
         params = {"small": str(small), "budget": str(budget), "files": str(files)}
         try:
             reply = await self._request("GET", _eng(eng, "snapshot", "chunks"), params=params)
-            raw = await self._in_thread(decode_to_raw, reply.body, CHUNKS_PER_REQUEST)
+            body = reply.body if reply.pieces is None else b"".join(reply.pieces)
+            raw = await self._in_thread(decode_to_raw, body, CHUNKS_PER_REQUEST)
         except ServerRefused:
             return {}
         except SyncError as exc:
@@ -362,7 +363,8 @@ class ServerAPI(RootCalls):
             return await self._fetch_batch(eng, batch, stream=stream)
         try:  # by hash, or by position in ``batch`` (a stream: client/fetchanswer.py)
             raw, failed = await self._in_thread(
-                decode_answer, reply.body, reply.content_type, batch, prefixes)
+                decode_answer, reply.body if reply.pieces is None else reply.pieces,
+                reply.content_type, batch, prefixes)
         except SyncError as exc:
             raise ProtocolError(f"server sent bad chunk data: {exc.message}") from exc
         if failed:

@@ -48,7 +48,7 @@ from smartsyncd import __version__
 from smartsyncd.client import preconnect
 from smartsyncd.client.backoff import Backoff, RetryNotice, retrying
 from smartsyncd.client.bodyproducer import PIECE_BYTES, Body, BytesProducer, body_length, joined
-from smartsyncd.client.bodyread import read_body
+from smartsyncd.client.bodyread import read_body, read_pieces
 from smartsyncd.client.errors import (
     AuthError,
     NetworkError,
@@ -77,6 +77,7 @@ log = Logger()
 JSON_TYPE = b"application/json"
 RETRY_STATUSES = frozenset({502, 503, 504})
 RESPONSE_CAP = 256 * 1024 * 1024  # a compressed JSON answer may not decompress beyond this
+CHUNKS_TYPE = b"application/x-smartsync-chunks"
 IN_THREAD_BYTES = 256 * 1024  # (de)compress bodies larger than this off the reactor
 
 
@@ -132,6 +133,8 @@ class Reply:
     body: bytes
     content_type: str
     wire_bytes: int = -1  # body bytes as they travelled (compressed), -1: same as body
+    # a chunk fetch answer as the pieces it arrived in (client/fetchanswer.py); body is b""
+    pieces: list[bytes] | None = None
 
 
 class Transport:
@@ -410,13 +413,16 @@ class Transport:
             allow_redirects=False,  # a redirect must never carry the bearer token elsewhere
             reactor=self._reactor,
         )
+        ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        encodings = response.headers.getRawHeaders(b"content-encoding")
+        encoding = encodings[0] if encodings else None
+        if not encoding and self._pacer is None and response.code == 200 and ctype == CHUNKS_TYPE:
+            pieces = await read_pieces(response)  # cut into records as they are, not joined
+            return Reply(response.code, b"", ctype.decode("latin-1"), sum(map(len, pieces)), pieces)
         body = await (
             read_body(response, self._in_thread, IN_THREAD_BYTES) if self._pacer is None
             else paced_content(response, self._pacer, self._reactor)
         )
-        ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        encodings = response.headers.getRawHeaders(b"content-encoding")
-        encoding = encodings[0] if encodings else None
         if encoding is None:
             return Reply(response.code, body, ctype.decode("latin-1"))
         try:
